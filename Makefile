@@ -1,0 +1,38 @@
+# wsm: the two commands of the quick start are `make run` and `make test`.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+STAMP := var/.installed
+
+.PHONY: run test install lint typecheck bench bench-gateway bench-worker clean
+
+# Install the package (editable) and what the tests need, once per change of pyproject.toml.
+$(STAMP): pyproject.toml
+	@mkdir -p var
+	$(PIP) install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(PYTHON) -m wsm dev
+
+test: $(STAMP)
+	$(PYTHON) -m pytest
+
+lint: $(STAMP)
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+typecheck: $(STAMP)
+	$(PYTHON) -m mypy
+
+bench: bench-gateway bench-worker
+
+bench-gateway: $(STAMP)
+	$(PYTHON) bench/gateway_bench.py
+
+bench-worker: $(STAMP)
+	$(PYTHON) bench/worker_bench.py
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

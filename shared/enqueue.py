@@ -1,0 +1,88 @@
+"""The enqueue side of the per-conversation queue (the gateway's half of the protocol).
+
+`EnqueueRequest.for_event` computes every key and argument of `enqueue_event.lua` up front,
+so a batch of requests can be sent as one pipelined round trip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from shared.envelope import encode_record
+from shared.events import RoutedEvent
+from shared.keys import DEFAULT_PREFIX, ShardKeys, conversation_token, shard_of
+from shared.lua import KeyArg, LuaScript, is_noscript
+
+ENQUEUE_EVENT = LuaScript.named("enqueue_event")
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueRequest:
+    keys: list[KeyArg]
+    args: list[str | bytes | int]
+
+    @classmethod
+    def for_event(
+        cls,
+        routed: RoutedEvent,
+        body: bytes,
+        *,
+        received_at_ms: int,
+        shards: int,
+        dedupe_ttl_seconds: int,
+        prefix: str = DEFAULT_PREFIX,
+    ) -> EnqueueRequest:
+        token = conversation_token(routed.session, routed.chat_id)
+        shard = ShardKeys(shard_of(token, shards), prefix)
+        conversation = shard.conversation(token)
+        seen_event = shard.seen_event(routed.session, routed.event_id)
+        seen_message = (
+            shard.seen_message(routed.session, routed.message_key)
+            if routed.message_key
+            else seen_event
+        )
+        return cls(
+            keys=[
+                seen_event,
+                seen_message,
+                conversation.messages,
+                conversation.bodies,
+                conversation.meta,
+                shard.ready,
+                shard.stats,
+            ],
+            args=[
+                routed.event_id,
+                token,
+                encode_record(routed, body, received_at_ms),
+                dedupe_ttl_seconds,
+                1 if routed.message_key else 0,
+            ],
+        )
+
+
+async def enqueue(client: Any, request: EnqueueRequest) -> bool:
+    """Queue one event. True: queued; False: a duplicate, not queued again."""
+    return bool(await ENQUEUE_EVENT(client, request.keys, request.args))
+
+
+async def enqueue_many(client: Any, requests: list[EnqueueRequest]) -> list[bool]:
+    """Queue several events in one pipelined round trip (no MULTI: each script is atomic).
+
+    Retrying after NOSCRIPT is safe: an event that did get queued answers "duplicate" the
+    second time, and the caller learns it is durable either way.
+    """
+    for attempt in (1, 2):
+        pipe = client.pipeline(transaction=False)
+        for request in requests:
+            ENQUEUE_EVENT.queue_in(pipe, request.keys, request.args)
+        try:
+            results = await pipe.execute()
+        except Exception as exc:
+            if attempt == 1 and is_noscript(exc):
+                await ENQUEUE_EVENT.load(client)
+                continue
+            raise
+        return [bool(result) for result in results]
+    raise AssertionError("unreachable")

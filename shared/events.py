@@ -1,0 +1,128 @@
+"""What wsm needs to know about a WAHA webhook body before it is queued.
+
+The gateway only routes: it decides whether an event is used at all, which conversation it
+belongs to (so that conversation stays in order), and which ids identify a repeat. Everything
+else about the event is the worker's business and stays in the raw body.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+# Events the product acts on. Anything else answers 200 "ignored": a 4xx would make WAHA retry.
+QUEUED_EVENTS = frozenset(
+    {
+        "message",
+        "message.any",
+        "message.ack",
+        "message.ack.group",
+        "message.reaction",
+        "message.revoked",
+        "message.edited",
+        "session.status",
+    }
+)
+
+# Events that carry a WhatsApp message id which WAHA has been seen to deliver under two
+# different envelope ids. Acks are keyed by (message id, ack level): a READ ack repeats the
+# message id of the DEVICE ack before it and must not be taken for a duplicate.
+_MESSAGE_EVENTS = QUEUED_EVENTS - {"session.status"}
+_ACK_EVENTS = frozenset({"message.ack", "message.ack.group"})
+
+# Conversation of events that belong to the session rather than to one chat (session.status).
+SESSION_CHAT = "_session"
+
+# WAHA message ids look like `<fromMe>_<chat id>_<id>[_<participant>]`.
+_MESSAGE_ID = re.compile(r"^(?:true|false)_([^_]+@[^_]+)_")
+
+
+class InvalidEvent(ValueError):
+    """The body is JSON but not a WAHA event (terminal: answer 400, store nothing)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoutedEvent:
+    """The routing facts of one WAHA event; the body itself travels untouched."""
+
+    event: str
+    session: str
+    chat_id: str
+    event_id: str
+    # Second dedupe identity for message events (None for events without a message id).
+    message_key: str | None
+
+
+def route_event(document: Any, raw_body: bytes) -> RoutedEvent | None:
+    """Route a parsed webhook body. None means: a valid event the product does not use.
+
+    Raises InvalidEvent when the document is not an object with a string `event`.
+    """
+    if not isinstance(document, dict):
+        raise InvalidEvent("body must be a JSON object")
+    event = document.get("event")
+    if not isinstance(event, str) or not event:
+        raise InvalidEvent("body must have a string 'event'")
+    if event not in QUEUED_EVENTS:
+        return None
+    session = document.get("session")
+    if not isinstance(session, str) or not session:
+        raise InvalidEvent("body must have a string 'session'")
+    if "|" in session:
+        raise InvalidEvent("'session' must not contain '|'")
+    payload = document.get("payload")
+    if not isinstance(payload, dict):
+        payload = {}
+    envelope_id = document.get("id")
+    # Older WAHA versions send no envelope id; a retry repeats the same bytes, so a hash of the
+    # body is a faithful substitute.
+    event_id = (
+        envelope_id
+        if isinstance(envelope_id, str) and envelope_id
+        else "sha256_" + hashlib.sha256(raw_body).hexdigest()[:32]
+    )
+    return RoutedEvent(
+        event=event,
+        session=session,
+        chat_id=chat_of(event, payload),
+        event_id=event_id,
+        message_key=message_key_of(event, payload),
+    )
+
+
+def chat_of(event: str, payload: dict[str, Any]) -> str:
+    """The chat an event belongs to: the other party of a 1:1 chat, or the group."""
+    if event == "session.status":
+        return SESSION_CHAT
+    if event == "message.revoked":
+        # WAHA: {"before": message|null, "after": message|null, "revokedMessageId": ...}
+        for side in ("after", "before"):
+            inner = payload.get(side)
+            if isinstance(inner, dict):
+                return chat_of("message", inner)
+    message_id = payload.get("id")
+    if isinstance(message_id, str):
+        match = _MESSAGE_ID.match(message_id)
+        if match:
+            return match.group(1)
+    from_me = payload.get("fromMe") is True
+    for field in ("to", "from") if from_me else ("from", "to"):
+        value = payload.get(field)
+        if isinstance(value, str) and value and "|" not in value:
+            return value
+    return SESSION_CHAT
+
+
+def message_key_of(event: str, payload: dict[str, Any]) -> str | None:
+    if event not in _MESSAGE_EVENTS:
+        return None
+    message_id = payload.get("id")
+    if not isinstance(message_id, str) or not message_id:
+        return None
+    if event in _ACK_EVENTS:
+        participant = payload.get("participant")
+        suffix = f":{participant}" if isinstance(participant, str) and participant else ""
+        return f"{event}:{message_id}:{payload.get('ack')}{suffix}"
+    return f"{event}:{message_id}"

@@ -1,0 +1,52 @@
+"""Connecting to Redis, and refusing a server too old for the queue protocol."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+# Script flags (`#!lua`), BLMOVE and LMPOP need Redis 7.0; Valkey reports a compatible version.
+MIN_REDIS_VERSION = (7, 0, 0)
+
+
+class UnsupportedRedis(RuntimeError):
+    """The server is older than Redis 7.0 (terminal: the product cannot run on it)."""
+
+
+def connect(url: str, **options: Any) -> Any:
+    """A client for `url`; `redis+cluster://host:port` gives a Redis Cluster client.
+
+    Both clients answer the same commands the protocol uses (EVALSHA routed by key slot).
+    """
+    if url.startswith("redis+cluster://"):
+        return RedisCluster.from_url("redis://" + url.removeprefix("redis+cluster://"), **options)
+    return Redis.from_url(url, **options)
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    parts: list[int] = []
+    for piece in text.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+async def ensure_supported_server(client: Any) -> str:
+    """Return the server's version, or raise UnsupportedRedis with a message fit for a log."""
+    info = await client.info("server")
+    if isinstance(info, dict) and "redis_version" not in info:
+        # A cluster client answers per node: {node: info}; every node must qualify.
+        infos = list(info.values())
+    else:
+        infos = [info]
+    version = "0"
+    for node_info in infos:
+        version = str(node_info.get("redis_version", "0"))
+        if parse_version(version) < MIN_REDIS_VERSION:
+            raise UnsupportedRedis(
+                f"Redis {version} is too old: wsm needs Redis 7.0+ or Valkey "
+                "(script flags, BLMOVE). Upgrade the server or point REDIS_URL elsewhere."
+            )
+    return version

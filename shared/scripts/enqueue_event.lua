@@ -1,0 +1,44 @@
+#!lua
+-- enqueue_event: drop a repeat of an event, else append it to its conversation's queue and make
+-- the conversation claimable. The gateway's only Redis round trip per webhook.
+-- Returns 1 when queued, 0 when it was a duplicate.
+local seen_event_key = KEYS[1]     -- marker for the WAHA envelope id
+local seen_message_key = KEYS[2]   -- marker for the WhatsApp message id (= KEYS[1] when none)
+local messages_key = KEYS[3]       -- the conversation's message ids, oldest at the right
+local bodies_key = KEYS[4]         -- message id -> record
+local meta_key = KEYS[5]           -- the conversation's queue state
+local ready_key = KEYS[6]          -- the shard's claimable conversations
+local stats_key = KEYS[7]          -- the shard's counters
+local message_id = ARGV[1]
+local token = ARGV[2]
+local record = ARGV[3]
+local dedupe_ttl = tonumber(ARGV[4])
+local check_message = ARGV[5] == '1'
+
+if redis.call('EXISTS', seen_event_key) == 1 then
+  return 0
+end
+if check_message and redis.call('EXISTS', seen_message_key) == 1 then
+  return 0
+end
+-- Still queued from before its marker expired (a backlog older than the dedupe window).
+if redis.call('HEXISTS', bodies_key, message_id) == 1 then
+  return 0
+end
+
+redis.call('SET', seen_event_key, '1', 'EX', dedupe_ttl)
+if check_message then
+  redis.call('SET', seen_message_key, '1', 'EX', dedupe_ttl)
+end
+redis.call('LPUSH', messages_key, message_id)
+redis.call('HSET', bodies_key, message_id, record)
+redis.call('HINCRBY', stats_key, 'waiting', 1)
+
+-- A conversation is in the ready list at most once: only an idle one is added. A leased or
+-- delayed one is put back by whoever holds it when it is released.
+local state = redis.call('HGET', meta_key, 'state')
+if not state or state == 'idle' then
+  redis.call('HSET', meta_key, 'state', 'ready')
+  redis.call('LPUSH', ready_key, token)
+end
+return 1

@@ -1,0 +1,1 @@
+"""The `wsm` command: one entry point with a subcommand per process."""

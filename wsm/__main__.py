@@ -1,0 +1,3 @@
+from wsm.cli import main
+
+raise SystemExit(main())
