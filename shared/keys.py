@@ -1,21 +1,22 @@
 """Every Redis key name wsm uses is built here, and only here.
 
-Layout (see docs/architecture.md for a message's life through these keys):
+Layout (see docs/architecture.md for a message's life through these keys). `P` is the key
+prefix (WSM_KEY_PREFIX, default `wsm`), `n` the shard, `<conv>` the conversation token:
 
-    <prefix>:{q<n>}:ready                 LIST   conversations with work, waiting to be claimed (FIFO:
-                                            LPUSH at the back, BLMOVE RIGHT from the front)
-    <prefix>:{q<n>}:claimed               LIST   conversations a worker has popped but not yet leased;
-                                            the reaper hands back entries that stay here
-    <prefix>:{q<n>}:leases                ZSET   conversation -> lease deadline (ms, Redis clock)
-    <prefix>:{q<n>}:delayed               ZSET   conversation -> time it may be retried (backoff)
-    <prefix>:{q<n>}:stats                 HASH   counters: waiting messages, redeliveries, ...
-    <prefix>:{q<n>}:dlq                   LIST   dead letters (JSON with the record, error, attempts)
-    <prefix>:{q<n>}:c:<conv>:msgs         LIST   the conversation's message ids, oldest at the RIGHT
-    <prefix>:{q<n>}:c:<conv>:bodies       HASH   message id -> queued record
-    <prefix>:{q<n>}:c:<conv>:meta         HASH   state (idle|ready|leased|delayed), fence, owner, ...
-    <prefix>:{q<n>}:c:<conv>:attempts     HASH   message id -> attempts so far
-    <prefix>:{q<n>}:seen:<session>:e:<id> STRING dedupe marker for a WAHA envelope id   (TTL: window)
-    <prefix>:{q<n>}:seen:<session>:m:<k>  STRING dedupe marker for a WAHA message id    (TTL: window)
+    P:{qn}:ready               LIST   conversations with work, waiting to be claimed
+                                      (FIFO: LPUSH at the back, BLMOVE RIGHT from the front)
+    P:{qn}:claimed             LIST   popped by a worker but not yet leased; the reaper hands
+                                      back entries that stay here
+    P:{qn}:leases              ZSET   conversation -> lease deadline (ms, Redis clock)
+    P:{qn}:delayed             ZSET   conversation -> time it may be retried (backoff)
+    P:{qn}:stats               HASH   counters: waiting messages, redeliveries, ...
+    P:{qn}:dlq                 LIST   dead letters (JSON: record, error, attempts)
+    P:{qn}:c:<conv>:msgs       LIST   the conversation's message ids, oldest at the RIGHT
+    P:{qn}:c:<conv>:bodies     HASH   message id -> queued record
+    P:{qn}:c:<conv>:meta       HASH   state (idle|ready|leased|delayed), fence, owner, ...
+    P:{qn}:c:<conv>:attempts   HASH   message id -> attempts so far
+    P:{qn}:seen:<session>:e:<id>  STRING  dedupe marker for an envelope id  (TTL: window)
+    P:{qn}:seen:<session>:m:<k>   STRING  dedupe marker for a message id    (TTL: window)
 
 Why shards: Redis Cluster runs a script only when every key it declares hashes to one slot.
 Enqueueing touches the conversation's keys *and* the ready list, so the ready list must share

@@ -9,6 +9,7 @@ to a replica that never saw the script) reloads it and runs the call again.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -39,14 +40,14 @@ class LuaScript:
         """SCRIPT LOAD (on every primary, for a cluster client)."""
         await client.script_load(self.source)
 
-    async def __call__(self, client: Any, keys: list[KeyArg], args: list[Arg]) -> Any:
+    async def __call__(self, client: Any, keys: Sequence[KeyArg], args: Sequence[Arg]) -> Any:
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             await self.load(client)
             return await client.evalsha(self.sha, len(keys), *keys, *args)
 
-    def queue_in(self, pipe: Any, keys: list[KeyArg], args: list[Arg]) -> None:
+    def queue_in(self, pipe: Any, keys: Sequence[KeyArg], args: Sequence[Arg]) -> None:
         """Add a call to a pipeline (the caller handles NoScriptError by loading and retrying)."""
         pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 

@@ -26,7 +26,9 @@ def enable_multiprocess_metrics(directory: Path | None = None) -> Path:
     The directory is emptied: files left by a previous run would add old counts to new ones.
     """
     if "prometheus_client" in sys.modules and os.environ.get(ENV_VAR) is None:
-        raise MetricsSetupError("enable_multiprocess_metrics() must run before prometheus_client is imported")
+        raise MetricsSetupError(
+            "enable_multiprocess_metrics() must run before prometheus_client is imported"
+        )
     path = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="wsm-metrics-"))
     path.mkdir(parents=True, exist_ok=True)
     for stale in path.glob("*.db"):

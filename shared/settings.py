@@ -60,13 +60,13 @@ class Settings(BaseSettings):
         50,
         alias="WSM_WEBHOOK_REDIS_TIMEOUT_MS",
         gt=0,
-        description="Hard deadline for the webhook's Redis round trip; past it the event is spooled.",
+        description="Deadline for the webhook's Redis round trip; past it the event is spooled.",
     )
     max_body_bytes: int = Field(
         1024 * 1024,
         alias="WSM_MAX_BODY_BYTES",
         gt=0,
-        description="Largest webhook body accepted (413 above). Keep nginx's client_max_body_size equal.",
+        description="Largest webhook body accepted (413 above); nginx's client_max_body_size too.",
     )
     dedupe_ttl_seconds: int = Field(
         24 * 3600,
@@ -87,7 +87,9 @@ class Settings(BaseSettings):
     @classmethod
     def _redis_url_scheme(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://", "redis+cluster://")):
-            raise ValueError("REDIS_URL must start with redis://, rediss://, unix:// or redis+cluster://")
+            raise ValueError(
+                "REDIS_URL must start with redis://, rediss://, unix:// or redis+cluster://"
+            )
         return value
 
     def hmac_keys(self) -> list[bytes]:

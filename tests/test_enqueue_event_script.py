@@ -87,5 +87,5 @@ async def test_every_key_of_a_call_shares_one_hash_tag(shards, key_prefix):
     document = text_message("5511999990007@c.us", "oi")
     request, _ = request_for(document, key_prefix, shards=shards)
     token = conversation_token("default", "5511999990007@c.us")
-    tag = "{q%d}" % shard_of(token, shards)
+    tag = f"{{q{shard_of(token, shards)}}}"
     assert all(tag in key for key in request.keys)

@@ -11,6 +11,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("gateway.cli", "the webhook gateway (WAHA -> Redis)"),
     "worker": ("worker.cli", "the worker fleet (Redis -> conversation engine -> WAHA)"),
     "dlq": ("worker.dlq_cli", "list, replay or drop dead letters"),
+    "api": ("api.cli", "the operator API (conversations, waiting line, agents)"),
+    "waha-sim": ("wsm.waha_sim.cli", "a WAHA stand-in for development and tests"),
     "dev": ("wsm.dev", "the whole product on embedded defaults (what `make run` runs)"),
 }
 

@@ -10,8 +10,12 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_until(condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.02,
-               what: str = "condition") -> T:
+def wait_until(
+    condition: Callable[[], T],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    what: str = "condition",
+) -> T:
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -22,8 +26,12 @@ def wait_until(condition: Callable[[], T], timeout: float = 10.0, interval: floa
         time.sleep(interval)
 
 
-async def async_wait_until(condition: Callable[[], Awaitable[T]], timeout: float = 10.0,
-                           interval: float = 0.02, what: str = "condition") -> T:
+async def async_wait_until(
+    condition: Callable[[], Awaitable[T]],
+    timeout: float = 10.0,  # noqa: ASYNC109 - a polling deadline, not a cancellation scope
+    interval: float = 0.02,
+    what: str = "condition",
+) -> T:
     deadline = time.monotonic() + timeout
     while True:
         value = await condition()

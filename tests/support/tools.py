@@ -15,7 +15,8 @@ def in_ci() -> bool:
 def require_program(name: str) -> str:
     """Path of `name`; outside CI a missing program skips the test, in CI it fails it
     (`.ci/run` installs everything, so a missing program there is a broken CI script)."""
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+    # nginx lives in /usr/sbin, which is not on every user's PATH.
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if path:
         return path
     if in_ci():

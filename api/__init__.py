@@ -1,0 +1,1 @@
+"""The operator API (`wsm api`)."""

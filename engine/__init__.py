@@ -1,0 +1,1 @@
+"""The conversation engine: state, history, waiting line, brains, outbox."""
