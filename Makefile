@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 STAMP := var/.installed
 
-.PHONY: run test install lint typecheck bench bench-gateway bench-worker clean
+.PHONY: run test install lint typecheck docs bench bench-gateway bench-worker clean
 
 # Install the package (editable) and what the tests need, once per change of pyproject.toml.
 $(STAMP): pyproject.toml
@@ -25,6 +25,10 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(PYTHON) -m mypy
+
+# README's configuration table and .env.example are generated from shared/settings.py.
+docs: $(STAMP)
+	$(PYTHON) -m wsm config --update-docs
 
 bench: bench-gateway bench-worker
 

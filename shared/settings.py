@@ -80,8 +80,166 @@ class Settings(BaseSettings):
         description="Local, fsync'd spool for events accepted while Redis is down or slow.",
     )
 
+    # --- Conversation engine: WAHA's API (engine/) ---------------------------------------------
+    waha_url: str = Field(
+        "http://127.0.0.1:3000",
+        alias="WAHA_URL",
+        description="Base URL of WAHA's HTTP API (sendText, sendSeen, typing, lids).",
+    )
+    waha_api_key: SecretStr | None = Field(
+        None,
+        alias="WAHA_API_KEY",
+        description="WAHA's API key, sent as X-Api-Key on every call (none: no header).",
+    )
+    waha_timeout_seconds: float = Field(
+        10.0,
+        alias="WSM_WAHA_TIMEOUT_SECONDS",
+        gt=0,
+        description="Timeout of one WAHA API call; a timed-out send is retried (at-least-once).",
+    )
+    typing_delay_max_ms: int = Field(
+        3000,
+        alias="WSM_TYPING_DELAY_MAX_MS",
+        ge=0,
+        description="Cap on the typing pause before each reply (grows with the text); 0: no pause.",
+    )
+    typing_ms_per_char: int = Field(
+        35,
+        alias="WSM_TYPING_MS_PER_CHAR",
+        ge=0,
+        description="How much the typing pause grows per character of the reply.",
+    )
+    sends_per_second_per_session: float = Field(
+        20.0,
+        alias="WSM_SENDS_PER_SECOND_PER_SESSION",
+        ge=0,
+        description="Rate limit of sendText per WAHA session (token bucket); 0: unlimited.",
+    )
+    send_burst: int = Field(
+        10,
+        alias="WSM_SEND_BURST",
+        ge=1,
+        description="Sends a WAHA session may make at once before the rate limit applies.",
+    )
+    send_max_attempts: int = Field(
+        12,
+        alias="WSM_SEND_MAX_ATTEMPTS",
+        ge=1,
+        description="Attempts of one reply on network errors, 5xx and 429 before its dead letter.",
+    )
+    send_retry_base_ms: int = Field(
+        500,
+        alias="WSM_SEND_RETRY_BASE_MS",
+        ge=1,
+        description="First retry delay of a failed send; doubles each attempt (with jitter).",
+    )
+    send_retry_max_ms: int = Field(
+        60_000,
+        alias="WSM_SEND_RETRY_MAX_MS",
+        ge=1,
+        description="Longest delay between two attempts of one send.",
+    )
+
+    # --- Conversation engine: conversations (engine/) -------------------------------------------
+    language: str = Field(
+        "pt-BR",
+        alias="WSM_LANGUAGE",
+        pattern=r"^(pt-BR|en)$",
+        description="Language of the texts the product sends: pt-BR or en.",
+    )
+    texts_file: Path | None = Field(
+        None,
+        alias="WSM_TEXTS_FILE",
+        description="TOML file overriding any of the product's texts for this deployment.",
+    )
+    business_name: str = Field(
+        "nossa empresa",
+        alias="WSM_BUSINESS_NAME",
+        description="The business's name, used in the greeting.",
+    )
+    menu_services: str = Field(
+        "Consulta,Retorno,Exame",
+        alias="WSM_MENU_SERVICES",
+        description="Services offered by the menu brain, separated by commas.",
+    )
+    ignore_groups: bool = Field(
+        True, alias="WSM_IGNORE_GROUPS", description="Ignore messages in groups (@g.us)."
+    )
+    ignore_broadcasts: bool = Field(
+        True,
+        alias="WSM_IGNORE_BROADCASTS",
+        description="Ignore status@broadcast, broadcast lists and channels (@newsletter).",
+    )
+    lid_cache_seconds: int = Field(
+        7 * 24 * 3600,
+        alias="WSM_LID_CACHE_SECONDS",
+        gt=0,
+        description="How long a @lid -> phone number answer from WAHA is cached in Redis.",
+    )
+    inactivity_close_seconds: int = Field(
+        1800,
+        alias="WSM_INACTIVITY_CLOSE_SECONDS",
+        gt=0,
+        description="An open conversation quiet this long is closed (with a goodbye).",
+    )
+    waiting_timeout_seconds: int = Field(
+        3600,
+        alias="WSM_WAITING_TIMEOUT_SECONDS",
+        gt=0,
+        description="A customer waiting this long for a person leaves the line (and is told).",
+    )
+    history_retention_days: int = Field(
+        90,
+        alias="WSM_HISTORY_RETENTION_DAYS",
+        gt=0,
+        description="How long history and state are kept after a conversation's last activity.",
+    )
+    brain_history_turns: int = Field(
+        20,
+        alias="WSM_BRAIN_HISTORY_TURNS",
+        ge=0,
+        description="How many recent messages the brain is given with each new message.",
+    )
+
+    # --- Conversation engine: waiting line (engine/) --------------------------------------------
+    conversations_per_agent: int = Field(
+        3,
+        alias="WSM_CONVERSATIONS_PER_AGENT",
+        ge=1,
+        description="Conversations one agent handles at once (capacity = agents online x this).",
+    )
+    auto_assign: bool = Field(
+        True,
+        alias="WSM_AUTO_ASSIGN",
+        description="Give the longest-waiting conversation to an agent as soon as one is free.",
+    )
+    position_notice_interval_seconds: float = Field(
+        60.0,
+        alias="WSM_POSITION_NOTICE_INTERVAL_SECONDS",
+        ge=0,
+        description="At most one 'your place in line' notice per customer per this interval "
+        "(reaching the front is always told).",
+    )
+    default_handling_seconds: int = Field(
+        300,
+        alias="WSM_DEFAULT_HANDLING_SECONDS",
+        gt=0,
+        description="Assumed handling time per conversation until real ones are measured.",
+    )
+
+    # --- Operator API (api/) ---------------------------------------------------------------------
+    api_token: SecretStr | None = Field(
+        None,
+        alias="WSM_API_TOKEN",
+        description="Bearer token of the operator API (`wsm api` refuses to start without one).",
+    )
+    api_host: str = Field("127.0.0.1", alias="WSM_API_HOST", description="Operator API address.")
+    api_port: int = Field(8081, alias="WSM_API_PORT", ge=1, le=65535, description="Its port.")
+
     # --- Logging -----------------------------------------------------------------------------
-    log_level: str = Field("INFO", alias="WSM_LOG_LEVEL")
+    log_level: str = Field(
+        "INFO", alias="WSM_LOG_LEVEL", description="debug, info, warning or error."
+    )
 
     @field_validator("redis_url")
     @classmethod

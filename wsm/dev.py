@@ -1,0 +1,210 @@
+"""`wsm dev` (what `make run` runs): the whole product on one machine, on embedded defaults.
+
+Starts, in order: Redis (REDIS_URL if set, else a private server with its data under
+`var/dev/redis`), the WAHA simulator (unless WAHA_URL is set), the gateway, the worker fleet and
+the operator API. It prints where each listens and, on Ctrl-C or SIGTERM, stops them in the
+order that loses nothing: first what brings events in (simulator, gateway: an event the gateway
+said yes to is already in Redis or its spool), then the workers (they finish or hand back what
+they hold), then the API, and Redis last (it flushes its append-only file on SIGTERM).
+
+A part whose package is not installed yet is skipped with a note, so `make run` works at every
+stage of the project.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from shared.embedded_redis import EmbeddedRedis
+from shared.settings import Settings
+
+
+@dataclass
+class Part:
+    name: str
+    module: str
+    args: list[str]
+    url: str
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+
+def _dev_secret(path: Path) -> str:
+    """A development secret kept under var/dev, so restarts keep the same one."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(24)
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return value
+
+
+def _available(module: str) -> bool:
+    return importlib.util.find_spec(module.split(".")[0]) is not None and (
+        importlib.util.find_spec(module) is not None
+    )
+
+
+def build_parts(args: argparse.Namespace, settings: Settings, redis_url: str) -> list[Part]:
+    home: Path = args.home
+    hmac_key = (
+        settings.webhook_hmac_key.get_secret_value()
+        if settings.webhook_hmac_key
+        else _dev_secret(home / "hmac-key")
+    )
+    api_token = os.environ.get("WSM_API_TOKEN") or _dev_secret(home / "api-token")
+    simulate_waha = "WAHA_URL" not in os.environ
+    waha_url = os.environ.get("WAHA_URL", f"http://127.0.0.1:{args.waha_port}")
+    common = {
+        "REDIS_URL": redis_url,
+        "WEBHOOK_HMAC_KEY": hmac_key,
+        "WAHA_URL": waha_url,
+        "WSM_API_TOKEN": api_token,
+        "WSM_SPOOL_DIR": str(home / "spool"),
+    }
+    parts: list[Part] = []
+    if simulate_waha:
+        parts.append(
+            Part(
+                "waha-sim",
+                "wsm.waha_sim",
+                [
+                    "--port",
+                    str(args.waha_port),
+                    "--webhook-url",
+                    f"http://127.0.0.1:{args.gateway_port}/webhook",
+                    "--hmac-key",
+                    hmac_key,
+                ],
+                waha_url,
+            )
+        )
+    parts += [
+        Part(
+            "gateway",
+            "gateway",
+            ["--host", args.host, "--port", str(args.gateway_port)],
+            f"http://{args.host}:{args.gateway_port}/webhook",
+        ),
+        Part(
+            "worker",
+            "worker",
+            [
+                "--processes",
+                str(args.processes),
+                "--metrics-port",
+                str(args.worker_metrics_port),
+            ],
+            f"http://127.0.0.1:{args.worker_metrics_port}/metrics",
+        ),
+        Part(
+            "api",
+            "api",
+            ["--host", args.host, "--port", str(args.api_port)],
+            f"http://{args.host}:{args.api_port}/docs  (token in {home / 'api-token'})",
+        ),
+    ]
+    for part in parts:
+        part.env = common
+    return parts
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="wsm dev", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--home", type=Path, default=Path("var/dev"), help="data and logs")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--gateway-port", type=int, default=8080)
+    parser.add_argument("--api-port", type=int, default=8081)
+    parser.add_argument("--waha-port", type=int, default=3000)
+    parser.add_argument("--worker-metrics-port", type=int, default=9091)
+    parser.add_argument("--processes", type=int, default=2, help="worker processes")
+    return parser.parse_args(argv)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    settings = Settings()
+    args.home.mkdir(parents=True, exist_ok=True)
+    logs = args.home / "logs"
+    logs.mkdir(exist_ok=True)
+
+    redis: EmbeddedRedis | None = None
+    if "redis_url" in settings.model_fields_set:
+        redis_url = settings.redis_url
+    else:
+        redis = EmbeddedRedis(args.home / "redis", appendonly=True)
+        redis.start()
+        redis_url = redis.url
+
+    started: list[Part] = []
+    signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        print(f"wsm dev: Redis      {redis_url}" + ("  (private)" if redis else ""), flush=True)
+        for part in build_parts(args, settings, redis_url):
+            if not _available(part.module):
+                print(f"wsm dev: {part.name:<10} not built yet, skipped", flush=True)
+                continue
+            log = (logs / f"{part.name}.log").open("ab")
+            part.process = subprocess.Popen(
+                [sys.executable, "-m", part.module, *part.args],
+                env={**os.environ, **part.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches us only; we stop children in order
+            )
+            started.append(part)
+            print(f"wsm dev: {part.name:<10} {part.url}", flush=True)
+        print(f"wsm dev: logs in {logs}/ ; Ctrl-C stops everything", flush=True)
+        while True:
+            for part in started:
+                if part.process is not None and part.process.poll() is not None:
+                    print(
+                        f"wsm dev: {part.name} exited with {part.process.returncode}; "
+                        f"see {logs / (part.name + '.log')}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    return 1
+            time.sleep(0.5)
+    except (KeyboardInterrupt, _Stop):
+        print("\nwsm dev: stopping", flush=True)
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for part in started:  # started in the order that also stops them safely
+            _stop(part)
+        if redis is not None:
+            redis.stop()
+        print("wsm dev: stopped", flush=True)
+
+
+def _stop(part: Part, grace: float = 40.0) -> None:
+    process = part.process
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
