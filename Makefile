@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 STAMP := var/.installed
 
-.PHONY: run test install lint typecheck docs bench bench-gateway bench-worker clean
+.PHONY: run test install lint typecheck docs bench bench-gateway bench-worker bench-agent bench-e2e clean
 
 # Install the package (editable) and what the tests need, once per change of pyproject.toml.
 $(STAMP): pyproject.toml
@@ -30,13 +30,19 @@ typecheck: $(STAMP)
 docs: $(STAMP)
 	$(PYTHON) -m wsm config --update-docs
 
-bench: bench-gateway bench-worker
+bench: bench-gateway bench-worker bench-agent bench-e2e
 
 bench-gateway: $(STAMP)
 	$(PYTHON) bench/gateway_bench.py
 
 bench-worker: $(STAMP)
 	$(PYTHON) bench/worker_bench.py
+
+bench-agent: $(STAMP)
+	$(PYTHON) bench/agent_bench.py
+
+bench-e2e: $(STAMP)
+	$(PYTHON) bench/e2e_bench.py
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -17,6 +17,12 @@ prefix (WSM_KEY_PREFIX, default `wsm`), `n` the shard, `<conv>` the conversation
     P:{qn}:c:<conv>:attempts   HASH   message id -> attempts so far
     P:{qn}:seen:<session>:e:<id>  STRING  dedupe marker for an envelope id  (TTL: window)
     P:{qn}:seen:<session>:m:<k>   STRING  dedupe marker for a message id    (TTL: window)
+    P:{qn}:claimed_seen        SET    the reaper's snapshot of `claimed` at its last pass: a
+                                      token still there at the next pass is handed back
+    P:{qn}:reaper              STRING lock: one reaper pass per shard per interval (TTL)
+    P:{qn}:c:<conv>:handled    LIST   what the recording handler got (development, tests)
+    P:{fleet:<id>}:supervisor  STRING a worker fleet's supervisor heartbeat (JSON; TTL)
+    P:{fleet:<id>}:p<i>        STRING heartbeat of the fleet's process i (JSON; TTL)
 
 Why shards: Redis Cluster runs a script only when every key it declares hashes to one slot.
 Enqueueing touches the conversation's keys *and* the ready list, so the ready list must share
@@ -103,6 +109,14 @@ class ShardKeys:
     def seen_message(self, session: str, message_key: str) -> str:
         return f"{self.tag}:seen:{session}:m:{message_key}"
 
+    @property
+    def claimed_seen(self) -> str:
+        return f"{self.tag}:claimed_seen"
+
+    @property
+    def reaper_lock(self) -> str:
+        return f"{self.tag}:reaper"
+
 
 @dataclass(frozen=True, slots=True)
 class ConversationKeys:
@@ -131,6 +145,15 @@ class ConversationKeys:
     def attempts(self) -> str:
         return f"{self._base}:attempts"
 
+    @property
+    def handled(self) -> str:
+        return f"{self._base}:handled"
+
+    @property
+    def hash_tag(self) -> str:
+        """The Redis Cluster hash tag every key of this conversation carries (`q<n>`)."""
+        return f"q{self.shard_keys.shard}"
+
 
 def keys_for_conversation(
     session: str, chat_id: str, shards: int, prefix: str = DEFAULT_PREFIX
@@ -141,3 +164,271 @@ def keys_for_conversation(
 
 def all_shards(shards: int, prefix: str = DEFAULT_PREFIX) -> list[ShardKeys]:
     return [ShardKeys(n, prefix) for n in range(max(1, shards))]
+
+
+def hash_tag_of(key: str) -> str:
+    """The part of `key` Redis Cluster hashes: the first non-empty `{...}`, else the whole key."""
+    start = key.find("{")
+    if start != -1:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class FleetKeys:
+    """Heartbeats of one worker fleet (a supervisor and its processes).
+
+    The fleet id (WSM_WORKER_FLEET_ID, the host name by default) is a hash tag, so a health
+    check reads every heartbeat of a fleet with one MGET, on a cluster too.
+    """
+
+    fleet_id: str
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def tag(self) -> str:
+        return f"{self.prefix}:{{fleet:{self.fleet_id}}}"
+
+    @property
+    def supervisor(self) -> str:
+        return f"{self.tag}:supervisor"
+
+    def process(self, index: int) -> str:
+        return f"{self.tag}:p{index}"
+
+
+# --- Conversation engine (engine/) -----------------------------------------------------------
+#
+#   <prefix>:{q<n>}:c:<conv>:state        HASH   state machine and collected data
+#   <prefix>:{q<n>}:c:<conv>:hist         STREAM every message in and out, oldest first
+#   <prefix>:{q<n>}:c:<conv>:histmeta     HASH   status, WAHA ids, edits, revokes, reactions
+#   <prefix>:{q<n>}:c:<conv>:outbox       LIST   replies committed but not yet sent (head = next)
+#   <prefix>:{q<n>}:c:<conv>:sending      STRING the sender's delivery lock (token, PX)
+#   <prefix>:{q<n>}:outbox:pending        ZSET   conversation -> when its outbox is due (ms)
+#   <prefix>:{q<n>}:outbox:dlq            LIST   replies WAHA refused for good, with its answer
+#   <prefix>:{s:<session>}:parked         STRING the session answered 422: sends wait
+#   <prefix>:{s:<session>}:ours:<id>      STRING id WAHA gave one of our sends (TTL)
+#   <prefix>:{s:<session>}:inflight:<chat> STRING a send under way (its text)
+#   <prefix>:{s:<session>}:rate           HASH   token bucket of the session's sends
+#   <prefix>:{s:<session>}:lid:<lid>      STRING cached phone number of a @lid (TTL)
+#   <prefix>:{line}:w:<session>           ZSET   the waiting line: conversation -> entered at (ms)
+#   <prefix>:{line}:agents                HASH   agent id -> {name, online, since}
+#   <prefix>:{line}:a:<agent>             SET    conversations an agent is handling
+#   <prefix>:{line}:taken                 HASH   conversation -> assignment not yet confirmed
+#   <prefix>:{line}:h:<session>           LIST   recent handling times (s), newest first
+#   <prefix>:{line}:sessions              SET    sessions that ever had a line
+#   <prefix>:{line}:seq                   STRING tie-breaker of entries in the same millisecond
+#   <prefix>:{eng}:sessions               HASH   WAHA session -> {status, at}
+#   <prefix>:{eng}:convs                  ZSET   conversation -> last activity (ms): the index
+#   <prefix>:{eng}:state:<state>          SET    conversations in a state (for counts and lists)
+#   <prefix>:{eng}:timers                 ZSET   conversation -> when to check it for inactivity
+#
+# Per-conversation engine keys carry the conversation's queue shard tag, so a handler's writes
+# commit in one script together with the queue's ack (fenced by the lease), even on a cluster.
+# Cross-conversation structures (the line, the indexes, the timers) each have a tag of their own
+# and are only changed by idempotent steps, safe to repeat when a message is redelivered.
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConversationKeys:
+    """The conversation engine's keys of one conversation (same hash tag as its queue)."""
+
+    conversation: ConversationKeys
+
+    @property
+    def _base(self) -> str:
+        return f"{self.conversation.shard_keys.tag}:c:{self.conversation.token}"
+
+    @property
+    def state(self) -> str:
+        return f"{self._base}:state"
+
+    @property
+    def history(self) -> str:
+        return f"{self._base}:hist"
+
+    @property
+    def history_meta(self) -> str:
+        return f"{self._base}:histmeta"
+
+    @property
+    def outbox(self) -> str:
+        return f"{self._base}:outbox"
+
+    @property
+    def sending(self) -> str:
+        return f"{self._base}:sending"
+
+    @property
+    def outbox_pending(self) -> str:
+        return f"{self.conversation.shard_keys.tag}:outbox:pending"
+
+    @property
+    def outbox_dlq(self) -> str:
+        return f"{self.conversation.shard_keys.tag}:outbox:dlq"
+
+    def all_own(self) -> list[str]:
+        """Every key that belongs to this conversation alone (what an erase deletes)."""
+        return [self.state, self.history, self.history_meta, self.outbox, self.sending]
+
+
+def engine_keys_for(
+    session: str, chat_id: str, shards: int, prefix: str = DEFAULT_PREFIX
+) -> EngineConversationKeys:
+    return EngineConversationKeys(keys_for_conversation(session, chat_id, shards, prefix))
+
+
+def outbox_pending_key(shard: ShardKeys) -> str:
+    return f"{shard.tag}:outbox:pending"
+
+
+def outbox_dlq_key(shard: ShardKeys) -> str:
+    return f"{shard.tag}:outbox:dlq"
+
+
+@dataclass(frozen=True, slots=True)
+class WahaSessionKeys:
+    """Keys of one WAHA session's sending side (one hash tag per session)."""
+
+    session: str
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def tag(self) -> str:
+        return f"{self.prefix}:{{s:{self.session}}}"
+
+    @property
+    def parked(self) -> str:
+        return f"{self.tag}:parked"
+
+    @property
+    def rate(self) -> str:
+        return f"{self.tag}:rate"
+
+    def ours(self, message_id: str) -> str:
+        return f"{self.tag}:ours:{message_id}"
+
+    def inflight(self, chat_id: str) -> str:
+        return f"{self.tag}:inflight:{chat_id}"
+
+    def lid(self, lid: str) -> str:
+        return f"{self.tag}:lid:{lid}"
+
+
+@dataclass(frozen=True, slots=True)
+class LineKeys:
+    """The waiting lines and agents (all in one hash tag: a take touches line and agent)."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def tag(self) -> str:
+        return f"{self.prefix}:{{line}}"
+
+    def waiting(self, session: str) -> str:
+        return f"{self.tag}:w:{session}"
+
+    @property
+    def agents(self) -> str:
+        return f"{self.tag}:agents"
+
+    def agent_conversations(self, agent_id: str) -> str:
+        return f"{self.tag}:a:{agent_id}"
+
+    @property
+    def taken(self) -> str:
+        return f"{self.tag}:taken"
+
+    def handling_times(self, session: str) -> str:
+        return f"{self.tag}:h:{session}"
+
+    @property
+    def sessions(self) -> str:
+        return f"{self.tag}:sessions"
+
+    @property
+    def sequence(self) -> str:
+        # Breaks ties between customers entering in the same millisecond (FIFO stays exact).
+        return f"{self.tag}:seq"
+
+
+@dataclass(frozen=True, slots=True)
+class CalendarKeys:
+    """The AI agent's bookings and their outgoing webhook (engine/agent/), one hash tag.
+
+        <prefix>:{cal}:day:<YYYY-MM-DD>   HASH   slot start "HH:MM" -> booking id (taken slots)
+        <prefix>:{cal}:b:<booking id>     HASH   one booking (customer, service, start, status)
+        <prefix>:{cal}:cust:<conv>        ZSET   a customer's booked appointments: id -> start (ms)
+        <prefix>:{cal}:custall:<conv>     ZSET   every booking a customer ever made (LGPD erase)
+        <prefix>:{cal}:hooks:due          ZSET   webhook event id -> when to (re)deliver (ms)
+        <prefix>:{cal}:hooks:body         HASH   webhook event id -> the signed JSON body
+        <prefix>:{cal}:hooks:attempts     HASH   webhook event id -> deliveries tried
+        <prefix>:{cal}:hooks:dead         LIST   events that failed every attempt (JSON)
+
+    One tag for the whole calendar: a booking checks the slot, writes the booking, indexes it
+    under its customer and queues its webhook event in one script, so all of them must live in
+    one Redis Cluster slot. A business's bookings are a small, slow-moving set: one slot holds
+    them easily. Days and bookings expire a retention after their date (EXPIREAT).
+    """
+
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def tag(self) -> str:
+        return f"{self.prefix}:{{cal}}"
+
+    def day(self, day: str) -> str:
+        return f"{self.tag}:day:{day}"
+
+    def booking(self, booking_id: str) -> str:
+        return f"{self.tag}:b:{booking_id}"
+
+    def customer(self, token: str) -> str:
+        return f"{self.tag}:cust:{token}"
+
+    def customer_all(self, token: str) -> str:
+        return f"{self.tag}:custall:{token}"
+
+    @property
+    def hooks_due(self) -> str:
+        return f"{self.tag}:hooks:due"
+
+    @property
+    def hooks_body(self) -> str:
+        return f"{self.tag}:hooks:body"
+
+    @property
+    def hooks_attempts(self) -> str:
+        return f"{self.tag}:hooks:attempts"
+
+    @property
+    def hooks_dead(self) -> str:
+        return f"{self.tag}:hooks:dead"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineIndexKeys:
+    """Cross-conversation indexes of the engine (one hash tag)."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def tag(self) -> str:
+        return f"{self.prefix}:{{eng}}"
+
+    @property
+    def sessions(self) -> str:
+        return f"{self.tag}:sessions"
+
+    @property
+    def conversations(self) -> str:
+        return f"{self.tag}:convs"
+
+    def in_state(self, state: str) -> str:
+        return f"{self.tag}:state:{state}"
+
+    @property
+    def timers(self) -> str:
+        return f"{self.tag}:timers"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 
 # Script flags (`#!lua`), BLMOVE and LMPOP need Redis 7.0; Valkey reports a compatible version.
@@ -15,14 +15,34 @@ class UnsupportedRedis(RuntimeError):
     """The server is older than Redis 7.0 (terminal: the product cannot run on it)."""
 
 
-def connect(url: str, **options: Any) -> Any:
+# Every worker slot parked in BLMOVE holds a connection, and the engine's senders add their own;
+# redis-py's default pool has 100 connections and *fails* a command when they are all in use.
+# A blocking pool makes a burst wait for a free connection instead.
+DEFAULT_MAX_CONNECTIONS = 512
+DEFAULT_POOL_TIMEOUT_SECONDS = 10.0
+
+
+def connect(
+    url: str,
+    *,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    pool_timeout: float = DEFAULT_POOL_TIMEOUT_SECONDS,
+    **options: Any,
+) -> Any:
     """A client for `url`; `redis+cluster://host:port` gives a Redis Cluster client.
 
     Both clients answer the same commands the protocol uses (EVALSHA routed by key slot).
     """
     if url.startswith("redis+cluster://"):
-        return RedisCluster.from_url("redis://" + url.removeprefix("redis+cluster://"), **options)
-    return Redis.from_url(url, **options)
+        return RedisCluster.from_url(
+            "redis://" + url.removeprefix("redis+cluster://"),
+            max_connections=max_connections,
+            **options,
+        )
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=pool_timeout, **options
+    )
+    return Redis.from_pool(pool)
 
 
 def parse_version(text: str) -> tuple[int, ...]:

@@ -79,6 +79,46 @@ class Settings(BaseSettings):
         alias="WSM_SPOOL_DIR",
         description="Local, fsync'd spool for events accepted while Redis is down or slow.",
     )
+    # --- Gateway: spool limits and serving (gateway/) ----------------------------------------
+    spool_timeout_ms: float = Field(
+        1000,
+        alias="WSM_SPOOL_TIMEOUT_MS",
+        gt=0,
+        description=(
+            "Deadline for one spool write (write + fsync) once started; a disk stalled past it "
+            "answers 503. A spool that cannot be written at all answers 503 at once."
+        ),
+    )
+    spool_max_bytes: int = Field(
+        1024 * 1024 * 1024,
+        alias="WSM_SPOOL_MAX_BYTES",
+        gt=0,
+        description="Spool size per gateway process past which webhooks get 503 (disk guard).",
+    )
+    gateway_host: str = Field(
+        "0.0.0.0",
+        alias="WSM_GATEWAY_HOST",
+        description="Address `wsm gateway` listens on (`--host` overrides).",
+    )
+    gateway_port: int = Field(
+        8080,
+        alias="WSM_GATEWAY_PORT",
+        ge=1,
+        le=65535,
+        description="Port `wsm gateway` listens on (`--port` overrides).",
+    )
+    gateway_workers: int = Field(
+        1,
+        alias="WSM_GATEWAY_WORKERS",
+        ge=1,
+        le=64,
+        description="Gateway processes (`--workers` overrides); /metrics reports all of them.",
+    )
+    gateway_metrics_dir: Path | None = Field(
+        None,
+        alias="WSM_GATEWAY_METRICS_DIR",
+        description="prometheus multiprocess directory (emptied at start); unset: a temp dir.",
+    )
 
     # --- Conversation engine: WAHA's API (engine/) ---------------------------------------------
     waha_url: str = Field(
@@ -138,6 +178,16 @@ class Settings(BaseSettings):
         alias="WSM_SEND_RETRY_MAX_MS",
         ge=1,
         description="Longest delay between two attempts of one send.",
+    )
+    send_lock_seconds: float = Field(
+        60.0,
+        alias="WSM_SEND_LOCK_SECONDS",
+        gt=0,
+        description=(
+            "A conversation's delivery lock (one sender at a time). A sender that dies holds "
+            "it this long, so its conversation's replies wait that much; keep it above one "
+            "reply's worst case: the typing pause plus four WAHA calls at their timeout."
+        ),
     )
 
     # --- Conversation engine: conversations (engine/) -------------------------------------------
@@ -235,6 +285,244 @@ class Settings(BaseSettings):
     )
     api_host: str = Field("127.0.0.1", alias="WSM_API_HOST", description="Operator API address.")
     api_port: int = Field(8081, alias="WSM_API_PORT", ge=1, le=65535, description="Its port.")
+
+    # --- Worker fleet (worker/) -----------------------------------------------------------------
+    worker_processes: int = Field(
+        2,
+        alias="WSM_WORKER_PROCESSES",
+        ge=1,
+        le=256,
+        description="Worker processes the fleet's supervisor runs (`wsm worker --processes`).",
+    )
+    worker_concurrency: int = Field(
+        16,
+        alias="WSM_WORKER_CONCURRENCY",
+        ge=1,
+        le=1024,
+        description="Conversations each worker process handles at once (`--concurrency`).",
+    )
+    worker_handler: str = Field(
+        "engine.agent.service:create",
+        alias="WSM_WORKER_HANDLER",
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
+        description=(
+            "`module:attr` of the message handler (`--handler`): an async callable "
+            "`(event, ctx)`, or a factory `(HandlerSetup)` returning one. The default is the "
+            "conversation engine with the AI agent (the scheduling menu without GROQ_API_KEY)."
+        ),
+    )
+    worker_metrics_host: str = Field(
+        "0.0.0.0", alias="WSM_WORKER_METRICS_HOST", description="Address of the fleet's /metrics."
+    )
+    worker_metrics_port: int = Field(
+        9091,
+        alias="WSM_WORKER_METRICS_PORT",
+        ge=0,
+        le=65535,
+        description="Port of the fleet's /metrics, one endpoint for all its processes; 0: off.",
+    )
+    worker_metrics_dir: Path | None = Field(
+        None,
+        alias="WSM_WORKER_METRICS_DIR",
+        description=(
+            "prometheus multiprocess directory of the fleet (emptied at start); "
+            "a new temp dir if unset."
+        ),
+    )
+    worker_fleet_id: str | None = Field(
+        None,
+        alias="WSM_WORKER_FLEET_ID",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description=(
+            "Names this fleet's heartbeats for `wsm worker --check`; the host name when unset "
+            "(one fleet per container)."
+        ),
+    )
+    lease_seconds: float = Field(
+        30,
+        alias="WSM_LEASE_SECONDS",
+        ge=0.5,
+        description=(
+            "A worker's lease on a conversation; renewed every third of it while a handler "
+            "runs. A crashed worker's message is handled again within this plus one reaper "
+            "interval."
+        ),
+    )
+    reaper_interval_seconds: float = Field(
+        2,
+        alias="WSM_REAPER_INTERVAL",
+        gt=0,
+        description="How often expired leases, due retries and stray claims are looked for.",
+    )
+    max_attempts: int = Field(
+        5,
+        alias="WSM_MAX_ATTEMPTS",
+        ge=1,
+        description="Attempts before a message goes to the dead-letter list (`wsm dlq`).",
+    )
+    retry_backoff_seconds: float = Field(
+        1,
+        alias="WSM_RETRY_BACKOFF_SECONDS",
+        ge=0,
+        description="Wait before a failed message is tried again; doubles with each attempt.",
+    )
+    retry_backoff_max_seconds: float = Field(
+        300, alias="WSM_RETRY_BACKOFF_MAX_SECONDS", ge=0, description="Cap of that wait."
+    )
+    claim_batch: int = Field(
+        10,
+        alias="WSM_CLAIM_BATCH",
+        ge=1,
+        le=1000,
+        description=(
+            "Most messages handled per turn of a conversation before it goes to the back of the "
+            "line (fairness: a busy chat cannot starve the others)."
+        ),
+    )
+    handler_timeout_seconds: float = Field(
+        120,
+        alias="WSM_HANDLER_TIMEOUT_SECONDS",
+        gt=0,
+        description="A handler running longer is cancelled and its message retried.",
+    )
+    shutdown_grace_seconds: float = Field(
+        30,
+        alias="WSM_SHUTDOWN_GRACE_SECONDS",
+        ge=0,
+        description="On SIGTERM, how long in-flight messages may take to finish.",
+    )
+    heartbeat_interval_seconds: float = Field(
+        5,
+        alias="WSM_HEARTBEAT_INTERVAL",
+        gt=0,
+        description="How often each worker process and the supervisor write their heartbeat.",
+    )
+
+    # --- AI agent: the Groq brain (engine/agent/) ---------------------------------------------
+    groq_api_key: SecretStr | None = Field(
+        None,
+        alias="GROQ_API_KEY",
+        description="Groq API key. Unset: every conversation runs on the scheduling menu brain.",
+    )
+    groq_base_url: str = Field(
+        "https://api.groq.com",
+        alias="GROQ_BASE_URL",
+        description="Groq's API base URL; any OpenAI-compatible server with Groq's paths works.",
+    )
+    groq_model: str = Field(
+        "openai/gpt-oss-20b",
+        alias="GROQ_MODEL",
+        description="The chat model that runs the agent (it must support tool calling).",
+    )
+    llm_timeout_seconds: float = Field(
+        15.0,
+        alias="WSM_LLM_TIMEOUT_SECONDS",
+        gt=0,
+        description="Timeout of one LLM request; past it the request fails (retried, then menu).",
+    )
+    llm_max_retries: int = Field(
+        1,
+        alias="WSM_LLM_MAX_RETRIES",
+        ge=0,
+        le=5,
+        description="Retries of one LLM request on timeouts, network errors, 5xx and short 429s.",
+    )
+    llm_turn_deadline_seconds: float = Field(
+        40.0,
+        alias="WSM_LLM_TURN_DEADLINE_SECONDS",
+        gt=0,
+        description=(
+            "Longest a customer waits for the agent's answer to one message (all LLM rounds "
+            "and tools); past it the menu answers. Keep it well under WSM_HANDLER_TIMEOUT_SECONDS."
+        ),
+    )
+    llm_max_tool_rounds: int = Field(
+        5,
+        alias="WSM_LLM_MAX_TOOL_ROUNDS",
+        ge=1,
+        le=20,
+        description="Most model calls per customer message (each may call tools).",
+    )
+    llm_history_token_budget: int = Field(
+        2500,
+        alias="WSM_LLM_HISTORY_TOKEN_BUDGET",
+        ge=0,
+        description="Tokens of recent conversation the prompt may carry (estimated); older is cut.",
+    )
+    llm_max_completion_tokens: int = Field(
+        2048,
+        alias="WSM_LLM_MAX_COMPLETION_TOKENS",
+        ge=64,
+        description="max_completion_tokens of one model call (reasoning tokens included).",
+    )
+    agent_reply_max_chars: int = Field(
+        1200,
+        alias="WSM_AGENT_REPLY_MAX_CHARS",
+        ge=80,
+        description="Longest reply the agent may send in one message; longer ones are cut.",
+    )
+    llm_breaker_failures: int = Field(
+        5,
+        alias="WSM_LLM_BREAKER_FAILURES",
+        ge=1,
+        description="Consecutive LLM failures that open the circuit breaker (menu for everyone).",
+    )
+    llm_breaker_reset_seconds: float = Field(
+        30.0,
+        alias="WSM_LLM_BREAKER_RESET_SECONDS",
+        gt=0,
+        description="How long the breaker stays open before one trial request is let through.",
+    )
+
+    # --- AI agent: calendar, bookings and their webhook (engine/agent/) ----------------------
+    calendar_file: Path | None = Field(
+        None,
+        alias="WSM_CALENDAR_FILE",
+        description=(
+            "YAML or TOML file with services, hours, holidays and the business's description "
+            "(see config/calendar.example.yaml). Unset: WSM_MENU_SERVICES, Mon-Fri 8h-18h."
+        ),
+    )
+    max_bookings_per_customer: int = Field(
+        3,
+        alias="WSM_MAX_BOOKINGS_PER_CUSTOMER",
+        ge=1,
+        description="Upcoming bookings one customer may hold at once.",
+    )
+    booking_webhook_url: str | None = Field(
+        None,
+        alias="WSM_BOOKING_WEBHOOK_URL",
+        description="Where booked / rescheduled / cancelled events are POSTed (unset: none).",
+    )
+    booking_webhook_secret: SecretStr | None = Field(
+        None,
+        alias="WSM_BOOKING_WEBHOOK_SECRET",
+        description="HMAC-SHA256 key signing the booking webhook (X-Wsm-Signature).",
+    )
+    booking_webhook_timeout_seconds: float = Field(
+        10.0,
+        alias="WSM_BOOKING_WEBHOOK_TIMEOUT_SECONDS",
+        gt=0,
+        description="Timeout of one booking webhook delivery; a timeout is retried.",
+    )
+    booking_webhook_max_attempts: int = Field(
+        12,
+        alias="WSM_BOOKING_WEBHOOK_MAX_ATTEMPTS",
+        ge=1,
+        description="Deliveries of one booking event before it goes to its dead-letter list.",
+    )
+    booking_webhook_retry_base_ms: int = Field(
+        1000,
+        alias="WSM_BOOKING_WEBHOOK_RETRY_BASE_MS",
+        ge=1,
+        description="First retry delay of a failed booking webhook; doubles (with jitter).",
+    )
+    booking_webhook_retry_max_ms: int = Field(
+        300_000,
+        alias="WSM_BOOKING_WEBHOOK_RETRY_MAX_MS",
+        ge=1,
+        description="Longest delay between two deliveries of one booking event.",
+    )
 
     # --- Logging -----------------------------------------------------------------------------
     log_level: str = Field(

@@ -4,10 +4,11 @@ an operator never has to read the code to configure wsm."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from shared.settings import Settings
-from wsm.config_doc import env_example, markdown_table
+from wsm.config_doc import DEPLOYMENT_VARIABLES, env_example, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 REGENERATE = "regenerate with `wsm config --markdown` / `wsm config --env > .env.example`"
@@ -32,3 +33,13 @@ def test_secrets_have_no_default() -> None:
     assert "webhook_hmac_key" in secrets
     with_default = [n for n, f in secrets.items() if f.default is not None]
     assert with_default == [], f"secrets with a default: {with_default}"
+
+
+def test_every_variable_compose_reads_is_documented() -> None:
+    lines = (ROOT / "compose.yaml").read_text("utf-8").splitlines()
+    compose = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+    used = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)[:}?-]", compose))
+    documented = {f.alias for f in Settings.model_fields.values()} | {
+        name for name, _, _ in DEPLOYMENT_VARIABLES
+    }
+    assert used - documented == set(), "add them to DEPLOYMENT_VARIABLES in wsm/config_doc.py"

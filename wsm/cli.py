@@ -13,8 +13,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "dlq": ("worker.dlq_cli", "list, replay or drop dead letters"),
     "api": ("api.cli", "the operator API (conversations, waiting line, agents)"),
     "waha-sim": ("wsm.waha_sim.cli", "a WAHA stand-in for development and tests"),
+    "chat": ("wsm.chat", "be a WhatsApp customer in the terminal (through the simulator)"),
     "config": ("wsm.config_doc", "show the settings (effective values, or as docs)"),
     "dev": ("wsm.dev", "the whole product on embedded defaults (what `make run` runs)"),
+    "loadtest": ("wsm.loadtest", "end-to-end load and chaos test on a private stack"),
 }
 
 

@@ -20,6 +20,31 @@ from pydantic import SecretStr
 
 from shared.settings import Settings
 
+# Variables read by compose.yaml alone (not by wsm's processes): (name, default, meaning).
+# `.env.example` lists them after wsm's own settings; a test checks compose uses no other.
+DEPLOYMENT_VARIABLES: list[tuple[str, str, str]] = [
+    ("GRAFANA_ADMIN_PASSWORD", "", "compose: Grafana's admin password (required)."),
+    ("GRAFANA_ADMIN_USER", "admin", "compose: Grafana's admin user."),
+    ("GRAFANA_PORT", "3000", "compose: Grafana's port on the host's loopback."),
+    ("HTTP_PORT", "80", "compose: the port nginx publishes."),
+    ("WAHA_SESSION", "default", "compose: the WAHA session wsm serves."),
+    (
+        "WAHA_HOOK_EVENTS",
+        "message.any,message.ack,message.reaction,message.revoked,message.edited,session.status",
+        "compose: the events WAHA posts (message OR message.any, never both).",
+    ),
+    ("GATEWAY_WORKERS", "2", "compose: gateway processes in its one container."),
+    ("WORKER_PROCESSES", "2", "compose: worker processes per worker replica."),
+    ("WORKER_CONCURRENCY", "16", "compose: conversations at once per worker process."),
+    ("NGINX_WEBHOOK_RATE", "200r/s", "compose: nginx's per-IP rate for /webhook."),
+    ("NGINX_WEBHOOK_BURST", "400", "compose: nginx's burst for /webhook."),
+    ("NGINX_API_RATE", "20r/s", "compose: nginx's per-IP rate for /api/."),
+    ("NGINX_API_BURST", "40", "compose: nginx's burst for /api/."),
+    ("REDIS_APPENDFSYNC", "always", "compose: Redis appendfsync (always: nothing acked is lost)."),
+    ("PROMETHEUS_RETENTION", "15d", "compose: how long Prometheus keeps samples."),
+    ("WSM_IMAGE", "wsm:local", "compose: the image gateway, worker and api run."),
+]
+
 
 def _default(field: Any) -> str:
     if field.is_required():
@@ -50,6 +75,10 @@ def env_example() -> str:
         default = _default(field)
         prefix = "" if "SecretStr" in str(field.annotation) else "# "
         lines.append(f"{prefix}{field.alias}={default}")
+    lines += ["", "", "# --- Deployment with compose.yaml only ---"]
+    for name, default, meaning in DEPLOYMENT_VARIABLES:
+        required = "(required)" in meaning
+        lines += ["", f"# {meaning}", f"{'' if required else '# '}{name}={default}"]
     return "\n".join(lines) + "\n"
 
 

@@ -25,16 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+import httpx
+
 from shared.embedded_redis import EmbeddedRedis
 from shared.settings import Settings
 
 
 @dataclass
 class Part:
-    name: str
-    module: str
+    name: str  # also the `wsm` subcommand that runs it
+    module: str  # the package that must be installed for the part to run
     args: list[str]
     url: str
+    health_url: str  # answers 200 once the part is ready
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
 
@@ -88,6 +91,7 @@ def build_parts(args: argparse.Namespace, settings: Settings, redis_url: str) ->
                     hmac_key,
                 ],
                 waha_url,
+                f"{waha_url}/_sim/health",
             )
         )
     parts += [
@@ -96,6 +100,7 @@ def build_parts(args: argparse.Namespace, settings: Settings, redis_url: str) ->
             "gateway",
             ["--host", args.host, "--port", str(args.gateway_port)],
             f"http://{args.host}:{args.gateway_port}/webhook",
+            f"http://{args.host}:{args.gateway_port}/healthz",
         ),
         Part(
             "worker",
@@ -107,12 +112,14 @@ def build_parts(args: argparse.Namespace, settings: Settings, redis_url: str) ->
                 str(args.worker_metrics_port),
             ],
             f"http://127.0.0.1:{args.worker_metrics_port}/metrics",
+            f"http://127.0.0.1:{args.worker_metrics_port}/metrics",
         ),
         Part(
             "api",
             "api",
             ["--host", args.host, "--port", str(args.api_port)],
             f"http://{args.host}:{args.api_port}/docs  (token in {home / 'api-token'})",
+            f"http://{args.host}:{args.api_port}/healthz",
         ),
     ]
     for part in parts:
@@ -165,13 +172,14 @@ def main(argv: list[str]) -> int:
                 continue
             log = (logs / f"{part.name}.log").open("ab")
             part.process = subprocess.Popen(
-                [sys.executable, "-m", part.module, *part.args],
+                [sys.executable, "-m", "wsm", part.name, *part.args],
                 env={**os.environ, **part.env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches us only; we stop children in order
             )
             started.append(part)
+            _wait_ready(part, logs)
             print(f"wsm dev: {part.name:<10} {part.url}", flush=True)
         print(f"wsm dev: logs in {logs}/ ; Ctrl-C stops everything", flush=True)
         while True:
@@ -188,6 +196,9 @@ def main(argv: list[str]) -> int:
     except (KeyboardInterrupt, _Stop):
         print("\nwsm dev: stopping", flush=True)
         return 0
+    except PartFailed as exc:
+        print(f"wsm dev: {exc}", file=sys.stderr, flush=True)
+        return 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -196,6 +207,24 @@ def main(argv: list[str]) -> int:
         if redis is not None:
             redis.stop()
         print("wsm dev: stopped", flush=True)
+
+
+class PartFailed(RuntimeError):
+    """A part exited or did not become ready at start."""
+
+
+def _wait_ready(part: Part, logs: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if part.process is not None and part.process.poll() is not None:
+            break
+        try:
+            if httpx.get(part.health_url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise PartFailed(f"{part.name} did not start; see {logs / (part.name + '.log')}")
 
 
 def _stop(part: Part, grace: float = 40.0) -> None:

@@ -28,7 +28,7 @@ def wait_until(
 
 async def async_wait_until(
     condition: Callable[[], Awaitable[T]],
-    timeout: float = 10.0,  # noqa: ASYNC109 - a polling deadline, not a cancellation scope
+    timeout: float = 10.0,
     interval: float = 0.02,
     what: str = "condition",
 ) -> T:

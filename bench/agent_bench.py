@@ -1,0 +1,287 @@
+"""AI agent throughput: how many conversations per second the worker fleet carries end to end
+when every answer waits on the LLM, against the bound that wait sets.
+
+    python3 bench/agent_bench.py [--conversations 600] [--delay-ms 800] [--processes 2]
+                                 [--concurrency 8 16 32]
+
+A conversation here is one customer message, end to end: queued the way the gateway queues
+it, claimed by a worker process, handled by the engine with the AI agent as its brain
+(engine.agent.service:create: context from Redis, one chat completion, the Decision committed
+with the ack), and the reply delivered by the engine's sender to WAHA. Every conversation is a
+different chat, so nothing serialises them but the fleet's concurrency.
+
+The LLM and WAHA are one local stand-in server (uvicorn, its own process): the chat
+completions endpoint answers in Groq's shape after a fixed delay; WAHA's sendText answers 201
+and notes when each reply arrived. The rate is measured from the first reply to the last, so
+process start-up is not counted. The bound is (processes x concurrency) / delay: with every
+slot waiting on the model, that many answers can come back per second at most. The same run
+measures the fleet with an instant model (delay 0): the ceiling of everything but the wait.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from shared.embedded_redis import EmbeddedRedis  # noqa: E402
+from shared.enqueue import EnqueueRequest, enqueue_many  # noqa: E402
+from shared.events import route_event  # noqa: E402
+from shared.redis_client import connect  # noqa: E402
+
+# --- the stand-in server (LLM + WAHA) ----------------------------------------------------------
+
+
+def completion_body() -> bytes:
+    return orjson.dumps(
+        {
+            "id": "chatcmpl-" + uuid.uuid4().hex[:24],
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": "openai/gpt-oss-20b",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": "Olá! Tenho horários amanhã às 10:00 e 14:30. Qual prefere?",
+                    },
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 900, "completion_tokens": 40, "total_tokens": 940},
+            "x_groq": {"id": "req_" + uuid.uuid4().hex[:26]},
+        }
+    )
+
+
+class StandIns:
+    """A raw ASGI app: the LLM after `delay` seconds, WAHA at once."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.sent: list[float] = []
+        self.llm_calls = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        path = scope["path"]
+        status, answer, headers = 404, b"{}", []
+        if path == "/openai/v1/chat/completions":
+            self.llm_calls += 1
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            status, answer = 200, completion_body()
+            headers = [(b"x-ratelimit-remaining-requests", b"14000"),
+                       (b"x-ratelimit-remaining-tokens", b"250000")]  # fmt: skip
+        elif path == "/api/sendText":
+            self.sent.append(time.perf_counter())
+            chat = orjson.loads(body)["chatId"]
+            status, answer = 201, orjson.dumps({"id": f"true_{chat}_{uuid.uuid4().hex}"})
+        elif path in ("/api/sendSeen", "/api/startTyping", "/api/stopTyping"):
+            status = 201
+        elif path == "/stats":
+            status = 200
+            answer = orjson.dumps(
+                {
+                    "sent": len(self.sent),
+                    "first": self.sent[0] if self.sent else 0,
+                    "last": self.sent[-1] if self.sent else 0,
+                    "llm_calls": self.llm_calls,
+                }
+            )
+        elif path == "/reset":
+            delay = orjson.loads(body or b"{}").get("delay")
+            self.delay = self.delay if delay is None else float(delay)
+            self.sent, self.llm_calls, status = [], 0, 200
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), *headers],
+            }
+        )
+        await send({"type": "http.response.body", "body": answer})
+
+
+def serve_standins(port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(StandIns(0.0), host="127.0.0.1", port=port, log_level="warning", loop="uvloop")
+
+
+# --- the benchmark -----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def message(chat: str) -> bytes:
+    return orjson.dumps(
+        {
+            "id": "evt_" + uuid.uuid4().hex[:26],
+            "timestamp": int(time.time() * 1000),
+            "event": "message",
+            "session": "default",
+            "payload": {
+                "id": f"false_{chat}_{uuid.uuid4().hex.upper()}",
+                "timestamp": int(time.time()),
+                "from": chat,
+                "fromMe": False,
+                "body": "Oi! Quero marcar uma consulta",
+                "hasMedia": False,
+            },
+        }
+    )
+
+
+async def queue_conversations(client: Any, count: int, prefix: str) -> None:
+    requests = []
+    for n in range(count):
+        body = message(f"5519{n:09d}@c.us")
+        routed = route_event(orjson.loads(body), body)
+        assert routed is not None
+        requests.append(
+            EnqueueRequest.for_event(
+                routed,
+                body,
+                received_at_ms=int(time.time() * 1000),
+                shards=1,
+                dedupe_ttl_seconds=3600,
+                prefix=prefix,
+            )
+        )
+    for i in range(0, len(requests), 1000):
+        await enqueue_many(client, requests[i : i + 1000])
+
+
+async def run(
+    redis_url: str, standins: str, args: argparse.Namespace, delay: float, concurrency: int
+) -> tuple[float, int]:
+    prefix = "bench" + uuid.uuid4().hex[:8]
+    client = connect(redis_url)
+    async with httpx.AsyncClient(base_url=standins, timeout=10) as http:
+        await http.post("/reset", json={"delay": delay})
+        await queue_conversations(client, args.conversations, prefix)
+        env = os.environ | {
+            "PYTHONPATH": str(ROOT),
+            "REDIS_URL": redis_url,
+            "WSM_KEY_PREFIX": prefix,
+            "WSM_LOG_LEVEL": "WARNING",
+            "GROQ_API_KEY": "bench",
+            "GROQ_BASE_URL": standins,
+            "WAHA_URL": standins,
+            "WSM_CALENDAR_FILE": str(ROOT / "config" / "calendar.example.yaml"),
+            "WSM_TYPING_DELAY_MAX_MS": "0",
+            "WSM_SENDS_PER_SECOND_PER_SESSION": "0",
+            "WSM_LLM_MAX_RETRIES": "0",
+        }
+        fleet = subprocess.Popen(  # noqa: ASYNC220 - only starts it
+            [
+                sys.executable, "-m", "worker",
+                "--processes", str(args.processes),
+                "--concurrency", str(concurrency),
+                "--handler", "engine.agent.service:create",
+                "--metrics-port", "0",
+                "--fleet-id", prefix,
+            ],
+            cwd=ROOT, env=env,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 600
+            while True:
+                stats = (await http.get("/stats")).json()
+                if stats["sent"] >= args.conversations:
+                    break
+                if time.monotonic() > deadline or fleet.poll() is not None:
+                    raise RuntimeError(f"stalled: {stats}")
+                await asyncio.sleep(0.05)
+        finally:
+            fleet.terminate()
+            fleet.wait(60)
+            await client.aclose()
+    rate = (stats["sent"] - 1) / (stats["last"] - stats["first"])
+    return rate, int(stats["llm_calls"])
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    port = free_port()
+    server = subprocess.Popen(  # noqa: ASYNC220 - only starts it
+        [sys.executable, __file__, "--serve-standins", str(port)], cwd=ROOT
+    )
+    redis_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"agent-bench-{uuid.uuid4().hex[:6]}"
+    redis_server = EmbeddedRedis(redis_dir, appendonly=False)
+    redis_server.start()
+    standins = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=standins) as http:
+            for _ in range(200):
+                try:
+                    await http.get("/stats")
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.05)
+        delay = args.delay_ms / 1000
+        print(
+            f"{args.conversations} conversations, {args.processes} worker processes, "
+            f"LLM stand-in delay {args.delay_ms} ms\n"
+        )
+        # LLM calls above the conversations mean messages were handled again after a failure.
+        print("| concurrency per process | LLM delay | conversations/s | bound (P×C÷delay) "
+              "| of the bound | LLM calls |")  # fmt: skip
+        print("|---|---|---|---|---|---|")
+        for concurrency in args.concurrency:
+            instant, calls = await run(redis_server.url, standins, args, 0.0, concurrency)
+            print(f"| {concurrency} | 0 ms (ceiling) | {instant:.1f} | - | - | {calls} |")
+            rate, calls = await run(redis_server.url, standins, args, delay, concurrency)
+            bound = args.processes * concurrency / delay
+            print(
+                f"| {concurrency} | {args.delay_ms} ms | {rate:.1f} | {bound:.1f} "
+                f"| {rate / bound:.0%} | {calls} |"
+            )
+    finally:
+        server.terminate()
+        server.wait(10)
+        redis_server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--conversations", type=int, default=600)
+    parser.add_argument("--delay-ms", type=int, default=800)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 16, 32])
+    parser.add_argument("--serve-standins", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_standins:
+        serve_standins(args.serve_standins)
+        return
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()

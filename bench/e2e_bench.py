@@ -1,0 +1,235 @@
+"""End to end: messages/s and the latency from WAHA's webhook to the reply's sendText, through
+the whole product, against the floor of the measuring bench itself.
+
+    python3 bench/e2e_bench.py [--customers 200] [--messages 20] [--quick]
+
+Runs, one after the other, each on a fresh private stack (see `wsm loadtest`):
+
+- floor: the WAHA simulator and the same simulated customers, with a minimal bot in place of
+  the product (a bare ASGI app that answers each `message` webhook with one sendText). It is
+  what the bench itself costs on this machine: the baseline the product's figures are read
+  against (ratio = product / floor);
+- the product with the menu brain, nginx in front, typing pause off: 1 worker process, then 2;
+- the product at fixed rates (customers paced, 2 processes), to read latency below saturation;
+- the product with the typing pause on (default cap), to show the pause is the latency;
+- the product under chaos (worker SIGKILLs, a Redis crash, a 35 s Redis outage).
+
+Prints one table (and writes it with the raw reports to --out); see docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from shared.embedded_redis import free_port  # noqa: E402
+from wsm.load.checks import latency_summary  # noqa: E402
+from wsm.load.customers import Customer, Progress, run_customers  # noqa: E402
+from wsm.stack import Service, Stack, port_accepts, python_module, running  # noqa: E402
+
+
+# --- the floor: simulator + minimal bot -----------------------------------------------------
+def bot_app(sim_url: str) -> Any:
+    """A bare ASGI app: 200 to every webhook, and one sendText back for each customer message."""
+    import httpx
+    import orjson
+
+    from wsm.waha_sim.transport import LeanHTTPTransport
+
+    client = httpx.AsyncClient(
+        base_url=sim_url, transport=LeanHTTPTransport(max_idle_per_host=256), timeout=30
+    )
+    tasks: set[asyncio.Task[Any]] = set()
+
+    async def reply(chat: str) -> None:
+        body = {"session": "default", "chatId": chat, "text": "ok"}
+        await client.post("/api/sendText", json=body)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        document = orjson.loads(body) if body else {}
+        payload = document.get("payload") or {}
+        if document.get("event") == "message" and not payload.get("fromMe"):
+            task = asyncio.get_running_loop().create_task(reply(payload["from"]))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    return app
+
+
+def serve_bot(port: int, sim_url: str) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        bot_app(sim_url), host="127.0.0.1", port=port, loop="uvloop", http="httptools",
+        log_level="warning", access_log=False,
+    )  # fmt: skip
+
+
+def floor_latencies(customers: list[Customer]) -> list[float]:
+    """Each message's delay to the first reply after it in the chat (one reply per message)."""
+    delays = []
+    for customer in customers:
+        replies = sorted((customer.seq_of[i], at) for i, at in customer.reply_seen_at.items())
+        for sent in customer.sent:
+            seq = customer.seq_of.get(sent.message_id)
+            after = [at for s, at in replies if seq is not None and s > seq]
+            if after:
+                delays.append((after[0] - sent.at) * 1000)
+    return delays
+
+
+def run_floor(customers: int, messages: int, home: Path) -> dict[str, Any]:
+    sim_port, bot_port = free_port(), free_port()
+    sim_url = f"http://127.0.0.1:{sim_port}"
+    stack = Stack()
+    stack.add(
+        Service(
+            "bot",
+            [sys.executable, __file__, "--bot", str(bot_port), "--sim", sim_url],
+            home / "bot.log",
+            ready=lambda: port_accepts(bot_port),
+        )
+    )
+    stack.add(
+        Service(
+            "waha-sim",
+            python_module(
+                "wsm", "waha-sim", "--port", str(sim_port),
+                "--webhook-url", f"http://127.0.0.1:{bot_port}/webhook",
+            ),
+            home / "sim.log",
+            ready=lambda: port_accepts(sim_port),
+            cwd=ROOT,
+        )
+    )  # fmt: skip
+    with running(stack, ("waha-sim", "bot")):
+        for service in stack:
+            stack.start(service)
+        people = [Customer.numbered(i) for i in range(1, customers + 1)]
+        progress = Progress(total=customers * messages)
+        started = time.monotonic()
+        asyncio.run(run_customers(sim_url, people, messages, progress, reply_timeout=60))
+        duration = time.monotonic() - started
+    failed = [c.error for c in people if c.error]
+    return {
+        "ok": not failed,
+        "duration_s": round(duration, 2),
+        "messages_answered": progress.answered,
+        "messages_per_s": round(progress.answered / duration, 1),
+        "latency_first_reply": latency_summary(floor_latencies(people)),
+    }
+
+
+# --- the product, through `wsm loadtest` ----------------------------------------------------
+def run_loadtest(args: list[str], out: Path) -> dict[str, Any]:
+    report = out / f"loadtest-{len(list(out.glob('loadtest-*.json')))}.json"
+    command = [sys.executable, "-m", "wsm", "loadtest", *args, "--json", str(report), "--quiet"]
+    print("  $ wsm loadtest " + " ".join(args), flush=True)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if not report.exists():
+        raise RuntimeError(f"wsm loadtest failed:\n{done.stdout}\n{done.stderr}")
+    result: dict[str, Any] = json.loads(report.read_text())
+    result["command"] = "wsm loadtest " + " ".join(args)
+    return result
+
+
+def row(name: str, result: dict[str, Any], floor: dict[str, Any] | None) -> str:
+    latency = result["latency_first_reply"]
+    checks = result.get("checks", {})
+    lost = checks.get("lost", "-")
+    twice = checks.get("replies_sent_twice", "-")
+    ratio = ""
+    if floor and latency["p50_ms"] and floor["latency_first_reply"]["p50_ms"]:
+        ratio = f"{latency['p50_ms'] / floor['latency_first_reply']['p50_ms']:.1f}x"
+    return (
+        f"| {name} | {result['messages_per_s']} | {latency['p50_ms']} | {latency['p99_ms']} | "
+        f"{ratio} | {lost} | {twice} | {'yes' if result['ok'] else 'NO'} |"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--customers", type=int, default=200)
+    parser.add_argument("--messages", type=int, default=20)
+    parser.add_argument("--rates", default="25,50,100", help="paced runs, messages/s")
+    parser.add_argument("--paced-messages", type=int, default=5, help="per customer, paced runs")
+    parser.add_argument("--quick", action="store_true", help="floor and 2 processes only")
+    parser.add_argument("--no-chaos", action="store_true")
+    parser.add_argument("--out", type=Path, help="folder for the raw reports")
+    parser.add_argument("--bot", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--sim", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.bot:
+        serve_bot(args.bot, args.sim)
+        return 0
+
+    out = args.out or Path(tempfile.mkdtemp(prefix="wsm-e2e-bench-"))
+    out.mkdir(parents=True, exist_ok=True)
+    k, m = str(args.customers), str(args.messages)
+    print(f"machine: {os.cpu_count()} cores, {socket.gethostname()}; raw reports in {out}")
+    rows: list[tuple[str, dict[str, Any]]] = []
+    print("floor (simulator + minimal bot, no product)", flush=True)
+    floor = run_floor(args.customers, args.messages, out)
+    rows.append(("floor: simulator + minimal bot", floor))
+    base = ["--customers", k, "--messages", m, "--nginx", "auto"]
+    plans: list[tuple[str, list[str]]] = [
+        ("product, 2 worker processes", [*base, "--processes", "2"])
+    ]
+    if not args.quick:
+        plans.insert(0, ("product, 1 worker process", [*base, "--processes", "1"]))
+        paced = ["--customers", k, "--messages", str(args.paced_messages), "--nginx", "auto"]
+        for rate in [r for r in args.rates.split(",") if r]:
+            name = f"product, 2 processes, paced at {rate} msg/s"
+            plans.append((name, [*paced, "--rate", rate]))
+        plans.append(
+            (
+                "product, 2 processes, typing pause on (cap 3000 ms), paced at 25 msg/s",
+                [*paced, "--rate", "25", "--typing-ms", "3000"],
+            )
+        )
+        if not args.no_chaos:
+            plans.append(
+                (
+                    "product, 2 processes, CHAOS",
+                    ["--customers", k, "--messages", "5", "--nginx", "auto", "--chaos"],
+                )
+            )
+    for name, plan in plans:
+        print(name, flush=True)
+        rows.append((name, run_loadtest(plan, out)))
+
+    table = [
+        "| run | messages/s | p50 ms | p99 ms | p50 vs floor | lost | sent twice | checks |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    table += [row(name, result, floor if result is not floor else None) for name, result in rows]
+    print("\n".join(table))
+    (out / "table.md").write_text("\n".join(table) + "\n")
+    (out / "reports.json").write_text(json.dumps(dict(rows), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

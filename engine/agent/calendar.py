@@ -1,0 +1,348 @@
+"""The business's calendar: services, opening hours, slot length, how far ahead customers may
+book, holidays, time zone, and the business's description for the agent's prompt.
+
+It comes from a YAML or TOML file (WSM_CALENDAR_FILE; documented example:
+config/calendar.example.yaml). Without a file, a default calendar is built from the menu's
+settings (WSM_BUSINESS_NAME, WSM_MENU_SERVICES), open Monday to Friday, 8h to 18h.
+
+Slots are computed, never stored: a slot is a start time inside an opening interval, on the
+slot grid (interval start + k x slot length), with room for the whole service before the
+interval ends, at least `min_notice_minutes` from now and within `days_ahead`. A slot's id is
+its local start, `YYYY-MM-DDTHH:MM` in the business's time zone: the model and the menu pass
+that string, and code checks it against these rules (InvalidSlot) before anything is booked.
+Which slots are taken lives in Redis (engine/agent/bookings.py).
+"""
+
+from __future__ import annotations
+
+import tomllib
+import unicodedata
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_DAY_NAMES = {
+    "pt-BR": ("seg", "ter", "qua", "qui", "sex", "sáb", "dom"),
+    "en": ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"),
+}
+_LONG_DAY_NAMES = {
+    "pt-BR": ("segunda", "terça", "quarta", "quinta", "sexta", "sábado", "domingo"),
+    "en": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
+}
+
+
+class CalendarFileError(ValueError):
+    """The calendar file cannot be used (terminal: fix the file; wsm refuses to start)."""
+
+
+class InvalidSlot(ValueError):
+    """A start time that is not a bookable slot of this calendar (the caller's mistake)."""
+
+
+# --- the file ---------------------------------------------------------------------------------
+
+
+class _Business(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=120)
+    description: str = Field("", max_length=4000)
+
+
+class _Service(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")
+    name: str = Field(min_length=1, max_length=80)
+    description: str = Field("", max_length=500)
+    duration_minutes: int | None = Field(None, gt=0, le=24 * 60)
+
+
+class _CalendarFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    business: _Business
+    timezone: str = "America/Sao_Paulo"
+    slot_minutes: int = Field(30, ge=5, le=24 * 60)
+    days_ahead: int = Field(14, ge=1, le=366)
+    min_notice_minutes: int = Field(60, ge=0)
+    hours: dict[str, list[str]]
+    holidays: list[date] = Field(default_factory=list)
+    services: list[_Service] = Field(min_length=1)
+    # Overrides of the agent's texts, per language (engine/agent/texts.py).
+    texts: dict[str, dict[str, str]] = Field(default_factory=dict)
+
+    @field_validator("hours")
+    @classmethod
+    def _known_days(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        unknown = set(value) - set(WEEKDAYS)
+        if unknown:
+            raise ValueError(f"unknown day(s) {sorted(unknown)}; use {', '.join(WEEKDAYS)}")
+        return value
+
+
+# --- the calendar -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    id: str
+    name: str
+    description: str
+    minutes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    service: Service
+    start: datetime  # aware, in the business's time zone
+    # Every grid slot the service occupies, as "HH:MM" of that day (what Redis marks taken).
+    steps: tuple[str, ...]
+
+    @property
+    def id(self) -> str:
+        return self.start.strftime("%Y-%m-%dT%H:%M")
+
+    @property
+    def day(self) -> str:
+        return self.start.strftime("%Y-%m-%d")
+
+    @property
+    def start_ms(self) -> int:
+        return int(self.start.timestamp() * 1000)
+
+
+def _minutes(text: str) -> int:
+    hours, _, minutes = text.strip().partition(":")
+    value = int(hours) * 60 + int(minutes or 0)
+    if not 0 <= value <= 24 * 60:
+        raise ValueError(f"not a time of day: {text!r}")
+    return value
+
+
+def _interval(text: str) -> tuple[int, int]:
+    start, sep, end = text.partition("-")
+    if not sep:
+        raise ValueError(f"an opening interval is 'HH:MM-HH:MM', got {text!r}")
+    first, last = _minutes(start), _minutes(end)
+    if last <= first:
+        raise ValueError(f"interval {text!r} ends before it starts")
+    return first, last
+
+
+def fold(text: str) -> str:
+    """Case- and accent-insensitive form, to match what a customer or a model typed."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold().strip())
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
+def _clock(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+class Calendar:
+    def __init__(
+        self,
+        *,
+        business_name: str,
+        description: str,
+        timezone: str,
+        slot_minutes: int,
+        days_ahead: int,
+        min_notice_minutes: int,
+        hours: Mapping[int, Sequence[tuple[int, int]]],
+        holidays: Sequence[date],
+        services: Sequence[Service],
+        texts: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
+        try:
+            self.tz = ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise CalendarFileError(f"unknown time zone {timezone!r}") from exc
+        self.business_name = business_name
+        self.description = description
+        self.timezone = timezone
+        self.slot_minutes = slot_minutes
+        self.days_ahead = days_ahead
+        self.min_notice = timedelta(minutes=min_notice_minutes)
+        self.hours = {day: sorted(intervals) for day, intervals in hours.items()}
+        self.holidays = frozenset(holidays)
+        self.services = list(services)
+        self.texts = {k: dict(v) for k, v in (texts or {}).items()}
+        for service in self.services:
+            if service.minutes % slot_minutes:
+                raise CalendarFileError(
+                    f"service {service.id!r}: duration {service.minutes} min is not a multiple "
+                    f"of slot_minutes ({slot_minutes})"
+                )
+
+    # --- lookups --------------------------------------------------------------------------
+    def service(self, ref: str) -> Service | None:
+        """A service by its id or its name, ignoring case and accents."""
+        wanted = fold(ref)
+        for service in self.services:
+            if wanted in (fold(service.id), fold(service.name)):
+                return service
+        return None
+
+    def now(self) -> datetime:
+        return datetime.now(self.tz)
+
+    def local(self, moment: datetime) -> datetime:
+        return moment.astimezone(self.tz)
+
+    def window(self, now: datetime) -> tuple[date, date]:
+        """The first and last day customers may book on."""
+        today = self.local(now).date()
+        return today, today + timedelta(days=self.days_ahead)
+
+    def is_open_day(self, day: date) -> bool:
+        return day not in self.holidays and bool(self.hours.get(day.weekday()))
+
+    # --- slots ----------------------------------------------------------------------------
+    def _steps(self, service: Service, start_minute: int) -> tuple[str, ...]:
+        count = service.minutes // self.slot_minutes
+        return tuple(_clock(start_minute + n * self.slot_minutes) for n in range(count))
+
+    def _slot(self, service: Service, day: date, start_minute: int) -> Slot:
+        naive = datetime.combine(day, time()) + timedelta(minutes=start_minute)
+        return Slot(service, naive.replace(tzinfo=self.tz), self._steps(service, start_minute))
+
+    def slots(
+        self, service: Service, first_day: date, last_day: date, now: datetime
+    ) -> Iterator[Slot]:
+        """Every bookable slot of `service` from `first_day` to `last_day` (inclusive), in
+        order, free or not (Redis knows which are taken)."""
+        window_first, window_last = self.window(now)
+        day = max(first_day, window_first)
+        last = min(last_day, window_last)
+        earliest = now + self.min_notice
+        while day <= last:
+            if self.is_open_day(day):
+                for begin, end in self.hours.get(day.weekday(), ()):
+                    minute = begin
+                    while minute + service.minutes <= end:
+                        slot = self._slot(service, day, minute)
+                        if slot.start >= earliest:
+                            yield slot
+                        minute += self.slot_minutes
+            day += timedelta(days=1)
+
+    def slot(self, service: Service, start: str, now: datetime) -> Slot:
+        """The slot starting at `start` ("YYYY-MM-DDTHH:MM", business time), or InvalidSlot."""
+        try:
+            moment = datetime.strptime(start.strip()[:16], "%Y-%m-%dT%H:%M")
+        except ValueError:
+            raise InvalidSlot(f"start must look like 2026-05-12T14:30, got {start!r}") from None
+        day = moment.date()
+        first, last = self.window(now)
+        if not first <= day <= last:
+            raise InvalidSlot(f"{day} is outside the booking window ({first} to {last})")
+        if day in self.holidays:
+            raise InvalidSlot(f"{day} is a holiday: closed")
+        minute = moment.hour * 60 + moment.minute
+        for begin, end in self.hours.get(day.weekday(), ()):
+            if begin <= minute and minute + service.minutes <= end:
+                if (minute - begin) % self.slot_minutes:
+                    raise InvalidSlot(f"{start} is not on the {self.slot_minutes}-minute grid")
+                slot = self._slot(service, day, minute)
+                if slot.start < now + self.min_notice:
+                    raise InvalidSlot(f"{start} is too soon or in the past")
+                return slot
+        raise InvalidSlot(f"{start} is outside opening hours for {service.name}")
+
+    # --- words ----------------------------------------------------------------------------
+    def label(self, slot: Slot | datetime, language: str) -> str:
+        """How a slot is shown to customers: `ter 12/05 às 10:00` / `Tue 05/12 10:00`."""
+        start = slot.start if isinstance(slot, Slot) else self.local(slot)
+        names = _DAY_NAMES.get(language, _DAY_NAMES["pt-BR"])
+        weekday = names[start.weekday()]
+        if language == "en":
+            return f"{weekday} {start:%m/%d} {start:%H:%M}"
+        return f"{weekday} {start:%d/%m} às {start:%H:%M}"
+
+    def hours_text(self, language: str) -> str:
+        """Opening hours, one line per day (for the menu and the prompt)."""
+        names = _LONG_DAY_NAMES.get(language, _LONG_DAY_NAMES["pt-BR"])
+        closed = "fechado" if language != "en" else "closed"
+        lines = []
+        for n, name in enumerate(names):
+            intervals = self.hours.get(n) or []
+            spans = ", ".join(f"{_clock(a)}-{_clock(b)}" for a, b in intervals) or closed
+            lines.append(f"{name}: {spans}")
+        return "\n".join(lines)
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def _from_document(document: Any, where: str) -> Calendar:
+    try:
+        parsed = _CalendarFile.model_validate(document)
+    except ValidationError as exc:
+        raise CalendarFileError(f"{where}: {exc}") from exc
+    try:
+        hours = {
+            WEEKDAYS.index(day): [_interval(text) for text in intervals]
+            for day, intervals in parsed.hours.items()
+        }
+    except ValueError as exc:
+        raise CalendarFileError(f"{where}: hours: {exc}") from exc
+    services = [
+        Service(s.id, s.name, s.description, s.duration_minutes or parsed.slot_minutes)
+        for s in parsed.services
+    ]
+    if len({s.id for s in services}) != len(services):
+        raise CalendarFileError(f"{where}: two services share an id")
+    try:
+        return Calendar(
+            business_name=parsed.business.name,
+            description=parsed.business.description,
+            timezone=parsed.timezone,
+            slot_minutes=parsed.slot_minutes,
+            days_ahead=parsed.days_ahead,
+            min_notice_minutes=parsed.min_notice_minutes,
+            hours=hours,
+            holidays=parsed.holidays,
+            services=services,
+            texts=parsed.texts,
+        )
+    except CalendarFileError as exc:
+        raise CalendarFileError(f"{where}: {exc}") from exc
+
+
+def load_calendar(path: Path) -> Calendar:
+    """Read a calendar from a `.yaml`/`.yml` or `.toml` file (CalendarFileError)."""
+    path = Path(path)
+    try:
+        raw = path.read_text("utf-8")
+    except OSError as exc:
+        raise CalendarFileError(f"{path}: cannot read: {exc}") from exc
+    try:
+        if path.suffix.lower() == ".toml":
+            document: Any = tomllib.loads(raw)
+        else:
+            document = yaml.safe_load(raw)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise CalendarFileError(f"{path}: not valid {path.suffix.lstrip('.')}: {exc}") from exc
+    return _from_document(document, str(path))
+
+
+def _slug(name: str) -> str:
+    chars = [ch if ch.isalnum() else "-" for ch in fold(name)]
+    return "".join(chars).strip("-")[:40] or "servico"
+
+
+def default_calendar(business_name: str, services: Sequence[str]) -> Calendar:
+    """The calendar used without WSM_CALENDAR_FILE: the menu's services, Mon-Fri 8h-18h."""
+    names = [s for s in services if s] or ["Atendimento"]
+    document = {
+        "business": {"name": business_name},
+        "hours": {day: ["08:00-18:00"] for day in WEEKDAYS[:5]},
+        "services": [{"id": _slug(name), "name": name} for name in names],
+    }
+    return _from_document(document, "default calendar")

@@ -1,0 +1,171 @@
+"""The AI agent: a brain (engine/brain.py's seam) that answers with an LLM calling tools.
+
+For one customer message: build the context (engine/agent/context.py), then loop: ask the
+model; run the tools it calls (engine/agent/tools.py) and give it their results; stop when it
+answers with text, when it hands the customer to a person, or after WSM_LLM_MAX_TOOL_ROUNDS
+model calls. The whole turn's model time is bounded by WSM_LLM_TURN_DEADLINE_SECONDS: tools are
+not cut off halfway (a booking is either recorded as done or not attempted).
+
+It never writes conversation state itself: the Decision carries the replies, the pending
+confirmation (collected data) and a handoff request, and the engine commits them with the
+message's ack. Bookings are written by the tools' atomic scripts, repeat-safe.
+
+Failures raise AgentTurnFailed, carrying what the turn's tools had already done, so the
+fallback brain (engine/agent/fallback.py) can tell the customer about a booking made just
+before the model went away, instead of pretending nothing happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from engine.agent.agenda import Agenda
+from engine.agent.confirmation import PendingAction
+from engine.agent.context import (
+    build_messages,
+    state_summary,
+    system_prompt,
+    tool_result_message,
+)
+from engine.agent.llm import LLMError, LLMRejected, LLMUnavailable, ModelTurn
+from engine.agent.tools import ToolSession, tool_definitions
+from engine.brain import Decision, HandOff, Turn
+
+STEP_AGENT = "agent"
+
+
+class Model(Protocol):
+    async def complete(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]]
+    ) -> ModelTurn: ...
+
+
+class AgentTurnFailed(Exception):
+    """The model could not finish this message's answer; `session` holds what its tools did."""
+
+    def __init__(self, error: LLMError, session: ToolSession) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.reason = error.reason
+        self.session = session
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    language: str = "pt-BR"
+    max_tool_rounds: int = 5
+    history_token_budget: int = 2500
+    reply_max_chars: int = 1200
+    turn_deadline_seconds: float = 40.0
+
+
+_BOLD = re.compile(r"\*\*(.+?)\*\*", re.DOTALL)
+_HEADING = re.compile(r"^#{1,6}\s+", re.MULTILINE)
+
+
+def whatsapp_text(text: str, max_chars: int) -> str:
+    """Markdown the model may write, as WhatsApp shows it, cut at `max_chars`."""
+    text = _HEADING.sub("", _BOLD.sub(r"*\1*", text)).strip()
+    if len(text) <= max_chars:
+        return text
+    cut = text[: max_chars - 1]
+    space = cut.rfind(" ")
+    if space > max_chars // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:") + "…"
+
+
+class GroqBrain:
+    def __init__(self, model: Model, agenda: Agenda, config: AgentConfig) -> None:
+        self.model = model
+        self.agenda = agenda
+        self.config = config
+        self.tools = tool_definitions()
+
+    async def decide(self, turn: Turn) -> Decision:
+        session = ToolSession.for_turn(self.agenda, turn)
+        try:
+            return await self._answer(turn, session)
+        except LLMError as exc:
+            raise AgentTurnFailed(exc, session) from exc
+
+    async def _answer(self, turn: Turn, session: ToolSession) -> Decision:
+        deadline = time.monotonic() + self.config.turn_deadline_seconds
+        messages = await self._context(turn, session)
+        for _ in range(self.config.max_tool_rounds):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LLMUnavailable("timeout", "turn deadline")
+            try:
+                answer = await asyncio.wait_for(
+                    self.model.complete(messages, self.tools), remaining
+                )
+            except TimeoutError:
+                raise LLMUnavailable("timeout", "turn deadline") from None
+            if not answer.tool_calls:
+                if not answer.content:
+                    raise LLMRejected("bad_response", "empty answer")
+                return self._decision(session, answer.content)
+            messages.append(answer.as_message())
+            for call in answer.tool_calls:
+                result = await session.call(call.name, call.arguments)
+                messages.append(tool_result_message(call.id, call.name, result))
+            if session.handoff is not None:
+                return self._decision(session, answer.content)
+        raise LLMRejected("tool_rounds", f"no answer after {self.config.max_tool_rounds} rounds")
+
+    def _decision(self, session: ToolSession, text: str) -> Decision:
+        reply = whatsapp_text(text, self.config.reply_max_chars) if text else ""
+        return Decision(
+            replies=[reply] if reply else [],
+            step=STEP_AGENT,
+            collected=session.collected(),
+            requests=[HandOff(session.handoff)] if session.handoff is not None else [],
+        )
+
+    async def _context(self, turn: Turn, session: ToolSession) -> list[dict[str, Any]]:
+        now = self.agenda.now()
+        upcoming = await self.agenda.mine(session.customer)
+        summary = state_summary(
+            collected=dict(turn.state.collected),
+            upcoming=[(b, self.agenda.booking_label(b)) for b in upcoming],
+            pending=session.pending_in,
+            pending_text=await self._describe(session.pending_in, session),
+        )
+        return build_messages(
+            system=system_prompt(
+                self.agenda.calendar,
+                language=self.config.language,
+                now=now,
+                max_reply_chars=self.config.reply_max_chars,
+            ),
+            summary=summary,
+            history=turn.history,
+            new_message=turn.message.text,
+            budget=self.config.history_token_budget,
+        )
+
+    async def _describe(self, pending: PendingAction | None, session: ToolSession) -> str:
+        """The pending change in words, with the arguments to repeat; '' if it no longer
+        applies (the time has passed, the booking is gone)."""
+        if pending is None:
+            return ""
+        proposal = await self.agenda.describe(pending, session.customer)
+        if proposal is None:
+            return ""
+        if pending.kind == "book":
+            args = f'service="{pending.service}", start="{pending.start}"'
+            return f"{proposal.service} on {proposal.when} (book_appointment {args})"
+        if pending.kind == "cancel":
+            args = f'booking_id="{pending.booking_id}"'
+            return f"{proposal.service} on {proposal.when} (cancel_appointment {args})"
+        args = f'booking_id="{pending.booking_id}", new_start="{pending.start}"'
+        return (
+            f"{proposal.service} from {proposal.old} to {proposal.when} "
+            f"(reschedule_appointment {args})"
+        )

@@ -1,0 +1,250 @@
+"""One chat completion with tools against Groq (or any server speaking its API), with the
+failures sorted into what the agent does about them.
+
+Retries are ours, not the SDK's (the client is built with max_retries=0): a customer is
+waiting, so a request is repeated at most WSM_LLM_MAX_RETRIES times, only for what a repeat
+can fix (timeouts, network errors, 5xx, Groq's 400 `tool_use_failed` when the model produced
+a broken tool call), and a 429 only when its retry-after is short. The SDK would wait up to 60 s
+on a 429 before its retry; the menu answers right away instead.
+
+Exceptions (what the fallback brain switches on; `reason` labels the metrics):
+
+    LLMError
+    ├── LLMUnavailable   retryable later: timeout, connection_error, rate_limited,
+    │                    server_error (also opens the circuit breaker)
+    └── LLMRejected      terminal for this configuration: model_not_found, not_found,
+                         auth_error, bad_request (these open the circuit breaker too),
+                         bad_response (a malformed answer: the menu answers this message)
+
+Every response's `x-ratelimit-remaining-requests` / `-tokens` headers are read (through the
+SDK's `with_raw_response`) into `wsm_llm_ratelimit_remaining{kind}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import groq
+import httpx
+
+from engine.agent.metrics import LLM_DURATION, LLM_REQUESTS, LLM_TOKENS, RATELIMIT_REMAINING
+
+# A 429 is retried in place only when Groq asks for a wait this short or shorter.
+RETRY_AFTER_MAX_SECONDS = 2.0
+RETRY_PAUSE_SECONDS = 0.25
+
+
+class LLMError(Exception):
+    reason = "model_error"
+
+    def __init__(self, reason: str, detail: str = "", *, retry_after: float | None = None):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class LLMUnavailable(LLMError):
+    """The model cannot answer now (timeout, network, 429, 5xx)."""
+
+
+class LLMRejected(LLMError):
+    """The request is refused as configured (unknown model, bad key, a malformed answer)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text, as the model wrote it (maybe invalid)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelTurn:
+    content: str
+    tool_calls: Sequence[ToolCall] = field(default_factory=tuple)
+    finish_reason: str = ""
+
+    def as_message(self) -> dict[str, Any]:
+        """The assistant message to send back with the tool results."""
+        message: dict[str, Any] = {"role": "assistant", "content": self.content or None}
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+                for call in self.tool_calls
+            ]
+        return message
+
+
+def make_client(
+    *, api_key: str, base_url: str, timeout_seconds: float, http_client: Any = None
+) -> groq.AsyncGroq:
+    """The process's one AsyncGroq client (one connection pool)."""
+    return groq.AsyncGroq(
+        api_key=api_key,
+        base_url=base_url,
+        timeout=httpx.Timeout(timeout_seconds, connect=min(5.0, timeout_seconds)),
+        max_retries=0,
+        http_client=http_client,
+    )
+
+
+def _record_ratelimits(headers: Mapping[str, str] | None) -> None:
+    if not headers:
+        return
+    for kind in ("requests", "tokens"):
+        value = headers.get(f"x-ratelimit-remaining-{kind}")
+        if value is None:
+            continue
+        try:
+            RATELIMIT_REMAINING.labels(kind).set(float(value))
+        except ValueError:
+            continue
+
+
+def _retry_after(headers: Mapping[str, str] | None) -> float | None:
+    if not headers:
+        return None
+    raw = headers.get("retry-after")
+    try:
+        return max(0.0, float(raw)) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def _error_code(exc: groq.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict):
+            return str(error.get("code") or "")
+    return ""
+
+
+class ChatModel:
+    def __init__(
+        self,
+        client: groq.AsyncGroq,
+        *,
+        model: str,
+        max_retries: int,
+        max_completion_tokens: int,
+    ) -> None:
+        self.client = client
+        self.model = model
+        self.max_retries = max_retries
+        self.max_completion_tokens = max_completion_tokens
+
+    async def complete(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]]
+    ) -> ModelTurn:
+        attempt = 0
+        while True:
+            try:
+                return await self._once(messages, tools)
+            except LLMError as exc:
+                retryable = exc.reason in {
+                    "timeout", "connection_error", "server_error", "tool_use_failed",
+                } or (
+                    exc.reason == "rate_limited"
+                    and exc.retry_after is not None
+                    and exc.retry_after <= RETRY_AFTER_MAX_SECONDS
+                )  # fmt: skip
+                if not retryable or attempt >= self.max_retries:
+                    if exc.reason == "tool_use_failed":
+                        raise LLMRejected("bad_response", str(exc)) from exc
+                    raise
+                attempt += 1
+                pause = exc.retry_after if exc.retry_after is not None else RETRY_PAUSE_SECONDS
+                await asyncio.sleep(pause)
+
+    async def _once(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]]
+    ) -> ModelTurn:
+        started = time.monotonic()
+        result = "ok"
+        try:
+            raw = await self.client.chat.completions.with_raw_response.create(
+                model=self.model,
+                # Plain dicts shaped as Groq's message and tool params (TypedDicts).
+                messages=cast(Any, list(messages)),
+                tools=cast(Any, list(tools)),
+                tool_choice="auto",
+                max_completion_tokens=self.max_completion_tokens,
+                temperature=0.2,
+            )
+            _record_ratelimits(raw.headers)
+            completion = await raw.parse()
+            return self._turn(completion)
+        except LLMError as exc:
+            result = exc.reason
+            raise
+        except groq.APITimeoutError as exc:
+            result = "timeout"
+            raise LLMUnavailable("timeout") from exc
+        except groq.APIConnectionError as exc:
+            result = "connection_error"
+            raise LLMUnavailable("connection_error", str(exc)) from exc
+        except groq.APIStatusError as exc:
+            _record_ratelimits(exc.response.headers)
+            result, error = self._classify(exc)
+            raise error from exc
+        except groq.APIError as exc:  # a 2xx whose body is not a chat completion
+            result = "bad_response"
+            raise LLMRejected("bad_response", str(exc)) from exc
+        finally:
+            LLM_REQUESTS.labels(result).inc()
+            LLM_DURATION.observe(time.monotonic() - started)
+
+    @staticmethod
+    def _classify(exc: groq.APIStatusError) -> tuple[str, LLMError]:
+        status = exc.status_code
+        code = _error_code(exc)
+        detail = str(exc)[:300]
+        if status == 429:
+            return "rate_limited", LLMUnavailable(
+                "rate_limited", detail, retry_after=_retry_after(exc.response.headers)
+            )
+        if status >= 500 or status == 408:
+            return "server_error", LLMUnavailable("server_error", detail)
+        if status == 404:
+            # Groq answers an unknown or retired model with 404 code `model_not_found`; any
+            # other 404 is a wrong GROQ_BASE_URL.
+            reason = "model_not_found" if code in ("model_not_found", "") else "not_found"
+            return reason, LLMRejected(reason, detail)
+        if status in (401, 403):
+            return "auth_error", LLMRejected("auth_error", detail)
+        if status == 400 and code == "tool_use_failed":
+            return "tool_use_failed", LLMRejected("tool_use_failed", detail)
+        return "bad_request", LLMRejected("bad_request", detail)
+
+    @staticmethod
+    def _turn(completion: Any) -> ModelTurn:
+        usage = getattr(completion, "usage", None)
+        if usage is not None:
+            LLM_TOKENS.labels("prompt").inc(usage.prompt_tokens or 0)
+            LLM_TOKENS.labels("completion").inc(usage.completion_tokens or 0)
+        choices = getattr(completion, "choices", None)
+        if not choices:
+            raise LLMRejected("bad_response", "no choices")
+        message = choices[0].message
+        calls = [
+            ToolCall(
+                id=call.id or f"call_{n}",
+                name=call.function.name,
+                arguments=call.function.arguments or "",
+            )
+            for n, call in enumerate(message.tool_calls or ())
+        ]
+        return ModelTurn(
+            content=(message.content or "").strip(),
+            tool_calls=tuple(calls),
+            finish_reason=str(choices[0].finish_reason or ""),
+        )

@@ -1,0 +1,361 @@
+"""The scheduling menu: the engine's deterministic menu brain, extended with numbered options
+that reach the same tools as the AI agent (book, see my appointments, cancel) before its last
+option, "falar com um atendente".
+
+It is what the fallback brain answers with when the model is unavailable, and the whole bot
+when no GROQ_API_KEY is set. It shares everything that matters with the agent: the agenda
+(engine/agent/agenda.py: same rules, same atomic bookings) and the pending confirmation
+(engine/agent/confirmation.py), so a change the model proposed can be confirmed here after a
+fallback, and the customer never starts over.
+
+Steps of its own (ConversationState.step), besides the engine menu's:
+
+    sched_service  which service to book (numbered)
+    sched_slot     which free time (numbered; the offer is kept in collected `menu_offer`)
+    sched_cancel   which appointment to cancel (numbered)
+    sched_confirm  "1. Sim / 2. Não" for the pending change (collected `pending_action`)
+
+Writing "menu" (or "voltar") in any of them goes back to the menu.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import orjson
+
+from engine.agent.agenda import Agenda, Proposal, UnknownService
+from engine.agent.bookings import BookingError, BookingLimit, Change, SlotTaken
+from engine.agent.calendar import InvalidSlot, Service, fold
+from engine.agent.confirmation import PENDING_KEY, PendingAction, confirms, refuses
+from engine.agent.texts import AgentTexts
+from engine.agent.tools import ToolSession
+from engine.brain import Decision, HandOff, Turn
+from engine.menu_brain import STEP_ASK_NAME, STEP_CHOOSE_SERVICE, STEP_MENU, MenuBrain, MenuOption
+from engine.texts import Texts
+
+STEP_SERVICE = "sched_service"
+STEP_SLOT = "sched_slot"
+STEP_CANCEL = "sched_cancel"
+STEP_CONFIRM = "sched_confirm"
+OWN_STEPS = frozenset({STEP_SERVICE, STEP_SLOT, STEP_CANCEL, STEP_CONFIRM})
+MENU_STEPS = frozenset({"", STEP_ASK_NAME, STEP_MENU, STEP_CHOOSE_SERVICE}) | OWN_STEPS
+OFFER_KEY = "menu_offer"
+SLOTS_OFFERED = 8
+
+_NUMBER = re.compile(r"^\s*(\d{1,2})\s*[.)]?\s*$")
+_PERSON_WORDS = re.compile(r"\b(atendente|humano|pessoa|agent|human|person)\b", re.IGNORECASE)
+_BACK_WORDS = {"menu", "voltar", "volta", "inicio", "back"}
+_EMPTY_NAME = re.compile(r",\s*\?")
+_CLEARED = {OFFER_KEY: "", PENDING_KEY: ""}
+# What a change can be refused with; each has its answer in `_refused`.
+_REFUSALS = (BookingError, InvalidSlot, UnknownService)
+
+
+def _number(text: str) -> int | None:
+    match = _NUMBER.match(text)
+    return int(match.group(1)) if match else None
+
+
+class SchedulingMenuBrain(MenuBrain):
+    def __init__(
+        self,
+        texts: Texts,
+        agent_texts: AgentTexts,
+        agenda: Agenda,
+        *,
+        business: str,
+        services: Sequence[str],
+    ) -> None:
+        self.agent_texts = agent_texts
+        self.agenda = agenda
+        super().__init__(
+            texts,
+            business=business,
+            services=services,
+            extra_options=[
+                MenuOption(agent_texts.render("option_book"), self._book),
+                MenuOption(agent_texts.render("option_my_bookings"), self._my_bookings),
+                MenuOption(agent_texts.render("option_cancel"), self._cancel),
+            ],
+        )
+        # The engine's fixed hours text gives way to the calendar's real hours.
+        self.options = [
+            MenuOption("option_hours", self._calendar_hours, label_is_text_key=True)
+            if option.label == "option_hours"
+            else option
+            for option in self.options
+        ]
+
+    # --- the seam --------------------------------------------------------------------------
+    async def decide(self, turn: Turn) -> Decision:
+        step = turn.state.step
+        if step not in MENU_STEPS:
+            return await self.resume(turn)  # the conversation was with the AI agent
+        if step not in OWN_STEPS:
+            return await super().decide(turn)
+        text = turn.message.text.strip()
+        if _PERSON_WORDS.search(text):
+            return Decision(
+                step=STEP_MENU,
+                collected=_CLEARED,
+                requests=[HandOff("customer asked for a person")],
+            )
+        if fold(text) in _BACK_WORDS:
+            return self._to_menu(turn, collected=_CLEARED)
+        if step == STEP_SERVICE:
+            return await self._service_step(turn, text)
+        if step == STEP_SLOT:
+            return await self._slot_step(turn, text)
+        if step == STEP_CANCEL:
+            return await self._cancel_step(turn, text)
+        pending = PendingAction.decode(turn.state.collected.get(PENDING_KEY))
+        if pending is None:
+            return self._to_menu(turn, collected=_CLEARED)
+        return await self._confirm_step(turn, pending)
+
+    def owns(self, turn: Turn) -> bool:
+        """Whether this message belongs to a numbered flow under way (the menu answers it even
+        when the model is up: a "2" means the second option shown, not a question)."""
+        step = turn.state.step
+        if step in OWN_STEPS or step in (STEP_ASK_NAME, STEP_CHOOSE_SERVICE):
+            return True
+        return step == STEP_MENU and self._option_for(turn.message.text) is not None
+
+    async def resume(self, turn: Turn, failed: ToolSession | None = None) -> Decision:
+        """Answer a message the AI agent could not (or a conversation it was having): tell
+        what its tools already did, carry a pending confirmation on, else act on an option
+        number, else show the menu."""
+        told = [self.change_text(change) for change in failed.changes] if failed else []
+        if failed is not None:
+            pending = failed.pending
+            proposed_now = pending is not None and pending.proposed_in == failed.message_id
+        else:
+            pending = PendingAction.decode(turn.state.collected.get(PENDING_KEY))
+            proposed_now = False
+        updates = failed.collected() if failed else {}
+        if pending is not None:
+            if proposed_now:
+                return await self._ask(turn, pending, prefix=told, updates=updates)
+            return await self._confirm_step(turn, pending, prefix=told)
+        if told:
+            return self._to_menu(turn, prefix=told, collected={**updates, OFFER_KEY: ""})
+        option = self._option_for(turn.message.text)
+        if option is not None:
+            return await option.action(turn)
+        if not turn.state.collected.get("name"):
+            state = replace(turn.state, step="")
+            return await super().decide(replace(turn, state=state))
+        return self._to_menu(turn, collected={**updates, OFFER_KEY: ""})
+
+    # --- words ----------------------------------------------------------------------------
+    def _menu_text(self, turn: Turn) -> str:
+        name = turn.state.collected.get("name", "")
+        text = self.menu(name)
+        return text if name else _EMPTY_NAME.sub("?", text, count=1)
+
+    def _to_menu(
+        self, turn: Turn, *, prefix: Sequence[str] = (), collected: dict[str, str] | None = None
+    ) -> Decision:
+        return Decision(
+            replies=[*prefix, self._menu_text(turn)], step=STEP_MENU, collected=collected or {}
+        )
+
+    def change_text(self, change: Change) -> str:
+        key = {
+            "booking.booked": "booked",
+            "booking.rescheduled": "rescheduled",
+            "booking.cancelled": "cancelled",
+        }[change.event]
+        booking = change.booking
+        return self.agent_texts.render(
+            key, service=booking.service_name, when=self.agenda.booking_label(booking)
+        )
+
+    def _question(self, proposal: Proposal) -> str:
+        kind = proposal.action.kind
+        if kind == "book":
+            return self.agent_texts.render(
+                "confirm_book", service=proposal.service, when=proposal.when
+            )
+        if kind == "cancel":
+            return self.agent_texts.render(
+                "confirm_cancel", service=proposal.service, when=proposal.when
+            )
+        return self.agent_texts.render(
+            "confirm_reschedule", service=proposal.service, old=proposal.old, when=proposal.when
+        )
+
+    # --- options --------------------------------------------------------------------------
+    async def _calendar_hours(self, turn: Turn) -> Decision:
+        hours = self.agenda.calendar.hours_text(self.agent_texts.language)
+        return self._to_menu(turn, prefix=[self.agent_texts.render("hours", hours=hours)])
+
+    async def _book(self, turn: Turn) -> Decision:
+        services = self.agenda.calendar.services
+        if len(services) == 1:
+            return await self._offer_slots(turn, services[0])
+        listing = self.agent_texts.numbered([s.name for s in services])
+        return Decision(
+            replies=[self.agent_texts.render("choose_service", services=listing)],
+            step=STEP_SERVICE,
+            collected=_CLEARED,
+        )
+
+    async def _my_bookings(self, turn: Turn) -> Decision:
+        mine = await self.agenda.mine(Agenda.customer(turn))
+        if not mine:
+            return self._to_menu(turn, prefix=[self.agent_texts.render("no_bookings")])
+        lines = "\n".join(
+            self.agent_texts.render(
+                "booking_line", service=b.service_name, when=self.agenda.booking_label(b)
+            )
+            for b in mine
+        )
+        return self._to_menu(turn, prefix=[self.agent_texts.render("my_bookings", bookings=lines)])
+
+    async def _cancel(self, turn: Turn) -> Decision:
+        mine = await self.agenda.mine(Agenda.customer(turn))
+        if not mine:
+            return self._to_menu(turn, prefix=[self.agent_texts.render("no_bookings")])
+        listing = self.agent_texts.numbered(
+            [f"{b.service_name}: {self.agenda.booking_label(b)}" for b in mine]
+        )
+        return Decision(
+            replies=[self.agent_texts.render("cancel_pick", bookings=listing)],
+            step=STEP_CANCEL,
+            collected={OFFER_KEY: orjson.dumps({"bookings": [b.id for b in mine]}).decode()},
+        )
+
+    # --- steps ----------------------------------------------------------------------------
+    def _offer(self, turn: Turn) -> dict[str, Any]:
+        raw = turn.state.collected.get(OFFER_KEY) or "{}"
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def _invalid(self, turn: Turn, step: str) -> Decision:
+        return Decision(replies=[self.agent_texts.render("invalid_choice")], step=step)
+
+    async def _service_step(self, turn: Turn, text: str) -> Decision:
+        services = self.agenda.calendar.services
+        n = _number(text)
+        if n is None or not 1 <= n <= len(services):
+            return self._invalid(turn, STEP_SERVICE)
+        return await self._offer_slots(turn, services[n - 1])
+
+    async def _offer_slots(
+        self, turn: Turn, service: Service, prefix: Sequence[str] = ()
+    ) -> Decision:
+        slots = await self.agenda.free_slots(service, limit=SLOTS_OFFERED)
+        if not slots:
+            none = self.agent_texts.render(
+                "no_slots", service=service.name, days=self.agenda.calendar.days_ahead
+            )
+            return self._to_menu(turn, prefix=[*prefix, none], collected=_CLEARED)
+        listing = self.agent_texts.numbered([self.agenda.label(s) for s in slots])
+        offer = {"service": service.id, "slots": [s.id for s in slots]}
+        return Decision(
+            replies=[
+                *prefix,
+                self.agent_texts.render("slots_offer", service=service.name, slots=listing),
+            ],
+            step=STEP_SLOT,
+            collected={OFFER_KEY: orjson.dumps(offer).decode(), PENDING_KEY: ""},
+        )
+
+    async def _slot_step(self, turn: Turn, text: str) -> Decision:
+        offer = self._offer(turn)
+        slots = offer.get("slots") or []
+        n = _number(text)
+        if n is None or not 1 <= n <= len(slots):
+            return self._invalid(turn, STEP_SLOT)
+        action = PendingAction("book", service=str(offer.get("service", "")), start=slots[n - 1])
+        return await self._ask(turn, action)
+
+    async def _cancel_step(self, turn: Turn, text: str) -> Decision:
+        bookings = self._offer(turn).get("bookings") or []
+        n = _number(text)
+        if n is None or not 1 <= n <= len(bookings):
+            return self._invalid(turn, STEP_CANCEL)
+        return await self._ask(turn, PendingAction("cancel", booking_id=str(bookings[n - 1])))
+
+    async def _ask(
+        self,
+        turn: Turn,
+        action: PendingAction,
+        *,
+        prefix: Sequence[str] = (),
+        updates: dict[str, str] | None = None,
+    ) -> Decision:
+        """Check a change and ask the customer to confirm it (sched_confirm)."""
+        try:
+            proposal = await self.agenda.propose(action, Agenda.customer(turn))
+        except _REFUSALS as exc:
+            return await self._refused(turn, action, exc, prefix)
+        message_id = turn.message.waha_id or f"at-{turn.message.at}"
+        return Decision(
+            replies=[*prefix, self._question(proposal)],
+            step=STEP_CONFIRM,
+            collected={
+                **(updates or {}),
+                OFFER_KEY: "",
+                PENDING_KEY: proposal.action.proposed(message_id).encode(),
+            },
+        )
+
+    async def _confirm_step(
+        self, turn: Turn, pending: PendingAction, prefix: Sequence[str] = ()
+    ) -> Decision:
+        text = turn.message.text
+        if confirms(text):
+            message_id = turn.message.waha_id or f"at-{turn.message.at}"
+            try:
+                change = await self.agenda.carry_out(pending, Agenda.customer(turn), message_id)
+            except _REFUSALS as exc:
+                return await self._refused(turn, pending, exc, prefix)
+            return self._to_menu(
+                turn, prefix=[*prefix, self.change_text(change)], collected=_CLEARED
+            )
+        if refuses(text):
+            not_done = self.agent_texts.render("not_confirmed")
+            return self._to_menu(turn, prefix=[*prefix, not_done], collected=_CLEARED)
+        # Neither yes nor no: the question still stands.
+        try:
+            proposal = await self.agenda.propose(pending, Agenda.customer(turn))
+        except _REFUSALS as exc:
+            return await self._refused(turn, pending, exc, prefix)
+        return Decision(
+            replies=[*prefix, self.agent_texts.render("invalid_choice"), self._question(proposal)],
+            step=STEP_CONFIRM,
+        )
+
+    async def _refused(
+        self,
+        turn: Turn,
+        action: PendingAction,
+        exc: BookingError | InvalidSlot | UnknownService,
+        prefix: Sequence[str],
+    ) -> Decision:
+        if isinstance(exc, SlotTaken | InvalidSlot) and action.kind == "book":
+            taken = self.agent_texts.render("slot_taken")
+            try:
+                service = self.agenda.service(action.service)
+            except UnknownService:
+                return self._to_menu(turn, prefix=[*prefix, taken], collected=_CLEARED)
+            return await self._offer_slots(turn, service, prefix=[*prefix, taken])
+        if isinstance(exc, BookingLimit):
+            limit = self.agent_texts.render("limit_reached", count=exc.active)
+            return self._to_menu(turn, prefix=[*prefix, limit], collected=_CLEARED)
+        if isinstance(exc, UnknownService):
+            return self._to_menu(turn, prefix=prefix, collected=_CLEARED)
+        # Taken, gone, changed meanwhile (BookingNotFound, BookingChanged, ...).
+        gone = self.agent_texts.render(
+            "slot_taken" if isinstance(exc, SlotTaken) else "booking_gone"
+        )
+        return self._to_menu(turn, prefix=[*prefix, gone], collected=_CLEARED)

@@ -1,0 +1,53 @@
+"""The AI agent's metrics, counted in the worker processes (prometheus multiprocess mode).
+
+- `wsm_llm_requests_total{result}`: every HTTP request to the model, by outcome: ok, timeout,
+  connection_error, rate_limited, server_error, model_not_found, bad_request, tool_use_failed,
+  auth_error, bad_response.
+- `wsm_llm_duration_seconds`: time of each request (failures included).
+- `wsm_llm_tokens_total{kind}`: prompt and completion tokens from the response's `usage`.
+- `wsm_llm_fallbacks_total{reason}`: customer messages answered by the menu instead of the
+  model: no_api_key, breaker_open, timeout, rate_limited, server_error, connection_error,
+  model_error, bad_response, tool_rounds.
+- `wsm_agent_tool_calls_total{tool,result}`: tools the model called, by result (ok,
+  confirmation_required, invalid_arguments, unknown_tool, unknown_service, invalid_slot,
+  slot_taken, booking_limit, not_found, changed).
+- `wsm_llm_ratelimit_remaining{kind}`: Groq's `x-ratelimit-remaining-requests` / `-tokens`
+  from the latest response (any process: the most recent value wins).
+- `wsm_booking_webhook_deliveries_total{result}`: booking webhook deliveries (delivered,
+  retry, dead).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LLM_REQUESTS = Counter(
+    "wsm_llm_requests_total", "Requests to the LLM, by result.", ["result"]
+)  # fmt: skip
+LLM_DURATION = Histogram(
+    "wsm_llm_duration_seconds",
+    "Duration of one LLM request (failed ones included).",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 12, 20, 30, 60),
+)
+LLM_TOKENS = Counter("wsm_llm_tokens_total", "Tokens used by the LLM, by kind.", ["kind"])
+LLM_FALLBACKS = Counter(
+    "wsm_llm_fallbacks_total",
+    "Customer messages answered by the menu brain instead of the LLM, by reason.",
+    ["reason"],
+)
+TOOL_CALLS = Counter(
+    "wsm_agent_tool_calls_total",
+    "Tools called by the model, by tool and result.",
+    ["tool", "result"],
+)
+RATELIMIT_REMAINING = Gauge(
+    "wsm_llm_ratelimit_remaining",
+    "Groq's remaining rate limit (x-ratelimit-remaining-*) at its latest answer.",
+    ["kind"],
+    multiprocess_mode="mostrecent",
+)
+WEBHOOK_DELIVERIES = Counter(
+    "wsm_booking_webhook_deliveries_total",
+    "Booking webhook deliveries, by result (delivered, retry, dead).",
+    ["result"],
+)

@@ -1,0 +1,198 @@
+"""Wiring the AI agent for a worker process.
+
+`build_agent(redis, settings)` makes the process's agent: one AsyncGroq client (when
+GROQ_API_KEY is set), the calendar, the bookings, the circuit breaker, the scheduling menu and
+the fallback brain that joins them, and the booking webhook's deliverer (when
+WSM_BOOKING_WEBHOOK_URL is set).
+
+`create(setup)` is a fleet handler factory (WSM_WORKER_HANDLER=engine.agent.service:create):
+the engine's EngineService with the agent as its brain, plus the webhook deliverer running in
+the background. Without GROQ_API_KEY the same handler runs the scheduling menu alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import groq
+
+from engine.agent.agenda import Agenda
+from engine.agent.booking_webhook import BookingWebhook
+from engine.agent.bookings import BookingStore
+from engine.agent.breaker import CircuitBreaker
+from engine.agent.calendar import Calendar, default_calendar, load_calendar
+from engine.agent.fallback import FallbackBrain
+from engine.agent.groq_brain import AgentConfig, GroqBrain
+from engine.agent.llm import ChatModel, make_client
+from engine.agent.menu import SchedulingMenuBrain
+from engine.agent.texts import load_agent_texts
+from engine.handler import CommitContext
+from engine.service import EngineService
+from engine.texts import load_texts
+from engine.waha_client import Outbound
+from shared.envelope import QueuedEvent
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def calendar_from(settings: Settings) -> Calendar:
+    if settings.calendar_file is not None:
+        return load_calendar(settings.calendar_file)
+    services = [s.strip() for s in settings.menu_services.split(",") if s.strip()]
+    return default_calendar(settings.business_name, services)
+
+
+def agent_config(settings: Settings) -> AgentConfig:
+    return AgentConfig(
+        language=settings.language,
+        max_tool_rounds=settings.llm_max_tool_rounds,
+        history_token_budget=settings.llm_history_token_budget,
+        reply_max_chars=settings.agent_reply_max_chars,
+        turn_deadline_seconds=settings.llm_turn_deadline_seconds,
+    )
+
+
+@dataclass
+class AgentParts:
+    brain: FallbackBrain
+    store: BookingStore
+    agenda: Agenda
+    breaker: CircuitBreaker
+    client: groq.AsyncGroq | None = None
+    webhook: BookingWebhook | None = None
+
+    async def aclose(self) -> None:
+        if self.webhook is not None:
+            await self.webhook.aclose()
+        if self.client is not None:
+            await self.client.close()
+
+
+def build_agent(
+    redis: Any,
+    settings: Settings,
+    *,
+    groq_http_client: Any = None,
+    webhook_http_client: Any = None,
+    clock: Callable[[], datetime] | None = None,
+) -> AgentParts:
+    calendar = calendar_from(settings)
+    webhook: BookingWebhook | None = None
+    if settings.booking_webhook_url:
+        secret = settings.booking_webhook_secret
+        webhook = BookingWebhook(
+            redis,
+            prefix=settings.key_prefix,
+            url=settings.booking_webhook_url,
+            secret=secret.get_secret_value().encode() if secret else b"",
+            timeout_seconds=settings.booking_webhook_timeout_seconds,
+            max_attempts=settings.booking_webhook_max_attempts,
+            retry_base_ms=settings.booking_webhook_retry_base_ms,
+            retry_max_ms=settings.booking_webhook_retry_max_ms,
+            http=webhook_http_client,
+        )
+        if secret is None:
+            log.warning("WSM_BOOKING_WEBHOOK_URL is set without WSM_BOOKING_WEBHOOK_SECRET")
+    store = BookingStore(
+        redis,
+        calendar,
+        prefix=settings.key_prefix,
+        max_per_customer=settings.max_bookings_per_customer,
+        retention_seconds=settings.history_retention_days * 24 * 3600,
+        webhook_enabled=webhook is not None,
+        on_event=webhook.kick if webhook is not None else None,
+    )
+    agenda = Agenda(store, calendar, language=settings.language, clock=clock)
+    menu = SchedulingMenuBrain(
+        load_texts(settings.language, settings.texts_file),
+        load_agent_texts(settings.language, calendar.texts),
+        agenda,
+        business=calendar.business_name,
+        services=[s.name for s in calendar.services],
+    )
+    breaker = CircuitBreaker(
+        failures_to_open=settings.llm_breaker_failures,
+        reset_seconds=settings.llm_breaker_reset_seconds,
+    )
+    client: groq.AsyncGroq | None = None
+    agent: GroqBrain | None = None
+    if settings.groq_api_key is not None and settings.groq_api_key.get_secret_value():
+        client = make_client(
+            api_key=settings.groq_api_key.get_secret_value(),
+            base_url=settings.groq_base_url,
+            timeout_seconds=settings.llm_timeout_seconds,
+            http_client=groq_http_client,
+        )
+        model = ChatModel(
+            client,
+            model=settings.groq_model,
+            max_retries=settings.llm_max_retries,
+            max_completion_tokens=settings.llm_max_completion_tokens,
+        )
+        agent = GroqBrain(model, agenda, agent_config(settings))
+    return AgentParts(
+        brain=FallbackBrain(agent, menu, breaker),
+        store=store,
+        agenda=agenda,
+        breaker=breaker,
+        client=client,
+        webhook=webhook,
+    )
+
+
+class AgentService:
+    """The engine with the agent as its brain, and the booking webhook's deliverer."""
+
+    def __init__(
+        self,
+        redis: Any,
+        settings: Settings,
+        *,
+        outbound: Outbound | None = None,
+        parts: AgentParts | None = None,
+    ) -> None:
+        self.parts = parts or build_agent(redis, settings)
+        self.engine = EngineService(redis, settings, outbound=outbound, brain=self.parts.brain)
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __call__(self, event: QueuedEvent, ctx: CommitContext) -> None:
+        self.start()
+        await self.engine(event, ctx)
+
+    def start(self) -> None:
+        self.engine.start()
+        if self._task is None and self.parts.webhook is not None:
+            self._task = asyncio.get_running_loop().create_task(self.parts.webhook.run(self._stop))
+
+    async def aclose(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        await self.engine.aclose()
+        await self.parts.aclose()
+
+
+def create(setup: Any) -> AgentService:
+    """The fleet's handler factory: `WSM_WORKER_HANDLER=engine.agent.service:create`.
+
+    Called inside the worker process's running loop, it starts the background passes at once
+    (as engine.service.create does): replies and webhook events a crashed process left behind
+    go out even if no new message reaches this one."""
+    service = AgentService(setup.redis, setup.settings)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # outside a loop (a script): they start with the first message
+        return service
+    service.start()
+    return service

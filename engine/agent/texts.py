@@ -1,0 +1,163 @@
+"""The AI agent's own texts (the scheduling menu and the replies code writes when the model is
+not there to write them): pt-BR by default, English available, and overridable per deployment
+in the calendar file's `texts:` section, per language:
+
+    texts:
+      pt-BR:
+        booked: "Agendado! ✅ {service} em {when}."
+
+The engine's texts (engine/texts.py) keep their own keys and WSM_TEXTS_FILE; these are apart
+because that file refuses keys it does not know. An override naming an unknown key or field
+is refused at start-up (AgentTextsError), like the engine's.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+FIELDS: dict[str, frozenset[str]] = {
+    "option_book": frozenset(),
+    "option_my_bookings": frozenset(),
+    "option_cancel": frozenset(),
+    "hours": frozenset({"hours"}),
+    "choose_service": frozenset({"services"}),
+    "slots_offer": frozenset({"service", "slots"}),
+    "no_slots": frozenset({"service", "days"}),
+    "confirm_book": frozenset({"service", "when"}),
+    "confirm_reschedule": frozenset({"service", "old", "when"}),
+    "confirm_cancel": frozenset({"service", "when"}),
+    "booked": frozenset({"service", "when"}),
+    "rescheduled": frozenset({"service", "when"}),
+    "cancelled": frozenset({"service", "when"}),
+    "not_confirmed": frozenset(),
+    "slot_taken": frozenset(),
+    "my_bookings": frozenset({"bookings"}),
+    "booking_line": frozenset({"service", "when"}),
+    "no_bookings": frozenset(),
+    "cancel_pick": frozenset({"bookings"}),
+    "limit_reached": frozenset({"count"}),
+    "booking_gone": frozenset(),
+    "invalid_choice": frozenset(),
+    "option_line": frozenset({"number", "label"}),
+}
+
+_PT_BR: dict[str, str] = {
+    "option_book": "Agendar um horário",
+    "option_my_bookings": "Ver meus agendamentos",
+    "option_cancel": "Cancelar um agendamento",
+    "hours": "Nosso horário de atendimento:\n{hours}",
+    "choose_service": "Qual serviço você quer agendar?\n{services}\nResponda com o número.",
+    "slots_offer": (
+        "Horários livres para *{service}*:\n{slots}\n"
+        "Responda com o número do horário. Para voltar, escreva *menu*."
+    ),
+    "no_slots": "Não encontrei horários livres para {service} nos próximos {days} dias. 😕",
+    "confirm_book": "Confirma *{service}* em *{when}*?\n1. Sim\n2. Não",
+    "confirm_reschedule": "Confirma mudar *{service}* de {old} para *{when}*?\n1. Sim\n2. Não",
+    "confirm_cancel": "Confirma o cancelamento de *{service}* em *{when}*?\n1. Sim\n2. Não",
+    "booked": "Pronto! ✅ *{service}* marcado para *{when}*.",
+    "rescheduled": "Pronto! ✅ *{service}* remarcado para *{when}*.",
+    "cancelled": "Pronto: *{service}* em {when} foi cancelado.",
+    "not_confirmed": "Tudo bem, não alterei nada.",
+    "slot_taken": "Esse horário acabou de ser reservado por outra pessoa. 😕",
+    "my_bookings": "Seus agendamentos:\n{bookings}",
+    "booking_line": "• {service}: {when}",
+    "no_bookings": "Você não tem agendamentos marcados.",
+    "cancel_pick": "Qual agendamento você quer cancelar?\n{bookings}\nResponda com o número.",
+    "limit_reached": (
+        "Você já tem {count} agendamentos marcados, o máximo permitido. "
+        "Para marcar outro, cancele um deles."
+    ),
+    "booking_gone": "Não encontrei esse agendamento; talvez ele já tenha sido cancelado.",
+    "invalid_choice": "Não entendi. 🤔 Responda com o número de uma das opções.",
+    "option_line": "{number}. {label}",
+}
+
+_EN: dict[str, str] = {
+    "option_book": "Book an appointment",
+    "option_my_bookings": "See my appointments",
+    "option_cancel": "Cancel an appointment",
+    "hours": "Our opening hours:\n{hours}",
+    "choose_service": "Which service would you like to book?\n{services}\nReply with its number.",
+    "slots_offer": (
+        "Free times for *{service}*:\n{slots}\n"
+        "Reply with the number of a time. To go back, write *menu*."
+    ),
+    "no_slots": "I found no free times for {service} in the next {days} days. 😕",
+    "confirm_book": "Shall I book *{service}* on *{when}*?\n1. Yes\n2. No",
+    "confirm_reschedule": "Move *{service}* from {old} to *{when}*?\n1. Yes\n2. No",
+    "confirm_cancel": "Cancel *{service}* on *{when}*?\n1. Yes\n2. No",
+    "booked": "Done! ✅ *{service}* booked for *{when}*.",
+    "rescheduled": "Done! ✅ *{service}* moved to *{when}*.",
+    "cancelled": "Done: *{service}* on {when} is cancelled.",
+    "not_confirmed": "All right, I changed nothing.",
+    "slot_taken": "Someone has just taken that time. 😕",
+    "my_bookings": "Your appointments:\n{bookings}",
+    "booking_line": "• {service}: {when}",
+    "no_bookings": "You have no appointments booked.",
+    "cancel_pick": "Which appointment do you want to cancel?\n{bookings}\nReply with its number.",
+    "limit_reached": (
+        "You already have {count} appointments booked, the most allowed. "
+        "To book another, cancel one of them."
+    ),
+    "booking_gone": "I could not find that appointment; it may have been cancelled already.",
+    "invalid_choice": "Sorry, I did not get that. 🤔 Reply with the number of an option.",
+    "option_line": "{number}. {label}",
+}
+
+DEFAULTS: dict[str, dict[str, str]] = {"pt-BR": _PT_BR, "en": _EN}
+
+
+class AgentTextsError(ValueError):
+    """An override of the agent's texts cannot be used (terminal: fix the calendar file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentTexts:
+    language: str
+    templates: Mapping[str, str]
+
+    def render(self, key: str, **values: object) -> str:
+        return self.templates[key].format(**values)
+
+    def numbered(self, labels: list[str]) -> str:
+        return "\n".join(
+            self.render("option_line", number=n, label=label)
+            for n, label in enumerate(labels, start=1)
+        )
+
+
+def _check(language: str, key: str, template: object) -> None:
+    where = f"calendar texts [{language}]"
+    if key not in FIELDS:
+        raise AgentTextsError(f"{where}: unknown text {key!r}")
+    if not isinstance(template, str):
+        raise AgentTextsError(f"{where}: text {key!r} must be a string")
+    try:
+        used = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+    except ValueError as exc:
+        raise AgentTextsError(f"{where}: text {key!r} is not a valid template: {exc}") from exc
+    unknown = used - FIELDS[key]
+    if unknown:
+        allowed = ", ".join(sorted(FIELDS[key])) or "none"
+        raise AgentTextsError(
+            f"{where}: text {key!r} uses unknown field(s) {sorted(unknown)}; allowed: {allowed}"
+        )
+
+
+def load_agent_texts(
+    language: str, overrides: Mapping[str, Mapping[str, str]] | None = None
+) -> AgentTexts:
+    if language not in DEFAULTS:
+        raise AgentTextsError(f"unknown language {language!r}")
+    templates = dict(DEFAULTS[language])
+    for lang, table in (overrides or {}).items():
+        if lang not in DEFAULTS:
+            raise AgentTextsError(f"calendar texts: unknown language {lang!r}")
+        for key, template in table.items():
+            _check(lang, key, template)
+            if lang == language:
+                templates[key] = template
+    return AgentTexts(language=language, templates=templates)

@@ -1,0 +1,151 @@
+"""Cross-conversation steps of the waiting line: giving free agents the longest-waiting
+customers, telling people in line that their place improved, and re-sending assignments that a
+crash left unconfirmed. Every step is idempotent (safe to repeat, safe to run in several
+processes at once): takes are atomic scripts, and what a conversation is told goes through its
+own queue as a command with a deterministic event id, so a repeat is dropped as a duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from engine import commands
+from engine.commands import CommandQueue
+from engine.state import State
+from engine.waiting_line import AgentUnavailable, Taken, WaitingLine, now_ms
+from shared.keys import engine_keys_for, split_conversation_token
+
+log = logging.getLogger(__name__)
+
+# An assignment not confirmed by its conversation after this long is sent again.
+STALE_TAKE_MS = 30_000
+
+
+class LineCoordinator:
+    def __init__(
+        self,
+        redis: Any,
+        line: WaitingLine,
+        queue: CommandQueue,
+        *,
+        shards: int,
+        notice_interval_seconds: float,
+        auto_assign: bool,
+    ) -> None:
+        self._redis = redis
+        self.line = line
+        self.queue = queue
+        self.shards = shards
+        self.notice_interval_ms = int(notice_interval_seconds * 1000)
+        self.auto_assign = auto_assign
+
+    async def tell_assigned(self, taken: Taken) -> None:
+        session, chat_id = split_conversation_token(taken.token)
+        await self.queue.send(
+            session,
+            chat_id,
+            commands.ASSIGNED,
+            {
+                "agent_id": taken.agent_id,
+                "agent_name": taken.agent_name,
+                "taken_at": taken.taken_at,
+                "entered_at": taken.entered_at,
+            },
+            event_id=f"assign:{taken.token}:{taken.taken_at}",
+        )
+
+    async def take_next(self, agent_id: str, session: str | None = None) -> Taken | None:
+        """An agent asks for the next customer (operator API). Raises AgentUnavailable."""
+        sessions = [session] if session else await self.line.sessions()
+        taken = await self.line.take(agent_id, sessions, now_ms())
+        if taken is not None:
+            await self.tell_assigned(taken)
+            await self.notify_positions(split_conversation_token(taken.token)[0])
+        return taken
+
+    async def assign_free_agents(self) -> int:
+        """While an agent has room and someone waits, give the longest-waiting to the least
+        loaded free agent."""
+        if not self.auto_assign:
+            return 0
+        assigned = 0
+        touched: set[str] = set()
+        sessions = await self.line.sessions()
+        for _ in range(1000):  # bounded: each round assigns one or stops
+            free = await self.line.free_agents()
+            taken = None
+            for agent in free:
+                try:
+                    taken = await self.line.take(agent.id, sessions, now_ms())
+                except AgentUnavailable:
+                    continue  # went offline or full between the read and the take
+                break
+            if taken is None:
+                break
+            await self.tell_assigned(taken)
+            touched.add(split_conversation_token(taken.token)[0])
+            assigned += 1
+        for session in touched:
+            await self.notify_positions(session)
+        return assigned
+
+    async def notify_positions(self, session: str) -> int:
+        """Queue a "your place improved" check for each customer in line who may be told now.
+
+        The conversation's handler decides for good (it holds the state); this only avoids
+        queueing checks that would certainly be refused.
+        """
+        members = await self.line.members(session)
+        if not members:
+            return 0
+        pipe = self._redis.pipeline(transaction=False)
+        for member in members:
+            _, chat_id = split_conversation_token(member.token)
+            keys = engine_keys_for(session, chat_id, self.shards, self.line.keys.prefix)
+            pipe.hmget(keys.state, "state", "line_position", "line_notice_at")
+        rows = await pipe.execute()
+        now = now_ms()
+        queued = 0
+        for member, (state, told, told_at) in zip(members, rows, strict=True):
+            if state is None or state.decode() != State.WAITING.value:
+                continue
+            told_position = int(told or 0)
+            if not told_position or member.position >= told_position:
+                continue
+            due = member.position == 1 or now - int(told_at or 0) >= self.notice_interval_ms
+            if not due:
+                continue
+            _, chat_id = split_conversation_token(member.token)
+            if await self.queue.send(
+                session,
+                chat_id,
+                commands.LINE,
+                {"position": member.position},
+                event_id=f"line:{member.token}:{member.entered_at}:{member.position}",
+            ):
+                queued += 1
+        return queued
+
+    async def resend_stale_takes(self) -> int:
+        count = 0
+        for taken in await self.line.pending_takes():
+            if now_ms() - taken.taken_at < STALE_TAKE_MS:
+                continue
+            session, chat_id = split_conversation_token(taken.token)
+            keys = engine_keys_for(session, chat_id, self.shards, self.line.keys.prefix)
+            state, agent_id = await self._redis.hmget(keys.state, "state", "agent_id")
+            if state == State.AGENT.value.encode() and agent_id == taken.agent_id.encode():
+                # Handled; only the confirmation step was lost.
+                await self.line.confirm_taken(taken.token)
+                continue
+            await self.tell_assigned(taken)
+            count += 1
+        return count
+
+    async def maintain(self) -> None:
+        """One pass of everything above, for the background loop."""
+        await self.assign_free_agents()
+        for session in await self.line.sessions():
+            await self.notify_positions(session)
+        await self.resend_stale_takes()

@@ -1,0 +1,76 @@
+"""The brain seam: what to answer is decided by a brain, given the conversation's state, its
+recent history and the new message. It returns replies, how its own step moves, what it
+collected, and requests for the engine (a person, closing). It never writes to Redis or sends
+anything itself: the handler turns a Decision into writes committed with the message's ack,
+so a brain's answer is sent once even when the message is handled twice.
+
+The deterministic menu brain (engine/menu_brain.py) ships here; the AI agent adds a Groq brain
+behind the same Protocol, falling back to the menu brain when the model is unavailable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from engine.history import HistoryEntry
+from engine.identity import Conversation
+from engine.state import ConversationState
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """The customer's new message, as the brain sees it."""
+
+    text: str
+    waha_id: str
+    at: int  # epoch ms
+    kind: str = "text"  # text | media | location | ...
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    conversation: Conversation
+    state: ConversationState
+    history: Sequence[HistoryEntry]  # oldest first, without the new message
+    message: InboundMessage
+
+
+@dataclass(frozen=True, slots=True)
+class HandOff:
+    """Put the customer in the waiting line for a person."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """End the conversation (the engine sends the goodbye)."""
+
+    reason: str = ""
+
+
+Request = HandOff | Close
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    replies: Sequence[str] = ()
+    # The brain's own position inside the bot state; None keeps the current one.
+    step: str | None = None
+    # Collected data to merge into the conversation's (name, chosen service, ...).
+    collected: Mapping[str, str] = field(default_factory=dict)
+    requests: Sequence[Request] = ()
+
+    @property
+    def hands_off(self) -> bool:
+        return any(isinstance(r, HandOff) for r in self.requests)
+
+    @property
+    def closes(self) -> bool:
+        return any(isinstance(r, Close) for r in self.requests)
+
+
+class Brain(Protocol):
+    async def decide(self, turn: Turn) -> Decision: ...

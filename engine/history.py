@@ -1,0 +1,284 @@
+"""Every message in and out of a conversation, oldest first, with its delivery status.
+
+Layout (both keys carry the conversation's hash tag, so history commits with the handler):
+
+- a stream (`hist`): one entry per message, appended in the order the conversation's handler
+  saw them; the stream id is the pagination cursor (`before`). Appends trim entries older than
+  the retention (`XADD MINID ~`), so old history goes without a sweeper.
+- a hash (`histmeta`): what changes after a message was written, one field per fact:
+  `<mid>:status`, `<mid>:waha_id`, `<mid>:edit`, `<mid>:revoked`, `<mid>:reactions`, and
+  `w:<WhatsApp id>` -> mid to find a message again from an ack, an edit, a revoke or a reaction.
+
+`mid` is our id of a message: the WhatsApp id for one we received, a random id for one we send
+(its WhatsApp id exists only once WAHA accepted it).
+
+Delivery status only moves forward (queued < sent < server < device < read < played): WAHA
+gives no ordering guarantee, so a late DEVICE ack must not undo a READ.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from engine.waha_client import short_message_id
+from engine.writes import Write, write
+
+# WAHA's ack levels (WAMessageAck).
+ACK_NAMES = {-1: "error", 0: "pending", 1: "server", 2: "device", 3: "read", 4: "played"}
+# Our statuses, in the order a message goes through them. `error` and `failed` are final.
+STATUS_RANK = {
+    "received": 0,
+    "queued": 0,
+    "pending": 1,
+    "sent": 2,
+    "server": 3,
+    "device": 4,
+    "read": 5,
+    "played": 6,
+    "error": 7,
+    "failed": 7,
+}
+
+_META_FIELDS = ("status", "waha_id", "edit", "revoked", "reactions")
+
+
+class InvalidCursor(ValueError):
+    """A `before` cursor that is not a history entry id (terminal: the caller's mistake)."""
+
+
+def status_for_ack(ack: Any) -> str | None:
+    try:
+        return ACK_NAMES.get(int(ack))
+    except (TypeError, ValueError):
+        return None
+
+
+def advances(current: str | None, new: str) -> bool:
+    return STATUS_RANK.get(new, -1) > STATUS_RANK.get(current or "", -1)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    mid: str
+    direction: str  # "in" | "out"
+    text: str
+    at: int  # epoch ms: when the message was written (WAHA's time for received ones)
+    author: str = ""  # customer | bot | agent:<id> | business (from the business's phone)
+    kind: str = "text"
+    waha_id: str = ""
+    status: str = ""
+    edited_text: str | None = None
+    revoked: bool = False
+    reactions: Mapping[str, str] = field(default_factory=dict)
+    cursor: str = ""  # stream id
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.cursor,
+            "direction": self.direction,
+            "text": self.text,
+            "waha_id": self.waha_id or None,
+            "status": self.status,
+            "at": self.at,
+            "author": self.author,
+            "kind": self.kind,
+            "edited_text": self.edited_text,
+            "revoked": self.revoked,
+            "reactions": dict(self.reactions),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryKeys:
+    stream: str
+    meta: str
+
+
+def append_writes(
+    keys: HistoryKeys,
+    entry: HistoryEntry,
+    *,
+    retention_seconds: int,
+    now_ms: int | None = None,
+) -> list[Write]:
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    oldest_kept = max(0, now - retention_seconds * 1000)
+    writes = [
+        write(
+            "XADD",
+            keys.stream,
+            # `~`: trim whole stream nodes, cheap; a few entries past the retention may linger.
+            "MINID",
+            "~",
+            str(oldest_kept),
+            "*",
+            "mid",
+            entry.mid,
+            "dir",
+            entry.direction,
+            "text",
+            entry.text,
+            "at",
+            str(entry.at),
+            "author",
+            entry.author,
+            "kind",
+            entry.kind,
+        ),
+        write("HSET", keys.meta, f"{entry.mid}:status", entry.status or "received"),
+    ]
+    if entry.waha_id:
+        writes.append(
+            write(
+                "HSET",
+                keys.meta,
+                f"{entry.mid}:waha_id",
+                entry.waha_id,
+                f"w:{entry.mid}",
+                entry.mid,
+            )
+        )
+    writes += [
+        write("EXPIRE", keys.stream, retention_seconds),
+        write("EXPIRE", keys.meta, retention_seconds),
+    ]
+    return writes
+
+
+async def mid_for(redis: Any, keys: HistoryKeys, short_waha_id: str) -> str | None:
+    value = await redis.hget(keys.meta, f"w:{short_waha_id}")
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def ack_writes(redis: Any, keys: HistoryKeys, short_waha_id: str, status: str) -> list[Write]:
+    """Writes recording a delivery status for the message WhatsApp knows as `short_waha_id`.
+
+    When the ack comes before the sender has recorded which of our messages got that id (WAHA
+    may deliver the ack webhook before its answer to sendText reaches us), the status is parked
+    under the WhatsApp id; the sender applies it when it records the id (outbox_sent.lua).
+    """
+    mid = await mid_for(redis, keys, short_waha_id)
+    if mid is None:
+        parked = await redis.hget(keys.meta, f"w:{short_waha_id}:ack")
+        current = parked.decode() if isinstance(parked, bytes) else parked
+        if not advances(current, status):
+            return []
+        return [write("HSET", keys.meta, f"w:{short_waha_id}:ack", status)]
+    current_raw = await redis.hget(keys.meta, f"{mid}:status")
+    current = current_raw.decode() if isinstance(current_raw, bytes) else current_raw
+    if not advances(current, status):
+        return []
+    return [write("HSET", keys.meta, f"{mid}:status", status)]
+
+
+async def edit_writes(redis: Any, keys: HistoryKeys, short_waha_id: str, text: str) -> list[Write]:
+    mid = await mid_for(redis, keys, short_waha_id)
+    return [] if mid is None else [write("HSET", keys.meta, f"{mid}:edit", text)]
+
+
+async def revoke_writes(
+    redis: Any, keys: HistoryKeys, short_waha_id: str, at_ms: int
+) -> list[Write]:
+    mid = await mid_for(redis, keys, short_waha_id)
+    return [] if mid is None else [write("HSET", keys.meta, f"{mid}:revoked", str(at_ms))]
+
+
+async def reaction_writes(
+    redis: Any, keys: HistoryKeys, short_waha_id: str, reactor: str, emoji: str
+) -> list[Write]:
+    """An empty emoji removes that person's reaction (WAHA's convention)."""
+    mid = await mid_for(redis, keys, short_waha_id)
+    if mid is None:
+        return []
+    raw = await redis.hget(keys.meta, f"{mid}:reactions")
+    reactions: dict[str, str] = orjson.loads(raw) if raw else {}
+    if emoji:
+        reactions[reactor] = emoji
+    else:
+        reactions.pop(reactor, None)
+    return [write("HSET", keys.meta, f"{mid}:reactions", orjson.dumps(reactions).decode())]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def read_page(
+    redis: Any, keys: HistoryKeys, *, limit: int = 50, before: str | None = None
+) -> tuple[list[HistoryEntry], str | None]:
+    """Up to `limit` entries older than `before` (or the newest ones), oldest first, and the
+    cursor of the next (older) page, None when there is none."""
+    if before is not None and not _is_stream_id(before):
+        raise InvalidCursor(f"not a history cursor: {before!r}")
+    upper = f"({before}" if before else "+"
+    raw = await redis.xrevrange(keys.stream, max=upper, min="-", count=limit + 1)
+    more = len(raw) > limit
+    raw = list(reversed(raw[:limit]))
+    entries = await _with_meta(redis, keys, raw)
+    next_cursor = entries[0].cursor if more and entries else None
+    return entries, next_cursor
+
+
+async def recent(redis: Any, keys: HistoryKeys, count: int) -> list[HistoryEntry]:
+    if count <= 0:
+        return []
+    raw = await redis.xrevrange(keys.stream, count=count)
+    return await _with_meta(redis, keys, list(reversed(raw)))
+
+
+async def _with_meta(
+    redis: Any, keys: HistoryKeys, raw: Sequence[tuple[Any, Mapping[Any, Any]]]
+) -> list[HistoryEntry]:
+    if not raw:
+        return []
+    decoded = [
+        (_text(cursor), {_text(k): _text(v) for k, v in values.items()}) for cursor, values in raw
+    ]
+    names = [f"{values['mid']}:{name}" for _, values in decoded for name in _META_FIELDS]
+    meta = await redis.hmget(keys.meta, names)
+    # An ack parked under a WhatsApp id (it came before the sender recorded the id, and its
+    # commit landed after the sender's bookkeeping) still counts.
+    waha_ids = [meta[n * len(_META_FIELDS) + 1] for n in range(len(decoded))]
+    parked_fields = [f"w:{short_message_id(_text(w))}:ack" if w else "-" for w in waha_ids]
+    parked = await redis.hmget(keys.meta, parked_fields)
+    entries: list[HistoryEntry] = []
+    for n, (cursor, values) in enumerate(decoded):
+        status, waha_id, edit, revoked, reactions = (
+            _text(v) if v is not None else None
+            for v in meta[n * len(_META_FIELDS) : (n + 1) * len(_META_FIELDS)]
+        )
+        entries.append(
+            HistoryEntry(
+                mid=values["mid"],
+                direction=values.get("dir", ""),
+                text=values.get("text", ""),
+                at=int(values.get("at", "0") or 0),
+                author=values.get("author", ""),
+                kind=values.get("kind", "text"),
+                waha_id=waha_id or "",
+                status=_latest(status, _text(parked[n]) if parked[n] is not None else None),
+                edited_text=edit,
+                revoked=revoked is not None,
+                reactions=orjson.loads(reactions) if reactions else {},
+                cursor=cursor,
+            )
+        )
+    return entries
+
+
+def _is_stream_id(value: str) -> bool:
+    ms, _, seq = value.partition("-")
+    return ms.isdigit() and (seq == "" or seq.isdigit())
+
+
+def _latest(status: str | None, parked: str | None) -> str:
+    if parked is not None and advances(status, parked):
+        return parked
+    return status or ""

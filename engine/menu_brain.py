@@ -1,0 +1,149 @@
+"""The deterministic brain: a greeting, the customer's name, and a numbered menu whose last
+option is always "falar com um atendente".
+
+Extension point: `MenuOption`s given as `extra_options` are listed before the person option
+(the AI agent issue adds book / see / cancel appointments this way); each option is a label
+text and an async action returning a Decision.
+
+Steps (ConversationState.step): "" (never greeted) -> "ask_name" -> "menu" <-> "choose_service".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from engine.brain import Decision, HandOff, Turn
+from engine.state import State
+from engine.texts import Texts
+
+STEP_ASK_NAME = "ask_name"
+STEP_MENU = "menu"
+STEP_CHOOSE_SERVICE = "choose_service"
+
+# Words that ask for a person outright, wherever the customer is in the menu.
+_PERSON_WORDS = re.compile(r"\b(atendente|humano|pessoa|agent|human|person)\b", re.IGNORECASE)
+_NUMBER = re.compile(r"^\s*(\d{1,2})\s*[.)]?\s*$")
+_MAX_NAME = 40
+
+
+@dataclass(frozen=True, slots=True)
+class MenuOption:
+    label: str  # a text key (rendered) or, for extra options, the label itself
+    action: Callable[[Turn], Awaitable[Decision]]
+    label_is_text_key: bool = False
+
+
+class MenuBrain:
+    def __init__(
+        self,
+        texts: Texts,
+        *,
+        business: str,
+        services: Sequence[str],
+        extra_options: Sequence[MenuOption] = (),
+    ) -> None:
+        self.texts = texts
+        self.business = business
+        self.services = [s for s in services if s]
+        self.options: list[MenuOption] = [
+            MenuOption("option_services", self._services, label_is_text_key=True),
+            MenuOption("option_hours", self._hours, label_is_text_key=True),
+            *extra_options,
+            # Always last: the customer can always reach a person.
+            MenuOption("option_agent", self._person, label_is_text_key=True),
+        ]
+
+    # --- the seam --------------------------------------------------------------------------
+    async def decide(self, turn: Turn) -> Decision:
+        text = turn.message.text.strip()
+        name = turn.state.collected.get("name", "")
+        step = turn.state.step
+        if not step:
+            if name:
+                return self._welcome_back(turn)
+            greeting = self.texts.render("greeting", business=self.business)
+            return Decision(replies=[greeting], step=STEP_ASK_NAME)
+        if step == STEP_ASK_NAME:
+            candidate = _clean_name(text)
+            if not candidate:
+                return Decision(replies=[self.texts.render("ask_name_again")], step=STEP_ASK_NAME)
+            return Decision(
+                replies=[self.menu(candidate)], step=STEP_MENU, collected={"name": candidate}
+            )
+        if _PERSON_WORDS.search(text):
+            return await self._person(turn)
+        if turn.state.state is State.CLOSED:
+            # Back after a close: an option number is acted on, anything else greets them back.
+            if not self._option_for(text):
+                return self._welcome_back(turn)
+            return await self._menu_choice(turn, text)
+        if step == STEP_CHOOSE_SERVICE:
+            return self._choose_service(turn, text)
+        return await self._menu_choice(turn, text)
+
+    # --- pieces ----------------------------------------------------------------------------
+    def menu(self, name: str) -> str:
+        lines = [self.texts.render("menu_header", name=name)]
+        for number, option in enumerate(self.options, start=1):
+            label = self.texts.render(option.label) if option.label_is_text_key else option.label
+            lines.append(self.texts.render("menu_option", number=number, label=label))
+        return "\n".join(lines)
+
+    def _option_for(self, text: str) -> MenuOption | None:
+        match = _NUMBER.match(text)
+        if match and 1 <= int(match.group(1)) <= len(self.options):
+            return self.options[int(match.group(1)) - 1]
+        return None
+
+    def _welcome_back(self, turn: Turn) -> Decision:
+        name = turn.state.collected.get("name", "")
+        hello = self.texts.render("greeting_again", business=self.business, name=name)
+        return Decision(replies=[hello, self.menu(name)], step=STEP_MENU)
+
+    async def _menu_choice(self, turn: Turn, text: str) -> Decision:
+        option = self._option_for(text)
+        if option is not None:
+            return await option.action(turn)
+        name = turn.state.collected.get("name", "")
+        return Decision(
+            replies=[self.texts.render("invalid_option"), self.menu(name)], step=STEP_MENU
+        )
+
+    async def _services(self, turn: Turn) -> Decision:
+        listing = "\n".join(
+            self.texts.render("menu_option", number=n, label=s)
+            for n, s in enumerate(self.services, start=1)
+        )
+        return Decision(
+            replies=[self.texts.render("services_list", services=listing)],
+            step=STEP_CHOOSE_SERVICE,
+        )
+
+    def _choose_service(self, turn: Turn, text: str) -> Decision:
+        match = _NUMBER.match(text)
+        name = turn.state.collected.get("name", "")
+        if match and 1 <= int(match.group(1)) <= len(self.services):
+            service = self.services[int(match.group(1)) - 1]
+            return Decision(
+                replies=[self.texts.render("service_chosen", service=service), self.menu(name)],
+                step=STEP_MENU,
+                collected={"service": service},
+            )
+        return Decision(replies=[self.texts.render("invalid_option")], step=STEP_CHOOSE_SERVICE)
+
+    async def _hours(self, turn: Turn) -> Decision:
+        name = turn.state.collected.get("name", "")
+        return Decision(replies=[self.texts.render("hours"), self.menu(name)], step=STEP_MENU)
+
+    async def _person(self, turn: Turn) -> Decision:
+        # The engine tells the customer their place in line; nothing to add here.
+        return Decision(step=STEP_MENU, requests=[HandOff("customer asked for a person")])
+
+
+def _clean_name(text: str) -> str:
+    name = " ".join(text.split())[:_MAX_NAME]
+    if not name or _NUMBER.match(name) or not any(ch.isalpha() for ch in name):
+        return ""
+    return name

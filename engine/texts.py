@@ -1,0 +1,207 @@
+"""Every message the product sends, as a template: pt-BR by default, English available, and any
+of them overridable per deployment with a TOML file (`WSM_TEXTS_FILE`).
+
+The override file holds flat `key = "template"` lines for the configured language, and/or
+tables named after a language (`[en]`, `["pt-BR"]`) that apply to that language only:
+
+    greeting = "Oi! Aqui é a {business}. Qual é o seu nome?"
+
+    [en]
+    greeting = "Hi! This is {business}. What's your name?"
+
+Templates use `str.format` fields. Each key has a fixed set of fields (see FIELDS); an override
+that names an unknown key or field is refused at start-up (TextsFileError), not at the moment a
+customer would have received a broken message.
+"""
+
+from __future__ import annotations
+
+import string
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+LANGUAGES = ("pt-BR", "en")
+
+# The fields each template may use. Rendering passes exactly these.
+FIELDS: dict[str, frozenset[str]] = {
+    "greeting": frozenset({"business"}),
+    "greeting_again": frozenset({"business", "name"}),
+    "ask_name_again": frozenset(),
+    "menu_header": frozenset({"name"}),
+    "menu_option": frozenset({"number", "label"}),
+    "option_services": frozenset(),
+    "option_hours": frozenset(),
+    "option_agent": frozenset(),
+    "services_list": frozenset({"services"}),
+    "service_chosen": frozenset({"service"}),
+    "hours": frozenset(),
+    "invalid_option": frozenset(),
+    "line_entered": frozenset({"position", "ordinal", "minutes", "leave_word"}),
+    "line_position": frozenset({"position", "ordinal", "minutes"}),
+    "line_front": frozenset(),
+    "line_still_waiting": frozenset({"position", "ordinal", "minutes", "leave_word"}),
+    "line_taken": frozenset({"agent"}),
+    "line_left": frozenset(),
+    "line_timeout": frozenset(),
+    "handback": frozenset(),
+    "goodbye": frozenset(),
+    "leave_word": frozenset(),
+}
+
+_PT_BR: dict[str, str] = {
+    "greeting": "Olá! 👋 Bem-vindo(a) à {business}. Como posso te chamar?",
+    "greeting_again": "Que bom te ver de novo, {name}! 😊",
+    "ask_name_again": "Desculpe, não entendi. Como posso te chamar?",
+    "menu_header": "Como posso ajudar, {name}? Responda com o número da opção:",
+    "menu_option": "{number}. {label}",
+    "option_services": "Conhecer nossos serviços",
+    "option_hours": "Horário de atendimento",
+    "option_agent": "Falar com um atendente",
+    "services_list": (
+        "Nossos serviços:\n{services}\nResponda com o número do serviço que te interessa."
+    ),
+    "service_chosen": "Anotado: {service}. ✅",
+    "hours": "Atendemos de segunda a sexta, das 8h às 18h.",
+    "invalid_option": "Não entendi. 🤔 Responda com o número de uma das opções.",
+    "line_entered": (
+        "Você é o {ordinal} da fila, cerca de {minutes} min. "
+        "Para sair da fila, escreva *{leave_word}*."
+    ),
+    "line_position": "Agora você é o {ordinal} da fila, cerca de {minutes} min.",
+    "line_front": "Você é o próximo da fila! Um atendente vai falar com você em instantes.",
+    "line_still_waiting": (
+        "Você continua na fila: é o {ordinal}, cerca de {minutes} min. "
+        "Para sair, escreva *{leave_word}*."
+    ),
+    "line_taken": "{agent} vai te atender agora. 🙋",
+    "line_left": "Você saiu da fila. Se precisar, é só escrever de novo.",
+    "line_timeout": (
+        "Não conseguimos te atender a tempo e você saiu da fila. 😔 Escreva de novo quando quiser."
+    ),
+    "handback": "Você voltou ao atendimento automático.",
+    "goodbye": "Vamos encerrar por aqui. Obrigado pelo contato! Se precisar, é só escrever. 👋",
+    "leave_word": "sair",
+}
+
+_EN: dict[str, str] = {
+    "greeting": "Hello! 👋 Welcome to {business}. What should I call you?",
+    "greeting_again": "Good to see you again, {name}! 😊",
+    "ask_name_again": "Sorry, I did not get that. What should I call you?",
+    "menu_header": "How can I help, {name}? Reply with the option's number:",
+    "menu_option": "{number}. {label}",
+    "option_services": "Our services",
+    "option_hours": "Opening hours",
+    "option_agent": "Talk to a person",
+    "services_list": "Our services:\n{services}\nReply with the number of the one you want.",
+    "service_chosen": "Noted: {service}. ✅",
+    "hours": "We are open Monday to Friday, 8am to 6pm.",
+    "invalid_option": "Sorry, I did not get that. 🤔 Reply with the number of an option.",
+    "line_entered": (
+        "You are {ordinal} in line, about {minutes} min. To leave the line, write *{leave_word}*."
+    ),
+    "line_position": "You are now {ordinal} in line, about {minutes} min.",
+    "line_front": "You are next in line! A person will talk to you in a moment.",
+    "line_still_waiting": (
+        "You are still in line: {ordinal}, about {minutes} min. To leave, write *{leave_word}*."
+    ),
+    "line_taken": "{agent} will help you now. 🙋",
+    "line_left": "You left the line. Write again whenever you need.",
+    "line_timeout": (
+        "We could not get to you in time and you left the line. 😔 Write again anytime."
+    ),
+    "handback": "You are back with the automated assistant.",
+    "goodbye": "We are closing this conversation. Thank you! Write again whenever you need. 👋",
+    "leave_word": "leave",
+}
+
+DEFAULTS: dict[str, dict[str, str]] = {"pt-BR": _PT_BR, "en": _EN}
+
+
+class TextsFileError(ValueError):
+    """The override file cannot be used (terminal: fix the file; wsm refuses to start)."""
+
+
+def ordinal(position: int, language: str) -> str:
+    if language == "en":
+        if 10 <= position % 100 <= 20:
+            suffix = "th"
+        else:
+            suffix = {1: "st", 2: "nd", 3: "rd"}.get(position % 10, "th")
+        return f"{position}{suffix}"
+    return f"{position}º"
+
+
+def _fields_of(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+def _check(key: str, template: str, where: str) -> None:
+    if key not in FIELDS:
+        raise TextsFileError(f"{where}: unknown text {key!r}")
+    if not isinstance(template, str):
+        raise TextsFileError(f"{where}: text {key!r} must be a string")
+    try:
+        unknown = _fields_of(template) - FIELDS[key]
+    except ValueError as exc:
+        raise TextsFileError(f"{where}: text {key!r} is not a valid template: {exc}") from exc
+    if unknown:
+        allowed = ", ".join(sorted(FIELDS[key])) or "none"
+        raise TextsFileError(
+            f"{where}: text {key!r} uses unknown field(s) {sorted(unknown)}; allowed: {allowed}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Texts:
+    """The templates of one language, overrides applied."""
+
+    language: str
+    templates: Mapping[str, str]
+
+    def render(self, key: str, **values: object) -> str:
+        return self.templates[key].format(**values)
+
+    def ordinal(self, position: int) -> str:
+        return ordinal(position, self.language)
+
+    @property
+    def leave_words(self) -> frozenset[str]:
+        """Words that take a customer out of the line: this language's and pt-BR's."""
+        return frozenset({self.templates["leave_word"].casefold(), _PT_BR["leave_word"]})
+
+
+def load_texts(language: str = "pt-BR", override_file: Path | None = None) -> Texts:
+    if language not in DEFAULTS:
+        raise TextsFileError(f"unknown language {language!r}; available: {', '.join(LANGUAGES)}")
+    templates = dict(DEFAULTS[language])
+    if override_file is not None:
+        templates.update(_read_overrides(Path(override_file), language))
+    return Texts(language=language, templates=templates)
+
+
+def _read_overrides(path: Path, language: str) -> dict[str, str]:
+    try:
+        document = tomllib.loads(path.read_text("utf-8"))
+    except OSError as exc:
+        raise TextsFileError(f"{path}: cannot read: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise TextsFileError(f"{path}: not valid TOML: {exc}") from exc
+    overrides: dict[str, str] = {}
+    for key, value in document.items():
+        if key in DEFAULTS:
+            if not isinstance(value, dict):
+                raise TextsFileError(f"{path}: [{key}] must be a table")
+            for inner_key, template in value.items():
+                _check(inner_key, template, f"{path} [{key}]")
+                if key == language:
+                    overrides[inner_key] = template
+        else:
+            _check(key, value, str(path))
+            overrides.setdefault(key, value)
+    # A language table wins over the flat keys for that language.
+    table = document.get(language)
+    if isinstance(table, dict):
+        overrides.update(table)
+    return overrides

@@ -1,0 +1,207 @@
+"""The outbound side: what the engine asks of WhatsApp, and WAHA's implementation of it.
+
+`Outbound` is the interface (another WhatsApp API can be plugged in behind it); `WahaClient`
+speaks WAHA's HTTP API through one shared httpx connection pool with `X-Api-Key`.
+
+Failures are typed, because the sender treats them differently:
+
+    WahaError
+    ├── WahaRetryable          network error, timeout, 5xx, 429: try again later (backoff)
+    ├── WahaSessionNotWorking  422: the WhatsApp session is not WORKING; park until it is
+    └── WahaTerminal           any other 4xx: this request will never succeed (dead letter)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import httpx
+import orjson
+
+
+class WahaError(Exception):
+    """A WAHA call failed. `status` is None for a network failure; `answer` is WAHA's body."""
+
+    def __init__(self, message: str, *, status: int | None = None, answer: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.answer = answer
+
+
+class WahaRetryable(WahaError):
+    """Network error, timeout, 5xx or 429: the same request may succeed later."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        answer: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, status=status, answer=answer)
+        self.retry_after = retry_after
+
+
+class WahaSessionNotWorking(WahaError):
+    """422: the session is not WORKING (scan the QR, restart it); sends wait for WORKING."""
+
+
+class WahaTerminal(WahaError):
+    """Another 4xx: the request is wrong for WAHA and will never succeed as it is."""
+
+
+@dataclass(frozen=True, slots=True)
+class SentMessage:
+    """What WAHA answered to a send: its message id (serialized when it gives one)."""
+
+    id: str
+
+    @property
+    def short_id(self) -> str:
+        return short_message_id(self.id)
+
+
+def short_message_id(message_id: str) -> str:
+    """The WhatsApp message id inside WAHA's serialized form.
+
+    `true_5511...@c.us_3EB0ABC` and `false_1203...@g.us_3EB0ABC_5511...@c.us` -> `3EB0ABC`; a bare
+    id (as in `message.revoked`'s `revokedMessageId` or GOWS answers) is returned as it is. Our
+    own sends, their echoes and later acks name one message by different forms of the same id.
+    """
+    if message_id.startswith(("true_", "false_")):
+        parts = message_id.split("_")
+        if len(parts) >= 3:
+            return parts[2]
+    return message_id
+
+
+def message_id_from_answer(answer: Any) -> str | None:
+    """The sent message's id in WAHA's answer, whose shape depends on the engine:
+    `{"id": "true_..."}` (GOWS, WEBJS recent), `{"id": {"_serialized": ...}}` (WEBJS),
+    `{"key": {"id": ...}}` (NOWEB)."""
+    if not isinstance(answer, dict):
+        return None
+    value = answer.get("id")
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, dict):
+        for field in ("_serialized", "id"):
+            inner = value.get(field)
+            if isinstance(inner, str) and inner:
+                return inner
+    key = answer.get("key")
+    if isinstance(key, dict) and isinstance(key.get("id"), str):
+        return str(key["id"])
+    return None
+
+
+class Outbound(Protocol):
+    """What the engine needs from a WhatsApp API."""
+
+    async def send_seen(self, session: str, chat_id: str) -> None: ...
+
+    async def start_typing(self, session: str, chat_id: str) -> None: ...
+
+    async def stop_typing(self, session: str, chat_id: str) -> None: ...
+
+    async def send_text(self, session: str, chat_id: str, text: str) -> SentMessage: ...
+
+    async def phone_for_lid(self, session: str, lid: str) -> str | None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class WahaClient:
+    """WAHA's HTTP API. One instance (one connection pool) per process."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        timeout_seconds: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        headers = {"accept": "application/json"}
+        if api_key:
+            headers["X-Api-Key"] = api_key
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers=headers,
+            timeout=httpx.Timeout(timeout_seconds),
+            # Sends to one WAHA go through a few kept-alive connections, not one per message.
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        try:
+            response = await self._http.request(
+                method,
+                path,
+                content=orjson.dumps(body) if body is not None else None,
+                headers={"content-type": "application/json"} if body is not None else None,
+            )
+        except httpx.HTTPError as exc:
+            raise WahaRetryable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        status = response.status_code
+        if status < 300:
+            if not response.content:
+                return None
+            try:
+                return orjson.loads(response.content)
+            except orjson.JSONDecodeError:
+                return None
+        answer = response.text[:2000]
+        message = f"{method} {path}: WAHA answered {status}"
+        if status == 429 or status >= 500:
+            raise WahaRetryable(
+                message, status=status, answer=answer, retry_after=_retry_after(response)
+            )
+        if status == 422:
+            raise WahaSessionNotWorking(message, status=status, answer=answer)
+        raise WahaTerminal(message, status=status, answer=answer)
+
+    async def send_seen(self, session: str, chat_id: str) -> None:
+        await self._call("POST", "/api/sendSeen", {"session": session, "chatId": chat_id})
+
+    async def start_typing(self, session: str, chat_id: str) -> None:
+        await self._call("POST", "/api/startTyping", {"session": session, "chatId": chat_id})
+
+    async def stop_typing(self, session: str, chat_id: str) -> None:
+        await self._call("POST", "/api/stopTyping", {"session": session, "chatId": chat_id})
+
+    async def send_text(self, session: str, chat_id: str, text: str) -> SentMessage:
+        answer = await self._call(
+            "POST", "/api/sendText", {"session": session, "chatId": chat_id, "text": text}
+        )
+        message_id = message_id_from_answer(answer)
+        if message_id is None:
+            # WAHA said 201: the message is out. Without an id we cannot recognise its echo,
+            # which only costs a pause of the bot if the echo is taken for a human's message.
+            return SentMessage(id="")
+        return SentMessage(id=message_id)
+
+    async def phone_for_lid(self, session: str, lid: str) -> str | None:
+        answer = await self._call(
+            "GET", f"/api/{quote(session, safe='')}/lids/{quote(lid, safe='')}"
+        )
+        if isinstance(answer, dict) and isinstance(answer.get("pn"), str) and answer["pn"]:
+            return str(answer["pn"])
+        return None
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

@@ -1,0 +1,267 @@
+"""The waiting line: customers who need a person wait first-in first-out per WAHA session.
+
+Capacity is agents online x conversations per agent (WSM_CONVERSATIONS_PER_AGENT). A free agent
+always gets the longest-waiting conversation (line_take.lua picks the smallest score over the
+lines it is given). Positions are ranks in a sorted set, so when someone leaves everyone behind
+moves up without any rewrite; estimates come from the session's recent handling times.
+
+Every change is one atomic script (shared/scripts/line_*.lua) under the line's own hash tag;
+the conversation's own state is changed only by its handler, told through a queued command.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from shared.keys import LineKeys
+from shared.lua import LuaScript
+
+LINE_ENTER = LuaScript.named("line_enter")
+LINE_LEAVE = LuaScript.named("line_leave")
+LINE_TAKE = LuaScript.named("line_take")
+LINE_RELEASE = LuaScript.named("line_release")
+
+# Handling times kept per session for the estimate.
+HANDLING_SAMPLES = 20
+
+
+class AgentUnavailable(Exception):
+    """The agent cannot take a conversation now (terminal for that request)."""
+
+
+class AgentOffline(AgentUnavailable):
+    pass
+
+
+class AgentAtCapacity(AgentUnavailable):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    id: str
+    name: str
+    online: bool
+    since: int
+    conversations: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    token: str
+    agent_id: str
+    agent_name: str
+    entered_at: int
+    taken_at: int
+
+    @property
+    def waited_seconds(self) -> float:
+        return max(0.0, (self.taken_at - self.entered_at) / 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    token: str
+    position: int
+    entered_at: int
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class WaitingLine:
+    def __init__(
+        self,
+        redis: Any,
+        *,
+        prefix: str,
+        per_agent: int,
+        default_handling_seconds: int,
+    ) -> None:
+        self._redis = redis
+        self.keys = LineKeys(prefix)
+        self.per_agent = per_agent
+        self.default_handling_seconds = default_handling_seconds
+
+    # --- customers -------------------------------------------------------------------------
+    async def enter(self, session: str, token: str, at_ms: int) -> tuple[int, int]:
+        """Join the back of the line (a repeat keeps the place). -> (position, entered_at)."""
+        position, entered_at = await LINE_ENTER(
+            self._redis,
+            [self.keys.waiting(session), self.keys.sessions, self.keys.sequence],
+            [token, at_ms, session],
+        )
+        return int(position), int(entered_at)
+
+    async def leave(self, session: str, token: str) -> int:
+        """Leave the line; the position it had, 0 when it was not in it."""
+        return int(await LINE_LEAVE(self._redis, [self.keys.waiting(session)], [token]))
+
+    async def position(self, session: str, token: str) -> int | None:
+        rank = await self._redis.zrank(self.keys.waiting(session), token)
+        return None if rank is None else int(rank) + 1
+
+    async def members(self, session: str) -> list[Waiting]:
+        raw = await self._redis.zrange(self.keys.waiting(session), 0, -1, withscores=True)
+        return [
+            Waiting(token=_text(member), position=n + 1, entered_at=int(score) // 1000)
+            for n, (member, score) in enumerate(raw)
+        ]
+
+    async def length(self, session: str) -> int:
+        return int(await self._redis.zcard(self.keys.waiting(session)))
+
+    async def sessions(self) -> list[str]:
+        return sorted(_text(s) for s in await self._redis.smembers(self.keys.sessions))
+
+    # --- agents ----------------------------------------------------------------------------
+    async def set_online(self, agent_id: str, name: str | None, at_ms: int) -> Agent:
+        raw = await self._redis.hget(self.keys.agents, agent_id)
+        previous = orjson.loads(raw) if raw else {}
+        agent_name = str(name or previous.get("name") or agent_id)
+        record = {"name": agent_name, "online": True, "since": at_ms}
+        await self._redis.hset(self.keys.agents, agent_id, orjson.dumps(record))
+        return Agent(agent_id, agent_name, True, at_ms)
+
+    async def set_offline(self, agent_id: str, at_ms: int) -> Agent:
+        raw = await self._redis.hget(self.keys.agents, agent_id)
+        previous = orjson.loads(raw) if raw else {}
+        agent_name = str(previous.get("name") or agent_id)
+        record = {"name": agent_name, "online": False, "since": at_ms}
+        await self._redis.hset(self.keys.agents, agent_id, orjson.dumps(record))
+        return Agent(agent_id, agent_name, False, at_ms)
+
+    async def agents(self) -> list[Agent]:
+        raw = {
+            _text(k): orjson.loads(v)
+            for k, v in (await self._redis.hgetall(self.keys.agents)).items()
+        }
+        ids = sorted(raw)
+        loads: list[int] = []
+        if ids:
+            pipe = self._redis.pipeline(transaction=False)
+            for agent_id in ids:
+                pipe.scard(self.keys.agent_conversations(agent_id))
+            loads = await pipe.execute()
+        return [
+            Agent(
+                id=agent_id,
+                name=str(raw[agent_id].get("name") or agent_id),
+                online=bool(raw[agent_id].get("online")),
+                since=int(raw[agent_id].get("since", 0)),
+                conversations=int(load),
+            )
+            for agent_id, load in zip(ids, loads, strict=True)
+        ]
+
+    async def free_agents(self) -> list[Agent]:
+        """Online agents below capacity, least loaded first (then longest online)."""
+        free = [a for a in await self.agents() if a.online and a.conversations < self.per_agent]
+        return sorted(free, key=lambda a: (a.conversations, a.since, a.id))
+
+    async def online_count(self) -> int:
+        return sum(1 for a in await self.agents() if a.online)
+
+    async def take(
+        self,
+        agent_id: str,
+        sessions: Sequence[str],
+        at_ms: int,
+        token: str | None = None,
+    ) -> Taken | None:
+        """The longest-waiting conversation over `sessions` (or `token`) for this agent; None
+        when nobody waits. Raises AgentOffline / AgentAtCapacity."""
+        if not sessions:
+            return None
+        result = await LINE_TAKE(
+            self._redis,
+            [
+                self.keys.agents,
+                self.keys.taken,
+                self.keys.agent_conversations(agent_id),
+                *[self.keys.waiting(s) for s in sessions],
+            ],
+            [agent_id, at_ms, self.per_agent, token or ""],
+        )
+        first = _text(result[0])
+        if first == "!offline":
+            raise AgentOffline(agent_id)
+        if first == "!full":
+            raise AgentAtCapacity(agent_id)
+        if first == "!empty":
+            return None
+        raw = await self._redis.hget(self.keys.taken, first)
+        record = orjson.loads(raw) if raw else {}
+        return Taken(
+            token=first,
+            agent_id=agent_id,
+            agent_name=str(record.get("name") or agent_id),
+            entered_at=int(result[1]),
+            taken_at=at_ms,
+        )
+
+    async def pending_takes(self) -> list[Taken]:
+        """Assignments whose conversation has not confirmed them yet."""
+        raw = await self._redis.hgetall(self.keys.taken)
+        takes = []
+        for token, value in raw.items():
+            record = orjson.loads(value)
+            takes.append(
+                Taken(_text(token), str(record["agent"]), str(record.get("name") or ""),
+                      int(record.get("entered_at", 0)), int(record.get("at", 0)))
+            )  # fmt: skip
+        return sorted(takes, key=lambda t: t.taken_at)
+
+    async def confirm_taken(self, token: str) -> None:
+        await self._redis.hdel(self.keys.taken, token)
+
+    async def release(
+        self, agent_id: str, session: str, token: str, handled_seconds: float | None
+    ) -> bool:
+        removed = await LINE_RELEASE(
+            self._redis,
+            [
+                self.keys.agent_conversations(agent_id),
+                self.keys.taken,
+                self.keys.handling_times(session),
+            ],
+            [token, -1 if handled_seconds is None else round(handled_seconds, 3), HANDLING_SAMPLES],
+        )
+        return bool(removed)
+
+    async def attach(self, agent_id: str, session: str, token: str) -> None:
+        """An agent writes to a conversation directly: it counts against their capacity."""
+        await self._redis.sadd(self.keys.agent_conversations(agent_id), token)
+        await self._redis.sadd(self.keys.sessions, session)
+
+    async def agent_of(self, token: str) -> str | None:
+        for agent in await self.agents():
+            if await self._redis.sismember(self.keys.agent_conversations(agent.id), token):
+                return agent.id
+        return None
+
+    # --- estimates -------------------------------------------------------------------------
+    async def average_handling_seconds(self, session: str) -> float:
+        samples = await self._redis.lrange(self.keys.handling_times(session), 0, -1)
+        values = [float(_text(s)) for s in samples]
+        if not values:
+            return float(self.default_handling_seconds)
+        return max(1.0, sum(values) / len(values))
+
+    async def estimate_minutes(self, session: str, position: int) -> int:
+        """Minutes until a person answers someone at `position`: each of the capacity's slots
+        frees up once per average handling time. Never less than 1 ("cerca de 1 min")."""
+        capacity = max(1, await self.online_count() * self.per_agent)
+        average = await self.average_handling_seconds(session)
+        return max(1, math.ceil(position * average / capacity / 60))

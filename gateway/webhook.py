@@ -1,0 +1,203 @@
+"""`POST /webhook` as a raw ASGI callable: the one path that must be fast.
+
+FastAPI's per-request machinery (middleware stack, router, request object, dependency
+resolution, response class) costs more than everything below together; the gateway app hands
+this path straight to `WebhookEndpoint` and FastAPI serves the rest.
+
+Statuses (WAHA retries any non-2xx, 4xx included, about 30 s by default, then drops the event):
+    200 queued | duplicate | ignored | spooled   the event is durable, or deliberately unused
+    400 not JSON, not an object with `event`      401 bad or missing signature
+    405 not POST                                  413 body over WSM_MAX_BODY_BYTES
+    503 neither Redis nor the spool could take it (Retry-After)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import orjson
+from starlette.types import Message, Receive, Scope, Send
+
+from gateway import metrics
+from gateway.errors import (
+    BodyTooLarge,
+    InvalidBody,
+    RejectedWebhook,
+    SpoolUnavailable,
+)
+from gateway.intake import Intake
+from gateway.signature import verify_signature
+from shared.enqueue import EnqueueRequest
+from shared.events import InvalidEvent, route_event
+
+log = logging.getLogger("wsm.gateway.webhook")
+
+# WAHA retries a 503 on its own schedule; this tells any other client when to.
+RETRY_AFTER_SECONDS = b"2"
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its body arrived (nothing stored, nobody to answer)."""
+
+
+def _answer(
+    status: int, document: dict[str, str], extra: Sequence[tuple[bytes, bytes]] = ()
+) -> tuple[Message, Message]:
+    body = orjson.dumps(document)
+    start: Message = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *extra,
+        ],
+    }
+    return start, {"type": "http.response.body", "body": body}
+
+
+# Built once: every answer of the hot path is a pair of prebuilt messages.
+ANSWERS = {
+    "queued": _answer(200, {"status": "queued"}),
+    "duplicate": _answer(200, {"status": "duplicate"}),
+    "ignored": _answer(200, {"status": "ignored"}),
+    "spooled": _answer(200, {"status": "spooled"}),
+    "unauthorized": _answer(401, {"status": "unauthorized"}),
+    "invalid": _answer(400, {"status": "invalid"}),
+    "too_large": _answer(413, {"status": "too_large"}),
+    "unavailable": _answer(503, {"status": "unavailable"}, [(b"retry-after", RETRY_AFTER_SECONDS)]),
+    "method": _answer(405, {"status": "method_not_allowed"}, [(b"allow", b"POST")]),
+}
+
+
+class WebhookEndpoint:
+    def __init__(
+        self,
+        intake: Intake,
+        *,
+        hmac_keys: Sequence[bytes],
+        max_body_bytes: int,
+        shards: int,
+        dedupe_ttl_seconds: int,
+        key_prefix: str,
+    ) -> None:
+        self._intake = intake
+        # Empty only when WSM_ALLOW_UNSIGNED=1 (development): then nothing is verified.
+        self._keys = tuple(hmac_keys)
+        self._max_body = max_body_bytes
+        self._shards = shards
+        self._dedupe_ttl = dedupe_ttl_seconds
+        self._prefix = key_prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        if scope["method"] != "POST":
+            await _send(send, ANSWERS["method"])
+            return
+        try:
+            outcome = await self._handle(scope, receive)
+        except RejectedWebhook as exc:
+            outcome = exc.outcome
+            log.info(
+                "webhook rejected",
+                extra={"status": exc.status, "reason": str(exc), "request_id": _request_id(scope)},
+            )
+        except SpoolUnavailable as exc:
+            outcome = "unavailable"
+            log.error(
+                "webhook not stored: Redis and spool unavailable",
+                extra={"reason": str(exc), "request_id": _request_id(scope)},
+            )
+        except ClientDisconnected:
+            return
+        # Counted before answering: whoever saw the answer also sees it counted.
+        metrics.OUTCOME_COUNTERS[outcome].inc()
+        metrics.WEBHOOK_DURATION.observe(time.perf_counter() - started)
+        await _send(send, ANSWERS[outcome])
+
+    async def _handle(self, scope: Scope, receive: Receive) -> str:
+        signature = algorithm = length = None
+        for name, value in scope["headers"]:
+            if name == b"x-webhook-hmac":
+                signature = value
+            elif name == b"x-webhook-hmac-algorithm":
+                algorithm = value
+            elif name == b"content-length":
+                length = value
+        if length is not None:
+            if not length.isdigit():
+                raise InvalidBody("bad content-length")
+            if int(length) > self._max_body:
+                # Refused before reading a byte of it.
+                raise BodyTooLarge("content-length over the cap")
+        body = await self._read_body(receive)
+        if self._keys:
+            verify_signature(body, signature, algorithm, self._keys)
+        try:
+            routed = route_event(orjson.loads(body), body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidBody("body is not JSON") from exc
+        except InvalidEvent as exc:
+            raise InvalidBody(str(exc)) from exc
+        if routed is None:
+            return "ignored"
+        received_at_ms = int(time.time() * 1000)
+        request = EnqueueRequest.for_event(
+            routed,
+            body,
+            received_at_ms=received_at_ms,
+            shards=self._shards,
+            dedupe_ttl_seconds=self._dedupe_ttl,
+            prefix=self._prefix,
+        )
+        outcome = await self._intake.accept(request, body, received_at_ms)
+        if outcome == "spooled":
+            log.info("webhook spooled", extra={"event_id": routed.event_id, "event": routed.event})
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "webhook " + outcome, extra={"event_id": routed.event_id, "event": routed.event}
+            )
+        return outcome
+
+    async def _read_body(self, receive: Receive) -> bytes:
+        """The raw body, refused with 413 as soon as it passes the cap (chunked bodies carry
+        no Content-Length, so the cap is enforced while reading too)."""
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body", False):
+            if len(body) > self._max_body:
+                raise BodyTooLarge("body over the cap")
+            return body
+        chunks = [body]
+        size = len(body)
+        while True:
+            if size > self._max_body:
+                raise BodyTooLarge("body over the cap")
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            if not message.get("more_body", False):
+                break
+        if size > self._max_body:
+            raise BodyTooLarge("body over the cap")
+        return b"".join(chunks)
+
+
+async def _send(send: Send, answer: tuple[Message, Message]) -> None:
+    await send(answer[0])
+    await send(answer[1])
+
+
+def _request_id(scope: Scope) -> str | None:
+    # WAHA's X-Webhook-Request-Id identifies a delivery in WAHA's own logs.
+    for name, value in scope["headers"]:
+        if name == b"x-webhook-request-id":
+            return str(value.decode("latin-1"))
+    return None

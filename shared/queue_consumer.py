@@ -1,0 +1,243 @@
+"""The consume side of the per-conversation queue (the workers' half of the protocol).
+
+A worker takes a conversation in two steps: a blocking `BLMOVE ready -> claimed` (blocking
+commands cannot run inside scripts), then `claim_conversation.lua`, which takes the lease,
+bumps the conversation's fence and reads up to `batch` head messages. It then acks each
+handled message (`ack_message.lua`, fenced, optionally with the handler's writes), and ends
+its turn with `release_conversation.lua` or `fail_message.lua`. See docs/architecture.md.
+
+Every method raises redis-py's ConnectionError/TimeoutError when Redis cannot be reached; the
+scripts are written so that repeating a call whose answer was lost is safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from shared.commit_writes import Write, encode_writes
+from shared.keys import ConversationKeys, ShardKeys
+from shared.lua import LuaScript
+from shared.queue_errors import LeaseLost, NotHead
+
+CLAIM_CONVERSATION = LuaScript.named("claim_conversation")
+ACK_MESSAGE = LuaScript.named("ack_message")
+EXTEND_LEASE = LuaScript.named("extend_lease")
+RELEASE_CONVERSATION = LuaScript.named("release_conversation")
+FAIL_MESSAGE = LuaScript.named("fail_message")
+
+# A dead letter's error text is for a person reading `wsm dlq list`, not a full traceback dump.
+MAX_ERROR_CHARS = 2000
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedMessage:
+    id: str
+    # None only if the body vanished from Redis (hand edits): the message is dead-lettered.
+    record: bytes | None
+    # Attempts already counted against this message before this delivery.
+    attempts: int
+
+
+@dataclass(slots=True)
+class Lease:
+    """A worker's hold on one conversation for one turn."""
+
+    conversation: ConversationKeys
+    fence: int
+    # The deadline by the Redis clock (ms); `extend` moves it.
+    until_ms: int
+    messages: list[ClaimedMessage]
+    _ack_keys: list[str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        conv = self.conversation
+        self._ack_keys = [
+            conv.meta,
+            conv.messages,
+            conv.bodies,
+            conv.attempts,
+            conv.shard_keys.stats,
+        ]
+
+    @property
+    def token(self) -> str:
+        return self.conversation.token
+
+
+class FailOutcome(Enum):
+    RETRY = "retry"  # waits in `delayed`, then goes to the front of the line
+    DEAD = "dead"  # moved to the dead-letter list; the conversation goes on
+    LOST = "lost"  # the lease was gone: the reaper counts (or counted) this attempt
+
+
+@dataclass(frozen=True, slots=True)
+class FailResult:
+    outcome: FailOutcome
+    attempts: int = 0
+
+
+class QueueConsumer:
+    """Claim, ack, extend, release and fail for one Redis client (standalone or cluster)."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        lease_ms: int,
+        batch: int,
+        max_attempts: int,
+        backoff_ms: int,
+        backoff_max_ms: int,
+    ) -> None:
+        self.client = client
+        self.lease_ms = lease_ms
+        self.batch = batch
+        self.max_attempts = max_attempts
+        self.backoff_ms = backoff_ms
+        self.backoff_max_ms = backoff_max_ms
+
+    # --- taking a conversation --------------------------------------------------------------
+
+    async def pop_ready(self, shard: ShardKeys) -> str | None:
+        """Move the conversation at the front of `shard`'s line into `claimed`, without waiting."""
+        token = await self.client.lmove(shard.ready, shard.claimed, "RIGHT", "LEFT")
+        return None if token is None else _text(token)
+
+    async def wait_ready(self, shard: ShardKeys, block_seconds: float) -> str | None:
+        """The same, blocking in Redis up to `block_seconds` for a conversation to be ready."""
+        token = await self.client.blmove(shard.ready, shard.claimed, block_seconds, "RIGHT", "LEFT")
+        return None if token is None else _text(token)
+
+    async def claim(self, shard: ShardKeys, token: str, owner: str) -> Lease | None:
+        """Lease a conversation moved into `claimed`. None: not ours (or nothing queued).
+
+        `owner` must be unique per attempt: repeating the call with the same owner after a
+        lost answer returns the lease already taken instead of giving up on it.
+        """
+        conversation = shard.conversation(token)
+        reply = await CLAIM_CONVERSATION(
+            self.client,
+            [
+                shard.claimed,
+                shard.leases,
+                conversation.meta,
+                conversation.messages,
+                conversation.bodies,
+                conversation.attempts,
+            ],
+            [token, owner, self.lease_ms, self.batch],
+        )
+        if not reply:
+            return None
+        messages = [
+            ClaimedMessage(
+                id=_text(reply[i]),
+                record=reply[i + 1],
+                attempts=int(reply[i + 2]),
+            )
+            for i in range(2, len(reply), 3)
+        ]
+        return Lease(conversation, int(reply[0]), int(reply[1]), messages)
+
+    # --- while holding it -------------------------------------------------------------------
+
+    async def ack(self, lease: Lease, message_id: str, writes: Iterable[Write] = ()) -> None:
+        """Remove a handled message, applying `writes` in the same atomic step.
+
+        Raises LeaseLost (fenced out or expired: nothing was written), NotHead, InvalidWrite.
+        """
+        extra_keys, extra_args = encode_writes(writes, lease.conversation)
+        result = await ACK_MESSAGE(
+            self.client,
+            lease._ack_keys + extra_keys,
+            [lease.fence, message_id, *extra_args],
+        )
+        if result in (1, 2):
+            return
+        if result == -2:
+            raise NotHead(f"{message_id} is not the head of {lease.token}")
+        raise LeaseLost(f"lease on {lease.token} {'ran out' if result == -1 else 'was taken over'}")
+
+    async def extend(self, lease: Lease) -> int:
+        """Push the lease deadline to now + lease; returns it (ms). Raises LeaseLost."""
+        conversation = lease.conversation
+        result = int(
+            await EXTEND_LEASE(
+                self.client,
+                [conversation.meta, conversation.shard_keys.leases],
+                [lease.token, lease.fence, self.lease_ms],
+            )
+        )
+        if result <= 0:
+            raise LeaseLost(
+                f"lease on {lease.token} {'ran out' if result == -1 else 'was taken over'}"
+            )
+        lease.until_ms = result
+        return result
+
+    # --- ending the turn --------------------------------------------------------------------
+
+    async def release(self, lease: Lease, *, to_front: bool = False) -> bool:
+        """End the turn. False: the lease was no longer ours (nothing changed)."""
+        conversation = lease.conversation
+        result = await RELEASE_CONVERSATION(
+            self.client,
+            [
+                conversation.meta,
+                conversation.messages,
+                conversation.shard_keys.leases,
+                conversation.shard_keys.ready,
+            ],
+            [lease.token, lease.fence, "front" if to_front else "back"],
+        )
+        return bool(result)
+
+    async def fail(
+        self, lease: Lease, message_id: str, error: str, *, terminal: bool = False
+    ) -> FailResult:
+        """Count a failed attempt at the head message and end the turn.
+
+        `terminal` sends the message to the dead letters at once (a record that can never be
+        handled). Raises NotHead.
+        """
+        conversation = lease.conversation
+        shard = conversation.shard_keys
+        reply = await FAIL_MESSAGE(
+            self.client,
+            [
+                conversation.meta,
+                conversation.messages,
+                conversation.bodies,
+                conversation.attempts,
+                shard.stats,
+                shard.leases,
+                shard.ready,
+                shard.delayed,
+                shard.dlq,
+            ],
+            [
+                lease.token,
+                lease.fence,
+                message_id,
+                error[:MAX_ERROR_CHARS],
+                self.max_attempts,
+                self.backoff_ms,
+                self.backoff_max_ms,
+                1 if terminal else 0,
+            ],
+        )
+        code = int(reply[0])
+        if code == 1:
+            return FailResult(FailOutcome.RETRY, int(reply[1]))
+        if code == 2:
+            return FailResult(FailOutcome.DEAD, int(reply[1]))
+        if code == -2:
+            raise NotHead(f"{message_id} is not the head of {lease.token}")
+        return FailResult(FailOutcome.LOST)

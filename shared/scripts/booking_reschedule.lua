@@ -1,0 +1,76 @@
+#!lua
+-- booking_reschedule: move one customer's booking to a new start, atomically: the new slots
+-- are taken and the old ones freed in one step, or nothing changes. Only the booking's own
+-- customer can move it, and only from the start the caller saw (a concurrent change wins).
+-- Returns {"moved"} | {"exists"} (already at that start: a repeat) | {"taken"} |
+--         {"not_found"} (absent, cancelled, or someone else's: never told apart) | {"changed"}.
+local old_day_key = KEYS[1]    -- HASH of the booking's current day
+local new_day_key = KEYS[2]    -- HASH of the new day (may be the same key)
+local booking_key = KEYS[3]
+local customer_key = KEYS[4]
+local everything_key = KEYS[5]
+local hooks_due = KEYS[6]
+local hooks_body = KEYS[7]
+local booking_id = ARGV[1]
+local customer = ARGV[2]
+local expected_start = ARGV[3]
+local new_start = ARGV[4]
+local new_start_ms = tonumber(ARGV[5])
+local now_ms = tonumber(ARGV[6])
+local expire_at = tonumber(ARGV[7])
+local hook_id = ARGV[8]
+local hook_body = ARGV[9]
+local new_day = ARGV[10]
+local old_count = tonumber(ARGV[11])
+local old_steps = {}
+for i = 1, old_count do old_steps[i] = ARGV[11 + i] end
+local new_count = tonumber(ARGV[12 + old_count])
+local new_steps = {}
+for i = 1, new_count do new_steps[i] = ARGV[12 + old_count + i] end
+
+local owner = redis.call('HGET', booking_key, 'customer')
+local status = redis.call('HGET', booking_key, 'status')
+if owner ~= customer or status ~= 'booked' then
+  return {'not_found'}
+end
+local current = redis.call('HGET', booking_key, 'start')
+if current == new_start then
+  return {'exists'}
+end
+if current ~= expected_start then
+  return {'changed'}
+end
+for i = 1, new_count do
+  local holder = redis.call('HGET', new_day_key, new_steps[i])
+  if holder and holder ~= booking_id then
+    return {'taken'}
+  end
+end
+
+for i = 1, old_count do
+  if redis.call('HGET', old_day_key, old_steps[i]) == booking_id then
+    redis.call('HDEL', old_day_key, old_steps[i])
+  end
+end
+for i = 1, new_count do
+  redis.call('HSET', new_day_key, new_steps[i], booking_id)
+end
+redis.call('HSET', booking_key, 'start', new_start, 'start_ms', new_start_ms, 'day', new_day,
+  'steps', table.concat(new_steps, ','), 'updated_at', now_ms)
+redis.call('ZADD', customer_key, new_start_ms, booking_id)
+redis.call('ZADD', everything_key, new_start_ms, booking_id)
+-- A day's keys all expire a retention after that day: the same time for every booking in it.
+redis.call('EXPIREAT', new_day_key, expire_at)
+redis.call('EXPIREAT', booking_key, expire_at)
+for _, index_key in ipairs({customer_key, everything_key}) do
+  if redis.call('TTL', index_key) < 0 then
+    redis.call('EXPIREAT', index_key, expire_at)
+  else
+    redis.call('EXPIREAT', index_key, expire_at, 'GT')
+  end
+end
+if hook_id ~= '' then
+  redis.call('HSET', hooks_body, hook_id, hook_body)
+  redis.call('ZADD', hooks_due, 'NX', now_ms, hook_id)
+end
+return {'moved'}

@@ -1,0 +1,24 @@
+#!lua
+-- outbox_retry: a send failed with a retryable error (network, 5xx, 429). Counts the attempt on
+-- the reply at the head and makes the conversation due again at `due_ms` (backoff).
+-- Returns the attempts so far, or 0 when the head is another reply (a repeat).
+local outbox_key = KEYS[1]
+local pending_key = KEYS[2]
+local mid = ARGV[1]
+local due_ms = tonumber(ARGV[2])
+local token = ARGV[3]
+local last_error = ARGV[4]
+
+local head = redis.call('LINDEX', outbox_key, 0)
+if not head then
+  return 0
+end
+local entry = cjson.decode(head)
+if entry['mid'] ~= mid then
+  return 0
+end
+entry['attempts'] = (tonumber(entry['attempts']) or 0) + 1
+entry['last_error'] = last_error
+redis.call('LSET', outbox_key, 0, cjson.encode(entry))
+redis.call('ZADD', pending_key, due_ms, token)
+return entry['attempts']

@@ -1,0 +1,41 @@
+#!lua
+-- outbox_sent: WAHA accepted one of our replies (201). Removes it from the head of the outbox,
+-- records its WhatsApp id in the history (and an ack that arrived before this step), and takes
+-- the conversation off the pending index when nothing is left to send.
+-- Returns 1 removed; 0 the head is another reply (this one was recorded already: a repeat).
+local outbox_key = KEYS[1]    -- the conversation's replies, head = next
+local meta_key = KEYS[2]      -- history meta: <mid>:status, <mid>:waha_id, w:<id> -> mid
+local pending_key = KEYS[3]   -- the shard's conversations with something to send
+local mid = ARGV[1]
+local waha_id = ARGV[2]       -- as WAHA gave it ('' when it gave none)
+local short_id = ARGV[3]      -- the WhatsApp id inside it
+local token = ARGV[4]
+
+local rank = {received = 0, queued = 0, pending = 1, sent = 2, server = 3, device = 4,
+              read = 5, played = 6, error = 7, failed = 7}
+local function advance(field, status)
+  local current = redis.call('HGET', meta_key, field)
+  if (rank[status] or -1) > (rank[current] or -1) then
+    redis.call('HSET', meta_key, field, status)
+  end
+end
+
+local head = redis.call('LINDEX', outbox_key, 0)
+if not head or cjson.decode(head)['mid'] ~= mid then
+  return 0
+end
+redis.call('LPOP', outbox_key)
+advance(mid .. ':status', 'sent')
+if short_id ~= '' then
+  redis.call('HSET', meta_key, mid .. ':waha_id', waha_id, 'w:' .. short_id, mid)
+  -- WAHA may deliver the ack webhook before its answer to sendText reached us.
+  local early = redis.call('HGET', meta_key, 'w:' .. short_id .. ':ack')
+  if early then
+    advance(mid .. ':status', early)
+    redis.call('HDEL', meta_key, 'w:' .. short_id .. ':ack')
+  end
+end
+if redis.call('LLEN', outbox_key) == 0 then
+  redis.call('ZREM', pending_key, token)
+end
+return 1

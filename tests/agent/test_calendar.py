@@ -1,0 +1,116 @@
+"""The calendar file and the slot rules (no Redis)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from engine.agent.calendar import (
+    CalendarFileError,
+    InvalidSlot,
+    default_calendar,
+    load_calendar,
+)
+from engine.agent.texts import AgentTextsError, load_agent_texts
+from tests.agent.conftest import CALENDAR, SAO_PAULO
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, document: dict, name: str = "cal.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(document, allow_unicode=True), "utf-8")
+    return path
+
+
+def test_the_documented_example_loads() -> None:
+    calendar = load_calendar(ROOT / "config" / "calendar.example.yaml")
+    assert calendar.business_name == "Clínica Sorriso"
+    assert calendar.timezone == "America/Sao_Paulo"
+    assert [s.id for s in calendar.services] == ["consulta", "limpeza", "retorno"]
+    assert calendar.service("LIMPEZA").minutes == 60  # type: ignore[union-attr]
+    assert calendar.service("Consultá") is not None  # accents and case do not matter
+    load_agent_texts("pt-BR", calendar.texts)
+
+
+def test_slots_follow_hours_grid_notice_and_duration(tmp_path: Path, now: datetime) -> None:
+    calendar = load_calendar(write(tmp_path, CALENDAR))
+    consulta, limpeza = calendar.service("consulta"), calendar.service("limpeza")
+    assert consulta and limpeza
+    monday = now.date()
+    slots = [s.id for s in calendar.slots(consulta, monday, monday, now)]
+    # 09:00 now + 60 min notice: the first slot is 10:00; the lunch break is skipped.
+    assert slots[0] == f"{monday}T10:00"
+    assert f"{monday}T11:30" in slots and f"{monday}T12:00" not in slots
+    assert f"{monday}T13:00" in slots and slots[-1] == f"{monday}T17:30"
+    # A 60-minute service needs two grid slots and must end by the interval's end.
+    long = list(calendar.slots(limpeza, monday, monday, now))
+    assert long[0].steps == ("10:00", "10:30")
+    assert f"{monday}T11:30" not in [s.id for s in long]
+    assert long[-1].id == f"{monday}T17:00"
+
+
+def test_a_start_is_checked_against_every_rule(tmp_path: Path, now: datetime) -> None:
+    document = dict(CALENDAR, holidays=[str(now.date() + timedelta(days=1))])
+    calendar = load_calendar(write(tmp_path, document))
+    consulta = calendar.service("consulta")
+    assert consulta
+    day = now.date()
+    assert calendar.slot(consulta, f"{day}T10:30", now).start == datetime(
+        day.year, day.month, day.day, 10, 30, tzinfo=SAO_PAULO
+    )
+    for start, why in [
+        (f"{day}T09:30", "too soon"),
+        (f"{day}T10:10", "grid"),
+        (f"{day}T12:00", "outside opening hours"),
+        (f"{day + timedelta(days=1)}T10:00", "holiday"),
+        (f"{day + timedelta(days=30)}T10:00", "outside the booking window"),
+        ("amanhã às 10", "must look like"),
+    ]:
+        with pytest.raises(InvalidSlot, match=why):
+            calendar.slot(consulta, start, now)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"hours": {"monday": ["08:00-12:00"]}}, "unknown day"),
+        ({"hours": {"mon": ["12:00-08:00"]}}, "ends before it starts"),
+        ({"services": [{"id": "x", "name": "X", "duration_minutes": 45}]}, "multiple"),
+        ({"timezone": "America/Atlantis"}, "unknown time zone"),
+        ({"services": []}, "services"),
+        ({"surprise": 1}, "surprise"),
+    ],
+)
+def test_a_bad_file_is_refused_with_the_reason(tmp_path: Path, change: dict, message: str) -> None:
+    with pytest.raises(CalendarFileError, match=message):
+        load_calendar(write(tmp_path, {**CALENDAR, **change}))
+
+
+def test_toml_works_too(tmp_path: Path) -> None:
+    path = tmp_path / "cal.toml"
+    path.write_text(
+        '[business]\nname = "Barbearia"\n[hours]\nsat = ["09:00-13:00"]\n'
+        '[[services]]\nid = "corte"\nname = "Corte"\n',
+        "utf-8",
+    )
+    calendar = load_calendar(path)
+    assert calendar.business_name == "Barbearia" and calendar.hours == {5: [(540, 780)]}
+
+
+def test_default_calendar_uses_the_menu_services() -> None:
+    calendar = default_calendar("Clínica", ["Consulta", "Retorno"])
+    assert [s.id for s in calendar.services] == ["consulta", "retorno"]
+    assert set(calendar.hours) == {0, 1, 2, 3, 4}
+
+
+def test_text_overrides_are_checked() -> None:
+    texts = load_agent_texts("pt-BR", {"pt-BR": {"booked": "Feito: {service} {when}"}})
+    assert texts.render("booked", service="Consulta", when="ter") == "Feito: Consulta ter"
+    with pytest.raises(AgentTextsError, match="unknown text"):
+        load_agent_texts("pt-BR", {"pt-BR": {"bookd": "x"}})
+    with pytest.raises(AgentTextsError, match="unknown field"):
+        load_agent_texts("pt-BR", {"pt-BR": {"booked": "{customer}"}})

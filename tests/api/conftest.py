@@ -1,0 +1,3 @@
+from tests.engine.conftest import waha
+
+__all__ = ["waha"]

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import respx
+
+from tests.engine.harness import FakeWaha, Harness, settings_for
+
+
+@pytest.fixture
+def waha() -> Any:
+    with respx.mock(assert_all_called=False) as router:
+        yield FakeWaha(router)
+
+
+@pytest.fixture
+async def make_harness(aredis, redis_url, key_prefix) -> AsyncIterator[Callable[..., Harness]]:
+    made: list[Harness] = []
+
+    def make(**overrides: Any) -> Harness:
+        harness = Harness(aredis, settings_for(key_prefix, redis_url, **overrides))
+        made.append(harness)
+        return harness
+
+    yield make
+    for harness in made:
+        await harness.aclose()

@@ -1,0 +1,143 @@
+"""Driving the engine through the real queue protocol, without the fleet: events are queued as
+the gateway queues them, claimed and acked with shared.queue_consumer (the fenced commit), and
+WAHA is a respx stand-in answering with WAHA's status codes and shapes."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import httpx
+import orjson
+import respx
+
+from engine.service import EngineService
+from engine.waha_client import WahaClient
+from shared.enqueue import EnqueueRequest, enqueue
+from shared.envelope import decode_record
+from shared.events import route_event
+from shared.keys import all_shards
+from shared.queue_consumer import QueueConsumer
+from shared.settings import Settings
+from tests.support.waha import compact
+
+WAHA = "http://waha.test"
+
+
+def settings_for(prefix: str, redis_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "redis_url": redis_url,
+        "key_prefix": prefix,
+        "waha_url": WAHA,
+        "typing_delay_max_ms": 0,
+        "sends_per_second_per_session": 0,
+        "send_retry_base_ms": 1,
+        "send_retry_max_ms": 2,
+        "position_notice_interval_seconds": 0,
+        "conversations_per_agent": 1,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+class FakeWaha:
+    """WAHA's send side: 201 with a message id for sendText; failures on demand."""
+
+    def __init__(self, router: respx.MockRouter) -> None:
+        self.sent: list[tuple[str, str]] = []  # (chat, text)
+        self.ids: list[str] = []
+        self.failures: list[httpx.Response] = []
+        self._n = itertools.count()
+        router.post(f"{WAHA}/api/sendText").mock(side_effect=self._send)
+        for path in ("sendSeen", "startTyping", "stopTyping"):
+            router.post(f"{WAHA}/api/{path}").mock(return_value=httpx.Response(201, json={}))
+        router.get(url__regex=rf"{WAHA}/api/.+/lids/.+").mock(
+            return_value=httpx.Response(200, json={"lid": "x@lid", "pn": None})
+        )
+
+    def _send(self, request: httpx.Request) -> httpx.Response:
+        if self.failures:
+            return self.failures.pop(0)
+        body = orjson.loads(request.content)
+        wa_id = f"true_{body['chatId']}_3EB0{next(self._n):016X}"
+        self.sent.append((body["chatId"], body["text"]))
+        self.ids.append(wa_id)
+        return httpx.Response(201, json={"id": wa_id, "body": body["text"], "fromMe": True})
+
+    def to(self, chat: str) -> list[str]:
+        return [text for c, text in self.sent if c == chat]
+
+
+class Ctx:
+    def __init__(self, consumer: QueueConsumer, lease: Any, message_id: str) -> None:
+        self.consumer, self.lease, self.message_id = consumer, lease, message_id
+        self.committed = False
+
+    async def commit(self, writes: Iterable[Sequence[Any]] = ()) -> None:
+        await self.consumer.ack(self.lease, self.message_id, list(writes))  # type: ignore[arg-type]
+        self.committed = True
+
+
+class Harness:
+    def __init__(self, redis: Any, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.service = EngineService(redis, settings, outbound=WahaClient(WAHA))
+        self.consumer = QueueConsumer(
+            redis, lease_ms=30_000, batch=10, max_attempts=5, backoff_ms=1, backoff_max_ms=2
+        )
+
+    async def webhook(self, document: dict[str, Any]) -> bool:
+        """Queue a WAHA webhook body as the gateway does; False when it was a duplicate."""
+        body = compact(document)
+        routed = route_event(orjson.loads(body), body)
+        assert routed is not None
+        request = EnqueueRequest.for_event(
+            routed, body, received_at_ms=1, shards=self.settings.queue_shards,
+            dedupe_ttl_seconds=600, prefix=self.settings.key_prefix,
+        )  # fmt: skip
+        return await enqueue(self.redis, request)
+
+    async def drain(self, *, deliver: bool = True) -> int:
+        """Handle everything queued (commands included), then deliver the outboxes."""
+        handled = 0
+        for _ in range(100):
+            progressed = False
+            for shard in all_shards(self.settings.queue_shards, self.settings.key_prefix):
+                while (token := await self.consumer.pop_ready(shard)) is not None:
+                    lease = await self.consumer.claim(shard, token, uuid.uuid4().hex)
+                    if lease is None:
+                        continue
+                    for message in lease.messages:
+                        assert message.record is not None
+                        ctx = Ctx(self.consumer, lease, message.id)
+                        await self.service.engine(decode_record(message.record), ctx)
+                        if not ctx.committed:
+                            await ctx.commit([])
+                        handled += 1
+                    await self.consumer.release(lease)
+                    progressed = True
+            if deliver:
+                await self.service.sender.sweep_once()
+                await self.service.sender.drain()
+            if not progressed:
+                return handled
+        raise AssertionError("queue did not drain")
+
+    async def aclose(self) -> None:
+        await self.service.aclose()
+
+
+def session_status(session: str, status: str) -> dict[str, Any]:
+    """A `session.status` event shaped like session-status.json."""
+    return {
+        "id": "evt_" + uuid.uuid4().hex[:26],
+        "event": "session.status",
+        "session": session,
+        "me": {"id": "5511930000002@c.us", "pushName": "Clínica"},
+        "payload": {"status": status, "statuses": [{"status": status, "timestamp": 1}]},
+        "engine": "GOWS",
+        "environment": {"version": "2025.11.2", "engine": "GOWS", "tier": "PLUS"},
+    }

@@ -1,0 +1,336 @@
+"""POST /webhook against a real Redis: signatures, WAHA's bodies, duplicates, rejections.
+
+The gateway runs in-process (httpx over ASGI); every rejection asserts its status code and
+that Redis holds no key under the test's prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from gateway.signature import sign
+from tests.conftest import keys_with_prefix
+from tests.gateway.conftest import (
+    HMAC_KEY,
+    gateway_settings,
+    inprocess_gateway,
+    queued_events,
+    signed,
+    waiting_count,
+)
+from tests.support.waha import FIXTURES, compact, fixture_names, load_fixture, text_message
+
+# Where each fixture must be queued: (WAHA session, chat), worked out by hand from the bodies.
+EXPECTED_CONVERSATION = {
+    "message-ack.json": ("default", "11111111111@c.us"),
+    "message-any-fromme.json": ("default", "11111111111@c.us"),
+    "message-group.json": ("default", "120363000000000002@g.us"),
+    "message-media-image.json": ("chatwoot", "5511987650053@c.us"),
+    "message-text.json": ("mysession_waha", "5511987650052@c.us"),
+    "session-status.json": ("default", "_session"),
+}
+
+
+def test_every_fixture_has_an_expected_conversation() -> None:
+    assert sorted(EXPECTED_CONVERSATION) == fixture_names()
+
+
+# --- signatures -----------------------------------------------------------------------------
+
+
+def vector() -> dict[str, str]:
+    value: dict[str, str] = json.loads((FIXTURES / "hmac-test-vector.json").read_text())
+    return value
+
+
+def test_waha_hmac_test_vector_signs_as_documented() -> None:
+    v = vector()
+    assert sign(v["raw_body"].encode(), v["key"].encode()) == v["X-Webhook-Hmac"]
+
+
+async def test_waha_hmac_test_vector_is_accepted_and_queued(
+    redis_url: str, key_prefix: str, tmp_path: Path, sync_redis: redis.Redis
+) -> None:
+    v = vector()
+    body = v["raw_body"].encode()
+    settings = gateway_settings(redis_url, key_prefix, tmp_path, WEBHOOK_HMAC_KEY=v["key"])
+    async with inprocess_gateway(settings) as client:
+        response = await client.post(
+            "/webhook",
+            content=body,
+            headers={
+                "content-type": "application/json",
+                "x-webhook-hmac": v["X-Webhook-Hmac"],
+                "x-webhook-hmac-algorithm": v["X-Webhook-Hmac-Algorithm"],
+            },
+        )
+    assert response.status_code == 200
+    assert response.json() == {"status": "queued"}
+    [queued] = queued_events(sync_redis, key_prefix, "default", "_session")
+    assert queued.body == body
+
+
+def one_byte_changed(body: bytes) -> bytes:
+    index = body.index(b"Oi")
+    return body[:index] + b"Ou" + body[index + 2 :]
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["changed_byte", "missing_header", "wrong_algorithm", "uppercase_hex", "empty_signature"],
+)
+async def test_bad_signature_is_401_and_nothing_is_stored(
+    case: str, app_client: httpx.AsyncClient, sync_redis: redis.Redis, key_prefix: str
+) -> None:
+    body = compact(load_fixture("message-text.json"))
+    headers = signed(body)
+    if case == "changed_byte":
+        body = one_byte_changed(body)
+    elif case == "missing_header":
+        del headers["x-webhook-hmac"]
+    elif case == "wrong_algorithm":
+        headers["x-webhook-hmac-algorithm"] = "sha256"
+    elif case == "uppercase_hex":
+        headers["x-webhook-hmac"] = headers["x-webhook-hmac"].upper()
+    elif case == "empty_signature":
+        headers["x-webhook-hmac"] = ""
+    response = await app_client.post("/webhook", content=body, headers=headers)
+    assert response.status_code == 401
+    assert keys_with_prefix(sync_redis, key_prefix) == []
+
+
+async def test_key_rotation_accepts_both_keys_then_only_the_new_one(
+    redis_url: str, key_prefix: str, tmp_path: Path, sync_redis: redis.Redis
+) -> None:
+    old_body = compact(text_message("5511900000001@c.us", "com a chave antiga"))
+    new_body = compact(text_message("5511900000001@c.us", "com a chave nova"))
+    rotating = gateway_settings(
+        redis_url, key_prefix, tmp_path, WEBHOOK_HMAC_KEY="new-key, old-key"
+    )
+    async with inprocess_gateway(rotating) as client:
+        assert (
+            await client.post("/webhook", content=old_body, headers=signed(old_body, "old-key"))
+        ).status_code == 200
+    assert waiting_count(sync_redis, key_prefix) == 1
+
+    later_prefix = key_prefix + "b"
+    rotated = gateway_settings(redis_url, later_prefix, tmp_path, WEBHOOK_HMAC_KEY="new-key")
+    async with inprocess_gateway(rotated) as client:
+        late_old = await client.post(
+            "/webhook", content=old_body, headers=signed(old_body, "old-key")
+        )
+        assert late_old.status_code == 401
+        assert keys_with_prefix(sync_redis, later_prefix) == []
+        accepted = await client.post(
+            "/webhook", content=new_body, headers=signed(new_body, "new-key")
+        )
+        assert accepted.json() == {"status": "queued"}
+
+
+# --- WAHA's bodies --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_CONVERSATION))
+async def test_every_waha_fixture_is_queued_in_its_conversation(
+    name: str, app_client: httpx.AsyncClient, sync_redis: redis.Redis, key_prefix: str
+) -> None:
+    document = load_fixture(name)
+    body = compact(document)
+    response = await app_client.post("/webhook", content=body, headers=signed(body))
+    assert response.status_code == 200
+    assert response.json() == {"status": "queued"}
+
+    session, chat = EXPECTED_CONVERSATION[name]
+    [queued] = queued_events(sync_redis, key_prefix, session, chat)
+    assert (queued.session, queued.chat_id, queued.event) == (session, chat, document["event"])
+    assert queued.body == body  # byte for byte as signed: accents, emoji, key order
+    assert queued.id == document.get("id", queued.id)
+    assert queued.document() == document
+
+
+async def test_accents_and_emoji_arrive_intact(
+    app_client: httpx.AsyncClient, sync_redis: redis.Redis, key_prefix: str
+) -> None:
+    text = "Olá! Vocês atendem amanhã às 9h? Preciso de orçamento 😀🇧🇷 — obrigado"
+    body = compact(text_message("5511900000002@c.us", text))
+    assert "😀".encode() in body  # raw UTF-8, as WAHA's JSON.stringify sends it
+    response = await app_client.post("/webhook", content=body, headers=signed(body))
+    assert response.json() == {"status": "queued"}
+    [queued] = queued_events(sync_redis, key_prefix, "default", "5511900000002@c.us")
+    assert queued.body == body
+    assert queued.document()["payload"]["body"] == text
+    assert queued.document()["me"]["pushName"] == "Clínica"
+
+
+# --- duplicates -----------------------------------------------------------------------------
+
+
+async def test_same_event_twice_is_queued_once(
+    app_client: httpx.AsyncClient, sync_redis: redis.Redis, key_prefix: str
+) -> None:
+    body = compact(text_message("5511900000003@c.us", "oi"))
+    first = await app_client.post("/webhook", content=body, headers=signed(body))
+    again = await app_client.post("/webhook", content=body, headers=signed(body))
+    assert first.json() == {"status": "queued"}
+    assert again.status_code == 200
+    assert again.json() == {"status": "duplicate"}
+    assert len(queued_events(sync_redis, key_prefix, "default", "5511900000003@c.us")) == 1
+    assert waiting_count(sync_redis, key_prefix) == 1
+
+
+async def test_same_message_under_a_new_envelope_id_is_queued_once(
+    app_client: httpx.AsyncClient, sync_redis: redis.Redis, key_prefix: str
+) -> None:
+    chat = "5511900000004@c.us"
+    first = text_message(chat, "oi", message_id="3EB0C767D26A1D2D5F39", event_id="evt_first")
+    second = dict(first, id="evt_second")
+    for document, expected in ((first, "queued"), (second, "duplicate")):
+        body = compact(document)
+        response = await app_client.post("/webhook", content=body, headers=signed(body))
+        assert response.json() == {"status": expected}
+    [queued] = queued_events(sync_redis, key_prefix, "default", chat)
+    assert queued.id == "evt_first"
+
+
+# --- rejections -----------------------------------------------------------------------------
+
+
+def huge_body() -> bytes:
+    document = text_message("5511900000005@c.us", "x" * (2 * 1024 * 1024))
+    return compact(document)
+
+
+async def test_body_over_the_cap_with_content_length_is_413(
+    app_client: httpx.AsyncClient, sync_redis: redis.Redis, key_prefix: str
+) -> None:
+    body = huge_body()
+    response = await app_client.post("/webhook", content=body, headers=signed(body))
+    assert response.status_code == 413
+    assert keys_with_prefix(sync_redis, key_prefix) == []
+
+
+async def test_body_over_the_cap_without_content_length_is_413(
+    app_client: httpx.AsyncClient, sync_redis: redis.Redis, key_prefix: str
+) -> None:
+    body = huge_body()
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        for start in range(0, len(body), 64 * 1024):
+            yield body[start : start + 64 * 1024]
+
+    headers = signed(body)
+    response = await app_client.post("/webhook", content=chunks(), headers=headers)
+    assert "content-length" not in response.request.headers
+    assert response.status_code == 413
+    assert keys_with_prefix(sync_redis, key_prefix) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "answer"),
+    [
+        (b"not json{", 400, "invalid"),
+        (b'[{"event":"message","session":"default"}]', 400, "invalid"),
+        (b'{"session":"default","payload":{}}', 400, "invalid"),
+        (b'{"event":"message","payload":{"id":"x"}}', 400, "invalid"),  # queued event, no session
+        (b"", 400, "invalid"),
+        (b'{"event":"presence.update","session":"default","payload":{}}', 200, "ignored"),
+        (b'{"event":"chat.archive","session":"default","payload":{}}', 200, "ignored"),
+    ],
+    ids=["not-json", "array", "no-event", "no-session", "empty", "presence", "unknown"],
+)
+async def test_unusable_bodies_are_answered_and_nothing_is_stored(
+    body: bytes,
+    status: int,
+    answer: str,
+    app_client: httpx.AsyncClient,
+    sync_redis: redis.Redis,
+    key_prefix: str,
+) -> None:
+    response = await app_client.post("/webhook", content=body, headers=signed(body))
+    assert response.status_code == status
+    assert response.json() == {"status": answer}
+    assert keys_with_prefix(sync_redis, key_prefix) == []
+
+
+async def test_only_post_is_allowed(
+    app_client: httpx.AsyncClient, sync_redis: redis.Redis, key_prefix: str
+) -> None:
+    response = await app_client.get("/webhook")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert keys_with_prefix(sync_redis, key_prefix) == []
+
+
+async def test_unsigned_webhooks_are_accepted_only_when_allowed(
+    redis_url: str, key_prefix: str, tmp_path: Path, sync_redis: redis.Redis
+) -> None:
+    from gateway.app import create_app
+    from gateway.signature import UnsignedRefused
+
+    with pytest.raises(UnsignedRefused):
+        create_app(gateway_settings(redis_url, key_prefix, tmp_path, WEBHOOK_HMAC_KEY=None))
+    allowed = gateway_settings(
+        redis_url, key_prefix, tmp_path, WEBHOOK_HMAC_KEY=None, WSM_ALLOW_UNSIGNED=True
+    )
+    body = compact(text_message("5511900000006@c.us", "sem assinatura"))
+    async with inprocess_gateway(allowed) as client:
+        response = await client.post("/webhook", content=body, headers=signed(body, key=None))
+    assert response.json() == {"status": "queued"}
+    assert waiting_count(sync_redis, key_prefix) == 1
+
+
+# --- operator endpoints ---------------------------------------------------------------------
+
+
+async def test_health_readiness_and_metrics(app_client: httpx.AsyncClient) -> None:
+    from prometheus_client import REGISTRY
+
+    def count(outcome: str) -> float:
+        return REGISTRY.get_sample_value("wsm_webhook_requests_total", {"outcome": outcome}) or 0.0
+
+    before = {outcome: count(outcome) for outcome in ("queued", "unauthorized", "ignored")}
+    body = compact(text_message("5511900000007@c.us", "métricas"))
+    await app_client.post("/webhook", content=body, headers=signed(body))
+    await app_client.post("/webhook", content=body, headers=signed(body, "wrong-key"))
+    ignored = b'{"event":"presence.update","session":"default"}'
+    await app_client.post("/webhook", content=ignored, headers=signed(ignored))
+
+    assert (await app_client.get("/healthz")).json() == {"status": "alive"}
+    ready = await app_client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["spool"] == {"in_use": False, "events": 0, "writable": True}
+    text = (await app_client.get("/metrics")).text
+    assert 'wsm_webhook_duration_seconds_bucket{le="0.0005"}' in text
+    assert "wsm_spool_events" in text
+    assert {outcome: count(outcome) - before[outcome] for outcome in before} == {
+        "queued": 1.0,
+        "unauthorized": 1.0,
+        "ignored": 1.0,
+    }
+
+
+async def test_logs_carry_the_event_id_never_the_body_or_the_key(
+    app_client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    from shared.logs import JsonLineFormatter
+
+    document = text_message("5511900000008@c.us", "segredo-do-corpo-4711")
+    body = compact(document)
+    with caplog.at_level(logging.DEBUG, logger="wsm.gateway"):
+        await app_client.post("/webhook", content=body, headers=signed(body))
+        await app_client.post("/webhook", content=body, headers=signed(body, "wrong-key-0815"))
+    lines = "\n".join(JsonLineFormatter().format(record) for record in caplog.records)
+    assert document["id"] in lines
+    for secret in (
+        "segredo-do-corpo-4711",
+        HMAC_KEY,
+        "wrong-key-0815",
+        signed(body)["x-webhook-hmac"],
+    ):
+        assert secret not in lines

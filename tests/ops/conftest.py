@@ -1,0 +1,92 @@
+"""Fixtures for the edge and monitoring tests: one real gateway (and, for monitoring, two real
+worker fleets) on a private Redis, shared by a module's tests under one key prefix."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from shared.embedded_redis import free_port
+from tests.ops.processes import Service, running_module
+
+HMAC_KEY = "ops-test-hmac-key"
+
+
+@dataclass
+class Gateway:
+    service: Service
+    port: int
+    prefix: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def module_prefix() -> str:
+    return "ops" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="module")
+def gateway(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """`python -m gateway` on loopback with its own key prefix and spool."""
+    workdir: Path = tmp_path_factory.mktemp("gateway")
+    port = free_port()
+    prefix = module_prefix()
+    environment = {
+        "REDIS_URL": redis_url,
+        "WEBHOOK_HMAC_KEY": HMAC_KEY,
+        "WSM_KEY_PREFIX": prefix,
+        "WSM_QUEUE_SHARDS": "1",
+        "WSM_SPOOL_DIR": str(workdir / "spool"),
+    }
+    with running_module(
+        "gateway",
+        "gateway",
+        ["--host", "127.0.0.1", "--port", str(port)],
+        environment,
+        workdir,
+        ready_url=f"http://127.0.0.1:{port}/healthz",
+    ) as service:
+        yield Gateway(service, port, prefix)
+
+
+API_TOKEN = "ops-test-api-token"
+
+
+@dataclass
+class Api:
+    service: Service
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture(scope="module")
+def api(
+    gateway: Gateway, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Api]:
+    """`python -m api` (the operator API) on loopback, on the gateway's key prefix."""
+    workdir: Path = tmp_path_factory.mktemp("api")
+    port = free_port()
+    environment = {
+        "REDIS_URL": redis_url,
+        "WSM_API_TOKEN": API_TOKEN,
+        "WSM_KEY_PREFIX": gateway.prefix,
+        "WSM_QUEUE_SHARDS": "1",
+    }
+    with running_module(
+        "api",
+        "api",
+        ["--host", "127.0.0.1", "--port", str(port)],
+        environment,
+        workdir,
+        ready_url=f"http://127.0.0.1:{port}/healthz",
+    ) as service:
+        yield Api(service, port)

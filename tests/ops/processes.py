@@ -1,0 +1,125 @@
+"""Starting wsm's real processes (gateway, worker fleet) for the edge and monitoring tests.
+
+Each runs as `python -m <package>` in its own working directory (so no developer `.env` is
+read), with the environment the test gives it, its output in a log file for failure messages,
+and is stopped with SIGTERM (then SIGKILL) at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.ops.render import REPO
+from tests.support.polling import wait_until
+
+# Inherited variables that would change how a wsm process behaves; tests give their own.
+_DROPPED = ("REDIS_URL", "WEBHOOK_HMAC_KEY", "PROMETHEUS_MULTIPROC_DIR")
+
+
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def tail(self, size: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-size:] if self.log.exists() else ""
+
+
+def wsm_environment(extra: Mapping[str, str]) -> dict[str, str]:
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in _DROPPED and not key.startswith("WSM_")
+    }
+    environment["PYTHONPATH"] = os.pathsep.join(
+        part for part in (str(REPO), environment.get("PYTHONPATH", "")) if part
+    )
+    environment.update(extra)
+    return environment
+
+
+@contextlib.contextmanager
+def running_module(
+    name: str,
+    module: str,
+    args: list[str],
+    environment: Mapping[str, str],
+    workdir: Path,
+    ready_url: str,
+    timeout: float = 30.0,
+) -> Iterator[Service]:
+    """`python -m module args` with a wsm environment, yielded once `ready_url` answers 200."""
+    with running_program(
+        name,
+        [sys.executable, "-m", module, *args],
+        wsm_environment(environment),
+        workdir,
+        ready_url,
+        timeout,
+    ) as service:
+        yield service
+
+
+@contextlib.contextmanager
+def running_program(
+    name: str,
+    argv: list[str],
+    environment: Mapping[str, str],
+    workdir: Path,
+    ready_url: str,
+    timeout: float = 30.0,
+) -> Iterator[Service]:
+    """`argv` in its own process group, yielded once `ready_url` answers 200."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / f"{name}.log"
+    with log.open("ab") as output:
+        process = subprocess.Popen(
+            argv,
+            cwd=workdir,
+            env=dict(environment),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    service = Service(name, process, log)
+    try:
+        wait_until(
+            lambda: process.poll() is not None or _answers(ready_url),
+            timeout=timeout,
+            interval=0.1,
+            what=f"{name} to answer {ready_url}",
+        )
+        assert process.poll() is None, f"{name} exited at start:\n{service.tail()}"
+        yield service
+    finally:
+        stop(process)
+
+
+def stop(process: subprocess.Popen[bytes], grace: float = 15.0) -> None:
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -1,0 +1,121 @@
+"""promtool on the project's Prometheus config and alert rules, plus the promises around them:
+every alert has a unit test and a runbook entry."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.ops.render import PROMETHEUS_CONFIG, REPO, render_prometheus_config
+from tests.support.tools import require_program
+
+RULES_DIR = REPO / "prometheus" / "rules"
+RULE_TESTS = REPO / "prometheus" / "tests" / "wsm-alerts.test.yml"
+OPERATIONS_DOC = REPO / "docs" / "operations.md"
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    rules = []
+    for path in sorted(RULES_DIR.glob("*.yml")):
+        for group in yaml.safe_load(path.read_text("utf-8"))["groups"]:
+            rules += [rule for rule in group["rules"] if "alert" in rule]
+    return rules
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    program = require_program("promtool")
+    return subprocess.run([program, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_promtool_check_config() -> None:
+    result = promtool("check", "config", str(PROMETHEUS_CONFIG))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout + result.stderr
+
+
+def test_promtool_check_config_on_the_loopback_render(tmp_path: Path) -> None:
+    rendered = render_prometheus_config(
+        {
+            "gateway": ["127.0.0.1:1"],
+            "worker": ["127.0.0.1:2", "127.0.0.1:3"],
+            "api": ["127.0.0.1:4"],
+        },
+        scrape_interval="1s",
+    )
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(rendered), "utf-8")
+    result = promtool("check", "config", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_check_rules() -> None:
+    files = [str(path) for path in sorted(RULES_DIR.glob("*.yml"))]
+    assert files
+    result = promtool("check", "rules", *files)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_test_rules() -> None:
+    result = promtool("test", "rules", str(RULE_TESTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_the_issues_alerts_exist() -> None:
+    """Queue growing, oldest message too old, dead letters, gateway spooling or answering 5xx,
+    a WAHA session not WORKING, LLM fallback rate high, a worker process down, outbox stuck."""
+    names = {rule["alert"] for rule in alert_rules()}
+    assert {
+        "WsmQueueGrowing",
+        "WsmOldestMessageTooOld",
+        "WsmDeadLetters",
+        "WsmGatewaySpooling",
+        "WsmGatewayAnswering5xx",
+        "WsmWahaSessionNotWorking",
+        "WsmLlmFallbackRateHigh",
+        "WsmWorkerProcessDown",
+        "WsmOutboxStuck",
+    } <= names
+
+
+def test_every_alert_fires_in_a_unit_test() -> None:
+    tests = yaml.safe_load(RULE_TESTS.read_text("utf-8"))["tests"]
+    fired = {
+        case["alertname"]
+        for test in tests
+        for case in test.get("alert_rule_test", [])
+        if case.get("exp_alerts")
+    }
+    quiet = {
+        case["alertname"]
+        for test in tests
+        for case in test.get("alert_rule_test", [])
+        if not case.get("exp_alerts")
+    }
+    names = {rule["alert"] for rule in alert_rules()}
+    assert names - fired == set(), "alerts never shown firing"
+    assert names - quiet == set(), "alerts never shown staying quiet"
+
+
+def test_every_alert_has_severity_and_a_runbook_entry() -> None:
+    doc = OPERATIONS_DOC.read_text("utf-8")
+    headings = set(re.findall(r"^#{2,4} (Wsm\w+)\s*$", doc, flags=re.MULTILINE))
+    for rule in alert_rules():
+        name = rule["alert"]
+        assert rule["labels"]["severity"] in {"warning", "critical"}, name
+        assert rule["annotations"]["runbook"] == f"docs/operations.md#{name.lower()}", name
+        assert name in headings, f"docs/operations.md has no runbook heading for {name}"
+
+
+def test_alerts_do_not_sum_redis_state_gauges() -> None:
+    """The same rule as the dashboard's: state read from Redis is reported once per replica."""
+    from tests.ops.test_grafana_dashboard import REDIS_STATE_GAUGES
+
+    for gauge in REDIS_STATE_GAUGES:
+        summed = re.compile(rf"sum(?:\s+(?:by|without)\s*\([^)]*\))?\s*\(\s*{gauge}\b")
+        for rule in alert_rules():
+            assert not summed.search(rule["expr"]), (rule["alert"], gauge)

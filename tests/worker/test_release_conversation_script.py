@@ -1,0 +1,78 @@
+"""release_conversation.lua: ending a turn — back of the line, front, or idle."""
+
+from __future__ import annotations
+
+from tests.worker.conftest import Queue
+from tests.worker.protocol import keys_of, lease_chat, queue_chat, ready_order, state
+from tests.worker.support import chat_id
+
+
+async def two_chats_on_one_shard(queue: Queue) -> tuple[str, str]:
+    first = chat_id(1)
+    shard = keys_of(queue, first).shard_keys
+    n = 2
+    while keys_of(queue, chat_id(n)).shard_keys != shard:
+        n += 1
+    return first, chat_id(n)
+
+
+async def test_release_with_messages_left_goes_to_the_back_of_the_line(queue: Queue) -> None:
+    busy, other = await two_chats_on_one_shard(queue)
+    await queue_chat(queue, busy, ["a", "b"])
+    consumer = queue.consumer()
+    lease = await lease_chat(queue, consumer, busy)
+    await queue_chat(queue, other, ["x"])
+
+    assert await consumer.release(lease) is True
+
+    keys = keys_of(queue, busy)
+    assert await ready_order(queue, busy) == [keys_of(queue, other).token, keys.token]
+    assert await state(queue, busy) == "ready"
+    assert await queue.client.zcard(keys.shard_keys.leases) == 0
+    assert await queue.client.hmget(keys.meta, "owner", "lease_until") == [None, None]
+
+
+async def test_release_to_the_front_is_claimed_next(queue: Queue) -> None:
+    busy, other = await two_chats_on_one_shard(queue)
+    await queue_chat(queue, busy, ["a"])
+    consumer = queue.consumer()
+    lease = await lease_chat(queue, consumer, busy)
+    await queue_chat(queue, other, ["x"])
+
+    assert await consumer.release(lease, to_front=True) is True
+    assert await ready_order(queue, busy) == [
+        keys_of(queue, busy).token,
+        keys_of(queue, other).token,
+    ]
+
+
+async def test_release_of_an_empty_conversation_makes_it_idle_until_its_next_message(
+    queue: Queue,
+) -> None:
+    chat = chat_id(3)
+    ids = await queue_chat(queue, chat, ["a"])
+    consumer = queue.consumer()
+    lease = await lease_chat(queue, consumer, chat)
+    await consumer.ack(lease, ids[0])
+
+    assert await consumer.release(lease) is True
+    assert await state(queue, chat) == "idle"
+    assert await ready_order(queue, chat) == []
+
+    await queue_chat(queue, chat, ["b"])  # the enqueue side makes an idle chat ready
+    assert await ready_order(queue, chat) == [keys_of(queue, chat).token]
+
+
+async def test_repeated_or_fenced_release_changes_nothing(queue: Queue) -> None:
+    chat = chat_id(4)
+    await queue_chat(queue, chat, ["a"])
+    consumer = queue.consumer()
+    lease = await lease_chat(queue, consumer, chat)
+    assert await consumer.release(lease) is True
+    assert await consumer.release(lease) is False  # a retry after a lost answer
+    assert await ready_order(queue, chat) == [keys_of(queue, chat).token]
+
+    second = await lease_chat(queue, consumer, chat)
+    assert await consumer.release(lease) is False  # the first holder, fenced out
+    assert await state(queue, chat) == "leased"
+    assert await consumer.release(second) is True

@@ -1,0 +1,84 @@
+"""replay_dead_letter.lua and drop: a dead letter back at the head of its chat, or gone."""
+
+from __future__ import annotations
+
+from shared.dead_letters import (
+    ReplayResult,
+    drop_dead_letter,
+    list_dead_letters,
+    replay_dead_letter,
+)
+from tests.worker.conftest import Queue
+from tests.worker.protocol import (
+    keys_of,
+    lease_chat,
+    message_ids,
+    queue_chat,
+    ready_order,
+    state,
+)
+from tests.worker.support import chat_id
+
+
+async def dead_letter_first_message(queue: Queue, chat: str, texts: list[str]) -> list[str]:
+    ids = await queue_chat(queue, chat, texts)
+    consumer = queue.consumer()
+    lease = await lease_chat(queue, consumer, chat)
+    await consumer.fail(lease, ids[0], "boom", terminal=True)
+    return ids
+
+
+async def test_replay_puts_it_back_first_with_fresh_attempts(queue: Queue) -> None:
+    chat = chat_id(1)
+    ids = await dead_letter_first_message(queue, chat, ["a"])
+    keys = keys_of(queue, chat)
+    assert await state(queue, chat) == "idle"
+    (letter,) = await list_dead_letters(queue.client, queue.shards, queue.prefix)
+
+    assert await replay_dead_letter(queue.client, letter) is ReplayResult.REPLAYED
+
+    assert await list_dead_letters(queue.client, queue.shards, queue.prefix) == []
+    assert await message_ids(queue, chat) == ids
+    assert await queue.client.hget(keys.bodies, ids[0]) == letter.record
+    assert await queue.client.hget(keys.attempts, ids[0]) is None
+    assert int(await queue.client.hget(keys.shard_keys.stats, "waiting")) == 1
+    assert await ready_order(queue, chat) == [keys.token]
+    lease = await lease_chat(queue, queue.consumer(), chat)
+    assert [(m.id, m.attempts) for m in lease.messages] == [(ids[0], 0)]
+
+    assert await replay_dead_letter(queue.client, letter) is ReplayResult.GONE
+
+
+async def test_replay_goes_before_messages_still_queued(queue: Queue) -> None:
+    chat = chat_id(2)
+    ids = await dead_letter_first_message(queue, chat, ["a", "b"])
+    (letter,) = await list_dead_letters(queue.client, queue.shards, queue.prefix)
+    assert await state(queue, chat) == "ready"
+    assert await replay_dead_letter(queue.client, letter) is ReplayResult.REPLAYED
+    assert await message_ids(queue, chat) == ids
+    assert await ready_order(queue, chat) == [keys_of(queue, chat).token]  # still once
+
+
+async def test_replay_waits_while_the_conversation_is_leased(queue: Queue) -> None:
+    chat = chat_id(3)
+    ids = await dead_letter_first_message(queue, chat, ["a", "b"])
+    consumer = queue.consumer()
+    lease = await lease_chat(queue, consumer, chat)
+    (letter,) = await list_dead_letters(queue.client, queue.shards, queue.prefix)
+
+    assert await replay_dead_letter(queue.client, letter) is ReplayResult.BUSY
+    assert len(await list_dead_letters(queue.client, queue.shards, queue.prefix)) == 1
+    assert await message_ids(queue, chat) == ids[1:]
+
+    await consumer.release(lease)
+    assert await replay_dead_letter(queue.client, letter) is ReplayResult.REPLAYED
+
+
+async def test_drop_deletes_it_for_good(queue: Queue) -> None:
+    chat = chat_id(4)
+    await dead_letter_first_message(queue, chat, ["a"])
+    (letter,) = await list_dead_letters(queue.client, queue.shards, queue.prefix)
+    assert await drop_dead_letter(queue.client, letter) is True
+    assert await drop_dead_letter(queue.client, letter) is False
+    assert await list_dead_letters(queue.client, queue.shards, queue.prefix) == []
+    assert await message_ids(queue, chat) == []

@@ -1,0 +1,267 @@
+"""One of a worker process's C consumers: take a conversation, run its turn, hand it back.
+
+A turn handles up to WSM_CLAIM_BATCH messages of one conversation in order, each committed
+(acked) before the next starts, then releases the conversation to the back of the line.
+A failure ends the turn (the message is retried after a backoff or dead-lettered); a lost
+lease ends it without a release (the conversation is someone else's now).
+
+With several shards, each slot blocks on its home shard and sweeps the others without
+blocking before each wait, so no shard goes unserved even when it has no home slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from enum import Enum
+
+from shared.envelope import InvalidRecord, decode_record
+from shared.keys import ShardKeys
+from shared.queue_consumer import ClaimedMessage, FailOutcome, Lease, QueueConsumer
+from shared.queue_errors import LeaseLost, NotHead
+from worker import metrics
+from worker.handler import Handler, HandlerContext
+from worker.lease_keeper import LeaseKeeper
+from worker.redis_retry import RETRYABLE_REDIS_ERRORS, Backoff, retry_until
+
+log = logging.getLogger("wsm.worker")
+
+# How long one BLMOVE waits. Bounds how late a stopping slot notices, and how often a slot
+# sweeps the shards it does not block on.
+BLOCK_SECONDS = 1.0
+# Hand-backs during shutdown get this long to reach Redis before the reaper is left to do it.
+HAND_BACK_SECONDS = 2.0
+
+
+class Outcome(Enum):
+    OK = "ok"
+    RETRY = "retry"
+    DEAD = "dead"
+    LOST = "lost"
+
+
+class ConsumerSlot:
+    def __init__(
+        self,
+        *,
+        consumer: QueueConsumer,
+        handler: Handler,
+        shards: list[ShardKeys],
+        home: int,
+        owner: str,
+        stopping: asyncio.Event,
+        handler_timeout: float,
+    ) -> None:
+        self.consumer = consumer
+        self.handler = handler
+        self.shards = shards
+        self.home = shards[home % len(shards)]
+        self.others = [s for s in shards if s is not self.home]
+        self.owner = owner
+        self.stopping = stopping
+        self.handler_timeout = handler_timeout
+        self._claims = itertools.count()
+        self._sweep_start = home
+        # True while a handler runs (the heartbeat reports how many are busy).
+        self.handling = False
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        backoff = Backoff(first=0.1, cap=5.0)
+        while not self.stopping.is_set():
+            try:
+                found = await self._next_conversation()
+                backoff.reset()
+                if found is None:
+                    continue
+                lease = await self._claim(*found)
+                if lease is not None:
+                    await self.run_turn(lease)
+            except RETRYABLE_REDIS_ERRORS as exc:
+                delay = backoff.next_delay()
+                log.warning(
+                    "redis unreachable; claiming paused",
+                    extra={"error": str(exc), "retry_in": delay},
+                )
+                await asyncio.sleep(delay)
+            except Exception:
+                # A bug in here must not silently shrink the process's concurrency.
+                log.exception("consumer slot failed; continuing")
+                await asyncio.sleep(backoff.next_delay())
+
+    async def _next_conversation(self) -> tuple[ShardKeys, str] | None:
+        if self.others:
+            token = await self.consumer.pop_ready(self.home)
+            if token is not None:
+                return self.home, token
+            self._sweep_start += 1
+            for i in range(len(self.others)):
+                shard = self.others[(self._sweep_start + i) % len(self.others)]
+                token = await self.consumer.pop_ready(shard)
+                if token is not None:
+                    return shard, token
+        token = await self.consumer.wait_ready(self.home, BLOCK_SECONDS)
+        return None if token is None else (self.home, token)
+
+    async def _claim(self, shard: ShardKeys, token: str) -> Lease | None:
+        # Unique per attempt, so a retried claim whose first answer was lost finds its lease.
+        owner = f"{self.owner}:{next(self._claims)}"
+        # If Redis stays away longer than a lease, the token stays in `claimed` and the reaper
+        # hands it back; nothing is lost by giving up.
+        deadline = time.monotonic() + self.consumer.lease_ms / 1000
+        return await retry_until(
+            lambda: self.consumer.claim(shard, token, owner), deadline, "claim_conversation"
+        )
+
+    # --- one turn ---------------------------------------------------------------------------
+
+    async def run_turn(self, lease: Lease) -> None:
+        keeper = LeaseKeeper(self.consumer, lease)
+        keeper.start()
+        try:
+            for message in lease.messages:
+                if self.stopping.is_set():
+                    # Claimed but not started: hand it back at once, still first in line.
+                    await self._release(keeper, to_front=True)
+                    return
+                outcome = await self._handle(keeper, message)
+                if outcome is not Outcome.OK:
+                    return
+            await self._release(keeper, to_front=False)
+        except asyncio.CancelledError:
+            # Shutdown past its grace period cancelled the handler: the message was not
+            # committed; let another worker have the conversation now rather than at lease end.
+            if not keeper.lost:
+                with contextlib.suppress(TimeoutError, *RETRYABLE_REDIS_ERRORS):
+                    await asyncio.wait_for(
+                        self.consumer.release(lease, to_front=True), HAND_BACK_SECONDS
+                    )
+            raise
+        finally:
+            await keeper.stop()
+
+    async def _handle(self, keeper: LeaseKeeper, message: ClaimedMessage) -> Outcome:
+        lease = keeper.lease
+        if message.record is None:
+            return await self._fail(keeper, message, "queued record is missing", terminal=True)
+        try:
+            event = decode_record(message.record)
+        except InvalidRecord as exc:
+            return await self._fail(keeper, message, f"InvalidRecord: {exc}", terminal=True)
+
+        ctx = HandlerContext(consumer=self.consumer, keeper=keeper, message=message)
+        metrics.INFLIGHT.inc()
+        self.handling = True
+        started = time.perf_counter()
+        try:
+            # asyncio.timeout, not wait_for: no extra task per message on the hot path.
+            async with asyncio.timeout(self.handler_timeout):
+                await self.handler(event, ctx)
+            if not ctx.committed and not keeper.lost:
+                await ctx.commit()
+        except Exception as exc:
+            outcome = await self._after_error(keeper, message, ctx, exc)
+            if outcome is not None:
+                return outcome
+        finally:
+            self.handling = False
+            metrics.INFLIGHT.dec()
+            metrics.HANDLE_SECONDS.observe(time.perf_counter() - started)
+        if not ctx.committed:
+            return self._count(Outcome.LOST, lease, message, "lease lost before commit")
+        metrics.MESSAGES.labels("ok").inc()
+        return Outcome.OK
+
+    async def _after_error(
+        self, keeper: LeaseKeeper, message: ClaimedMessage, ctx: HandlerContext, exc: Exception
+    ) -> Outcome | None:
+        """What a handler's (or its commit's) exception means; None: the message is done."""
+        lease = keeper.lease
+        if ctx.committed:
+            # Its work is committed and the message gone; what failed after cannot be undone by
+            # a retry, and retrying would handle the message twice.
+            log.exception("handler failed after its commit", extra=self._where(lease, message))
+            return None
+        if isinstance(exc, LeaseLost):
+            keeper.lost = True
+            return self._count(Outcome.LOST, lease, message, str(exc))
+        if isinstance(exc, NotHead):
+            log.error("message is not its conversation's head", extra=self._where(lease, message))
+            await self._release(keeper, to_front=True)
+            return self._count(Outcome.LOST, lease, message, str(exc))
+        if isinstance(exc, RETRYABLE_REDIS_ERRORS):
+            # The handler could not reach Redis: not the message's fault, so no attempt is
+            # counted; the conversation goes back to the front of the line.
+            await self._release(keeper, to_front=True)
+            return self._count(Outcome.RETRY, lease, message, f"redis: {exc}")
+        if isinstance(exc, TimeoutError):
+            error = f"handler timed out after {self.handler_timeout:g} s"
+            return await self._fail(keeper, message, error)
+        return await self._fail(keeper, message, f"{type(exc).__name__}: {exc}")
+
+    async def _fail(
+        self, keeper: LeaseKeeper, message: ClaimedMessage, error: str, *, terminal: bool = False
+    ) -> Outcome:
+        lease = keeper.lease
+        if keeper.lost:
+            return self._count(Outcome.LOST, lease, message, error)
+        try:
+            result = await retry_until(
+                lambda: self.consumer.fail(lease, message.id, error, terminal=terminal),
+                keeper.deadline,
+                "fail_message",
+            )
+        except RETRYABLE_REDIS_ERRORS:
+            # The lease runs out unrenewed; the reaper counts this attempt instead.
+            return self._count(Outcome.LOST, lease, message, error)
+        except NotHead:
+            log.error(
+                "failed message is not its conversation's head", extra=self._where(lease, message)
+            )
+            await self._release(keeper, to_front=True)
+            return self._count(Outcome.LOST, lease, message, error)
+        outcome = {
+            FailOutcome.RETRY: Outcome.RETRY,
+            FailOutcome.DEAD: Outcome.DEAD,
+            FailOutcome.LOST: Outcome.LOST,
+        }[result.outcome]
+        return self._count(outcome, lease, message, error, attempts=result.attempts)
+
+    async def _release(self, keeper: LeaseKeeper, *, to_front: bool) -> None:
+        if keeper.lost:
+            return
+        # If Redis stays away, the lease runs out and the reaper puts the conversation back.
+        with contextlib.suppress(*RETRYABLE_REDIS_ERRORS):
+            await retry_until(
+                lambda: self.consumer.release(keeper.lease, to_front=to_front),
+                keeper.deadline,
+                "release_conversation",
+            )
+
+    def _count(
+        self,
+        outcome: Outcome,
+        lease: Lease,
+        message: ClaimedMessage,
+        error: str,
+        attempts: int | None = None,
+    ) -> Outcome:
+        metrics.MESSAGES.labels(outcome.value).inc()
+        extra = self._where(lease, message) | {"outcome": outcome.value, "error": error}
+        if attempts is not None:
+            extra["attempts"] = attempts
+        if outcome is Outcome.LOST:
+            log.warning("lease lost; work dropped", extra=extra)
+        elif outcome is Outcome.DEAD:
+            log.error("message sent to the dead letters", extra=extra)
+        else:
+            log.warning("message failed; will be retried", extra=extra)
+        return outcome
+
+    @staticmethod
+    def _where(lease: Lease, message: ClaimedMessage) -> dict[str, object]:
+        return {"conversation": lease.token, "message_id": message.id, "fence": lease.fence}

@@ -1,0 +1,130 @@
+"""`wsm dlq`: look at, replay or drop dead letters (messages the workers gave up on).
+
+    wsm dlq list [--json]              oldest first: when, attempts, why, conversation, id, error
+    wsm dlq replay (ID... | --all)     back to the head of its conversation, fresh attempts
+    wsm dlq drop (ID... | --all)       delete for good
+
+IDs are message ids (`evt_…`, as `list` shows them). Exit status 0 when every named dead letter
+was handled, 1 when one was not found or its conversation stayed busy, 2 on bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from shared.dead_letters import (
+    DeadLetter,
+    ReplayResult,
+    drop_dead_letter,
+    list_dead_letters,
+    replay_dead_letter,
+)
+from shared.redis_client import connect
+from shared.settings import Settings
+
+# A replay waits this long at most for a leased conversation to finish its turn.
+DEFAULT_BUSY_WAIT_SECONDS = 30.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wsm dlq", description="Manage dead letters.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    listing = commands.add_parser("list", help="show dead letters, oldest first")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    for name, help_ in (
+        ("replay", "put back at the head of its conversation"),
+        ("drop", "delete for good"),
+    ):
+        command = commands.add_parser(name, help=help_)
+        command.add_argument("ids", nargs="*", metavar="ID", help="message id (evt_…)")
+        command.add_argument("--all", action="store_true", help="every dead letter")
+        if name == "replay":
+            command.add_argument(
+                "--wait",
+                type=float,
+                default=DEFAULT_BUSY_WAIT_SECONDS,
+                help="seconds to wait for a busy conversation (default 30)",
+            )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command != "list" and bool(args.ids) == bool(args.all):
+        parser.error(f"{args.command}: give message ids or --all (not both)")
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"wsm dlq: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(run(settings, args))
+
+
+async def run(settings: Settings, args: argparse.Namespace) -> int:
+    client = connect(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        letters = await list_dead_letters(client, settings.queue_shards, settings.key_prefix)
+        if args.command == "list":
+            print_letters(letters, as_json=args.json)
+            return 0
+        chosen, missing = choose(letters, args.ids, args.all)
+        for message_id in missing:
+            print(f"{message_id}: no such dead letter", file=sys.stderr)
+        failed = len(missing)
+        for letter in chosen:
+            if args.command == "drop":
+                done = await drop_dead_letter(client, letter)
+                print(f"{letter.id}: {'dropped' if done else 'already gone'}")
+                failed += 0 if done else 1
+            else:
+                result = await replay_until_free(client, letter, args.wait)
+                print(f"{letter.id}: {result.value}")
+                failed += 0 if result is ReplayResult.REPLAYED else 1
+        return 1 if failed else 0
+    finally:
+        await client.aclose()
+
+
+def choose(
+    letters: list[DeadLetter], ids: list[str], everything: bool
+) -> tuple[list[DeadLetter], list[str]]:
+    if everything:
+        return letters, []
+    wanted = set(ids)
+    chosen = [letter for letter in letters if letter.id in wanted]
+    found = {letter.id for letter in chosen}
+    return chosen, [i for i in ids if i not in found]
+
+
+async def replay_until_free(client: Any, letter: DeadLetter, wait: float) -> ReplayResult:
+    deadline = time.monotonic() + wait
+    while True:
+        result = await replay_dead_letter(client, letter)
+        if result is not ReplayResult.BUSY or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(0.2)
+
+
+def print_letters(letters: list[DeadLetter], *, as_json: bool) -> None:
+    if as_json:
+        for letter in letters:
+            print(orjson.dumps(letter.summary()).decode())
+        return
+    if not letters:
+        print("no dead letters")
+        return
+    for letter in letters:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(letter.at_ms / 1000))
+        error = letter.error.splitlines()[0][:100] if letter.error else ""
+        print(
+            f"{when}  attempts={letter.attempts}  {letter.reason:<13}  "
+            f"{letter.conversation}  {letter.id}  {error}"
+        )

@@ -1,0 +1,1 @@
+"""Handlers shipped with the fleet (the conversation engine plugs in through worker/handler.py)."""

@@ -1,0 +1,79 @@
+"""Keeping a lease alive while a conversation's turn runs (an LLM call can take 15 s).
+
+The keeper extends the lease every third of its length, so one missed extension (a Redis
+blip) still leaves time for the next. Once an extension is refused the lease is gone for good:
+`lost` turns true and every later commit is refused without asking Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from shared.queue_consumer import Lease, QueueConsumer
+from shared.queue_errors import LeaseLost
+from worker.redis_retry import RETRYABLE_REDIS_ERRORS, retry_until
+from worker.stopping import sleep_unless
+
+log = logging.getLogger("wsm.worker.lease")
+
+# Our own estimate of the deadline runs this much ahead of Redis's: the lease started in Redis
+# before its answer reached us, and retrying right up to the deadline would be wasted work.
+DEADLINE_MARGIN_SECONDS = 0.1
+
+
+class LeaseKeeper:
+    def __init__(self, consumer: QueueConsumer, lease: Lease) -> None:
+        self.consumer = consumer
+        self.lease = lease
+        self.lost = False
+        self._lease_seconds = consumer.lease_ms / 1000
+        # time.monotonic() by which the lease has surely run out unless extended.
+        self.deadline = time.monotonic() + self._lease_seconds - DEADLINE_MARGIN_SECONDS
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._keep(), name=f"lease-keeper {self.lease.token}")
+
+    async def stop(self) -> None:
+        """Stop extending. Not waited for: the turn is over, and an extension in flight is
+        harmless (the keeper checks the flag before the next one)."""
+        self._stop.set()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._task = None
+
+    async def extend(self) -> None:
+        """Extend now. Raises LeaseLost when the lease is gone (or Redis stayed unreachable
+        until it would have run out)."""
+        if self.lost:
+            raise LeaseLost(f"lease on {self.lease.token} is lost")
+        asked_at = time.monotonic()
+        try:
+            await retry_until(
+                lambda: self.consumer.extend(self.lease), self.deadline, "extend_lease"
+            )
+        except LeaseLost:
+            self.lost = True
+            raise
+        except RETRYABLE_REDIS_ERRORS as exc:
+            self.lost = True
+            raise LeaseLost(f"lease on {self.lease.token} ran out while Redis was away") from exc
+        self.deadline = asked_at + self._lease_seconds - DEADLINE_MARGIN_SECONDS
+
+    async def _keep(self) -> None:
+        # Stops on the flag, not on cancel() alone: see worker/stopping.py.
+        while True:
+            await sleep_unless(self._stop, self._lease_seconds / 3)
+            if self._stop.is_set():
+                return
+            try:
+                await self.extend()
+            except LeaseLost:
+                if not self._stop.is_set():
+                    log.warning(
+                        "lease lost while handling", extra={"conversation": self.lease.token}
+                    )
+                return

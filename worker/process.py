@@ -1,0 +1,204 @@
+"""One worker process of the fleet: C consumer slots, the reaper and a heartbeat, on uvloop.
+
+SIGTERM (or SIGINT): stop claiming; conversations claimed but not started are handed back at
+once (front of the line); messages being handled get WSM_SHUTDOWN_GRACE_SECONDS to finish and
+commit; whatever still runs then is cancelled and handed back too. Exit status 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import uvloop
+
+from shared.keys import FleetKeys, all_shards
+from shared.logs import setup_logging
+from shared.queue_consumer import QueueConsumer
+from shared.redis_client import connect, ensure_supported_server
+from shared.settings import Settings
+from worker.consumer_slot import BLOCK_SECONDS, HAND_BACK_SECONDS, ConsumerSlot
+from worker.handler import (
+    HandlerLoadError,
+    HandlerSetup,
+    close_handler,
+    load_handler,
+    start_handler,
+)
+from worker.heartbeat import beat_forever
+from worker.reaper_task import make_reaper, reap_forever
+from worker.redis_retry import RETRYABLE_REDIS_ERRORS, Backoff
+from worker.stopping import sleep_unless, wait_stopped
+
+log = logging.getLogger("wsm.worker")
+
+# Scripts answer in microseconds; a reply that takes longer than this means Redis is gone
+# (a partition sends no RST), and BLMOVE's own wait must fit inside it.
+SOCKET_TIMEOUT_SECONDS = BLOCK_SECONDS + 5
+# A handler's aclose() (its own background work, its HTTP clients) gets this long at shutdown.
+CLOSE_HANDLER_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessOptions:
+    index: int
+    concurrency: int
+    handler: str
+    fleet_id: str
+    supervisor_pid: int | None = None
+
+
+def die_with_parent(parent_pid: int | None) -> None:
+    """Ask Linux for SIGTERM when the supervisor dies, so no orphan keeps a half-fleet running."""
+    if parent_pid is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+async def connect_when_ready(settings: Settings, stopping: asyncio.Event) -> Any | None:
+    """A client to a server that answered and is new enough; waits out an absent Redis."""
+    backoff = Backoff(first=0.2, cap=5.0)
+    while not stopping.is_set():
+        client = connect(
+            settings.redis_url,
+            socket_timeout=SOCKET_TIMEOUT_SECONDS,
+            socket_connect_timeout=5,
+        )
+        try:
+            await ensure_supported_server(client)
+            return client
+        except RETRYABLE_REDIS_ERRORS as exc:
+            await client.aclose()
+            delay = backoff.next_delay()
+            log.warning("redis unreachable at start", extra={"error": str(exc), "retry_in": delay})
+            await sleep_unless(stopping, delay)
+    return None
+
+
+def start_background(
+    client: Any,
+    settings: Settings,
+    options: ProcessOptions,
+    fleet: FleetKeys,
+    slots: list[ConsumerSlot],
+    owner: str,
+    stop: asyncio.Event,
+) -> list[asyncio.Task[None]]:
+    """The process's heartbeat and its share of the reaper."""
+    started_at = int(time.time() * 1000)
+
+    def beat() -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "index": options.index,
+            "host": socket.gethostname(),
+            "started": started_at,
+            "at": int(time.time() * 1000),
+            "inflight": sum(slot.handling for slot in slots),
+        }
+
+    interval = settings.reaper_interval_seconds
+    reaper = make_reaper(client, max_attempts=settings.max_attempts, interval=interval)
+    shards = all_shards(settings.queue_shards, settings.key_prefix)
+    return [
+        asyncio.create_task(
+            beat_forever(
+                client,
+                fleet.process(options.index),
+                settings.heartbeat_interval_seconds,
+                beat,
+                stop,
+            ),
+            name="heartbeat",
+        ),
+        asyncio.create_task(reap_forever(reaper, shards, interval, owner, stop), name="reaper"),
+    ]
+
+
+async def serve(settings: Settings, options: ProcessOptions) -> int:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+
+    client = await connect_when_ready(settings, stopping)
+    if client is None:
+        return 0
+    setup = HandlerSetup(settings, client, options.index, options.fleet_id)
+    handler = await load_handler(options.handler, setup)
+    await start_handler(handler)
+    consumer = QueueConsumer(
+        client,
+        lease_ms=int(settings.lease_seconds * 1000),
+        batch=settings.claim_batch,
+        max_attempts=settings.max_attempts,
+        backoff_ms=int(settings.retry_backoff_seconds * 1000),
+        backoff_max_ms=int(settings.retry_backoff_max_seconds * 1000),
+    )
+    shards = all_shards(settings.queue_shards, settings.key_prefix)
+    owner = f"{options.fleet_id}:{options.index}:{os.getpid()}"
+    slots = [
+        ConsumerSlot(
+            consumer=consumer,
+            handler=handler,
+            shards=shards,
+            # Spread the home shards over the whole fleet, not just this process.
+            home=options.index * options.concurrency + n,
+            owner=f"{owner}:{n}",
+            stopping=stopping,
+            handler_timeout=settings.handler_timeout_seconds,
+        )
+        for n in range(options.concurrency)
+    ]
+    slot_tasks = [asyncio.create_task(slot.run(), name=f"slot-{n}") for n, slot in enumerate(slots)]
+    fleet = FleetKeys(options.fleet_id, settings.key_prefix)
+    stop_background = asyncio.Event()
+    background = start_background(client, settings, options, fleet, slots, owner, stop_background)
+    log.info(
+        "worker process started",
+        extra={"index": options.index, "concurrency": options.concurrency, "shards": len(shards)},
+    )
+
+    await stopping.wait()
+    log.info("stopping: no new claims; letting in-flight messages finish")
+    _, unfinished = await asyncio.wait(slot_tasks, timeout=settings.shutdown_grace_seconds)
+    if unfinished:
+        log.warning(
+            "grace period over; handing back unfinished work", extra={"unfinished": len(unfinished)}
+        )
+        for task in unfinished:
+            task.cancel()
+        # A slot that survives its cancel (see worker/stopping.py) still stops: `stopping` is set.
+        await wait_stopped(unfinished, HAND_BACK_SECONDS + 1)
+    stop_background.set()
+    await wait_stopped(background, SOCKET_TIMEOUT_SECONDS)
+    with contextlib.suppress(*RETRYABLE_REDIS_ERRORS):
+        await client.delete(fleet.process(options.index))
+    await wait_stopped(
+        [asyncio.create_task(close_handler(handler), name="close-handler")], CLOSE_HANDLER_SECONDS
+    )
+    await client.aclose()
+    log.info("worker process stopped", extra={"index": options.index})
+    return 0
+
+
+def run_process(settings: Settings, options: ProcessOptions) -> int:
+    setup_logging(settings.log_level)
+    die_with_parent(options.supervisor_pid)
+    try:
+        return uvloop.run(serve(settings, options))
+    except HandlerLoadError as exc:
+        log.error("cannot start: %s", exc)
+        return 3

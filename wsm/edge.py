@@ -1,0 +1,128 @@
+"""nginx in front of the gateway on this machine, from the project's own template.
+
+The template (nginx/templates/default.conf.template) is what production runs: the official
+image renders it with envsubst, replacing only `${NGINX_...}` variables. `render_site` does the
+same (and refuses a template variable without a value, which in the image would stay literal
+and break nginx far from the cause). It is included in a main config that repeats the
+http-level directives of the image's nginx.conf and keeps every path nginx writes under one
+private prefix, so no root paths are needed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+
+from wsm.stack import Service, port_accepts
+
+TEMPLATE = Path(__file__).resolve().parents[1] / "nginx" / "templates" / "default.conf.template"
+ENVSUBST_FILTER = re.compile(r"^NGINX_")
+_REFERENCE = re.compile(r"\$\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)\}|\$(?P<bare>[A-Za-z_]\w*)")
+
+MAIN_CONFIG = """\
+{user}
+worker_processes 1;
+worker_rlimit_nofile 8192;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+
+events {{
+    worker_connections 4096;
+}}
+
+http {{
+    # As in the official image's nginx.conf.
+    default_type application/octet-stream;
+    sendfile on;
+    keepalive_timeout 65;
+
+    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+
+    include {prefix}/conf.d/*.conf;
+}}
+"""
+
+
+class EdgeUnavailable(RuntimeError):
+    """nginx is not installed (terminal for `--nginx on`)."""
+
+
+class MissingTemplateVariable(KeyError):
+    """The template names an NGINX_ variable that was given no value."""
+
+
+def find_nginx() -> str | None:
+    # nginx lives in /usr/sbin, which is not on every user's PATH.
+    return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
+
+
+def render_site(text: str, values: Mapping[str, str]) -> str:
+    """envsubst restricted to NGINX_ names, as the official image runs it."""
+    wanted = {
+        m.group("braced") or m.group("bare")
+        for m in _REFERENCE.finditer(text)
+        if ENVSUBST_FILTER.search(m.group("braced") or m.group("bare"))
+    }
+    missing = sorted(wanted - set(values))
+    if missing:
+        raise MissingTemplateVariable(f"template variables without a value: {', '.join(missing)}")
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group("braced") or match.group("bare")
+        return values[name] if name in wanted else match.group(0)
+
+    return _REFERENCE.sub(substitute, text)
+
+
+def loopback_values(*, port: int, gateway: str, api: str) -> dict[str, str]:
+    """The template's variables for a stack on 127.0.0.1. Upstreams are IP literals (never sent
+    to the resolver). The webhook limit is per client IP and the simulator is one client, so
+    it is set far above any load this machine can make: a load test measures the product, not
+    the guard against strangers."""
+    return {
+        "NGINX_LISTEN": f"127.0.0.1:{port}",
+        "NGINX_RESOLVER": "127.0.0.1",
+        "NGINX_GATEWAY_UPSTREAM": gateway,
+        "NGINX_API_UPSTREAM": api,
+        "NGINX_CLIENT_MAX_BODY_SIZE": "1m",
+        "NGINX_WEBHOOK_RATE": "100000r/s",
+        "NGINX_WEBHOOK_BURST": "100000",
+        "NGINX_API_RATE": "10000r/s",
+        "NGINX_API_BURST": "10000",
+    }
+
+
+def nginx_service(
+    prefix: Path, values: Mapping[str, str], *, port: int, nginx: str | None = None
+) -> Service:
+    """nginx in the foreground on the rendered template; SIGQUIT stops it gracefully."""
+    binary = nginx or find_nginx()
+    if binary is None:
+        raise EdgeUnavailable("nginx is not installed (apt-get install -y nginx)")
+    (prefix / "conf.d").mkdir(parents=True, exist_ok=True)
+    (prefix / "conf.d" / "default.conf").write_text(
+        render_site(TEMPLATE.read_text("utf-8"), values), "utf-8"
+    )
+    # Run as root, nginx's workers would switch to "nobody", who cannot enter a private
+    # temporary directory.
+    user = "user root;" if os.geteuid() == 0 else ""
+    main = prefix / "nginx.conf"
+    main.write_text(MAIN_CONFIG.format(prefix=prefix, user=user), "utf-8")
+    argv = [binary, "-p", str(prefix), "-c", str(main), "-e", str(prefix / "error.log")]
+    return Service(
+        "nginx",
+        [*argv, "-g", "daemon off;"],
+        # The template logs each request to /dev/stdout: this file.
+        prefix / "access.log",
+        ready=lambda: port_accepts(port),
+        stop_signal=signal.SIGQUIT,
+        grace_seconds=10.0,
+    )
