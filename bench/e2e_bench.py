@@ -1,20 +1,22 @@
 """End to end: messages/s and the latency from WAHA's webhook to the reply's sendText, through
-the whole product, against the floor of the measuring bench itself.
+the whole product, against the floor of the measuring bench itself at the same load.
 
-    python3 bench/e2e_bench.py [--customers 200] [--messages 20] [--quick]
+    python3 bench/e2e_bench.py [--customers 200] [--messages 20] [--rates 25,50,100] [--quick]
 
-Runs, one after the other, each on a fresh private stack (see `wsm loadtest`):
+Each run is a fresh private stack (see `wsm loadtest`), one after the other:
 
-- floor: the WAHA simulator and the same simulated customers, with a minimal bot in place of
-  the product (a bare ASGI app that answers each `message` webhook with one sendText). It is
-  what the bench itself costs on this machine: the baseline the product's figures are read
-  against (ratio = product / floor);
-- the product with the menu brain, nginx in front, typing pause off: 1 worker process, then 2;
-- the product at fixed rates (customers paced, 2 processes), to read latency below saturation;
-- the product with the typing pause on (default cap), to show the pause is the latency;
+- the product with the menu brain, nginx in front, typing pause off, customers writing as
+  soon as they are answered (the machine's ceiling): 1 worker process, then 2;
+- the product with customers paced at fixed rates (2 processes): latency below saturation;
+- the product with the typing pause on (its default cap), paced: the pause is the latency;
 - the product under chaos (worker SIGKILLs, a Redis crash, a 35 s Redis outage).
 
-Prints one table (and writes it with the raw reports to --out); see docs/benchmarks.md.
+The baseline of each run, measured in the same invocation at the same load: the floor, the
+WAHA simulator and the same simulated customers with a minimal bot in place of the product (a
+bare ASGI app answering each `message` webhook with one sendText). It is what the bench itself
+costs on this machine, so what the product adds is read against it.
+
+Prints one table (also written, with the raw reports, to --out); see docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ def floor_latencies(customers: list[Customer]) -> list[float]:
     return delays
 
 
-def run_floor(customers: int, messages: int, home: Path) -> dict[str, Any]:
+def run_floor(customers: int, messages: int, home: Path, rate: float = 0.0) -> dict[str, Any]:
     sim_port, bot_port = free_port(), free_port()
     sim_url = f"http://127.0.0.1:{sim_port}"
     stack = Stack()
@@ -130,7 +132,8 @@ def run_floor(customers: int, messages: int, home: Path) -> dict[str, Any]:
         people = [Customer.numbered(i) for i in range(1, customers + 1)]
         progress = Progress(total=customers * messages)
         started = time.monotonic()
-        asyncio.run(run_customers(sim_url, people, messages, progress, reply_timeout=60))
+        pace = customers / rate if rate else 0.0
+        asyncio.run(run_customers(sim_url, people, messages, progress, pace=pace, reply_timeout=60))
         duration = time.monotonic() - started
     failed = [c.error for c in people if c.error]
     return {
@@ -155,17 +158,16 @@ def run_loadtest(args: list[str], out: Path) -> dict[str, Any]:
     return result
 
 
-def row(name: str, result: dict[str, Any], floor: dict[str, Any] | None) -> str:
+def figures(result: dict[str, Any]) -> str:
     latency = result["latency_first_reply"]
+    return f"{result['messages_per_s']} | {latency['p50_ms']} | {latency['p99_ms']}"
+
+
+def row(name: str, result: dict[str, Any], floor: dict[str, Any]) -> str:
     checks = result.get("checks", {})
-    lost = checks.get("lost", "-")
-    twice = checks.get("replies_sent_twice", "-")
-    ratio = ""
-    if floor and latency["p50_ms"] and floor["latency_first_reply"]["p50_ms"]:
-        ratio = f"{latency['p50_ms'] / floor['latency_first_reply']['p50_ms']:.1f}x"
     return (
-        f"| {name} | {result['messages_per_s']} | {latency['p50_ms']} | {latency['p99_ms']} | "
-        f"{ratio} | {lost} | {twice} | {'yes' if result['ok'] else 'NO'} |"
+        f"| {name} | {figures(result)} | {figures(floor)} | {checks.get('lost', '-')} | "
+        f"{checks.get('replies_sent_twice', '-')} | {'yes' if result['ok'] else 'NO'} |"
     )
 
 
@@ -175,7 +177,7 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=20)
     parser.add_argument("--rates", default="25,50,100", help="paced runs, messages/s")
     parser.add_argument("--paced-messages", type=int, default=5, help="per customer, paced runs")
-    parser.add_argument("--quick", action="store_true", help="floor and 2 processes only")
+    parser.add_argument("--quick", action="store_true", help="2 processes, unpaced, only")
     parser.add_argument("--no-chaos", action="store_true")
     parser.add_argument("--out", type=Path, help="folder for the raw reports")
     parser.add_argument("--bot", type=int, help=argparse.SUPPRESS)
@@ -187,47 +189,51 @@ def main() -> int:
 
     out = args.out or Path(tempfile.mkdtemp(prefix="wsm-e2e-bench-"))
     out.mkdir(parents=True, exist_ok=True)
-    k, m = str(args.customers), str(args.messages)
+    k, m, pm = str(args.customers), str(args.messages), str(args.paced_messages)
     print(f"machine: {os.cpu_count()} cores, {socket.gethostname()}; raw reports in {out}")
-    rows: list[tuple[str, dict[str, Any]]] = []
-    print("floor (simulator + minimal bot, no product)", flush=True)
-    floor = run_floor(args.customers, args.messages, out)
-    rows.append(("floor: simulator + minimal bot", floor))
-    base = ["--customers", k, "--messages", m, "--nginx", "auto"]
-    plans: list[tuple[str, list[str]]] = [
-        ("product, 2 worker processes", [*base, "--processes", "2"])
-    ]
+    # (name, `wsm loadtest` arguments, the floor run at the same load: (messages, rate))
+    full = ["--customers", k, "--messages", m, "--nginx", "auto"]
+    paced = ["--customers", k, "--messages", pm, "--nginx", "auto"]
+    plans: list[tuple[str, list[str], tuple[int, float]]] = []
     if not args.quick:
-        plans.insert(0, ("product, 1 worker process", [*base, "--processes", "1"]))
-        paced = ["--customers", k, "--messages", str(args.paced_messages), "--nginx", "auto"]
-        for rate in [r for r in args.rates.split(",") if r]:
-            name = f"product, 2 processes, paced at {rate} msg/s"
-            plans.append((name, [*paced, "--rate", rate]))
+        plans.append(("1 worker process", [*full, "--processes", "1"], (args.messages, 0)))
+    plans.append(("2 worker processes", [*full, "--processes", "2"], (args.messages, 0)))
+    if not args.quick:
+        for rate in [float(r) for r in args.rates.split(",") if r]:
+            plans.append(
+                (f"2 processes, paced at {rate:g} msg/s", [*paced, "--rate", f"{rate:g}"],
+                 (args.paced_messages, rate))
+            )  # fmt: skip
         plans.append(
-            (
-                "product, 2 processes, typing pause on (cap 3000 ms), paced at 25 msg/s",
-                [*paced, "--rate", "25", "--typing-ms", "3000"],
-            )
-        )
+            ("2 processes, typing pause on (cap 3000 ms), paced at 25 msg/s",
+             [*paced, "--rate", "25", "--typing-ms", "3000"], (args.paced_messages, 25))
+        )  # fmt: skip
         if not args.no_chaos:
             plans.append(
-                (
-                    "product, 2 processes, CHAOS",
-                    ["--customers", k, "--messages", "5", "--nginx", "auto", "--chaos"],
-                )
-            )
-    for name, plan in plans:
+                ("2 processes, CHAOS (unpaced)",
+                 ["--customers", k, "--messages", "5", "--nginx", "auto", "--chaos"], (5, 0))
+            )  # fmt: skip
+
+    floors: dict[tuple[int, float], dict[str, Any]] = {}
+    rows: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+    for name, plan, load in plans:
+        if load not in floors:
+            print(f"floor: {k} customers x {load[0]} messages, rate {load[1] or 'max'}", flush=True)
+            floors[load] = run_floor(args.customers, load[0], out, rate=load[1])
         print(name, flush=True)
-        rows.append((name, run_loadtest(plan, out)))
+        rows.append((name, run_loadtest(plan, out), floors[load]))
 
     table = [
-        "| run | messages/s | p50 ms | p99 ms | p50 vs floor | lost | sent twice | checks |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | messages/s | p50 ms | p99 ms | floor: messages/s | floor p50 ms | floor p99 ms "
+        "| lost | sent twice | checks |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    table += [row(name, result, floor if result is not floor else None) for name, result in rows]
+    table += [row(name, result, floor) for name, result, floor in rows]
     print("\n".join(table))
     (out / "table.md").write_text("\n".join(table) + "\n")
-    (out / "reports.json").write_text(json.dumps(dict(rows), indent=2))
+    (out / "reports.json").write_text(
+        json.dumps([{"run": n, "product": r, "floor": f} for n, r, f in rows], indent=2)
+    )
     return 0
 
 

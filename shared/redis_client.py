@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -48,8 +49,9 @@ def connect(
 def parse_version(text: str) -> tuple[int, ...]:
     parts: list[int] = []
     for piece in text.split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits or 0))
+        # Leading digits only: "4-rc1" is 4, not 41.
+        match = re.match(r"\d*", piece)
+        parts.append(int(match.group(0) or 0) if match else 0)
     return tuple(parts)
 
 

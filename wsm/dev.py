@@ -47,7 +47,8 @@ def _dev_secret(path: Path) -> str:
     if path.exists():
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(24)
+    # Hex: a urlsafe token can start with "-", which a child's argument parser takes for a flag.
+    value = secrets.token_hex(24)
     path.write_text(value + "\n")
     path.chmod(0o600)
     return value
@@ -87,8 +88,7 @@ def build_parts(args: argparse.Namespace, settings: Settings, redis_url: str) ->
                     str(args.waha_port),
                     "--webhook-url",
                     f"http://127.0.0.1:{args.gateway_port}/webhook",
-                    "--hmac-key",
-                    hmac_key,
+                    f"--hmac-key={hmac_key}",
                 ],
                 waha_url,
                 f"{waha_url}/_sim/health",

@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -59,7 +60,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "0: each writes as soon as answered",
     )
     p.add_argument("--typing-ms", type=int, default=0, help="cap of the typing pause (0: no pause)")
-    p.add_argument("--nginx", choices=("auto", "on", "off"), default="auto")
+    p.add_argument(
+        "--nginx",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="nginx in front of the gateway (auto: when installed)",
+    )
     p.add_argument("--chaos", action="store_true", help="kill workers, restart and stop Redis")
     p.add_argument("--kill-interval", type=float, default=10.0, help="seconds between kills")
     p.add_argument("--worker-kills", type=int, default=0, help="most worker kills (0: no cap)")
@@ -69,13 +75,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=35.0,
         help="how long Redis stays down (longer than WAHA's 30 s retry window)",
     )
-    p.add_argument("--no-redis-restart", action="store_true")
-    p.add_argument("--no-redis-outage", action="store_true")
+    p.add_argument("--no-redis-restart", action="store_true", help="chaos without the crash")
+    p.add_argument("--no-redis-outage", action="store_true", help="chaos without the outage")
     p.add_argument("--lease-seconds", type=float, default=5.0, help="WSM_LEASE_SECONDS")
     p.add_argument(
         "--reply-timeout", type=float, default=150.0, help="seconds a customer waits for a reply"
     )
-    p.add_argument("--settle-timeout", type=float, default=120.0)
+    p.add_argument(
+        "--settle-timeout", type=float, default=120.0, help="seconds to wait for quiet at the end"
+    )
     p.add_argument("--home", type=Path, help="data and logs (default: a temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the data and logs folder")
     p.add_argument("--json", type=Path, help="also write the report here")
@@ -304,6 +312,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
 
 
 async def drive(run: Run) -> dict[str, Any]:
+    # SIGTERM while the loop runs: cancel the run (the stack is stopped on the way out).
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     await run.warm_up()
     run.say(
         f"{run.args.customers} customers start talking" + (" (chaos on)" if run.args.chaos else "")
@@ -340,7 +352,10 @@ def main(argv: list[str]) -> int:
                 flush=True,
             )
             run = Run(args, product)
-            report = uvloop.run(drive(run))
+            try:
+                report = uvloop.run(drive(run))
+            except asyncio.CancelledError:
+                raise StopRequested from None
         code = 0 if report["ok"] else 1
     except (KeyboardInterrupt, StopRequested):
         print("wsm loadtest: interrupted; everything it started is stopped", file=sys.stderr)
