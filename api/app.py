@@ -21,6 +21,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine import commands
 from engine.agent.bookings import BookingStore
@@ -97,6 +99,18 @@ def create_app(settings: Settings, redis: Any) -> FastAPI:
         version="1",
     )
     api = APIRouter(prefix="/api", dependencies=[Depends(authorized)])
+
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def redis_unavailable(request: Request, exc: Exception) -> Response:
+        # Redis down, or a pooled connection that died with a Redis restart: the operator's
+        # client should try again shortly, not read a 500 as a bug.
+        return Response(
+            orjson.dumps({"detail": "Redis is unavailable; try again shortly"}),
+            status_code=503,
+            media_type="application/json",
+            headers={"Retry-After": "1"},
+        )
 
     async def describe(session: str, chat_id: str) -> dict[str, Any] | None:
         keys = engine_keys_for(session, chat_id, shards, prefix)

@@ -196,3 +196,21 @@ async def test_erase_leaves_no_key_of_that_customer(
         ).status_code == 200
     finally:
         await harness.aclose()
+
+
+async def test_redis_down_answers_503_with_retry_after(private_redis, key_prefix) -> None:
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(private_redis.url, socket_connect_timeout=0.5)
+    settings = settings_for(key_prefix, private_redis.url, api_token=TOKEN)
+    app = create_app(settings, client)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as http:
+            assert (await http.get("/api/conversations", headers=AUTH)).status_code == 200
+            private_redis.kill()
+            response = await http.get("/api/conversations", headers=AUTH)
+            assert response.status_code == 503
+            assert response.headers["retry-after"] == "1"
+    finally:
+        await client.aclose()
