@@ -37,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shared.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
+from tests.support.waha import compact, text_message  # noqa: E402
 
 KEY = b"bench-hmac-key"
 PREFIX = "bench"
@@ -59,35 +59,8 @@ LOAD_CORE = "1"
 def waha_message(n: int) -> bytes:
     """A `message` event shaped like WAHA 2025.11's (GOWS), distinct per n, 500 chats."""
     chat = f"55119{n % 500:08d}@c.us"
-    now = time.time()
-    document = {
-        "id": "evt_" + uuid.uuid4().hex[:26],
-        "timestamp": int(now * 1000),
-        "event": "message",
-        "session": "default",
-        "metadata": {},
-        "me": {"id": "5511930000002@c.us", "pushName": "Clínica", "lid": "200000000000002@lid"},
-        "payload": {
-            "id": f"false_{chat}_{uuid.uuid4().hex.upper()}",
-            "timestamp": int(now),
-            "from": chat,
-            "fromMe": False,
-            "source": "app",
-            "body": f"Olá, gostaria de marcar uma consulta para amanhã às {n % 12 + 8}h 🙂",
-            "to": None,
-            "participant": None,
-            "hasMedia": False,
-            "media": None,
-            "ack": 2,
-            "location": None,
-            "vCards": None,
-            "ackName": "DEVICE",
-            "replyTo": None,
-        },
-        "engine": "GOWS",
-        "environment": {"version": "2025.11.2", "engine": "GOWS"},
-    }
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+    text = f"Olá, gostaria de marcar uma consulta para amanhã às {n % 12 + 8}h 🙂"
+    return compact(text_message(chat, text))
 
 
 def write_bodies(path: Path, count: int) -> list[tuple[str, bytes]]:

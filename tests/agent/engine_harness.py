@@ -5,15 +5,12 @@ sender to a WAHA stand-in (respx) answering with WAHA's shapes."""
 
 from __future__ import annotations
 
-import itertools
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-import httpx
 import orjson
-import respx
 
 from engine.agent.service import AgentService, build_agent
 from engine.waha_client import WahaClient
@@ -23,39 +20,8 @@ from shared.events import route_event
 from shared.keys import all_shards
 from shared.queue_consumer import QueueConsumer
 from shared.settings import Settings
+from tests.engine.harness import WAHA, Ctx
 from tests.support.waha import compact, text_message
-
-WAHA = "http://waha.test"
-
-
-class WahaStandIn:
-    """WAHA's send side: sendText answers 201 with the new message's id."""
-
-    def __init__(self, router: respx.MockRouter) -> None:
-        self.sent: list[tuple[str, str]] = []
-        self._n = itertools.count()
-        router.post(f"{WAHA}/api/sendText").mock(side_effect=self._send)
-        for path in ("sendSeen", "startTyping", "stopTyping"):
-            router.post(f"{WAHA}/api/{path}").mock(return_value=httpx.Response(201, json={}))
-
-    def _send(self, request: httpx.Request) -> httpx.Response:
-        body = orjson.loads(request.content)
-        wa_id = f"true_{body['chatId']}_3EB0{next(self._n):016X}"
-        self.sent.append((body["chatId"], body["text"]))
-        return httpx.Response(201, json={"id": wa_id, "body": body["text"], "fromMe": True})
-
-    def to(self, chat: str) -> list[str]:
-        return [text for c, text in self.sent if c == chat]
-
-
-class _Ctx:
-    def __init__(self, consumer: QueueConsumer, lease: Any, message_id: str) -> None:
-        self.consumer, self.lease, self.message_id = consumer, lease, message_id
-        self.committed = False
-
-    async def commit(self, writes: Iterable[Sequence[Any]] = ()) -> None:
-        await self.consumer.ack(self.lease, self.message_id, list(writes))  # type: ignore[arg-type]
-        self.committed = True
 
 
 class AgentHarness:
@@ -90,7 +56,7 @@ class AgentHarness:
                     continue
                 for message in lease.messages:
                     assert message.record is not None
-                    ctx = _Ctx(self.consumer, lease, message.id)
+                    ctx = Ctx(self.consumer, lease, message.id)
                     await engine.engine(decode_record(message.record), ctx)
                     if not ctx.committed:
                         await ctx.commit([])

@@ -16,16 +16,17 @@ from engine.agent.booking_webhook import verify
 from engine.history import HistoryKeys, read_page
 from engine.state import State, load_state
 from shared.keys import CalendarKeys, engine_keys_for
-from tests.agent.engine_harness import AgentHarness, WahaStandIn
+from tests.agent.engine_harness import AgentHarness
 from tests.agent.receptionist import receptionist
+from tests.engine.harness import FakeWaha
 
 ANA = "5511987650001@c.us"
 HOOKS = "http://crm.test/hooks/bookings"
 
 
 @pytest.fixture
-def waha(router) -> WahaStandIn:
-    return WahaStandIn(router)
+def waha(router) -> FakeWaha:
+    return FakeWaha(router)
 
 
 @pytest.fixture
