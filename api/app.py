@@ -11,6 +11,7 @@ messages, so those routes answer 202 Accepted with the command's id.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import uuid
 from typing import Annotated, Any
@@ -24,6 +25,7 @@ from pydantic import BaseModel, Field
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from api.validation import operator_input
 from engine import commands
 from engine.agent.bookings import BookingStore
 from engine.agent.service import calendar_from
@@ -62,6 +64,21 @@ class Accepted(BaseModel):
     queued: bool
 
 
+# At module level: with `from __future__ import annotations` FastAPI resolves each parameter's
+# annotation by name in this module's globals, and an alias local to create_app is not found
+# there (the header was then ignored and /openapi.json answered 500).
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=100,
+        description="Retrying with the same key queues the command once and gets the same "
+        "answer (with `Idempotent-Replayed: true`). A key is scoped to the conversation and the "
+        "action, and remembered for WSM_DEDUPE_TTL_SECONDS.",
+    ),
+]
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -98,7 +115,10 @@ def create_app(settings: Settings, redis: Any) -> FastAPI:
         description="Conversations, history, the waiting line, agents and erasure.",
         version="1",
     )
-    api = APIRouter(prefix="/api", dependencies=[Depends(authorized)])
+    # Bearer first (401), then the path and query forms (422) and, for commands, that the
+    # conversation exists (404): api/validation.py.
+    checked = operator_input(redis, prefix=prefix, shards=shards)
+    api = APIRouter(prefix="/api", dependencies=[Depends(authorized), Depends(checked)])
 
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)
@@ -178,35 +198,54 @@ def create_app(settings: Settings, redis: Any) -> FastAPI:
         return {"messages": [e.public() for e in entries], "next_before": next_before}
 
     async def command(
-        session: str, chat_id: str, name: str, payload: dict[str, Any], key: str | None
+        session: str,
+        chat_id: str,
+        name: str,
+        payload: dict[str, Any],
+        key: str | None,
+        response: Response,
     ) -> Accepted:
-        command_id = f"api:{key}" if key else f"api:{uuid.uuid4().hex}"
-        queued = await queue.send(session, chat_id, name, payload, event_id=command_id)
-        return Accepted(command_id=command_id, queued=queued)
-
-    IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=100)]
+        # A client's key names one command of one conversation: the same key on another
+        # conversation (even of the same session) is another command. The id is a digest, so
+        # it carries neither the key nor the customer's chat id.
+        if key:
+            scoped = f"{conversation_token(session, chat_id)}\n{name}\n{key}"
+            command_id = "api:" + hashlib.sha256(scoped.encode()).hexdigest()[:32]
+        else:
+            command_id = f"api:{uuid.uuid4().hex}"
+        if not await queue.send(session, chat_id, name, payload, event_id=command_id):
+            # A retry: the command is queued already, once. It answers as the first request
+            # did (a client whose first request timed out reads the same), and says it repeats.
+            response.headers["Idempotent-Replayed"] = "true"
+        return Accepted(command_id=command_id, queued=True)
 
     @api.post("/conversations/{session}/{chat_id}/messages", status_code=202)
     async def post_message(
-        session: str, chat_id: str, body: AgentMessage, idempotency_key: IdempotencyKey = None
+        session: str,
+        chat_id: str,
+        body: AgentMessage,
+        response: Response,
+        idempotency_key: IdempotencyKey = None,
     ) -> Accepted:
         """An agent writes to the customer (the conversation becomes theirs)."""
         payload = {"agent_id": body.agent_id, "agent_name": body.agent_name or body.agent_id,
                    "text": body.text}  # fmt: skip
-        return await command(session, chat_id, commands.AGENT_MESSAGE, payload, idempotency_key)
+        return await command(
+            session, chat_id, commands.AGENT_MESSAGE, payload, idempotency_key, response
+        )
 
     @api.post("/conversations/{session}/{chat_id}/close", status_code=202)
     async def post_close(
-        session: str, chat_id: str, idempotency_key: IdempotencyKey = None
+        session: str, chat_id: str, response: Response, idempotency_key: IdempotencyKey = None
     ) -> Accepted:
-        return await command(session, chat_id, commands.CLOSE, {}, idempotency_key)
+        return await command(session, chat_id, commands.CLOSE, {}, idempotency_key, response)
 
     @api.post("/conversations/{session}/{chat_id}/handback", status_code=202)
     async def post_handback(
-        session: str, chat_id: str, idempotency_key: IdempotencyKey = None
+        session: str, chat_id: str, response: Response, idempotency_key: IdempotencyKey = None
     ) -> Accepted:
         """Back to the bot."""
-        return await command(session, chat_id, commands.HANDBACK, {}, idempotency_key)
+        return await command(session, chat_id, commands.HANDBACK, {}, idempotency_key, response)
 
     @api.get("/queue")
     async def get_queue(session: str | None = None) -> list[dict[str, Any]]:
@@ -281,6 +320,9 @@ def create_app(settings: Settings, redis: Any) -> FastAPI:
         return {_text(k): orjson.loads(v) for k, v in raw.items()}
 
     app.include_router(api)
+    from api.console import install as install_console  # the attendants' console, at /
+
+    install_console(app, settings, redis, coordinator)
 
     collector = EngineStateCollector()
     registry = CollectorRegistry()

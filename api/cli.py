@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pydantic import ValidationError
+
 from shared.logs import setup_logging
 from shared.settings import Settings
 
@@ -18,7 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", help="address to listen on (WSM_API_HOST)")
     parser.add_argument("--port", type=int, help="port to listen on (WSM_API_PORT)")
     args = parser.parse_args(argv)
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"wsm api: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
     setup_logging(settings.log_level)
     if settings.api_token is None or not settings.api_token.get_secret_value():
         print("wsm api: WSM_API_TOKEN is not set; refusing to start an open operator API",

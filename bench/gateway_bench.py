@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 from shared.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
 from tests.support.waha import compact, text_message  # noqa: E402
 
-KEY = b"bench-hmac-key"
+KEY = b"bench-hmac-key-0123456789abcdef012345"  # >= 32 characters
 PREFIX = "bench"
 SERVER_CORE = "0"
 LOAD_CORE = "1"

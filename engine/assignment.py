@@ -1,25 +1,36 @@
 """Cross-conversation steps of the waiting line: giving free agents the longest-waiting
-customers, telling people in line that their place improved, and re-sending assignments that a
-crash left unconfirmed. Every step is idempotent (safe to repeat, safe to run in several
-processes at once): takes are atomic scripts, and what a conversation is told goes through its
-own queue as a command with a deterministic event id, so a repeat is dropped as a duplicate.
+customers, telling people in line that their place improved, re-sending assignments that a
+crash left unconfirmed, and reconciling agents' sets with the conversations' own states (a
+crash between a handler's commit and its `line.release` / `line.attach`). Every step is
+idempotent (safe to repeat, safe to run in several processes at once): takes are atomic
+scripts, and what a conversation is told goes through its own queue as a command with a
+deterministic event id, so a repeat is dropped as a duplicate.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from engine import commands
 from engine.commands import CommandQueue
 from engine.state import State
 from engine.waiting_line import AgentUnavailable, Taken, WaitingLine, now_ms
-from shared.keys import engine_keys_for, split_conversation_token
+from shared.keys import EngineIndexKeys, engine_keys_for, split_conversation_token
 
 log = logging.getLogger(__name__)
 
 # An assignment not confirmed by its conversation after this long is sent again.
 STALE_TAKE_MS = 30_000
+# One reconcile pass per this long over all processes (a lock), from `maintain`.
+RECONCILE_INTERVAL_MS = 10_000
+# The reconcile looks at conversations changed since its previous pass minus this: a turn
+# indexes the conversation (`convs`, its start time) before its commit, which lands at most a
+# handler timeout (WSM_HANDLER_TIMEOUT_SECONDS, 120 s by default) later.
+RECONCILE_LOOKBACK_MS = 300_000
+# The first pass (no watermark yet) looks this far back.
+RECONCILE_FIRST_MS = 3_600_000
 
 
 class LineCoordinator:
@@ -143,8 +154,77 @@ class LineCoordinator:
             count += 1
         return count
 
+    async def reconcile(self) -> tuple[int, int]:
+        """Make every agent's set say what the conversations' own states say. -> (removed,
+        added).
+
+        The state hash is the truth: a handler commits `agent_id` cleared (close, handback,
+        another agent) or set (an agent wrote) atomically with its message, and changes the
+        agent's set only after the commit; a process killed in between leaves the set wrong
+        for good. So:
+
+        - a conversation in an agent's set whose state is not `agent` with that agent leaves
+          the set (`line_unassign.lua`), unless an assignment of it is in flight (`taken`: its
+          state catches up when the handler confirms) or it joined the set after the counter
+          was read here (its state, read after the counter, predates the join);
+        - a conversation changed since the previous pass whose state is `agent` with an agent
+          that does not have it joins that agent's set. If it is closed and released between
+          the read and the join, the next pass takes it out again.
+        """
+        line = self.line
+        index = EngineIndexKeys(line.keys.prefix)
+        started = now_ms()
+        read_at = await line.counter()  # before every state read below
+        agent_ids = [a.id for a in await line.agents()]
+        held = await line.assignments(agent_ids)
+        raw_since = await self._redis.get(line.keys.reconciled_until)
+        since = int(raw_since) if raw_since else started - RECONCILE_FIRST_MS
+        changed = await self._redis.zrangebyscore(
+            index.conversations, since - RECONCILE_LOOKBACK_MS, "+inf"
+        )
+        tokens = sorted(
+            {t for members in held.values() for t in members}
+            | {c.decode() if isinstance(c, bytes) else str(c) for c in changed}
+        )
+        owner: dict[str, str | None] = {}
+        pipe = self._redis.pipeline(transaction=False)
+        for token in tokens:
+            session, chat_id = split_conversation_token(token)
+            keys = engine_keys_for(session, chat_id, self.shards, line.keys.prefix)
+            pipe.hmget(keys.state, "state", "agent_id")
+        for token, (state, agent_id) in zip(tokens, await pipe.execute(), strict=True):
+            with_agent = state is not None and state.decode() == State.AGENT.value
+            owner[token] = agent_id.decode() if with_agent and agent_id else None
+        removed = added = 0
+        for agent_id, members in held.items():
+            for token in sorted(members):
+                if owner[token] == agent_id:
+                    continue
+                if await line.unassign(agent_id, token, read_at):
+                    removed += 1
+        for token, agent_id in owner.items():
+            if agent_id is None or token in held.get(agent_id, ()):
+                continue
+            session, _ = split_conversation_token(token)
+            if await line.attach(agent_id, session, token):
+                added += 1
+        if removed or added:
+            # Counts only: tokens name customers' phone numbers, which stay out of logs.
+            log.warning(
+                "agents' sets reconciled with the conversations' states",
+                extra={"freed": removed, "attached": added},
+            )
+        await line.prune_joined(agent_ids)
+        await self._redis.set(line.keys.reconciled_until, started)
+        return removed, added
+
     async def maintain(self) -> None:
         """One pass of everything above, for the background loop."""
+        lock = await self._redis.set(
+            self.line.keys.reconcile_lock, uuid.uuid4().hex, nx=True, px=RECONCILE_INTERVAL_MS
+        )
+        if lock:
+            await self.reconcile()
         await self.assign_free_agents()
         for session in await self.line.sessions():
             await self.notify_positions(session)

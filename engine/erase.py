@@ -1,72 +1,257 @@
 """Erasing a customer completely (LGPD, art. 18): their conversation's state, history and
 outbox, their place in the line and with agents, the indexes, cached lookups, and the queue's
-leftovers that name them (dedupe markers, dead letters).
+leftovers that name them (dedupe markers, dead letters, booking-webhook dead letters).
 
-The conversation must not be in the middle of being handled: while its queue holds messages
-(ready, leased or delayed) the erase is refused with ConversationBusy, to be retried, since a
-handler running now would write the data back.
+The keys live under several hash tags (the conversation's queue shard, the line, the engine's
+indexes, the WAHA session, the calendar), and a Lua script may only touch one, so the erase is
+a short sequence of scripts ordered around the conversation's lease:
+
+1. `erase_conversation.lua`, on the conversation's tag, in one atomic step: refuses while the
+   conversation is being handled (its queue holds messages: ready, leased or delayed; or a
+   reply is being sent): ConversationBusy, nothing deleted. Otherwise it deletes everything of
+   the conversation on that tag (state, history, outbox, queue leftovers, its dead letters)
+   and *takes the conversation's lease*, with a fence from the shard's counter like any lease.
+2. While the erase holds the lease nothing handles the conversation. A customer message that
+   arrives now is queued by the gateway (WAHA is told `queued`) and waits behind the lease as
+   behind a worker's. Meanwhile the erase deletes the conversation's dedupe markers (except
+   those of messages queued since step 1), then clears the other tags (`erase_line`,
+   `erase_index`, `erase_session`, `erase_calendar`): no handler can write the line or the
+   indexes back between two of those steps.
+3. `release_conversation.lua` ends the lease like a worker's turn: a message queued meanwhile
+   is handled then, as the first of a new conversation; with none, the meta goes and the
+   fence lives on in the shard's counter, so a worker holding an older lease stays fenced out.
+
+Nothing queued is ever deleted: step 1 refuses when anything is, and later messages are not
+touched. If the erasing process dies between 1 and 3, the reaper takes the lease back after
+`lease_ms` like any expired lease and the queued messages are handled; the erase answered an
+error, and repeating it finishes the job (every step is idempotent).
 """
 
 from __future__ import annotations
 
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from engine.identity import ChatKind, chat_kind
+from engine.identity import ChatKind, chat_kind, phone_of
 from engine.state import State
+from shared.envelope import InvalidRecord, decode_record
+from shared.events import message_key_of
 from shared.keys import (
+    CalendarKeys,
+    ConsoleKeys,
+    ConversationKeys,
     EngineIndexKeys,
     LineKeys,
+    ShardKeys,
     WahaSessionKeys,
     conversation_token,
     engine_keys_for,
+    split_conversation_token,
 )
+from shared.lua import LuaScript
 from shared.queue_errors import ConversationBusy
+
+ERASE_CONVERSATION = LuaScript.named("erase_conversation")
+ERASE_MARKERS = LuaScript.named("erase_markers")
+ERASE_LINE = LuaScript.named("erase_line")
+ERASE_INDEX = LuaScript.named("erase_index")
+ERASE_SESSION = LuaScript.named("erase_session")
+ERASE_CALENDAR = LuaScript.named("erase_calendar")
+ERASE_CONSOLE = LuaScript.named("erase_console")
+RELEASE_CONVERSATION = LuaScript.named("release_conversation")
+
+# Long enough for the few round trips under the lease; a dead eraser holds its customer's next
+# messages back for at most this long (plus a reaper interval).
+ERASE_LEASE_MS = 30_000
+# Agents added while the erase reads them make the line's step read again; this many times.
+MAX_TRIES = 5
+# Keys per script call when passing scanned candidates (bounded argument lists).
+BATCH = 500
 
 
 def _glob_escape(value: str) -> str:
     return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in value)
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def message_key_names_chat(message_key: str, chat_id: str) -> bool:
+    """Whether a dedupe marker's message key (`<event>:<WhatsApp id>[:<ack>[:<participant>]]`)
+    is about `chat_id`: its serialized WhatsApp id (`true|false_<chat>_<id>[_<participant>]`)
+    names exactly this chat. Exact: `1@c.us` does not match `5511987650001@c.us`."""
+    _, _, rest = message_key.partition(":")
+    parts = rest.split("_")
+    return len(parts) >= 3 and parts[0] in ("true", "false") and parts[1] == chat_id
+
+
+async def _markers(
+    redis: Any, shard: ShardKeys, queue: ConversationKeys, chat_id: str
+) -> list[str]:
+    """The conversation's dedupe markers, less those of messages queued right now (they arrived
+    during the erase: new messages, whose markers must keep their repeats out).
+
+    Called under the erase's lease: a message queued after the scan has a marker the scan did
+    not see; one queued before it still has its body (only a lease holder removes bodies)."""
+    session, _ = split_conversation_token(queue.token)
+    base = shard.seen_message(session, "")
+    pattern = f"{_glob_escape(base)}*_{_glob_escape(chat_id)}_*"
+    found: set[str] = set()
+    async for raw in redis.scan_iter(match=pattern, count=1000):
+        key = _text(raw)
+        if message_key_names_chat(key[len(base) :], chat_id):
+            found.add(key)
+    if found:
+        for record in await redis.hvals(queue.bodies):
+            with contextlib.suppress(InvalidRecord, ValueError):
+                event = decode_record(record)
+                payload = event.document().get("payload")
+                if isinstance(payload, dict) and (kept := message_key_of(event.event, payload)):
+                    found.discard(shard.seen_message(session, kept))
+    return sorted(found)
+
+
+async def _lid_keys(redis: Any, session_keys: WahaSessionKeys, phone: str | None) -> list[str]:
+    """Cached lid lookups of the session that map to `phone` (the script checks them again)."""
+    if not phone:
+        return []
+    pattern = _glob_escape(session_keys.lid("")) + "*"
+    keys = sorted({_text(raw) async for raw in redis.scan_iter(match=pattern, count=1000)})
+    matching: list[str] = []
+    for start in range(0, len(keys), BATCH):
+        chunk = keys[start : start + BATCH]
+        values = await redis.mget(chunk)
+        matching += [k for k, v in zip(chunk, values, strict=True) if v and _text(v) == phone]
+    return matching
+
+
 async def erase_customer(
-    redis: Any, *, prefix: str, shards: int, session: str, chat_id: str
+    redis: Any,
+    *,
+    prefix: str,
+    shards: int,
+    session: str,
+    chat_id: str,
+    lease_ms: int = ERASE_LEASE_MS,
+    also: Callable[[], Awaitable[int]] | None = None,
 ) -> int:
-    """Delete everything about (session, chat_id). Returns how many keys/entries went."""
+    """Delete everything about (session, chat_id). Returns how many keys/entries went.
+
+    Raises ConversationBusy, with nothing deleted, while the conversation is being handled.
+    `also` runs while the erase holds the conversation's lease (for data kept elsewhere, such as
+    the calendar's bookings), so no handler can write it back meanwhile.
+    """
     keys = engine_keys_for(session, chat_id, shards, prefix)
     queue = keys.conversation
+    shard = queue.shard_keys
     token = conversation_token(session, chat_id)
-    queue_state = await redis.hget(queue.meta, "state")
-    if queue_state is not None and queue_state.decode() in ("ready", "leased", "delayed"):
-        raise ConversationBusy(f"{token} has messages being handled; try again shortly")
-    removed = 0
-    # The conversation's own keys (one hash tag).
-    own = [*keys.all_own(), queue.messages, queue.bodies, queue.meta, queue.attempts]
-    removed += int(await redis.delete(*own))
-    removed += int(await redis.zrem(keys.outbox_pending, token))
-    for list_key in (keys.outbox_dlq, queue.shard_keys.dlq):
-        for value in await redis.lrange(list_key, 0, -1):
-            if chat_id.encode() in value:
-                removed += int(await redis.lrem(list_key, 0, value))
-    # Dedupe markers carry the WhatsApp message id, which names the chat.
-    pattern = f"{queue.shard_keys.tag}:seen:{_glob_escape(session)}:m:*{_glob_escape(chat_id)}*"
-    async for marker in redis.scan_iter(match=pattern, count=1000):
-        removed += int(await redis.delete(marker))
-    # The line and the agents.
-    line = LineKeys(prefix)
-    removed += int(await redis.zrem(line.waiting(session), token))
-    removed += int(await redis.hdel(line.taken, token))
-    for agent_id in await redis.hkeys(line.agents):
-        name = agent_id.decode() if isinstance(agent_id, bytes) else str(agent_id)
-        removed += int(await redis.srem(line.agent_conversations(name), token))
-    # The indexes and timers.
-    index = EngineIndexKeys(prefix)
-    removed += int(await redis.zrem(index.conversations, token))
-    removed += int(await redis.zrem(index.timers, token))
-    for state in State:
-        removed += int(await redis.srem(index.in_state(state.value), token))
-    # Cached lookups and sends under way for this chat.
     session_keys = WahaSessionKeys(session, prefix)
-    doomed = [session_keys.inflight(chat_id)]
-    if chat_kind(chat_id) is ChatKind.LID:
-        doomed.append(session_keys.lid(chat_id))
-    removed += int(await redis.delete(*doomed))
+    own_lid = session_keys.lid(chat_id) if chat_kind(chat_id) is ChatKind.LID else ""
+    if own_lid:
+        cached = await redis.get(own_lid)
+        phone = _text(cached) if cached is not None and _text(cached) != "-" else None
+    else:
+        phone = phone_of(chat_id)
+    # Lid lookups cached for other chats (lid chats of the same person) that map to this
+    # customer's number. Read before the lease (a whole-keyspace scan must not eat into it);
+    # the session's script checks each one again before deleting it.
+    candidates = sorted({*await _lid_keys(redis, session_keys, phone), own_lid} - {""})
+
+    owner = "erase:" + uuid.uuid4().hex
+    own = [queue.bodies, queue.attempts, queue.handled, *keys.all_own()]
+    answer = await ERASE_CONVERSATION(
+        redis,
+        [
+            queue.meta, queue.messages, shard.leases, shard.fence, shard.claimed_seen, shard.dlq,
+            keys.outbox_dlq, keys.outbox_pending, keys.sending, *own,
+        ],
+        [token, owner, lease_ms],
+    )  # fmt: skip
+    if _text(answer[0]) == "busy":
+        raise ConversationBusy(
+            f"the conversation is being handled ({_text(answer[1])}); try again shortly"
+        )
+    fence = str(int(answer[1]))
+    removed = int(answer[2])
+    try:
+        markers = await _markers(redis, shard, queue, chat_id)
+        for start in range(0, len(markers), BATCH):
+            gone = int(
+                await ERASE_MARKERS(redis, [queue.meta, *markers[start : start + BATCH]], [fence])
+            )
+            if gone < 0:
+                raise ConversationBusy("the erase lost its lease (too slow); erase again")
+            removed += gone
+        removed += await _erase_line(redis, prefix, session, token)
+        index = EngineIndexKeys(prefix)
+        removed += int(
+            await ERASE_INDEX(
+                redis,
+                [index.conversations, index.timers, *(index.in_state(s.value) for s in State)],
+                [token],
+            )
+        )
+        for start in range(0, max(1, len(candidates)), BATCH):
+            removed += int(
+                await ERASE_SESSION(
+                    redis,
+                    [session_keys.inflight(chat_id), *candidates[start : start + BATCH]],
+                    [phone or "", own_lid],
+                )
+            )
+        removed += int(
+            await ERASE_CALENDAR(redis, [CalendarKeys(prefix).hooks_dead], [session, chat_id])
+        )
+        removed += await _erase_console(redis, prefix, token)
+        if also is not None:
+            removed += await also()
+    finally:
+        # Messages queued during the erase go to the ready list now (the back, as after any
+        # turn); with none, the conversation's meta goes and its fence lives on in the shard's
+        # counter. 0 means the lease was reaped meanwhile: they were handed on already.
+        await RELEASE_CONVERSATION(
+            redis,
+            [queue.meta, queue.messages, shard.leases, shard.ready, shard.fence],
+            [token, fence, "back"],
+        )
     return removed
+
+
+async def _erase_console(redis: Any, prefix: str, token: str) -> int:
+    console = ConsoleKeys(prefix)
+    per_agent: set[str] = set()
+    for family in (console.read(""), console.handled("")):
+        pattern = _glob_escape(family) + "*"
+        per_agent |= {_text(raw) async for raw in redis.scan_iter(match=pattern, count=1000)}
+    keys = sorted(per_agent) or [""]
+    removed = 0
+    for start in range(0, len(keys), BATCH):
+        chunk = [k for k in keys[start : start + BATCH] if k]
+        removed += int(
+            await ERASE_CONSOLE(
+                redis, [console.audit(token), console.viewed, console.events, *chunk], [token]
+            )
+        )
+    return removed
+
+
+async def _erase_line(redis: Any, prefix: str, session: str, token: str) -> int:
+    line = LineKeys(prefix)
+    for _ in range(MAX_TRIES):
+        agents = sorted(_text(a) for a in await redis.hkeys(line.agents))
+        removed = int(
+            await ERASE_LINE(
+                redis,
+                [
+                    line.agents, line.waiting(session), line.taken, line.joined,
+                    *(line.agent_conversations(a) for a in agents),
+                ],
+                [token, 2, *agents],
+            )
+        )  # fmt: skip
+        if removed >= 0:
+            return removed
+    raise RuntimeError("agents keep changing; erase again")

@@ -31,6 +31,7 @@ from engine.history import (
     ack_writes,
     append_writes,
     edit_writes,
+    mid_for,
     reaction_writes,
     recent,
     revoke_writes,
@@ -306,6 +307,10 @@ class _Turn:
             return
         text = str(payload.get("body") or "")
         waha_id = str(payload.get("id") or "")
+        if waha_id and await mid_for(self.engine._redis, self.history, short_message_id(waha_id)):
+            # Already in this conversation's history: handled before (a webhook replayed
+            # after the gateway's dedupe window). Recorded once, answered once.
+            return
         at = int(payload.get("timestamp") or 0) * 1000 or self.event.received_at_ms
         kind = "media" if payload.get("hasMedia") else "text"
         self.record(

@@ -3,11 +3,18 @@
 Layout (both keys carry the conversation's hash tag, so history commits with the handler):
 
 - a stream (`hist`): one entry per message, appended in the order the conversation's handler
-  saw them; the stream id is the pagination cursor (`before`). Appends trim entries older than
-  the retention (`XADD MINID ~`), so old history goes without a sweeper.
+  saw them; the stream id is the pagination cursor (`before`).
 - a hash (`histmeta`): what changes after a message was written, one field per fact:
   `<mid>:status`, `<mid>:waha_id`, `<mid>:edit`, `<mid>:revoked`, `<mid>:reactions`, and
   `w:<WhatsApp id>` -> mid to find a message again from an ack, an edit, a revoke or a reaction.
+
+Bounds (`trim`, `history_trim.lua`, run by the engine's maintenance on every conversation that
+changed since its previous pass): entries older than the retention and the oldest beyond
+WSM_HISTORY_MAX_MESSAGES go, each with its meta fields, so the meta hash is bounded by the stream
+(it is compacted when facts about messages already gone, or acks parked for messages never
+recorded, outnumber what the entries can own). Entries dropped by the length cap while still
+within the retention are data loss: counted in `{eng}:dropped` `history_entries`. Both keys
+expire after the retention without appends.
 
 `mid` is our id of a message: the WhatsApp id for one we received, a random id for one we send
 (its WhatsApp id exists only once WAHA accepted it).
@@ -27,6 +34,11 @@ import orjson
 
 from engine.waha_client import short_message_id
 from engine.writes import Write, write
+from shared.lua import LuaScript
+
+HISTORY_TRIM = LuaScript.named("history_trim")
+# Entries trimmed per script call (a call blocks Redis: keep each one short).
+TRIM_BATCH = 500
 
 # WAHA's ack levels (WAMessageAck).
 ACK_NAMES = {-1: "error", 0: "pending", 1: "server", 2: "device", 3: "read", 4: "played"}
@@ -106,16 +118,12 @@ def append_writes(
     retention_seconds: int,
     now_ms: int | None = None,
 ) -> list[Write]:
-    now = int(time.time() * 1000) if now_ms is None else now_ms
-    oldest_kept = max(0, now - retention_seconds * 1000)
+    # Not trimmed here (XADD MINID would drop entries and leave their meta fields behind):
+    # `trim` removes both, from the maintenance. `now_ms` stays for the callers' sake.
     writes = [
         write(
             "XADD",
             keys.stream,
-            # `~`: trim whole stream nodes, cheap; a few entries past the retention may linger.
-            "MINID",
-            "~",
-            str(oldest_kept),
             "*",
             "mid",
             entry.mid,
@@ -148,6 +156,81 @@ def append_writes(
         write("EXPIRE", keys.meta, retention_seconds),
     ]
     return writes
+
+
+@dataclass(frozen=True, slots=True)
+class Trimmed:
+    entries: int = 0  # removed from the stream (with their meta fields)
+    by_length: int = 0  # of those, within the retention: dropped by the length cap
+    compacted: int = 0  # orphan meta fields removed
+
+    def __add__(self, other: Trimmed) -> Trimmed:
+        return Trimmed(
+            self.entries + other.entries,
+            self.by_length + other.by_length,
+            self.compacted + other.compacted,
+        )
+
+
+async def trim(
+    redis: Any,
+    keys: HistoryKeys,
+    *,
+    retention_seconds: int,
+    max_entries: int,
+    now_ms: int | None = None,
+) -> Trimmed:
+    """Remove entries past the retention or beyond `max_entries` (0: no cap), oldest first,
+    with their meta fields. Safe beside the conversation's handler: it appends at the other
+    end, and a fact it writes for a message trimmed meanwhile is an orphan the compaction
+    removes."""
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    oldest_kept = max(0, now - retention_seconds * 1000)
+    total = Trimmed()
+    while True:
+        entries, by_length, compacted, more = await HISTORY_TRIM(
+            redis, [keys.stream, keys.meta], [oldest_kept, max_entries, TRIM_BATCH]
+        )
+        total += Trimmed(int(entries), int(by_length), int(compacted))
+        if not int(more):
+            return total
+
+
+async def trim_many(
+    redis: Any,
+    histories: Sequence[HistoryKeys],
+    *,
+    retention_seconds: int,
+    max_entries: int,
+    now_ms: int | None = None,
+    chunk: int = 200,
+) -> Trimmed:
+    """`trim` for many conversations, pipelined (one round trip per `chunk`): most have
+    nothing or one batch to trim; those with more get `trim` on their own."""
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    oldest_kept = max(0, now - retention_seconds * 1000)
+    if histories:
+        await HISTORY_TRIM.load(redis)  # the pipelined EVALSHAs below find it
+    total = Trimmed()
+    again: list[HistoryKeys] = []
+    for start in range(0, len(histories), chunk):
+        part = histories[start : start + chunk]
+        pipe = redis.pipeline(transaction=False)
+        for keys in part:
+            HISTORY_TRIM.queue_in(
+                pipe, [keys.stream, keys.meta], [oldest_kept, max_entries, TRIM_BATCH]
+            )
+        for keys, (entries, by_length, compacted, more) in zip(
+            part, await pipe.execute(), strict=True
+        ):
+            total += Trimmed(int(entries), int(by_length), int(compacted))
+            if int(more):
+                again.append(keys)
+    for keys in again:
+        total += await trim(
+            redis, keys, retention_seconds=retention_seconds, max_entries=max_entries, now_ms=now
+        )
+    return total
 
 
 async def mid_for(redis: Any, keys: HistoryKeys, short_waha_id: str) -> str | None:

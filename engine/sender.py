@@ -3,14 +3,23 @@ WAHA advises against bans: mark seen, type for a while (longer for longer texts,
 WSM_TYPING_DELAY_MAX_MS), then send.
 
 - One sender at a time per conversation: a delivery lock (`...:sending`, SET NX PX) keeps two
-  processes from sending the same reply; order inside a chat is the outbox's order.
+  processes from sending the same reply; order inside a chat is the outbox's order. A live
+  sender renews its lock (compare-and-renew, send_lock_renew.lua) every third of its lifetime,
+  while it waits for a send token and while WAHA calls are in flight, so the lock can be short
+  (WSM_SEND_LOCK_SECONDS): a killed sender's conversations resume within seconds. Just before
+  `sendText`, one atomic check (send_begin.lua) confirms that the lock is still ours and the
+  reply is still the outbox's head, and marks the head with the attempt.
 - A reply leaves the outbox only after WAHA's 201 (outbox_sent.lua), so a crash before that
-  sends it again later: at least once. The residual duplicate window is a crash (or a lost
-  answer: timeout) after WAHA accepted the request and before outbox_sent.lua ran; see
-  docs/conversations.md.
+  sends it again later: at least once. An attempt whose outcome is unknown (its sender stopped
+  between send_begin.lua and recording WAHA's answer) is not made again by another sender for
+  SenderConfig.echo_wait_ms: its echo on `message.any` records it meanwhile (settle_echo). The
+  residual duplicate window is an echo that does not come in time, or a lost answer (timeout)
+  that is retried; see docs/conversations.md.
 - Network errors, 5xx, 429: retried with exponential backoff and jitter (outbox_retry.lua),
-  dead-lettered after WSM_SEND_MAX_ATTEMPTS. 422: the session's outbox is parked until a
-  session.status WORKING. Any other 4xx: dead letter with WAHA's answer (outbox_dead.lua).
+  dead-lettered after WSM_SEND_MAX_ATTEMPTS. 422: the session's outbox is parked (for at most
+  `parked_ttl_ms`) until a session.status WORKING, or until a probe of WAHA's session status
+  (GET /api/sessions/{session}, made while parked) finds it WORKING. Any other 4xx: dead letter
+  with WAHA's answer (outbox_dead.lua).
 - Sends per WAHA session are rate limited (send_rate_take.lua, a token bucket in Redis).
 - The id WAHA gives each send is kept, so its echo on `message.any` is known to be ours.
 """
@@ -27,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from redis.exceptions import ClusterDownError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -40,6 +50,7 @@ from engine.waha_client import (
     WahaSessionNotWorking,
     WahaTerminal,
 )
+from shared.dead_letters import DEFAULT_DEAD_LETTER_LIMITS, DeadLetterLimits, outbox_dead
 from shared.keys import (
     EngineConversationKeys,
     ShardKeys,
@@ -55,20 +66,35 @@ log = logging.getLogger(__name__)
 
 OUTBOX_SENT = LuaScript.named("outbox_sent")
 OUTBOX_RETRY = LuaScript.named("outbox_retry")
-OUTBOX_DEAD = LuaScript.named("outbox_dead")
 OUTBOX_SETTLE = LuaScript.named("outbox_settle")
 SEND_RATE_TAKE = LuaScript.named("send_rate_take")
+SEND_LOCK_RENEW = LuaScript.named("send_lock_renew")
+SEND_BEGIN = LuaScript.named("send_begin")
+SEND_ABORT = LuaScript.named("send_abort")
+SEND_DUE = LuaScript.named("send_due")
+
+# send_begin's answers besides 0 (go) and a positive wait.
+LOCK_LOST = -1
+HEAD_MOVED = -2
 
 # How long our own send ids are remembered to recognise their echoes (message.any).
 OURS_TTL_SECONDS = 24 * 3600
-# A parked session's conversations are looked at again this often (WORKING also wakes them).
-PARKED_RECHECK_MS = 5000
 # How long a reply WAHA accepted is kept trying to be recorded while Redis is away (longer than
 # any outage the product rides out: WAHA's own retry window is about 30 s).
 RECORD_SENT_PATIENCE_SECONDS = 300.0
+# Due entries of one shard one sweep looks at (send_due.lua), at most: a bound on the script's
+# work; when it is reached, the next sweep goes on from there.
+SWEEP_SCAN = 2000
 # Redis cannot be reached right now (BusyLoadingError, replaying the append-only file after a
-# restart, is a ConnectionError); not the builtin TimeoutError, which means something else.
-REDIS_UNAVAILABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
+# restart, is a ConnectionError; a cluster without a quorum or mid-resharding answers
+# ClusterDown / TryAgain); not the builtin TimeoutError, which means something else. The same
+# set as worker/redis_retry.py's RETRYABLE_REDIS_ERRORS.
+REDIS_UNAVAILABLE: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterDownError,
+    TryAgainError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +108,22 @@ class SenderConfig:
     max_attempts: int = 12
     retry_base_ms: int = 500
     retry_max_ms: int = 60_000
-    # Longer than one reply's worst case (typing pause + four WAHA calls at their timeout).
-    lock_ms: int = 60_000
+    # The delivery lock's lifetime. A live sender renews it every third of that, so it bounds
+    # only how long a killed sender's conversations wait (and must exceed a few Redis round
+    # trips plus an event-loop stall).
+    lock_ms: int = 10_000
+    # How long a reply whose last attempt's outcome is unknown (its sender stopped between
+    # WAHA's 201 and recording it) waits for that attempt's echo before it is sent again. Also
+    # how long the in-flight marker the echo is matched against lives.
+    echo_wait_ms: int = 60_000
+    # While a session is parked (422), its conversations are looked at again this often, and
+    # WAHA's session status is probed at most this often per session and process.
+    parked_recheck_ms: int = 5000
+    # A park lapses after this long even if nothing woke it (a send then finds out again).
+    parked_ttl_ms: int = 60_000
+    # The outbox's dead letters are capped and aged like the queue's (WSM_DEAD_LETTERS_MAX,
+    # WSM_DEAD_LETTER_DAYS); what the cap drops is counted in the shard's stats.
+    dead_letters: DeadLetterLimits = DEFAULT_DEAD_LETTER_LIMITS
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +171,47 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class LockKeeper:
+    """Keeps a conversation's delivery lock while its sender lives: renews it every third of its
+    lifetime, and only while it is still ours (send_lock_renew.lua). `lost` turns True when it
+    was found in another sender's hands; the sender then stops (and send_begin.lua would refuse
+    its next send anyway)."""
+
+    def __init__(self, redis: Any, key: str, token: str, lock_ms: int) -> None:
+        self._redis = redis
+        self._key = key
+        self._token = token
+        self._lock_ms = lock_ms
+        self.lost = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def renew(self) -> bool:
+        if not self.lost and not await SEND_LOCK_RENEW(
+            self._redis, [self._key], [self._token, self._lock_ms]
+        ):
+            self.lost = True
+        return not self.lost
+
+    async def _run(self) -> None:
+        while not self.lost:
+            await asyncio.sleep(self._lock_ms / 3000)
+            try:
+                await self.renew()
+            except Exception as exc:
+                # Redis away: the lock may lapse meanwhile. Nothing is sent on a lapsed lock
+                # (send_begin checks), so keep trying until the sender is done.
+                log.info("delivery lock not renewed", extra={"error": str(exc)})
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 class Sender:
     def __init__(self, redis: Any, outbound: Outbound, config: SenderConfig) -> None:
         self._redis = redis
@@ -138,23 +219,38 @@ class Sender:
         self.config = config
         self._tasks: set[asyncio.Task[None]] = set()
         self._active: set[str] = set()
+        # Per shard: where the next sweep goes on looking (send_due.lua's offset).
+        self._sweep_from: dict[str, int] = {}
+        # Per parked session: when this process may probe WAHA's session status again.
+        self._probe_after: dict[str, float] = {}
 
     # --- waking ----------------------------------------------------------------------------
     def kick(self, token: str) -> None:
         """Deliver a conversation's outbox soon, in this process (after a handler's commit)."""
         if token in self._active:
             return
-        task = asyncio.get_running_loop().create_task(self.deliver(token))
+        self._spawn(self.deliver(token))
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def sweep_once(self, limit: int = 200) -> int:
-        """Start deliveries for every due conversation (after a crash, a backoff, a park)."""
+        """Start deliveries for due conversations that no sender holds (after a crash, a
+        backoff, a park), at most `limit` per shard. Conversations other senders hold are
+        stepped over in Redis (send_due.lua), so they never hide an orphan behind them."""
         started = 0
+        now = now_ms()
         for shard in all_shards(self.config.shards, self.config.prefix):
-            due = await self._redis.zrangebyscore(
-                outbox_pending_key(shard), "-inf", now_ms(), start=0, num=limit
+            lock_prefix, lock_suffix = lock_key_parts(shard)
+            start = self._sweep_from.get(shard.tag, 0)
+            due, next_from = await SEND_DUE(
+                self._redis,
+                [outbox_pending_key(shard)],
+                [now, limit, start, SWEEP_SCAN, lock_prefix, lock_suffix],
             )
+            self._sweep_from[shard.tag] = int(next_from)
             for raw in due:
                 token = raw.decode() if isinstance(raw, bytes) else str(raw)
                 if token not in self._active:
@@ -203,29 +299,36 @@ class Sender:
         lock = uuid.uuid4().hex
         if not await self._redis.set(keys.sending, lock, nx=True, px=self.config.lock_ms):
             return  # another process is delivering this conversation
+        keeper = LockKeeper(self._redis, keys.sending, lock, self.config.lock_ms)
+        keeper.start()
         seen_marked = False
         try:
-            while True:
+            while not keeper.lost:
                 head = await self._redis.lindex(keys.outbox, 0)
                 if head is None:
                     return
                 if await self._redis.exists(session_keys.parked):
-                    await self._redis.zadd(
-                        keys.outbox_pending, {token: now_ms() + PARKED_RECHECK_MS}
-                    )
+                    if await self._probe(session_keys):
+                        continue  # WORKING again
+                    due = now_ms() + self.config.parked_recheck_ms
+                    await self._redis.zadd(keys.outbox_pending, {token: due})
                     return
                 wait = await self._rate_wait(session_keys)
                 if wait > 0:
-                    await asyncio.sleep(wait / 1000)
+                    await asyncio.sleep(wait / 1000)  # the keeper holds the lock meanwhile
                     continue
                 entry = OutboxEntry.decode(head)
-                outcome = await self._send_one(keys, session_keys, token, entry, seen_marked)
+                outcome = await self._send_one(keys, session_keys, token, entry, seen_marked, lock)
                 if outcome == "stop":
                     return
+                if outcome == "again":
+                    continue  # the head changed under us (an echo recorded it): look again
                 seen_marked = seen_marked or entry.mark_seen
-                # Still ours for another reply's worth of time.
-                await self._redis.pexpire(keys.sending, self.config.lock_ms)
+                # Still ours for another reply's worth of time (never someone else's lock).
+                if not await keeper.renew():
+                    return
         finally:
+            await keeper.stop()
             await OUTBOX_SETTLE(
                 self._redis, [keys.sending, keys.outbox, keys.outbox_pending], [lock, token]
             )
@@ -241,6 +344,28 @@ class Sender:
             )
         )
 
+    async def _probe(self, session_keys: WahaSessionKeys) -> bool:
+        """The session is parked: ask WAHA whether it is WORKING again (at most once per
+        `parked_recheck_ms` per session in this process). This is what unparks a session whose
+        `session.status` WORKING was handled before the park landed. True: it works, the park
+        is lifted and the session's other conversations are made due."""
+        session = session_keys.session
+        now = time.monotonic()
+        if now < self._probe_after.get(session, 0.0):
+            return False
+        self._probe_after[session] = now + self.config.parked_recheck_ms / 1000
+        try:
+            status = await self._out.session_status(session)
+        except WahaError as exc:
+            log.info("session status probe failed", extra={"session": session, "error": str(exc)})
+            return False
+        if status != "WORKING":
+            return False
+        log.warning("parked session is WORKING: its replies go on", extra={"session": session})
+        await self._redis.delete(session_keys.parked)
+        self._spawn(self.wake_session(session))
+        return True
+
     async def _send_one(
         self,
         keys: EngineConversationKeys,
@@ -248,7 +373,11 @@ class Sender:
         token: str,
         entry: OutboxEntry,
         seen_marked: bool,
+        lock: str,
     ) -> str:
+        """One reply. "next": done with it (sent or dead-lettered); "again": the head is another
+        reply now; "stop": this turn on the conversation ends (retry later, parked, lock lost,
+        or another attempt's echo awaited)."""
         session = session_keys.session
         try:
             if entry.mark_seen and not seen_marked:
@@ -260,17 +389,43 @@ class Sender:
                 await self._courtesy(self._out.start_typing(session, entry.chat_id))
                 await asyncio.sleep(pause / 1000)
                 await self._courtesy(self._out.stop_typing(session, entry.chat_id))
+            # The one check before the send: our lock, our head (and no other attempt whose
+            # outcome is unknown); marks the head with this attempt.
+            timing = [self.config.lock_ms, self.config.echo_wait_ms]
+            begun = int(
+                await SEND_BEGIN(
+                    self._redis,
+                    [keys.sending, keys.outbox, keys.outbox_pending],
+                    [lock, entry.mid, *timing, token, now_ms()],
+                )
+            )
+            if begun == LOCK_LOST:
+                log.warning("delivery lock lost: not sending", extra={"conversation": token})
+                return "stop"
+            if begun == HEAD_MOVED:
+                return "again"
+            if begun > 0:  # made due again when the wait is over (by the script)
+                log.warning(
+                    "an earlier attempt of this reply may have been sent: waiting for its echo",
+                    extra={"conversation": token, "mid": entry.mid},
+                )
+                return "stop"
             # Marks a send under way: an echo that overtakes WAHA's answer is still ours, and
             # one that arrives after this sender died records the send (see settle_echo).
             await self._redis.set(
                 session_keys.inflight(entry.chat_id),
                 InflightSend(entry.mid, entry.text, now_ms()).encode(),
-                px=self.config.lock_ms,
+                px=max(self.config.lock_ms, self.config.echo_wait_ms),
             )
             sent = await self._out.send_text(session, entry.chat_id, entry.text)
         except WahaSessionNotWorking as exc:
-            await self._redis.set(session_keys.parked, exc.answer or "422")
-            await self._redis.zadd(keys.outbox_pending, {token: now_ms() + PARKED_RECHECK_MS})
+            # Not sent: the next attempt need not wait for an echo.
+            await SEND_ABORT(self._redis, [keys.outbox], [entry.mid, lock])
+            await self._redis.set(
+                session_keys.parked, exc.answer or "422", px=self.config.parked_ttl_ms
+            )
+            due = now_ms() + self.config.parked_recheck_ms
+            await self._redis.zadd(keys.outbox_pending, {token: due})
             OUTBOX_SENDS.labels("parked").inc()
             log.warning("session not working: outbox parked", extra={"session": session})
             return "stop"
@@ -319,8 +474,10 @@ class Sender:
                 if delay == 0.05:
                     log.warning("redis away: recording a sent reply", extra={"mid": entry.mid})
                 await asyncio.sleep(delay)
-                # Short steps: once Redis is back, this must win the race against a sweeper
-                # that finds the delivery lock expired.
+                # Short steps: once Redis is back, the reply is recorded soon. (A sender that
+                # finds the delivery lock expired meanwhile does not send it again: the head
+                # carries this attempt's mark, see send_begin.lua; recording it makes the rest
+                # of the outbox due at once.)
                 delay = min(delay * 2, 0.2)
         # Only a hint for echoes that overtake WAHA's answer; it expires on its own.
         with contextlib.suppress(*REDIS_UNAVAILABLE):
@@ -334,15 +491,16 @@ class Sender:
         entry: OutboxEntry,
         sent: SentMessage,
     ) -> int:
-        """Remember the id as ours (before the reply leaves the outbox, so a later echo is
-        always recognised), then take the reply off the outbox. 0: it was recorded already."""
+        """Remember the id as ours, naming the reply (before the reply leaves the outbox, so a
+        later echo is always recognised), then take the reply off the outbox and make the rest
+        of it due now. 0: it was recorded already, or the id is another reply's."""
         short_id = sent.short_id
         if short_id:
-            await self._redis.set(session_keys.ours(short_id), "1", ex=OURS_TTL_SECONDS)
+            await self._redis.set(session_keys.ours(short_id), entry.mid, ex=OURS_TTL_SECONDS)
         removed: int = await OUTBOX_SENT(
             self._redis,
             [keys.outbox, keys.history_meta, keys.outbox_pending],
-            [entry.mid, sent.id, short_id, token],
+            [entry.mid, sent.id, short_id, token, now_ms()],
         )
         return removed
 
@@ -352,14 +510,17 @@ class Sender:
         """The echo (`message.any`, fromMe) of a reply whose send was under way and is not
         recorded: WhatsApp has it, so it is recorded now and never sent again. This closes the
         window where a sender dies (SIGKILL, or Redis away until it is killed) after WAHA
-        accepted a send and before recording it: the dead sender's lock keeps the reply from
-        being sent again until it expires, and the echo, durable like every webhook, arrives
-        well before. True when the reply was taken off the outbox here.
+        accepted a send and before recording it: the attempt's mark on the head keeps the reply
+        from being sent again for `echo_wait_ms` (send_begin.lua), and the echo, durable like
+        every webhook, arrives well before. True when the reply was taken off the outbox here.
 
         Only the reply that the marker names, at the head of the outbox, with the echo's text,
-        is recorded. An echo of an older send with the same text (possible only after that
-        send was made again by another sender, once the lock expired) is at least a lock's
-        lifetime older than the marker and is told apart by its timestamp."""
+        is recorded, and never under an id already known as another reply's: the late echo of
+        a recorded send (`ours:<id>` names its reply; outbox_sent.lua checks the history's
+        `w:<id>` too) settles nothing, even when the send under way has the same text. An echo
+        of an older unrecorded send with the same text (possible only after that send was made
+        again by another sender, once the echo wait was over) is at least half an echo wait
+        older than the marker and is told apart by its timestamp."""
         keys = self._keys(token)
         head = await self._redis.lindex(keys.outbox, 0)
         if head is None or not marker.mid:
@@ -367,10 +528,15 @@ class Sender:
         entry = OutboxEntry.decode(head)
         if entry.mid != marker.mid or entry.text != marker.text:
             return False
-        if echo_at_ms and echo_at_ms < marker.at_ms - self.config.lock_ms // 2:
+        if echo_at_ms and echo_at_ms < marker.at_ms - self.config.echo_wait_ms // 2:
             return False
         session, _ = split_conversation_token(token)
         session_keys = WahaSessionKeys(session, self.config.prefix)
+        if sent.short_id:
+            owner = await self._redis.get(session_keys.ours(sent.short_id))
+            # "1": written before ids named their reply; outbox_sent.lua still checks those.
+            if owner is not None and _text(owner) not in (entry.mid, "1"):
+                return False  # the echo of a send recorded for another reply
         if not await self._mark_sent(keys, session_keys, token, entry, sent):
             return False
         OUTBOX_SENDS.labels("sent").inc()
@@ -393,13 +559,23 @@ class Sender:
         self, keys: EngineConversationKeys, token: str, entry: OutboxEntry, exc: WahaError
     ) -> None:
         reason = orjson.dumps({"status": exc.status, "answer": exc.answer, "error": str(exc)})
-        await OUTBOX_DEAD(
-            self._redis,
-            [keys.outbox, keys.outbox_dlq, keys.history_meta, keys.outbox_pending],
-            [entry.mid, token, reason, now_ms()],
+        await outbox_dead(
+            self._redis, keys, token, entry.mid, reason, now_ms(), self.config.dead_letters
         )
         OUTBOX_SENDS.labels("dead").inc()
         log.warning("reply dead-lettered", extra={"conversation": token, "status": exc.status})
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def lock_key_parts(shard: ShardKeys) -> tuple[str, str]:
+    """A conversation's delivery lock key around its token (shared/keys.py is the one place
+    that names keys; send_due.lua rebuilds them as prefix .. token .. suffix)."""
+    sentinel = "\x00"
+    prefix, suffix = EngineConversationKeys(shard.conversation(sentinel)).sending.split(sentinel)
+    return prefix, suffix
 
 
 async def run_sweeper(sender: Sender, stop: asyncio.Event, interval: float = 0.25) -> None:

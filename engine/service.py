@@ -8,7 +8,11 @@ and starts the background passes that cover what a crash can leave half done:
   commit and send, after a backoff, after a parked session wakes up);
 - the timers: queue a timeout check for conversations quiet past their deadline;
 - the waiting line: free agents get the longest-waiting customers, people in line hear that
-  their place improved, assignments a crash left unconfirmed are sent again.
+  their place improved, assignments a crash left unconfirmed are sent again, agents' sets are
+  reconciled with the conversations' states;
+- the maintenance (`maintenance_once`): bounds what grows, trimming the history of every
+  conversation that changed (retention and length cap, with its meta fields) and forgetting
+  conversations whose state expired in the indexes.
 
 Every pass is safe to run in all worker processes at once (locks, atomic scripts, commands
 deduplicated by event id).
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,20 +32,30 @@ from engine.assignment import LineCoordinator
 from engine.brain import Brain
 from engine.commands import CommandQueue
 from engine.handler import CommitContext, Engine, EngineConfig
+from engine.history import HistoryKeys, trim_many
 from engine.identity import PhoneResolver
 from engine.menu_brain import MenuBrain
 from engine.sender import Sender, SenderConfig, run_sweeper
+from engine.state import prune_index
 from engine.texts import load_texts
 from engine.waha_client import Outbound, WahaClient
 from engine.waiting_line import WaitingLine, now_ms
+from shared.dead_letters import DeadLetterLimits
 from shared.envelope import QueuedEvent
-from shared.keys import EngineIndexKeys, split_conversation_token
+from shared.keys import EngineIndexKeys, engine_keys_for, split_conversation_token
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # A due timer is queued once, then looked at again after this long if nothing moved it.
 TIMER_RECHECK_MS = 60_000
+# One maintenance pass per this long over all processes (a lock).
+MAINTENANCE_INTERVAL_MS = 10_000
+# A pass trims conversations changed since the previous pass minus this: a turn indexes the
+# conversation (its start time) before its commit appends, at most a handler timeout later.
+MAINTENANCE_LOOKBACK_MS = 300_000
+# The first pass (no watermark yet) looks this far back.
+MAINTENANCE_FIRST_MS = 3_600_000
 
 
 def engine_config(settings: Settings) -> EngineConfig:
@@ -69,6 +84,7 @@ def sender_config(settings: Settings) -> SenderConfig:
         retry_base_ms=settings.send_retry_base_ms,
         retry_max_ms=settings.send_retry_max_ms,
         lock_ms=int(settings.send_lock_seconds * 1000),
+        dead_letters=DeadLetterLimits.from_settings(settings),
     )
 
 
@@ -161,6 +177,7 @@ class EngineService:
             loop.create_task(run_sweeper(self.sender, self._stop)),
             loop.create_task(self._every(1.0, self.timers_once)),
             loop.create_task(self._every(1.0, self.coordinator.maintain)),
+            loop.create_task(self._every(1.0, self.maintenance_once)),
         ]
 
     async def _every(self, seconds: float, step: Callable[[], Awaitable[Any]]) -> None:
@@ -189,6 +206,57 @@ class EngineService:
             # Only if nothing moved it meanwhile (GT: never pull a later deadline earlier).
             await self.redis.zadd(index.timers, {token: now + TIMER_RECHECK_MS}, xx=True, gt=True)
         return len(due)
+
+    async def maintenance_once(self, *, force: bool = False) -> dict[str, int]:
+        """One maintenance pass, if no process ran one within MAINTENANCE_INTERVAL_MS (or
+        `force`): trim the history of every conversation changed since the previous pass, and
+        forget expired conversations in the indexes. -> what it did."""
+        index = EngineIndexKeys(self.settings.key_prefix)
+        if not force and not await self.redis.set(
+            index.maintenance_lock, uuid.uuid4().hex, nx=True, px=MAINTENANCE_INTERVAL_MS
+        ):
+            return {}
+        started = now_ms()
+        retention = self.settings.history_retention_days * 24 * 3600
+        raw_since = await self.redis.get(index.maintained_until)
+        since = int(raw_since) if raw_since else started - MAINTENANCE_FIRST_MS
+        changed = await self.redis.zrangebyscore(
+            index.conversations, since - MAINTENANCE_LOOKBACK_MS, "+inf"
+        )
+        histories = []
+        for raw in changed:
+            token = raw.decode() if isinstance(raw, bytes) else str(raw)
+            session, chat_id = split_conversation_token(token)
+            keys = engine_keys_for(
+                session, chat_id, self.settings.queue_shards, self.settings.key_prefix
+            )
+            histories.append(HistoryKeys(stream=keys.history, meta=keys.history_meta))
+        trimmed = await trim_many(
+            self.redis,
+            histories,
+            retention_seconds=retention,
+            max_entries=self.settings.history_max_messages,
+            now_ms=started,
+        )
+        done = {
+            "conversations": len(changed),
+            "trimmed": trimmed.entries,
+            "dropped": trimmed.by_length,
+            "compacted": trimmed.compacted,
+        }
+        if done["dropped"]:
+            # Data loss by the length cap: counted, and logged (counts only, no customer).
+            await self.redis.hincrby(index.dropped, "history_entries", done["dropped"])
+            log.warning("history entries dropped by the length cap", extra=done)
+        done["forgotten"] = await prune_index(
+            self.redis,
+            index,
+            shards=self.settings.queue_shards,
+            retention_seconds=retention,
+            now_ms=started,
+        )
+        await self.redis.set(index.maintained_until, started)
+        return done
 
     async def aclose(self) -> None:
         self._stop.set()

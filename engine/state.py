@@ -19,6 +19,10 @@ from typing import Any
 import orjson
 
 from engine.writes import Write, write
+from shared.keys import EngineIndexKeys, engine_keys_for, split_conversation_token
+from shared.lua import LuaScript
+
+INDEX_PRUNE = LuaScript.named("index_prune")
 
 
 class State(enum.StrEnum):
@@ -194,3 +198,51 @@ def state_writes(key: str, state: ConversationState, retention_seconds: int) -> 
 
 async def load_state(redis: Any, key: str) -> ConversationState:
     return ConversationState.from_hash(await redis.hgetall(key))
+
+
+async def prune_index(
+    redis: Any,
+    index: EngineIndexKeys,
+    *,
+    shards: int,
+    retention_seconds: int,
+    now_ms: int,
+    page: int = 500,
+    most: int = 10_000,
+) -> int:
+    """Forget, in the engine's indexes (`convs`, timers, state sets), the conversations whose
+    state hash expired: a state lives `retention_seconds` after its last change, and `convs`
+    scores each conversation by that change. Looks at up to `most` candidates per call.
+    -> how many were forgotten."""
+    cutoff = now_ms - retention_seconds * 1000
+    forgotten = looked = offset = 0
+    while looked < most:
+        rows = await redis.zrangebyscore(
+            index.conversations, "-inf", cutoff, start=offset, num=page, withscores=True
+        )
+        if not rows:
+            break
+        looked += len(rows)
+        tokens = [_text(token) for token, _ in rows]
+        pipe = redis.pipeline(transaction=False)
+        for token in tokens:
+            session, chat_id = split_conversation_token(token)
+            pipe.exists(engine_keys_for(session, chat_id, shards, index.prefix).state)
+        found = await pipe.execute()
+        gone: list[Any] = []
+        for token, (_, score), exists in zip(tokens, rows, found, strict=True):
+            if not exists:
+                gone += [token, repr(float(score))]
+        if gone:
+            forgotten += int(
+                await INDEX_PRUNE(
+                    redis,
+                    [index.conversations, index.timers, *[index.in_state(s.value) for s in State]],
+                    gone,
+                )
+            )
+        # Forgotten rows left the range: the next page starts after the ones still there.
+        offset += len(rows) - len(gone) // 2
+        if len(rows) < page:
+            break
+    return forgotten

@@ -111,6 +111,8 @@ class Outbound(Protocol):
 
     async def phone_for_lid(self, session: str, lid: str) -> str | None: ...
 
+    async def session_status(self, session: str) -> str | None: ...
+
     async def aclose(self) -> None: ...
 
 
@@ -194,6 +196,14 @@ class WahaClient:
         )
         if isinstance(answer, dict) and isinstance(answer.get("pn"), str) and answer["pn"]:
             return str(answer["pn"])
+        return None
+
+    async def session_status(self, session: str) -> str | None:
+        """The session's status (`GET /api/sessions/{session}`: STOPPED, STARTING,
+        SCAN_QR_CODE, WORKING, FAILED), or None when WAHA's answer has none."""
+        answer = await self._call("GET", f"/api/sessions/{quote(session, safe='')}")
+        if isinstance(answer, dict) and isinstance(answer.get("status"), str):
+            return str(answer["status"])
         return None
 
 

@@ -7,6 +7,8 @@ moves up without any rewrite; estimates come from the session's recent handling 
 
 Every change is one atomic script (shared/scripts/line_*.lua) under the line's own hash tag;
 the conversation's own state is changed only by its handler, told through a queued command.
+Joining an agent's set stamps the conversation with the line's counter (`joined`), which lets
+the reconcile (engine/assignment.py) correct the sets after a crash without racing a take.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ LINE_ENTER = LuaScript.named("line_enter")
 LINE_LEAVE = LuaScript.named("line_leave")
 LINE_TAKE = LuaScript.named("line_take")
 LINE_RELEASE = LuaScript.named("line_release")
+LINE_ATTACH = LuaScript.named("line_attach")
+LINE_UNASSIGN = LuaScript.named("line_unassign")
+LINE_JOINED_PRUNE = LuaScript.named("line_joined_prune")
 
 # Handling times kept per session for the estimate.
 HANDLING_SAMPLES = 20
@@ -190,6 +195,8 @@ class WaitingLine:
                 self.keys.agents,
                 self.keys.taken,
                 self.keys.agent_conversations(agent_id),
+                self.keys.joined,
+                self.keys.sequence,
                 *[self.keys.waiting(s) for s in sessions],
             ],
             [agent_id, at_ms, self.per_agent, token or ""],
@@ -240,10 +247,59 @@ class WaitingLine:
         )
         return bool(removed)
 
-    async def attach(self, agent_id: str, session: str, token: str) -> None:
-        """An agent writes to a conversation directly: it counts against their capacity."""
-        await self._redis.sadd(self.keys.agent_conversations(agent_id), token)
-        await self._redis.sadd(self.keys.sessions, session)
+    async def attach(self, agent_id: str, session: str, token: str) -> bool:
+        """An agent writes to a conversation directly: it counts against their capacity.
+        True when it was not in the agent's set yet."""
+        added = await LINE_ATTACH(
+            self._redis,
+            [
+                self.keys.agent_conversations(agent_id),
+                self.keys.joined,
+                self.keys.sequence,
+                self.keys.sessions,
+            ],
+            [token, session],
+        )
+        return bool(added)
+
+    # --- reconcile (engine/assignment.py) --------------------------------------------------
+    async def counter(self) -> int:
+        """The line's event counter: read before conversations' states, it tells which agent
+        sets' members joined after those reads (`line_unassign.lua`)."""
+        return int(await self._redis.get(self.keys.sequence) or 0)
+
+    async def assignments(self, agent_ids: Sequence[str]) -> dict[str, set[str]]:
+        """Each agent's set of conversations."""
+        if not agent_ids:
+            return {}
+        pipe = self._redis.pipeline(transaction=False)
+        for agent_id in agent_ids:
+            pipe.smembers(self.keys.agent_conversations(agent_id))
+        sets = await pipe.execute()
+        return {
+            agent_id: {_text(t) for t in members}
+            for agent_id, members in zip(agent_ids, sets, strict=True)
+        }
+
+    async def unassign(self, agent_id: str, token: str, read_at: int) -> bool:
+        """Take `token` out of the agent's set unless it is being assigned or joined after
+        `read_at` (the counter read before its state was). No handling time is recorded."""
+        removed = await LINE_UNASSIGN(
+            self._redis,
+            [self.keys.agent_conversations(agent_id), self.keys.taken, self.keys.joined],
+            [token, read_at],
+        )
+        return bool(removed)
+
+    async def prune_joined(self, agent_ids: Sequence[str]) -> int:
+        """Forget join stamps of conversations no agent has (they grow with every release)."""
+        return int(
+            await LINE_JOINED_PRUNE(
+                self._redis,
+                [self.keys.joined, *[self.keys.agent_conversations(a) for a in agent_ids]],
+                [],
+            )
+        )
 
     async def agent_of(self, token: str) -> str | None:
         for agent in await self.agents():

@@ -29,6 +29,7 @@ OUTCOMES = (
     "duplicate",
     "ignored",
     "spooled",
+    "stale",
     "unauthorized",
     "invalid",
     "too_large",

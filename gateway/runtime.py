@@ -48,6 +48,7 @@ class GatewayRuntime:
             shards=settings.queue_shards,
             dedupe_ttl_seconds=settings.dedupe_ttl_seconds,
             key_prefix=settings.key_prefix,
+            max_age_seconds=settings.webhook_max_age_seconds,
         )
         self.replayer = SpoolReplayer(self.spool, self.client, self.status, settings)
         self._replay_task: asyncio.Task[None] | None = None

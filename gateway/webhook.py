@@ -6,6 +6,7 @@ this path straight to `WebhookEndpoint` and FastAPI serves the rest.
 
 Statuses (WAHA retries any non-2xx, 4xx included, about 30 s by default, then drops the event):
     200 queued | duplicate | ignored | spooled   the event is durable, or deliberately unused
+    200 stale    signed, but its `timestamp` is outside the replay window (nothing stored)
     400 not JSON, not an object with `event`      401 bad or missing signature
     405 not POST                                  413 body over WSM_MAX_BODY_BYTES
     503 neither Redis nor the spool could take it (Retry-After)
@@ -36,6 +37,11 @@ log = logging.getLogger("wsm.gateway.webhook")
 
 # WAHA retries a 503 on its own schedule; this tells any other client when to.
 RETRY_AFTER_SECONDS = b"2"
+# The replay window: a signed body whose top-level `timestamp` (ms) is older than
+# WSM_WEBHOOK_MAX_AGE_SECONDS, or further ahead than this, is answered `stale`. Without it a
+# body captured once is accepted again as soon as its dedupe marker expires.
+DEFAULT_MAX_AGE_SECONDS = 3600
+MAX_AHEAD_SECONDS = 300
 
 
 class ClientDisconnected(Exception):
@@ -64,6 +70,8 @@ ANSWERS = {
     "duplicate": _answer(200, {"status": "duplicate"}),
     "ignored": _answer(200, {"status": "ignored"}),
     "spooled": _answer(200, {"status": "spooled"}),
+    # 200, not 4xx: WAHA would retry a 4xx, and a stale event never becomes fresh.
+    "stale": _answer(200, {"status": "stale"}),
     "unauthorized": _answer(401, {"status": "unauthorized"}),
     "invalid": _answer(400, {"status": "invalid"}),
     "too_large": _answer(413, {"status": "too_large"}),
@@ -82,6 +90,7 @@ class WebhookEndpoint:
         shards: int,
         dedupe_ttl_seconds: int,
         key_prefix: str,
+        max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS,
     ) -> None:
         self._intake = intake
         # Empty only when WSM_ALLOW_UNSIGNED=1 (development): then nothing is verified.
@@ -90,6 +99,7 @@ class WebhookEndpoint:
         self._shards = shards
         self._dedupe_ttl = dedupe_ttl_seconds
         self._prefix = key_prefix
+        self._max_age_ms = max_age_seconds * 1000
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -136,14 +146,22 @@ class WebhookEndpoint:
         if self._keys:
             verify_signature(body, signature, algorithm, self._keys)
         try:
-            routed = route_event(orjson.loads(body), body)
+            document = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise InvalidBody("body is not JSON") from exc
+        received_at_ms = int(time.time() * 1000)
+        if self._outside_window(document, received_at_ms):
+            log.info(
+                "webhook outside the replay window",
+                extra={"request_id": _request_id(scope), "timestamp": document.get("timestamp")},
+            )
+            return "stale"
+        try:
+            routed = route_event(document, body)
         except InvalidEvent as exc:
             raise InvalidBody(str(exc)) from exc
         if routed is None:
             return "ignored"
-        received_at_ms = int(time.time() * 1000)
         request = EnqueueRequest.for_event(
             routed,
             body,
@@ -160,6 +178,18 @@ class WebhookEndpoint:
                 "webhook " + outcome, extra={"event_id": routed.event_id, "event": routed.event}
             )
         return outcome
+
+    def _outside_window(self, document: object, now_ms: int) -> bool:
+        """Is the event's own `timestamp` (ms, set by WAHA and covered by the signature) too
+        old or too far ahead? An event without one is let through: WAHA always sends it, and
+        what is not there cannot be judged (the dedupe and the engine's own check remain).
+        Only at the door: events replayed from the spool were accepted already."""
+        if not isinstance(document, dict):
+            return False
+        stamp = document.get("timestamp")
+        if not isinstance(stamp, int | float) or isinstance(stamp, bool):
+            return False
+        return stamp < now_ms - self._max_age_ms or stamp > now_ms + MAX_AHEAD_SECONDS * 1000
 
     async def _read_body(self, receive: Receive) -> bytes:
         """The raw body, refused with 413 as soon as it passes the cap (chunked bodies carry

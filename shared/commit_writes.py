@@ -76,6 +76,7 @@ def protocol_keys(conversation: ConversationKeys) -> frozenset[str]:
             shard.delayed,
             shard.stats,
             shard.dlq,
+            shard.fence,
             shard.claimed_seen,
             shard.reaper_lock,
         }

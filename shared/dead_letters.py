@@ -8,6 +8,12 @@ byte, the same shape as the record itself, so a WAHA body is never re-encoded:
 
 `reason` is `failed` (the handler failed `WSM_MAX_ATTEMPTS` times), `lease_expired` (workers
 died or stalled on it that many times) or `invalid` (the record cannot be decoded).
+
+Each entry carries the raw body, so the lists are bounded: the scripts that add one
+(`fail_message.lua`, `reap_expired_lease.lua`, and `outbox_dead.lua` for the outbox's list)
+keep the newest `WSM_DEAD_LETTERS_MAX` per shard and drop those older than
+`WSM_DEAD_LETTER_DAYS`, counting what they drop in the shard's stats (`dead_dropped`,
+`outbox_dead_dropped`; the fleet exports them as `wsm_dlq_dropped`).
 """
 
 from __future__ import annotations
@@ -18,10 +24,33 @@ from typing import Any
 
 import orjson
 
-from shared.keys import ShardKeys, all_shards
+from shared.keys import EngineConversationKeys, ShardKeys, all_shards
 from shared.lua import LuaScript
 
 REPLAY_DEAD_LETTER = LuaScript.named("replay_dead_letter")
+OUTBOX_DEAD = LuaScript.named("outbox_dead")
+
+# `wsm dlq list` reads a shard's list in pages: one LRANGE 0 -1 of a long list is one huge
+# reply that blocks Redis while it is built.
+LIST_PAGE = 200
+
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterLimits:
+    """How many dead letters a shard keeps, and for how long (WSM_DEAD_LETTERS_MAX,
+    WSM_DEAD_LETTER_DAYS); the defaults are the settings' defaults."""
+
+    max_entries: int = 10_000
+    max_age_ms: int = 30 * DAY_MS
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> DeadLetterLimits:
+        return cls(settings.dead_letters_max, int(settings.dead_letter_days * DAY_MS))
+
+
+DEFAULT_DEAD_LETTER_LIMITS = DeadLetterLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +103,25 @@ async def list_dead_letters(client: Any, shards: int, prefix: str) -> list[DeadL
     """Every dead letter, oldest first."""
     letters: list[DeadLetter] = []
     for shard in all_shards(shards, prefix):
-        entries = await client.lrange(shard.dlq, 0, -1)
-        letters += [parse_dead_letter(raw, shard) for raw in reversed(entries)]
+        entries: list[bytes] = []
+        while True:
+            page = await client.lrange(shard.dlq, len(entries), len(entries) + LIST_PAGE - 1)
+            entries += page
+            if len(page) < LIST_PAGE:
+                break
+        # Entries pushed while paging shift the list right: an entry may be read twice.
+        unique = list(dict.fromkeys(entries))
+        letters += [parse_dead_letter(raw, shard) for raw in reversed(unique)]
     letters.sort(key=lambda letter: letter.at_ms)
     return letters
+
+
+async def dropped_dead_letters(client: Any, shards: int, prefix: str) -> int:
+    """How many queue dead letters the cap and the aging have dropped so far."""
+    total = 0
+    for shard in all_shards(shards, prefix):
+        total += int(await client.hget(shard.stats, "dead_dropped") or 0)
+    return total
 
 
 class ReplayResult(Enum):
@@ -113,3 +157,24 @@ async def replay_dead_letter(client: Any, letter: DeadLetter) -> ReplayResult:
 async def drop_dead_letter(client: Any, letter: DeadLetter) -> bool:
     """Delete the dead letter for good. False: it was already gone."""
     return bool(await client.lrem(letter.shard.dlq, 1, letter.raw))
+
+
+async def outbox_dead(
+    client: Any,
+    keys: EngineConversationKeys,
+    token: str,
+    mid: str,
+    reason: bytes | str,
+    now_ms: int,
+    limits: DeadLetterLimits = DEFAULT_DEAD_LETTER_LIMITS,
+) -> bool:
+    """Move the outbox's head reply `mid` to the shard's capped outbox dead letters
+    (`outbox_dead.lua`). False: the head is another reply (a repeat)."""
+    shard = keys.conversation.shard_keys
+    return bool(
+        await OUTBOX_DEAD(
+            client,
+            [keys.outbox, keys.outbox_dlq, keys.history_meta, keys.outbox_pending, shard.stats],
+            [mid, token, reason, now_ms, limits.max_entries, limits.max_age_ms],
+        )
+    )

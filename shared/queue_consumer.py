@@ -18,6 +18,7 @@ from enum import Enum
 from typing import Any
 
 from shared.commit_writes import Write, encode_writes
+from shared.dead_letters import DEFAULT_DEAD_LETTER_LIMITS, DeadLetterLimits
 from shared.keys import ConversationKeys, ShardKeys
 from shared.lua import LuaScript
 from shared.queue_errors import LeaseLost, NotHead
@@ -30,6 +31,12 @@ FAIL_MESSAGE = LuaScript.named("fail_message")
 
 # A dead letter's error text is for a person reading `wsm dlq list`, not a full traceback dump.
 MAX_ERROR_CHARS = 2000
+
+# Redis errors in a row on one message (connection lost, timeouts, cluster down: Redis's fault,
+# not the message's) that count as one failed attempt. One or two are an outage or a failover
+# and cost nothing; a message that breaks the connection every time it is handled (a command
+# too big for Redis, a call that always times out) must still reach the dead letters.
+REDIS_ERRORS_PER_ATTEMPT = 5
 
 
 def _text(value: bytes | str) -> str:
@@ -54,6 +61,9 @@ class Lease:
     # The deadline by the Redis clock (ms); `extend` moves it.
     until_ms: int
     messages: list[ClaimedMessage]
+    # True once an ack learnt that the lease ran out or was taken back after its commit went
+    # through (a retried ack): the committed work stands, but the turn must end there.
+    ran_out: bool = False
     _ack_keys: list[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -73,6 +83,7 @@ class Lease:
 
 class FailOutcome(Enum):
     RETRY = "retry"  # waits in `delayed`, then goes to the front of the line
+    REQUEUED = "requeued"  # Redis's fault: back to the front, no attempt counted (a strike)
     DEAD = "dead"  # moved to the dead-letter list; the conversation goes on
     LOST = "lost"  # the lease was gone: the reaper counts (or counted) this attempt
 
@@ -95,6 +106,8 @@ class QueueConsumer:
         max_attempts: int,
         backoff_ms: int,
         backoff_max_ms: int,
+        dead_letters: DeadLetterLimits = DEFAULT_DEAD_LETTER_LIMITS,
+        redis_errors_per_attempt: int = REDIS_ERRORS_PER_ATTEMPT,
     ) -> None:
         self.client = client
         self.lease_ms = lease_ms
@@ -102,6 +115,8 @@ class QueueConsumer:
         self.max_attempts = max_attempts
         self.backoff_ms = backoff_ms
         self.backoff_max_ms = backoff_max_ms
+        self.dead_letters = dead_letters
+        self.redis_errors_per_attempt = redis_errors_per_attempt
 
     # --- taking a conversation --------------------------------------------------------------
 
@@ -131,6 +146,7 @@ class QueueConsumer:
                 conversation.messages,
                 conversation.bodies,
                 conversation.attempts,
+                shard.fence,
             ],
             [token, owner, self.lease_ms, self.batch],
         )
@@ -152,6 +168,8 @@ class QueueConsumer:
         """Remove a handled message, applying `writes` in the same atomic step.
 
         Raises LeaseLost (fenced out or expired: nothing was written), NotHead, InvalidWrite.
+        A repeated ack whose first call went through returns normally even if the lease ran out
+        since; `lease.ran_out` then tells the caller to end the turn.
         """
         extra_keys, extra_args = encode_writes(writes, lease.conversation)
         result = await ACK_MESSAGE(
@@ -160,6 +178,9 @@ class QueueConsumer:
             [lease.fence, message_id, *extra_args],
         )
         if result in (1, 2):
+            return
+        if result == 3:
+            lease.ran_out = True
             return
         if result == -2:
             raise NotHead(f"{message_id} is not the head of {lease.token}")
@@ -194,18 +215,27 @@ class QueueConsumer:
                 conversation.messages,
                 conversation.shard_keys.leases,
                 conversation.shard_keys.ready,
+                conversation.shard_keys.fence,
             ],
             [lease.token, lease.fence, "front" if to_front else "back"],
         )
         return bool(result)
 
     async def fail(
-        self, lease: Lease, message_id: str, error: str, *, terminal: bool = False
+        self,
+        lease: Lease,
+        message_id: str,
+        error: str,
+        *,
+        terminal: bool = False,
+        redis_error: bool = False,
     ) -> FailResult:
         """Count a failed attempt at the head message and end the turn.
 
         `terminal` sends the message to the dead letters at once (a record that can never be
-        handled). Raises NotHead.
+        handled). `redis_error`: the failure was Redis's (connection, timeout, cluster down), so
+        only a strike is counted and the conversation goes back to the front (REQUEUED), until
+        `redis_errors_per_attempt` strikes in a row make one attempt. Raises NotHead.
         """
         conversation = lease.conversation
         shard = conversation.shard_keys
@@ -221,6 +251,7 @@ class QueueConsumer:
                 shard.ready,
                 shard.delayed,
                 shard.dlq,
+                shard.fence,
             ],
             [
                 lease.token,
@@ -231,11 +262,16 @@ class QueueConsumer:
                 self.backoff_ms,
                 self.backoff_max_ms,
                 1 if terminal else 0,
+                self.redis_errors_per_attempt if redis_error else 0,
+                self.dead_letters.max_entries,
+                self.dead_letters.max_age_ms,
             ],
         )
         code = int(reply[0])
         if code == 1:
             return FailResult(FailOutcome.RETRY, int(reply[1]))
+        if code == 3:
+            return FailResult(FailOutcome.REQUEUED)
         if code == 2:
             return FailResult(FailOutcome.DEAD, int(reply[1]))
         if code == -2:

@@ -3,21 +3,31 @@
 One pass over a shard (any live worker may run it; a short lock keeps it to one pass per shard
 per interval, and every step is safe if two passes overlap anyway):
 
-- an expired lease: fence bumped, the head message's attempt counted, the conversation put at
-  the front of the line (`reap_expired_lease.lua`);
+- an expired lease: fence bumped, the head message's attempt counted (unless its holder acked a
+  message under that lease: it was between messages), the conversation put at the front of the
+  line (`reap_expired_lease.lua`);
 - a delayed conversation whose backoff is over: to the front of the line (`promote_delayed.lua`);
 - a token left in `claimed` by a worker that died between BLMOVE and its claim, seen there by
   two consecutive passes: back to the front of the line (`reclaim_stale_claims.lua`).
 
-Each pass reads what is due with one read-only script, so an idle shard costs three calls.
+- dead letters past WSM_DEAD_LETTER_DAYS, in the queue's and the outbox's lists, at most once a
+  minute per shard: the scripts that add a dead letter age the list too, but a shard that gets
+  none for weeks would otherwise keep its old ones (and the customer data in them).
+
+Each pass reads what is due with one read-only script, so an idle shard costs three calls (two
+more once a minute).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
-from shared.keys import ShardKeys
+import orjson
+
+from shared.dead_letters import DEFAULT_DEAD_LETTER_LIMITS, DeadLetterLimits
+from shared.keys import ShardKeys, outbox_dlq_key
 from shared.lua import LuaScript
 
 DUE_CONVERSATIONS = LuaScript.named("due_conversations")
@@ -28,6 +38,21 @@ RECLAIM_STALE_CLAIMS = LuaScript.named("reclaim_stale_claims")
 # Conversations handled per kind per pass; the rest wait for the next pass (keeps one pass short
 # even after a mass expiry, e.g. when every worker was paused at once).
 PASS_LIMIT = 500
+
+# How often a reaper looks at a shard's oldest dead letters, and how many it drops at most then.
+AGE_CHECK_SECONDS = 60.0
+AGE_LIMIT = 100
+
+
+def _dead_letter_at_ms(entry: bytes) -> int | None:
+    """When a dead letter was written: the `at` of a queue entry's header line, or of an
+    outbox entry (one JSON document)."""
+    try:
+        document = orjson.loads(entry.partition(b"\n")[0])
+    except orjson.JSONDecodeError:
+        return None
+    at = document.get("at") if isinstance(document, dict) else None
+    return at if isinstance(at, int) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +67,19 @@ class ReapReport:
 
 
 class QueueReaper:
-    def __init__(self, client: Any, *, max_attempts: int, lock_ms: int) -> None:
+    def __init__(
+        self,
+        client: Any,
+        *,
+        max_attempts: int,
+        lock_ms: int,
+        dead_letters: DeadLetterLimits = DEFAULT_DEAD_LETTER_LIMITS,
+    ) -> None:
         self.client = client
         self.max_attempts = max_attempts
         self.lock_ms = lock_ms
+        self.dead_letters = dead_letters
+        self._aged_at: dict[ShardKeys, float] = {}
 
     async def try_lock(self, shard: ShardKeys, holder: str) -> bool:
         """Take the shard's pass lock for `lock_ms`. The lock is never released early: it is
@@ -71,8 +105,14 @@ class QueueReaper:
                     shard.stats,
                     shard.ready,
                     shard.dlq,
+                    shard.fence,
                 ],
-                [token, self.max_attempts],
+                [
+                    token,
+                    self.max_attempts,
+                    self.dead_letters.max_entries,
+                    self.dead_letters.max_age_ms,
+                ],
             )
             if int(reply[0]) == 1:
                 reaped += 1
@@ -92,4 +132,32 @@ class QueueReaper:
                 self.client, [shard.claimed, shard.ready, shard.claimed_seen], []
             )
         )
+        await self.age_dead_letters(shard)
         return ReapReport(reaped, dead, promoted, reclaimed)
+
+    async def age_dead_letters(self, shard: ShardKeys, *, force: bool = False) -> int:
+        """Drop (and count) dead letters older than the limit from the shard's two lists; how
+        many went. At most once per AGE_CHECK_SECONDS unless `force`."""
+        now = time.monotonic()
+        if not force and now - self._aged_at.get(shard, -AGE_CHECK_SECONDS) < AGE_CHECK_SECONDS:
+            return 0
+        self._aged_at[shard] = now
+        cutoff_ms = int(time.time() * 1000) - self.dead_letters.max_age_ms
+        total = 0
+        # (list, index of its oldest entry, LREM count that scans from that end, stats field)
+        for key, oldest_end, field in (
+            (shard.dlq, -1, "dead_dropped"),
+            (outbox_dlq_key(shard), 0, "outbox_dead_dropped"),
+        ):
+            dropped = 0
+            for _ in range(AGE_LIMIT):
+                oldest = await self.client.lindex(key, oldest_end)
+                at = None if oldest is None else _dead_letter_at_ms(oldest)
+                if at is None or at >= cutoff_ms:
+                    break
+                # By value, not by position: a replay or drop may have changed the list since.
+                dropped += int(await self.client.lrem(key, -1 if oldest_end == -1 else 1, oldest))
+            if dropped:
+                await self.client.hincrby(shard.stats, field, dropped)
+                total += dropped
+        return total

@@ -26,6 +26,9 @@ class QueueSnapshot:
     oldest_age_seconds: float = 0.0
     redeliveries: int = 0
     dead_letters: int = 0
+    # Dead letters dropped by the cap or by age (queue and outbox lists), since the start.
+    dead_dropped: int = 0
+    outbox_dead_dropped: int = 0
 
 
 def _received_at_ms(record: bytes | None) -> int | None:
@@ -42,11 +45,11 @@ def _received_at_ms(record: bytes | None) -> int | None:
 
 
 async def read_queue_snapshot(client: Any, shards: int, prefix: str) -> QueueSnapshot:
-    waiting = ready = redeliveries = dead = 0
+    waiting = ready = redeliveries = dead = dead_dropped = outbox_dropped = 0
     oldest_ms: int | None = None
     for shard in all_shards(shards, prefix):
         pipe = client.pipeline(transaction=False)
-        pipe.hmget(shard.stats, "waiting", "redeliveries")
+        pipe.hmget(shard.stats, "waiting", "redeliveries", "dead_dropped", "outbox_dead_dropped")
         pipe.llen(shard.ready)
         pipe.llen(shard.dlq)
         pipe.lrange(shard.ready, -FRONT_SAMPLE, -1)
@@ -55,6 +58,8 @@ async def read_queue_snapshot(client: Any, shards: int, prefix: str) -> QueueSna
         counters, ready_len, dlq_len, front, leased, delayed = await pipe.execute()
         waiting += int(counters[0] or 0)
         redeliveries += int(counters[1] or 0)
+        dead_dropped += int(counters[2] or 0)
+        outbox_dropped += int(counters[3] or 0)
         ready += int(ready_len)
         dead += int(dlq_len)
 
@@ -78,4 +83,6 @@ async def read_queue_snapshot(client: Any, shards: int, prefix: str) -> QueueSna
             if at is not None and (oldest_ms is None or at < oldest_ms):
                 oldest_ms = at
     age = 0.0 if oldest_ms is None else max(0.0, time.time() - oldest_ms / 1000)
-    return QueueSnapshot(max(waiting, 0), ready, age, redeliveries, dead)
+    return QueueSnapshot(
+        max(waiting, 0), ready, age, redeliveries, dead, dead_dropped, outbox_dropped
+    )

@@ -12,6 +12,11 @@ from redis.asyncio.cluster import RedisCluster
 MIN_REDIS_VERSION = (7, 0, 0)
 
 
+# What every async component is handed: a plain client or a cluster client. Both answer the
+# commands the protocol uses (EVALSHA routed by key slot), so code is written once for both.
+RedisClient = Redis | RedisCluster
+
+
 class UnsupportedRedis(RuntimeError):
     """The server is older than Redis 7.0 (terminal: the product cannot run on it)."""
 

@@ -7,10 +7,47 @@ Every field is documented in README's configuration table and in `.env.example`.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Shortest accepted WSM_API_TOKEN and HMAC key: 32 characters (`openssl rand -hex 32` gives 64).
+MIN_SECRET_CHARS = 32
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: plain http to these never leaves the machine."""
+    if not host:
+        return False
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _require_https(name: str, url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return
+    if parts.scheme == "http" and is_loopback_host(parts.hostname):
+        return
+    raise ValueError(
+        f"{name} must be an https:// URL (plain http is accepted only for a loopback host: "
+        "localhost, 127.0.0.1, ::1)"
+    )
+
+
+def _check_secret(name: str, value: str) -> None:
+    if len(value) < MIN_SECRET_CHARS:
+        raise ValueError(
+            f"{name} is too short: at least {MIN_SECRET_CHARS} characters are required "
+            f"(generate one with `openssl rand -hex 32`)"
+        )
 
 
 class Settings(BaseSettings):
@@ -19,6 +56,8 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         populate_by_name=True,
+        # A rejected value is never echoed: REDIS_URL and the URLs may carry passwords.
+        hide_input_in_errors=True,
     )
 
     # --- Redis -------------------------------------------------------------------------------
@@ -73,6 +112,15 @@ class Settings(BaseSettings):
         alias="WSM_DEDUPE_TTL_SECONDS",
         gt=0,
         description="How long an event id (and a message id) is remembered to drop WAHA's repeats.",
+    )
+    webhook_max_age_seconds: int = Field(
+        3600,
+        alias="WSM_WEBHOOK_MAX_AGE_SECONDS",
+        gt=0,
+        description=(
+            "A signed event whose `timestamp` is older than this (or more than 300 s ahead) is "
+            "answered 200 `stale` and not stored: a captured webhook cannot be replayed."
+        ),
     )
     spool_dir: Path = Field(
         Path("var/spool"),
@@ -180,13 +228,13 @@ class Settings(BaseSettings):
         description="Longest delay between two attempts of one send.",
     )
     send_lock_seconds: float = Field(
-        60.0,
+        10.0,
         alias="WSM_SEND_LOCK_SECONDS",
         gt=0,
         description=(
-            "A conversation's delivery lock (one sender at a time). A sender that dies holds "
-            "it this long, so its conversation's replies wait that much; keep it above one "
-            "reply's worst case: the typing pause plus four WAHA calls at their timeout."
+            "A conversation's delivery lock (one sender at a time). A live sender renews it "
+            "every third of this; a sender that dies holds it this long, so its "
+            "conversation's replies wait that much. Keep it well above a Redis round trip."
         ),
     )
 
@@ -243,6 +291,15 @@ class Settings(BaseSettings):
         alias="WSM_HISTORY_RETENTION_DAYS",
         gt=0,
         description="How long history and state are kept after a conversation's last activity.",
+    )
+    history_max_messages: int = Field(
+        10_000,
+        alias="WSM_HISTORY_MAX_MESSAGES",
+        ge=0,
+        description=(
+            "Most messages kept in one conversation's history (0: no cap); older ones are "
+            "dropped and counted, so one chat cannot fill Redis within the retention."
+        ),
     )
     brain_history_turns: int = Field(
         20,
@@ -360,6 +417,24 @@ class Settings(BaseSettings):
         ge=1,
         description="Attempts before a message goes to the dead-letter list (`wsm dlq`).",
     )
+    dead_letters_max: int = Field(
+        10000,
+        alias="WSM_DEAD_LETTERS_MAX",
+        ge=1,
+        description=(
+            "Dead letters kept per queue shard, and replies per shard's outbox dead-letter list; "
+            "the oldest beyond it are dropped and counted (`wsm_dlq_dropped`)."
+        ),
+    )
+    dead_letter_days: float = Field(
+        30,
+        alias="WSM_DEAD_LETTER_DAYS",
+        gt=0,
+        description=(
+            "Dead letters older than this are dropped (and counted) when the next one arrives "
+            "on their shard."
+        ),
+    )
     retry_backoff_seconds: float = Field(
         1,
         alias="WSM_RETRY_BACKOFF_SECONDS",
@@ -461,6 +536,33 @@ class Settings(BaseSettings):
         ge=80,
         description="Longest reply the agent may send in one message; longer ones are cut.",
     )
+    agent_inbound_max_chars: int = Field(
+        4000,
+        alias="WSM_AGENT_INBOUND_MAX_CHARS",
+        ge=100,
+        description=(
+            "Characters of one customer message the model is given (the rest is cut, with a "
+            "note); the history keeps the whole text."
+        ),
+    )
+    agent_turns_per_minute: int = Field(
+        6,
+        alias="WSM_AGENT_TURNS_PER_MINUTE",
+        ge=0,
+        description=(
+            "Agent turns one conversation may start per minute; past it the conversation "
+            "continues on the menu brain. 0: no limit."
+        ),
+    )
+    agent_tokens_per_day: int = Field(
+        60_000,
+        alias="WSM_AGENT_TOKENS_PER_DAY",
+        ge=0,
+        description=(
+            "Model tokens (from the responses' `usage`) one conversation may use per day (UTC); "
+            "past it the conversation continues on the menu brain. 0: no limit."
+        ),
+    )
     llm_breaker_failures: int = Field(
         5,
         alias="WSM_LLM_BREAKER_FAILURES",
@@ -532,11 +634,70 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_url_scheme(cls, value: str) -> str:
+        # Messages never quote the URL: it may hold a password.
         if not value.startswith(("redis://", "rediss://", "unix://", "redis+cluster://")):
             raise ValueError(
                 "REDIS_URL must start with redis://, rediss://, unix:// or redis+cluster://"
             )
+        if value.startswith("unix://"):
+            return value
+        try:
+            parts = urlsplit(value)
+            port = parts.port  # raises ValueError on a port that is not a number in range
+            host = parts.hostname
+        except ValueError:
+            raise ValueError(
+                "REDIS_URL is malformed (check its host, port and password; a "
+                "password with @, : or / must be percent-encoded)"
+            ) from None
+        if not host:
+            raise ValueError("REDIS_URL has no host")
+        path = parts.path.strip("/")
+        if path and not path.isdigit():
+            raise ValueError("REDIS_URL's database (the path after the host) must be a number")
+        del port
         return value
+
+    @field_validator("api_token")
+    @classmethod
+    def _api_token_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value():
+            _check_secret("WSM_API_TOKEN", value.get_secret_value())
+        return value
+
+    @field_validator("webhook_hmac_key")
+    @classmethod
+    def _hmac_keys_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            for n, part in enumerate(value.get_secret_value().split(","), start=1):
+                if part.strip():
+                    _check_secret(f"WEBHOOK_HMAC_KEY (key {n})", part.strip())
+        return value
+
+    @field_validator("booking_webhook_secret")
+    @classmethod
+    def _booking_secret_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value():
+            _check_secret("WSM_BOOKING_WEBHOOK_SECRET", value.get_secret_value())
+        return value
+
+    @field_validator("groq_base_url")
+    @classmethod
+    def _groq_https(cls, value: str) -> str:
+        _require_https("GROQ_BASE_URL", value)
+        return value
+
+    @model_validator(mode="after")
+    def _booking_webhook_secured(self) -> Settings:
+        if self.booking_webhook_url:
+            _require_https("WSM_BOOKING_WEBHOOK_URL", self.booking_webhook_url)
+            secret = self.booking_webhook_secret
+            if secret is None or not secret.get_secret_value():
+                raise ValueError(
+                    "WSM_BOOKING_WEBHOOK_URL is set without WSM_BOOKING_WEBHOOK_SECRET: the "
+                    "booking webhook signs every event and refuses to start without a secret"
+                )
+        return self
 
     def hmac_keys(self) -> list[bytes]:
         """Every accepted HMAC key, in the order given (the new key first while rotating)."""

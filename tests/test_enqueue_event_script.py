@@ -89,3 +89,44 @@ async def test_every_key_of_a_call_shares_one_hash_tag(shards, key_prefix):
     token = conversation_token("default", "5511999990007@c.us")
     tag = f"{{q{shard_of(token, shards)}}}"
     assert all(tag in key for key in request.keys)
+
+
+async def test_a_repeat_after_its_markers_expired_is_a_duplicate_while_still_queued(
+    aredis, key_prefix
+):
+    """A backlog older than the dedupe window: WAHA (or a spool replay) sends an event again
+    after its dedupe markers expired, while the first copy still waits in the queue. Without
+    the "still queued" check it would be queued a second time and handled twice."""
+    chat = "5511999990008@c.us"
+    document = text_message(chat, "oi", message_id="STILLQUEUED1", event_id="evt_still_queued")
+    request, _ = request_for(document, key_prefix)
+    assert await enqueue(aredis, request) is True
+
+    seen_event, seen_message = request.keys[0], request.keys[1]
+    assert seen_event != seen_message
+    # What their TTL does once the dedupe window is over.
+    assert await aredis.delete(seen_event, seen_message) == 2
+
+    assert await enqueue(aredis, request) is False
+    shard = ShardKeys(0, key_prefix)
+    conv = shard.conversation(conversation_token("default", chat))
+    assert await aredis.lrange(conv.messages, 0, -1) == [b"evt_still_queued"]
+    assert await aredis.lrange(shard.ready, 0, -1) == [conversation_token("default", chat).encode()]
+    assert int(await aredis.hget(shard.stats, "waiting")) == 1
+
+
+async def test_a_repeat_after_the_first_copy_was_handled_and_markers_expired_is_queued(
+    aredis, key_prefix
+):
+    """The other side of the guard: once the first copy left the queue (handled) and the
+    window is over, the event is new again (documented: dedupe holds within the window)."""
+    chat = "5511999990009@c.us"
+    request, _ = request_for(text_message(chat, "oi", event_id="evt_window_over"), key_prefix)
+    assert await enqueue(aredis, request) is True
+    shard = ShardKeys(0, key_prefix)
+    conv = shard.conversation(conversation_token("default", chat))
+    # As the worker's ack does: the message and its record leave the queue.
+    await aredis.lrem(conv.messages, 0, "evt_window_over")
+    await aredis.hdel(conv.bodies, "evt_window_over")
+    await aredis.delete(request.keys[0], request.keys[1])
+    assert await enqueue(aredis, request) is True

@@ -18,6 +18,8 @@ import logging
 import time
 from enum import Enum
 
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
+
 from shared.envelope import InvalidRecord, decode_record
 from shared.keys import ShardKeys
 from shared.queue_consumer import ClaimedMessage, FailOutcome, Lease, QueueConsumer
@@ -34,6 +36,23 @@ log = logging.getLogger("wsm.worker")
 BLOCK_SECONDS = 1.0
 # Hand-backs during shutdown get this long to reach Redis before the reaper is left to do it.
 HAND_BACK_SECONDS = 2.0
+
+# Redis errors a handler may raise that say nothing about its message: Redis unreachable, slow,
+# failing over (a demoted master answers READONLY), resharding, or full. They cost the message
+# a strike, not an attempt (see QueueConsumer.fail). Any other Redis error (WRONGTYPE, a script
+# error, a bad argument) is the message's doing and counts like any exception.
+NOT_THE_MESSAGES_FAULT: tuple[type[BaseException], ...] = (
+    *RETRYABLE_REDIS_ERRORS,
+    ReadOnlyError,
+    OutOfMemoryError,
+)
+
+
+def not_the_messages_fault(exc: BaseException) -> bool:
+    # redis-py has no class for BUSY (another script is running past its time limit).
+    return isinstance(exc, NOT_THE_MESSAGES_FAULT) or (
+        isinstance(exc, ResponseError) and str(exc).startswith("BUSY ")
+    )
 
 
 class Outcome(Enum):
@@ -131,6 +150,12 @@ class ConsumerSlot:
                 outcome = await self._handle(keeper, message)
                 if outcome is not Outcome.OK:
                     return
+                if lease.ran_out:
+                    # A retried commit went through but the lease is over: starting the next
+                    # message would be wasted work; hand the conversation back, still first in
+                    # line (the reaper does it if someone took it back already).
+                    await self._release(keeper, to_front=True)
+                    return
             await self._release(keeper, to_front=False)
         except asyncio.CancelledError:
             # Shutdown past its grace period cancelled the handler: the message was not
@@ -193,25 +218,36 @@ class ConsumerSlot:
             log.error("message is not its conversation's head", extra=self._where(lease, message))
             await self._release(keeper, to_front=True)
             return self._count(Outcome.LOST, lease, message, str(exc))
-        if isinstance(exc, RETRYABLE_REDIS_ERRORS):
-            # The handler could not reach Redis: not the message's fault, so no attempt is
-            # counted; the conversation goes back to the front of the line.
-            await self._release(keeper, to_front=True)
-            return self._count(Outcome.RETRY, lease, message, f"redis: {exc}")
+        if not_the_messages_fault(exc):
+            # Redis failed, not (as far as we can tell) the message: a strike, no attempt, and
+            # the conversation goes back to the front of the line. Strikes in a row on one
+            # message add up to an attempt, so one that breaks Redis every time still ends in
+            # the dead letters.
+            return await self._fail(
+                keeper, message, f"redis: {type(exc).__name__}: {exc}", redis_error=True
+            )
         if isinstance(exc, TimeoutError):
             error = f"handler timed out after {self.handler_timeout:g} s"
             return await self._fail(keeper, message, error)
         return await self._fail(keeper, message, f"{type(exc).__name__}: {exc}")
 
     async def _fail(
-        self, keeper: LeaseKeeper, message: ClaimedMessage, error: str, *, terminal: bool = False
+        self,
+        keeper: LeaseKeeper,
+        message: ClaimedMessage,
+        error: str,
+        *,
+        terminal: bool = False,
+        redis_error: bool = False,
     ) -> Outcome:
         lease = keeper.lease
         if keeper.lost:
             return self._count(Outcome.LOST, lease, message, error)
         try:
             result = await retry_until(
-                lambda: self.consumer.fail(lease, message.id, error, terminal=terminal),
+                lambda: self.consumer.fail(
+                    lease, message.id, error, terminal=terminal, redis_error=redis_error
+                ),
                 keeper.deadline,
                 "fail_message",
             )
@@ -226,6 +262,7 @@ class ConsumerSlot:
             return self._count(Outcome.LOST, lease, message, error)
         outcome = {
             FailOutcome.RETRY: Outcome.RETRY,
+            FailOutcome.REQUEUED: Outcome.RETRY,
             FailOutcome.DEAD: Outcome.DEAD,
             FailOutcome.LOST: Outcome.LOST,
         }[result.outcome]

@@ -4,7 +4,9 @@
     wsm dlq replay (ID... | --all)     back to the head of its conversation, fresh attempts
     wsm dlq drop (ID... | --all)       delete for good
 
-IDs are message ids (`evt_…`, as `list` shows them). Exit status 0 when every named dead letter
+IDs are message ids (`evt_…`, as `list` shows them). Each shard keeps at most
+WSM_DEAD_LETTERS_MAX dead letters for WSM_DEAD_LETTER_DAYS; `list` says how many older ones were
+dropped. Exit status 0 when every named dead letter
 was handled, 1 when one was not found or its conversation stayed busy, 2 on bad usage.
 """
 
@@ -23,6 +25,7 @@ from shared.dead_letters import (
     DeadLetter,
     ReplayResult,
     drop_dead_letter,
+    dropped_dead_letters,
     list_dead_letters,
     replay_dead_letter,
 )
@@ -74,6 +77,13 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         letters = await list_dead_letters(client, settings.queue_shards, settings.key_prefix)
         if args.command == "list":
             print_letters(letters, as_json=args.json)
+            dropped = await dropped_dead_letters(client, settings.queue_shards, settings.key_prefix)
+            if dropped and not args.json:
+                print(
+                    f"({dropped} older dead letters were dropped: at most "
+                    f"{settings.dead_letters_max} per shard are kept, for "
+                    f"{settings.dead_letter_days:g} days)"
+                )
             return 0
         chosen, missing = choose(letters, args.ids, args.all)
         for message_id in missing:

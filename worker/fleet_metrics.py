@@ -49,6 +49,15 @@ class FleetCollector(Collector):
         yield GaugeMetricFamily(
             "wsm_dlq_messages", "Messages in the dead-letter lists.", value=queue.dead_letters
         )
+        dropped = CounterMetricFamily(
+            "wsm_dlq_dropped",
+            "Dead letters dropped unread by the cap (WSM_DEAD_LETTERS_MAX) or by age "
+            "(WSM_DEAD_LETTER_DAYS), by list.",
+            labels=["list"],
+        )
+        dropped.add_metric(["queue"], queue.dead_dropped)
+        dropped.add_metric(["outbox"], queue.outbox_dead_dropped)
+        yield dropped
         yield GaugeMetricFamily(
             "wsm_worker_processes", "Worker processes alive.", value=self._alive()
         )

@@ -20,6 +20,7 @@ from typing import Any
 
 import uvloop
 
+from shared.dead_letters import DeadLetterLimits
 from shared.keys import FleetKeys, all_shards
 from shared.logs import setup_logging
 from shared.queue_consumer import QueueConsumer
@@ -110,7 +111,12 @@ def start_background(
         }
 
     interval = settings.reaper_interval_seconds
-    reaper = make_reaper(client, max_attempts=settings.max_attempts, interval=interval)
+    reaper = make_reaper(
+        client,
+        max_attempts=settings.max_attempts,
+        interval=interval,
+        dead_letters=DeadLetterLimits.from_settings(settings),
+    )
     shards = all_shards(settings.queue_shards, settings.key_prefix)
     return [
         asyncio.create_task(
@@ -146,6 +152,7 @@ async def serve(settings: Settings, options: ProcessOptions) -> int:
         max_attempts=settings.max_attempts,
         backoff_ms=int(settings.retry_backoff_seconds * 1000),
         backoff_max_ms=int(settings.retry_backoff_max_seconds * 1000),
+        dead_letters=DeadLetterLimits.from_settings(settings),
     )
     shards = all_shards(settings.queue_shards, settings.key_prefix)
     owner = f"{options.fleet_id}:{options.index}:{os.getpid()}"

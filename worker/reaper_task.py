@@ -10,6 +10,7 @@ import asyncio
 import logging
 import random
 
+from shared.dead_letters import DEFAULT_DEAD_LETTER_LIMITS, DeadLetterLimits
 from shared.keys import ShardKeys
 from shared.queue_reaper import QueueReaper
 from worker.redis_retry import RETRYABLE_REDIS_ERRORS
@@ -22,9 +23,17 @@ log = logging.getLogger("wsm.worker.reaper")
 LOCK_FRACTION = 0.8
 
 
-def make_reaper(client: object, *, max_attempts: int, interval: float) -> QueueReaper:
+def make_reaper(
+    client: object,
+    *,
+    max_attempts: int,
+    interval: float,
+    dead_letters: DeadLetterLimits = DEFAULT_DEAD_LETTER_LIMITS,
+) -> QueueReaper:
     lock_ms = int(interval * LOCK_FRACTION * 1000)
-    return QueueReaper(client, max_attempts=max_attempts, lock_ms=lock_ms)
+    return QueueReaper(
+        client, max_attempts=max_attempts, lock_ms=lock_ms, dead_letters=dead_letters
+    )
 
 
 async def reap_forever(

@@ -12,6 +12,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("worker.cli", "the worker fleet (Redis -> conversation engine -> WAHA)"),
     "dlq": ("worker.dlq_cli", "list, replay or drop dead letters"),
     "api": ("api.cli", "the operator API (conversations, waiting line, agents)"),
+    "agent": ("api.console.cli", "the console's accounts: add, passwd, remove, list"),
     "waha-sim": ("wsm.waha_sim.cli", "a WAHA stand-in for development and tests"),
     "chat": ("wsm.chat", "be a WhatsApp customer in the terminal (through the simulator)"),
     "config": ("wsm.config_doc", "show the settings (effective values, or as docs)"),

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from shared.settings import Settings
 
@@ -27,6 +29,31 @@ DEPLOYMENT_VARIABLES: list[tuple[str, str, str]] = [
     ("GRAFANA_ADMIN_USER", "admin", "compose: Grafana's admin user."),
     ("GRAFANA_PORT", "3000", "compose: Grafana's port on the host's loopback."),
     ("HTTP_PORT", "80", "compose: the port nginx publishes."),
+    (
+        "HTTPS_PORT",
+        "443",
+        "compose: nginx's https port (served once nginx/certs/ holds the files).",
+    ),
+    (
+        "REDIS_GATEWAY_PASSWORD",
+        "",
+        "compose: Redis password of the gateway's ACL user (required). Hex: openssl rand -hex 32.",
+    ),
+    (
+        "REDIS_WORKER_PASSWORD",
+        "",
+        "compose: Redis password of the workers' ACL user (required). Hex: openssl rand -hex 32.",
+    ),
+    (
+        "REDIS_API_PASSWORD",
+        "",
+        "compose: Redis password of the API's ACL user (required). Hex: openssl rand -hex 32.",
+    ),
+    (
+        "REDIS_ADMIN_PASSWORD",
+        "",
+        "compose: Redis password of the `admin` user, for an operator's redis-cli (required). Hex.",
+    ),
     ("WAHA_SESSION", "default", "compose: the WAHA session wsm serves."),
     (
         "WAHA_HOOK_EVENTS",
@@ -40,6 +67,17 @@ DEPLOYMENT_VARIABLES: list[tuple[str, str, str]] = [
     ("NGINX_WEBHOOK_BURST", "400", "compose: nginx's burst for /webhook."),
     ("NGINX_API_RATE", "20r/s", "compose: nginx's per-IP rate for /api/."),
     ("NGINX_API_BURST", "40", "compose: nginx's burst for /api/."),
+    (
+        "NGINX_WEBHOOK_ALLOW",
+        "allow 127.0.0.0/8; allow ::1; allow 10.0.0.0/8; allow 172.16.0.0/12; "
+        "allow 192.168.0.0/16; allow fc00::/7;",
+        "compose: who may POST /webhook, as nginx allow rules (others get 403).",
+    ),
+    (
+        "NGINX_CONN_PER_CLIENT",
+        "100",
+        "compose: connections one client address may have in progress at nginx (429 above).",
+    ),
     ("REDIS_APPENDFSYNC", "always", "compose: Redis appendfsync (always: nothing acked is lost)."),
     ("PROMETHEUS_RETENTION", "15d", "compose: how long Prometheus keeps samples."),
     ("WSM_IMAGE", "wsm:local", "compose: the image gateway, worker and api run."),
@@ -82,13 +120,41 @@ def env_example() -> str:
     return "\n".join(lines) + "\n"
 
 
+def mask_url(value: str) -> str:
+    """`scheme://user:password@host/...?token=...` with the credentials masked (a Redis
+    password, a token in a webhook URL's user part or query); anything else unchanged."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return value
+    if not parts.scheme:
+        return value
+    if "@" in parts.netloc:
+        parts = parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2])
+    if parts.query:
+        parts = parts._replace(query=_SECRET_QUERY.sub(r"\1=***", parts.query))
+    return urlunsplit(parts)
+
+
+# Query parameters that usually carry a credential (`?token=`, `?api_key=`, `?sig=`...).
+_SECRET_QUERY = re.compile(
+    r"((?:^|(?<=&))[^=&]*(?:token|key|secret|pass|auth|sig)[^=&]*)=[^&]*", re.IGNORECASE
+)
+
+
+def _shown(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return "***"
+    if isinstance(value, str) and "://" in value:
+        return mask_url(value)
+    return value
+
+
 def effective() -> str:
     settings = Settings()
     lines = []
     for name, field in Settings.model_fields.items():
-        value = getattr(settings, name)
-        shown = "***" if isinstance(value, SecretStr) else value
-        lines.append(f"{field.alias}={shown}")
+        lines.append(f"{field.alias}={_shown(getattr(settings, name))}")
     return "\n".join(lines)
 
 
@@ -114,5 +180,9 @@ def main(argv: list[str]) -> int:
     if args.update_docs:
         update_docs(Path.cwd())
         return 0
-    print(markdown_table() if args.markdown else env_example() if args.env else effective())
+    try:
+        print(markdown_table() if args.markdown else env_example() if args.env else effective())
+    except ValidationError as exc:  # the values are never echoed (hide_input_in_errors)
+        print(f"wsm config: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
     return 0

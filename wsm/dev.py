@@ -18,6 +18,7 @@ import importlib.util
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,7 +28,7 @@ from types import FrameType
 
 import httpx
 
-from shared.embedded_redis import EmbeddedRedis
+from shared.embedded_redis import EmbeddedRedis, RedisServerUnavailable
 from shared.settings import Settings
 
 
@@ -52,6 +53,14 @@ def _dev_secret(path: Path) -> str:
     path.write_text(value + "\n")
     path.chmod(0o600)
     return value
+
+
+def _shown(path: Path) -> Path:
+    """A path as the user would type it: relative to where they ran `make run` when inside."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 def _available(module: str) -> bool:
@@ -118,7 +127,7 @@ def build_parts(args: argparse.Namespace, settings: Settings, redis_url: str) ->
             "api",
             "api",
             ["--host", args.host, "--port", str(args.api_port)],
-            f"http://{args.host}:{args.api_port}/docs  (token in {home / 'api-token'})",
+            f"http://{args.host}:{args.api_port}/docs  (token in {_shown(home / 'api-token')})",
             f"http://{args.host}:{args.api_port}/healthz",
         ),
     ]
@@ -149,22 +158,47 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    # The default home is relative (`var/dev`, under the directory `make run` runs from): made
+    # absolute once here, so no part depends on its own working directory to find its data.
+    args.home = args.home.resolve()
     settings = Settings()
     args.home.mkdir(parents=True, exist_ok=True)
     logs = args.home / "logs"
     logs.mkdir(exist_ok=True)
 
-    redis: EmbeddedRedis | None = None
-    if "redis_url" in settings.model_fields_set:
-        redis_url = settings.redis_url
-    else:
-        redis = EmbeddedRedis(args.home / "redis", appendonly=True)
-        redis.start()
-        redis_url = redis.url
+    parts_ports = {
+        "waha-sim": args.waha_port,
+        "gateway": args.gateway_port,
+        "worker": args.worker_metrics_port,
+        "api": args.api_port,
+    }
+    busy = [
+        f"{port} ({name})"
+        for name, port in parts_ports.items()
+        if port and not (name == "waha-sim" and "WAHA_URL" in os.environ)
+        if not _port_free(args.host, port)
+    ]
+    if busy:
+        print(
+            f"wsm dev: port(s) in use: {', '.join(busy)}. Stop what listens there (another "
+            "`make run`?) or choose others: python -m wsm dev --help",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
 
+    redis: EmbeddedRedis | None = None
     started: list[Part] = []
     signal.signal(signal.SIGTERM, _raise_stop)
     try:
+        if "redis_url" in settings.model_fields_set:
+            redis_url = settings.redis_url
+        else:
+            # In its own session: Ctrl-C reaches the whole foreground process group, and Redis
+            # must outlive the workers that finish and hand back their messages (stopped last).
+            redis = EmbeddedRedis(args.home / "redis", appendonly=True, own_session=True)
+            redis.start()
+            redis_url = redis.url
         print(f"wsm dev: Redis      {redis_url}" + ("  (private)" if redis else ""), flush=True)
         for part in build_parts(args, settings, redis_url):
             if not _available(part.module):
@@ -181,7 +215,7 @@ def main(argv: list[str]) -> int:
             started.append(part)
             _wait_ready(part, logs)
             print(f"wsm dev: {part.name:<10} {part.url}", flush=True)
-        print(f"wsm dev: logs in {logs}/ ; Ctrl-C stops everything", flush=True)
+        print(f"wsm dev: logs in {_shown(logs)}/ ; Ctrl-C stops everything", flush=True)
         while True:
             for part in started:
                 if part.process is not None and part.process.poll() is not None:
@@ -196,7 +230,7 @@ def main(argv: list[str]) -> int:
     except (KeyboardInterrupt, _Stop):
         print("\nwsm dev: stopping", flush=True)
         return 0
-    except PartFailed as exc:
+    except (PartFailed, RedisServerUnavailable) as exc:
         print(f"wsm dev: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
@@ -207,6 +241,17 @@ def main(argv: list[str]) -> int:
         if redis is not None:
             redis.stop()
         print("wsm dev: stopped", flush=True)
+
+
+def _port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on host:port now (SO_REUSEADDR, as servers bind)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 class PartFailed(RuntimeError):

@@ -14,12 +14,26 @@ import os
 import re
 import shutil
 import signal
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from wsm.stack import Service, port_accepts
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "nginx" / "templates" / "default.conf.template"
+# The TLS listener, rendered into <conf dir>/wsm-tls/tls.conf when certificates are provided
+# (nginx/entrypoint/40-wsm-tls.sh in the image, `tls_site` here).
+TLS_TEMPLATE = Path(__file__).resolve().parents[1] / "nginx" / "tls" / "tls.conf.template"
+
+# Who may POST /webhook by default: loopback and the private ranges, where WAHA runs (compose's
+# network is one of them). compose.yaml's default of NGINX_WEBHOOK_ALLOW is the same list.
+DEFAULT_WEBHOOK_NETWORKS = (
+    "127.0.0.0/8",
+    "::1",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "fc00::/7",
+)
 ENVSUBST_FILTER = re.compile(r"^NGINX_")
 _REFERENCE = re.compile(r"\$\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)\}|\$(?P<bare>[A-Za-z_]\w*)")
 
@@ -82,6 +96,16 @@ def render_site(text: str, values: Mapping[str, str]) -> str:
     return _REFERENCE.sub(substitute, text)
 
 
+def webhook_allow_rules(networks: Iterable[str] = DEFAULT_WEBHOOK_NETWORKS) -> str:
+    """NGINX_WEBHOOK_ALLOW's value for these networks: nginx `allow` rules on one line."""
+    return " ".join(f"allow {network};" for network in networks)
+
+
+def tls_site(values: Mapping[str, str]) -> str:
+    """The TLS listener as the image's entrypoint script renders it (NGINX_TLS_* values)."""
+    return render_site(TLS_TEMPLATE.read_text("utf-8"), values)
+
+
 def loopback_values(*, port: int, gateway: str, api: str) -> dict[str, str]:
     """The template's variables for a stack on 127.0.0.1. Upstreams are IP literals (never sent
     to the resolver). The webhook limit is per client IP and the simulator is one client, so
@@ -97,6 +121,9 @@ def loopback_values(*, port: int, gateway: str, api: str) -> dict[str, str]:
         "NGINX_WEBHOOK_BURST": "100000",
         "NGINX_API_RATE": "10000r/s",
         "NGINX_API_BURST": "10000",
+        "NGINX_WEBHOOK_ALLOW": webhook_allow_rules(("127.0.0.0/8", "::1")),
+        # The simulator posts with hundreds of connections at once from one address.
+        "NGINX_CONN_PER_CLIENT": "10000",
     }
 
 

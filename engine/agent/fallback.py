@@ -6,25 +6,36 @@ The menu answers when:
 - the circuit breaker is open after repeated failures (`breaker_open`);
 - the model fails on this message: timeout, 429, 5xx, network (`timeout`, `rate_limited`,
   `server_error`, `connection_error`), an unknown model / key / request (`model_error`), a
-  malformed or empty answer (`bad_response`), or no answer within the tool rounds
-  (`tool_rounds`);
+  malformed or empty answer (`bad_response`), no answer within the tool rounds
+  (`tool_rounds`), or a request too large for the model (`request_too_large`: that one
+  message's turn fails; the breaker is not touched);
+- the conversation is past its own limits (engine/agent/limits.py): agent turns per minute
+  (`turn_limit`) or model tokens per day (`token_limit`); the limit is also recorded in the
+  conversation's collected data as `agent_limit` (cleared when the model answers again);
 each counted in `wsm_llm_fallbacks_total{reason}`. The menu then tells the customer what the
 agent's tools already did for this message, carries a pending confirmation on, or shows the
 numbered options (engine/agent/menu.py: SchedulingMenuBrain.resume).
 
 Not a fallback (not counted) when a model is configured: a message that belongs to a numbered
 menu flow under way (the customer answering "2" to a list the menu showed) goes to the menu.
+
+Bursts: when more customer messages already wait in the conversation's queue right behind this
+one, the agent does not answer it (an empty Decision: the engine records it in the history);
+the last message of the burst gets the one answer, with the earlier ones in its history. The
+menu's path is unchanged (each message is a menu step).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from engine.agent.breaker import CircuitBreaker
 from engine.agent.groq_brain import AgentTurnFailed, GroqBrain
+from engine.agent.limits import ConversationLimits
 from engine.agent.llm import LLMRejected, LLMUnavailable
 from engine.agent.menu import SchedulingMenuBrain
-from engine.agent.metrics import LLM_FALLBACKS
+from engine.agent.metrics import BURST_DEFERRED, LLM_FALLBACKS
 from engine.brain import Decision, Turn
 
 log = logging.getLogger(__name__)
@@ -32,6 +43,8 @@ log = logging.getLogger(__name__)
 # Rejections that say the configuration is wrong (every request would fail the same way):
 # the breaker stops sending them. A malformed answer is the model's, for one message only.
 _CONFIG_REJECTIONS = {"model_not_found", "not_found", "auth_error", "bad_request"}
+# In the conversation's collected data while it is on the menu because of its own limits.
+AGENT_LIMIT = "agent_limit"
 
 
 def fallback_reason(error: Exception) -> str:
@@ -40,7 +53,7 @@ def fallback_reason(error: Exception) -> str:
         return str(reason)
     if reason in _CONFIG_REJECTIONS:
         return "model_error"
-    if reason in {"bad_response", "tool_rounds"}:
+    if reason in {"bad_response", "tool_rounds", "request_too_large"}:
         return str(reason)
     return "model_error"
 
@@ -51,10 +64,12 @@ class FallbackBrain:
         agent: GroqBrain | None,
         menu: SchedulingMenuBrain,
         breaker: CircuitBreaker,
+        limits: ConversationLimits | None = None,
     ) -> None:
         self.agent = agent
         self.menu = menu
         self.breaker = breaker
+        self.limits = limits
 
     async def decide(self, turn: Turn) -> Decision:
         if self.agent is None:
@@ -65,6 +80,23 @@ class FallbackBrain:
         if not self.breaker.allow():
             LLM_FALLBACKS.labels("breaker_open").inc()
             return await self.menu.resume(turn)
+        if self.limits is not None:
+            try:
+                behind = await self.limits.customer_messages_behind(turn.conversation)
+                limited = None if behind else await self.limits.admit(turn.conversation.token)
+            except BaseException:
+                self.breaker.release()
+                raise
+            if behind:
+                # Answered with the last message of the burst (this one is in its history).
+                self.breaker.release()
+                BURST_DEFERRED.inc()
+                return Decision()
+            if limited is not None:
+                self.breaker.release()
+                LLM_FALLBACKS.labels(limited).inc()
+                decision = await self.menu.resume(turn)
+                return replace(decision, collected={**decision.collected, AGENT_LIMIT: limited})
         try:
             decision = await self.agent.decide(turn)
         except AgentTurnFailed as failed:
@@ -80,6 +112,8 @@ class FallbackBrain:
             self.breaker.release()  # a local error (Redis): says nothing about the model
             raise
         self.breaker.success()
+        if turn.state.collected.get(AGENT_LIMIT):
+            decision = replace(decision, collected={**decision.collected, AGENT_LIMIT: ""})
         return decision
 
     def _count_failure(self, failed: AgentTurnFailed) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -62,6 +62,7 @@ class AgentConfig:
     history_token_budget: int = 2500
     reply_max_chars: int = 1200
     turn_deadline_seconds: float = 40.0
+    inbound_max_chars: int = 4000
 
 
 _BOLD = re.compile(r"\*\*(.+?)\*\*", re.DOTALL)
@@ -81,11 +82,20 @@ def whatsapp_text(text: str, max_chars: int) -> str:
 
 
 class GroqBrain:
-    def __init__(self, model: Model, agenda: Agenda, config: AgentConfig) -> None:
+    def __init__(
+        self,
+        model: Model,
+        agenda: Agenda,
+        config: AgentConfig,
+        *,
+        on_tokens: Callable[[str, int], Awaitable[None]] | None = None,
+    ) -> None:
         self.model = model
         self.agenda = agenda
         self.config = config
         self.tools = tool_definitions()
+        # Told the tokens of every answer (the conversation's daily budget, limits.py).
+        self.on_tokens = on_tokens
 
     async def decide(self, turn: Turn) -> Decision:
         session = ToolSession.for_turn(self.agenda, turn)
@@ -107,6 +117,8 @@ class GroqBrain:
                 )
             except TimeoutError:
                 raise LLMUnavailable("timeout", "turn deadline") from None
+            if self.on_tokens is not None and answer.tokens:
+                await self.on_tokens(turn.conversation.token, answer.tokens)
             if not answer.tool_calls:
                 if not answer.content:
                     raise LLMRejected("bad_response", "empty answer")
@@ -148,6 +160,7 @@ class GroqBrain:
             history=turn.history,
             new_message=turn.message.text,
             budget=self.config.history_token_budget,
+            max_chars=self.config.inbound_max_chars,
         )
 
     async def _describe(self, pending: PendingAction | None, session: ToolSession) -> str:

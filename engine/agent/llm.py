@@ -14,7 +14,10 @@ Exceptions (what the fallback brain switches on; `reason` labels the metrics):
     │                    server_error (also opens the circuit breaker)
     └── LLMRejected      terminal for this configuration: model_not_found, not_found,
                          auth_error, bad_request (these open the circuit breaker too),
-                         bad_response (a malformed answer: the menu answers this message)
+                         bad_response (a malformed answer: the menu answers this message),
+                         request_too_large (413, or 400 `context_length_exceeded`: this
+                         one request is too big; the menu answers this message and the
+                         breaker is not touched, so one conversation cannot open it for all)
 
 Every response's `x-ratelimit-remaining-requests` / `-tokens` headers are read (through the
 SDK's `with_raw_response`) into `wsm_llm_ratelimit_remaining{kind}`.
@@ -67,6 +70,9 @@ class ModelTurn:
     content: str
     tool_calls: Sequence[ToolCall] = field(default_factory=tuple)
     finish_reason: str = ""
+    # Tokens this call cost (the response's `usage.total_tokens`): the per-conversation
+    # daily budget counts them.
+    tokens: int = 0
 
     def as_message(self) -> dict[str, Any]:
         """The assistant message to send back with the tool results."""
@@ -212,6 +218,11 @@ class ChatModel:
             return "rate_limited", LLMUnavailable(
                 "rate_limited", detail, retry_after=_retry_after(exc.response.headers)
             )
+        if status == 413 or (status == 400 and code == "context_length_exceeded"):
+            # Groq answers 413 `rate_limit_exceeded` "Request too large ... (TPM)" when one
+            # request alone is over the tier's tokens per minute: a property of this request
+            # (this conversation), not of the model or the key.
+            return "request_too_large", LLMRejected("request_too_large", detail)
         if status >= 500 or status == 408:
             return "server_error", LLMUnavailable("server_error", detail)
         if status == 404:
@@ -228,9 +239,13 @@ class ChatModel:
     @staticmethod
     def _turn(completion: Any) -> ModelTurn:
         usage = getattr(completion, "usage", None)
+        tokens = 0
         if usage is not None:
-            LLM_TOKENS.labels("prompt").inc(usage.prompt_tokens or 0)
-            LLM_TOKENS.labels("completion").inc(usage.completion_tokens or 0)
+            prompt = usage.prompt_tokens or 0
+            completed = usage.completion_tokens or 0
+            LLM_TOKENS.labels("prompt").inc(prompt)
+            LLM_TOKENS.labels("completion").inc(completed)
+            tokens = usage.total_tokens or (prompt + completed)
         choices = getattr(completion, "choices", None)
         if not choices:
             raise LLMRejected("bad_response", "no choices")
@@ -247,4 +262,5 @@ class ChatModel:
             content=(message.content or "").strip(),
             tool_calls=tuple(calls),
             finish_reason=str(choices[0].finish_reason or ""),
+            tokens=int(tokens),
         )

@@ -7,7 +7,10 @@
 - `wsm_llm_tokens_total{kind}`: prompt and completion tokens from the response's `usage`.
 - `wsm_llm_fallbacks_total{reason}`: customer messages answered by the menu instead of the
   model: no_api_key, breaker_open, timeout, rate_limited, server_error, connection_error,
-  model_error, bad_response, tool_rounds.
+  model_error, bad_response, tool_rounds, request_too_large (413: that message only), and the
+  conversation's own limits: turn_limit (agent turns per minute), token_limit (tokens per day).
+- `wsm_agent_burst_deferred_total`: customer messages not answered on their own because more
+  of the same customer's messages were already queued behind them (one answer per burst).
 - `wsm_agent_tool_calls_total{tool,result}`: tools the model called, by result (ok,
   confirmation_required, invalid_arguments, unknown_tool, unknown_service, invalid_slot,
   slot_taken, booking_limit, not_found, changed).
@@ -34,6 +37,10 @@ LLM_FALLBACKS = Counter(
     "wsm_llm_fallbacks_total",
     "Customer messages answered by the menu brain instead of the LLM, by reason.",
     ["reason"],
+)
+BURST_DEFERRED = Counter(
+    "wsm_agent_burst_deferred_total",
+    "Customer messages answered together with the ones queued right behind them.",
 )
 TOOL_CALLS = Counter(
     "wsm_agent_tool_calls_total",

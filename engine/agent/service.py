@@ -29,6 +29,7 @@ from engine.agent.breaker import CircuitBreaker
 from engine.agent.calendar import Calendar, default_calendar, load_calendar
 from engine.agent.fallback import FallbackBrain
 from engine.agent.groq_brain import AgentConfig, GroqBrain
+from engine.agent.limits import ConversationLimits
 from engine.agent.llm import ChatModel, make_client
 from engine.agent.menu import SchedulingMenuBrain
 from engine.agent.texts import load_agent_texts
@@ -56,6 +57,7 @@ def agent_config(settings: Settings) -> AgentConfig:
         history_token_budget=settings.llm_history_token_budget,
         reply_max_chars=settings.agent_reply_max_chars,
         turn_deadline_seconds=settings.llm_turn_deadline_seconds,
+        inbound_max_chars=settings.agent_inbound_max_chars,
     )
 
 
@@ -65,6 +67,7 @@ class AgentParts:
     store: BookingStore
     agenda: Agenda
     breaker: CircuitBreaker
+    limits: ConversationLimits | None = None
     client: groq.AsyncGroq | None = None
     webhook: BookingWebhook | None = None
 
@@ -87,19 +90,21 @@ def build_agent(
     webhook: BookingWebhook | None = None
     if settings.booking_webhook_url:
         secret = settings.booking_webhook_secret
+        if secret is None or not secret.get_secret_value():
+            # Settings refuse this already; an unsigned event must never leave, whatever
+            # built the settings.
+            raise ValueError("WSM_BOOKING_WEBHOOK_URL is set without WSM_BOOKING_WEBHOOK_SECRET")
         webhook = BookingWebhook(
             redis,
             prefix=settings.key_prefix,
             url=settings.booking_webhook_url,
-            secret=secret.get_secret_value().encode() if secret else b"",
+            secret=secret.get_secret_value().encode(),
             timeout_seconds=settings.booking_webhook_timeout_seconds,
             max_attempts=settings.booking_webhook_max_attempts,
             retry_base_ms=settings.booking_webhook_retry_base_ms,
             retry_max_ms=settings.booking_webhook_retry_max_ms,
             http=webhook_http_client,
         )
-        if secret is None:
-            log.warning("WSM_BOOKING_WEBHOOK_URL is set without WSM_BOOKING_WEBHOOK_SECRET")
     store = BookingStore(
         redis,
         calendar,
@@ -123,6 +128,13 @@ def build_agent(
     )
     client: groq.AsyncGroq | None = None
     agent: GroqBrain | None = None
+    limits = ConversationLimits(
+        redis,
+        prefix=settings.key_prefix,
+        shards=settings.queue_shards,
+        turns_per_minute=settings.agent_turns_per_minute,
+        tokens_per_day=settings.agent_tokens_per_day,
+    )
     if settings.groq_api_key is not None and settings.groq_api_key.get_secret_value():
         client = make_client(
             api_key=settings.groq_api_key.get_secret_value(),
@@ -136,12 +148,13 @@ def build_agent(
             max_retries=settings.llm_max_retries,
             max_completion_tokens=settings.llm_max_completion_tokens,
         )
-        agent = GroqBrain(model, agenda, agent_config(settings))
+        agent = GroqBrain(model, agenda, agent_config(settings), on_tokens=limits.add_tokens)
     return AgentParts(
-        brain=FallbackBrain(agent, menu, breaker),
+        brain=FallbackBrain(agent, menu, breaker, limits),
         store=store,
         agenda=agenda,
         breaker=breaker,
+        limits=limits,
         client=client,
         webhook=webhook,
     )

@@ -2,8 +2,13 @@
 -- ack_message: the lease holder's commit of one handled message. Refused unless the caller's
 -- fence is current and its lease has not run out; then applies the handler's writes and
 -- removes the message, all in this one atomic step.
--- Returns 1 acked; 2 already acked (a retry whose first answer was lost); 0 fenced out (the
--- lease was taken away); -1 lease expired; -2 the message is not the conversation's head.
+-- Returns 1 acked; 2 already acked (a retry whose first answer was lost), lease still good;
+-- 3 already acked, but the lease has run out or been taken back since (the work stands; the
+-- turn must end); 0 fenced out (the lease was taken away); -1 lease expired; -2 the message is
+-- not the conversation's head.
+-- Each ack leaves `last_ack` = "<fence>:<message id>" in the meta: it is how a retry knows its
+-- work was committed whatever happened to the lease since, and how the reaper knows the holder
+-- was between messages (see reap_expired_lease.lua).
 local meta_key = KEYS[1]       -- the conversation's state, fence, lease_until
 local messages_key = KEYS[2]   -- its message ids, oldest at the right
 local bodies_key = KEYS[3]     -- message id -> record
@@ -42,21 +47,33 @@ while i <= #ARGV do
   i = i + 3 + argc
 end
 
-local meta = redis.call('HMGET', meta_key, 'fence', 'state', 'lease_until')
+local meta = redis.call('HMGET', meta_key, 'fence', 'state', 'lease_until', 'last_ack')
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local live = meta[1] == fence and meta[2] == 'leased' and (tonumber(meta[3]) or 0) >= now_ms
+
+-- "Already acked" comes first: a retry whose first answer was lost must learn that its work
+-- is committed even when the lease ran out (or was reaped) meanwhile. Reporting LeaseLost
+-- there would drop committed work as lost and leave the lease to the reaper.
+local acked = meta[4] == fence .. ':' .. message_id
+if not acked and meta[1] == fence and meta[2] == 'leased'
+    and redis.call('LINDEX', messages_key, -1) ~= message_id
+    and redis.call('HEXISTS', bodies_key, message_id) == 0 then
+  -- No marker (an ack by an older version): only the lease holder removes messages, so a
+  -- missing body under our own lease means our earlier call went through.
+  acked = true
+end
+if acked then
+  return live and 2 or 3
+end
+
 if meta[1] ~= fence or meta[2] ~= 'leased' then
   return 0
 end
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-if tonumber(meta[3]) < now_ms then
+if not live then
   return -1
 end
 if redis.call('LINDEX', messages_key, -1) ~= message_id then
-  -- Only the lease holder removes messages, so a missing body under our own fence means our
-  -- earlier call went through and its answer was lost.
-  if redis.call('HEXISTS', bodies_key, message_id) == 0 then
-    return 2
-  end
   return -2
 end
 
@@ -67,4 +84,5 @@ redis.call('RPOP', messages_key)
 redis.call('HDEL', bodies_key, message_id)
 redis.call('HDEL', attempts_key, message_id)
 redis.call('HINCRBY', stats_key, 'waiting', -1)
+redis.call('HSET', meta_key, 'last_ack', fence .. ':' .. message_id)
 return 1

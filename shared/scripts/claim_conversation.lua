@@ -3,7 +3,7 @@
 -- shard's `ready` list to `claimed` (BLMOVE/LMOVE, outside any script: a script cannot block),
 -- and read its oldest messages.
 -- Returns nil when the conversation is not ours to lease (the reaper handed the token back
--- before we got here); {} when it has no messages (it becomes idle); else
+-- before we got here); {} when it has no messages (it becomes idle: its meta is deleted); else
 -- {fence, lease_until_ms, id1, record1, attempts1, id2, ...}, oldest message first.
 local claimed_key = KEYS[1]    -- the shard's popped-but-not-leased tokens
 local leases_key = KEYS[2]     -- the shard's conversation -> lease deadline
@@ -11,6 +11,7 @@ local meta_key = KEYS[3]       -- the conversation's state, fence, owner, lease_
 local messages_key = KEYS[4]   -- its message ids, oldest at the right
 local bodies_key = KEYS[5]     -- message id -> record
 local attempts_key = KEYS[6]   -- message id -> attempts so far
+local fence_key = KEYS[7]      -- the shard's fencing counter
 local token = ARGV[1]          -- the conversation token
 local owner = ARGV[2]          -- unique per claim attempt (a retried call recognises itself)
 local lease_ms = tonumber(ARGV[3])
@@ -49,13 +50,28 @@ if redis.call('HGET', meta_key, 'state') == 'leased' then
   return nil
 end
 if redis.call('LLEN', messages_key) == 0 then
-  redis.call('HSET', meta_key, 'state', 'idle')
+  -- Idle: a conversation with nothing queued and no lease keeps no meta. Deleting it is safe
+  -- because fences come from the shard's counter, which a deleted meta cannot lower; a fence
+  -- written by an older version is carried into the counter first.
+  local old = tonumber(redis.call('HGET', meta_key, 'fence'))
+  if old and old > (tonumber(redis.call('GET', fence_key)) or 0) then
+    redis.call('SET', fence_key, old)
+  end
+  redis.call('DEL', meta_key)
   return {}
 end
 
 -- The fence grows with every lease and every reaping: a holder whose lease was taken away
--- presents an old fence and is refused by ack, extend, release and fail.
-local fence = redis.call('HINCRBY', meta_key, 'fence', 1)
+-- presents an old fence and is refused by ack, extend, release and fail. It is drawn from the
+-- shard's counter, so it also grows across the conversation's idle periods, when its meta is
+-- gone; never below the meta's own (a meta written by a version without the counter).
+local fence = redis.call('INCR', fence_key)
+local previous = tonumber(redis.call('HGET', meta_key, 'fence'))
+if previous and fence <= previous then
+  fence = previous + 1
+  redis.call('SET', fence_key, fence)
+end
+redis.call('HSET', meta_key, 'fence', fence)
 local now = redis.call('TIME')
 local lease_until = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + lease_ms
 redis.call('HSET', meta_key, 'state', 'leased', 'owner', owner, 'lease_until', lease_until)

@@ -3,9 +3,14 @@
 -- attempt; at the limit (or when the record can never be handled) the message moves to the
 -- shard's dead-letter list and the conversation goes on with its next message; otherwise the
 -- conversation waits in `delayed` for an exponential backoff. Either way the turn ends.
--- Returns {1, attempts, due_ms} retried later; {2, attempts} dead-lettered; {0} fenced out or
--- already failed by a retried call; {-1} lease expired (the reaper counts that attempt);
--- {-2} the message is not the head.
+-- A failure that was Redis's, not the message's (connection lost, timeout, cluster down) only
+-- counts a strike: below `strike_cap` strikes in a row on the same message the conversation goes
+-- back to the front of the line with no attempt counted; the strike that reaches the cap counts
+-- one attempt (and starts a new series), so a message that deterministically breaks the
+-- connection still ends in the dead letters instead of being requeued forever.
+-- Returns {1, attempts, due_ms} retried later; {2, attempts} dead-lettered; {3, strikes}
+-- requeued at the front, nothing counted; {0} fenced out or already failed by a retried call;
+-- {-1} lease expired (the reaper counts that attempt); {-2} the message is not the head.
 local meta_key = KEYS[1]       -- the conversation's state, fence, owner, lease_until
 local messages_key = KEYS[2]   -- its message ids, oldest at the right
 local bodies_key = KEYS[3]     -- message id -> record
@@ -15,6 +20,7 @@ local leases_key = KEYS[6]     -- the shard's conversation -> lease deadline
 local ready_key = KEYS[7]      -- the shard's claimable conversations
 local delayed_key = KEYS[8]    -- the shard's conversation -> retry time
 local dlq_key = KEYS[9]        -- the shard's dead letters
+local fence_key = KEYS[10]     -- the shard's fencing counter
 local token = ARGV[1]
 local fence = ARGV[2]
 local message_id = ARGV[3]
@@ -23,8 +29,38 @@ local max_attempts = tonumber(ARGV[5])
 local backoff_ms = tonumber(ARGV[6])
 local backoff_max_ms = tonumber(ARGV[7])
 local dead_now = ARGV[8] == '1'   -- terminal failure (an undecodable record): no retries
+local strike_cap = tonumber(ARGV[9]) or 0   -- > 0: Redis's failure, not the message's
+-- Dead letters kept per shard (newest first) and their longest age; the defaults are the
+-- settings' (WSM_DEAD_LETTERS_MAX, WSM_DEAD_LETTER_DAYS).
+local dlq_max = tonumber(ARGV[10]) or 10000
+local dlq_max_age_ms = tonumber(ARGV[11]) or 30 * 86400000
 
-local meta = redis.call('HMGET', meta_key, 'fence', 'state', 'lease_until')
+-- Dead letters are kept for a person to look at, not forever: the newest `dlq_max` younger than
+-- `dlq_max_age_ms` stay; what is dropped is counted in the shard's stats (`dead_dropped`).
+-- Aging pops from the oldest end, a bounded number per call, so the script stays short.
+local function push_dead_letter(entry, now_ms)
+  local length = redis.call('LPUSH', dlq_key, entry)
+  local dropped = 0
+  if length > dlq_max then
+    redis.call('LTRIM', dlq_key, 0, dlq_max - 1)
+    dropped = length - dlq_max
+  end
+  for _ = 1, 100 do
+    local oldest = redis.call('LINDEX', dlq_key, -1)
+    local ok, header = pcall(cjson.decode, string.match(oldest or '', '^[^\n]*'))
+    local at = ok and type(header) == 'table' and tonumber(header['at'])
+    if not at or at >= now_ms - dlq_max_age_ms then
+      break
+    end
+    redis.call('RPOP', dlq_key)
+    dropped = dropped + 1
+  end
+  if dropped > 0 then
+    redis.call('HINCRBY', stats_key, 'dead_dropped', dropped)
+  end
+end
+
+local meta = redis.call('HMGET', meta_key, 'fence', 'state', 'lease_until', 'strike', 'strikes')
 if meta[1] ~= fence or meta[2] ~= 'leased' then
   return {0}
 end
@@ -37,9 +73,24 @@ if redis.call('LINDEX', messages_key, -1) ~= message_id then
   return {-2}
 end
 
-local attempts = redis.call('HINCRBY', attempts_key, message_id, 1)
 redis.call('ZREM', leases_key, token)
 redis.call('HDEL', meta_key, 'owner', 'lease_until')
+
+if strike_cap > 0 and not dead_now then
+  local strikes = 1
+  if meta[4] == message_id then
+    strikes = (tonumber(meta[5]) or 0) + 1
+  end
+  if strikes < strike_cap then
+    redis.call('HSET', meta_key, 'state', 'ready', 'strike', message_id, 'strikes', strikes)
+    redis.call('RPUSH', ready_key, token)
+    return {3, strikes}
+  end
+  error_text = error_text .. ' (' .. strikes .. ' Redis errors in a row on this message)'
+end
+redis.call('HDEL', meta_key, 'strike', 'strikes')
+
+local attempts = redis.call('HINCRBY', attempts_key, message_id, 1)
 
 if dead_now or attempts >= max_attempts then
   -- A dead letter is one JSON line (what happened) then the record byte for byte, like the
@@ -49,7 +100,7 @@ if dead_now or attempts >= max_attempts then
     attempts = attempts, at = now_ms, reason = dead_now and 'invalid' or 'failed',
   })
   local record = redis.call('HGET', bodies_key, message_id) or ''
-  redis.call('LPUSH', dlq_key, header .. '\n' .. record)
+  push_dead_letter(header .. '\n' .. record, now_ms)
   redis.call('RPOP', messages_key)
   redis.call('HDEL', bodies_key, message_id)
   redis.call('HDEL', attempts_key, message_id)
@@ -58,7 +109,11 @@ if dead_now or attempts >= max_attempts then
     redis.call('HSET', meta_key, 'state', 'ready')
     redis.call('LPUSH', ready_key, token)
   else
-    redis.call('HSET', meta_key, 'state', 'idle')
+    -- Idle: no meta. The fence lives on in the shard's counter (carried there if older).
+    if tonumber(fence) > (tonumber(redis.call('GET', fence_key)) or 0) then
+      redis.call('SET', fence_key, fence)
+    end
+    redis.call('DEL', meta_key)
   end
   return {2, attempts}
 end

@@ -6,7 +6,9 @@
 local agents_key = KEYS[1]       -- agent id -> JSON {name, online, since}
 local taken_key = KEYS[2]        -- conversation -> JSON assignment not yet confirmed
 local agent_convs_key = KEYS[3]  -- the agent's conversations
--- KEYS[4..]: waiting lines to take from
+local joined_key = KEYS[4]       -- conversation -> line counter when it joined an agent
+local sequence_key = KEYS[5]     -- the line's counter
+-- KEYS[6..]: waiting lines to take from
 local agent_id = ARGV[1]
 local now_ms = tonumber(ARGV[2])
 local per_agent = tonumber(ARGV[3])
@@ -25,7 +27,7 @@ if redis.call('SCARD', agent_convs_key) >= per_agent then
 end
 
 local best_token, best_score, best_line = nil, nil, nil
-for i = 4, #KEYS do
+for i = 6, #KEYS do
   if wanted ~= '' then
     local score = redis.call('ZSCORE', KEYS[i], wanted)
     if score then
@@ -46,7 +48,8 @@ end
 local entered_at = math.floor(best_score / 1000)
 redis.call('ZREM', KEYS[best_line], best_token)
 redis.call('SADD', agent_convs_key, best_token)
+redis.call('HSET', joined_key, best_token, redis.call('INCR', sequence_key))
 redis.call('HSET', taken_key, best_token, cjson.encode({
   agent = agent_id, name = agent['name'] or agent_id, at = now_ms, entered_at = entered_at,
 }))
-return {best_token, entered_at, best_line - 3}
+return {best_token, entered_at, best_line - 5}

@@ -2,24 +2,50 @@
 -- outbox_dead: WAHA refused a reply for good (a 4xx other than 422), or it ran out of attempts.
 -- Moves it from the head of the outbox to the shard's outbox dead-letter list with WAHA's
 -- answer, and marks it failed in the history. The conversation's next reply goes on.
+-- The list is capped and aged like the queue's dead letters (newest at the RIGHT here): the
+-- newest `dlq_max` younger than `dlq_max_age_ms` stay, and what is dropped is counted in the
+-- shard's stats (`outbox_dead_dropped`). Call it through shared.dead_letters.outbox_dead.
 -- Returns 1 moved; 0 the head is another reply (a repeat).
 local outbox_key = KEYS[1]
 local dlq_key = KEYS[2]
 local meta_key = KEYS[3]
 local pending_key = KEYS[4]
+local stats_key = KEYS[5]     -- the shard's counters (absent in calls from older callers)
 local mid = ARGV[1]
 local token = ARGV[2]
 local reason = ARGV[3]        -- JSON: {status, answer, error}
 local now_ms = tonumber(ARGV[4])
+-- The defaults are the settings' (WSM_DEAD_LETTERS_MAX, WSM_DEAD_LETTER_DAYS), for callers
+-- that do not pass them.
+local dlq_max = tonumber(ARGV[5]) or 10000
+local dlq_max_age_ms = tonumber(ARGV[6]) or 30 * 86400000
 
 local head = redis.call('LINDEX', outbox_key, 0)
 if not head or cjson.decode(head)['mid'] ~= mid then
   return 0
 end
 redis.call('LPOP', outbox_key)
-redis.call('RPUSH', dlq_key, cjson.encode({
+local length = redis.call('RPUSH', dlq_key, cjson.encode({
   conversation = token, entry = cjson.decode(head), reason = cjson.decode(reason), at = now_ms,
 }))
+local dropped = 0
+if length > dlq_max then
+  redis.call('LTRIM', dlq_key, -dlq_max, -1)
+  dropped = length - dlq_max
+end
+-- Age from the oldest end (the left), a bounded number per call.
+for _ = 1, 100 do
+  local ok, oldest = pcall(cjson.decode, redis.call('LINDEX', dlq_key, 0) or '')
+  local at = ok and type(oldest) == 'table' and tonumber(oldest['at'])
+  if not at or at >= now_ms - dlq_max_age_ms then
+    break
+  end
+  redis.call('LPOP', dlq_key)
+  dropped = dropped + 1
+end
+if dropped > 0 and stats_key then
+  redis.call('HINCRBY', stats_key, 'outbox_dead_dropped', dropped)
+end
 redis.call('HSET', meta_key, mid .. ':status', 'failed')
 if redis.call('LLEN', outbox_key) == 0 then
   redis.call('ZREM', pending_key, token)

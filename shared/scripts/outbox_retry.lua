@@ -1,6 +1,7 @@
 #!lua
 -- outbox_retry: a send failed with a retryable error (network, 5xx, 429). Counts the attempt on
--- the reply at the head and makes the conversation due again at `due_ms` (backoff).
+-- the reply at the head, clears the attempt's mark (send_begin: the next attempt need not wait
+-- for an echo) and makes the conversation due again at `due_ms` (backoff).
 -- Returns the attempts so far, or 0 when the head is another reply (a repeat).
 local outbox_key = KEYS[1]
 local pending_key = KEYS[2]
@@ -19,6 +20,7 @@ if entry['mid'] ~= mid then
 end
 entry['attempts'] = (tonumber(entry['attempts']) or 0) + 1
 entry['last_error'] = last_error
+entry['try'] = nil
 redis.call('LSET', outbox_key, 0, cjson.encode(entry))
 redis.call('ZADD', pending_key, due_ms, token)
 return entry['attempts']

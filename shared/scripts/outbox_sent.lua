@@ -1,8 +1,14 @@
 #!lua
 -- outbox_sent: WAHA accepted one of our replies (201). Removes it from the head of the outbox,
 -- records its WhatsApp id in the history (and an ack that arrived before this step), and takes
--- the conversation off the pending index when nothing is left to send.
--- Returns 1 removed; 0 the head is another reply (this one was recorded already: a repeat).
+-- the conversation off the pending index when nothing is left to send; otherwise, given
+-- `now_ms`, makes the rest due by then at the latest (it may have been put off while an earlier
+-- attempt's echo was awaited: send_begin.lua).
+-- An id already recorded for another of our replies never records this one: the late echo of a
+-- recorded send must not settle a later reply with the same text (engine/sender.py,
+-- settle_echo). (A message recorded from the phone maps its id to itself; that is no reply.)
+-- Returns 1 removed; 0 the head is another reply (this one was recorded already: a repeat), or
+-- the id belongs to another reply.
 local outbox_key = KEYS[1]    -- the conversation's replies, head = next
 local meta_key = KEYS[2]      -- history meta: <mid>:status, <mid>:waha_id, w:<id> -> mid
 local pending_key = KEYS[3]   -- the shard's conversations with something to send
@@ -10,6 +16,7 @@ local mid = ARGV[1]
 local waha_id = ARGV[2]       -- as WAHA gave it ('' when it gave none)
 local short_id = ARGV[3]      -- the WhatsApp id inside it
 local token = ARGV[4]
+local now_ms = ARGV[5]        -- optional
 
 local rank = {received = 0, queued = 0, pending = 1, sent = 2, server = 3, device = 4,
               read = 5, played = 6, error = 7, failed = 7}
@@ -20,6 +27,12 @@ local function advance(field, status)
   end
 end
 
+if short_id ~= '' then
+  local owner = redis.call('HGET', meta_key, 'w:' .. short_id)
+  if owner and owner ~= mid and owner ~= short_id then
+    return 0
+  end
+end
 local head = redis.call('LINDEX', outbox_key, 0)
 if not head or cjson.decode(head)['mid'] ~= mid then
   return 0
@@ -37,5 +50,7 @@ if short_id ~= '' then
 end
 if redis.call('LLEN', outbox_key) == 0 then
   redis.call('ZREM', pending_key, token)
+elseif now_ms then
+  redis.call('ZADD', pending_key, 'LT', now_ms, token)
 end
 return 1

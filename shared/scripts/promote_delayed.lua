@@ -22,6 +22,7 @@ if redis.call('LLEN', messages_key) > 0 then
   redis.call('HSET', meta_key, 'state', 'ready')
   redis.call('RPUSH', ready_key, token)
 else
-  redis.call('HSET', meta_key, 'state', 'idle')
+  -- Idle: no meta (fences live in the shard's counter, see claim_conversation.lua).
+  redis.call('DEL', meta_key)
 end
 return 1

@@ -4,6 +4,10 @@
 -- release; counts an attempt on the head message (a message that kills its workers ends in the
 -- dead-letter list); puts the conversation at the FRONT of the ready list, so its message is
 -- handled again first, within a lease plus a reaper interval of the crash.
+-- No attempt is counted when the holder acked a message under this very lease: the head is
+-- then a message it may never have started (its ack's answer was lost, or it died between two
+-- messages), and charging it would be charging an attempt it never had. A message that does
+-- kill its worker is the first of its next lease, and is charged from then on.
 -- Safe under concurrent reapers: only the one that still finds the deadline past acts.
 -- Returns {1, dead} reaped (dead = 1 when the head went to the dead letters); {0} nothing to do.
 local leases_key = KEYS[1]     -- the shard's conversation -> lease deadline
@@ -14,8 +18,36 @@ local attempts_key = KEYS[5]   -- message id -> attempts so far
 local stats_key = KEYS[6]      -- the shard's counters
 local ready_key = KEYS[7]      -- the shard's claimable conversations (front at the right)
 local dlq_key = KEYS[8]        -- the shard's dead letters
+local fence_key = KEYS[9]      -- the shard's fencing counter
 local token = ARGV[1]
 local max_attempts = tonumber(ARGV[2])
+-- Dead letters kept per shard (newest first) and their longest age; the defaults are the
+-- settings' (WSM_DEAD_LETTERS_MAX, WSM_DEAD_LETTER_DAYS).
+local dlq_max = tonumber(ARGV[3]) or 10000
+local dlq_max_age_ms = tonumber(ARGV[4]) or 30 * 86400000
+
+-- The same cap and aging as fail_message.lua (see there).
+local function push_dead_letter(entry, now_ms)
+  local length = redis.call('LPUSH', dlq_key, entry)
+  local dropped = 0
+  if length > dlq_max then
+    redis.call('LTRIM', dlq_key, 0, dlq_max - 1)
+    dropped = length - dlq_max
+  end
+  for _ = 1, 100 do
+    local oldest = redis.call('LINDEX', dlq_key, -1)
+    local ok, header = pcall(cjson.decode, string.match(oldest or '', '^[^\n]*'))
+    local at = ok and type(header) == 'table' and tonumber(header['at'])
+    if not at or at >= now_ms - dlq_max_age_ms then
+      break
+    end
+    redis.call('RPOP', dlq_key)
+    dropped = dropped + 1
+  end
+  if dropped > 0 then
+    redis.call('HINCRBY', stats_key, 'dead_dropped', dropped)
+  end
+end
 
 local deadline = redis.call('ZSCORE', leases_key, token)
 local now = redis.call('TIME')
@@ -24,16 +56,26 @@ if not deadline or tonumber(deadline) >= now_ms then
   return {0}
 end
 redis.call('ZREM', leases_key, token)
-if redis.call('HGET', meta_key, 'state') ~= 'leased' then
+local meta = redis.call('HMGET', meta_key, 'state', 'fence', 'last_ack')
+if meta[1] ~= 'leased' then
   return {0}
 end
-redis.call('HINCRBY', meta_key, 'fence', 1)
+local old_fence = meta[2] or '0'
+local between_messages = meta[3] ~= false
+  and string.sub(meta[3], 1, #old_fence + 1) == old_fence .. ':'
+-- The new fence comes from the shard's counter (never below the old one), like a claim's.
+local fence = redis.call('INCR', fence_key)
+if fence <= tonumber(old_fence) then
+  fence = tonumber(old_fence) + 1
+  redis.call('SET', fence_key, fence)
+end
+redis.call('HSET', meta_key, 'fence', fence)
 redis.call('HDEL', meta_key, 'owner', 'lease_until')
 redis.call('HINCRBY', stats_key, 'redeliveries', 1)
 
 local dead = 0
 local head = redis.call('LINDEX', messages_key, -1)
-if head then
+if head and not between_messages then
   local attempts = redis.call('HINCRBY', attempts_key, head, 1)
   if attempts >= max_attempts then
     local header = cjson.encode({
@@ -42,7 +84,7 @@ if head then
       attempts = attempts, at = now_ms, reason = 'lease_expired',
     })
     local record = redis.call('HGET', bodies_key, head) or ''
-    redis.call('LPUSH', dlq_key, header .. '\n' .. record)
+    push_dead_letter(header .. '\n' .. record, now_ms)
     redis.call('RPOP', messages_key)
     redis.call('HDEL', bodies_key, head)
     redis.call('HDEL', attempts_key, head)
@@ -54,6 +96,7 @@ if redis.call('LLEN', messages_key) > 0 then
   redis.call('HSET', meta_key, 'state', 'ready')
   redis.call('RPUSH', ready_key, token)
 else
-  redis.call('HSET', meta_key, 'state', 'idle')
+  -- Idle: no meta; the fence just drawn is in the counter already.
+  redis.call('DEL', meta_key)
 end
 return {1, dead}

@@ -36,7 +36,13 @@ class AgentHarness:
 
     async def say(self, chat: str, text: str) -> None:
         """The customer writes; the engine handles it and the reply reaches WAHA."""
-        document = text_message(chat, text)
+        assert await self.queue(chat, text)
+        await self.drain()
+
+    async def queue(self, chat: str, text: str, *, message_id: str | None = None) -> bool:
+        """The customer's message is queued as the gateway queues it (not handled yet);
+        False when the queue's dedupe refused it."""
+        document = text_message(chat, text, message_id=message_id)
         body = compact(document)
         routed = route_event(orjson.loads(body), body)
         assert routed is not None
@@ -44,8 +50,7 @@ class AgentHarness:
             routed, body, received_at_ms=1, shards=self.settings.queue_shards,
             dedupe_ttl_seconds=600, prefix=self.settings.key_prefix,
         )  # fmt: skip
-        assert await enqueue(self.redis, request)
-        await self.drain()
+        return await enqueue(self.redis, request)
 
     async def drain(self) -> None:
         engine = self.service.engine

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import respx
 
-GROQ = "http://groq.test"
+GROQ = "https://groq.test"
 COMPLETIONS = f"{GROQ}/openai/v1/chat/completions"
 MODEL = "openai/gpt-oss-20b"
 

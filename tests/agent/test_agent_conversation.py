@@ -21,7 +21,8 @@ from tests.agent.receptionist import receptionist
 from tests.engine.harness import FakeWaha
 
 ANA = "5511987650001@c.us"
-HOOKS = "http://crm.test/hooks/bookings"
+HOOKS = "https://crm.test/hooks/bookings"
+HOOK_SECRET = "crm-secret-0123456789abcdef01234567"
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ async def test_booking_a_consulta_with_the_agent_end_to_end(
 ) -> None:
     received: list[httpx.Request] = []
     router.post(HOOKS).mock(side_effect=lambda r: received.append(r) or httpx.Response(204))
-    agent = harness(booking_webhook_url=HOOKS, booking_webhook_secret="crm-secret")
+    agent = harness(booking_webhook_url=HOOKS, booking_webhook_secret=HOOK_SECRET)
     groq.policy = receptionist
     day = f"{now:%d/%m}"
 
@@ -84,7 +85,7 @@ async def test_booking_a_consulta_with_the_agent_end_to_end(
     # The CRM heard about it, signed.
     await agent.parts.webhook.deliver_due()  # type: ignore[union-attr]
     [hook] = received
-    assert verify(b"crm-secret", hook.headers["x-wsm-timestamp"], hook.content,
+    assert verify(HOOK_SECRET.encode(), hook.headers["x-wsm-timestamp"], hook.content,
                   hook.headers["x-wsm-signature"])  # fmt: skip
     event = json.loads(hook.content)
     assert event["event"] == "booking.booked" and event["booking"]["id"] == booking_id

@@ -19,8 +19,8 @@ from engine.agent.bookings import Customer
 from shared.keys import CalendarKeys
 from tests.support.polling import async_wait_until
 
-HOOKS = "http://crm.test/hooks/bookings"
-SECRET = "crm-secret"
+HOOKS = "https://crm.test/hooks/bookings"
+SECRET = "crm-secret-0123456789abcdef01234567"
 ANA = Customer("default|5511987650001@c.us", "Ana", "5511987650001")
 
 

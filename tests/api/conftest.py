@@ -1,3 +1,28 @@
-from tests.engine.conftest import waha
+from collections.abc import AsyncIterator
+from typing import Any
 
-__all__ = ["waha"]
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from api.app import create_app
+from tests.engine.conftest import waha
+from tests.engine.harness import settings_for
+
+__all__ = ["API_AUTH", "API_TOKEN", "api_app", "api_client", "waha"]
+
+API_TOKEN = "s3cret-token-0123456789abcdef0123456"  # >= 32 characters
+API_AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+
+
+@pytest.fixture
+def api_app(aredis: Any, redis_url: str, key_prefix: str) -> FastAPI:
+    """The operator API on the test's Redis and key prefix, bearer API_TOKEN."""
+    return create_app(settings_for(key_prefix, redis_url, api_token=API_TOKEN), aredis)
+
+
+@pytest.fixture
+async def api_client(api_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=api_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as http:
+        yield http

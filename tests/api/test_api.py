@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +11,15 @@ import httpx
 import pytest
 
 from api.app import create_app
-from engine.agent.bookings import BookingStore, Customer
-from engine.agent.service import calendar_from
 from engine.identity import Conversation
+from shared.keys import keys_for_conversation
 from tests.conftest import keys_with_prefix
 from tests.engine.harness import FakeWaha, Harness, settings_for
+from tests.engine.test_erase import booking_store, content, live_a_life, values_of
 from tests.support.waha import text_message
 
 ROOT = Path(__file__).resolve().parents[2]
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-0123456789abcdef0123456"  # >= 32 characters
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ANA = "5511987650001@c.us"
 BIA = "5511987650002@c.us"
@@ -138,62 +137,87 @@ async def test_operator_flow(aredis, redis_url, key_prefix, client, waha: FakeWa
         assert 'wsm_conversations{state="closed"} 1.0' in metrics
         assert 'wsm_waiting_line_length{session="default"} 0.0' in metrics
         assert "wsm_outbox_pending 0.0" in metrics
-        assert (await client.get("/api/conversations/default/nobody@c.us",
+        assert (await client.get("/api/conversations/default/5511900009999@c.us",
                                  headers=AUTH)).status_code == 404  # fmt: skip
     finally:
         await harness.aclose()
 
 
-async def test_erase_leaves_no_key_of_that_customer(
+async def test_erase_leaves_nothing_that_names_that_customer(
     aredis, sync_redis, redis_url, key_prefix, client, waha: FakeWaha
 ) -> None:
+    """Every key and every value in Redis (all types) is searched for the erased customer's
+    phone number, chat id, conversation token and name: nothing is left, the lid cache entry
+    that maps a lid to her number included (her own chat is `@c.us`)."""
     harness = Harness(aredis, settings_for(key_prefix, redis_url))
     try:
         await client.post("/api/agents/maria/online", json={"name": "Maria"}, headers=AUTH)
-        for chat in (ANA, BIA):
-            for text in ("oi", "Ana Souza", "3"):
-                await harness.webhook(text_message(chat, text))
-            await harness.drain()
-        lid = "123456789@lid"
-        await aredis.set(f"{key_prefix}:{{s:default}}:lid:{lid}", "5511987650001")
-        # A booking of hers, made by the agent's tools (it lives under the calendar's keys).
-        settings = settings_for(key_prefix, redis_url)
-        calendar = calendar_from(settings)
-        store = BookingStore(
-            aredis, calendar, prefix=key_prefix, max_per_customer=3,
-            retention_seconds=3600, webhook_enabled=False,
-        )  # fmt: skip
-        now = calendar.now()
-        slot = next(
-            calendar.slots(calendar.services[0], now.date(), now.date() + timedelta(days=14), now)
-        )
-        ana_token = Conversation("default", ANA).token
-        await store.book(Customer(ana_token, "Ana Souza", "5511987650001"), slot, booking_id="bk1")
+        store = booking_store(harness)
+        names = {ANA: "Ana Souza", BIA: "Bia Lima"}
+        for n, chat in enumerate((ANA, BIA)):
+            await live_a_life(harness, waha, Conversation("default", chat), names[chat], store, n)
         assert await store.erase_customer("nobody") == 0  # the erase is scoped to one customer
+        token = Conversation("default", ANA).token
+        needles = [b"5511987650001", ANA.encode(), token.encode(), b"Ana Souza"]
+        # She is everywhere before (dead letters, hooks:dead, the lid cache, ...).
+        found_before = {
+            needle for needle in needles if everything_naming(sync_redis, key_prefix, needle)
+        }
+        assert found_before == set(needles)
+        lid_entries = everything_naming(sync_redis, key_prefix, b"5511987650001")
+        assert any(b":lid:" in key for key, _ in lid_entries)
+        assert any(key.endswith(b":hooks:dead") for key, _ in lid_entries)
         response = await client.delete(f"/api/contacts/default/{ANA}", headers=AUTH)
         assert response.status_code == 200 and response.json()["removed"] > 0
-        token = Conversation("default", ANA).token
-        for key in keys_with_prefix(sync_redis, key_prefix):
-            assert ANA.encode() not in key, key
-            kind = sync_redis.type(key)
-            if kind == b"string":
-                values = [sync_redis.get(key) or b""]
-            elif kind == b"hash":
-                values = [b"%s=%s" % kv for kv in sync_redis.hgetall(key).items()]
-            elif kind == b"list":
-                values = sync_redis.lrange(key, 0, -1)
-            elif kind == b"set":
-                values = list(sync_redis.smembers(key))
-            elif kind == b"zset":
-                values = sync_redis.zrange(key, 0, -1)
-            else:  # stream
-                values = [repr(e).encode() for e in sync_redis.xrange(key)]
-            for value in values:
-                assert ANA.encode() not in value and token.encode() not in value, (key, value)
+        for needle in needles:
+            assert everything_naming(sync_redis, key_prefix, needle) == [], needle
         # The other customer is untouched.
+        assert everything_naming(sync_redis, key_prefix, b"Bia Lima")
         assert (
             await client.get(f"/api/conversations/default/{BIA}", headers=AUTH)
         ).status_code == 200
+    finally:
+        await harness.aclose()
+
+
+def everything_naming(client, prefix: str, needle: bytes) -> list[tuple[bytes, bytes]]:
+    """Every (key, key-or-value) of the test's keys whose name or any value holds `needle`."""
+    hits = []
+    for key in keys_with_prefix(client, prefix):
+        if needle in key:
+            hits.append((key, key))
+        kind, value = content(client, key)
+        hits += [(key, v) for v in values_of(kind, value) if needle in v]
+    return hits
+
+
+@pytest.mark.parametrize("state", ["ready", "leased", "delayed"])
+async def test_erase_answers_409_while_the_conversation_is_busy(
+    aredis, sync_redis, redis_url, key_prefix, client, waha: FakeWaha, state: str
+) -> None:
+    """Messages of hers are queued, being handled, or waiting for a retry: 409 (retry
+    shortly), and nothing at all was deleted or changed."""
+    harness = Harness(aredis, settings_for(key_prefix, redis_url))
+    try:
+        for text in ("oi", "Ana Souza"):
+            await harness.webhook(text_message(ANA, text))
+        await harness.drain()
+        assert await harness.webhook(text_message(ANA, "mais uma"))
+        keys = keys_for_conversation("default", ANA, harness.settings.queue_shards, key_prefix)
+        if state != "ready":
+            shard = keys.shard_keys
+            lease = await harness.consumer.claim(
+                shard, await harness.consumer.pop_ready(shard) or "", "worker-1"
+            )
+            assert lease is not None
+            if state == "delayed":
+                await harness.consumer.fail(lease, lease.messages[0].id, "try again later")
+        assert sync_redis.hget(keys.meta, "state") == state.encode()
+        before = {key: sync_redis.dump(key) for key in keys_with_prefix(sync_redis, key_prefix)}
+        response = await client.delete(f"/api/contacts/default/{ANA}", headers=AUTH)
+        assert response.status_code == 409
+        after = {key: sync_redis.dump(key) for key in keys_with_prefix(sync_redis, key_prefix)}
+        assert after == before
     finally:
         await harness.aclose()
 

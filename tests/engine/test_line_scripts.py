@@ -99,3 +99,25 @@ async def test_estimate_uses_the_default_without_samples(aredis, key_prefix) -> 
     await wl.set_online("a", "A", 1)
     await wl.set_online("b", "B", 1)
     assert await wl.estimate_minutes("s", 4) == 2
+
+
+async def test_take_and_attach_stamp_when_a_conversation_joined_an_agent(
+    aredis, key_prefix
+) -> None:
+    """The reconcile's guard: every join of an agent's set records the line's counter at that
+    moment, so a state read before the join cannot take the conversation away again."""
+    wl = line(aredis, key_prefix)
+    await wl.set_online("ana", "Ana", 1)
+    await wl.enter("s", "s|x", 100)
+    before_take = await wl.counter()
+    assert await wl.take("ana", ["s"], 200) is not None
+    taken_at = int(await aredis.hget(wl.keys.joined, "s|x"))
+    assert taken_at > before_take
+    assert await wl.attach("ana", "s", "s|y") is True
+    assert await wl.attach("ana", "s", "s|y") is False  # already hers: counted once
+    assert int(await aredis.hget(wl.keys.joined, "s|y")) > taken_at
+    assert await wl.assignments(["ana"]) == {"ana": {"s|x", "s|y"}}
+    # Released: the stamp goes with the next prune, not before (a prune keeps held ones).
+    await wl.release("ana", "s", "s|x", None)
+    assert await wl.prune_joined(["ana"]) == 1
+    assert await aredis.hkeys(wl.keys.joined) == [b"s|y"]

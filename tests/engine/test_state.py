@@ -46,3 +46,34 @@ def test_state_round_trips_through_its_hash() -> None:
     raw = {k.encode(): v.encode() for k, v in state.to_hash().items()}
     assert ConversationState.from_hash(raw) == state
     assert ConversationState.from_hash({}) == ConversationState()
+
+
+async def test_customer_messages_in_paused_keep_the_bot_quiet(
+    aredis, key_prefix, waha, make_harness
+) -> None:
+    """Behaviour, through the real queue protocol: once someone answered from the business's
+    phone, the customer's messages stay with that person. The conversation stays `paused`
+    through several of them (had the first moved it to `bot`, the second would get a bot
+    reply)."""
+    from engine.state import load_state
+    from shared.keys import engine_keys_for
+    from tests.engine.test_conversations import ANA, from_me
+    from tests.support.waha import text_message
+
+    async def state() -> State:
+        keys = engine_keys_for("default", ANA, 1, key_prefix)
+        return (await load_state(aredis, keys.state)).state
+
+    harness = make_harness()
+    await harness.webhook(text_message(ANA, "oi"))
+    await harness.drain()
+    await harness.webhook(from_me(ANA, "Oi Ana, aqui é a Júlia!", "HUMAN1"))
+    await harness.drain()
+    assert await state() is State.PAUSED
+    sent_before = len(waha.sent)
+
+    for text in ("Ana", "1", "oi?"):
+        await harness.webhook(text_message(ANA, text))
+        await harness.drain()
+        assert await state() is State.PAUSED
+    assert len(waha.sent) == sent_before  # the bot never answered over the person

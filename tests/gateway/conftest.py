@@ -23,7 +23,7 @@ from shared.settings import Settings
 from tests.support.polling import wait_until
 from tests.support.waha import webhook_headers
 
-HMAC_KEY = "gateway-test-key"
+HMAC_KEY = "gateway-test-key-0123456789abcdef0123"  # >= 32 characters
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -39,6 +39,24 @@ def gateway_settings(
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+# For in-process tests about signatures, bodies and duplicates, not about the deadline: the
+# product's 50 ms Redis deadline can legitimately expire on a loaded 2-core machine and answer
+# `spooled` (durable too, but not what those tests check). A deadline no load reaches, still
+# under WAHA's ~8 s request timeout, keeps their `queued` and `duplicate` answers exact. The
+# deadline itself is tested with real processes in test_outage.py and test_process.py.
+STEADY_REDIS_TIMEOUT_MS = 5000
+
+
+def steady_settings(redis_url: str, key_prefix: str, spool_dir: Path, **overrides: Any) -> Settings:
+    """gateway_settings with a Redis deadline that load cannot hit (see above)."""
+    return gateway_settings(
+        redis_url,
+        key_prefix,
+        spool_dir,
+        **{"WSM_WEBHOOK_REDIS_TIMEOUT_MS": STEADY_REDIS_TIMEOUT_MS, **overrides},
+    )
 
 
 @contextlib.asynccontextmanager
@@ -62,8 +80,9 @@ async def inprocess_gateway(settings: Settings) -> AsyncIterator[httpx.AsyncClie
 async def app_client(
     redis_url: str, key_prefix: str, tmp_path: Path
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """The in-process gateway on the suite's Redis, under this test's key prefix."""
-    async with inprocess_gateway(gateway_settings(redis_url, key_prefix, tmp_path / "spool")) as c:
+    """The in-process gateway on the suite's Redis, under this test's key prefix, with a
+    deadline load cannot hit (see STEADY_REDIS_TIMEOUT_MS)."""
+    async with inprocess_gateway(steady_settings(redis_url, key_prefix, tmp_path / "spool")) as c:
         yield c
 
 
@@ -134,7 +153,7 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def client(self, **options: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=10, **options)
+        return httpx.Client(base_url=self.url, **({"timeout": 10} | options))
 
     def wait_ready(self, timeout: float = 30) -> GatewayProcess:
         def alive() -> bool:

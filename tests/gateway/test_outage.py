@@ -2,13 +2,19 @@
 
 Real processes throughout: the test's own redis-server (append-only, restartable on its port)
 and `python -m gateway` children that are SIGKILLed and restarted.
+
+No timed assertions: how fast the answers are is measured in bench/ (docs/benchmarks.md).
+What is asserted is behaviour: the gateway answers (`spooled`, or 503 when nothing can take
+the event) instead of waiting on a dead or frozen Redis, and a frozen one is cut off by the
+deadline (counted as `timeout`). SAFETY_TIMEOUT_S only keeps a hanging gateway from hanging
+the test.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,16 +36,25 @@ from tests.support.polling import wait_until
 from tests.support.waha import compact, text_message
 
 CHAT = "5511988887777@c.us"
-# Generous: the promise is "well under 100 ms"; a loaded CI machine must not make this flaky,
-# yet a gateway that waited on a dead Redis (seconds) fails it by far.
-ANSWER_LIMIT_S = 0.1
+# WAHA gives up on a request silent for about 8 s; an answer later than that is no answer.
+SAFETY_TIMEOUT_S = 7.0
 
 
-def post_timed(client: httpx.Client, text: str) -> tuple[httpx.Response, float]:
+def gateway_client(gateway: GatewayProcess) -> httpx.Client:
+    return gateway.client(timeout=SAFETY_TIMEOUT_S)
+
+
+def post(client: httpx.Client, text: str) -> httpx.Response:
     body = compact(text_message(CHAT, text))
-    started = time.perf_counter()
-    response = client.post("/webhook", content=body, headers=signed(body))
-    return response, time.perf_counter() - started
+    return client.post("/webhook", content=body, headers=signed(body))
+
+
+def metric(text: str, sample: str) -> float:
+    """The value of one sample line of /metrics text (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def queued_texts(server: EmbeddedRedis, prefix: str) -> list[str]:
@@ -64,19 +79,22 @@ def test_redis_killed_events_are_spooled_fast_then_queued_once_in_order(
     gateway: GatewayProcess = start_gateway(
         gateway_environment(private_redis.url, key_prefix, spool_dir)
     )
-    with gateway.client() as client:
-        for n in range(3):
-            response, _ = post_timed(client, f"m{n}")
-            assert response.json() == {"status": "queued"}
+    with gateway_client(gateway) as client:
+        # Redis up: queued, or on a loaded machine past the 50 ms deadline spooled (durable
+        # too; they are then replayed, and counted below).
+        before = [post(client, f"m{n}").json()["status"] for n in range(3)]
+        assert set(before) <= {"queued", "spooled"}, before
+        early_spooled = before.count("spooled")
+        wait_until(
+            lambda: client.get("/readyz").json()["spool"]["events"] == 0,
+            what="early spooled events replayed",
+        )
 
         private_redis.kill()
-        timings = []
         for n in range(3, 23):
-            response, elapsed = post_timed(client, f"m{n}")
+            response = post(client, f"m{n}")
             assert response.status_code == 200
             assert response.json() == {"status": "spooled"}
-            timings.append(elapsed)
-        assert max(timings) < ANSWER_LIMIT_S, timings
 
         ready = client.get("/readyz")
         assert ready.status_code == 503
@@ -97,15 +115,23 @@ def test_redis_killed_events_are_spooled_fast_then_queued_once_in_order(
             "events": 0,
             "writable": True,
         }
-        response, _ = post_timed(client, "m23")
-        assert response.json() == {"status": "queued"}
+        last = post(client, "m23").json()["status"]
+        assert last in {"queued", "spooled"}
+        wait_until(
+            lambda: queued_texts(private_redis, key_prefix) == [*expected, "m23"],
+            what="m23 queued",
+        )
 
     sync = redis.Redis.from_url(private_redis.url)
     assert waiting_count(sync, key_prefix) == 24  # exactly once each
+    spooled = 20 + early_spooled + (last == "spooled")
+    wait_until(
+        lambda: "wsm_spool_events 0.0" in httpx.get(f"{gateway.url}/metrics").text,
+        what="spool gauge back to 0",
+    )
     metrics = httpx.get(f"{gateway.url}/metrics").text
-    assert 'wsm_webhook_requests_total{outcome="spooled"} 20.0' in metrics
-    assert 'wsm_spool_replayed_total{result="queued"} 20.0' in metrics
-    assert "wsm_spool_events 0.0" in metrics
+    assert metric(metrics, 'wsm_webhook_requests_total{outcome="spooled"}') == spooled
+    assert metric(metrics, 'wsm_spool_replayed_total{result="queued"}') == spooled
 
 
 def test_frozen_redis_misses_the_deadline_and_a_late_answer_is_not_a_second_copy(
@@ -116,16 +142,24 @@ def test_frozen_redis_misses_the_deadline_and_a_late_answer_is_not_a_second_copy
     spool_dir = tmp_path / "spool"
     gateway = start_gateway(gateway_environment(private_redis.url, key_prefix, spool_dir))
     assert private_redis.process is not None
-    with gateway.client() as client:
-        assert post_timed(client, "m0")[0].json() == {"status": "queued"}
+    with gateway_client(gateway) as client:
+        assert post(client, "m0").json()["status"] in {"queued", "spooled"}
+        wait_until(
+            lambda: client.get("/readyz").json()["spool"]["events"] == 0,
+            what="m0 in Redis",
+        )
+        timeouts_before = metric(
+            client.get("/metrics").text, 'wsm_webhook_redis_failures_total{reason="timeout"}'
+        )
         os.kill(private_redis.process.pid, signal.SIGSTOP)
         try:
-            timings = []
             for n in range(1, 6):
-                response, elapsed = post_timed(client, f"m{n}")
-                assert response.json() == {"status": "spooled"}
-                timings.append(elapsed)
-            assert max(timings) < ANSWER_LIMIT_S, timings
+                assert post(client, f"m{n}").json() == {"status": "spooled"}
+            # Cut off by the deadline: the gateway did not wait for the frozen server.
+            timeouts = metric(
+                client.get("/metrics").text, 'wsm_webhook_redis_failures_total{reason="timeout"}'
+            )
+            assert timeouts > timeouts_before
         finally:
             os.kill(private_redis.process.pid, signal.SIGCONT)
         expected = [f"m{n}" for n in range(6)]
@@ -145,21 +179,21 @@ def test_killed_gateway_replays_its_spool_on_next_start_even_while_redis_is_down
     environment = gateway_environment(private_redis.url, key_prefix, spool_dir)
     first = start_gateway(environment)
     private_redis.kill()
-    with first.client() as client:
+    with gateway_client(first) as client:
         for n in range(10):
-            assert post_timed(client, f"m{n}")[0].json() == {"status": "spooled"}
+            assert post(client, f"m{n}").json() == {"status": "spooled"}
     first.kill()  # SIGKILL while holding 10 spooled events
     assert len(spool_files(spool_dir)) == 1
 
     # Redis still down: the new gateway must start anyway, adopt the file, and keep spooling
     # behind the adopted events.
     second = start_gateway(environment)
-    with second.client() as client:
+    with gateway_client(second) as client:
         ready = client.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["spool"]["events"] == 10
         for n in range(10, 12):
-            assert post_timed(client, f"m{n}")[0].json() == {"status": "spooled"}
+            assert post(client, f"m{n}").json() == {"status": "spooled"}
     assert queued_texts_or_none(private_redis, key_prefix) is None
 
     private_redis.start()
@@ -190,13 +224,12 @@ async def test_spool_unwritable_and_redis_down_is_503_with_retry_after_fast(
     settings = gateway_settings(dead_redis, key_prefix, blocker / "spool")
     body = compact(text_message(CHAT, "perdido?"))
     async with inprocess_gateway(settings) as client:
-        started = time.perf_counter()
-        response = await client.post("/webhook", content=body, headers=signed(body))
-        elapsed = time.perf_counter() - started
+        async with asyncio.timeout(SAFETY_TIMEOUT_S):
+            response = await client.post("/webhook", content=body, headers=signed(body))
         ready = await client.get("/readyz")
     assert response.status_code == 503
+    assert response.json() == {"status": "unavailable"}
     assert int(response.headers["retry-after"]) > 0
-    assert elapsed < ANSWER_LIMIT_S
     assert ready.status_code == 503
     assert ready.json()["spool"]["writable"] is False
 
@@ -212,11 +245,72 @@ async def test_spool_unwritable_and_redis_frozen_is_503_within_the_deadlines(
     async with inprocess_gateway(settings) as client:
         os.kill(private_redis.process.pid, signal.SIGSTOP)
         try:
-            started = time.perf_counter()
-            response = await client.post("/webhook", content=body, headers=signed(body))
-            elapsed = time.perf_counter() - started
+            async with asyncio.timeout(SAFETY_TIMEOUT_S):
+                response = await client.post("/webhook", content=body, headers=signed(body))
         finally:
             os.kill(private_redis.process.pid, signal.SIGCONT)
     assert response.status_code == 503
+    assert response.json() == {"status": "unavailable"}
     assert "retry-after" in response.headers
-    assert elapsed < ANSWER_LIMIT_S
+
+
+def post_chats_concurrently(client: httpx.Client, sent: dict[str, list[str]]) -> list[str]:
+    """Each chat's texts in order on its own thread (chats concurrent, as WAHA sends them);
+    the statuses answered."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one_chat(chat: str) -> list[str]:
+        statuses = []
+        for text in sent[chat]:
+            body = compact(text_message(chat, text))
+            statuses.append(client.post("/webhook", content=body, headers=signed(body)).json())
+        return [s["status"] for s in statuses]
+
+    with ThreadPoolExecutor(len(sent)) as pool:
+        return [status for statuses in pool.map(one_chat, sent) for status in statuses]
+
+
+def test_gateway_killed_while_replaying_its_spool_loses_nothing_and_queues_nothing_twice(
+    private_redis: EmbeddedRedis, key_prefix: str, tmp_path: Path, start_gateway: Callable[..., Any]
+) -> None:
+    """A real gateway is SIGKILLed in the middle of a replay: some batches are in Redis and
+    recorded as replayed, the one in flight may or may not have run. The next gateway adopts
+    the file and replays the rest: every event once, each chat in the order it was sent."""
+    spool_dir = tmp_path / "spool"
+    environment = gateway_environment(private_redis.url, key_prefix, spool_dir)
+    first = start_gateway(environment)
+    private_redis.kill()
+    chats = [f"55119888{n:05d}@c.us" for n in range(16)]
+    sent = {chat: [f"{chat[:13]} m{m}" for m in range(100)] for chat in chats}  # 1600 events,
+    total = sum(len(texts) for texts in sent.values())  # several replay batches of 256
+    with gateway_client(first) as client:
+        assert set(post_chats_concurrently(client, sent)) == {"spooled"}
+        assert client.get("/readyz").json()["spool"]["events"] == total
+
+    private_redis.start()
+    sync = redis.Redis.from_url(private_redis.url)
+    try:
+        # The replay has begun: stop Redis taking writes (reads go on) so that it cannot
+        # finish, then kill the gateway mid-replay and let Redis go on.
+        wait_until(lambda: waiting_count(sync, key_prefix) > 0, interval=0.001, what="replay")
+        sync.execute_command("CLIENT", "PAUSE", 30_000, "WRITE")
+        try:
+            replayed_before_the_crash = waiting_count(sync, key_prefix)
+            first.kill()
+        finally:
+            sync.execute_command("CLIENT", "UNPAUSE")
+        assert 0 < replayed_before_the_crash < total
+        assert spool_files(spool_dir)  # the dead gateway's file, not fully replayed
+
+        second = start_gateway(environment)
+        wait_until(lambda: not spool_files(spool_dir), timeout=30, what="spool replayed")
+        for chat in chats:
+            client_texts = [
+                event.document()["payload"]["body"]
+                for event in queued_events(sync, key_prefix, "default", chat)
+            ]
+            assert client_texts == sent[chat], chat  # all there, once, in order
+        assert waiting_count(sync, key_prefix) == total
+        assert "adopted the spool of a dead gateway process" in second.log()
+    finally:
+        sync.close()

@@ -14,7 +14,13 @@ import httpx
 import redis
 
 from shared.keys import ShardKeys
-from tests.gateway.conftest import REPO, GatewayProcess, gateway_environment, signed
+from tests.gateway.conftest import (
+    REPO,
+    STEADY_REDIS_TIMEOUT_MS,
+    GatewayProcess,
+    gateway_environment,
+    signed,
+)
 from tests.support.polling import wait_until
 from tests.support.waha import compact, text_message
 
@@ -84,7 +90,12 @@ def test_workers_2_metrics_report_both_processes(
     metrics_dir = tmp_path / "metrics"
     gateway: GatewayProcess = start_gateway(
         gateway_environment(
-            redis_url, key_prefix, tmp_path / "spool", WSM_GATEWAY_METRICS_DIR=str(metrics_dir)
+            redis_url,
+            key_prefix,
+            tmp_path / "spool",
+            WSM_GATEWAY_METRICS_DIR=str(metrics_dir),
+            # About metrics, not the deadline: `queued` must not turn `spooled` under load.
+            WSM_WEBHOOK_REDIS_TIMEOUT_MS=str(STEADY_REDIS_TIMEOUT_MS),
         ),
         workers=2,
     )
@@ -143,7 +154,11 @@ def test_unsigned_mode_starts_with_a_loud_warning(
     redis_url: str, key_prefix: str, tmp_path: Path, start_gateway: Callable[..., Any]
 ) -> None:
     environment = gateway_environment(
-        redis_url, key_prefix, tmp_path / "spool", WSM_ALLOW_UNSIGNED="1"
+        redis_url,
+        key_prefix,
+        tmp_path / "spool",
+        WSM_ALLOW_UNSIGNED="1",
+        WSM_WEBHOOK_REDIS_TIMEOUT_MS=str(STEADY_REDIS_TIMEOUT_MS),
     )
     del environment["WEBHOOK_HMAC_KEY"]
     gateway: GatewayProcess = start_gateway(environment)

@@ -13,7 +13,7 @@ import pytest
 from shared.embedded_redis import free_port
 from tests.ops.processes import Service, running_module
 
-HMAC_KEY = "ops-test-hmac-key"
+HMAC_KEY = "ops-test-hmac-key-0123456789abcdef0123"  # >= 32 characters
 
 
 @dataclass
@@ -55,7 +55,7 @@ def gateway(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield Gateway(service, port, prefix)
 
 
-API_TOKEN = "ops-test-api-token"
+API_TOKEN = "ops-test-api-token-0123456789abcdef012"  # >= 32 characters
 
 
 @dataclass

@@ -32,6 +32,9 @@ def compose_like_values() -> dict[str, str]:
         "NGINX_WEBHOOK_BURST": "400",
         "NGINX_API_RATE": "20r/s",
         "NGINX_API_BURST": "40",
+        "NGINX_WEBHOOK_ALLOW": "allow 127.0.0.0/8; allow ::1; allow 10.0.0.0/8; "
+        "allow 172.16.0.0/12; allow 192.168.0.0/16; allow fc00::/7;",
+        "NGINX_CONN_PER_CLIENT": "100",
     }
 
 

@@ -11,8 +11,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-# The team folder `../shared` beside the repository (not the project's own `shared/` package).
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "waha-fixtures"
+# Real WAHA bodies, with their provenance in the folder's README. Inside the repository: a clone
+# with nothing beside it must pass its tests.
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "waha"
 
 
 def compact(document: Any) -> bytes:

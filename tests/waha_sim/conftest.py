@@ -23,7 +23,7 @@ from tests.support.polling import async_wait_until
 from wsm.waha_sim import create_app
 from wsm.waha_sim.config import SimConfig
 
-HMAC_KEY = "sim-test-key"
+HMAC_KEY = "sim-test-key-0123456789abcdef01234567"  # >= 32 characters
 
 
 @dataclass

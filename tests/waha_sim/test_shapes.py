@@ -1,4 +1,4 @@
-"""The simulator's webhooks against real WAHA bodies (../shared/waha-fixtures), key for key at
+"""The simulator's webhooks against real WAHA bodies (tests/fixtures/waha/), key for key at
 every level, sent compact and signed as WAHA signs them.
 
 Values are the simulator's own; keys are WAHA's. The envelope of every event has the key set

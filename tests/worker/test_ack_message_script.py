@@ -8,7 +8,14 @@ from redis.exceptions import ResponseError
 from shared.queue_consumer import ACK_MESSAGE
 from shared.queue_errors import LeaseLost, NotHead
 from tests.worker.conftest import Queue
-from tests.worker.protocol import keys_of, lease_chat, message_ids, queue_chat, wait_past
+from tests.worker.protocol import (
+    keys_of,
+    lease_chat,
+    message_ids,
+    queue_chat,
+    ready_order,
+    wait_past,
+)
 from tests.worker.support import chat_id
 
 
@@ -129,3 +136,83 @@ async def test_script_refuses_malformed_writes_before_any_effect(
         )
     assert await message_ids(queue, chat) == ids
     assert await queue.client.exists(keys.handled) == 0
+
+
+async def test_a_retried_ack_after_the_lease_ran_out_reports_the_commit(queue: Queue) -> None:
+    """The first ack went through but its answer was lost; the retry arrives after the lease's
+    deadline. It must say "committed" (not LeaseLost), apply nothing twice, and tell the holder
+    to end its turn; the holder's hand-back then costs the next message nothing."""
+    chat = chat_id(7)
+    ids = await queue_chat(queue, chat, ["a", "b"])
+    consumer = queue.consumer(lease_ms=300)
+    lease = await lease_chat(queue, consumer, chat)
+    keys = keys_of(queue, chat)
+    await consumer.ack(lease, ids[0], [("RPUSH", keys.handled, "x")])
+    await wait_past(lease.until_ms)
+
+    await consumer.ack(lease, ids[0], [("RPUSH", keys.handled, "x")])  # the retry
+
+    assert lease.ran_out is True
+    assert await queue.client.lrange(keys.handled, 0, -1) == [b"x"]
+    assert await message_ids(queue, chat) == [ids[1]]
+    assert await waiting(queue, chat) == 1
+    assert await consumer.release(lease, to_front=True) is True
+    assert await ready_order(queue, chat) == [keys.token]
+    assert await queue.client.hget(keys.attempts, ids[1]) is None
+
+
+async def test_a_retried_ack_after_the_lease_was_reaped_reports_the_commit(queue: Queue) -> None:
+    """The same, with the reaper taking the conversation back before the retry: the retry still
+    learns its work is committed, and the reaper charges no attempt to the next message, which
+    the holder never started."""
+    chat = chat_id(8)
+    ids = await queue_chat(queue, chat, ["a", "b"])
+    consumer = queue.consumer(lease_ms=300)
+    lease = await lease_chat(queue, consumer, chat)
+    keys = keys_of(queue, chat)
+    await consumer.ack(lease, ids[0], [("RPUSH", keys.handled, "x")])
+    await wait_past(lease.until_ms)
+    assert (await queue.reaper().run_pass(keys.shard_keys)).reaped == 1
+
+    await consumer.ack(lease, ids[0], [("RPUSH", keys.handled, "x")])  # the retry
+
+    assert lease.ran_out is True
+    assert await queue.client.lrange(keys.handled, 0, -1) == [b"x"]
+    assert await message_ids(queue, chat) == [ids[1]]
+    assert await queue.client.hget(keys.attempts, ids[1]) is None  # never started: not charged
+    assert await ready_order(queue, chat) == [keys.token]
+    assert await consumer.release(lease) is False  # the reaper has it: nothing changes
+    next_lease = await lease_chat(queue, queue.consumer(), chat)
+    assert [(m.id, m.attempts) for m in next_lease.messages] == [(ids[1], 0)]
+
+
+async def test_a_retried_ack_under_a_live_lease_lets_the_turn_go_on(queue: Queue) -> None:
+    chat = chat_id(9)
+    ids = await queue_chat(queue, chat, ["a", "b"])
+    consumer = queue.consumer()
+    lease = await lease_chat(queue, consumer, chat)
+    await consumer.ack(lease, ids[0])
+    await consumer.ack(lease, ids[0])
+    assert lease.ran_out is False
+    await consumer.ack(lease, ids[1])
+    assert await message_ids(queue, chat) == []
+
+
+async def test_a_fenced_out_holder_that_never_acked_is_still_refused(queue: Queue) -> None:
+    """An "already acked" answer needs this holder's own ack on record: another holder's ack of
+    the same message (after a reaping) is not ours, and a stale holder is refused as before."""
+    chat = chat_id(10)
+    ids = await queue_chat(queue, chat, ["a", "b"])
+    stale = await lease_chat(queue, queue.consumer(lease_ms=200), chat, owner="stale")
+    keys = keys_of(queue, chat)
+    await wait_past(stale.until_ms)
+    await queue.reaper().run_pass(keys.shard_keys)
+    consumer = queue.consumer()
+    current = await lease_chat(queue, consumer, chat, owner="current")
+    await consumer.ack(current, ids[0], [("RPUSH", keys.handled, "current")])
+
+    with pytest.raises(LeaseLost):
+        await consumer.ack(stale, ids[0], [("RPUSH", keys.handled, "stale")])
+    assert stale.ran_out is False
+    assert await queue.client.lrange(keys.handled, 0, -1) == [b"current"]
+    assert await message_ids(queue, chat) == [ids[1]]

@@ -78,7 +78,7 @@ async def test_claimed_conversation_without_messages_goes_idle(queue: Queue) -> 
     await queue.client.lpush(shard.claimed, keys.token)
 
     assert await queue.consumer().claim(shard, keys.token, "w") is None
-    assert await state(queue, chat) == "idle"
+    assert await queue.client.exists(keys.meta) == 0  # idle: no meta
     assert await queue.client.zcard(shard.leases) == 0
 
 

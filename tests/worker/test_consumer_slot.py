@@ -7,15 +7,24 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from redis.exceptions import ConnectionError
+import pytest
+import redis.asyncio
+from redis.exceptions import (
+    BusyLoadingError,
+    ConnectionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+)
 
 from shared.dead_letters import list_dead_letters
 from shared.envelope import QueuedEvent
 from shared.keys import all_shards
-from shared.queue_consumer import QueueConsumer
+from shared.queue_consumer import Lease, QueueConsumer
+from shared.queue_reaper import QueueReaper
 from tests.support.polling import async_wait_until
 from tests.worker.support import chat_id, conversation, enqueue_texts, handled_ids
-from worker.consumer_slot import ConsumerSlot
+from worker.consumer_slot import ConsumerSlot, not_the_messages_fault
 from worker.handler import HandlerContext
 from worker.handlers.recording import record
 
@@ -30,14 +39,18 @@ async def run_slot(
     *,
     batch: int = 10,
     handler_timeout: float = 5.0,
+    backoff_ms: int = 60_000,
+    reaper: bool = False,
 ) -> None:
+    """Run one slot until `until()`; with `reaper`, a reaper pass runs alongside every 50 ms
+    (promotes due retries, takes back expired leases), as a worker process's reaper would."""
     consumer = QueueConsumer(
         client,
         lease_ms=10_000,
         batch=batch,
         max_attempts=3,
-        backoff_ms=60_000,
-        backoff_max_ms=60_000,
+        backoff_ms=backoff_ms,
+        backoff_max_ms=backoff_ms,
     )
     stopping = asyncio.Event()
     slot = ConsumerSlot(
@@ -50,11 +63,22 @@ async def run_slot(
         handler_timeout=handler_timeout,
     )
     task = asyncio.create_task(slot.run())
+    reaping = asyncio.create_task(reap_until(client, prefix, stopping)) if reaper else None
     try:
         await async_wait_until(until, timeout=20, what="the slot to get there")
     finally:
         stopping.set()
         await task
+        if reaping is not None:
+            await reaping
+
+
+async def reap_until(client: Any, prefix: str, stopping: asyncio.Event) -> None:
+    reaper = QueueReaper(client, max_attempts=3, lock_ms=10)
+    while not stopping.is_set():
+        for shard in all_shards(1, prefix):
+            await reaper.run_pass(shard)
+        await asyncio.sleep(0.05)
 
 
 def text_of(event: QueuedEvent) -> str:
@@ -148,3 +172,144 @@ async def test_a_long_backlog_gets_one_batch_per_turn(aredis: Any, key_prefix: s
     await run_slot(aredis, key_prefix, handler, all_done, batch=10)
     # One slot, batch 10: the quiet chat is served after the busy chat's first turn.
     assert order == [f"b{n}" for n in range(10)] + ["q0"] + [f"b{n}" for n in range(10, 25)]
+
+
+async def test_a_retried_commit_past_the_lease_ends_the_turn_without_charging_the_next(
+    aredis: Any, key_prefix: str
+) -> None:
+    """A commit whose first call went through (its answer lost) and whose retry arrives after
+    the lease ran out: the message counts as handled, not lost, and the next message is
+    delivered as a first attempt, not charged by the reaper for a delivery it never had."""
+    chat = chat_id(7)
+    sent = await enqueue_texts(aredis, key_prefix, {chat: ["a", "b"]})
+    keys = conversation(chat, key_prefix)
+    consumer = QueueConsumer(
+        aredis, lease_ms=10_000, batch=10, max_attempts=3, backoff_ms=50, backoff_max_ms=50
+    )
+    deliveries: list[tuple[str, int]] = []
+
+    async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
+        deliveries.append((ctx.message_id, ctx.attempt))
+        if ctx.message_id == sent[chat][0]:
+            # The first call of the commit reaches Redis; its answer never reaches the worker...
+            lease = Lease(ctx.conversation, ctx.fence, 0, [])
+            await consumer.ack(lease, ctx.message_id, [("RPUSH", keys.handled, "a")])
+            # ...which retries after the lease's deadline (a stall, a long reconnect).
+            await aredis.hset(keys.meta, "lease_until", 1)
+            await aredis.zadd(keys.shard_keys.leases, {keys.token: 1})
+            return  # the slot commits: that is the retry
+        await ctx.commit([("RPUSH", keys.handled, "b")])
+
+    async def both() -> bool:
+        return await aredis.llen(keys.handled) == 2
+
+    await run_slot(aredis, key_prefix, handler, both, reaper=True)
+    assert deliveries == [(sent[chat][0], 1), (sent[chat][1], 1)]
+    assert await aredis.lrange(keys.handled, 0, -1) == [b"a", b"b"]
+    assert await aredis.hlen(keys.attempts) == 0
+    assert await list_dead_letters(aredis, 1, key_prefix) == []
+
+
+async def test_a_redis_error_the_message_causes_counts_attempts_until_the_dead_letters(
+    aredis: Any, key_prefix: str
+) -> None:
+    """WRONGTYPE (a handler's own bug or bad data) is the message's fault: each delivery counts
+    an attempt, and after WSM_MAX_ATTEMPTS (3 here) the message is a dead letter."""
+    chat = chat_id(8)
+    sent = await enqueue_texts(aredis, key_prefix, {chat: ["breaks", "fine"]})
+    keys = conversation(chat, key_prefix)
+    not_a_list = f"{keys.shard_keys.tag}:c:{keys.token}:state"
+    await aredis.set(not_a_list, "a string")
+    attempts: list[int] = []
+
+    async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
+        if text_of(event) == "breaks":
+            attempts.append(ctx.attempt)
+            await ctx.redis.lpush(not_a_list, "x")  # WRONGTYPE, every time
+        await record(event, ctx)
+
+    async def moved_on() -> bool:
+        return await handled_ids(aredis, chat, key_prefix) == sent[chat][1:]
+
+    await run_slot(aredis, key_prefix, handler, moved_on, backoff_ms=20, reaper=True)
+    assert attempts == [1, 2, 3]
+    (letter,) = await list_dead_letters(aredis, 1, key_prefix)
+    assert (letter.id, letter.reason, letter.attempts) == (sent[chat][0], "failed", 3)
+    assert letter.error.startswith("ResponseError: WRONGTYPE")
+
+
+async def test_a_message_that_breaks_redis_every_time_still_reaches_the_dead_letters(
+    aredis: Any, redis_url: str, key_prefix: str
+) -> None:
+    """A connection-class error (here a real Redis call that always outlasts its client's
+    timeout) is not counted as an attempt at first: it looks like Redis's trouble. But five in
+    a row on one message count one attempt, so the message cannot be requeued forever."""
+    chat = chat_id(9)
+    sent = await enqueue_texts(aredis, key_prefix, {chat: ["times out", "fine"]})
+    impatient = redis.asyncio.Redis.from_url(redis_url, socket_timeout=0.05)
+    attempts: list[int] = []
+
+    async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
+        if text_of(event) == "times out":
+            attempts.append(ctx.attempt)
+            await impatient.blpop([f"{key_prefix}:never"], timeout=2)  # redis TimeoutError
+        await record(event, ctx)
+
+    async def moved_on() -> bool:
+        return await handled_ids(aredis, chat, key_prefix) == sent[chat][1:]
+
+    try:
+        await run_slot(aredis, key_prefix, handler, moved_on, backoff_ms=20, reaper=True)
+    finally:
+        await impatient.aclose()
+    assert attempts == [1] * 5 + [2] * 5 + [3] * 5
+    (letter,) = await list_dead_letters(aredis, 1, key_prefix)
+    assert (letter.id, letter.reason, letter.attempts) == (sent[chat][0], "failed", 3)
+    assert "5 Redis errors in a row" in letter.error
+    assert await aredis.hgetall(conversation(chat, key_prefix).meta) == {}
+
+
+async def test_a_script_error_in_the_commit_counts_an_attempt(aredis: Any, key_prefix: str) -> None:
+    """A commit the script refuses (its write hits a key of another type) is a ResponseError:
+    the message's fault, counted, and nothing acked."""
+    chat = chat_id(10)
+    sent = await enqueue_texts(aredis, key_prefix, {chat: ["a"]})
+    keys = conversation(chat, key_prefix)
+    not_a_list = f"{keys.shard_keys.tag}:c:{keys.token}:state"
+    await aredis.set(not_a_list, "a string")
+    raised: list[BaseException] = []
+
+    async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
+        try:
+            await ctx.commit([("RPUSH", not_a_list, "x")])
+        except ResponseError as exc:
+            raised.append(exc)
+            raise
+
+    async def delayed() -> bool:
+        return await aredis.hget(keys.meta, "state") == b"delayed"
+
+    await run_slot(aredis, key_prefix, handler, delayed)
+    assert len(raised) == 1
+    assert await aredis.hget(keys.attempts, sent[chat][0]) == b"1"
+    assert await aredis.lrange(keys.messages, 0, -1) == [sent[chat][0].encode()]
+
+
+@pytest.mark.parametrize(
+    ("error", "redis_trouble"),
+    [
+        (ConnectionError("Connection closed by server."), True),
+        (BusyLoadingError("Redis is loading the dataset in memory"), True),
+        (ReadOnlyError("You can't write against a read only replica."), True),
+        (OutOfMemoryError("command not allowed when used memory > 'maxmemory'."), True),
+        (ResponseError("BUSY Redis is busy running a script."), True),
+        (ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"), False),
+        (ResponseError("ERR user_script:1: Script attempted to access a non local key"), False),
+    ],
+)
+def test_which_redis_errors_are_not_the_messages_fault(
+    error: Exception, redis_trouble: bool
+) -> None:
+    """The classes and prefixes as redis-py raises them for Redis's answers (see its parser's
+    EXCEPTION_CLASSES); the two consequences are covered against a real Redis above."""
+    assert not_the_messages_fault(error) is redis_trouble

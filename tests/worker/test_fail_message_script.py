@@ -94,7 +94,8 @@ async def test_terminal_failure_dead_letters_at_once(queue: Queue) -> None:
     assert (result.outcome, result.attempts) == (FailOutcome.DEAD, 1)
     (letter,) = await list_dead_letters(queue.client, queue.shards, queue.prefix)
     assert letter.reason == "invalid"
-    assert await state(queue, chat) == "idle"
+    # Idle: a conversation with nothing queued keeps no meta (its fence is the shard's counter).
+    assert await queue.client.exists(keys_of(queue, chat).meta) == 0
 
 
 async def test_fenced_out_failure_counts_nothing(queue: Queue) -> None:
@@ -118,3 +119,63 @@ async def test_failure_of_a_message_that_is_not_the_head_is_refused(queue: Queue
     with pytest.raises(NotHead):
         await consumer.fail(lease, ids[1], "boom")
     assert await queue.client.hget(keys_of(queue, chat).attempts, ids[1]) is None
+
+
+async def test_redis_errors_count_strikes_until_the_cap_makes_one_attempt(queue: Queue) -> None:
+    chat = chat_id(7)
+    ids = await queue_chat(queue, chat, ["a", "b"])
+    consumer = queue.consumer(max_attempts=5)
+    consumer.redis_errors_per_attempt = 3
+    keys = keys_of(queue, chat)
+
+    for strike in (1, 2):
+        lease = await lease_chat(queue, consumer, chat)
+        result = await consumer.fail(lease, ids[0], "redis: TimeoutError", redis_error=True)
+        assert result.outcome is FailOutcome.REQUEUED, strike
+        assert await queue.client.hget(keys.attempts, ids[0]) is None  # no attempt counted
+        assert await state(queue, chat) == "ready"
+        assert await ready_order(queue, chat) == [keys.token]  # front of the line, at once
+        assert await queue.client.zcard(keys.shard_keys.leases) == 0
+
+    lease = await lease_chat(queue, consumer, chat)
+    result = await consumer.fail(lease, ids[0], "redis: TimeoutError", redis_error=True)
+    assert (result.outcome, result.attempts) == (FailOutcome.RETRY, 1)
+    assert await state(queue, chat) == "delayed"
+    assert await queue.client.hmget(keys.meta, "strike", "strikes") == [None, None]
+    assert await message_ids(queue, chat) == ids
+
+
+async def test_a_counted_failure_starts_the_strikes_again(queue: Queue) -> None:
+    chat = chat_id(8)
+    ids = await queue_chat(queue, chat, ["a"])
+    consumer = queue.consumer(max_attempts=5)
+    consumer.redis_errors_per_attempt = 2
+    keys = keys_of(queue, chat)
+    lease = await lease_chat(queue, consumer, chat)
+    assert (await consumer.fail(lease, ids[0], "x", redis_error=True)).outcome is (
+        FailOutcome.REQUEUED
+    )
+    lease = await lease_chat(queue, consumer, chat)
+    assert (await consumer.fail(lease, ids[0], "RuntimeError")).outcome is FailOutcome.RETRY
+    await queue.client.zrem(keys.shard_keys.delayed, keys.token)
+    await queue.client.hset(keys.meta, "state", "ready")
+    await queue.client.rpush(keys.shard_keys.ready, keys.token)
+    lease = await lease_chat(queue, consumer, chat)
+    # One strike after the counted failure: not yet an attempt.
+    assert (await consumer.fail(lease, ids[0], "x", redis_error=True)).outcome is (
+        FailOutcome.REQUEUED
+    )
+    assert await queue.client.hget(keys.attempts, ids[0]) == b"1"
+
+
+async def test_fenced_out_redis_error_counts_no_strike(queue: Queue) -> None:
+    chat = chat_id(9)
+    ids = await queue_chat(queue, chat, ["a"])
+    consumer = queue.consumer()
+    lease = await lease_chat(queue, consumer, chat)
+    keys = keys_of(queue, chat)
+    await queue.client.hincrby(keys.meta, "fence", 1)
+    result = await consumer.fail(lease, ids[0], "x", redis_error=True)
+    assert result.outcome is FailOutcome.LOST
+    assert await queue.client.hmget(keys.meta, "strike", "strikes") == [None, None]
+    assert await ready_order(queue, chat) == []

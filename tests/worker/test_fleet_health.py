@@ -3,11 +3,13 @@ or the fleet is gone."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import orjson
 
 from tests.support.polling import async_wait_until
 from tests.worker.support import fleet_environment, run_wsm, running_fleet
+from worker.supervisor import RESTART_FIRST_SECONDS
 
 
 async def test_check_follows_the_fleet(
@@ -65,6 +68,19 @@ def test_check_without_redis_is_unhealthy(workdir: Path) -> None:
     assert "redis unreachable" in orjson.loads(result.stdout)["problems"][0]
 
 
+def restart_log(fleet_log: str) -> list[tuple[datetime, float]]:
+    """(when, announced delay) of each "restarting" line the supervisor logged, in order."""
+    restarts = []
+    for line in fleet_log.splitlines():
+        if not line.startswith("{"):
+            continue
+        record = orjson.loads(line)
+        if record.get("msg") == "worker process exited; restarting":
+            when = datetime.strptime(record["ts"], "%Y-%m-%dT%H:%M:%S.%fZ")
+            restarts.append((when, float(record["restart_in"])))
+    return restarts
+
+
 async def test_a_crash_looping_process_is_restarted_with_backoff_and_unhealthy(
     aredis: Any, redis_url: str, key_prefix: str, workdir: Path
 ) -> None:
@@ -74,16 +90,28 @@ async def test_a_crash_looping_process_is_restarted_with_backoff_and_unhealthy(
 
         async def crash_looping() -> dict[str, Any] | None:
             document = await fleet.supervisor(aredis)
-            looping = document and document["children"][0]["quick_exits"] >= 3
+            # Four, so that the delays compared below include one (2 s) longer than a
+            # process takes to start and fail: a supervisor that did not wait fails then.
+            looping = document and document["children"][0]["quick_exits"] >= 4
             return document if looping else None
 
-        document = await async_wait_until(crash_looping, timeout=30, what="3 quick exits")
-        assert document["children"][0]["restarts"] >= 3
+        document = await async_wait_until(crash_looping, timeout=30, what="4 quick exits")
+        assert document["children"][0]["restarts"] >= 4
         result = run_wsm(["worker", "--check", "--fleet-id", fleet.fleet_id], fleet.env, workdir)
         assert result.returncode == 1
         assert "crash-looping" in result.stdout
         assert "cannot load handler 'no.such.module:x'" in fleet.tail()
         assert fleet.terminate() == 0, fleet.tail()
+
+    # The backoff happened: each restart waited at least its delay, and the delay doubled with
+    # each quick exit in a row. The next exit comes after the delay plus the new process's
+    # own start, so the spacing of exits is a lower bound that no machine speed can break.
+    restarts = restart_log(fleet.log.read_text(errors="replace"))
+    assert len(restarts) >= 4, fleet.tail()
+    delays = [delay for _, delay in restarts[:4]]
+    assert delays == [RESTART_FIRST_SECONDS * 2**n for n in range(4)]
+    for (exited, delay), (next_exited, _) in itertools.pairwise(restarts):
+        assert (next_exited - exited).total_seconds() >= delay, restarts
 
 
 def test_metrics_port_in_use_is_a_clean_error(

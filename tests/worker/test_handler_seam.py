@@ -10,6 +10,7 @@ import pytest
 
 from shared.settings import Settings
 from tests.support.polling import async_wait_until
+from tests.worker.handlers import Lifecycle
 from tests.worker.support import chat_id, enqueue_texts, running_fleet, wait_all_handled
 from worker.handler import HandlerLoadError, HandlerSetup, load_handler
 from worker.handlers.recording import record
@@ -24,8 +25,20 @@ async def test_an_async_callable_is_used_as_is() -> None:
 
 
 async def test_a_factory_is_called_with_the_setup() -> None:
-    handler = await load_handler("tests.worker.handlers:lifecycle", setup())
-    assert type(handler).__name__ == "Lifecycle"
+    """The factory gets this process's setup (its Redis client and settings), and what it
+    returns is the handler, not the factory itself. That the fleet then calls it for each
+    message is the fleet test below."""
+    redis_client = object()
+    given = HandlerSetup(
+        Settings(WSM_KEY_PREFIX="seam"),  # type: ignore[call-arg]
+        redis=redis_client,
+        process_index=3,
+        fleet_id="f",
+    )
+    handler = await load_handler("tests.worker.handlers:lifecycle", given)
+    assert isinstance(handler, Lifecycle)
+    assert handler.redis is redis_client
+    assert handler.prefix == "seam"
 
 
 @pytest.mark.parametrize(

@@ -83,6 +83,7 @@ async def test_two_reapers_reap_once(queue: Queue) -> None:
         shard.stats,
         shard.ready,
         shard.dlq,
+        shard.fence,
     ]
     first = await REAP_EXPIRED_LEASE(queue.client, call_keys, [keys.token, 3])
     second = await REAP_EXPIRED_LEASE(queue.client, call_keys, [keys.token, 3])

@@ -56,7 +56,7 @@ async def test_release_of_an_empty_conversation_makes_it_idle_until_its_next_mes
     await consumer.ack(lease, ids[0])
 
     assert await consumer.release(lease) is True
-    assert await state(queue, chat) == "idle"
+    assert await queue.client.exists(keys_of(queue, chat).meta) == 0  # idle: no meta
     assert await ready_order(queue, chat) == []
 
     await queue_chat(queue, chat, ["b"])  # the enqueue side makes an idle chat ready

@@ -1,7 +1,7 @@
 """Identifiers as WAHA (GOWS engine) writes them.
 
 - Envelope ids are `evt_` + a lower-case ULID; `X-Webhook-Request-Id` is an upper-case ULID.
-  Both carry the same millisecond as the envelope `timestamp` (see waha-fixtures'
+  Both carry the same millisecond as the envelope `timestamp` (see tests/fixtures/waha's
   message-text.json and its headers).
 - Message ids are `<fromMe>_<chat id in @c.us form>_<WhatsApp id>`; WhatsApp ids of messages
   sent from WhatsApp Web / whatsmeow are `3EB0` + 18 upper-case hex digits, ids of messages

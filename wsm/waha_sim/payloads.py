@@ -1,7 +1,7 @@
 """WAHA's JSON shapes (GOWS engine, WAHA 2025.11), key for key and in WAHA's key order.
 
 The order matters: WAHA serialises with `JSON.stringify`, which keeps insertion order, and
-the HMAC covers those exact bytes. References: waha-fixtures/*.json and WAHA's
+the HMAC covers those exact bytes. References: tests/fixtures/waha/*.json and WAHA's
 `populateSessionInfo` (envelope), GOWS `toWAMessage` (message), `receiptToMessageAck` (ack),
 `messageResponse` (sendText's answer).
 """

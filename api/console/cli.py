@@ -1,0 +1,86 @@
+"""`wsm agent`: the console's accounts.
+
+    wsm agent add <id> --name "<name>" [--role agent|admin]   password from stdin or a prompt
+    wsm agent passwd <id>                                     a new password (ends its sessions)
+    wsm agent remove <id>                                     the account and its sessions
+    wsm agent list
+
+The password is read from standard input (its first line) when it is not a terminal, so
+`printf '%s\\n' "$PASSWORD" | wsm agent add ana --name "Ana"` works in scripts; on a terminal
+it is asked twice, without echo. It is never an argument (arguments show in `ps`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+from typing import Any
+
+from shared.keys import ConsoleKeys
+from shared.settings import Settings
+
+from .accounts import ROLES, AccountError, AccountStore
+
+
+def read_password(stdin: Any = None) -> str:
+    stdin = stdin or sys.stdin
+    if stdin.isatty():
+        first = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != first:
+            raise AccountError("the two passwords differ")
+        return first
+    return stdin.readline().rstrip("\r\n")
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.redis_client import connect
+
+    redis = connect(settings.redis_url)
+    store = AccountStore(redis, ConsoleKeys(settings.key_prefix))
+    try:
+        if args.action == "add":
+            account = await store.add(args.id, args.name or args.id, args.role, read_password())
+            print(f"agent {account.id} ({account.name}, {account.role}) added")
+        elif args.action == "passwd":
+            await store.set_password(args.id, read_password())
+            print(f"password of {args.id} changed; its sessions ended")
+        elif args.action == "remove":
+            if not await store.remove(args.id):
+                print(f"wsm agent: no agent {args.id!r}", file=sys.stderr)
+                return 1
+            print(f"agent {args.id} removed; its sessions ended")
+        else:
+            for account in await store.list():
+                print(f"{account.id}\t{account.role}\t{account.name}")
+    finally:
+        await redis.aclose()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="wsm agent", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="action", required=True)
+    add = sub.add_parser("add", help="create an account (password from stdin or a prompt)")
+    add.add_argument("id", help="the agent id: 1-40 of a-z 0-9 . _ -")
+    add.add_argument("--name", help="the name customers and colleagues see")
+    add.add_argument("--role", choices=ROLES, default="agent")
+    passwd = sub.add_parser("passwd", help="set a new password (ends the account's sessions)")
+    passwd.add_argument("id")
+    remove = sub.add_parser("remove", help="remove an account (ends its sessions)")
+    remove.add_argument("id")
+    sub.add_parser("list", help="list the accounts")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    try:
+        return asyncio.run(run(args, settings))
+    except AccountError as exc:
+        print(f"wsm agent: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,146 @@
+"""What one conversation may cost: agent turns per minute, model tokens per day, and bursts.
+
+- **Turns.** At most WSM_AGENT_TURNS_PER_MINUTE agent turns start per conversation in any 60 s
+  (a sliding window: a sorted set of the turns' start times), so a customer flooding the chat
+  cannot make the model run for every message.
+- **Tokens.** At most WSM_AGENT_TOKENS_PER_DAY model tokens per conversation per UTC day,
+  counted from every response's `usage` (failed turns included: they cost too). The turn that
+  crosses the budget finishes; the next one goes to the menu.
+- **Bursts.** `customer_messages_behind` peeks at the conversation's queue: consecutive
+  customer messages already waiting behind the one being handled. The fallback brain answers
+  only the last of them, so "oi" / "quero marcar" / "amanhã" queued together get one answer
+  (the earlier ones reach the model as history). No timer: only what is already queued.
+
+Past a limit the fallback brain answers on the menu (engine/agent/fallback.py), counts it in
+`wsm_llm_fallbacks_total{reason="turn_limit"|"token_limit"}` and records the limit in the
+conversation's collected data (`agent_limit`), which the operator API shows with its state.
+
+The counters are plain keys outside the conversation's hash tag, written without the commit:
+they expire on their own (a minute, two days). A message handled twice after a crash counts
+its turn twice, which errs on the cheap side. One conversation is handled by one worker at a
+time (the queue's lease), so the read-then-add below does not race with itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from engine.identity import Conversation
+from shared.envelope import InvalidRecord, decode_record
+from shared.keys import keys_for_conversation
+
+TURN_WINDOW_MS = 60_000
+TOKENS_KEY_SECONDS = 2 * 24 * 3600
+# How far behind the current message a burst is looked for (one LRANGE, one HMGET).
+BURST_PEEK = 50
+# Events that may sit between two customer messages without ending their burst: delivery
+# statuses, and `message.any` repeating a customer's `message`.
+_TRANSPARENT_EVENTS = {"message.ack", "message.ack.group"}
+
+TURN_LIMIT = "turn_limit"
+TOKEN_LIMIT = "token_limit"
+
+
+class ConversationLimits:
+    def __init__(
+        self,
+        redis: Any,
+        *,
+        prefix: str,
+        shards: int,
+        turns_per_minute: int,
+        tokens_per_day: int,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._shards = shards
+        self.turns_per_minute = turns_per_minute
+        self.tokens_per_day = tokens_per_day
+        self._clock_ms = clock_ms
+
+    # --- keys ------------------------------------------------------------------------------
+    # The conversation is named by a digest, not its token: no key name carries a customer's
+    # number (these keys outlive an erase by at most their expiry, two days).
+    @staticmethod
+    def _who(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()[:32]
+
+    def turns_key(self, token: str) -> str:
+        return f"{self._prefix}:agentlimit:turns:{self._who(token)}"
+
+    def tokens_key(self, token: str, now_ms: int | None = None) -> str:
+        at = self._clock_ms() if now_ms is None else now_ms
+        day = datetime.fromtimestamp(at / 1000, UTC).strftime("%Y%m%d")
+        return f"{self._prefix}:agentlimit:tokens:{day}:{self._who(token)}"
+
+    # --- turns and tokens ------------------------------------------------------------------
+    async def admit(self, token: str) -> str | None:
+        """None when an agent turn may start now (and counts it); else the limit reached."""
+        now = self._clock_ms()
+        if self.tokens_per_day > 0:
+            used = await self._redis.get(self.tokens_key(token, now))
+            if used is not None and int(used) >= self.tokens_per_day:
+                return TOKEN_LIMIT
+        if self.turns_per_minute > 0:
+            key = self.turns_key(token)
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.zremrangebyscore(key, 0, now - TURN_WINDOW_MS)
+            pipe.zcard(key)
+            _, started = await pipe.execute()
+            if int(started) >= self.turns_per_minute:
+                return TURN_LIMIT
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.zadd(key, {f"{now}:{uuid.uuid4().hex[:8]}": now})
+            pipe.pexpire(key, TURN_WINDOW_MS)
+            await pipe.execute()
+        return None
+
+    async def add_tokens(self, token: str, tokens: int) -> None:
+        if self.tokens_per_day <= 0 or tokens <= 0:
+            return
+        key = self.tokens_key(token)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.incrby(key, tokens)
+        pipe.expire(key, TOKENS_KEY_SECONDS)
+        await pipe.execute()
+
+    async def tokens_used(self, token: str) -> int:
+        used = await self._redis.get(self.tokens_key(token))
+        return int(used) if used is not None else 0
+
+    # --- bursts ----------------------------------------------------------------------------
+    async def customer_messages_behind(self, conversation: Conversation) -> int:
+        """How many customer messages wait in the queue right behind the one being handled
+        (the queue's head), before anything else the conversation must see first."""
+        keys = keys_for_conversation(
+            conversation.session, conversation.chat_id, self._shards, self._prefix
+        )
+        # Oldest at the right: -1 is the head (the message being handled), -2 the next.
+        ids = await self._redis.lrange(keys.messages, -(BURST_PEEK + 1), -2)
+        if not ids:
+            return 0
+        ids = list(reversed(ids))
+        records = await self._redis.hmget(keys.bodies, ids)
+        behind = 0
+        for record in records:
+            if record is None:
+                break
+            try:
+                event = decode_record(record if isinstance(record, bytes) else record.encode())
+            except InvalidRecord:
+                break
+            if event.event in _TRANSPARENT_EVENTS:
+                continue
+            payload = event.document().get("payload") or {}
+            if event.event == "message.any" and payload.get("fromMe") is not True:
+                continue
+            if event.event != "message" or payload.get("fromMe") is True:
+                break
+            behind += 1
+        return behind

@@ -1,0 +1,19 @@
+"""What "Redis is unavailable right now" means, in one place.
+
+redis-py wraps socket errors in its own ConnectionError/TimeoutError; BusyLoadingError (Redis
+replaying its append-only file after a restart) is a ConnectionError; a cluster without a
+quorum or in the middle of a failover or resharding answers ClusterDown / TryAgain. Not the
+builtin TimeoutError (asyncio.wait_for raises it, and it means something else), and not
+ResponseError: a command Redis answered with an error is the caller's fault, not Redis's.
+"""
+
+from __future__ import annotations
+
+from redis.exceptions import ClusterDownError, ConnectionError, TimeoutError, TryAgainError
+
+REDIS_UNAVAILABLE: tuple[type[Exception], ...] = (
+    ConnectionError,
+    TimeoutError,
+    ClusterDownError,
+    TryAgainError,
+)

@@ -1,0 +1,212 @@
+"""One customer cannot run up the bill or degrade everyone (issue 12, section 1): with the
+default limits and Groq stood in for, through the real engine and queue protocol.
+
+- a burst already queued is one agent turn;
+- at most WSM_AGENT_TURNS_PER_MINUTE turns and WSM_AGENT_TOKENS_PER_DAY tokens per
+  conversation; past them the conversation continues on the menu, counted and shown in its
+  state, while other customers keep the model;
+- a 64 KiB message reaches the model as at most WSM_AGENT_INBOUND_MAX_CHARS characters;
+- a 413 from the model fails that message's turn only, never the breaker;
+- a WhatsApp message already in the conversation's history is not handled again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from engine.agent.breaker import BreakerState
+from engine.history import HistoryKeys, read_page
+from engine.state import load_state
+from shared.keys import engine_keys_for
+from tests.agent.engine_harness import AgentHarness
+from tests.agent.fake_groq import MODEL, completion, error
+from tests.engine.harness import FakeWaha
+
+ANA = "5511987650001@c.us"
+BIA = "5511987650002@c.us"
+MODEL_ANSWER = "Olá! Sou a assistente da Clínica Sorriso. Em que posso ajudar?"
+
+
+@pytest.fixture
+def waha(router) -> FakeWaha:
+    return FakeWaha(router)
+
+
+@pytest.fixture
+async def harness(aredis, agent_settings, clock) -> AsyncIterator[Callable[..., AgentHarness]]:
+    made: list[AgentHarness] = []
+
+    def make(**overrides: Any) -> AgentHarness:
+        made.append(AgentHarness(aredis, agent_settings(**overrides), clock))
+        return made[-1]
+
+    yield make
+    for item in made:
+        await item.aclose()
+
+
+def user_texts(request: dict[str, Any]) -> list[str]:
+    return [str(m["content"]) for m in request["messages"] if m["role"] == "user"]
+
+
+def fallbacks(reason: str) -> float:
+    value = REGISTRY.get_sample_value("wsm_llm_fallbacks_total", {"reason": reason})
+    return value or 0.0
+
+
+async def history_of(aredis: Any, prefix: str, chat: str) -> list[Any]:
+    conv = engine_keys_for("default", chat, 1, prefix)
+    entries, _ = await read_page(aredis, HistoryKeys(conv.history, conv.history_meta), limit=100)
+    return entries
+
+
+async def test_a_flood_from_one_chat_costs_few_model_calls_and_others_keep_the_model(
+    harness, groq, waha, aredis, key_prefix
+) -> None:
+    agent = harness()  # the default limits
+    groq.policy = lambda request: completion(MODEL_ANSWER)
+    turn_limit_before = fallbacks("turn_limit")
+
+    # 40 messages from Ana arrive while the engine works through them (bursts of 4 between
+    # two passes of the worker), and Bia writes once in the middle of it.
+    for n in range(10):
+        for m in range(4):
+            assert await agent.queue(ANA, f"mensagem {4 * n + m + 1}")
+        if n == 5:
+            assert await agent.queue(BIA, "Oi, quero saber o horário")
+        await agent.drain()
+
+    ana_calls = [r for r in groq.requests if "mensagem" in user_texts(r)[-1]]
+    bia_calls = [r for r in groq.requests if user_texts(r)[-1] == "Oi, quero saber o horário"]
+    assert len(groq.requests) <= 8
+    assert len(ana_calls) <= 6 and len(bia_calls) == 1
+    # Bia was answered by the model, not by the menu.
+    assert waha.to(BIA) == [MODEL_ANSWER]
+    # Ana went on on the menu past her limit: counted, and shown in her conversation's state.
+    assert fallbacks("turn_limit") > turn_limit_before
+    assert waha.to(ANA)[-1] != MODEL_ANSWER
+    state = await load_state(aredis, engine_keys_for("default", ANA, 1, key_prefix).state)
+    assert state.collected["agent_limit"] == "turn_limit"
+    # Every message is in her history, whoever answered it.
+    entries = await history_of(aredis, key_prefix, ANA)
+    assert [e.text for e in entries if e.direction == "in"] == [
+        f"mensagem {n}" for n in range(1, 41)
+    ]
+
+
+async def test_a_burst_already_queued_is_answered_in_one_turn(
+    harness, groq, waha, aredis, key_prefix
+) -> None:
+    agent = harness()
+    groq.policy = lambda request: completion("Claro! Para amanhã tenho 10:00 e 11:00.")
+    for text in ("oi", "quero marcar", "amanhã"):
+        assert await agent.queue(ANA, text)
+    await agent.drain()
+
+    [request] = groq.requests
+    assert user_texts(request)[-3:] == ["oi", "quero marcar", "amanhã"]
+    assert waha.to(ANA) == ["Claro! Para amanhã tenho 10:00 e 11:00."]
+    entries = await history_of(aredis, key_prefix, ANA)
+    assert [(e.direction, e.text) for e in entries] == [
+        ("in", "oi"),
+        ("in", "quero marcar"),
+        ("in", "amanhã"),
+        ("out", "Claro! Para amanhã tenho 10:00 e 11:00."),
+    ]
+
+
+async def test_a_64_kib_message_reaches_the_model_cut_to_4000_characters(
+    harness, groq, waha, aredis, key_prefix
+) -> None:
+    agent = harness()
+    groq.policy = lambda request: completion(MODEL_ANSWER)
+    text = "".join(f"{n:07d} " for n in range(8192))  # 64 KiB, every slice distinct
+    assert len(text) == 64 * 1024
+    await agent.say(ANA, text)
+    await agent.say(ANA, "e então?")  # the long one is history now: cut there too
+
+    assert len(groq.requests) == 2
+    for request in groq.requests:
+        long_one = next(t for t in user_texts(request) if t.startswith("0000000 "))
+        assert long_one.startswith(text[:4000])
+        assert text[4000:4010] not in long_one
+        assert "only the first 4000 are shown" in long_one
+    assert text[3990:4010] not in groq.sent_text
+    # The history keeps the whole text.
+    entries = await history_of(aredis, key_prefix, ANA)
+    assert entries[0].text == text
+
+
+async def test_the_daily_token_budget_moves_the_conversation_to_the_menu(
+    harness, groq, waha, aredis, key_prefix
+) -> None:
+    agent = harness(agent_tokens_per_day=1000)  # each answer below costs 869 tokens
+    groq.policy = lambda request: completion(MODEL_ANSWER)
+    before = fallbacks("token_limit")
+    await agent.say(ANA, "oi")
+    await agent.say(ANA, "tudo bem?")
+    assert len(groq.requests) == 2  # 869, then 1738: the turn that crosses it finishes
+    await agent.say(ANA, "quero marcar")
+    assert len(groq.requests) == 2
+    assert fallbacks("token_limit") == before + 1
+    assert waha.to(ANA)[:2] == [MODEL_ANSWER, MODEL_ANSWER]
+    assert waha.to(ANA)[2] != MODEL_ANSWER
+    state = await load_state(aredis, engine_keys_for("default", ANA, 1, key_prefix).state)
+    assert state.collected["agent_limit"] == "token_limit"
+    assert await agent.parts.limits.tokens_used(f"default|{ANA}") == 2 * 869
+    # Another customer is not affected.
+    await agent.say(BIA, "oi")
+    assert waha.to(BIA) == [MODEL_ANSWER]
+
+
+def request_too_large() -> Any:
+    return error(
+        413,
+        f"Request too large for model `{MODEL}` in organization `org_01hx` service tier "
+        "`on_demand` on tokens per minute (TPM): Limit 8000, Requested 21900, please reduce "
+        "your message size and try again.",
+        "tokens",
+        "rate_limit_exceeded",
+    )
+
+
+async def test_a_413_fails_that_message_only_and_never_opens_the_breaker(
+    harness, groq, waha
+) -> None:
+    agent = harness()
+    before = fallbacks("request_too_large")
+    # More 413s in a row than WSM_LLM_BREAKER_FAILURES (5).
+    groq.then(*[request_too_large() for _ in range(6)])
+    chats = [f"55119876500{n:02d}@c.us" for n in range(10, 16)]
+    for chat in chats:
+        await agent.say(chat, "um texto enorme")
+    assert fallbacks("request_too_large") == before + 6
+    assert all(len(waha.to(chat)) == 1 for chat in chats)  # each answered, by the menu
+    assert agent.parts.breaker.state is BreakerState.CLOSED
+    groq.policy = lambda request: completion(MODEL_ANSWER)
+    await agent.say(BIA, "oi")
+    assert waha.to(BIA) == [MODEL_ANSWER]
+
+
+async def test_a_message_already_in_the_history_is_not_handled_again(
+    harness, groq, waha, aredis, key_prefix
+) -> None:
+    agent = harness()
+    groq.policy = lambda request: completion(MODEL_ANSWER)
+    assert await agent.queue(ANA, "oi", message_id="3EB0AAAA0001")
+    await agent.drain()
+    # The gateway's and the queue's dedupe markers are gone (their window passed): the same
+    # WhatsApp message is queued again.
+    async for key in aredis.scan_iter(match=f"{key_prefix}:*seen*"):
+        await aredis.delete(key)
+    assert await agent.queue(ANA, "oi", message_id="3EB0AAAA0001")
+    await agent.drain()
+
+    assert len(groq.requests) == 1
+    assert waha.to(ANA) == [MODEL_ANSWER]
+    entries = await history_of(aredis, key_prefix, ANA)
+    assert [(e.direction, e.text) for e in entries] == [("in", "oi"), ("out", MODEL_ANSWER)]

@@ -1,0 +1,212 @@
+"""The attendants' console in a real browser against the real product.
+
+One private stack per module, built by wsm/load/product.py exactly as `wsm loadtest` builds it:
+Redis, the WAHA simulator as WAHA (it receives every sendText, acks DEVICE then READ, and
+posts the customers' messages as signed webhooks), the gateway, the worker fleet running the
+engine, and `wsm api`, which serves the console. Accounts are made with `wsm agent add`.
+The browser is Debian's chromium driven by Playwright (browser downloads are impossible here):
+outside CI a missing chromium or playwright skips, naming it; with CI=true it fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from tests.support.polling import wait_until
+from tests.support.tools import in_ci, require_program
+from wsm.load.product import KEY_PREFIX, ProductStack, StackOptions, build_stack
+from wsm.load.quiet import wait_quiet
+from wsm.stack import running
+
+ROOT = Path(__file__).resolve().parents[2]
+SHOTS = ROOT / "docs" / "console"
+PASSWORD = "correct horse battery"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+_phones = itertools.count(1)
+
+
+def new_phone() -> str:
+    return f"55119{os.getpid() % 1000:03d}{next(_phones):05d}"
+
+
+@dataclass
+class Product:
+    stack: ProductStack
+    redis: redis.Redis
+    sim: httpx.Client
+
+    @property
+    def url(self) -> str:
+        return self.stack.api_url
+
+    def say(self, phone: str, text: str) -> None:
+        response = self.sim.post("/_sim/inbound", json={"phone": phone, "text": text})
+        response.raise_for_status()
+
+    def chat(self, phone: str) -> list[dict[str, Any]]:
+        response = self.sim.get(f"/_sim/chats/{phone}@c.us/messages")
+        response.raise_for_status()
+        messages: list[dict[str, Any]] = response.json()["messages"]
+        return messages
+
+    def sent_to(self, phone: str) -> list[str]:
+        """What WAHA (the simulator) received as sendText for this customer."""
+        return [m["text"] for m in self.chat(phone) if m["direction"] == "out"]
+
+    def agent(
+        self, *args: str, password: str | None = PASSWORD
+    ) -> subprocess.CompletedProcess[str]:
+        """`wsm agent ...` against the stack's Redis, the password on stdin."""
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONPATH": str(ROOT),
+            "REDIS_URL": self.stack.redis_url,
+            "WSM_KEY_PREFIX": KEY_PREFIX,
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "wsm", "agent", *args],
+            input=None if password is None else password + "\n",
+            env=env,
+            cwd=str(self.stack.options.home),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def settle(self) -> None:
+        """Nothing under way: every reply acknowledged READ by the simulator's customers, and
+        nothing queued, leased, waiting to be sent or to be delivered as a webhook."""
+
+        def all_read() -> bool:
+            chats = self.sim.get("/_sim/chats").json()
+            for chat in chats:
+                messages = self.sim.get(f"/_sim/chats/{chat['chat_id']}/messages").json()
+                if any(
+                    m["direction"] == "out" and (m["ack"] or 0) < 3 for m in messages["messages"]
+                ):
+                    return False
+            return True
+
+        wait_until(all_read, timeout=30, interval=0.1, what="every reply read")
+        # In a thread of its own: Playwright's sync API keeps an event loop in this one.
+        with ThreadPoolExecutor(1) as pool:
+            settled = pool.submit(
+                asyncio.run,
+                wait_quiet(self.stack.redis_url, self.stack.sim_url, timeout=30, prefix=KEY_PREFIX),
+            ).result()
+        assert settled, "the product did not settle"
+
+    def waiting(self, phone: str) -> bool:
+        """The customer is in the line (the menu brain handed them over)."""
+        line = f"{KEY_PREFIX}:{{line}}:w:default"
+        return self.redis.zscore(line, f"default|{phone}@c.us") is not None
+
+    def bring_to_line(self, phone: str, name: str = "Carla Souza") -> None:
+        """Through the menu brain: greeting, name, then asking for a person."""
+        self.say(phone, "oi")
+        wait_until(lambda: self.sent_to(phone), timeout=20, what="the bot's greeting")
+        self.say(phone, name)
+        wait_until(lambda: len(self.sent_to(phone)) >= 2, timeout=20, what="the bot's menu")
+        self.say(phone, "quero falar com um atendente")
+        wait_until(lambda: self.waiting(phone), timeout=20, what=f"{phone} in the line")
+
+
+@pytest.fixture(scope="module")
+def product(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Product]:
+    home: Path = tmp_path_factory.mktemp("console")
+    stack = build_stack(
+        StackOptions(
+            home=home,
+            processes=1,
+            concurrency=4,
+            # nginx in front when installed (always in CI): the console is also tried through it.
+            nginx="auto",
+            # Customers wait until an agent takes them ("Atender próximo"), and the READ ack
+            # comes late enough to be seen arriving.
+            env={"WSM_AUTO_ASSIGN": "0", "WSM_POSITION_NOTICE_INTERVAL_SECONDS": "0"},
+            sim_args=("--read-delay", "1.5"),
+        )
+    )
+    with running(stack.stack, stack.stop_order):
+        stack.start()
+        client = redis.Redis.from_url(stack.redis_url)
+        sim = httpx.Client(base_url=stack.sim_url, timeout=30)
+        view = Product(stack, client, sim)
+        for agent_id, name, role in (
+            ("ana", "Ana", "agent"),
+            ("bia", "Bia", "agent"),
+            ("chefe", "Chefe", "admin"),
+        ):
+            done = view.agent("add", agent_id, "--name", name, "--role", role)
+            assert done.returncode == 0, done.stderr
+        try:
+            yield view
+        finally:
+            sim.close()
+            client.close()
+
+
+def _playwright() -> Any:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if in_ci():
+            pytest.fail("playwright is not installed; `pip install -e '.[test]'` installs it")
+        pytest.skip("playwright is not installed (pip install playwright)")
+    return sync_playwright
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    chromium = require_program("chromium")
+    sync_playwright = _playwright()
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1024, "height": 600}, locale="pt-BR")
+    context.set_default_timeout(15_000)
+    opened = context.new_page()
+    try:
+        yield opened
+    finally:
+        context.close()
+
+
+def login(page: Any, url: str, user: str, password: str = PASSWORD) -> None:
+    page.goto(f"{url}/login")
+    page.get_by_test_id("login-user").fill(user)
+    page.get_by_test_id("login-password").fill(password)
+    page.get_by_test_id("login-submit").click()
+
+
+def shot(page: Any, name: str) -> None:
+    """A screenshot for docs/console.md, small: JPEG-like sizes from a PNG of one viewport."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=False)

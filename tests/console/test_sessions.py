@@ -1,0 +1,91 @@
+"""Accounts, cookies and sessions of the console, on the real app and a real Redis (no
+browser): what the password hash is, what the cookie says, and what a forged one gets."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from api.app import create_app
+from shared.keys import ConsoleKeys
+from tests.conftest import keys_with_prefix
+from tests.engine.harness import settings_for
+
+TOKEN = "console-test-token-" + "x" * 32
+
+
+@pytest.fixture
+async def app(aredis: Any, redis_url: str, key_prefix: str) -> AsyncIterator[Any]:
+    built = create_app(settings_for(key_prefix, redis_url, api_token=TOKEN), aredis)
+    await built.state.console.accounts.add("ana", "Ana", "agent", "a long password")
+    yield built
+    await built.state.console.stop()
+
+
+async def login(app: Any, headers: dict[str, str] | None = None) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as client:
+        form = await client.get("/login")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+        assert csrf
+        return await client.post(
+            "/login",
+            data={"user": "ana", "password": "a long password", "csrf": csrf[1]},
+            headers=headers or {},
+        )
+
+
+async def test_the_password_is_stored_as_an_argon2id_hash(app: Any, aredis: Any) -> None:
+    stored = await aredis.hget(
+        ConsoleKeys(app.state.console.settings.key_prefix).account("ana"), "hash"
+    )
+    assert stored.startswith(b"$argon2id$") and b"a long password" not in stored
+
+
+@pytest.mark.parametrize(
+    ("headers", "secure"), [({}, False), ({"X-Forwarded-Proto": "https"}, True)]
+)
+async def test_the_session_cookie_is_httponly_samesite_and_secure_behind_tls(
+    app: Any, headers: dict[str, str], secure: bool
+) -> None:
+    answer = await login(app, headers)
+    assert answer.status_code == 303
+    cookie = next(c for c in answer.headers.get_list("set-cookie") if c.startswith("wsm_console="))
+    flags = {part.strip().lower() for part in cookie.split(";")}
+    assert "httponly" in flags and "samesite=lax" in flags
+    assert ("secure" in flags) is secure
+
+
+async def test_a_forged_or_tampered_cookie_is_not_a_session(
+    app: Any, sync_redis: Any, key_prefix: str
+) -> None:
+    answer = await login(app)
+    value = answer.cookies["wsm_console"]
+    sid, _, signature = value.rpartition(".")
+    forged = [f"{sid}.{'0' * len(signature)}", f"x{sid}.{signature}", sid, "anything"]
+    before = keys_with_prefix(sync_redis, key_prefix)
+    transport = httpx.ASGITransport(app=app)
+    for cookie in forged:
+        async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as client:
+            client.cookies.set("wsm_console", cookie)
+            page = await client.get("/")
+            assert page.status_code == 303 and page.headers["location"] == "/login"
+            refused = await client.post("/presence", data={"online": "1"})
+            assert refused.status_code == 401
+    assert keys_with_prefix(sync_redis, key_prefix) == before
+
+
+async def test_the_login_form_needs_its_csrf_token(
+    app: Any, sync_redis: Any, key_prefix: str
+) -> None:
+    before = keys_with_prefix(sync_redis, key_prefix)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as client:
+        await client.get("/login")
+        answer = await client.post("/login", data={"user": "ana", "password": "a long password"})
+    assert answer.status_code == 403 and "wsm_console=" not in answer.headers.get("set-cookie", "")
+    assert keys_with_prefix(sync_redis, key_prefix) == before

@@ -1,0 +1,499 @@
+"""The LGPD erase on a real Redis, driven through the real queue and engine: exact (nothing of
+another customer changes, byte for byte, even when their id contains the erased one), atomic
+(refused with nothing deleted while the conversation is handled; a message that arrives during
+the erase is kept and handled), fenced (a stale worker stays out) and complete."""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import redis
+import redis.cluster
+
+import engine.erase
+from api.console.audit import Audit
+from engine.agent.booking_webhook import BookingWebhook
+from engine.agent.bookings import BookingStore, Customer
+from engine.agent.service import calendar_from
+from engine.erase import erase_customer, message_key_names_chat
+from engine.identity import Conversation
+from shared.keys import (
+    ConsoleKeys,
+    WahaSessionKeys,
+    engine_keys_for,
+    hash_tag_of,
+    keys_for_conversation,
+)
+from shared.lua import LuaScript
+from shared.queue_errors import ConversationBusy, LeaseLost
+from shared.redis_client import connect
+from tests.conftest import keys_with_prefix
+from tests.engine.harness import FakeWaha, Harness, settings_for
+from tests.support.tools import require_program
+from tests.support.waha import text_message
+from tests.worker.cluster import LoopbackCluster
+
+ERASED = Conversation("default", "1@c.us")
+# Every one of these contains the erased id (or shares its chat id in another session).
+OTHERS = [
+    Conversation("default", "5511987650001@c.us"),
+    Conversation("default", "11@c.us"),
+    Conversation("other", "1@c.us"),
+]
+NAMES = {ERASED: "Ana Souza", OTHERS[0]: "Bia Lima", OTHERS[1]: "Caio Reis", OTHERS[2]: "Duda"}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# --- reading every key ------------------------------------------------------------------------
+
+
+def content(client: redis.Redis, key: bytes) -> tuple[bytes, Any]:
+    """A key's type and logical content (what a byte-level DUMP comparison is explained by)."""
+    kind = client.type(key)
+    value: Any
+    if kind == b"string":
+        value = client.get(key)
+    elif kind == b"list":
+        value = client.lrange(key, 0, -1)
+    elif kind == b"set":
+        value = client.smembers(key)
+    elif kind == b"zset":
+        value = dict(client.zrange(key, 0, -1, withscores=True))
+    elif kind == b"hash":
+        value = client.hgetall(key)
+    elif kind == b"stream":
+        value = client.xrange(key)
+    else:
+        value = None
+    return kind, value
+
+
+def snapshot(client: redis.Redis, prefix: str) -> dict[bytes, tuple[bytes | None, bytes, Any]]:
+    """Every key of the test: its DUMP (bytes), type and content."""
+    return {
+        key: (client.dump(key), *content(client, key)) for key in keys_with_prefix(client, prefix)
+    }
+
+
+def values_of(kind: bytes, value: Any) -> list[bytes]:
+    """Every member, field and value of a key, as bytes."""
+    if kind == b"string":
+        return [value or b""]
+    if kind in (b"list", b"set"):
+        return list(value)
+    if kind == b"zset":
+        return list(value)
+    if kind == b"hash":
+        return [b"%s=%s" % kv for kv in value.items()]
+    if kind == b"stream":
+        return [repr(entry).encode() for entry in value]
+    return []
+
+
+# --- driving customers through the real engine ------------------------------------------------
+
+
+def booking_store(harness: Harness) -> BookingStore:
+    return BookingStore(
+        harness.redis, calendar_from(harness.settings), prefix=harness.settings.key_prefix,
+        max_per_customer=3, retention_seconds=3600, webhook_enabled=True,
+    )  # fmt: skip
+
+
+async def dead_booking_hooks(harness: Harness) -> int:
+    """Deliver every due booking webhook to a receiver that refuses it for good (400): each goes
+    to `hooks:dead` with the customer's name and phone in its body."""
+    refuse = httpx.MockTransport(lambda request: httpx.Response(400, text="no such customer"))
+    hook = BookingWebhook(
+        harness.redis, prefix=harness.settings.key_prefix, url="http://hooks.test/booked",
+        secret=b"s", timeout_seconds=1, max_attempts=1, retry_base_ms=1, retry_max_ms=2,
+        http=httpx.AsyncClient(transport=refuse),
+    )  # fmt: skip
+    try:
+        return await hook.deliver_due()
+    finally:
+        await hook.aclose()
+
+
+async def live_a_life(
+    harness: Harness, waha: FakeWaha, who: Conversation, name: str, store: Any, n: int
+) -> str:
+    """Everything a customer leaves in Redis: a conversation with the bot and the line, a reply
+    WAHA refused (outbox dead letter), a message the workers gave up on (queue dead letter), a
+    booking whose webhook failed for good (`hooks:dead`), a cached lid lookup of their number,
+    dedupe markers of their messages. Returns their booking's id."""
+    for text in ("oi", name, "3"):
+        assert await harness.webhook(text_message(who.chat_id, text, session=who.session))
+    await harness.drain()
+    # WAHA refuses one reply for good: it goes to the outbox dead letters.
+    waha.failures.append(httpx.Response(400, json={"error": "chat not found"}))
+    assert await harness.webhook(text_message(who.chat_id, "sair", session=who.session))
+    await harness.drain()
+    # A message the workers give up on: the queue's dead letters (real fail_message.lua).
+    assert await harness.webhook(text_message(who.chat_id, "💥", session=who.session))
+    shard = keys_for_conversation(
+        who.session, who.chat_id, harness.settings.queue_shards, harness.settings.key_prefix
+    ).shard_keys
+    token = await harness.consumer.pop_ready(shard)
+    assert token == who.token
+    lease = await harness.consumer.claim(shard, token, uuid.uuid4().hex)
+    assert lease is not None
+    await harness.consumer.fail(lease, lease.messages[0].id, "handler blew up", terminal=True)
+    # A booking, and its webhook dead-lettered.
+    calendar = store.calendar
+    now = calendar.now()
+    slots = calendar.slots(calendar.services[0], now.date(), now.date() + timedelta(days=14), now)
+    slot = next(itertools.islice(slots, n, None))  # one slot each
+    phone = who.chat_id.partition("@")[0]
+    booking_id = "bk" + uuid.uuid4().hex[:8]
+    await store.book(Customer(who.token, name, phone), slot, booking_id=booking_id)
+    assert await dead_booking_hooks(harness) == 0
+    # A lid chat of the same person, whose lookup is cached under the session.
+    lid = f"{200000000 + n}@lid"
+    await harness.redis.set(
+        WahaSessionKeys(who.session, harness.settings.key_prefix).lid(lid), phone
+    )
+    # What the attendants' console keeps about them: an audit trail, a page showing them, an
+    # agent's read mark and handled list, the live channel's events.
+    console = ConsoleKeys(harness.settings.key_prefix)
+    await Audit(harness.redis, console, retention_seconds=3600).record(who.token, "maria", "took")
+    await harness.redis.zadd(console.viewed, {who.token: now_ms() + 60_000})
+    await harness.redis.hset(console.read("maria"), who.token, "1-0")
+    await harness.redis.zadd(console.handled("maria"), {who.token: now_ms()})
+    await harness.redis.xadd(console.events, {"kind": "conv", "token": who.token})
+    # A send under way.
+    await harness.redis.set(
+        WahaSessionKeys(who.session, harness.settings.key_prefix).inflight(who.chat_id),
+        orjson.dumps({"mid": "m1", "text": f"Olá {name}", "at": 1}),
+    )
+    return booking_id
+
+
+@pytest.fixture
+def harness(make_harness) -> Harness:
+    return make_harness(queue_shards=3, conversations_per_agent=1)
+
+
+async def test_erasing_one_customer_leaves_every_other_key_byte_for_byte(
+    harness: Harness, waha: FakeWaha, sync_redis, key_prefix
+) -> None:
+    await erase_exactly(harness, waha, sync_redis, key_prefix)
+
+
+@pytest.fixture(scope="module")
+def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    cluster = LoopbackCluster(tmp_path_factory.mktemp("cluster"), require_program("redis-cli"))
+    cluster.start()
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
+
+
+async def test_the_erase_runs_unchanged_on_a_redis_cluster(
+    cluster_url: str, redis_url: str, waha: FakeWaha, key_prefix: str
+) -> None:
+    """The same erase, exact to the byte, on a three-master Redis Cluster: every script's keys
+    share a hash tag, and the scans reach every master."""
+    client = connect(cluster_url)
+    sync_client = redis.cluster.RedisCluster.from_url(
+        "redis://" + cluster_url.removeprefix("redis+cluster://")
+    )
+    harness = Harness(
+        client, settings_for(key_prefix, redis_url, queue_shards=3, conversations_per_agent=1)
+    )
+    try:
+        await erase_exactly(harness, waha, sync_client, key_prefix)
+    finally:
+        await harness.aclose()
+        await client.aclose()
+        sync_client.close()
+
+
+async def erase_exactly(harness: Harness, waha: FakeWaha, sync_redis: Any, key_prefix: str) -> None:
+    await harness.service.coordinator.line.set_online("maria", "Maria", now_ms())
+    await harness.service.coordinator.line.set_online("joao", "João", now_ms())
+    store = booking_store(harness)
+    bookings = {}
+    for n, who in enumerate([OTHERS[0], ERASED, *OTHERS[1:]]):
+        bookings[who] = await live_a_life(harness, waha, who, NAMES[who], store, n)
+    erased_booking = bookings[ERASED].encode()
+    before = snapshot(sync_redis, key_prefix)
+    token = ERASED.token.encode()
+
+    def erased_element(kind: bytes, element: Any) -> bool:
+        """An entry of a shared key that is the erased customer's (exact, by structure)."""
+        if element in (token, erased_booking):  # indexes, the line, a day's slots
+            return True
+        if kind == b"stream":  # the console's events: a field holds the token
+            return token in element[1].values()
+        if kind != b"list":
+            return False
+        header = element.partition(b"\n")[0]
+        document = orjson.loads(header)
+        customer = (document.get("body") or {}).get("customer") or {}
+        return document.get("conversation") == ERASED.token or (
+            customer.get("session"),
+            customer.get("chat_id"),
+        ) == (ERASED.session, ERASED.chat_id)
+
+    # The erased customer is in every shared family the test checks below.
+    shared_families = [
+        b":dlq", b":outbox:dlq", b":hooks:dead", b":{eng}:convs", b":{line}:joined",
+        b":{console}:events", b":{console}:read:maria",
+    ]  # fmt: skip
+    for family in shared_families:
+        holders = [k for k in before if k.endswith(family)]
+        assert any(erased_element(before[k][1], e) for k in holders for e in before[k][2]), family
+
+    removed = await erase_customer(
+        harness.redis, prefix=key_prefix, shards=harness.settings.queue_shards,
+        session=ERASED.session, chat_id=ERASED.chat_id,
+        also=lambda: store.erase_customer(ERASED.token),
+    )  # fmt: skip
+    assert removed > 0
+    after = snapshot(sync_redis, key_prefix)
+
+    def is_erased_key(key: bytes) -> bool:
+        """Keys that belong to the erased customer alone (the test's own rule, by name)."""
+        text = key.decode()
+        session_tag = f"{key_prefix}:{{s:default}}:"
+        return (
+            f":c:{ERASED.token}:" in text
+            or text == f"{session_tag}inflight:{ERASED.chat_id}"
+            or (text.startswith(f"{session_tag}lid:") and before[key][2] == b"1")
+            or (":seen:default:m:" in text and f"_{ERASED.chat_id}_" in text)
+            or text.endswith(f":{ERASED.token}")  # the calendar's index of their bookings
+            or text.endswith(f":b:{bookings[ERASED]}")
+        )
+
+    # The erased customer had a key in every family of their own (a marker, a lid, ...).
+    erased_keys = [k.decode() for k in before if is_erased_key(k)]
+    for family in (":seen:default:m:", ":lid:", ":inflight:", ":hist", ":state", ":custall:"):
+        assert any(family in k for k in erased_keys), family
+    assert set(after) <= set(before), set(after) - set(before)
+    changed_shared = []
+    erased_shard = keys_for_conversation(ERASED.session, ERASED.chat_id, 3, key_prefix).shard_keys
+    for key, (dump, kind, value) in before.items():
+        if is_erased_key(key):
+            assert key not in after, key
+            continue
+        if key == erased_shard.fence.encode():  # the erase took a lease: its counter grew
+            assert int(after[key][2]) > int(value)
+            continue
+        if kind in (b"list", b"set"):
+            expected: Any = [e for e in value if not erased_element(kind, e)]
+            if kind == b"set":
+                expected = set(expected)
+        elif kind == b"zset":
+            expected = {m: s for m, s in value.items() if m != token}
+        elif kind == b"stream":
+            expected = [(i, f) for i, f in value if token not in f.values()]
+        elif kind == b"hash":
+            expected = {f: v for f, v in value.items() if f != token and v != erased_booking}
+        else:
+            expected = value
+        if expected == value:
+            assert key in after and after[key][0] == dump, key  # untouched: byte for byte
+        elif not expected:
+            assert key not in after, key  # held only the erased customer's entries
+        else:
+            assert key in after and after[key][1:] == (kind, expected), key
+            changed_shared.append(key)
+    assert len(changed_shared) >= len(shared_families)
+    # And nothing names the erased conversation any more.
+    for key, (_, kind, value) in after.items():
+        assert not is_erased_key(key)
+        for element in values_of(kind, value):
+            assert token not in element, (key, element)
+            if kind == b"list":
+                assert not erased_element(kind, element), (key, element)
+
+
+def test_a_marker_names_a_chat_only_exactly() -> None:
+    assert message_key_names_chat("message:false_1@c.us_3EB0AA", "1@c.us")
+    assert message_key_names_chat("message.ack:true_1@c.us_3EB0AA:3", "1@c.us")
+    assert not message_key_names_chat("message:false_5511987650001@c.us_3EB0AA", "1@c.us")
+    assert not message_key_names_chat("message:false_1@c.us.br_3EB0AA", "1@c.us")
+    # A group message whose participant is the customer is the group's, not this chat's.
+    assert not message_key_names_chat("message:false_123@g.us_3EB0AA_1@c.us", "1@c.us")
+
+
+# --- atomicity --------------------------------------------------------------------------------
+
+
+async def _busy(harness: Harness, state: str) -> None:
+    """Leave ERASED's conversation ready, leased or delayed."""
+    assert await harness.webhook(text_message(ERASED.chat_id, "oi"))
+    if state == "ready":
+        return
+    shard = keys_for_conversation(
+        ERASED.session, ERASED.chat_id, harness.settings.queue_shards, harness.settings.key_prefix
+    ).shard_keys
+    token = await harness.consumer.pop_ready(shard)
+    lease = await harness.consumer.claim(shard, token or "", uuid.uuid4().hex)
+    assert lease is not None
+    if state == "delayed":
+        await harness.consumer.fail(lease, lease.messages[0].id, "try later")
+
+
+@pytest.mark.parametrize("state", ["ready", "leased", "delayed", "sending"])
+async def test_a_busy_conversation_is_refused_with_nothing_deleted(
+    harness: Harness, waha: FakeWaha, sync_redis, key_prefix, state: str
+) -> None:
+    for text in ("oi", "Ana Souza"):
+        await harness.webhook(text_message(ERASED.chat_id, text))
+    await harness.drain()
+    if state == "sending":
+        # A sender holds the delivery lock: a reply is on its way to WAHA.
+        sending = engine_keys_for(ERASED.session, ERASED.chat_id, 3, key_prefix).sending
+        await harness.redis.set(sending, "sender-1", px=60_000)
+    else:
+        await _busy(harness, state)
+    meta = keys_for_conversation(ERASED.session, ERASED.chat_id, 3, key_prefix).meta
+    assert state == "sending" or sync_redis.hget(meta, "state") == state.encode()
+    before = snapshot(sync_redis, key_prefix)
+    with pytest.raises(ConversationBusy):
+        await erase_customer(
+            harness.redis, prefix=key_prefix, shards=3, session="default", chat_id=ERASED.chat_id
+        )
+    assert snapshot(sync_redis, key_prefix) == before
+
+
+async def test_a_message_that_arrives_during_the_erase_is_kept_and_handled(
+    harness: Harness, waha: FakeWaha, sync_redis, key_prefix, monkeypatch
+) -> None:
+    for text in ("oi", "Ana Souza"):
+        await harness.webhook(text_message(ERASED.chat_id, text))
+    await harness.drain()
+    arrived: list[dict[str, Any]] = []
+    real_markers = engine.erase._markers
+
+    async def message_arrives_then_scan(*args: Any) -> list[str]:
+        # WAHA delivers a message while the erase runs: right before its marker scan, so the
+        # scan sees this message's marker and must leave it alone.
+        document = text_message(ERASED.chat_id, "cheguei agora")
+        assert await harness.webhook(document)  # the gateway told WAHA `queued`
+        arrived.append(document)
+        return await real_markers(*args)
+
+    async def another_arrives() -> int:
+        # ... and one while the erase clears the other tags.
+        document = text_message(ERASED.chat_id, "e mais esta")
+        assert await harness.webhook(document)
+        arrived.append(document)
+        return 0
+
+    monkeypatch.setattr(engine.erase, "_markers", message_arrives_then_scan)
+    await erase_customer(
+        harness.redis, prefix=key_prefix, shards=3, session="default", chat_id=ERASED.chat_id,
+        also=another_arrives,
+    )  # fmt: skip
+    # Both wait in the queue; a repeat of either is still a duplicate (markers kept).
+    for document in arrived:
+        assert not await harness.webhook(document)
+    sent_before = len(waha.to(ERASED.chat_id))
+    await harness.drain()
+    # Handled from scratch: the bot greets a new customer, and the history holds only them.
+    assert len(waha.to(ERASED.chat_id)) > sent_before
+    history = engine_keys_for(ERASED.session, ERASED.chat_id, 3, key_prefix).history
+    stream = str(sync_redis.xrange(history))
+    assert "Ana Souza" not in stream
+    assert "cheguei agora" in stream and "e mais esta" in stream
+
+
+async def test_a_stale_worker_stays_fenced_out_after_the_erase(
+    harness: Harness, waha: FakeWaha, sync_redis, key_prefix
+) -> None:
+    """Today's DEL reset the fence to 1, so the old holder's fence matched the next lease."""
+    consumer = harness.consumer
+    shard = keys_for_conversation(ERASED.session, ERASED.chat_id, 3, key_prefix).shard_keys
+    document = text_message(ERASED.chat_id, "oi")
+    assert await harness.webhook(document)
+    stale = await consumer.claim(shard, await consumer.pop_ready(shard) or "", "worker-a")
+    assert stale is not None
+    await consumer.ack(stale, stale.messages[0].id)
+    await consumer.release(stale)
+    # The worker stalls here (GC pause, partition) still holding `stale`.
+    await erase_customer(
+        harness.redis, prefix=key_prefix, shards=3, session="default", chat_id=ERASED.chat_id
+    )
+    # The customer writes again (WAHA redelivers the same event after the dedupe window).
+    sync_redis.delete(*[k for k in keys_with_prefix(sync_redis, key_prefix) if b":seen:" in k])
+    assert await harness.webhook(document)
+    fresh = await consumer.claim(shard, await consumer.pop_ready(shard) or "", "worker-b")
+    assert fresh is not None and fresh.fence > stale.fence
+    before = snapshot(sync_redis, key_prefix)
+    state = engine_keys_for(ERASED.session, ERASED.chat_id, 3, key_prefix).state
+    with pytest.raises(LeaseLost):
+        await consumer.ack(stale, fresh.messages[0].id, [("HSET", state, "state", "zombie")])
+    with pytest.raises(LeaseLost):
+        await consumer.extend(stale)
+    assert not await consumer.release(stale)
+    assert snapshot(sync_redis, key_prefix) == before
+    await consumer.ack(fresh, fresh.messages[0].id)
+
+
+async def test_every_script_of_the_erase_touches_one_hash_tag(
+    harness: Harness, waha: FakeWaha, key_prefix, monkeypatch
+) -> None:
+    """Redis Cluster runs a script only when all its keys are in one slot: each call of the
+    erase declares keys of a single hash tag (so it runs unchanged on a cluster)."""
+    await harness.service.coordinator.line.set_online("maria", "Maria", now_ms())
+    await live_a_life(harness, waha, ERASED, "Ana Souza", booking_store(harness), 0)
+    calls: list[tuple[str, set[str]]] = []
+    real_call = LuaScript.__call__
+
+    async def recording(self: LuaScript, client: Any, keys: Any, args: Any) -> Any:
+        calls.append(
+            (self.name, {hash_tag_of(k if isinstance(k, str) else k.decode()) for k in keys})
+        )
+        return await real_call(self, client, keys, args)
+
+    monkeypatch.setattr(LuaScript, "__call__", recording)
+    await erase_customer(
+        harness.redis, prefix=key_prefix, shards=3, session="default", chat_id=ERASED.chat_id
+    )
+    names = {name for name, _ in calls}
+    assert {"erase_conversation", "erase_markers", "erase_line", "erase_index"} <= names
+    assert {"erase_session", "erase_calendar", "erase_console", "release_conversation"} <= names
+    for name, tags in calls:
+        assert len(tags) == 1, (name, tags)
+
+
+async def test_erasing_a_lid_chat_forgets_its_number_everywhere_in_the_lid_cache(
+    harness: Harness, waha: FakeWaha, sync_redis, key_prefix
+) -> None:
+    """A `@lid` chat's own cached lookup goes, and so does every other lid of the session that
+    maps to the same number; a number that merely contains it, and "unknown" answers, stay."""
+    lids = WahaSessionKeys("default", key_prefix)
+    await harness.redis.set(lids.lid("777@lid"), "5511900000077")
+    await harness.redis.set(lids.lid("778@lid"), "5511900000077")  # the same person, older lid
+    await harness.redis.set(lids.lid("779@lid"), "55119000000770")
+    await harness.redis.set(lids.lid("780@lid"), "-")
+    await harness.redis.set(WahaSessionKeys("other", key_prefix).lid("781@lid"), "5511900000077")
+    assert await harness.webhook(text_message("777@lid", "oi"))
+    await harness.drain()
+    before = snapshot(sync_redis, key_prefix)
+    await erase_customer(
+        harness.redis, prefix=key_prefix, shards=3, session="default", chat_id="777@lid"
+    )
+    after = snapshot(sync_redis, key_prefix)
+    assert lids.lid("777@lid").encode() not in after
+    assert lids.lid("778@lid").encode() not in after
+    for kept in (lids.lid("779@lid"), lids.lid("780@lid")):
+        assert after[kept.encode()][0] == before[kept.encode()][0]
+    # Another WAHA session is another business line: its cache is its own.
+    other = WahaSessionKeys("other", key_prefix).lid("781@lid").encode()
+    assert after[other][0] == before[other][0]
+    assert not [key for key in after if b"777@lid" in key]

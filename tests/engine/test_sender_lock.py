@@ -1,0 +1,177 @@
+"""The delivery lock holds for as long as its sender lives, and nothing is sent on a lock or a
+head that is no longer ours (issue 11, item 1). WAHA is stood in for by respx; the calls a test
+needs to hold open are async side effects that wait for the test."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import httpx
+import orjson
+import respx
+
+from engine.sender import InflightSend
+from engine.waha_client import SentMessage
+from shared.keys import WahaSessionKeys, engine_keys_for
+from tests.engine.test_sender import (
+    CHAT,
+    WAHA,
+    commit_replies,
+    make_sender,
+    sent_answer,
+    texts_sent,
+)
+
+TOKEN = f"default|{CHAT}"
+
+
+def held_typing() -> tuple[asyncio.Event, asyncio.Event]:
+    """The first startTyping waits until the test lets it go; the others answer at once.
+    Returns (reached, release)."""
+    reached, release = asyncio.Event(), asyncio.Event()
+    calls = 0
+
+    async def typing(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            reached.set()
+            await release.wait()
+        return httpx.Response(201, json={})
+
+    respx.post(f"{WAHA}/api/startTyping").mock(side_effect=typing)
+    for path in ("sendSeen", "stopTyping"):
+        respx.post(f"{WAHA}/api/{path}").mock(return_value=httpx.Response(201, json={}))
+    return reached, release
+
+
+async def empty_bucket(aredis, prefix: str, tokens: float) -> None:
+    """The session's send bucket as the rate script leaves it, `tokens` short of one (the
+    Redis clock), so the next send token is a while away."""
+    seconds, micros = await aredis.time()
+    await aredis.hset(
+        WahaSessionKeys("default", prefix).rate,
+        mapping={"tokens": str(tokens), "at": seconds * 1000 + micros // 1000},
+    )
+
+
+@respx.mock
+async def test_a_sender_waiting_for_a_send_token_keeps_its_lock(aredis, key_prefix) -> None:
+    # The issue's reproduction: a 300 ms lock, 5 sends/s, a sender that waits about a second
+    # for its token and then types. Without renewal a second sender took the expired lock and
+    # both sent: ['olá', 'olá'].
+    reached, release = held_typing()
+    send = respx.post(f"{WAHA}/api/sendText").mock(side_effect=[sent_answer(1), sent_answer(2)])
+    await commit_replies(aredis, key_prefix, "olá")
+    await empty_bucket(aredis, key_prefix, -4)  # (1 - -4) / 5 per s: a second to wait
+    options: dict[str, object] = {
+        "lock_ms": 300, "sends_per_second": 5, "burst": 1, "typing_delay_max_ms": 1,
+    }  # fmt: skip
+    first, waha_a = make_sender(aredis, key_prefix, **options)
+    second, waha_b = make_sender(aredis, key_prefix, **options)
+    task = asyncio.create_task(first.deliver(TOKEN))
+    await reached.wait()  # the first sender got its token (three lock lifetimes later)
+    await second.deliver(TOKEN)  # while the first is typing the reply
+    release.set()
+    await task
+    assert texts_sent(send) == ["olá"]
+    keys = engine_keys_for("default", CHAT, 1, key_prefix)
+    assert await aredis.llen(keys.outbox) == 0
+    assert await aredis.exists(keys.sending) == 0
+    await waha_a.aclose()
+    await waha_b.aclose()
+
+
+@respx.mock
+async def test_a_sender_that_lost_its_lock_sends_nothing_and_extends_nothing(
+    aredis, key_prefix
+) -> None:
+    reached, release = held_typing()
+    send = respx.post(f"{WAHA}/api/sendText").mock(return_value=sent_answer(1))
+    await commit_replies(aredis, key_prefix, "olá")
+    keys = engine_keys_for("default", CHAT, 1, key_prefix)
+    sender, waha = make_sender(aredis, key_prefix, typing_delay_max_ms=1, lock_ms=60_000)
+    task = asyncio.create_task(sender.deliver(TOKEN))
+    await reached.wait()
+    # Someone else holds the conversation now (its lock expired under a stalled process).
+    await aredis.set(keys.sending, "someone-else", px=5000)
+    release.set()
+    await task
+    assert send.call_count == 0
+    assert await aredis.llen(keys.outbox) == 1
+    assert await aredis.get(keys.sending) == b"someone-else"
+    assert 0 < await aredis.pttl(keys.sending) <= 5000  # not extended by the stalled sender
+    await waha.aclose()
+
+
+@respx.mock
+async def test_a_reply_recorded_meanwhile_is_not_sent_and_the_next_one_is(
+    aredis, key_prefix
+) -> None:
+    reached, release = held_typing()
+    send = respx.post(f"{WAHA}/api/sendText").mock(side_effect=[sent_answer(1), sent_answer(2)])
+    await commit_replies(aredis, key_prefix, "primeira", "segunda")
+    keys = engine_keys_for("default", CHAT, 1, key_prefix)
+    sender, waha = make_sender(aredis, key_prefix, typing_delay_max_ms=1)
+    task = asyncio.create_task(sender.deliver(TOKEN))
+    await reached.wait()
+    # The head is taken off while this sender types (an echo recorded an earlier send of it).
+    await aredis.lpop(keys.outbox)
+    release.set()
+    await task
+    assert texts_sent(send) == ["segunda"]
+    assert await aredis.llen(keys.outbox) == 0
+    await waha.aclose()
+
+
+@respx.mock
+async def test_a_send_whose_sender_died_waits_for_its_echo_instead_of_going_twice(
+    aredis, key_prefix
+) -> None:
+    for path in ("sendSeen", "startTyping", "stopTyping"):
+        respx.post(f"{WAHA}/api/{path}").mock(return_value=httpx.Response(201, json={}))
+    accepted = asyncio.Event()
+    texts: list[str] = []  # respx records a call only once it is answered
+
+    async def send_text(request: httpx.Request) -> httpx.Response:
+        texts.append(orjson.loads(request.content)["text"])
+        if not accepted.is_set():
+            accepted.set()  # WAHA has the message; its answer never reaches the sender
+            await asyncio.Event().wait()
+        return sent_answer(len(texts))
+
+    respx.post(f"{WAHA}/api/sendText").mock(side_effect=send_text)
+    await commit_replies(aredis, key_prefix, "primeira", "segunda")
+    keys = engine_keys_for("default", CHAT, 1, key_prefix)
+    session_keys = WahaSessionKeys("default", key_prefix)
+    first, waha_a = make_sender(aredis, key_prefix, lock_ms=300)
+    task = asyncio.create_task(first.deliver(TOKEN))
+    await accepted.wait()
+    task.cancel()  # the sender dies mid-send
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await aredis.delete(keys.sending)  # and its lock is gone (expired)
+    second, waha_b = make_sender(aredis, key_prefix, lock_ms=300)
+    await second.deliver(TOKEN)
+    # Whether "primeira" went out is unknown: it is not sent again while its echo may come.
+    assert texts == ["primeira"]
+    assert await aredis.llen(keys.outbox) == 2
+    assert await aredis.zscore(keys.outbox_pending, TOKEN) > await _redis_ms(aredis) + 1000
+    # Its echo (message.any, fromMe) comes and records it.
+    marker = InflightSend.decode(await aredis.get(session_keys.inflight(CHAT)))
+    echo = SentMessage(f"true_{CHAT}_3EB0{1:016X}")
+    assert await second.settle_echo(TOKEN, marker, echo, marker.at_ms)
+    assert await aredis.zscore(keys.outbox_pending, TOKEN) <= await _redis_ms(aredis)
+    await second.deliver(TOKEN)
+    assert texts == ["primeira", "segunda"]
+    assert await aredis.llen(keys.outbox) == 0
+    meta = await aredis.hgetall(keys.history_meta)
+    assert meta[f"w:3EB0{1:016X}".encode()] == marker.mid.encode()
+    await waha_a.aclose()
+    await waha_b.aclose()
+
+
+async def _redis_ms(aredis) -> int:
+    seconds, micros = await aredis.time()
+    return int(seconds * 1000 + micros // 1000)
