@@ -9,10 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pydantic import ValidationError
-
 from shared.logs import setup_logging
-from shared.settings import Settings
+from shared.startup import load_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,10 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", help="address to listen on (WSM_API_HOST)")
     parser.add_argument("--port", type=int, help="port to listen on (WSM_API_PORT)")
     args = parser.parse_args(argv)
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        print(f"wsm api: invalid settings:\n{exc}", file=sys.stderr)
+    settings = load_settings("wsm api")
+    if settings is None:
         return 2
     setup_logging(settings.log_level)
     if settings.api_token is None or not settings.api_token.get_secret_value():

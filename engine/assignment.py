@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
 
 from engine import commands
 from engine.commands import CommandQueue
 from engine.state import State
-from engine.waiting_line import AgentUnavailable, Taken, WaitingLine, now_ms
+from engine.waiting_line import AgentUnavailable, Taken, WaitingLine
+from shared.clock import now_ms
 from shared.keys import EngineIndexKeys, engine_keys_for, split_conversation_token
+from shared.redis_client import RedisClient
+from shared.text import as_text
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("wsm.engine.assignment")
 
 # An assignment not confirmed by its conversation after this long is sent again.
 STALE_TAKE_MS = 30_000
@@ -36,7 +38,7 @@ RECONCILE_FIRST_MS = 3_600_000
 class LineCoordinator:
     def __init__(
         self,
-        redis: Any,
+        redis: RedisClient,
         line: WaitingLine,
         queue: CommandQueue,
         *,
@@ -183,8 +185,7 @@ class LineCoordinator:
             index.conversations, since - RECONCILE_LOOKBACK_MS, "+inf"
         )
         tokens = sorted(
-            {t for members in held.values() for t in members}
-            | {c.decode() if isinstance(c, bytes) else str(c) for c in changed}
+            {t for members in held.values() for t in members} | {as_text(c) for c in changed}
         )
         owner: dict[str, str | None] = {}
         pipe = self._redis.pipeline(transaction=False)

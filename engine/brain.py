@@ -1,11 +1,13 @@
 """The brain seam: what to answer is decided by a brain, given the conversation's state, its
 recent history and the new message. It returns replies, how its own step moves, what it
 collected, and requests for the engine (a person, closing). It never writes to Redis or sends
-anything itself: the handler turns a Decision into writes committed with the message's ack,
-so a brain's answer is sent once even when the message is handled twice.
+anything itself: the engine (engine/turn/customer.py) turns a Decision into writes committed
+with the message's ack, so a brain's answer is sent once even when the message is handled
+twice.
 
-The deterministic menu brain (engine/menu_brain.py) ships here; the AI agent adds a Groq brain
-behind the same Protocol, falling back to the menu brain when the model is unavailable.
+Brains: the engine's menu (engine/menu_brain.py); the AI agent's Groq brain
+(engine/agent/groq_brain.py), which falls back to the scheduling menu (engine/agent/menu.py)
+when the model is unavailable (engine/agent/fallback.py).
 """
 
 from __future__ import annotations

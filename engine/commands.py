@@ -1,9 +1,10 @@
 """Commands to a conversation, queued in its own per-conversation FIFO.
 
 Whatever changes a conversation's state goes through the conversation's queue, so it is
-handled by the conversation's handler, in order with the customer's messages, under the lease,
-and committed exactly once with the rest: an agent's reply, a close, a handback (operator API),
-an assignment by the waiting line, a "your place improved" check, an inactivity timeout.
+handled by the conversation's engine (engine/turn/commands.py), in order with the customer's
+messages, under the lease, and committed exactly once with the rest: an agent's reply, a close,
+a handback (operator API), an assignment by the waiting line, a "your place improved" check, an
+inactivity timeout.
 
 A command is queued like a WAHA event (same record, same dedupe) under an event name WAHA never
 uses (`wsm.*`); the gateway only queues WAHA's own events, so a webhook cannot forge one. Its
@@ -13,14 +14,15 @@ event id is chosen by the caller so that repeating a step (after a crash) queues
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from shared.clock import now_ms
 from shared.enqueue import EnqueueRequest, enqueue
 from shared.events import RoutedEvent
+from shared.redis_client import RedisClient
 
 PREFIX = "wsm."
 AGENT_MESSAGE = "wsm.agent_message"
@@ -34,7 +36,7 @@ ALL = frozenset({AGENT_MESSAGE, CLOSE, HANDBACK, ASSIGNED, LINE, TIMEOUT})
 
 @dataclass(frozen=True, slots=True)
 class CommandQueue:
-    redis: Any
+    redis: RedisClient
     prefix: str
     shards: int
     dedupe_ttl_seconds: int
@@ -48,7 +50,7 @@ class CommandQueue:
         # The dedupe marker is named after the event id: hash it, so no key names the customer
         # (an erase must leave nothing that does), while a repeat still maps to the same id.
         event_id = "cmd_" + hashlib.sha256(event_id.encode()).hexdigest()[:32]
-        now = int(time.time() * 1000)
+        now = now_ms()
         body = orjson.dumps(
             {"id": event_id, "timestamp": now, "event": name, "session": session,
              "payload": {"chat": chat_id, **payload}}

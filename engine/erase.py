@@ -52,6 +52,8 @@ from shared.keys import (
 )
 from shared.lua import LuaScript
 from shared.queue_errors import ConversationBusy
+from shared.redis_client import RedisClient
+from shared.text import as_text
 
 ERASE_CONVERSATION = LuaScript.named("erase_conversation")
 ERASE_MARKERS = LuaScript.named("erase_markers")
@@ -75,10 +77,6 @@ def _glob_escape(value: str) -> str:
     return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in value)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def message_key_names_chat(message_key: str, chat_id: str) -> bool:
     """Whether a dedupe marker's message key (`<event>:<WhatsApp id>[:<ack>[:<participant>]]`)
     is about `chat_id`: its serialized WhatsApp id (`true|false_<chat>_<id>[_<participant>]`)
@@ -89,7 +87,11 @@ def message_key_names_chat(message_key: str, chat_id: str) -> bool:
 
 
 async def _markers(
-    redis: Any, shard: ShardKeys, queue: ConversationKeys, chat_id: str
+    # Any: redis-py's stubs type replies as bytes | str (and some arguments too narrowly).
+    redis: Any,
+    shard: ShardKeys,
+    queue: ConversationKeys,
+    chat_id: str,
 ) -> list[str]:
     """The conversation's dedupe markers, less those of messages queued right now (they arrived
     during the erase: new messages, whose markers must keep their repeats out).
@@ -101,7 +103,7 @@ async def _markers(
     pattern = f"{_glob_escape(base)}*_{_glob_escape(chat_id)}_*"
     found: set[str] = set()
     async for raw in redis.scan_iter(match=pattern, count=1000):
-        key = _text(raw)
+        key = as_text(raw)
         if message_key_names_chat(key[len(base) :], chat_id):
             found.add(key)
     if found:
@@ -114,22 +116,24 @@ async def _markers(
     return sorted(found)
 
 
-async def _lid_keys(redis: Any, session_keys: WahaSessionKeys, phone: str | None) -> list[str]:
+async def _lid_keys(
+    redis: RedisClient, session_keys: WahaSessionKeys, phone: str | None
+) -> list[str]:
     """Cached lid lookups of the session that map to `phone` (the script checks them again)."""
     if not phone:
         return []
     pattern = _glob_escape(session_keys.lid("")) + "*"
-    keys = sorted({_text(raw) async for raw in redis.scan_iter(match=pattern, count=1000)})
+    keys = sorted({as_text(raw) async for raw in redis.scan_iter(match=pattern, count=1000)})
     matching: list[str] = []
     for start in range(0, len(keys), BATCH):
         chunk = keys[start : start + BATCH]
         values = await redis.mget(chunk)
-        matching += [k for k, v in zip(chunk, values, strict=True) if v and _text(v) == phone]
+        matching += [k for k, v in zip(chunk, values, strict=True) if v and as_text(v) == phone]
     return matching
 
 
 async def erase_customer(
-    redis: Any,
+    redis: RedisClient,
     *,
     prefix: str,
     shards: int,
@@ -152,7 +156,7 @@ async def erase_customer(
     own_lid = session_keys.lid(chat_id) if chat_kind(chat_id) is ChatKind.LID else ""
     if own_lid:
         cached = await redis.get(own_lid)
-        phone = _text(cached) if cached is not None and _text(cached) != "-" else None
+        phone = as_text(cached) if cached is not None and as_text(cached) != "-" else None
     else:
         phone = phone_of(chat_id)
     # Lid lookups cached for other chats (lid chats of the same person) that map to this
@@ -170,9 +174,9 @@ async def erase_customer(
         ],
         [token, owner, lease_ms],
     )  # fmt: skip
-    if _text(answer[0]) == "busy":
+    if as_text(answer[0]) == "busy":
         raise ConversationBusy(
-            f"the conversation is being handled ({_text(answer[1])}); try again shortly"
+            f"the conversation is being handled ({as_text(answer[1])}); try again shortly"
         )
     fence = str(int(answer[1]))
     removed = int(answer[2])
@@ -220,12 +224,12 @@ async def erase_customer(
     return removed
 
 
-async def _erase_console(redis: Any, prefix: str, token: str) -> int:
+async def _erase_console(redis: RedisClient, prefix: str, token: str) -> int:
     console = ConsoleKeys(prefix)
     per_agent: set[str] = set()
     for family in (console.read(""), console.handled("")):
         pattern = _glob_escape(family) + "*"
-        per_agent |= {_text(raw) async for raw in redis.scan_iter(match=pattern, count=1000)}
+        per_agent |= {as_text(raw) async for raw in redis.scan_iter(match=pattern, count=1000)}
     keys = sorted(per_agent) or [""]
     removed = 0
     for start in range(0, len(keys), BATCH):
@@ -238,10 +242,10 @@ async def _erase_console(redis: Any, prefix: str, token: str) -> int:
     return removed
 
 
-async def _erase_line(redis: Any, prefix: str, session: str, token: str) -> int:
+async def _erase_line(redis: RedisClient, prefix: str, session: str, token: str) -> int:
     line = LineKeys(prefix)
     for _ in range(MAX_TRIES):
-        agents = sorted(_text(a) for a in await redis.hkeys(line.agents))
+        agents = sorted(as_text(a) for a in await redis.hkeys(line.agents))
         removed = int(
             await ERASE_LINE(
                 redis,

@@ -25,7 +25,6 @@ gives no ordering guarantee, so a late DEVICE ack must not undo a READ.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,8 +32,11 @@ from typing import Any
 import orjson
 
 from engine.waha_client import short_message_id
-from engine.writes import Write, write
+from shared import clock
+from shared.commit_writes import Write, write
 from shared.lua import LuaScript
+from shared.redis_client import RedisClient
+from shared.text import as_text
 
 HISTORY_TRIM = LuaScript.named("history_trim")
 # Entries trimmed per script call (a call blocks Redis: keep each one short).
@@ -173,7 +175,7 @@ class Trimmed:
 
 
 async def trim(
-    redis: Any,
+    redis: RedisClient,
     keys: HistoryKeys,
     *,
     retention_seconds: int,
@@ -184,7 +186,7 @@ async def trim(
     with their meta fields. Safe beside the conversation's handler: it appends at the other
     end, and a fact it writes for a message trimmed meanwhile is an orphan the compaction
     removes."""
-    now = int(time.time() * 1000) if now_ms is None else now_ms
+    now = clock.now_ms() if now_ms is None else now_ms
     oldest_kept = max(0, now - retention_seconds * 1000)
     total = Trimmed()
     while True:
@@ -197,7 +199,7 @@ async def trim(
 
 
 async def trim_many(
-    redis: Any,
+    redis: RedisClient,
     histories: Sequence[HistoryKeys],
     *,
     retention_seconds: int,
@@ -207,7 +209,7 @@ async def trim_many(
 ) -> Trimmed:
     """`trim` for many conversations, pipelined (one round trip per `chunk`): most have
     nothing or one batch to trim; those with more get `trim` on their own."""
-    now = int(time.time() * 1000) if now_ms is None else now_ms
+    now = clock.now_ms() if now_ms is None else now_ms
     oldest_kept = max(0, now - retention_seconds * 1000)
     if histories:
         await HISTORY_TRIM.load(redis)  # the pipelined EVALSHAs below find it
@@ -233,14 +235,16 @@ async def trim_many(
     return total
 
 
-async def mid_for(redis: Any, keys: HistoryKeys, short_waha_id: str) -> str | None:
+async def mid_for(redis: RedisClient, keys: HistoryKeys, short_waha_id: str) -> str | None:
     value = await redis.hget(keys.meta, f"w:{short_waha_id}")
     if value is None:
         return None
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return as_text(value)
 
 
-async def ack_writes(redis: Any, keys: HistoryKeys, short_waha_id: str, status: str) -> list[Write]:
+async def ack_writes(
+    redis: RedisClient, keys: HistoryKeys, short_waha_id: str, status: str
+) -> list[Write]:
     """Writes recording a delivery status for the message WhatsApp knows as `short_waha_id`.
 
     When the ack comes before the sender has recorded which of our messages got that id (WAHA
@@ -250,31 +254,33 @@ async def ack_writes(redis: Any, keys: HistoryKeys, short_waha_id: str, status: 
     mid = await mid_for(redis, keys, short_waha_id)
     if mid is None:
         parked = await redis.hget(keys.meta, f"w:{short_waha_id}:ack")
-        current = parked.decode() if isinstance(parked, bytes) else parked
+        current = None if parked is None else as_text(parked)
         if not advances(current, status):
             return []
         return [write("HSET", keys.meta, f"w:{short_waha_id}:ack", status)]
     current_raw = await redis.hget(keys.meta, f"{mid}:status")
-    current = current_raw.decode() if isinstance(current_raw, bytes) else current_raw
+    current = None if current_raw is None else as_text(current_raw)
     if not advances(current, status):
         return []
     return [write("HSET", keys.meta, f"{mid}:status", status)]
 
 
-async def edit_writes(redis: Any, keys: HistoryKeys, short_waha_id: str, text: str) -> list[Write]:
+async def edit_writes(
+    redis: RedisClient, keys: HistoryKeys, short_waha_id: str, text: str
+) -> list[Write]:
     mid = await mid_for(redis, keys, short_waha_id)
     return [] if mid is None else [write("HSET", keys.meta, f"{mid}:edit", text)]
 
 
 async def revoke_writes(
-    redis: Any, keys: HistoryKeys, short_waha_id: str, at_ms: int
+    redis: RedisClient, keys: HistoryKeys, short_waha_id: str, at_ms: int
 ) -> list[Write]:
     mid = await mid_for(redis, keys, short_waha_id)
     return [] if mid is None else [write("HSET", keys.meta, f"{mid}:revoked", str(at_ms))]
 
 
 async def reaction_writes(
-    redis: Any, keys: HistoryKeys, short_waha_id: str, reactor: str, emoji: str
+    redis: RedisClient, keys: HistoryKeys, short_waha_id: str, reactor: str, emoji: str
 ) -> list[Write]:
     """An empty emoji removes that person's reaction (WAHA's convention)."""
     mid = await mid_for(redis, keys, short_waha_id)
@@ -289,12 +295,13 @@ async def reaction_writes(
     return [write("HSET", keys.meta, f"{mid}:reactions", orjson.dumps(reactions).decode())]
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 async def read_page(
-    redis: Any, keys: HistoryKeys, *, limit: int = 50, before: str | None = None
+    # Any: redis-py's stubs type replies as bytes | str (and some arguments too narrowly).
+    redis: Any,
+    keys: HistoryKeys,
+    *,
+    limit: int = 50,
+    before: str | None = None,
 ) -> tuple[list[HistoryEntry], str | None]:
     """Up to `limit` entries older than `before` (or the newest ones), oldest first, and the
     cursor of the next (older) page, None when there is none."""
@@ -309,6 +316,7 @@ async def read_page(
     return entries, next_cursor
 
 
+# Any: redis-py's stubs type replies as bytes | str (and some arguments too narrowly).
 async def recent(redis: Any, keys: HistoryKeys, count: int) -> list[HistoryEntry]:
     if count <= 0:
         return []
@@ -317,24 +325,25 @@ async def recent(redis: Any, keys: HistoryKeys, count: int) -> list[HistoryEntry
 
 
 async def _with_meta(
-    redis: Any, keys: HistoryKeys, raw: Sequence[tuple[Any, Mapping[Any, Any]]]
+    redis: RedisClient, keys: HistoryKeys, raw: Sequence[tuple[Any, Mapping[Any, Any]]]
 ) -> list[HistoryEntry]:
     if not raw:
         return []
     decoded = [
-        (_text(cursor), {_text(k): _text(v) for k, v in values.items()}) for cursor, values in raw
+        (as_text(cursor), {as_text(k): as_text(v) for k, v in values.items()})
+        for cursor, values in raw
     ]
     names = [f"{values['mid']}:{name}" for _, values in decoded for name in _META_FIELDS]
     meta = await redis.hmget(keys.meta, names)
     # An ack parked under a WhatsApp id (it came before the sender recorded the id, and its
     # commit landed after the sender's bookkeeping) still counts.
     waha_ids = [meta[n * len(_META_FIELDS) + 1] for n in range(len(decoded))]
-    parked_fields = [f"w:{short_message_id(_text(w))}:ack" if w else "-" for w in waha_ids]
+    parked_fields = [f"w:{short_message_id(as_text(w))}:ack" if w else "-" for w in waha_ids]
     parked = await redis.hmget(keys.meta, parked_fields)
     entries: list[HistoryEntry] = []
     for n, (cursor, values) in enumerate(decoded):
         status, waha_id, edit, revoked, reactions = (
-            _text(v) if v is not None else None
+            as_text(v) if v is not None else None
             for v in meta[n * len(_META_FIELDS) : (n + 1) * len(_META_FIELDS)]
         )
         entries.append(
@@ -346,7 +355,7 @@ async def _with_meta(
                 author=values.get("author", ""),
                 kind=values.get("kind", "text"),
                 waha_id=waha_id or "",
-                status=_latest(status, _text(parked[n]) if parked[n] is not None else None),
+                status=_latest(status, as_text(parked[n]) if parked[n] is not None else None),
                 edited_text=edit,
                 revoked=revoked is not None,
                 reactions=orjson.loads(reactions) if reactions else {},

@@ -16,11 +16,13 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from shared.keys import WahaSessionKeys, conversation_token
+from shared.redis_client import RedisClient
+from shared.text import as_text
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("wsm.engine.identity")
 
 
 class ChatKind(enum.StrEnum):
@@ -99,7 +101,9 @@ class PhoneResolver:
 
     _UNKNOWN = "-"
 
-    def __init__(self, redis: Any, lookup: LidLookup, *, prefix: str, ttl_seconds: int) -> None:
+    def __init__(
+        self, redis: RedisClient, lookup: LidLookup, *, prefix: str, ttl_seconds: int
+    ) -> None:
         self._redis = redis
         self._lookup = lookup
         self._prefix = prefix
@@ -114,7 +118,7 @@ class PhoneResolver:
         key = WahaSessionKeys(session, self._prefix).lid(chat_id)
         cached = await self._redis.get(key)
         if cached is not None:
-            value = cached.decode() if isinstance(cached, bytes) else str(cached)
+            value = as_text(cached)
             return None if value == self._UNKNOWN else value
         try:
             pn = await self._lookup.phone_for_lid(session, chat_id)

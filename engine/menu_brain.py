@@ -1,5 +1,7 @@
-"""The deterministic brain: a greeting, the customer's name, and a numbered menu whose last
-option is always "falar com um atendente".
+"""The engine's menu brain (`MenuBrain`): deterministic, no model. A greeting, the customer's
+name, and a numbered menu whose last option is always "falar com um atendente". It is the
+brain of `EngineService` when none is given; the AI agent's scheduling menu
+(engine/agent/menu.py, `SchedulingMenuBrain`) is this brain with booking options added.
 
 Extension point: `MenuOption`s given as `extra_options` are listed before the person option
 (the AI agent issue adds book / see / cancel appointments this way); each option is a label
@@ -23,8 +25,9 @@ STEP_MENU = "menu"
 STEP_CHOOSE_SERVICE = "choose_service"
 
 # Words that ask for a person outright, wherever the customer is in the menu.
-_PERSON_WORDS = re.compile(r"\b(atendente|humano|pessoa|agent|human|person)\b", re.IGNORECASE)
-_NUMBER = re.compile(r"^\s*(\d{1,2})\s*[.)]?\s*$")
+PERSON_WORDS = re.compile(r"\b(atendente|humano|pessoa|agent|human|person)\b", re.IGNORECASE)
+# A menu choice: a number, optionally followed by "." or ")".
+NUMBER = re.compile(r"^\s*(\d{1,2})\s*[.)]?\s*$")
 _MAX_NAME = 40
 
 
@@ -72,7 +75,7 @@ class MenuBrain:
             return Decision(
                 replies=[self.menu(candidate)], step=STEP_MENU, collected={"name": candidate}
             )
-        if _PERSON_WORDS.search(text):
+        if PERSON_WORDS.search(text):
             return await self._person(turn)
         if turn.state.state is State.CLOSED:
             # Back after a close: an option number is acted on, anything else greets them back.
@@ -92,7 +95,7 @@ class MenuBrain:
         return "\n".join(lines)
 
     def _option_for(self, text: str) -> MenuOption | None:
-        match = _NUMBER.match(text)
+        match = NUMBER.match(text)
         if match and 1 <= int(match.group(1)) <= len(self.options):
             return self.options[int(match.group(1)) - 1]
         return None
@@ -122,7 +125,7 @@ class MenuBrain:
         )
 
     def _choose_service(self, turn: Turn, text: str) -> Decision:
-        match = _NUMBER.match(text)
+        match = NUMBER.match(text)
         name = turn.state.collected.get("name", "")
         if match and 1 <= int(match.group(1)) <= len(self.services):
             service = self.services[int(match.group(1)) - 1]
@@ -144,6 +147,6 @@ class MenuBrain:
 
 def _clean_name(text: str) -> str:
     name = " ".join(text.split())[:_MAX_NAME]
-    if not name or _NUMBER.match(name) or not any(ch.isalpha() for ch in name):
+    if not name or NUMBER.match(name) or not any(ch.isalpha() for ch in name):
         return ""
     return name

@@ -9,7 +9,6 @@ reply only after WAHA answered 201.
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,8 @@ from typing import Any
 import orjson
 
 from engine.history import HistoryEntry, HistoryKeys, append_writes
-from engine.writes import Write, write
+from shared.clock import now_ms
+from shared.commit_writes import Write, write
 from shared.keys import EngineConversationKeys
 
 
@@ -68,7 +68,7 @@ def new_entry(
         mid=uuid.uuid4().hex,
         chat_id=chat_id,
         text=text,
-        created_at=int(time.time() * 1000) if at_ms is None else at_ms,
+        created_at=now_ms() if at_ms is None else at_ms,
         mark_seen=author == "bot",
         author=author,
     )

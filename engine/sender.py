@@ -29,16 +29,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from redis.exceptions import ClusterDownError, TryAgainError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine.metrics import OUTBOX_SENDS
 from engine.outbox import OutboxEntry
@@ -50,6 +46,8 @@ from engine.waha_client import (
     WahaSessionNotWorking,
     WahaTerminal,
 )
+from shared.backoff import Backoff, backoff_ms
+from shared.clock import now_ms
 from shared.dead_letters import DEFAULT_DEAD_LETTER_LIMITS, DeadLetterLimits, outbox_dead
 from shared.keys import (
     EngineConversationKeys,
@@ -60,9 +58,13 @@ from shared.keys import (
     shard_of,
     split_conversation_token,
 )
-from shared.lua import LuaScript
+from shared.lua import LuaScript, is_noscript
+from shared.periodic import run_every
+from shared.redis_client import RedisClient
+from shared.redis_errors import REDIS_UNAVAILABLE
+from shared.text import as_text
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("wsm.engine.sender")
 
 OUTBOX_SENT = LuaScript.named("outbox_sent")
 OUTBOX_RETRY = LuaScript.named("outbox_retry")
@@ -85,16 +87,6 @@ RECORD_SENT_PATIENCE_SECONDS = 300.0
 # Due entries of one shard one sweep looks at (send_due.lua), at most: a bound on the script's
 # work; when it is reached, the next sweep goes on from there.
 SWEEP_SCAN = 2000
-# Redis cannot be reached right now (BusyLoadingError, replaying the append-only file after a
-# restart, is a ConnectionError; a cluster without a quorum or mid-resharding answers
-# ClusterDown / TryAgain); not the builtin TimeoutError, which means something else. The same
-# set as worker/redis_retry.py's RETRYABLE_REDIS_ERRORS.
-REDIS_UNAVAILABLE: tuple[type[Exception], ...] = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    ClusterDownError,
-    TryAgainError,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +116,10 @@ class SenderConfig:
     # The outbox's dead letters are capped and aged like the queue's (WSM_DEAD_LETTERS_MAX,
     # WSM_DEAD_LETTER_DAYS); what the cap drops is counted in the shard's stats.
     dead_letters: DeadLetterLimits = DEFAULT_DEAD_LETTER_LIMITS
+    # Conversations this process delivers at once, at most. Each holds a Redis connection for
+    # its round trips and a connection to WAHA; past the bound, kicked conversations wait their
+    # turn in this process (they stay in the pending index meanwhile, so a crash loses none).
+    max_deliveries: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +142,7 @@ class InflightSend:
         except orjson.JSONDecodeError:
             value = None
         if not isinstance(value, dict):
-            text = raw.decode() if isinstance(raw, bytes) else str(raw)
-            return cls("", text, 0)
+            return cls("", as_text(raw), 0)
         return cls(str(value.get("mid", "")), str(value.get("text", "")), int(value.get("at", 0)))
 
 
@@ -157,27 +152,13 @@ def typing_pause_ms(text: str, per_char_ms: int, cap_ms: int) -> int:
     return min(cap_ms, 300 + per_char_ms * len(text))
 
 
-def backoff_ms(attempt: int, base_ms: int, max_ms: int, retry_after: float | None = None) -> int:
-    """Exponential backoff with "equal jitter": half fixed, half random, so retries of many
-    conversations after one WAHA outage do not arrive together."""
-    ceiling = min(max_ms, base_ms * 2 ** max(0, attempt - 1))
-    delay = ceiling / 2 + random.uniform(0, ceiling / 2)
-    if retry_after is not None:
-        delay = max(delay, retry_after * 1000)
-    return int(delay)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class LockKeeper:
     """Keeps a conversation's delivery lock while its sender lives: renews it every third of its
     lifetime, and only while it is still ours (send_lock_renew.lua). `lost` turns True when it
     was found in another sender's hands; the sender then stops (and send_begin.lua would refuse
     its next send anyway)."""
 
-    def __init__(self, redis: Any, key: str, token: str, lock_ms: int) -> None:
+    def __init__(self, redis: RedisClient, key: str, token: str, lock_ms: int) -> None:
         self._redis = redis
         self._key = key
         self._token = token
@@ -213,7 +194,7 @@ class LockKeeper:
 
 
 class Sender:
-    def __init__(self, redis: Any, outbound: Outbound, config: SenderConfig) -> None:
+    def __init__(self, redis: RedisClient, outbound: Outbound, config: SenderConfig) -> None:
         self._redis = redis
         self._out = outbound
         self.config = config
@@ -223,6 +204,7 @@ class Sender:
         self._sweep_from: dict[str, int] = {}
         # Per parked session: when this process may probe WAHA's session status again.
         self._probe_after: dict[str, float] = {}
+        self._slots = asyncio.Semaphore(max(1, config.max_deliveries))
 
     # --- waking ----------------------------------------------------------------------------
     def kick(self, token: str) -> None:
@@ -252,7 +234,7 @@ class Sender:
             )
             self._sweep_from[shard.tag] = int(next_from)
             for raw in due:
-                token = raw.decode() if isinstance(raw, bytes) else str(raw)
+                token = as_text(raw)
                 if token not in self._active:
                     self.kick(token)
                     started += 1
@@ -264,7 +246,7 @@ class Sender:
         for shard in all_shards(self.config.shards, self.config.prefix):
             key = outbox_pending_key(shard)
             members = await self._redis.zrange(key, 0, -1)
-            tokens = [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+            tokens = [as_text(m) for m in members]
             mine = [t for t in tokens if split_conversation_token(t)[0] == session]
             if mine:
                 await self._redis.zadd(key, dict.fromkeys(mine, now_ms()))
@@ -281,7 +263,8 @@ class Sender:
             return
         self._active.add(token)
         try:
-            await self._deliver(token)
+            async with self._slots:
+                await self._deliver(token)
         except Exception:
             # Redis trouble: the pending index still has this conversation; a sweep retries.
             log.exception("delivery failed", extra={"conversation": token})
@@ -304,10 +287,14 @@ class Sender:
         seen_marked = False
         try:
             while not keeper.lost:
-                head = await self._redis.lindex(keys.outbox, 0)
+                # The head and the session's park in one round trip.
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.lindex(keys.outbox, 0)
+                pipe.exists(session_keys.parked)
+                head, parked = await pipe.execute()
                 if head is None:
                     return
-                if await self._redis.exists(session_keys.parked):
+                if parked:
                     if await self._probe(session_keys):
                         continue  # WORKING again
                     due = now_ms() + self.config.parked_recheck_ms
@@ -324,9 +311,8 @@ class Sender:
                 if outcome == "again":
                     continue  # the head changed under us (an echo recorded it): look again
                 seen_marked = seen_marked or entry.mark_seen
-                # Still ours for another reply's worth of time (never someone else's lock).
-                if not await keeper.renew():
-                    return
+                # The keeper renews the lock every third of its lifetime, and send_begin.lua
+                # checks it before each send: no renewal per reply is needed.
         finally:
             await keeper.stop()
             await OUTBOX_SETTLE(
@@ -463,25 +449,25 @@ class Sender:
         restart, an outage). Giving up would leave it at the head of the outbox, to be sent a
         second time; both steps are safe to repeat (outbox_sent.lua answers 0 to a repeat)."""
         deadline = time.monotonic() + RECORD_SENT_PATIENCE_SECONDS
-        delay = 0.05
+        # Short steps: once Redis is back, the reply is recorded soon. (A sender that finds the
+        # delivery lock expired meanwhile does not send it again: the head carries this
+        # attempt's mark, see send_begin.lua; recording it makes the rest of the outbox due at
+        # once.)
+        backoff = Backoff(first=0.05, cap=0.2)
+        warned = False
         while True:
             try:
-                await self._mark_sent(keys, session_keys, token, entry, sent)
+                # The in-flight marker goes in the same round trip, after the reply is recorded
+                # (it is only a hint for echoes that overtake WAHA's answer).
+                await self._mark_sent(keys, session_keys, token, entry, sent, clear_inflight=True)
                 break
             except REDIS_UNAVAILABLE:
                 if time.monotonic() > deadline:
                     raise
-                if delay == 0.05:
+                if not warned:
                     log.warning("redis away: recording a sent reply", extra={"mid": entry.mid})
-                await asyncio.sleep(delay)
-                # Short steps: once Redis is back, the reply is recorded soon. (A sender that
-                # finds the delivery lock expired meanwhile does not send it again: the head
-                # carries this attempt's mark, see send_begin.lua; recording it makes the rest
-                # of the outbox due at once.)
-                delay = min(delay * 2, 0.2)
-        # Only a hint for echoes that overtake WAHA's answer; it expires on its own.
-        with contextlib.suppress(*REDIS_UNAVAILABLE):
-            await self._redis.delete(session_keys.inflight(entry.chat_id))
+                    warned = True
+                await asyncio.sleep(backoff.next_delay())
 
     async def _mark_sent(
         self,
@@ -490,19 +476,38 @@ class Sender:
         token: str,
         entry: OutboxEntry,
         sent: SentMessage,
+        *,
+        clear_inflight: bool = False,
     ) -> int:
         """Remember the id as ours, naming the reply (before the reply leaves the outbox, so a
         later echo is always recognised), then take the reply off the outbox and make the rest
-        of it due now. 0: it was recorded already, or the id is another reply's."""
+        of it due now; with `clear_inflight`, then drop the send's in-flight marker. One round
+        trip: a pipeline runs its commands in order, and `ours` and the marker share the
+        session's hash tag (one node in a cluster), so the marker never goes before `ours` is
+        there. 0: it was recorded already, or the id is another reply's."""
         short_id = sent.short_id
-        if short_id:
-            await self._redis.set(session_keys.ours(short_id), entry.mid, ex=OURS_TTL_SECONDS)
-        removed: int = await OUTBOX_SENT(
-            self._redis,
+        call = (
             [keys.outbox, keys.history_meta, keys.outbox_pending],
             [entry.mid, sent.id, short_id, token, now_ms()],
         )
-        return removed
+        for attempt in (1, 2):
+            pipe = self._redis.pipeline(transaction=False)
+            if short_id:
+                pipe.set(session_keys.ours(short_id), entry.mid, ex=OURS_TTL_SECONDS)
+            OUTBOX_SENT.queue_in(pipe, *call)
+            if clear_inflight:
+                pipe.delete(session_keys.inflight(entry.chat_id))
+            try:
+                answers = await pipe.execute()
+            except REDIS_UNAVAILABLE:
+                raise
+            except Exception as exc:
+                if attempt == 1 and is_noscript(exc):
+                    await OUTBOX_SENT.load(self._redis)  # Redis restarted: load, then again
+                    continue
+                raise
+            return int(answers[1 if short_id else 0])
+        raise AssertionError("unreachable")
 
     async def settle_echo(
         self, token: str, marker: InflightSend, sent: SentMessage, echo_at_ms: int
@@ -535,7 +540,7 @@ class Sender:
         if sent.short_id:
             owner = await self._redis.get(session_keys.ours(sent.short_id))
             # "1": written before ids named their reply; outbox_sent.lua still checks those.
-            if owner is not None and _text(owner) not in (entry.mid, "1"):
+            if owner is not None and as_text(owner) not in (entry.mid, "1"):
                 return False  # the echo of a send recorded for another reply
         if not await self._mark_sent(keys, session_keys, token, entry, sent):
             return False
@@ -566,10 +571,6 @@ class Sender:
         log.warning("reply dead-lettered", extra={"conversation": token, "status": exc.status})
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def lock_key_parts(shard: ShardKeys) -> tuple[str, str]:
     """A conversation's delivery lock key around its token (shared/keys.py is the one place
     that names keys; send_due.lua rebuilds them as prefix .. token .. suffix)."""
@@ -580,10 +581,4 @@ def lock_key_parts(shard: ShardKeys) -> tuple[str, str]:
 
 async def run_sweeper(sender: Sender, stop: asyncio.Event, interval: float = 0.25) -> None:
     """Deliver what is due until `stop` is set."""
-    while not stop.is_set():
-        try:
-            await sender.sweep_once()
-        except Exception:
-            log.exception("outbox sweep failed")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval)
+    await run_every(interval, sender.sweep_once, stop, what="outbox sweep", logger=log)

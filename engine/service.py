@@ -1,8 +1,7 @@
-"""Wiring the engine for a worker process, and its background passes.
+"""The engine of one worker process, and its background passes.
 
-`create(setup)` is the fleet's handler factory (WSM_WORKER_HANDLER=engine.service:create): it
-builds one engine per worker process (one Redis client, one WAHA connection pool, one sender)
-and starts the background passes that cover what a crash can leave half done:
+`EngineService` is what the fleet calls for each message (engine/conversation_engine.py does
+the work) plus the background passes that cover what a crash can leave half done:
 
 - the outbox sweeper: delivers every conversation whose outbox is due (after a crash between
   commit and send, after a backoff, after a parked session wakes up);
@@ -12,10 +11,12 @@ and starts the background passes that cover what a crash can leave half done:
   reconciled with the conversations' states;
 - the maintenance (`maintenance_once`): bounds what grows, trimming the history of every
   conversation that changed (retention and length cap, with its meta fields) and forgetting
-  conversations whose state expired in the indexes.
+  conversations whose state expired in the indexes;
+- whatever the brain brings along (`background`: the AI agent's booking webhook deliverer).
 
 Every pass is safe to run in all worker processes at once (locks, atomic scripts, commands
-deduplicated by event id).
+deduplicated by event id). Its parts are built by engine/parts.py; the fleet's handler factory
+is `engine.agent.service:create` (the engine with the AI agent as its brain).
 """
 
 from __future__ import annotations
@@ -24,26 +25,25 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from engine import commands
-from engine.assignment import LineCoordinator
 from engine.brain import Brain
-from engine.commands import CommandQueue
-from engine.handler import CommitContext, Engine, EngineConfig
+from engine.conversation_engine import CommitContext, Engine
 from engine.history import HistoryKeys, trim_many
 from engine.identity import PhoneResolver
-from engine.menu_brain import MenuBrain
-from engine.sender import Sender, SenderConfig, run_sweeper
+from engine.parts import coordinator, engine_config, menu_brain, sender_config, texts, waha_client
+from engine.sender import Sender, run_sweeper
 from engine.state import prune_index
-from engine.texts import load_texts
-from engine.waha_client import Outbound, WahaClient
-from engine.waiting_line import WaitingLine, now_ms
-from shared.dead_letters import DeadLetterLimits
+from engine.waha_client import Outbound
+from shared.clock import now_ms
 from shared.envelope import QueuedEvent
 from shared.keys import EngineIndexKeys, engine_keys_for, split_conversation_token
+from shared.periodic import run_every
+from shared.redis_client import RedisClient
 from shared.settings import Settings
+from shared.text import as_text
 
 log = logging.getLogger(__name__)
 
@@ -57,75 +57,9 @@ MAINTENANCE_LOOKBACK_MS = 300_000
 # The first pass (no watermark yet) looks this far back.
 MAINTENANCE_FIRST_MS = 3_600_000
 
-
-def engine_config(settings: Settings) -> EngineConfig:
-    return EngineConfig(
-        prefix=settings.key_prefix,
-        shards=settings.queue_shards,
-        retention_seconds=settings.history_retention_days * 24 * 3600,
-        inactivity_close_seconds=settings.inactivity_close_seconds,
-        waiting_timeout_seconds=settings.waiting_timeout_seconds,
-        notice_interval_seconds=settings.position_notice_interval_seconds,
-        brain_history_turns=settings.brain_history_turns,
-        ignore_groups=settings.ignore_groups,
-        ignore_broadcasts=settings.ignore_broadcasts,
-    )
-
-
-def sender_config(settings: Settings) -> SenderConfig:
-    return SenderConfig(
-        prefix=settings.key_prefix,
-        shards=settings.queue_shards,
-        typing_delay_max_ms=settings.typing_delay_max_ms,
-        typing_ms_per_char=settings.typing_ms_per_char,
-        sends_per_second=settings.sends_per_second_per_session,
-        burst=settings.send_burst,
-        max_attempts=settings.send_max_attempts,
-        retry_base_ms=settings.send_retry_base_ms,
-        retry_max_ms=settings.send_retry_max_ms,
-        lock_ms=int(settings.send_lock_seconds * 1000),
-        dead_letters=DeadLetterLimits.from_settings(settings),
-    )
-
-
-def waiting_line(redis: Any, settings: Settings) -> WaitingLine:
-    return WaitingLine(
-        redis,
-        prefix=settings.key_prefix,
-        per_agent=settings.conversations_per_agent,
-        default_handling_seconds=settings.default_handling_seconds,
-    )
-
-
-def command_queue(redis: Any, settings: Settings) -> CommandQueue:
-    return CommandQueue(
-        redis,
-        prefix=settings.key_prefix,
-        shards=settings.queue_shards,
-        dedupe_ttl_seconds=settings.dedupe_ttl_seconds,
-    )
-
-
-def coordinator(redis: Any, settings: Settings) -> LineCoordinator:
-    return LineCoordinator(
-        redis,
-        waiting_line(redis, settings),
-        command_queue(redis, settings),
-        shards=settings.queue_shards,
-        notice_interval_seconds=settings.position_notice_interval_seconds,
-        auto_assign=settings.auto_assign,
-    )
-
-
-def waha_client(settings: Settings) -> WahaClient:
-    key = settings.waha_api_key.get_secret_value() if settings.waha_api_key else None
-    return WahaClient(settings.waha_url, api_key=key, timeout_seconds=settings.waha_timeout_seconds)
-
-
-def default_brain(settings: Settings) -> Brain:
-    texts = load_texts(settings.language, settings.texts_file)
-    services = [s.strip() for s in settings.menu_services.split(",") if s.strip()]
-    return MenuBrain(texts, business=settings.business_name, services=services)
+# Background work that lives as long as the engine: started with the passes, handed the stop
+# Event, cancelled at close if it does not end by itself.
+Background = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 
 class EngineService:
@@ -133,22 +67,27 @@ class EngineService:
 
     def __init__(
         self,
-        redis: Any,
+        redis: RedisClient,
         settings: Settings,
         *,
         outbound: Outbound | None = None,
         brain: Brain | None = None,
+        background: Sequence[Background] = (),
+        closing: Sequence[Callable[[], Awaitable[None]]] = (),
     ) -> None:
+        """`brain` defaults to the engine's plain menu; `background` runs alongside the passes
+        and `closing` is awaited last at close (what the brain brought along)."""
         self.redis = redis
         self.settings = settings
         self.outbound = outbound or waha_client(settings)
-        self.texts = load_texts(settings.language, settings.texts_file)
+        self.texts = texts(settings)
         self.sender = Sender(redis, self.outbound, sender_config(settings))
         self.coordinator = coordinator(redis, settings)
+        self.index = EngineIndexKeys(settings.key_prefix)
         self.engine = Engine(
             redis,
             engine_config(settings),
-            brain=brain or default_brain(settings),
+            brain=brain or menu_brain(settings),
             texts=self.texts,
             line=self.coordinator.line,
             coordinator=self.coordinator,
@@ -160,6 +99,8 @@ class EngineService:
             ),
             sender=self.sender,
         )
+        self._background = list(background)
+        self._closing = list(closing)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -173,32 +114,32 @@ class EngineService:
         if self._tasks:
             return
         loop = asyncio.get_running_loop()
+        stop = self._stop
+        passes = (
+            ("timers pass", self.timers_once),
+            ("waiting line pass", self.coordinator.maintain),
+            ("maintenance pass", self.maintenance_once),
+        )
         self._tasks = [
-            loop.create_task(run_sweeper(self.sender, self._stop)),
-            loop.create_task(self._every(1.0, self.timers_once)),
-            loop.create_task(self._every(1.0, self.coordinator.maintain)),
-            loop.create_task(self._every(1.0, self.maintenance_once)),
+            loop.create_task(run_sweeper(self.sender, stop)),
+            *(
+                loop.create_task(run_every(1.0, step, stop, what=what, logger=log))
+                for what, step in passes
+            ),
+            *(loop.create_task(run(stop)) for run in self._background),
         ]
-
-    async def _every(self, seconds: float, step: Callable[[], Awaitable[Any]]) -> None:
-        while not self._stop.is_set():
-            try:
-                await step()
-            except Exception:
-                log.exception("background pass failed", extra={"step": step.__name__})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=seconds)
 
     async def timers_once(self, limit: int = 500) -> int:
         """Queue a timeout check for every conversation whose timer is due."""
-        index = EngineIndexKeys(self.settings.key_prefix)
+        index = self.index
         now = now_ms()
-        due = await self.redis.zrangebyscore(
+        # (member, score) pairs; redis-py's stubs do not type WITHSCORES replies.
+        due: list[Any] = await self.redis.zrangebyscore(
             index.timers, "-inf", now, start=0, num=limit, withscores=True
         )
-        queue = command_queue(self.redis, self.settings)
+        queue = self.coordinator.queue
         for raw, score in due:
-            token = raw.decode() if isinstance(raw, bytes) else str(raw)
+            token = as_text(raw)
             session, chat_id = split_conversation_token(token)
             await queue.send(
                 session, chat_id, commands.TIMEOUT, {}, event_id=f"timeout:{token}:{int(score)}"
@@ -211,13 +152,13 @@ class EngineService:
         """One maintenance pass, if no process ran one within MAINTENANCE_INTERVAL_MS (or
         `force`): trim the history of every conversation changed since the previous pass, and
         forget expired conversations in the indexes. -> what it did."""
-        index = EngineIndexKeys(self.settings.key_prefix)
+        index = self.index
         if not force and not await self.redis.set(
             index.maintenance_lock, uuid.uuid4().hex, nx=True, px=MAINTENANCE_INTERVAL_MS
         ):
             return {}
         started = now_ms()
-        retention = self.settings.history_retention_days * 24 * 3600
+        retention = self.settings.history_retention_seconds
         raw_since = await self.redis.get(index.maintained_until)
         since = int(raw_since) if raw_since else started - MAINTENANCE_FIRST_MS
         changed = await self.redis.zrangebyscore(
@@ -225,8 +166,7 @@ class EngineService:
         )
         histories = []
         for raw in changed:
-            token = raw.decode() if isinstance(raw, bytes) else str(raw)
-            session, chat_id = split_conversation_token(token)
+            session, chat_id = split_conversation_token(as_text(raw))
             keys = engine_keys_for(
                 session, chat_id, self.settings.queue_shards, self.settings.key_prefix
             )
@@ -268,19 +208,5 @@ class EngineService:
         self._tasks = []
         await self.sender.drain()
         await self.outbound.aclose()
-
-
-def create(setup: Any) -> EngineService:
-    """The fleet's handler factory: `WSM_WORKER_HANDLER=engine.service:create`.
-
-    The fleet calls it inside the worker process's running loop, so the background passes
-    start here: a process started after a crash must deliver what the crashed one left in the
-    outboxes even if no new message ever reaches it (with the passes started at the first
-    message, those replies waited for the next customer to write)."""
-    service = EngineService(setup.redis, setup.settings)
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # called outside a loop (a script): they start with the first message
-        return service
-    service.start()
-    return service
+        for close in self._closing:
+            await close()

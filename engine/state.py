@@ -18,9 +18,11 @@ from typing import Any
 
 import orjson
 
-from engine.writes import Write, write
+from shared.commit_writes import Write, write
 from shared.keys import EngineIndexKeys, engine_keys_for, split_conversation_token
 from shared.lua import LuaScript
+from shared.redis_client import RedisClient
+from shared.text import as_text
 
 INDEX_PRUNE = LuaScript.named("index_prune")
 
@@ -141,7 +143,7 @@ class ConversationState:
 
     @classmethod
     def from_hash(cls, raw: Mapping[Any, Any]) -> ConversationState:
-        values = {_text(k): _text(v) for k, v in raw.items()}
+        values = {as_text(k): as_text(v) for k, v in raw.items()}
         if not values:
             return cls()
         kwargs: dict[str, Any] = {}
@@ -184,10 +186,6 @@ class ConversationState:
         return replace(self, collected=merged)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def state_writes(key: str, state: ConversationState, retention_seconds: int) -> list[Write]:
     """Replace the whole state hash (every field, so a removed field cannot linger)."""
     flat: list[str] = []
@@ -196,11 +194,12 @@ def state_writes(key: str, state: ConversationState, retention_seconds: int) -> 
     return [write("HSET", key, *flat), write("EXPIRE", key, retention_seconds)]
 
 
-async def load_state(redis: Any, key: str) -> ConversationState:
+async def load_state(redis: RedisClient, key: str) -> ConversationState:
     return ConversationState.from_hash(await redis.hgetall(key))
 
 
 async def prune_index(
+    # Any: redis-py's stubs type replies as bytes | str (and some arguments too narrowly).
     redis: Any,
     index: EngineIndexKeys,
     *,
@@ -223,7 +222,7 @@ async def prune_index(
         if not rows:
             break
         looked += len(rows)
-        tokens = [_text(token) for token, _ in rows]
+        tokens = [as_text(token) for token, _ in rows]
         pipe = redis.pipeline(transaction=False)
         for token in tokens:
             session, chat_id = split_conversation_token(token)

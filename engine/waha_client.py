@@ -20,6 +20,8 @@ from urllib.parse import quote
 import httpx
 import orjson
 
+from shared.retry_after import retry_after_of
+
 
 class WahaError(Exception):
     """A WAHA call failed. `status` is None for a network failure; `answer` is WAHA's body."""
@@ -164,7 +166,7 @@ class WahaClient:
         message = f"{method} {path}: WAHA answered {status}"
         if status == 429 or status >= 500:
             raise WahaRetryable(
-                message, status=status, answer=answer, retry_after=_retry_after(response)
+                message, status=status, answer=answer, retry_after=retry_after_of(response.headers)
             )
         if status == 422:
             raise WahaSessionNotWorking(message, status=status, answer=answer)
@@ -204,14 +206,4 @@ class WahaClient:
         answer = await self._call("GET", f"/api/sessions/{quote(session, safe='')}")
         if isinstance(answer, dict) and isinstance(answer.get("status"), str):
             return str(answer["status"])
-        return None
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
         return None

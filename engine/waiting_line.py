@@ -14,15 +14,19 @@ the reconcile (engine/assignment.py) correct the sets after a crash without raci
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from shared.clock import now_ms as now_ms
 from shared.keys import LineKeys
 from shared.lua import LuaScript
+
+# Re-exported for api/app.py, api/console/* and engine/service.py until they import it from
+# shared.clock (not this engineer's files in issue 13).
+from shared.text import as_text
 
 LINE_ENTER = LuaScript.named("line_enter")
 LINE_LEAVE = LuaScript.named("line_leave")
@@ -77,17 +81,10 @@ class Waiting:
     entered_at: int
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class WaitingLine:
     def __init__(
         self,
+        # Any: redis-py's stubs type replies as bytes | str (and some arguments too narrowly).
         redis: Any,
         *,
         prefix: str,
@@ -120,7 +117,7 @@ class WaitingLine:
     async def members(self, session: str) -> list[Waiting]:
         raw = await self._redis.zrange(self.keys.waiting(session), 0, -1, withscores=True)
         return [
-            Waiting(token=_text(member), position=n + 1, entered_at=int(score) // 1000)
+            Waiting(token=as_text(member), position=n + 1, entered_at=int(score) // 1000)
             for n, (member, score) in enumerate(raw)
         ]
 
@@ -128,7 +125,7 @@ class WaitingLine:
         return int(await self._redis.zcard(self.keys.waiting(session)))
 
     async def sessions(self) -> list[str]:
-        return sorted(_text(s) for s in await self._redis.smembers(self.keys.sessions))
+        return sorted(as_text(s) for s in await self._redis.smembers(self.keys.sessions))
 
     # --- agents ----------------------------------------------------------------------------
     async def set_online(self, agent_id: str, name: str | None, at_ms: int) -> Agent:
@@ -149,7 +146,7 @@ class WaitingLine:
 
     async def agents(self) -> list[Agent]:
         raw = {
-            _text(k): orjson.loads(v)
+            as_text(k): orjson.loads(v)
             for k, v in (await self._redis.hgetall(self.keys.agents)).items()
         }
         ids = sorted(raw)
@@ -201,7 +198,7 @@ class WaitingLine:
             ],
             [agent_id, at_ms, self.per_agent, token or ""],
         )
-        first = _text(result[0])
+        first = as_text(result[0])
         if first == "!offline":
             raise AgentOffline(agent_id)
         if first == "!full":
@@ -225,7 +222,7 @@ class WaitingLine:
         for token, value in raw.items():
             record = orjson.loads(value)
             takes.append(
-                Taken(_text(token), str(record["agent"]), str(record.get("name") or ""),
+                Taken(as_text(token), str(record["agent"]), str(record.get("name") or ""),
                       int(record.get("entered_at", 0)), int(record.get("at", 0)))
             )  # fmt: skip
         return sorted(takes, key=lambda t: t.taken_at)
@@ -277,7 +274,7 @@ class WaitingLine:
             pipe.smembers(self.keys.agent_conversations(agent_id))
         sets = await pipe.execute()
         return {
-            agent_id: {_text(t) for t in members}
+            agent_id: {as_text(t) for t in members}
             for agent_id, members in zip(agent_ids, sets, strict=True)
         }
 
@@ -301,16 +298,10 @@ class WaitingLine:
             )
         )
 
-    async def agent_of(self, token: str) -> str | None:
-        for agent in await self.agents():
-            if await self._redis.sismember(self.keys.agent_conversations(agent.id), token):
-                return agent.id
-        return None
-
     # --- estimates -------------------------------------------------------------------------
     async def average_handling_seconds(self, session: str) -> float:
         samples = await self._redis.lrange(self.keys.handling_times(session), 0, -1)
-        values = [float(_text(s)) for s in samples]
+        values = [float(as_text(s)) for s in samples]
         if not values:
             return float(self.default_handling_seconds)
         return max(1.0, sum(values) / len(values))

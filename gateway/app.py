@@ -19,11 +19,12 @@ from gateway.runtime import GatewayRuntime
 from gateway.signature import UNSIGNED_REFUSED, UNSIGNED_WARNING, UnsignedRefused
 from gateway.webhook import WebhookEndpoint
 from shared.logs import setup_logging
+from shared.redis_client import RedisClient
 from shared.settings import Settings
 
 WEBHOOK_PATH = "/webhook"
 
-log = logging.getLogger("wsm.gateway")
+log = logging.getLogger("wsm.gateway.app")
 
 
 class GatewayApp(FastAPI):
@@ -39,7 +40,7 @@ class GatewayApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-def create_app(settings: Settings, client: Any | None = None) -> GatewayApp:
+def create_app(settings: Settings, client: RedisClient | None = None) -> GatewayApp:
     if not settings.hmac_keys():
         if not settings.allow_unsigned:
             raise UnsignedRefused(UNSIGNED_REFUSED)

@@ -20,12 +20,12 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from gateway import metrics
 from gateway.errors import RedisUnavailable
 from gateway.redis_link import RedisStatus
 from shared.enqueue import EnqueueRequest, enqueue_many
+from shared.redis_client import RedisClient
 
 log = logging.getLogger("wsm.gateway.batcher")
 
@@ -41,7 +41,12 @@ class _Waiter:
 
 class EnqueueBatcher:
     def __init__(
-        self, client: Any, status: RedisStatus, *, timeout_s: float, max_batch: int = MAX_BATCH
+        self,
+        client: RedisClient,
+        status: RedisStatus,
+        *,
+        timeout_s: float,
+        max_batch: int = MAX_BATCH,
     ) -> None:
         self._client = client
         self._timeout_s = timeout_s

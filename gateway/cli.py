@@ -10,16 +10,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import sys
-
-from pydantic import ValidationError
 
 from shared.logs import setup_logging
 from shared.metrics_setup import enable_multiprocess_metrics
 from shared.redis_client import UnsupportedRedis
-from shared.settings import Settings
+from shared.startup import load_settings
 
-log = logging.getLogger("wsm.gateway")
+log = logging.getLogger("wsm.gateway.cli")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -35,10 +32,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        print(f"wsm gateway: invalid settings:\n{exc}", file=sys.stderr)
+    settings = load_settings("wsm gateway")
+    if settings is None:
         return 2
     setup_logging(settings.log_level)
 

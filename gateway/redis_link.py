@@ -17,10 +17,10 @@ from typing import Any
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from shared.redis_client import UnsupportedRedis, connect, ensure_supported_server
+from shared.redis_client import RedisClient, UnsupportedRedis, connect, ensure_supported_server
 from shared.settings import Settings
 
-log = logging.getLogger("wsm.gateway.redis")
+log = logging.getLogger("wsm.gateway.redis_link")
 
 # A local Redis accepts a connection in well under a millisecond; past this it is unreachable.
 CONNECT_TIMEOUT_S = 0.25
@@ -71,7 +71,7 @@ class RedisStatus:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._came_back.wait(), at_most_s)
 
-    async def check_version(self, client: Any, timeout_s: float) -> bool:
+    async def check_version(self, client: RedisClient, timeout_s: float) -> bool:
         """True once the server is known to be supported; False if unreachable or too old."""
         if self.version is not None or self.unsupported is not None:
             return self.usable

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import orjson
 
 from gateway import metrics
 from gateway.redis_link import RedisStatus
 from gateway.spool import ReplayBatch, Spool
+from shared.backoff import Backoff
 from shared.enqueue import EnqueueRequest, enqueue_many
 from shared.events import InvalidEvent, route_event
+from shared.redis_client import RedisClient
 from shared.settings import Settings
 
 log = logging.getLogger("wsm.gateway.replay")
@@ -34,12 +35,14 @@ ADOPT_INTERVAL_S = 5.0
 
 
 class SpoolReplayer:
-    def __init__(self, spool: Spool, client: Any, status: RedisStatus, settings: Settings) -> None:
+    def __init__(
+        self, spool: Spool, client: RedisClient, status: RedisStatus, settings: Settings
+    ) -> None:
         self._spool = spool
         self._client = client
         self._status = status
         self._settings = settings
-        self._delay = RETRY_MIN_S
+        self._backoff = Backoff(first=RETRY_MIN_S, cap=RETRY_MAX_S)
         self._next_adoption = 0.0
         self._batch: ReplayBatch | None = None
 
@@ -47,7 +50,7 @@ class SpoolReplayer:
         """Replay forever; a failure of the disk or a bug is logged and retried, never fatal
         (a dead replayer would leave spooled events where nobody replays them)."""
         loop = asyncio.get_running_loop()
-        self._delay = RETRY_MIN_S
+        self._backoff.reset()
         self._next_adoption = loop.time() + ADOPT_INTERVAL_S
         self._batch = None  # kept across failed attempts: it stays the head
         while True:
@@ -67,8 +70,7 @@ class SpoolReplayer:
         if not await self._status.check_version(self._client, ROUND_TRIP_TIMEOUT_S):
             # Unreachable: knock again soon. Too old: events stay spooled until the operator
             # replaces the server and restarts the gateway.
-            await asyncio.sleep(self._delay)
-            self._delay = min(self._delay * 2, RETRY_MAX_S)
+            await asyncio.sleep(self._backoff.next_delay())
             return
         if self._batch is None:
             self._batch = await self._spool.next_batch(BATCH_EVENTS, BATCH_BYTES)
@@ -77,13 +79,12 @@ class SpoolReplayer:
             return
         if await self._replay(self._batch):
             self._batch = None
-            self._delay = RETRY_MIN_S
+            self._backoff.reset()
             self._status.mark_reachable()
         else:
             self._status.mark_unreachable()
             # Woken early when a webhook's round trip succeeds: Redis is back.
-            await self._status.wait_reachable(self._delay)
-            self._delay = min(self._delay * 2, RETRY_MAX_S)
+            await self._status.wait_reachable(self._backoff.next_delay())
 
     async def _adopt(self) -> None:
         metrics.forget_dead_processes()

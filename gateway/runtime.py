@@ -19,13 +19,14 @@ from gateway.redis_link import RedisStatus, connect_gateway_client
 from gateway.replay import SpoolReplayer
 from gateway.spool import Spool
 from gateway.webhook import WebhookEndpoint
+from shared.redis_client import RedisClient
 from shared.settings import Settings
 
-log = logging.getLogger("wsm.gateway")
+log = logging.getLogger("wsm.gateway.runtime")
 
 
 class GatewayRuntime:
-    def __init__(self, settings: Settings, client: Any | None = None) -> None:
+    def __init__(self, settings: Settings, client: RedisClient | None = None) -> None:
         self.settings = settings
         self.deadline_s = settings.webhook_redis_timeout_ms / 1000
         self.client = client if client is not None else connect_gateway_client(settings)

@@ -30,6 +30,7 @@ from gateway.errors import (
 )
 from gateway.intake import Intake
 from gateway.signature import verify_signature
+from shared.clock import now_ms
 from shared.enqueue import EnqueueRequest
 from shared.events import InvalidEvent, route_event
 
@@ -149,7 +150,7 @@ class WebhookEndpoint:
             document = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise InvalidBody("body is not JSON") from exc
-        received_at_ms = int(time.time() * 1000)
+        received_at_ms = now_ms()
         if self._outside_window(document, received_at_ms):
             log.info(
                 "webhook outside the replay window",

@@ -15,11 +15,18 @@ def backoff_seconds(
     attempt: int, base: float, cap: float, *, retry_after: float | None = None
 ) -> float:
     """The delay before retry number `attempt` (1 for the first retry)."""
-    ceiling = min(cap, base * 2 ** max(0, attempt - 1))
+    ceiling = backoff_step(attempt, base, cap)
     delay = ceiling / 2 + random.uniform(0, ceiling / 2)
     if retry_after is not None:
         delay = max(delay, retry_after)
     return delay
+
+
+def backoff_step(attempt: int, base: float, cap: float) -> float:
+    """The step itself, without jitter: `base` doubled per attempt, at most `cap`. For the one
+    caller that is alone in waiting (the supervisor restarting its own child) and announces the
+    exact delay in its log; everyone else wants backoff_seconds."""
+    return float(min(cap, base * 2 ** max(0, attempt - 1)))
 
 
 def backoff_ms(attempt: int, base_ms: int, max_ms: int, retry_after: float | None = None) -> int:

@@ -20,7 +20,15 @@ from shared.keys import ConversationKeys, hash_tag_of
 from shared.lua import Arg
 from shared.queue_errors import InvalidWrite
 
-Write = Sequence[str | bytes | int | float]
+# One write: `(COMMAND, key, *args)`. The engine builds them with `write()`; any handler may
+# pass plain tuples or lists of the same shape.
+Write = Sequence[Arg]
+
+
+def write(command: str, key: str, *args: Arg) -> Write:
+    """`(COMMAND, key, *args)` with the command upper-cased, as `encode_writes` takes it."""
+    return (command.upper(), key, *args)
+
 
 # command -> (least, most) arguments after the key; None: no upper bound. Keep the command set
 # equal to `allowed` in ack_message.lua. DEL/UNLINK take no more arguments: another argument

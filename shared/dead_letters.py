@@ -26,6 +26,7 @@ import orjson
 
 from shared.keys import EngineConversationKeys, ShardKeys, all_shards
 from shared.lua import LuaScript
+from shared.redis_client import RedisClient
 
 REPLAY_DEAD_LETTER = LuaScript.named("replay_dead_letter")
 OUTBOX_DEAD = LuaScript.named("outbox_dead")
@@ -99,6 +100,7 @@ def parse_dead_letter(raw: bytes, shard: ShardKeys) -> DeadLetter:
     )
 
 
+# Any: redis-py's stubs type replies as bytes | str (and some arguments too narrowly).
 async def list_dead_letters(client: Any, shards: int, prefix: str) -> list[DeadLetter]:
     """Every dead letter, oldest first."""
     letters: list[DeadLetter] = []
@@ -116,7 +118,7 @@ async def list_dead_letters(client: Any, shards: int, prefix: str) -> list[DeadL
     return letters
 
 
-async def dropped_dead_letters(client: Any, shards: int, prefix: str) -> int:
+async def dropped_dead_letters(client: RedisClient, shards: int, prefix: str) -> int:
     """How many queue dead letters the cap and the aging have dropped so far."""
     total = 0
     for shard in all_shards(shards, prefix):
@@ -130,7 +132,7 @@ class ReplayResult(Enum):
     BUSY = "busy"  # the conversation is leased; try again when its turn ends
 
 
-async def replay_dead_letter(client: Any, letter: DeadLetter) -> ReplayResult:
+async def replay_dead_letter(client: RedisClient, letter: DeadLetter) -> ReplayResult:
     """Put the message back at the head of its conversation, with fresh attempts."""
     shard = letter.shard
     conversation = shard.conversation(letter.conversation)
@@ -154,13 +156,14 @@ async def replay_dead_letter(client: Any, letter: DeadLetter) -> ReplayResult:
     return ReplayResult.BUSY if result == -1 else ReplayResult.GONE
 
 
+# Any: redis-py's stubs type replies as bytes | str (and some arguments too narrowly).
 async def drop_dead_letter(client: Any, letter: DeadLetter) -> bool:
     """Delete the dead letter for good. False: it was already gone."""
     return bool(await client.lrem(letter.shard.dlq, 1, letter.raw))
 
 
 async def outbox_dead(
-    client: Any,
+    client: RedisClient,
     keys: EngineConversationKeys,
     token: str,
     mid: str,

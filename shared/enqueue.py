@@ -7,12 +7,12 @@ so a batch of requests can be sent as one pipelined round trip.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from shared.envelope import encode_record
 from shared.events import RoutedEvent
 from shared.keys import DEFAULT_PREFIX, ShardKeys, conversation_token, shard_of
 from shared.lua import KeyArg, LuaScript, is_noscript
+from shared.redis_client import RedisClient
 
 ENQUEUE_EVENT = LuaScript.named("enqueue_event")
 
@@ -62,12 +62,12 @@ class EnqueueRequest:
         )
 
 
-async def enqueue(client: Any, request: EnqueueRequest) -> bool:
+async def enqueue(client: RedisClient, request: EnqueueRequest) -> bool:
     """Queue one event. True: queued; False: a duplicate, not queued again."""
     return bool(await ENQUEUE_EVENT(client, request.keys, request.args))
 
 
-async def enqueue_many(client: Any, requests: list[EnqueueRequest]) -> list[bool]:
+async def enqueue_many(client: RedisClient, requests: list[EnqueueRequest]) -> list[bool]:
     """Queue several events in one pipelined round trip (no MULTI: each script is atomic).
 
     Retrying after NOSCRIPT is safe: an event that did get queued answers "duplicate" the

@@ -31,6 +31,10 @@ QUEUED_EVENTS = frozenset(
 # message id of the DEVICE ack before it and must not be taken for a duplicate.
 _MESSAGE_EVENTS = QUEUED_EVENTS - {"session.status"}
 _ACK_EVENTS = frozenset({"message.ack", "message.ack.group"})
+# `message` and `message.any` are one WhatsApp message told twice (WAHA sends both when it is
+# subscribed to both): one dedupe key for the pair, so the twin that arrives second is dropped
+# at the door, whichever it is and whatever WAHA is subscribed to.
+_MESSAGE_TWINS = frozenset({"message", "message.any"})
 
 # Conversation of events that belong to the session rather than to one chat (session.status).
 SESSION_CHAT = "_session"
@@ -84,7 +88,7 @@ def route_event(document: Any, raw_body: bytes) -> RoutedEvent | None:
         else "sha256_" + hashlib.sha256(raw_body).hexdigest()[:32]
     )
     return RoutedEvent(
-        event=event,
+        event=step_event(event, payload),
         session=session,
         chat_id=chat_of(event, payload),
         event_id=event_id,
@@ -115,12 +119,25 @@ def chat_of(event: str, payload: dict[str, Any]) -> str:
     return SESSION_CHAT
 
 
+def step_event(event: str, payload: dict[str, Any]) -> str:
+    """The event a twin is queued as (the record's header; the body stays WAHA's): whichever of
+    `message` / `message.any` arrives first is the one kept, so the name follows what the
+    message is, not which twin won. Someone else's message is `message` (the customer's turn),
+    one of ours or the business phone's (`fromMe`) is `message.any` (echo or business reply)."""
+    if event in _MESSAGE_TWINS:
+        return "message.any" if payload.get("fromMe") is True else "message"
+    return event
+
+
 def message_key_of(event: str, payload: dict[str, Any]) -> str | None:
     if event not in _MESSAGE_EVENTS:
         return None
     message_id = payload.get("id")
     if not isinstance(message_id, str) or not message_id:
         return None
+    if event in _MESSAGE_TWINS:
+        # Event-agnostic: `message:<id>` for both twins (the form erase parses).
+        return f"message:{message_id}"
     if event in _ACK_EVENTS:
         participant = payload.get("participant")
         suffix = f":{participant}" if isinstance(participant, str) and participant else ""

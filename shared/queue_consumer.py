@@ -22,6 +22,7 @@ from shared.dead_letters import DEFAULT_DEAD_LETTER_LIMITS, DeadLetterLimits
 from shared.keys import ConversationKeys, ShardKeys
 from shared.lua import LuaScript
 from shared.queue_errors import LeaseLost, NotHead
+from shared.text import as_text
 
 CLAIM_CONVERSATION = LuaScript.named("claim_conversation")
 ACK_MESSAGE = LuaScript.named("ack_message")
@@ -37,10 +38,6 @@ MAX_ERROR_CHARS = 2000
 # and cost nothing; a message that breaks the connection every time it is handled (a command
 # too big for Redis, a call that always times out) must still reach the dead letters.
 REDIS_ERRORS_PER_ATTEMPT = 5
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +96,7 @@ class QueueConsumer:
 
     def __init__(
         self,
+        # Any: redis-py's stubs type replies as bytes | str (and some arguments too narrowly).
         client: Any,
         *,
         lease_ms: int,
@@ -123,12 +121,12 @@ class QueueConsumer:
     async def pop_ready(self, shard: ShardKeys) -> str | None:
         """Move the conversation at the front of `shard`'s line into `claimed`, without waiting."""
         token = await self.client.lmove(shard.ready, shard.claimed, "RIGHT", "LEFT")
-        return None if token is None else _text(token)
+        return None if token is None else as_text(token)
 
     async def wait_ready(self, shard: ShardKeys, block_seconds: float) -> str | None:
         """The same, blocking in Redis up to `block_seconds` for a conversation to be ready."""
         token = await self.client.blmove(shard.ready, shard.claimed, block_seconds, "RIGHT", "LEFT")
-        return None if token is None else _text(token)
+        return None if token is None else as_text(token)
 
     async def claim(self, shard: ShardKeys, token: str, owner: str) -> Lease | None:
         """Lease a conversation moved into `claimed`. None: not ours (or nothing queued).
@@ -154,7 +152,7 @@ class QueueConsumer:
             return None
         messages = [
             ClaimedMessage(
-                id=_text(reply[i]),
+                id=as_text(reply[i]),
                 record=reply[i + 1],
                 attempts=int(reply[i + 2]),
             )

@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from shared.clock import now_ms
 from shared.dead_letters import DEFAULT_DEAD_LETTER_LIMITS, DeadLetterLimits
 from shared.keys import ShardKeys, outbox_dlq_key
 from shared.lua import LuaScript
@@ -69,6 +70,7 @@ class ReapReport:
 class QueueReaper:
     def __init__(
         self,
+        # Any: redis-py's stubs type replies as bytes | str (and some arguments too narrowly).
         client: Any,
         *,
         max_attempts: int,
@@ -142,7 +144,7 @@ class QueueReaper:
         if not force and now - self._aged_at.get(shard, -AGE_CHECK_SECONDS) < AGE_CHECK_SECONDS:
             return 0
         self._aged_at[shard] = now
-        cutoff_ms = int(time.time() * 1000) - self.dead_letters.max_age_ms
+        cutoff_ms = now_ms() - self.dead_letters.max_age_ms
         total = 0
         # (list, index of its oldest entry, LREM count that scans from that end, stats field)
         for key, oldest_end, field in (

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
 from shared.keys import all_shards
+from shared.redis_client import RedisClient
 
 # How many conversations at the front of each shard's line (and of its retry queue) are looked
 # at for the oldest waiting message, besides every leased one. The line is FIFO, so the oldest
@@ -44,7 +44,7 @@ def _received_at_ms(record: bytes | None) -> int | None:
     return value if isinstance(value, int) else None
 
 
-async def read_queue_snapshot(client: Any, shards: int, prefix: str) -> QueueSnapshot:
+async def read_queue_snapshot(client: RedisClient, shards: int, prefix: str) -> QueueSnapshot:
     waiting = ready = redeliveries = dead = dead_dropped = outbox_dropped = 0
     oldest_ms: int | None = None
     for shard in all_shards(shards, prefix):

@@ -34,7 +34,7 @@ def connect(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     pool_timeout: float = DEFAULT_POOL_TIMEOUT_SECONDS,
     **options: Any,
-) -> Any:
+) -> RedisClient:
     """A client for `url`; `redis+cluster://host:port` gives a Redis Cluster client.
 
     Both clients answer the same commands the protocol uses (EVALSHA routed by key slot).
@@ -60,7 +60,7 @@ def parse_version(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-async def ensure_supported_server(client: Any) -> str:
+async def ensure_supported_server(client: RedisClient) -> str:
     """Return the server's version, or raise UnsupportedRedis with a message fit for a log."""
     info = await client.info("server")
     if isinstance(info, dict) and "redis_version" not in info:

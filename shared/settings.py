@@ -699,6 +699,18 @@ class Settings(BaseSettings):
                 )
         return self
 
+    # --- Derived settings: computed once here, not at each place that needs them ----------
+    @property
+    def history_retention_seconds(self) -> int:
+        """WSM_HISTORY_RETENTION_DAYS in seconds: the TTL of a conversation's keys, of its
+        bookings and console records, and the age past which maintenance forgets it."""
+        return self.history_retention_days * 24 * 3600
+
+    @property
+    def menu_service_names(self) -> list[str]:
+        """WSM_MENU_SERVICES as a list (blank entries dropped)."""
+        return [s.strip() for s in self.menu_services.split(",") if s.strip()]
+
     def hmac_keys(self) -> list[bytes]:
         """Every accepted HMAC key, in the order given (the new key first while rotating)."""
         if self.webhook_hmac_key is None:

@@ -15,9 +15,8 @@ import re
 import socket
 import sys
 
-from pydantic import ValidationError
-
 from shared.settings import Settings
+from shared.startup import load_settings
 
 # Same rule as WSM_WORKER_FLEET_ID: it becomes part of a hash tag, so no braces.
 FLEET_ID = re.compile(r"[A-Za-z0-9_.-]+")
@@ -47,10 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        print(f"wsm worker: invalid settings:\n{exc}", file=sys.stderr)
+    settings = load_settings("wsm worker")
+    if settings is None:
         return 2
     fleet_id = args.fleet_id or settings.worker_fleet_id or socket.gethostname()
     if not FLEET_ID.fullmatch(fleet_id):

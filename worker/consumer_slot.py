@@ -20,16 +20,18 @@ from enum import Enum
 
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
+from shared.backoff import Backoff
 from shared.envelope import InvalidRecord, decode_record
 from shared.keys import ShardKeys
 from shared.queue_consumer import ClaimedMessage, FailOutcome, Lease, QueueConsumer
 from shared.queue_errors import LeaseLost, NotHead
+from shared.redis_errors import REDIS_UNAVAILABLE
 from worker import metrics
 from worker.handler import Handler, HandlerContext
 from worker.lease_keeper import LeaseKeeper
-from worker.redis_retry import RETRYABLE_REDIS_ERRORS, Backoff, retry_until
+from worker.redis_retry import retry_until
 
-log = logging.getLogger("wsm.worker")
+log = logging.getLogger("wsm.worker.consumer_slot")
 
 # How long one BLMOVE waits. Bounds how late a stopping slot notices, and how often a slot
 # sweeps the shards it does not block on.
@@ -42,7 +44,7 @@ HAND_BACK_SECONDS = 2.0
 # a strike, not an attempt (see QueueConsumer.fail). Any other Redis error (WRONGTYPE, a script
 # error, a bad argument) is the message's doing and counts like any exception.
 NOT_THE_MESSAGES_FAULT: tuple[type[BaseException], ...] = (
-    *RETRYABLE_REDIS_ERRORS,
+    *REDIS_UNAVAILABLE,
     ReadOnlyError,
     OutOfMemoryError,
 )
@@ -100,7 +102,7 @@ class ConsumerSlot:
                 lease = await self._claim(*found)
                 if lease is not None:
                     await self.run_turn(lease)
-            except RETRYABLE_REDIS_ERRORS as exc:
+            except REDIS_UNAVAILABLE as exc:
                 delay = backoff.next_delay()
                 log.warning(
                     "redis unreachable; claiming paused",
@@ -161,7 +163,7 @@ class ConsumerSlot:
             # Shutdown past its grace period cancelled the handler: the message was not
             # committed; let another worker have the conversation now rather than at lease end.
             if not keeper.lost:
-                with contextlib.suppress(TimeoutError, *RETRYABLE_REDIS_ERRORS):
+                with contextlib.suppress(TimeoutError, *REDIS_UNAVAILABLE):
                     await asyncio.wait_for(
                         self.consumer.release(lease, to_front=True), HAND_BACK_SECONDS
                     )
@@ -251,7 +253,7 @@ class ConsumerSlot:
                 keeper.deadline,
                 "fail_message",
             )
-        except RETRYABLE_REDIS_ERRORS:
+        except REDIS_UNAVAILABLE:
             # The lease runs out unrenewed; the reaper counts this attempt instead.
             return self._count(Outcome.LOST, lease, message, error)
         except NotHead:
@@ -272,7 +274,7 @@ class ConsumerSlot:
         if keeper.lost:
             return
         # If Redis stays away, the lease runs out and the reaper puts the conversation back.
-        with contextlib.suppress(*RETRYABLE_REDIS_ERRORS):
+        with contextlib.suppress(*REDIS_UNAVAILABLE):
             await retry_until(
                 lambda: self.consumer.release(keeper.lease, to_front=to_front),
                 keeper.deadline,

@@ -16,10 +16,8 @@ import argparse
 import asyncio
 import sys
 import time
-from typing import Any
 
 import orjson
-from pydantic import ValidationError
 
 from shared.dead_letters import (
     DeadLetter,
@@ -29,8 +27,9 @@ from shared.dead_letters import (
     list_dead_letters,
     replay_dead_letter,
 )
-from shared.redis_client import connect
+from shared.redis_client import RedisClient, connect
 from shared.settings import Settings
+from shared.startup import load_settings
 
 # A replay waits this long at most for a leased conversation to finish its turn.
 DEFAULT_BUSY_WAIT_SECONDS = 30.0
@@ -63,10 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command != "list" and bool(args.ids) == bool(args.all):
         parser.error(f"{args.command}: give message ids or --all (not both)")
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        print(f"wsm dlq: invalid settings:\n{exc}", file=sys.stderr)
+    settings = load_settings("wsm dlq")
+    if settings is None:
         return 2
     return asyncio.run(run(settings, args))
 
@@ -114,7 +111,7 @@ def choose(
     return chosen, [i for i in ids if i not in found]
 
 
-async def replay_until_free(client: Any, letter: DeadLetter, wait: float) -> ReplayResult:
+async def replay_until_free(client: RedisClient, letter: DeadLetter, wait: float) -> ReplayResult:
     deadline = time.monotonic() + wait
     while True:
         result = await replay_dead_letter(client, letter)

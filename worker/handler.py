@@ -39,9 +39,11 @@ from shared.envelope import QueuedEvent
 from shared.keys import ConversationKeys
 from shared.queue_consumer import ClaimedMessage, Lease, QueueConsumer
 from shared.queue_errors import LeaseLost
+from shared.redis_client import RedisClient
+from shared.redis_errors import REDIS_UNAVAILABLE
 from shared.settings import Settings
 from worker.lease_keeper import LeaseKeeper
-from worker.redis_retry import RETRYABLE_REDIS_ERRORS, retry_until
+from worker.redis_retry import retry_until
 
 
 class Handler(Protocol):
@@ -61,7 +63,7 @@ class HandlerSetup:
     """What a handler factory gets, once per worker process."""
 
     settings: Settings
-    redis: Any
+    redis: RedisClient
     process_index: int
     fleet_id: str
 
@@ -95,13 +97,8 @@ class HandlerContext:
         return self._lease.fence
 
     @property
-    def redis(self) -> Any:
+    def redis(self) -> RedisClient:
         return self._consumer.client
-
-    @property
-    def lease_lost(self) -> bool:
-        """True once the lease is known to be gone: a commit would be refused."""
-        return self._keeper.lost
 
     async def commit(self, writes: Iterable[Write] = ()) -> None:
         """Ack this message and apply `writes` atomically, if the lease is still ours.
@@ -123,7 +120,7 @@ class HandlerContext:
         except LeaseLost:
             self._keeper.lost = True
             raise
-        except RETRYABLE_REDIS_ERRORS as exc:
+        except REDIS_UNAVAILABLE as exc:
             self._keeper.lost = True
             raise LeaseLost(f"lease on {self._lease.token} ran out while Redis was away") from exc
         self.committed = True

@@ -21,7 +21,8 @@ from typing import Any
 import orjson
 
 from shared.keys import FleetKeys
-from worker.redis_retry import RETRYABLE_REDIS_ERRORS
+from shared.redis_client import RedisClient
+from shared.redis_errors import REDIS_UNAVAILABLE
 
 # Exits in a row, each soon after start, that make a process "crash-looping".
 CRASH_LOOP_EXITS = 3
@@ -45,10 +46,10 @@ class HealthReport:
         )
 
 
-async def check_fleet(client: Any, fleet: FleetKeys) -> HealthReport:
+async def check_fleet(client: RedisClient, fleet: FleetKeys) -> HealthReport:
     try:
         supervisor_raw = await client.get(fleet.supervisor)
-    except RETRYABLE_REDIS_ERRORS as exc:
+    except REDIS_UNAVAILABLE as exc:
         return HealthReport(False, [f"redis unreachable: {exc}"])
     if supervisor_raw is None:
         return HealthReport(False, [f"no supervisor heartbeat for fleet {fleet.fleet_id!r}"])
@@ -59,7 +60,7 @@ async def check_fleet(client: Any, fleet: FleetKeys) -> HealthReport:
         report.problems.append("the supervisor runs no worker processes")
     try:
         beats = await client.mget([fleet.process(c["index"]) for c in children]) if children else []
-    except RETRYABLE_REDIS_ERRORS as exc:
+    except REDIS_UNAVAILABLE as exc:
         return HealthReport(False, [f"redis unreachable: {exc}"], processes=len(children))
     for child, beat_raw in zip(children, beats, strict=True):
         index = child["index"]

@@ -12,8 +12,9 @@ from typing import Any
 
 import orjson
 
-from worker.redis_retry import RETRYABLE_REDIS_ERRORS
-from worker.stopping import sleep_unless
+from shared.periodic import run_every
+from shared.redis_client import RedisClient
+from shared.redis_errors import REDIS_UNAVAILABLE
 
 log = logging.getLogger("wsm.worker.heartbeat")
 
@@ -21,12 +22,14 @@ log = logging.getLogger("wsm.worker.heartbeat")
 TTL_INTERVALS = 3
 
 
-async def write_beat(client: Any, key: str, interval: float, document: dict[str, Any]) -> None:
+async def write_beat(
+    client: RedisClient, key: str, interval: float, document: dict[str, Any]
+) -> None:
     await client.set(key, orjson.dumps(document), px=int(interval * TTL_INTERVALS * 1000))
 
 
 async def beat_forever(
-    client: Any,
+    client: RedisClient,
     key: str,
     interval: float,
     document: Callable[[], dict[str, Any]],
@@ -34,12 +37,15 @@ async def beat_forever(
 ) -> None:
     """Write `document()` under `key` now and every `interval` seconds, until `stop` is set."""
     unreachable = False
-    while not stop.is_set():
+
+    async def beat() -> None:
+        nonlocal unreachable
         try:
             await write_beat(client, key, interval, document())
             unreachable = False
-        except RETRYABLE_REDIS_ERRORS as exc:
+        except REDIS_UNAVAILABLE as exc:
             if not unreachable:  # once per outage, not once per beat
                 log.warning("heartbeat not written: redis unreachable", extra={"error": str(exc)})
             unreachable = True
-        await sleep_unless(stop, interval)
+
+    await run_every(interval, beat, stop, what="heartbeat", logger=log)

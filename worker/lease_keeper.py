@@ -11,12 +11,13 @@ import asyncio
 import logging
 import time
 
+from shared.periodic import sleep_unless
 from shared.queue_consumer import Lease, QueueConsumer
 from shared.queue_errors import LeaseLost
-from worker.redis_retry import RETRYABLE_REDIS_ERRORS, retry_until
-from worker.stopping import sleep_unless
+from shared.redis_errors import REDIS_UNAVAILABLE
+from worker.redis_retry import retry_until
 
-log = logging.getLogger("wsm.worker.lease")
+log = logging.getLogger("wsm.worker.lease_keeper")
 
 # Our own estimate of the deadline runs this much ahead of Redis's: the lease started in Redis
 # before its answer reached us, and retrying right up to the deadline would be wasted work.
@@ -58,7 +59,7 @@ class LeaseKeeper:
         except LeaseLost:
             self.lost = True
             raise
-        except RETRYABLE_REDIS_ERRORS as exc:
+        except REDIS_UNAVAILABLE as exc:
             self.lost = True
             raise LeaseLost(f"lease on {self.lease.token} ran out while Redis was away") from exc
         self.deadline = asked_at + self._lease_seconds - DEADLINE_MARGIN_SECONDS

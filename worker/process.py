@@ -9,22 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
 import socket
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import uvloop
 
+from shared.backoff import Backoff
+from shared.clock import now_ms
 from shared.dead_letters import DeadLetterLimits
 from shared.keys import FleetKeys, all_shards
 from shared.logs import setup_logging
+from shared.parent_death import signal_on_parent_death
+from shared.periodic import sleep_unless
 from shared.queue_consumer import QueueConsumer
-from shared.redis_client import connect, ensure_supported_server
+from shared.redis_client import RedisClient, connect, ensure_supported_server
+from shared.redis_errors import REDIS_UNAVAILABLE
 from shared.settings import Settings
 from worker.consumer_slot import BLOCK_SECONDS, HAND_BACK_SECONDS, ConsumerSlot
 from worker.handler import (
@@ -36,10 +39,9 @@ from worker.handler import (
 )
 from worker.heartbeat import beat_forever
 from worker.reaper_task import make_reaper, reap_forever
-from worker.redis_retry import RETRYABLE_REDIS_ERRORS, Backoff
-from worker.stopping import sleep_unless, wait_stopped
+from worker.stopping import wait_stopped
 
-log = logging.getLogger("wsm.worker")
+log = logging.getLogger("wsm.worker.process")
 
 # Scripts answer in microseconds; a reply that takes longer than this means Redis is gone
 # (a partition sends no RST), and BLMOVE's own wait must fit inside it.
@@ -61,14 +63,12 @@ def die_with_parent(parent_pid: int | None) -> None:
     """Ask Linux for SIGTERM when the supervisor dies, so no orphan keeps a half-fleet running."""
     if parent_pid is None:
         return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    signal_on_parent_death(signal.SIGTERM)
     if os.getppid() != parent_pid:  # it died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-async def connect_when_ready(settings: Settings, stopping: asyncio.Event) -> Any | None:
+async def connect_when_ready(settings: Settings, stopping: asyncio.Event) -> RedisClient | None:
     """A client to a server that answered and is new enough; waits out an absent Redis."""
     backoff = Backoff(first=0.2, cap=5.0)
     while not stopping.is_set():
@@ -80,7 +80,7 @@ async def connect_when_ready(settings: Settings, stopping: asyncio.Event) -> Any
         try:
             await ensure_supported_server(client)
             return client
-        except RETRYABLE_REDIS_ERRORS as exc:
+        except REDIS_UNAVAILABLE as exc:
             await client.aclose()
             delay = backoff.next_delay()
             log.warning("redis unreachable at start", extra={"error": str(exc), "retry_in": delay})
@@ -89,7 +89,7 @@ async def connect_when_ready(settings: Settings, stopping: asyncio.Event) -> Any
 
 
 def start_background(
-    client: Any,
+    client: RedisClient,
     settings: Settings,
     options: ProcessOptions,
     fleet: FleetKeys,
@@ -98,7 +98,7 @@ def start_background(
     stop: asyncio.Event,
 ) -> list[asyncio.Task[None]]:
     """The process's heartbeat and its share of the reaper."""
-    started_at = int(time.time() * 1000)
+    started_at = now_ms()
 
     def beat() -> dict[str, Any]:
         return {
@@ -106,7 +106,7 @@ def start_background(
             "index": options.index,
             "host": socket.gethostname(),
             "started": started_at,
-            "at": int(time.time() * 1000),
+            "at": now_ms(),
             "inflight": sum(slot.handling for slot in slots),
         }
 
@@ -191,7 +191,7 @@ async def serve(settings: Settings, options: ProcessOptions) -> int:
         await wait_stopped(unfinished, HAND_BACK_SECONDS + 1)
     stop_background.set()
     await wait_stopped(background, SOCKET_TIMEOUT_SECONDS)
-    with contextlib.suppress(*RETRYABLE_REDIS_ERRORS):
+    with contextlib.suppress(*REDIS_UNAVAILABLE):
         await client.delete(fleet.process(options.index))
     await wait_stopped(
         [asyncio.create_task(close_handler(handler), name="close-handler")], CLOSE_HANDLER_SECONDS

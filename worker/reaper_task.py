@@ -12,11 +12,12 @@ import random
 
 from shared.dead_letters import DEFAULT_DEAD_LETTER_LIMITS, DeadLetterLimits
 from shared.keys import ShardKeys
+from shared.periodic import run_every
 from shared.queue_reaper import QueueReaper
-from worker.redis_retry import RETRYABLE_REDIS_ERRORS
-from worker.stopping import sleep_unless
+from shared.redis_client import RedisClient
+from shared.redis_errors import REDIS_UNAVAILABLE
 
-log = logging.getLogger("wsm.worker.reaper")
+log = logging.getLogger("wsm.worker.reaper_task")
 
 # The lock lives a bit less than an interval, so the process that took it can take it again on
 # its next tick despite jitter; passes stay spaced by most of an interval.
@@ -24,7 +25,7 @@ LOCK_FRACTION = 0.8
 
 
 def make_reaper(
-    client: object,
+    client: RedisClient,
     *,
     max_attempts: int,
     interval: float,
@@ -43,7 +44,7 @@ async def reap_forever(
     holder: str,
     stop: asyncio.Event,
 ) -> None:
-    while not stop.is_set():
+    async def one_round() -> None:
         for shard in shards:
             if stop.is_set():
                 return
@@ -61,9 +62,13 @@ async def reap_forever(
                                 "reclaimed": report.reclaimed,
                             },
                         )
-            except RETRYABLE_REDIS_ERRORS as exc:
+            except REDIS_UNAVAILABLE as exc:
                 log.warning("reaper pass skipped: redis unreachable", extra={"error": str(exc)})
-                break
+                return
             except Exception:
                 log.exception("reaper pass failed", extra={"shard": shard.shard})
-        await sleep_unless(stop, interval * random.uniform(0.8, 1.0))
+
+    # Jittered, so the processes of a fleet do not all try the lock at the same instant.
+    await run_every(
+        lambda: interval * random.uniform(0.8, 1.0), one_round, stop, what="reaper", logger=log
+    )

@@ -3,24 +3,18 @@
 On Python 3.11, `asyncio.wait_for` swallows a cancellation that arrives just as the awaited
 operation completes (CPython gh-86296, fixed in 3.12), and redis-py wraps every socket write in
 `wait_for`. So a task making Redis calls often survives `cancel()` and carries on. Loops here
-therefore stop on an Event they check after every await, and whoever stops a task waits for it
+therefore stop on an Event they check after every await (shared/periodic.py's `sleep_unless`
+and `run_every`), and whoever stops a task waits for it
 for a bounded time only: a task that outlives that is left behind rather than hanging the process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable
 
-log = logging.getLogger("wsm.worker")
-
-
-async def sleep_unless(stop: asyncio.Event, seconds: float) -> None:
-    """Sleep `seconds`, or less if `stop` is set meanwhile."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+log = logging.getLogger("wsm.worker.stopping")
 
 
 async def wait_stopped(tasks: Iterable[asyncio.Task[None]], timeout: float) -> None:

@@ -23,14 +23,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from shared.backoff import backoff_step
+from shared.clock import now_ms
 from shared.keys import FleetKeys
 from shared.metrics_setup import mark_process_dead
+from shared.periodic import sleep_unless
 from shared.queue_stats import QueueSnapshot, read_queue_snapshot
 from shared.redis_client import connect
+from shared.redis_errors import REDIS_UNAVAILABLE
 from shared.settings import Settings
 from worker.heartbeat import beat_forever, write_beat
-from worker.redis_retry import RETRYABLE_REDIS_ERRORS
-from worker.stopping import sleep_unless, wait_stopped
+from worker.stopping import wait_stopped
 
 log = logging.getLogger("wsm.worker.supervisor")
 
@@ -134,7 +137,7 @@ class Supervisor:
             await asyncio.gather(*pending, return_exceptions=True)
         stop_beat.set()
         await wait_stopped([beat], timeout=6)
-        with contextlib.suppress(*RETRYABLE_REDIS_ERRORS):
+        with contextlib.suppress(*REDIS_UNAVAILABLE):
             await self.client.delete(self.fleet.supervisor)
         if server is not None:
             server.shutdown()
@@ -170,9 +173,8 @@ class Supervisor:
             lived = time.monotonic() - child.started
             child.quick_exits = child.quick_exits + 1 if lived < STABLE_SECONDS else 0
             child.restarts += 1
-            delay = min(
-                RESTART_MAX_SECONDS, RESTART_FIRST_SECONDS * 2 ** max(0, child.quick_exits - 1)
-            )
+            # No jitter: the supervisor alone restarts its child, and the log names the delay.
+            delay = backoff_step(child.quick_exits, RESTART_FIRST_SECONDS, RESTART_MAX_SECONDS)
             log.warning(
                 "worker process exited; restarting",
                 extra={
@@ -204,7 +206,7 @@ class Supervisor:
             "host": socket.gethostname(),
             "processes": self.options.processes,
             "alive": self.alive(),
-            "at": int(time.time() * 1000),
+            "at": now_ms(),
             "children": [
                 {
                     "index": c.index,
@@ -218,7 +220,7 @@ class Supervisor:
 
     async def _beat_now(self) -> None:
         """Publish a change (a process started or died) without waiting for the next beat."""
-        with contextlib.suppress(*RETRYABLE_REDIS_ERRORS):
+        with contextlib.suppress(*REDIS_UNAVAILABLE):
             await write_beat(
                 self.client,
                 self.fleet.supervisor,

@@ -7,40 +7,39 @@ order that loses nothing: first what brings events in (simulator, gateway: an ev
 said yes to is already in Redis or its spool), then the workers (they finish or hand back what
 they hold), then the API, and Redis last (it flushes its append-only file on SIGTERM).
 
-A part whose package is not installed yet is skipped with a note, so `make run` works at every
-stage of the project.
+The parts are `wsm.stack` services, as in `wsm loadtest`: each in a session of its own (a
+Ctrl-C at the terminal reaches only `wsm dev`, which then stops them in that order; Redis is
+never stopped by the Ctrl-C itself), and each told to stop if `wsm dev` dies.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import secrets
-import signal
 import socket
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
 import httpx
 
-from shared.embedded_redis import EmbeddedRedis, RedisServerUnavailable
+from shared.embedded_redis import RedisServerUnavailable, free_port
 from shared.settings import Settings
+from wsm.stack import (
+    Service,
+    ServiceFailed,
+    Stack,
+    StopRequested,
+    python_module,
+    redis_service,
+    running,
+)
 
-
-@dataclass
-class Part:
-    name: str  # also the `wsm` subcommand that runs it
-    module: str  # the package that must be installed for the part to run
-    args: list[str]
-    url: str
-    health_url: str  # answers 200 once the part is ready
-    env: dict[str, str] = field(default_factory=dict)
-    process: subprocess.Popen[bytes] | None = None
+# What brings events in first, then the workers, then the API; Redis last.
+STOP_ORDER = ("waha-sim", "gateway", "worker", "api", "redis")
+# A part has this long to answer its health check at start.
+READY_SECONDS = 60.0
 
 
 def _dev_secret(path: Path) -> str:
@@ -63,14 +62,30 @@ def _shown(path: Path) -> Path:
         return path
 
 
-def _available(module: str) -> bool:
-    return importlib.util.find_spec(module.split(".")[0]) is not None and (
-        importlib.util.find_spec(module) is not None
+def _answers_200(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _part(name: str, args: list[str], health_url: str, env: dict[str, str], logs: Path) -> Service:
+    """`python -m wsm <name> ...`, ready once `health_url` answers 200."""
+    return Service(
+        name,
+        python_module("wsm", name, *args),
+        logs / f"{name}.log",
+        env=env,
+        ready=lambda: _answers_200(health_url),
     )
 
 
-def build_parts(args: argparse.Namespace, settings: Settings, redis_url: str) -> list[Part]:
+def build_parts(
+    args: argparse.Namespace, settings: Settings, redis_url: str
+) -> list[tuple[Service, str]]:
+    """The parts after Redis, in start order, each with the address the banner shows."""
     home: Path = args.home
+    logs = home / "logs"
     hmac_key = (
         settings.webhook_hmac_key.get_secret_value()
         if settings.webhook_hmac_key
@@ -86,53 +101,38 @@ def build_parts(args: argparse.Namespace, settings: Settings, redis_url: str) ->
         "WSM_API_TOKEN": api_token,
         "WSM_SPOOL_DIR": str(home / "spool"),
     }
-    parts: list[Part] = []
+    gateway = f"http://{args.host}:{args.gateway_port}"
+    metrics = f"http://127.0.0.1:{args.worker_metrics_port}/metrics"
+    api = f"http://{args.host}:{args.api_port}"
+    parts: list[tuple[Service, str]] = []
     if simulate_waha:
+        sim_args = [
+            "--port",
+            str(args.waha_port),
+            "--webhook-url",
+            f"http://127.0.0.1:{args.gateway_port}/webhook",
+            # "=": a value starting with "-" is not taken for an option.
+            f"--hmac-key={hmac_key}",
+        ]
         parts.append(
-            Part(
-                "waha-sim",
-                "wsm.waha_sim",
-                [
-                    "--port",
-                    str(args.waha_port),
-                    "--webhook-url",
-                    f"http://127.0.0.1:{args.gateway_port}/webhook",
-                    f"--hmac-key={hmac_key}",
-                ],
-                waha_url,
-                f"{waha_url}/_sim/health",
-            )
+            (_part("waha-sim", sim_args, f"{waha_url}/_sim/health", common, logs), waha_url)
         )
+    gateway_args = ["--host", args.host, "--port", str(args.gateway_port)]
+    worker_args = [
+        "--processes",
+        str(args.processes),
+        "--metrics-port",
+        str(args.worker_metrics_port),
+    ]
+    api_args = ["--host", args.host, "--port", str(args.api_port)]
     parts += [
-        Part(
-            "gateway",
-            "gateway",
-            ["--host", args.host, "--port", str(args.gateway_port)],
-            f"http://{args.host}:{args.gateway_port}/webhook",
-            f"http://{args.host}:{args.gateway_port}/healthz",
-        ),
-        Part(
-            "worker",
-            "worker",
-            [
-                "--processes",
-                str(args.processes),
-                "--metrics-port",
-                str(args.worker_metrics_port),
-            ],
-            f"http://127.0.0.1:{args.worker_metrics_port}/metrics",
-            f"http://127.0.0.1:{args.worker_metrics_port}/metrics",
-        ),
-        Part(
-            "api",
-            "api",
-            ["--host", args.host, "--port", str(args.api_port)],
-            f"http://{args.host}:{args.api_port}/docs  (token in {_shown(home / 'api-token')})",
-            f"http://{args.host}:{args.api_port}/healthz",
+        (_part("gateway", gateway_args, f"{gateway}/healthz", common, logs), f"{gateway}/webhook"),
+        (_part("worker", worker_args, metrics, common, logs), metrics),
+        (
+            _part("api", api_args, f"{api}/healthz", common, logs),
+            f"{api}/docs  (token in {_shown(home / 'api-token')})",
         ),
     ]
-    for part in parts:
-        part.env = common
     return parts
 
 
@@ -146,14 +146,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--worker-metrics-port", type=int, default=9091)
     parser.add_argument("--processes", type=int, default=2, help="worker processes")
     return parser.parse_args(argv)
-
-
-class _Stop(Exception):
-    pass
-
-
-def _raise_stop(signum: int, frame: FrameType | None) -> None:
-    raise _Stop
 
 
 def main(argv: list[str]) -> int:
@@ -187,60 +179,49 @@ def main(argv: list[str]) -> int:
         )
         return 1
 
-    redis: EmbeddedRedis | None = None
-    started: list[Part] = []
-    signal.signal(signal.SIGTERM, _raise_stop)
+    stack = Stack()
     try:
-        if "redis_url" in settings.model_fields_set:
-            redis_url = settings.redis_url
-        else:
-            # In its own session: Ctrl-C reaches the whole foreground process group, and Redis
-            # must outlive the workers that finish and hand back their messages (stopped last).
-            redis = EmbeddedRedis(args.home / "redis", appendonly=True, own_session=True)
-            redis.start()
-            redis_url = redis.url
-        print(f"wsm dev: Redis      {redis_url}" + ("  (private)" if redis else ""), flush=True)
-        for part in build_parts(args, settings, redis_url):
-            if not _available(part.module):
-                print(f"wsm dev: {part.name:<10} not built yet, skipped", flush=True)
-                continue
-            log = (logs / f"{part.name}.log").open("ab")
-            part.process = subprocess.Popen(
-                [sys.executable, "-m", "wsm", part.name, *part.args],
-                env={**os.environ, **part.env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches us only; we stop children in order
-            )
-            started.append(part)
-            _wait_ready(part, logs)
-            print(f"wsm dev: {part.name:<10} {part.url}", flush=True)
-        print(f"wsm dev: logs in {_shown(logs)}/ ; Ctrl-C stops everything", flush=True)
-        while True:
-            for part in started:
-                if part.process is not None and part.process.poll() is not None:
-                    print(
-                        f"wsm dev: {part.name} exited with {part.process.returncode}; "
-                        f"see {logs / (part.name + '.log')}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    return 1
-            time.sleep(0.5)
-    except (KeyboardInterrupt, _Stop):
-        print("\nwsm dev: stopping", flush=True)
-        return 0
-    except (PartFailed, RedisServerUnavailable) as exc:
-        print(f"wsm dev: {exc}", file=sys.stderr, flush=True)
-        return 1
+        # Inside, SIGTERM raises StopRequested; on the way out every part started is stopped,
+        # in STOP_ORDER (Redis last), with Ctrl-C and SIGTERM ignored meanwhile.
+        with running(stack, STOP_ORDER):
+            try:
+                return _run(args, settings, stack, logs)
+            except (KeyboardInterrupt, StopRequested):
+                print("\nwsm dev: stopping", flush=True)
+                return 0
+            except (ServiceFailed, RedisServerUnavailable) as exc:
+                print(f"wsm dev: {exc}", file=sys.stderr, flush=True)
+                return 1
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for part in started:  # started in the order that also stops them safely
-            _stop(part)
-        if redis is not None:
-            redis.stop()
         print("wsm dev: stopped", flush=True)
+
+
+def _run(args: argparse.Namespace, settings: Settings, stack: Stack, logs: Path) -> int:
+    """Start Redis (unless REDIS_URL is set) and the parts, then watch them until one exits
+    (returns 1) or Ctrl-C / SIGTERM (raises)."""
+    if "redis_url" in settings.model_fields_set:
+        redis_url = settings.redis_url
+        private = ""
+    else:
+        # Its log is the one the server writes itself (--logfile), so a failure to start shows
+        # the server's own words.
+        data = args.home / "redis"
+        port = free_port()
+        stack.start(redis_service(data, port=port, log_path=data / "redis.log"), READY_SECONDS)
+        redis_url = f"redis://127.0.0.1:{port}/0"
+        private = "  (private)"
+    print(f"wsm dev: Redis      {redis_url}{private}", flush=True)
+    for service, shown in build_parts(args, settings, redis_url):
+        stack.start(service, READY_SECONDS)
+        print(f"wsm dev: {service.name:<10} {shown}", flush=True)
+    print(f"wsm dev: logs in {_shown(logs)}/ ; Ctrl-C stops everything", flush=True)
+    while True:
+        try:
+            stack.check()
+        except ServiceFailed as exc:
+            print(f"wsm dev: {exc}", file=sys.stderr, flush=True)
+            return 1
+        time.sleep(0.5)
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -252,33 +233,3 @@ def _port_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-class PartFailed(RuntimeError):
-    """A part exited or did not become ready at start."""
-
-
-def _wait_ready(part: Part, logs: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if part.process is not None and part.process.poll() is not None:
-            break
-        try:
-            if httpx.get(part.health_url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise PartFailed(f"{part.name} did not start; see {logs / (part.name + '.log')}")
-
-
-def _stop(part: Part, grace: float = 40.0) -> None:
-    process = part.process
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()

@@ -4,8 +4,12 @@ The template (nginx/templates/default.conf.template) is what production runs: th
 image renders it with envsubst, replacing only `${NGINX_...}` variables. `render_site` does the
 same (and refuses a template variable without a value, which in the image would stay literal
 and break nginx far from the cause). It is included in a main config that repeats the
-http-level directives of the image's nginx.conf and keeps every path nginx writes under one
-private prefix, so no root paths are needed.
+http-level directives of the image's nginx.conf (so a template that sets one of them again
+fails here as it would in the image) and keeps every path nginx writes under one private
+prefix, so no root paths are needed.
+
+This module is the only renderer: `wsm loadtest` runs nginx with it, and tests/ops checks the
+very config it writes (`write_config`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ DEFAULT_WEBHOOK_NETWORKS = (
     "192.168.0.0/16",
     "fc00::/7",
 )
+# The filter compose gives the official image (NGINX_ENVSUBST_FILTER).
 ENVSUBST_FILTER = re.compile(r"^NGINX_")
 _REFERENCE = re.compile(r"\$\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)\}|\$(?P<bare>[A-Za-z_]\w*)")
 
@@ -51,6 +56,10 @@ events {{
 http {{
     # As in the official image's nginx.conf.
     default_type application/octet-stream;
+    log_format main '$remote_addr - $remote_user [$time_local] "$request" '
+                    '$status $body_bytes_sent "$http_referer" '
+                    '"$http_user_agent" "$http_x_forwarded_for"';
+    access_log {prefix}/access-main.log main;
     sendfile on;
     keepalive_timeout 65;
 
@@ -78,13 +87,18 @@ def find_nginx() -> str | None:
     return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
 
 
-def render_site(text: str, values: Mapping[str, str]) -> str:
-    """envsubst restricted to NGINX_ names, as the official image runs it."""
-    wanted = {
+def template_variables(text: str) -> set[str]:
+    """The NGINX_ variables a template references (what envsubst would replace)."""
+    return {
         m.group("braced") or m.group("bare")
         for m in _REFERENCE.finditer(text)
         if ENVSUBST_FILTER.search(m.group("braced") or m.group("bare"))
     }
+
+
+def render_site(text: str, values: Mapping[str, str]) -> str:
+    """envsubst restricted to NGINX_ names, as the official image runs it."""
+    wanted = template_variables(text)
     missing = sorted(wanted - set(values))
     if missing:
         raise MissingTemplateVariable(f"template variables without a value: {', '.join(missing)}")
@@ -106,25 +120,63 @@ def tls_site(values: Mapping[str, str]) -> str:
     return render_site(TLS_TEMPLATE.read_text("utf-8"), values)
 
 
-def loopback_values(*, port: int, gateway: str, api: str) -> dict[str, str]:
+def loopback_values(
+    *,
+    port: int,
+    gateway: str,
+    api: str,
+    webhook_rate: str = "100000r/s",
+    webhook_burst: int = 100000,
+    api_rate: str = "10000r/s",
+    api_burst: int = 10000,
+) -> dict[str, str]:
     """The template's variables for a stack on 127.0.0.1. Upstreams are IP literals (never sent
-    to the resolver). The webhook limit is per client IP and the simulator is one client, so
-    it is set far above any load this machine can make: a load test measures the product, not
-    the guard against strangers."""
+    to the resolver, whose setting the template still requires). The webhook limit is per
+    client IP and the simulator is one client, so by default it is set far above any load this
+    machine can make: a load test measures the product, not the guard against strangers."""
     return {
         "NGINX_LISTEN": f"127.0.0.1:{port}",
         "NGINX_RESOLVER": "127.0.0.1",
         "NGINX_GATEWAY_UPSTREAM": gateway,
         "NGINX_API_UPSTREAM": api,
         "NGINX_CLIENT_MAX_BODY_SIZE": "1m",
-        "NGINX_WEBHOOK_RATE": "100000r/s",
-        "NGINX_WEBHOOK_BURST": "100000",
-        "NGINX_API_RATE": "10000r/s",
-        "NGINX_API_BURST": "10000",
+        "NGINX_WEBHOOK_RATE": webhook_rate,
+        "NGINX_WEBHOOK_BURST": str(webhook_burst),
+        "NGINX_API_RATE": api_rate,
+        "NGINX_API_BURST": str(api_burst),
         "NGINX_WEBHOOK_ALLOW": webhook_allow_rules(("127.0.0.0/8", "::1")),
         # The simulator posts with hundreds of connections at once from one address.
         "NGINX_CONN_PER_CLIENT": "10000",
     }
+
+
+def write_config(prefix: Path, values: Mapping[str, str], *, template: str | None = None) -> Path:
+    """Render the site (the project's template unless `template` is given) into
+    <prefix>/conf.d/default.conf and the main config into <prefix>/nginx.conf, which it
+    returns."""
+    (prefix / "conf.d").mkdir(parents=True, exist_ok=True)
+    site = TEMPLATE.read_text("utf-8") if template is None else template
+    (prefix / "conf.d" / "default.conf").write_text(render_site(site, values), "utf-8")
+    # Run as root, nginx's workers would switch to "nobody", who cannot enter a private
+    # temporary directory.
+    user = "user root;" if os.geteuid() == 0 else ""
+    main = prefix / "nginx.conf"
+    main.write_text(MAIN_CONFIG.format(prefix=prefix, user=user), "utf-8")
+    return main
+
+
+def nginx_argv(binary: str, prefix: Path, *extra: str) -> list[str]:
+    """nginx on the config `write_config` wrote under `prefix` (`-t`, `-T`, `-g ...` in extra)."""
+    return [
+        binary,
+        "-p",
+        str(prefix),
+        "-c",
+        str(prefix / "nginx.conf"),
+        "-e",
+        str(prefix / "error.log"),
+        *extra,
+    ]
 
 
 def nginx_service(
@@ -134,19 +186,10 @@ def nginx_service(
     binary = nginx or find_nginx()
     if binary is None:
         raise EdgeUnavailable("nginx is not installed (apt-get install -y nginx)")
-    (prefix / "conf.d").mkdir(parents=True, exist_ok=True)
-    (prefix / "conf.d" / "default.conf").write_text(
-        render_site(TEMPLATE.read_text("utf-8"), values), "utf-8"
-    )
-    # Run as root, nginx's workers would switch to "nobody", who cannot enter a private
-    # temporary directory.
-    user = "user root;" if os.geteuid() == 0 else ""
-    main = prefix / "nginx.conf"
-    main.write_text(MAIN_CONFIG.format(prefix=prefix, user=user), "utf-8")
-    argv = [binary, "-p", str(prefix), "-c", str(main), "-e", str(prefix / "error.log")]
+    write_config(prefix, values)
     return Service(
         "nginx",
-        [*argv, "-g", "daemon off;"],
+        nginx_argv(binary, prefix, "-g", "daemon off;"),
         # The template logs each request to /dev/stdout: this file.
         prefix / "access.log",
         ready=lambda: port_accepts(port),

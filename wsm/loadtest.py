@@ -36,6 +36,7 @@ import uvloop
 
 from wsm.load.chaos import Chaos, ChaosLog, ChaosPlan
 from wsm.load.checks import Findings, check_conversation, latency_summary, read_history
+from wsm.load.cpu import CpuMeter, cpu_line, stack_components
 from wsm.load.customers import Customer, Progress, SimClient, run_customers
 from wsm.load.product import ProductStack, StackOptions, build_stack
 from wsm.load.quiet import dead_letters, gateway_answers, wait_quiet
@@ -119,6 +120,10 @@ class Run:
         self.dead_letters = {"queue": 0, "outbox": 0}
         self.webhooks: dict[str, Any] = {}
         self.gateway: dict[str, dict[str, float]] = {}
+        # CPU of every part from the load's start until the system settled (wsm/load/cpu.py).
+        self.cpu = CpuMeter(stack_components(product.stack))
+        self.cpu_stop = asyncio.Event()
+        self.cpu_task: asyncio.Task[None] | None = None
 
     def say(self, line: str) -> None:
         if not self.args.quiet:
@@ -146,6 +151,7 @@ class Run:
             )  # fmt: skip
             self.chaos_log = chaos.log
             chaos_task = asyncio.create_task(chaos.run(done))
+        self.cpu_task = asyncio.create_task(self.cpu.run(self.cpu_stop))
         started = time.monotonic()
         try:
             await run_customers(
@@ -181,6 +187,10 @@ class Run:
         self.settled = await wait_quiet(
             self.product.redis_url, self.product.sim_url, timeout=self.args.settle_timeout
         )
+        # The acks and echoes that follow the last replies are part of the load's cost.
+        self.cpu_stop.set()
+        if self.cpu_task is not None:
+            await self.cpu_task
         if not self.settled:
             self.say("the system did not settle in time; checking what is there")
         sim = SimClient(self.product.sim_url, connections=2)
@@ -238,6 +248,9 @@ class Run:
             "replies_delivered": findings.replies,
             "replies_per_s": round(findings.replies / self.duration, 1) if self.duration else None,
             "latency_first_reply": latency_summary(findings.first_reply_ms),
+            # CPU ms per customer message answered, per component: `product` is gateway +
+            # worker + redis + nginx + api; `bench` the simulator and the customers.
+            "cpu_ms_per_message": self.cpu.ms_per_message(answered),
             "latency_every_reply": latency_summary(findings.every_reply_ms),
             "checks": {
                 "lost": findings.lost.count,
@@ -285,6 +298,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"webhook -> first reply's sendText: p50 {first['p50_ms']} ms, p90 {first['p90_ms']} ms, "
         f"p99 {first['p99_ms']} ms, max {first['max_ms']} ms",
         f"webhook -> every reply's sendText: p50 {every['p50_ms']} ms, p99 {every['p99_ms']} ms",
+        f"CPU per message: {cpu_line(report['cpu_ms_per_message'])}",
         f"lost {checks['lost']}, inbound duplicated {checks['inbound_duplicated']}, "
         f"inbound out of order {checks['inbound_out_of_order']}, replies sent twice "
         f"{checks['replies_sent_twice']}, replies not delivered {checks['replies_not_delivered']}, "

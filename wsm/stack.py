@@ -11,7 +11,6 @@ started) is killed.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-PR_SET_PDEATHSIG = 1
+from shared.parent_death import signal_on_parent_death
 
 
 class ServiceFailed(RuntimeError):
@@ -32,14 +31,6 @@ class ServiceFailed(RuntimeError):
 
 class StopRequested(Exception):
     """SIGTERM reached the parent: stop everything, as Ctrl-C would."""
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the parent dies. Must run in the main thread of
-    the parent: Linux ties the signal to the thread that forked, not to the process."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def python_module(module: str, *args: str) -> list[str]:
@@ -95,8 +86,9 @@ class Service:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                # Only a prctl call between fork and exec: no lock is taken there.
-                preexec_fn=_die_with_parent,
+                # In the child, before exec: SIGTERM when this parent dies. Only a prctl call
+                # between fork and exec: no lock is taken there.
+                preexec_fn=signal_on_parent_death,
             )
 
     def log_tail(self, size: int = 3000) -> str:

@@ -48,7 +48,12 @@ class PageChannel:
         viewer, ui, reads = self.viewer, self.console.ui, self.console.reads
         parts: list[str] = []
         if event.kind == "line":
-            parts.append(ui.render("_oob_line.html", line=await reads.line_entries()))
+            # The same for every page: rendered once per event in this process.
+            cached = self.console.line_cache
+            if cached[0] != event.id:
+                cached = (event.id, ui.render("_oob_line.html", line=await reads.line_entries()))
+                self.console.line_cache = cached
+            parts.append(cached[1])
         if event.kind == "agents":
             online = any(a.id == viewer.id and a.online for a in await reads.line.agents())
             parts.append(ui.render("_oob_presence.html", viewer=viewer, online=online))
@@ -120,6 +125,7 @@ class PageChannel:
             closable=view.state.state in CLOSABLE,
             handbackable=view.state.state in HANDBACKABLE,
             audit=await console.audit.entries(self.token),
+            canned=await console.canned.all(),
         )
 
 

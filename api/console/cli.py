@@ -59,6 +59,29 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def ensure_account(
+    redis_url: str, key_prefix: str, agent_id: str, name: str, role: str, password: str
+) -> bool:
+    """Create the account unless it exists (True when created); for `wsm dev`, which can give
+    a fresh development stack a first admin without asking."""
+    from shared.redis_client import connect
+
+    redis = connect(redis_url)
+    store = AccountStore(redis, ConsoleKeys(key_prefix))
+    try:
+        if await store.get(agent_id) is not None:
+            return False
+        try:
+            await store.add(agent_id, name, role, password)
+        except AccountError:
+            if await store.get(agent_id) is not None:
+                return False  # made meanwhile by someone else
+            raise
+        return True
+    finally:
+        await redis.aclose()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="wsm agent", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -40,11 +40,13 @@ class Console:
     hub: Hub
     watcher: Watcher
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # (event id, fragment): the line as the last line event showed it, shared by all pages.
+    line_cache: tuple[str, str] = ("", "")
 
     def start(self) -> None:
         """The watcher and the hub start with the first console request (the app has no
         start-up hook of ours; api/app.py stays the API's)."""
-        if self.tasks and not all(task.done() for task in self.tasks):
+        if self.watcher.stopped or (self.tasks and not all(t.done() for t in self.tasks)):
             return
         self.tasks = [
             asyncio.get_running_loop().create_task(self.watcher.run(), name="console-watcher"),
@@ -52,11 +54,15 @@ class Console:
         ]
 
     async def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
+        self.watcher.stopped = self.hub.stopped = True
+        pending = {task for task in self.tasks if not task.done()}
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1)
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+                task.result()
         self.tasks = []
 
     async def viewer(self, request: Request) -> Viewer:

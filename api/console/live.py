@@ -95,6 +95,7 @@ class Watcher:
         self.line = reads.line
         self.me = secrets.token_hex(8)
         self.seen: _Seen | None = None
+        self.stopped = False
 
     async def publish(self, kind: str, **fields: str) -> str:
         entry_id = await self._redis.xadd(
@@ -113,7 +114,9 @@ class Watcher:
         return False
 
     async def run(self) -> None:
-        while True:
+        # `stopped` as well as cancellation: a cancel that lands inside the Redis client may
+        # be absorbed by it, and the loop must end anyway.
+        while not self.stopped:
             try:
                 if await self.holds_lock():
                     await self.tick()
@@ -233,6 +236,7 @@ class Hub:
         self._redis = redis
         self.keys = keys
         self.subscribers: set[asyncio.Queue[Event | None]] = set()
+        self.stopped = False
 
     def subscribe(self) -> asyncio.Queue[Event | None]:
         queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=1000)
@@ -244,9 +248,9 @@ class Hub:
 
     async def run(self) -> None:
         last = await self.latest_id() or "0-0"
-        while True:
+        while not self.stopped:
             try:
-                answer = await self._redis.xread({self.keys.events: last}, count=500, block=5000)
+                answer = await self._redis.xread({self.keys.events: last}, count=500, block=1000)
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -28,6 +28,8 @@ from .sessions import Viewer
 # Closed conversations looked through by a search (most recently active first).
 SEARCH_SCAN = 5000
 SEARCH_RESULTS = 50
+# History entries looked at for a waiting customer's last message.
+LAST_LOOKBACK = 10
 
 
 def _text(value: Any) -> str:
@@ -138,7 +140,7 @@ class Reads:
             for member in members:
                 _, chat_id = split_conversation_token(member.token)
                 pipe.hmget(self.state_key(session, chat_id), "phone", "collected")
-                pipe.xrevrange(self.history_keys(session, chat_id).stream, count=1)
+                pipe.xrevrange(self.history_keys(session, chat_id).stream, count=LAST_LOOKBACK)
             rows = await pipe.execute()
             entries = []
             for n, member in enumerate(members):
@@ -148,7 +150,9 @@ class Reads:
                 state = ConversationState.from_hash(
                     {"phone": _text(phone_raw or b""), "collected": _text(collected_raw or b"{}")}
                 )
-                text = _text(last[0][1].get(b"text", b"")) if last else ""
+                # What the customer last wrote (the bot's "your place in line" is no news).
+                said = [values for _, values in last if values.get(b"dir") == b"in"]
+                text = _text(said[0].get(b"text", b"")) if said else ""
                 entries.append(
                     LineEntry(
                         session=session,

@@ -31,22 +31,25 @@ reject timestamps older than a few minutes (see `verify`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
 import time
-from typing import Any
 
 import httpx
 import orjson
 
 from engine.agent.metrics import WEBHOOK_DELIVERIES
-from engine.sender import backoff_ms
+from shared.backoff import backoff_ms
+from shared.clock import now_ms
 from shared.keys import CalendarKeys
 from shared.lua import LuaScript
+from shared.periodic import run_every
+from shared.redis_client import RedisClient
+from shared.retry_after import retry_after_of
+from shared.text import as_text
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("wsm.engine.agent.booking_webhook")
 
 CLAIM = LuaScript.named("booking_hooks_claim")
 SIGNATURE_HEADER = "X-Wsm-Signature"
@@ -79,14 +82,10 @@ def verify(
     return hmac.compare_digest(sign(secret, stamp, body), signature)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class BookingWebhook:
     def __init__(
         self,
-        redis: Any,
+        redis: RedisClient,
         *,
         prefix: str,
         url: str,
@@ -115,9 +114,9 @@ class BookingWebhook:
 
     async def deliver_due(self, limit: int = 50) -> int:
         """Deliver every due event (up to `limit`); returns how many were delivered."""
-        now = int(time.time() * 1000)
+        now = now_ms()
         claimed = await CLAIM(self._redis, [self.keys.hooks_due], [now, self.visibility_ms, limit])
-        ids = [_text(raw) for raw in claimed]
+        ids = [as_text(raw) for raw in claimed]
         if not ids:
             return 0
         bodies = await self._redis.hmget(self.keys.hooks_body, ids)
@@ -141,7 +140,6 @@ class BookingWebhook:
             TIMESTAMP_HEADER: str(timestamp),
             SIGNATURE_HEADER: sign(self.secret, timestamp, body),
         }
-        retry_after: float | None = None
         try:
             answer = await self._http.post(self.url, content=body, headers=headers)
         except httpx.HTTPError as exc:
@@ -157,9 +155,7 @@ class BookingWebhook:
             return True
         error = f"HTTP {answer.status_code}: {answer.text[:MAX_ANSWER_CHARS]}"
         if answer.status_code in (408, 429) or answer.status_code >= 500:
-            with contextlib.suppress(ValueError, TypeError):
-                retry_after = float(answer.headers.get("retry-after", ""))
-            await self._retry(event_id, body, error, retry_after)
+            await self._retry(event_id, body, error, retry_after_of(answer.headers))
         else:
             await self._dead(event_id, body, error, attempts=None)
         return False
@@ -172,7 +168,7 @@ class BookingWebhook:
             await self._dead(event_id, body, error, attempts=attempts)
             return
         delay = backoff_ms(attempts, self.retry_base_ms, self.retry_max_ms, retry_after)
-        await self._redis.zadd(self.keys.hooks_due, {event_id: int(time.time() * 1000) + delay})
+        await self._redis.zadd(self.keys.hooks_due, {event_id: now_ms() + delay})
         WEBHOOK_DELIVERIES.labels("retry").inc()
         log.info("booking webhook will be retried", extra={"event": event_id, "error": error})
 
@@ -185,7 +181,7 @@ class BookingWebhook:
                 "body": orjson.loads(body),
                 "attempts": attempts,
                 "error": error,
-                "at": int(time.time() * 1000),
+                "at": now_ms(),
             }
         )
         pipe = self._redis.pipeline(transaction=True)
@@ -199,21 +195,14 @@ class BookingWebhook:
 
     async def run(self, stop: asyncio.Event, interval_seconds: float = 1.0) -> None:
         """Deliver due events until `stop`: every interval, and at once after a kick."""
-        while not stop.is_set():
-            # Cleared before the pass: a kick during it makes the next wait return at once.
-            self._wake.clear()
-            try:
-                while await self.deliver_due() > 0:
-                    pass
-            except Exception:
-                log.exception("booking webhook pass failed")
-            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED), interval_seconds
-                )
-            for waiter in waiters:
-                waiter.cancel()
+
+        async def drain() -> None:
+            while await self.deliver_due() > 0:
+                pass
+
+        await run_every(
+            interval_seconds, drain, stop, what="booking webhook pass", logger=log, wake=self._wake
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()

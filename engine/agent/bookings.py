@@ -29,7 +29,6 @@ Exceptions (all terminal for the request as asked; the caller offers something e
 from __future__ import annotations
 
 import hashlib
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,8 +38,11 @@ from typing import Any
 import orjson
 
 from engine.agent.calendar import Calendar, Slot
+from shared.clock import now_ms
 from shared.keys import CalendarKeys, split_conversation_token
 from shared.lua import LuaScript
+from shared.redis_client import RedisClient
+from shared.text import as_text
 
 BOOK = LuaScript.named("booking_book")
 RESCHEDULE = LuaScript.named("booking_reschedule")
@@ -100,7 +102,7 @@ class Booking:
 
     @classmethod
     def from_hash(cls, raw: Mapping[Any, Any]) -> Booking | None:
-        values = {_text(k): _text(v) for k, v in raw.items()}
+        values = {as_text(k): as_text(v) for k, v in raw.items()}
         if not values.get("id"):
             return None
         return cls(
@@ -130,24 +132,16 @@ class Change:
     previous_start: str = ""
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def booking_id_for(customer: str, message_id: str, slot_id: str) -> str:
     """Stable per (customer, message, slot): the same message handled twice books once."""
     digest = hashlib.sha256(f"{customer}\n{message_id}\n{slot_id}".encode()).hexdigest()
     return "bk" + digest[:12]
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class BookingStore:
     def __init__(
         self,
-        redis: Any,
+        redis: RedisClient,
         calendar: Calendar,
         *,
         prefix: str,
@@ -202,7 +196,7 @@ class BookingStore:
             return []
         pipe = self._redis.pipeline(transaction=False)
         for raw in ids:
-            pipe.hgetall(self.keys.booking(_text(raw)))
+            pipe.hgetall(self.keys.booking(as_text(raw)))
         found = [Booking.from_hash(raw) for raw in await pipe.execute()]
         return [b for b in found if b and b.customer == customer.token and b.status == "booked"]
 
@@ -279,7 +273,7 @@ class BookingStore:
                 hook_id, hook_body, len(slot.steps), *slot.steps, *flat,
             ],
         )  # fmt: skip
-        outcome = _text(answer[0])
+        outcome = as_text(answer[0])
         if outcome == "taken":
             raise SlotTaken(slot.id)
         if outcome == "limit":
@@ -317,7 +311,7 @@ class BookingStore:
                 len(current.steps), *current.steps, len(slot.steps), *slot.steps,
             ],
         )  # fmt: skip
-        outcome = _text(answer[0])
+        outcome = as_text(answer[0])
         if outcome == "taken":
             raise SlotTaken(slot.id)
         if outcome == "not_found":
@@ -343,7 +337,7 @@ class BookingStore:
             ],
             [booking_id, customer.token, now_ms(), hook_id, hook_body],
         )  # fmt: skip
-        outcome = _text(answer[0])
+        outcome = as_text(answer[0])
         if outcome == "not_found":
             raise BookingNotFound(booking_id)
         if outcome == "cancelled":
@@ -358,7 +352,7 @@ class BookingStore:
         """LGPD erase: forget every booking this customer ever made (upcoming ones free their
         slots) and their webhook events not yet delivered. Returns how many bookings went."""
         everything = self.keys.customer_all(customer_token)
-        ids = [_text(raw) for raw in await self._redis.zrange(everything, 0, -1)]
+        ids = [as_text(raw) for raw in await self._redis.zrange(everything, 0, -1)]
         removed = 0
         for booking_id in ids:
             booking = await self._load(booking_id)
@@ -368,7 +362,7 @@ class BookingStore:
             holders = await self._redis.hmget(day_key, list(booking.steps)) if booking.steps else []
             pipe = self._redis.pipeline(transaction=True)
             for step, holder in zip(booking.steps, holders, strict=True):
-                if holder is not None and _text(holder) == booking_id:
+                if holder is not None and as_text(holder) == booking_id:
                     pipe.hdel(day_key, step)
             pipe.delete(self.keys.booking(booking_id))
             await pipe.execute()

@@ -38,7 +38,7 @@ from engine.agent.menu import SchedulingMenuBrain
 from engine.agent.metrics import BURST_DEFERRED, LLM_FALLBACKS
 from engine.brain import Decision, Turn
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("wsm.engine.agent.fallback")
 
 # Rejections that say the configuration is wrong (every request would fail the same way):
 # the breaker stops sending them. A malformed answer is the model's, for one message only.

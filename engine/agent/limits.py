@@ -24,15 +24,15 @@ time (the queue's lease), so the read-then-add below does not race with itself.
 from __future__ import annotations
 
 import hashlib
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
 from engine.identity import Conversation
+from shared import clock
 from shared.envelope import InvalidRecord, decode_record
 from shared.keys import keys_for_conversation
+from shared.redis_client import RedisClient
 
 TURN_WINDOW_MS = 60_000
 TOKENS_KEY_SECONDS = 2 * 24 * 3600
@@ -49,13 +49,13 @@ TOKEN_LIMIT = "token_limit"
 class ConversationLimits:
     def __init__(
         self,
-        redis: Any,
+        redis: RedisClient,
         *,
         prefix: str,
         shards: int,
         turns_per_minute: int,
         tokens_per_day: int,
-        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        clock_ms: Callable[[], int] = clock.now_ms,
     ) -> None:
         self._redis = redis
         self._prefix = prefix

@@ -35,6 +35,8 @@ import groq
 import httpx
 
 from engine.agent.metrics import LLM_DURATION, LLM_REQUESTS, LLM_TOKENS, RATELIMIT_REMAINING
+from shared.backoff import backoff_seconds
+from shared.retry_after import retry_after_of
 
 # A 429 is retried in place only when Groq asks for a wait this short or shorter.
 RETRY_AFTER_MAX_SECONDS = 2.0
@@ -115,16 +117,6 @@ def _record_ratelimits(headers: Mapping[str, str] | None) -> None:
             continue
 
 
-def _retry_after(headers: Mapping[str, str] | None) -> float | None:
-    if not headers:
-        return None
-    raw = headers.get("retry-after")
-    try:
-        return max(0.0, float(raw)) if raw is not None else None
-    except ValueError:
-        return None
-
-
 def _error_code(exc: groq.APIStatusError) -> str:
     body = exc.body
     if isinstance(body, dict):
@@ -168,8 +160,16 @@ class ChatModel:
                         raise LLMRejected("bad_response", str(exc)) from exc
                     raise
                 attempt += 1
-                pause = exc.retry_after if exc.retry_after is not None else RETRY_PAUSE_SECONDS
-                await asyncio.sleep(pause)
+                # The one backoff formula, short (a customer is waiting); a 429's retry-after
+                # (at most RETRY_AFTER_MAX_SECONDS here) is a floor.
+                await asyncio.sleep(
+                    backoff_seconds(
+                        attempt,
+                        RETRY_PAUSE_SECONDS,
+                        RETRY_AFTER_MAX_SECONDS,
+                        retry_after=exc.retry_after,
+                    )
+                )
 
     async def _once(
         self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]]
@@ -216,7 +216,7 @@ class ChatModel:
         detail = str(exc)[:300]
         if status == 429:
             return "rate_limited", LLMUnavailable(
-                "rate_limited", detail, retry_after=_retry_after(exc.response.headers)
+                "rate_limited", detail, retry_after=retry_after_of(exc.response.headers)
             )
         if status == 413 or (status == 400 and code == "context_length_exceeded"):
             # Groq answers 413 `rate_limit_exceeded` "Request too large ... (TPM)" when one

@@ -1,6 +1,6 @@
-"""The scheduling menu: the engine's deterministic menu brain, extended with numbered options
-that reach the same tools as the AI agent (book, see my appointments, cancel) before its last
-option, "falar com um atendente".
+"""The scheduling menu (`SchedulingMenuBrain`): the engine's menu brain (engine/menu_brain.py,
+`MenuBrain`) extended with numbered options that reach the same tools as the AI agent (book,
+see my appointments, cancel) before its last option, "falar com um atendente".
 
 It is what the fallback brain answers with when the model is unavailable, and the whole bot
 when no GROQ_API_KEY is set. It shares everything that matters with the agent: the agenda
@@ -34,7 +34,15 @@ from engine.agent.confirmation import PENDING_KEY, PendingAction, confirms, refu
 from engine.agent.texts import AgentTexts
 from engine.agent.tools import ToolSession
 from engine.brain import Decision, HandOff, Turn
-from engine.menu_brain import STEP_ASK_NAME, STEP_CHOOSE_SERVICE, STEP_MENU, MenuBrain, MenuOption
+from engine.menu_brain import (
+    NUMBER,
+    PERSON_WORDS,
+    STEP_ASK_NAME,
+    STEP_CHOOSE_SERVICE,
+    STEP_MENU,
+    MenuBrain,
+    MenuOption,
+)
 from engine.texts import Texts
 
 STEP_SERVICE = "sched_service"
@@ -46,8 +54,6 @@ MENU_STEPS = frozenset({"", STEP_ASK_NAME, STEP_MENU, STEP_CHOOSE_SERVICE}) | OW
 OFFER_KEY = "menu_offer"
 SLOTS_OFFERED = 8
 
-_NUMBER = re.compile(r"^\s*(\d{1,2})\s*[.)]?\s*$")
-_PERSON_WORDS = re.compile(r"\b(atendente|humano|pessoa|agent|human|person)\b", re.IGNORECASE)
 _BACK_WORDS = {"menu", "voltar", "volta", "inicio", "back"}
 _EMPTY_NAME = re.compile(r",\s*\?")
 _CLEARED = {OFFER_KEY: "", PENDING_KEY: ""}
@@ -56,7 +62,7 @@ _REFUSALS = (BookingError, InvalidSlot, UnknownService)
 
 
 def _number(text: str) -> int | None:
-    match = _NUMBER.match(text)
+    match = NUMBER.match(text)
     return int(match.group(1)) if match else None
 
 
@@ -98,7 +104,7 @@ class SchedulingMenuBrain(MenuBrain):
         if step not in OWN_STEPS:
             return await super().decide(turn)
         text = turn.message.text.strip()
-        if _PERSON_WORDS.search(text):
+        if PERSON_WORDS.search(text):
             return Decision(
                 step=STEP_MENU,
                 collected=_CLEARED,

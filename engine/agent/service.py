@@ -1,19 +1,20 @@
-"""Wiring the AI agent for a worker process.
+"""Wiring the AI agent, and the fleet's handler factory.
 
 `build_agent(redis, settings)` makes the process's agent: one AsyncGroq client (when
 GROQ_API_KEY is set), the calendar, the bookings, the circuit breaker, the scheduling menu and
 the fallback brain that joins them, and the booking webhook's deliverer (when
-WSM_BOOKING_WEBHOOK_URL is set).
+WSM_BOOKING_WEBHOOK_URL is set). The parts the engine and the operator API share (calendar,
+bookings, texts) come from engine/parts.py.
 
-`create(setup)` is a fleet handler factory (WSM_WORKER_HANDLER=engine.agent.service:create):
-the engine's EngineService with the agent as its brain, plus the webhook deliverer running in
-the background. Without GROQ_API_KEY the same handler runs the scheduling menu alone.
+`create(setup)` is the fleet's one handler factory (WSM_WORKER_HANDLER, default
+`engine.agent.service:create`): the engine's EngineService with the agent as its brain and the
+webhook deliverer as one of its background passes. Without GROQ_API_KEY the same handler runs
+the scheduling menu alone.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,28 +27,19 @@ from engine.agent.agenda import Agenda
 from engine.agent.booking_webhook import BookingWebhook
 from engine.agent.bookings import BookingStore
 from engine.agent.breaker import CircuitBreaker
-from engine.agent.calendar import Calendar, default_calendar, load_calendar
 from engine.agent.fallback import FallbackBrain
 from engine.agent.groq_brain import AgentConfig, GroqBrain
 from engine.agent.limits import ConversationLimits
 from engine.agent.llm import ChatModel, make_client
 from engine.agent.menu import SchedulingMenuBrain
 from engine.agent.texts import load_agent_texts
-from engine.handler import CommitContext
+from engine.parts import booking_store, calendar_from, texts
 from engine.service import EngineService
-from engine.texts import load_texts
 from engine.waha_client import Outbound
-from shared.envelope import QueuedEvent
+from shared.redis_client import RedisClient
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def calendar_from(settings: Settings) -> Calendar:
-    if settings.calendar_file is not None:
-        return load_calendar(settings.calendar_file)
-    services = [s.strip() for s in settings.menu_services.split(",") if s.strip()]
-    return default_calendar(settings.business_name, services)
 
 
 def agent_config(settings: Settings) -> AgentConfig:
@@ -79,7 +71,7 @@ class AgentParts:
 
 
 def build_agent(
-    redis: Any,
+    redis: RedisClient,
     settings: Settings,
     *,
     groq_http_client: Any = None,
@@ -105,18 +97,16 @@ def build_agent(
             retry_max_ms=settings.booking_webhook_retry_max_ms,
             http=webhook_http_client,
         )
-    store = BookingStore(
+    store = booking_store(
         redis,
-        calendar,
-        prefix=settings.key_prefix,
-        max_per_customer=settings.max_bookings_per_customer,
-        retention_seconds=settings.history_retention_days * 24 * 3600,
+        settings,
+        calendar=calendar,
         webhook_enabled=webhook is not None,
         on_event=webhook.kick if webhook is not None else None,
     )
     agenda = Agenda(store, calendar, language=settings.language, clock=clock)
     menu = SchedulingMenuBrain(
-        load_texts(settings.language, settings.texts_file),
+        texts(settings),
         load_agent_texts(settings.language, calendar.texts),
         agenda,
         business=calendar.business_name,
@@ -160,52 +150,38 @@ def build_agent(
     )
 
 
-class AgentService:
-    """The engine with the agent as its brain, and the booking webhook's deliverer."""
-
-    def __init__(
-        self,
-        redis: Any,
-        settings: Settings,
-        *,
-        outbound: Outbound | None = None,
-        parts: AgentParts | None = None,
-    ) -> None:
-        self.parts = parts or build_agent(redis, settings)
-        self.engine = EngineService(redis, settings, outbound=outbound, brain=self.parts.brain)
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def __call__(self, event: QueuedEvent, ctx: CommitContext) -> None:
-        self.start()
-        await self.engine(event, ctx)
-
-    def start(self) -> None:
-        self.engine.start()
-        if self._task is None and self.parts.webhook is not None:
-            self._task = asyncio.get_running_loop().create_task(self.parts.webhook.run(self._stop))
-
-    async def aclose(self) -> None:
-        self._stop.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
-        await self.engine.aclose()
-        await self.parts.aclose()
+def build_service(
+    redis: RedisClient,
+    settings: Settings,
+    *,
+    outbound: Outbound | None = None,
+    agent: AgentParts | None = None,
+) -> EngineService:
+    """The engine with the agent as its brain (`agent`: built from `settings` when not given)
+    and the booking webhook's deliverer among its background passes."""
+    agent = agent or build_agent(redis, settings)
+    background = [agent.webhook.run] if agent.webhook is not None else []
+    return EngineService(
+        redis,
+        settings,
+        outbound=outbound,
+        brain=agent.brain,
+        background=background,
+        closing=[agent.aclose],
+    )
 
 
-def create(setup: Any) -> AgentService:
-    """The fleet's handler factory: `WSM_WORKER_HANDLER=engine.agent.service:create`.
+def create(setup: Any) -> EngineService:
+    """The fleet's handler factory: `WSM_WORKER_HANDLER=engine.agent.service:create`, called
+    once per worker process with its HandlerSetup (worker/handler.py).
 
-    Called inside the worker process's running loop, it starts the background passes at once
-    (as engine.service.create does): replies and webhook events a crashed process left behind
-    go out even if no new message reaches this one."""
-    service = AgentService(setup.redis, setup.settings)
+    The fleet calls it inside the worker process's running loop, so the background passes
+    start here: a process started after a crash must deliver what the crashed one left in the
+    outboxes (and the webhook events) even if no new message ever reaches it."""
+    service = build_service(setup.redis, setup.settings)
     try:
         asyncio.get_running_loop()
-    except RuntimeError:  # outside a loop (a script): they start with the first message
+    except RuntimeError:  # called outside a loop (a script): they start with the first message
         return service
     service.start()
     return service

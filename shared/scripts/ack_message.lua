@@ -20,6 +20,7 @@ local message_id = ARGV[2]
 -- ARGV[3..]: the writes, each as <command> <key index into KEYS> <argc> <arg>...
 
 local FIRST_WRITE_KEY = 6
+--#include clock
 -- Plain single-key writes only: nothing that reads another key, blocks, or scripts.
 local allowed = {
   SET = true, DEL = true, UNLINK = true, EXPIRE = true, PEXPIRE = true, PERSIST = true,
@@ -48,8 +49,7 @@ while i <= #ARGV do
 end
 
 local meta = redis.call('HMGET', meta_key, 'fence', 'state', 'lease_until', 'last_ack')
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local now_ms = redis_now_ms()
 local live = meta[1] == fence and meta[2] == 'leased' and (tonumber(meta[3]) or 0) >= now_ms
 
 -- "Already acked" comes first: a retry whose first answer was lost must learn that its work

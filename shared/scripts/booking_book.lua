@@ -22,15 +22,11 @@ local step_count = tonumber(ARGV[9])
 local steps = {}
 for i = 1, step_count do steps[i] = ARGV[9 + i] end
 local fields_at = 10 + step_count      -- the booking's field/value pairs follow
+--#include bookings
 
-local mine = 0
-for i = 1, step_count do
-  local holder = redis.call('HGET', day_key, steps[i])
-  if holder == booking_id then
-    mine = mine + 1
-  elseif holder then
-    return {'taken'}
-  end
+local mine, taken = slots_held(day_key, steps, booking_id)
+if taken then
+  return {'taken'}
 end
 if mine == step_count then
   return {'exists'}
@@ -49,21 +45,6 @@ end
 for i = fields_at, #ARGV, 2 do
   redis.call('HSET', booking_key, ARGV[i], ARGV[i + 1])
 end
-redis.call('ZADD', customer_key, start_ms, booking_id)
-redis.call('ZADD', everything_key, start_ms, booking_id)
-redis.call('EXPIREAT', day_key, expire_at)
-redis.call('EXPIREAT', booking_key, expire_at)
--- GT never shortens an index's life for an earlier booking; a key without a TTL counts as
--- infinite for GT, so a new index gets its first TTL without it.
-for _, index_key in ipairs({customer_key, everything_key}) do
-  if redis.call('TTL', index_key) < 0 then
-    redis.call('EXPIREAT', index_key, expire_at)
-  else
-    redis.call('EXPIREAT', index_key, expire_at, 'GT')
-  end
-end
-if hook_id ~= '' then
-  redis.call('HSET', hooks_body, hook_id, hook_body)
-  redis.call('ZADD', hooks_due, 'NX', now_ms, hook_id)
-end
+index_booking(booking_id, start_ms, expire_at, day_key, booking_key, customer_key, everything_key)
+queue_hook(hooks_body, hooks_due, hook_id, hook_body, now_ms)
 return {'booked'}

@@ -12,6 +12,7 @@ local customer = ARGV[2]
 local now_ms = tonumber(ARGV[3])
 local hook_id = ARGV[4]
 local hook_body = ARGV[5]
+--#include bookings
 
 if redis.call('HGET', booking_key, 'customer') ~= customer then
   return {'not_found'}
@@ -23,16 +24,12 @@ end
 if status ~= 'booked' then
   return {'not_found'}
 end
-local steps = redis.call('HGET', booking_key, 'steps') or ''
-for step in string.gmatch(steps, '[^,]+') do
-  if redis.call('HGET', day_key, step) == booking_id then
-    redis.call('HDEL', day_key, step)
-  end
+local steps = {}
+for step in string.gmatch(redis.call('HGET', booking_key, 'steps') or '', '[^,]+') do
+  steps[#steps + 1] = step
 end
+free_slots(day_key, steps, booking_id)
 redis.call('HSET', booking_key, 'status', 'cancelled', 'updated_at', now_ms)
 redis.call('ZREM', customer_key, booking_id)
-if hook_id ~= '' then
-  redis.call('HSET', hooks_body, hook_id, hook_body)
-  redis.call('ZADD', hooks_due, 'NX', now_ms, hook_id)
-end
+queue_hook(hooks_body, hooks_due, hook_id, hook_body, now_ms)
 return {'cancelled'}

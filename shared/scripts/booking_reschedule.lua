@@ -27,6 +27,7 @@ for i = 1, old_count do old_steps[i] = ARGV[11 + i] end
 local new_count = tonumber(ARGV[12 + old_count])
 local new_steps = {}
 for i = 1, new_count do new_steps[i] = ARGV[12 + old_count + i] end
+--#include bookings
 
 local owner = redis.call('HGET', booking_key, 'customer')
 local status = redis.call('HGET', booking_key, 'status')
@@ -40,37 +41,18 @@ end
 if current ~= expected_start then
   return {'changed'}
 end
-for i = 1, new_count do
-  local holder = redis.call('HGET', new_day_key, new_steps[i])
-  if holder and holder ~= booking_id then
-    return {'taken'}
-  end
+local _, taken = slots_held(new_day_key, new_steps, booking_id)
+if taken then
+  return {'taken'}
 end
 
-for i = 1, old_count do
-  if redis.call('HGET', old_day_key, old_steps[i]) == booking_id then
-    redis.call('HDEL', old_day_key, old_steps[i])
-  end
-end
+free_slots(old_day_key, old_steps, booking_id)
 for i = 1, new_count do
   redis.call('HSET', new_day_key, new_steps[i], booking_id)
 end
 redis.call('HSET', booking_key, 'start', new_start, 'start_ms', new_start_ms, 'day', new_day,
   'steps', table.concat(new_steps, ','), 'updated_at', now_ms)
-redis.call('ZADD', customer_key, new_start_ms, booking_id)
-redis.call('ZADD', everything_key, new_start_ms, booking_id)
--- A day's keys all expire a retention after that day: the same time for every booking in it.
-redis.call('EXPIREAT', new_day_key, expire_at)
-redis.call('EXPIREAT', booking_key, expire_at)
-for _, index_key in ipairs({customer_key, everything_key}) do
-  if redis.call('TTL', index_key) < 0 then
-    redis.call('EXPIREAT', index_key, expire_at)
-  else
-    redis.call('EXPIREAT', index_key, expire_at, 'GT')
-  end
-end
-if hook_id ~= '' then
-  redis.call('HSET', hooks_body, hook_id, hook_body)
-  redis.call('ZADD', hooks_due, 'NX', now_ms, hook_id)
-end
+index_booking(booking_id, new_start_ms, expire_at, new_day_key, booking_key, customer_key,
+  everything_key)
+queue_hook(hooks_body, hooks_due, hook_id, hook_body, now_ms)
 return {'moved'}

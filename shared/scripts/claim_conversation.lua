@@ -16,6 +16,8 @@ local token = ARGV[1]          -- the conversation token
 local owner = ARGV[2]          -- unique per claim attempt (a retried call recognises itself)
 local lease_ms = tonumber(ARGV[3])
 local max_messages = tonumber(ARGV[4])
+--#include clock
+--#include fence
 
 local function read_head(fence, lease_until)
   local ids = redis.call('LRANGE', messages_key, -max_messages, -1)
@@ -53,27 +55,15 @@ if redis.call('LLEN', messages_key) == 0 then
   -- Idle: a conversation with nothing queued and no lease keeps no meta. Deleting it is safe
   -- because fences come from the shard's counter, which a deleted meta cannot lower; a fence
   -- written by an older version is carried into the counter first.
-  local old = tonumber(redis.call('HGET', meta_key, 'fence'))
-  if old and old > (tonumber(redis.call('GET', fence_key)) or 0) then
-    redis.call('SET', fence_key, old)
-  end
+  keep_fence(fence_key, redis.call('HGET', meta_key, 'fence'))
   redis.call('DEL', meta_key)
   return {}
 end
 
--- The fence grows with every lease and every reaping: a holder whose lease was taken away
--- presents an old fence and is refused by ack, extend, release and fail. It is drawn from the
--- shard's counter, so it also grows across the conversation's idle periods, when its meta is
--- gone; never below the meta's own (a meta written by a version without the counter).
-local fence = redis.call('INCR', fence_key)
-local previous = tonumber(redis.call('HGET', meta_key, 'fence'))
-if previous and fence <= previous then
-  fence = previous + 1
-  redis.call('SET', fence_key, fence)
-end
+-- A new fence for every lease (lib/fence.lua), never below the meta's own.
+local fence = draw_fence(fence_key, redis.call('HGET', meta_key, 'fence'))
 redis.call('HSET', meta_key, 'fence', fence)
-local now = redis.call('TIME')
-local lease_until = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + lease_ms
+local lease_until = redis_now_ms() + lease_ms
 redis.call('HSET', meta_key, 'state', 'leased', 'owner', owner, 'lease_until', lease_until)
 redis.call('ZADD', leases_key, lease_until, token)
 return read_head(fence, lease_until)

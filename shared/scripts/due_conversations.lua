@@ -4,9 +4,9 @@
 local leases_key = KEYS[1]    -- conversation -> lease deadline (ms)
 local delayed_key = KEYS[2]   -- conversation -> retry time (ms)
 local limit = tonumber(ARGV[1])
+--#include clock
 
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local now_ms = redis_now_ms()
 return {
   redis.call('ZRANGE', leases_key, '-inf', '(' .. now_ms, 'BYSCORE', 'LIMIT', 0, limit),
   redis.call('ZRANGE', delayed_key, '-inf', now_ms, 'BYSCORE', 'LIMIT', 0, limit),

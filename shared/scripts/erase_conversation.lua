@@ -21,6 +21,9 @@ local sending_key = KEYS[9]       -- the sender's delivery lock of this conversa
 local token = ARGV[1]
 local owner = ARGV[2]
 local lease_ms = tonumber(ARGV[3])
+--#include clock
+--#include fence
+--#include dead_letters
 
 local busy_states = {ready = true, leased = true, delayed = true}
 local meta = redis.call('HMGET', meta_key, 'state', 'fence')
@@ -53,24 +56,17 @@ local function drop_matching(list_key, conversation_of)
   end
   return gone
 end
-removed = removed + drop_matching(dlq_key, function(entry)
-  local ok, value = pcall(cjson.decode, string.match(entry, '^[^\n]*'))
-  return ok and type(value) == 'table' and value['conversation'] or nil
-end)
-removed = removed + drop_matching(outbox_dlq_key, function(entry)
-  local ok, value = pcall(cjson.decode, entry)
-  return ok and type(value) == 'table' and value['conversation'] or nil
-end)
+-- Both lists' entries open with a JSON line (an outbox dead letter is that line alone).
+local function conversation_of(entry)
+  local header = dead_letter_header(entry)
+  return header and header['conversation'] or nil
+end
+removed = removed + drop_matching(dlq_key, conversation_of)
+removed = removed + drop_matching(outbox_dlq_key, conversation_of)
 
 -- The lease, exactly as claim_conversation.lua takes one.
-local fence = redis.call('INCR', fence_key)
-local previous = tonumber(meta[2])
-if previous and fence <= previous then
-  fence = previous + 1
-  redis.call('SET', fence_key, fence)
-end
-local now = redis.call('TIME')
-local lease_until = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + lease_ms
+local fence = draw_fence(fence_key, meta[2])
+local lease_until = redis_now_ms() + lease_ms
 redis.call('HSET', meta_key, 'fence', fence, 'state', 'leased', 'owner', owner,
   'lease_until', lease_until)
 redis.call('ZADD', leases_key, lease_until, token)

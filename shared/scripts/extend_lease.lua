@@ -7,13 +7,14 @@ local leases_key = KEYS[2]   -- the shard's conversation -> lease deadline
 local token = ARGV[1]
 local fence = ARGV[2]
 local lease_ms = tonumber(ARGV[3])
+--#include clock
+--#include fence
 
-local meta = redis.call('HMGET', meta_key, 'fence', 'state', 'lease_until')
-if meta[1] ~= fence or meta[2] ~= 'leased' then
+local meta = leased_meta(meta_key, fence, 'lease_until')
+if not meta then
   return 0
 end
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local now_ms = redis_now_ms()
 if tonumber(meta[3]) < now_ms then
   return -1
 end

@@ -34,38 +34,16 @@ local strike_cap = tonumber(ARGV[9]) or 0   -- > 0: Redis's failure, not the mes
 -- settings' (WSM_DEAD_LETTERS_MAX, WSM_DEAD_LETTER_DAYS).
 local dlq_max = tonumber(ARGV[10]) or 10000
 local dlq_max_age_ms = tonumber(ARGV[11]) or 30 * 86400000
+--#include clock
+--#include fence
+--#include turn_end
+--#include dead_letters
 
--- Dead letters are kept for a person to look at, not forever: the newest `dlq_max` younger than
--- `dlq_max_age_ms` stay; what is dropped is counted in the shard's stats (`dead_dropped`).
--- Aging pops from the oldest end, a bounded number per call, so the script stays short.
-local function push_dead_letter(entry, now_ms)
-  local length = redis.call('LPUSH', dlq_key, entry)
-  local dropped = 0
-  if length > dlq_max then
-    redis.call('LTRIM', dlq_key, 0, dlq_max - 1)
-    dropped = length - dlq_max
-  end
-  for _ = 1, 100 do
-    local oldest = redis.call('LINDEX', dlq_key, -1)
-    local ok, header = pcall(cjson.decode, string.match(oldest or '', '^[^\n]*'))
-    local at = ok and type(header) == 'table' and tonumber(header['at'])
-    if not at or at >= now_ms - dlq_max_age_ms then
-      break
-    end
-    redis.call('RPOP', dlq_key)
-    dropped = dropped + 1
-  end
-  if dropped > 0 then
-    redis.call('HINCRBY', stats_key, 'dead_dropped', dropped)
-  end
-end
-
-local meta = redis.call('HMGET', meta_key, 'fence', 'state', 'lease_until', 'strike', 'strikes')
-if meta[1] ~= fence or meta[2] ~= 'leased' then
+local meta = leased_meta(meta_key, fence, 'lease_until', 'strike', 'strikes')
+if not meta then
   return {0}
 end
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local now_ms = redis_now_ms()
 if tonumber(meta[3]) < now_ms then
   return {-1}
 end
@@ -93,28 +71,14 @@ redis.call('HDEL', meta_key, 'strike', 'strikes')
 local attempts = redis.call('HINCRBY', attempts_key, message_id, 1)
 
 if dead_now or attempts >= max_attempts then
-  -- A dead letter is one JSON line (what happened) then the record byte for byte, like the
-  -- queued record itself: the raw WAHA body never goes through a JSON encoder.
-  local header = cjson.encode({
-    v = 1, id = message_id, conversation = token, error = error_text,
-    attempts = attempts, at = now_ms, reason = dead_now and 'invalid' or 'failed',
-  })
-  local record = redis.call('HGET', bodies_key, message_id) or ''
-  push_dead_letter(header .. '\n' .. record, now_ms)
-  redis.call('RPOP', messages_key)
-  redis.call('HDEL', bodies_key, message_id)
-  redis.call('HDEL', attempts_key, message_id)
-  redis.call('HINCRBY', stats_key, 'waiting', -1)
-  if redis.call('LLEN', messages_key) > 0 then
-    redis.call('HSET', meta_key, 'state', 'ready')
-    redis.call('LPUSH', ready_key, token)
-  else
-    -- Idle: no meta. The fence lives on in the shard's counter (carried there if older).
-    if tonumber(fence) > (tonumber(redis.call('GET', fence_key)) or 0) then
-      redis.call('SET', fence_key, fence)
-    end
-    redis.call('DEL', meta_key)
-  end
+  local queue = {
+    messages = messages_key, bodies = bodies_key, attempts = attempts_key, stats = stats_key,
+    dlq = dlq_key, dlq_max = dlq_max, dlq_max_age_ms = dlq_max_age_ms,
+  }
+  bury_head(queue, token, message_id, error_text, attempts,
+    dead_now and 'invalid' or 'failed', now_ms)
+  -- The conversation goes on with its next message, at the back of the line.
+  ready_or_idle(meta_key, messages_key, ready_key, token, false, fence_key, fence)
   return {2, attempts}
 end
 

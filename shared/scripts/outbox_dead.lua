@@ -19,30 +19,18 @@ local now_ms = tonumber(ARGV[4])
 -- that do not pass them.
 local dlq_max = tonumber(ARGV[5]) or 10000
 local dlq_max_age_ms = tonumber(ARGV[6]) or 30 * 86400000
+--#include dead_letters
+--#include outbox
 
-local head = redis.call('LINDEX', outbox_key, 0)
-if not head or cjson.decode(head)['mid'] ~= mid then
+local head = outbox_head(outbox_key, mid)
+if not head then
   return 0
 end
 redis.call('LPOP', outbox_key)
-local length = redis.call('RPUSH', dlq_key, cjson.encode({
-  conversation = token, entry = cjson.decode(head), reason = cjson.decode(reason), at = now_ms,
-}))
-local dropped = 0
-if length > dlq_max then
-  redis.call('LTRIM', dlq_key, -dlq_max, -1)
-  dropped = length - dlq_max
-end
--- Age from the oldest end (the left), a bounded number per call.
-for _ = 1, 100 do
-  local ok, oldest = pcall(cjson.decode, redis.call('LINDEX', dlq_key, 0) or '')
-  local at = ok and type(oldest) == 'table' and tonumber(oldest['at'])
-  if not at or at >= now_ms - dlq_max_age_ms then
-    break
-  end
-  redis.call('LPOP', dlq_key)
-  dropped = dropped + 1
-end
+local entry = cjson.encode({
+  conversation = token, entry = head, reason = cjson.decode(reason), at = now_ms,
+})
+local dropped = push_dead_letter(dlq_key, entry, 'right', dlq_max, dlq_max_age_ms, now_ms)
 if dropped > 0 and stats_key then
   redis.call('HINCRBY', stats_key, 'outbox_dead_dropped', dropped)
 end

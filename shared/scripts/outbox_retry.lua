@@ -9,13 +9,10 @@ local mid = ARGV[1]
 local due_ms = tonumber(ARGV[2])
 local token = ARGV[3]
 local last_error = ARGV[4]
+--#include outbox
 
-local head = redis.call('LINDEX', outbox_key, 0)
-if not head then
-  return 0
-end
-local entry = cjson.decode(head)
-if entry['mid'] ~= mid then
+local entry = outbox_head(outbox_key, mid)
+if not entry then
   return 0
 end
 entry['attempts'] = (tonumber(entry['attempts']) or 0) + 1

@@ -17,6 +17,7 @@ local waha_id = ARGV[2]       -- as WAHA gave it ('' when it gave none)
 local short_id = ARGV[3]      -- the WhatsApp id inside it
 local token = ARGV[4]
 local now_ms = ARGV[5]        -- optional
+--#include outbox
 
 local rank = {received = 0, queued = 0, pending = 1, sent = 2, server = 3, device = 4,
               read = 5, played = 6, error = 7, failed = 7}
@@ -33,8 +34,7 @@ if short_id ~= '' then
     return 0
   end
 end
-local head = redis.call('LINDEX', outbox_key, 0)
-if not head or cjson.decode(head)['mid'] ~= mid then
+if not outbox_head(outbox_key, mid) then
   return 0
 end
 redis.call('LPOP', outbox_key)

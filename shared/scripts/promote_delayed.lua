@@ -7,10 +7,11 @@ local meta_key = KEYS[2]       -- the conversation's state
 local messages_key = KEYS[3]   -- its message ids
 local ready_key = KEYS[4]      -- the shard's claimable conversations (front at the right)
 local token = ARGV[1]
+--#include clock
+--#include turn_end
 
 local due = redis.call('ZSCORE', delayed_key, token)
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local now_ms = redis_now_ms()
 if not due or tonumber(due) > now_ms then
   return 0
 end
@@ -18,11 +19,6 @@ redis.call('ZREM', delayed_key, token)
 if redis.call('HGET', meta_key, 'state') ~= 'delayed' then
   return 0
 end
-if redis.call('LLEN', messages_key) > 0 then
-  redis.call('HSET', meta_key, 'state', 'ready')
-  redis.call('RPUSH', ready_key, token)
-else
-  -- Idle: no meta (fences live in the shard's counter, see claim_conversation.lua).
-  redis.call('DEL', meta_key)
-end
+-- At the front; idle, no meta (fences live in the shard's counter, see lib/fence.lua).
+ready_or_idle(meta_key, messages_key, ready_key, token, true)
 return 1

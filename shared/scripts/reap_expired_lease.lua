@@ -25,33 +25,13 @@ local max_attempts = tonumber(ARGV[2])
 -- settings' (WSM_DEAD_LETTERS_MAX, WSM_DEAD_LETTER_DAYS).
 local dlq_max = tonumber(ARGV[3]) or 10000
 local dlq_max_age_ms = tonumber(ARGV[4]) or 30 * 86400000
-
--- The same cap and aging as fail_message.lua (see there).
-local function push_dead_letter(entry, now_ms)
-  local length = redis.call('LPUSH', dlq_key, entry)
-  local dropped = 0
-  if length > dlq_max then
-    redis.call('LTRIM', dlq_key, 0, dlq_max - 1)
-    dropped = length - dlq_max
-  end
-  for _ = 1, 100 do
-    local oldest = redis.call('LINDEX', dlq_key, -1)
-    local ok, header = pcall(cjson.decode, string.match(oldest or '', '^[^\n]*'))
-    local at = ok and type(header) == 'table' and tonumber(header['at'])
-    if not at or at >= now_ms - dlq_max_age_ms then
-      break
-    end
-    redis.call('RPOP', dlq_key)
-    dropped = dropped + 1
-  end
-  if dropped > 0 then
-    redis.call('HINCRBY', stats_key, 'dead_dropped', dropped)
-  end
-end
+--#include clock
+--#include fence
+--#include turn_end
+--#include dead_letters
 
 local deadline = redis.call('ZSCORE', leases_key, token)
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local now_ms = redis_now_ms()
 if not deadline or tonumber(deadline) >= now_ms then
   return {0}
 end
@@ -64,11 +44,7 @@ local old_fence = meta[2] or '0'
 local between_messages = meta[3] ~= false
   and string.sub(meta[3], 1, #old_fence + 1) == old_fence .. ':'
 -- The new fence comes from the shard's counter (never below the old one), like a claim's.
-local fence = redis.call('INCR', fence_key)
-if fence <= tonumber(old_fence) then
-  fence = tonumber(old_fence) + 1
-  redis.call('SET', fence_key, fence)
-end
+local fence = draw_fence(fence_key, old_fence)
 redis.call('HSET', meta_key, 'fence', fence)
 redis.call('HDEL', meta_key, 'owner', 'lease_until')
 redis.call('HINCRBY', stats_key, 'redeliveries', 1)
@@ -78,25 +54,16 @@ local head = redis.call('LINDEX', messages_key, -1)
 if head and not between_messages then
   local attempts = redis.call('HINCRBY', attempts_key, head, 1)
   if attempts >= max_attempts then
-    local header = cjson.encode({
-      v = 1, id = head, conversation = token,
-      error = 'lease expired ' .. attempts .. ' times: the worker died or stalled on it',
-      attempts = attempts, at = now_ms, reason = 'lease_expired',
-    })
-    local record = redis.call('HGET', bodies_key, head) or ''
-    push_dead_letter(header .. '\n' .. record, now_ms)
-    redis.call('RPOP', messages_key)
-    redis.call('HDEL', bodies_key, head)
-    redis.call('HDEL', attempts_key, head)
-    redis.call('HINCRBY', stats_key, 'waiting', -1)
+    local queue = {
+      messages = messages_key, bodies = bodies_key, attempts = attempts_key, stats = stats_key,
+      dlq = dlq_key, dlq_max = dlq_max, dlq_max_age_ms = dlq_max_age_ms,
+    }
+    bury_head(queue, token, head,
+      'lease expired ' .. attempts .. ' times: the worker died or stalled on it',
+      attempts, 'lease_expired', now_ms)
     dead = 1
   end
 end
-if redis.call('LLEN', messages_key) > 0 then
-  redis.call('HSET', meta_key, 'state', 'ready')
-  redis.call('RPUSH', ready_key, token)
-else
-  -- Idle: no meta; the fence just drawn is in the counter already.
-  redis.call('DEL', meta_key)
-end
+-- At the front; idle, the fence just drawn is in the counter already.
+ready_or_idle(meta_key, messages_key, ready_key, token, true)
 return {1, dead}

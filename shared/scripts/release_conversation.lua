@@ -12,27 +12,15 @@ local fence_key = KEYS[5]      -- the shard's fencing counter
 local token = ARGV[1]
 local fence = ARGV[2]
 local to_front = ARGV[3] == 'front'
+--#include fence
+--#include turn_end
 
 -- No expiry check: a holder past its deadline but not yet reaped still knows best that it has
 -- stopped; the state check keeps a retried release from queueing the conversation twice.
-local meta = redis.call('HMGET', meta_key, 'fence', 'state')
-if meta[1] ~= fence or meta[2] ~= 'leased' then
+if not leased_meta(meta_key, fence) then
   return 0
 end
 redis.call('ZREM', leases_key, token)
 redis.call('HDEL', meta_key, 'owner', 'lease_until')
-if redis.call('LLEN', messages_key) > 0 then
-  redis.call('HSET', meta_key, 'state', 'ready')
-  if to_front then
-    redis.call('RPUSH', ready_key, token)
-  else
-    redis.call('LPUSH', ready_key, token)
-  end
-else
-  -- Carry a fence written by an older version into the counter before it goes.
-  if tonumber(fence) > (tonumber(redis.call('GET', fence_key)) or 0) then
-    redis.call('SET', fence_key, fence)
-  end
-  redis.call('DEL', meta_key)
-end
+ready_or_idle(meta_key, messages_key, ready_key, token, to_front, fence_key, fence)
 return 1

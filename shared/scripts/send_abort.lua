@@ -6,13 +6,10 @@
 local outbox_key = KEYS[1]
 local mid = ARGV[1]
 local lock_token = ARGV[2]
+--#include outbox
 
-local head = redis.call('LINDEX', outbox_key, 0)
-if not head then
-  return 0
-end
-local entry = cjson.decode(head)
-if entry['mid'] ~= mid or type(entry['try']) ~= 'table' or entry['try']['lock'] ~= lock_token then
+local entry = outbox_head(outbox_key, mid)
+if not entry or type(entry['try']) ~= 'table' or entry['try']['lock'] ~= lock_token then
   return 0
 end
 entry['try'] = nil

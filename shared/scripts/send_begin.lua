@@ -19,20 +19,17 @@ local lock_ms = tonumber(ARGV[3])
 local echo_wait_ms = tonumber(ARGV[4])
 local token = ARGV[5]         -- the conversation
 local caller_now_ms = tonumber(ARGV[6])  -- the pending index's clock (the workers')
+--#include clock
+--#include outbox
 
 if redis.call('GET', lock_key) ~= lock_token then
   return -1
 end
-local head = redis.call('LINDEX', outbox_key, 0)
-if not head then
+local entry = outbox_head(outbox_key, mid)
+if not entry then
   return -2
 end
-local entry = cjson.decode(head)
-if entry['mid'] ~= mid then
-  return -2
-end
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local now_ms = redis_now_ms()
 local try = entry['try']
 if type(try) == 'table' and try['lock'] ~= lock_token then
   local age = now_ms - (tonumber(try['at']) or 0)

@@ -5,9 +5,9 @@
 local bucket_key = KEYS[1]     -- HASH tokens, at_ms
 local rate = tonumber(ARGV[1]) -- sends per second
 local burst = tonumber(ARGV[2])
+--#include clock
 
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local now_ms = redis_now_ms()
 local state = redis.call('HMGET', bucket_key, 'tokens', 'at')
 local tokens = tonumber(state[1]) or burst
 local at = tonumber(state[2]) or now_ms

@@ -116,6 +116,14 @@ class Product:
             ).result()
         assert settled, "the product did not settle"
 
+    def empty_line(self) -> None:
+        """Everyone still waiting writes *sair* and leaves: "Atender próximo" in the next test
+        must take that test's own customer."""
+        line = f"{KEY_PREFIX}:{{line}}:w:default"
+        for member in self.redis.zrange(line, 0, -1):
+            self.say(bytes(member).decode().split("|", 1)[1].split("@", 1)[0], "sair")
+        wait_until(lambda: self.redis.zcard(line) == 0, timeout=20, what="an empty line")
+
     def waiting(self, phone: str) -> bool:
         """The customer is in the line (the menu brain handed them over)."""
         line = f"{KEY_PREFIX}:{{line}}:w:default"
@@ -164,6 +172,14 @@ def product(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Product]:
         finally:
             sim.close()
             client.close()
+
+
+@pytest.fixture(autouse=True)
+def _empty_line_after(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "product" in request.fixturenames:
+        product: Product = request.getfixturevalue("product")
+        product.empty_line()
 
 
 def _playwright() -> Any:

@@ -20,11 +20,14 @@ from wsm.load.product import KEY_PREFIX
 pytestmark = pytest.mark.slow
 
 CONSOLE = ConsoleKeys(KEY_PREFIX)
-# Keys the running product rewrites on its own (heartbeats, locks, the console's own event
-# feed and watch list, a session's sliding expiry): not "a change" made by a refused request.
+# Keys the running product rewrites on its own (heartbeats, locks, the shard's fencing
+# counter, delivery statuses from WAHA's late acks, the console's own event feed and watch
+# list): not "a change" made by a refused request. What a refused request could change (a
+# queued command, its dedupe marker, history, outbox, state, the line, audit, accounts,
+# sessions) is all compared.
 VOLATILE = re.compile(
-    r"\{fleet:|:reaper$|:claimed_seen$|:stats$|\{console\}:(events|watcher|viewed)$|"
-    r":maint|:reconcile|\{console\}:(fail|lock):"
+    r"\{fleet:|:reaper$|:claimed_seen$|:stats$|:fence$|:histmeta$|"
+    r"\{console\}:(events|watcher|viewed)$|:maint|:reconcile|\{console\}:(fail|lock):"
 )
 
 

@@ -89,3 +89,28 @@ async def test_the_login_form_needs_its_csrf_token(
         answer = await client.post("/login", data={"user": "ana", "password": "a long password"})
     assert answer.status_code == 403 and "wsm_console=" not in answer.headers.get("set-cookie", "")
     assert keys_with_prefix(sync_redis, key_prefix) == before
+
+
+async def test_erase_removes_everything_the_console_keeps_about_a_customer(
+    app: Any, aredis: Any, sync_redis: Any, key_prefix: str
+) -> None:
+    from api.console.erase import erase_console
+
+    console = app.state.console
+    keys = ConsoleKeys(key_prefix)
+    token, other = "default|5511987650001@c.us", "default|5511987650002@c.us"
+    for conv in (token, other):
+        await console.audit.record(conv, "ana", "took")
+        await console.audit.record(conv, "ana", "sent", "Olá")
+        await console.reads.mark_read("ana", conv, "1-0")
+        await aredis.zadd(keys.handled("ana"), {conv: 1})
+        await aredis.zadd(keys.viewed, {conv: 1})
+    assert await erase_console(aredis, key_prefix, token) == 4
+    left = [k for k in keys_with_prefix(sync_redis, key_prefix) if b"5511987650001" in k]
+    assert left == []
+    assert not await aredis.hexists(keys.read("ana"), token)
+    assert await aredis.zscore(keys.handled("ana"), token) is None
+    assert await aredis.zscore(keys.viewed, token) is None
+    # The other customer's records stay.
+    assert len(await console.audit.entries(other)) == 2
+    assert await aredis.zscore(keys.handled("ana"), other) == 1

@@ -1,18 +1,24 @@
 """Driving the engine through the real queue protocol, without the fleet: events are queued as
 the gateway queues them, claimed and acked with shared.queue_consumer (the fenced commit), and
-WAHA is a respx stand-in answering with WAHA's status codes and shapes."""
+WAHA is a respx stand-in answering with WAHA's status codes and shapes.
+
+`Harness` runs the engine with its plain menu brain; `AgentHarness` the product's handler, the
+engine with the AI agent as its brain (engine.agent.service.build_service). `apply_writes`
+applies commit writes outside a handler, for tests that set up a conversation's keys."""
 
 from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 import httpx
 import orjson
 import respx
 
+from engine.agent.service import build_agent, build_service
 from engine.service import EngineService
 from engine.waha_client import WahaClient
 from shared.enqueue import EnqueueRequest, enqueue
@@ -20,8 +26,9 @@ from shared.envelope import decode_record
 from shared.events import route_event
 from shared.keys import all_shards
 from shared.queue_consumer import QueueConsumer
+from shared.redis_client import RedisClient
 from shared.settings import Settings
-from tests.support.waha import compact
+from tests.support.waha import compact, text_message
 
 WAHA = "http://waha.test"
 
@@ -80,11 +87,24 @@ class Ctx:
         self.committed = True
 
 
+async def apply_writes(redis: RedisClient, writes: Sequence[Sequence[Any]]) -> None:
+    """Apply commit writes `(COMMAND, key, *args)` in one MULTI/EXEC: for setting keys up
+    outside a handler. The engine never does this: its writes go through the fenced commit."""
+    if not writes:
+        return
+    pipe = redis.pipeline(transaction=True)
+    for item in writes:
+        pipe.execute_command(*item)
+    await pipe.execute()
+
+
 class Harness:
-    def __init__(self, redis: Any, settings: Settings) -> None:
+    def __init__(
+        self, redis: Any, settings: Settings, service: EngineService | None = None
+    ) -> None:
         self.redis = redis
         self.settings = settings
-        self.service = EngineService(redis, settings, outbound=WahaClient(WAHA))
+        self.service = service or EngineService(redis, settings, outbound=WahaClient(WAHA))
         self.consumer = QueueConsumer(
             redis, lease_ms=30_000, batch=10, max_attempts=5, backoff_ms=1, backoff_max_ms=2
         )
@@ -128,6 +148,27 @@ class Harness:
 
     async def aclose(self) -> None:
         await self.service.aclose()
+
+
+class AgentHarness(Harness):
+    """The product's handler: the engine with the AI agent (its parts in `parts`)."""
+
+    def __init__(self, redis: Any, settings: Settings, clock: Callable[[], datetime]) -> None:
+        self.parts = build_agent(redis, settings, clock=clock)
+        outbound = WahaClient(WAHA)
+        super().__init__(
+            redis, settings, build_service(redis, settings, outbound=outbound, agent=self.parts)
+        )
+
+    async def say(self, chat: str, text: str) -> None:
+        """The customer writes; the engine handles it and the reply reaches WAHA."""
+        assert await self.queue(chat, text)
+        await self.drain()
+
+    async def queue(self, chat: str, text: str, *, message_id: str | None = None) -> bool:
+        """The customer's message is queued as the gateway queues it (not handled yet);
+        False when the queue's dedupe refused it."""
+        return await self.webhook(text_message(chat, text, message_id=message_id))
 
 
 def session_status(session: str, status: str) -> dict[str, Any]:

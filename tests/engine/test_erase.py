@@ -21,9 +21,9 @@ import engine.erase
 from api.console.audit import Audit
 from engine.agent.booking_webhook import BookingWebhook
 from engine.agent.bookings import BookingStore, Customer
-from engine.agent.service import calendar_from
 from engine.erase import erase_customer, message_key_names_chat
 from engine.identity import Conversation
+from engine.parts import calendar_from
 from shared.keys import (
     ConsoleKeys,
     WahaSessionKeys,

@@ -169,7 +169,7 @@ async def test_a_long_backlog_is_trimmed_past_one_script_batch(aredis, key_prefi
             entry = HistoryEntry(mid=f"M{n}", direction="in", text=f"m{n}", at=n,
                                  author="customer", waha_id=f"false_{ANA}_M{n}")  # fmt: skip
             for item in append_writes(keys, entry, retention_seconds=3600):
-                pipe.execute_command(*item.as_command())
+                pipe.execute_command(*item)
         await pipe.execute()
     done = await trim_many(aredis, [long_keys, short_keys], retention_seconds=3600, max_entries=100)
     assert done.entries == done.by_length == TRIM_BATCH + 100

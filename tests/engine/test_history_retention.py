@@ -19,8 +19,8 @@ import uuid
 from typing import Any
 
 from engine.history import HistoryEntry, HistoryKeys, append_writes, read_page
-from engine.writes import apply_writes
 from shared.keys import engine_keys_for
+from tests.engine.harness import apply_writes
 from tests.support.waha import text_message
 
 ANA = "5511987650101@c.us"
@@ -50,9 +50,9 @@ async def write_old_messages(
         )
         writes = append_writes(keys, entry, retention_seconds=retention_days * 24 * 3600)
         # Back then Redis's clock gave the stream id: the same writes, with that id.
-        first = writes[0]
-        assert (first.command, first.args[0]) == ("XADD", "*")
-        writes[0] = type(first)(first.command, first.key, (f"{written_at + n}-0", *first.args[1:]))
+        command, key, stream_id, *fields = writes[0]
+        assert (command, stream_id) == ("XADD", "*")
+        writes[0] = (command, key, f"{written_at + n}-0", *fields)
         await apply_writes(redis, writes)
         mids.append(mid)
     return mids

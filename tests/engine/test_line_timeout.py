@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from engine import handler as engine_handler
 from engine import service as engine_service
 from engine.state import State, load_state
 from engine.texts import DEFAULTS
+from engine.turn import frame as engine_handler
 from shared.keys import engine_keys_for
 from tests.engine.harness import Harness
 from tests.engine.test_waiting_line_flow import ask_for_a_person

@@ -18,9 +18,9 @@ from engine.sender import (
     SEND_LOCK_RENEW,
     lock_key_parts,
 )
-from engine.writes import apply_writes
 from shared.dead_letters import outbox_dead
 from shared.keys import ShardKeys, engine_keys_for
+from tests.engine.harness import apply_writes
 
 CHAT = "5511987650052@c.us"
 TOKEN = f"default|{CHAT}"

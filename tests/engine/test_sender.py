@@ -8,10 +8,11 @@ import respx
 
 from engine.history import HistoryKeys, read_page
 from engine.outbox import new_entry, outbox_writes
-from engine.sender import Sender, SenderConfig, backoff_ms, typing_pause_ms
+from engine.sender import Sender, SenderConfig, typing_pause_ms
 from engine.waha_client import WahaClient
-from engine.writes import apply_writes
+from shared.backoff import backoff_ms
 from shared.keys import WahaSessionKeys, engine_keys_for
+from tests.engine.harness import apply_writes
 
 WAHA = "http://waha.test"
 CHAT = "5511987650052@c.us"

@@ -72,7 +72,7 @@ async def test_a_late_echo_of_a_recorded_send_does_not_settle_the_next_same_text
 @respx.mock
 async def test_settle_echo_refuses_an_id_recorded_for_another_reply(aredis, key_prefix) -> None:
     # The same story on the sender alone: what the handler does with an echo whose text matches
-    # the send under way (engine/handler.py, _is_our_send) is Sender.settle_echo.
+    # the send under way (engine/turn/business.py) is Sender.settle_echo.
     mock_courtesy()
     error = httpx.Response(500, json={"statusCode": 500, "message": "Internal server error"})
     send = respx.post(f"{WAHA}/api/sendText").mock(

@@ -1,6 +1,6 @@
 """The conversation engine on the real fleet: one private stack of real processes per module
 (Redis with its append-only file, the WAHA simulator as WAHA, the gateway, `python -m worker`
-running `engine.handler:create`, the operator API), built by wsm/load/product.py exactly as
+running `engine.agent.service:create`, the operator API), built by wsm/load/product.py exactly as
 `wsm loadtest` builds it, with short leases and locks so crashes heal within seconds."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The conversation engine's promises, proven on the real fleet with real processes: the
-worker is `python -m worker --handler engine.handler:create`, WAHA is the simulator (its
+worker is `python -m worker --handler engine.agent.service:create`, WAHA is the simulator (its
 webhooks signed and retried as WAHA's, its faults on demand), crashes are real SIGKILLs.
 
 Each test waits for the fleet to be quiet (nothing queued, leased or left to send, no webhook

@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.ops.render import NGINX_TEMPLATE, PROMETHEUS_CONFIG, REPO, template_variables
+from tests.ops.render import PROMETHEUS_CONFIG, REPO
+from wsm.edge import TEMPLATE as NGINX_TEMPLATE
+from wsm.edge import template_variables
 
 COMPOSE = REPO / "compose.yaml"
 DOCKERFILE = REPO / "Dockerfile"

@@ -9,13 +9,10 @@ from pathlib import Path
 import pytest
 
 from tests.ops.nginx_harness import NGINX_PROGRAM, NginxPrefix, loopback_values
-from tests.ops.render import (
-    NGINX_TEMPLATE,
-    MissingTemplateVariable,
-    render_nginx_template,
-    template_variables,
-)
 from tests.support.tools import require_program
+from wsm.edge import TEMPLATE as NGINX_TEMPLATE
+from wsm.edge import MissingTemplateVariable, template_variables
+from wsm.edge import render_site as render_nginx_template
 
 TEMPLATE = NGINX_TEMPLATE.read_text("utf-8")
 

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FLEET_ID = "loadtest"
 KEY_PREFIX = "wsm"
 STOP_ORDER = ("waha-sim", "nginx", "gateway", "worker", "api", "redis")
-ENGINE_HANDLER = "engine.handler:create"
+ENGINE_HANDLER = "engine.agent.service:create"
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,15 @@
 from __future__ import annotations
 
 import os
-import time
+
+from shared.clock import now_ms
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
 def ulid(timestamp_ms: int | None = None) -> str:
     """A ULID: 48 bits of milliseconds and 80 random bits, Crockford base32, 26 characters."""
-    ms = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+    ms = now_ms() if timestamp_ms is None else timestamp_ms
     value = (ms & 0xFFFF_FFFF_FFFF) << 80 | int.from_bytes(os.urandom(10), "big")
     chars = []
     for _ in range(26):

@@ -14,10 +14,9 @@
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 
+from shared.retry_after import parse_retry_after
 from wsm.waha_sim.config import RETRY_POLICIES
 
 
@@ -47,15 +46,6 @@ class RetryPolicy:
 
 
 def retry_after_seconds(header: str | None, now: float | None = None) -> float:
-    """axios-retry's reading of `Retry-After`: seconds, or an HTTP date; 0 when absent."""
-    if not header:
-        return 0.0
-    try:
-        return max(0.0, float(header))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(header).timestamp()
-    except (TypeError, ValueError):
-        return 0.0
-    return max(0.0, when - (time.time() if now is None else now))
+    """axios-retry's reading of `Retry-After`: seconds, or an HTTP date; 0 when absent (or
+    unreadable), as axios-retry treats it."""
+    return parse_retry_after(header, now=now) or 0.0

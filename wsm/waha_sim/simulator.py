@@ -17,6 +17,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
+from shared.clock import now_ms
 from wsm.waha_sim.config import SESSION_STATUSES, SimConfig
 from wsm.waha_sim.errors import (
     BadRequest,
@@ -43,10 +44,10 @@ from wsm.waha_sim.payloads import (
     send_text_response,
     session_status_payload,
 )
-from wsm.waha_sim.store import SessionState, SimStore, now_ms
+from wsm.waha_sim.store import SessionState, SimStore
 from wsm.waha_sim.webhooks import Delivery, WebhookDispatcher
 
-log = logging.getLogger("wsm.waha_sim")
+log = logging.getLogger("wsm.waha_sim.simulator")
 
 
 def _string(body: dict[str, Any], key: str, *, required: bool = True) -> str | None:

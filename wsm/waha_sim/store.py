@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.clock import now_ms
 from wsm.waha_sim.payloads import ACK_NAMES
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(slots=True)
@@ -135,9 +131,6 @@ class SimStore:
         if chat is None:
             chat = self.chats[key] = Chat(key, self.history_limit)
         return chat
-
-    def find_chat(self, chat_id: str) -> Chat | None:
-        return self.chats.get(self.canonical(chat_id))
 
     def add_message(
         self,

@@ -27,12 +27,12 @@ from typing import Any
 
 import httpx
 
+from shared.clock import now_ms
 from wsm.waha_sim.config import SimConfig
 from wsm.waha_sim.faults import Faults
 from wsm.waha_sim.ids import request_id
 from wsm.waha_sim.payloads import compact, reenvelope
 from wsm.waha_sim.retry import RetryPolicy, retry_after_seconds
-from wsm.waha_sim.store import now_ms
 from wsm.waha_sim.transport import LeanHTTPTransport
 
 log = logging.getLogger("wsm.waha_sim.webhooks")

@@ -1,0 +1,148 @@
+"""Conversations: the list, one conversation, its history, and the commands an operator sends
+to it (an agent's message, close, handback).
+
+A command is queued to the conversation and handled by the worker fleet in order with the
+customer's messages, so those routes answer 202 Accepted with the command's id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Query, Response
+from pydantic import BaseModel, Field
+
+from api.deps import ApiParts, Parts
+from api.reads import conversations_page, describe_many
+from engine import commands
+from engine.history import HistoryKeys, InvalidCursor, read_page
+from engine.state import State
+from shared.keys import conversation_token, engine_keys_for
+
+router = APIRouter()
+
+
+class AgentMessage(BaseModel):
+    agent_id: str = Field(min_length=1, max_length=100)
+    text: str = Field(min_length=1, max_length=4096)
+    agent_name: str | None = Field(None, max_length=100)
+
+
+class Accepted(BaseModel):
+    command_id: str
+    queued: bool
+
+
+# At module level: with `from __future__ import annotations` FastAPI resolves each parameter's
+# annotation by name in the route's module globals, and an alias local to a function is not
+# found there (the header was then ignored and /openapi.json answered 500).
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=100,
+        description="Retrying with the same key queues the command once and gets the same "
+        "answer (with `Idempotent-Replayed: true`). A key is scoped to the conversation and the "
+        "action, and remembered for WSM_DEDUPE_TTL_SECONDS.",
+    ),
+]
+
+
+@router.get("/conversations")
+async def list_conversations(
+    parts: Parts, state: State | None = None, session: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Conversations, most recently active first, optionally by state and session."""
+    return await conversations_page(parts, state=state, session=session, limit=limit)
+
+
+@router.get("/conversations/{session}/{chat_id}")
+async def get_conversation(parts: Parts, session: str, chat_id: str) -> dict[str, Any]:
+    [found] = await describe_many(parts, [(session, chat_id)])
+    if found is None:
+        raise HTTPException(404, "no such conversation")
+    return found
+
+
+@router.get("/conversations/{session}/{chat_id}/messages")
+async def get_messages(
+    parts: Parts, session: str, chat_id: str,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    before: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The history, oldest first; `next_before` pages to older messages."""
+    keys = engine_keys_for(session, chat_id, parts.shards, parts.prefix)
+    try:
+        entries, next_before = await read_page(
+            parts.redis, HistoryKeys(keys.history, keys.history_meta), limit=limit, before=before
+        )
+    except InvalidCursor as exc:
+        raise HTTPException(400, str(exc)) from exc
+    return {"messages": [e.public() for e in entries], "next_before": next_before}
+
+
+async def _command(
+    parts: ApiParts,
+    session: str,
+    chat_id: str,
+    name: str,
+    payload: dict[str, Any],
+    key: str | None,
+    response: Response,
+) -> Accepted:
+    # A client's key names one command of one conversation: the same key on another
+    # conversation (even of the same session) is another command. The id is a digest, so
+    # it carries neither the key nor the customer's chat id.
+    if key:
+        scoped = f"{conversation_token(session, chat_id)}\n{name}\n{key}"
+        command_id = "api:" + hashlib.sha256(scoped.encode()).hexdigest()[:32]
+    else:
+        command_id = f"api:{uuid.uuid4().hex}"
+    if not await parts.coordinator.queue.send(session, chat_id, name, payload, event_id=command_id):
+        # A retry: the command is queued already, once. It answers as the first request
+        # did (a client whose first request timed out reads the same), and says it repeats.
+        response.headers["Idempotent-Replayed"] = "true"
+    return Accepted(command_id=command_id, queued=True)
+
+
+@router.post("/conversations/{session}/{chat_id}/messages", status_code=202)
+async def post_message(
+    parts: Parts,
+    session: str,
+    chat_id: str,
+    body: AgentMessage,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> Accepted:
+    """An agent writes to the customer (the conversation becomes theirs)."""
+    payload = {"agent_id": body.agent_id, "agent_name": body.agent_name or body.agent_id,
+               "text": body.text}  # fmt: skip
+    return await _command(
+        parts, session, chat_id, commands.AGENT_MESSAGE, payload, idempotency_key, response
+    )
+
+
+@router.post("/conversations/{session}/{chat_id}/close", status_code=202)
+async def post_close(
+    parts: Parts,
+    session: str,
+    chat_id: str,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> Accepted:
+    return await _command(parts, session, chat_id, commands.CLOSE, {}, idempotency_key, response)
+
+
+@router.post("/conversations/{session}/{chat_id}/handback", status_code=202)
+async def post_handback(
+    parts: Parts,
+    session: str,
+    chat_id: str,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> Accepted:
+    """Back to the bot."""
+    return await _command(parts, session, chat_id, commands.HANDBACK, {}, idempotency_key, response)

@@ -1,0 +1,193 @@
+"""A lean HTTP/1.1 transport under httpx's API, for the engine's calls to WAHA.
+
+Why: httpx's default transport (httpcore's pool over anyio streams and h11) cost about 1.5 ms
+of CPU per WAHA call at 16 calls in flight on the reference machine, about 0.26 ms with this
+one (docs/benchmarks.md, end to end): the calls to WAHA were a third of a worker's CPU. This
+transport keeps the httpx API (client, requests, responses, timeouts, exceptions) and replaces
+only the wire: asyncio protocols, httptools' C response parser, a keep-alive pool per host.
+The WAHA simulator has the same transport for its webhooks (wsm/waha_sim/transport.py); the
+engine has its own copy so that a worker does not import the simulator.
+
+Scope: plain `http://` (WAHA beside the workers); any other scheme goes through httpx's own
+transport. A request sent on a pooled connection that the server had already closed (its
+keep-alive timeout) is sent again once on a new connection, as httpcore does: only when the
+connection ended before any byte of an answer came back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import cast
+
+import httptools
+import httpx
+
+_CRLF = b"\r\n"
+
+
+class _Closed(Exception):
+    """The connection ended before a response began."""
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.started = False  # response bytes have arrived
+        self.keep_alive = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.started = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(httpx.RemoteProtocolError(f"invalid HTTP response: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.started:
+            self._fail(_Closed())
+        else:
+            self._fail(httpx.RemoteProtocolError("connection closed mid-response"))
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        # Read here: once feed_data returns, the parser has reset and says "no".
+        self.keep_alive = self.parser.should_keep_alive()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _fail(self, exc: Exception) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(exc)
+
+    async def exchange(self, raw: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        assert self.transport is not None
+        self.started = False
+        self.keep_alive = False
+        self._headers, self._body = [], []
+        self._waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(raw)
+        await self._waiter
+        return self.parser.get_status_code(), self._headers, b"".join(self._body)
+
+    def reusable(self) -> bool:
+        return not self.closed and self.keep_alive
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class LeanHTTPTransport(httpx.AsyncBaseTransport):
+    def __init__(self, max_idle_per_host: int = 64) -> None:
+        self._idle: dict[tuple[str, int], deque[_Connection]] = {}
+        self._max_idle = max_idle_per_host
+        self._fallback = httpx.AsyncHTTPTransport(trust_env=False)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.scheme != "http":
+            return await self._fallback.handle_async_request(request)
+        host = request.url.host
+        port = request.url.port or 80
+        timeouts = request.extensions.get("timeout", {})
+        body = await request.aread()
+        head = [b"%s %s HTTP/1.1" % (request.method.encode(), request.url.raw_path)]
+        head += [name + b": " + value for name, value in request.headers.raw]
+        raw = _CRLF.join(head) + _CRLF + _CRLF + body
+
+        key = (host, port)
+        connection = self._take_idle(key)
+        reused = connection is not None
+        try:
+            if connection is None:
+                connection = await self._connect(request, host, port, timeouts.get("connect"))
+            try:
+                status, headers, content = await self._exchange(
+                    request, connection, raw, timeouts.get("read")
+                )
+            except _Closed:
+                connection.close()
+                if not reused:
+                    raise httpx.RemoteProtocolError(
+                        "server closed the connection", request=request
+                    ) from None
+                # A stale pooled connection: the server closed it while idle.
+                connection = await self._connect(request, host, port, timeouts.get("connect"))
+                status, headers, content = await self._exchange(
+                    request, connection, raw, timeouts.get("read")
+                )
+        except BaseException:
+            if connection is not None:
+                connection.close()
+            raise
+        self._give_back(key, connection)
+        return httpx.Response(status, headers=headers, content=content, request=request)
+
+    async def _connect(
+        self, request: httpx.Request, host: str, port: int, seconds: float | None
+    ) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(seconds):
+                _, protocol = await loop.create_connection(_Connection, host, port)
+        except TimeoutError:
+            raise httpx.ConnectTimeout(
+                f"connect to {host}:{port} timed out", request=request
+            ) from None
+        except OSError as exc:
+            raise httpx.ConnectError(str(exc), request=request) from None
+        return protocol
+
+    async def _exchange(
+        self, request: httpx.Request, connection: _Connection, raw: bytes, seconds: float | None
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        try:
+            async with asyncio.timeout(seconds):
+                return await connection.exchange(raw)
+        except TimeoutError:
+            raise httpx.ReadTimeout("no answer in time", request=request) from None
+        except httpx.RemoteProtocolError as exc:
+            raise httpx.RemoteProtocolError(str(exc), request=request) from None
+
+    def _take_idle(self, key: tuple[str, int]) -> _Connection | None:
+        idle = self._idle.get(key)
+        while idle:
+            connection = idle.pop()
+            if not connection.closed:
+                return connection
+        return None
+
+    def _give_back(self, key: tuple[str, int], connection: _Connection) -> None:
+        if not connection.reusable():
+            connection.close()
+            return
+        idle = self._idle.setdefault(key, deque())
+        if len(idle) >= self._max_idle:
+            connection.close()
+        else:
+            idle.append(connection)
+
+    async def aclose(self) -> None:
+        for idle in self._idle.values():
+            for connection in idle:
+                connection.close()
+        self._idle.clear()
+        await self._fallback.aclose()

@@ -1,0 +1,139 @@
+"""The one place that builds the engine's parts from Settings.
+
+Every process that needs a part of the engine builds it here, so the worker's engine, the
+operator API and the tools agree on keys, limits and retention: the worker's handler
+(engine/service.py, engine/agent/service.py) builds all of them; the operator API builds the
+line coordinator (`coordinator`) and the bookings (`booking_store`) to read and erase them.
+Each builder only constructs objects: nothing here talks to Redis or WAHA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from engine.agent.bookings import BookingStore
+from engine.agent.calendar import Calendar, default_calendar, load_calendar
+from engine.assignment import LineCoordinator
+from engine.commands import CommandQueue
+from engine.conversation_engine import EngineConfig
+from engine.lean_http import LeanHTTPTransport
+from engine.menu_brain import MenuBrain
+from engine.sender import SenderConfig
+from engine.texts import Texts, load_texts
+from engine.waha_client import WahaClient
+from engine.waiting_line import WaitingLine
+from shared.dead_letters import DeadLetterLimits
+from shared.redis_client import RedisClient
+from shared.settings import Settings
+
+
+def engine_config(settings: Settings) -> EngineConfig:
+    return EngineConfig(
+        prefix=settings.key_prefix,
+        shards=settings.queue_shards,
+        retention_seconds=settings.history_retention_seconds,
+        inactivity_close_seconds=settings.inactivity_close_seconds,
+        waiting_timeout_seconds=settings.waiting_timeout_seconds,
+        notice_interval_seconds=settings.position_notice_interval_seconds,
+        brain_history_turns=settings.brain_history_turns,
+        ignore_groups=settings.ignore_groups,
+        ignore_broadcasts=settings.ignore_broadcasts,
+    )
+
+
+def sender_config(settings: Settings) -> SenderConfig:
+    return SenderConfig(
+        prefix=settings.key_prefix,
+        shards=settings.queue_shards,
+        typing_delay_max_ms=settings.typing_delay_max_ms,
+        typing_ms_per_char=settings.typing_ms_per_char,
+        sends_per_second=settings.sends_per_second_per_session,
+        burst=settings.send_burst,
+        max_attempts=settings.send_max_attempts,
+        retry_base_ms=settings.send_retry_base_ms,
+        retry_max_ms=settings.send_retry_max_ms,
+        lock_ms=int(settings.send_lock_seconds * 1000),
+        dead_letters=DeadLetterLimits.from_settings(settings),
+    )
+
+
+def texts(settings: Settings) -> Texts:
+    return load_texts(settings.language, settings.texts_file)
+
+
+def waiting_line(redis: RedisClient, settings: Settings) -> WaitingLine:
+    return WaitingLine(
+        redis,
+        prefix=settings.key_prefix,
+        per_agent=settings.conversations_per_agent,
+        default_handling_seconds=settings.default_handling_seconds,
+    )
+
+
+def command_queue(redis: RedisClient, settings: Settings) -> CommandQueue:
+    return CommandQueue(
+        redis,
+        prefix=settings.key_prefix,
+        shards=settings.queue_shards,
+        dedupe_ttl_seconds=settings.dedupe_ttl_seconds,
+    )
+
+
+def coordinator(redis: RedisClient, settings: Settings) -> LineCoordinator:
+    return LineCoordinator(
+        redis,
+        waiting_line(redis, settings),
+        command_queue(redis, settings),
+        shards=settings.queue_shards,
+        notice_interval_seconds=settings.position_notice_interval_seconds,
+        auto_assign=settings.auto_assign,
+    )
+
+
+def waha_client(settings: Settings) -> WahaClient:
+    """WAHA's client on the lean HTTP/1.1 transport (asyncio protocols and httptools' parser,
+    under httpx's API): httpx's own pool cost about 1.5 ms of CPU per call at 16 calls in
+    flight, the lean one about 0.26 ms (docs/benchmarks.md, end to end). It serves plain
+    `http://` and hands any other scheme to httpx's own transport. Its connections are bounded
+    by the sender's bound on deliveries (SenderConfig.max_deliveries)."""
+    key = settings.waha_api_key.get_secret_value() if settings.waha_api_key else None
+    return WahaClient(
+        settings.waha_url,
+        api_key=key,
+        timeout_seconds=settings.waha_timeout_seconds,
+        transport=LeanHTTPTransport(),
+    )
+
+
+def menu_brain(settings: Settings) -> MenuBrain:
+    """The engine's plain menu (no scheduling): the brain when none is given."""
+    return MenuBrain(
+        texts(settings), business=settings.business_name, services=settings.menu_service_names
+    )
+
+
+def calendar_from(settings: Settings) -> Calendar:
+    if settings.calendar_file is not None:
+        return load_calendar(settings.calendar_file)
+    return default_calendar(settings.business_name, settings.menu_service_names)
+
+
+def booking_store(
+    redis: RedisClient,
+    settings: Settings,
+    *,
+    calendar: Calendar | None = None,
+    on_event: Callable[[], None] | None = None,
+    webhook_enabled: bool = False,
+) -> BookingStore:
+    """The bookings. The worker's agent passes its webhook (`webhook_enabled`, `on_event`);
+    readers and the erase (the operator API) leave them off."""
+    return BookingStore(
+        redis,
+        calendar or calendar_from(settings),
+        prefix=settings.key_prefix,
+        max_per_customer=settings.max_bookings_per_customer,
+        retention_seconds=settings.history_retention_seconds,
+        webhook_enabled=webhook_enabled,
+        on_event=on_event,
+    )

@@ -1,0 +1,138 @@
+"""Commands to a conversation (`wsm.*`, engine/commands.py), queued in its own FIFO by the
+operator API (an agent's reply, a close, a handback), by the waiting line (an assignment, a
+"your place improved" check) and by the timers (a timeout)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from engine.metrics import WAITING_SECONDS
+from engine.state import OPEN_STATES, State, Trigger, can
+from engine.turn.frame import ConversationTurn
+
+
+async def agent_message(turn: ConversationTurn) -> None:
+    text = str(turn.payload.get("text") or "")
+    agent_id = str(turn.payload.get("agent_id") or "")
+    agent_name = str(turn.payload.get("agent_name") or agent_id)
+    if not text or not agent_id:
+        return
+    if turn.before.state is State.WAITING:
+        await turn.leave_line()
+    if turn.state.agent_id and turn.state.agent_id != agent_id:
+        turn.release_agent(handled=False)
+    if turn.state.agent_id != agent_id:
+        session, token = turn.conversation.session, turn.conversation.token
+
+        async def attach() -> None:
+            await turn.line.attach(agent_id, session, token)
+
+        turn.after.append(attach)
+    turn.state = turn.state.moved(
+        Trigger.AGENT_WROTE,
+        agent_id=agent_id,
+        agent_name=agent_name,
+        taken_at=turn.state.taken_at or turn.now,
+        last_activity_at=turn.now,
+    )
+    turn.reply(text, author=f"agent:{agent_id}")
+
+
+async def close_command(turn: ConversationTurn) -> None:
+    # From paused a person of the business is talking there: no goodbye from the bot.
+    await close(turn, Trigger.CLOSE, goodbye=turn.before.state is not State.PAUSED)
+
+
+async def close(
+    turn: ConversationTurn, trigger: Trigger, *, goodbye: bool, text_key: str = "goodbye"
+) -> None:
+    if not can(turn.state.state, trigger):
+        return
+    if turn.state.state is State.WAITING:
+        await turn.leave_line()
+    if turn.state.state is State.AGENT:
+        turn.release_agent(handled=True)
+    turn.state = turn.state.moved(trigger, closed_at=turn.now, step="")
+    if goodbye:
+        turn.reply(turn.texts.render(text_key))
+
+
+async def handback(turn: ConversationTurn) -> None:
+    if not can(turn.state.state, Trigger.HANDBACK):
+        return
+    if turn.state.state is State.WAITING:
+        await turn.leave_line()
+    if turn.state.state is State.AGENT:
+        turn.release_agent(handled=True)
+    turn.state = turn.state.moved(Trigger.HANDBACK, last_activity_at=turn.now)
+    turn.reply(turn.texts.render("handback"))
+
+
+async def assigned(turn: ConversationTurn) -> None:
+    agent_id = str(turn.payload.get("agent_id") or "")
+    agent_name = str(turn.payload.get("agent_name") or agent_id)
+    session, token = turn.conversation.session, turn.conversation.token
+    line = turn.line
+    if turn.state.state is not State.WAITING:
+        if turn.state.state is State.AGENT and turn.state.agent_id == agent_id:
+            turn.after.append(lambda: line.confirm_taken(token))
+            return
+        # The customer left (or was closed) before the assignment reached them.
+
+        async def give_back() -> None:
+            await line.release(agent_id, session, token, None)
+
+        turn.after.append(give_back)
+        turn.slot_freed = True
+        return
+    entered_at = int(turn.payload.get("entered_at") or turn.state.line_entered_at)
+    taken_at = int(turn.payload.get("taken_at") or turn.now)
+    turn.state = turn.state.moved(
+        Trigger.AGENT_TOOK,
+        agent_id=agent_id,
+        agent_name=agent_name,
+        taken_at=taken_at,
+        line_entered_at=0,
+        line_position=0,
+        line_notice_at=0,
+        last_activity_at=turn.now,
+    )
+    turn.reply(turn.texts.render("line_taken", agent=agent_name))
+    waited = max(0.0, (taken_at - entered_at) / 1000)
+
+    async def confirm() -> None:
+        await line.confirm_taken(token)
+        WAITING_SECONDS.observe(waited)
+
+    turn.after.append(confirm)
+
+
+async def line_notice(turn: ConversationTurn) -> None:
+    if turn.state.state is not State.WAITING:
+        return
+    position = await turn.line.position(turn.conversation.session, turn.conversation.token)
+    if not position or position >= (turn.state.line_position or position + 1):
+        return
+    interval_ms = turn.config.notice_interval_seconds * 1000
+    if position != 1 and turn.now - turn.state.line_notice_at < interval_ms:
+        return
+    if position == 1:
+        turn.reply(turn.texts.render("line_front"))
+    else:
+        turn.reply(await turn.position_text("line_position", position))
+    turn.state = replace(turn.state, line_position=position, line_notice_at=turn.now)
+
+
+async def timeout(turn: ConversationTurn) -> None:
+    config = turn.config
+    state = turn.state
+    if state.state is State.WAITING:
+        if turn.now - state.line_entered_at >= config.waiting_timeout_seconds * 1000:
+            await close(turn, Trigger.LINE_TIMEOUT, goodbye=True, text_key="line_timeout")
+    elif (
+        state.state in OPEN_STATES
+        and turn.now - state.last_activity_at >= config.inactivity_close_seconds * 1000
+    ):
+        # Paused: a person of the business is talking there; the bot stays quiet.
+        await close(turn, Trigger.INACTIVITY, goodbye=state.state is not State.PAUSED)
+    # Not due after all (activity since): the timer was moved by that activity.

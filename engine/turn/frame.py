@@ -1,0 +1,212 @@
+"""One event of one conversation: the frame every step shares.
+
+A `ConversationTurn` reads the conversation's state, lets one step (engine/turn/dispatch.py)
+decide, and commits everything the event changed in the conversation - state, history, replies
+to send - with `ctx.commit(writes)`: one fenced script that also acks the message. So a message
+is either fully handled once or not at all, and a redelivered message never causes a second
+reply.
+
+Steps outside the conversation's hash tag (the waiting line, the indexes, the timers) are
+idempotent and run before the commit when repeating them is harmless (entering the line,
+indexing), or after it when they only follow from it (telling others in line, waking the
+sender): a step queues those in `after`. A crash between the commit and a later step is covered
+by the background passes of engine/service.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from engine.assignment import LineCoordinator
+from engine.brain import Brain
+from engine.history import HistoryEntry, append_writes
+from engine.identity import Conversation, PhoneResolver, send_target
+from engine.outbox import OutboxEntry, history_keys, new_entry, outbox_writes
+from engine.sender import Sender
+from engine.state import OPEN_STATES, State, load_state, state_writes
+from engine.texts import Texts
+from engine.waiting_line import WaitingLine
+from shared.clock import now_ms
+from shared.commit_writes import Write
+from shared.envelope import QueuedEvent
+from shared.keys import EngineConversationKeys, EngineIndexKeys, engine_keys_for
+from shared.redis_client import RedisClient
+
+
+class CommitContext(Protocol):
+    """What the engine needs of the worker's HandlerContext."""
+
+    async def commit(self, writes: Iterable[Sequence[Any]] = ()) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    prefix: str
+    shards: int
+    retention_seconds: int
+    inactivity_close_seconds: int
+    waiting_timeout_seconds: int
+    notice_interval_seconds: float
+    brain_history_turns: int
+    ignore_groups: bool = True
+    ignore_broadcasts: bool = True
+
+    def keys(self, conversation: Conversation) -> EngineConversationKeys:
+        return engine_keys_for(conversation.session, conversation.chat_id, self.shards, self.prefix)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnTools:
+    """Everything a turn may use, handed over by the engine (engine/conversation_engine.py)."""
+
+    redis: RedisClient
+    config: EngineConfig
+    brain: Brain
+    texts: Texts
+    line: WaitingLine
+    coordinator: LineCoordinator
+    resolver: PhoneResolver
+    sender: Sender | None
+    index: EngineIndexKeys
+
+
+class ConversationTurn:
+    """One event of one conversation: reads, lets a step decide, commits, then follows up."""
+
+    def __init__(self, tools: TurnTools, event: QueuedEvent, ctx: CommitContext) -> None:
+        self.tools = tools
+        self.redis = tools.redis
+        self.config = tools.config
+        self.texts = tools.texts
+        self.line = tools.line
+        self.event = event
+        self.ctx = ctx
+        self.conversation = Conversation(event.session, event.chat_id)
+        self.keys = tools.config.keys(self.conversation)
+        self.history = history_keys(self.keys)
+        self.now = now_ms()
+        self.payload: dict[str, Any] = event.document().get("payload") or {}
+        self.writes: list[Write] = []
+        self.replies: list[OutboxEntry] = []
+        self.line_changed = False  # someone left the line or was taken: tell those behind
+        self.slot_freed = False  # an agent has room again: give them the next customer
+        # A customer's message came in this turn: the first reply marks it seen (sendSeen),
+        # once per inbound burst; later replies, and replies to no new message, do not.
+        self.seen_due = False
+        self.after: list[Callable[[], Awaitable[Any]]] = []
+
+    async def run(self, step: Callable[[ConversationTurn], Awaitable[None]] | None) -> None:
+        """Load the state, run `step` (None: an event the engine does not act on), commit."""
+        self.before = await load_state(self.redis, self.keys.state)
+        self.state = self.before
+        if step is not None:
+            await step(self)
+        await self.commit()
+
+    # --- the commit and what follows it ----------------------------------------------------
+    async def commit(self) -> None:
+        changed = self.state != self.before
+        retention = self.config.retention_seconds
+        if changed:
+            self.state = replace(self.state, version=self.before.version + 1)
+            self.writes += state_writes(self.keys.state, self.state, retention)
+        self.writes += outbox_writes(
+            self.keys, self.replies, retention_seconds=retention, now_ms=self.now
+        )
+        if changed:
+            await self._index_before_commit()
+        await self.ctx.commit(self.writes)
+        # --- after the commit: what only follows from it -----------------------------------
+        if changed and self.state.state is not self.before.state:
+            await self._index_state()
+        for step in self.after:
+            await step()
+        coordinator = self.tools.coordinator
+        if self.line_changed:
+            await coordinator.notify_positions(self.conversation.session)
+        if self.slot_freed or self.state.state is State.WAITING:
+            await coordinator.assign_free_agents()
+        if self.replies and self.tools.sender is not None:
+            self.tools.sender.kick(self.conversation.token)
+
+    async def _index_before_commit(self) -> None:
+        """Idempotent: the conversation is listed, and its timer set, before its state exists;
+        readers take the state hash as the truth, and a timer re-checks before acting."""
+        index = self.tools.index
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(index.conversations, {self.conversation.token: self.now})
+        due = self._timer_due()
+        if due is None:
+            pipe.zrem(index.timers, self.conversation.token)
+        else:
+            pipe.zadd(index.timers, {self.conversation.token: due})
+        await pipe.execute()
+
+    async def _index_state(self) -> None:
+        index = self.tools.index
+        pipe = self.redis.pipeline(transaction=False)
+        for state in State:
+            if state is not self.state.state:
+                pipe.srem(index.in_state(state.value), self.conversation.token)
+        pipe.sadd(index.in_state(self.state.state.value), self.conversation.token)
+        await pipe.execute()
+
+    def _timer_due(self) -> int | None:
+        config = self.config
+        if self.state.state is State.WAITING:
+            return self.state.line_entered_at + config.waiting_timeout_seconds * 1000
+        if self.state.state in OPEN_STATES:
+            return self.state.last_activity_at + config.inactivity_close_seconds * 1000
+        return None
+
+    # --- building blocks for the steps -----------------------------------------------------
+    def reply(self, text: str, *, author: str = "bot") -> None:
+        entry = new_entry(
+            send_target(self.conversation.chat_id), text, author=author, at_ms=self.now
+        )
+        if entry.mark_seen:
+            entry = replace(entry, mark_seen=self.seen_due)
+            self.seen_due = False
+        self.replies.append(entry)
+
+    def record(self, entry: HistoryEntry) -> None:
+        self.writes += append_writes(
+            self.history, entry, retention_seconds=self.config.retention_seconds,
+            now_ms=self.now,
+        )  # fmt: skip
+
+    async def position_text(self, key: str, position: int) -> str:
+        minutes = await self.line.estimate_minutes(self.conversation.session, position)
+        return self.texts.render(
+            key,
+            position=position,
+            ordinal=self.texts.ordinal(position),
+            minutes=minutes,
+            leave_word=self.texts.templates["leave_word"],
+        )
+
+    async def leave_line(self) -> None:
+        """Idempotent, before the commit: a repeat finds the customer gone already."""
+        await self.line.leave(self.conversation.session, self.conversation.token)
+        # Told even when a repeat finds the customer gone: the first run may have crashed
+        # before telling the others (notices are deduplicated per position).
+        self.line_changed = True
+        self.state = replace(self.state, line_entered_at=0, line_position=0, line_notice_at=0)
+
+    def release_agent(self, *, handled: bool) -> None:
+        agent_id = self.state.agent_id
+        if not agent_id:
+            return
+        handled_seconds = (
+            (self.now - self.state.taken_at) / 1000 if handled and self.state.taken_at else None
+        )
+        session, token = self.conversation.session, self.conversation.token
+
+        async def release() -> None:
+            await self.line.release(agent_id, session, token, handled_seconds)
+
+        self.after.append(release)
+        self.slot_freed = True
+        self.state = replace(self.state, agent_id="", agent_name="", taken_at=0)

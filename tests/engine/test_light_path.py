@@ -1,0 +1,132 @@
+"""The engine's cheap paths (issue 19): the events that change nothing in a conversation's state
+- `message.any` twins, echoes of our own replies, delivery acks - are committed without reading
+the state or asking the brain, in the conversation's order; one sendSeen per inbound burst; a
+reply's bookkeeping in fewer Redis round trips. Counted on the private Redis's own command
+statistics (INFO commandstats), not timed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import respx
+
+from engine.history import HistoryKeys, read_page
+from engine.state import State, load_state
+from shared.keys import engine_keys_for
+from tests.engine.harness import FakeWaha
+from tests.support.waha import text_message
+
+ANA = "5511987650001@c.us"
+
+
+async def command_calls(aredis: Any) -> dict[str, int]:
+    stats = await aredis.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def from_me(chat: str, text: str, message_id: str, event: str = "message.any") -> dict[str, Any]:
+    document = text_message(chat, text, event=event)
+    document["payload"].update(
+        {"id": f"true_{chat}_{message_id}", "fromMe": True, "from": chat, "to": chat, "ack": 1}
+    )
+    return document
+
+
+def ack(chat: str, waha_id: str, level: int) -> dict[str, Any]:
+    document = text_message(chat, "", event="message.ack")
+    document["payload"] = {"id": waha_id, "from": chat, "fromMe": True, "ack": level}
+    return document
+
+
+async def test_twins_echoes_and_acks_skip_the_state_and_the_brain(
+    aredis, key_prefix, make_harness
+) -> None:
+    with respx.mock(assert_all_called=False) as router:
+        waha = FakeWaha(router)
+        harness = make_harness()
+        inbound = text_message(ANA, "oi", message_id="IN1")
+        await harness.webhook(inbound)
+        await harness.drain()
+        keys = engine_keys_for("default", ANA, 1, key_prefix)
+        before = await load_state(aredis, keys.state)
+        replies = list(waha.sent)
+        assert len(replies) == 1
+        await aredis.config_resetstat()
+        # What WAHA sends after one customer message and our reply: the message's twin on
+        # message.any, our reply's echo, and its acks (DEVICE, then READ).
+        twin = dict(inbound, id="evt_twin", event="message.any")
+        await harness.webhook(twin)
+        echo_id = waha.ids[0].split("_")[-1]
+        await harness.webhook(from_me(ANA, replies[0][1], echo_id))
+        await harness.webhook(ack(ANA, waha.ids[0], 2))
+        await harness.webhook(ack(ANA, waha.ids[0], 3))
+        assert await harness.drain() == 4
+        calls = await command_calls(aredis)
+    # Nobody read the conversation's state (the turn's HGETALL), nothing was answered.
+    assert calls.get("hgetall", 0) == 0
+    assert waha.sent == replies
+    assert await load_state(aredis, keys.state) == before
+    assert before.state is State.BOT
+    # The acks were recorded, in order, on our reply; the echo added nothing.
+    page, _ = await read_page(aredis, HistoryKeys(keys.history, keys.history_meta))
+    assert [(e.direction, e.status) for e in page] == [("in", "received"), ("out", "read")]
+
+
+async def test_a_message_from_the_business_phone_still_takes_the_full_turn(
+    aredis, key_prefix, make_harness
+) -> None:
+    with respx.mock(assert_all_called=False) as router:
+        FakeWaha(router)
+        harness = make_harness()
+        await harness.webhook(text_message(ANA, "oi"))
+        await harness.drain()
+        await harness.webhook(from_me(ANA, "Oi Ana, aqui é a Júlia!", "HUMAN1"))
+        await harness.drain()
+    keys = engine_keys_for("default", ANA, 1, key_prefix)
+    assert (await load_state(aredis, keys.state)).state is State.PAUSED
+
+
+async def test_one_send_seen_per_inbound_burst(aredis, key_prefix, make_harness) -> None:
+    with respx.mock(assert_all_called=False) as router:
+        FakeWaha(router)
+        harness = make_harness(inactivity_close_seconds=1)
+        # Two messages in one burst: two replies, delivered together, one sendSeen.
+        await harness.webhook(text_message(ANA, "oi"))
+        await harness.webhook(text_message(ANA, "Ana"))
+        await harness.drain(deliver=False)
+        await harness.drain()
+        paths = [call.request.url.path for call in router.calls]
+        assert paths.count("/api/sendText") == 2
+        assert paths.count("/api/sendSeen") == 1
+        assert paths[0] == "/api/sendSeen"
+        # A reply to no new message (the inactivity goodbye) marks nothing seen.
+        keys = engine_keys_for("default", ANA, 1, key_prefix)
+        await aredis.zadd(harness.service.index.timers, {f"default|{ANA}": 1})
+        await harness.service.timers_once()
+        await harness.drain()
+        assert (await load_state(aredis, keys.state)).state is State.CLOSED
+        paths = [call.request.url.path for call in router.calls]
+        assert paths.count("/api/sendText") == 3
+        assert paths.count("/api/sendSeen") == 1
+
+
+async def test_a_reply_is_sent_and_recorded_in_fewer_round_trips(
+    aredis, key_prefix, make_harness
+) -> None:
+    """One reply's delivery: lock, (head + park), send_begin, in-flight marker, (ours + sent +
+    marker gone), (head + park), settle. Before: 11 Redis calls (a separate head and park
+    check per loop, a lock renewal per reply, and ours, sent and the marker's removal apart)."""
+    with respx.mock(assert_all_called=False) as router:
+        FakeWaha(router)
+        harness = make_harness()
+        await harness.webhook(text_message(ANA, "oi"))
+        await harness.drain(deliver=False)
+        await aredis.config_resetstat()
+        await harness.service.sender.deliver(f"default|{ANA}")
+        calls = await command_calls(aredis)
+        paths = [call.request.url.path for call in router.calls]
+    assert paths == ["/api/sendSeen", "/api/sendText"]
+    assert calls.get("lindex", 0) == 2  # the head, then the empty outbox
+    assert calls.get("exists", 0) == 2  # the park, in the same round trips
+    assert calls.get("evalsha", 0) == 3  # send_begin, outbox_sent, outbox_settle: no renewal
+    assert calls.get("del", 0) == 1 and calls.get("set", 0) == 3  # lock, marker, ours

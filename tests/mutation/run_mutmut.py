@@ -1,0 +1,261 @@
+"""Run mutmut over one part of wsm in a snapshot copy of the tree, never in the tree itself.
+
+    python tests/mutation/run_mutmut.py gateway            # copy, configure, run, summarise
+    python tests/mutation/run_mutmut.py gateway --summary  # summarise a finished run again
+
+Targets (see TARGETS): gateway, worker, state, late (sender, erase, consumer slot). Each gets
+its own copy under /tmp/wsm-mutmut/<target> (`--dest` to choose) with a [tool.mutmut] section
+appended to the copy's pyproject.toml: what to mutate and the fast tests that matter for it.
+
+mutmut 3 maps each test to the functions it calls *in the test process*; code that only runs
+in a child process (a gateway or a worker fleet a test starts) counts as "no tests".
+`--child-tests` runs those "no tests" mutants of the files in CHILD_TESTS against
+real-process tests, with the mutant switched on in the children (they inherit
+MUTANT_UNDER_TEST): that is how the lease keeper gets mutated.
+
+Everything runs under `nice -n 10` with at most 2 mutants at a time (a shared 2-core machine).
+docs/testing.md has the commands, the scores and what became of every survivor."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DEST = Path("/tmp/wsm-mutmut")
+
+# The whole importable project is copied into mutants/ (so nothing is imported from the live
+# tree through the editable install); only `mutate` is mutated.
+SOURCE_PATHS = ["gateway", "worker", "engine", "shared", "api", "wsm"]
+ALSO_COPY = [
+    "sitecustomize.py",
+    "config",
+    "docs",
+    "compose.yaml",
+    "README.md",
+    "nginx",
+    "prometheus",
+    "grafana",
+    "bench",
+    "Makefile",
+    "Dockerfile",
+]
+
+# mutmut's stats pass sets MUTANT_UNDER_TEST=stats. A child process a test starts cannot
+# record hits (it has no mutmut configuration in its working directory) and would crash, so
+# it runs the original code during that pass; during mutant runs it runs the mutant.
+SITECUSTOMIZE = """\
+import os
+
+if os.environ.get("MUTANT_UNDER_TEST") == "stats":
+    os.environ["MUTANT_UNDER_TEST"] = ""
+"""
+
+
+@dataclass
+class Target:
+    mutate: list[str]
+    tests: list[str]
+    exclude: list[str] = field(default_factory=list)  # files under `mutate` left alone
+    deselect: list[str] = field(default_factory=list)  # test names left out, and why in docs
+
+
+TARGETS: dict[str, Target] = {
+    "gateway": Target(
+        mutate=["gateway/*"],
+        tests=[
+            "tests/gateway/test_webhook.py",
+            "tests/gateway/test_spool.py",
+            "tests/gateway/test_replay_window.py",
+            "tests/gateway/test_outage.py",
+            "tests/gateway/test_unsupported_redis.py",
+            "tests/gateway/test_mutants.py",
+        ],
+    ),
+    "worker": Target(
+        # consumer_slot.py goes with the "late" target (it was being rewritten).
+        mutate=["worker/*"],
+        exclude=["worker/consumer_slot.py"],
+        # The script tests test Lua, not worker/; the fleet tests run worker/ in child
+        # processes (see --child-tests).
+        tests=[
+            "tests/worker/test_handler_seam.py",
+            "tests/worker/test_commit_writes.py",
+            "tests/worker/test_dead_letter_limits.py",
+            "tests/engine/test_wiring.py",
+            "tests/worker/test_mutants.py",
+        ],
+    ),
+    "state": Target(
+        mutate=["engine/state.py"],
+        tests=[
+            "tests/engine/test_state.py",
+            "tests/engine/test_conversations.py",
+            "tests/engine/test_waiting_line_flow.py",
+            "tests/engine/test_line_timeout.py",
+            "tests/engine/test_sender_echo.py",
+            "tests/engine/test_mutants.py",
+        ],
+    ),
+    # Mutated last, from a snapshot taken after they stopped changing.
+    "late": Target(
+        mutate=["engine/sender.py", "engine/erase.py", "worker/consumer_slot.py"],
+        tests=[
+            "tests/worker/test_consumer_slot.py",
+            "tests/worker/test_mutants.py",
+            "tests/engine/test_sender.py",
+            "tests/engine/test_sender_echo.py",
+            "tests/engine/test_sender_lock.py",
+            "tests/engine/test_sender_rate.py",
+            "tests/engine/test_sender_sweep.py",
+            "tests/engine/test_erase.py",
+            "tests/engine/test_mutants.py",
+        ],
+    ),
+}
+
+# file -> real-process tests that run it in child processes (for --child-tests).
+CHILD_TESTS: dict[str, list[str]] = {
+    "worker/lease_keeper.py": ["tests/worker/test_lease_keeper_fleet.py"],
+}
+
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 36: "timeout"}
+STATUS.update({24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 34: "skipped"})
+
+
+def snapshot(dest: Path, target: Target) -> None:
+    shutil.rmtree(dest / "mutants", ignore_errors=True)  # never reuse another run's mutants
+    dest.mkdir(parents=True, exist_ok=True)
+    excluded = ["var", ".git", "mutants", "*.egg-info", ".mypy_cache", ".ruff_cache"]
+    subprocess.run(
+        ["rsync", "-a", "--delete", *(f"--exclude={e}" for e in excluded), f"{REPO}/", f"{dest}/"],
+        check=True,
+    )
+    (dest / "sitecustomize.py").write_text(SITECUSTOMIZE, "utf-8")
+    # A test file listed but not written yet would make pytest refuse to run.
+    listed = ", ".join(json.dumps(x) for x in target.tests if (dest / x).exists())
+    selection = f"[{listed}"
+    if target.deselect:
+        selection += ', "-k", ' + json.dumps(" and ".join(f"not {t}" for t in target.deselect))
+    selection += "]"
+    config = (
+        "\n[tool.mutmut]\n"
+        f"source_paths = {json.dumps(SOURCE_PATHS)}\n"
+        f"only_mutate = {json.dumps(target.mutate)}\n"
+        f"do_not_mutate = {json.dumps(target.exclude)}\n"
+        f"also_copy = {json.dumps(ALSO_COPY)}\n"
+        f"pytest_add_cli_args_test_selection = {selection}\n"
+    )
+    with (dest / "pyproject.toml").open("a", encoding="utf-8") as f:
+        f.write(config)
+    # mutants/ must exist before Python starts: a PYTHONPATH entry that does not exist yet is
+    # cached as "nothing here" and `tests` would never be importable from it.
+    (dest / "mutants").mkdir(exist_ok=True)
+
+
+def environment(dest: Path) -> dict[str, str]:
+    # Child processes started by tests import the mutated copy, never the editable install.
+    return {**os.environ, "PYTHONPATH": str(dest / "mutants")}
+
+
+def run_mutmut(dest: Path, max_children: int) -> None:
+    subprocess.run(
+        ["nice", "-n", "10", "mutmut", "run", "--max-children", str(max_children)],
+        cwd=dest,
+        env=environment(dest),
+        check=False,
+    )
+
+
+def results(dest: Path) -> dict[str, dict[str, int | None]]:
+    """mutant name -> exit code, per mutated file, from mutmut's .meta files."""
+    found: dict[str, dict[str, int | None]] = {}
+    for meta in sorted((dest / "mutants").rglob("*.py.meta")):
+        data = json.loads(meta.read_text("utf-8"))
+        codes = data.get("exit_code_by_key", {})
+        if codes:
+            found[str(meta.relative_to(dest / "mutants"))[: -len(".meta")]] = codes
+    return found
+
+
+def child_tests(dest: Path) -> None:
+    """Run the "no tests" mutants of CHILD_TESTS' files against their real-process tests."""
+    for path, codes in results(dest).items():
+        tests = CHILD_TESTS.get(path)
+        if not tests:
+            continue
+        for name, code in codes.items():
+            if STATUS.get(code) != "no tests":
+                continue
+            env = {**environment(dest), "MUTANT_UNDER_TEST": name}
+            run = subprocess.run(
+                ["nice", "-n", "10", sys.executable, "-m", "pytest", "-x", "-q", *tests],
+                cwd=dest / "mutants",
+                env=env,
+                capture_output=True,
+                check=False,
+            )
+            verdict = "killed" if run.returncode else "survived"
+            print(f"child-tests {verdict}: {name}", flush=True)
+            record = dest / "child_results.json"
+            done = json.loads(record.read_text("utf-8")) if record.exists() else {}
+            done[name] = verdict
+            record.write_text(json.dumps(done, indent=1), "utf-8")
+
+
+def summary(dest: Path) -> None:
+    child = dest / "child_results.json"
+    child_verdicts: dict[str, str] = json.loads(child.read_text("utf-8")) if child.exists() else {}
+    total: collections.Counter[str] = collections.Counter()
+    survivors: list[str] = []
+    for path, codes in results(dest).items():
+        counts: collections.Counter[str] = collections.Counter()
+        for name, code in codes.items():
+            status = child_verdicts.get(name) or STATUS.get(code, "suspicious")
+            if code is None:
+                status = "not checked"
+            counts[status] += 1
+            if status == "survived":
+                survivors.append(name)
+        total.update(counts)
+        print(f"{path}: {score_line(counts)}")
+    print(f"TOTAL: {score_line(total)}")
+    for name in survivors:
+        print(f"survived: {name}")
+
+
+def score_line(counts: collections.Counter[str]) -> str:
+    """killed/(killed+survived): the score over mutants some test ran against."""
+    killed = counts["killed"] + counts["timeout"]
+    tested = killed + counts["survived"]
+    score = f"{100 * killed / tested:.1f}%" if tested else "n/a"
+    parts = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    return f"score {score} ({parts})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("target", choices=sorted(TARGETS))
+    parser.add_argument("--dest", type=Path, help="where the copy goes (default /tmp/wsm-mutmut/T)")
+    parser.add_argument("--max-children", type=int, default=2)
+    parser.add_argument("--summary", action="store_true", help="only summarise a finished run")
+    parser.add_argument("--child-tests", action="store_true", help="see the module docstring")
+    args = parser.parse_args()
+    dest = args.dest or DEST / args.target
+    if not args.summary and not args.child_tests:
+        snapshot(dest, TARGETS[args.target])
+        run_mutmut(dest, args.max_children)
+    if args.child_tests:
+        child_tests(dest)
+    summary(dest)
+
+
+if __name__ == "__main__":
+    main()

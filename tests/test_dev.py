@@ -1,0 +1,117 @@
+"""`wsm dev` on private ports: its parts are `wsm.stack` services, so they stop in order on
+SIGTERM (Redis last, by SIGTERM), a part that exits stops the rest, and even a `wsm dev` that is
+SIGKILLed leaves no process behind (Linux tells each part its parent died). README's own run
+(`make run` on the default ports, Ctrl-C) is tests/e2e/test_make_run.py."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shared.embedded_redis import free_port
+from tests.support.polling import wait_until
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def processes_of(home: Path) -> list[int]:
+    """PIDs whose command line or environment names `home` (Redis's --dir, every other part's
+    WSM_SPOOL_DIR, inherited by the worker fleet's processes)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            seen = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if os.fsencode(home) in seen:
+            found.append(int(entry.name))
+    return found
+
+
+def start_dev(home: Path) -> subprocess.Popen[str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("WSM_", "REDIS_", "WAHA_", "GROQ_")) and k != "WEBHOOK_HMAC_KEY"
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "wsm", "dev", "--home", str(home), "--processes", "1",
+         "--gateway-port", str(free_port()), "--api-port", str(free_port()),
+         "--waha-port", str(free_port()), "--worker-metrics-port", str(free_port())],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def wait_for_banner(dev: subprocess.Popen[str]) -> str:
+    seen: list[str] = []
+
+    def ready() -> bool:
+        assert dev.stdout is not None
+        line = dev.stdout.readline()
+        seen.append(line)
+        assert dev.poll() is None or line, "".join(seen)
+        return "Ctrl-C stops everything" in line
+
+    wait_until(ready, timeout=120, what="wsm dev's banner")
+    return "".join(seen)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "dev"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["terminated", "killed", "a part exits"])
+def test_wsm_dev_leaves_no_process_behind(home: Path, how: str) -> None:
+    dev = start_dev(home)
+    try:
+        banner = wait_for_banner(dev)
+        assert "(private)" in banner and "logs in" in banner, banner
+        # Redis, the simulator, the gateway, the fleet's supervisor and its process, the API.
+        assert len(processes_of(home)) >= 6, banner
+        if how == "killed":
+            dev.send_signal(signal.SIGKILL)
+            dev.wait(timeout=10)
+            wait_until(
+                lambda: processes_of(home) == [], timeout=90, interval=0.2,
+                what="the parts to stop after their parent died",
+            )  # fmt: skip
+            return
+        if how == "terminated":
+            dev.send_signal(signal.SIGTERM)
+        else:
+            # `python -m wsm gateway ...` (not `wsm dev`, whose own flags name the gateway).
+            gateway = [p for p in processes_of(home) if b"\0wsm\0gateway\0" in cmdline(p)]
+            assert gateway, banner
+            os.kill(gateway[0], signal.SIGKILL)
+        rest, _ = dev.communicate(timeout=120)
+        said = banner + rest
+        assert "wsm dev: stopped" in said and "Traceback" not in said, said
+        if how == "terminated":
+            assert dev.returncode == 0 and "wsm dev: stopping" in said, said
+        else:
+            assert dev.returncode == 1 and "gateway exited with" in said, said
+        assert processes_of(home) == []
+        # Redis was stopped by `wsm dev` with SIGTERM (it flushed its append-only file).
+        assert "Received SIGTERM" in (home / "redis" / "redis.log").read_text()
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+            dev.wait()
+        for pid in processes_of(home):  # never leave them running, even when the test fails
+            os.kill(pid, signal.SIGKILL)
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
