@@ -2,6 +2,7 @@
 the whole product, against the floor of the measuring bench itself at the same load.
 
     python3 bench/e2e_bench.py [--customers 200] [--messages 20] [--rates 25,50,100] [--quick]
+                               [--rounds N]
 
 Each run is a fresh private stack (see `wsm loadtest`), one after the other:
 
@@ -15,6 +16,12 @@ The baseline of each run, measured in the same invocation at the same load: the 
 WAHA simulator and the same simulated customers with a minimal bot in place of the product (a
 bare ASGI app answering each `message` webhook with one sendText). It is what the bench itself
 costs on this machine, so what the product adds is read against it.
+
+Each run also reports CPU per customer message from /proc (wsm/load/cpu.py): the product's
+(gateway, worker fleet, Redis, nginx, API) split by component, and the bench's (simulator,
+customers, the floor's bot). `product/floor` is the product's messages/s over the floor's in
+the same round. `--rounds N` repeats every run, floor first, N times (the machine is shared:
+per-round figures, not one).
 
 Prints one table (also written, with the raw reports, to --out); see docs/benchmarks.md.
 """
@@ -38,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from shared.embedded_redis import free_port  # noqa: E402
 from wsm.load.checks import latency_summary  # noqa: E402
+from wsm.load.cpu import PRODUCT, CpuMeter, stack_components  # noqa: E402
 from wsm.load.customers import Customer, Progress, run_customers  # noqa: E402
 from wsm.stack import Service, Stack, port_accepts, python_module, running  # noqa: E402
 
@@ -133,7 +141,20 @@ def run_floor(customers: int, messages: int, home: Path, rate: float = 0.0) -> d
         progress = Progress(total=customers * messages)
         started = time.monotonic()
         pace = customers / rate if rate else 0.0
-        asyncio.run(run_customers(sim_url, people, messages, progress, pace=pace, reply_timeout=60))
+        meter = CpuMeter(stack_components(stack))
+
+        async def load() -> None:
+            stop = asyncio.Event()
+            sampling = asyncio.create_task(meter.run(stop))
+            try:
+                await run_customers(
+                    sim_url, people, messages, progress, pace=pace, reply_timeout=60
+                )
+            finally:
+                stop.set()
+                await sampling
+
+        asyncio.run(load())
         duration = time.monotonic() - started
     failed = [c.error for c in people if c.error]
     return {
@@ -142,6 +163,7 @@ def run_floor(customers: int, messages: int, home: Path, rate: float = 0.0) -> d
         "messages_answered": progress.answered,
         "messages_per_s": round(progress.answered / duration, 1),
         "latency_first_reply": latency_summary(floor_latencies(people)),
+        "cpu_ms_per_message": meter.ms_per_message(progress.answered),
     }
 
 
@@ -163,10 +185,20 @@ def figures(result: dict[str, Any]) -> str:
     return f"{result['messages_per_s']} | {latency['p50_ms']} | {latency['p99_ms']}"
 
 
-def row(name: str, result: dict[str, Any], floor: dict[str, Any]) -> str:
+def cpu_split(cpu: dict[str, float]) -> str:
+    """`4.1 (worker 2.0, gateway 0.9, ...)`: the product's CPU ms per message and its parts."""
+    parts = ", ".join(f"{k} {cpu[k]}" for k in PRODUCT if k in cpu)
+    return f"{cpu.get('product', '-')} ({parts})"
+
+
+def row(name: str, round_no: int, result: dict[str, Any], floor: dict[str, Any]) -> str:
     checks = result.get("checks", {})
+    cpu = result.get("cpu_ms_per_message", {})
+    ratio = (result["messages_per_s"] or 0) / max(1e-9, floor["messages_per_s"] or 0)
     return (
-        f"| {name} | {figures(result)} | {figures(floor)} | {checks.get('lost', '-')} | "
+        f"| {name} | {round_no} | {figures(result)} | {figures(floor)} | {ratio:.2f} | "
+        f"{cpu_split(cpu)} | {cpu.get('bench', '-')} | "
+        f"{floor['cpu_ms_per_message'].get('bench', '-')} | {checks.get('lost', '-')} | "
         f"{checks.get('replies_sent_twice', '-')} | {'yes' if result['ok'] else 'NO'} |"
     )
 
@@ -177,7 +209,12 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=20)
     parser.add_argument("--rates", default="25,50,100", help="paced runs, messages/s")
     parser.add_argument("--paced-messages", type=int, default=5, help="per customer, paced runs")
-    parser.add_argument("--quick", action="store_true", help="2 processes, unpaced, only")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="2 processes only: unpaced, then paced at --rates (no typing pause, no chaos)",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every run N times")
     parser.add_argument("--no-chaos", action="store_true")
     parser.add_argument("--out", type=Path, help="folder for the raw reports")
     parser.add_argument("--bot", type=int, help=argparse.SUPPRESS)
@@ -198,12 +235,12 @@ def main() -> int:
     if not args.quick:
         plans.append(("1 worker process", [*full, "--processes", "1"], (args.messages, 0)))
     plans.append(("2 worker processes", [*full, "--processes", "2"], (args.messages, 0)))
+    for rate in [float(r) for r in args.rates.split(",") if r]:
+        plans.append(
+            (f"2 processes, paced at {rate:g} msg/s", [*paced, "--rate", f"{rate:g}"],
+             (args.paced_messages, rate))
+        )  # fmt: skip
     if not args.quick:
-        for rate in [float(r) for r in args.rates.split(",") if r]:
-            plans.append(
-                (f"2 processes, paced at {rate:g} msg/s", [*paced, "--rate", f"{rate:g}"],
-                 (args.paced_messages, rate))
-            )  # fmt: skip
         plans.append(
             ("2 processes, typing pause on (cap 3000 ms), paced at 25 msg/s",
              [*paced, "--rate", "25", "--typing-ms", "3000"], (args.paced_messages, 25))
@@ -214,25 +251,33 @@ def main() -> int:
                  ["--customers", k, "--messages", "5", "--nginx", "auto", "--chaos"], (5, 0))
             )  # fmt: skip
 
-    floors: dict[tuple[int, float], dict[str, Any]] = {}
-    rows: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
-    for name, plan, load in plans:
-        if load not in floors:
-            print(f"floor: {k} customers x {load[0]} messages, rate {load[1] or 'max'}", flush=True)
-            floors[load] = run_floor(args.customers, load[0], out, rate=load[1])
-        print(name, flush=True)
-        rows.append((name, run_loadtest(plan, out), floors[load]))
+    rows: list[tuple[str, int, dict[str, Any], dict[str, Any]]] = []
+    for round_no in range(1, args.rounds + 1):
+        # The floor at each load once per round, just before the product at that load.
+        floors: dict[tuple[int, float], dict[str, Any]] = {}
+        for name, plan, load in plans:
+            if load not in floors:
+                print(
+                    f"round {round_no}: floor: {k} customers x {load[0]} messages, "
+                    f"rate {load[1] or 'max'}", flush=True,
+                )  # fmt: skip
+                floors[load] = run_floor(args.customers, load[0], out, rate=load[1])
+            print(f"round {round_no}: {name}", flush=True)
+            rows.append((name, round_no, run_loadtest(plan, out), floors[load]))
 
     table = [
-        "| run | messages/s | p50 ms | p99 ms | floor: messages/s | floor p50 ms | floor p99 ms "
-        "| lost | sent twice | checks |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| run | round | messages/s | p50 ms | p99 ms | floor: messages/s | floor p50 ms "
+        "| floor p99 ms | product/floor | product CPU ms/msg | bench CPU ms/msg "
+        "| floor's bench CPU ms/msg | lost | sent twice | checks |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|",
     ]
-    table += [row(name, result, floor) for name, result, floor in rows]
+    table += [row(name, n, result, floor) for name, n, result, floor in rows]
     print("\n".join(table))
     (out / "table.md").write_text("\n".join(table) + "\n")
     (out / "reports.json").write_text(
-        json.dumps([{"run": n, "product": r, "floor": f} for n, r, f in rows], indent=2)
+        json.dumps(
+            [{"run": n, "round": r, "product": p, "floor": f} for n, r, p, f in rows], indent=2
+        )
     )
     return 0
 

@@ -42,13 +42,10 @@ from engine.identity import Conversation  # noqa: E402
 from engine.service import EngineService  # noqa: E402
 from engine.waha_client import SentMessage  # noqa: E402
 from shared.embedded_redis import EmbeddedRedis  # noqa: E402
-from shared.enqueue import EnqueueRequest, enqueue_many  # noqa: E402
-from shared.envelope import decode_record  # noqa: E402
-from shared.events import route_event  # noqa: E402
-from shared.keys import all_shards  # noqa: E402
-from shared.queue_consumer import QueueConsumer  # noqa: E402
+from shared.enqueue import enqueue_many  # noqa: E402
 from shared.redis_client import connect  # noqa: E402
 from shared.settings import Settings  # noqa: E402
+from tests.engine.harness import Harness  # noqa: E402
 
 PREFIX = "wsm"
 
@@ -106,61 +103,32 @@ def message_body(chat: str, text: str) -> bytes:
     )
 
 
-class Driver:
+class Driver(Harness):
+    """The tests' engine harness (tests/engine/harness.py) with the in-process WAHA: events
+    queued as the gateway queues them, handled through the fenced commit, replies delivered."""
+
     def __init__(self, redis: Any, settings: Settings) -> None:
-        self.redis = redis
-        self.settings = settings
         self.waha = InProcessWaha()
-        self.service = EngineService(redis, settings, outbound=self.waha)
-        self.consumer = QueueConsumer(
-            redis, lease_ms=30_000, batch=10, max_attempts=5, backoff_ms=1, backoff_max_ms=2
-        )
+        super().__init__(redis, settings, EngineService(redis, settings, outbound=self.waha))
 
     async def queue(self, messages: list[tuple[str, str]]) -> None:
-        requests = []
-        for chat, text in messages:
-            body = message_body(chat, text)
-            routed = route_event(orjson.loads(body), body)
-            assert routed is not None
-            requests.append(
-                EnqueueRequest.for_event(
-                    routed,
-                    body,
-                    received_at_ms=int(time.time() * 1000),
-                    shards=self.settings.queue_shards,
-                    dedupe_ttl_seconds=self.settings.dedupe_ttl_seconds,
-                    prefix=PREFIX,
-                )
+        requests = [
+            self.request(
+                message_body(chat, text),
+                received_at_ms=int(time.time() * 1000),
+                dedupe_ttl_seconds=self.settings.dedupe_ttl_seconds,
             )
+            for chat, text in messages
+        ]
         await enqueue_many(self.redis, requests)
 
-    async def drain(self) -> None:
+    async def handle_and_deliver(self) -> int:
         """Handle everything queued through the fenced commit, then deliver the outboxes."""
-        for shard in all_shards(self.settings.queue_shards, PREFIX):
-            while (token := await self.consumer.pop_ready(shard)) is not None:
-                lease = await self.consumer.claim(shard, token, uuid.uuid4().hex)
-                if lease is None:
-                    continue
-                for message in lease.messages:
-                    assert message.record is not None
-                    ctx = _Ctx(self.consumer, lease, message.id)
-                    await self.service.engine(decode_record(message.record), ctx)
-                    if not ctx.committed:
-                        await ctx.commit([])
-                await self.consumer.release(lease)
+        _, handled = await self.handle_queued()
         while await self.service.sender.sweep_once(limit=1000):
             await self.service.sender.drain()
         await self.service.sender.drain()
-
-
-class _Ctx:
-    def __init__(self, consumer: QueueConsumer, lease: Any, message_id: str) -> None:
-        self.consumer, self.lease, self.message_id = consumer, lease, message_id
-        self.committed = False
-
-    async def commit(self, writes: Any = ()) -> None:
-        await self.consumer.ack(self.lease, self.message_id, list(writes))
-        self.committed = True
+        return handled
 
 
 async def used_memory(redis: Any) -> int:
@@ -199,7 +167,7 @@ async def idle_conversations(redis: Any, settings: Settings, count: int, batch: 
     for first in range(0, count, batch):
         chats = [f"55119{n:08d}@c.us" for n in range(first, min(count, first + batch))]
         await driver.queue([(chat, "oi") for chat in chats])
-        await driver.drain()
+        await driver.handle_and_deliver()
     elapsed = time.monotonic() - started
     after = await used_memory(redis)
     print(
@@ -230,7 +198,7 @@ async def soak(redis: Any, settings: Settings, messages: int) -> None:
     started = time.monotonic()
     for n in range(1, messages + 1):
         await driver.queue([(chat, f"mensagem {n}")])
-        await driver.drain()
+        await driver.handle_and_deliver()
         if n % 100 == 0:
             await driver.service.maintenance_once(force=True)
         if n % 1000 == 0:

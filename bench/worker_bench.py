@@ -1,6 +1,7 @@
 """Worker fleet throughput: drain a queue with a no-op handler, against a plain BRPOP baseline.
 
     python3 bench/worker_bench.py [--messages 20000] [--chats 500] [--concurrency 16] [--repeat 3]
+                                  [--processes 1 2]
 
 Starts a private redis-server (no persistence), queues the messages through the gateway's
 enqueue path (shared.enqueue, pipelined), then runs `python -m worker` with 1 and with 2
@@ -8,8 +9,10 @@ processes and measures messages/s from the first message handled to the queue be
 The baseline, in the same run: the same records LPUSHed onto one list and drained by the same
 number of processes, each with the same number of asyncio tasks looping on BRPOP (no order
 per chat, no lease, nothing survives a crash). Each figure is the median of `--repeat` runs,
-interleaved, so a burst of load from elsewhere on the machine hits both sides alike. Prints one
-table; see docs/benchmarks.md.
+interleaved, so a burst of load from elsewhere on the machine hits both sides alike. Beside the
+rates, the CPU per message of the consumers and of Redis over the same window (from /proc):
+other work on a shared machine slows both sides' wall clock, but does not add to their CPU.
+Prints one table and the per-round figures; see docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +42,7 @@ from shared.envelope import QueuedEvent  # noqa: E402
 from shared.events import route_event  # noqa: E402
 from shared.keys import ShardKeys  # noqa: E402
 from shared.redis_client import connect  # noqa: E402
+from wsm.load.cpu import Component, CpuMeter  # noqa: E402
 
 POLL_SECONDS = 0.005
 
@@ -88,19 +93,47 @@ async def waiting(client: Any, prefix: str) -> int:
     return int(await client.hget(ShardKeys(0, prefix).stats, "waiting") or 0)
 
 
-async def measure_drain(read_left: Any, total: int, timeout: float = 300) -> float:
-    """Messages/s from the first message gone to the last; polls how many are left."""
+@dataclass(frozen=True, slots=True)
+class Drain:
+    rate: float  # messages/s, wall clock
+    # CPU per message over the same window, from /proc (wsm/load/cpu.py): the consuming
+    # processes and the Redis server. Less sensitive than the rate to other work on the
+    # machine, which takes wall time from both sides but adds no CPU to theirs.
+    consumer_us: float
+    redis_us: float
+
+    @property
+    def cpu_us(self) -> float:
+        return self.consumer_us + self.redis_us
+
+
+async def measure_drain(
+    read_left: Any, total: int, consumers: list[int], redis_pid: int, timeout: float = 300
+) -> Drain:
+    """Messages/s from the first message gone to the last (polls how many are left), and the
+    CPU the consumers (process trees of `consumers`) and Redis spent in that window."""
+    meter = CpuMeter(
+        [Component("consumer", lambda: consumers), Component("redis", lambda: [redis_pid])]
+    )
     deadline = time.monotonic() + timeout
     while (left := await read_left()) >= total:
         if time.monotonic() > deadline:
             raise RuntimeError("nothing was drained")
         await asyncio.sleep(POLL_SECONDS)
+    meter.sample()
     started, left_at_start = time.perf_counter(), left
     while (left := await read_left()) > 0:
         if time.monotonic() > deadline:
             raise RuntimeError(f"drain stalled with {left} left")
         await asyncio.sleep(POLL_SECONDS)
-    return left_at_start / (time.perf_counter() - started)
+    meter.sample()
+    rate = left_at_start / (time.perf_counter() - started)
+    seconds = meter.seconds()
+    return Drain(
+        rate,
+        1e6 * seconds["consumer"] / left_at_start,
+        1e6 * seconds["redis"] / left_at_start,
+    )
 
 
 def stop(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -113,7 +146,7 @@ def stop(processes: list[subprocess.Popen[bytes]]) -> None:
             process.kill()
 
 
-async def run_fleet(url: str, args: argparse.Namespace, processes: int) -> float:
+async def run_fleet(url: str, redis_pid: int, args: argparse.Namespace, processes: int) -> Drain:
     prefix = "bench" + uuid.uuid4().hex[:8]
     client = connect(url)
     requests = build_requests(args.messages, args.chats, prefix)
@@ -135,7 +168,9 @@ async def run_fleet(url: str, args: argparse.Namespace, processes: int) -> float
         env=env,
     )  # fmt: skip
     try:
-        return await measure_drain(lambda: waiting(client, prefix), args.messages)
+        return await measure_drain(
+            lambda: waiting(client, prefix), args.messages, [fleet.pid], redis_pid
+        )
     finally:
         stop([fleet])
         await client.aclose()
@@ -155,7 +190,7 @@ async def brpop_consumer(url: str, key: str, concurrency: int) -> None:
     await client.aclose()
 
 
-async def run_baseline(url: str, args: argparse.Namespace, processes: int) -> float:
+async def run_baseline(url: str, redis_pid: int, args: argparse.Namespace, processes: int) -> Drain:
     key = "bench:baseline:" + uuid.uuid4().hex[:8]
     client = connect(url)
     records = [b"x" * 600] * args.messages  # about the size of a queued record
@@ -172,7 +207,9 @@ async def run_baseline(url: str, args: argparse.Namespace, processes: int) -> fl
         for _ in range(processes)
     ]
     try:
-        return await measure_drain(lambda: client.llen(key), args.messages)
+        return await measure_drain(
+            lambda: client.llen(key), args.messages, [c.pid for c in consumers], redis_pid
+        )
     finally:
         stop(consumers)
         await client.aclose()
@@ -182,31 +219,54 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="wsm-bench-") as tmp:
         server = EmbeddedRedis(Path(tmp), appendonly=False)
         server.start()
+        assert server.process is not None
+        redis_pid = server.process.pid
         try:
-            runs: dict[tuple[str, int], list[float]] = {}
+            runs: dict[tuple[str, int], list[Drain]] = {}
             for _ in range(args.repeat):
-                for processes in (1, 2):
-                    fleet = await run_fleet(server.url, args, processes)
+                for processes in args.processes:
+                    fleet = await run_fleet(server.url, redis_pid, args, processes)
                     runs.setdefault(("fleet", processes), []).append(fleet)
-                    baseline = await run_baseline(server.url, args, processes)
+                    baseline = await run_baseline(server.url, redis_pid, args, processes)
                     runs.setdefault(("brpop", processes), []).append(baseline)
         finally:
             server.stop()
-    rows = [
-        (p, statistics.median(runs[("fleet", p)]), statistics.median(runs[("brpop", p)]))
-        for p in (1, 2)
-    ]
     print(
         f"{args.messages} messages over {args.chats} chats, concurrency {args.concurrency} "
-        f"per process, {os.cpu_count()} cores, median of {args.repeat} runs"
+        f"per process, {os.cpu_count()} cores, median of {args.repeat} rounds"
     )
-    for (kind, processes), values in sorted(runs.items()):
-        print(f"  {kind} x{processes}: " + ", ".join(f"{v:,.0f}" for v in values))
-    print(f"{'processes':>9}  {'fleet msgs/s':>12}  {'BRPOP msgs/s':>12}  {'fleet/BRPOP':>11}")
-    for processes, fleet, baseline in rows:
-        print(f"{processes:>9}  {fleet:>12,.0f}  {baseline:>12,.0f}  {fleet / baseline:>11.2f}")
-    one, two = rows[0][1], rows[1][1]
-    print(f"fleet scaling, 2 processes / 1: {two / one:.2f}x")
+    for (kind, processes), drains in sorted(runs.items()):
+        print(
+            f"  {kind} x{processes}: msgs/s "
+            + ", ".join(f"{d.rate:,.0f}" for d in drains)
+            + "; CPU us/msg (consumer + redis) "
+            + ", ".join(f"{d.consumer_us:.0f}+{d.redis_us:.0f}" for d in drains)
+        )
+    print(
+        f"{'processes':>9}  {'fleet msgs/s':>12}  {'BRPOP msgs/s':>12}  {'fleet/BRPOP':>11}"
+        f"  {'CPU: BRPOP/fleet':>16}"
+    )
+    for processes in args.processes:
+        fleets, brpops = runs[("fleet", processes)], runs[("brpop", processes)]
+        fleet = statistics.median(d.rate for d in fleets)
+        baseline = statistics.median(d.rate for d in brpops)
+        # CPU per message, baseline over fleet: 1.0 means the fleet costs what BRPOP costs.
+        cpu = statistics.median(b.cpu_us / f.cpu_us for f, b in zip(fleets, brpops, strict=True))
+        print(
+            f"{processes:>9}  {fleet:>12,.0f}  {baseline:>12,.0f}  {fleet / baseline:>11.2f}"
+            f"  {cpu:>16.2f}"
+        )
+        pairs = list(zip(fleets, brpops, strict=True))
+        print(
+            "  per round: fleet/BRPOP msgs/s "
+            + ", ".join(f"{f.rate / b.rate:.2f}" for f, b in pairs)
+            + "; BRPOP/fleet CPU per message "
+            + ", ".join(f"{b.cpu_us / f.cpu_us:.2f}" for f, b in pairs)
+        )
+    if 1 in args.processes and 2 in args.processes:
+        one = statistics.median(d.rate for d in runs[("fleet", 1)])
+        two = statistics.median(d.rate for d in runs[("fleet", 2)])
+        print(f"fleet scaling, 2 processes / 1: {two / one:.2f}x")
 
 
 def parse_args() -> argparse.Namespace:
@@ -215,6 +275,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--chats", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--brpop-child", nargs=3, help=argparse.SUPPRESS)
     return parser.parse_args()
 

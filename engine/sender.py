@@ -205,6 +205,8 @@ class Sender:
         # Per parked session: when this process may probe WAHA's session status again.
         self._probe_after: dict[str, float] = {}
         self._slots = asyncio.Semaphore(max(1, config.max_deliveries))
+        # Conversations kicked in this process that wait for a slot (SenderConfig.max_deliveries).
+        self.waiting = 0
 
     # --- waking ----------------------------------------------------------------------------
     def kick(self, token: str) -> None:
@@ -263,8 +265,15 @@ class Sender:
             return
         self._active.add(token)
         try:
-            async with self._slots:
+            self.waiting += 1
+            try:
+                await self._slots.acquire()
+            finally:
+                self.waiting -= 1
+            try:
                 await self._deliver(token)
+            finally:
+                self._slots.release()
         except Exception:
             # Redis trouble: the pending index still has this conversation; a sweep retries.
             log.exception("delivery failed", extra={"conversation": token})
@@ -486,15 +495,13 @@ class Sender:
         session's hash tag (one node in a cluster), so the marker never goes before `ours` is
         there. 0: it was recorded already, or the id is another reply's."""
         short_id = sent.short_id
-        call = (
-            [keys.outbox, keys.history_meta, keys.outbox_pending],
-            [entry.mid, sent.id, short_id, token, now_ms()],
-        )
+        call_keys = [keys.outbox, keys.history_meta, keys.outbox_pending]
+        call_args: list[str | int] = [entry.mid, sent.id, short_id, token, now_ms()]
         for attempt in (1, 2):
             pipe = self._redis.pipeline(transaction=False)
             if short_id:
                 pipe.set(session_keys.ours(short_id), entry.mid, ex=OURS_TTL_SECONDS)
-            OUTBOX_SENT.queue_in(pipe, *call)
+            OUTBOX_SENT.queue_in(pipe, call_keys, call_args)
             if clear_inflight:
                 pipe.delete(session_keys.inflight(entry.chat_id))
             try:

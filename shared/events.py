@@ -51,6 +51,8 @@ class InvalidEvent(ValueError):
 class RoutedEvent:
     """The routing facts of one WAHA event; the body itself travels untouched."""
 
+    # The event the record is queued as: WAHA's, except that a `message`/`message.any` twin is
+    # named for what it is (step_event), since only the first of the pair is queued.
     event: str
     session: str
     chat_id: str

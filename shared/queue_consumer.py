@@ -20,12 +20,13 @@ from typing import Any
 from shared.commit_writes import Write, encode_writes
 from shared.dead_letters import DEFAULT_DEAD_LETTER_LIMITS, DeadLetterLimits
 from shared.keys import ConversationKeys, ShardKeys
-from shared.lua import LuaScript
+from shared.lua import LuaScript, is_noscript
 from shared.queue_errors import LeaseLost, NotHead
 from shared.text import as_text
 
 CLAIM_CONVERSATION = LuaScript.named("claim_conversation")
 ACK_MESSAGE = LuaScript.named("ack_message")
+ACK_MESSAGES = LuaScript.named("ack_messages")
 EXTEND_LEASE = LuaScript.named("extend_lease")
 RELEASE_CONVERSATION = LuaScript.named("release_conversation")
 FAIL_MESSAGE = LuaScript.named("fail_message")
@@ -61,6 +62,9 @@ class Lease:
     # True once an ack learnt that the lease ran out or was taken back after its commit went
     # through (a retried ack): the committed work stands, but the turn must end there.
     ran_out: bool = False
+    # Handled messages whose handler committed nothing, oldest first: acked together with the
+    # turn's next call (ack, release or fail) in one round trip (`QueueConsumer.ack_later`).
+    unacked: list[str] = field(default_factory=list)
     _ack_keys: list[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -106,8 +110,13 @@ class QueueConsumer:
         backoff_max_ms: int,
         dead_letters: DeadLetterLimits = DEFAULT_DEAD_LETTER_LIMITS,
         redis_errors_per_attempt: int = REDIS_ERRORS_PER_ATTEMPT,
+        blocking_client: Any = None,
     ) -> None:
         self.client = client
+        # The blocking BLMOVE parks a connection for up to its timeout: given its own pool (one
+        # connection per slot), parked claims never take the connections commits, reads and
+        # sends need. None: the one client for everything.
+        self.blocking_client = client if blocking_client is None else blocking_client
         self.lease_ms = lease_ms
         self.batch = batch
         self.max_attempts = max_attempts
@@ -125,7 +134,9 @@ class QueueConsumer:
 
     async def wait_ready(self, shard: ShardKeys, block_seconds: float) -> str | None:
         """The same, blocking in Redis up to `block_seconds` for a conversation to be ready."""
-        token = await self.client.blmove(shard.ready, shard.claimed, block_seconds, "RIGHT", "LEFT")
+        token = await self.blocking_client.blmove(
+            shard.ready, shard.claimed, block_seconds, "RIGHT", "LEFT"
+        )
         return None if token is None else as_text(token)
 
     async def claim(self, shard: ShardKeys, token: str, owner: str) -> Lease | None:
@@ -162,6 +173,16 @@ class QueueConsumer:
 
     # --- while holding it -------------------------------------------------------------------
 
+    def ack_later(self, lease: Lease, message_id: str) -> None:
+        """Ack a message that committed nothing with the turn's next call, in its round trip.
+
+        Safe because there is nothing to apply: until that call the message merely stays at
+        the head, and if the lease is lost first it is delivered again, as after any crash
+        (at least once; its handler wrote nothing, so nothing is applied twice). The acks still
+        run in order, each fenced, before the call that follows them (docs/architecture.md).
+        """
+        lease.unacked.append(message_id)
+
     async def ack(self, lease: Lease, message_id: str, writes: Iterable[Write] = ()) -> None:
         """Remove a handled message, applying `writes` in the same atomic step.
 
@@ -170,11 +191,20 @@ class QueueConsumer:
         since; `lease.ran_out` then tells the caller to end the turn.
         """
         extra_keys, extra_args = encode_writes(writes, lease.conversation)
-        result = await ACK_MESSAGE(
-            self.client,
-            lease._ack_keys + extra_keys,
-            [lease.fence, message_id, *extra_args],
-        )
+        keys, args = lease._ack_keys + extra_keys, [lease.fence, message_id, *extra_args]
+        if lease.unacked:
+            pending = list(lease.unacked)
+            *earlier, result = await self._after_unacked(lease, ACK_MESSAGE, keys, args)
+            lease.unacked.clear()
+            # Up to the first refusal, which raises here (the messages after it stay queued).
+            for acked, earlier_result in zip(pending, earlier, strict=False):
+                self._check_ack(lease, acked, earlier_result)
+        else:
+            result = await ACK_MESSAGE(self.client, keys, args)
+        self._check_ack(lease, message_id, result)
+
+    @staticmethod
+    def _check_ack(lease: Lease, message_id: str, result: Any) -> None:
         if result in (1, 2):
             return
         if result == 3:
@@ -183,6 +213,44 @@ class QueueConsumer:
         if result == -2:
             raise NotHead(f"{message_id} is not the head of {lease.token}")
         raise LeaseLost(f"lease on {lease.token} {'ran out' if result == -1 else 'was taken over'}")
+
+    async def _flush_unacked(
+        self, lease: Lease, script: LuaScript, keys: list[Any], args: list[Any]
+    ) -> tuple[bool, Any]:
+        """Run `script` after the lease's pending acks, in one round trip: (all acks landed,
+        the script's answer).
+
+        A pending ack refused (lease lost, not the head) leaves its message queued, to be
+        delivered again; the call that follows is fenced by the same lease, so it is refused
+        too (or, for a lease past its deadline that the reaper has not taken yet, does what the
+        reaper would: the conversation goes back in line). Either way the acks are done with.
+        """
+        pending = len(lease.unacked)
+        *earlier, result = await self._after_unacked(lease, script, keys, args)
+        lease.unacked.clear()
+        return len(earlier) == pending and all(r in (1, 2, 3) for r in earlier), result
+
+    async def _after_unacked(
+        self, lease: Lease, script: LuaScript, keys: list[Any], args: list[Any]
+    ) -> list[Any]:
+        """The pending acks (one `ack_messages.lua` call: a code per message, up to the first
+        refusal) then `script`, pipelined: the codes, then the script's answer. No MULTI: each
+        script is atomic and the acks are idempotent, so repeating the pipeline after a lost
+        answer or NOSCRIPT is safe."""
+        for attempt in (1, 2):
+            pipe = self.client.pipeline(transaction=False)
+            ACK_MESSAGES.queue_in(pipe, lease._ack_keys, [lease.fence, *lease.unacked])
+            script.queue_in(pipe, keys, args)
+            try:
+                codes, result = await pipe.execute()
+                return [*codes, result]
+            except Exception as exc:
+                if attempt == 1 and is_noscript(exc):
+                    await ACK_MESSAGES.load(self.client)
+                    await script.load(self.client)
+                    continue
+                raise
+        raise AssertionError("unreachable")
 
     async def extend(self, lease: Lease) -> int:
         """Push the lease deadline to now + lease; returns it (ms). Raises LeaseLost."""
@@ -206,18 +274,18 @@ class QueueConsumer:
     async def release(self, lease: Lease, *, to_front: bool = False) -> bool:
         """End the turn. False: the lease was no longer ours (nothing changed)."""
         conversation = lease.conversation
-        result = await RELEASE_CONVERSATION(
-            self.client,
-            [
-                conversation.meta,
-                conversation.messages,
-                conversation.shard_keys.leases,
-                conversation.shard_keys.ready,
-                conversation.shard_keys.fence,
-            ],
-            [lease.token, lease.fence, "front" if to_front else "back"],
-        )
-        return bool(result)
+        keys: list[Any] = [
+            conversation.meta,
+            conversation.messages,
+            conversation.shard_keys.leases,
+            conversation.shard_keys.ready,
+            conversation.shard_keys.fence,
+        ]
+        args: list[Any] = [lease.token, lease.fence, "front" if to_front else "back"]
+        if lease.unacked:
+            landed, result = await self._flush_unacked(lease, RELEASE_CONVERSATION, keys, args)
+            return landed and bool(result)
+        return bool(await RELEASE_CONVERSATION(self.client, keys, args))
 
     async def fail(
         self,
@@ -237,34 +305,38 @@ class QueueConsumer:
         """
         conversation = lease.conversation
         shard = conversation.shard_keys
-        reply = await FAIL_MESSAGE(
-            self.client,
-            [
-                conversation.meta,
-                conversation.messages,
-                conversation.bodies,
-                conversation.attempts,
-                shard.stats,
-                shard.leases,
-                shard.ready,
-                shard.delayed,
-                shard.dlq,
-                shard.fence,
-            ],
-            [
-                lease.token,
-                lease.fence,
-                message_id,
-                error[:MAX_ERROR_CHARS],
-                self.max_attempts,
-                self.backoff_ms,
-                self.backoff_max_ms,
-                1 if terminal else 0,
-                self.redis_errors_per_attempt if redis_error else 0,
-                self.dead_letters.max_entries,
-                self.dead_letters.max_age_ms,
-            ],
-        )
+        keys: list[Any] = [
+            conversation.meta,
+            conversation.messages,
+            conversation.bodies,
+            conversation.attempts,
+            shard.stats,
+            shard.leases,
+            shard.ready,
+            shard.delayed,
+            shard.dlq,
+            shard.fence,
+        ]
+        args: list[Any] = [
+            lease.token,
+            lease.fence,
+            message_id,
+            error[:MAX_ERROR_CHARS],
+            self.max_attempts,
+            self.backoff_ms,
+            self.backoff_max_ms,
+            1 if terminal else 0,
+            self.redis_errors_per_attempt if redis_error else 0,
+            self.dead_letters.max_entries,
+            self.dead_letters.max_age_ms,
+        ]
+        if lease.unacked:
+            # The failed message comes after the pending ones: they must leave the head first.
+            landed, reply = await self._flush_unacked(lease, FAIL_MESSAGE, keys, args)
+            if not landed:
+                return FailResult(FailOutcome.LOST)
+        else:
+            reply = await FAIL_MESSAGE(self.client, keys, args)
         code = int(reply[0])
         if code == 1:
             return FailResult(FailOutcome.RETRY, int(reply[1]))

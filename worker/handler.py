@@ -11,7 +11,8 @@ conversation, so handlers keep their effects inside `ctx.commit` or make them re
   shared/commit_writes.py) in one atomic, fenced step. It raises LeaseLost when the lease was
   taken away or ran out: nothing was written, the message will be handled again elsewhere, and
   the handler should stop (letting LeaseLost propagate is right). A handler that returns without
-  committing is acked with no writes.
+  committing is acked with no writes, in the round trip of the turn's next call (the next
+  commit, the release or a fail: QueueConsumer.ack_later).
 - `await ctx.extend_lease()` pushes the lease out now (raises LeaseLost). The fleet already
   extends it every third of WSM_LEASE_SECONDS while the handler runs.
 - Raising anything else counts a failed attempt: the message is retried after a backoff, and

@@ -22,11 +22,15 @@ HANDLE_SECONDS = Histogram(
     "Time from handing a message to the handler to its commit.",
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120),
 )
+# Updated once per turn: a slot inside a conversation's turn is handling one of its messages
+# (or committing it) all but the moment between two of them.
 INFLIGHT = Gauge(
     "wsm_worker_inflight",
-    "Messages being handled right now.",
+    "Messages being handled right now (slots inside a conversation's turn).",
     multiprocess_mode="livesum",
 )
 
 for _outcome in ("ok", "retry", "dead", "lost"):
     MESSAGES.labels(_outcome)
+# Looked up once: `labels()` per message is a dict lookup and a lock on the hot path.
+HANDLED_OK = MESSAGES.labels("ok")

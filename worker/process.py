@@ -142,6 +142,16 @@ async def serve(settings: Settings, options: ProcessOptions) -> int:
     client = await connect_when_ready(settings, stopping)
     if client is None:
         return 0
+    # The slots' blocking claims get a pool of their own, one connection each (plus one for a
+    # connection being replaced): a slot parked in BLMOVE then never holds a connection the
+    # handlers' commits, reads and sends need from `client`'s pool (which waits, not fails,
+    # when it is exhausted: shared/redis_client.py).
+    claims = connect(
+        settings.redis_url,
+        max_connections=options.concurrency + 1,
+        socket_timeout=SOCKET_TIMEOUT_SECONDS,
+        socket_connect_timeout=5,
+    )
     setup = HandlerSetup(settings, client, options.index, options.fleet_id)
     handler = await load_handler(options.handler, setup)
     await start_handler(handler)
@@ -153,6 +163,7 @@ async def serve(settings: Settings, options: ProcessOptions) -> int:
         backoff_ms=int(settings.retry_backoff_seconds * 1000),
         backoff_max_ms=int(settings.retry_backoff_max_seconds * 1000),
         dead_letters=DeadLetterLimits.from_settings(settings),
+        blocking_client=claims,
     )
     shards = all_shards(settings.queue_shards, settings.key_prefix)
     owner = f"{options.fleet_id}:{options.index}:{os.getpid()}"
@@ -196,6 +207,7 @@ async def serve(settings: Settings, options: ProcessOptions) -> int:
     await wait_stopped(
         [asyncio.create_task(close_handler(handler), name="close-handler")], CLOSE_HANDLER_SECONDS
     )
+    await claims.aclose()
     await client.aclose()
     log.info("worker process stopped", extra={"index": options.index})
     return 0

@@ -15,6 +15,7 @@ never stopped by the Ctrl-C itself), and each told to stop if `wsm dev` dies.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import secrets
 import socket
@@ -214,6 +215,7 @@ def _run(args: argparse.Namespace, settings: Settings, stack: Stack, logs: Path)
     for service, shown in build_parts(args, settings, redis_url):
         stack.start(service, READY_SECONDS)
         print(f"wsm dev: {service.name:<10} {shown}", flush=True)
+    print(f"wsm dev: console    {_console(args, settings, redis_url)}", flush=True)
     print(f"wsm dev: logs in {_shown(logs)}/ ; Ctrl-C stops everything", flush=True)
     while True:
         try:
@@ -222,6 +224,18 @@ def _run(args: argparse.Namespace, settings: Settings, stack: Stack, logs: Path)
             print(f"wsm dev: {exc}", file=sys.stderr, flush=True)
             return 1
         time.sleep(0.5)
+
+
+def _console(args: argparse.Namespace, settings: Settings, redis_url: str) -> str:
+    """The attendants' console on the API's port, with a first admin made once for this
+    development stack (its password kept under var/dev, like the API token)."""
+    from api.console.cli import ensure_account
+
+    password_file = args.home / "console-password"
+    password = _dev_secret(password_file)
+    asyncio.run(ensure_account(redis_url, settings.key_prefix, "admin", "Admin", "admin", password))
+    url = f"http://{args.host}:{args.api_port}/"
+    return f"{url}  (user admin, password in {_shown(password_file)})"
 
 
 def _port_free(host: str, port: int) -> bool:

@@ -22,9 +22,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine.agent.bookings import BookingStore
-from engine.agent.service import calendar_from
 from engine.assignment import LineCoordinator
+from engine.parts import booking_store
 from shared.keys import ConsoleKeys
 from shared.settings import Settings
 
@@ -80,15 +79,8 @@ def build(settings: Settings, redis: Any, coordinator: LineCoordinator) -> Conso
     assert settings.api_token is not None
     keys = ConsoleKeys(settings.key_prefix)
     accounts = AccountStore(redis, keys)
-    retention = settings.history_retention_days * 24 * 3600
-    bookings = BookingStore(
-        redis,
-        calendar_from(settings),
-        prefix=settings.key_prefix,
-        max_per_customer=settings.max_bookings_per_customer,
-        retention_seconds=retention,
-        webhook_enabled=False,
-    )
+    retention = settings.history_retention_seconds
+    bookings = booking_store(redis, settings)  # read only: no webhook
     reads = Reads(redis, settings, coordinator, bookings, keys)
     return Console(
         redis=redis,

@@ -8,6 +8,8 @@ import secrets
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from engine.waiting_line import now_ms
+
 from .context import Console
 from .sessions import COOKIE, PRE_COOKIE
 
@@ -83,6 +85,8 @@ def router(console: Console) -> APIRouter:
     async def logout(request: Request) -> Response:
         viewer = await console.acting(request)
         await sessions.end(viewer.sid, viewer.id)
+        # Whoever logs out stops receiving customers (WSM_AUTO_ASSIGN would go on giving them).
+        await console.coordinator.line.set_offline(viewer.id, now_ms())
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE, path="/")
         return response

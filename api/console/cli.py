@@ -35,6 +35,8 @@ def read_password(stdin: Any = None) -> str:
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.parts import waiting_line
+    from engine.waiting_line import now_ms
     from shared.redis_client import connect
 
     redis = connect(settings.redis_url)
@@ -50,7 +52,11 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             if not await store.remove(args.id):
                 print(f"wsm agent: no agent {args.id!r}", file=sys.stderr)
                 return 1
-            print(f"agent {args.id} removed; its sessions ended")
+            # A removed agent no longer counts as capacity, nor is given customers.
+            line = waiting_line(redis, settings)
+            if any(agent.id == args.id for agent in await line.agents()):
+                await line.set_offline(args.id, now_ms())
+            print(f"agent {args.id} removed (offline in the line); its sessions ended")
         else:
             for account in await store.list():
                 print(f"{account.id}\t{account.role}\t{account.name}")

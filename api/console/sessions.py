@@ -149,6 +149,8 @@ class Sessions:
             await self.end(sid, record["agent"])
             return None
         await self._redis.expire(self.keys.session(sid), SESSION_SECONDS)
+        # The account's list of sessions lives as long as its newest session.
+        await self._redis.expire(self.keys.account_sessions(account.id), SESSION_SECONDS)
         return Viewer(account.id, account.name, account.role, sid, record.get("csrf", ""))
 
     async def alive(self, viewer: Viewer) -> bool:

@@ -17,6 +17,7 @@ import yaml
 from engine.agent.service import AgentParts, build_agent
 from shared.settings import Settings
 from tests.agent.fake_groq import GROQ, FakeGroq
+from tests.engine.harness import AgentHarness, FakeWaha
 
 SAO_PAULO = ZoneInfo("America/Sao_Paulo")
 
@@ -108,3 +109,24 @@ def router() -> Iterator[respx.MockRouter]:
 @pytest.fixture
 def groq(router: respx.MockRouter) -> FakeGroq:
     return FakeGroq(router)
+
+
+@pytest.fixture
+def waha(router: respx.MockRouter) -> FakeWaha:
+    return FakeWaha(router)
+
+
+@pytest.fixture
+async def harness(
+    aredis: Any, agent_settings: Callable[..., Settings], clock: Callable[[], datetime]
+) -> AsyncIterator[Callable[..., AgentHarness]]:
+    """The agent's whole engine (queue, commit, sender) built per test, closed after it."""
+    made: list[AgentHarness] = []
+
+    def make(**overrides: Any) -> AgentHarness:
+        made.append(AgentHarness(aredis, agent_settings(**overrides), clock))
+        return made[-1]
+
+    yield make
+    for item in made:
+        await item.aclose()

@@ -6,40 +6,18 @@ another system."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import httpx
-import pytest
 
 from engine.agent.booking_webhook import verify
 from engine.history import HistoryKeys, read_page
 from engine.state import State, load_state
 from shared.keys import CalendarKeys, engine_keys_for
 from tests.agent.receptionist import receptionist
-from tests.engine.harness import AgentHarness, FakeWaha
 
 ANA = "5511987650001@c.us"
 HOOKS = "https://crm.test/hooks/bookings"
 HOOK_SECRET = "crm-secret-0123456789abcdef01234567"
-
-
-@pytest.fixture
-def waha(router) -> FakeWaha:
-    return FakeWaha(router)
-
-
-@pytest.fixture
-async def harness(aredis, agent_settings, clock) -> AsyncIterator[Callable[..., AgentHarness]]:
-    made: list[AgentHarness] = []
-
-    def make(**overrides: Any) -> AgentHarness:
-        made.append(AgentHarness(aredis, agent_settings(**overrides), clock))
-        return made[-1]
-
-    yield make
-    for item in made:
-        await item.aclose()
 
 
 async def test_booking_a_consulta_with_the_agent_end_to_end(

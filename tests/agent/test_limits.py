@@ -12,10 +12,8 @@ default limits and Groq stood in for, through the real engine and queue protocol
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import pytest
 from prometheus_client import REGISTRY
 
 from engine.agent.breaker import BreakerState
@@ -23,29 +21,10 @@ from engine.history import HistoryKeys, read_page
 from engine.state import load_state
 from shared.keys import engine_keys_for
 from tests.agent.fake_groq import MODEL, completion, error
-from tests.engine.harness import AgentHarness, FakeWaha
 
 ANA = "5511987650001@c.us"
 BIA = "5511987650002@c.us"
 MODEL_ANSWER = "Olá! Sou a assistente da Clínica Sorriso. Em que posso ajudar?"
-
-
-@pytest.fixture
-def waha(router) -> FakeWaha:
-    return FakeWaha(router)
-
-
-@pytest.fixture
-async def harness(aredis, agent_settings, clock) -> AsyncIterator[Callable[..., AgentHarness]]:
-    made: list[AgentHarness] = []
-
-    def make(**overrides: Any) -> AgentHarness:
-        made.append(AgentHarness(aredis, agent_settings(**overrides), clock))
-        return made[-1]
-
-    yield make
-    for item in made:
-        await item.aclose()
 
 
 def user_texts(request: dict[str, Any]) -> list[str]:

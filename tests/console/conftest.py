@@ -25,6 +25,7 @@ import httpx
 import pytest
 import redis
 
+from shared.keys import LineKeys, conversation_token, split_conversation_token
 from tests.support.polling import wait_until
 from tests.support.tools import in_ci, require_program
 from wsm.load.product import KEY_PREFIX, ProductStack, StackOptions, build_stack
@@ -119,15 +120,17 @@ class Product:
     def empty_line(self) -> None:
         """Everyone still waiting writes *sair* and leaves: "Atender próximo" in the next test
         must take that test's own customer."""
-        line = f"{KEY_PREFIX}:{{line}}:w:default"
-        for member in self.redis.zrange(line, 0, -1):
-            self.say(bytes(member).decode().split("|", 1)[1].split("@", 1)[0], "sair")
+        line = LineKeys(KEY_PREFIX).waiting("default")
+        members: Any = self.redis.zrange(line, 0, -1)
+        for member in members:
+            _, chat_id = split_conversation_token(member.decode())
+            self.say(chat_id.split("@", 1)[0], "sair")
         wait_until(lambda: self.redis.zcard(line) == 0, timeout=20, what="an empty line")
 
     def waiting(self, phone: str) -> bool:
         """The customer is in the line (the menu brain handed them over)."""
-        line = f"{KEY_PREFIX}:{{line}}:w:default"
-        return self.redis.zscore(line, f"default|{phone}@c.us") is not None
+        line = LineKeys(KEY_PREFIX).waiting("default")
+        return self.redis.zscore(line, conversation_token("default", f"{phone}@c.us")) is not None
 
     def bring_to_line(self, phone: str, name: str = "Carla Souza") -> None:
         """Through the menu brain: greeting, name, then asking for a person."""

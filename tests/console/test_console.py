@@ -8,10 +8,11 @@ import re
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import redis
 
-from shared.keys import ConsoleKeys, engine_keys_for
+from shared.keys import ConsoleKeys, LineKeys, engine_keys_for
 from tests.console.conftest import PASSWORD, Product, login, new_phone, shot
 from tests.support.polling import wait_until
 from tests.support.tools import require_program
@@ -26,7 +27,7 @@ CONSOLE = ConsoleKeys(KEY_PREFIX)
 # queued command, its dedupe marker, history, outbox, state, the line, audit, accounts,
 # sessions) is all compared.
 VOLATILE = re.compile(
-    r"\{fleet:|:reaper$|:claimed_seen$|:stats$|:fence$|:histmeta$|"
+    r"\{fleet:|:reaper$|:claimed_seen$|:stats$|:fence$|:histmeta$|\{line\}:joined$|"
     r"\{console\}:(events|watcher|viewed)$|:maint|:reconcile|\{console\}:(fail|lock):"
 )
 
@@ -37,10 +38,10 @@ def expect(locator: Any) -> Any:
     return playwright_expect(locator)
 
 
-def snapshot(client: redis.Redis) -> dict[bytes, Any]:
-    """Every key of the product with its content (TTLs aside)."""
+def snapshot(client: redis.Redis, match: str = f"{KEY_PREFIX}:*") -> dict[bytes, Any]:
+    """Every key of the product (or those `match` names) with its content (TTLs aside)."""
     out: dict[bytes, Any] = {}
-    for key in client.scan_iter(match=f"{KEY_PREFIX}:*", count=1000):
+    for key in client.scan_iter(match=match, count=1000):
         if VOLATILE.search(bytes(key).decode()):
             continue
         kind: Any = client.type(key)
@@ -62,6 +63,11 @@ def snapshot(client: redis.Redis) -> dict[bytes, Any]:
 
 def session_keys(client: redis.Redis) -> list[bytes]:
     return sorted(client.scan_iter(match=f"{CONSOLE.tag}:sess:*"))
+
+
+def agent_online(product: Product, agent_id: str) -> bool:
+    raw = product.redis.hget(LineKeys(KEY_PREFIX).agents, agent_id)
+    return bool(raw and orjson.loads(raw)["online"])
 
 
 def http_login(product: Product, user: str, password: str = PASSWORD) -> httpx.Client:
@@ -122,6 +128,13 @@ def test_an_agent_takes_a_customer_answers_and_closes(product: Product, page: An
     expect(page.get_by_test_id("audit")).to_contain_text("Aqui é a Ana")
     shot(page, "conversation")
 
+    # A message (and the conversation's change with it) arriving while the agent types does
+    # not wipe the draft.
+    page.get_by_test_id("reply-box").fill("Claro, para qual dia?")
+    product.say(phone, "Pode ser na sexta")
+    expect(conversation.get_by_test_id("message").filter(has_text="sexta")).to_be_visible()
+    expect(page.get_by_test_id("reply-box")).to_have_value("Claro, para qual dia?")
+
     page.get_by_test_id("close").click()
     expect(page.get_by_test_id("conv-state")).to_have_attribute("data-state", "closed")
     assert [text for text in product.sent_to(phone) if "Aqui é a Ana" in text] == [
@@ -132,21 +145,24 @@ def test_an_agent_takes_a_customer_answers_and_closes(product: Product, page: An
     before = set(session_keys(product.redis))
     page.get_by_test_id("logout").click()
     expect(page.get_by_test_id("login-submit")).to_be_visible()
-    # The server-side session is gone, not just the cookie.
+    # The server-side session is gone, not just the cookie, and Ana gets no more customers.
     assert len(before - set(session_keys(product.redis))) == 1
+    assert not agent_online(product, "ana")
     page.goto(f"{product.url}/")
     expect(page.get_by_test_id("login-user")).to_be_visible()
 
 
 def test_a_wrong_password_is_refused_and_changes_nothing(product: Product, page: Any) -> None:
-    product.settle()
-    before = snapshot(product.redis)
+    # What a login writes lives under the console's keys (sessions, accounts): compared
+    # whole, while the engine goes on with earlier tests' conversations.
+    console_keys = f"{CONSOLE.tag}:*"
+    before = snapshot(product.redis, console_keys)
     page.goto(f"{product.url}/login")
     shot(page, "login")
     login(page, product.url, "bia", "not the password")
     expect(page.get_by_test_id("login-error")).to_be_visible()
     expect(page.get_by_test_id("login-user")).to_be_visible()
-    assert snapshot(product.redis) == before
+    assert snapshot(product.redis, console_keys) == before
     # Only the failure counters moved (they are what slows the next guesses down).
     assert product.redis.get(CONSOLE.failures("user", "bia")) == b"1"
 
@@ -270,7 +286,10 @@ def test_agent_accounts_from_the_command_line(product: Product) -> None:
     assert again.returncode == 2 and "exists already" in again.stderr
     short = product.agent("add", "edu", password="curta")
     assert short.returncode == 2 and not product.redis.exists(CONSOLE.account("edu"))
-    http_login(product, "duda").close()
+    duda = http_login(product, "duda")
+    went = duda.post("/presence", data={"online": "1"}, headers={"X-CSRF-Token": page_csrf(duda)})
+    assert went.status_code == 200 and agent_online(product, "duda")
+    duda.close()
     assert product.agent("passwd", "duda", password="outra senha boa").returncode == 0
     assert not product.redis.smembers(CONSOLE.account_sessions("duda"))  # sessions ended
     http_login(product, "duda", "outra senha boa").close()
@@ -278,6 +297,7 @@ def test_agent_accounts_from_the_command_line(product: Product) -> None:
     assert "duda\tagent\tDuda" in listed.stdout
     assert product.agent("remove", "duda", password=None).returncode == 0
     assert not product.redis.exists(CONSOLE.account("duda"))
+    assert not agent_online(product, "duda")  # no customer goes to a removed agent
     assert product.agent("remove", "duda", password=None).returncode == 1
 
 

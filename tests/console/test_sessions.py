@@ -91,26 +91,29 @@ async def test_the_login_form_needs_its_csrf_token(
     assert keys_with_prefix(sync_redis, key_prefix) == before
 
 
-async def test_erase_removes_everything_the_console_keeps_about_a_customer(
-    app: Any, aredis: Any, sync_redis: Any, key_prefix: str
+@pytest.mark.parametrize(("language", "words"), [("pt-BR", "Entrar"), ("en", "Sign in")])
+async def test_the_console_speaks_the_products_language(
+    aredis: Any, redis_url: str, key_prefix: str, language: str, words: str
 ) -> None:
-    from api.console.erase import erase_console
+    settings = settings_for(key_prefix, redis_url, api_token=TOKEN, language=language)
+    built = create_app(settings, aredis)
+    transport = httpx.ASGITransport(app=built)
+    async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as client:
+        page = await client.get("/login")
+    await built.state.console.stop()
+    assert page.status_code == 200 and f">{words}</button>" in page.text
+    assert f'lang="{language}"' in page.text
 
-    console = app.state.console
-    keys = ConsoleKeys(key_prefix)
-    token, other = "default|5511987650001@c.us", "default|5511987650002@c.us"
-    for conv in (token, other):
-        await console.audit.record(conv, "ana", "took")
-        await console.audit.record(conv, "ana", "sent", "Olá")
-        await console.reads.mark_read("ana", conv, "1-0")
-        await aredis.zadd(keys.handled("ana"), {conv: 1})
-        await aredis.zadd(keys.viewed, {conv: 1})
-    assert await erase_console(aredis, key_prefix, token) == 4
-    left = [k for k in keys_with_prefix(sync_redis, key_prefix) if b"5511987650001" in k]
-    assert left == []
-    assert not await aredis.hexists(keys.read("ana"), token)
-    assert await aredis.zscore(keys.handled("ana"), token) is None
-    assert await aredis.zscore(keys.viewed, token) is None
-    # The other customer's records stay.
-    assert len(await console.audit.entries(other)) == 2
-    assert await aredis.zscore(keys.handled("ana"), other) == 1
+
+async def test_ensure_account_makes_a_first_admin_once(
+    aredis: Any, redis_url: str, key_prefix: str
+) -> None:
+    """What `wsm dev` can call to give a fresh stack its first admin."""
+    from api.console.accounts import AccountStore
+    from api.console.cli import ensure_account
+
+    assert await ensure_account(redis_url, key_prefix, "admin", "Admin", "admin", "first pass 1")
+    assert not await ensure_account(redis_url, key_prefix, "admin", "X", "agent", "other pass 2")
+    store = AccountStore(aredis, ConsoleKeys(key_prefix))
+    account = await store.verify("admin", "first pass 1")
+    assert account is not None and account.admin and account.name == "Admin"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -240,6 +241,20 @@ def test_readme_quick_start_in_a_fresh_copy(
         assert listed.status_code == 200, listed.text
         assert "5511987650002@c.us" in {c["chat_id"] for c in listed.json()}
         assert httpx.get(f"{API}/api/conversations").status_code == 401
+
+        # The console, as the banner says: admin, password in var/dev/console-password.
+        assert "console    http://127.0.0.1:8081/" in banner, banner
+        assert "password in var/dev/console-password" in banner, banner
+        password = (home / "console-password").read_text().strip()
+        with httpx.Client(base_url=API) as browser:
+            form = browser.get("/login")
+            csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+            assert form.status_code == 200 and csrf, form.text
+            answer = browser.post(
+                "/login", data={"user": "admin", "password": password, "csrf": csrf[1]}
+            )
+            assert answer.status_code == 303 and answer.headers["location"] == "/", answer.text
+            assert browser.get("/").status_code == 200
 
         # A burst the gateway accepts just before Ctrl-C: handled or still queued, none lost.
         burst = [f"burst {uuid.uuid4().hex[:12]}" for _ in range(9)]

@@ -109,36 +109,47 @@ class Harness:
             redis, lease_ms=30_000, batch=10, max_attempts=5, backoff_ms=1, backoff_max_ms=2
         )
 
-    async def webhook(self, document: dict[str, Any]) -> bool:
-        """Queue a WAHA webhook body as the gateway does; False when it was a duplicate."""
-        body = compact(document)
+    def request(
+        self, body: bytes, *, received_at_ms: int = 1, dedupe_ttl_seconds: int = 600
+    ) -> EnqueueRequest:
+        """The gateway's enqueue request for a WAHA webhook body."""
         routed = route_event(orjson.loads(body), body)
         assert routed is not None
-        request = EnqueueRequest.for_event(
-            routed, body, received_at_ms=1, shards=self.settings.queue_shards,
-            dedupe_ttl_seconds=600, prefix=self.settings.key_prefix,
+        return EnqueueRequest.for_event(
+            routed, body, received_at_ms=received_at_ms, shards=self.settings.queue_shards,
+            dedupe_ttl_seconds=dedupe_ttl_seconds, prefix=self.settings.key_prefix,
         )  # fmt: skip
-        return await enqueue(self.redis, request)
+
+    async def webhook(self, document: dict[str, Any]) -> bool:
+        """Queue a WAHA webhook body as the gateway does; False when it was a duplicate."""
+        return await enqueue(self.redis, self.request(compact(document)))
+
+    async def handle_queued(self) -> tuple[int, int]:
+        """One pass over the shards: claim, handle and commit (fenced) what is ready, as a
+        worker does; (leases taken, messages handled). Deliveries are left to the sender."""
+        leases = handled = 0
+        for shard in all_shards(self.settings.queue_shards, self.settings.key_prefix):
+            while (token := await self.consumer.pop_ready(shard)) is not None:
+                lease = await self.consumer.claim(shard, token, uuid.uuid4().hex)
+                if lease is None:
+                    continue
+                for message in lease.messages:
+                    assert message.record is not None
+                    ctx = Ctx(self.consumer, lease, message.id)
+                    await self.service.engine(decode_record(message.record), ctx)
+                    if not ctx.committed:
+                        await ctx.commit([])
+                    handled += 1
+                await self.consumer.release(lease)
+                leases += 1
+        return leases, handled
 
     async def drain(self, *, deliver: bool = True) -> int:
         """Handle everything queued (commands included), then deliver the outboxes."""
         handled = 0
         for _ in range(100):
-            progressed = False
-            for shard in all_shards(self.settings.queue_shards, self.settings.key_prefix):
-                while (token := await self.consumer.pop_ready(shard)) is not None:
-                    lease = await self.consumer.claim(shard, token, uuid.uuid4().hex)
-                    if lease is None:
-                        continue
-                    for message in lease.messages:
-                        assert message.record is not None
-                        ctx = Ctx(self.consumer, lease, message.id)
-                        await self.service.engine(decode_record(message.record), ctx)
-                        if not ctx.committed:
-                            await ctx.commit([])
-                        handled += 1
-                    await self.consumer.release(lease)
-                    progressed = True
+            progressed, messages = await self.handle_queued()
+            handled += messages
             if deliver:
                 await self.service.sender.sweep_once()
                 await self.service.sender.drain()

@@ -11,7 +11,8 @@ mutmut 3 maps each test to the functions it calls *in the test process*; code th
 in a child process (a gateway or a worker fleet a test starts) counts as "no tests".
 `--child-tests` runs those "no tests" mutants of the files in CHILD_TESTS against
 real-process tests, with the mutant switched on in the children (they inherit
-MUTANT_UNDER_TEST): that is how the lease keeper gets mutated.
+MUTANT_UNDER_TEST): that is how the lease keeper gets mutated. `--recheck` runs the
+survivors again in fresh processes (see recheck()).
 
 Everything runs under `nice -n 10` with at most 2 mutants at a time (a shared 2-core machine).
 docs/testing.md has the commands, the scores and what became of every survivor."""
@@ -22,9 +23,12 @@ import argparse
 import collections
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,6 +90,7 @@ TARGETS: dict[str, Target] = {
         # The script tests test Lua, not worker/; the fleet tests run worker/ in child
         # processes (see --child-tests).
         tests=[
+            "tests/worker/test_consumer_slot.py",  # runs the lease keeper, retries, handler
             "tests/worker/test_handler_seam.py",
             "tests/worker/test_commit_writes.py",
             "tests/worker/test_dead_letter_limits.py",
@@ -124,9 +129,25 @@ TARGETS: dict[str, Target] = {
 # file -> real-process tests that run it in child processes (for --child-tests).
 CHILD_TESTS: dict[str, list[str]] = {
     "worker/lease_keeper.py": ["tests/worker/test_lease_keeper_fleet.py"],
+    # The spool's promises (nothing lost, in order, nothing twice) are proven with real
+    # gateway processes, killed and restarted.
+    **{
+        f"gateway/{name}.py": ["tests/gateway/test_outage.py"]
+        for name in ("spool", "spool_file", "replay", "batcher", "intake", "runtime")
+    },
 }
 
-STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 36: "timeout"}
+# A recheck that runs this long hangs (a mutant that never finishes a wait): killed by timeout.
+RECHECK_TIMEOUT_S = 180
+
+STATUS: dict[int | None, str] = {
+    1: "killed",
+    3: "killed",
+    0: "survived",
+    5: "no tests",
+    33: "no tests",
+    36: "timeout",
+}
 STATUS.update({24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 34: "skipped"})
 
 
@@ -210,15 +231,164 @@ def child_tests(dest: Path) -> None:
             record.write_text(json.dumps(done, indent=1), "utf-8")
 
 
+def recheck(dest: Path, extra: list[str], parallel: int) -> None:
+    """Run every survivor again, each in a fresh pytest process started with the mutant
+    switched on, in up to three stages; the first that fails kills it:
+
+    - "old": the tests mutmut mapped to its function. mutmut's runs fork a process that
+      imported everything unmutated: a function run at import time (a precomputed answer, a
+      module constant) never runs mutated there. A survivor killed here was such an artefact.
+    - "new": `extra`, the new tests/*/test_mutants.py (copied in from the tree).
+    - "child": CHILD_TESTS for its file, real-process tests whose children run the mutant
+      (skipped for log/metric and message-text changes, which no process test looks at).
+    """
+    stats = json.loads((dest / "mutants" / "mutmut-stats.json").read_text("utf-8"))
+    mapped: dict[str, list[str]] = stats["tests_by_mangled_function_name"]
+    for test in extra:
+        shutil.copy2(REPO / test, dest / "mutants" / test)
+    record = dest / "recheck_results.json"
+    done: dict[str, str] = json.loads(record.read_text("utf-8")) if record.exists() else {}
+    kinds = {name: kind for name, kind, _ in survivor_diffs(dest)}
+    path_of = {name: path for path, codes in results(dest).items() for name in codes}
+    stages = ["old", "new", "child"]
+    verdicts = {"old": "killed at import", "new": "killed by new test", "child": "killed by child"}
+
+    def tests_for(name: str, stage: str) -> list[str]:
+        if stage == "old":
+            return sorted(mapped.get(name.partition("__mutmut_")[0], []))
+        if stage == "new":
+            return extra
+        if kinds.get(name) in ("log/metric", "message text"):
+            return []
+        return CHILD_TESTS.get(path_of[name], [])
+
+    running: list[tuple[str, str, subprocess.Popen[bytes], float]] = []
+
+    def start(name: str, tests: list[str], stage: str) -> None:
+        env = {**environment(dest), "MUTANT_UNDER_TEST": name}
+        command = ["nice", "-n", "10", sys.executable, "-m", "pytest", "-x", "-q"]
+        command += ["-p", "no:cacheprovider", *tests]
+        process = subprocess.Popen(
+            command,
+            cwd=dest / "mutants",
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # so a hung mutant's whole process group can be ended
+        )
+        running.append((name, stage, process, time.monotonic()))
+
+    def finish(name: str, verdict: str) -> None:
+        done[name] = verdict
+        print(f"recheck {verdict}: {name}", flush=True)
+        record.write_text(json.dumps(done, indent=1, ensure_ascii=False), "utf-8")
+
+    def advance(name: str, stage: str) -> None:
+        """Queue the next stage that has tests, or record the survivor."""
+        for later in stages[stages.index(stage) + 1 :]:
+            if tests_for(name, later):
+                queue.append((name, later))
+                return
+        finish(name, "survived")
+
+    queue: list[tuple[str, str]] = []
+    for name in kinds:
+        if name not in done:
+            queue.append((name, "old"))
+    while queue or running:
+        while queue and len(running) < parallel:
+            name, stage = queue.pop(0)
+            tests = tests_for(name, stage)
+            if tests:
+                start(name, tests, stage)
+            else:
+                advance(name, stage)
+        time.sleep(0.2)
+        for entry in list(running):
+            name, stage, process, started = entry
+            code = process.poll()
+            if code is None and time.monotonic() - started > RECHECK_TIMEOUT_S:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                running.remove(entry)
+                finish(name, "timeout")
+                continue
+            if code is None:
+                continue
+            running.remove(entry)
+            if code not in (0, 5):
+                finish(name, verdicts[stage])
+            else:
+                advance(name, stage)
+
+
+def kind_of(removed: list[str], added: list[str]) -> str:
+    """A first sort of a survivor by what its change touches (docs/testing.md groups by it;
+    "logic" ones are looked at one by one)."""
+    text = " ".join(removed + added)
+    if re.search(r"\blog\.|logging|extra=|metrics\.|\.labels\(|\.inc\(|\.observe\(|\.set\(", text):
+        return "log/metric"
+    strip = re.compile(r"b?(\"[^\"]*\"|'[^']*')|None")
+    if [strip.sub("S", x) for x in removed] == [strip.sub("S", x) for x in added]:
+        if re.search(r"raise |Error\(|Exception\(|Rejected\(|Invalid|TooLarge|Unavailable", text):
+            return "message text"
+        return "literal"
+    ops = re.compile(r"<=|>=|<|>")
+    if [ops.sub("OP", x) for x in removed] == [ops.sub("OP", x) for x in added]:
+        return "boundary"
+    digits = re.compile(r"\d+(\.\d+)?")
+    if [digits.sub("N", x) for x in removed] == [digits.sub("N", x) for x in added]:
+        return "number"
+    return "logic"
+
+
+def survivor_diffs(dest: Path) -> list[tuple[str, str, list[str]]]:
+    """(name, kind, diff lines) of each survivor (after rechecks)."""
+    verdicts: dict[str, str] = {}
+    for extra in ("child_results.json", "recheck_results.json"):
+        if (dest / extra).exists():
+            verdicts.update(json.loads((dest / extra).read_text("utf-8")))
+    here = Path.cwd()
+    os.chdir(dest)  # mutmut reads its configuration from the working directory
+    from mutmut.__main__ import get_diff_for_mutant
+
+    found = []
+    try:
+        for path, codes in results(dest).items():
+            for name, code in codes.items():
+                if (verdicts.get(name) or STATUS.get(code)) != "survived":
+                    continue
+                diff = get_diff_for_mutant(name, path=Path(path))
+                lines = [x for x in diff.splitlines() if not x.startswith(("---", "+++"))]
+                removed = [x[1:].strip() for x in lines if x.startswith("-")]
+                added = [x[1:].strip() for x in lines if x.startswith("+")]
+                shown = [f"-  {x}" for x in removed] + [f"+  {x}" for x in added]
+                found.append((name, kind_of(removed, added), shown))
+    finally:
+        os.chdir(here)
+    return found
+
+
+def survivors(dest: Path) -> None:
+    for name, kind, shown in survivor_diffs(dest):
+        print(f"## {name} [{kind}]")
+        print("\n".join(shown))
+
+
 def summary(dest: Path) -> None:
     child = dest / "child_results.json"
     child_verdicts: dict[str, str] = json.loads(child.read_text("utf-8")) if child.exists() else {}
+    rechecked = dest / "recheck_results.json"
+    if rechecked.exists():
+        for name, verdict in json.loads(rechecked.read_text("utf-8")).items():
+            child_verdicts[name] = verdict
     total: collections.Counter[str] = collections.Counter()
     survivors: list[str] = []
     for path, codes in results(dest).items():
         counts: collections.Counter[str] = collections.Counter()
         for name, code in codes.items():
             status = child_verdicts.get(name) or STATUS.get(code, "suspicious")
+            status = {"killed at import": "killed (fresh process)"}.get(status, status)
             if code is None:
                 status = "not checked"
             counts[status] += 1
@@ -233,7 +403,7 @@ def summary(dest: Path) -> None:
 
 def score_line(counts: collections.Counter[str]) -> str:
     """killed/(killed+survived): the score over mutants some test ran against."""
-    killed = counts["killed"] + counts["timeout"]
+    killed = sum(v for k, v in counts.items() if k.startswith("killed")) + counts["timeout"]
     tested = killed + counts["survived"]
     score = f"{100 * killed / tested:.1f}%" if tested else "n/a"
     parts = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
@@ -247,13 +417,26 @@ def main() -> None:
     parser.add_argument("--max-children", type=int, default=2)
     parser.add_argument("--summary", action="store_true", help="only summarise a finished run")
     parser.add_argument("--child-tests", action="store_true", help="see the module docstring")
+    parser.add_argument(
+        "--recheck",
+        nargs="*",
+        metavar="TEST_FILE",
+        help="run survivors again in fresh processes, with these extra test files (see recheck)",
+    )
+    parser.add_argument("--parallel", type=int, default=2, help="rechecks at a time")
+    parser.add_argument("--survivors", action="store_true", help="list survivors with diffs")
     args = parser.parse_args()
     dest = args.dest or DEST / args.target
-    if not args.summary and not args.child_tests:
+    if not (args.summary or args.child_tests or args.survivors or args.recheck is not None):
         snapshot(dest, TARGETS[args.target])
         run_mutmut(dest, args.max_children)
     if args.child_tests:
         child_tests(dest)
+    if args.recheck is not None:
+        recheck(dest, args.recheck, args.parallel)
+    if args.survivors:
+        survivors(dest)
+        return
     summary(dest)
 
 

@@ -197,7 +197,10 @@ async def test_a_retried_commit_past_the_lease_ends_the_turn_without_charging_th
             # ...which retries after the lease's deadline (a stall, a long reconnect).
             await aredis.hset(keys.meta, "lease_until", 1)
             await aredis.zadd(keys.shard_keys.leases, {keys.token: 1})
-            return  # the slot commits: that is the retry
+            # The retry. (Explicit: a handler that returns without committing is acked with
+            # the turn's next call, QueueConsumer.ack_later.)
+            await ctx.commit()
+            return
         await ctx.commit([("RPUSH", keys.handled, "b")])
 
     async def both() -> bool:

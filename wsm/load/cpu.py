@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wsm.stack import Stack
+from wsm.stack import Service, Stack
 
 PROC = Path("/proc")
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
@@ -151,10 +151,16 @@ def stack_components(stack: Stack) -> list[Component]:
     """One component per service of `stack` (its process tree, followed across restarts), and
     `customers`: this process alone (its children are the stack)."""
     components = [
-        Component(SERVICE_COMPONENT.get(s.name, s.name), lambda s=s: [s.pid]) for s in stack
+        Component(SERVICE_COMPONENT.get(service.name, service.name), _pid_of(service))
+        for service in stack
     ]
     components.append(Component("customers", lambda: [os.getpid()], tree=False))
     return components
+
+
+def _pid_of(service: Service) -> Callable[[], list[int | None]]:
+    """The service's current process (a restarted one too)."""
+    return lambda: [service.pid]
 
 
 def _boot_ticks_now() -> int:

@@ -52,6 +52,14 @@
     localTimes(e.detail.target || document);
     if (e.detail.target && e.detail.target.id === "conv-list") toBottom();
   });
+  // A conversation's state changed: its reply area is only replaced when it must change
+  // (reply box <-> notice), never under an agent who is typing.
+  document.addEventListener("htmx:oobBeforeSwap", function (e) {
+    var target = e.detail.target;
+    if (!target || target.id !== "reply-area") return;
+    var now = target.querySelector("[data-mode]"), next = e.detail.fragment.querySelector("[data-mode]");
+    if ((now ? now.dataset.mode : "") === (next ? next.dataset.mode : "")) e.detail.shouldSwap = false;
+  });
   document.addEventListener("htmx:afterSwap", function (e) {
     localTimes(e.detail.target || document);
     var box = e.detail.target && e.detail.target.querySelector("[data-testid=reply-box]");

@@ -16,7 +16,7 @@ import pytest
 from shared.embedded_redis import free_port
 from tests.support.polling import wait_until
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def processes_of(home: Path) -> list[int]:

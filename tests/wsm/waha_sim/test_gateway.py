@@ -14,7 +14,7 @@ import redis
 from shared.embedded_redis import free_port
 from tests.ops.processes import running_module
 from tests.support.polling import async_wait_until
-from tests.waha_sim.conftest import HMAC_KEY, Sim, SimFactory
+from tests.wsm.waha_sim.conftest import HMAC_KEY, Sim, SimFactory
 
 CHAT = "5511987650052@c.us"
 

@@ -7,7 +7,7 @@ import asyncio
 import re
 import time
 
-from tests.waha_sim.conftest import SimFactory
+from tests.wsm.waha_sim.conftest import SimFactory
 
 CHAT = "5511987650052@c.us"
 OUT_ID = re.compile(r"^true_5511987650052@c\.us_3EB0[0-9A-F]{18}$")

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from shared.embedded_redis import EmbeddedRedis
 from shared.settings import Settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LONG = "0123456789abcdef0123456789abcdef"  # 32 characters: the shortest accepted
 SHORT = LONG[:31]
 

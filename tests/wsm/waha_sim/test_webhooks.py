@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 from tests.support.polling import async_wait_until
-from tests.waha_sim.conftest import Receiver, SimFactory
+from tests.wsm.waha_sim.conftest import Receiver, SimFactory
 from wsm.waha_sim.retry import RetryPolicy, retry_after_seconds
 
 CHAT = "5511987650052@c.us"

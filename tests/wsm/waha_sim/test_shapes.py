@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 from tests.support.waha import load_fixture
-from tests.waha_sim.conftest import HMAC_KEY, Receiver, SimFactory
+from tests.wsm.waha_sim.conftest import HMAC_KEY, Receiver, SimFactory
 from wsm.waha_sim.webhooks import sign
 
 CHAT = "5511987650052@c.us"

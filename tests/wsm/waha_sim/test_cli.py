@@ -13,7 +13,7 @@ import httpx
 
 from tests.support.polling import wait_until
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_the_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:

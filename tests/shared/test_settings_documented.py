@@ -10,7 +10,7 @@ from pathlib import Path
 from shared.settings import Settings
 from wsm.config_doc import DEPLOYMENT_VARIABLES, env_example, markdown_table
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REGENERATE = "regenerate with `wsm config --markdown` / `wsm config --env > .env.example`"
 
 

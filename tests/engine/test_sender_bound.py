@@ -1,0 +1,64 @@
+"""The sender delivers at most `max_deliveries` conversations at once in a process (issue 19:
+one delivery task per conversation with no bound exhausted the Redis pool at C = 32); the
+others wait their turn and are all delivered, each once, in order."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import orjson
+import respx
+
+from engine.sender import Sender, SenderConfig
+from engine.waha_client import WahaClient
+from tests.engine.test_sender import WAHA, commit_replies, mock_courtesy
+from tests.support.polling import async_wait_until
+
+CHATS = [f"55119876500{n:02d}@c.us" for n in range(10)]
+
+
+@respx.mock
+async def test_deliveries_in_flight_never_exceed_the_bound(aredis, key_prefix) -> None:
+    mock_courtesy()
+    in_flight = 0
+    most = 0
+    release = asyncio.Event()
+    sent: list[tuple[str, str]] = []
+
+    async def send_text(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await release.wait()
+        in_flight -= 1
+        body = orjson.loads(request.content)
+        sent.append((body["chatId"], body["text"]))
+        return httpx.Response(201, json={"id": f"true_{body['chatId']}_3EB0{len(sent):016X}"})
+
+    respx.post(f"{WAHA}/api/sendText").mock(side_effect=send_text)
+    for chat in CHATS:
+        await commit_replies(aredis, key_prefix, "um", "dois", chat=chat)
+    waha = WahaClient(WAHA)
+    config = SenderConfig(prefix=key_prefix, shards=1, typing_delay_max_ms=0, max_deliveries=3)
+    sender = Sender(aredis, waha, config)
+    for chat in CHATS:
+        sender.kick(f"default|{chat}")
+
+    try:
+
+        async def three_sending_seven_waiting() -> bool:
+            return in_flight == 3 and sender.waiting == 7
+
+        await async_wait_until(three_sending_seven_waiting, timeout=10, what="3 sending, 7 waiting")
+        # The seven wait for a slot without taking their conversation's delivery lock.
+        locks = [key async for key in aredis.scan_iter(match=f"{key_prefix}*sending*")]
+        assert len(locks) == 3
+    finally:
+        release.set()
+    await sender.drain()
+    await waha.aclose()
+    assert most == 3
+    assert sorted(sent) == sorted((chat, text) for chat in CHATS for text in ("um", "dois"))
+    for chat in CHATS:
+        assert [text for c, text in sent if c == chat] == ["um", "dois"]

@@ -1,0 +1,258 @@
+"""Tests written to kill mutants that survived the mutation runs (docs/testing.md lists each one
+and the mutant it kills): the gateway's dedupe and what it answers, against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.batcher import EnqueueBatcher
+from gateway.intake import QUEUED, SPOOLED, Intake
+from gateway.redis_link import RedisStatus
+from gateway.replay import SpoolReplayer
+from gateway.spool import Spool
+from shared.enqueue import EnqueueRequest, enqueue
+from shared.events import route_event
+from shared.keys import ShardKeys, conversation_token
+from shared.queue_consumer import QueueConsumer
+from shared.redis_client import connect
+from tests.gateway.conftest import (
+    gateway_settings,
+    inprocess_gateway,
+    queued_events,
+    signed,
+    steady_settings,
+)
+from tests.support.waha import compact, text_message
+
+# --- shared/scripts/enqueue_event.lua -----------------------------------------------------
+
+
+async def test_an_event_without_a_message_id_is_a_duplicate_after_it_was_handled(
+    aredis, key_prefix
+) -> None:
+    """An event with no WhatsApp message id is deduplicated by its envelope id alone (its
+    "message" marker is the event marker). Delivered again within the dedupe window after the
+    first copy was handled and left the queue, it is a duplicate: nothing is queued again.
+    Kills: the `return 0` of enqueue_event.lua's envelope-id guard (the repeat would then pass
+    the message check, which is off, and the "still queued" check, since it was handled)."""
+    chat = "5511999990101@c.us"
+    document = text_message(chat, "oi", event_id="evt_no_message_id")
+    del document["payload"]["id"]
+    body = compact(document)
+    routed = route_event(orjson.loads(body), body)
+    assert routed is not None and routed.message_key is None
+    request = EnqueueRequest.for_event(
+        routed, body, received_at_ms=1, shards=1, dedupe_ttl_seconds=60, prefix=key_prefix
+    )
+    assert await enqueue(aredis, request) is True
+
+    # The worker handles it: claimed, leased, acked (the real protocol).
+    shard = ShardKeys(0, key_prefix)
+    consumer = QueueConsumer(
+        aredis, lease_ms=30_000, batch=10, max_attempts=3, backoff_ms=1000, backoff_max_ms=8000
+    )
+    token = await consumer.pop_ready(shard)
+    assert token == conversation_token("default", chat)
+    lease = await consumer.claim(shard, token, "w")
+    assert lease is not None and [m.id for m in lease.messages] == ["evt_no_message_id"]
+    await consumer.ack(lease, "evt_no_message_id")
+
+    assert await enqueue(aredis, request) is False
+    conv = shard.conversation(token)
+    assert await aredis.llen(conv.messages) == 0
+    assert await aredis.hlen(conv.bodies) == 0
+    assert int(await aredis.hget(shard.stats, "waiting")) == 0
+
+
+# --- gateway/intake.py: an event never overtakes events already answered "spooled" --------
+
+
+def _event(chat: str, text: str, prefix: str) -> tuple[bytes, EnqueueRequest]:
+    body = compact(text_message(chat, text))
+    routed = route_event(orjson.loads(body), body)
+    assert routed is not None
+    request = EnqueueRequest.for_event(
+        routed, body, received_at_ms=2, shards=1, dedupe_ttl_seconds=60, prefix=prefix
+    )
+    return body, request
+
+
+@contextlib.asynccontextmanager
+async def _intake(
+    redis_url: str, spool_dir: Path, redis_timeout_s: float
+) -> AsyncIterator[tuple[Intake, Spool, RedisStatus, Any]]:
+    """The webhook's intake wired as the runtime wires it, on the real Redis and a real spool,
+    with no replayer running unless the test starts one."""
+    client = connect(redis_url)
+    status = RedisStatus()
+    spool = Spool(spool_dir, max_bytes=1 << 30, write_timeout_s=5)
+    batcher = EnqueueBatcher(client, status, timeout_s=5)
+    try:
+        yield Intake(batcher, spool, status, redis_timeout_s=redis_timeout_s), spool, status, client
+    finally:
+        await spool.close()
+        await client.aclose()
+
+
+async def test_an_event_behind_a_spool_nobody_replays_joins_the_spool(
+    redis_url, key_prefix, tmp_path, sync_redis
+) -> None:
+    """Redis answers, but an event answered "spooled" earlier is still waiting (nothing
+    replays it here): the next event of the same chat must not reach Redis before it. It
+    waits for the replay (bounded by the Redis deadline), then joins the spool behind it.
+    Kills: intake's `if not has_backlog: return True` negated (would go straight to Redis)."""
+    chat = "5511999990102@c.us"
+    async with _intake(redis_url, tmp_path / "spool", 0.05) as (intake, spool, _, _):
+        first, _ = _event(chat, "first", key_prefix)
+        await spool.append(first, 1)
+        second, request = _event(chat, "second", key_prefix)
+
+        assert await intake.accept(request, second, 2) == SPOOLED
+        assert spool.events == 2
+    assert queued_events(sync_redis, key_prefix, "default", chat) == []
+
+
+async def test_an_event_behind_a_spool_joins_it_at_once_while_redis_is_marked_down(
+    redis_url, key_prefix, tmp_path, sync_redis
+) -> None:
+    """While the last round trip failed (the replayer cannot make progress), an event behind
+    spooled ones joins the spool at once, even should Redis answer again meanwhile (a long
+    deadline here: the answer must not come from waiting it out).
+    Kills: intake's `if not reachable: return False` answering True instead."""
+    chat = "5511999990103@c.us"
+    async with _intake(redis_url, tmp_path / "spool", 30) as (intake, spool, status, _):
+        first, _ = _event(chat, "first", key_prefix)
+        await spool.append(first, 1)
+        status.mark_unreachable()
+        second, request = _event(chat, "second", key_prefix)
+
+        assert await intake.accept(request, second, 2) == SPOOLED
+        assert spool.events == 2
+    assert queued_events(sync_redis, key_prefix, "default", chat) == []
+
+
+async def test_an_event_behind_a_spool_waits_for_the_replay_then_follows_it_into_redis(
+    redis_url, key_prefix, tmp_path, sync_redis
+) -> None:
+    """The preferred path: Redis answers and the replayer is running, so the event waits for
+    the spooled one to reach Redis, then goes to Redis itself, behind it.
+    Kills: intake's `if not reachable` negated (would spool without waiting)."""
+    chat = "5511999990104@c.us"
+    settings = gateway_settings(redis_url, key_prefix, tmp_path / "spool")
+    async with _intake(redis_url, tmp_path / "spool", 30) as (intake, spool, status, client):
+        first, _ = _event(chat, "first", key_prefix)
+        await spool.append(first, 1)
+        second, request = _event(chat, "second", key_prefix)
+        accepting = asyncio.ensure_future(intake.accept(request, second, 2))
+        await asyncio.sleep(0)  # the event is waiting before the replayer starts
+        replayer = asyncio.ensure_future(SpoolReplayer(spool, client, status, settings).run())
+        try:
+            assert await accepting == QUEUED
+        finally:
+            replayer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await replayer
+        assert not spool.has_backlog
+    queued = queued_events(sync_redis, key_prefix, "default", chat)
+    assert [q.document()["payload"]["body"] for q in queued] == ["first", "second"]
+
+
+# --- gateway/webhook.py -------------------------------------------------------------------
+
+
+def _body_of_exactly(size: int) -> bytes:
+    """A signed-able WAHA message whose compact JSON is exactly `size` bytes."""
+    document = text_message("5511999990105@c.us", "")
+    short = len(compact(document))
+    document["payload"]["body"] = "x" * (size - short)
+    body = compact(document)
+    assert len(body) == size
+    return body
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["content-length", "streamed"])
+async def test_a_body_of_exactly_the_cap_is_accepted(
+    redis_url, key_prefix, tmp_path, sync_redis, streamed
+) -> None:
+    """WSM_MAX_BODY_BYTES is the largest body accepted (413 only above it), announced with a
+    content-length or streamed without one. Kills: `>` -> `>=` in the content-length check
+    and in each of _read_body's size checks."""
+    body = _body_of_exactly(4096)
+    settings = steady_settings(redis_url, key_prefix, tmp_path, WSM_MAX_BODY_BYTES=len(body))
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 1000):
+            yield body[start : start + 1000]
+
+    async with inprocess_gateway(settings) as client:
+        content: Any = chunks() if streamed else body
+        response = await client.post("/webhook", content=content, headers=signed(body))
+    assert ("content-length" in response.request.headers) is not streamed
+    assert response.status_code == 200
+    assert response.json() == {"status": "queued"}
+    [queued] = queued_events(sync_redis, key_prefix, "default", "5511999990105@c.us")
+    assert queued.body == body
+
+
+async def test_an_event_without_an_envelope_id_is_deduplicated_by_its_bytes(
+    app_client, sync_redis, key_prefix
+) -> None:
+    """Older WAHA versions send no envelope id: the event's id is then a hash of the body, so
+    WAHA's retry (the same bytes) is a duplicate. Kills: route_event given None for the body."""
+    document = text_message("5511999990106@c.us", "oi")
+    del document["id"]
+    body = compact(document)
+    first = await app_client.post("/webhook", content=body, headers=signed(body))
+    again = await app_client.post("/webhook", content=body, headers=signed(body))
+    assert (first.json(), again.json()) == ({"status": "queued"}, {"status": "duplicate"})
+    [queued] = queued_events(sync_redis, key_prefix, "default", "5511999990106@c.us")
+    assert queued.id == "sha256_" + hashlib.sha256(body).hexdigest()[:32]
+
+
+# --- gateway/runtime.py: /readyz says why ------------------------------------------------
+
+
+async def test_readyz_names_the_redis_version_when_ready(app_client, sync_redis) -> None:
+    """Kills, in readiness(): the status word forced to "unavailable", the version dropped."""
+    response = await app_client.get("/readyz")
+    assert response.status_code == 200
+    document = response.json()
+    assert document["status"] == "ready"
+    assert document["redis"] == {"ok": True, "version": sync_redis.info()["redis_version"]}
+
+
+@pytest.mark.parametrize("failure", ["down", "frozen"])
+async def test_readyz_says_why_redis_is_not_ready(
+    private_redis, key_prefix, tmp_path, failure
+) -> None:
+    """Redis refusing connections and Redis not answering in time are told apart (an
+    operator's first question). Kills, in readiness(): the error always or never "timeout",
+    the error's name replaced, the ping deadline dropped (a frozen Redis would hang it)."""
+    settings = gateway_settings(private_redis.url, key_prefix, tmp_path / "spool")
+    async with inprocess_gateway(settings) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        if failure == "down":
+            private_redis.kill()
+        else:
+            os.kill(private_redis.process.pid, signal.SIGSTOP)
+        try:
+            response = await client.get("/readyz")
+        finally:
+            if failure == "frozen":
+                os.kill(private_redis.process.pid, signal.SIGCONT)
+    assert response.status_code == 503
+    document = response.json()
+    assert document["status"] == "unavailable"
+    assert document["redis"]["ok"] is False
+    expected = "timeout" if failure == "frozen" else "ConnectionError"
+    assert document["redis"]["error"] == expected

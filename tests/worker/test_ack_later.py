@@ -1,0 +1,204 @@
+"""Messages whose handler commits nothing are acked with the turn's next call, in its round trip
+(QueueConsumer.ack_later; docs/architecture.md, "Acks that carry nothing").
+
+Each test runs one turn of a real ConsumerSlot on a real Redis and on a Redis Cluster (the
+`queue` fixture), through a client that counts round trips (a single call or a pipeline's
+execute). Nothing is timed: the counts are the point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from shared.envelope import QueuedEvent
+from shared.queue_consumer import (
+    ACK_MESSAGE,
+    ACK_MESSAGES,
+    FAIL_MESSAGE,
+    RELEASE_CONVERSATION,
+    Lease,
+    QueueConsumer,
+)
+from tests.worker.conftest import Queue
+from tests.worker.support import chat_id, conversation, enqueue_texts
+from worker.consumer_slot import ConsumerSlot
+from worker.handler import Handler, HandlerContext
+
+
+class RoundTrips:
+    """The client, counting the round trips the consumer makes (EVALSHA or a pipeline)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.count = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    async def evalsha(self, *args: Any) -> Any:
+        self.count += 1
+        return await self.client.evalsha(*args)
+
+    def pipeline(self, **options: Any) -> Any:
+        pipe = self.client.pipeline(**options)
+        execute = pipe.execute
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return await execute(*args, **kwargs)
+
+        pipe.execute = counted
+        return pipe
+
+
+async def one_turn(queue: Queue, chat: str, handler: Handler) -> tuple[RoundTrips, Lease]:
+    """Claim the chat's conversation and run one turn; round trips counted after the claim."""
+    aredis = queue.client
+    counting = RoundTrips(aredis)
+    consumer = QueueConsumer(
+        counting, lease_ms=10_000, batch=10, max_attempts=3, backoff_ms=60_000,
+        backoff_max_ms=60_000,
+    )  # fmt: skip
+    keys = conversation(chat, queue.prefix, queue.shards)
+    shard = keys.shard_keys
+    token = await consumer.pop_ready(shard)
+    assert token == keys.token
+    lease = await consumer.claim(shard, token, "test:0")
+    assert lease is not None
+    slot = ConsumerSlot(
+        consumer=consumer, handler=handler, shards=[shard], home=0, owner="test",
+        stopping=asyncio.Event(), handler_timeout=5.0,
+    )  # fmt: skip
+    for script in (ACK_MESSAGES, ACK_MESSAGE, RELEASE_CONVERSATION, FAIL_MESSAGE):
+        await script.load(aredis)  # a first NOSCRIPT would cost a round trip more
+    counting.count = 0
+    await slot.run_turn(lease)
+    return counting, lease
+
+
+async def test_a_turn_of_handlers_that_commit_nothing_costs_one_round_trip(queue: Queue) -> None:
+    aredis = queue.client
+    chat = chat_id(1)
+    sent = await enqueue_texts(
+        aredis, queue.prefix, {chat: ["a", "b", "c", "d", "e"]}, queue.shards
+    )
+    seen: list[str] = []
+
+    async def noop(event: QueuedEvent, ctx: HandlerContext) -> None:
+        seen.append(ctx.message_id)
+
+    trips, _ = await one_turn(queue, chat, noop)
+    assert seen == sent[chat]  # each once, in order
+    # Five acks and the release in one pipeline (before: one round trip each, six).
+    assert trips.count == 1
+    keys = conversation(chat, queue.prefix, queue.shards)
+    assert await aredis.llen(keys.messages) == 0
+    assert not await aredis.exists(keys.meta)  # released, idle
+    assert int(await aredis.hget(keys.shard_keys.stats, "waiting")) == 0
+
+
+async def test_pending_acks_land_before_a_commit_with_writes(queue: Queue) -> None:
+    aredis = queue.client
+    chat = chat_id(2)
+    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a", "b", "c"]}, queue.shards)
+    keys = conversation(chat, queue.prefix, queue.shards)
+    heads: list[list[bytes]] = []
+
+    async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
+        if ctx.message_id == sent[chat][1]:
+            await ctx.commit([("RPUSH", keys.handled, ctx.message_id)])
+            # Its commit took the pending ack of "a" with it: only "c" is left.
+            heads.append(await aredis.lrange(keys.messages, 0, -1))
+
+    trips, _ = await one_turn(queue, chat, handler)
+    assert heads == [[sent[chat][2].encode()]]
+    assert await aredis.lrange(keys.handled, 0, -1) == [sent[chat][1].encode()]
+    assert trips.count == 2  # ack a + commit b; ack c + release
+    assert await aredis.llen(keys.messages) == 0
+    assert not await aredis.exists(keys.meta)
+
+
+async def test_a_failure_after_pending_acks_charges_only_the_failed_message(queue: Queue) -> None:
+    aredis = queue.client
+    chat = chat_id(3)
+    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a", "b", "c"]}, queue.shards)
+    keys = conversation(chat, queue.prefix, queue.shards)
+
+    async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
+        if ctx.message_id == sent[chat][1]:
+            raise RuntimeError("boom")
+
+    trips, _ = await one_turn(queue, chat, handler)
+    assert trips.count == 1  # ack a + fail b
+    # "a" is gone; "b" waits for its retry at the head, one attempt charged; "c" untouched.
+    assert await aredis.lrange(keys.messages, 0, -1) == [m.encode() for m in sent[chat][:0:-1]]
+    assert await aredis.hgetall(keys.attempts) == {sent[chat][1].encode(): b"1"}
+    assert await aredis.hget(keys.meta, "state") == b"delayed"
+
+
+async def test_pending_acks_refused_with_a_lost_lease_leave_their_messages_queued(
+    queue: Queue,
+) -> None:
+    """At least once: the lease is taken over before the turn ends; the acks that waited for
+    the release are refused with it, so those messages are delivered again, not lost."""
+    aredis = queue.client
+    chat = chat_id(4)
+    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a", "b"]}, queue.shards)
+    keys = conversation(chat, queue.prefix, queue.shards)
+
+    async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
+        if ctx.message_id == sent[chat][1]:
+            await aredis.hincrby(keys.meta, "fence", 1)  # someone else's lease now
+
+    trips, lease = await one_turn(queue, chat, handler)
+    assert trips.count == 1
+    assert lease.unacked == []
+    assert await aredis.lrange(keys.messages, 0, -1) == [m.encode() for m in reversed(sent[chat])]
+    assert await aredis.hget(keys.meta, "state") == b"leased"  # the new holder's, untouched
+
+
+# --- ack_messages.lua on its own ------------------------------------------------------------
+
+
+async def claimed(queue: Queue, chat: str) -> tuple[QueueConsumer, Lease]:
+    consumer = queue.consumer()
+    keys = conversation(chat, queue.prefix, queue.shards)
+    assert await consumer.pop_ready(keys.shard_keys) == keys.token
+    lease = await consumer.claim(keys.shard_keys, keys.token, "test:1")
+    assert lease is not None
+    return consumer, lease
+
+
+async def test_a_repeated_batch_of_acks_is_reported_done_and_removes_nothing_more(
+    queue: Queue,
+) -> None:
+    aredis = queue.client
+    chat = chat_id(5)
+    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a", "b", "c"]}, queue.shards)
+    keys = conversation(chat, queue.prefix, queue.shards)
+    _, lease = await claimed(queue, chat)
+    ids = sent[chat][:2]
+    args = [lease.fence, *ids]
+    assert await ACK_MESSAGES(aredis, lease._ack_keys, args) == [1, 1]
+    # The answer was lost; the retry learns both are done, and nothing else moves.
+    assert await ACK_MESSAGES(aredis, lease._ack_keys, args) == [2, 2]
+    assert await aredis.lrange(keys.messages, 0, -1) == [sent[chat][2].encode()]
+    assert int(await aredis.hget(keys.shard_keys.stats, "waiting")) == 1
+    assert await aredis.hget(keys.meta, "last_ack") == f"{lease.fence}:{ids[1]}".encode()
+
+
+async def test_a_batch_of_acks_stops_at_the_first_refusal(queue: Queue) -> None:
+    aredis = queue.client
+    chat = chat_id(6)
+    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a", "b", "c"]}, queue.shards)
+    keys = conversation(chat, queue.prefix, queue.shards)
+    _, lease = await claimed(queue, chat)
+    a, b, c = sent[chat]
+    # Out of order: "c" is not the head once "a" is gone, so "c" and what follows stay queued.
+    assert await ACK_MESSAGES(aredis, lease._ack_keys, [lease.fence, a, c, b]) == [1, -2]
+    assert await aredis.lrange(keys.messages, 0, -1) == [c.encode(), b.encode()]
+    # Someone else's fence: refused at once, nothing removed.
+    assert await ACK_MESSAGES(aredis, lease._ack_keys, [lease.fence + 1, b]) == [0]
+    assert await aredis.lrange(keys.messages, 0, -1) == [c.encode(), b.encode()]
+    assert int(await aredis.hget(keys.shard_keys.stats, "waiting")) == 2
