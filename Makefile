@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 STAMP := var/.installed
 
-.PHONY: run test install lint typecheck docs bench bench-gateway bench-worker bench-agent bench-e2e clean
+.PHONY: run test install lint typecheck docs bench bench-gateway bench-worker bench-agent bench-e2e mutate-lua clean
 
 # Install the package (editable) and what the tests need, once per change of pyproject.toml.
 $(STAMP): pyproject.toml
@@ -43,6 +43,11 @@ bench-agent: $(STAMP)
 
 bench-e2e: $(STAMP)
 	$(PYTHON) bench/e2e_bench.py
+
+# Mutate the Lua scripts' guards (fence, state, head) one at a time, in a copy of the tree, and
+# run each script's tests against each mutant (docs/testing.md).
+mutate-lua: $(STAMP)
+	$(PYTHON) tests/mutation/lua_guards.py
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

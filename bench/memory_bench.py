@@ -73,6 +73,9 @@ class InProcessWaha:
     async def phone_for_lid(self, session: str, lid: str) -> str | None:
         return None
 
+    async def session_status(self, session: str) -> str | None:
+        return "WORKING"
+
     async def aclose(self) -> None:
         return None
 
@@ -111,7 +114,7 @@ class Driver(Harness):
         self.waha = InProcessWaha()
         super().__init__(redis, settings, EngineService(redis, settings, outbound=self.waha))
 
-    async def queue(self, messages: list[tuple[str, str]]) -> None:
+    async def queue_many(self, messages: list[tuple[str, str]]) -> None:
         requests = [
             self.request(
                 message_body(chat, text),
@@ -166,7 +169,7 @@ async def idle_conversations(redis: Any, settings: Settings, count: int, batch: 
     started = time.monotonic()
     for first in range(0, count, batch):
         chats = [f"55119{n:08d}@c.us" for n in range(first, min(count, first + batch))]
-        await driver.queue([(chat, "oi") for chat in chats])
+        await driver.queue_many([(chat, "oi") for chat in chats])
         await driver.handle_and_deliver()
     elapsed = time.monotonic() - started
     after = await used_memory(redis)
@@ -197,7 +200,7 @@ async def soak(redis: Any, settings: Settings, messages: int) -> None:
     own = [conv_keys.state, conv_keys.history, conv_keys.history_meta, conv_keys.outbox]
     started = time.monotonic()
     for n in range(1, messages + 1):
-        await driver.queue([(chat, f"mensagem {n}")])
+        await driver.queue_many([(chat, f"mensagem {n}")])
         await driver.handle_and_deliver()
         if n % 100 == 0:
             await driver.service.maintenance_once(force=True)

@@ -93,7 +93,9 @@ class LineCoordinator:
                     taken = await self.line.take(agent.id, sessions, now_ms())
                 except AgentUnavailable:
                     continue  # went offline or full between the read and the take
-                break
+                if taken is not None:
+                    break
+                # Nobody waits in this agent's teams' lines: the next agent may have some.
             if taken is None:
                 break
             await self.tell_assigned(taken)
@@ -110,8 +112,8 @@ class LineCoordinator:
         queueing checks that would certainly be refused.
         """
         members = await self.line.members(session)
-        if not members:
-            return 0
+        if not members or not self.line.is_open(now_ms()):
+            return 0  # closed: places are told again at the opening (announce_opening)
         pipe = self._redis.pipeline(transaction=False)
         for member in members:
             _, chat_id = split_conversation_token(member.token)
@@ -138,6 +140,40 @@ class LineCoordinator:
                 event_id=f"line:{member.token}:{member.entered_at}:{member.position}",
             ):
                 queued += 1
+        return queued
+
+    async def announce_opening(self) -> int:
+        """At the opening, tell everyone in line their place again (with their estimate).
+
+        The line records whether it last saw the business open or closed; the first pass
+        that sees it open after closed queues one `wsm.line` command (`opening`) per waiting
+        customer, with an event id per opening, so passes of several processes (or a repeat
+        after a crash before the record) tell each customer once."""
+        hours = self.line.hours
+        if hours is None:
+            return 0
+        now = now_ms()
+        is_open = hours.is_open(now)
+        seen = await self.line.hours_seen()
+        if seen == ("open" if is_open else "closed"):
+            return 0  # no change (and no write)
+        if not is_open or seen is None:
+            await self.line.mark_hours(is_open)
+            return 0
+        opened_at = hours.opened_at(now)
+        queued = 0
+        for session in await self.line.sessions():
+            for member in await self.line.members(session):
+                _, chat_id = split_conversation_token(member.token)
+                if await self.queue.send(
+                    session,
+                    chat_id,
+                    commands.LINE,
+                    {"position": member.position, "opening": True},
+                    event_id=f"open:{member.token}:{member.entered_at}:{opened_at}",
+                ):
+                    queued += 1
+        await self.line.mark_hours(True)
         return queued
 
     async def resend_stale_takes(self) -> int:
@@ -226,6 +262,7 @@ class LineCoordinator:
         )
         if lock:
             await self.reconcile()
+        await self.announce_opening()
         await self.assign_free_agents()
         for session in await self.line.sessions():
             await self.notify_positions(session)

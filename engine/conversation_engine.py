@@ -16,7 +16,7 @@ from engine.brain import Brain
 from engine.identity import Conversation, PhoneResolver, is_ignored
 from engine.sender import Sender
 from engine.texts import Texts
-from engine.turn.dispatch import LIGHT_STEPS, STEPS
+from engine.turn.dispatch import LIGHT_STEPS, PREFETCH, STEPS
 from engine.turn.frame import CommitContext, ConversationTurn, EngineConfig, TurnTools
 from engine.turn.session import session_status
 from engine.waiting_line import WaitingLine
@@ -80,7 +80,7 @@ class Engine:
             # Nothing but its own writes (engine/turn/dispatch.py): no state read, no follow-ups.
             await ctx.commit(turn.writes)
             return
-        await turn.run(step)
+        await turn.run(step, PREFETCH.get(event.event))
 
     def keys(self, conversation: Conversation) -> EngineConversationKeys:
         return self.config.keys(conversation)

@@ -244,16 +244,22 @@ async def _erase_console(redis: RedisClient, prefix: str, token: str) -> int:
 
 async def _erase_line(redis: RedisClient, prefix: str, session: str, token: str) -> int:
     line = LineKeys(prefix)
+    # The session's plain line and each team's line. No line can gain this customer while the
+    # erase holds the conversation's lease (joining one is a turn of theirs), so the team lines
+    # read now are all the lines they can be in.
+    pattern = _glob_escape(line.team_waiting(session, "")) + "*"
+    team_lines = sorted({as_text(k) async for k in redis.scan_iter(match=pattern, count=1000)})
+    lines = [line.waiting(session), *team_lines]
     for _ in range(MAX_TRIES):
         agents = sorted(as_text(a) for a in await redis.hkeys(line.agents))
         removed = int(
             await ERASE_LINE(
                 redis,
                 [
-                    line.agents, line.waiting(session), line.taken, line.joined,
+                    line.agents, *lines, line.taken, line.joined,
                     *(line.agent_conversations(a) for a in agents),
                 ],
-                [token, 2, *agents],
+                [token, len(lines), 2, *agents],
             )
         )  # fmt: skip
         if removed >= 0:

@@ -236,10 +236,16 @@ async def trim_many(
 
 
 async def mid_for(redis: RedisClient, keys: HistoryKeys, short_waha_id: str) -> str | None:
-    value = await redis.hget(keys.meta, f"w:{short_waha_id}")
-    if value is None:
-        return None
-    return as_text(value)
+    return mid_from(await redis.hget(keys.meta, mid_field(short_waha_id)))
+
+
+def mid_field(short_waha_id: str) -> str:
+    """The meta field naming the entry a WhatsApp id belongs to (for a pipelined HGET)."""
+    return f"w:{short_waha_id}"
+
+
+def mid_from(value: Any) -> str | None:
+    return None if value is None else as_text(value)
 
 
 async def ack_writes(
@@ -320,8 +326,14 @@ async def read_page(
 async def recent(redis: Any, keys: HistoryKeys, count: int) -> list[HistoryEntry]:
     if count <= 0:
         return []
-    raw = await redis.xrevrange(keys.stream, count=count)
-    return await _with_meta(redis, keys, list(reversed(raw)))
+    return await recent_from(redis, keys, await redis.xrevrange(keys.stream, count=count))
+
+
+async def recent_from(
+    redis: Any, keys: HistoryKeys, newest_first: Sequence[tuple[Any, Mapping[Any, Any]]]
+) -> list[HistoryEntry]:
+    """`recent` from an XREVRANGE already read (a turn reads it with the state)."""
+    return await _with_meta(redis, keys, list(reversed(newest_first)))
 
 
 async def _with_meta(

@@ -16,6 +16,7 @@ from engine.agent.calendar import Calendar, default_calendar, load_calendar
 from engine.assignment import LineCoordinator
 from engine.commands import CommandQueue
 from engine.conversation_engine import EngineConfig
+from engine.hours import BusinessHours
 from engine.lean_http import LeanHTTPTransport
 from engine.menu_brain import MenuBrain
 from engine.sender import SenderConfig
@@ -61,12 +62,20 @@ def texts(settings: Settings) -> Texts:
     return load_texts(settings.language, settings.texts_file)
 
 
-def waiting_line(redis: RedisClient, settings: Settings) -> WaitingLine:
+def waiting_line(
+    redis: RedisClient, settings: Settings, *, calendar: Calendar | None = None
+) -> WaitingLine:
+    """The line keeps the business file's hours and teams; without a business file
+    (WSM_CALENDAR_FILE) it is always open and has no teams."""
+    if calendar is None and settings.calendar_file is not None:
+        calendar = load_calendar(settings.calendar_file)
     return WaitingLine(
         redis,
         prefix=settings.key_prefix,
         per_agent=settings.conversations_per_agent,
         default_handling_seconds=settings.default_handling_seconds,
+        hours=BusinessHours(calendar) if calendar is not None else None,
+        teams=calendar.teams if calendar is not None else (),
     )
 
 

@@ -43,6 +43,19 @@ FIELDS: dict[str, frozenset[str]] = {
     "line_front": frozenset(),
     "line_still_waiting": frozenset({"position", "ordinal", "minutes", "leave_word"}),
     "line_taken": frozenset({"agent"}),
+    # Open, nobody of the line's team online: no minutes (no one is there to count on).
+    "line_entered_nobody": frozenset({"position", "ordinal", "leave_word"}),
+    "line_position_nobody": frozenset({"position", "ordinal"}),
+    "line_still_waiting_nobody": frozenset({"position", "ordinal", "leave_word"}),
+    # Outside opening hours (once), and at the opening.
+    "line_closed": frozenset({"opens", "team", "leave_word"}),
+    "line_closed_no_opening": frozenset({"team", "leave_word"}),
+    # Added to the closed notice when the bot can book (the AI agent or its scheduling menu).
+    "line_closed_booking": frozenset({"leave_word"}),
+    "line_opened": frozenset({"position", "ordinal", "minutes"}),
+    "line_opened_nobody": frozenset({"position", "ordinal"}),
+    # Several teams: which one (a numbered choice, `menu_option` lines).
+    "team_question": frozenset({"teams"}),
     "line_left": frozenset(),
     "line_timeout": frozenset(),
     "handback": frozenset(),
@@ -76,6 +89,34 @@ _PT_BR: dict[str, str] = {
         "Para sair, escreva *{leave_word}*."
     ),
     "line_taken": "{agent} vai te atender agora. 🙋",
+    "line_entered_nobody": (
+        "Você é o {ordinal} da fila. Ninguém da equipe está online agora, então não dá para "
+        "prever o tempo; você será atendido nesta ordem assim que alguém entrar. "
+        "Para sair da fila, escreva *{leave_word}*."
+    ),
+    "line_position_nobody": (
+        "Agora você é o {ordinal} da fila. Ninguém da equipe está online agora; "
+        "você será atendido nesta ordem."
+    ),
+    "line_still_waiting_nobody": (
+        "Você continua na fila: é o {ordinal}. Ninguém da equipe está online agora; "
+        "você será atendido nesta ordem. Para sair, escreva *{leave_word}*."
+    ),
+    "line_closed": (
+        "Nosso atendimento está fechado agora. 🌙 Abrimos {opens}. Você já está na fila e "
+        "guardamos o seu lugar para a abertura. Para sair da fila, escreva *{leave_word}*."
+    ),
+    "line_closed_no_opening": (
+        "Nosso atendimento está fechado agora. 🌙 Você está na fila e guardamos o seu lugar. "
+        "Para sair da fila, escreva *{leave_word}*."
+    ),
+    "line_closed_booking": ("Se preferir, escreva *{leave_word}* e eu marco um horário para você."),
+    "line_opened": "Já estamos atendendo! ☀️ Você é o {ordinal} da fila, cerca de {minutes} min.",
+    "line_opened_nobody": (
+        "Já estamos atendendo! ☀️ Você é o {ordinal} da fila; assim que alguém da equipe "
+        "entrar, você será atendido nesta ordem."
+    ),
+    "team_question": "Com qual equipe você quer falar? Responda com o número:\n{teams}",
     "line_left": "Você saiu da fila. Se precisar, é só escrever de novo.",
     "line_timeout": (
         "Não conseguimos te atender a tempo e você saiu da fila. 😔 Escreva de novo quando quiser."
@@ -107,6 +148,34 @@ _EN: dict[str, str] = {
         "You are still in line: {ordinal}, about {minutes} min. To leave, write *{leave_word}*."
     ),
     "line_taken": "{agent} will help you now. 🙋",
+    "line_entered_nobody": (
+        "You are {ordinal} in line. Nobody of the team is online right now, so we cannot tell "
+        "how long; you will be served in this order as soon as someone is. "
+        "To leave the line, write *{leave_word}*."
+    ),
+    "line_position_nobody": (
+        "You are now {ordinal} in line. Nobody of the team is online right now; "
+        "you will be served in this order."
+    ),
+    "line_still_waiting_nobody": (
+        "You are still in line: {ordinal}. Nobody of the team is online right now; "
+        "you will be served in this order. To leave, write *{leave_word}*."
+    ),
+    "line_closed": (
+        "We are closed right now. 🌙 We open {opens}. You are in line and keep your place "
+        "for the opening. To leave the line, write *{leave_word}*."
+    ),
+    "line_closed_no_opening": (
+        "We are closed right now. 🌙 You are in line and keep your place. "
+        "To leave the line, write *{leave_word}*."
+    ),
+    "line_closed_booking": "If you prefer, write *{leave_word}* and I will book a time for you.",
+    "line_opened": "We are open! ☀️ You are {ordinal} in line, about {minutes} min.",
+    "line_opened_nobody": (
+        "We are open! ☀️ You are {ordinal} in line; as soon as someone of the team is online, "
+        "you will be served in this order."
+    ),
+    "team_question": "Which team would you like to talk to? Reply with the number:\n{teams}",
     "line_left": "You left the line. Write again whenever you need.",
     "line_timeout": (
         "We could not get to you in time and you left the line. 😔 Write again anytime."

@@ -132,25 +132,55 @@ class WahaClient:
         headers = {"accept": "application/json"}
         if api_key:
             headers["X-Api-Key"] = api_key
+        # With a transport given (engine/parts.py: the lean one), each call is one request
+        # handed straight to it: httpx's client layer (URL merging, cookies, auth and redirect
+        # handling, event hooks) cost about as much CPU per call as the lean transport itself,
+        # and WAHA's API needs none of it. The client below stays for the default transport
+        # (and respx in the tests).
+        self._transport = transport
+        self._base_url = base_url.rstrip("/")
+        self._headers = headers
+        self._body_headers = {**headers, "content-type": "application/json"}
+        self._timeouts = httpx.Timeout(timeout_seconds).as_dict()
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers=headers,
             timeout=httpx.Timeout(timeout_seconds),
             # Sends to one WAHA go through a few kept-alive connections, not one per message.
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
-            transport=transport,
         )
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        if self._transport is not None:
+            await self._transport.aclose()
+
+    async def _request(self, method: str, path: str, content: bytes | None) -> httpx.Response:
+        if self._transport is None:
+            return await self._http.request(
+                method,
+                path,
+                content=content,
+                headers={"content-type": "application/json"} if content is not None else None,
+            )
+        request = httpx.Request(
+            method,
+            self._base_url + path,
+            headers=self._body_headers if content is not None else self._headers,
+            content=content,
+            extensions={"timeout": self._timeouts},
+        )
+        response = await self._transport.handle_async_request(request)
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return response
 
     async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         try:
-            response = await self._http.request(
-                method,
-                path,
-                content=orjson.dumps(body) if body is not None else None,
-                headers={"content-type": "application/json"} if body is not None else None,
+            response = await self._request(
+                method, path, orjson.dumps(body) if body is not None else None
             )
         except httpx.HTTPError as exc:
             raise WahaRetryable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc

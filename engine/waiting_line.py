@@ -9,6 +9,12 @@ Every change is one atomic script (shared/scripts/line_*.lua) under the line's o
 the conversation's own state is changed only by its handler, told through a queued command.
 Joining an agent's set stamps the conversation with the line's counter (`joined`), which lets
 the reconcile (engine/assignment.py) correct the sets after a crash without racing a take.
+
+Teams (the business file's `teams`): each team has its own line per session (`team_waiting`)
+next to the session's plain line (customers of a business with at most one team). An agent
+takes from the plain lines and from their own teams' lines (`agent_teams`), never from another
+team's. The business's hours (`hours`, engine/hours.py) are the line's too: its notices and its
+timeout read them.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from typing import Any
 
 import orjson
 
+from engine.agent.calendar import Team
+from engine.hours import BusinessHours
 from shared.clock import now_ms as now_ms
 from shared.keys import LineKeys
 from shared.lua import LuaScript
@@ -59,6 +67,11 @@ class Agent:
     online: bool
     since: int
     conversations: int = 0
+    teams: tuple[str, ...] = ()
+
+    def serves(self, team: str) -> bool:
+        """Takes from this team's lines ("" = the plain line: everybody's)."""
+        return not team or team in self.teams
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +92,7 @@ class Waiting:
     token: str
     position: int
     entered_at: int
+    team: str = ""
 
 
 class WaitingLine:
@@ -90,51 +104,109 @@ class WaitingLine:
         prefix: str,
         per_agent: int,
         default_handling_seconds: int,
+        hours: BusinessHours | None = None,
+        teams: Sequence[Team] = (),
     ) -> None:
         self._redis = redis
         self.keys = LineKeys(prefix)
         self.per_agent = per_agent
         self.default_handling_seconds = default_handling_seconds
+        # None: no business file, the line is always open.
+        self.hours = hours
+        self.teams = tuple(teams)
+
+    def line_key(self, session: str, team: str = "") -> str:
+        return self.keys.team_waiting(session, team) if team else self.keys.waiting(session)
+
+    def team_ids(self) -> list[str]:
+        """The session's lines: the plain one ("") and each team's."""
+        return ["", *(t.id for t in self.teams)]
+
+    def is_open(self, at_ms: int) -> bool:
+        return self.hours is None or self.hours.is_open(at_ms)
 
     # --- customers -------------------------------------------------------------------------
-    async def enter(self, session: str, token: str, at_ms: int) -> tuple[int, int]:
-        """Join the back of the line (a repeat keeps the place). -> (position, entered_at)."""
+    async def enter(self, session: str, token: str, at_ms: int, team: str = "") -> tuple[int, int]:
+        """Join the back of the line, or of `team`'s (a repeat keeps the place).
+        -> (position, entered_at)."""
         position, entered_at = await LINE_ENTER(
             self._redis,
-            [self.keys.waiting(session), self.keys.sessions, self.keys.sequence],
+            [self.line_key(session, team), self.keys.sessions, self.keys.sequence],
             [token, at_ms, session],
         )
         return int(position), int(entered_at)
 
     async def leave(self, session: str, token: str) -> int:
-        """Leave the line; the position it had, 0 when it was not in it."""
-        return int(await LINE_LEAVE(self._redis, [self.keys.waiting(session)], [token]))
+        """Leave the line (whichever of the session's it is in); the position it had, 0 when
+        it was in none."""
+        for team in self.team_ids():
+            gone = int(await LINE_LEAVE(self._redis, [self.line_key(session, team)], [token]))
+            if gone:
+                return gone
+        return 0
+
+    async def locate(self, session: str, token: str) -> tuple[str, int] | None:
+        """(team, position) of a customer in the session's lines; None when in none."""
+        teams = self.team_ids()
+        pipe = self._redis.pipeline(transaction=False)
+        for team in teams:
+            pipe.zrank(self.line_key(session, team), token)
+        for team, rank in zip(teams, await pipe.execute(), strict=True):
+            if rank is not None:
+                return team, int(rank) + 1
+        return None
 
     async def position(self, session: str, token: str) -> int | None:
-        rank = await self._redis.zrank(self.keys.waiting(session), token)
-        return None if rank is None else int(rank) + 1
+        found = await self.locate(session, token)
+        return None if found is None else found[1]
 
-    async def members(self, session: str) -> list[Waiting]:
-        raw = await self._redis.zrange(self.keys.waiting(session), 0, -1, withscores=True)
-        return [
-            Waiting(token=as_text(member), position=n + 1, entered_at=int(score) // 1000)
-            for n, (member, score) in enumerate(raw)
-        ]
+    async def members(self, session: str, team: str | None = None) -> list[Waiting]:
+        """Who waits, front first, each line's positions its own: one team's line ("" = the
+        plain one), or every line of the session (None)."""
+        out: list[Waiting] = []
+        for line_team in self.team_ids() if team is None else [team]:
+            raw = await self._redis.zrange(
+                self.line_key(session, line_team), 0, -1, withscores=True
+            )
+            out += [
+                Waiting(as_text(member), n + 1, int(score) // 1000, line_team)
+                for n, (member, score) in enumerate(raw)
+            ]
+        return out
 
     async def length(self, session: str) -> int:
-        return int(await self._redis.zcard(self.keys.waiting(session)))
+        pipe = self._redis.pipeline(transaction=False)
+        for team in self.team_ids():
+            pipe.zcard(self.line_key(session, team))
+        return sum(int(n) for n in await pipe.execute())
 
     async def sessions(self) -> list[str]:
         return sorted(as_text(s) for s in await self._redis.smembers(self.keys.sessions))
 
     # --- agents ----------------------------------------------------------------------------
-    async def set_online(self, agent_id: str, name: str | None, at_ms: int) -> Agent:
+    async def set_online(
+        self, agent_id: str, name: str | None, at_ms: int, teams: Sequence[str] | None = None
+    ) -> Agent:
+        """Online; `teams` (when given) replaces the agent's teams, None keeps them."""
+        if teams is not None:
+            await self.set_teams(agent_id, teams)
         raw = await self._redis.hget(self.keys.agents, agent_id)
         previous = orjson.loads(raw) if raw else {}
         agent_name = str(name or previous.get("name") or agent_id)
         record = {"name": agent_name, "online": True, "since": at_ms}
         await self._redis.hset(self.keys.agents, agent_id, orjson.dumps(record))
-        return Agent(agent_id, agent_name, True, at_ms)
+        return Agent(agent_id, agent_name, True, at_ms, teams=await self.teams_of(agent_id))
+
+    async def set_teams(self, agent_id: str, teams: Sequence[str]) -> None:
+        unique = sorted(set(teams))
+        if unique:
+            await self._redis.hset(self.keys.agent_teams, agent_id, orjson.dumps(unique))
+        else:
+            await self._redis.hdel(self.keys.agent_teams, agent_id)
+
+    async def teams_of(self, agent_id: str) -> tuple[str, ...]:
+        raw = await self._redis.hget(self.keys.agent_teams, agent_id)
+        return tuple(orjson.loads(raw)) if raw else ()
 
     async def set_offline(self, agent_id: str, at_ms: int) -> Agent:
         raw = await self._redis.hget(self.keys.agents, agent_id)
@@ -148,6 +220,10 @@ class WaitingLine:
         raw = {
             as_text(k): orjson.loads(v)
             for k, v in (await self._redis.hgetall(self.keys.agents)).items()
+        }
+        teams = {
+            as_text(k): tuple(orjson.loads(v))
+            for k, v in (await self._redis.hgetall(self.keys.agent_teams)).items()
         }
         ids = sorted(raw)
         loads: list[int] = []
@@ -163,6 +239,7 @@ class WaitingLine:
                 online=bool(raw[agent_id].get("online")),
                 since=int(raw[agent_id].get("since", 0)),
                 conversations=int(load),
+                teams=teams.get(agent_id, ()),
             )
             for agent_id, load in zip(ids, loads, strict=True)
         ]
@@ -172,8 +249,9 @@ class WaitingLine:
         free = [a for a in await self.agents() if a.online and a.conversations < self.per_agent]
         return sorted(free, key=lambda a: (a.conversations, a.since, a.id))
 
-    async def online_count(self) -> int:
-        return sum(1 for a in await self.agents() if a.online)
+    async def online_count(self, team: str = "") -> int:
+        """Agents online who take from `team`'s lines ("" = the plain line: all of them)."""
+        return sum(1 for a in await self.agents() if a.online and a.serves(team))
 
     async def take(
         self,
@@ -182,10 +260,13 @@ class WaitingLine:
         at_ms: int,
         token: str | None = None,
     ) -> Taken | None:
-        """The longest-waiting conversation over `sessions` (or `token`) for this agent; None
-        when nobody waits. Raises AgentOffline / AgentAtCapacity."""
+        """The longest-waiting conversation over `sessions` (or `token`) for this agent, in the
+        plain lines and the agent's teams' lines only; None when nobody waits there. Raises
+        AgentOffline / AgentAtCapacity."""
         if not sessions:
             return None
+        teams = ["", *await self.teams_of(agent_id)]
+        lines = [self.line_key(s, team) for s in sessions for team in teams]
         result = await LINE_TAKE(
             self._redis,
             [
@@ -194,7 +275,7 @@ class WaitingLine:
                 self.keys.agent_conversations(agent_id),
                 self.keys.joined,
                 self.keys.sequence,
-                *[self.keys.waiting(s) for s in sessions],
+                *lines,
             ],
             [agent_id, at_ms, self.per_agent, token or ""],
         )
@@ -259,6 +340,17 @@ class WaitingLine:
         )
         return bool(added)
 
+    # --- hours ------------------------------------------------------------------------------
+    async def mark_hours(self, is_open: bool) -> None:
+        """Record whether the business is open now. The switch from closed to open is when
+        the line tells everyone their place again (LineCoordinator.announce_opening)."""
+        await self._redis.set(self.keys.hours_state, "open" if is_open else "closed")
+
+    async def hours_seen(self) -> str | None:
+        """What `mark_hours` recorded last ("open", "closed"; None: never)."""
+        raw = await self._redis.get(self.keys.hours_state)
+        return None if raw is None else as_text(raw)
+
     # --- reconcile (engine/assignment.py) --------------------------------------------------
     async def counter(self) -> int:
         """The line's event counter: read before conversations' states, it tells which agent
@@ -306,9 +398,11 @@ class WaitingLine:
             return float(self.default_handling_seconds)
         return max(1.0, sum(values) / len(values))
 
-    async def estimate_minutes(self, session: str, position: int) -> int:
-        """Minutes until a person answers someone at `position`: each of the capacity's slots
-        frees up once per average handling time. Never less than 1 ("cerca de 1 min")."""
-        capacity = max(1, await self.online_count() * self.per_agent)
+    async def estimate_minutes(self, session: str, position: int, team: str = "") -> int:
+        """Minutes until a person answers someone at `position` of `team`'s line: each of the
+        capacity's slots frees up once per average handling time. Never less than 1 ("cerca
+        de 1 min"). With nobody online this counts one agent: callers tell the customer that
+        nobody is online instead (`online_count`)."""
+        capacity = max(1, await self.online_count(team) * self.per_agent)
         average = await self.average_handling_seconds(session)
         return max(1, math.ceil(position * average / capacity / 60))

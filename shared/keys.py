@@ -342,6 +342,21 @@ class LineKeys:
     def waiting(self, session: str) -> str:
         return f"{self.tag}:w:{session}"
 
+    def team_waiting(self, session: str, team: str) -> str:
+        # A team's own line in a session (WAHA session names never hold ':').
+        return f"{self.tag}:w:{session}:t:{team}"
+
+    @property
+    def agent_teams(self) -> str:
+        # agent id -> JSON list of the team ids whose lines the agent takes from.
+        return f"{self.tag}:agent_teams"
+
+    @property
+    def hours_state(self) -> str:
+        # "open" / "closed" as the line last saw the business's hours: the switch to open
+        # tells everyone in line their place again.
+        return f"{self.tag}:hours"
+
     @property
     def agents(self) -> str:
         return f"{self.tag}:agents"

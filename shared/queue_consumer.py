@@ -124,6 +124,7 @@ class QueueConsumer:
         self.backoff_max_ms = backoff_max_ms
         self.dead_letters = dead_letters
         self.redis_errors_per_attempt = redis_errors_per_attempt
+        self._batch_acks_loaded = False
 
     # --- taking a conversation --------------------------------------------------------------
 
@@ -237,6 +238,13 @@ class QueueConsumer:
         refusal) then `script`, pipelined: the codes, then the script's answer. No MULTI: each
         script is atomic and the acks are idempotent, so repeating the pipeline after a lost
         answer or NOSCRIPT is safe."""
+        if not self._batch_acks_loaded:
+            # Loaded before the first pipeline: had Redis answered NOSCRIPT to the acks but run
+            # the call behind them (a release), the turn's messages would be delivered again.
+            # (After a Redis restart every script is gone, so both answer NOSCRIPT and the
+            # pipeline is simply repeated.)
+            await ACK_MESSAGES.load(self.client)
+            self._batch_acks_loaded = True
         for attempt in (1, 2):
             pipe = self.client.pipeline(transaction=False)
             ACK_MESSAGES.queue_in(pipe, lease._ack_keys, [lease.fence, *lease.unacked])

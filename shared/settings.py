@@ -581,8 +581,10 @@ class Settings(BaseSettings):
         None,
         alias="WSM_CALENDAR_FILE",
         description=(
-            "YAML or TOML file with services, hours, holidays and the business's description "
-            "(see config/calendar.example.yaml). Unset: WSM_MENU_SERVICES, Mon-Fri 8h-18h."
+            "YAML or TOML business file: services, hours, holidays, teams and the business's "
+            "description (config/calendar.example.yaml; with two teams, "
+            "config/business.example.yaml). Set, the waiting line follows its opening hours. "
+            "Unset: WSM_MENU_SERVICES, Mon-Fri 8h-18h for bookings, the line always open."
         ),
     )
     max_bookings_per_customer: int = Field(

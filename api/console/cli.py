@@ -1,6 +1,7 @@
 """`wsm agent`: the console's accounts.
 
-    wsm agent add <id> --name "<name>" [--role agent|admin]   password from stdin or a prompt
+    wsm agent add <id> --name "<name>" [--role agent|admin] [--team ID]...
+                                                              password from stdin or a prompt
     wsm agent passwd <id>                                     a new password (ends its sessions)
     wsm agent remove <id>                                     the account and its sessions
     wsm agent list
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import re
 import sys
 from typing import Any
 
@@ -44,7 +46,11 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if args.action == "add":
             account = await store.add(args.id, args.name or args.id, args.role, read_password())
-            print(f"agent {account.id} ({account.name}, {account.role}) added")
+            if args.team:
+                # The teams whose lines the agent takes from (the business file's `teams`).
+                await waiting_line(redis, settings).set_teams(account.id, args.team)
+            teams = f", teams {', '.join(sorted(set(args.team)))}" if args.team else ""
+            print(f"agent {account.id} ({account.name}, {account.role}{teams}) added")
         elif args.action == "passwd":
             await store.set_password(args.id, read_password())
             print(f"password of {args.id} changed; its sessions ended")
@@ -56,6 +62,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             line = waiting_line(redis, settings)
             if any(agent.id == args.id for agent in await line.agents()):
                 await line.set_offline(args.id, now_ms())
+            await line.set_teams(args.id, [])
             print(f"agent {args.id} removed (offline in the line); its sessions ended")
         else:
             for account in await store.list():
@@ -88,6 +95,12 @@ async def ensure_account(
         await redis.aclose()
 
 
+def _team_id(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,39}", value):
+        raise argparse.ArgumentTypeError(f"not a team id: {value!r} (a-z 0-9 _ -)")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="wsm agent", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -97,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("id", help="the agent id: 1-40 of a-z 0-9 . _ -")
     add.add_argument("--name", help="the name customers and colleagues see")
     add.add_argument("--role", choices=ROLES, default="agent")
+    add.add_argument(
+        "--team", action="append", default=[], type=_team_id, metavar="ID",
+        help="a team whose line the agent takes from (repeatable; the business file's ids)",
+    )  # fmt: skip
     passwd = sub.add_parser("passwd", help="set a new password (ends the account's sessions)")
     passwd.add_argument("id")
     remove = sub.add_parser("remove", help="remove an account (ends its sessions)")

@@ -139,7 +139,9 @@ class Watcher:
         sessions = await self.line.sessions()
         pipe = self._redis.pipeline(transaction=False)
         for session in sessions:
-            pipe.zrange(self.line.keys.waiting(session), 0, -1, withscores=True)
+            # Every line of the session (teams' too), merged: any change shows.
+            lines = [self.line.line_key(session, team) for team in self.line.team_ids()]
+            pipe.zunion(lines, withscores=True)
         pipe.hgetall(self.line.keys.agents)
         pipe.zrangebyscore(self.keys.viewed, now, "+inf")
         rows = await pipe.execute()

@@ -142,7 +142,8 @@ class Reads:
                 pipe.hmget(self.state_key(session, chat_id), "phone", "collected")
                 pipe.xrevrange(self.history_keys(session, chat_id).stream, count=LAST_LOOKBACK)
             rows = await pipe.execute()
-            entries = []
+            # One list per line: the session's, and each team's with its own positions.
+            names = {t.id: t.name for t in self.line.teams}
             for n, member in enumerate(members):
                 _, chat_id = split_conversation_token(member.token)
                 phone_raw, collected_raw = rows[2 * n]
@@ -153,7 +154,10 @@ class Reads:
                 # What the customer last wrote (the bot's "your place in line" is no news).
                 said = [values for _, values in last if values.get(b"dir") == b"in"]
                 text = _text(said[0].get(b"text", b"")) if said else ""
-                entries.append(
+                label = (
+                    f"{session} · {names.get(member.team, member.team)}" if member.team else session
+                )
+                out.setdefault(label, []).append(
                     LineEntry(
                         session=session,
                         chat_id=chat_id,
@@ -165,7 +169,6 @@ class Reads:
                         last_message=text[:140],
                     )
                 )
-            out[session] = entries
         return out
 
     # --- conversations ---------------------------------------------------------------------

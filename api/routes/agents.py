@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
@@ -13,17 +13,25 @@ from shared.clock import now_ms
 router = APIRouter()
 
 
+TeamId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")]
+
+
 class AgentOnline(BaseModel):
     name: str | None = Field(None, max_length=100)
+    # The teams whose lines the agent takes from (the business file's `teams` ids); left out
+    # keeps the agent's teams, [] leaves them all.
+    teams: list[TeamId] | None = Field(None, max_length=50)
 
 
 @router.post("/agents/{agent_id}/online")
 async def agent_online(
     parts: Parts, agent_id: str, body: AgentOnline | None = None
 ) -> dict[str, Any]:
-    agent = await parts.coordinator.line.set_online(agent_id, body.name if body else None, now_ms())
+    agent = await parts.coordinator.line.set_online(
+        agent_id, body.name if body else None, now_ms(), teams=body.teams if body else None
+    )
     await parts.coordinator.assign_free_agents()
-    return {"id": agent.id, "name": agent.name, "online": True}
+    return {"id": agent.id, "name": agent.name, "online": True, "teams": list(agent.teams)}
 
 
 @router.post("/agents/{agent_id}/offline")
@@ -35,6 +43,12 @@ async def agent_offline(parts: Parts, agent_id: str) -> dict[str, Any]:
 @router.get("/agents")
 async def list_agents(parts: Parts) -> list[dict[str, Any]]:
     return [
-        {"id": a.id, "name": a.name, "online": a.online, "conversations": a.conversations}
+        {
+            "id": a.id,
+            "name": a.name,
+            "online": a.online,
+            "conversations": a.conversations,
+            "teams": list(a.teams),
+        }
         for a in await parts.coordinator.line.agents()
     ]

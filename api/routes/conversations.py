@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
 from pydantic import BaseModel, Field
 
 from api.deps import ApiParts, Parts
@@ -84,65 +85,63 @@ async def get_messages(
     return {"messages": [e.public() for e in entries], "next_before": next_before}
 
 
-async def _command(
-    parts: ApiParts,
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """The conversation a command route addresses, and what queuing a command there needs."""
+
+    parts: ApiParts
+    session: str
+    chat_id: str
+    response: Response
+    idempotency_key: str | None
+
+    async def queue(self, name: str, payload: dict[str, Any]) -> Accepted:
+        session, chat_id, key = self.session, self.chat_id, self.idempotency_key
+        # A client's key names one command of one conversation: the same key on another
+        # conversation (even of the same session) is another command. The id is a digest, so
+        # it carries neither the key nor the customer's chat id.
+        if key:
+            scoped = f"{conversation_token(session, chat_id)}\n{name}\n{key}"
+            command_id = "api:" + hashlib.sha256(scoped.encode()).hexdigest()[:32]
+        else:
+            command_id = f"api:{uuid.uuid4().hex}"
+        queue = self.parts.coordinator.queue
+        if not await queue.send(session, chat_id, name, payload, event_id=command_id):
+            # A retry: the command is queued already, once. It answers as the first request
+            # did (a client whose first request timed out reads the same), and says it repeats.
+            self.response.headers["Idempotent-Replayed"] = "true"
+        return Accepted(command_id=command_id, queued=True)
+
+
+async def _target(
+    parts: Parts,
     session: str,
     chat_id: str,
-    name: str,
-    payload: dict[str, Any],
-    key: str | None,
     response: Response,
-) -> Accepted:
-    # A client's key names one command of one conversation: the same key on another
-    # conversation (even of the same session) is another command. The id is a digest, so
-    # it carries neither the key nor the customer's chat id.
-    if key:
-        scoped = f"{conversation_token(session, chat_id)}\n{name}\n{key}"
-        command_id = "api:" + hashlib.sha256(scoped.encode()).hexdigest()[:32]
-    else:
-        command_id = f"api:{uuid.uuid4().hex}"
-    if not await parts.coordinator.queue.send(session, chat_id, name, payload, event_id=command_id):
-        # A retry: the command is queued already, once. It answers as the first request
-        # did (a client whose first request timed out reads the same), and says it repeats.
-        response.headers["Idempotent-Replayed"] = "true"
-    return Accepted(command_id=command_id, queued=True)
+    idempotency_key: IdempotencyKey = None,
+) -> _Target:
+    return _Target(parts, session, chat_id, response, idempotency_key)
+
+
+# Every command route: the conversation from the path, the Idempotency-Key header, and the
+# response whose headers say when a retry was recognised.
+CommandTarget = Annotated[_Target, Depends(_target)]
 
 
 @router.post("/conversations/{session}/{chat_id}/messages", status_code=202)
-async def post_message(
-    parts: Parts,
-    session: str,
-    chat_id: str,
-    body: AgentMessage,
-    response: Response,
-    idempotency_key: IdempotencyKey = None,
-) -> Accepted:
+async def post_message(target: CommandTarget, body: AgentMessage) -> Accepted:
     """An agent writes to the customer (the conversation becomes theirs)."""
     payload = {"agent_id": body.agent_id, "agent_name": body.agent_name or body.agent_id,
                "text": body.text}  # fmt: skip
-    return await _command(
-        parts, session, chat_id, commands.AGENT_MESSAGE, payload, idempotency_key, response
-    )
+    return await target.queue(commands.AGENT_MESSAGE, payload)
 
 
 @router.post("/conversations/{session}/{chat_id}/close", status_code=202)
-async def post_close(
-    parts: Parts,
-    session: str,
-    chat_id: str,
-    response: Response,
-    idempotency_key: IdempotencyKey = None,
-) -> Accepted:
-    return await _command(parts, session, chat_id, commands.CLOSE, {}, idempotency_key, response)
+async def post_close(target: CommandTarget) -> Accepted:
+    return await target.queue(commands.CLOSE, {})
 
 
 @router.post("/conversations/{session}/{chat_id}/handback", status_code=202)
-async def post_handback(
-    parts: Parts,
-    session: str,
-    chat_id: str,
-    response: Response,
-    idempotency_key: IdempotencyKey = None,
-) -> Accepted:
+async def post_handback(target: CommandTarget) -> Accepted:
     """Back to the bot."""
-    return await _command(parts, session, chat_id, commands.HANDBACK, {}, idempotency_key, response)
+    return await target.queue(commands.HANDBACK, {})

@@ -26,7 +26,8 @@ async def get_queue(parts: Parts, session: str | None = None) -> list[dict[str, 
         for member in await line.members(name):
             _, chat_id = split_conversation_token(member.token)
             out.append({
-                "session": name, "chat_id": chat_id, "position": member.position,
+                "session": name, "team": member.team or None, "chat_id": chat_id,
+                "position": member.position,
                 "entered_at": member.entered_at,
                 "waited_seconds": round(max(0, now - member.entered_at) / 1000, 3),
             })  # fmt: skip
@@ -37,7 +38,8 @@ async def get_queue(parts: Parts, session: str | None = None) -> list[dict[str, 
 async def queue_next(
     parts: Parts, agent_id: Annotated[str, Query(min_length=1)], session: str | None = None
 ) -> Response:
-    """The agent takes the longest-waiting customer (204 when nobody waits)."""
+    """The agent takes the longest-waiting customer of the plain lines and their teams' lines
+    (204 when nobody waits there)."""
     try:
         taken = await parts.coordinator.take_next(agent_id, session)
     except AgentUnavailable as exc:

@@ -32,7 +32,7 @@ _DAY_NAMES = {
     "pt-BR": ("seg", "ter", "qua", "qui", "sex", "sáb", "dom"),
     "en": ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"),
 }
-_LONG_DAY_NAMES = {
+LONG_DAY_NAMES = {
     "pt-BR": ("segunda", "terça", "quarta", "quinta", "sexta", "sábado", "domingo"),
     "en": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
 }
@@ -63,6 +63,22 @@ class _Service(BaseModel):
     duration_minutes: int | None = Field(None, gt=0, le=24 * 60)
 
 
+class _Team(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")
+    name: str = Field(min_length=1, max_length=80)
+
+
+class _PublicHolidays(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # ISO 3166-1 country code and, optionally, the subdivision (state): BR, SP.
+    country: str = Field(min_length=2, max_length=3)
+    subdivision: str | None = Field(None, max_length=10)
+    # The package's categories: in Brazil Carnaval and Corpus Christi are "optional" (pontos
+    # facultativos), which most businesses close on.
+    categories: list[str] = Field(default_factory=lambda: ["public"], min_length=1)
+
+
 class _CalendarFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     business: _Business
@@ -72,7 +88,11 @@ class _CalendarFile(BaseModel):
     min_notice_minutes: int = Field(60, ge=0)
     hours: dict[str, list[str]]
     holidays: list[date] = Field(default_factory=list)
+    # Holidays of the `holidays` package for a country (and state), on top of `holidays`.
+    public_holidays: _PublicHolidays | None = None
     services: list[_Service] = Field(min_length=1)
+    # Who customers can ask for (each team has its own waiting line).
+    teams: list[_Team] = Field(default_factory=list)
     # Overrides of the agent's texts, per language (engine/agent/texts.py).
     texts: dict[str, dict[str, str]] = Field(default_factory=dict)
 
@@ -86,6 +106,12 @@ class _CalendarFile(BaseModel):
 
 
 # --- the calendar -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Team:
+    id: str
+    name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +184,8 @@ class Calendar:
         holidays: Sequence[date],
         services: Sequence[Service],
         texts: Mapping[str, Mapping[str, str]] | None = None,
+        teams: Sequence[Team] = (),
+        public_holidays: tuple[str, str | None, Sequence[str]] | None = None,
     ) -> None:
         try:
             self.tz = ZoneInfo(timezone)
@@ -171,6 +199,8 @@ class Calendar:
         self.min_notice = timedelta(minutes=min_notice_minutes)
         self.hours = {day: sorted(intervals) for day, intervals in hours.items()}
         self.holidays = frozenset(holidays)
+        self.teams = tuple(teams)
+        self.public_holidays = _public_holidays(public_holidays)
         self.services = list(services)
         self.texts = {k: dict(v) for k, v in (texts or {}).items()}
         for service in self.services:
@@ -200,8 +230,21 @@ class Calendar:
         today = self.local(now).date()
         return today, today + timedelta(days=self.days_ahead)
 
+    def is_holiday(self, day: date) -> bool:
+        if day in self.holidays:
+            return True
+        return self.public_holidays is not None and day in self.public_holidays
+
     def is_open_day(self, day: date) -> bool:
-        return day not in self.holidays and bool(self.hours.get(day.weekday()))
+        return not self.is_holiday(day) and bool(self.hours.get(day.weekday()))
+
+    def team(self, ref: str) -> Team | None:
+        """A team by its id or its name, ignoring case and accents."""
+        wanted = fold(ref)
+        for team in self.teams:
+            if wanted in (fold(team.id), fold(team.name)):
+                return team
+        return None
 
     # --- slots ----------------------------------------------------------------------------
     def _steps(self, service: Service, start_minute: int) -> tuple[str, ...]:
@@ -242,7 +285,7 @@ class Calendar:
         first, last = self.window(now)
         if not first <= day <= last:
             raise InvalidSlot(f"{day} is outside the booking window ({first} to {last})")
-        if day in self.holidays:
+        if self.is_holiday(day):
             raise InvalidSlot(f"{day} is a holiday: closed")
         minute = moment.hour * 60 + moment.minute
         for begin, end in self.hours.get(day.weekday(), ()):
@@ -267,7 +310,7 @@ class Calendar:
 
     def hours_text(self, language: str) -> str:
         """Opening hours, one line per day (for the menu and the prompt)."""
-        names = _LONG_DAY_NAMES.get(language, _LONG_DAY_NAMES["pt-BR"])
+        names = LONG_DAY_NAMES.get(language, LONG_DAY_NAMES["pt-BR"])
         closed = "fechado" if language != "en" else "closed"
         lines = []
         for n, name in enumerate(names):
@@ -278,6 +321,24 @@ class Calendar:
 
 
 # --- loading ----------------------------------------------------------------------------------
+
+
+def _public_holidays(where: tuple[str, str | None, Sequence[str]] | None) -> Any:
+    """The `holidays` package's calendar for a country and subdivision (computed locally for
+    any year asked, nothing downloaded), or None."""
+    if where is None:
+        return None
+    import holidays  # imported here: only businesses that ask for it pay its import
+
+    country, subdivision, categories = where
+    try:
+        return holidays.country_holidays(
+            country.upper(), subdiv=subdivision, categories=tuple(categories)
+        )
+    except NotImplementedError as exc:
+        raise CalendarFileError(f"public_holidays: {exc}") from exc
+    except (ValueError, KeyError) as exc:
+        raise CalendarFileError(f"public_holidays: {exc}") from exc
 
 
 def _from_document(document: Any, where: str) -> Calendar:
@@ -298,6 +359,10 @@ def _from_document(document: Any, where: str) -> Calendar:
     ]
     if len({s.id for s in services}) != len(services):
         raise CalendarFileError(f"{where}: two services share an id")
+    teams = [Team(t.id, t.name) for t in parsed.teams]
+    if len({t.id for t in teams}) != len(teams):
+        raise CalendarFileError(f"{where}: two teams share an id")
+    public = parsed.public_holidays
     try:
         return Calendar(
             business_name=parsed.business.name,
@@ -310,6 +375,10 @@ def _from_document(document: Any, where: str) -> Calendar:
             holidays=parsed.holidays,
             services=services,
             texts=parsed.texts,
+            teams=teams,
+            public_holidays=(
+                (public.country, public.subdivision, public.categories) if public else None
+            ),
         )
     except CalendarFileError as exc:
         raise CalendarFileError(f"{where}: {exc}") from exc

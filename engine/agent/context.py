@@ -132,6 +132,14 @@ def history_messages(
     return out
 
 
+def _teams_text(calendar: Calendar) -> str:
+    """With several teams, the handoff names one: the model needs their ids."""
+    if len(calendar.teams) < 2:
+        return ""
+    listed = "\n".join(f"- {t.name} (id {t.id})" for t in calendar.teams)
+    return f"Teams (handoff_to_human takes the team the customer needs; ask if unsure):\n{listed}"
+
+
 def system_prompt(calendar: Calendar, *, language: str, now: datetime, max_reply_chars: int) -> str:
     local = calendar.local(now)
     services = "\n".join(
@@ -149,6 +157,7 @@ def system_prompt(calendar: Calendar, *, language: str, now: datetime, max_reply
         f"Services:\n{services}",
         f"Opening hours ({calendar.timezone}):\n{calendar.hours_text('en')}",
         f"Closed on: {holidays}" if holidays else "",
+        _teams_text(calendar),
         f"Now: {local:%A %Y-%m-%d %H:%M} ({calendar.timezone}). Customers can book from "
         f"{calendar.window(now)[0]} to {calendar.window(now)[1]}.",
         _RULES.format(

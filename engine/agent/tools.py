@@ -35,6 +35,7 @@ from engine.agent.calendar import InvalidSlot, Slot
 from engine.agent.confirmation import PENDING_KEY, PendingAction, confirms
 from engine.agent.metrics import TOOL_CALLS
 from engine.brain import Turn
+from engine.turn.customer import HANDOFF_TEAM
 
 MAX_SLOTS_LISTED = 10
 ALTERNATIVES = 5
@@ -78,6 +79,12 @@ class NoArgs(_Args):
 
 class HandoffArgs(_Args):
     reason: str = Field("", max_length=200, description="Why a person should take over.")
+    team: str = Field(
+        "",
+        max_length=80,
+        description="The team's id or name, when the business has teams; empty lets the "
+        "customer choose.",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +181,7 @@ class ToolSession:
     consumed: bool = False  # the confirmation was used: one yes carries out one change
     changes: list[Change] = field(default_factory=list)
     handoff: str | None = None
+    handoff_team: str = ""  # the team the handoff names ("" = the customer chooses)
     taken: list[str] = field(default_factory=list)  # slots found taken while confirming
 
     @classmethod
@@ -193,9 +201,13 @@ class ToolSession:
         return self.pending != self.pending_in
 
     def collected(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if self.handoff_team:
+            # Read by the engine when it puts the customer in line (engine/turn/customer.py).
+            out[HANDOFF_TEAM] = self.handoff_team
         if not self.pending_changed:
-            return {}
-        return {PENDING_KEY: self.pending.encode() if self.pending else ""}
+            return out
+        return {**out, PENDING_KEY: self.pending.encode() if self.pending else ""}
 
     # --- the dispatcher -------------------------------------------------------------------
     async def call(self, name: str, arguments: str | None) -> dict[str, Any]:
@@ -282,6 +294,16 @@ class ToolSession:
         }
 
     async def _handoff_to_human(self, args: HandoffArgs) -> dict[str, Any]:
+        teams = self.agenda.calendar.teams
+        if args.team and len(teams) > 1:
+            team = self.agenda.calendar.team(args.team)
+            if team is None:
+                return {
+                    "ok": False,
+                    "error": f"unknown team {args.team!r}",
+                    "teams": [{"id": t.id, "name": t.name} for t in teams],
+                }
+            self.handoff_team = team.id
         self.handoff = args.reason or "the agent handed off"
         return {"ok": True, "status": "handed_off"}
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from engine.metrics import WAITING_SECONDS
 from engine.state import OPEN_STATES, State, Trigger, can
+from engine.turn.customer import line_text
 from engine.turn.frame import ConversationTurn
 
 
@@ -110,8 +111,15 @@ async def assigned(turn: ConversationTurn) -> None:
 async def line_notice(turn: ConversationTurn) -> None:
     if turn.state.state is not State.WAITING:
         return
-    position = await turn.line.position(turn.conversation.session, turn.conversation.token)
-    if not position or position >= (turn.state.line_position or position + 1):
+    found = await turn.line.locate(turn.conversation.session, turn.conversation.token)
+    if found is None or not turn.line.is_open(turn.now):
+        return  # closed: no minutes; their place is told again at the opening
+    team, position = found
+    if turn.payload.get("opening"):
+        turn.reply(await line_text(turn, "line_opened", position, team))
+        turn.state = replace(turn.state, line_position=position, line_notice_at=turn.now)
+        return
+    if position >= (turn.state.line_position or position + 1):
         return
     interval_ms = turn.config.notice_interval_seconds * 1000
     if position != 1 and turn.now - turn.state.line_notice_at < interval_ms:
@@ -119,7 +127,7 @@ async def line_notice(turn: ConversationTurn) -> None:
     if position == 1:
         turn.reply(turn.texts.render("line_front"))
     else:
-        turn.reply(await turn.position_text("line_position", position))
+        turn.reply(await line_text(turn, "line_position", position, team))
     turn.state = replace(turn.state, line_position=position, line_notice_at=turn.now)
 
 
@@ -127,8 +135,20 @@ async def timeout(turn: ConversationTurn) -> None:
     config = turn.config
     state = turn.state
     if state.state is State.WAITING:
-        if turn.now - state.line_entered_at >= config.waiting_timeout_seconds * 1000:
+        # Only open time counts: a customer who asked at night is not timed out by morning.
+        hours, limit_ms = turn.line.hours, config.waiting_timeout_seconds * 1000
+        entered = state.line_entered_at
+        waited = turn.now - entered if hours is None else hours.open_ms_between(entered, turn.now)
+        if waited >= limit_ms:
             await close(turn, Trigger.LINE_TIMEOUT, goodbye=True, text_key="line_timeout")
+        elif hours is not None and (due := hours.deadline(entered, limit_ms)) is not None:
+            # The timer is set by open-or-not time; move it to when the open time is up.
+            token, timers = turn.conversation.token, turn.tools.index.timers
+
+            async def rearm() -> None:
+                await turn.redis.zadd(timers, {token: due}, xx=True, gt=True)
+
+            turn.after.append(rearm)
     elif (
         state.state in OPEN_STATES
         and turn.now - state.last_activity_at >= config.inactivity_close_seconds * 1000

@@ -3,10 +3,14 @@ the waiting line, or by nobody (the conversation is with a person, or paused).""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
-from engine.brain import InboundMessage, Turn
-from engine.history import HistoryEntry, mid_for, recent
+from engine.agent.calendar import Team, fold
+from engine.brain import Decision, InboundMessage, Turn
+from engine.history import HistoryEntry, mid_field, mid_from, recent, recent_from
+from engine.menu_brain import MenuBrain
 from engine.state import State, Trigger
 from engine.turn.frame import ConversationTurn
 from engine.waha_client import short_message_id
@@ -18,7 +22,7 @@ async def message(turn: ConversationTurn) -> None:
         return
     text = str(payload.get("body") or "")
     waha_id = str(payload.get("id") or "")
-    if waha_id and await mid_for(turn.redis, turn.history, short_message_id(waha_id)):
+    if waha_id and turn.prefetched.get("mid"):
         # Already in this conversation's history: handled before (a webhook replayed after
         # the gateway's dedupe window). Recorded once, answered once.
         return
@@ -39,7 +43,9 @@ async def message(turn: ConversationTurn) -> None:
             turn.state = replace(turn.state, phone=phone)
     turn.state = replace(turn.state, last_activity_at=turn.now, last_customer_at=turn.now)
     current = turn.before.state
-    if current in (State.NEW, State.CLOSED, State.BOT):
+    if current is State.BOT and turn.state.step == TEAM_STEP:
+        await team_answer(turn, text)
+    elif current in (State.NEW, State.CLOSED, State.BOT):
         await ask_brain(turn, InboundMessage(text=text, waha_id=waha_id, at=at, kind=kind))
     elif current is State.WAITING:
         turn.state = turn.state.moved(Trigger.CUSTOMER_MESSAGE)
@@ -48,8 +54,32 @@ async def message(turn: ConversationTurn) -> None:
         turn.state = turn.state.moved(Trigger.CUSTOMER_MESSAGE)
 
 
+def prefetch(turn: ConversationTurn, pipe: Any) -> Callable[[Sequence[Any]], None]:
+    """Read with the state (one round trip): whether this message is in the history already,
+    and the newest entries for the brain (read even when the brain is not asked: cheaper than
+    a round trip of their own)."""
+    waha_id = str(turn.payload.get("id") or "")
+    if waha_id:
+        pipe.hget(turn.history.meta, mid_field(short_message_id(waha_id)))
+    count = turn.config.brain_history_turns
+    if count > 0:
+        pipe.xrevrange(turn.history.stream, count=count)
+
+    def take(answers: Sequence[Any]) -> None:
+        rest = list(answers)
+        if waha_id:
+            turn.prefetched["mid"] = mid_from(rest.pop(0))
+        if count > 0:
+            turn.prefetched["recent"] = rest.pop(0)
+
+    return take
+
+
 async def ask_brain(turn: ConversationTurn, inbound: InboundMessage) -> None:
-    past = await recent(turn.redis, turn.history, turn.config.brain_history_turns)
+    if "recent" in turn.prefetched:
+        past = await recent_from(turn.redis, turn.history, turn.prefetched["recent"])
+    else:
+        past = await recent(turn.redis, turn.history, turn.config.brain_history_turns)
     decision = await turn.tools.brain.decide(
         Turn(conversation=turn.conversation, state=turn.state, history=past, message=inbound)
     )
@@ -62,16 +92,7 @@ async def ask_brain(turn: ConversationTurn, inbound: InboundMessage) -> None:
     for text_out in decision.replies:
         turn.reply(text_out)
     if decision.hands_off:
-        position, entered = await turn.line.enter(
-            turn.conversation.session, turn.conversation.token, turn.now
-        )
-        turn.reply(await turn.position_text("line_entered", position))
-        turn.state = turn.state.moved(
-            Trigger.HANDOFF,
-            line_entered_at=entered,
-            line_position=position,
-            line_notice_at=turn.now,
-        )
+        await hand_off(turn, decision)
     elif decision.closes:
         turn.state = turn.state.moved(Trigger.CLOSE, closed_at=turn.now)
         turn.reply(turn.texts.render("goodbye"))
@@ -85,8 +106,135 @@ async def waiting_message(turn: ConversationTurn, text: str) -> None:
         turn.state = turn.state.moved(Trigger.LEFT_LINE)
         turn.reply(turn.texts.render("line_left"))
         return
-    position = await turn.line.position(turn.conversation.session, turn.conversation.token)
+    found = await turn.line.locate(turn.conversation.session, turn.conversation.token)
+    if found is None:
+        return
+    team, position = found
+    hours = turn.line.hours
+    if hours is not None and not hours.is_open(turn.now):
+        # Closed: the closed notice once per closed spell (not if told since it closed), and
+        # never a minutes estimate; their place is told again at the opening.
+        if turn.state.line_notice_at < hours.last_closing(turn.now):
+            turn.reply(closed_text(turn, team))
+            turn.state = replace(turn.state, line_notice_at=turn.now)
+        return
     interval_ms = turn.config.notice_interval_seconds * 1000
-    if position and turn.now - turn.state.line_notice_at >= interval_ms:
-        turn.reply(await turn.position_text("line_still_waiting", position))
+    if turn.now - turn.state.line_notice_at >= interval_ms:
+        turn.reply(await line_text(turn, "line_still_waiting", position, team))
         turn.state = replace(turn.state, line_position=position, line_notice_at=turn.now)
+
+
+# --- the line's hours and teams (docs/conversations.md, "The business file") -------------------
+
+# The bot asked which team (several teams): the next message answers it.
+TEAM_STEP = "line_team"
+# The AI agent's handoff names its team here (engine/agent/tools.py).
+HANDOFF_TEAM = "handoff_team"
+# The brain's step to go back to once the team is chosen.
+TEAM_RETURN = "line_team_return"
+
+
+async def line_text(turn: ConversationTurn, key: str, position: int, team: str) -> str:
+    """A place in line with its estimate; with nobody of the line's team online, the
+    `<key>_nobody` text, which says so instead of counting minutes."""
+    values = {
+        "position": position,
+        "ordinal": turn.texts.ordinal(position),
+        "leave_word": turn.texts.templates["leave_word"],
+    }
+    if await turn.line.online_count(team) == 0:
+        return turn.texts.render(f"{key}_nobody", **values)
+    session = turn.conversation.session
+    minutes = await turn.line.estimate_minutes(session, position, team)
+    return turn.texts.render(key, minutes=minutes, **values)
+
+
+def closed_text(turn: ConversationTurn, team: str) -> str:
+    """Closed: when it opens ("amanhã às 08:00"), and that they keep their place."""
+    hours = turn.line.hours
+    assert hours is not None
+    names = {t.id: t.name for t in turn.line.teams}
+    leave_word = turn.texts.templates["leave_word"]
+    opens = hours.next_opening(turn.now)
+    if opens is None:
+        return turn.texts.render(
+            "line_closed_no_opening", team=names.get(team, ""), leave_word=leave_word
+        )
+    label = hours.opening_label(turn.now, opens, turn.texts.language)
+    text = turn.texts.render(
+        "line_closed", opens=label, team=names.get(team, ""), leave_word=leave_word
+    )
+    if not isinstance(turn.tools.brain, MenuBrain):
+        # The bot books (the AI agent, or its scheduling menu): offer that instead of waiting;
+        # leaving the line brings the customer back to it. The engine's plain menu cannot.
+        text += "\n" + turn.texts.render("line_closed_booking", leave_word=leave_word)
+    return text
+
+
+def _team(teams: tuple[Team, ...], ref: str) -> Team | None:
+    ref = ref.strip()
+    if ref.isdigit() and 1 <= int(ref) <= len(teams):
+        return teams[int(ref) - 1]
+    wanted = fold(ref)
+    return next((t for t in teams if wanted in (fold(t.id), fold(t.name))), None) if ref else None
+
+
+def _ask_team(turn: ConversationTurn) -> None:
+    options = "\n".join(
+        turn.texts.render("menu_option", number=n, label=t.name)
+        for n, t in enumerate(turn.line.teams, start=1)
+    )
+    turn.reply(turn.texts.render("team_question", teams=options))
+
+
+async def hand_off(turn: ConversationTurn, decision: Decision) -> None:
+    """The brain asks for a person: with several teams and none named, ask which one first."""
+    teams = turn.line.teams
+    team = _team(teams, decision.collected.get(HANDOFF_TEAM, ""))
+    collected = {k: v for k, v in turn.state.collected.items() if k != HANDOFF_TEAM}
+    turn.state = replace(turn.state, collected=collected)
+    if len(teams) > 1 and team is None:
+        turn.state = replace(turn.state, step=TEAM_STEP).with_collected(
+            {TEAM_RETURN: decision.step or turn.before.step}
+        )
+        _ask_team(turn)
+        return
+    await enter_line(turn, team.id if team is not None and len(teams) > 1 else "")
+
+
+async def team_answer(turn: ConversationTurn, text: str) -> None:
+    """The answer to "which team?": a number or a name enters that team's line; the leave
+    word gives up; anything else asks again."""
+    turn.state = turn.state.moved(Trigger.CUSTOMER_MESSAGE)
+    back = turn.state.collected.get(TEAM_RETURN, "")
+    if text.strip().casefold() in turn.texts.leave_words:
+        turn.state = replace(turn.state, step=back)
+        turn.reply(turn.texts.render("line_left"))
+        return
+    team = _team(turn.line.teams, text)
+    if team is None:
+        turn.reply(turn.texts.render("invalid_option"))
+        _ask_team(turn)
+        return
+    turn.state = replace(turn.state, step=back)
+    await enter_line(turn, team.id)
+
+
+async def enter_line(turn: ConversationTurn, team: str) -> None:
+    """Into the line (`team`'s when given): told their place and estimate, or, outside opening
+    hours, that it is closed and when it opens (once; no minutes)."""
+    line = turn.line
+    position, entered = await line.enter(
+        turn.conversation.session, turn.conversation.token, turn.now, team
+    )
+    if line.is_open(turn.now):
+        turn.reply(await line_text(turn, "line_entered", position, team))
+    else:
+        await line.mark_hours(False)
+        turn.reply(closed_text(turn, team))
+    turn.state = turn.state.moved(
+        Trigger.HANDOFF,
+        line_entered_at=entered,
+        line_position=position,
+        line_notice_at=turn.now,
+    )

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from engine import commands
 from engine.turn import business, customer, receipts
 from engine.turn import commands as command_steps
-from engine.turn.frame import ConversationTurn
+from engine.turn.frame import ConversationTurn, Prefetch
 
 Step = Callable[[ConversationTurn], Awaitable[None]]
 LightStep = Callable[[ConversationTurn], Awaitable[bool]]
@@ -31,6 +31,9 @@ def always(step: Step) -> LightStep:
 
     return light
 
+
+# Reads a step needs first, made in the state's round trip (frame.py, ConversationTurn.run).
+PREFETCH: dict[str, Prefetch] = {"message": customer.prefetch}
 
 LIGHT_STEPS: dict[str, LightStep] = {
     "message.any": business.any_message_light,

@@ -25,7 +25,7 @@ from engine.history import HistoryEntry, append_writes
 from engine.identity import Conversation, PhoneResolver, send_target
 from engine.outbox import OutboxEntry, history_keys, new_entry, outbox_writes
 from engine.sender import Sender
-from engine.state import OPEN_STATES, State, load_state, state_writes
+from engine.state import OPEN_STATES, ConversationState, State, state_writes
 from engine.texts import Texts
 from engine.waiting_line import WaitingLine
 from shared.clock import now_ms
@@ -33,6 +33,10 @@ from shared.commit_writes import Write
 from shared.envelope import QueuedEvent
 from shared.keys import EngineConversationKeys, EngineIndexKeys, engine_keys_for
 from shared.redis_client import RedisClient
+
+# Queues a step's first reads on the pipeline that reads the state; returns what takes their
+# answers (in the order queued) once it ran.
+Prefetch = Callable[["ConversationTurn", Any], Callable[[Sequence[Any]], None]]
 
 
 class CommitContext(Protocol):
@@ -96,10 +100,23 @@ class ConversationTurn:
         # once per inbound burst; later replies, and replies to no new message, do not.
         self.seen_due = False
         self.after: list[Callable[[], Awaitable[Any]]] = []
+        # What a step's prefetch read with the state (engine/turn/customer.py).
+        self.prefetched: dict[str, Any] = {}
 
-    async def run(self, step: Callable[[ConversationTurn], Awaitable[None]] | None) -> None:
-        """Load the state, run `step` (None: an event the engine does not act on), commit."""
-        self.before = await load_state(self.redis, self.keys.state)
+    async def run(
+        self,
+        step: Callable[[ConversationTurn], Awaitable[None]] | None,
+        prefetch: Prefetch | None = None,
+    ) -> None:
+        """Load the state, run `step` (None: an event the engine does not act on), commit.
+        `prefetch` queues the step's first reads in the state's round trip (dispatch.py)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.keys.state)
+        take = prefetch(self, pipe) if prefetch is not None else None
+        answers = await pipe.execute()
+        self.before = ConversationState.from_hash(answers[0])
+        if take is not None:
+            take(answers[1:])
         self.state = self.before
         if step is not None:
             await step(self)

@@ -1,25 +1,28 @@
 #!lua
 -- erase_line: the LGPD erase's step on the line's hash tag: the conversation leaves its
--- session's waiting line, every agent's set, the pending takes and the join stamps. Run while
--- the erase holds the conversation's lease (see erase_conversation.lua).
+-- session's waiting lines (the plain one and each team's), every agent's set, the pending
+-- takes and the join stamps. Run while the erase holds the conversation's lease (see
+-- erase_conversation.lua).
 -- Agents' sets are keys, and a script may only touch keys it declares, so the caller passes
 -- the set of every agent it read; if an agent was added since, nothing is changed and -1
 -- tells the caller to read again (an agent added meanwhile could have taken the customer).
 -- Returns how many entries went, or -1.
 local agents_key = KEYS[1]    -- agent id -> {name, online, since}
-local waiting_key = KEYS[2]   -- the session's waiting line
--- KEYS[3..]: hashes whose field is the conversation (taken, joined), then (from
--- KEYS[3 + hash_count]) the agents' sets, in the order of ARGV[3..].
+-- KEYS[2 .. 1 + line_count]: the session's waiting lines (its plain line, then each team's);
+-- then hashes whose field is the conversation (taken, joined); then the agents' sets, in the
+-- order of ARGV[4..].
 local token = ARGV[1]
-local hash_count = tonumber(ARGV[2])
-local first_set = 3 + hash_count
+local line_count = tonumber(ARGV[2])
+local hash_count = tonumber(ARGV[3])
+local first_hash = 2 + line_count
+local first_set = first_hash + hash_count
 
 local known = {}
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   known[ARGV[i]] = true
 end
 local agents = redis.call('HKEYS', agents_key)
-if #agents ~= #ARGV - 2 then
+if #agents ~= #ARGV - 3 then
   return -1
 end
 for _, agent in ipairs(agents) do
@@ -28,8 +31,11 @@ for _, agent in ipairs(agents) do
   end
 end
 
-local removed = redis.call('ZREM', waiting_key, token)
-for i = 3, first_set - 1 do
+local removed = 0
+for i = 2, first_hash - 1 do
+  removed = removed + redis.call('ZREM', KEYS[i], token)
+end
+for i = first_hash, first_set - 1 do
   removed = removed + redis.call('HDEL', KEYS[i], token)
 end
 for i = first_set, #KEYS do

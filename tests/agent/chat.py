@@ -13,6 +13,8 @@ from engine.brain import Brain, Decision, InboundMessage, Turn
 from engine.history import HistoryEntry
 from engine.identity import Conversation
 from engine.state import ConversationState, State
+from shared.keys import CalendarKeys
+from shared.redis_client import RedisClient
 
 _ids = itertools.count()
 
@@ -62,3 +64,7 @@ class Chat:
     def named(self, name: str) -> Chat:
         self.state = self.state.with_collected({"name": name})
         return self
+
+    async def booked(self, redis: RedisClient, prefix: str) -> int:
+        """How many appointments the customer has booked (their calendar index)."""
+        return int(await redis.zcard(CalendarKeys(prefix).customer(self.conversation.token)))

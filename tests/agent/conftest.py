@@ -4,6 +4,7 @@ exactly as a worker builds it, and Groq stood in for by respx (tests/agent/fake_
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -15,9 +16,11 @@ import respx
 import yaml
 
 from engine.agent.service import AgentParts, build_agent
+from shared import clock as clock_module
 from shared.settings import Settings
 from tests.agent.fake_groq import GROQ, FakeGroq
 from tests.engine.harness import AgentHarness, FakeWaha
+from tests.support.closing import closing_all
 
 SAO_PAULO = ZoneInfo("America/Sao_Paulo")
 
@@ -55,6 +58,24 @@ def clock(now: datetime) -> Callable[[], datetime]:
     return lambda: now
 
 
+@pytest.fixture(autouse=True)
+def engine_time_at_now(now: datetime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine's own clock (the waiting line's opening hours, timers, the state's stamps)
+    starts at the agent's `now` and keeps running, so a conversation's turns see the business
+    open whatever the hour the suite runs at. Every engine module that took `now_ms` from
+    shared.clock gets the shifted one."""
+    real = clock_module.now_ms
+    offset = int(now.timestamp() * 1000) - real()
+
+    def shifted() -> int:
+        return real() + offset
+
+    monkeypatch.setattr(clock_module, "now_ms", shifted)
+    for name, module in list(sys.modules.items()):
+        if name.startswith("engine") and getattr(module, "now_ms", None) is real:
+            monkeypatch.setattr(module, "now_ms", shifted)
+
+
 @pytest.fixture
 def calendar_file(tmp_path: Path) -> Path:
     path = tmp_path / "calendar.yaml"
@@ -88,16 +109,10 @@ def agent_settings(redis_url: str, key_prefix: str, calendar_file: Path) -> Call
 async def make_agent(
     aredis: Any, agent_settings: Callable[..., Settings], clock: Callable[[], datetime]
 ) -> AsyncIterator[Callable[..., AgentParts]]:
-    made: list[AgentParts] = []
-
-    def make(**overrides: Any) -> AgentParts:
-        parts = build_agent(aredis, agent_settings(**overrides), clock=clock)
-        made.append(parts)
-        return parts
-
-    yield make
-    for parts in made:
-        await parts.aclose()
+    async with closing_all(
+        lambda **overrides: build_agent(aredis, agent_settings(**overrides), clock=clock)
+    ) as make:
+        yield make
 
 
 @pytest.fixture
@@ -121,12 +136,7 @@ async def harness(
     aredis: Any, agent_settings: Callable[..., Settings], clock: Callable[[], datetime]
 ) -> AsyncIterator[Callable[..., AgentHarness]]:
     """The agent's whole engine (queue, commit, sender) built per test, closed after it."""
-    made: list[AgentHarness] = []
-
-    def make(**overrides: Any) -> AgentHarness:
-        made.append(AgentHarness(aredis, agent_settings(**overrides), clock))
-        return made[-1]
-
-    yield make
-    for item in made:
-        await item.aclose()
+    async with closing_all(
+        lambda **overrides: AgentHarness(aredis, agent_settings(**overrides), clock)
+    ) as make:
+        yield make

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from engine.agent.confirmation import PENDING_KEY
+from engine.brain import Brain
 from shared.keys import CalendarKeys
 from tests.agent.chat import Chat
 from tests.agent.fake_groq import (
@@ -70,7 +71,7 @@ async def test_a_booking_conversation_with_the_model(
         == f"Confirma Consulta, seg {now:%d/%m} às 10:00? Responda *sim* para confirmar."
     )
     assert chat.state.step == "agent" and chat.state.collected[PENDING_KEY]
-    assert await aredis.zcard(CalendarKeys(key_prefix).customer(chat.conversation.token)) == 0
+    assert await chat.booked(aredis, key_prefix) == 0
     await chat.say(brain, "Sim")
     assert chat.replies[-1] == f"Pronto! ✅ Consulta marcada para seg {now:%d/%m} às 10:00."
     assert chat.state.collected[PENDING_KEY] == ""
@@ -230,15 +231,22 @@ async def test_endless_tool_calls_stop_at_the_round_cap(make_agent, groq) -> Non
     assert len(groq.requests) == 3 and fallbacks.delta == 1 and MENU_BOOK in chat.replies[-1]
 
 
-async def test_a_booking_made_before_the_model_failed_is_still_told(
-    make_agent, groq, aredis, key_prefix, now
-) -> None:
+async def ana_offered_the_first_slot(make_agent, groq) -> tuple[Brain, Chat]:
+    """Ana asks the receptionist for the first consulta slot and is asked to confirm it; what
+    the model answers next is left to the test."""
     brain = make_agent().brain
     groq.policy = receptionist
     chat = Chat(ANA).named("Ana")
     await chat.say(brain, "quero marcar o primeiro horário de consulta")
-    assert chat.replies[-1].startswith("Confirma Consulta")
     groq.policy = None
+    return brain, chat
+
+
+async def test_a_booking_made_before_the_model_failed_is_still_told(
+    make_agent, groq, aredis, key_prefix, now
+) -> None:
+    brain, chat = await ana_offered_the_first_slot(make_agent, groq)
+    assert chat.replies[-1].startswith("Confirma Consulta")
     # The yes: the model books, then Groq fails before it can say so.
     groq.then(
         book_call(now, "10:00"),
@@ -248,21 +256,17 @@ async def test_a_booking_made_before_the_model_failed_is_still_told(
     assert decision.replies[0] == f"Pronto! ✅ *Consulta* marcado para *seg {now:%d/%m} às 10:00*."
     assert MENU_BOOK in decision.replies[1]
     assert chat.state.collected[PENDING_KEY] == ""
-    assert await aredis.zcard(CalendarKeys(key_prefix).customer(chat.conversation.token)) == 1
+    assert await chat.booked(aredis, key_prefix) == 1
 
 
 async def test_a_proposal_survives_a_fallback_and_is_confirmed_on_the_menu(
     make_agent, groq, aredis, key_prefix, now
 ) -> None:
-    brain = make_agent().brain
-    groq.policy = receptionist
-    chat = Chat(ANA).named("Ana")
-    await chat.say(brain, "quero marcar o primeiro horário de consulta")
-    groq.policy = None
+    brain, chat = await ana_offered_the_first_slot(make_agent, groq)
     groq.then(server_error())
     decision = await chat.say(brain, "sim")
     assert decision.replies[0] == f"Pronto! ✅ *Consulta* marcado para *seg {now:%d/%m} às 10:00*."
-    assert await aredis.zcard(CalendarKeys(key_prefix).customer(chat.conversation.token)) == 1
+    assert await chat.booked(aredis, key_prefix) == 1
 
 
 async def test_two_customers_confirming_one_slot_at_once_one_gets_it(

@@ -161,20 +161,27 @@ async def test_reschedule_is_atomic_and_owner_only(
     assert (await store.reschedule(ANA, "bk01", new)).repeated  # a repeat moves nothing
 
 
+async def reschedule_bk01(
+    aredis: Any, keys: CalendarKeys, day: str, customer: str, start: str, new: str
+) -> Any:
+    """booking_reschedule called directly (the store would refuse first): `customer` moves
+    booking bk01, seen at `start` (one slot), to `new` (one slot), both HH:MM on `day`."""
+    return await LuaScript.named("booking_reschedule")(
+        aredis,
+        [keys.day(day), keys.day(day), keys.booking("bk01"), keys.customer(customer),
+         keys.customer_all(customer), keys.hooks_due, keys.hooks_body],
+        ["bk01", customer, f"{day}T{start}", f"{day}T{new}", 1, 1, 2**31, "", "", day,
+         1, start, 1, new],
+    )  # fmt: skip
+
+
 async def test_reschedule_refuses_a_booking_changed_meanwhile(
     aredis, store, calendar, now, key_prefix
 ) -> None:
     await store.book(ANA, slot(calendar, now, "10:00"), booking_id="bk01")
-    script = LuaScript.named("booking_reschedule")
     keys = CalendarKeys(key_prefix)
     day = str(now.date())
-    answer = await script(
-        aredis,
-        [keys.day(day), keys.day(day), keys.booking("bk01"), keys.customer(ANA.token),
-         keys.customer_all(ANA.token), keys.hooks_due, keys.hooks_body],
-        ["bk01", ANA.token, f"{day}T10:30", f"{day}T11:00", 1, 1, 2**31, "", "", day,
-         1, "10:30", 1, "11:00"],
-    )  # fmt: skip
+    answer = await reschedule_bk01(aredis, keys, day, ANA.token, "10:30", "11:00")
     assert answer == [b"changed"]
     assert await hgetall(aredis, keys.day(day)) == {"10:00": "bk01"}
 
@@ -262,14 +269,7 @@ async def test_the_scripts_themselves_refuse_another_customer(
         ["bk01", BIA.token, 1, "", ""],
     )  # fmt: skip
     assert answer == [b"not_found"]
-    reschedule = LuaScript.named("booking_reschedule")
-    answer = await reschedule(
-        aredis,
-        [keys.day(day), keys.day(day), keys.booking("bk01"), keys.customer(BIA.token),
-         keys.customer_all(BIA.token), keys.hooks_due, keys.hooks_body],
-        ["bk01", BIA.token, f"{day}T10:00", f"{day}T11:00", 1, 1, 2**31, "", "", day,
-         1, "10:00", 1, "11:00"],
-    )  # fmt: skip
+    answer = await reschedule_bk01(aredis, keys, day, BIA.token, "10:00", "11:00")
     assert answer == [b"not_found"]
     assert await hgetall(aredis, keys.day(day)) == {"10:00": "bk01"}
     assert (await hgetall(aredis, keys.booking("bk01")))["status"] == "booked"

@@ -14,6 +14,7 @@ from engine.agent.calendar import (
     default_calendar,
     load_calendar,
 )
+from engine.agent.context import system_prompt
 from engine.agent.texts import AgentTextsError, load_agent_texts
 from tests.agent.conftest import CALENDAR, SAO_PAULO
 
@@ -114,3 +115,21 @@ def test_text_overrides_are_checked() -> None:
         load_agent_texts("pt-BR", {"pt-BR": {"bookd": "x"}})
     with pytest.raises(AgentTextsError, match="unknown field"):
         load_agent_texts("pt-BR", {"pt-BR": {"booked": "{customer}"}})
+
+
+def test_the_prompt_names_the_teams_only_when_there_are_several(
+    tmp_path: Path, now: datetime
+) -> None:
+    two = {**CALENDAR, "teams": [{"id": "recepcao", "name": "Recepção"},
+                                  {"id": "financeiro", "name": "Financeiro"}]}  # fmt: skip
+    prompt = system_prompt(
+        load_calendar(write(tmp_path, two)), language="pt-BR", now=now, max_reply_chars=600
+    )
+    assert "- Recepção (id recepcao)" in prompt and "- Financeiro (id financeiro)" in prompt
+    assert "handoff_to_human takes the team" in prompt
+    one = {**CALENDAR, "teams": [{"id": "recepcao", "name": "Recepção"}]}
+    alone = system_prompt(
+        load_calendar(write(tmp_path, one, "one.yaml")), language="pt-BR", now=now,
+        max_reply_chars=600,
+    )  # fmt: skip
+    assert "Teams" not in alone

@@ -10,7 +10,6 @@ import pytest
 
 from engine.agent.confirmation import PENDING_KEY, PendingAction, confirms
 from engine.agent.tools import SPECS, ToolSession, tool_definitions
-from shared.keys import CalendarKeys
 from tests.agent.chat import Chat
 
 ANA = "5511987650001@c.us"
@@ -83,7 +82,7 @@ async def test_booking_waits_for_a_later_yes_for_exactly_what_was_asked(
     assert proposed["status"] == "confirmation_required"
     # Even asked twice in the same message, nothing is booked: the customer was not asked yet.
     assert (await first.call("book_appointment", args))["status"] == "confirmation_required"
-    assert await aredis.zcard(CalendarKeys(key_prefix).customer(chat.conversation.token)) == 0
+    assert await chat.booked(aredis, key_prefix) == 0
     carry(chat, first)
     pending = PendingAction.decode(chat.state.collected[PENDING_KEY])
     assert pending and (pending.kind, pending.service) == ("book", "consulta")
@@ -92,7 +91,7 @@ async def test_booking_waits_for_a_later_yes_for_exactly_what_was_asked(
     other = session(agent, chat, "sim")
     other_args = json.dumps({"service": "consulta", "start": f"{now.date()}T11:00"})
     assert (await other.call("book_appointment", other_args))["status"] == "confirmation_required"
-    assert await aredis.zcard(CalendarKeys(key_prefix).customer(chat.conversation.token)) == 0
+    assert await chat.booked(aredis, key_prefix) == 0
 
     # A "no" does not book what was asked.
     refused = session(agent, chat, "não, prefiro outro dia")

@@ -7,9 +7,9 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from tests.engine.conftest import waha
-from tests.engine.harness import settings_for
+from tests.engine.harness import Harness, settings_for
 
-__all__ = ["API_AUTH", "API_TOKEN", "api_app", "api_client", "waha"]
+__all__ = ["API_AUTH", "API_TOKEN", "api_app", "api_client", "harness", "waha"]
 
 API_TOKEN = "s3cret-token-0123456789abcdef0123456"  # >= 32 characters
 API_AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -26,3 +26,11 @@ async def api_client(api_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=api_app)
     async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as http:
         yield http
+
+
+@pytest.fixture
+async def harness(aredis: Any, redis_url: str, key_prefix: str) -> AsyncIterator[Harness]:
+    """The engine on the test's Redis, driven through the real queue protocol; closed after."""
+    harness = Harness(aredis, settings_for(key_prefix, redis_url))
+    yield harness
+    await harness.aclose()

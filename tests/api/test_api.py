@@ -75,109 +75,97 @@ def test_refuses_to_start_without_a_token(redis_url, key_prefix) -> None:
     assert "WSM_API_TOKEN is not set" in result.stderr
 
 
-async def test_operator_flow(aredis, redis_url, key_prefix, client, waha: FakeWaha) -> None:
-    harness = Harness(aredis, settings_for(key_prefix, redis_url))
-    try:
-        assert (await client.post("/api/agents/maria/online", json={"name": "Maria"},
-                                  headers=AUTH)).status_code == 200  # fmt: skip
-        # Keep Maria busy so the next two customers wait in line.
-        for chat in ("5511900000000@c.us", ANA, BIA):
-            for text in ("oi", "Fulano", "3"):
-                await harness.webhook(text_message(chat, text))
-            await harness.drain()
-        line = (await client.get("/api/queue?session=default", headers=AUTH)).json()
-        assert [(w["chat_id"], w["position"]) for w in line] == [(ANA, 1), (BIA, 2)]
-        assert all(w["waited_seconds"] >= 0 for w in line)
-        waiting = (await client.get("/api/conversations?state=waiting", headers=AUTH)).json()
-        assert sorted(c["chat_id"] for c in waiting) == [ANA, BIA]
-        detail = (await client.get(f"/api/conversations/default/{ANA}", headers=AUTH)).json()
-        assert detail["state"] == "waiting" and detail["queue_position"] == 1
-        assert detail["phone"] == "5511987650001" and detail["collected"] == {"name": "Fulano"}
-        # Maria is full: queue/next refuses; a second agent takes the longest-waiting.
-        assert (
-            await client.post("/api/queue/next?agent_id=maria", headers=AUTH)
-        ).status_code == 409
-        await client.post("/api/agents/joao/online", json={"name": "João"}, headers=AUTH)
+async def test_operator_flow(harness: Harness, client, waha: FakeWaha) -> None:
+    assert (await client.post("/api/agents/maria/online", json={"name": "Maria"},
+                              headers=AUTH)).status_code == 200  # fmt: skip
+    # Keep Maria busy so the next two customers wait in line.
+    for chat in ("5511900000000@c.us", ANA, BIA):
+        for text in ("oi", "Fulano", "3"):
+            await harness.webhook(text_message(chat, text))
         await harness.drain()
-        assert waha.to(ANA)[-1] == "João vai te atender agora. 🙋"
-        assert waha.to(BIA)[-1].startswith("Você é o próximo da fila!")
-        # An agent writes; then hands the customer back to the bot.
-        response = await client.post(
-            f"/api/conversations/default/{ANA}/messages",
-            json={"agent_id": "joao", "agent_name": "João", "text": "Olá, sou o João!"},
-            headers=AUTH,
-        )
-        assert response.status_code == 202 and response.json()["queued"] is True
-        await harness.drain()
-        assert waha.to(ANA)[-1] == "Olá, sou o João!"
-        page = (await client.get(f"/api/conversations/default/{ANA}/messages?limit=2",
-                                 headers=AUTH)).json()  # fmt: skip
-        assert [m["text"] for m in page["messages"]][-1] == "Olá, sou o João!"
-        assert page["messages"][-1]["direction"] == "out"
-        assert page["messages"][-1]["status"] == "sent" and page["messages"][-1]["waha_id"]
-        older = (await client.get(
-            f"/api/conversations/default/{ANA}/messages?limit=100&before={page['next_before']}",
-            headers=AUTH,
-        )).json()  # fmt: skip
-        assert older["messages"][0]["text"] == "oi" and older["next_before"] is None
-        bad = await client.get(f"/api/conversations/default/{ANA}/messages?before=x", headers=AUTH)
-        assert bad.status_code == 400
-        await client.post(f"/api/conversations/default/{ANA}/handback", headers=AUTH)
-        await harness.drain()
-        assert waha.to(ANA)[-1] == "Você voltou ao atendimento automático."
-        assert (await client.get(f"/api/conversations/default/{ANA}", headers=AUTH)).json()[
-            "state"
-        ] == "bot"
-        await client.post(f"/api/conversations/default/{BIA}/close", headers=AUTH)
-        await harness.drain()
-        assert (await client.get(f"/api/conversations/default/{BIA}", headers=AUTH)).json()[
-            "state"
-        ] == "closed"
-        metrics = (await client.get("/metrics")).text
-        assert 'wsm_conversations{state="closed"} 1.0' in metrics
-        assert 'wsm_waiting_line_length{session="default"} 0.0' in metrics
-        assert "wsm_outbox_pending 0.0" in metrics
-        assert (await client.get("/api/conversations/default/5511900009999@c.us",
-                                 headers=AUTH)).status_code == 404  # fmt: skip
-    finally:
-        await harness.aclose()
+    line = (await client.get("/api/queue?session=default", headers=AUTH)).json()
+    assert [(w["chat_id"], w["position"]) for w in line] == [(ANA, 1), (BIA, 2)]
+    assert all(w["waited_seconds"] >= 0 for w in line)
+    waiting = (await client.get("/api/conversations?state=waiting", headers=AUTH)).json()
+    assert sorted(c["chat_id"] for c in waiting) == [ANA, BIA]
+    detail = (await client.get(f"/api/conversations/default/{ANA}", headers=AUTH)).json()
+    assert detail["state"] == "waiting" and detail["queue_position"] == 1
+    assert detail["phone"] == "5511987650001" and detail["collected"] == {"name": "Fulano"}
+    # Maria is full: queue/next refuses; a second agent takes the longest-waiting.
+    assert (await client.post("/api/queue/next?agent_id=maria", headers=AUTH)).status_code == 409
+    await client.post("/api/agents/joao/online", json={"name": "João"}, headers=AUTH)
+    await harness.drain()
+    assert waha.to(ANA)[-1] == "João vai te atender agora. 🙋"
+    assert waha.to(BIA)[-1].startswith("Você é o próximo da fila!")
+    # An agent writes; then hands the customer back to the bot.
+    response = await client.post(
+        f"/api/conversations/default/{ANA}/messages",
+        json={"agent_id": "joao", "agent_name": "João", "text": "Olá, sou o João!"},
+        headers=AUTH,
+    )
+    assert response.status_code == 202 and response.json()["queued"] is True
+    await harness.drain()
+    assert waha.to(ANA)[-1] == "Olá, sou o João!"
+    page = (await client.get(f"/api/conversations/default/{ANA}/messages?limit=2",
+                             headers=AUTH)).json()  # fmt: skip
+    assert [m["text"] for m in page["messages"]][-1] == "Olá, sou o João!"
+    assert page["messages"][-1]["direction"] == "out"
+    assert page["messages"][-1]["status"] == "sent" and page["messages"][-1]["waha_id"]
+    older = (await client.get(
+        f"/api/conversations/default/{ANA}/messages?limit=100&before={page['next_before']}",
+        headers=AUTH,
+    )).json()  # fmt: skip
+    assert older["messages"][0]["text"] == "oi" and older["next_before"] is None
+    bad = await client.get(f"/api/conversations/default/{ANA}/messages?before=x", headers=AUTH)
+    assert bad.status_code == 400
+    await client.post(f"/api/conversations/default/{ANA}/handback", headers=AUTH)
+    await harness.drain()
+    assert waha.to(ANA)[-1] == "Você voltou ao atendimento automático."
+    assert (await client.get(f"/api/conversations/default/{ANA}", headers=AUTH)).json()[
+        "state"
+    ] == "bot"
+    await client.post(f"/api/conversations/default/{BIA}/close", headers=AUTH)
+    await harness.drain()
+    assert (await client.get(f"/api/conversations/default/{BIA}", headers=AUTH)).json()[
+        "state"
+    ] == "closed"
+    metrics = (await client.get("/metrics")).text
+    assert 'wsm_conversations{state="closed"} 1.0' in metrics
+    assert 'wsm_waiting_line_length{session="default"} 0.0' in metrics
+    assert "wsm_outbox_pending 0.0" in metrics
+    assert (await client.get("/api/conversations/default/5511900009999@c.us",
+                             headers=AUTH)).status_code == 404  # fmt: skip
 
 
 async def test_erase_leaves_nothing_that_names_that_customer(
-    aredis, sync_redis, redis_url, key_prefix, client, waha: FakeWaha
+    harness: Harness, sync_redis, key_prefix, client, waha: FakeWaha
 ) -> None:
     """Every key and every value in Redis (all types) is searched for the erased customer's
     phone number, chat id, conversation token and name: nothing is left, the lid cache entry
     that maps a lid to her number included (her own chat is `@c.us`)."""
-    harness = Harness(aredis, settings_for(key_prefix, redis_url))
-    try:
-        await client.post("/api/agents/maria/online", json={"name": "Maria"}, headers=AUTH)
-        store = booking_store(harness)
-        names = {ANA: "Ana Souza", BIA: "Bia Lima"}
-        for n, chat in enumerate((ANA, BIA)):
-            await live_a_life(harness, waha, Conversation("default", chat), names[chat], store, n)
-        assert await store.erase_customer("nobody") == 0  # the erase is scoped to one customer
-        token = Conversation("default", ANA).token
-        needles = [b"5511987650001", ANA.encode(), token.encode(), b"Ana Souza"]
-        # She is everywhere before (dead letters, hooks:dead, the lid cache, ...).
-        found_before = {
-            needle for needle in needles if everything_naming(sync_redis, key_prefix, needle)
-        }
-        assert found_before == set(needles)
-        lid_entries = everything_naming(sync_redis, key_prefix, b"5511987650001")
-        assert any(b":lid:" in key for key, _ in lid_entries)
-        assert any(key.endswith(b":hooks:dead") for key, _ in lid_entries)
-        response = await client.delete(f"/api/contacts/default/{ANA}", headers=AUTH)
-        assert response.status_code == 200 and response.json()["removed"] > 0
-        for needle in needles:
-            assert everything_naming(sync_redis, key_prefix, needle) == [], needle
-        # The other customer is untouched.
-        assert everything_naming(sync_redis, key_prefix, b"Bia Lima")
-        assert (
-            await client.get(f"/api/conversations/default/{BIA}", headers=AUTH)
-        ).status_code == 200
-    finally:
-        await harness.aclose()
+    await client.post("/api/agents/maria/online", json={"name": "Maria"}, headers=AUTH)
+    store = booking_store(harness)
+    names = {ANA: "Ana Souza", BIA: "Bia Lima"}
+    for n, chat in enumerate((ANA, BIA)):
+        await live_a_life(harness, waha, Conversation("default", chat), names[chat], store, n)
+    assert await store.erase_customer("nobody") == 0  # the erase is scoped to one customer
+    token = Conversation("default", ANA).token
+    needles = [b"5511987650001", ANA.encode(), token.encode(), b"Ana Souza"]
+    # She is everywhere before (dead letters, hooks:dead, the lid cache, ...).
+    found_before = {
+        needle for needle in needles if everything_naming(sync_redis, key_prefix, needle)
+    }
+    assert found_before == set(needles)
+    lid_entries = everything_naming(sync_redis, key_prefix, b"5511987650001")
+    assert any(b":lid:" in key for key, _ in lid_entries)
+    assert any(key.endswith(b":hooks:dead") for key, _ in lid_entries)
+    response = await client.delete(f"/api/contacts/default/{ANA}", headers=AUTH)
+    assert response.status_code == 200 and response.json()["removed"] > 0
+    for needle in needles:
+        assert everything_naming(sync_redis, key_prefix, needle) == [], needle
+    # The other customer is untouched.
+    assert everything_naming(sync_redis, key_prefix, b"Bia Lima")
+    assert (await client.get(f"/api/conversations/default/{BIA}", headers=AUTH)).status_code == 200
 
 
 def everything_naming(client, prefix: str, needle: bytes) -> list[tuple[bytes, bytes]]:
@@ -193,33 +181,29 @@ def everything_naming(client, prefix: str, needle: bytes) -> list[tuple[bytes, b
 
 @pytest.mark.parametrize("state", ["ready", "leased", "delayed"])
 async def test_erase_answers_409_while_the_conversation_is_busy(
-    aredis, sync_redis, redis_url, key_prefix, client, waha: FakeWaha, state: str
+    harness: Harness, sync_redis, key_prefix, client, waha: FakeWaha, state: str
 ) -> None:
     """Messages of hers are queued, being handled, or waiting for a retry: 409 (retry
     shortly), and nothing at all was deleted or changed."""
-    harness = Harness(aredis, settings_for(key_prefix, redis_url))
-    try:
-        for text in ("oi", "Ana Souza"):
-            await harness.webhook(text_message(ANA, text))
-        await harness.drain()
-        assert await harness.webhook(text_message(ANA, "mais uma"))
-        keys = keys_for_conversation("default", ANA, harness.settings.queue_shards, key_prefix)
-        if state != "ready":
-            shard = keys.shard_keys
-            lease = await harness.consumer.claim(
-                shard, await harness.consumer.pop_ready(shard) or "", "worker-1"
-            )
-            assert lease is not None
-            if state == "delayed":
-                await harness.consumer.fail(lease, lease.messages[0].id, "try again later")
-        assert sync_redis.hget(keys.meta, "state") == state.encode()
-        before = {key: sync_redis.dump(key) for key in keys_with_prefix(sync_redis, key_prefix)}
-        response = await client.delete(f"/api/contacts/default/{ANA}", headers=AUTH)
-        assert response.status_code == 409
-        after = {key: sync_redis.dump(key) for key in keys_with_prefix(sync_redis, key_prefix)}
-        assert after == before
-    finally:
-        await harness.aclose()
+    for text in ("oi", "Ana Souza"):
+        await harness.webhook(text_message(ANA, text))
+    await harness.drain()
+    assert await harness.webhook(text_message(ANA, "mais uma"))
+    keys = keys_for_conversation("default", ANA, harness.settings.queue_shards, key_prefix)
+    if state != "ready":
+        shard = keys.shard_keys
+        lease = await harness.consumer.claim(
+            shard, await harness.consumer.pop_ready(shard) or "", "worker-1"
+        )
+        assert lease is not None
+        if state == "delayed":
+            await harness.consumer.fail(lease, lease.messages[0].id, "try again later")
+    assert sync_redis.hget(keys.meta, "state") == state.encode()
+    before = {key: sync_redis.dump(key) for key in keys_with_prefix(sync_redis, key_prefix)}
+    response = await client.delete(f"/api/contacts/default/{ANA}", headers=AUTH)
+    assert response.status_code == 409
+    after = {key: sync_redis.dump(key) for key in keys_with_prefix(sync_redis, key_prefix)}
+    assert after == before
 
 
 async def test_redis_down_answers_503_with_retry_after(private_redis, key_prefix) -> None:

@@ -12,8 +12,7 @@ from engine.state import State, load_state
 from shared.keys import engine_keys_for
 from tests.api.conftest import API_AUTH
 from tests.conftest import keys_with_prefix
-from tests.engine.harness import Harness, settings_for
-from tests.support.waha import text_message
+from tests.engine.harness import Harness
 
 ANA = "5511987650001@c.us"
 
@@ -99,21 +98,16 @@ async def test_the_api_cannot_write_to_a_conversation_that_does_not_exist(
 
 
 async def test_an_agent_writes_to_a_conversation_that_exists(
-    api_client, aredis, redis_url, key_prefix, waha
+    harness: Harness, api_client, aredis, key_prefix, waha
 ) -> None:
-    harness = Harness(aredis, settings_for(key_prefix, redis_url))
-    try:
-        assert await harness.webhook(text_message(ANA, "oi"))
-        await harness.drain()
-        response = await api_client.post(
-            f"/api/conversations/default/{ANA}/messages",
-            json={"agent_id": "maria", "text": "Oi Ana, aqui é a Maria."},
-            headers=API_AUTH,
-        )
-        assert response.status_code == 202
-        await harness.drain()
-        state = await load_state(aredis, engine_keys_for("default", ANA, 1, key_prefix).state)
-        assert state.state is State.AGENT
-        assert waha.to(ANA)[-1] == "Oi Ana, aqui é a Maria."
-    finally:
-        await harness.aclose()
+    await harness.say(ANA, "oi")
+    response = await api_client.post(
+        f"/api/conversations/default/{ANA}/messages",
+        json={"agent_id": "maria", "text": "Oi Ana, aqui é a Maria."},
+        headers=API_AUTH,
+    )
+    assert response.status_code == 202
+    await harness.drain()
+    state = await load_state(aredis, engine_keys_for("default", ANA, 1, key_prefix).state)
+    assert state.state is State.AGENT
+    assert waha.to(ANA)[-1] == "Oi Ana, aqui é a Maria."

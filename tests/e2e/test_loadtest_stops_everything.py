@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_loadtest_chaos import ROOT, processes_under
+from tests.support.orphans import kill_and_wait_for_the_parts
 from tests.support.polling import wait_until
 
 
@@ -57,12 +58,7 @@ def test_no_process_outlives_the_load_test(tmp_path: Path, how: str) -> None:
             assert run.returncode == 130, rest
             assert processes_under(home) == []
         else:
-            run.send_signal(signal.SIGKILL)
-            run.wait(timeout=10)
-            wait_until(
-                lambda: processes_under(home) == [], timeout=90, interval=0.2,
-                what="the parts to stop after their parent died",
-            )  # fmt: skip
+            kill_and_wait_for_the_parts(run, lambda: processes_under(home))
     finally:
         if run.poll() is None:
             run.kill()

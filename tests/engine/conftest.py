@@ -7,6 +7,7 @@ import pytest
 import respx
 
 from tests.engine.harness import FakeWaha, Harness, settings_for
+from tests.support.closing import closing_all
 
 
 @pytest.fixture
@@ -17,13 +18,7 @@ def waha() -> Any:
 
 @pytest.fixture
 async def make_harness(aredis, redis_url, key_prefix) -> AsyncIterator[Callable[..., Harness]]:
-    made: list[Harness] = []
-
-    def make(**overrides: Any) -> Harness:
-        harness = Harness(aredis, settings_for(key_prefix, redis_url, **overrides))
-        made.append(harness)
-        return harness
-
-    yield make
-    for harness in made:
-        await harness.aclose()
+    async with closing_all(
+        lambda **overrides: Harness(aredis, settings_for(key_prefix, redis_url, **overrides))
+    ) as make:
+        yield make

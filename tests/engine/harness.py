@@ -124,6 +124,16 @@ class Harness:
         """Queue a WAHA webhook body as the gateway does; False when it was a duplicate."""
         return await enqueue(self.redis, self.request(compact(document)))
 
+    async def say(self, chat: str, text: str) -> None:
+        """The customer writes; the engine handles it and the reply reaches WAHA."""
+        assert await self.queue(chat, text)
+        await self.drain()
+
+    async def queue(self, chat: str, text: str, *, message_id: str | None = None) -> bool:
+        """The customer's message is queued as the gateway queues it (not handled yet);
+        False when the queue's dedupe refused it."""
+        return await self.webhook(text_message(chat, text, message_id=message_id))
+
     async def handle_queued(self) -> tuple[int, int]:
         """One pass over the shards: claim, handle and commit (fenced) what is ready, as a
         worker does; (leases taken, messages handled). Deliveries are left to the sender."""
@@ -170,16 +180,6 @@ class AgentHarness(Harness):
         super().__init__(
             redis, settings, build_service(redis, settings, outbound=outbound, agent=self.parts)
         )
-
-    async def say(self, chat: str, text: str) -> None:
-        """The customer writes; the engine handles it and the reply reaches WAHA."""
-        assert await self.queue(chat, text)
-        await self.drain()
-
-    async def queue(self, chat: str, text: str, *, message_id: str | None = None) -> bool:
-        """The customer's message is queued as the gateway queues it (not handled yet);
-        False when the queue's dedupe refused it."""
-        return await self.webhook(text_message(chat, text, message_id=message_id))
 
 
 def session_status(session: str, status: str) -> dict[str, Any]:

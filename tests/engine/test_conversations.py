@@ -50,8 +50,7 @@ async def test_inactive_conversation_closes_with_a_goodbye_and_greets_back(
 ) -> None:
     harness = make_harness(inactivity_close_seconds=1)
     await harness.webhook(text_message(ANA, "oi"))
-    await harness.webhook(text_message(ANA, "Ana"))
-    await harness.drain()
+    await harness.say(ANA, "Ana")
 
     async def closed() -> bool:
         await harness.service.timers_once()
@@ -60,8 +59,7 @@ async def test_inactive_conversation_closes_with_a_goodbye_and_greets_back(
 
     await async_wait_until(closed, timeout=10, interval=0.2, what="inactivity close")
     assert waha.to(ANA)[-1].startswith("Vamos encerrar por aqui")
-    await harness.webhook(text_message(ANA, "oi de novo"))
-    await harness.drain()
+    await harness.say(ANA, "oi de novo")
     assert waha.to(ANA)[-2] == "Que bom te ver de novo, Ana! 😊"
     assert (await state_of(aredis, key_prefix, ANA)).state is State.BOT
 
@@ -119,8 +117,7 @@ async def test_business_phone_pauses_the_bot_but_our_echoes_do_not(
     aredis, key_prefix, waha, make_harness
 ) -> None:
     harness = make_harness()
-    await harness.webhook(text_message(ANA, "oi"))
-    await harness.drain()
+    await harness.say(ANA, "oi")
     # WAHA echoes our own reply on message.any: not a human, the bot goes on.
     echo_id = waha.ids[0].split("_")[-1]
     await harness.webhook(from_me(ANA, waha.sent[0][1], echo_id))
@@ -137,8 +134,7 @@ async def test_business_phone_pauses_the_bot_but_our_echoes_do_not(
     await harness.drain()
     assert (await state_of(aredis, key_prefix, ANA)).state is State.PAUSED
     sent_before = len(waha.sent)
-    await harness.webhook(text_message(ANA, "Ana"))
-    await harness.drain()
+    await harness.say(ANA, "Ana")
     assert len(waha.sent) == sent_before
     page, _ = await read_page(aredis, _history(key_prefix, ANA))
     assert [(e.direction, e.author) for e in page] == [

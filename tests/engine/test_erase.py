@@ -26,6 +26,7 @@ from engine.identity import Conversation
 from engine.parts import calendar_from
 from shared.keys import (
     ConsoleKeys,
+    LineKeys,
     WahaSessionKeys,
     engine_keys_for,
     hash_tag_of,
@@ -171,6 +172,11 @@ async def live_a_life(
     await harness.redis.hset(console.read("maria"), who.token, "1-0")
     await harness.redis.zadd(console.handled("maria"), {who.token: now_ms()})
     await harness.redis.xadd(console.events, {"kind": "conv", "token": who.token})
+    # Waiting in a team's line of the session (teams: docs/conversations.md).
+    await harness.redis.zadd(
+        LineKeys(harness.settings.key_prefix).team_waiting(who.session, "financeiro"),
+        {who.token: n + 1},
+    )
     # A send under way.
     await harness.redis.set(
         WahaSessionKeys(who.session, harness.settings.key_prefix).inflight(who.chat_id),
@@ -250,7 +256,7 @@ async def erase_exactly(harness: Harness, waha: FakeWaha, sync_redis: Any, key_p
     # The erased customer is in every shared family the test checks below.
     shared_families = [
         b":dlq", b":outbox:dlq", b":hooks:dead", b":{eng}:convs", b":{line}:joined",
-        b":{console}:events", b":{console}:read:maria",
+        b":{console}:events", b":{console}:read:maria", b":w:default:t:financeiro",
     ]  # fmt: skip
     for family in shared_families:
         holders = [k for k in before if k.endswith(family)]

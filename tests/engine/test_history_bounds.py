@@ -98,8 +98,7 @@ async def test_orphan_meta_fields_are_compacted(aredis, key_prefix, waha, make_h
     """Acks for messages this history never recorded are parked under their WhatsApp id; they
     used to stay as long as the conversation was active."""
     harness = make_harness()
-    await harness.webhook(text_message(ANA, "oi"))
-    await harness.drain()
+    await harness.say(ANA, "oi")
     for n in range(120):
         await ack(harness, ANA, f"true_{ANA}_NEVER{n:04d}", level=2)
     await harness.drain()
@@ -143,8 +142,7 @@ async def test_a_conversation_that_came_back_is_not_forgotten(
     """The prune saw Ana's state gone under an old score; Ana wrote again before its script ran
     (re-indexed with a new score before her commit): she keeps her place in the indexes."""
     harness = make_harness()
-    await harness.webhook(text_message(ANA, "oi"))
-    await harness.drain()
+    await harness.say(ANA, "oi")
     index = EngineIndexKeys(key_prefix)
     ana = f"default|{ANA}"
     old = await aredis.zscore(index.conversations, ana)

@@ -84,8 +84,7 @@ async def test_a_message_from_the_business_phone_still_takes_the_full_turn(
     with respx.mock(assert_all_called=False) as router:
         FakeWaha(router)
         harness = make_harness()
-        await harness.webhook(text_message(ANA, "oi"))
-        await harness.drain()
+        await harness.say(ANA, "oi")
         await harness.webhook(from_me(ANA, "Oi Ana, aqui é a Júlia!", "HUMAN1"))
         await harness.drain()
     keys = engine_keys_for("default", ANA, 1, key_prefix)
@@ -154,3 +153,37 @@ async def test_a_reply_is_sent_and_recorded_in_fewer_round_trips(
     assert await aredis.llen(keys.outbox) == 0
     page, _ = await read_page(aredis, HistoryKeys(keys.history, keys.history_meta))
     assert [(e.text, e.status) for e in page] == [("Olá!", "sent")]
+
+
+async def test_a_customer_message_reads_state_marker_and_history_in_one_round_trip(
+    aredis, key_prefix, make_harness, monkeypatch
+) -> None:
+    """The state, whether the message is in the history already, and the newest entries for
+    the brain: one pipeline, not three round trips."""
+    single: list[str] = []
+    piped: list[list[str]] = []
+    execute_command = aredis.execute_command
+    pipelined = Pipeline.execute
+
+    async def command(*args: Any, **options: Any) -> Any:
+        single.append(str(args[0]))
+        return await execute_command(*args, **options)
+
+    async def pipeline(self: Pipeline, *args: Any, **options: Any) -> Any:
+        piped.append([str(c[0][0]) for c in self.command_stack])
+        return await pipelined(self, *args, **options)
+
+    with respx.mock(assert_all_called=False) as router:
+        waha = FakeWaha(router)
+        harness = make_harness()
+        await harness.webhook(text_message(ANA, "oi"))
+        await harness.drain()
+        await harness.webhook(text_message(ANA, "Ana", message_id="IN2"))
+        monkeypatch.setattr(aredis, "execute_command", command)
+        monkeypatch.setattr(Pipeline, "execute", pipeline)
+        await harness.drain(deliver=False)
+        monkeypatch.undo()
+        await harness.drain()
+    assert waha.to(ANA)[-1].startswith("Como posso ajudar, Ana?")
+    assert not {"HGETALL", "HGET", "XREVRANGE"} & set(single)
+    assert ["HGETALL", "HGET", "XREVRANGE"] in piped

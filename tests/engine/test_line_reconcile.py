@@ -139,8 +139,7 @@ async def test_commit_without_attach_counts_the_conversation(
     harness = make_harness(conversations_per_agent=1)
     line = harness.service.coordinator.line
     await line.set_online("maria", "Maria", 1)
-    await harness.webhook(text_message(ANA, "oi"))
-    await harness.drain()
+    await harness.say(ANA, "oi")
 
     async def killed_before_attach(*_: object) -> bool:
         return False

@@ -16,7 +16,6 @@ from engine.turn import frame as engine_handler
 from shared.keys import engine_keys_for
 from tests.engine.harness import Harness
 from tests.engine.test_waiting_line_flow import ask_for_a_person
-from tests.support.waha import text_message
 
 FIRST = "5511900000101@c.us"
 SECOND = "5511900000102@c.us"
@@ -85,6 +84,5 @@ async def test_a_customer_waiting_too_long_leaves_the_line_and_the_next_moves_up
     assert await line_tokens(harness) == []
 
     # Closed, not lost: writing again reopens the conversation with the bot.
-    await harness.webhook(text_message(FIRST, "oi de novo"))
-    await harness.drain()
+    await harness.say(FIRST, "oi de novo")
     assert await state_of(aredis, key_prefix, FIRST) is State.BOT

@@ -23,7 +23,6 @@ from tests.engine.test_sender import (
     sent_answer,
     texts_sent,
 )
-from tests.support.waha import text_message
 
 ANA = "5511987650001@c.us"
 NOT_UNDERSTOOD = "Não entendi. Responda com o número de uma opção."
@@ -34,8 +33,7 @@ async def test_a_late_echo_of_a_recorded_send_does_not_settle_the_next_same_text
     aredis, key_prefix, waha, make_harness
 ) -> None:
     harness = make_harness()
-    await harness.webhook(text_message(ANA, "oi"))
-    await harness.drain()
+    await harness.say(ANA, "oi")
     keys = engine_keys_for("default", ANA, harness.settings.queue_shards, key_prefix)
     # The first of two replies with the same text goes out and is recorded.
     await commit_replies(aredis, key_prefix, NOT_UNDERSTOOD, chat=ANA)

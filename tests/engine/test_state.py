@@ -65,8 +65,7 @@ async def test_customer_messages_in_paused_keep_the_bot_quiet(
         return (await load_state(aredis, keys.state)).state
 
     harness = make_harness()
-    await harness.webhook(text_message(ANA, "oi"))
-    await harness.drain()
+    await harness.say(ANA, "oi")
     await harness.webhook(from_me(ANA, "Oi Ana, aqui é a Júlia!", "HUMAN1"))
     await harness.drain()
     assert await state() is State.PAUSED

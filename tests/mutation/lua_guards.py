@@ -85,6 +85,7 @@ TESTS: dict[str, list[str]] = {
         "tests/worker/test_fail_message_script.py",
         "tests/worker/test_reap_expired_lease_script.py",
         "tests/worker/test_promote_delayed_script.py",
+        "tests/worker/test_mutants.py",
     ],
     "lib/outbox": ["tests/engine/test_outbox_scripts.py"],
     "lib/turn_end": [

@@ -133,12 +133,12 @@ CHILD_TESTS: dict[str, list[str]] = {
     # gateway processes, killed and restarted.
     **{
         f"gateway/{name}.py": ["tests/gateway/test_outage.py"]
-        for name in ("spool", "spool_file", "replay", "batcher", "intake", "runtime")
+        for name in ("spool", "spool_file", "replay", "batcher", "intake", "runtime", "redis_link")
     },
 }
 
 # A recheck that runs this long hangs (a mutant that never finishes a wait): killed by timeout.
-RECHECK_TIMEOUT_S = 180
+RECHECK_TIMEOUT_S = 60
 
 STATUS: dict[int | None, str] = {
     1: "killed",

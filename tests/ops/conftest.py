@@ -6,12 +6,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from shared.embedded_redis import free_port
-from tests.ops.processes import Service, running_module
+from tests.ops.processes import Service, running_gateway, serving_on_loopback
 
 HMAC_KEY = "ops-test-hmac-key-0123456789abcdef0123"  # >= 32 characters
 
@@ -34,24 +32,9 @@ def module_prefix() -> str:
 @pytest.fixture(scope="module")
 def gateway(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """`python -m gateway` on loopback with its own key prefix and spool."""
-    workdir: Path = tmp_path_factory.mktemp("gateway")
-    port = free_port()
     prefix = module_prefix()
-    environment = {
-        "REDIS_URL": redis_url,
-        "WEBHOOK_HMAC_KEY": HMAC_KEY,
-        "WSM_KEY_PREFIX": prefix,
-        "WSM_QUEUE_SHARDS": "1",
-        "WSM_SPOOL_DIR": str(workdir / "spool"),
-    }
-    with running_module(
-        "gateway",
-        "gateway",
-        ["--host", "127.0.0.1", "--port", str(port)],
-        environment,
-        workdir,
-        ready_url=f"http://127.0.0.1:{port}/healthz",
-    ) as service:
+    workdir = tmp_path_factory.mktemp("gateway")
+    with running_gateway(redis_url, HMAC_KEY, prefix, workdir) as (service, port):
         yield Gateway(service, port, prefix)
 
 
@@ -73,20 +56,12 @@ def api(
     gateway: Gateway, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Api]:
     """`python -m api` (the operator API) on loopback, on the gateway's key prefix."""
-    workdir: Path = tmp_path_factory.mktemp("api")
-    port = free_port()
     environment = {
         "REDIS_URL": redis_url,
         "WSM_API_TOKEN": API_TOKEN,
         "WSM_KEY_PREFIX": gateway.prefix,
         "WSM_QUEUE_SHARDS": "1",
     }
-    with running_module(
-        "api",
-        "api",
-        ["--host", "127.0.0.1", "--port", str(port)],
-        environment,
-        workdir,
-        ready_url=f"http://127.0.0.1:{port}/healthz",
-    ) as service:
+    workdir = tmp_path_factory.mktemp("api")
+    with serving_on_loopback("api", environment, workdir) as (service, port):
         yield Api(service, port)

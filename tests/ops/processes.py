@@ -1,4 +1,4 @@
-"""Starting wsm's real processes (gateway, worker fleet) for the edge and monitoring tests.
+"""Starting wsm's real processes (gateway, API, worker fleet) for the tests that need them.
 
 Each runs as `python -m <package>` in its own working directory (so no developer `.env` is
 read), with the environment the test gives it, its output in a log file for failure messages,
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from shared.embedded_redis import free_port
 from tests.ops.render import REPO
 from tests.support.polling import wait_until
 
@@ -68,6 +69,40 @@ def running_module(
         timeout,
     ) as service:
         yield service
+
+
+@contextlib.contextmanager
+def serving_on_loopback(
+    package: str, environment: Mapping[str, str], workdir: Path
+) -> Iterator[tuple[Service, int]]:
+    """`python -m <package>` for an HTTP process (the gateway, the API) on a free loopback
+    port, yielded with that port once its /healthz answers."""
+    port = free_port()
+    with running_module(
+        package,
+        package,
+        ["--host", "127.0.0.1", "--port", str(port)],
+        environment,
+        workdir,
+        ready_url=f"http://127.0.0.1:{port}/healthz",
+    ) as service:
+        yield service, port
+
+
+@contextlib.contextmanager
+def running_gateway(
+    redis_url: str, hmac_key: str, prefix: str, workdir: Path
+) -> Iterator[tuple[Service, int]]:
+    """The real gateway on one shard under `prefix`, its spool in `workdir`."""
+    environment = {
+        "REDIS_URL": redis_url,
+        "WEBHOOK_HMAC_KEY": hmac_key,
+        "WSM_KEY_PREFIX": prefix,
+        "WSM_QUEUE_SHARDS": "1",
+        "WSM_SPOOL_DIR": str(workdir / "spool"),
+    }
+    with serving_on_loopback("gateway", environment, workdir) as running:
+        yield running
 
 
 @contextlib.contextmanager

@@ -10,20 +10,29 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
+class _Deadline:
+    """The one timeout rule of both waits: past `timeout` seconds, fail naming `what`."""
+
+    def __init__(self, timeout: float, what: str) -> None:
+        self.timeout, self.what = timeout, what
+        self.at = time.monotonic() + timeout
+
+    def check(self) -> None:
+        if time.monotonic() > self.at:
+            raise AssertionError(f"timed out after {self.timeout}s waiting for {self.what}")
+
+
 def wait_until(
     condition: Callable[[], T],
     timeout: float = 10.0,
     interval: float = 0.02,
     what: str = "condition",
 ) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    deadline = _Deadline(timeout, what)
+    while not (value := condition()):
+        deadline.check()
         time.sleep(interval)
+    return value
 
 
 async def async_wait_until(
@@ -32,11 +41,8 @@ async def async_wait_until(
     interval: float = 0.02,
     what: str = "condition",
 ) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    deadline = _Deadline(timeout, what)
+    while not (value := await condition()):
+        deadline.check()
         await asyncio.sleep(interval)
+    return value

@@ -204,3 +204,88 @@ async def test_a_stale_retry_time_of_a_leased_conversation_promotes_nothing(
     assert await state(queue, chat) == "leased"
     assert await ready_order(queue, chat) == []
     assert int(await queue.client.hget(keys.meta, "fence")) == lease.fence
+
+
+# --- shared/scripts/lib/fence.lua: the shard's fencing counter never goes down -------------
+
+
+async def _counter(queue: Queue, chat: str) -> int:
+    return int(await queue.client.get(keys_of(queue, chat).shard_keys.fence) or 0)
+
+
+def _in_the_same_shard(queue: Queue, chat: str, start: int) -> str:
+    """A chat of the same shard as `chat` (on the cluster, chats spread over six)."""
+    shard = keys_of(queue, chat).shard_keys
+    n = start
+    while keys_of(queue, chat_id(n)).shard_keys != shard:
+        n += 1
+    return chat_id(n)
+
+
+async def _handle_all(queue: Queue, chat: str) -> None:
+    """Lease `chat`, ack its messages and release it: one ordinary turn, ending idle."""
+    consumer = queue.consumer()
+    lease = await lease_chat(queue, consumer, chat)
+    for message in lease.messages:
+        await consumer.ack(lease, message.id)
+    assert await consumer.release(lease)
+
+
+async def _pop_into_claimed(queue: Queue, chat: str, meta_fence: int, *, queued: bool) -> None:
+    """`chat` popped into `claimed` with a meta fence an older version wrote (below or above
+    the shard's counter), with or without messages queued."""
+    keys = keys_of(queue, chat)
+    if queued:
+        await queue_chat(queue, chat, ["a"])
+        await queue.client.lrem(keys.shard_keys.ready, 1, keys.token)
+    await queue.client.hset(keys.meta, mapping={"state": "ready", "fence": meta_fence})
+    await queue.client.lpush(keys.shard_keys.claimed, keys.token)
+
+
+async def test_a_lease_draws_above_the_counter_even_when_its_meta_fence_is_lower(
+    queue: Queue,
+) -> None:
+    """A conversation whose meta carries a fence below the shard's counter (written by a
+    version without the counter) is leased with a fence from the counter, and the counter is
+    not lowered to the meta's fence. A lowered counter would hand out again fences some
+    worker may still hold. Kills: lib/fence.lua's `fence <= previous` flipped."""
+    busy = chat_id(9)
+    old = _in_the_same_shard(queue, busy, 10)
+    for n in range(3):  # move the counter up with ordinary turns
+        await queue_chat(queue, busy, [f"m{n}"])
+        await _handle_all(queue, busy)
+    before = await _counter(queue, busy)
+    assert before >= 3
+    await _pop_into_claimed(queue, old, 1, queued=True)
+    keys = keys_of(queue, old)
+
+    lease = await queue.consumer().claim(keys.shard_keys, keys.token, "w")
+
+    assert lease is not None
+    assert lease.fence > before
+    assert await _counter(queue, old) >= lease.fence
+
+
+async def test_going_idle_carries_a_higher_meta_fence_into_the_counter_never_a_lower_one(
+    queue: Queue,
+) -> None:
+    """A conversation found with nothing queued goes idle (its meta is deleted); a meta fence
+    above the counter is carried into it first, one below it never lowers it.
+    Kills: lib/fence.lua keep_fence's `fence > counter` flipped."""
+    low = chat_id(11)
+    high = _in_the_same_shard(queue, low, 100)
+    await queue_chat(queue, low, ["x"])
+    await _handle_all(queue, low)
+    counter = await _counter(queue, low)
+    assert counter >= 1
+
+    await _pop_into_claimed(queue, low, 0, queued=False)
+    keys = keys_of(queue, low)
+    assert await queue.consumer().claim(keys.shard_keys, keys.token, "w") is None
+    assert await queue.client.exists(keys.meta) == 0
+    assert await _counter(queue, low) == counter
+
+    await _pop_into_claimed(queue, high, counter + 50, queued=False)
+    keys = keys_of(queue, high)
+    assert await queue.consumer().claim(keys.shard_keys, keys.token, "w") is None
+    assert await _counter(queue, high) == counter + 50

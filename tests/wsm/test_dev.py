@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from shared.embedded_redis import free_port
+from tests.support.orphans import kill_and_wait_for_the_parts
 from tests.support.polling import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,12 +79,7 @@ def test_wsm_dev_leaves_no_process_behind(home: Path, how: str) -> None:
         # Redis, the simulator, the gateway, the fleet's supervisor and its process, the API.
         assert len(processes_of(home)) >= 6, banner
         if how == "killed":
-            dev.send_signal(signal.SIGKILL)
-            dev.wait(timeout=10)
-            wait_until(
-                lambda: processes_of(home) == [], timeout=90, interval=0.2,
-                what="the parts to stop after their parent died",
-            )  # fmt: skip
+            kill_and_wait_for_the_parts(dev, lambda: processes_of(home))
             return
         if how == "terminated":
             dev.send_signal(signal.SIGTERM)

@@ -51,7 +51,8 @@ ROUTES: dict[str, tuple[Handler, int, bool]] = {
 }
 
 
-async def _body(receive: Receive) -> bytes:
+async def read_body(receive: Receive) -> bytes:
+    """An ASGI request's whole body, however many chunks it came in."""
     chunks = []
     while True:
         message = await receive()
@@ -74,7 +75,7 @@ async def serve(
     simulator: Simulator, route: tuple[Handler, int, bool], receive: Receive, send: Send
 ) -> None:
     handler, status, control = route
-    raw = await _body(receive)
+    raw = await read_body(receive)
     try:
         try:
             body = orjson.loads(raw) if raw.strip() else {}

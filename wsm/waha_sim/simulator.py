@@ -218,6 +218,14 @@ class Simulator:
         self._spawn(self._after_send(session, chat_id, serialized, text, at // 1000, reply_to))
         return send_text_response(serialized, text)
 
+    def _quote(self, reply_to: str | None, author: str) -> dict[str, Any] | None:
+        """The `replyTo` of a message quoting `reply_to` (written by `author`); None when it
+        quotes nothing."""
+        if not reply_to:
+            return None
+        original = self.store.message(reply_to)
+        return reply_to_payload(reply_to, author, original.text if original else None)
+
     async def _after_send(
         self,
         session: SessionState,
@@ -227,17 +235,13 @@ class Simulator:
         timestamp: int,
         reply_to: str | None,
     ) -> None:
-        quoted = None
-        if reply_to:
-            original = self.store.message(reply_to)
-            quoted = reply_to_payload(reply_to, chat_id, original.text if original else None)
         echo = message_payload(
             message_id=serialized,
             chat_id=chat_id,
             body=text,
             timestamp_s=timestamp,
             from_me=True,
-            reply_to=quoted,
+            reply_to=self._quote(reply_to, chat_id),
         )
         await self.emit(session, "message.any", echo)
         for ack, delay in ((ACK_DEVICE, self.config.ack_delay), (ACK_READ, self.config.read_delay)):
@@ -327,12 +331,9 @@ class Simulator:
         serialized = message_id(False, sender, wa_id)
         timestamp = now_ms() // 1000
         reply_to = body.get("reply_to")
-        quoted = None
-        if isinstance(reply_to, str) and reply_to:
-            original = self.store.message(reply_to)
-            # The customer quotes one of our messages: its author is us.
-            author = session.me["id"] if session.me else sender
-            quoted = reply_to_payload(reply_to, author, original.text if original else None)
+        # The customer quotes one of our messages: its author is us.
+        author = session.me["id"] if session.me else sender
+        quoted = self._quote(reply_to if isinstance(reply_to, str) else None, author)
         payload = message_payload(
             message_id=serialized,
             chat_id=sender,

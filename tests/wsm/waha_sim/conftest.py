@@ -22,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 from tests.support.polling import async_wait_until
 from wsm.waha_sim import create_app
 from wsm.waha_sim.config import SimConfig
+from wsm.waha_sim.fastpath import read_body
 
 HMAC_KEY = "sim-test-key-0123456789abcdef01234567"  # >= 32 characters
 
@@ -56,15 +57,10 @@ class Receiver:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         status = self.script.popleft() if self.script else self.default_status
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        self.requests.append(Received(time.monotonic(), headers, b"".join(chunks), status))
+        self.requests.append(Received(time.monotonic(), headers, body, status))
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
 

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from shared.embedded_redis import free_port
-from tests.ops.processes import running_module
+from tests.ops.processes import running_gateway
 from tests.support.polling import async_wait_until
 from tests.wsm.waha_sim.conftest import HMAC_KEY, Sim, SimFactory
 
@@ -26,22 +25,7 @@ class RunningGateway:
 
 @pytest.fixture
 def gateway(redis_url: str, key_prefix: str, tmp_path: Path) -> Iterator[RunningGateway]:
-    port = free_port()
-    environment = {
-        "REDIS_URL": redis_url,
-        "WEBHOOK_HMAC_KEY": HMAC_KEY,
-        "WSM_KEY_PREFIX": key_prefix,
-        "WSM_QUEUE_SHARDS": "1",
-        "WSM_SPOOL_DIR": str(tmp_path / "spool"),
-    }
-    with running_module(
-        "gateway",
-        "gateway",
-        ["--host", "127.0.0.1", "--port", str(port)],
-        environment,
-        tmp_path / "gateway",
-        ready_url=f"http://127.0.0.1:{port}/healthz",
-    ):
+    with running_gateway(redis_url, HMAC_KEY, key_prefix, tmp_path / "gateway") as (_, port):
         yield RunningGateway(f"http://127.0.0.1:{port}/webhook")
 
 

@@ -1,0 +1,125 @@
+"""The business's opening hours as the waiting line sees them: open now or not, when it opens
+next (in words: "amanhã às 08:00"), when it last closed, and how much open time passed between
+two moments (the line's timeout counts only that).
+
+The hours, the closed days and the holidays (explicit and from the `holidays` package) are the
+calendar's (engine/agent/calendar.py, the business file); this only reads them. Times are epoch
+milliseconds in and out, like the rest of the engine, so tests drive them with the engine's clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date, datetime, time, timedelta
+
+from engine.agent.calendar import LONG_DAY_NAMES, Calendar
+
+# How far the searches for the next opening / the last closing look (a business closed for
+# longer than this is treated as never opening again: no "opens on" to tell).
+SEARCH_DAYS = 370
+
+_TODAY = {"pt-BR": "hoje às {time}", "en": "today at {time}"}
+_TOMORROW = {"pt-BR": "amanhã às {time}", "en": "tomorrow at {time}"}
+_THIS_WEEK = {"pt-BR": "{weekday} às {time}", "en": "{weekday} at {time}"}
+_LATER = {"pt-BR": "{weekday}, {date} às {time}", "en": "{weekday} {date} at {time}"}
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+class BusinessHours:
+    def __init__(self, calendar: Calendar) -> None:
+        self.calendar = calendar
+        self.tz = calendar.tz
+
+    # --- intervals -------------------------------------------------------------------------
+    def _day(self, at_ms: int) -> date:
+        return datetime.fromtimestamp(at_ms / 1000, self.tz).date()
+
+    def intervals(self, day: date) -> list[tuple[int, int]]:
+        """The day's open intervals as epoch ms (none on a closed day or a holiday)."""
+        if not self.calendar.is_open_day(day):
+            return []
+        midnight = datetime.combine(day, time())
+        return [
+            (
+                _ms((midnight + timedelta(minutes=begin)).replace(tzinfo=self.tz)),
+                _ms((midnight + timedelta(minutes=end)).replace(tzinfo=self.tz)),
+            )
+            for begin, end in self.calendar.hours.get(day.weekday(), ())
+        ]
+
+    def _days(self, start: date, step: int) -> Iterator[date]:
+        for n in range(SEARCH_DAYS):
+            yield start + timedelta(days=n * step)
+
+    # --- questions -------------------------------------------------------------------------
+    def is_open(self, at_ms: int) -> bool:
+        return any(begin <= at_ms < end for begin, end in self.intervals(self._day(at_ms)))
+
+    def opened_at(self, at_ms: int) -> int:
+        """When the interval open at `at_ms` began (ms); 0 when closed."""
+        for begin, end in self.intervals(self._day(at_ms)):
+            if begin <= at_ms < end:
+                return begin
+        return 0
+
+    def next_opening(self, at_ms: int) -> int | None:
+        """The first opening after `at_ms` (ms), None when none is within SEARCH_DAYS."""
+        for day in self._days(self._day(at_ms), 1):
+            for begin, _ in self.intervals(day):
+                if begin > at_ms:
+                    return begin
+        return None
+
+    def last_closing(self, at_ms: int) -> int:
+        """When the business last closed at or before `at_ms` (ms); 0 when never."""
+        for day in self._days(self._day(at_ms), -1):
+            ends = [end for _, end in self.intervals(day) if end <= at_ms]
+            if ends:
+                return max(ends)
+        return 0
+
+    def open_ms_between(self, start_ms: int, end_ms: int) -> int:
+        """Open time between two moments (ms)."""
+        if end_ms <= start_ms:
+            return 0
+        total = 0
+        day, last = self._day(start_ms), self._day(end_ms)
+        while day <= last:
+            for begin, end in self.intervals(day):
+                total += max(0, min(end, end_ms) - max(begin, start_ms))
+            day += timedelta(days=1)
+        return total
+
+    def deadline(self, start_ms: int, open_ms: int) -> int | None:
+        """The moment `open_ms` of open time have passed since `start_ms`; None when the
+        business does not open enough within SEARCH_DAYS."""
+        left = open_ms
+        for day in self._days(self._day(start_ms), 1):
+            for begin, end in self.intervals(day):
+                begin = max(begin, start_ms)
+                if end <= begin:
+                    continue
+                if end - begin >= left:
+                    return begin + left
+                left -= end - begin
+        return None
+
+    # --- words -----------------------------------------------------------------------------
+    def opening_label(self, at_ms: int, opening_ms: int, language: str) -> str:
+        """When it opens, as people say it: "amanhã às 08:00", "segunda às 08:00"."""
+        lang = language if language in _TODAY else "pt-BR"
+        opening = datetime.fromtimestamp(opening_ms / 1000, self.tz)
+        days = (opening.date() - self._day(at_ms)).days
+        clock = opening.strftime("%H:%M")
+        weekday = LONG_DAY_NAMES[lang][opening.weekday()]
+        if days <= 0:
+            return _TODAY[lang].format(time=clock)
+        if days == 1:
+            return _TOMORROW[lang].format(time=clock)
+        if days < 7:
+            return _THIS_WEEK[lang].format(weekday=weekday, time=clock)
+        shown = opening.strftime("%m/%d" if lang == "en" else "%d/%m")
+        return _LATER[lang].format(weekday=weekday, date=shown, time=clock)

@@ -1,0 +1,122 @@
+"""Teams through the operator API and `wsm agent add --team` (issue 16): an agent online with
+`{"teams": [...]}` takes only customers of their teams (`POST /api/queue/next` answers 204 for
+a Recepção agent while only a Financeiro customer waits), an agent of Financeiro takes them,
+`GET /api/queue` shows each line's own positions; invalid teams are refused with nothing
+stored."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from api.app import create_app
+from engine.state import State, load_state
+from shared.keys import LineKeys, engine_keys_for
+from tests.api.conftest import API_AUTH, API_TOKEN
+from tests.engine.harness import Harness, settings_for
+from tests.engine.test_teams import business_file
+from tests.support.waha import text_message
+
+__all__ = ["business_file"]  # the two-team business file fixture
+
+ANA = "5511900000401@c.us"
+BIA = "5511900000402@c.us"
+CAIO = "5511900000403@c.us"
+
+
+@pytest.fixture
+async def parts(
+    aredis: Any, redis_url: str, key_prefix: str, business_file: Path, waha: Any
+) -> AsyncIterator[tuple[Harness, httpx.AsyncClient]]:
+    # Agents take customers only through queue/next here (no automatic assignment).
+    settings = settings_for(
+        key_prefix, redis_url, api_token=API_TOKEN, calendar_file=business_file,
+        auto_assign=False,
+    )  # fmt: skip
+    harness = Harness(aredis, settings)
+    transport = httpx.ASGITransport(app=create_app(settings, aredis))
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+        yield harness, client
+    await harness.aclose()
+
+
+async def ask_for(harness: Harness, chat: str, name: str, team_number: str) -> None:
+    for text in ("oi", name, "3", team_number):
+        await harness.webhook(text_message(chat, text))
+    await harness.drain()
+
+
+async def test_a_financeiro_customer_is_not_taken_by_a_recepcao_agent(
+    parts: tuple[Harness, httpx.AsyncClient], aredis: Any, key_prefix: str
+) -> None:
+    harness, client = parts
+    await ask_for(harness, ANA, "Ana", "2")  # Financeiro
+    online = await client.post(
+        "/api/agents/rita/online", json={"name": "Rita", "teams": ["recepcao"]}, headers=API_AUTH
+    )
+    assert online.status_code == 200 and online.json()["teams"] == ["recepcao"]
+    answer = await client.post("/api/queue/next?agent_id=rita", headers=API_AUTH)
+    assert answer.status_code in (204, 409)
+    state = await load_state(aredis, engine_keys_for("default", ANA, 1, key_prefix).state)
+    assert state.state is State.WAITING
+
+    await ask_for(harness, BIA, "Bia", "1")  # Recepção
+    await ask_for(harness, CAIO, "Caio", "2")  # Financeiro
+    queue = (await client.get("/api/queue", headers=API_AUTH)).json()
+    assert [(q["team"], q["chat_id"], q["position"]) for q in queue] == [
+        ("recepcao", BIA, 1), ("financeiro", ANA, 1), ("financeiro", CAIO, 2),
+    ]  # fmt: skip
+
+    await client.post(
+        "/api/agents/fabio/online", json={"name": "Fábio", "teams": ["financeiro"]},
+        headers=API_AUTH,
+    )  # fmt: skip
+    taken = await client.post("/api/queue/next?agent_id=fabio", headers=API_AUTH)
+    assert taken.status_code == 200 and taken.json()["chat_id"] == ANA
+    await harness.drain()
+    state = await load_state(aredis, engine_keys_for("default", ANA, 1, key_prefix).state)
+    assert state.state is State.AGENT and state.agent_id == "fabio"
+    # Rita's next is Bia, never Caio.
+    taken = await client.post("/api/queue/next?agent_id=rita", headers=API_AUTH)
+    assert taken.status_code == 200 and taken.json()["chat_id"] == BIA
+    agents = {a["id"]: a for a in (await client.get("/api/agents", headers=API_AUTH)).json()}
+    assert agents["rita"]["teams"] == ["recepcao"] and agents["fabio"]["teams"] == ["financeiro"]
+
+
+@pytest.mark.parametrize("teams", [["Financeiro"], ["a b"], "financeiro", [""]])
+async def test_invalid_teams_are_refused_and_nothing_is_stored(
+    parts: tuple[Harness, httpx.AsyncClient], sync_redis: Any, key_prefix: str, teams: Any
+) -> None:
+    _, client = parts
+    answer = await client.post("/api/agents/rita/online", json={"teams": teams}, headers=API_AUTH)
+    assert answer.status_code == 422
+    assert sync_redis.keys(f"{key_prefix}*") == []
+
+
+def test_wsm_agent_add_with_teams(redis_url: str, key_prefix: str, sync_redis: Any) -> None:
+    """The real command, in its own process: --team is repeatable; the agent's line record
+    holds the teams, and the console's going online keeps them."""
+    env = {**os.environ, "REDIS_URL": redis_url, "WSM_KEY_PREFIX": key_prefix}
+    command = [sys.executable, "-m", "api.console.cli", "add", "rita", "--name", "Rita"]
+    done = subprocess.run(
+        [*command, "--team", "recepcao", "--team", "financeiro"],
+        input="a long password\n", env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "teams financeiro, recepcao" in done.stdout
+    stored = sync_redis.hget(LineKeys(key_prefix).agent_teams, "rita")
+    assert stored == b'["financeiro","recepcao"]'
+
+    refused = subprocess.run(
+        [*command[:-3], "add", "bia", "--team", "Não Vale"],
+        input="a long password\n", env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "not a team id" in refused.stderr
+    assert sync_redis.hget(LineKeys(key_prefix).agent_teams, "bia") is None

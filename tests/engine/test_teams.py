@@ -1,0 +1,152 @@
+"""Teams (issue 16): the business file's `teams`; with more than one, asking for a person asks
+which one as a numbered choice; each team has its own line with its own positions; an agent
+takes the longest-waiting customer of their teams' lines only. End to end on the real queue
+protocol and Redis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.state import State, load_state
+from engine.texts import DEFAULTS
+from shared.keys import engine_keys_for
+from tests.engine.harness import Harness
+from tests.support.waha import text_message
+
+ANA = "5511900000301@c.us"  # Financeiro
+BIA = "5511900000302@c.us"  # Recepção
+CAIO = "5511900000303@c.us"  # Financeiro
+PT = DEFAULTS["pt-BR"]
+
+# Open around the clock, so the real time can run.
+ALL_DAY = "\n".join(
+    f'  {day}: ["00:00-24:00"]' for day in ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+)
+TWO_TEAMS = f"""
+business:
+  name: Clínica Sorriso
+hours:
+{ALL_DAY}
+services:
+  - id: consulta
+    name: Consulta
+teams:
+  - id: recepcao
+    name: Recepção
+  - id: financeiro
+    name: Financeiro
+"""
+
+
+@pytest.fixture
+def business_file(tmp_path: Path) -> Path:
+    path = tmp_path / "business.yaml"
+    path.write_text(TWO_TEAMS, "utf-8")
+    return path
+
+
+async def say(harness: Harness, chat: str, *texts: str) -> None:
+    for text in texts:
+        await harness.webhook(text_message(chat, text))
+    await harness.drain()
+    await harness.service.coordinator.maintain()
+    await harness.drain()
+
+
+async def state_of(aredis: Any, prefix: str, chat: str) -> Any:
+    return await load_state(aredis, engine_keys_for("default", chat, 1, prefix).state)
+
+
+QUESTION = PT["team_question"].format(teams="1. Recepção\n2. Financeiro")
+
+
+async def test_which_team_is_a_numbered_choice_and_each_line_counts_its_own(
+    aredis: Any, key_prefix: str, waha: Any, make_harness: Any, business_file: Path
+) -> None:
+    harness = make_harness(calendar_file=business_file)
+    await say(harness, ANA, "oi", "Ana", "3")
+    assert waha.to(ANA)[-1] == QUESTION
+    assert (await state_of(aredis, key_prefix, ANA)).state is State.BOT
+    # Not one of the options: asked again, nothing entered.
+    await say(harness, ANA, "9")
+    assert waha.to(ANA)[-2:] == [PT["invalid_option"], QUESTION]
+    line = harness.service.coordinator.line
+    assert await line.length("default") == 0
+
+    await say(harness, ANA, "2")
+    await say(harness, BIA, "oi", "Bia", "3", "recepção")  # a name works too
+    await say(harness, CAIO, "oi", "Caio", "3", "2")
+    # Each line's positions are its own: Bia is 1st of Recepção, Caio 2nd of Financeiro.
+    assert waha.to(ANA)[-1].startswith("Você é o 1º da fila.")
+    assert waha.to(BIA)[-1].startswith("Você é o 1º da fila.")
+    assert waha.to(CAIO)[-1].startswith("Você é o 2º da fila.")
+    assert [(w.token, w.position) for w in await line.members("default", "financeiro")] == [
+        (f"default|{ANA}", 1), (f"default|{CAIO}", 2),
+    ]  # fmt: skip
+    assert [(w.token, w.position) for w in await line.members("default", "recepcao")] == [
+        (f"default|{BIA}", 1)
+    ]
+    assert await line.members("default", "") == []
+    # The choice is gone once made; the brain's step is back.
+    ana = await state_of(aredis, key_prefix, ANA)
+    assert ana.state is State.WAITING and ana.step != "line_team"
+
+
+async def test_an_agent_takes_only_from_their_teams_lines(
+    aredis: Any, key_prefix: str, waha: Any, make_harness: Any, business_file: Path
+) -> None:
+    harness = make_harness(calendar_file=business_file, conversations_per_agent=2)
+    coordinator = harness.service.coordinator
+    line = coordinator.line
+    await say(harness, ANA, "oi", "Ana", "3", "2")  # Financeiro, first of all
+    await say(harness, BIA, "oi", "Bia", "3", "1")  # Recepção
+
+    # Rita is in Recepção only: she gets Bia, never Ana, though Ana waits longer.
+    await line.set_online("rita", "Rita", 1, teams=["recepcao"])
+    await coordinator.maintain()
+    await harness.drain()
+    assert (await state_of(aredis, key_prefix, BIA)).agent_id == "rita"
+    assert (await state_of(aredis, key_prefix, ANA)).state is State.WAITING
+    assert await coordinator.take_next("rita") is None  # room left, nobody of hers waits
+    # Nor does an agent of no team take a team's customer.
+    await line.set_online("zeca", "Zeca", 2)
+    assert await coordinator.take_next("zeca") is None
+    assert (await state_of(aredis, key_prefix, ANA)).state is State.WAITING
+
+    # Fábio is in Financeiro: Ana is his.
+    await line.set_online("fabio", "Fábio", 3, teams=["financeiro"])
+    await coordinator.maintain()
+    await harness.drain()
+    ana = await state_of(aredis, key_prefix, ANA)
+    assert ana.state is State.AGENT and ana.agent_id == "fabio"
+    assert waha.to(ANA)[-1] == PT["line_taken"].format(agent="Fábio")
+    agents = {a.id: a for a in await line.agents()}
+    assert agents["fabio"].teams == ("financeiro",) and agents["fabio"].conversations == 1
+    assert agents["zeca"].conversations == 0
+
+
+async def test_the_longest_waiting_among_an_agents_teams(
+    aredis: Any, key_prefix: str, waha: Any, make_harness: Any, business_file: Path
+) -> None:
+    harness = make_harness(calendar_file=business_file, conversations_per_agent=1)
+    coordinator = harness.service.coordinator
+    await say(harness, BIA, "oi", "Bia", "3", "1")  # Recepção, first
+    await say(harness, ANA, "oi", "Ana", "3", "2")  # Financeiro, second
+    await coordinator.line.set_online("lia", "Lia", 1, teams=["financeiro", "recepcao"])
+    taken = await coordinator.take_next("lia")
+    assert taken is not None and taken.token == f"default|{BIA}"
+    await harness.drain()
+    # Capacity is per agent: Lia is full.
+    assert (await state_of(aredis, key_prefix, ANA)).state is State.WAITING
+
+
+async def test_one_team_or_none_asks_nothing(waha: Any, make_harness: Any, tmp_path: Path) -> None:
+    one = tmp_path / "one.yaml"
+    one.write_text(TWO_TEAMS[: TWO_TEAMS.index("  - id: financeiro")], "utf-8")
+    harness = make_harness(calendar_file=one)
+    await say(harness, ANA, "oi", "Ana", "3")
+    assert waha.to(ANA)[-1].startswith("Você é o 1º da fila.")
+    assert [w.team for w in await harness.service.coordinator.line.members("default")] == [""]
