@@ -616,6 +616,10 @@ def update_docs(table: str, command: str) -> None:
         "in one moment (last column), met a foreign CPU burst, and the load average says so.\n\n"
         f"{table}\n"
     )
+    # Notes kept by hand under "### " headings at the section's end survive a new measurement.
+    kept = text.find("\n### ", start, end if end >= 0 else len(text))
+    if kept >= 0:
+        section += text[kept : end if end >= 0 else len(text)].rstrip("\n") + "\n"
     path.write_text(text[:start] + section + (text[end:] if end >= 0 else ""))
 
 

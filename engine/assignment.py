@@ -112,7 +112,7 @@ class LineCoordinator:
         queueing checks that would certainly be refused.
         """
         members = await self.line.members(session)
-        if not members or not self.line.is_open(now_ms()):
+        if not members or not self.line.for_session(session).is_open(now_ms()):
             return 0  # closed: places are told again at the opening (announce_opening)
         pipe = self._redis.pipeline(transaction=False)
         for member in members:
@@ -148,22 +148,33 @@ class LineCoordinator:
         The line records whether it last saw the business open or closed; the first pass
         that sees it open after closed queues one `wsm.line` command (`opening`) per waiting
         customer, with an event id per opening, so passes of several processes (or a repeat
-        after a crash before the record) tell each customer once."""
-        hours = self.line.hours
+        after a crash before the record) tell each customer once. A session with a business of
+        its own (engine/businesses.py) opens at its own hours, with its own record."""
+        queued = await self._announce_opening(self.line, "")
+        for session in self.line.sessions_own:
+            queued += await self._announce_opening(self.line.for_session(session), session)
+        return queued
+
+    async def _announce_opening(self, line: WaitingLine, own: str) -> int:
+        """`own`: the session of a business of its own; "" for the default business's."""
+        hours = line.hours
         if hours is None:
             return 0
         now = now_ms()
         is_open = hours.is_open(now)
-        seen = await self.line.hours_seen()
+        seen = await line.hours_seen(own)
         if seen == ("open" if is_open else "closed"):
             return 0  # no change (and no write)
         if not is_open or seen is None:
-            await self.line.mark_hours(is_open)
+            await line.mark_hours(is_open, own)
             return 0
         opened_at = hours.opened_at(now)
         queued = 0
-        for session in await self.line.sessions():
-            for member in await self.line.members(session):
+        sessions = [own] if own else await line.sessions()
+        for session in sessions:
+            if not own and session in line.sessions_own:
+                continue  # its business's hours, its own pass
+            for member in await line.members(session):
                 _, chat_id = split_conversation_token(member.token)
                 if await self.queue.send(
                     session,
@@ -173,7 +184,7 @@ class LineCoordinator:
                     event_id=f"open:{member.token}:{member.entered_at}:{opened_at}",
                 ):
                     queued += 1
-        await self.line.mark_hours(True)
+        await line.mark_hours(True, own)
         return queued
 
     async def resend_stale_takes(self) -> int:

@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from engine.agent.bookings import BookingStore
-from engine.agent.calendar import Calendar, default_calendar, load_calendar
+from engine.agent.calendar import Calendar, load_calendar
 from engine.assignment import LineCoordinator
+from engine.businesses import businesses_from, calendar_from
 from engine.commands import CommandQueue
 from engine.conversation_engine import EngineConfig
 from engine.hours import BusinessHours
@@ -66,9 +67,11 @@ def waiting_line(
     redis: RedisClient, settings: Settings, *, calendar: Calendar | None = None
 ) -> WaitingLine:
     """The line keeps the business file's hours and teams; without a business file
-    (WSM_CALENDAR_FILE) it is always open and has no teams."""
+    (WSM_CALENDAR_FILE) it is always open and has no teams. A session with a business of its
+    own (WSM_BUSINESS_FILES) has that file's hours and teams (WaitingLine.for_session)."""
     if calendar is None and settings.calendar_file is not None:
         calendar = load_calendar(settings.calendar_file)
+    own = businesses_from(settings, default=calendar) if settings.business_file_map else None
     return WaitingLine(
         redis,
         prefix=settings.key_prefix,
@@ -76,6 +79,13 @@ def waiting_line(
         default_handling_seconds=settings.default_handling_seconds,
         hours=BusinessHours(calendar) if calendar is not None else None,
         teams=calendar.teams if calendar is not None else (),
+        sessions={
+            session: (BusinessHours(b.calendar), b.calendar.teams)
+            for session, b in own.by_session.items()
+            if b.id  # the default file named for a session: the default hours already
+        }
+        if own is not None
+        else None,
     )
 
 
@@ -121,12 +131,6 @@ def menu_brain(settings: Settings) -> MenuBrain:
     )
 
 
-def calendar_from(settings: Settings) -> Calendar:
-    if settings.calendar_file is not None:
-        return load_calendar(settings.calendar_file)
-    return default_calendar(settings.business_name, settings.menu_service_names)
-
-
 def booking_store(
     redis: RedisClient,
     settings: Settings,
@@ -134,6 +138,7 @@ def booking_store(
     calendar: Calendar | None = None,
     on_event: Callable[[], None] | None = None,
     webhook_enabled: bool = False,
+    business: str = "",
 ) -> BookingStore:
     """The bookings. The worker's agent passes its webhook (`webhook_enabled`, `on_event`);
     readers and the erase (the operator API) leave them off."""
@@ -145,4 +150,5 @@ def booking_store(
         retention_seconds=settings.history_retention_seconds,
         webhook_enabled=webhook_enabled,
         on_event=on_event,
+        business=business,
     )

@@ -19,8 +19,9 @@ timeout read them.
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +107,7 @@ class WaitingLine:
         default_handling_seconds: int,
         hours: BusinessHours | None = None,
         teams: Sequence[Team] = (),
+        sessions: Mapping[str, tuple[BusinessHours, Sequence[Team]]] | None = None,
     ) -> None:
         self._redis = redis
         self.keys = LineKeys(prefix)
@@ -114,13 +116,26 @@ class WaitingLine:
         # None: no business file, the line is always open.
         self.hours = hours
         self.teams = tuple(teams)
+        # Sessions with a business of their own (engine/businesses.py): its hours and teams.
+        self.sessions_own = {k: (h, tuple(t)) for k, (h, t) in (sessions or {}).items()}
+
+    def for_session(self, session: str) -> WaitingLine:
+        """The line as the session's business sees it (its hours and teams; the same Redis
+        and keys): itself for a session of the default business."""
+        own = self.sessions_own.get(session)
+        if own is None:
+            return self
+        view = copy.copy(self)
+        view.hours, view.teams = own
+        return view
 
     def line_key(self, session: str, team: str = "") -> str:
         return self.keys.team_waiting(session, team) if team else self.keys.waiting(session)
 
-    def team_ids(self) -> list[str]:
+    def team_ids(self, session: str | None = None) -> list[str]:
         """The session's lines: the plain one ("") and each team's."""
-        return ["", *(t.id for t in self.teams)]
+        teams = self.for_session(session).teams if session is not None else self.teams
+        return ["", *(t.id for t in teams)]
 
     def is_open(self, at_ms: int) -> bool:
         return self.hours is None or self.hours.is_open(at_ms)
@@ -139,7 +154,7 @@ class WaitingLine:
     async def leave(self, session: str, token: str) -> int:
         """Leave the line (whichever of the session's it is in); the position it had, 0 when
         it was in none."""
-        for team in self.team_ids():
+        for team in self.team_ids(session):
             gone = int(await LINE_LEAVE(self._redis, [self.line_key(session, team)], [token]))
             if gone:
                 return gone
@@ -147,7 +162,7 @@ class WaitingLine:
 
     async def locate(self, session: str, token: str) -> tuple[str, int] | None:
         """(team, position) of a customer in the session's lines; None when in none."""
-        teams = self.team_ids()
+        teams = self.team_ids(session)
         pipe = self._redis.pipeline(transaction=False)
         for team in teams:
             pipe.zrank(self.line_key(session, team), token)
@@ -164,7 +179,7 @@ class WaitingLine:
         """Who waits, front first, each line's positions its own: one team's line ("" = the
         plain one), or every line of the session (None)."""
         out: list[Waiting] = []
-        for line_team in self.team_ids() if team is None else [team]:
+        for line_team in self.team_ids(session) if team is None else [team]:
             raw = await self._redis.zrange(
                 self.line_key(session, line_team), 0, -1, withscores=True
             )
@@ -176,7 +191,7 @@ class WaitingLine:
 
     async def length(self, session: str) -> int:
         pipe = self._redis.pipeline(transaction=False)
-        for team in self.team_ids():
+        for team in self.team_ids(session):
             pipe.zcard(self.line_key(session, team))
         return sum(int(n) for n in await pipe.execute())
 
@@ -341,15 +356,19 @@ class WaitingLine:
         return bool(added)
 
     # --- hours ------------------------------------------------------------------------------
-    async def mark_hours(self, is_open: bool) -> None:
-        """Record whether the business is open now. The switch from closed to open is when
-        the line tells everyone their place again (LineCoordinator.announce_opening)."""
-        await self._redis.set(self.keys.hours_state, "open" if is_open else "closed")
+    async def mark_hours(self, is_open: bool, own: str = "") -> None:
+        """Record whether the business is open now (`own`: the session of a business of its
+        own). The switch from closed to open is when the line tells everyone their place
+        again (LineCoordinator.announce_opening)."""
+        await self._redis.set(self._hours_key(own), "open" if is_open else "closed")
 
-    async def hours_seen(self) -> str | None:
+    async def hours_seen(self, own: str = "") -> str | None:
         """What `mark_hours` recorded last ("open", "closed"; None: never)."""
-        raw = await self._redis.get(self.keys.hours_state)
+        raw = await self._redis.get(self._hours_key(own))
         return None if raw is None else as_text(raw)
+
+    def _hours_key(self, own: str) -> str:
+        return f"{self.keys.hours_state}:{own}" if own else self.keys.hours_state
 
     # --- reconcile (engine/assignment.py) --------------------------------------------------
     async def counter(self) -> int:

@@ -354,7 +354,8 @@ class LineKeys:
     @property
     def hours_state(self) -> str:
         # "open" / "closed" as the line last saw the business's hours: the switch to open
-        # tells everyone in line their place again.
+        # tells everyone in line their place again. `<this>:<session>` for a session with a
+        # business of its own (WSM_BUSINESS_FILES): its own hours, its own record.
         return f"{self.tag}:hours"
 
     @property
@@ -402,6 +403,8 @@ class CalendarKeys:
     """The AI agent's bookings and their outgoing webhook (engine/agent/), one hash tag.
 
         <prefix>:{cal}:day:<YYYY-MM-DD>   HASH   slot start "HH:MM" -> booking id (taken slots)
+        <prefix>:{cal}:day:<business>:<YYYY-MM-DD>   the same, for a business of its own
+                                          (WSM_BUSINESS_FILES; the default business has none)
         <prefix>:{cal}:b:<booking id>     HASH   one booking (customer, service, start, status)
         <prefix>:{cal}:cust:<conv>        ZSET   a customer's booked appointments: id -> start (ms)
         <prefix>:{cal}:custall:<conv>     ZSET   every booking a customer ever made (LGPD erase)
@@ -417,12 +420,17 @@ class CalendarKeys:
     """
 
     prefix: str = DEFAULT_PREFIX
+    # The business whose slots these are (engine/businesses.py): only the taken slots are
+    # per business; bookings, customers' indexes (per session) and webhooks need no split.
+    business: str = ""
 
     @property
     def tag(self) -> str:
         return f"{self.prefix}:{{cal}}"
 
     def day(self, day: str) -> str:
+        if self.business:
+            return f"{self.tag}:day:{self.business}:{day}"
         return f"{self.tag}:day:{day}"
 
     def booking(self, booking_id: str) -> str:

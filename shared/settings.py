@@ -50,6 +50,20 @@ def _check_secret(name: str, value: str) -> None:
         )
 
 
+def _business_file_pairs(value: str) -> dict[str, Path]:
+    pairs: dict[str, Path] = {}
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        session, sep, path = (s.strip() for s in item.partition("="))
+        if not sep or not session or not path:
+            raise ValueError(f"WSM_BUSINESS_FILES: {item!r} is not `session=path`")
+        if session in pairs:
+            raise ValueError(f"WSM_BUSINESS_FILES: session {session!r} is given twice")
+        pairs[session] = Path(path)
+    return pairs
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env",
@@ -587,6 +601,16 @@ class Settings(BaseSettings):
             "Unset: WSM_MENU_SERVICES, Mon-Fri 8h-18h for bookings, the line always open."
         ),
     )
+    business_files: str = Field(
+        "",
+        alias="WSM_BUSINESS_FILES",
+        description=(
+            "Several businesses, one per WAHA session: comma-separated `session=path` pairs "
+            "of business files (the same format as WSM_CALENDAR_FILE), e.g. "
+            "`loja=/etc/wsm/loja.yaml,clinica=/etc/wsm/clinica.yaml`. Any other session uses "
+            "WSM_CALENDAR_FILE (the default business). Empty: one business for every session."
+        ),
+    )
     max_bookings_per_customer: int = Field(
         3,
         alias="WSM_MAX_BOOKINGS_PER_CUSTOMER",
@@ -683,6 +707,12 @@ class Settings(BaseSettings):
             _check_secret("WSM_BOOKING_WEBHOOK_SECRET", value.get_secret_value())
         return value
 
+    @field_validator("business_files")
+    @classmethod
+    def _business_pairs(cls, value: str) -> str:
+        _business_file_pairs(value)  # refused at start, not at a customer's first message
+        return value
+
     @field_validator("groq_base_url")
     @classmethod
     def _groq_https(cls, value: str) -> str:
@@ -712,6 +742,11 @@ class Settings(BaseSettings):
     def menu_service_names(self) -> list[str]:
         """WSM_MENU_SERVICES as a list (blank entries dropped)."""
         return [s.strip() for s in self.menu_services.split(",") if s.strip()]
+
+    @property
+    def business_file_map(self) -> dict[str, Path]:
+        """WSM_BUSINESS_FILES as session -> business file."""
+        return _business_file_pairs(self.business_files)
 
     def hmac_keys(self) -> list[bytes]:
         """Every accepted HMAC key, in the order given (the new key first while rotating)."""

@@ -99,6 +99,7 @@ class Booking:
     phone: str = ""
     created_at: int = 0
     updated_at: int = 0
+    business: str = ""  # whose slots it holds ("" the default business)
 
     @classmethod
     def from_hash(cls, raw: Mapping[Any, Any]) -> Booking | None:
@@ -119,6 +120,7 @@ class Booking:
             phone=values.get("phone", ""),
             created_at=int(values.get("created_at", "0") or 0),
             updated_at=int(values.get("updated_at", "0") or 0),
+            business=values.get("business", ""),
         )
 
 
@@ -149,12 +151,13 @@ class BookingStore:
         retention_seconds: int,
         webhook_enabled: bool,
         on_event: Callable[[], None] | None = None,
+        business: str = "",
     ) -> None:
         self._redis = redis
         # Called after a change queued a webhook event (wakes the deliverer in this process).
         self.on_event = on_event
         self.calendar = calendar
-        self.keys = CalendarKeys(prefix)
+        self.keys = CalendarKeys(prefix, business)
         self.max_per_customer = max_per_customer
         self.retention_seconds = retention_seconds
         self.webhook_enabled = webhook_enabled
@@ -255,7 +258,7 @@ class BookingStore:
             "service_name": booking.service_name, "start": booking.start,
             "start_ms": booking.start_ms, "day": booking.day, "steps": ",".join(booking.steps),
             "status": "booked", "name": booking.name, "phone": booking.phone,
-            "created_at": at, "updated_at": at,
+            "created_at": at, "updated_at": at, "business": self.keys.business,
         }  # fmt: skip
         flat: list[str | int] = []
         for name, value in fields.items():
@@ -358,7 +361,8 @@ class BookingStore:
             booking = await self._load(booking_id)
             if booking is None or booking.customer != customer_token:
                 continue
-            day_key = self.keys.day(booking.day)
+            # Any business's booking: its own slots (the erase uses the default business's store).
+            day_key = CalendarKeys(self.keys.prefix, booking.business).day(booking.day)
             holders = await self._redis.hmget(day_key, list(booking.steps)) if booking.steps else []
             pipe = self._redis.pipeline(transaction=True)
             for step, holder in zip(booking.steps, holders, strict=True):

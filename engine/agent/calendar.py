@@ -53,6 +53,8 @@ class _Business(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=120)
     description: str = Field("", max_length=4000)
+    # Off: this business's customers get the scheduling menu only (no model calls).
+    agent: bool = True
 
 
 class _Service(BaseModel):
@@ -186,6 +188,7 @@ class Calendar:
         texts: Mapping[str, Mapping[str, str]] | None = None,
         teams: Sequence[Team] = (),
         public_holidays: tuple[str, str | None, Sequence[str]] | None = None,
+        agent_enabled: bool = True,
     ) -> None:
         try:
             self.tz = ZoneInfo(timezone)
@@ -193,6 +196,7 @@ class Calendar:
             raise CalendarFileError(f"unknown time zone {timezone!r}") from exc
         self.business_name = business_name
         self.description = description
+        self.agent_enabled = agent_enabled
         self.timezone = timezone
         self.slot_minutes = slot_minutes
         self.days_ahead = days_ahead
@@ -376,6 +380,7 @@ def _from_document(document: Any, where: str) -> Calendar:
             services=services,
             texts=parsed.texts,
             teams=teams,
+            agent_enabled=parsed.business.agent,
             public_holidays=(
                 (public.country, public.subdivision, public.categories) if public else None
             ),

@@ -33,6 +33,8 @@ from engine.agent.limits import ConversationLimits
 from engine.agent.llm import ChatModel, make_client
 from engine.agent.menu import SchedulingMenuBrain
 from engine.agent.texts import load_agent_texts
+from engine.brain import Brain
+from engine.businesses import Business, Businesses, SessionBrain, businesses_from
 from engine.parts import booking_store, calendar_from, texts
 from engine.service import EngineService
 from engine.waha_client import Outbound
@@ -55,13 +57,15 @@ def agent_config(settings: Settings) -> AgentConfig:
 
 @dataclass
 class AgentParts:
-    brain: FallbackBrain
-    store: BookingStore
+    brain: Brain  # FallbackBrain; a SessionBrain over them with several businesses
+    store: BookingStore  # the default business's (`stores`: every business's, by id)
     agenda: Agenda
     breaker: CircuitBreaker
     limits: ConversationLimits | None = None
     client: groq.AsyncGroq | None = None
     webhook: BookingWebhook | None = None
+    businesses: Businesses | None = None
+    stores: dict[str, BookingStore] | None = None
 
     async def aclose(self) -> None:
         if self.webhook is not None:
@@ -97,27 +101,13 @@ def build_agent(
             retry_max_ms=settings.booking_webhook_retry_max_ms,
             http=webhook_http_client,
         )
-    store = booking_store(
-        redis,
-        settings,
-        calendar=calendar,
-        webhook_enabled=webhook is not None,
-        on_event=webhook.kick if webhook is not None else None,
-    )
-    agenda = Agenda(store, calendar, language=settings.language, clock=clock)
-    menu = SchedulingMenuBrain(
-        texts(settings),
-        load_agent_texts(settings.language, calendar.texts),
-        agenda,
-        business=calendar.business_name,
-        services=[s.name for s in calendar.services],
-    )
+    businesses = businesses_from(settings, default=calendar)
     breaker = CircuitBreaker(
         failures_to_open=settings.llm_breaker_failures,
         reset_seconds=settings.llm_breaker_reset_seconds,
     )
     client: groq.AsyncGroq | None = None
-    agent: GroqBrain | None = None
+    model: ChatModel | None = None
     limits = ConversationLimits(
         redis,
         prefix=settings.key_prefix,
@@ -138,15 +128,47 @@ def build_agent(
             max_retries=settings.llm_max_retries,
             max_completion_tokens=settings.llm_max_completion_tokens,
         )
-        agent = GroqBrain(model, agenda, agent_config(settings), on_tokens=limits.add_tokens)
+
+    def business_parts(business: Business) -> tuple[BookingStore, Agenda, FallbackBrain]:
+        """One business's bookings, agenda and brain; the model, breaker, limits and webhook
+        are the process's, shared by every business."""
+        store = booking_store(
+            redis,
+            settings,
+            calendar=business.calendar,
+            webhook_enabled=webhook is not None,
+            on_event=webhook.kick if webhook is not None else None,
+            business=business.id,
+        )
+        agenda = Agenda(store, business.calendar, language=settings.language, clock=clock)
+        menu = SchedulingMenuBrain(
+            texts(settings),
+            load_agent_texts(settings.language, business.calendar.texts),
+            agenda,
+            business=business.calendar.business_name,
+            services=[s.name for s in business.calendar.services],
+        )
+        agent: GroqBrain | None = None
+        if model is not None and business.calendar.agent_enabled:
+            agent = GroqBrain(model, agenda, agent_config(settings), on_tokens=limits.add_tokens)
+        return store, agenda, FallbackBrain(agent, menu, breaker, limits)
+
+    built = {business.id: business_parts(business) for business in businesses.all()}
+    store, agenda, brain = built[businesses.default.id]
     return AgentParts(
-        brain=FallbackBrain(agent, menu, breaker, limits),
+        brain=(
+            SessionBrain(brain, {k: v[2] for k, v in built.items()}, businesses)
+            if len(built) > 1
+            else brain
+        ),
         store=store,
         agenda=agenda,
         breaker=breaker,
         limits=limits,
         client=client,
         webhook=webhook,
+        businesses=businesses,
+        stores={k: v[0] for k, v in built.items()},
     )
 
 

@@ -84,7 +84,8 @@ class ConversationTurn:
         self.redis = tools.redis
         self.config = tools.config
         self.texts = tools.texts
-        self.line = tools.line
+        # The line as this session's business sees it (its own hours and teams).
+        self.line = tools.line.for_session(event.session)
         self.event = event
         self.ctx = ctx
         self.conversation = Conversation(event.session, event.chat_id)

@@ -5,7 +5,20 @@ from __future__ import annotations
 
 import pytest
 
-from engine.state import ConversationState, InvalidTransition, State, Trigger, next_state
+from engine.erase import erase_customer
+from engine.state import (
+    ConversationState,
+    InvalidTransition,
+    State,
+    Trigger,
+    next_state,
+    prune_index,
+)
+from shared.keys import EngineIndexKeys, engine_keys_for, keys_for_conversation
+from shared.lua import LuaScript
+from shared.queue_errors import ConversationBusy
+from tests.engine.test_erase import snapshot
+from tests.support.waha import text_message
 
 # --- engine/state.py ------------------------------------------------------------------------
 
@@ -37,3 +50,136 @@ def test_a_refused_transition_says_from_where_and_on_what() -> None:
     assert (refused.value.state, refused.value.trigger) == (State.CLOSED, Trigger.AGENT_TOOK)
     assert "'closed'" in str(refused.value)
     assert "'agent_took'" in str(refused.value)
+
+
+# --- shared/scripts/erase_markers.lua -----------------------------------------------------
+
+ERASE_MARKERS = LuaScript.named("erase_markers")
+
+
+@pytest.mark.parametrize(
+    ("meta_fence", "meta_state"), [("8", "leased"), ("7", "ready")], ids=["reaped", "released"]
+)
+async def test_the_erase_deletes_no_marker_once_its_lease_is_gone(
+    aredis, key_prefix, meta_fence, meta_state
+) -> None:
+    """The erase (fence 7) deletes a conversation's dedupe markers only while it still holds
+    the lease it took: once that lease was reaped (a new fence) or let go, a message may be
+    queued and handled meanwhile, and its marker is what keeps WAHA's repeat of it from being
+    queued twice. Nothing is deleted then, and the erase must be repeated (-1).
+    Kills: the `return -1` of erase_markers.lua's lease guard dropped."""
+    tag = "{q0}"
+    meta = f"{key_prefix}:{tag}:c:erase-test:meta"
+    markers = [f"{key_prefix}:{tag}:seen:m{n}" for n in range(3)]
+    await aredis.hset(meta, mapping={"fence": meta_fence, "state": meta_state})
+    for key in markers:
+        await aredis.set(key, "1", ex=60)
+
+    assert await ERASE_MARKERS(aredis, [meta, *markers], ["7"]) == -1
+    assert await aredis.exists(*markers) == len(markers)
+
+    # While the lease is the erase's own, they go.
+    await aredis.hset(meta, mapping={"fence": "7", "state": "leased"})
+    assert await ERASE_MARKERS(aredis, [meta, *markers], ["7"]) == len(markers)
+    assert await aredis.exists(*markers) == 0
+
+
+# --- shared/scripts/erase_conversation.lua (engine/erase.py) -------------------------------
+
+
+async def test_a_leased_conversation_with_nothing_left_queued_is_still_busy(
+    make_harness, waha, sync_redis, key_prefix
+) -> None:
+    """A worker that acked the conversation's last message still holds the lease until it
+    releases it (its turn is not over: replies, the outbox). The erase must refuse then too,
+    with nothing deleted; erasing under it would take the lease from a live holder.
+    Kills: the `return {'busy', state}` of erase_conversation.lua's state guard dropped
+    (the "messages queued" guard behind it does not see this case)."""
+    chat = "5511999990201@c.us"
+    harness = make_harness(queue_shards=3)
+    await harness.webhook(text_message(chat, "oi"))
+    await harness.drain()
+    assert await harness.webhook(text_message(chat, "Ana"))
+    shard = keys_for_conversation("default", chat, 3, key_prefix).shard_keys
+    token = await harness.consumer.pop_ready(shard)
+    lease = await harness.consumer.claim(shard, token or "", "holder")
+    assert lease is not None
+    for message in lease.messages:
+        await harness.consumer.ack(lease, message.id)
+    meta = keys_for_conversation("default", chat, 3, key_prefix).meta
+    assert sync_redis.hget(meta, "state") == b"leased"
+    before = snapshot(sync_redis, key_prefix)
+
+    with pytest.raises(ConversationBusy):
+        await erase_customer(
+            harness.redis, prefix=key_prefix, shards=3, session="default", chat_id=chat
+        )
+
+    assert snapshot(sync_redis, key_prefix) == before
+    assert await harness.consumer.release(lease)  # the holder's turn ends as it would have
+
+
+# --- engine/state.py: prune_index pages through `convs` ------------------------------------
+
+NOW_MS = 10_000_000_000_000
+RETENTION_S = 100
+
+
+async def _indexed(aredis, prefix: str, n: int, *, age_s: int, state: bool) -> str:
+    """Conversation n in the engine's indexes, last changed `age_s` ago, its state hash kept
+    or expired."""
+    chat = f"55119{n:08d}@c.us"
+    token = f"default|{chat}"
+    index = EngineIndexKeys(prefix)
+    await aredis.zadd(index.conversations, {token: NOW_MS - age_s * 1000 - n})
+    await aredis.sadd(index.in_state(State.BOT.value), token)
+    await aredis.zadd(index.timers, {token: 1})
+    if state:
+        await aredis.hset(engine_keys_for("default", chat, 1, prefix).state, "state", "bot")
+    return token
+
+
+async def test_prune_pages_through_expired_conversations_and_keeps_the_live_ones(
+    aredis, key_prefix
+) -> None:
+    """Expired conversations (state gone, last change older than the retention) interleaved
+    with live ones, two to a page: every expired one is forgotten in every index, every live
+    one kept, a recent one without its state yet kept, and the count is exact; with nothing
+    left, the count is 0. Kills, in prune_index: the cutoff's sign and unit, the counters'
+    `+=` made `=`/`-=`, the page offset's arithmetic, `break` -> `return`."""
+    index = EngineIndexKeys(key_prefix)
+    gone, kept = [], []
+    for n in range(8):  # old: expired and live alternate in score order
+        token = await _indexed(aredis, key_prefix, n, age_s=2 * RETENTION_S, state=n % 2 == 1)
+        (kept if n % 2 else gone).append(token)
+    kept.append(await _indexed(aredis, key_prefix, 50, age_s=RETENTION_S // 2, state=False))
+
+    forgotten = await prune_index(
+        aredis, index, shards=1, retention_seconds=RETENTION_S, now_ms=NOW_MS, page=2
+    )
+
+    assert forgotten == len(gone)
+    left = {t.decode() for t in await aredis.zrange(index.conversations, 0, -1)}
+    assert left == set(kept)
+    for token in gone:
+        assert not await aredis.sismember(index.in_state(State.BOT.value), token)
+        assert await aredis.zscore(index.timers, token) is None
+    assert (
+        await prune_index(
+            aredis, index, shards=1, retention_seconds=RETENTION_S, now_ms=NOW_MS, page=2
+        )
+        == 0
+    )
+
+
+async def test_prune_looks_at_no_more_candidates_than_asked(aredis, key_prefix) -> None:
+    """`most` bounds one call's work (the maintenance runs it again later).
+    Kills: `looked < most` -> `<=`."""
+    index = EngineIndexKeys(key_prefix)
+    for n in range(6):
+        await _indexed(aredis, key_prefix, n, age_s=2 * RETENTION_S, state=False)
+    forgotten = await prune_index(
+        aredis, index, shards=1, retention_seconds=RETENTION_S, now_ms=NOW_MS, page=2, most=2
+    )
+    assert forgotten == 2
+    assert await aredis.zcard(index.conversations) == 4

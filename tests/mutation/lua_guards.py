@@ -74,9 +74,9 @@ TESTS: dict[str, list[str]] = {
     "outbox_settle": ["tests/engine/test_outbox_scripts.py"],
     "send_begin": ["tests/engine/test_outbox_scripts.py", "tests/engine/test_sender_lock.py"],
     "send_lock_renew": ["tests/engine/test_outbox_scripts.py", "tests/engine/test_sender_lock.py"],
-    "send_abort": ["tests/engine/test_sender_lock.py", "tests/engine/test_sender.py"],
-    "erase_conversation": ["tests/engine/test_erase.py"],
-    "erase_markers": ["tests/engine/test_erase.py"],
+    "send_abort": ["tests/engine/test_outbox_scripts.py", "tests/engine/test_sender_lock.py"],
+    "erase_conversation": ["tests/engine/test_erase.py", "tests/engine/test_mutants.py"],
+    "erase_markers": ["tests/engine/test_erase.py", "tests/engine/test_mutants.py"],
     "line_take": ["tests/engine/test_line_scripts.py"],
     "lib/fence": [
         "tests/worker/test_claim_conversation_script.py",

@@ -106,6 +106,7 @@ TARGETS: dict[str, Target] = {
             "tests/engine/test_waiting_line_flow.py",
             "tests/engine/test_line_timeout.py",
             "tests/engine/test_sender_echo.py",
+            "tests/engine/test_history_bounds.py",  # prune_index
             "tests/engine/test_mutants.py",
         ],
     ),
@@ -120,6 +121,7 @@ TARGETS: dict[str, Target] = {
             "tests/engine/test_sender_lock.py",
             "tests/engine/test_sender_rate.py",
             "tests/engine/test_sender_sweep.py",
+            "tests/engine/test_sender_bound.py",
             "tests/engine/test_erase.py",
             "tests/engine/test_mutants.py",
         ],
@@ -129,6 +131,8 @@ TARGETS: dict[str, Target] = {
 # file -> real-process tests that run it in child processes (for --child-tests).
 CHILD_TESTS: dict[str, list[str]] = {
     "worker/lease_keeper.py": ["tests/worker/test_lease_keeper_fleet.py"],
+    # `wsm dlq list | replay | drop` runs as a command in the fleet's dead-letter test.
+    "worker/dlq_cli.py": ["tests/worker/test_fleet_dead_letters.py"],
     # The spool's promises (nothing lost, in order, nothing twice) are proven with real
     # gateway processes, killed and restarted.
     **{
@@ -231,16 +235,19 @@ def child_tests(dest: Path) -> None:
             record.write_text(json.dumps(done, indent=1), "utf-8")
 
 
-def recheck(dest: Path, extra: list[str], parallel: int) -> None:
+def recheck(
+    dest: Path, extra: list[str], parallel: int, kinds_wanted: set[str], stages_wanted: list[str]
+) -> None:
     """Run every survivor again, each in a fresh pytest process started with the mutant
     switched on, in up to three stages; the first that fails kills it:
 
+    - "new": `extra`, the new tests/*/test_mutants.py (copied in from the tree).
     - "old": the tests mutmut mapped to its function. mutmut's runs fork a process that
       imported everything unmutated: a function run at import time (a precomputed answer, a
       module constant) never runs mutated there. A survivor killed here was such an artefact.
-    - "new": `extra`, the new tests/*/test_mutants.py (copied in from the tree).
-    - "child": CHILD_TESTS for its file, real-process tests whose children run the mutant
-      (skipped for log/metric and message-text changes, which no process test looks at).
+    - "child": CHILD_TESTS for its file, real-process tests whose children run the mutant.
+    "old" and "child" are skipped for log/metric and message-text changes (no test reads a
+    log line's wording or a rejection's prose; they are grouped in docs/testing.md).
     """
     stats = json.loads((dest / "mutants" / "mutmut-stats.json").read_text("utf-8"))
     mapped: dict[str, list[str]] = stats["tests_by_mangled_function_name"]
@@ -250,16 +257,16 @@ def recheck(dest: Path, extra: list[str], parallel: int) -> None:
     done: dict[str, str] = json.loads(record.read_text("utf-8")) if record.exists() else {}
     kinds = {name: kind for name, kind, _ in survivor_diffs(dest)}
     path_of = {name: path for path, codes in results(dest).items() for name in codes}
-    stages = ["old", "new", "child"]
+    stages: list[str] = [s for s in ("new", "old", "child") if s in stages_wanted]
     verdicts = {"old": "killed at import", "new": "killed by new test", "child": "killed by child"}
 
     def tests_for(name: str, stage: str) -> list[str]:
-        if stage == "old":
-            return sorted(mapped.get(name.partition("__mutmut_")[0], []))
         if stage == "new":
             return extra
         if kinds.get(name) in ("log/metric", "message text"):
             return []
+        if stage == "old":
+            return sorted(mapped.get(name.partition("__mutmut_")[0], []))
         return CHILD_TESTS.get(path_of[name], [])
 
     running: list[tuple[str, str, subprocess.Popen[bytes], float]] = []
@@ -287,14 +294,14 @@ def recheck(dest: Path, extra: list[str], parallel: int) -> None:
         """Queue the next stage that has tests, or record the survivor."""
         for later in stages[stages.index(stage) + 1 :]:
             if tests_for(name, later):
-                queue.append((name, later))
+                queue.insert(0, (name, later))  # finish a mutant before starting the next
                 return
         finish(name, "survived")
 
     queue: list[tuple[str, str]] = []
-    for name in kinds:
-        if name not in done:
-            queue.append((name, "old"))
+    for name, kind in kinds.items():
+        if name not in done and kind in kinds_wanted:
+            queue.append((name, stages[0]))
     while queue or running:
         while queue and len(running) < parallel:
             name, stage = queue.pop(0)
@@ -424,6 +431,12 @@ def main() -> None:
         help="run survivors again in fresh processes, with these extra test files (see recheck)",
     )
     parser.add_argument("--parallel", type=int, default=2, help="rechecks at a time")
+    parser.add_argument(
+        "--kinds",
+        default="logic,boundary,number,literal,log/metric,message text",
+        help="which survivors to recheck (kind_of)",
+    )
+    parser.add_argument("--stages", default="new,old,child", help="which recheck stages")
     parser.add_argument("--survivors", action="store_true", help="list survivors with diffs")
     args = parser.parse_args()
     dest = args.dest or DEST / args.target
@@ -433,7 +446,8 @@ def main() -> None:
     if args.child_tests:
         child_tests(dest)
     if args.recheck is not None:
-        recheck(dest, args.recheck, args.parallel)
+        kinds = set(args.kinds.split(","))
+        recheck(dest, args.recheck, args.parallel, kinds, args.stages.split(","))
     if args.survivors:
         survivors(dest)
         return
