@@ -18,13 +18,13 @@ from engine.businesses import businesses_from, calendar_from
 from engine.commands import CommandQueue
 from engine.conversation_engine import EngineConfig
 from engine.hours import BusinessHours
-from engine.lean_http import LeanHTTPTransport
 from engine.menu_brain import MenuBrain
 from engine.sender import SenderConfig
 from engine.texts import Texts, load_texts
 from engine.waha_client import WahaClient
 from engine.waiting_line import WaitingLine
 from shared.dead_letters import DeadLetterLimits
+from shared.lean_http import LeanHTTPTransport
 from shared.redis_client import RedisClient
 from shared.settings import Settings
 

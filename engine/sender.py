@@ -59,7 +59,7 @@ from shared.keys import (
     split_conversation_token,
 )
 from shared.lua import LuaScript, is_noscript
-from shared.periodic import run_every
+from shared.periodic import run_every, sleep_unless
 from shared.redis_client import RedisClient
 from shared.redis_errors import REDIS_UNAVAILABLE
 from shared.text import as_text
@@ -165,8 +165,10 @@ class LockKeeper:
         self._lock_ms = lock_ms
         self.lost = False
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def start(self) -> None:
+        self._stopping = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def renew(self) -> bool:
@@ -178,18 +180,24 @@ class LockKeeper:
 
     async def _run(self) -> None:
         while not self.lost:
-            await asyncio.sleep(self._lock_ms / 3000)
+            await sleep_unless(self._stopping, self._lock_ms / 3000)
+            if self._stopping.is_set():
+                return
             try:
                 await self.renew()
             except Exception as exc:
                 # Redis away: the lock may lapse meanwhile. Nothing is sent on a lapsed lock
                 # (send_begin checks), so keep trying until the sender is done.
-                log.info("delivery lock not renewed", extra={"error": str(exc)})
+                log.warning("delivery lock not renewed", extra={"error": str(exc)})
 
     async def stop(self) -> None:
+        # Stopped by an event, not by cancelling: a cancellation that lands inside the Redis
+        # call can come out of redis-py as a timeout (CPython gh-86296), which the loop above
+        # would take for "Redis away" and go on renewing, for ever, a lock whose sender is gone.
+        # A renewal under way when the event is set ends by the client's own socket timeout.
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            self._stopping.set()
+            with contextlib.suppress(Exception):
                 await self._task
 
 

@@ -172,14 +172,16 @@ async def test_prune_pages_through_expired_conversations_and_keeps_the_live_ones
     )
 
 
-async def test_prune_looks_at_no_more_candidates_than_asked(aredis, key_prefix) -> None:
-    """`most` bounds one call's work (the maintenance runs it again later).
-    Kills: `looked < most` -> `<=`."""
+@pytest.mark.parametrize(("most", "forgotten"), [(2, 2), (3, 4)])
+async def test_prune_looks_at_no_more_pages_than_asked(aredis, key_prefix, most, forgotten) -> None:
+    """`most` bounds one call's work (the maintenance runs it again later): pages of two are
+    read while fewer than `most` candidates were looked at.
+    Kills: `looked < most` -> `<=`, and `looked += len(rows)` -> `=`."""
     index = EngineIndexKeys(key_prefix)
     for n in range(6):
         await _indexed(aredis, key_prefix, n, age_s=2 * RETENTION_S, state=False)
-    forgotten = await prune_index(
-        aredis, index, shards=1, retention_seconds=RETENTION_S, now_ms=NOW_MS, page=2, most=2
+    done = await prune_index(
+        aredis, index, shards=1, retention_seconds=RETENTION_S, now_ms=NOW_MS, page=2, most=most
     )
-    assert forgotten == 2
-    assert await aredis.zcard(index.conversations) == 4
+    assert done == forgotten
+    assert await aredis.zcard(index.conversations) == 6 - forgotten

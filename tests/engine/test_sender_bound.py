@@ -56,8 +56,8 @@ async def test_deliveries_in_flight_never_exceed_the_bound(aredis, key_prefix) -
         assert len(locks) == 3
     finally:
         release.set()
-    await sender.drain()
-    await waha.aclose()
+        await sender.drain()
+        await waha.aclose()
     assert most == 3
     assert sorted(sent) == sorted((chat, text) for chat in CHATS for text in ("um", "dois"))
     for chat in CHATS:

@@ -11,7 +11,7 @@ import httpx
 import orjson
 import respx
 
-from engine.sender import InflightSend
+from engine.sender import InflightSend, LockKeeper
 from engine.waha_client import SentMessage
 from shared.keys import WahaSessionKeys, engine_keys_for
 from tests.engine.test_sender import (
@@ -175,3 +175,37 @@ async def test_a_send_whose_sender_died_waits_for_its_echo_instead_of_going_twic
 async def _redis_ms(aredis) -> int:
     seconds, micros = await aredis.time()
     return int(seconds * 1000 + micros // 1000)
+
+
+async def test_a_stopped_lock_keeper_renews_no_more_even_if_a_renewal_eats_the_cancel(
+    aredis, key_prefix
+) -> None:
+    """A sender that is done stops its keeper; the lock must then lapse. A renewal under way
+    that turns a cancellation into a timeout (as a client library may, CPython gh-86296) once
+    kept the keeper renewing, for ever, the lock of a sender that was gone: its conversation's
+    replies were never sent again."""
+    keeper = LockKeeper(aredis, f"{key_prefix}:lock", "mine", lock_ms=30)  # renews every 10 ms
+    renewals = 0
+    renewing = asyncio.Event()
+
+    async def renew() -> bool:
+        nonlocal renewals
+        renewals += 1
+        if renewals >= 3:
+            renewing.set()
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            raise TimeoutError("timed out") from None
+        return True
+
+    keeper.renew = renew  # type: ignore[method-assign]
+    keeper.start()
+    await asyncio.wait_for(renewing.wait(), 10)
+    stopping = asyncio.create_task(keeper.stop())
+    # Not a timing: the old keeper never stopped at all; 10 s only keeps the test from hanging.
+    done, _ = await asyncio.wait({stopping}, timeout=10)
+    assert stopping in done, "the keeper is still renewing after stop()"
+    stopped_at = renewals
+    await asyncio.sleep(0.2)
+    assert renewals == stopped_at

@@ -1,5 +1,5 @@
 """The WAHA client as the workers build it (engine/parts.py): each call handed straight to the
-lean HTTP/1.1 transport (engine/lean_http.py). Against a real local HTTP server answering in
+lean HTTP/1.1 transport (shared/lean_http.py). Against a real local HTTP server answering in
 WAHA's shapes: the same requests go out (method, path, API key, JSON body), and WAHA's answers
 map to the same outcomes as on httpx's own client (201 with its id, 422, 5xx with
 Retry-After, other 4xx, a refused connection)."""
@@ -13,7 +13,6 @@ from typing import Any
 import orjson
 import pytest
 
-from engine.lean_http import LeanHTTPTransport
 from engine.parts import waha_client
 from engine.waha_client import (
     WahaClient,
@@ -22,6 +21,7 @@ from engine.waha_client import (
     WahaTerminal,
 )
 from shared.embedded_redis import free_port
+from shared.lean_http import LeanHTTPTransport
 from tests.engine.harness import settings_for
 
 CHAT = "5511987650052@c.us"

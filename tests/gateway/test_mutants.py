@@ -130,7 +130,7 @@ async def test_an_event_behind_a_spool_joins_it_at_once_while_redis_is_marked_do
     deadline here: the answer must not come from waiting it out).
     Kills: intake's `if not reachable: return False` answering True instead."""
     chat = "5511999990103@c.us"
-    async with _intake(redis_url, tmp_path / "spool", 30) as (intake, spool, status, _):
+    async with _intake(redis_url, tmp_path / "spool", 5) as (intake, spool, status, _):
         first, _ = _event(chat, "first", key_prefix)
         await spool.append(first, 1)
         status.mark_unreachable()
@@ -149,7 +149,7 @@ async def test_an_event_behind_a_spool_waits_for_the_replay_then_follows_it_into
     Kills: intake's `if not reachable` negated (would spool without waiting)."""
     chat = "5511999990104@c.us"
     settings = gateway_settings(redis_url, key_prefix, tmp_path / "spool")
-    async with _intake(redis_url, tmp_path / "spool", 30) as (intake, spool, status, client):
+    async with _intake(redis_url, tmp_path / "spool", 5) as (intake, spool, status, client):
         first, _ = _event(chat, "first", key_prefix)
         await spool.append(first, 1)
         second, request = _event(chat, "second", key_prefix)

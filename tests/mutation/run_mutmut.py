@@ -115,7 +115,6 @@ TARGETS: dict[str, Target] = {
         mutate=["engine/sender.py", "engine/erase.py", "worker/consumer_slot.py"],
         tests=[
             "tests/worker/test_consumer_slot.py",
-            "tests/worker/test_mutants.py",
             "tests/engine/test_sender.py",
             "tests/engine/test_sender_echo.py",
             "tests/engine/test_sender_lock.py",
@@ -125,6 +124,9 @@ TARGETS: dict[str, Target] = {
             "tests/engine/test_erase.py",
             "tests/engine/test_mutants.py",
         ],
+        # A three-master cluster per mutant run costs more than the run itself; the erase's
+        # cluster test covers the same code as its single-Redis twin.
+        deselect=["cluster"],
     ),
 }
 
@@ -133,6 +135,8 @@ CHILD_TESTS: dict[str, list[str]] = {
     "worker/lease_keeper.py": ["tests/worker/test_lease_keeper_fleet.py"],
     # `wsm dlq list | replay | drop` runs as a command in the fleet's dead-letter test.
     "worker/dlq_cli.py": ["tests/worker/test_fleet_dead_letters.py"],
+    # The fleet's retries while Redis restarts under it.
+    "worker/redis_retry.py": ["tests/worker/test_redis_restart.py"],
     # The spool's promises (nothing lost, in order, nothing twice) are proven with real
     # gateway processes, killed and restarted.
     **{
@@ -329,6 +333,39 @@ def recheck(
                 advance(name, stage)
 
 
+def matrix(dest: Path, tests: list[str], kinds_wanted: set[str]) -> None:
+    """Run `tests` (the new tests/*/test_mutants.py) against every survivor of the kinds
+    wanted, in ONE pytest process (tests/mutation/mutant_matrix.py): what is killed there is
+    killed by a new test. Recorded in recheck_results.json."""
+    record = dest / "recheck_results.json"
+    done: dict[str, str] = json.loads(record.read_text("utf-8")) if record.exists() else {}
+    names = [n for n, kind, _ in survivor_diffs(dest) if kind in kinds_wanted and n not in done]
+    plugin = dest / "mutants" / "tests" / "mutation"
+    plugin.mkdir(parents=True, exist_ok=True)
+    for name in ("__init__.py", "mutant_matrix.py"):
+        shutil.copy2(REPO / "tests" / "mutation" / name, plugin / name)
+    for test in tests:
+        shutil.copy2(REPO / test, dest / "mutants" / test)
+    listing = dest / "matrix_mutants.txt"
+    listing.write_text("\n".join(names) + "\n", "utf-8")
+    env = {**environment(dest), "WSM_MUTANTS_FILE": str(listing), "MUTANT_UNDER_TEST": ""}
+    command = ["nice", "-n", "10", sys.executable, "-m", "pytest", "-q", "-rf", "--tb=no"]
+    command += ["-p", "no:cacheprovider", "-p", "tests.mutation.mutant_matrix", *tests]
+    run = subprocess.run(
+        command, cwd=dest / "mutants", env=env, capture_output=True, text=True, check=False
+    )
+    killed = {
+        names[int(index)]
+        for index in re.findall(r"^FAILED \S+\[(?:.*-)?mutant(\d+)(?:-.*)?\]", run.stdout, re.M)
+    }
+    print(run.stdout.splitlines()[-1] if run.stdout else run.stderr[-2000:])
+    for name in names:
+        if name in killed:
+            done[name] = "killed by new test"
+    record.write_text(json.dumps(done, indent=1, ensure_ascii=False), "utf-8")
+    print(f"matrix: {len(killed)} of {len(names)} survivors killed by {', '.join(tests)}")
+
+
 def kind_of(removed: list[str], added: list[str]) -> str:
     """A first sort of a survivor by what its change touches (docs/testing.md groups by it;
     "logic" ones are looked at one by one)."""
@@ -437,10 +474,19 @@ def main() -> None:
         help="which survivors to recheck (kind_of)",
     )
     parser.add_argument("--stages", default="new,old,child", help="which recheck stages")
+    parser.add_argument(
+        "--matrix", nargs="+", metavar="TEST_FILE", help="new tests against all survivors at once"
+    )
     parser.add_argument("--survivors", action="store_true", help="list survivors with diffs")
     args = parser.parse_args()
     dest = args.dest or DEST / args.target
-    if not (args.summary or args.child_tests or args.survivors or args.recheck is not None):
+    if not (
+        args.summary
+        or args.child_tests
+        or args.survivors
+        or args.matrix
+        or args.recheck is not None
+    ):
         snapshot(dest, TARGETS[args.target])
         run_mutmut(dest, args.max_children)
     if args.child_tests:
@@ -448,6 +494,8 @@ def main() -> None:
     if args.recheck is not None:
         kinds = set(args.kinds.split(","))
         recheck(dest, args.recheck, args.parallel, kinds, args.stages.split(","))
+    if args.matrix:
+        matrix(dest, args.matrix, set(args.kinds.split(",")))
     if args.survivors:
         survivors(dest)
         return

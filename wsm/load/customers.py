@@ -111,7 +111,7 @@ class Progress:
 
 class SimClient:
     """The simulator's control API, on one lean keep-alive pool (httpx's own transport is far
-    slower than a load test needs: see wsm/waha_sim/transport.py)."""
+    slower than a load test needs: see shared/lean_http.py)."""
 
     def __init__(self, base_url: str, connections: int) -> None:
         self.http = httpx.AsyncClient(

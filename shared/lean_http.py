@@ -1,12 +1,13 @@
-"""A lean HTTP/1.1 transport under httpx's API, for the engine's calls to WAHA.
+"""A lean HTTP/1.1 transport under httpx's API: the engine's calls to WAHA, and the WAHA
+simulator's webhooks and the load test's customers.
 
 Why: httpx's default transport (httpcore's pool over anyio streams and h11) cost about 1.5 ms
 of CPU per WAHA call at 16 calls in flight on the reference machine, about 0.26 ms with this
-one (docs/benchmarks.md, end to end): the calls to WAHA were a third of a worker's CPU. This
-transport keeps the httpx API (client, requests, responses, timeouts, exceptions) and replaces
-only the wire: asyncio protocols, httptools' C response parser, a keep-alive pool per host.
-The WAHA simulator has the same transport for its webhooks (wsm/waha_sim/transport.py); the
-engine has its own copy so that a worker does not import the simulator.
+one (docs/benchmarks.md, end to end): the calls to WAHA were a third of a worker's CPU; and
+the simulator must post a few thousand webhooks/s in a load test. This transport keeps the
+httpx API (client, requests, responses, timeouts, exceptions) and replaces only the wire:
+asyncio protocols, httptools' C response parser, a keep-alive pool per host. It lives in
+shared/ so that a worker does not import the simulator to use it.
 
 Scope: plain `http://` (WAHA beside the workers); any other scheme goes through httpx's own
 transport. A request sent on a pooled connection that the server had already closed (its
