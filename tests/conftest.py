@@ -13,6 +13,8 @@ import redis
 import redis.asyncio
 
 from shared.embedded_redis import EmbeddedRedis
+from tests.support.tools import require_program
+from tests.worker.support.cluster import LoopbackCluster
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +31,18 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A three-master Redis Cluster on loopback, started once for the run by the tests that
+    ask for it (protocol scripts, fleets, the erase and the API's reads on a cluster)."""
+    cluster = LoopbackCluster(tmp_path_factory.mktemp("cluster"), require_program("redis-cli"))
+    cluster.start()
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

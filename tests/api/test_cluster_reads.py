@@ -18,9 +18,6 @@ from shared.redis_client import connect
 from tests.api.conftest import API_AUTH, API_TOKEN
 from tests.api.test_reads_cost import T0, chat, outbox_gauge, pend, seed
 from tests.engine.harness import settings_for
-from tests.worker.conftest import redis_cluster_url
-
-__all__ = ["redis_cluster_url"]  # the worker tests' loopback cluster, shared by the run
 
 SHARDS = 6  # the conversations spread over the three masters
 

@@ -37,9 +37,7 @@ from shared.queue_errors import ConversationBusy, LeaseLost
 from shared.redis_client import connect
 from tests.conftest import keys_with_prefix
 from tests.engine.harness import FakeWaha, Harness, settings_for
-from tests.support.tools import require_program
 from tests.support.waha import text_message
-from tests.worker.cluster import LoopbackCluster
 
 ERASED = Conversation("default", "1@c.us")
 # Every one of these contains the erased id (or shares its chat id in another session).
@@ -196,24 +194,14 @@ async def test_erasing_one_customer_leaves_every_other_key_byte_for_byte(
     await erase_exactly(harness, waha, sync_redis, key_prefix)
 
 
-@pytest.fixture(scope="module")
-def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    cluster = LoopbackCluster(tmp_path_factory.mktemp("cluster"), require_program("redis-cli"))
-    cluster.start()
-    try:
-        yield cluster.url
-    finally:
-        cluster.stop()
-
-
 async def test_the_erase_runs_unchanged_on_a_redis_cluster(
-    cluster_url: str, redis_url: str, waha: FakeWaha, key_prefix: str
+    redis_cluster_url: str, redis_url: str, waha: FakeWaha, key_prefix: str
 ) -> None:
     """The same erase, exact to the byte, on a three-master Redis Cluster: every script's keys
     share a hash tag, and the scans reach every master."""
-    client = connect(cluster_url)
+    client = connect(redis_cluster_url)
     sync_client = redis.cluster.RedisCluster.from_url(
-        "redis://" + cluster_url.removeprefix("redis+cluster://")
+        "redis://" + redis_cluster_url.removeprefix("redis+cluster://")
     )
     harness = Harness(
         client, settings_for(key_prefix, redis_url, queue_shards=3, conversations_per_agent=1)

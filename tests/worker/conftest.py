@@ -1,9 +1,9 @@
-"""Fixtures of the worker tests: a loopback Redis Cluster for the whole run, and a `queue`
-fixture that runs each protocol test on a single Redis and on the cluster."""
+"""Fixtures of the worker tests: a `queue` fixture that runs each protocol test on a single
+Redis and on the loopback Redis Cluster (`redis_cluster_url`, tests/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,21 +13,9 @@ import pytest
 from shared.queue_consumer import QueueConsumer
 from shared.queue_reaper import QueueReaper
 from shared.redis_client import connect
-from tests.support.tools import require_program
-from tests.worker.cluster import LoopbackCluster
 
 # On the cluster, conversations spread over six shards, i.e. over all three masters.
 CLUSTER_SHARDS = 6
-
-
-@pytest.fixture(scope="session")
-def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    cluster = LoopbackCluster(tmp_path_factory.mktemp("cluster"), require_program("redis-cli"))
-    cluster.start()
-    try:
-        yield cluster.url
-    finally:
-        cluster.stop()
 
 
 @dataclass

@@ -21,7 +21,7 @@ from shared.queue_consumer import (
     QueueConsumer,
 )
 from tests.worker.conftest import Queue
-from tests.worker.support import chat_id, conversation, enqueue_texts
+from tests.worker.support.fleet import chat_id, conversation, enqueue_texts
 from worker.consumer_slot import ConsumerSlot
 from worker.handler import Handler, HandlerContext
 

@@ -8,7 +8,8 @@ from redis.exceptions import ResponseError
 from shared.queue_consumer import ACK_MESSAGE
 from shared.queue_errors import LeaseLost, NotHead
 from tests.worker.conftest import Queue
-from tests.worker.protocol import (
+from tests.worker.support.fleet import chat_id
+from tests.worker.support.protocol import (
     keys_of,
     lease_chat,
     message_ids,
@@ -16,7 +17,6 @@ from tests.worker.protocol import (
     ready_order,
     wait_past,
 )
-from tests.worker.support import chat_id
 
 
 async def waiting(queue: Queue, chat: str) -> int:

@@ -6,8 +6,8 @@ import time
 
 from shared.lua import LuaScript
 from tests.worker.conftest import Queue
-from tests.worker.protocol import keys_of, lease_chat, queue_chat, state, texts_of
-from tests.worker.support import chat_id
+from tests.worker.support.fleet import chat_id
+from tests.worker.support.protocol import keys_of, lease_chat, queue_chat, state, texts_of
 
 
 async def test_claim_leases_and_reads_oldest_first(queue: Queue) -> None:

@@ -16,7 +16,7 @@ import pytest
 from shared.keys import all_shards
 from shared.queue_consumer import QueueConsumer
 from shared.redis_client import connect
-from tests.worker.support import chat_id, enqueue_texts, wait_all_handled
+from tests.worker.support.fleet import chat_id, enqueue_texts, wait_all_handled
 from worker.consumer_slot import ConsumerSlot
 from worker.handlers.recording import record
 

@@ -23,7 +23,7 @@ from shared.keys import all_shards
 from shared.queue_consumer import Lease, QueueConsumer
 from shared.queue_reaper import QueueReaper
 from tests.support.polling import async_wait_until
-from tests.worker.support import chat_id, conversation, enqueue_texts, handled_ids
+from tests.worker.support.fleet import chat_id, conversation, enqueue_texts, handled_ids
 from worker.consumer_slot import ConsumerSlot, not_the_messages_fault
 from worker.handler import HandlerContext
 from worker.handlers.recording import record

@@ -15,8 +15,8 @@ from shared.keys import EngineConversationKeys
 from shared.queue_stats import read_queue_snapshot
 from shared.settings import Settings
 from tests.worker.conftest import Queue
-from tests.worker.protocol import keys_of, lease_chat, queue_chat, wait_past
-from tests.worker.support import chat_id
+from tests.worker.support.fleet import chat_id
+from tests.worker.support.protocol import keys_of, lease_chat, queue_chat, wait_past
 from worker import dlq_cli
 from worker.fleet_metrics import FleetCollector
 

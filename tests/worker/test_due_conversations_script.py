@@ -5,8 +5,8 @@ from __future__ import annotations
 from shared.lua import LuaScript
 from shared.queue_reaper import DUE_CONVERSATIONS
 from tests.worker.conftest import Queue
-from tests.worker.protocol import keys_of, lease_chat, queue_chat, wait_past
-from tests.worker.support import chat_id
+from tests.worker.support.fleet import chat_id
+from tests.worker.support.protocol import keys_of, lease_chat, queue_chat, wait_past
 
 
 async def test_lists_expired_leases_and_due_retries_only(queue: Queue) -> None:

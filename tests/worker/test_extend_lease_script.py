@@ -6,8 +6,8 @@ import pytest
 
 from shared.queue_errors import LeaseLost
 from tests.worker.conftest import Queue
-from tests.worker.protocol import keys_of, lease_chat, queue_chat, wait_past
-from tests.worker.support import chat_id
+from tests.worker.support.fleet import chat_id
+from tests.worker.support.protocol import keys_of, lease_chat, queue_chat, wait_past
 
 
 async def test_extend_moves_the_deadline_in_meta_and_leases(queue: Queue) -> None:

@@ -10,7 +10,8 @@ from shared.dead_letters import list_dead_letters
 from shared.queue_consumer import FailOutcome
 from shared.queue_errors import NotHead
 from tests.worker.conftest import Queue
-from tests.worker.protocol import (
+from tests.worker.support.fleet import chat_id
+from tests.worker.support.protocol import (
     keys_of,
     lease_chat,
     message_ids,
@@ -18,7 +19,6 @@ from tests.worker.protocol import (
     ready_order,
     state,
 )
-from tests.worker.support import chat_id
 
 
 async def test_failure_below_the_limit_delays_the_conversation(queue: Queue) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from shared.keys import ShardKeys
 from tests.support.polling import async_wait_until
-from tests.worker.support import (
+from tests.worker.support.fleet import (
     chat_id,
     conversation,
     enqueue_texts,
@@ -21,7 +21,7 @@ from tests.worker.support import (
     wait_all_handled,
 )
 
-SCRIPTED = "tests.worker.handlers:scripted"
+SCRIPTED = "tests.worker.support.handlers:scripted"
 
 
 async def started_by(client: Any, prefix: str, message_id: str) -> list[dict[str, Any]]:

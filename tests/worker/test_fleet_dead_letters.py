@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from tests.support.polling import async_wait_until
-from tests.worker.support import (
+from tests.worker.support.fleet import (
     chat_id,
     enqueue_texts,
     handled_ids,
@@ -30,7 +30,7 @@ async def test_failing_message_is_dead_lettered_and_replayed(
         workdir,
         processes=1,
         concurrency=2,
-        handler="tests.worker.handlers:scripted",
+        handler="tests.worker.support.handlers:scripted",
     ) as fleet:
         sent = await enqueue_texts(
             aredis, key_prefix, {chat: ["fail:fixed", "next"], other: ["fail:never"]}

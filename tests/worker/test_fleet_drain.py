@@ -13,7 +13,7 @@ import httpx
 
 from shared.keys import ShardKeys
 from tests.support.polling import async_wait_until
-from tests.worker.support import (
+from tests.worker.support.fleet import (
     chat_id,
     conversation,
     enqueue_texts,

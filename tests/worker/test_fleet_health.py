@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from tests.support.polling import async_wait_until
-from tests.worker.support import fleet_environment, run_wsm, running_fleet
+from tests.worker.support.fleet import fleet_environment, run_wsm, running_fleet
 from worker.supervisor import RESTART_FIRST_SECONDS
 
 

@@ -12,7 +12,7 @@ import pytest
 from shared.keys import shard_of
 from shared.redis_client import connect
 from tests.worker.conftest import CLUSTER_SHARDS
-from tests.worker.support import (
+from tests.worker.support.fleet import (
     SESSION,
     chat_id,
     enqueue_texts,

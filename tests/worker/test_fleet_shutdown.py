@@ -8,7 +8,7 @@ from typing import Any
 
 from shared.keys import ShardKeys
 from tests.support.polling import async_wait_until
-from tests.worker.support import (
+from tests.worker.support.fleet import (
     chat_id,
     conversation,
     enqueue_texts,
@@ -18,7 +18,7 @@ from tests.worker.support import (
     wait_all_handled,
 )
 
-SCRIPTED = "tests.worker.handlers:scripted"
+SCRIPTED = "tests.worker.support.handlers:scripted"
 
 
 async def test_sigterm_finishes_in_flight_hands_back_the_rest_and_exits_0(

@@ -10,8 +10,8 @@ import pytest
 
 from shared.settings import Settings
 from tests.support.polling import async_wait_until
-from tests.worker.handlers import Lifecycle
-from tests.worker.support import chat_id, enqueue_texts, running_fleet, wait_all_handled
+from tests.worker.support.fleet import chat_id, enqueue_texts, running_fleet, wait_all_handled
+from tests.worker.support.handlers import Lifecycle
 from worker.handler import HandlerLoadError, HandlerSetup, load_handler
 from worker.handlers.recording import record
 
@@ -35,7 +35,7 @@ async def test_a_factory_is_called_with_the_setup() -> None:
         process_index=3,
         fleet_id="f",
     )
-    handler = await load_handler("tests.worker.handlers:lifecycle", given)
+    handler = await load_handler("tests.worker.support.handlers:lifecycle", given)
     assert isinstance(handler, Lifecycle)
     assert handler.redis is redis_client
     assert handler.prefix == "seam"
@@ -47,7 +47,7 @@ async def test_a_factory_is_called_with_the_setup() -> None:
         ("no.such.module:x", "cannot load handler"),
         ("worker.handlers.recording:nothing", "cannot load handler"),
         ("worker.handlers.recording:RECORD_LIMIT", "neither a handler nor a factory"),
-        ("tests.worker.handlers:not_async", "not an async handler"),
+        ("tests.worker.support.handlers:not_async", "not an async handler"),
     ],
 )
 async def test_what_is_not_a_handler_is_refused(spec: str, reason: str) -> None:
@@ -65,7 +65,7 @@ async def test_start_runs_before_any_message_and_aclose_at_stop(
         workdir,
         processes=1,
         concurrency=2,
-        handler="tests.worker.handlers:lifecycle",
+        handler="tests.worker.support.handlers:lifecycle",
     ) as fleet:
         (pid,) = (await fleet.wait_running(aredis, 1)).values()
 

@@ -1,13 +1,17 @@
 """Tests written to kill mutants that survived the mutation runs (docs/testing.md lists each one
 and the mutant it kills): the queue protocol's guards, against a real Redis (single and
-cluster, like the other protocol tests)."""
+cluster, like the other protocol tests), and the handler seam."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from shared.queue_consumer import FailOutcome
 from shared.queue_reaper import REAP_EXPIRED_LEASE
+from shared.settings import Settings
 from tests.worker.conftest import Queue
-from tests.worker.protocol import (
+from tests.worker.support.fleet import chat_id
+from tests.worker.support.protocol import (
     keys_of,
     lease_chat,
     message_ids,
@@ -16,7 +20,7 @@ from tests.worker.protocol import (
     state,
     wait_past,
 )
-from tests.worker.support import chat_id
+from worker.handler import Handler, HandlerSetup, load_handler
 
 # --- shared/scripts/ack_message.lua -------------------------------------------------------
 
@@ -289,3 +293,34 @@ async def test_going_idle_carries_a_higher_meta_fence_into_the_counter_never_a_l
     keys = keys_of(queue, high)
     assert await queue.consumer().claim(keys.shard_keys, keys.token, "w") is None
     assert await _counter(queue, high) == counter + 50
+
+
+# --- worker/handler.py: what `--handler module:attr` may name -----------------------------
+
+
+class Handlers:
+    """A namespace, so a handler spec can name `module:Class.attribute`."""
+
+    @staticmethod
+    async def handle(event: object, ctx: object) -> None:
+        return None
+
+    @staticmethod
+    def build(setup: HandlerSetup) -> Awaitable[Handler]:
+        """A factory whose result is awaitable (it sets up asynchronously): awaited for the
+        handler. (An `async def` itself would be taken for the handler.)"""
+
+        async def made() -> Handler:
+            return Handlers.handle
+
+        return made()
+
+
+async def test_a_handler_spec_may_name_an_attribute_path_and_an_async_factory() -> None:
+    """`--handler tests.worker.test_mutants:Handlers.build`: a dotted path after the colon is
+    followed attribute by attribute, and an async factory's result is awaited.
+    Kills, in load_handler: `attr_path.split(".")` with another separator, and the
+    `isawaitable` check or its `await` dropped (the coroutine would be refused)."""
+    setup = HandlerSetup(Settings(_env_file=None), redis=object(), process_index=0, fleet_id="f")  # type: ignore[call-arg]
+    handler = await load_handler("tests.worker.test_mutants:Handlers.build", setup)
+    assert handler is Handlers.handle

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 from tests.worker.conftest import Queue
-from tests.worker.protocol import keys_of, lease_chat, queue_chat, ready_order, state, wait_past
-from tests.worker.support import chat_id
+from tests.worker.support.fleet import chat_id
+from tests.worker.support.protocol import (
+    keys_of,
+    lease_chat,
+    queue_chat,
+    ready_order,
+    state,
+    wait_past,
+)
 
 
 async def test_delayed_conversation_returns_to_the_front_once_due(queue: Queue) -> None:

@@ -9,8 +9,8 @@ import pytest
 from shared.queue_consumer import FailOutcome
 from shared.queue_errors import LeaseLost
 from tests.worker.conftest import Queue
-from tests.worker.protocol import keys_of, lease_chat, queue_chat, ready_order, wait_past
-from tests.worker.support import chat_id
+from tests.worker.support.fleet import chat_id
+from tests.worker.support.protocol import keys_of, lease_chat, queue_chat, ready_order, wait_past
 
 
 async def meta_keys(queue: Queue) -> list[bytes]:

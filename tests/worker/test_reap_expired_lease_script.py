@@ -9,7 +9,8 @@ from shared.dead_letters import list_dead_letters
 from shared.queue_errors import LeaseLost
 from shared.queue_reaper import REAP_EXPIRED_LEASE
 from tests.worker.conftest import Queue
-from tests.worker.protocol import (
+from tests.worker.support.fleet import chat_id
+from tests.worker.support.protocol import (
     keys_of,
     lease_chat,
     message_ids,
@@ -18,7 +19,6 @@ from tests.worker.protocol import (
     state,
     wait_past,
 )
-from tests.worker.support import chat_id
 
 
 async def test_expired_lease_is_taken_back_to_the_front_and_fenced(queue: Queue) -> None:

@@ -4,8 +4,8 @@ the line after two reaper passes."""
 from __future__ import annotations
 
 from tests.worker.conftest import Queue
-from tests.worker.protocol import keys_of, lease_chat, queue_chat, ready_order, state
-from tests.worker.support import chat_id
+from tests.worker.support.fleet import chat_id
+from tests.worker.support.protocol import keys_of, lease_chat, queue_chat, ready_order, state
 
 
 async def test_token_left_in_claimed_is_handed_back_on_the_second_pass(queue: Queue) -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from tests.worker.conftest import Queue
-from tests.worker.protocol import keys_of, lease_chat, queue_chat, ready_order, state
-from tests.worker.support import chat_id
+from tests.worker.support.fleet import chat_id
+from tests.worker.support.protocol import keys_of, lease_chat, queue_chat, ready_order, state
 
 
 async def two_chats_on_one_shard(queue: Queue) -> tuple[str, str]:

@@ -9,7 +9,8 @@ from shared.dead_letters import (
     replay_dead_letter,
 )
 from tests.worker.conftest import Queue
-from tests.worker.protocol import (
+from tests.worker.support.fleet import chat_id
+from tests.worker.support.protocol import (
     keys_of,
     lease_chat,
     message_ids,
@@ -17,7 +18,6 @@ from tests.worker.protocol import (
     ready_order,
     state,
 )
-from tests.worker.support import chat_id
 
 
 async def dead_letter_first_message(queue: Queue, chat: str, texts: list[str]) -> list[str]:

@@ -9,7 +9,7 @@ from shared.keys import ConversationKeys
 from shared.queue_consumer import Lease, QueueConsumer
 from tests.support.polling import async_wait_until
 from tests.worker.conftest import Queue
-from tests.worker.support import conversation, enqueue_texts
+from tests.worker.support.fleet import conversation, enqueue_texts
 
 
 def keys_of(queue: Queue, chat: str) -> ConversationKeys:

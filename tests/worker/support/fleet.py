@@ -22,7 +22,7 @@ from shared.keys import ConversationKeys, FleetKeys, ShardKeys, conversation_tok
 from tests.support.polling import async_wait_until
 from tests.support.waha import compact, text_message
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SESSION = "default"
 
 # Short clocks so crash tests finish in seconds; see docs/architecture.md for the defaults.

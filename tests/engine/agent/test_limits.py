@@ -20,7 +20,7 @@ from engine.agent.breaker import BreakerState
 from engine.history import HistoryKeys, read_page
 from engine.state import load_state
 from shared.keys import engine_keys_for
-from tests.agent.fake_groq import MODEL, completion, error
+from tests.engine.agent.fake_groq import MODEL, completion, error
 
 ANA = "5511987650001@c.us"
 BIA = "5511987650002@c.us"

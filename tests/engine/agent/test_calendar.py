@@ -16,9 +16,9 @@ from engine.agent.calendar import (
 )
 from engine.agent.context import system_prompt
 from engine.agent.texts import AgentTextsError, load_agent_texts
-from tests.agent.conftest import CALENDAR, SAO_PAULO
+from tests.engine.agent.conftest import CALENDAR, SAO_PAULO
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def write(tmp_path: Path, document: dict, name: str = "cal.yaml") -> Path:

@@ -1,5 +1,5 @@
 """A handler whose behaviour the tests script through the message text (the real seam,
-selected with `--handler tests.worker.handlers:scripted`).
+selected with `--handler tests.worker.support.handlers:scripted`).
 
     "block:<gate>"  waits until the key `<prefix>:test:gate:<gate>` exists, then commits
     "fail:<gate>"   raises until that key exists (a bug fixed by opening the gate)

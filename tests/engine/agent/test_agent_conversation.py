@@ -13,7 +13,7 @@ from engine.agent.booking_webhook import verify
 from engine.history import HistoryKeys, read_page
 from engine.state import State, load_state
 from shared.keys import CalendarKeys, engine_keys_for
-from tests.agent.receptionist import receptionist
+from tests.engine.agent.receptionist import receptionist
 
 ANA = "5511987650001@c.us"
 HOOKS = "https://crm.test/hooks/bookings"

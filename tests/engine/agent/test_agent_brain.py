@@ -14,8 +14,8 @@ from prometheus_client import REGISTRY
 from engine.agent.confirmation import PENDING_KEY
 from engine.brain import Brain
 from shared.keys import CalendarKeys
-from tests.agent.chat import Chat
-from tests.agent.fake_groq import (
+from tests.engine.agent.chat import Chat
+from tests.engine.agent.fake_groq import (
     completion,
     last_tool_results,
     model_not_found,
@@ -24,7 +24,7 @@ from tests.agent.fake_groq import (
     tool_call,
     tool_use_failed,
 )
-from tests.agent.receptionist import receptionist
+from tests.engine.agent.receptionist import receptionist
 from tests.support.polling import async_wait_until
 
 ANA = "5511987650001@c.us"

@@ -1,6 +1,6 @@
 """Fixtures of the AI agent's tests: a test calendar (every day 08:00-18:00), a clock fixed on
 next Monday 09:00 in São Paulo (so slots never depend on when the suite runs), the agent built
-exactly as a worker builds it, and Groq stood in for by respx (tests/agent/fake_groq.py)."""
+exactly as a worker builds it, and Groq stood in for by respx (tests/engine/agent/fake_groq.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import yaml
 from engine.agent.service import AgentParts, build_agent
 from shared import clock as clock_module
 from shared.settings import Settings
-from tests.agent.fake_groq import GROQ, FakeGroq
+from tests.engine.agent.fake_groq import GROQ, FakeGroq
 from tests.engine.harness import AgentHarness, FakeWaha
 from tests.support.closing import closing_all
 

@@ -9,7 +9,7 @@ import re
 from typing import Any
 
 from engine.agent.confirmation import confirms
-from tests.agent.fake_groq import completion, last_tool_results, last_user_text, tool_call
+from tests.engine.agent.fake_groq import completion, last_tool_results, last_user_text, tool_call
 
 _PENDING_BOOK = re.compile(r'book_appointment service="([^"]+)", start="([^"]+)"')
 

@@ -10,7 +10,7 @@ import pytest
 
 from engine.agent.confirmation import PENDING_KEY, PendingAction, confirms
 from engine.agent.tools import SPECS, ToolSession, tool_definitions
-from tests.agent.chat import Chat
+from tests.engine.agent.chat import Chat
 
 ANA = "5511987650001@c.us"
 BIA = "5511987650002@c.us"

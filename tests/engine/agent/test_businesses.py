@@ -21,8 +21,8 @@ from engine.parts import booking_store, waiting_line
 from engine.parts import coordinator as parts_coordinator
 from shared.keys import CalendarKeys
 from shared.settings import Settings
-from tests.agent.conftest import CALENDAR
-from tests.agent.fake_groq import FakeGroq, completion
+from tests.engine.agent.conftest import CALENDAR
+from tests.engine.agent.fake_groq import FakeGroq, completion
 from tests.engine.harness import AgentHarness, FakeWaha
 from tests.support.waha import text_message
 
@@ -182,7 +182,7 @@ def test_the_lines_hours_and_teams_are_the_sessions_business(
 
 
 def test_the_second_example_business_file_loads() -> None:
-    path = Path(__file__).parents[2] / "config" / "business.second.example.yaml"
+    path = Path(__file__).parents[3] / "config" / "business.second.example.yaml"
     calendar = load_calendar(path)
     assert calendar.business_name == "Pet Shop Au Au" and calendar.agent_enabled
     assert [s.id for s in calendar.services] == ["banho", "tosa"]
