@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -211,28 +212,32 @@ def snapshot(dest: Path) -> None:
     )
 
 
+# A run this long has hung. Seen once in a while on a loaded machine even without a mutant
+# (an async test waiting forever before its first Redis command), so a hung run is tried once
+# more before it counts; one that hangs again counts as killed, as mutmut counts a timeout.
+RUN_TIMEOUT_S = 240
+TIMEOUT = -1
+
+
 def run_tests(dest: Path, tests: list[str]) -> int:
     env = {**os.environ, "PYTHONPATH": str(dest)}  # the copy, never the editable install
-    done = subprocess.run(
-        [
-            "nice",
-            "-n",
-            "10",
-            sys.executable,
-            "-m",
-            "pytest",
-            "-x",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            *tests,
-        ],
-        cwd=dest,
-        env=env,
-        capture_output=True,
-        check=False,
-    )
-    return done.returncode
+    command = ["nice", "-n", "10", sys.executable, "-m", "pytest", "-x", "-q"]
+    command += ["-p", "no:cacheprovider", *tests]
+    for _ in range(2):
+        process = subprocess.Popen(
+            command,
+            cwd=dest,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a hung run is ended with everything it started
+        )
+        try:
+            return process.wait(timeout=RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    return TIMEOUT
 
 
 def main() -> int:
@@ -266,8 +271,9 @@ def main() -> int:
         try:
             for m in mutants:
                 path.write_text(apply(original, m), "utf-8")
-                verdict = "killed" if run_tests(args.dest, TESTS[name]) else "SURVIVED"
-                (killed if verdict == "killed" else survived).append(m)
+                code = run_tests(args.dest, TESTS[name])
+                verdict = "timeout" if code == TIMEOUT else "killed" if code else "SURVIVED"
+                (survived if verdict == "SURVIVED" else killed).append(m)
                 note = f"  ({EXPLAINED[m.key]})" if m.key in EXPLAINED else ""
                 print(f"{verdict:8} {m.ident}: {m.after.strip()}{note}", flush=True)
         finally:

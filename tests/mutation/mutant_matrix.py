@@ -37,7 +37,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 # A test that runs this long under a mutant hangs on it (a wait that never ends): it fails, and
 # the mutant counts as killed, as mutmut counts its timeouts.
-TEST_TIMEOUT_S = 60
+TEST_TIMEOUT_S = 20
 
 
 class MutantHung(Exception):

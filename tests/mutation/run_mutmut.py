@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import fnmatch
 import json
 import os
 import re
@@ -240,7 +241,12 @@ def child_tests(dest: Path) -> None:
 
 
 def recheck(
-    dest: Path, extra: list[str], parallel: int, kinds_wanted: set[str], stages_wanted: list[str]
+    dest: Path,
+    extra: list[str],
+    parallel: int,
+    kinds_wanted: set[str],
+    stages_wanted: list[str],
+    only: str = "*",
 ) -> None:
     """Run every survivor again, each in a fresh pytest process started with the mutant
     switched on, in up to three stages; the first that fails kills it:
@@ -304,7 +310,7 @@ def recheck(
 
     queue: list[tuple[str, str]] = []
     for name, kind in kinds.items():
-        if name not in done and kind in kinds_wanted:
+        if name not in done and kind in kinds_wanted and matches(name, only):
             queue.append((name, stages[0]))
     while queue or running:
         while queue and len(running) < parallel:
@@ -333,13 +339,22 @@ def recheck(
                 advance(name, stage)
 
 
-def matrix(dest: Path, tests: list[str], kinds_wanted: set[str]) -> None:
+def matches(name: str, only: str) -> bool:
+    """`only` is comma-separated globs over mutant names."""
+    return any(fnmatch.fnmatch(name, glob) for glob in only.split(","))
+
+
+def matrix(dest: Path, tests: list[str], kinds_wanted: set[str], only: str = "*") -> None:
     """Run `tests` (the new tests/*/test_mutants.py) against every survivor of the kinds
     wanted, in ONE pytest process (tests/mutation/mutant_matrix.py): what is killed there is
     killed by a new test. Recorded in recheck_results.json."""
     record = dest / "recheck_results.json"
     done: dict[str, str] = json.loads(record.read_text("utf-8")) if record.exists() else {}
-    names = [n for n, kind, _ in survivor_diffs(dest) if kind in kinds_wanted and n not in done]
+    names = [
+        n
+        for n, kind, _ in survivor_diffs(dest)
+        if kind in kinds_wanted and n not in done and matches(n, only)
+    ]
     plugin = dest / "mutants" / "tests" / "mutation"
     plugin.mkdir(parents=True, exist_ok=True)
     for name in ("__init__.py", "mutant_matrix.py"):
@@ -422,6 +437,7 @@ def survivors(dest: Path) -> None:
 def summary(dest: Path) -> None:
     child = dest / "child_results.json"
     child_verdicts: dict[str, str] = json.loads(child.read_text("utf-8")) if child.exists() else {}
+    child_verdicts = {n: {"killed": "killed by child"}.get(v, v) for n, v in child_verdicts.items()}
     rechecked = dest / "recheck_results.json"
     if rechecked.exists():
         for name, verdict in json.loads(rechecked.read_text("utf-8")).items():
@@ -475,6 +491,9 @@ def main() -> None:
     )
     parser.add_argument("--stages", default="new,old,child", help="which recheck stages")
     parser.add_argument(
+        "--only", default="*", help="only mutants matching these globs (comma-separated)"
+    )
+    parser.add_argument(
         "--matrix", nargs="+", metavar="TEST_FILE", help="new tests against all survivors at once"
     )
     parser.add_argument("--survivors", action="store_true", help="list survivors with diffs")
@@ -493,9 +512,9 @@ def main() -> None:
         child_tests(dest)
     if args.recheck is not None:
         kinds = set(args.kinds.split(","))
-        recheck(dest, args.recheck, args.parallel, kinds, args.stages.split(","))
+        recheck(dest, args.recheck, args.parallel, kinds, args.stages.split(","), args.only)
     if args.matrix:
-        matrix(dest, args.matrix, set(args.kinds.split(",")))
+        matrix(dest, args.matrix, set(args.kinds.split(",")), args.only)
     if args.survivors:
         survivors(dest)
         return
