@@ -3,9 +3,13 @@ and the mutant it kills). Each asserts a behaviour of the engine, not a line of 
 
 from __future__ import annotations
 
+import httpx
 import pytest
+import respx
 
 from engine.erase import erase_customer
+from engine.outbox import OutboxEntry
+from engine.sender import InflightSend
 from engine.state import (
     ConversationState,
     InvalidTransition,
@@ -14,10 +18,20 @@ from engine.state import (
     next_state,
     prune_index,
 )
-from shared.keys import EngineIndexKeys, engine_keys_for, keys_for_conversation
+from engine.waha_client import SentMessage
+from shared.keys import EngineIndexKeys, WahaSessionKeys, engine_keys_for, keys_for_conversation
 from shared.lua import LuaScript
 from shared.queue_errors import ConversationBusy
 from tests.engine.test_erase import snapshot
+from tests.engine.test_sender import (
+    CHAT,
+    WAHA,
+    commit_replies,
+    make_sender,
+    mock_courtesy,
+    sent_answer,
+    texts_sent,
+)
 from tests.support.waha import text_message
 
 # --- engine/state.py ------------------------------------------------------------------------
@@ -185,3 +199,50 @@ async def test_prune_looks_at_no_more_pages_than_asked(aredis, key_prefix, most,
     )
     assert done == forgotten
     assert await aredis.zcard(index.conversations) == 6 - forgotten
+
+
+CHAT_TOKEN = f"default|{CHAT}"
+
+
+# --- engine/sender.py: settle_echo records only the reply the echo is of ------------------
+
+
+@respx.mock
+@pytest.mark.parametrize("differs", ["text", "reply"])
+async def test_an_echo_that_is_not_of_the_reply_in_flight_settles_nothing(
+    aredis, key_prefix, differs
+) -> None:
+    """A reply's send fails and its in-flight marker stays. An echo arrives whose text is not
+    the marker's (or whose marker names another reply): it is not this send's echo, so the
+    reply is not recorded as sent (it would then never go out), and it is sent later.
+    Kills, in Sender.settle_echo: the id/text check's `or` -> `and`, and its `return False`
+    -> `True`."""
+    mock_courtesy()
+    error = httpx.Response(500, json={"statusCode": 500, "message": "Internal server error"})
+    send = respx.post(f"{WAHA}/api/sendText").mock(side_effect=[error, sent_answer(2)])
+    sender, client = make_sender(aredis, key_prefix)
+    keys = engine_keys_for("default", CHAT, 1, key_prefix)
+    await commit_replies(aredis, key_prefix, "Olá!")
+    await sender.deliver(CHAT_TOKEN)  # the send fails; its marker stays
+    [reply] = [OutboxEntry.decode(raw) for raw in await aredis.lrange(keys.outbox, 0, -1)]
+    marker = InflightSend.decode(
+        await aredis.get(WahaSessionKeys("default", key_prefix).inflight(CHAT))
+    )
+    assert (marker.mid, marker.text) == (reply.mid, "Olá!")
+    if differs == "text":
+        other = InflightSend(marker.mid, "Outra coisa", marker.at_ms)
+    else:
+        other = InflightSend("another-reply", marker.text, marker.at_ms)
+    echo = SentMessage(f"true_{CHAT}_3EB0{9:016X}")
+
+    assert not await sender.settle_echo(CHAT_TOKEN, other, echo, marker.at_ms)
+
+    assert [OutboxEntry.decode(r).mid for r in await aredis.lrange(keys.outbox, 0, -1)] == [
+        reply.mid
+    ]
+    assert await aredis.hget(keys.history_meta, f"{reply.mid}:waha_id") is None
+    await aredis.zadd(keys.outbox_pending, {CHAT_TOKEN: 0})  # its backoff is over
+    await sender.deliver(CHAT_TOKEN)
+    assert texts_sent(send) == ["Olá!", "Olá!"]
+    assert await aredis.llen(keys.outbox) == 0
+    await client.aclose()

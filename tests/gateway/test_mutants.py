@@ -223,8 +223,14 @@ async def test_an_event_without_an_envelope_id_is_deduplicated_by_its_bytes(
 
 
 async def test_readyz_names_the_redis_version_when_ready(app_client, sync_redis) -> None:
-    """Kills, in readiness(): the status word forced to "unavailable", the version dropped."""
-    response = await app_client.get("/readyz")
+    """Kills, in readiness(): the status word forced to "unavailable", the version dropped.
+    A busy machine can miss the readiness ping's short deadline once: asked a few times, a
+    healthy gateway answers ready; the mutant never does."""
+    for _ in range(20):
+        response = await app_client.get("/readyz")
+        if response.status_code == 200:
+            break
+        await asyncio.sleep(0.1)
     assert response.status_code == 200
     document = response.json()
     assert document["status"] == "ready"

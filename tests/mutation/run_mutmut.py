@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import fnmatch
 import json
 import os
@@ -196,12 +197,30 @@ def environment(dest: Path) -> dict[str, str]:
 
 
 def run_mutmut(dest: Path, max_children: int) -> None:
-    subprocess.run(
+    # Its own session: mutmut kills a mutant's run on timeout, and whatever that run had
+    # started (each run has its own private redis-server) would be left behind.
+    process = subprocess.Popen(
         ["nice", "-n", "10", "mutmut", "run", "--max-children", str(max_children)],
         cwd=dest,
         env=environment(dest),
-        check=False,
+        start_new_session=True,
     )
+    try:
+        process.wait()
+    finally:
+        end_session(process.pid)
+
+
+def end_session(sid: int) -> None:
+    """SIGKILL every process left in session `sid` (only ours: we started it)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # after the name: state, ppid, pgrp, session
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(stat.parent.name), signal.SIGKILL)
 
 
 def results(dest: Path) -> dict[str, dict[str, int | None]]:
