@@ -27,13 +27,14 @@ FROM ${PYTHON_IMAGE} AS runtime
 # A fixed non-root uid/gid, so volume ownership is the same on every host.
 RUN groupadd --system --gid 10001 wsm \
     && useradd --system --uid 10001 --gid wsm --home-dir /var/lib/wsm --shell /usr/sbin/nologin wsm \
-    && mkdir -p /var/lib/wsm/spool \
+    && mkdir -p /var/lib/wsm/spool /var/lib/wsm/media \
     && chown -R wsm:wsm /var/lib/wsm
 COPY --from=build /opt/wsm /opt/wsm
 ENV PATH=/opt/wsm/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    WSM_SPOOL_DIR=/var/lib/wsm/spool
+    WSM_SPOOL_DIR=/var/lib/wsm/spool \
+    WSM_MEDIA_DIR=/var/lib/wsm/media
 # No VOLUME here: only the gateway has a spool, and compose mounts a named volume on it (which
 # starts as a copy of this directory, owned by wsm).
 WORKDIR /var/lib/wsm

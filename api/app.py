@@ -13,8 +13,8 @@ from __future__ import annotations
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 
-from api.deps import authorized, build_parts, valid_input
-from api.routes import agents, contacts, conversations, ops, queue, sessions
+from api.deps import authorized, build_parts, operator_or_console, valid_input
+from api.routes import agents, contacts, conversations, media, ops, queue, sessions
 from shared.redis_client import RedisClient
 from shared.redis_errors import REDIS_UNAVAILABLE
 from shared.settings import Settings
@@ -44,9 +44,15 @@ def create_app(settings: Settings, redis: RedisClient) -> FastAPI:
     # Bearer first (401), then the path and query forms (422) and, for commands, that the
     # conversation exists (404): api/validation.py.
     api = APIRouter(prefix="/api", dependencies=[Depends(authorized), Depends(valid_input)])
-    for module in (conversations, queue, agents, contacts, sessions):
+    for module in (conversations, queue, agents, contacts, sessions, media):
         api.include_router(module.router)
     app.include_router(api)
+    # Stored media is read by the operator (token) and by the console's pages (session).
+    media_reads = APIRouter(
+        prefix="/api", dependencies=[Depends(operator_or_console), Depends(valid_input)]
+    )
+    media_reads.include_router(media.reads)
+    app.include_router(media_reads)
     from api.console import install as install_console  # the attendants' console, at /
 
     install_console(app, settings, redis, parts.coordinator)

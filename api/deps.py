@@ -21,10 +21,12 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
 
+from api.media_send import MediaSendParts, media_send_parts
 from api.validation import operator_input
 from engine import parts as engine_parts
 from engine.agent.bookings import BookingStore
 from engine.assignment import LineCoordinator
+from engine.media.store import MediaLibrary
 from engine.metrics import EngineStateCollector
 from shared.keys import EngineIndexKeys
 from shared.redis_client import RedisClient
@@ -42,6 +44,8 @@ class ApiParts:
     bookings: BookingStore
     index: EngineIndexKeys
     check_input: Callable[[Request], Awaitable[None]]
+    # Stored files (customers' and agents'): GET /api/media/…, and files agents send.
+    media: MediaLibrary
     # The engine's gauges, read from Redis just before each scrape (api/routes/ops.py).
     collector: EngineStateCollector = field(default_factory=EngineStateCollector)
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
@@ -56,6 +60,11 @@ class ApiParts:
     @property
     def shards(self) -> int:
         return self.settings.queue_shards
+
+    @property
+    def media_send(self) -> MediaSendParts:
+        """What api/media_send.py's send_media needs (the console builds the same)."""
+        return media_send_parts(self.settings, self.redis, self.coordinator.queue, self.media)
 
 
 def build_parts(settings: Settings, redis: RedisClient) -> ApiParts:
@@ -74,6 +83,7 @@ def build_parts(settings: Settings, redis: RedisClient) -> ApiParts:
         bookings=engine_parts.booking_store(redis, settings),
         index=EngineIndexKeys(prefix),
         check_input=operator_input(redis, prefix=prefix, shards=settings.queue_shards),
+        media=engine_parts.media_library(redis, settings),
     )
 
 
@@ -93,6 +103,25 @@ async def authorized(
     if not given or not hmac.compare_digest(given, parts.token):
         raise HTTPException(401, "missing or wrong bearer token",
                             headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+
+async def operator_or_console(
+    parts: Parts,
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """The operator's bearer token, or an attendant's console session (its signed cookie):
+    what reading stored media takes, so the console's pages show images and play audio from
+    the same route as the API (`GET /api/media/{id}`). A GET changes nothing, so no CSRF token
+    is asked; 401 with neither."""
+    given = credentials.credentials.encode() if credentials else b""
+    if given and hmac.compare_digest(given, parts.token):
+        return
+    console = getattr(request.app.state, "console", None)
+    if console is not None and await console.sessions.viewer(request) is not None:
+        return
+    raise HTTPException(401, "missing or wrong bearer token, and no console session",
+                        headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
 
 
 async def valid_input(parts: Parts, request: Request) -> None:

@@ -38,9 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shared.embedded_redis import EmbeddedRedis  # noqa: E402
-from shared.enqueue import EnqueueRequest, enqueue_many  # noqa: E402
-from shared.events import route_event  # noqa: E402
+from shared.enqueue import enqueue_many  # noqa: E402
 from shared.redis_client import connect  # noqa: E402
+from tests.worker.support.fleet import text_request  # noqa: E402
 
 # --- the stand-in server (LLM + WAHA) ----------------------------------------------------------
 
@@ -140,41 +140,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def message(chat: str) -> bytes:
-    return orjson.dumps(
-        {
-            "id": "evt_" + uuid.uuid4().hex[:26],
-            "timestamp": int(time.time() * 1000),
-            "event": "message",
-            "session": "default",
-            "payload": {
-                "id": f"false_{chat}_{uuid.uuid4().hex.upper()}",
-                "timestamp": int(time.time()),
-                "from": chat,
-                "fromMe": False,
-                "body": "Oi! Quero marcar uma consulta",
-                "hasMedia": False,
-            },
-        }
-    )
-
-
 async def queue_conversations(client: Any, count: int, prefix: str) -> None:
-    requests = []
-    for n in range(count):
-        body = message(f"5519{n:09d}@c.us")
-        routed = route_event(orjson.loads(body), body)
-        assert routed is not None
-        requests.append(
-            EnqueueRequest.for_event(
-                routed,
-                body,
-                received_at_ms=int(time.time() * 1000),
-                shards=1,
-                dedupe_ttl_seconds=3600,
-                prefix=prefix,
-            )
-        )
+    text = "Oi! Quero marcar uma consulta"
+    requests = [
+        text_request(f"5519{n:09d}@c.us", text, prefix, received_at_ms=int(time.time() * 1000))[1]
+        for n in range(count)
+    ]
     for i in range(0, len(requests), 1000):
         await enqueue_many(client, requests[i : i + 1000])
 

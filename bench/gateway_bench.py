@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -350,16 +351,21 @@ def load(port: int, bodies_file: Path, args: argparse.Namespace) -> dict[str, An
     return wrk(port, bodies_file, first, args.duration, args.connections)
 
 
-def gateway_counts(port: int) -> dict[str, float]:
+def scraped(port: int, sample: str, label: str) -> dict[str, float]:
+    """The values of the gateway's `sample` on its /metrics, by the value of `label`."""
     import httpx
 
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    counts: dict[str, float] = {}
+    values: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith("wsm_webhook_requests_total{"):
-            outcome = line.split('outcome="')[1].split('"')[0]
-            counts[outcome] = float(line.rsplit(" ", 1)[1])
-    return counts
+        if line.startswith(sample + "{"):
+            key = line.split(f'{label}="')[1].split('"')[0]
+            values[key] = float(line.rsplit(" ", 1)[1])
+    return values
+
+
+def gateway_counts(port: int) -> dict[str, float]:
+    return scraped(port, "wsm_webhook_requests_total", "outcome")
 
 
 def start_baseline(port: int, redis_url: str, env: dict[str, str]) -> Server:
@@ -402,15 +408,7 @@ def fixed_rate_run(
 
 def duration_buckets(port: int) -> dict[str, float]:
     """The gateway's wsm_webhook_duration_seconds buckets (cumulative counts by `le`)."""
-    import httpx
-
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    buckets: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("wsm_webhook_duration_seconds_bucket{"):
-            le = line.split('le="')[1].split('"')[0]
-            buckets[le] = float(line.rsplit(" ", 1)[1])
-    return buckets
+    return scraped(port, "wsm_webhook_duration_seconds_bucket", "le")
 
 
 def run(args: argparse.Namespace) -> str:
@@ -438,6 +436,28 @@ def run(args: argparse.Namespace) -> str:
         WSM_SPOOL_DIR=str(work / "spool"),
         WSM_LOG_LEVEL="WARNING",
     )
+
+    def on_fresh(start: Callable[[int], Server], measure: Callable[[int], Any]) -> Any:
+        """`measure(port)` against a server just started on an emptied Redis (the rounds must
+        not inherit each other's keys); the server stopped after."""
+        admin.flushall()
+        port = free_port()
+        server = start(port)
+        try:
+            return measure(port)
+        finally:
+            server.stop()
+
+    def baseline(measure: Callable[[int], Any]) -> Any:
+        return on_fresh(lambda port: start_baseline(port, redis_server.url, env), measure)
+
+    def gateway(measure: Callable[[int], Any]) -> tuple[Any, dict[str, float]]:
+        """What `measure` found, and how the gateway answered (read before it stops)."""
+        return on_fresh(
+            lambda port: start_gateway(port, env),
+            lambda port: (measure(port), gateway_counts(port)),
+        )
+
     results: dict[str, Any] = {
         "baseline": [],
         "gateway": [],
@@ -446,21 +466,9 @@ def run(args: argparse.Namespace) -> str:
     }
     try:
         for round_ in range(1, args.rounds + 1):
-            admin.flushall()
-            port = free_port()
-            server = start_baseline(port, redis_server.url, env)
-            try:
-                results["baseline"].append(load(port, bodies_file, args))
-            finally:
-                server.stop()
-            admin.flushall()
-            port = free_port()
-            server = start_gateway(port, env)
-            try:
-                results["gateway"].append(load(port, bodies_file, args))
-                counts = gateway_counts(port)
-            finally:
-                server.stop()
+            results["baseline"].append(baseline(lambda port: load(port, bodies_file, args)))
+            closed, counts = gateway(lambda port: load(port, bodies_file, args))
+            results["gateway"].append(closed)
             check_outcomes(results, f"round {round_}", counts, results["gateway"][-1]["wrapped"])
             print(
                 f"round {round_}: baseline {results['baseline'][-1]['rps']:.0f} req/s, "
@@ -474,22 +482,13 @@ def run(args: argparse.Namespace) -> str:
         rate = statistics.median(r["rps"] for r in results["gateway"]) / 2
         results["baseline_fixed"], results["gateway_fixed"] = [], []
         for round_ in range(1, args.fixed_rounds + 1):
-            admin.flushall()
-            port = free_port()
-            server = start_baseline(port, redis_server.url, env)
-            try:
-                results["baseline_fixed"].append(fixed_rate_run(port, bodies_file, rate, args))
-            finally:
-                server.stop()
-            admin.flushall()
-            port = free_port()
-            server = start_gateway(port, env)
-            try:
-                fixed = fixed_rate_run(port, bodies_file, rate, args, gateway=True)
-                results["gateway_fixed"].append(fixed)
-                counts = gateway_counts(port)
-            finally:
-                server.stop()
+            results["baseline_fixed"].append(
+                baseline(lambda port: fixed_rate_run(port, bodies_file, rate, args))
+            )
+            fixed, counts = gateway(
+                lambda port: fixed_rate_run(port, bodies_file, rate, args, gateway=True)
+            )
+            results["gateway_fixed"].append(fixed)
             check_outcomes(results, f"fixed rate {round_}", counts, 0)
             if set(fixed["statuses"]) != {"200"}:
                 results["anomalies"].append(f"fixed rate {round_}: {fixed['statuses']}")

@@ -31,17 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shared.embedded_redis import EmbeddedRedis  # noqa: E402
 from shared.enqueue import EnqueueRequest, enqueue_many  # noqa: E402
 from shared.envelope import QueuedEvent  # noqa: E402
-from shared.events import route_event  # noqa: E402
 from shared.keys import ShardKeys  # noqa: E402
 from shared.redis_client import connect  # noqa: E402
+from tests.worker.support.fleet import text_request  # noqa: E402
 from wsm.load.cpu import Component, CpuMeter  # noqa: E402
 
 POLL_SECONDS = 0.005
@@ -51,42 +49,16 @@ async def noop(event: QueuedEvent, ctx: Any) -> None:
     """The benchmark's handler: nothing to do, so the fleet acks with no writes."""
 
 
-def message_body(chat: str, n: int) -> bytes:
-    document = {
-        "id": "evt_" + uuid.uuid4().hex[:26],
-        "timestamp": int(time.time() * 1000),
-        "event": "message",
-        "session": "default",
-        "payload": {
-            "id": f"false_{chat}_{uuid.uuid4().hex.upper()}",
-            "timestamp": int(time.time()),
-            "from": chat,
-            "fromMe": False,
-            "body": f"mensagem {n}",
-            "hasMedia": False,
-        },
-    }
-    return orjson.dumps(document)
-
-
 def build_requests(messages: int, chats: int, prefix: str) -> list[EnqueueRequest]:
-    requests = []
-    for n in range(messages):
-        chat = f"5511{n % chats:09d}@c.us"
-        body = message_body(chat, n)
-        routed = route_event(orjson.loads(body), body)
-        assert routed is not None
-        requests.append(
-            EnqueueRequest.for_event(
-                routed,
-                body,
-                received_at_ms=int(time.time() * 1000),
-                shards=1,
-                dedupe_ttl_seconds=3600,
-                prefix=prefix,
-            )
-        )
-    return requests
+    return [
+        text_request(
+            f"5511{n % chats:09d}@c.us",
+            f"mensagem {n}",
+            prefix,
+            received_at_ms=int(time.time() * 1000),
+        )[1]
+        for n in range(messages)
+    ]
 
 
 async def waiting(client: Any, prefix: str) -> int:

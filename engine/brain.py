@@ -25,10 +25,16 @@ from engine.state import ConversationState
 class InboundMessage:
     """The customer's new message, as the brain sees it."""
 
+    # What the brain reads: the text; for a voice note or audio with a transcript,
+    # "[áudio] <transcript>"; for an image, video or document, its caption; else "".
     text: str
     waha_id: str
     at: int  # epoch ms
-    kind: str = "text"  # text | media | location | ...
+    # text | image | video | audio | voice | document | sticker | location | contact
+    kind: str = "text"
+    caption: str = ""  # the sender's caption of an image, video or document
+    transcript: str | None = None  # a voice note's or audio's, when it was transcribed
+    media_available: bool = False  # its file was stored (an attendant can open it)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,9 @@ _ID_UNSAFE = re.compile(r"[^a-z0-9_-]+")
 class Business:
     id: str  # "" for the default business (its keys are the one-business keys)
     calendar: Calendar
+    # Its business file (None: the default business built from settings): its knowledge
+    # folder is found beside it (engine/agent/knowledge.py).
+    file: Path | None = None
 
 
 class Businesses:
@@ -62,7 +65,7 @@ def business_id(path: Path) -> str:
 
 def businesses_from(settings: Settings, *, default: Calendar | None = None) -> Businesses:
     """The process's businesses (CalendarFileError names a bad file: refused at start)."""
-    default_business = Business("", default or calendar_from(settings))
+    default_business = Business("", default or calendar_from(settings), settings.calendar_file)
     default_path = settings.calendar_file.resolve() if settings.calendar_file else None
     loaded: dict[Path, Business] = {}
     by_session: dict[str, Business] = {}
@@ -79,7 +82,7 @@ def businesses_from(settings: Settings, *, default: Calendar | None = None) -> B
                     f"WSM_BUSINESS_FILES: two business files are named {path.stem!r}; "
                     "rename one (a business's id is its file's name)"
                 )
-            loaded[resolved] = Business(ident, load_calendar(path))
+            loaded[resolved] = Business(ident, load_calendar(path), path)
         by_session[session] = loaded[resolved]
     return Businesses(default_business, by_session)
 

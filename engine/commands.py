@@ -31,7 +31,11 @@ HANDBACK = "wsm.handback"
 ASSIGNED = "wsm.assigned"
 LINE = "wsm.line"
 TIMEOUT = "wsm.timeout"
-ALL = frozenset({AGENT_MESSAGE, CLOSE, HANDBACK, ASSIGNED, LINE, TIMEOUT})
+# An agent sends a file (operator API, console: api/media_send.py; engine/turn/media_send.py).
+AGENT_MEDIA = "wsm.agent_media"
+# A booking's reminder is due (engine/agent/reminders.py, engine/turn/reminder.py).
+REMINDER = "wsm.reminder"
+ALL = frozenset({AGENT_MESSAGE, CLOSE, HANDBACK, ASSIGNED, LINE, TIMEOUT, AGENT_MEDIA, REMINDER})
 
 
 @dataclass(frozen=True, slots=True)

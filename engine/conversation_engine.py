@@ -14,6 +14,7 @@ from __future__ import annotations
 from engine.assignment import LineCoordinator
 from engine.brain import Brain
 from engine.identity import Conversation, PhoneResolver, is_ignored
+from engine.media.ingest import MediaIngest
 from engine.sender import Sender
 from engine.texts import Texts
 from engine.turn.dispatch import LIGHT_STEPS, PREFETCH, STEPS
@@ -40,6 +41,7 @@ class Engine:
         coordinator: LineCoordinator,
         resolver: PhoneResolver,
         sender: Sender | None = None,
+        media: MediaIngest | None = None,
     ) -> None:
         self.config = config
         self.sender = sender
@@ -54,6 +56,7 @@ class Engine:
             resolver=resolver,
             sender=sender,
             index=self.index,
+            media=media,
         )
 
     async def __call__(self, event: QueuedEvent, ctx: CommitContext) -> None:

@@ -1,6 +1,7 @@
 """Erasing a customer completely (LGPD, art. 18): their conversation's state, history and
-outbox, their place in the line and with agents, the indexes, cached lookups, and the queue's
-leftovers that name them (dedupe markers, dead letters, booking-webhook dead letters).
+outbox, their place in the line and with agents, the indexes, cached lookups, their stored
+media files and index entries (given the media library), and the queue's leftovers that name
+them (dedupe markers, dead letters, booking-webhook dead letters).
 
 The keys live under several hash tags (the conversation's queue shard, the line, the engine's
 indexes, the WAHA session, the calendar), and a Lua script may only touch one, so the erase is
@@ -35,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from engine.identity import ChatKind, chat_kind, phone_of
+from engine.media.store import MediaLibrary
 from engine.state import State
 from shared.envelope import InvalidRecord, decode_record
 from shared.events import message_key_of
@@ -141,8 +143,12 @@ async def erase_customer(
     chat_id: str,
     lease_ms: int = ERASE_LEASE_MS,
     also: Callable[[], Awaitable[int]] | None = None,
+    media: MediaLibrary | None = None,
 ) -> int:
     """Delete everything about (session, chat_id). Returns how many keys/entries went.
+
+    `media` (engine/parts.py `media_library`) removes the customer's stored media files and
+    their index entries, under the lease too (no turn can store one meanwhile).
 
     Raises ConversationBusy, with nothing deleted, while the conversation is being handled.
     `also` runs while the erase holds the conversation's lease (for data kept elsewhere, such as
@@ -210,6 +216,8 @@ async def erase_customer(
             await ERASE_CALENDAR(redis, [CalendarKeys(prefix).hooks_dead], [session, chat_id])
         )
         removed += await _erase_console(redis, prefix, token)
+        if media is not None:
+            removed += await media.forget_conversation(token)
         if also is not None:
             removed += await also()
     finally:

@@ -90,6 +90,14 @@ class HistoryEntry:
     revoked: bool = False
     reactions: Mapping[str, str] = field(default_factory=dict)
     cursor: str = ""  # stream id
+    # A customer's media (engine/media/): the stored file {id, mimetype, filename, size,
+    # sha256}, or None with `media_reason` saying why there is none; its caption; the
+    # transcript of a voice note or audio; a shared location {latitude, longitude, name}.
+    media: Mapping[str, Any] | None = None
+    media_reason: str | None = None
+    caption: str | None = None
+    transcript: str | None = None
+    location: Mapping[str, Any] | None = None
 
     def public(self) -> dict[str, Any]:
         return {
@@ -104,6 +112,11 @@ class HistoryEntry:
             "edited_text": self.edited_text,
             "revoked": self.revoked,
             "reactions": dict(self.reactions),
+            "media": dict(self.media) if self.media is not None else None,
+            "media_reason": self.media_reason,
+            "caption": self.caption,
+            "transcript": self.transcript,
+            "location": dict(self.location) if self.location is not None else None,
         }
 
 
@@ -139,6 +152,7 @@ def append_writes(
             entry.author,
             "kind",
             entry.kind,
+            *_media_fields(entry),
         ),
         write("HSET", keys.meta, f"{entry.mid}:status", entry.status or "received"),
     ]
@@ -158,6 +172,32 @@ def append_writes(
         write("EXPIRE", keys.meta, retention_seconds),
     ]
     return writes
+
+
+def _media_fields(entry: HistoryEntry) -> list[str]:
+    """The media fields of a stream entry, only those set (a text entry keeps its old shape,
+    and entries written before media existed read as having none)."""
+    fields: list[str] = []
+    if entry.media is not None:
+        fields += ["media", orjson.dumps(dict(entry.media)).decode()]
+    for name in ("media_reason", "caption", "transcript"):
+        value = getattr(entry, name)
+        if value is not None:
+            fields += [name, value]
+    if entry.location is not None:
+        fields += ["location", orjson.dumps(dict(entry.location)).decode()]
+    return fields
+
+
+def _json_field(values: Mapping[str, str], name: str) -> dict[str, Any] | None:
+    raw = values.get(name)
+    if not raw:
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,6 +412,11 @@ async def _with_meta(
                 revoked=revoked is not None,
                 reactions=orjson.loads(reactions) if reactions else {},
                 cursor=cursor,
+                media=_json_field(values, "media"),
+                media_reason=values.get("media_reason"),
+                caption=values.get("caption"),
+                transcript=values.get("transcript"),
+                location=_json_field(values, "location"),
             )
         )
     return entries

@@ -8,15 +8,23 @@ Extension point: `MenuOption`s given as `extra_options` are listed before the pe
 text and an async action returning a Decision.
 
 Steps (ConversationState.step): "" (never greeted) -> "ask_name" -> "menu" <-> "choose_service".
+
+Media (docs/agent.md, "Voice notes and media"): a transcribed voice note is read as the words
+in its transcript (`heard`); a voice note or audio with no transcript (no GROQ_API_KEY, or the
+transcription failed) gets `audio_unsupported`, any other media (image, document, video,
+sticker, location, contact card) `media_received`, each followed by the numbered options, the
+person's last, at whatever step the conversation was: never "Não entendi", never the name
+question again, and the next message finds the menu.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from engine.brain import Decision, HandOff, Turn
+from engine.brain import Decision, HandOff, InboundMessage, Turn
+from engine.media.transcribe import TRANSCRIBED_KINDS
 from engine.state import State
 from engine.texts import Texts
 
@@ -29,6 +37,31 @@ PERSON_WORDS = re.compile(r"\b(atendente|humano|pessoa|agent|human|person)\b", r
 # A menu choice: a number, optionally followed by "." or ")".
 NUMBER = re.compile(r"^\s*(\d{1,2})\s*[.)]?\s*$")
 _MAX_NAME = 40
+# What Whisper ends a sentence with: "Dois." is the option 2, "Ana." the name Ana.
+_TRAILING_PUNCTUATION = ".!?…"
+
+
+def unheard_audio(message: InboundMessage) -> bool:
+    """A voice note or audio nobody could turn into words (no transcript)."""
+    return message.kind in TRANSCRIBED_KINDS and not (message.transcript or "").strip()
+
+
+def wordless_media(message: InboundMessage) -> bool:
+    """Anything but text and audio: an image, a document, a video, a sticker, a location or
+    a contact card (its caption is data, not a menu answer)."""
+    return message.kind != "text" and message.kind not in TRANSCRIBED_KINDS
+
+
+def heard(turn: Turn) -> Turn:
+    """The turn as the menus read it: a transcribed voice note is its transcript's words
+    (without the "[áudio]" mark the agent reads), so "dois", "atendente" or a name work as if
+    typed."""
+    message = turn.message
+    transcript = (message.transcript or "").strip() if message.kind in TRANSCRIBED_KINDS else ""
+    if not transcript:
+        return turn
+    words = transcript.rstrip(_TRAILING_PUNCTUATION).strip() or transcript
+    return replace(turn, message=replace(message, text=words))
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +93,10 @@ class MenuBrain:
 
     # --- the seam --------------------------------------------------------------------------
     async def decide(self, turn: Turn) -> Decision:
+        turn = heard(turn)
+        media = await self.media_answer(turn)
+        if media is not None:
+            return media
         text = turn.message.text.strip()
         name = turn.state.collected.get("name", "")
         step = turn.state.step
@@ -88,11 +125,35 @@ class MenuBrain:
 
     # --- pieces ----------------------------------------------------------------------------
     def menu(self, name: str) -> str:
-        lines = [self.texts.render("menu_header", name=name)]
-        for number, option in enumerate(self.options, start=1):
-            label = self.texts.render(option.label) if option.label_is_text_key else option.label
-            lines.append(self.texts.render("menu_option", number=number, label=label))
-        return "\n".join(lines)
+        return f"{self.texts.render('menu_header', name=name)}\n{self.options_text()}"
+
+    def options_text(self) -> str:
+        """The numbered options alone (no header: it names the customer, maybe not known)."""
+        return "\n".join(
+            self.texts.render(
+                "menu_option",
+                number=number,
+                label=self.texts.render(option.label) if option.label_is_text_key else option.label,
+            )
+            for number, option in enumerate(self.options, start=1)
+        )
+
+    async def media_answer(self, turn: Turn) -> Decision | None:
+        """The answer to a voice note without a transcript or to other media, or None for a
+        message with words. Either way the menu follows (the person option is the last), at
+        STEP_MENU, so the next message is an option number or words like any other. A caption
+        asking for a person is acted on."""
+        message = turn.message
+        if unheard_audio(message):
+            key = "audio_unsupported"
+        elif wordless_media(message):
+            if PERSON_WORDS.search(message.caption or message.text):
+                return await self._person(turn)
+            key = "media_received"
+        else:
+            return None
+        text = self.texts.render(key, number=len(self.options))
+        return Decision(replies=[f"{text}\n{self.options_text()}"], step=STEP_MENU)
 
     def _option_for(self, text: str) -> MenuOption | None:
         match = NUMBER.match(text)

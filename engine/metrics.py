@@ -19,7 +19,8 @@ from prometheus_client.registry import Collector
 
 OUTBOX_SENDS = Counter(
     "wsm_outbox_sends_total",
-    "Replies the sender tried to deliver, by result (sent, retry, parked, dead).",
+    "Replies the sender tried to deliver, by result (sent, retry, parked, dead, and "
+    "waha_plus_required: a file WAHA Core refused as a Plus feature).",
     ["result"],
 )
 WAITING_SECONDS = Histogram(

@@ -5,6 +5,10 @@ handler whose first run committed nothing, and a message already acked is never 
 
 The sender (engine/sender.py) then delivers each conversation's outbox in order and removes a
 reply only after WAHA answered 201.
+
+A reply is a text, or a file (`kind` image, document or voice, with `media`: the stored file's
+id, type, name, size and hash; `text` is then its caption): the file's bytes stay in the media
+store (engine/media/store.py) and the sender reads them just before the send.
 """
 
 from __future__ import annotations
@@ -31,20 +35,24 @@ class OutboxEntry:
     author: str = "bot"
     attempts: int = 0
     last_error: str = ""
+    kind: str = "text"  # text | image | document | voice
+    media: dict[str, Any] | None = None  # {id, mimetype, filename, size, sha256} for a file
 
     def encode(self) -> str:
-        return orjson.dumps(
-            {
-                "mid": self.mid,
-                "chat": self.chat_id,
-                "text": self.text,
-                "created": self.created_at,
-                "seen": self.mark_seen,
-                "author": self.author,
-                "attempts": self.attempts,
-                "last_error": self.last_error,
-            }
-        ).decode()
+        value: dict[str, Any] = {
+            "mid": self.mid,
+            "chat": self.chat_id,
+            "text": self.text,
+            "created": self.created_at,
+            "seen": self.mark_seen,
+            "author": self.author,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+        }
+        if self.kind != "text":  # a text reply keeps the shape older senders read
+            value["kind"] = self.kind
+            value["media"] = self.media
+        return orjson.dumps(value).decode()
 
     @classmethod
     def decode(cls, raw: bytes | str) -> OutboxEntry:
@@ -58,6 +66,8 @@ class OutboxEntry:
             author=str(value.get("author", "bot")),
             attempts=int(value.get("attempts", 0)),
             last_error=str(value.get("last_error", "")),
+            kind=str(value.get("kind", "text")),
+            media=value.get("media") if isinstance(value.get("media"), dict) else None,
         )
 
 
@@ -98,7 +108,12 @@ def outbox_writes(
                 text=entry.text,
                 at=entry.created_at,
                 author=entry.author,
+                kind=entry.kind,
                 status="queued",
+                # A file: the history names the stored file (the console shows it) and its
+                # caption, as it does a customer's.
+                media=entry.media if entry.kind != "text" else None,
+                caption=(entry.text or None) if entry.kind != "text" else None,
             ),
             retention_seconds=retention_seconds,
             now_ms=now_ms,

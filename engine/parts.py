@@ -10,20 +10,29 @@ Each builder only constructs objects: nothing here talks to Redis or WAHA.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from engine.agent.bookings import BookingStore
+from engine.agent.breaker import CircuitBreaker
 from engine.agent.calendar import Calendar, load_calendar
+from engine.agent.knowledge import BusinessFile, KnowledgeBase, knowledge_folders
+from engine.agent.llm import make_client
 from engine.assignment import LineCoordinator
-from engine.businesses import businesses_from, calendar_from
+from engine.businesses import Businesses, businesses_from, calendar_from
 from engine.commands import CommandQueue
 from engine.conversation_engine import EngineConfig
 from engine.hours import BusinessHours
+from engine.media.fetch import MediaFetcher
+from engine.media.ingest import MediaIngest
+from engine.media.store import DirectoryStore, MediaLibrary, MediaStore, S3Store
+from engine.media.transcribe import GroqTranscriber, Transcriber
 from engine.menu_brain import MenuBrain
 from engine.sender import SenderConfig
 from engine.texts import Texts, load_texts
 from engine.waha_client import WahaClient
 from engine.waiting_line import WaitingLine
 from shared.dead_letters import DeadLetterLimits
+from shared.keys import MediaKeys
 from shared.lean_http import LeanHTTPTransport
 from shared.redis_client import RedisClient
 from shared.settings import Settings
@@ -56,6 +65,7 @@ def sender_config(settings: Settings) -> SenderConfig:
         retry_max_ms=settings.send_retry_max_ms,
         lock_ms=int(settings.send_lock_seconds * 1000),
         dead_letters=DeadLetterLimits.from_settings(settings),
+        files_refused_ms=settings.media_files_refused_seconds * 1000,
     )
 
 
@@ -124,6 +134,73 @@ def waha_client(settings: Settings) -> WahaClient:
     )
 
 
+def transcriber(settings: Settings, *, http_client: Any = None) -> GroqTranscriber | None:
+    """Groq's speech to text for voice notes and audio (engine/media/transcribe.py), with the
+    chat model's client settings, retries and breaker settings; None without GROQ_API_KEY
+    (voice notes then get the menu's "cannot listen to audio yet" answer). It owns its client:
+    close it with `aclose()`."""
+    key = settings.groq_api_key.get_secret_value() if settings.groq_api_key else ""
+    if not key:
+        return None
+    return GroqTranscriber(
+        make_client(
+            api_key=key,
+            base_url=settings.groq_base_url,
+            timeout_seconds=settings.llm_timeout_seconds,
+            http_client=http_client,
+        ),
+        model=settings.groq_transcribe_model,
+        breaker=CircuitBreaker(
+            failures_to_open=settings.llm_breaker_failures,
+            reset_seconds=settings.llm_breaker_reset_seconds,
+        ),
+        max_retries=settings.llm_max_retries,
+        owns_client=True,
+    )
+
+
+def media_library(redis: RedisClient, settings: Settings) -> MediaLibrary:
+    """Customers' and agents' files: the store (a folder, or an S3-compatible bucket) and its
+    Redis index (engine/media/store.py). The worker (ingest, the sender) and the API (GET and
+    POST of media) build the same one."""
+    store: MediaStore
+    if settings.media_s3_bucket:
+        store = S3Store(
+            settings.media_s3_bucket,
+            endpoint_url=settings.media_s3_endpoint_url,
+            max_bytes=settings.media_max_bytes,
+        )
+    else:
+        store = DirectoryStore(settings.media_dir, max_bytes=settings.media_max_bytes)
+    return MediaLibrary(
+        redis,
+        MediaKeys(settings.key_prefix),
+        store,
+        retention_seconds=settings.media_retention_seconds,
+    )
+
+
+def media_ingest(
+    redis: RedisClient,
+    settings: Settings,
+    *,
+    transcriber: Transcriber | None = None,
+    library: MediaLibrary | None = None,
+) -> MediaIngest:
+    """Customers' media in their turn (engine/media/ingest.py): fetched from WAHA (WAHA_URL,
+    WAHA_API_KEY), stored in the media library, voice notes and audio given to `transcriber`.
+    Close it with `aclose()` (its HTTP client)."""
+    key = settings.waha_api_key.get_secret_value() if settings.waha_api_key else None
+    fetcher = MediaFetcher(
+        settings.waha_url,
+        api_key=key,
+        timeout_seconds=settings.media_fetch_timeout_seconds,
+        max_bytes=settings.media_max_bytes,
+        attempts=settings.media_fetch_attempts,
+    )
+    return MediaIngest(library or media_library(redis, settings), fetcher, transcriber=transcriber)
+
+
 def menu_brain(settings: Settings) -> MenuBrain:
     """The engine's plain menu (no scheduling): the brain when none is given."""
     return MenuBrain(
@@ -151,4 +228,23 @@ def booking_store(
         webhook_enabled=webhook_enabled,
         on_event=on_event,
         business=business,
+        # Reminders are scheduled with the booking (engine/agent/reminders.py).
+        reminder_lead_ms=int(settings.reminder_lead_hours * 3_600_000),
     )
+
+
+def knowledge_bases(settings: Settings, businesses: Businesses) -> dict[str, KnowledgeBase]:
+    """Each business's knowledge folder, indexed now (business id -> its base; a business
+    without a folder has none). The worker's agent and `wsm knowledge check` read the same."""
+    folders = knowledge_folders(
+        [BusinessFile(b.id, b.file) for b in businesses.all()], settings.knowledge_dir
+    )
+    return {
+        ident: KnowledgeBase(
+            folder,
+            limit=settings.knowledge_passages,
+            token_budget=settings.knowledge_token_budget,
+            check_seconds=settings.knowledge_check_seconds,
+        )
+        for ident, folder in folders.items()
+    }

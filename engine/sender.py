@@ -22,6 +22,12 @@ WSM_TYPING_DELAY_MAX_MS), then send.
   with WAHA's answer (outbox_dead.lua).
 - Sends per WAHA session are rate limited (send_rate_take.lua, a token bucket in Redis).
 - The id WAHA gives each send is kept, so its echo on `message.any` is known to be ours.
+- A file (kind image, document, voice: engine/outbox.py) is read from the media store just
+  before its send and goes out with sendImage / sendFile / sendVoice. WAHA Core refuses those
+  (422 AvailableInPlusVersion): the reply is marked failed with reason `waha_plus_required`
+  (outbox_failed.lua), neither retried nor dead-lettered, counted, and the session is
+  remembered as one that cannot send files (`WahaSessionKeys.files_refused`, for
+  `files_refused_ms`) so the operator API refuses the next file at once.
 """
 
 from __future__ import annotations
@@ -32,16 +38,19 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from engine.metrics import OUTBOX_SENDS
 from engine.outbox import OutboxEntry
 from engine.waha_client import (
+    MediaOutbound,
     Outbound,
+    OutboundFile,
     SentMessage,
     WahaError,
+    WahaPlusRequired,
     WahaRetryable,
     WahaSessionNotWorking,
     WahaTerminal,
@@ -61,7 +70,7 @@ from shared.keys import (
 from shared.lua import LuaScript, is_noscript
 from shared.periodic import run_every, sleep_unless
 from shared.redis_client import RedisClient
-from shared.redis_errors import REDIS_UNAVAILABLE
+from shared.redis_errors import REDIS_UNAVAILABLE, RETRY_CAP_SECONDS
 from shared.text import as_text
 
 log = logging.getLogger("wsm.engine.sender")
@@ -69,6 +78,7 @@ log = logging.getLogger("wsm.engine.sender")
 OUTBOX_SENT = LuaScript.named("outbox_sent")
 OUTBOX_RETRY = LuaScript.named("outbox_retry")
 OUTBOX_SETTLE = LuaScript.named("outbox_settle")
+OUTBOX_FAILED = LuaScript.named("outbox_failed")
 SEND_RATE_TAKE = LuaScript.named("send_rate_take")
 SEND_LOCK_RENEW = LuaScript.named("send_lock_renew")
 SEND_BEGIN = LuaScript.named("send_begin")
@@ -84,6 +94,8 @@ OURS_TTL_SECONDS = 24 * 3600
 # How long a reply WAHA accepted is kept trying to be recorded while Redis is away (longer than
 # any outage the product rides out: WAHA's own retry window is about 30 s).
 RECORD_SENT_PATIENCE_SECONDS = 300.0
+# Why a file reply failed when WAHA is Core (history `<mid>:error`, the API's answer).
+WAHA_PLUS_REQUIRED = "waha_plus_required"
 # Due entries of one shard one sweep looks at (send_due.lua), at most: a bound on the script's
 # work; when it is reached, the next sweep goes on from there.
 SWEEP_SCAN = 2000
@@ -120,6 +132,9 @@ class SenderConfig:
     # its round trips and a connection to WAHA; past the bound, kicked conversations wait their
     # turn in this process (they stay in the pending index meanwhile, so a crash loses none).
     max_deliveries: int = 64
+    # After WAHA refused a file as a Plus feature, how long the session is remembered as one
+    # that cannot send files (the operator API refuses files for it meanwhile).
+    files_refused_ms: int = 3_600_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,11 +216,26 @@ class LockKeeper:
                 await self._task
 
 
+class MediaReader(Protocol):
+    """What the sender needs of the media store (engine/media/store.py MediaLibrary): a stored
+    file's bytes by its id; None when it is gone (erased, past the retention)."""
+
+    async def read_media(self, media: dict[str, Any]) -> bytes | None: ...
+
+
 class Sender:
-    def __init__(self, redis: RedisClient, outbound: Outbound, config: SenderConfig) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        outbound: Outbound,
+        config: SenderConfig,
+        media: MediaReader | None = None,
+    ) -> None:
         self._redis = redis
         self._out = outbound
         self.config = config
+        # Where a file reply's bytes are read (None: a file reply cannot be sent: dead letter).
+        self.media = media
         self._tasks: set[asyncio.Task[None]] = set()
         self._active: set[str] = set()
         # Per shard: where the next sweep goes on looking (send_due.lua's offset).
@@ -388,6 +418,10 @@ class Sender:
             pause = typing_pause_ms(
                 entry.text, self.config.typing_ms_per_char, self.config.typing_delay_max_ms
             )
+            file = None
+            if entry.kind != "text":
+                pause = 0  # no typing before a file
+                file = await self._file_of(entry)  # before the attempt's mark: may fail
             if pause > 0:
                 await self._courtesy(self._out.start_typing(session, entry.chat_id))
                 await asyncio.sleep(pause / 1000)
@@ -395,13 +429,17 @@ class Sender:
             # The one check before the send: our lock, our head (and no other attempt whose
             # outcome is unknown); marks the head with this attempt.
             timing = [self.config.lock_ms, self.config.echo_wait_ms]
-            begun = int(
-                await SEND_BEGIN(
-                    self._redis,
-                    [keys.sending, keys.outbox, keys.outbox_pending],
-                    [lock, entry.mid, *timing, token, now_ms()],
+            try:
+                begun = int(
+                    await SEND_BEGIN(
+                        self._redis,
+                        [keys.sending, keys.outbox, keys.outbox_pending],
+                        [lock, entry.mid, *timing, token, now_ms()],
+                    )
                 )
-            )
+            except REDIS_UNAVAILABLE:
+                self._spawn(self._abort_unsent(keys, token, entry.mid, lock))
+                raise
             if begun == LOCK_LOST:
                 log.warning("delivery lock lost: not sending", extra={"conversation": token})
                 return "stop"
@@ -415,12 +453,25 @@ class Sender:
                 return "stop"
             # Marks a send under way: an echo that overtakes WAHA's answer is still ours, and
             # one that arrives after this sender died records the send (see settle_echo).
-            await self._redis.set(
-                session_keys.inflight(entry.chat_id),
-                InflightSend(entry.mid, entry.text, now_ms()).encode(),
-                px=max(self.config.lock_ms, self.config.echo_wait_ms),
-            )
-            sent = await self._out.send_text(session, entry.chat_id, entry.text)
+            try:
+                await self._redis.set(
+                    session_keys.inflight(entry.chat_id),
+                    InflightSend(entry.mid, entry.text, now_ms()).encode(),
+                    px=max(self.config.lock_ms, self.config.echo_wait_ms),
+                )
+            except REDIS_UNAVAILABLE:
+                self._spawn(self._abort_unsent(keys, token, entry.mid, lock))
+                raise
+            if file is None:
+                sent = await self._out.send_text(session, entry.chat_id, entry.text)
+            else:
+                assert isinstance(self._out, MediaOutbound)  # checked by _file_of
+                sent = await self._out.send_media(
+                    session, entry.chat_id, entry.kind, file, entry.text
+                )
+        except WahaPlusRequired as exc:
+            await self._plus_required(keys, session_keys, token, entry, exc)
+            return "next"
         except WahaSessionNotWorking as exc:
             # Not sent: the next attempt need not wait for an echo.
             await SEND_ABORT(self._redis, [keys.outbox], [entry.mid, lock])
@@ -453,6 +504,25 @@ class Sender:
         await self._record_sent(keys, session_keys, token, entry, sent)
         OUTBOX_SENDS.labels("sent").inc()
         return "next"
+
+    async def _abort_unsent(
+        self, keys: EngineConversationKeys, token: str, mid: str, lock: str
+    ) -> None:
+        """Redis went away after send_begin.lua may have marked the head with this attempt,
+        and before WAHA was asked: nothing was sent, so the mark must not make the next sender
+        wait `echo_wait_ms` for an echo that cannot come (a Redis freeze caught a dozen sends
+        there in the chaos run: their replies went 60 s late). Cleared (send_abort.lua: only
+        this attempt's mark) and the conversation made due as soon as Redis answers again;
+        pointless after the echo wait, when the mark no longer holds anyone back."""
+        deadline = time.monotonic() + self.config.echo_wait_ms / 1000
+        backoff = Backoff(first=0.05, cap=RETRY_CAP_SECONDS)
+        while time.monotonic() < deadline:
+            try:
+                if await SEND_ABORT(self._redis, [keys.outbox], [mid, lock]):
+                    await self._redis.zadd(keys.outbox_pending, {token: now_ms()})
+                return
+            except REDIS_UNAVAILABLE:
+                await asyncio.sleep(backoff.next_delay())
 
     async def _record_sent(
         self,
@@ -565,6 +635,46 @@ class Sender:
             extra={"conversation": token, "mid": entry.mid},
         )
         return True
+
+    async def _file_of(self, entry: OutboxEntry) -> OutboundFile:
+        """A file reply's bytes from the media store. A file that is gone (erased meanwhile,
+        or a store without it) or an outbound that cannot send files is a terminal failure."""
+        media = entry.media or {}
+        if self.media is None or not isinstance(self._out, MediaOutbound):
+            raise WahaTerminal(f"cannot send a {entry.kind}: no media store or file sender here")
+        data = await self.media.read_media(media)
+        if data is None:
+            raise WahaTerminal(f"the {entry.kind} to send is no longer stored")
+        mimetype = str(media.get("mimetype") or "application/octet-stream")
+        filename = str(media.get("filename") or "file")
+        return OutboundFile(data=data, mimetype=mimetype, filename=filename)
+
+    async def _plus_required(
+        self,
+        keys: EngineConversationKeys,
+        session_keys: WahaSessionKeys,
+        token: str,
+        entry: OutboxEntry,
+        exc: WahaPlusRequired,
+    ) -> None:
+        """WAHA Core refused a file: failed for good, without retries or a dead letter (no
+        attempt can succeed on this WAHA), and the session is remembered as one that cannot
+        send files. WAHA made no send: the in-flight marker goes too."""
+        await OUTBOX_FAILED(
+            self._redis,
+            [keys.outbox, keys.history_meta, keys.outbox_pending],
+            [entry.mid, token, WAHA_PLUS_REQUIRED, now_ms()],
+        )
+        pipe = self._redis.pipeline(transaction=False)
+        refusal = exc.answer[:500] or "422"
+        pipe.set(session_keys.files_refused, refusal, px=self.config.files_refused_ms)
+        pipe.delete(session_keys.inflight(entry.chat_id))
+        await pipe.execute()
+        OUTBOX_SENDS.labels(WAHA_PLUS_REQUIRED).inc()
+        log.warning(
+            "WAHA does not send files (a WAHA Plus feature): reply failed",
+            extra={"conversation": token, "mid": entry.mid, "kind": entry.kind},
+        )
 
     async def _courtesy(self, call: Any) -> None:
         """sendSeen and typing are courtesy: only a 422 (session down) stops the reply."""

@@ -6,6 +6,7 @@ the work) plus the background passes that cover what a crash can leave half done
 - the outbox sweeper: delivers every conversation whose outbox is due (after a crash between
   commit and send, after a backoff, after a parked session wakes up);
 - the timers: queue a timeout check for conversations quiet past their deadline;
+- the reminders: queue each booking's reminder when it is due (engine/agent/reminders.py);
 - the waiting line: free agents get the longest-waiting customers, people in line hear that
   their place improved, assignments a crash left unconfirmed are sent again, agents' sets are
   reconciled with the conversations' states;
@@ -29,11 +30,22 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from engine import commands
+from engine.agent.reminders import Reminders
 from engine.brain import Brain
 from engine.conversation_engine import CommitContext, Engine
 from engine.history import HistoryKeys, trim_many
 from engine.identity import PhoneResolver
-from engine.parts import coordinator, engine_config, menu_brain, sender_config, texts, waha_client
+from engine.parts import (
+    coordinator,
+    engine_config,
+    media_ingest,
+    media_library,
+    menu_brain,
+    sender_config,
+    texts,
+    transcriber,
+    waha_client,
+)
 from engine.sender import Sender, run_sweeper
 from engine.state import prune_index
 from engine.waha_client import Outbound
@@ -56,6 +68,10 @@ MAINTENANCE_INTERVAL_MS = 10_000
 MAINTENANCE_LOOKBACK_MS = 300_000
 # The first pass (no watermark yet) looks this far back.
 MAINTENANCE_FIRST_MS = 3_600_000
+
+# Stored media past WSM_MEDIA_RETENTION_DAYS is deleted by a pass this often (each process:
+# the pass is idempotent, and a day's retention is not precise to the hour anyway).
+MEDIA_SWEEP_SECONDS = 3600.0
 
 # Background work that lives as long as the engine: started with the passes, handed the stop
 # Event, cancelled at close if it does not end by itself.
@@ -81,7 +97,15 @@ class EngineService:
         self.settings = settings
         self.outbound = outbound or waha_client(settings)
         self.texts = texts(settings)
-        self.sender = Sender(redis, self.outbound, sender_config(settings))
+        # Customers' files are stored in the media library during their turn (voice notes and
+        # audio transcribed when GROQ_API_KEY is set); the files agents send are read from it
+        # just before their send.
+        self.media = media_library(redis, settings)
+        self.transcriber = transcriber(settings)
+        self.media_ingest = media_ingest(
+            redis, settings, library=self.media, transcriber=self.transcriber
+        )
+        self.sender = Sender(redis, self.outbound, sender_config(settings), media=self.media)
         self.coordinator = coordinator(redis, settings)
         self.index = EngineIndexKeys(settings.key_prefix)
         self.engine = Engine(
@@ -98,7 +122,10 @@ class EngineService:
                 ttl_seconds=settings.lid_cache_seconds,
             ),
             sender=self.sender,
+            media=self.media_ingest,
         )
+        # Each booking's reminder, queued to its conversation when due (WSM_REMINDER_LEAD_HOURS).
+        self.reminders = Reminders.from_settings(redis, settings, self.coordinator.queue)
         self._background = list(background)
         self._closing = list(closing)
         self._stop = asyncio.Event()
@@ -117,6 +144,7 @@ class EngineService:
         stop = self._stop
         passes = (
             ("timers pass", self.timers_once),
+            ("reminders pass", self.reminders_once),
             ("waiting line pass", self.coordinator.maintain),
             ("maintenance pass", self.maintenance_once),
         )
@@ -125,6 +153,15 @@ class EngineService:
             *(
                 loop.create_task(run_every(1.0, step, stop, what=what, logger=log))
                 for what, step in passes
+            ),
+            loop.create_task(
+                run_every(
+                    MEDIA_SWEEP_SECONDS,
+                    self.media.sweep,
+                    stop,
+                    what="media retention pass",
+                    logger=log,
+                )
             ),
             *(loop.create_task(run(stop)) for run in self._background),
         ]
@@ -147,6 +184,10 @@ class EngineService:
             # Only if nothing moved it meanwhile (GT: never pull a later deadline earlier).
             await self.redis.zadd(index.timers, {token: now + TIMER_RECHECK_MS}, xx=True, gt=True)
         return len(due)
+
+    async def reminders_once(self) -> dict[str, int]:
+        """Queue every due reminder to its conversation (one process at a time)."""
+        return await self.reminders.run_once()
 
     async def maintenance_once(self, *, force: bool = False) -> dict[str, int]:
         """One maintenance pass, if no process ran one within MAINTENANCE_INTERVAL_MS (or
@@ -208,5 +249,8 @@ class EngineService:
         self._tasks = []
         await self.sender.drain()
         await self.outbound.aclose()
+        await self.media_ingest.aclose()
+        if self.transcriber is not None:
+            await self.transcriber.aclose()
         for close in self._closing:
             await close()

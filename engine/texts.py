@@ -38,6 +38,10 @@ FIELDS: dict[str, frozenset[str]] = {
     "service_chosen": frozenset({"service"}),
     "hours": frozenset(),
     "invalid_option": frozenset(),
+    # A voice note or audio the bot could not transcribe, and any other media (image,
+    # document, ...): followed by the menu's numbered options; `number` is the person option's.
+    "audio_unsupported": frozenset({"number"}),
+    "media_received": frozenset({"number"}),
     "line_entered": frozenset({"position", "ordinal", "minutes", "leave_word"}),
     "line_position": frozenset({"position", "ordinal", "minutes"}),
     "line_front": frozenset(),
@@ -78,6 +82,14 @@ _PT_BR: dict[str, str] = {
     "service_chosen": "Anotado: {service}. ✅",
     "hours": "Atendemos de segunda a sexta, das 8h às 18h.",
     "invalid_option": "Não entendi. 🤔 Responda com o número de uma das opções.",
+    "audio_unsupported": (
+        "Desculpe, ainda não consigo ouvir áudios. 🎧 Escreva sua mensagem, por favor, ou "
+        "responda *{number}* para falar com um atendente. Também pode escolher outra opção:"
+    ),
+    "media_received": (
+        "Recebemos o que você enviou, obrigado! 📎 Para alguém da equipe ver, responda "
+        "*{number}* e fale com um atendente. Também pode escolher outra opção:"
+    ),
     "line_entered": (
         "Você é o {ordinal} da fila, cerca de {minutes} min. "
         "Para sair da fila, escreva *{leave_word}*."
@@ -139,6 +151,14 @@ _EN: dict[str, str] = {
     "service_chosen": "Noted: {service}. ✅",
     "hours": "We are open Monday to Friday, 8am to 6pm.",
     "invalid_option": "Sorry, I did not get that. 🤔 Reply with the number of an option.",
+    "audio_unsupported": (
+        "Sorry, I cannot listen to audio yet. 🎧 Please type your message, or reply "
+        "*{number}* to talk to a person. You can also pick another option:"
+    ),
+    "media_received": (
+        "Thanks, we got what you sent! 📎 For someone of the team to see it, reply "
+        "*{number}* to talk to a person. You can also pick another option:"
+    ),
     "line_entered": (
         "You are {ordinal} in line, about {minutes} min. To leave the line, write *{leave_word}*."
     ),

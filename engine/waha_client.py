@@ -8,13 +8,16 @@ Failures are typed, because the sender treats them differently:
     WahaError
     ├── WahaRetryable          network error, timeout, 5xx, 429: try again later (backoff)
     ├── WahaSessionNotWorking  422: the WhatsApp session is not WORKING; park until it is
+    ├── WahaPlusRequired       422 AvailableInPlusVersion: this WAHA (Core) does not offer the
+    │                          call at all (sending files); never retried, never dead-lettered
     └── WahaTerminal           any other 4xx: this request will never succeed (dead letter)
 """
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote
 
 import httpx
@@ -53,6 +56,24 @@ class WahaSessionNotWorking(WahaError):
 
 class WahaTerminal(WahaError):
     """Another 4xx: the request is wrong for WAHA and will never succeed as it is."""
+
+
+class WahaPlusRequired(WahaError):
+    """422 with WAHA's `AvailableInPlusVersion`: a WAHA Plus feature (sendImage, sendFile,
+    sendVoice) asked of WAHA Core. Not the session's fault (no park) and not the request's
+    (no dead letter): this WAHA will refuse every such call until it is upgraded."""
+
+
+# WAHA's AvailableInPlusVersion (src/core/exceptions.ts) is a NestJS
+# UnprocessableEntityException whose message reads "<feature> is available only in Plus
+# version ..."; newer releases also name the class. Either marks the 422 as this one, not the
+# session's (whose body is {"error": "Session status is not as expected...", ...}).
+_PLUS_MARKERS = ("available only in plus version", "availableinplusversion")
+
+
+def is_plus_refusal(status: int, answer: str) -> bool:
+    lowered = answer.lower()
+    return status == 422 and any(marker in lowered for marker in _PLUS_MARKERS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +137,33 @@ class Outbound(Protocol):
     async def session_status(self, session: str) -> str | None: ...
 
     async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundFile:
+    """A file to send: its bytes, type and name (WAHA's `file: {mimetype, filename, data}`)."""
+
+    data: bytes
+    mimetype: str
+    filename: str
+
+
+# How each kind of outbound media reaches WAHA (all three are WAHA Plus features).
+MEDIA_ENDPOINTS = {
+    "image": "/api/sendImage",
+    "document": "/api/sendFile",
+    "voice": "/api/sendVoice",
+}
+
+
+@runtime_checkable
+class MediaOutbound(Protocol):
+    """A WhatsApp API that can send files too (apart from `Outbound`, so a text-only stand-in
+    still is an `Outbound`)."""
+
+    async def send_media(
+        self, session: str, chat_id: str, kind: str, file: OutboundFile, caption: str
+    ) -> SentMessage: ...
 
 
 class WahaClient:
@@ -198,6 +246,8 @@ class WahaClient:
             raise WahaRetryable(
                 message, status=status, answer=answer, retry_after=retry_after_of(response.headers)
             )
+        if is_plus_refusal(status, answer):
+            raise WahaPlusRequired(message, status=status, answer=answer)
         if status == 422:
             raise WahaSessionNotWorking(message, status=status, answer=answer)
         raise WahaTerminal(message, status=status, answer=answer)
@@ -221,6 +271,32 @@ class WahaClient:
             # which only costs a pause of the bot if the echo is taken for a human's message.
             return SentMessage(id="")
         return SentMessage(id=message_id)
+
+    async def send_media(
+        self, session: str, chat_id: str, kind: str, file: OutboundFile, caption: str
+    ) -> SentMessage:
+        """sendImage / sendFile / sendVoice with the bytes inline (`file.data`, base64): WAHA
+        need not reach back into wsm for a URL. WAHA Core answers 422 AvailableInPlusVersion
+        (WahaPlusRequired). A voice note goes as it is (`convert: false`): wsm only accepts
+        audio/ogg (opus) for it, which is what WhatsApp plays."""
+        path = MEDIA_ENDPOINTS.get(kind)
+        if path is None:
+            raise ValueError(f"no WAHA endpoint sends {kind!r}")
+        body: dict[str, Any] = {
+            "session": session,
+            "chatId": chat_id,
+            "file": {
+                "mimetype": file.mimetype,
+                "filename": file.filename,
+                "data": base64.b64encode(file.data).decode(),
+            },
+        }
+        if kind == "voice":
+            body["convert"] = False
+        elif caption:
+            body["caption"] = caption
+        answer = await self._call("POST", path, body)
+        return SentMessage(id=message_id_from_answer(answer) or "")
 
     async def phone_for_lid(self, session: str, lid: str) -> str | None:
         answer = await self._call(

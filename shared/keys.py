@@ -37,6 +37,7 @@ single Redis one shard is enough; on a cluster, several per master spread the lo
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from dataclasses import dataclass
 
@@ -220,6 +221,7 @@ class FleetKeys:
 #   <prefix>:{s:<session>}:ours:<id>      STRING id WAHA gave one of our sends (TTL)
 #   <prefix>:{s:<session>}:inflight:<chat> STRING a send under way (its text)
 #   <prefix>:{s:<session>}:rate           HASH   token bucket of the session's sends
+#   <prefix>:{s:<session>}:reminder_rate  HASH   token bucket of the session's reminders
 #   <prefix>:{s:<session>}:lid:<lid>      STRING cached phone number of a @lid (TTL)
 #   <prefix>:{line}:w:<session>           ZSET   the waiting line: conversation -> entered at (ms)
 #   <prefix>:{line}:agents                HASH   agent id -> {name, online, since}
@@ -319,11 +321,22 @@ class WahaSessionKeys:
     def rate(self) -> str:
         return f"{self.tag}:rate"
 
+    @property
+    def reminder_rate(self) -> str:
+        # HASH token bucket of the session's reminders (WSM_REMINDER_PACE).
+        return f"{self.tag}:reminder_rate"
+
     def ours(self, message_id: str) -> str:
         return f"{self.tag}:ours:{message_id}"
 
     def inflight(self, chat_id: str) -> str:
         return f"{self.tag}:inflight:{chat_id}"
+
+    @property
+    def files_refused(self) -> str:
+        """Set (with a TTL) when this session's WAHA refused a file as a WAHA Plus feature:
+        the operator API then refuses files for it at once (engine/sender.py)."""
+        return f"{self.tag}:files_refused"
 
     def lid(self, lid: str) -> str:
         return f"{self.tag}:lid:{lid}"
@@ -412,6 +425,9 @@ class CalendarKeys:
         <prefix>:{cal}:hooks:body         HASH   webhook event id -> the signed JSON body
         <prefix>:{cal}:hooks:attempts     HASH   webhook event id -> deliveries tried
         <prefix>:{cal}:hooks:dead         LIST   events that failed every attempt (JSON)
+        <prefix>:{cal}:reminders          ZSET   booking id -> when its reminder is due (ms)
+        <prefix>:{cal}:reminders:awaiting ZSET   reminded booking id -> start (ms), until answered
+        <prefix>:{cal}:reminders:lock     STRING the reminders pass lock (PX)
 
     One tag for the whole calendar: a booking checks the slot, writes the booking, indexes it
     under its customer and queues its webhook event in one script, so all of them must live in
@@ -458,6 +474,22 @@ class CalendarKeys:
     def hooks_dead(self) -> str:
         return f"{self.tag}:hooks:dead"
 
+    @property
+    def reminders(self) -> str:
+        # ZSET booking id -> when its reminder is due (ms); written by the booking scripts
+        # (book, move, cancel) in the same step as the booking (engine/agent/reminders.py).
+        return f"{self.tag}:reminders"
+
+    @property
+    def reminders_awaiting(self) -> str:
+        # ZSET booking id -> start (ms): reminders sent and not answered yet (for the counts).
+        return f"{self.tag}:reminders:awaiting"
+
+    @property
+    def reminders_lock(self) -> str:
+        # STRING: one process runs each reminders pass (SET NX PX).
+        return f"{self.tag}:reminders:lock"
+
 
 @dataclass(frozen=True, slots=True)
 class EngineIndexKeys:
@@ -498,6 +530,32 @@ class EngineIndexKeys:
     def dropped(self) -> str:
         # HASH: what a bound dropped that was data (`history_entries`: trimmed by length).
         return f"{self.tag}:dropped"
+
+
+@dataclass(frozen=True, slots=True)
+class MediaKeys:
+    """The index of customers' stored media (engine/media/store.py), one hash tag:
+
+    <prefix>:{media}:m:<id>      STRING JSON {token, session, chat_id, sha256, size, mimetype,
+                                        filename, at, transcript?}: what GET /api/media/<id>
+                                        serves, and whose conversation it is (TTL: retention)
+    <prefix>:{media}:c:<conv>    HASH   WhatsApp message id -> media id: the conversation's
+                                        media (the erase) and a redelivered message's (TTL)
+
+    The bytes live in the media store (a folder or a bucket), under <conv>/<sha256>.
+    """
+
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def tag(self) -> str:
+        return f"{self.prefix}:{{media}}"
+
+    def media(self, media_id: str) -> str:
+        return f"{self.tag}:m:{media_id}"
+
+    def conversation(self, token: str) -> str:
+        return f"{self.tag}:c:{token}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -568,3 +626,28 @@ class ConsoleKeys:
     @property
     def canned(self) -> str:
         return f"{self.tag}:canned"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentLimitKeys:
+    """The AI agent's limits per conversation (engine/agent/limits.py), no hash tag (one key a
+    call):
+
+        <prefix>:agentlimit:turns:<who>          ZSET   agent turns started in the last minute
+        <prefix>:agentlimit:tokens:<day>:<who>   STRING model tokens used that UTC day
+
+    `<who>` is a digest of the conversation token, not the token: no key name carries a
+    customer's number (these keys outlive an erase by at most their expiry, two days).
+    """
+
+    prefix: str = DEFAULT_PREFIX
+
+    @staticmethod
+    def who(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()[:32]
+
+    def turns(self, token: str) -> str:
+        return f"{self.prefix}:agentlimit:turns:{self.who(token)}"
+
+    def tokens(self, token: str, day: str) -> str:
+        return f"{self.prefix}:agentlimit:tokens:{day}:{self.who(token)}"

@@ -17,3 +17,10 @@ REDIS_UNAVAILABLE: tuple[type[Exception], ...] = (
     ClusterDownError,
     TryAgainError,
 )
+
+# The longest wait between two attempts to reach Redis again, for every loop that waits it out
+# (the worker's claims and start, the sender's clean-up). Short, because recovery after an
+# outage is this late at worst (with 5 s, the chaos run's conversations waited up to 5 s more
+# after Redis was back); cheap, because an attempt against a Redis that is down is a refused
+# connection: 16 consumer slots in a process make at most ~32 a second.
+RETRY_CAP_SECONDS = 1.0

@@ -322,6 +322,71 @@ class Settings(BaseSettings):
         description="How many recent messages the brain is given with each new message.",
     )
 
+    # --- Conversation engine: customers' media (engine/media/) --------------------------------
+    media_dir: Path = Field(
+        Path("var/media"),
+        alias="WSM_MEDIA_DIR",
+        description=(
+            "Where customers' media files are kept (one folder per conversation, files named "
+            "by their SHA-256); a volume in compose. Unused with WSM_MEDIA_S3_BUCKET."
+        ),
+    )
+    media_s3_bucket: str | None = Field(
+        None,
+        alias="WSM_MEDIA_S3_BUCKET",
+        description=(
+            "Keep media in this S3-compatible bucket instead of WSM_MEDIA_DIR (credentials "
+            "from the standard AWS_* environment)."
+        ),
+    )
+    media_s3_endpoint_url: str | None = Field(
+        None,
+        alias="WSM_MEDIA_S3_ENDPOINT_URL",
+        description="The S3 endpoint for a non-AWS store (MinIO, R2, ...); unset: AWS.",
+    )
+    media_max_bytes: int = Field(
+        16 * 1024 * 1024,
+        alias="WSM_MEDIA_MAX_BYTES",
+        gt=0,
+        description="Largest media file fetched from WAHA and kept; a larger one is not stored.",
+    )
+    media_retention_days: int = Field(
+        90,
+        alias="WSM_MEDIA_RETENTION_DAYS",
+        gt=0,
+        description="How long a stored media file (and its index entry) is kept.",
+    )
+    media_fetch_timeout_seconds: float = Field(
+        30.0,
+        alias="WSM_MEDIA_FETCH_TIMEOUT_SECONDS",
+        gt=0,
+        description="Timeout of one download of a media file from WAHA.",
+    )
+    media_fetch_attempts: int = Field(
+        3,
+        alias="WSM_MEDIA_FETCH_ATTEMPTS",
+        ge=1,
+        description="Downloads tried (network errors, 5xx) before a file is recorded unavailable.",
+    )
+    media_send_wait_seconds: float = Field(
+        10.0,
+        alias="WSM_MEDIA_SEND_WAIT_SECONDS",
+        ge=0,
+        description=(
+            "How long POST /api/conversations/…/media waits for WAHA's outcome of the file it "
+            "queued: 201 sent, 422 waha_plus_required, or 202 queued when it is still pending."
+        ),
+    )
+    media_files_refused_seconds: int = Field(
+        3600,
+        alias="WSM_MEDIA_FILES_REFUSED_SECONDS",
+        ge=1,
+        description=(
+            "After WAHA refused a file as a WAHA Plus feature, how long its session is "
+            "remembered as one that cannot send files (the API refuses files at once meanwhile)."
+        ),
+    )
+
     # --- Conversation engine: waiting line (engine/) --------------------------------------------
     conversations_per_agent: int = Field(
         3,
@@ -503,6 +568,14 @@ class Settings(BaseSettings):
         alias="GROQ_MODEL",
         description="The chat model that runs the agent (it must support tool calling).",
     )
+    groq_transcribe_model: str = Field(
+        "whisper-large-v3-turbo",
+        alias="GROQ_TRANSCRIBE_MODEL",
+        description=(
+            "Groq's speech-to-text model for customers' voice notes and audio "
+            "(whisper-large-v3-turbo or whisper-large-v3). Needs GROQ_API_KEY."
+        ),
+    )
     llm_timeout_seconds: float = Field(
         15.0,
         alias="WSM_LLM_TIMEOUT_SECONDS",
@@ -557,6 +630,38 @@ class Settings(BaseSettings):
         description=(
             "Characters of one customer message the model is given (the rest is cut, with a "
             "note); the history keeps the whole text."
+        ),
+    )
+    knowledge_dir: Path | None = Field(
+        None,
+        alias="WSM_KNOWLEDGE_DIR",
+        description=(
+            "The default business's folder of Markdown/plain-text documents the agent answers "
+            'from (docs/agent.md, "Knowledge"). Unset: `knowledge/` beside WSM_CALENDAR_FILE. '
+            "A WSM_BUSINESS_FILES business reads `knowledge/<id>/` beside its file (or that "
+            "`knowledge/` when no other business reads it)."
+        ),
+    )
+    knowledge_token_budget: int = Field(
+        800,
+        alias="WSM_KNOWLEDGE_TOKEN_BUDGET",
+        ge=0,
+        description="Tokens (estimated) of document passages added to each agent turn.",
+    )
+    knowledge_passages: int = Field(
+        3,
+        alias="WSM_KNOWLEDGE_PASSAGES",
+        ge=1,
+        le=20,
+        description="Most document passages added to one agent turn (and per search_knowledge).",
+    )
+    knowledge_check_seconds: float = Field(
+        5.0,
+        alias="WSM_KNOWLEDGE_CHECK_SECONDS",
+        ge=0,
+        description=(
+            "How often a turn looks for changed documents (a stat per file); changes are "
+            "indexed again without a restart."
         ),
     )
     agent_turns_per_minute: int = Field(
@@ -616,6 +721,25 @@ class Settings(BaseSettings):
         alias="WSM_MAX_BOOKINGS_PER_CUSTOMER",
         ge=1,
         description="Upcoming bookings one customer may hold at once.",
+    )
+    reminder_lead_hours: float = Field(
+        24.0,
+        alias="WSM_REMINDER_LEAD_HOURS",
+        ge=0,
+        description=(
+            "A booking's reminder (1 confirm / 2 reschedule / 3 cancel) is sent this long before "
+            "it starts; none for a booking made inside the lead. 0: no reminders."
+        ),
+    )
+    reminder_pace: float = Field(
+        4.0,
+        alias="WSM_REMINDER_PACE",
+        ge=0,
+        description=(
+            "Reminders per minute per WhatsApp session, at most (queued one at a time). "
+            "Conservative on purpose: proactive messages to many chats in a burst are what "
+            "gets an unofficial (WAHA) number banned. 0: unpaced (tests only)."
+        ),
     )
     booking_webhook_url: str | None = Field(
         None,
@@ -737,6 +861,10 @@ class Settings(BaseSettings):
         """WSM_HISTORY_RETENTION_DAYS in seconds: the TTL of a conversation's keys, of its
         bookings and console records, and the age past which maintenance forgets it."""
         return self.history_retention_days * 24 * 3600
+
+    @property
+    def media_retention_seconds(self) -> int:
+        return self.media_retention_days * 24 * 3600
 
     @property
     def menu_service_names(self) -> list[str]:

@@ -25,7 +25,7 @@ from shared.envelope import InvalidRecord, decode_record
 from shared.keys import ShardKeys
 from shared.queue_consumer import ClaimedMessage, FailOutcome, Lease, QueueConsumer
 from shared.queue_errors import LeaseLost, NotHead
-from shared.redis_errors import REDIS_UNAVAILABLE
+from shared.redis_errors import REDIS_UNAVAILABLE, RETRY_CAP_SECONDS
 from worker import metrics
 from worker.handler import Handler, HandlerContext
 from worker.lease_keeper import LeaseKeeper
@@ -92,7 +92,7 @@ class ConsumerSlot:
     # --- the loop ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        backoff = Backoff(first=0.1, cap=5.0)
+        backoff = Backoff(first=0.1, cap=RETRY_CAP_SECONDS)
         while not self.stopping.is_set():
             try:
                 found = await self._next_conversation()

@@ -27,7 +27,7 @@ from shared.parent_death import signal_on_parent_death
 from shared.periodic import sleep_unless
 from shared.queue_consumer import QueueConsumer
 from shared.redis_client import RedisClient, connect, ensure_supported_server
-from shared.redis_errors import REDIS_UNAVAILABLE
+from shared.redis_errors import REDIS_UNAVAILABLE, RETRY_CAP_SECONDS
 from shared.settings import Settings
 from worker.consumer_slot import BLOCK_SECONDS, HAND_BACK_SECONDS, ConsumerSlot
 from worker.handler import (
@@ -70,7 +70,7 @@ def die_with_parent(parent_pid: int | None) -> None:
 
 async def connect_when_ready(settings: Settings, stopping: asyncio.Event) -> RedisClient | None:
     """A client to a server that answered and is new enough; waits out an absent Redis."""
-    backoff = Backoff(first=0.2, cap=5.0)
+    backoff = Backoff(first=0.2, cap=RETRY_CAP_SECONDS)
     while not stopping.is_set():
         client = connect(
             settings.redis_url,

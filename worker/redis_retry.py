@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from shared.backoff import Backoff
-from shared.redis_errors import REDIS_UNAVAILABLE
+from shared.redis_errors import REDIS_UNAVAILABLE, RETRY_CAP_SECONDS
 
 T = TypeVar("T")
 
@@ -32,7 +32,7 @@ async def retry_until(call: Callable[[], Awaitable[T]], deadline: float | None, 
         try:
             return await call()
         except REDIS_UNAVAILABLE as exc:
-            backoff = backoff or Backoff(first=0.05, cap=1.0)
+            backoff = backoff or Backoff(first=0.05, cap=RETRY_CAP_SECONDS)
             delay = backoff.next_delay()
             if deadline is not None and time.monotonic() + delay > deadline:
                 raise

@@ -8,14 +8,22 @@ at once are several customers (try asking for a person from three terminals).
 From a pipe (`printf 'oi\\n1\\n' | wsm chat --as 5511987650001`) each line is sent in turn,
 after the answers to the previous one have arrived, and at the end of input it waits for the
 last answers (up to --timeout) before exiting.
+
+A line `/arquivo <path> [legenda]` (or `/file <path> [caption]`) sends that file instead, as
+the customer's photo, video, audio, voice note (`.ogg`, `.opus`), sticker (`.webp`) or
+document, with the rest of the line as its caption; a path with spaces goes in quotes. WAHA
+(the simulator) keeps the file and the bot fetches it as it would from WAHA.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import mimetypes
 import sys
 import time
+from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
@@ -23,6 +31,51 @@ import httpx
 
 class SimulatorUnreachable(RuntimeError):
     """The WAHA simulator does not answer (is `make run` going?)."""
+
+
+class LineNotSent(ValueError):
+    """A line that could not be sent (a file that cannot be read, or that the simulator
+    refused): told to the user, and the chat goes on."""
+
+
+# Lines that send a file: `/arquivo <path> [legenda]`, `/file <path> [caption]`.
+FILE_COMMANDS = ("/arquivo", "/file")
+# What WhatsApp records a voice note as: such a file is sent as one.
+VOICE_SUFFIXES = {".ogg": "audio/ogg; codecs=opus", ".opus": "audio/ogg; codecs=opus"}
+
+
+def file_command(line: str) -> tuple[Path, str] | None:
+    """The file and caption of a `/arquivo` line; None for any other line."""
+    head, _, rest = line.strip().partition(" ")
+    if head.lower() not in FILE_COMMANDS:
+        return None
+    rest = rest.strip()
+    if not rest:
+        raise LineNotSent(f"{head} <caminho do arquivo> [legenda]")
+    if rest[0] in "'\"":
+        end = rest.find(rest[0], 1)
+        if end < 0:
+            raise LineNotSent(f"the path's closing {rest[0]} is missing")
+        path, caption = rest[1:end], rest[end + 1 :]
+    else:
+        path, _, caption = rest.partition(" ")
+    return Path(path).expanduser(), caption.strip()
+
+
+def media_of(path: Path) -> dict[str, str]:
+    """The simulator's `media` for a file: its bytes, type (by its name) and name."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise LineNotSent(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if not data:
+        raise LineNotSent(f"{path} is empty")
+    mimetype = VOICE_SUFFIXES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0]
+    return {
+        "data": base64.b64encode(data).decode(),
+        "mimetype": mimetype or "application/octet-stream",
+        "filename": path.name,
+    }
 
 
 class ChatClient:
@@ -40,12 +93,19 @@ class ChatClient:
         self.last_sent_at = 0.0
 
     async def send(self, text: str) -> None:
+        """Sends a typed line: a text, or the file of a `/arquivo` line."""
+        body: dict[str, Any] = {"phone": self.phone, "text": text, "session": self.session}
+        command = file_command(text)
+        if command is not None:
+            path, caption = command
+            body.update(text=caption, media=media_of(path))
         try:
-            answer = await self.http.post(
-                "/_sim/inbound", json={"phone": self.phone, "text": text, "session": self.session}
-            )
+            answer = await self.http.post("/_sim/inbound", json=body)
         except httpx.HTTPError as exc:
             raise SimulatorUnreachable(str(exc)) from exc
+        if answer.status_code == 400 and command is not None:
+            # The simulator says why (a caption on a voice note, a file too big).
+            raise LineNotSent(str(answer.json().get("error", answer.text)))
         answer.raise_for_status()
         self.last_sent_at = time.monotonic()
 
@@ -84,15 +144,26 @@ class ChatClient:
             await self.poll(wait=min(quiet, max(deadline - now, 0.05)))
 
 
+def not_sent(error: LineNotSent) -> None:
+    print(f"wsm chat: not sent: {error}", file=sys.stderr, flush=True)
+
+
 async def run_piped(client: ChatClient, lines: list[str], timeout: float, quiet: float) -> int:
-    answered_all = True
+    """0: every line answered; 3: some answer did not come within `timeout`; 4: some line
+    could not be sent (the others were)."""
+    answered_all, sent_all = True, True
     for line in lines:
         print(f"você: {line}", file=client.out, flush=True)
-        await client.send(line)
+        try:
+            await client.send(line)
+        except LineNotSent as error:
+            not_sent(error)
+            sent_all = False
+            continue
         answered_all = await client.settle(timeout, quiet) and answered_all
     if not answered_all:
         print(f"(sem resposta em {timeout:g} s)", file=sys.stderr, flush=True)
-    return 0 if answered_all else 3
+    return 4 if not sent_all else 0 if answered_all else 3
 
 
 async def run_interactive(client: ChatClient) -> int:
@@ -103,14 +174,21 @@ async def run_interactive(client: ChatClient) -> int:
             await client.poll(wait=25)
 
     printer = asyncio.create_task(show_answers())
-    print(f"Você é {client.chat_id}. Escreva e tecle Enter; Ctrl-D sai.", file=client.out)
+    print(
+        f"Você é {client.chat_id}. Escreva e tecle Enter; /arquivo <caminho> [legenda] envia "
+        "um arquivo; Ctrl-D sai.",
+        file=client.out,
+    )
     try:
         while True:
             line = await loop.run_in_executor(None, sys.stdin.readline)
             if not line:
                 return 0
             if line.strip():
-                await client.send(line.rstrip("\n"))
+                try:
+                    await client.send(line.rstrip("\n"))
+                except LineNotSent as error:
+                    not_sent(error)
     finally:
         printer.cancel()
 

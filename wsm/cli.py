@@ -13,6 +13,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "dlq": ("worker.dlq_cli", "list, replay or drop dead letters"),
     "api": ("api.cli", "the operator API (conversations, waiting line, agents)"),
     "agent": ("api.console.cli", "the console's accounts: add, passwd, remove, list"),
+    "knowledge": ("wsm.knowledge_cli", "the agent's documents: indexed, and a question's"),
     "waha-sim": ("wsm.waha_sim.cli", "a WAHA stand-in for development and tests"),
     "chat": ("wsm.chat", "be a WhatsApp customer in the terminal (through the simulator)"),
     "config": ("wsm.config_doc", "show the settings (effective values, or as docs)"),

@@ -101,6 +101,7 @@ def build_parts(
         "WAHA_URL": waha_url,
         "WSM_API_TOKEN": api_token,
         "WSM_SPOOL_DIR": str(home / "spool"),
+        "WSM_MEDIA_DIR": str(home / "media"),
     }
     gateway = f"http://{args.host}:{args.gateway_port}"
     metrics = f"http://127.0.0.1:{args.worker_metrics_port}/metrics"

@@ -140,6 +140,7 @@ def loopback_values(
         "NGINX_GATEWAY_UPSTREAM": gateway,
         "NGINX_API_UPSTREAM": api,
         "NGINX_CLIENT_MAX_BODY_SIZE": "1m",
+        "NGINX_MEDIA_MAX_BODY_SIZE": "17m",
         "NGINX_WEBHOOK_RATE": webhook_rate,
         "NGINX_WEBHOOK_BURST": str(webhook_burst),
         "NGINX_API_RATE": api_rate,

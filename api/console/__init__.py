@@ -41,6 +41,8 @@ from .views import Reads
 # nginx sends the same policy for these paths (nginx/templates/default.conf.template).
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    # The conversation's voice notes, audio and video play from /api/media/… (same origin).
+    "media-src 'self'; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 SECURITY_HEADERS = [

@@ -15,21 +15,27 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, UploadFile
 
+from api.media_send import MediaRefused, media_send_parts, send_media
 from engine import commands
+from engine import parts as engine_parts
+from engine.sender import WAHA_PLUS_REQUIRED
 from engine.state import State
 from engine.waiting_line import AgentAtCapacity, AgentOffline, AgentUnavailable, now_ms
 from shared.keys import conversation_token, split_conversation_token
 
 from .canned import CannedError
 from .context import Console
-from .sessions import Viewer
+from .sessions import Viewer, require_csrf
+from .ui import file_size
 from .views import ConversationView
 
 CLOSABLE = {State.BOT, State.WAITING, State.AGENT, State.PAUSED}
 HANDBACKABLE = {State.WAITING, State.AGENT, State.PAUSED}
 MAX_REPLY = 4096
+# Room for the multipart envelope and the small fields around an uploaded file.
+UPLOAD_OVERHEAD = 64 * 1024
 NOTICES = {"empty": "take_next.empty", "offline": "take_next.offline", "full": "take_next.full"}
 
 
@@ -199,6 +205,104 @@ def router(console: Console) -> APIRouter:
             canned=await console.canned.all(),
         )
         return HTMLResponse(body)
+
+    # --- sending a file ---------------------------------------------------------------------
+    # The same send_media as POST /api/conversations/…/media (api/media_send.py): the same
+    # checks, store, command and wait. Its outcome (or refusal) is shown in the form that
+    # replaces the old one: answered 200 so htmx swaps it in; refusals store nothing.
+    sending = media_send_parts(
+        console.settings,
+        console.redis,
+        console.queue,
+        engine_parts.media_library(console.redis, console.settings),
+    )
+
+    def upload_form(session: str, chat_id: str, viewer: Viewer, **outcome: str) -> HTMLResponse:
+        body = ui.render(
+            "_media_form.html",
+            url=conv_url(session, chat_id),
+            viewer=viewer,
+            nonce=ui.nonce(),
+            **outcome,
+        )
+        return HTMLResponse(body)
+
+    def refusal_text(refusal: MediaRefused, mimetype: str = "") -> str:
+        if refusal.error == WAHA_PLUS_REQUIRED:
+            return ui.t("media.upload.plus")
+        if refusal.error in ("no_file", "empty_file"):
+            return ui.t("media.upload.missing")
+        if refusal.error == "file_too_large":
+            return ui.t("media.upload.too_big", limit=file_size(sending.max_bytes, ui.language))
+        if refusal.error in ("unsupported_type", "type_mismatch"):
+            return ui.t("media.upload.type", mimetype=mimetype or "?")
+        if refusal.error == "caption_too_long":
+            return ui.t("media.upload.caption_too_long")
+        return ui.t("media.upload.failed", reason=refusal.detail)
+
+    @routes.post("/c/{session}/{chat_id}/media")
+    async def media(request: Request, session: str, chat_id: str) -> Response:
+        viewer = await console.viewer(request)
+        token = await may_act(viewer, session, chat_id)
+        # A body announcing more than a file may be is refused before it is read (the CSRF
+        # token may be one of its fields; htmx sends it as a header too).
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > sending.max_bytes + UPLOAD_OVERHEAD:
+            refused = MediaRefused(413, "file_too_large", "")
+            return upload_form(
+                session, chat_id, viewer, upload_error=refusal_text(refused),
+                upload_reason=refused.error,
+            )  # fmt: skip
+        await require_csrf(request, viewer)
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise HTTPException(422, "a file is sent as multipart/form-data")
+        async with request.form(max_files=1, max_fields=10) as form:
+            upload = form.get("file")
+            caption, nonce = _field(form, "caption"), _field(form, "nonce")
+            if not isinstance(upload, UploadFile) or not upload.filename:
+                refused = MediaRefused(422, "no_file", "")
+                return upload_form(
+                    session, chat_id, viewer, upload_error=refusal_text(refused),
+                    upload_reason=refused.error,
+                )  # fmt: skip
+            data = await upload.read(sending.max_bytes + 1)
+            mimetype, filename = upload.content_type or "", upload.filename
+        try:
+            sent = await send_media(
+                sending,
+                session=session,
+                chat_id=chat_id,
+                agent_id=viewer.id,
+                agent_name=viewer.name,
+                data=data,
+                mimetype=mimetype,
+                filename=filename,
+                caption=caption,
+                # Scoped to the conversation and the action by send_media: a form sent twice
+                # (its nonce) sends the file once.
+                idempotency_key=f"console:{viewer.id}:{nonce or ui.nonce()}",
+            )
+        except MediaRefused as refusal:
+            return upload_form(
+                session, chat_id, viewer, upload_error=refusal_text(refusal, mimetype),
+                upload_reason=refusal.error,
+            )  # fmt: skip
+        name = filename or ""
+        if sent.status in ("sent", "queued"):
+            if not sent.replayed:
+                # The audit trail's "sent", naming the file (its kind, as WhatsApp got it).
+                await console.audit.record(token, viewer.id, "sent", f"[{sent.kind}] {name}")
+                await console.redis.zadd(console.keys.handled(viewer.id), {token: now_ms()})
+            done = ui.t(f"media.upload.{sent.status}", filename=name)
+            return upload_form(
+                session, chat_id, viewer, upload_done=done, upload_status=sent.status
+            )
+        error = (
+            ui.t("media.upload.plus")
+            if sent.status == WAHA_PLUS_REQUIRED
+            else ui.t("media.upload.refused")
+        )
+        return upload_form(session, chat_id, viewer, upload_error=error, upload_reason=sent.status)
 
     async def ending(
         request: Request, session: str, chat_id: str, name: str, action: str

@@ -7,8 +7,11 @@ import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from api.media_send import ALLOWED
 
 from .i18n import translator, waited
 
@@ -29,6 +32,39 @@ def _author(author: str) -> str:
     return author.split(":", 1)[0] if author else ""
 
 
+def _get(item: Any, name: str) -> Any:
+    # History items carry `media` and `location` as mappings (decoded JSON) or dataclasses.
+    return item.get(name) if isinstance(item, dict) else getattr(item, name, None)
+
+
+def media_url(media: Any) -> str:
+    """Where the browser fetches a stored file: the API's media route, which also takes the
+    console's session (one route serves the API and the console, with one access rule)."""
+    return f"/api/media/{quote(str(_get(media, 'id') or ''), safe='')}"
+
+
+def map_url(location: Any) -> str:
+    """OpenStreetMap at the point (a link: the console loads nothing from outside)."""
+    lat, lon = float(_get(location, "latitude")), float(_get(location, "longitude"))
+    return (
+        f"https://www.openstreetmap.org/?mlat={lat:.6f}&mlon={lon:.6f}#map=17/{lat:.6f}/{lon:.6f}"
+    )
+
+
+def file_size(size: Any, language: str = "pt-BR") -> str:
+    """A file size as people read it: 830 B, 12,4 KB, 3,1 MB (pt-BR's decimal comma)."""
+    try:
+        value = float(size)
+    except (TypeError, ValueError):
+        return ""
+    for unit in ("B", "KB", "MB"):
+        if value < 1024 or unit == "MB":
+            text = f"{value:.0f}" if unit == "B" else f"{value:.1f}"
+            return f"{text.replace('.', ',') if language == 'pt-BR' else text} {unit}"
+        value /= 1024
+    return ""
+
+
 class Ui:
     def __init__(self, language: str) -> None:
         self.language = language
@@ -45,8 +81,21 @@ class Ui:
             iso=_iso,
             clock=_clock,
             author_kind=_author,
+            media_url=media_url,
+            map_url=map_url,
+            file_size=lambda size: file_size(size, language),
+            media_reason=self.media_reason,
+            # What the upload form's file chooser offers: the types send_media accepts.
+            upload_accept=",".join(ALLOWED),
             lang="pt-BR" if language == "pt-BR" else "en",
         )
+
+    def media_reason(self, code: str) -> str:
+        """Why a file is missing, in the attendant's words when the console knows the code."""
+        if code.startswith("http_"):  # the fetch's `http_<status>` (engine/media/fetch.py)
+            return str(self.t("media.reason.http", status=code[5:]))
+        text = str(self.t(f"media.reason.{code}"))
+        return code if text == f"media.reason.{code}" else text
 
     def render(self, name: str, **context: Any) -> str:
         return self.env.get_template(name).render(**context)

@@ -29,6 +29,7 @@ async def erase(parts: Parts, session: str, chat_id: str) -> dict[str, Any]:
             session=session,
             chat_id=chat_id,
             also=lambda: parts.bookings.erase_customer(token),
+            media=parts.media,
         )
     except ConversationBusy as exc:
         raise HTTPException(409, str(exc)) from exc

@@ -38,6 +38,7 @@ from typing import Any
 import orjson
 
 from engine.agent.calendar import Calendar, Slot
+from engine.agent.metrics import REMINDERS
 from shared.clock import now_ms
 from shared.keys import CalendarKeys, split_conversation_token
 from shared.lua import LuaScript
@@ -100,6 +101,8 @@ class Booking:
     created_at: int = 0
     updated_at: int = 0
     business: str = ""  # whose slots it holds ("" the default business)
+    reminder_at: int = 0  # when its reminder is due (ms); 0: none (engine/agent/reminders.py)
+    confirmed_at: int = 0  # when the customer confirmed it, answering the reminder
 
     @classmethod
     def from_hash(cls, raw: Mapping[Any, Any]) -> Booking | None:
@@ -121,6 +124,8 @@ class Booking:
             created_at=int(values.get("created_at", "0") or 0),
             updated_at=int(values.get("updated_at", "0") or 0),
             business=values.get("business", ""),
+            reminder_at=int(values.get("reminder_at", "0") or 0),
+            confirmed_at=int(values.get("confirmed_at", "0") or 0),
         )
 
 
@@ -152,8 +157,12 @@ class BookingStore:
         webhook_enabled: bool,
         on_event: Callable[[], None] | None = None,
         business: str = "",
+        reminder_lead_ms: int = 0,
     ) -> None:
         self._redis = redis
+        # How long before its start a booking's reminder is due (WSM_REMINDER_LEAD_HOURS);
+        # 0: no reminders.
+        self.reminder_lead_ms = reminder_lead_ms
         # Called after a change queued a webhook event (wakes the deliverer in this process).
         self.on_event = on_event
         self.calendar = calendar
@@ -204,6 +213,14 @@ class BookingStore:
         return [b for b in found if b and b.customer == customer.token and b.status == "booked"]
 
     # --- changes --------------------------------------------------------------------------
+    def reminder_due(self, start_ms: int, now: int) -> int:
+        """When a booking starting at `start_ms` gets its reminder; 0 for none (reminders off,
+        or the booking is made inside the lead: the customer has just chosen it)."""
+        if self.reminder_lead_ms <= 0:
+            return 0
+        due = start_ms - self.reminder_lead_ms
+        return due if due > now else 0
+
     def _expire_at(self, slot_start: datetime) -> int:
         return int((slot_start + timedelta(days=1)).timestamp()) + self.retention_seconds
 
@@ -259,6 +276,8 @@ class BookingStore:
             "start_ms": booking.start_ms, "day": booking.day, "steps": ",".join(booking.steps),
             "status": "booked", "name": booking.name, "phone": booking.phone,
             "created_at": at, "updated_at": at, "business": self.keys.business,
+            # Read by the script, which schedules the reminder in the same step.
+            "reminder_at": self.reminder_due(slot.start_ms, at),
         }  # fmt: skip
         flat: list[str | int] = []
         for name, value in fields.items():
@@ -268,7 +287,7 @@ class BookingStore:
             [
                 self.keys.day(slot.day), self.keys.booking(booking_id),
                 self.keys.customer(customer.token), self.keys.customer_all(customer.token),
-                self.keys.hooks_due, self.keys.hooks_body,
+                self.keys.hooks_due, self.keys.hooks_body, self.keys.reminders,
             ],
             [
                 booking_id, at, slot.start_ms, self.max_per_customer,
@@ -306,12 +325,13 @@ class BookingStore:
                 self.keys.day(current.day), self.keys.day(slot.day),
                 self.keys.booking(booking_id), self.keys.customer(customer.token),
                 self.keys.customer_all(customer.token), self.keys.hooks_due,
-                self.keys.hooks_body,
+                self.keys.hooks_body, self.keys.reminders,
             ],
             [
                 booking_id, customer.token, current.start, slot.id, slot.start_ms, at,
                 self._expire_at(slot.start), hook_id, hook_body, slot.day,
                 len(current.steps), *current.steps, len(slot.steps), *slot.steps,
+                self.reminder_due(slot.start_ms, at),
             ],
         )  # fmt: skip
         outcome = as_text(answer[0])
@@ -324,6 +344,7 @@ class BookingStore:
         if outcome == "exists":
             return Change(EVENT_RESCHEDULED, current, repeated=True)
         self._queued(hook_id)
+        await self._reminder_answered(booking_id, "rescheduled")
         return change
 
     async def cancel(self, customer: Customer, booking_id: str) -> Change:
@@ -337,6 +358,7 @@ class BookingStore:
             [
                 self.keys.day(current.day), self.keys.booking(booking_id),
                 self.keys.customer(customer.token), self.keys.hooks_due, self.keys.hooks_body,
+                self.keys.reminders,
             ],
             [booking_id, customer.token, now_ms(), hook_id, hook_body],
         )  # fmt: skip
@@ -345,7 +367,25 @@ class BookingStore:
             raise BookingNotFound(booking_id)
         if outcome == "cancelled":
             self._queued(hook_id)
+            await self._reminder_answered(booking_id, "cancelled")
         return Change(EVENT_CANCELLED, current, repeated=outcome == "exists")
+
+    async def confirm(self, customer: Customer, booking_id: str) -> Booking:
+        """The customer confirms they will come (their answer to the reminder). Changes no slot,
+        so it needs no confirmation of its own; repeating it changes nothing.
+        BookingNotFound unless it is the customer's own upcoming booking."""
+        booking = await self.own(customer, booking_id)
+        if booking.status != "booked" or booking.start_ms <= now_ms():
+            raise BookingNotFound(booking_id)
+        await self._redis.hsetnx(self.keys.booking(booking_id), "confirmed_at", now_ms())
+        await self._reminder_answered(booking_id, "confirmed")
+        return booking
+
+    async def _reminder_answered(self, booking_id: str, outcome: str) -> None:
+        # Counted once per reminder: whoever takes it out of the awaiting set (the answer, by
+        # any path: the menu, the agent, the operator API; or the pass, as unanswered).
+        if await self._redis.zrem(self.keys.reminders_awaiting, booking_id):
+            REMINDERS.labels(outcome).inc()
 
     def _queued(self, hook_id: str) -> None:
         if hook_id and self.on_event is not None:
@@ -369,6 +409,8 @@ class BookingStore:
                 if holder is not None and as_text(holder) == booking_id:
                     pipe.hdel(day_key, step)
             pipe.delete(self.keys.booking(booking_id))
+            pipe.zrem(self.keys.reminders, booking_id)
+            pipe.zrem(self.keys.reminders_awaiting, booking_id)
             await pipe.execute()
             removed += 1
         await self._redis.delete(self.keys.customer(customer_token), everything)

@@ -19,6 +19,12 @@ numbered options (engine/agent/menu.py: SchedulingMenuBrain.resume).
 Not a fallback (not counted) when a model is configured: a message that belongs to a numbered
 menu flow under way (the customer answering "2" to a list the menu showed) goes to the menu.
 
+A voice note or audio without a transcript (the transcription failed or was skipped) goes to
+the menu too, counted as `unheard_audio`: the model has no words to answer, and the menu says
+plainly that it cannot listen to audio yet and offers typing or a person. A transcribed one
+reaches the model as "[áudio] <transcript>"; other media as a note with its caption
+(engine/agent/context.py).
+
 Bursts: when more customer messages already wait in the conversation's queue right behind this
 one, the agent does not answer it (an empty Decision: the engine records it in the history);
 the last message of the burst gets the one answer, with the earlier ones in its history. The
@@ -33,16 +39,17 @@ from dataclasses import replace
 from engine.agent.breaker import CircuitBreaker
 from engine.agent.groq_brain import AgentTurnFailed, GroqBrain
 from engine.agent.limits import ConversationLimits
-from engine.agent.llm import LLMRejected, LLMUnavailable
+from engine.agent.llm import CONFIG_REJECTIONS, count_failure
 from engine.agent.menu import SchedulingMenuBrain
 from engine.agent.metrics import BURST_DEFERRED, LLM_FALLBACKS
 from engine.brain import Decision, Turn
+from engine.menu_brain import unheard_audio
 
 log = logging.getLogger("wsm.engine.agent.fallback")
 
 # Rejections that say the configuration is wrong (every request would fail the same way):
 # the breaker stops sending them. A malformed answer is the model's, for one message only.
-_CONFIG_REJECTIONS = {"model_not_found", "not_found", "auth_error", "bad_request"}
+_CONFIG_REJECTIONS = CONFIG_REJECTIONS
 # In the conversation's collected data while it is on the menu because of its own limits.
 AGENT_LIMIT = "agent_limit"
 
@@ -77,6 +84,9 @@ class FallbackBrain:
             return await self.menu.decide(turn)
         if self.menu.owns(turn):
             return await self.menu.decide(turn)
+        if unheard_audio(turn.message):
+            LLM_FALLBACKS.labels("unheard_audio").inc()
+            return await self.menu.resume(turn)
         if not self.breaker.allow():
             LLM_FALLBACKS.labels("breaker_open").inc()
             return await self.menu.resume(turn)
@@ -117,11 +127,4 @@ class FallbackBrain:
         return decision
 
     def _count_failure(self, failed: AgentTurnFailed) -> None:
-        error = failed.error
-        if isinstance(error, LLMUnavailable):
-            hold = error.retry_after if error.reason == "rate_limited" else None
-            self.breaker.failure(hold_seconds=hold)
-        elif isinstance(error, LLMRejected) and error.reason in _CONFIG_REJECTIONS:
-            self.breaker.failure()
-        else:
-            self.breaker.release()
+        count_failure(self.breaker, failed.error)

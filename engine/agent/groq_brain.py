@@ -28,10 +28,12 @@ from engine.agent.agenda import Agenda
 from engine.agent.confirmation import PendingAction
 from engine.agent.context import (
     build_messages,
+    inbound_words,
     state_summary,
     system_prompt,
     tool_result_message,
 )
+from engine.agent.knowledge import KnowledgeBase, passages_message
 from engine.agent.llm import LLMError, LLMRejected, LLMUnavailable, ModelTurn
 from engine.agent.tools import ToolSession, tool_definitions
 from engine.brain import Decision, HandOff, Turn
@@ -89,16 +91,21 @@ class GroqBrain:
         config: AgentConfig,
         *,
         on_tokens: Callable[[str, int], Awaitable[None]] | None = None,
+        knowledge: KnowledgeBase | None = None,
     ) -> None:
         self.model = model
         self.agenda = agenda
         self.config = config
-        self.tools = tool_definitions()
+        self.tools = tool_definitions(knowledge=False)
+        # The business's documents (engine/agent/knowledge.py): while they hold passages, each
+        # turn gets the best ones, their rules and the search_knowledge tool.
+        self.knowledge = knowledge
+        self.knowledge_tools = tool_definitions()
         # Told the tokens of every answer (the conversation's daily budget, limits.py).
         self.on_tokens = on_tokens
 
     async def decide(self, turn: Turn) -> Decision:
-        session = ToolSession.for_turn(self.agenda, turn)
+        session = ToolSession.for_turn(self.agenda, turn, knowledge=self.knowledge)
         try:
             return await self._answer(turn, session)
         except LLMError as exc:
@@ -107,14 +114,13 @@ class GroqBrain:
     async def _answer(self, turn: Turn, session: ToolSession) -> Decision:
         deadline = time.monotonic() + self.config.turn_deadline_seconds
         messages = await self._context(turn, session)
+        tools = self.knowledge_tools if session.knowledge_offered else self.tools
         for _ in range(self.config.max_tool_rounds):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise LLMUnavailable("timeout", "turn deadline")
             try:
-                answer = await asyncio.wait_for(
-                    self.model.complete(messages, self.tools), remaining
-                )
+                answer = await asyncio.wait_for(self.model.complete(messages, tools), remaining)
             except TimeoutError:
                 raise LLMUnavailable("timeout", "turn deadline") from None
             if self.on_tokens is not None and answer.tokens:
@@ -149,19 +155,35 @@ class GroqBrain:
             pending=session.pending_in,
             pending_text=await self._describe(session.pending_in, session),
         )
+        knowledge = await self._knowledge(turn, session)
         return build_messages(
+            knowledge=knowledge,
             system=system_prompt(
                 self.agenda.calendar,
                 language=self.config.language,
                 now=now,
                 max_reply_chars=self.config.reply_max_chars,
+                knowledge=session.knowledge_offered,
             ),
             summary=summary,
             history=turn.history,
-            new_message=turn.message.text,
+            new_message=inbound_words(turn.message),
             budget=self.config.history_token_budget,
             max_chars=self.config.inbound_max_chars,
         )
+
+    async def _knowledge(self, turn: Turn, session: ToolSession) -> str:
+        """The system message with this turn's passages; "" while the business has none."""
+        if self.knowledge is None:
+            return ""
+        previous = next(
+            (e.text for e in reversed(turn.history) if e.direction == "in" and e.text), ""
+        )
+        # The customer's words as the model reads them (a voice note's transcript included).
+        text = inbound_words(turn.message)[: self.config.inbound_max_chars]
+        index, passages = await self.knowledge.for_message(text, previous)
+        session.knowledge_offered = bool(index.passages)
+        return passages_message(passages) if session.knowledge_offered else ""
 
     async def _describe(self, pending: PendingAction | None, session: ToolSession) -> str:
         """The pending change in words, with the arguments to repeat; '' if it no longer

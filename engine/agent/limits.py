@@ -23,7 +23,6 @@ time (the queue's lease), so the read-then-add below does not race with itself.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -31,7 +30,7 @@ from datetime import UTC, datetime
 from engine.identity import Conversation
 from shared import clock
 from shared.envelope import InvalidRecord, decode_record
-from shared.keys import keys_for_conversation
+from shared.keys import AgentLimitKeys, keys_for_conversation
 from shared.redis_client import RedisClient
 
 TURN_WINDOW_MS = 60_000
@@ -59,25 +58,19 @@ class ConversationLimits:
     ) -> None:
         self._redis = redis
         self._prefix = prefix
+        self._keys = AgentLimitKeys(prefix)
         self._shards = shards
         self.turns_per_minute = turns_per_minute
         self.tokens_per_day = tokens_per_day
         self._clock_ms = clock_ms
 
-    # --- keys ------------------------------------------------------------------------------
-    # The conversation is named by a digest, not its token: no key name carries a customer's
-    # number (these keys outlive an erase by at most their expiry, two days).
-    @staticmethod
-    def _who(token: str) -> str:
-        return hashlib.sha256(token.encode()).hexdigest()[:32]
-
+    # --- keys (shared/keys.py, AgentLimitKeys) ---------------------------------------------
     def turns_key(self, token: str) -> str:
-        return f"{self._prefix}:agentlimit:turns:{self._who(token)}"
+        return self._keys.turns(token)
 
     def tokens_key(self, token: str, now_ms: int | None = None) -> str:
         at = self._clock_ms() if now_ms is None else now_ms
-        day = datetime.fromtimestamp(at / 1000, UTC).strftime("%Y%m%d")
-        return f"{self._prefix}:agentlimit:tokens:{day}:{self._who(token)}"
+        return self._keys.tokens(token, datetime.fromtimestamp(at / 1000, UTC).strftime("%Y%m%d"))
 
     # --- turns and tokens ------------------------------------------------------------------
     async def admit(self, token: str) -> str | None:

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import groq
 import httpx
 
+from engine.agent.breaker import CircuitBreaker
 from engine.agent.metrics import LLM_DURATION, LLM_REQUESTS, LLM_TOKENS, RATELIMIT_REMAINING
 from shared.backoff import backoff_seconds
 from shared.retry_after import retry_after_of
@@ -41,6 +42,8 @@ from shared.retry_after import retry_after_of
 # A 429 is retried in place only when Groq asks for a wait this short or shorter.
 RETRY_AFTER_MAX_SECONDS = 2.0
 RETRY_PAUSE_SECONDS = 0.25
+
+T = TypeVar("T")
 
 
 class LLMError(Exception):
@@ -126,6 +129,107 @@ def _error_code(exc: groq.APIStatusError) -> str:
     return ""
 
 
+def classify_status(exc: groq.APIStatusError) -> LLMError:
+    """An HTTP error answer from Groq as the LLMError the callers switch on."""
+    status = exc.status_code
+    code = _error_code(exc)
+    detail = str(exc)[:300]
+    if status == 429:
+        return LLMUnavailable(
+            "rate_limited", detail, retry_after=retry_after_of(exc.response.headers)
+        )
+    if status == 413 or (status == 400 and code == "context_length_exceeded"):
+        # Groq answers 413 `rate_limit_exceeded` "Request too large ... (TPM)" when one
+        # request alone is over the tier's tokens per minute: a property of this request
+        # (this conversation), not of the model or the key.
+        return LLMRejected("request_too_large", detail)
+    if status >= 500 or status == 408:
+        return LLMUnavailable("server_error", detail)
+    if status == 404:
+        # Groq answers an unknown or retired model with 404 code `model_not_found`; any
+        # other 404 is a wrong GROQ_BASE_URL.
+        reason = "model_not_found" if code in ("model_not_found", "") else "not_found"
+        return LLMRejected(reason, detail)
+    if status in (401, 403):
+        return LLMRejected("auth_error", detail)
+    if status == 400 and code == "tool_use_failed":
+        return LLMRejected("tool_use_failed", detail)
+    return LLMRejected("bad_request", detail)
+
+
+def llm_error(exc: groq.APIError) -> LLMError:
+    """Any failure of the `groq` client (chat or transcription) as an LLMError; its `reason`
+    is also the `result` label of the request metrics."""
+    if isinstance(exc, groq.APITimeoutError):  # before APIConnectionError: a subclass of it
+        return LLMUnavailable("timeout")
+    if isinstance(exc, groq.APIConnectionError):
+        return LLMUnavailable("connection_error", str(exc))
+    if isinstance(exc, groq.APIStatusError):
+        return classify_status(exc)
+    # A 2xx whose body is not what was asked for.
+    return LLMRejected("bad_response", str(exc))
+
+
+# Rejections that say the configuration is wrong (every request would fail the same way): the
+# breaker counts them. Anything else rejected is about one request (its answer, its size).
+CONFIG_REJECTIONS = frozenset({"model_not_found", "not_found", "auth_error", "bad_request"})
+
+
+def count_failure(
+    breaker: CircuitBreaker, error: LLMError, *, request_faults: frozenset[str] = frozenset()
+) -> None:
+    """Tell the breaker about a failed request (chat or transcription): unavailability and a
+    wrong configuration count (a 429 opens it for its retry-after at once); a fault of this
+    one request (`request_faults`, a malformed answer, a request too large) says nothing
+    about the model."""
+    if error.reason in request_faults:
+        breaker.release()
+    elif isinstance(error, LLMUnavailable):
+        hold = error.retry_after if error.reason == "rate_limited" else None
+        breaker.failure(hold_seconds=hold)
+    elif isinstance(error, LLMRejected) and error.reason in CONFIG_REJECTIONS:
+        breaker.failure()
+    else:
+        breaker.release()
+
+
+def retryable(exc: LLMError) -> bool:
+    """What a repeat can fix: timeouts, network errors, 5xx, a broken tool call, and a 429
+    whose retry-after is short."""
+    return exc.reason in {
+        "timeout", "connection_error", "server_error", "tool_use_failed",
+    } or (
+        exc.reason == "rate_limited"
+        and exc.retry_after is not None
+        and exc.retry_after <= RETRY_AFTER_MAX_SECONDS
+    )  # fmt: skip
+
+
+async def with_retries(call: Callable[[], Awaitable[T]], max_retries: int) -> T:
+    """`call()`, repeated at most `max_retries` times for what a repeat can fix (one policy
+    for every request to Groq: chat completions and transcriptions)."""
+    attempt = 0
+    while True:
+        try:
+            return await call()
+        except LLMError as exc:
+            if not retryable(exc) or attempt >= max_retries:
+                if exc.reason == "tool_use_failed":
+                    raise LLMRejected("bad_response", str(exc)) from exc
+                raise
+            attempt += 1
+            # The one backoff formula, short (a customer is waiting); a 429's retry-after
+            # (at most RETRY_AFTER_MAX_SECONDS here) is a floor.
+            await asyncio.sleep(
+                backoff_seconds(
+                    attempt,
+                    RETRY_PAUSE_SECONDS,
+                    RETRY_AFTER_MAX_SECONDS,
+                    retry_after=exc.retry_after,
+                )
+            )
+
+
 class ChatModel:
     def __init__(
         self,
@@ -143,33 +247,7 @@ class ChatModel:
     async def complete(
         self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]]
     ) -> ModelTurn:
-        attempt = 0
-        while True:
-            try:
-                return await self._once(messages, tools)
-            except LLMError as exc:
-                retryable = exc.reason in {
-                    "timeout", "connection_error", "server_error", "tool_use_failed",
-                } or (
-                    exc.reason == "rate_limited"
-                    and exc.retry_after is not None
-                    and exc.retry_after <= RETRY_AFTER_MAX_SECONDS
-                )  # fmt: skip
-                if not retryable or attempt >= self.max_retries:
-                    if exc.reason == "tool_use_failed":
-                        raise LLMRejected("bad_response", str(exc)) from exc
-                    raise
-                attempt += 1
-                # The one backoff formula, short (a customer is waiting); a 429's retry-after
-                # (at most RETRY_AFTER_MAX_SECONDS here) is a floor.
-                await asyncio.sleep(
-                    backoff_seconds(
-                        attempt,
-                        RETRY_PAUSE_SECONDS,
-                        RETRY_AFTER_MAX_SECONDS,
-                        retry_after=exc.retry_after,
-                    )
-                )
+        return await with_retries(lambda: self._once(messages, tools), self.max_retries)
 
     async def _once(
         self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]]
@@ -192,49 +270,15 @@ class ChatModel:
         except LLMError as exc:
             result = exc.reason
             raise
-        except groq.APITimeoutError as exc:
-            result = "timeout"
-            raise LLMUnavailable("timeout") from exc
-        except groq.APIConnectionError as exc:
-            result = "connection_error"
-            raise LLMUnavailable("connection_error", str(exc)) from exc
-        except groq.APIStatusError as exc:
-            _record_ratelimits(exc.response.headers)
-            result, error = self._classify(exc)
+        except groq.APIError as exc:
+            if isinstance(exc, groq.APIStatusError):
+                _record_ratelimits(exc.response.headers)
+            error = llm_error(exc)
+            result = error.reason
             raise error from exc
-        except groq.APIError as exc:  # a 2xx whose body is not a chat completion
-            result = "bad_response"
-            raise LLMRejected("bad_response", str(exc)) from exc
         finally:
             LLM_REQUESTS.labels(result).inc()
             LLM_DURATION.observe(time.monotonic() - started)
-
-    @staticmethod
-    def _classify(exc: groq.APIStatusError) -> tuple[str, LLMError]:
-        status = exc.status_code
-        code = _error_code(exc)
-        detail = str(exc)[:300]
-        if status == 429:
-            return "rate_limited", LLMUnavailable(
-                "rate_limited", detail, retry_after=retry_after_of(exc.response.headers)
-            )
-        if status == 413 or (status == 400 and code == "context_length_exceeded"):
-            # Groq answers 413 `rate_limit_exceeded` "Request too large ... (TPM)" when one
-            # request alone is over the tier's tokens per minute: a property of this request
-            # (this conversation), not of the model or the key.
-            return "request_too_large", LLMRejected("request_too_large", detail)
-        if status >= 500 or status == 408:
-            return "server_error", LLMUnavailable("server_error", detail)
-        if status == 404:
-            # Groq answers an unknown or retired model with 404 code `model_not_found`; any
-            # other 404 is a wrong GROQ_BASE_URL.
-            reason = "model_not_found" if code in ("model_not_found", "") else "not_found"
-            return reason, LLMRejected(reason, detail)
-        if status in (401, 403):
-            return "auth_error", LLMRejected("auth_error", detail)
-        if status == 400 and code == "tool_use_failed":
-            return "tool_use_failed", LLMRejected("tool_use_failed", detail)
-        return "bad_request", LLMRejected("bad_request", detail)
 
     @staticmethod
     def _turn(completion: Any) -> ModelTurn:

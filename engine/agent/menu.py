@@ -16,6 +16,18 @@ Steps of its own (ConversationState.step), besides the engine menu's:
     sched_confirm  "1. Sim / 2. Não" for the pending change (collected `pending_action`)
 
 Writing "menu" (or "voltar") in any of them goes back to the menu.
+
+A booking's reminder (engine/agent/reminders.py) leaves the conversation on `sched_reminder`
+with the booking in collected `reminder_booking`: "1" confirms it, "2" offers its service's
+free times (sched_slot, a reschedule once confirmed), "3" asks to confirm its cancel
+(sched_confirm). The numbers are the menu's even when the model is up; words go to the agent
+(here, without a model: a yes, "remarcar", "cancelar"). A conversation closed since the
+reminder still reads a first "1", "2" or "3" as its answer.
+
+Media, in every step (engine/menu_brain.py `media_answer`): a voice note without a transcript
+gets the "cannot listen to audio yet" answer, other media the "we got it" one, both with the
+numbered options (a person last); the flow under way (an offer, a pending confirmation) is
+dropped, as "menu" drops it. A transcribed voice note is read as its transcript's words.
 """
 
 from __future__ import annotations
@@ -28,9 +40,10 @@ from typing import Any
 import orjson
 
 from engine.agent.agenda import Agenda, Proposal, UnknownService
-from engine.agent.bookings import BookingError, BookingLimit, Change, SlotTaken
+from engine.agent.bookings import BookingError, BookingLimit, BookingNotFound, Change, SlotTaken
 from engine.agent.calendar import InvalidSlot, Service, fold
 from engine.agent.confirmation import PENDING_KEY, PendingAction, confirms, refuses
+from engine.agent.reminders import REMINDER_KEY, STEP_REMINDER
 from engine.agent.texts import AgentTexts
 from engine.agent.tools import ToolSession
 from engine.brain import Decision, HandOff, Turn
@@ -42,6 +55,7 @@ from engine.menu_brain import (
     STEP_MENU,
     MenuBrain,
     MenuOption,
+    heard,
 )
 from engine.texts import Texts
 
@@ -98,11 +112,18 @@ class SchedulingMenuBrain(MenuBrain):
 
     # --- the seam --------------------------------------------------------------------------
     async def decide(self, turn: Turn) -> Decision:
+        turn = heard(turn)
+        answered = await self.reminder_answer(turn)
+        if answered is not None:
+            return answered
         step = turn.state.step
         if step not in MENU_STEPS:
             return await self.resume(turn)  # the conversation was with the AI agent
         if step not in OWN_STEPS:
             return await super().decide(turn)
+        media = await self.media_answer(turn)
+        if media is not None:
+            return media
         text = turn.message.text.strip()
         if PERSON_WORDS.search(text):
             return Decision(
@@ -127,14 +148,25 @@ class SchedulingMenuBrain(MenuBrain):
         """Whether this message belongs to a numbered flow under way (the menu answers it even
         when the model is up: a "2" means the second option shown, not a question)."""
         step = turn.state.step
+        if self.reminder_number(heard(turn)) is not None:
+            return True  # the answer to a booking's reminder
         if step in OWN_STEPS or step in (STEP_ASK_NAME, STEP_CHOOSE_SERVICE):
             return True
-        return step == STEP_MENU and self._option_for(turn.message.text) is not None
+        return step == STEP_MENU and self._option_for(heard(turn).message.text) is not None
+
+    async def media_answer(self, turn: Turn) -> Decision | None:
+        """The engine menu's answer to media, dropping the flow under way (an offer, a
+        pending confirmation): the options it shows are the menu's."""
+        decision = await super().media_answer(turn)
+        if decision is None:
+            return None
+        return replace(decision, collected={**decision.collected, **_CLEARED})
 
     async def resume(self, turn: Turn, failed: ToolSession | None = None) -> Decision:
         """Answer a message the AI agent could not (or a conversation it was having): tell
         what its tools already did, carry a pending confirmation on, else act on an option
         number, else show the menu."""
+        turn = heard(turn)
         told = [self.change_text(change) for change in failed.changes] if failed else []
         if failed is not None:
             pending = failed.pending
@@ -142,6 +174,12 @@ class SchedulingMenuBrain(MenuBrain):
         else:
             pending = PendingAction.decode(turn.state.collected.get(PENDING_KEY))
             proposed_now = False
+        if not told and not proposed_now:
+            # Audio nobody could hear, an image, a document: answered as such, never with a
+            # pending question the customer cannot have answered.
+            media = await self.media_answer(turn)
+            if media is not None:
+                return media
         updates = failed.collected() if failed else {}
         if pending is not None:
             if proposed_now:
@@ -256,7 +294,12 @@ class SchedulingMenuBrain(MenuBrain):
         return await self._offer_slots(turn, services[n - 1])
 
     async def _offer_slots(
-        self, turn: Turn, service: Service, prefix: Sequence[str] = ()
+        self,
+        turn: Turn,
+        service: Service,
+        prefix: Sequence[str] = (),
+        *,
+        reschedule: str = "",  # a booking id: the times are offered to move it
     ) -> Decision:
         slots = await self.agenda.free_slots(service, limit=SLOTS_OFFERED)
         if not slots:
@@ -266,6 +309,8 @@ class SchedulingMenuBrain(MenuBrain):
             return self._to_menu(turn, prefix=[*prefix, none], collected=_CLEARED)
         listing = self.agent_texts.numbered([self.agenda.label(s) for s in slots])
         offer = {"service": service.id, "slots": [s.id for s in slots]}
+        if reschedule:
+            offer["booking"] = reschedule
         return Decision(
             replies=[
                 *prefix,
@@ -282,6 +327,11 @@ class SchedulingMenuBrain(MenuBrain):
         if n is None or not 1 <= n <= len(slots):
             return self._invalid(turn, STEP_SLOT)
         action = PendingAction("book", service=str(offer.get("service", "")), start=slots[n - 1])
+        if offer.get("booking"):
+            # The times were offered to move a booking (the answer "2" to its reminder).
+            action = PendingAction(
+                "reschedule", start=slots[n - 1], booking_id=str(offer["booking"])
+            )
         return await self._ask(turn, action)
 
     async def _cancel_step(self, turn: Turn, text: str) -> Decision:
@@ -365,3 +415,79 @@ class SchedulingMenuBrain(MenuBrain):
             "slot_taken" if isinstance(exc, SlotTaken) else "booking_gone"
         )
         return self._to_menu(turn, prefix=[*prefix, gone], collected=_CLEARED)
+
+    # --- the answer to a booking's reminder (engine/agent/reminders.py) ---------------------
+    def reminder_number(self, turn: Turn) -> int | None:
+        """1, 2 or 3 when this message answers a reminder: right after it, or as the first
+        message of a conversation closed since (its step is then "")."""
+        if not turn.state.collected.get(REMINDER_KEY):
+            return None
+        if turn.state.step not in (STEP_REMINDER, ""):
+            return None
+        n = _number(turn.message.text)
+        return n if n in (1, 2, 3) else None
+
+    def _reminder_words(self, text: str) -> int | None:
+        words = set(_WORDS.findall(fold(text)))
+        if words & _RESCHEDULE_WORDS:
+            return 2
+        if words & _CANCEL_WORDS:
+            return 3
+        return 1 if confirms(text) else None
+
+    async def reminder_answer(self, turn: Turn) -> Decision | None:
+        """The answer to a reminder, or None when this message is not one."""
+        choice = self.reminder_number(turn)
+        if choice is None and turn.state.step == STEP_REMINDER:
+            choice = self._reminder_words(turn.message.text)
+            if choice is None:
+                # Something else: answered as any message, and the reminder is left behind.
+                decision = await self.resume(turn)
+                return replace(decision, collected={REMINDER_KEY: "", **decision.collected})
+        if choice is None:
+            return None
+        booking_id = turn.state.collected.get(REMINDER_KEY, "")
+        cleared = {**_CLEARED, REMINDER_KEY: ""}
+        customer = Agenda.customer(turn)
+        try:
+            booking = await self.agenda.store.own(customer, booking_id)
+        except BookingNotFound:
+            booking = None
+        if (
+            booking is None
+            or booking.status != "booked"
+            or booking.start_ms <= self.agenda.now_ms()
+        ):
+            gone = self.agent_texts.render("booking_gone")
+            return self._to_menu(turn, prefix=[gone], collected=cleared)
+        if choice == 1:
+            try:
+                await self.agenda.store.confirm(customer, booking.id)
+            except BookingNotFound:
+                gone = self.agent_texts.render("booking_gone")
+                return self._to_menu(turn, prefix=[gone], collected=cleared)
+            when = self.agenda.booking_label(booking)
+            confirmed = self.agent_texts.render(
+                "reminder_confirmed", service=booking.service_name, when=when
+            )
+            return Decision(replies=[confirmed], step=STEP_MENU, collected=cleared)
+        if choice == 2:
+            try:
+                service = self.agenda.service(booking.service_id)
+            except UnknownService:
+                return self._to_menu(turn, collected=cleared)
+            decision = await self._offer_slots(turn, service, reschedule=booking.id)
+            return replace(decision, collected={**decision.collected, REMINDER_KEY: ""})
+        # 3: the cancel, after the customer's yes (sched_confirm), as every change.
+        return await self._ask(
+            turn, PendingAction("cancel", booking_id=booking.id), updates={REMINDER_KEY: ""}
+        )
+
+
+_WORDS = re.compile(r"[\w']+", re.UNICODE)
+# What a reminder's "2" and "3" are in words (compared without accents and case).
+_RESCHEDULE_WORDS = {
+    "remarcar", "remarca", "remarque", "reagendar", "reagenda", "mudar", "trocar", "adiar",
+    "reschedule", "move", "change",
+}  # fmt: skip
+_CANCEL_WORDS = {"cancelar", "cancela", "cancele", "desmarcar", "desmarca", "cancel"}

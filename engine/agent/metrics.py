@@ -8,7 +8,8 @@
 - `wsm_llm_fallbacks_total{reason}`: customer messages answered by the menu instead of the
   model: no_api_key, breaker_open, timeout, rate_limited, server_error, connection_error,
   model_error, bad_response, tool_rounds, request_too_large (413: that message only), and the
-  conversation's own limits: turn_limit (agent turns per minute), token_limit (tokens per day).
+  conversation's own limits: turn_limit (agent turns per minute), token_limit (tokens per day),
+  and unheard_audio (a voice note or audio without a transcript: the menu's audio answer).
 - `wsm_agent_burst_deferred_total`: customer messages not answered on their own because more
   of the same customer's messages were already queued behind them (one answer per burst).
 - `wsm_agent_tool_calls_total{tool,result}`: tools the model called, by result (ok,
@@ -18,6 +19,17 @@
   from the latest response (any process: the most recent value wins).
 - `wsm_booking_webhook_deliveries_total{result}`: booking webhook deliveries (delivered,
   retry, dead).
+- `wsm_reminders_total{event}`: bookings' reminders (engine/agent/reminders.py): `due`
+  (queued to its conversation), `sent` (committed to its outbox), and how each was answered:
+  `confirmed`, `rescheduled`, `cancelled`, or `unanswered` (the booking started first).
+- `wsm_transcriptions_total{result,reason}`: customers' voice notes and audio sent to Groq's
+  speech-to-text (engine/media/transcribe.py), by result: `ok`; `failed` with the request's
+  reason (timeout, connection_error, rate_limited, server_error, model_not_found, not_found,
+  auth_error, bad_request, request_too_large, bad_response, error); `skipped` with why no
+  request was made (too_large: over Groq's 25 MB upload limit, empty, breaker_open). An `ok`
+  whose text is empty (silence) has reason `empty`.
+- `wsm_transcription_duration_seconds`: time of each transcription request (failures
+  included).
 """
 
 from __future__ import annotations
@@ -57,4 +69,19 @@ WEBHOOK_DELIVERIES = Counter(
     "wsm_booking_webhook_deliveries_total",
     "Booking webhook deliveries, by result (delivered, retry, dead).",
     ["result"],
+)
+TRANSCRIPTIONS = Counter(
+    "wsm_transcriptions_total",
+    "Voice notes and audio transcribed, by result (ok, failed, skipped) and reason.",
+    ["result", "reason"],
+)
+TRANSCRIPTION_DURATION = Histogram(
+    "wsm_transcription_duration_seconds",
+    "Duration of one transcription request (failed ones included).",
+    buckets=(0.25, 0.5, 1, 2, 3, 5, 8, 12, 20, 30, 60),
+)
+REMINDERS = Counter(
+    "wsm_reminders_total",
+    "Booking reminders, by event (due, sent, confirmed, rescheduled, cancelled, unanswered).",
+    ["event"],
 )

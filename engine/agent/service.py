@@ -29,13 +29,14 @@ from engine.agent.bookings import BookingStore
 from engine.agent.breaker import CircuitBreaker
 from engine.agent.fallback import FallbackBrain
 from engine.agent.groq_brain import AgentConfig, GroqBrain
+from engine.agent.knowledge import KnowledgeBase
 from engine.agent.limits import ConversationLimits
 from engine.agent.llm import ChatModel, make_client
 from engine.agent.menu import SchedulingMenuBrain
 from engine.agent.texts import load_agent_texts
 from engine.brain import Brain
 from engine.businesses import Business, Businesses, SessionBrain, businesses_from
-from engine.parts import booking_store, calendar_from, texts
+from engine.parts import booking_store, calendar_from, knowledge_bases, texts
 from engine.service import EngineService
 from engine.waha_client import Outbound
 from shared.redis_client import RedisClient
@@ -66,6 +67,7 @@ class AgentParts:
     webhook: BookingWebhook | None = None
     businesses: Businesses | None = None
     stores: dict[str, BookingStore] | None = None
+    knowledge: dict[str, KnowledgeBase] | None = None  # business id -> its documents
 
     async def aclose(self) -> None:
         if self.webhook is not None:
@@ -150,9 +152,17 @@ def build_agent(
         )
         agent: GroqBrain | None = None
         if model is not None and business.calendar.agent_enabled:
-            agent = GroqBrain(model, agenda, agent_config(settings), on_tokens=limits.add_tokens)
+            agent = GroqBrain(
+                model,
+                agenda,
+                agent_config(settings),
+                on_tokens=limits.add_tokens,
+                knowledge=knowledge.get(business.id),
+            )
         return store, agenda, FallbackBrain(agent, menu, breaker, limits)
 
+    # Each business's documents, indexed now (only the agent reads them).
+    knowledge = knowledge_bases(settings, businesses) if model is not None else {}
     built = {business.id: business_parts(business) for business in businesses.all()}
     store, agenda, brain = built[businesses.default.id]
     return AgentParts(
@@ -169,6 +179,7 @@ def build_agent(
         webhook=webhook,
         businesses=businesses,
         stores={k: v[0] for k, v in built.items()},
+        knowledge=knowledge,
     )
 
 

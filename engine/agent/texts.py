@@ -41,6 +41,9 @@ FIELDS: dict[str, frozenset[str]] = {
     "booking_gone": frozenset(),
     "invalid_choice": frozenset(),
     "option_line": frozenset({"number", "label"}),
+    # A booking's reminder (engine/agent/reminders.py) and the answer to its "1".
+    "reminder": frozenset({"business", "service", "when"}),
+    "reminder_confirmed": frozenset({"service", "when"}),
 }
 
 _PT_BR: dict[str, str] = {
@@ -73,6 +76,11 @@ _PT_BR: dict[str, str] = {
     "booking_gone": "Não encontrei esse agendamento; talvez ele já tenha sido cancelado.",
     "invalid_choice": "Não entendi. 🤔 Responda com o número de uma das opções.",
     "option_line": "{number}. {label}",
+    "reminder": (
+        "Olá! Lembrete da *{business}*: *{service}* em *{when}*.\n"
+        "1. Confirmar\n2. Remarcar\n3. Cancelar\nResponda com o número."
+    ),
+    "reminder_confirmed": "Obrigado! ✅ *{service}* confirmado para *{when}*. Até lá!",
 }
 
 _EN: dict[str, str] = {
@@ -105,6 +113,11 @@ _EN: dict[str, str] = {
     "booking_gone": "I could not find that appointment; it may have been cancelled already.",
     "invalid_choice": "Sorry, I did not get that. 🤔 Reply with the number of an option.",
     "option_line": "{number}. {label}",
+    "reminder": (
+        "Hello! A reminder from *{business}*: *{service}* on *{when}*.\n"
+        "1. Confirm\n2. Reschedule\n3. Cancel\nReply with the number."
+    ),
+    "reminder_confirmed": "Thank you! ✅ *{service}* confirmed for *{when}*. See you then!",
 }
 
 DEFAULTS: dict[str, dict[str, str]] = {"pt-BR": _PT_BR, "en": _EN}

@@ -18,6 +18,13 @@ async def agent_message(turn: ConversationTurn) -> None:
     agent_name = str(turn.payload.get("agent_name") or agent_id)
     if not text or not agent_id:
         return
+    await agent_writes(turn, agent_id, agent_name)
+    turn.reply(text, author=f"agent:{agent_id}")
+
+
+async def agent_writes(turn: ConversationTurn, agent_id: str, agent_name: str) -> None:
+    """An agent writes (a text, a file: engine/turn/media_send.py): the conversation becomes
+    theirs, out of the line and away from any other agent."""
     if turn.before.state is State.WAITING:
         await turn.leave_line()
     if turn.state.agent_id and turn.state.agent_id != agent_id:
@@ -36,7 +43,6 @@ async def agent_message(turn: ConversationTurn) -> None:
         taken_at=turn.state.taken_at or turn.now,
         last_activity_at=turn.now,
     )
-    turn.reply(text, author=f"agent:{agent_id}")
 
 
 async def close_command(turn: ConversationTurn) -> None:

@@ -10,6 +10,9 @@ from typing import Any
 from engine.agent.calendar import Team, fold
 from engine.brain import Decision, InboundMessage, Turn
 from engine.history import HistoryEntry, mid_field, mid_from, recent, recent_from
+from engine.media.ingest import NOT_STORED, MediaItem, item_of
+from engine.media.kinds import describe
+from engine.media.transcribe import TRANSCRIPT_MARK
 from engine.menu_brain import MenuBrain
 from engine.state import State, Trigger
 from engine.turn.frame import ConversationTurn
@@ -27,12 +30,17 @@ async def message(turn: ConversationTurn) -> None:
         # the gateway's dedupe window). Recorded once, answered once.
         return
     at = int(payload.get("timestamp") or 0) * 1000 or turn.event.received_at_ms
-    kind = "media" if payload.get("hasMedia") else "text"
+    item = await media_item(turn)
+    kind = item.kind
+    if kind != "text":
+        # WAHA's body of a media message is its caption (of a WEBJS location, a thumbnail):
+        # the history and the brain get the caption and the media fields instead.
+        text = item.caption
     turn.record(
         HistoryEntry(
             mid=short_message_id(waha_id) if waha_id else f"in-{turn.event.id}",
             direction="in", text=text, at=at, author="customer", kind=kind,
-            waha_id=waha_id, status="received",
+            waha_id=waha_id, status="received", **media_fields(item),
         )
     )  # fmt: skip
     turn.seen_due = True
@@ -46,12 +54,49 @@ async def message(turn: ConversationTurn) -> None:
     if current is State.BOT and turn.state.step == TEAM_STEP:
         await team_answer(turn, text)
     elif current in (State.NEW, State.CLOSED, State.BOT):
-        await ask_brain(turn, InboundMessage(text=text, waha_id=waha_id, at=at, kind=kind))
+        await ask_brain(turn, inbound_of(item, text=text, waha_id=waha_id, at=at))
     elif current is State.WAITING:
         turn.state = turn.state.moved(Trigger.CUSTOMER_MESSAGE)
         await waiting_message(turn, text)
     else:  # with a person, or paused: recorded for them, the bot keeps quiet
         turn.state = turn.state.moved(Trigger.CUSTOMER_MESSAGE)
+
+
+async def media_item(turn: ConversationTurn) -> MediaItem:
+    """The message's kind and media: fetched, stored and transcribed when the engine keeps
+    media (never raises: a file that cannot be had is recorded with a reason)."""
+    if turn.tools.media is not None:
+        return await turn.tools.media.ingest(turn.conversation, turn.payload)
+    return item_of(describe(turn.payload), reason=NOT_STORED)
+
+
+def media_fields(item: MediaItem) -> dict[str, Any]:
+    """The history entry's media fields (none for a text message)."""
+    if item.kind == "text":
+        return {}
+    return {
+        "media": item.media.public() if item.media is not None else None,
+        "media_reason": item.reason,
+        "caption": item.caption or None,
+        "transcript": item.transcript,
+        "location": item.location.public() if item.location is not None else None,
+    }
+
+
+def inbound_of(item: MediaItem, *, text: str, waha_id: str, at: int) -> InboundMessage:
+    """The message as the brain reads it: a transcribed voice note or audio as
+    "[áudio] <transcript>", a captioned file as its caption (engine/brain.py)."""
+    if item.transcript:
+        text = f"{TRANSCRIPT_MARK} {item.transcript}"
+    return InboundMessage(
+        text=text,
+        waha_id=waha_id,
+        at=at,
+        kind=item.kind,
+        caption=item.caption,
+        transcript=item.transcript,
+        media_available=item.available,
+    )
 
 
 def prefetch(turn: ConversationTurn, pipe: Any) -> Callable[[Sequence[Any]], None]:

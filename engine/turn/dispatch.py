@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from engine import commands
-from engine.turn import business, customer, receipts
+from engine.turn import business, customer, media_send, receipts
 from engine.turn import commands as command_steps
+from engine.turn import reminder as reminder_step
 from engine.turn.frame import ConversationTurn, Prefetch
 
 Step = Callable[[ConversationTurn], Awaitable[None]]
@@ -60,4 +61,6 @@ STEPS: dict[str, Step] = {
     commands.ASSIGNED: command_steps.assigned,
     commands.LINE: command_steps.line_notice,
     commands.TIMEOUT: command_steps.timeout,
+    commands.AGENT_MEDIA: media_send.agent_media,
+    commands.REMINDER: reminder_step.reminder,
 }

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.assignment import LineCoordinator
 from engine.brain import Brain
@@ -33,6 +33,9 @@ from shared.commit_writes import Write
 from shared.envelope import QueuedEvent
 from shared.keys import EngineConversationKeys, EngineIndexKeys, engine_keys_for
 from shared.redis_client import RedisClient
+
+if TYPE_CHECKING:
+    from engine.media.ingest import MediaIngest
 
 # Queues a step's first reads on the pipeline that reads the state; returns what takes their
 # answers (in the order queued) once it ran.
@@ -74,6 +77,9 @@ class TurnTools:
     resolver: PhoneResolver
     sender: Sender | None
     index: EngineIndexKeys
+    # Customers' media: fetched, stored and transcribed (None: kinds are recognised, files
+    # are not kept).
+    media: MediaIngest | None = None
 
 
 class ConversationTurn:

@@ -10,6 +10,8 @@ local customer_key = KEYS[3]   -- ZSET the customer's booked appointments: id ->
 local everything_key = KEYS[4] -- ZSET every booking of the customer (found again to erase)
 local hooks_due = KEYS[5]      -- ZSET webhook event id -> due ms
 local hooks_body = KEYS[6]     -- HASH webhook event id -> body
+local reminders_key = KEYS[7]  -- ZSET booking id -> reminder due ms (optional; the booking's
+                               -- `reminder_at` field, 0 for none, says when)
 local booking_id = ARGV[1]
 local now_ms = tonumber(ARGV[2])
 local start_ms = tonumber(ARGV[3])
@@ -47,4 +49,10 @@ for i = fields_at, #ARGV, 2 do
 end
 index_booking(booking_id, start_ms, expire_at, day_key, booking_key, customer_key, everything_key)
 queue_hook(hooks_body, hooks_due, hook_id, hook_body, now_ms)
+if reminders_key then
+  local reminder_at = tonumber(redis.call('HGET', booking_key, 'reminder_at')) or 0
+  if reminder_at > 0 then
+    redis.call('ZADD', reminders_key, reminder_at, booking_id)
+  end
+end
 return {'booked'}

@@ -7,6 +7,7 @@ local booking_key = KEYS[2]
 local customer_key = KEYS[3]
 local hooks_due = KEYS[4]
 local hooks_body = KEYS[5]
+local reminders_key = KEYS[6]  -- ZSET booking id -> reminder due ms (optional)
 local booking_id = ARGV[1]
 local customer = ARGV[2]
 local now_ms = tonumber(ARGV[3])
@@ -32,4 +33,7 @@ free_slots(day_key, steps, booking_id)
 redis.call('HSET', booking_key, 'status', 'cancelled', 'updated_at', now_ms)
 redis.call('ZREM', customer_key, booking_id)
 queue_hook(hooks_body, hooks_due, hook_id, hook_body, now_ms)
+if reminders_key then
+  redis.call('ZREM', reminders_key, booking_id)
+end
 return {'cancelled'}

@@ -11,6 +11,7 @@ local customer_key = KEYS[4]
 local everything_key = KEYS[5]
 local hooks_due = KEYS[6]
 local hooks_body = KEYS[7]
+local reminders_key = KEYS[8]  -- ZSET booking id -> reminder due ms (optional)
 local booking_id = ARGV[1]
 local customer = ARGV[2]
 local expected_start = ARGV[3]
@@ -27,6 +28,8 @@ for i = 1, old_count do old_steps[i] = ARGV[11 + i] end
 local new_count = tonumber(ARGV[12 + old_count])
 local new_steps = {}
 for i = 1, new_count do new_steps[i] = ARGV[12 + old_count + i] end
+-- After the new steps: when the moved booking's reminder is due (0: none, inside the lead).
+local reminder_at = tonumber(ARGV[13 + old_count + new_count]) or 0
 --#include bookings
 
 local owner = redis.call('HGET', booking_key, 'customer')
@@ -55,4 +58,13 @@ redis.call('HSET', booking_key, 'start', new_start, 'start_ms', new_start_ms, 'd
 index_booking(booking_id, new_start_ms, expire_at, new_day_key, booking_key, customer_key,
   everything_key)
 queue_hook(hooks_body, hooks_due, hook_id, hook_body, now_ms)
+if reminders_key then
+  -- The reminder moves with the booking (or goes, when the new start is inside the lead).
+  redis.call('HSET', booking_key, 'reminder_at', reminder_at)
+  if reminder_at > 0 then
+    redis.call('ZADD', reminders_key, reminder_at, booking_id)
+  else
+    redis.call('ZREM', reminders_key, booking_id)
+  end
+end
 return {'moved'}

@@ -9,9 +9,11 @@ applies commit writes outside a handler, for tests that set up a conversation's 
 from __future__ import annotations
 
 import itertools
+import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -44,6 +46,8 @@ def settings_for(prefix: str, redis_url: str, **overrides: Any) -> Settings:
         "send_retry_max_ms": 2,
         "position_notice_interval_seconds": 0,
         "conversations_per_agent": 1,
+        # Never the default var/media of the folder the tests run in.
+        "media_dir": Path(tempfile.gettempdir()) / f"wsm-test-media-{prefix}",
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

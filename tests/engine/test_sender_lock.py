@@ -10,6 +10,7 @@ import contextlib
 import httpx
 import orjson
 import respx
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from engine.sender import InflightSend, LockKeeper
 from engine.waha_client import SentMessage
@@ -19,6 +20,7 @@ from tests.engine.test_sender import (
     WAHA,
     commit_replies,
     make_sender,
+    mock_courtesy,
     sent_answer,
     texts_sent,
 )
@@ -209,3 +211,37 @@ async def test_a_stopped_lock_keeper_renews_no_more_even_if_a_renewal_eats_the_c
     stopped_at = renewals
     await asyncio.sleep(0.2)
     assert renewals == stopped_at
+
+
+@respx.mock
+async def test_an_attempt_that_never_reached_waha_does_not_hold_the_reply_back(
+    aredis, key_prefix, monkeypatch
+) -> None:
+    # Redis goes away between send_begin.lua (which marked the head with the attempt) and the
+    # in-flight marker, before sendText: nothing was sent. The mark is cleared once Redis
+    # answers again, so the next sender sends at once instead of waiting the echo wait (60 s)
+    # for an echo that cannot come: a Redis freeze in the chaos run held a dozen replies so.
+    mock_courtesy()
+    send = respx.post(f"{WAHA}/api/sendText").mock(side_effect=[sent_answer(1)])
+    await commit_replies(aredis, key_prefix, "olá")
+    inflight = WahaSessionKeys("default", key_prefix).inflight(CHAT)
+    real_set = aredis.set
+    failed = []
+
+    async def set_once_away(name, *args, **kwargs):
+        if name == inflight and not failed:
+            failed.append(name)
+            raise RedisConnectionError("Connection refused")
+        return await real_set(name, *args, **kwargs)
+
+    monkeypatch.setattr(aredis, "set", set_once_away)
+    first, _ = make_sender(aredis, key_prefix)
+    with contextlib.suppress(RedisConnectionError):
+        await first.deliver(TOKEN)
+    assert failed and texts_sent(send) == []
+    await first.drain()  # its clean-up task: the mark cleared
+    second, _ = make_sender(aredis, key_prefix)
+    await second.deliver(TOKEN)
+    assert texts_sent(send) == ["olá"]
+    keys = engine_keys_for("default", CHAT, 1, key_prefix)
+    assert await aredis.llen(keys.outbox) == 0

@@ -104,6 +104,35 @@ async def _intake(
         await client.aclose()
 
 
+async def _second_event_joins_the_spool(
+    chat: str,
+    redis_url: str,
+    key_prefix: str,
+    tmp_path: Path,
+    sync_redis: Any,
+    *,
+    redis_timeout_s: float,
+    marked_down: bool = False,
+) -> None:
+    """A chat's first event spooled and not replayed; its second must be answered "spooled",
+    join the spool behind the first, and leave Redis without either."""
+    async with _intake(redis_url, tmp_path / "spool", redis_timeout_s) as (
+        intake,
+        spool,
+        status,
+        _,
+    ):
+        first, _ = _event(chat, "first", key_prefix)
+        await spool.append(first, 1)
+        if marked_down:
+            status.mark_unreachable()  # the last round trip failed
+        second, request = _event(chat, "second", key_prefix)
+
+        assert await intake.accept(request, second, 2) == SPOOLED
+        assert spool.events == 2
+    assert queued_events(sync_redis, key_prefix, "default", chat) == []
+
+
 async def test_an_event_behind_a_spool_nobody_replays_joins_the_spool(
     redis_url, key_prefix, tmp_path, sync_redis
 ) -> None:
@@ -111,15 +140,9 @@ async def test_an_event_behind_a_spool_nobody_replays_joins_the_spool(
     replays it here): the next event of the same chat must not reach Redis before it. It
     waits for the replay (bounded by the Redis deadline), then joins the spool behind it.
     Kills: intake's `if not has_backlog: return True` negated (would go straight to Redis)."""
-    chat = "5511999990102@c.us"
-    async with _intake(redis_url, tmp_path / "spool", 0.05) as (intake, spool, _, _):
-        first, _ = _event(chat, "first", key_prefix)
-        await spool.append(first, 1)
-        second, request = _event(chat, "second", key_prefix)
-
-        assert await intake.accept(request, second, 2) == SPOOLED
-        assert spool.events == 2
-    assert queued_events(sync_redis, key_prefix, "default", chat) == []
+    await _second_event_joins_the_spool(
+        "5511999990102@c.us", redis_url, key_prefix, tmp_path, sync_redis, redis_timeout_s=0.05
+    )
 
 
 async def test_an_event_behind_a_spool_joins_it_at_once_while_redis_is_marked_down(
@@ -129,16 +152,15 @@ async def test_an_event_behind_a_spool_joins_it_at_once_while_redis_is_marked_do
     spooled ones joins the spool at once, even should Redis answer again meanwhile (a long
     deadline here: the answer must not come from waiting it out).
     Kills: intake's `if not reachable: return False` answering True instead."""
-    chat = "5511999990103@c.us"
-    async with _intake(redis_url, tmp_path / "spool", 5) as (intake, spool, status, _):
-        first, _ = _event(chat, "first", key_prefix)
-        await spool.append(first, 1)
-        status.mark_unreachable()
-        second, request = _event(chat, "second", key_prefix)
-
-        assert await intake.accept(request, second, 2) == SPOOLED
-        assert spool.events == 2
-    assert queued_events(sync_redis, key_prefix, "default", chat) == []
+    await _second_event_joins_the_spool(
+        "5511999990103@c.us",
+        redis_url,
+        key_prefix,
+        tmp_path,
+        sync_redis,
+        redis_timeout_s=5,
+        marked_down=True,
+    )
 
 
 async def test_an_event_behind_a_spool_waits_for_the_replay_then_follows_it_into_redis(

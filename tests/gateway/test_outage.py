@@ -72,6 +72,17 @@ def spool_files(spool_dir: Path) -> list[Path]:
     return sorted(spool_dir.glob("spool-*.wal")) if spool_dir.exists() else []
 
 
+def wait_replayed(
+    server: EmbeddedRedis, prefix: str, spool_dir: Path, count: int, what: str
+) -> list[str]:
+    """Until Redis holds m0..m<count-1>, once each and in order, and the spool has no file
+    left; the texts."""
+    expected = [f"m{n}" for n in range(count)]
+    wait_until(lambda: queued_texts(server, prefix) == expected, timeout=15, what=what)
+    wait_until(lambda: not spool_files(spool_dir), what="spool files removed")
+    return expected
+
+
 def test_redis_killed_events_are_spooled_fast_then_queued_once_in_order(
     private_redis: EmbeddedRedis, key_prefix: str, tmp_path: Path, start_gateway: Callable[..., Any]
 ) -> None:
@@ -103,13 +114,9 @@ def test_redis_killed_events_are_spooled_fast_then_queued_once_in_order(
         assert len(spool_files(spool_dir)) == 1
 
         private_redis.start()  # same port, append-only file: m0..m2 are still there
-        expected = [f"m{n}" for n in range(23)]
-        wait_until(
-            lambda: queued_texts(private_redis, key_prefix) == expected,
-            timeout=15,
-            what="spooled events replayed in order",
+        expected = wait_replayed(
+            private_redis, key_prefix, spool_dir, 23, "spooled events replayed in order"
         )
-        wait_until(lambda: not spool_files(spool_dir), what="spool file removed")
         assert client.get("/readyz").json()["spool"] == {
             "in_use": False,
             "events": 0,
@@ -162,13 +169,7 @@ def test_frozen_redis_misses_the_deadline_and_a_late_answer_is_not_a_second_copy
             assert timeouts > timeouts_before
         finally:
             os.kill(private_redis.process.pid, signal.SIGCONT)
-        expected = [f"m{n}" for n in range(6)]
-        wait_until(
-            lambda: queued_texts(private_redis, key_prefix) == expected,
-            timeout=15,
-            what="replay after thaw",
-        )
-        wait_until(lambda: not spool_files(spool_dir), what="spool file removed")
+        wait_replayed(private_redis, key_prefix, spool_dir, 6, "replay after thaw")
     assert waiting_count(redis.Redis.from_url(private_redis.url), key_prefix) == 6
 
 
@@ -197,13 +198,9 @@ def test_killed_gateway_replays_its_spool_on_next_start_even_while_redis_is_down
     assert queued_texts_or_none(private_redis, key_prefix) is None
 
     private_redis.start()
-    expected = [f"m{n}" for n in range(12)]
-    wait_until(
-        lambda: queued_texts(private_redis, key_prefix) == expected,
-        timeout=15,
-        what="adopted and own spool replayed in order",
+    wait_replayed(
+        private_redis, key_prefix, spool_dir, 12, "adopted and own spool replayed in order"
     )
-    wait_until(lambda: not spool_files(spool_dir), what="spool files removed")
     assert waiting_count(redis.Redis.from_url(private_redis.url), key_prefix) == 12
     assert "adopted the spool of a dead gateway process" in second.log()
 

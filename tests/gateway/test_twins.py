@@ -21,7 +21,7 @@ import pytest
 import redis
 import respx
 
-from engine.history import HistoryKeys, recent
+from engine.history import HistoryEntry, HistoryKeys, recent
 from engine.state import State, load_state
 from shared.keys import engine_keys_for
 from tests.engine.harness import FakeWaha, Harness, settings_for
@@ -57,18 +57,29 @@ def pair(name: str, twin_event: str, twin_first: bool) -> list[dict[str, Any]]:
     return documents[::-1] if twin_first else documents
 
 
+async def queued_once(
+    documents: list[dict[str, Any]],
+    session_chat: tuple[str, str],
+    app_client: httpx.AsyncClient,
+    sync_redis: redis.Redis,
+    key_prefix: str,
+) -> str:
+    """Posts the twins in this order: the first is queued, the second is a duplicate, and the
+    chat holds the first's body, untouched, and nothing else. The event it was queued under."""
+    assert [await post(app_client, d) for d in documents] == ["queued", "duplicate"]
+    [queued] = queued_events(sync_redis, key_prefix, *session_chat)
+    assert queued.body == compact(documents[0])
+    assert waiting_count(sync_redis, key_prefix) == 1
+    return str(queued.event)
+
+
 @pytest.mark.parametrize("twin_first", [False, True], ids=["original-first", "twin-first"])
 async def test_a_customers_message_any_twin_is_dropped_at_the_door(
     twin_first: bool, app_client: httpx.AsyncClient, sync_redis: redis.Redis, key_prefix: str
 ) -> None:
     documents = pair("message-text.json", "message.any", twin_first)
-    assert [await post(app_client, d) for d in documents] == ["queued", "duplicate"]
-
-    [queued] = queued_events(sync_redis, key_prefix, *TEXT_CHAT)
-    # Queued once, as the customer's message, whichever twin came first; its body untouched.
-    assert queued.event == "message"
-    assert queued.body == compact(documents[0])
-    assert waiting_count(sync_redis, key_prefix) == 1
+    # Queued once, as the customer's message, whichever twin came first.
+    assert await queued_once(documents, TEXT_CHAT, app_client, sync_redis, key_prefix) == "message"
 
 
 @pytest.mark.parametrize("twin_first", [False, True], ids=["any-first", "message-first"])
@@ -78,12 +89,8 @@ async def test_a_from_me_message_reaches_the_queue_once_as_message_any(
     # Our own send's echo (or the business's phone): `message.any` with fromMe, and the
     # `message` twin some engines send for it too.
     documents = pair("message-any-fromme.json", "message", twin_first)
-    assert [await post(app_client, d) for d in documents] == ["queued", "duplicate"]
-
-    [queued] = queued_events(sync_redis, key_prefix, *FROMME_CHAT)
-    assert queued.event == "message.any"  # the step that settles the outbox / records it
-    assert queued.body == compact(documents[0])
-    assert waiting_count(sync_redis, key_prefix) == 1
+    event = await queued_once(documents, FROMME_CHAT, app_client, sync_redis, key_prefix)
+    assert event == "message.any"  # the step that settles the outbox / records it
 
 
 async def test_acks_stay_keyed_with_their_level(
@@ -105,7 +112,17 @@ async def test_acks_stay_keyed_with_their_level(
 # --- the engine behind the door -------------------------------------------------------------
 
 
-async def drain_engine(aredis: Any, redis_url: str, key_prefix: str) -> FakeWaha:
+async def through_the_engine(
+    documents: list[dict[str, Any]],
+    app_client: httpx.AsyncClient,
+    aredis: Any,
+    redis_url: str,
+    key_prefix: str,
+) -> FakeWaha:
+    """The twins posted to the gateway in this order, then the engine run over what it queued;
+    WAHA as the engine found it."""
+    for document in documents:
+        await post(app_client, document)
     with respx.mock(assert_all_called=False) as router:
         waha = FakeWaha(router)
         harness = Harness(aredis, settings_for(key_prefix, redis_url))
@@ -116,22 +133,23 @@ async def drain_engine(aredis: Any, redis_url: str, key_prefix: str) -> FakeWaha
     return waha
 
 
+async def history(
+    aredis: Any, session_chat: tuple[str, str], key_prefix: str
+) -> list[HistoryEntry]:
+    keys = engine_keys_for(*session_chat, 1, key_prefix)
+    return await recent(aredis, HistoryKeys(keys.history, keys.history_meta), 50)
+
+
 @pytest.mark.parametrize("twin_first", [False, True], ids=["original-first", "twin-first"])
 async def test_the_engine_answers_a_twinned_customer_message_once(
     twin_first: bool, app_client: httpx.AsyncClient, aredis: Any, redis_url: str, key_prefix: str
 ) -> None:
-    for document in pair("message-text.json", "message.any", twin_first):
-        await post(app_client, document)
-    waha = await drain_engine(aredis, redis_url, key_prefix)
+    documents = pair("message-text.json", "message.any", twin_first)
+    waha = await through_the_engine(documents, app_client, aredis, redis_url, key_prefix)
 
-    session, chat = TEXT_CHAT
+    _, chat = TEXT_CHAT
     assert len(waha.to(chat)) == 1  # answered, once
-    keys = engine_keys_for(session, chat, 1, key_prefix)
-    inbound = [
-        e
-        for e in await recent(aredis, HistoryKeys(keys.history, keys.history_meta), 50)
-        if e.direction == "in"
-    ]
+    inbound = [e for e in await history(aredis, TEXT_CHAT, key_prefix) if e.direction == "in"]
     assert [e.text for e in inbound] == ["Oi"]
 
 
@@ -139,14 +157,12 @@ async def test_the_engine_answers_a_twinned_customer_message_once(
 async def test_the_engine_records_a_reply_typed_on_the_business_phone_once(
     twin_first: bool, app_client: httpx.AsyncClient, aredis: Any, redis_url: str, key_prefix: str
 ) -> None:
-    for document in pair("message-any-fromme.json", "message", twin_first):
-        await post(app_client, document)
-    waha = await drain_engine(aredis, redis_url, key_prefix)
+    documents = pair("message-any-fromme.json", "message", twin_first)
+    waha = await through_the_engine(documents, app_client, aredis, redis_url, key_prefix)
 
-    session, chat = FROMME_CHAT
-    keys = engine_keys_for(session, chat, 1, key_prefix)
-    entries = await recent(aredis, HistoryKeys(keys.history, keys.history_meta), 50)
+    entries = await history(aredis, FROMME_CHAT, key_prefix)
     assert [(e.author, e.text) for e in entries] == [("business", "Hi there!")]
     # A person answered from the phone: the bot keeps quiet in that chat.
-    assert (await load_state(aredis, keys.state)).state is State.PAUSED
+    state_key = engine_keys_for(*FROMME_CHAT, 1, key_prefix).state
+    assert (await load_state(aredis, state_key)).state is State.PAUSED
     assert waha.sent == []

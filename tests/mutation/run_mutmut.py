@@ -3,7 +3,8 @@
     python tests/mutation/run_mutmut.py gateway            # copy, configure, run, summarise
     python tests/mutation/run_mutmut.py gateway --summary  # summarise a finished run again
 
-Targets (see TARGETS): gateway, worker, state, late (sender, erase, consumer slot). Each gets
+Targets (see TARGETS): gateway, worker, state, late (sender, erase, consumer slot), and the
+smaller slot, sender (with `--names`) and spool. Each gets
 its own copy under /tmp/wsm-mutmut/<target> (`--dest` to choose) with a [tool.mutmut] section
 appended to the copy's pyproject.toml: what to mutate and the fast tests that matter for it.
 
@@ -130,6 +131,44 @@ TARGETS: dict[str, Target] = {
         # cluster test covers the same code as its single-Redis twin.
         deselect=["cluster"],
     ),
+    # The open items of docs/testing.md, each mutated alone (a small run on a shared machine).
+    "slot": Target(
+        mutate=["worker/consumer_slot.py"],
+        tests=[
+            "tests/worker/test_consumer_slot.py",
+            "tests/worker/test_ack_later.py",
+            "tests/worker/test_claim_pool.py",
+            "tests/worker/test_consumer_slot_mutants.py",
+        ],
+        deselect=["cluster"],
+    ),
+    # Only LockKeeper and settle_echo are run (`--names`, see docs/testing.md).
+    "sender": Target(
+        mutate=["engine/sender.py"],
+        tests=[
+            "tests/engine/test_sender.py",
+            "tests/engine/test_sender_echo.py",
+            "tests/engine/test_sender_lock.py",
+            "tests/engine/test_sender_rate.py",
+            "tests/engine/test_sender_sweep.py",
+            "tests/engine/test_sender_bound.py",
+            "tests/engine/test_mutants.py",
+            "tests/engine/test_sender_mutants.py",
+        ],
+    ),
+    # The spool's bookkeeping, its replay and the batcher, whose survivors go on to
+    # test_outage.py's real processes (`--recheck --stages child`). spool_file.py's survivors
+    # (open flags, fsyncs, torn frames) want a fault-injecting file layer (docs/testing.md).
+    "spool": Target(
+        mutate=["gateway/spool.py", "gateway/replay.py", "gateway/batcher.py"],
+        tests=[
+            "tests/gateway/test_spool.py",
+            "tests/gateway/test_webhook.py",
+            "tests/gateway/test_unsupported_redis.py",
+            "tests/gateway/test_mutants.py",
+            "tests/gateway/test_spool_mutants.py",
+        ],
+    ),
 }
 
 # file -> real-process tests that run it in child processes (for --child-tests).
@@ -196,11 +235,11 @@ def environment(dest: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(dest / "mutants")}
 
 
-def run_mutmut(dest: Path, max_children: int) -> None:
+def run_mutmut(dest: Path, max_children: int, names: list[str] | None = None) -> None:
     # Its own session: mutmut kills a mutant's run on timeout, and whatever that run had
     # started (each run has its own private redis-server) would be left behind.
     process = subprocess.Popen(
-        ["nice", "-n", "10", "mutmut", "run", "--max-children", str(max_children)],
+        ["nice", "-n", "10", "mutmut", "run", "--max-children", str(max_children), *(names or [])],
         cwd=dest,
         env=environment(dest),
         start_new_session=True,
@@ -516,6 +555,12 @@ def main() -> None:
         "--matrix", nargs="+", metavar="TEST_FILE", help="new tests against all survivors at once"
     )
     parser.add_argument("--survivors", action="store_true", help="list survivors with diffs")
+    parser.add_argument(
+        "--names",
+        nargs="+",
+        metavar="GLOB",
+        help="run only the mutants matching these globs (mutmut's own filter)",
+    )
     args = parser.parse_args()
     dest = args.dest or DEST / args.target
     if not (
@@ -526,7 +571,7 @@ def main() -> None:
         or args.recheck is not None
     ):
         snapshot(dest, TARGETS[args.target])
-        run_mutmut(dest, args.max_children)
+        run_mutmut(dest, args.max_children, args.names)
     if args.child_tests:
         child_tests(dest)
     if args.recheck is not None:

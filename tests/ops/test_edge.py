@@ -292,3 +292,22 @@ def test_the_real_api_behind_nginx(
     for response in (refused, allowed):
         assert_security_headers(response)
         assert response.headers["content-type"].startswith("application/json")
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/api/conversations/default/5511900000001@c.us/media", "/c/default/5511900000001@c.us/media"],
+)
+def test_a_file_an_attendant_sends_may_be_larger_than_other_bodies(edge: Edge, path: str) -> None:
+    # Files attendants send (API and console forms) go through up to
+    # NGINX_MEDIA_MAX_BODY_SIZE; the same body anywhere else under /api/ is refused by nginx.
+    body = b"x" * (2 * 1024 * 1024)
+    with client_from("127.0.0.9") as client:
+        seen = len(edge.api.requests)
+        response = client.post(f"{edge.url}{path}", content=body)
+        assert response.status_code == 200, response.text
+        assert [r.path for r in edge.api.requests[seen:]] == [path]
+        refused = client.post(f"{edge.url}/api/conversations/default/5511900000001@c.us/messages",
+                              content=body)  # fmt: skip
+    assert refused.status_code == 413
+    assert [r.path for r in edge.api.requests[seen:]] == [path]  # the refused one never reached it

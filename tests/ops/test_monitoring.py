@@ -50,6 +50,7 @@ NOT_YET_EXPORTED = {
     "wsm_llm_fallbacks_total",
     "wsm_agent_tool_calls_total",
     "wsm_llm_ratelimit_remaining",
+    "wsm_reminders_total",  # the agent's (these fleets run the recording handler)
 }
 
 

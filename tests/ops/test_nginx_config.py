@@ -25,6 +25,7 @@ def compose_like_values() -> dict[str, str]:
         "NGINX_GATEWAY_UPSTREAM": "gateway:8080",
         "NGINX_API_UPSTREAM": "api:8081",
         "NGINX_CLIENT_MAX_BODY_SIZE": "1m",
+        "NGINX_MEDIA_MAX_BODY_SIZE": "17m",
         "NGINX_WEBHOOK_RATE": "200r/s",
         "NGINX_WEBHOOK_BURST": "400",
         "NGINX_API_RATE": "20r/s",

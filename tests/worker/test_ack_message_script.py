@@ -10,6 +10,8 @@ from shared.queue_errors import LeaseLost, NotHead
 from tests.worker.conftest import Queue
 from tests.worker.support.fleet import chat_id
 from tests.worker.support.protocol import (
+    fence_out,
+    hold,
     keys_of,
     lease_chat,
     message_ids,
@@ -77,11 +79,8 @@ async def test_ack_of_a_message_that_is_not_the_head_is_refused(queue: Queue) ->
 
 async def test_fenced_out_holder_cannot_ack_or_write(queue: Queue) -> None:
     chat = chat_id(4)
-    ids = await queue_chat(queue, chat, ["a"])
-    consumer = queue.consumer()
-    lease = await lease_chat(queue, consumer, chat)
-    keys = keys_of(queue, chat)
-    await queue.client.hincrby(keys.meta, "fence", 1)  # as the reaper does on taking it back
+    ids, consumer, lease, keys = await hold(queue, chat, ["a"])
+    await fence_out(queue, keys)
 
     with pytest.raises(LeaseLost):
         await consumer.ack(lease, ids[0], [("RPUSH", keys.handled, "x")])
@@ -143,10 +142,7 @@ async def test_a_retried_ack_after_the_lease_ran_out_reports_the_commit(queue: Q
     deadline. It must say "committed" (not LeaseLost), apply nothing twice, and tell the holder
     to end its turn; the holder's hand-back then costs the next message nothing."""
     chat = chat_id(7)
-    ids = await queue_chat(queue, chat, ["a", "b"])
-    consumer = queue.consumer(lease_ms=300)
-    lease = await lease_chat(queue, consumer, chat)
-    keys = keys_of(queue, chat)
+    ids, consumer, lease, keys = await hold(queue, chat, ["a", "b"], lease_ms=300)
     await consumer.ack(lease, ids[0], [("RPUSH", keys.handled, "x")])
     await wait_past(lease.until_ms)
 
@@ -166,10 +162,7 @@ async def test_a_retried_ack_after_the_lease_was_reaped_reports_the_commit(queue
     learns its work is committed, and the reaper charges no attempt to the next message, which
     the holder never started."""
     chat = chat_id(8)
-    ids = await queue_chat(queue, chat, ["a", "b"])
-    consumer = queue.consumer(lease_ms=300)
-    lease = await lease_chat(queue, consumer, chat)
-    keys = keys_of(queue, chat)
+    ids, consumer, lease, keys = await hold(queue, chat, ["a", "b"], lease_ms=300)
     await consumer.ack(lease, ids[0], [("RPUSH", keys.handled, "x")])
     await wait_past(lease.until_ms)
     assert (await queue.reaper().run_pass(keys.shard_keys)).reaped == 1

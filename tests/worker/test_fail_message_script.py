@@ -12,6 +12,8 @@ from shared.queue_errors import NotHead
 from tests.worker.conftest import Queue
 from tests.worker.support.fleet import chat_id
 from tests.worker.support.protocol import (
+    fence_out,
+    hold,
     keys_of,
     lease_chat,
     message_ids,
@@ -100,11 +102,8 @@ async def test_terminal_failure_dead_letters_at_once(queue: Queue) -> None:
 
 async def test_fenced_out_failure_counts_nothing(queue: Queue) -> None:
     chat = chat_id(5)
-    ids = await queue_chat(queue, chat, ["a"])
-    consumer = queue.consumer()
-    lease = await lease_chat(queue, consumer, chat)
-    keys = keys_of(queue, chat)
-    await queue.client.hincrby(keys.meta, "fence", 1)
+    ids, consumer, lease, keys = await hold(queue, chat, ["a"])
+    await fence_out(queue, keys)
     result = await consumer.fail(lease, ids[0], "boom")
     assert result.outcome is FailOutcome.LOST
     assert await queue.client.hget(keys.attempts, ids[0]) is None
@@ -170,11 +169,8 @@ async def test_a_counted_failure_starts_the_strikes_again(queue: Queue) -> None:
 
 async def test_fenced_out_redis_error_counts_no_strike(queue: Queue) -> None:
     chat = chat_id(9)
-    ids = await queue_chat(queue, chat, ["a"])
-    consumer = queue.consumer()
-    lease = await lease_chat(queue, consumer, chat)
-    keys = keys_of(queue, chat)
-    await queue.client.hincrby(keys.meta, "fence", 1)
+    ids, consumer, lease, keys = await hold(queue, chat, ["a"])
+    await fence_out(queue, keys)
     result = await consumer.fail(lease, ids[0], "x", redis_error=True)
     assert result.outcome is FailOutcome.LOST
     assert await queue.client.hmget(keys.meta, "strike", "strikes") == [None, None]

@@ -12,6 +12,7 @@ from typing import Any
 from shared.keys import ShardKeys
 from tests.support.polling import async_wait_until
 from tests.worker.support.fleet import (
+    SCRIPTED,
     chat_id,
     conversation,
     enqueue_texts,
@@ -20,8 +21,6 @@ from tests.worker.support.fleet import (
     running_fleet,
     wait_all_handled,
 )
-
-SCRIPTED = "tests.worker.support.handlers:scripted"
 
 
 async def started_by(client: Any, prefix: str, message_id: str) -> list[dict[str, Any]]:

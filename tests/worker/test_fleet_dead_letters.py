@@ -10,6 +10,7 @@ import orjson
 
 from tests.support.polling import async_wait_until
 from tests.worker.support.fleet import (
+    SCRIPTED,
     chat_id,
     enqueue_texts,
     handled_ids,
@@ -30,7 +31,7 @@ async def test_failing_message_is_dead_lettered_and_replayed(
         workdir,
         processes=1,
         concurrency=2,
-        handler="tests.worker.support.handlers:scripted",
+        handler=SCRIPTED,
     ) as fleet:
         sent = await enqueue_texts(
             aredis, key_prefix, {chat: ["fail:fixed", "next"], other: ["fail:never"]}

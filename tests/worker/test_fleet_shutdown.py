@@ -9,6 +9,7 @@ from typing import Any
 from shared.keys import ShardKeys
 from tests.support.polling import async_wait_until
 from tests.worker.support.fleet import (
+    SCRIPTED,
     chat_id,
     conversation,
     enqueue_texts,
@@ -17,8 +18,6 @@ from tests.worker.support.fleet import (
     running_fleet,
     wait_all_handled,
 )
-
-SCRIPTED = "tests.worker.support.handlers:scripted"
 
 
 async def test_sigterm_finishes_in_flight_hands_back_the_rest_and_exits_0(

@@ -14,6 +14,7 @@ from typing import Any
 from shared.keys import ShardKeys
 from tests.support.polling import async_wait_until
 from tests.worker.support.fleet import (
+    SCRIPTED,
     chat_id,
     enqueue_texts,
     handled_ids,
@@ -21,7 +22,6 @@ from tests.worker.support.fleet import (
     running_fleet,
 )
 
-SCRIPTED = "tests.worker.support.handlers:scripted"
 LEASE_SECONDS = 2
 # Three leases long: without extensions the reaper (every 0.25 s here) takes the chat back.
 # The lease is not shorter still so that a loaded machine delaying one extension (due every

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Awaitable
 
 from shared.queue_consumer import FailOutcome
-from shared.queue_reaper import REAP_EXPIRED_LEASE
 from shared.settings import Settings
 from tests.worker.conftest import Queue
 from tests.worker.support.fleet import chat_id
@@ -17,6 +16,7 @@ from tests.worker.support.protocol import (
     message_ids,
     queue_chat,
     ready_order,
+    reap_script,
     state,
     wait_past,
 )
@@ -109,20 +109,8 @@ async def test_a_lease_extended_after_the_reaper_listed_it_is_not_taken(queue: Q
     consumer = queue.consumer(lease_ms=30_000)
     lease = await lease_chat(queue, consumer, chat)
     keys = keys_of(queue, chat)
-    shard = keys.shard_keys
-    call_keys = [
-        shard.leases,
-        keys.meta,
-        keys.messages,
-        keys.bodies,
-        keys.attempts,
-        shard.stats,
-        shard.ready,
-        shard.dlq,
-        shard.fence,
-    ]
 
-    assert list(await REAP_EXPIRED_LEASE(queue.client, call_keys, [keys.token, 3])) == [0]
+    assert await reap_script(queue, keys) == [0]
 
     assert int(await queue.client.hget(keys.meta, "fence")) == lease.fence
     assert await state(queue, chat) == "leased"

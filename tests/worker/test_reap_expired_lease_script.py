@@ -7,7 +7,6 @@ import pytest
 
 from shared.dead_letters import list_dead_letters
 from shared.queue_errors import LeaseLost
-from shared.queue_reaper import REAP_EXPIRED_LEASE
 from tests.worker.conftest import Queue
 from tests.worker.support.fleet import chat_id
 from tests.worker.support.protocol import (
@@ -16,6 +15,7 @@ from tests.worker.support.protocol import (
     message_ids,
     queue_chat,
     ready_order,
+    reap_script,
     state,
     wait_past,
 )
@@ -72,21 +72,9 @@ async def test_two_reapers_reap_once(queue: Queue) -> None:
     await queue_chat(queue, chat, ["a"])
     lease = await lease_chat(queue, queue.consumer(lease_ms=50), chat)
     keys = keys_of(queue, chat)
-    shard = keys.shard_keys
     await wait_past(lease.until_ms)
-    call_keys = [
-        shard.leases,
-        keys.meta,
-        keys.messages,
-        keys.bodies,
-        keys.attempts,
-        shard.stats,
-        shard.ready,
-        shard.dlq,
-        shard.fence,
-    ]
-    first = await REAP_EXPIRED_LEASE(queue.client, call_keys, [keys.token, 3])
-    second = await REAP_EXPIRED_LEASE(queue.client, call_keys, [keys.token, 3])
+    first = await reap_script(queue, keys)
+    second = await reap_script(queue, keys)
     assert (first[0], second[0]) == (1, 0)
     assert await ready_order(queue, chat) == [keys.token]
     assert int(await queue.client.hget(keys.meta, "fence")) == lease.fence + 1

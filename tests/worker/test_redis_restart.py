@@ -11,6 +11,7 @@ from shared.embedded_redis import EmbeddedRedis
 from shared.redis_client import connect
 from tests.support.polling import async_wait_until
 from tests.worker.support.fleet import (
+    SCRIPTED,
     chat_id,
     conversation,
     enqueue_texts,
@@ -41,7 +42,7 @@ async def test_restarting_redis_mid_drain_loses_nothing(
         workdir,
         processes=2,
         concurrency=4,
-        handler="tests.worker.support.handlers:scripted",
+        handler=SCRIPTED,
     ) as fleet:
         await async_wait_until(
             lambda: _at_least(handled_count, 150), timeout=30, what="the drain to be under way"

@@ -90,6 +90,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--session", default=d.session, help="the session's name (default)")
     p.add_argument("--status", choices=SESSION_STATUSES, default=d.initial_status)
     p.add_argument("--engine", default=d.engine, help="engine named in events (GOWS)")
+    p.add_argument(
+        "--tier",
+        choices=("PLUS", "CORE"),
+        type=str.upper,
+        default=d.tier,
+        help="PLUS sends files; CORE refuses them with 422 AvailableInPlusVersion (WAHA Core)",
+    )
     p.add_argument("--waha-version", default=d.waha_version)
     p.add_argument("--me-phone", default=d.me_phone, help="the business's own number")
     p.add_argument("--me-push-name", default=d.me_push_name)
@@ -135,6 +142,7 @@ def config_from(args: argparse.Namespace) -> SimConfig:
         session=args.session,
         initial_status=args.status,
         engine=args.engine,
+        tier=args.tier,
         waha_version=args.waha_version,
         me_phone=args.me_phone,
         me_push_name=args.me_push_name,

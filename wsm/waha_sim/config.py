@@ -38,6 +38,9 @@ class SimConfig:
     session: str = "default"
     initial_status: str = "WORKING"
     engine: str = "GOWS"
+    # WAHA's edition: PLUS sends files (sendImage, sendFile, sendVoice); CORE answers those
+    # with 422 AvailableInPlusVersion, as the free WAHA does.
+    tier: str = "PLUS"
     waha_version: str = "2025.11.2"
     me_phone: str = "5511900000001"
     me_push_name: str = "wsm simulator"

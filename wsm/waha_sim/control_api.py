@@ -24,8 +24,10 @@ async def health() -> JSON:
 
 @router.post("/inbound")
 async def inbound(request: Request) -> JSON:
-    """A customer writes: `{chat|phone|lid, text, session?, message_id?, reply_to?, wait?}`.
-    With `wait: true` the answer comes once every delivery of the events has finished."""
+    """A customer writes: `{chat|phone|lid, text, session?, message_id?, reply_to?, wait?}`,
+    or sends a file, `media: {data: <base64>, mimetype?, filename?, kind?}` with `text` its
+    caption, or a location, `location: {latitude, longitude, name?}`. With `wait: true` the
+    answer comes once every delivery of the events has finished."""
     body = await json_object(request, control=True)
     return JSON(await sim_of(request).customer_writes(body))
 

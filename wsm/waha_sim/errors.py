@@ -9,6 +9,7 @@ A string message becomes `{"message", "error", "statusCode"}`; an object is sent
     ├── SessionNotFound       404  no session with that name
     ├── SessionNotWorking     422  waited for WORKING and it did not come
     ├── InvalidLid            422  a lid that does not end with @lid
+    ├── AvailableInPlusVersion 422  a WAHA Plus feature (sending files) asked of WAHA Core
     └── ControlError          400  a /_sim/ control request that cannot be applied
 """
 
@@ -72,6 +73,21 @@ class InvalidLid(SimError):
 
     def __init__(self) -> None:
         super().__init__("Invalid LID - it must end with @lid")
+
+    def body(self) -> Any:
+        return {"message": str(self), "error": "Unprocessable Entity", "statusCode": 422}
+
+
+class AvailableInPlusVersion(SimError):
+    """WAHA's src/core/exceptions.ts: an UnprocessableEntityException with a string message."""
+
+    status = 422
+
+    def __init__(self, engine: str, feature: str = "The feature") -> None:
+        super().__init__(
+            f"{feature} is available only in Plus version for '{engine}' engine. "
+            "Check this out: https://waha.devlike.pro/"
+        )
 
     def body(self) -> Any:
         return {"message": str(self), "error": "Unprocessable Entity", "statusCode": 422}

@@ -8,6 +8,7 @@ the HMAC covers those exact bytes. References: tests/fixtures/waha/*.json and WA
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -75,12 +76,17 @@ def message_payload(
     timestamp_s: int,
     from_me: bool,
     reply_to: dict[str, Any] | None = None,
+    media: dict[str, Any] | None = None,
+    location: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A 1:1 text message. GOWS puts the chat in `from` for both directions and `to` only in
+    """A 1:1 message. GOWS puts the chat in `from` for both directions and `to` only in
     groups; our own sends through the API have `source: api`, ack SERVER; a customer's message
-    arrives with `source: app`, ack DEVICE."""
+    arrives with `source: app`, ack DEVICE. A text message has no `_data` (as in the 2025.11
+    capture, message-text.json); a media or location message carries whatsmeow's event as
+    `_data` (`gows_data`), where only the raw message tells a voice note from an audio file."""
     ack = ACK_SERVER if from_me else ACK_DEVICE
-    return {
+    payload = {
         "id": message_id,
         "timestamp": timestamp_s,
         "from": chat_id,
@@ -89,13 +95,113 @@ def message_payload(
         "body": body,
         "to": None,
         "participant": None,
-        "hasMedia": False,
-        "media": None,
+        "hasMedia": media is not None,
+        "media": media,
         "ack": ack,
-        "location": None,
+        "location": location,
         "vCards": None,
         "ackName": ACK_NAMES[ack],
         "replyTo": reply_to,
+    }
+    if data is not None:
+        payload["_data"] = data
+    return payload
+
+
+# --- media ---------------------------------------------------------------------------------
+# A customer's file, by kind: the raw message's key (whatsmeow's proto names, as NOWEB's) and
+# whatsmeow's `Info.MediaType`. A voice note is an audioMessage with `PTT: true`.
+MEDIA_KINDS = ("image", "video", "audio", "voice", "document", "sticker")
+_RAW_KEY = {
+    "image": "imageMessage",
+    "video": "videoMessage",
+    "audio": "audioMessage",
+    "voice": "audioMessage",
+    "document": "documentMessage",
+    "sticker": "stickerMessage",
+}
+_MEDIA_TYPE = {"voice": "ptt"}  # the others are named as the kind
+# Kinds whose WhatsApp message carries a caption (WAHA's `body`).
+CAPTIONED = frozenset({"image", "video", "document"})
+
+
+def media_field(url: str, mimetype: str, filename: str | None) -> dict[str, Any]:
+    """`payload.media` once WAHA downloaded the file: where WAHA serves it (behind its API
+    key), its type, the sender's file name (WhatsApp keeps one for documents only)."""
+    return {"url": url, "mimetype": mimetype, "filename": filename, "error": None}
+
+
+def raw_media_message(
+    kind: str,
+    *,
+    mimetype: str,
+    size: int,
+    caption: str,
+    filename: str | None,
+    timestamp_s: int,
+) -> dict[str, Any]:
+    """`_data.Message` of a customer's file as GOWS passes whatsmeow's message on (field
+    names as in message-media-voice.json: `URL`, `PTT`, the rest camelCase). The media URL is
+    WhatsApp's encrypted copy, which wsm never reads (WAHA has already downloaded it)."""
+    node: dict[str, Any] = {
+        "URL": f"https://mmg.whatsapp.net/v/t62.7117-24/{kind}.enc",
+        "mimetype": mimetype,
+        "fileLength": size,
+    }
+    if kind in ("audio", "voice"):
+        # WhatsApp's voice notes are Opus at about 16 kbit/s: a length in seconds that is
+        # plausible without decoding the file.
+        node["seconds"] = max(1, size // 2000)
+        node["PTT"] = kind == "voice"
+    if kind == "document":
+        node["fileName"] = filename or ""
+        node["title"] = (filename or "").rpartition(".")[0] or filename or ""
+    if kind in CAPTIONED and caption:
+        node["caption"] = caption
+    node["mediaKeyTimestamp"] = timestamp_s
+    return {_RAW_KEY[kind]: node}
+
+
+def location_field(latitude: float, longitude: float, name: str) -> dict[str, Any]:
+    """`payload.location`: WAHA's WALocation (same keys as message-media-location.json)."""
+    return {
+        "latitude": latitude,
+        "longitude": longitude,
+        "live": False,
+        "name": name or None,
+        "address": None,
+        "url": None,
+        "description": None,
+        "thumbnail": None,
+    }
+
+
+def raw_location_message(latitude: float, longitude: float, name: str) -> dict[str, Any]:
+    node: dict[str, Any] = {"degreesLatitude": latitude, "degreesLongitude": longitude}
+    if name:
+        node["name"] = name
+    return {"locationMessage": node}
+
+
+def gows_data(
+    *, chat_id: str, wa_id: str, timestamp_s: int, media_type: str, message: dict[str, Any]
+) -> dict[str, Any]:
+    """GOWS's `_data` of a customer's message: whatsmeow's `Info` and `Message` (the shape of
+    message-media-voice.json)."""
+    jid = to_jid(chat_id)
+    return {
+        "Info": {
+            "Chat": jid,
+            "Sender": jid,
+            "IsFromMe": False,
+            "IsGroup": False,
+            "ID": wa_id,
+            "Type": "media",
+            "MediaType": _MEDIA_TYPE.get(media_type, media_type),
+            "PushName": "",
+            "Timestamp": datetime.fromtimestamp(timestamp_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        },
+        "Message": message,
     }
 
 

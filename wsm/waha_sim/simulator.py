@@ -5,6 +5,9 @@
   with `message.ack` DEVICE and later READ, as the customer's phone would.
 - A customer's message (the control API's inbound) becomes a `message` and a `message.any`
   event; while the session is not WORKING it is held and delivered when the session is back.
+  A file the customer sends is kept and served at WAHA's `GET /api/files/<session>/<name>`
+  (behind the API key, as WAHA's), and the event carries `media {url, ...}` and GOWS's
+  `_data.Message.<type>Message`, as WAHA sends once it has downloaded the file.
 - A session status change emits `session.status`; API calls that need WORKING wait for it
   as WAHA does (up to `session_wait`), then answer 422.
 """
@@ -12,14 +15,20 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import logging
+import mimetypes
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from shared.clock import now_ms
 from wsm.waha_sim.config import SESSION_STATUSES, SimConfig
 from wsm.waha_sim.errors import (
+    AvailableInPlusVersion,
     BadRequest,
     ControlError,
     InvalidLid,
@@ -36,10 +45,17 @@ from wsm.waha_sim.payloads import (
     ACK_DEVICE,
     ACK_READ,
     ACK_SERVER,
+    CAPTIONED,
+    MEDIA_KINDS,
     ack_payload,
     envelope,
+    gows_data,
+    location_field,
     me_info,
+    media_field,
     message_payload,
+    raw_location_message,
+    raw_media_message,
     reply_to_payload,
     send_text_response,
     session_status_payload,
@@ -61,6 +77,116 @@ def _string(body: dict[str, Any], key: str, *, required: bool = True) -> str | N
 
 def _chat_kind(chat_id: str) -> str:
     return chat_id.rpartition("@")[2]
+
+
+def _target(body: dict[str, Any]) -> tuple[str, str]:
+    """A send's session (WAHA's default: `default`) and chat, as given."""
+    name = _string(body, "session", required=False) or "default"
+    raw_chat = _string(body, "chatId")
+    assert raw_chat is not None
+    return name, raw_chat
+
+
+# mime-db's first extension of each type: WAHA names a downloaded file `<message id>.<ext>`
+# with `mime-types.extension()` (`audio/ogg` -> `oga`, as in message-media-voice.json). Other
+# types: Python's guess, else `bin`.
+_EXTENSIONS = {
+    "image/jpeg": "jpeg",
+    "image/png": "png",
+    "image/webp": "webp",
+    "image/gif": "gif",
+    "video/mp4": "mp4",
+    "video/3gpp": "3gp",
+    "audio/ogg": "oga",
+    "audio/mpeg": "mpga",
+    "audio/mp4": "m4a",
+    "application/pdf": "pdf",
+    "text/plain": "txt",
+}
+# What WhatsApp records a voice note as (ENGINEERING.md, "Media").
+VOICE_MIMETYPE = "audio/ogg; codecs=opus"
+
+
+def _main_type(mimetype: str) -> str:
+    return mimetype.split(";")[0].strip().lower()
+
+
+def extension_of(mimetype: str) -> str:
+    main = _main_type(mimetype)
+    found = _EXTENSIONS.get(main) or mimetypes.guess_extension(main) or ".bin"
+    return found.lstrip(".")
+
+
+def kind_of(mimetype: str) -> str:
+    """The kind a file of this type is sent as when the control API does not say: a webp is
+    a sticker, Opus in Ogg a voice note (what WhatsApp records), a type it cannot show a
+    document."""
+    main = _main_type(mimetype)
+    if main == "image/webp":
+        return "sticker"
+    if main == "audio/ogg" and "opus" in mimetype.lower():
+        return "voice"
+    for prefix in ("image", "video", "audio"):
+        if main.startswith(prefix + "/"):
+            return prefix
+    return "document"
+
+
+@dataclass(frozen=True, slots=True)
+class InboundFile:
+    kind: str
+    data: bytes
+    mimetype: str
+    filename: str | None
+
+
+def inbound_file(spec: object, max_bytes: int) -> InboundFile:
+    """The control API's `media: {data: <base64>, mimetype?, filename?, kind?}`, checked."""
+    if not isinstance(spec, dict):
+        raise ControlError("media must be an object {data, mimetype, filename?, kind?}")
+    data, kind = spec.get("data"), spec.get("kind")
+    mimetype, filename = spec.get("mimetype"), spec.get("filename")
+    if not isinstance(data, str) or not data:
+        raise ControlError("media.data must be the file's bytes in base64")
+    if kind is not None and kind not in MEDIA_KINDS:
+        raise ControlError(f"media.kind must be one of {', '.join(MEDIA_KINDS)}")
+    if filename is not None and not (isinstance(filename, str) and filename.strip()):
+        raise ControlError("media.filename must be a non-empty string")
+    if mimetype is None:
+        guessed = mimetypes.guess_type(filename)[0] if filename else None
+        mimetype = VOICE_MIMETYPE if kind == "voice" else guessed
+        if mimetype is None:
+            raise ControlError("give media.mimetype (it cannot be told from the file name)")
+    if not isinstance(mimetype, str) or "/" not in mimetype:
+        raise ControlError("media.mimetype must be a type like image/jpeg")
+    # Checked before decoding: a body far too big is refused without holding its bytes twice.
+    if len(data) > 4 * ((max_bytes + 2) // 3) + 4:
+        raise ControlError(f"media is larger than {max_bytes} bytes")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ControlError("media.data is not valid base64") from None
+    if not raw:
+        raise ControlError("media.data is empty")
+    if len(raw) > max_bytes:
+        raise ControlError(f"media is larger than {max_bytes} bytes")
+    return InboundFile(kind or kind_of(mimetype), raw, mimetype, filename)
+
+
+def inbound_location(spec: object) -> tuple[float, float, str]:
+    """The control API's `location: {latitude, longitude, name?}`, checked."""
+    if not isinstance(spec, dict):
+        raise ControlError("location must be an object {latitude, longitude, name?}")
+    coordinates: list[float] = []
+    for key, limit in (("latitude", 90), ("longitude", 180)):
+        value = spec.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or abs(value) > limit:
+            raise ControlError("location needs latitude (±90) and longitude (±180) as numbers")
+        coordinates.append(float(value))
+    name = spec.get("name") or ""
+    if not isinstance(name, str):
+        raise ControlError("location.name must be a string")
+    return coordinates[0], coordinates[1], name
 
 
 class Simulator:
@@ -193,13 +319,32 @@ class Simulator:
 
     # --- the WAHA API ----------------------------------------------------------------------
     async def send_text(self, body: dict[str, Any]) -> dict[str, Any]:
-        name = _string(body, "session", required=False) or "default"
-        raw_chat = _string(body, "chatId")
+        name, raw_chat = _target(body)
         text = body.get("text")
         if not isinstance(text, str):
             raise BadRequest("text must be a string")
         reply_to = _string(body, "reply_to", required=False)
-        assert raw_chat is not None
+        serialized = await self._send(name, raw_chat, text, reply_to)
+        return send_text_response(serialized, text)
+
+    async def send_file(self, body: dict[str, Any]) -> dict[str, Any]:
+        """sendImage / sendFile / sendVoice: WAHA Core refuses them (422); Plus keeps the
+        message (its caption as the text) and echoes and acks it as sendText does."""
+        if self.config.tier.upper() != "PLUS":
+            raise AvailableInPlusVersion(self.config.engine)
+        name, raw_chat = _target(body)
+        file = body.get("file")
+        if not isinstance(file, dict) or not (file.get("data") or file.get("url")):
+            raise BadRequest("file must have data or url")
+        caption = body.get("caption") or ""
+        if not isinstance(caption, str):
+            raise BadRequest("caption must be a string")
+        serialized = await self._send(name, raw_chat, caption, None)
+        return {"id": serialized, "_data": {"imageMessage": {"caption": caption}}}
+
+    async def _send(self, name: str, raw_chat: str, text: str, reply_to: str | None) -> str:
+        """Every send once its own fields are checked: waits for WORKING, keeps the message
+        with ack SERVER, then (in the background) echoes and acks it. Returns its id."""
         session = await self.working_session(name)
         chat_id = normalize_chat(raw_chat)
         at = now_ms()
@@ -216,7 +361,7 @@ class Simulator:
         )
         session.last_activity = at
         self._spawn(self._after_send(session, chat_id, serialized, text, at // 1000, reply_to))
-        return send_text_response(serialized, text)
+        return serialized
 
     def _quote(self, reply_to: str | None, author: str) -> dict[str, Any] | None:
         """The `replyTo` of a message quoting `reply_to` (written by `author`); None when it
@@ -316,10 +461,18 @@ class Simulator:
         return answer
 
     async def inbound(self, body: dict[str, Any]) -> tuple[dict[str, Any], list[Delivery]]:
-        """A customer writes. Returns the answer for the control API and the deliveries."""
+        """A customer writes: a text, or a file (`media`, `text` its caption) or a location.
+        Everything is checked before anything is kept. Returns the answer for the control API
+        and the deliveries."""
+        file, location = self._attachment(body)
         text = body.get("text")
+        if text is None and (file or location):
+            text = ""
         if not isinstance(text, str):
             raise ControlError("text must be a string")
+        if text and (location or (file and file.kind not in CAPTIONED)):
+            what = f"a {file.kind}" if file else "a location"
+            raise ControlError(f'{what} has no caption: give text ""')
         name = body.get("session") or self.config.session
         if not isinstance(name, str):
             raise ControlError("session must be a string")
@@ -334,6 +487,34 @@ class Simulator:
         # The customer quotes one of our messages: its author is us.
         author = session.me["id"] if session.me else sender
         quoted = self._quote(reply_to if isinstance(reply_to, str) else None, author)
+        media: dict[str, Any] | None = None
+        record: dict[str, Any] | None = None
+        place: dict[str, Any] | None = None
+        data: dict[str, Any] | None = None
+        if file is not None:
+            # WAHA has downloaded the file before it sends the event: kept first, so the URL
+            # in the event answers as soon as a worker asks.
+            file_name = f"{serialized}.{extension_of(file.mimetype)}"
+            self.store.add_file(name, file_name, file.data, file.mimetype)
+            # WhatsApp keeps the sender's file name for documents only.
+            kept_name = file.filename if file.kind == "document" else None
+            media = media_field(self.file_url(name, file_name), file.mimetype, kept_name)
+            record = {"kind": file.kind, "size": len(file.data), **media}
+            del record["error"]
+            raw = raw_media_message(
+                file.kind, mimetype=file.mimetype, size=len(file.data), caption=text,
+                filename=file.filename, timestamp_s=timestamp,
+            )  # fmt: skip
+            data = gows_data(
+                chat_id=sender, wa_id=wa_id, timestamp_s=timestamp, media_type=file.kind,
+                message=raw,
+            )  # fmt: skip
+        elif location is not None:
+            place = location_field(*location)
+            data = gows_data(
+                chat_id=sender, wa_id=wa_id, timestamp_s=timestamp, media_type="location",
+                message=raw_location_message(*location),
+            )  # fmt: skip
         payload = message_payload(
             message_id=serialized,
             chat_id=sender,
@@ -341,6 +522,9 @@ class Simulator:
             timestamp_s=timestamp,
             from_me=False,
             reply_to=quoted,
+            media=media,
+            location=place,
+            data=data,
         )
         stored = self.store.add_message(
             chat_id=sender,
@@ -350,6 +534,8 @@ class Simulator:
             text=text,
             timestamp=timestamp,
             ack=None,
+            media=record,
+            location=place,
         )
         # `seq` lets a client long-poll the chat for what comes after its own message.
         answer: dict[str, Any] = {
@@ -358,6 +544,8 @@ class Simulator:
             "seq": stored.seq,
             "held": False,
         }
+        if record is not None:
+            answer["media"] = record
         if session.status != "WORKING":
             session.held_inbound.append(payload)
             answer["held"] = True
@@ -368,6 +556,25 @@ class Simulator:
             seen.setdefault(d.event_id, d.event)
         answer["events"] = [{"id": i, "event": e} for i, e in seen.items()]
         return answer, deliveries
+
+    def _attachment(
+        self, body: dict[str, Any]
+    ) -> tuple[InboundFile | None, tuple[float, float, str] | None]:
+        media, location = body.get("media"), body.get("location")
+        if media is not None and location is not None:
+            raise ControlError("give media or location, not both")
+        file = None if media is None else inbound_file(media, self.store.max_file_bytes)
+        return file, None if location is None else inbound_location(location)
+
+    def file_url(self, session: str, file_name: str) -> str:
+        """Where WAHA says a downloaded file is: its own base URL (WAHA_BASE_URL, by default
+        `http://<hostname>:<port>`) + `/api/files/<session>/<file name>`. wsm fetches the path
+        from its own WAHA_URL (engine/media/fetch.py)."""
+        host = self.config.host
+        host = "localhost" if host in ("", "0.0.0.0", "::") else host
+        host = f"[{host}]" if ":" in host else host
+        path = f"/api/files/{quote(session, safe='')}/{quote(file_name, safe='@')}"
+        return f"http://{host}:{self.config.port}{path}"
 
     def _sender(self, body: dict[str, Any]) -> str:
         phone = body.get("chat") or body.get("phone")

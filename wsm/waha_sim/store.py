@@ -1,5 +1,6 @@
 """What the simulated WhatsApp holds: sessions and their status, every chat's messages (ours and
-the customer's) with typing and read state, and the lid -> phone number mapping.
+the customer's) with typing and read state, the lid -> phone number mapping, and the files
+customers sent (as WAHA keeps downloaded media for `GET /api/files/...`).
 
 Everything lives in memory on one event loop, so no locks: a change and the wake-up of the
 long-polls waiting on it happen in the same step.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,9 @@ class ChatMessage:
     ack: int | None
     reply_to: str | None = None
     read: bool = False  # for "in": we sent sendSeen for it
+    # A customer's file {kind, mimetype, filename, size, url}, or a location they shared.
+    media: dict[str, Any] | None = None
+    location: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -41,6 +45,8 @@ class ChatMessage:
             "ackName": ACK_NAMES.get(self.ack) if self.ack is not None else None,
             "reply_to": self.reply_to,
             "read": self.read,
+            "media": self.media,
+            "location": self.location,
         }
 
 
@@ -110,14 +116,43 @@ class SessionState:
         }
 
 
+# Files customers sent: one may be this big, and all of them together this much (the oldest
+# go first, as WAHA deletes downloaded media after a while: a fetch then answers 404).
+MAX_FILE_BYTES = 64 * 1024 * 1024
+FILES_MAX_BYTES = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    data: bytes
+    mimetype: str
+
+    @property
+    def content_type(self) -> str:
+        """What WAHA's static file server answers: the type its extension names, without the
+        parameters (`audio/ogg; codecs=opus` is served as `audio/ogg`)."""
+        return self.mimetype.split(";")[0].strip() or "application/octet-stream"
+
+
 class SimStore:
-    def __init__(self, history_limit: int = 1000) -> None:
+    def __init__(
+        self,
+        history_limit: int = 1000,
+        *,
+        max_file_bytes: int = MAX_FILE_BYTES,
+        files_max_bytes: int = FILES_MAX_BYTES,
+    ) -> None:
         self.history_limit = history_limit
         self.sessions: dict[str, SessionState] = {}
         self.chats: dict[str, Chat] = {}
         self.lids: dict[str, str] = {}
         self._by_id: dict[str, tuple[Chat, ChatMessage]] = {}
         self._seq = 0
+        self.max_file_bytes = max_file_bytes
+        self.files_max_bytes = files_max_bytes
+        # "<session>/<file name>" -> the file, oldest first.
+        self.files: OrderedDict[str, StoredFile] = OrderedDict()
+        self.files_bytes = 0
 
     # --- chats -----------------------------------------------------------------------------
     def canonical(self, chat_id: str) -> str:
@@ -143,12 +178,15 @@ class SimStore:
         timestamp: int,
         ack: int | None,
         reply_to: str | None = None,
+        media: dict[str, Any] | None = None,
+        location: dict[str, Any] | None = None,
     ) -> ChatMessage:
         chat = self.chat(chat_id)
         self._seq += 1
         message = ChatMessage(
-            self._seq, message_id, session, direction, text, timestamp, ack, reply_to
-        )
+            self._seq, message_id, session, direction, text, timestamp, ack, reply_to,
+            media=media, location=location,
+        )  # fmt: skip
         if len(chat.messages) == chat.messages.maxlen:
             self._by_id.pop(chat.messages[0].id, None)
         chat.messages.append(message)
@@ -210,3 +248,22 @@ class SimStore:
         self.chats.clear()
         self._by_id.clear()
         self.lids.clear()
+        self.files.clear()
+        self.files_bytes = 0
+
+    # --- files -----------------------------------------------------------------------------
+    def add_file(self, session: str, name: str, data: bytes, mimetype: str) -> None:
+        """Keeps a customer's file for `GET /api/files/<session>/<name>`; the oldest files go
+        when they would pass `files_max_bytes` together. The caller checks `max_file_bytes`."""
+        key = f"{session}/{name}"
+        old = self.files.pop(key, None)
+        if old is not None:
+            self.files_bytes -= len(old.data)
+        while self.files and self.files_bytes + len(data) > self.files_max_bytes:
+            _, dropped = self.files.popitem(last=False)
+            self.files_bytes -= len(dropped.data)
+        self.files[key] = StoredFile(data, mimetype)
+        self.files_bytes += len(data)
+
+    def file(self, session: str, name: str) -> StoredFile | None:
+        return self.files.get(f"{session}/{name}")

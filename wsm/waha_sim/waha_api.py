@@ -25,6 +25,25 @@ async def send_text(request: Request) -> JSON:
     return JSON(await sim_of(request).send_text(body), status_code=201)
 
 
+@router.post("/api/sendImage", tags=["WAHA"])
+@router.post("/api/sendFile", tags=["WAHA"])
+@router.post("/api/sendVoice", tags=["WAHA"])
+async def send_file(request: Request) -> JSON:
+    body = await json_object(request)
+    return JSON(await sim_of(request).send_file(body), status_code=201)
+
+
+@router.get("/api/files/{session}/{file_name}", tags=["WAHA"])
+async def media_file(request: Request, session: str, file_name: str) -> Response:
+    """A file a customer sent, where the event's `media.url` points. Behind the API key like
+    every `/api/` route (app.py); a file never kept, or dropped since, is NestJS's 404."""
+    stored = sim_of(request).store.file(session, file_name)
+    if stored is None:
+        message = f"Cannot GET {request.url.path}"
+        return JSON({"message": message, "error": "Not Found", "statusCode": 404}, 404)
+    return Response(stored.data, media_type=stored.content_type)
+
+
 @router.post("/api/sendSeen", tags=["WAHA"])
 async def send_seen(request: Request) -> Response:
     body = await json_object(request)

@@ -24,6 +24,8 @@ from tests.support.waha import compact, text_message
 
 REPO = Path(__file__).resolve().parents[3]
 SESSION = "default"
+# The handler the tests script through the message text (tests/worker/support/handlers.py).
+SCRIPTED = "tests.worker.support.handlers:scripted"
 
 # Short clocks so crash tests finish in seconds; see docs/architecture.md for the defaults.
 FAST_SETTINGS = {
@@ -47,6 +49,25 @@ def conversation(chat: str, prefix: str, shards: int = 1) -> ConversationKeys:
     return ShardKeys(shard_of(token, shards), prefix).conversation(token)
 
 
+def text_request(
+    chat: str, text: str, prefix: str, *, shards: int = 1, received_at_ms: int = 0
+) -> tuple[str, EnqueueRequest]:
+    """A WAHA text message from `chat`, routed and made ready to queue as the gateway's webhook
+    does; with its event id. The benchmarks queue theirs with this too."""
+    body = compact(text_message(chat, text, session=SESSION))
+    routed = route_event(orjson.loads(body), body)
+    assert routed is not None
+    request = EnqueueRequest.for_event(
+        routed,
+        body,
+        received_at_ms=received_at_ms,
+        shards=shards,
+        dedupe_ttl_seconds=3600,
+        prefix=prefix,
+    )
+    return routed.event_id, request
+
+
 async def enqueue_texts(
     client: Any, prefix: str, texts: Mapping[str, list[str]], shards: int = 1
 ) -> dict[str, list[str]]:
@@ -57,20 +78,9 @@ async def enqueue_texts(
     for n in range(max((len(t) for t in texts.values()), default=0)):
         for chat, chat_texts in texts.items():
             if n < len(chat_texts):
-                body = compact(text_message(chat, chat_texts[n], session=SESSION))
-                routed = route_event(orjson.loads(body), body)
-                assert routed is not None
-                sent[chat].append(routed.event_id)
-                requests.append(
-                    EnqueueRequest.for_event(
-                        routed,
-                        body,
-                        received_at_ms=0,
-                        shards=shards,
-                        dedupe_ttl_seconds=3600,
-                        prefix=prefix,
-                    )
-                )
+                event_id, request = text_request(chat, chat_texts[n], prefix, shards=shards)
+                sent[chat].append(event_id)
+                requests.append(request)
     for i in range(0, len(requests), 500):
         assert all(await enqueue_many(client, requests[i : i + 500]))
     return sent

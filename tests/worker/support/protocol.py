@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from typing import Any, NamedTuple
 
 from shared.envelope import decode_record
 from shared.keys import ConversationKeys
 from shared.queue_consumer import Lease, QueueConsumer
+from shared.queue_reaper import REAP_EXPIRED_LEASE
 from tests.support.polling import async_wait_until
 from tests.worker.conftest import Queue
 from tests.worker.support.fleet import conversation, enqueue_texts
@@ -28,6 +30,47 @@ async def lease_chat(queue: Queue, consumer: QueueConsumer, chat: str, owner: st
     lease = await consumer.claim(keys.shard_keys, token, owner)
     assert lease is not None
     return lease
+
+
+async def reap_script(queue: Queue, keys: ConversationKeys, max_attempts: int = 3) -> list[Any]:
+    """One call of reap_expired_lease.lua for `keys`'s conversation, its keys in the order
+    QueueReaper.run_pass passes them: for the tests that race the script itself."""
+    shard = keys.shard_keys
+    call_keys = [
+        shard.leases,
+        keys.meta,
+        keys.messages,
+        keys.bodies,
+        keys.attempts,
+        shard.stats,
+        shard.ready,
+        shard.dlq,
+        shard.fence,
+    ]
+    return list(await REAP_EXPIRED_LEASE(queue.client, call_keys, [keys.token, max_attempts]))
+
+
+class Holder(NamedTuple):
+    """A consumer holding a chat's lease, and what it was given."""
+
+    ids: list[str]
+    consumer: QueueConsumer
+    lease: Lease
+    keys: ConversationKeys
+
+
+async def hold(queue: Queue, chat: str, texts: list[str], lease_ms: int = 30_000) -> Holder:
+    """`texts` queued for `chat` and its lease taken by a new consumer."""
+    ids = await queue_chat(queue, chat, texts)
+    consumer = queue.consumer(lease_ms=lease_ms)
+    lease = await lease_chat(queue, consumer, chat)
+    return Holder(ids, consumer, lease, keys_of(queue, chat))
+
+
+async def fence_out(queue: Queue, keys: ConversationKeys) -> None:
+    """Move the conversation's fence on, as the reaper does on taking it back: its holder's
+    lease is someone else's now."""
+    await queue.client.hincrby(keys.meta, "fence", 1)
 
 
 def texts_of(lease: Lease) -> list[str]:

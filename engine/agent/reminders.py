@@ -1,0 +1,227 @@
+"""Reminders: each booking gets one message WSM_REMINDER_LEAD_HOURS before it starts, with the
+choices 1 confirm / 2 reschedule / 3 cancel, sent exactly once.
+
+How exactly once is kept, step by step:
+
+1. **The timer is written with the booking.** The booking scripts (book, reschedule, cancel;
+   engine/agent/bookings.py) add, move or remove the booking's entry in the reminders ZSET
+   (`CalendarKeys.reminders`: booking id -> due ms) in the same atomic step that changes the
+   booking, so no booking has a stale timer and no timer outlives its booking. A booking made
+   inside the lead gets none (the customer has just chosen it).
+2. **A due timer becomes a command of its conversation.** `Reminders.run_once` (a background
+   pass of every worker process, engine/service.py, one at a time by a lock) queues
+   `wsm.reminder` to the customer's conversation with the event id
+   `reminder:<booking id>:<due>`. The queue's dedupe drops a repeat of that id, so a pass that
+   dies between queuing and forgetting the timer (or two passes at once) queue it once. The
+   timer is forgotten only if it is still the one queued (reminder_done.lua): a booking moved
+   meanwhile keeps its new timer.
+3. **The conversation's lease and fence do the rest.** The command is handled like a customer's
+   message (engine/turn/reminder.py): under the conversation's lease, in order, and its reply
+   is committed to the conversation's outbox with the command's ack in one fenced script. A
+   worker killed before the commit leaves the command at the head (handled again elsewhere); a
+   zombie's commit is refused by its fence. The step also checks the booking again (still
+   booked, same start) and records `<booking id>:<due>` in the conversation's state, committed
+   with the reply, so even a repeat outside the dedupe window sends nothing twice.
+4. **The outbox's sender delivers it**, paced per WhatsApp session like every reply.
+
+Pacing: reminders are proactive messages, the kind an unofficial WhatsApp number (WAHA drives
+WhatsApp Web) is banned for when many go out at once. So on top of the sender's per-session
+limit, the pass queues at most WSM_REMINDER_PACE reminders per minute per session (a token
+bucket in Redis, send_rate_take.lua, burst of one); the others wait for the next pass.
+
+The answer (engine/agent/menu.py, engine/agent/tools.py): the step leaves the conversation on
+STEP_REMINDER with the booking in `REMINDER_KEY`; "1" confirms, "2" offers the booking's
+service's free times (the reschedule, confirmed as ever), "3" asks to confirm the cancel. In
+words, the AI agent answers with its tools (confirm_appointment, reschedule_appointment,
+cancel_appointment). The counts (`wsm_reminders_total{event}`) take each sent reminder out of
+`CalendarKeys.reminders_awaiting` once: by its answer, or as `unanswered` when the booking
+starts first.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime
+
+from engine import commands
+from engine.agent.bookings import Booking
+from engine.agent.metrics import REMINDERS
+from engine.agent.texts import AgentTexts, load_agent_texts
+from engine.businesses import Business, Businesses, businesses_from
+from engine.commands import CommandQueue
+from shared.clock import now_ms
+from shared.keys import CalendarKeys, WahaSessionKeys, split_conversation_token
+from shared.lua import LuaScript
+from shared.redis_client import RedisClient
+from shared.settings import Settings
+from shared.text import as_text
+
+log = logging.getLogger("wsm.engine.agent.reminders")
+
+# The conversation's step after a reminder: its next message may be the answer (1, 2, 3).
+STEP_REMINDER = "sched_reminder"
+# Collected: the booking the latest reminder was about (cleared once answered).
+REMINDER_KEY = "reminder_booking"
+# Collected: the latest reminders committed to this conversation, `<booking id>:<due>`.
+REMINDED_KEY = "reminders_sent"
+REMINDED_KEEP = 8
+
+# One pass over all processes at a time (they all run it every second).
+PASS_LOCK_MS = 900
+# Due timers one pass looks at, at most (the next pass goes on).
+PASS_LIMIT = 200
+
+RATE_TAKE = LuaScript.named("send_rate_take")
+DONE = LuaScript.named("reminder_done")
+
+
+def lead_ms(settings: Settings) -> int:
+    return int(settings.reminder_lead_hours * 3_600_000)
+
+
+def reminder_event_id(booking_id: str, due: int) -> str:
+    """The command's event id: one per booking and due time, so the queue keeps one."""
+    return f"reminder:{booking_id}:{due}"
+
+
+def reminder_mark(booking_id: str, due: int) -> str:
+    return f"{booking_id}:{due}"
+
+
+class Reminders:
+    """The reminders pass: turns due timers into `wsm.reminder` commands."""
+
+    def __init__(
+        self,
+        redis: RedisClient,
+        queue: CommandQueue,
+        businesses: Businesses,
+        *,
+        prefix: str,
+        language: str,
+        pace_per_minute: float,
+    ) -> None:
+        self.redis = redis
+        self.queue = queue
+        self.keys = CalendarKeys(prefix)
+        self.prefix = prefix
+        self.language = language
+        self.pace_per_minute = pace_per_minute
+        self._businesses = {b.id: b for b in businesses.all()}
+        self._default = businesses.default
+        self._texts: dict[str, AgentTexts] = {}
+
+    @classmethod
+    def from_settings(
+        cls, redis: RedisClient, settings: Settings, queue: CommandQueue
+    ) -> Reminders:
+        return cls(
+            redis,
+            queue,
+            businesses_from(settings),
+            prefix=settings.key_prefix,
+            language=settings.language,
+            pace_per_minute=settings.reminder_pace,
+        )
+
+    def _business(self, booking: Booking) -> Business:
+        return self._businesses.get(booking.business, self._default)
+
+    def text(self, booking: Booking) -> str:
+        """The reminder, in the booking's business's words and time zone."""
+        business = self._business(booking)
+        calendar = business.calendar
+        texts = self._texts.get(business.id)
+        if texts is None:
+            texts = self._texts[business.id] = load_agent_texts(self.language, calendar.texts)
+        start = datetime.fromtimestamp(booking.start_ms / 1000, calendar.tz)
+        return texts.render(
+            "reminder",
+            business=calendar.business_name,
+            service=booking.service_name,
+            when=calendar.label(start, self.language),
+        )
+
+    async def _paced(self, session: str) -> bool:
+        """Whether the session may have one more reminder now (takes it)."""
+        if self.pace_per_minute <= 0:
+            return True
+        wait = await RATE_TAKE(
+            self.redis,
+            [WahaSessionKeys(session, self.prefix).reminder_rate],
+            [self.pace_per_minute / 60, 1],
+        )
+        return int(wait) == 0
+
+    async def run_once(self, *, now: int | None = None, force: bool = False) -> dict[str, int]:
+        """Queue every due reminder (as the pace allows) and count the unanswered ones.
+        -> what it did. Skipped while another process runs a pass (unless `force`)."""
+        keys = self.keys
+        if not force and not await self.redis.set(
+            keys.reminders_lock, uuid.uuid4().hex, nx=True, px=PASS_LOCK_MS
+        ):
+            return {}
+        now = now_ms() if now is None else now
+        done = {"queued": 0, "stale": 0, "paced": 0, "unanswered": 0}
+        # (member, score) pairs; redis-py's stubs do not type WITHSCORES replies.
+        due: list[tuple[bytes, float]] = await self.redis.zrangebyscore(
+            keys.reminders, "-inf", now, start=0, num=PASS_LIMIT, withscores=True
+        )  # type: ignore[assignment]
+        waiting: set[str] = set()  # sessions out of pace for this pass
+        for raw, score in due:
+            booking_id, due_ms = as_text(raw), int(score)
+            booking = Booking.from_hash(await self.redis.hgetall(keys.booking(booking_id)))
+            if (
+                booking is None
+                or booking.status != "booked"
+                or booking.start_ms <= now
+                or booking.reminder_at not in (0, due_ms)
+            ):
+                # Gone, cancelled, already started (the fleet was down past it) or moved by a
+                # script of an older version: nothing to remind.
+                await DONE(self.redis, [keys.reminders], [booking_id, due_ms])
+                done["stale"] += 1
+                continue
+            session, chat_id = split_conversation_token(booking.customer)
+            if session in waiting or not await self._paced(session):
+                waiting.add(session)
+                done["paced"] += 1
+                continue
+            payload = {
+                "booking_id": booking_id,
+                "start_ms": booking.start_ms,
+                "due": due_ms,
+                "text": self.text(booking),
+            }
+            if await self.queue.send(
+                session,
+                chat_id,
+                commands.REMINDER,
+                payload,
+                event_id=reminder_event_id(booking_id, due_ms),
+            ):
+                REMINDERS.labels("due").inc()
+                done["queued"] += 1
+            # Queued (now or by an earlier pass that died before this): forget the timer.
+            await DONE(self.redis, [keys.reminders], [booking_id, due_ms])
+        # Reminders whose booking started with no answer.
+        started: list[bytes] = await self.redis.zrangebyscore(
+            keys.reminders_awaiting, "-inf", now, start=0, num=PASS_LIMIT
+        )  # type: ignore[assignment]
+        for member in started:
+            if await self.redis.zrem(keys.reminders_awaiting, member):
+                REMINDERS.labels("unanswered").inc()
+                done["unanswered"] += 1
+        return done
+
+
+__all__ = [
+    "REMINDED_KEY",
+    "REMINDER_KEY",
+    "STEP_REMINDER",
+    "Reminders",
+    "lead_ms",
+    "reminder_event_id",
+    "reminder_mark",
+]

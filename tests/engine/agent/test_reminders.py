@@ -1,0 +1,443 @@
+"""A booking's reminder through the real engine (queue, fenced commit, state, outbox, sender)
+with the agent as its brain: scheduled with the booking, moved and cancelled with it, queued
+when due by the reminders pass, sent once, and answered by number (the menu) or in words (the
+agent). The engine's clock is driven: the tests move it to the due moment and past it."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from engine import commands
+from engine.agent.bookings import Booking, BookingNotFound, Customer, booking_id_for
+from engine.agent.reminders import REMINDER_KEY, STEP_REMINDER, reminder_event_id
+from engine.state import load_state
+from shared import clock as clock_module
+from shared.keys import CalendarKeys, engine_keys_for, split_conversation_token
+from tests.engine.agent.fake_groq import completion, tool_call
+from tests.engine.harness import AgentHarness
+
+ANA = "5511987650001@c.us"
+BIA = "5511987650002@c.us"
+DAY_MS = 24 * 3600 * 1000
+
+
+def sent(name: str) -> float:
+    return REGISTRY.get_sample_value("wsm_reminders_total", {"event": name}) or 0.0
+
+
+@pytest.fixture
+def clock(now: datetime) -> Callable[[], datetime]:
+    """The agent reads the engine's clock here (conftest.py fixes it at `now`), so both move
+    together when a test moves time."""
+    return lambda: datetime.fromtimestamp(clock_module.now_ms() / 1000, now.tzinfo)
+
+
+@pytest.fixture
+def move_clock(engine_time_at_now: None, monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+    """Moves the engine's clock (already started at the agent's `now` by conftest.py) to an
+    absolute moment, in ms; it keeps running from there."""
+    shifted = clock_module.now_ms
+    extra = [0]
+
+    def moved() -> int:
+        return shifted() + extra[0]
+
+    monkeypatch.setattr(clock_module, "now_ms", moved)
+    for name, module in list(sys.modules.items()):
+        if name.startswith("engine") and getattr(module, "now_ms", None) is shifted:
+            monkeypatch.setattr(module, "now_ms", moved)
+
+    def to(at_ms: int) -> None:
+        extra[0] = 0
+        extra[0] = at_ms - shifted()
+
+    return to
+
+
+def ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+async def book(agent: AgentHarness, chat: str, start: datetime, service: str = "consulta") -> str:
+    """The customer's booking, made as the tools make it (the real booking script)."""
+    agenda = agent.parts.agenda
+    slot = agenda.calendar.slot(agenda.service(service), f"{start:%Y-%m-%dT%H:%M}", agenda.now())
+    customer = Customer(token=f"default|{chat}", name="Ana")
+    booking_id = booking_id_for(customer.token, f"m-{start:%d%H%M}", slot.id)
+    change = await agent.parts.store.book(customer, slot, booking_id=booking_id)
+    assert not change.repeated
+    return booking_id
+
+
+async def pass_at(
+    agent: AgentHarness, at_ms: int, move_clock: Callable[[int], None]
+) -> dict[str, int]:
+    """The reminders pass at `at_ms`, then everything it queued handled and delivered."""
+    move_clock(at_ms)
+    done = await agent.service.reminders.run_once(force=True)
+    await agent.drain()
+    return done
+
+
+async def test_a_booking_two_days_ahead_gets_one_reminder_at_its_lead(
+    harness, waha, aredis, key_prefix, now, move_clock
+) -> None:
+    agent = harness(groq_api_key=None)
+    keys = CalendarKeys(key_prefix)
+    start = now + timedelta(days=2, hours=1)  # Wednesday 10:00
+    booking_id = await book(agent, ANA, start)
+    due = ms(start) - DAY_MS
+    assert await aredis.zscore(keys.reminders, booking_id) == due
+    sent_before = sent("sent")
+
+    # A minute before it is due: nothing.
+    assert (await pass_at(agent, due - 60_000, move_clock))["queued"] == 0
+    assert waha.sent == []
+    # Due: the reminder, once.
+    assert (await pass_at(agent, due, move_clock))["queued"] == 1
+    day = f"{start:%d/%m}"
+    assert waha.to(ANA) == [
+        f"Olá! Lembrete da *Clínica Sorriso*: *Consulta* em *qua {day} às 10:00*.\n"
+        "1. Confirmar\n2. Remarcar\n3. Cancelar\nResponda com o número."
+    ]
+    assert await aredis.zscore(keys.reminders, booking_id) is None
+    # Later passes, and the same command queued again (a pass that died before forgetting the
+    # timer): still one.
+    assert (await pass_at(agent, due + 3_600_000, move_clock))["queued"] == 0
+    session, chat = split_conversation_token(f"default|{ANA}")
+    queue = agent.service.coordinator.queue
+    again = {"booking_id": booking_id, "start_ms": ms(start), "due": due, "text": "x"}
+    assert not await queue.send(
+        session, chat, commands.REMINDER, again, event_id=reminder_event_id(booking_id, due)
+    )
+    await agent.drain()
+    assert len(waha.to(ANA)) == 1
+    assert sent("sent") == sent_before + 1
+    state = await load_state(aredis, engine_keys_for(session, chat, 1, key_prefix).state)
+    assert state.step == STEP_REMINDER and state.collected[REMINDER_KEY] == booking_id
+
+
+async def test_a_repeat_past_the_dedupe_window_sends_nothing(
+    harness, waha, aredis, key_prefix, now, move_clock
+) -> None:
+    """The mark committed with the reply refuses the same reminder queued under another id
+    (what a repeat looks like once the queue's dedupe marker has expired)."""
+    agent = harness(groq_api_key=None)
+    start = now + timedelta(days=2)
+    booking_id = await book(agent, ANA, start)
+    due = ms(start) - DAY_MS
+    await pass_at(agent, due, move_clock)
+    assert len(waha.to(ANA)) == 1
+    session, chat = split_conversation_token(f"default|{ANA}")
+    payload = {"booking_id": booking_id, "start_ms": ms(start), "due": due, "text": "again"}
+    queue = agent.service.coordinator.queue
+    assert await queue.send(session, chat, commands.REMINDER, payload, event_id="other-id")
+    await agent.drain()
+    assert waha.to(ANA)[1:] == []
+
+
+async def test_a_booking_inside_the_lead_gets_none(
+    harness, waha, aredis, key_prefix, now, move_clock
+) -> None:
+    agent = harness(groq_api_key=None)
+    keys = CalendarKeys(key_prefix)
+    start = now + timedelta(hours=6)
+    booking_id = await book(agent, ANA, start)
+    assert await aredis.zcard(keys.reminders) == 0
+    assert await aredis.hget(keys.booking(booking_id), "reminder_at") == b"0"
+    await pass_at(agent, ms(start) - 60_000, move_clock)
+    assert waha.sent == []
+
+
+async def test_reminders_can_be_turned_off(
+    harness, waha, aredis, key_prefix, now, move_clock
+) -> None:
+    agent = harness(groq_api_key=None, reminder_lead_hours=0)
+    await book(agent, ANA, now + timedelta(days=2))
+    assert await aredis.zcard(CalendarKeys(key_prefix).reminders) == 0
+
+
+async def test_a_moved_booking_moves_its_reminder(
+    harness, waha, aredis, key_prefix, now, move_clock
+) -> None:
+    agent = harness(groq_api_key=None)
+    keys = CalendarKeys(key_prefix)
+    start = now + timedelta(days=2, hours=1)  # Wednesday 10:00
+    booking_id = await book(agent, ANA, start)
+    later = now + timedelta(days=3, hours=2)  # Thursday 11:00
+    agenda = agent.parts.agenda
+    slot = agenda.calendar.slot(agenda.service("consulta"), f"{later:%Y-%m-%dT%H:%M}", agenda.now())
+    await agent.parts.store.reschedule(Customer(token=f"default|{ANA}"), booking_id, slot)
+    assert await aredis.zscore(keys.reminders, booking_id) == ms(later) - DAY_MS
+    # Moved inside the lead: the reminder goes.
+    other = await book(agent, BIA, start)
+    soon = now + timedelta(hours=4)  # 13:00
+    slot = agenda.calendar.slot(agenda.service("consulta"), f"{soon:%Y-%m-%dT%H:%M}", agenda.now())
+    await agent.parts.store.reschedule(Customer(token=f"default|{BIA}"), other, slot)
+    assert await aredis.zscore(keys.reminders, other) is None
+
+    # The old due moment passes quietly.
+    assert (await pass_at(agent, ms(start) - DAY_MS, move_clock))["queued"] == 0
+    assert waha.sent == []
+    await pass_at(agent, ms(later) - DAY_MS, move_clock)
+    [reminder] = waha.to(ANA)
+    assert f"qui {later:%d/%m} às 11:00" in reminder
+
+
+async def test_a_cancelled_booking_gets_no_reminder(
+    harness, waha, aredis, key_prefix, now, move_clock
+) -> None:
+    agent = harness(groq_api_key=None)
+    keys = CalendarKeys(key_prefix)
+    start = now + timedelta(days=2)
+    booking_id = await book(agent, ANA, start)
+    await agent.parts.store.cancel(Customer(token=f"default|{ANA}"), booking_id)
+    assert await aredis.zcard(keys.reminders) == 0
+    await pass_at(agent, ms(start) - DAY_MS, move_clock)
+    assert waha.sent == []
+
+
+async def test_a_booking_cancelled_after_its_reminder_was_queued_gets_none(
+    harness, waha, aredis, key_prefix, now, move_clock
+) -> None:
+    agent = harness(groq_api_key=None)
+    start = now + timedelta(days=2)
+    booking_id = await book(agent, ANA, start)
+    move_clock(ms(start) - DAY_MS)
+    assert (await agent.service.reminders.run_once(force=True))["queued"] == 1
+    await agent.parts.store.cancel(Customer(token=f"default|{ANA}"), booking_id)
+    await agent.drain()
+    assert waha.sent == []
+    session, chat = split_conversation_token(f"default|{ANA}")
+    state = await load_state(aredis, engine_keys_for(session, chat, 1, key_prefix).state)
+    assert REMINDER_KEY not in state.collected
+
+
+async def test_reminders_are_paced_per_session(
+    harness, waha, aredis, key_prefix, now, move_clock
+) -> None:
+    agent = harness(groq_api_key=None, reminder_pace=1)
+    keys = CalendarKeys(key_prefix)
+    start = now + timedelta(days=2)
+    first = await book(agent, ANA, start)
+    second = await book(agent, BIA, start + timedelta(hours=1))
+    move_clock(ms(start + timedelta(hours=1)) - DAY_MS)
+    done = await agent.service.reminders.run_once(force=True)
+    assert done["queued"] == 1 and done["paced"] == 1
+    await agent.drain()
+    assert len(waha.sent) == 1
+    # The other one waits for its turn in the session's pace, still due.
+    assert await aredis.zscore(keys.reminders, second) is not None
+    assert await aredis.zscore(keys.reminders, first) is None
+
+
+async def test_answering_1_confirms(
+    harness, groq, waha, aredis, key_prefix, now, move_clock
+) -> None:
+    agent = harness()  # the model is up: a number still goes to the menu
+    keys = CalendarKeys(key_prefix)
+    start = now + timedelta(days=2)
+    booking_id = await book(agent, ANA, start)
+    await pass_at(agent, ms(start) - DAY_MS, move_clock)
+    confirmed = sent("confirmed")
+    await agent.say(ANA, "1")
+    assert waha.to(ANA)[-1] == (
+        f"Obrigado! ✅ *Consulta* confirmado para *qua {start:%d/%m} às 09:00*. Até lá!"
+    )
+    booking = Booking.from_hash(await aredis.hgetall(keys.booking(booking_id)))
+    assert booking is not None and booking.confirmed_at > 0 and booking.status == "booked"
+    assert sent("confirmed") == confirmed + 1
+    assert await aredis.zcard(keys.reminders_awaiting) == 0
+    assert groq.requests == []
+
+
+async def test_answering_2_starts_the_reschedule(
+    harness, groq, waha, aredis, key_prefix, now, move_clock
+) -> None:
+    agent = harness()
+    keys = CalendarKeys(key_prefix)
+    start = now + timedelta(days=2)
+    booking_id = await book(agent, ANA, start)
+    await pass_at(agent, ms(start) - DAY_MS, move_clock)
+    move_clock(ms(start) - DAY_MS + 10 * 60_000)  # Tuesday 09:10: the customer answers
+    rescheduled = sent("rescheduled")
+    await agent.say(ANA, "2")
+    offer = waha.to(ANA)[-1].splitlines()
+    day = f"{now + timedelta(days=1):%d/%m}"
+    assert offer[:2] == ["Horários livres para *Consulta*:", f"1. ter {day} às 10:30"]
+    await agent.say(ANA, "1")
+    assert waha.to(ANA)[-1] == (
+        f"Confirma mudar *Consulta* de qua {start:%d/%m} às 09:00 para *ter {day} às 10:30*?"
+        "\n1. Sim\n2. Não"
+    )
+    booking = Booking.from_hash(await aredis.hgetall(keys.booking(booking_id)))
+    assert booking is not None and booking.start_ms == ms(start)  # asked, not moved
+    await agent.say(ANA, "1")
+    assert waha.to(ANA)[-2] == f"Pronto! ✅ *Consulta* remarcado para *ter {day} às 10:30*."
+    booking = Booking.from_hash(await aredis.hgetall(keys.booking(booking_id)))
+    assert booking is not None and booking.start == f"{now + timedelta(days=1):%Y-%m-%d}T10:30"
+    assert sent("rescheduled") == rescheduled + 1
+    # Moved inside the lead: no second reminder.
+    assert await aredis.zcard(keys.reminders) == 0
+    assert groq.requests == []
+
+
+async def test_answering_3_cancels_only_after_confirmation(
+    harness, groq, waha, aredis, key_prefix, now, move_clock
+) -> None:
+    agent = harness()
+    keys = CalendarKeys(key_prefix)
+    start = now + timedelta(days=2)
+    booking_id = await book(agent, ANA, start)
+    await pass_at(agent, ms(start) - DAY_MS, move_clock)
+    cancelled = sent("cancelled")
+    when = f"qua {start:%d/%m} às 09:00"
+    await agent.say(ANA, "3")
+    assert waha.to(ANA)[-1] == (
+        f"Confirma o cancelamento de *Consulta* em *{when}*?\n1. Sim\n2. Não"
+    )
+    assert (await aredis.hget(keys.booking(booking_id), "status")) == b"booked"
+    await agent.say(ANA, "2")  # no
+    assert waha.to(ANA)[-2] == "Tudo bem, não alterei nada."
+    assert (await aredis.hget(keys.booking(booking_id), "status")) == b"booked"
+    assert sent("cancelled") == cancelled
+
+    assert await aredis.zcard(keys.reminders_awaiting) == 1  # still unanswered
+    assert groq.requests == []
+
+
+async def test_a_first_answer_after_the_conversation_closed_is_the_reminders(
+    harness, waha, aredis, key_prefix, now, move_clock
+) -> None:
+    """The customer was chatting when the reminder came; the conversation closed for
+    inactivity before they answered "3": still the cancel of the reminded booking."""
+    agent = harness(groq_api_key=None)
+    keys = CalendarKeys(key_prefix)
+    start = now + timedelta(days=2)
+    booking_id = await book(agent, ANA, start)
+    await agent.say(ANA, "oi")
+    await pass_at(agent, ms(start) - DAY_MS, move_clock)
+    assert waha.to(ANA)[-1].startswith("Olá! Lembrete da *Clínica Sorriso*")
+    await agent.service.timers_once()
+    await agent.drain()
+    session, chat = split_conversation_token(f"default|{ANA}")
+    state = await load_state(aredis, engine_keys_for(session, chat, 1, key_prefix).state)
+    assert state.state.value == "closed" and state.step == ""
+    cancelled = sent("cancelled")
+    await agent.say(ANA, "3")
+    when = f"qua {start:%d/%m} às 09:00"
+    assert waha.to(ANA)[-1] == (
+        f"Confirma o cancelamento de *Consulta* em *{when}*?\n1. Sim\n2. Não"
+    )
+    await agent.say(ANA, "sim")
+    assert waha.to(ANA)[-2] == f"Pronto: *Consulta* em {when} foi cancelado."
+    assert (await aredis.hget(keys.booking(booking_id), "status")) == b"cancelled"
+    assert sent("cancelled") == cancelled + 1
+
+
+async def test_answering_in_words_goes_to_the_agent(
+    harness, groq, waha, aredis, key_prefix, now, move_clock
+) -> None:
+    agent = harness()
+    keys = CalendarKeys(key_prefix)
+    start = now + timedelta(days=2)
+    booking_id = await book(agent, ANA, start)
+    await pass_at(agent, ms(start) - DAY_MS, move_clock)
+    [reminder] = waha.to(ANA)
+
+    def policy(request: dict[str, Any]) -> dict[str, Any]:
+        if request["messages"][-1]["role"] == "tool":
+            return completion("Confirmado, até quarta! 😊")
+        return completion(None, [tool_call("confirm_appointment", {"booking_id": booking_id})])
+
+    groq.policy = policy
+    await agent.say(ANA, "pode confirmar, estarei lá")
+    assert waha.to(ANA)[-1] == "Confirmado, até quarta! 😊"
+    # The model saw the reminder it answers, in the conversation's history.
+    assert reminder.splitlines()[0] in groq.sent_text
+    booking = Booking.from_hash(await aredis.hgetall(keys.booking(booking_id)))
+    assert booking is not None and booking.confirmed_at > 0
+
+
+async def test_someone_elses_booking_cannot_be_confirmed(harness, aredis, key_prefix, now) -> None:
+    agent = harness(groq_api_key=None)
+    booking_id = await book(agent, ANA, now + timedelta(days=2))
+    with pytest.raises(BookingNotFound):
+        await agent.parts.store.confirm(Customer(token=f"default|{BIA}"), booking_id)
+    assert await aredis.hget(CalendarKeys(key_prefix).booking(booking_id), "confirmed_at") is None
+
+
+async def test_an_unanswered_reminder_is_counted_once_the_booking_starts(
+    harness, waha, aredis, key_prefix, now, move_clock
+) -> None:
+    agent = harness(groq_api_key=None)
+    keys = CalendarKeys(key_prefix)
+    start = now + timedelta(days=2)
+    await book(agent, ANA, start)
+    await pass_at(agent, ms(start) - DAY_MS, move_clock)
+    assert await aredis.zcard(keys.reminders_awaiting) == 1
+    unanswered = sent("unanswered")
+    await pass_at(agent, ms(start) - 1, move_clock)
+    assert sent("unanswered") == unanswered
+    await pass_at(agent, ms(start) + 1, move_clock)
+    assert sent("unanswered") == unanswered + 1
+    assert await aredis.zcard(keys.reminders_awaiting) == 0
+
+
+async def test_a_timer_without_its_booking_is_dropped_unsent(
+    harness, waha, aredis, key_prefix, now, move_clock
+) -> None:
+    agent = harness(groq_api_key=None)
+    keys = CalendarKeys(key_prefix)
+    start = now + timedelta(days=2)
+    booking_id = await book(agent, ANA, start)
+    assert await agent.parts.store.erase_customer(f"default|{ANA}") == 1
+    assert await aredis.zcard(keys.reminders) == 0  # the erase takes the timer with it
+    await aredis.zadd(keys.reminders, {booking_id: ms(start) - DAY_MS})  # left by a crash
+    done = await pass_at(agent, ms(start) - DAY_MS, move_clock)
+    assert done["stale"] == 1 and done["queued"] == 0
+    assert await aredis.zcard(keys.reminders) == 0
+    assert waha.sent == []
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"booking_id": "", "start_ms": 1, "due": 1, "text": "x"},
+        {"booking_id": "bk1", "start_ms": "soon", "due": 1, "text": "x"},
+        {"booking_id": "bk1", "start_ms": 1, "due": 1, "text": ""},
+    ],
+)
+async def test_a_malformed_reminder_command_changes_nothing(
+    harness, waha, aredis, key_prefix, payload
+) -> None:
+    agent = harness(groq_api_key=None)
+    session, chat = split_conversation_token(f"default|{ANA}")
+    queue = agent.service.coordinator.queue
+    assert await queue.send(session, chat, commands.REMINDER, payload, event_id="bad")
+    await agent.drain()
+    assert waha.sent == []
+    assert await aredis.exists(engine_keys_for(session, chat, 1, key_prefix).state) == 0
+
+
+async def test_someone_elses_reminder_is_not_sent(
+    harness, waha, aredis, key_prefix, now, move_clock
+) -> None:
+    """A command naming another customer's booking (it cannot come from the pass, which
+    queues to the booking's own conversation) sends nothing and stores nothing."""
+    agent = harness(groq_api_key=None)
+    start = now + timedelta(days=2)
+    booking_id = await book(agent, ANA, start)
+    session, chat = split_conversation_token(f"default|{BIA}")
+    payload = {"booking_id": booking_id, "start_ms": ms(start), "due": 1, "text": "lembrete"}
+    queue = agent.service.coordinator.queue
+    assert await queue.send(session, chat, commands.REMINDER, payload, event_id="x")
+    await agent.drain()
+    assert waha.sent == []
+    assert await aredis.exists(engine_keys_for(session, chat, 1, key_prefix).state) == 0

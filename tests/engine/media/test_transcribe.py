@@ -1,0 +1,268 @@
+"""Groq's speech to text (engine/media/transcribe.py) against a respx stand-in for
+`POST {GROQ_BASE_URL}/openai/v1/audio/transcriptions`, answering as Groq does: 200
+`{"text": ..., "x_groq": {"id": ...}}` for `response_format=json`, errors as
+`{"error": {"message", "type", "code"?}}`. The transcriber is built as a worker builds it
+(engine/parts.py `transcriber`), so the client, retries and breaker settings are the real ones.
+
+Every failure returns None (the menu's audio answer follows, tests/engine/agent/
+test_media_turns.py), is counted, and tells the breaker what the chat calls would."""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from engine.agent.breaker import BreakerState
+from engine.media.transcribe import MAX_UPLOAD_BYTES, GroqTranscriber, upload_name
+from engine.parts import transcriber
+from shared.settings import Settings
+from tests.engine.agent.test_agent_brain import Counted
+from tests.support.closing import closing_all
+
+GROQ = "https://groq.test"
+TRANSCRIPTIONS_URL = f"{GROQ}/openai/v1/audio/transcriptions"
+VOICE_MIME = "audio/ogg; codecs=opus"
+# The first bytes of a real Opus-in-Ogg voice note (an Ogg page header, then OpusHead): the
+# stand-in does not decode it, but it checks that these exact bytes arrive.
+VOICE = (
+    b"OggS\x00\x02" + b"\x00" * 20 + b"\x01\x13OpusHead\x01\x01\x38\x01\x80\xbb" + bytes(range(256))
+)
+
+
+def groq_text(text: str) -> httpx.Response:
+    return httpx.Response(
+        200, json={"text": text, "x_groq": {"id": f"req_{uuid.uuid4().hex[:26]}"}}
+    )
+
+
+def groq_error(status: int, message: str, type_: str, code: str | None = None) -> httpx.Response:
+    body: dict[str, Any] = {"message": message, "type": type_}
+    if code is not None:
+        body["code"] = code
+    return httpx.Response(status, json={"error": body})
+
+
+def form_of(request: httpx.Request) -> dict[str, tuple[str | None, str, bytes]]:
+    """The multipart form Groq received: field -> (filename, content type, bytes)."""
+    head = f"Content-Type: {request.headers['content-type']}\r\n\r\n".encode()
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + request.content)
+    assert message.is_multipart()
+    form: dict[str, tuple[str | None, str, bytes]] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        assert isinstance(name, str) and isinstance(payload, bytes)
+        form[name] = (part.get_filename(), part.get_content_type(), payload)
+    return form
+
+
+class FakeWhisper:
+    """The transcription endpoint: answers queued with `then`, in order."""
+
+    def __init__(self, router: respx.MockRouter) -> None:
+        self.requests: list[httpx.Request] = []
+        self.answers: list[httpx.Response | Exception] = []
+        router.post(TRANSCRIPTIONS_URL).mock(side_effect=self._handle)
+
+    def then(self, *answers: httpx.Response | Exception) -> FakeWhisper:
+        self.answers.extend(answers)
+        return self
+
+    def _handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if not self.answers:
+            raise AssertionError("unexpected transcription request")
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+@pytest.fixture
+def router() -> Iterator[respx.MockRouter]:
+    with respx.mock(assert_all_called=False) as mock:
+        yield mock
+
+
+@pytest.fixture
+def whisper(router: respx.MockRouter) -> FakeWhisper:
+    return FakeWhisper(router)
+
+
+def settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "groq_api_key": "gsk_test",
+        "groq_base_url": GROQ,
+        "llm_max_retries": 0,
+        "llm_breaker_failures": 2,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+async def make() -> AsyncIterator[Callable[..., GroqTranscriber]]:
+    def build(**overrides: Any) -> GroqTranscriber:
+        built = transcriber(settings(**overrides))
+        assert built is not None
+        return built
+
+    async with closing_all(build) as made:
+        yield made
+
+
+async def test_a_voice_note_goes_to_groq_with_its_bytes_model_and_language(
+    whisper: FakeWhisper, make: Callable[..., GroqTranscriber]
+) -> None:
+    ok = Counted("wsm_transcriptions_total", result="ok", reason="")
+    whisper.then(groq_text(" Quero marcar uma consulta amanhã. "))
+    text = await make().transcribe(VOICE, filename="", mimetype=VOICE_MIME)
+    assert text == "Quero marcar uma consulta amanhã."
+    [request] = whisper.requests
+    assert request.headers["authorization"] == "Bearer gsk_test"
+    form = form_of(request)
+    # WAHA's voice notes have no file name: Groq tells the format by the extension.
+    assert form["file"] == ("audio.ogg", "audio/ogg", VOICE)
+    assert form["model"][2] == b"whisper-large-v3-turbo"
+    assert form["language"][2] == b"pt"
+    assert form["response_format"][2] == b"json"
+    assert ok.delta == 1
+
+
+async def test_the_model_is_the_configured_one(
+    whisper: FakeWhisper, make: Callable[..., GroqTranscriber]
+) -> None:
+    whisper.then(groq_text("Bom dia"))
+    built = make(groq_transcribe_model="whisper-large-v3")
+    assert await built.transcribe(VOICE, filename="nota.opus", mimetype="audio/opus") == "Bom dia"
+    form = form_of(whisper.requests[0])
+    assert form["model"][2] == b"whisper-large-v3"
+    assert form["file"][0] == "nota.opus"
+
+
+def test_without_a_key_no_transcriber_is_built() -> None:
+    assert transcriber(settings(groq_api_key=None)) is None
+    assert transcriber(settings(groq_api_key="")) is None
+
+
+async def test_an_upload_over_25_mb_is_refused_without_calling_groq(
+    whisper: FakeWhisper, make: Callable[..., GroqTranscriber]
+) -> None:
+    too_large = Counted("wsm_transcriptions_total", result="skipped", reason="too_large")
+    empty = Counted("wsm_transcriptions_total", result="skipped", reason="empty")
+    built = make()
+    big = b"\x00" * (MAX_UPLOAD_BYTES + 1)
+    assert await built.transcribe(big, filename="long.ogg", mimetype=VOICE_MIME) is None
+    assert await built.transcribe(b"", filename="", mimetype=VOICE_MIME) is None
+    assert whisper.requests == []
+    assert too_large.delta == 1 and empty.delta == 1
+    # Exactly 25 MB is allowed.
+    whisper.then(groq_text("ok"))
+    at_limit = b"\x00" * MAX_UPLOAD_BYTES
+    assert await built.transcribe(at_limit, filename="", mimetype=VOICE_MIME) == "ok"
+    assert len(whisper.requests) == 1
+
+
+async def test_server_errors_and_timeouts_fail_softly_and_open_the_breaker(
+    whisper: FakeWhisper, make: Callable[..., GroqTranscriber]
+) -> None:
+    server_error = Counted("wsm_transcriptions_total", result="failed", reason="server_error")
+    timeout = Counted("wsm_transcriptions_total", result="failed", reason="timeout")
+    breaker_open = Counted("wsm_transcriptions_total", result="skipped", reason="breaker_open")
+    built = make()  # two failures in a row open the breaker
+    whisper.then(
+        groq_error(500, "Internal Server Error", "internal_server_error"),
+        httpx.ReadTimeout("timed out"),
+    )
+    assert await built.transcribe(VOICE, filename="", mimetype=VOICE_MIME) is None
+    assert built.breaker.state is BreakerState.CLOSED
+    assert await built.transcribe(VOICE, filename="", mimetype=VOICE_MIME) is None
+    assert built.breaker.state is BreakerState.OPEN
+    assert server_error.delta == 1 and timeout.delta == 1
+    # Open: nobody waits on Groq; nothing is sent.
+    assert await built.transcribe(VOICE, filename="", mimetype=VOICE_MIME) is None
+    assert len(whisper.requests) == 2
+    assert breaker_open.delta == 1
+
+
+async def test_a_failure_a_repeat_can_fix_is_retried(
+    whisper: FakeWhisper, make: Callable[..., GroqTranscriber]
+) -> None:
+    whisper.then(
+        groq_error(503, "Service Unavailable", "internal_server_error"), groq_text("oi, tudo bem")
+    )
+    built = make(llm_max_retries=1)
+    assert await built.transcribe(VOICE, filename="", mimetype=VOICE_MIME) == "oi, tudo bem"
+    assert len(whisper.requests) == 2
+    assert form_of(whisper.requests[1])["file"][2] == VOICE
+
+
+async def test_a_file_groq_cannot_decode_fails_alone(
+    whisper: FakeWhisper, make: Callable[..., GroqTranscriber]
+) -> None:
+    """A 400 is the file's fault (a broken or unsupported upload), not the configuration's:
+    it is not retried and does not open the breaker for every other voice note."""
+    bad = Counted("wsm_transcriptions_total", result="failed", reason="bad_request")
+    built = make(llm_breaker_failures=1, llm_max_retries=1)
+    whisper.then(
+        groq_error(
+            400, "could not process file - is it a valid media file?", "invalid_request_error"
+        )
+    )
+    assert await built.transcribe(b"not audio", filename="", mimetype=VOICE_MIME) is None
+    assert len(whisper.requests) == 1 and bad.delta == 1
+    assert built.breaker.state is BreakerState.CLOSED
+
+
+async def test_a_wrong_key_or_model_opens_the_breaker(
+    whisper: FakeWhisper, make: Callable[..., GroqTranscriber]
+) -> None:
+    auth = Counted("wsm_transcriptions_total", result="failed", reason="auth_error")
+    built = make(llm_breaker_failures=1)
+    whisper.then(groq_error(401, "Invalid API Key", "invalid_request_error", "invalid_api_key"))
+    assert await built.transcribe(VOICE, filename="", mimetype=VOICE_MIME) is None
+    assert auth.delta == 1 and built.breaker.state is BreakerState.OPEN
+
+
+async def test_silence_is_no_transcript(
+    whisper: FakeWhisper, make: Callable[..., GroqTranscriber]
+) -> None:
+    empty = Counted("wsm_transcriptions_total", result="ok", reason="empty")
+    whisper.then(groq_text("  "))
+    built = make()
+    assert await built.transcribe(VOICE, filename="", mimetype=VOICE_MIME) is None
+    assert empty.delta == 1 and built.breaker.state is BreakerState.CLOSED
+
+
+async def test_an_answer_without_text_is_a_failure(
+    whisper: FakeWhisper, make: Callable[..., GroqTranscriber]
+) -> None:
+    bad = Counted("wsm_transcriptions_total", result="failed", reason="bad_response")
+    whisper.then(httpx.Response(200, json={"x_groq": {"id": "req_1"}}))
+    assert await make().transcribe(VOICE, filename="", mimetype=VOICE_MIME) is None
+    assert bad.delta == 1
+
+
+@pytest.mark.parametrize(
+    ("filename", "mimetype", "expected"),
+    [
+        ("", "audio/ogg; codecs=opus", "audio.ogg"),
+        ("", "audio/mpeg", "audio.mp3"),
+        ("", "audio/mp4", "audio.m4a"),
+        ("", "application/octet-stream", "audio.ogg"),
+        ("gravação.m4a", "audio/mp4", "gravação.m4a"),
+        ("../../etc/x.wav", "audio/wav", "x.wav"),
+        ("nota", "audio/wav", "nota.wav"),
+    ],
+)
+def test_upload_names_carry_an_extension_groq_knows(
+    filename: str, mimetype: str, expected: str
+) -> None:
+    assert upload_name(filename, mimetype) == expected
