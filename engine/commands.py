@@ -35,7 +35,12 @@ TIMEOUT = "wsm.timeout"
 AGENT_MEDIA = "wsm.agent_media"
 # A booking's reminder is due (engine/agent/reminders.py, engine/turn/reminder.py).
 REMINDER = "wsm.reminder"
-ALL = frozenset({AGENT_MESSAGE, CLOSE, HANDBACK, ASSIGNED, LINE, TIMEOUT, AGENT_MEDIA, REMINDER})
+# A cancelled slot of today is offered to a customer in line (engine/agent/freed_slots.py,
+# engine/turn/freed_slot.py).
+FREED_SLOT = "wsm.freed_slot"
+ALL = frozenset(
+    {AGENT_MESSAGE, CLOSE, HANDBACK, ASSIGNED, LINE, TIMEOUT, AGENT_MEDIA, REMINDER, FREED_SLOT}
+)
 
 
 @dataclass(frozen=True, slots=True)

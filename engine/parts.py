@@ -16,6 +16,7 @@ from engine.agent.bookings import BookingStore
 from engine.agent.breaker import CircuitBreaker
 from engine.agent.calendar import Calendar, load_calendar
 from engine.agent.knowledge import BusinessFile, KnowledgeBase, knowledge_folders
+from engine.agent.limits import ConversationLimits
 from engine.agent.llm import make_client
 from engine.assignment import LineCoordinator
 from engine.businesses import Businesses, businesses_from, calendar_from
@@ -198,7 +199,24 @@ def media_ingest(
         max_bytes=settings.media_max_bytes,
         attempts=settings.media_fetch_attempts,
     )
-    return MediaIngest(library or media_library(redis, settings), fetcher, transcriber=transcriber)
+    return MediaIngest(
+        library or media_library(redis, settings),
+        fetcher,
+        transcriber=transcriber,
+        admit=conversation_limits(redis, settings).admit_transcription if transcriber else None,
+    )
+
+
+def conversation_limits(redis: RedisClient, settings: Settings) -> ConversationLimits:
+    """The AI agent's limits per conversation (engine/agent/limits.py): its turns and tokens,
+    and voice notes' transcriptions."""
+    return ConversationLimits(
+        redis,
+        prefix=settings.key_prefix,
+        shards=settings.queue_shards,
+        turns_per_minute=settings.agent_turns_per_minute,
+        tokens_per_day=settings.agent_tokens_per_day,
+    )
 
 
 def menu_brain(settings: Settings) -> MenuBrain:

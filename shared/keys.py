@@ -428,6 +428,9 @@ class CalendarKeys:
         <prefix>:{cal}:reminders          ZSET   booking id -> when its reminder is due (ms)
         <prefix>:{cal}:reminders:awaiting ZSET   reminded booking id -> start (ms), until answered
         <prefix>:{cal}:reminders:lock     STRING the reminders pass lock (PX)
+        <prefix>:{cal}:freed              ZSET   cancelled booking id -> when its slot freed (ms)
+        <prefix>:{cal}:freed_offers:<id>  HASH   hashed customer -> when offered; `done`
+        <prefix>:{cal}:freed:lock         STRING the freed-slots pass lock (PX)
 
     One tag for the whole calendar: a booking checks the slot, writes the booking, indexes it
     under its customer and queues its webhook event in one script, so all of them must live in
@@ -489,6 +492,22 @@ class CalendarKeys:
     def reminders_lock(self) -> str:
         # STRING: one process runs each reminders pass (SET NX PX).
         return f"{self.tag}:reminders:lock"
+
+    @property
+    def freed(self) -> str:
+        # ZSET cancelled booking id -> when its slot freed (ms): slots of today to offer to the
+        # waiting line (engine/agent/freed_slots.py; the option `offer_freed_slots`).
+        return f"{self.tag}:freed"
+
+    def freed_offers(self, booking_id: str) -> str:
+        # HASH sha256(conversation)[:16] -> when offered, and `done` once the pass finished
+        # with the slot (hashed: an erase must leave no key or value naming a customer).
+        return f"{self.tag}:freed_offers:{booking_id}"
+
+    @property
+    def freed_lock(self) -> str:
+        # STRING: one process runs each freed-slots pass (SET NX PX).
+        return f"{self.tag}:freed:lock"
 
 
 @dataclass(frozen=True, slots=True)
@@ -635,6 +654,7 @@ class AgentLimitKeys:
 
         <prefix>:agentlimit:turns:<who>          ZSET   agent turns started in the last minute
         <prefix>:agentlimit:tokens:<day>:<who>   STRING model tokens used that UTC day
+        <prefix>:agentlimit:stt:<who>            ZSET   voice notes transcribed in the last minute
 
     `<who>` is a digest of the conversation token, not the token: no key name carries a
     customer's number (these keys outlive an erase by at most their expiry, two days).
@@ -651,3 +671,6 @@ class AgentLimitKeys:
 
     def tokens(self, token: str, day: str) -> str:
         return f"{self.prefix}:agentlimit:tokens:{day}:{self.who(token)}"
+
+    def transcriptions(self, token: str) -> str:
+        return f"{self.prefix}:agentlimit:stt:{self.who(token)}"

@@ -108,6 +108,14 @@ def build_parts(
     api = f"http://{args.host}:{args.api_port}"
     parts: list[tuple[Service, str]] = []
     if simulate_waha:
+        # The simulator guards WAHA's API with a key as WAHA does, so `make run` goes through
+        # the same X-Api-Key as production (the engine's sends, its fetches of customers' files).
+        waha_key = (
+            settings.waha_api_key.get_secret_value()
+            if settings.waha_api_key
+            else _dev_secret(home / "waha-api-key")
+        )
+        common["WAHA_API_KEY"] = waha_key
         sim_args = [
             "--port",
             str(args.waha_port),
@@ -115,6 +123,7 @@ def build_parts(
             f"http://127.0.0.1:{args.gateway_port}/webhook",
             # "=": a value starting with "-" is not taken for an option.
             f"--hmac-key={hmac_key}",
+            f"--api-key={waha_key}",
         ]
         parts.append(
             (_part("waha-sim", sim_args, f"{waha_url}/_sim/health", common, logs), waha_url)

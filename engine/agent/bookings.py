@@ -351,6 +351,7 @@ class BookingStore:
         current = await self.own(customer, booking_id)
         change = Change(EVENT_CANCELLED, current)
         if current.status == "cancelled":
+            await self._slot_freed(current)
             return Change(EVENT_CANCELLED, current, repeated=True)
         hook_id, hook_body = self._hook(change, customer)
         answer = await CANCEL(
@@ -368,7 +369,18 @@ class BookingStore:
         if outcome == "cancelled":
             self._queued(hook_id)
             await self._reminder_answered(booking_id, "cancelled")
+        if outcome in ("cancelled", "exists"):
+            await self._slot_freed(current)
         return Change(EVENT_CANCELLED, current, repeated=outcome == "exists")
+
+    async def _slot_freed(self, booking: Booking) -> None:
+        """`offer_freed_slots`: a cancelled slot of today, still ahead, is marked for the
+        freed-slots pass (engine/agent/freed_slots.py), which offers it to the waiting line.
+        Marked on a repeated cancel too: a worker killed between the cancel script and this
+        mark handles the message again, and marks it then (the pass offers a slot once however
+        often it is marked)."""
+        if self.calendar.offer_freed_slots and freed_today(self.calendar, booking, now_ms()):
+            await self._redis.zadd(self.keys.freed, {booking.id: now_ms()}, nx=True)
 
     async def confirm(self, customer: Customer, booking_id: str) -> Booking:
         """The customer confirms they will come (their answer to the reminder). Changes no slot,
@@ -425,6 +437,13 @@ class BookingStore:
                 pipe.hdel(self.keys.hooks_attempts, event_id)
                 await pipe.execute()
         return removed
+
+
+def freed_today(calendar: Calendar, booking: Booking, at_ms: int) -> bool:
+    """Whether a cancelled booking's slot may go to the waiting line: it is today (in the
+    business's time zone) and has not started (engine/agent/freed_slots.py)."""
+    today = datetime.fromtimestamp(at_ms / 1000, calendar.tz).strftime("%Y-%m-%d")
+    return booking.day == today and booking.start_ms > at_ms
 
 
 def _plausible_id(booking_id: str) -> bool:

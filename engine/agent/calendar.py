@@ -97,6 +97,9 @@ class _CalendarFile(BaseModel):
     teams: list[_Team] = Field(default_factory=list)
     # Overrides of the agent's texts, per language (engine/agent/texts.py).
     texts: dict[str, dict[str, str]] = Field(default_factory=dict)
+    # A booking of today cancelled ahead of its time is offered to the customers waiting in
+    # the session's line (engine/agent/freed_slots.py). Off unless the business turns it on.
+    offer_freed_slots: bool = False
 
     @field_validator("hours")
     @classmethod
@@ -189,6 +192,7 @@ class Calendar:
         teams: Sequence[Team] = (),
         public_holidays: tuple[str, str | None, Sequence[str]] | None = None,
         agent_enabled: bool = True,
+        offer_freed_slots: bool = False,
     ) -> None:
         try:
             self.tz = ZoneInfo(timezone)
@@ -197,6 +201,7 @@ class Calendar:
         self.business_name = business_name
         self.description = description
         self.agent_enabled = agent_enabled
+        self.offer_freed_slots = offer_freed_slots
         self.timezone = timezone
         self.slot_minutes = slot_minutes
         self.days_ahead = days_ahead
@@ -381,6 +386,7 @@ def _from_document(document: Any, where: str) -> Calendar:
             texts=parsed.texts,
             teams=teams,
             agent_enabled=parsed.business.agent,
+            offer_freed_slots=parsed.offer_freed_slots,
             public_holidays=(
                 (public.country, public.subdivision, public.categories) if public else None
             ),

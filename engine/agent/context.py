@@ -41,6 +41,7 @@ from engine.agent.bookings import Booking
 from engine.agent.calendar import Calendar
 from engine.agent.confirmation import PendingAction
 from engine.agent.knowledge import RULES as KNOWLEDGE_RULES
+from engine.agent.reminders import REMINDER_KEY
 from engine.brain import InboundMessage
 from engine.history import HistoryEntry
 from engine.media.kinds import CAPTIONED, MEDIA_KINDS
@@ -284,6 +285,14 @@ def state_summary(
             lines.append(f"  - {booking.service_name}, {label} (booking_id {booking.id})")
     else:
         lines.append("- upcoming appointments: none")
+    reminded = collected.get(REMINDER_KEY, "")
+    if reminded and any(booking.id == reminded for booking, _ in upcoming):
+        # Their next words may answer the reminder (engine/agent/reminders.py) in words, not
+        # with its numbers: name the booking so the model acts on that one.
+        lines.append(
+            f"- was reminded of booking_id {reminded}: a yes confirms it (confirm_appointment); "
+            "they may also reschedule or cancel it"
+        )
     if pending is not None and pending_text:
         lines.append(
             f"- waiting for the customer's confirmation: {pending.kind} {pending_text}. If "

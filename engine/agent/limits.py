@@ -80,19 +80,32 @@ class ConversationLimits:
             used = await self._redis.get(self.tokens_key(token, now))
             if used is not None and int(used) >= self.tokens_per_day:
                 return TOKEN_LIMIT
-        if self.turns_per_minute > 0:
-            key = self.turns_key(token)
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.zremrangebyscore(key, 0, now - TURN_WINDOW_MS)
-            pipe.zcard(key)
-            _, started = await pipe.execute()
-            if int(started) >= self.turns_per_minute:
-                return TURN_LIMIT
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.zadd(key, {f"{now}:{uuid.uuid4().hex[:8]}": now})
-            pipe.pexpire(key, TURN_WINDOW_MS)
-            await pipe.execute()
+        if not await self._take_minute_slot(self.turns_key(token), now):
+            return TURN_LIMIT
         return None
+
+    async def admit_transcription(self, token: str) -> bool:
+        """Whether a voice note of this conversation may be transcribed now (and counts it):
+        as many a minute as agent turns (WSM_AGENT_TURNS_PER_MINUTE), in a window of their own,
+        so that a voice note's transcription and its agent turn are not counted twice against
+        one budget, and a flood of voice notes cannot run up Groq's bill."""
+        return await self._take_minute_slot(self._keys.transcriptions(token), self._clock_ms())
+
+    async def _take_minute_slot(self, key: str, now: int) -> bool:
+        """One more in the last minute's window at `key`, unless turns_per_minute are used."""
+        if self.turns_per_minute <= 0:
+            return True
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zremrangebyscore(key, 0, now - TURN_WINDOW_MS)
+        pipe.zcard(key)
+        _, started = await pipe.execute()
+        if int(started) >= self.turns_per_minute:
+            return False
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zadd(key, {f"{now}:{uuid.uuid4().hex[:8]}": now})
+        pipe.pexpire(key, TURN_WINDOW_MS)
+        await pipe.execute()
+        return True
 
     async def add_tokens(self, token: str, tokens: int) -> None:
         if self.tokens_per_day <= 0 or tokens <= 0:

@@ -22,6 +22,10 @@
 - `wsm_reminders_total{event}`: bookings' reminders (engine/agent/reminders.py): `due`
   (queued to its conversation), `sent` (committed to its outbox), and how each was answered:
   `confirmed`, `rescheduled`, `cancelled`, or `unanswered` (the booking started first).
+- `wsm_freed_slot_offers_total{event}`: cancelled slots of today offered to the waiting line
+  (engine/agent/freed_slots.py): `queued` (an offer queued to a waiting customer's
+  conversation), `sent` (committed to its outbox), `taken` (the customer booked it), `lost`
+  (they answered after someone else took it, or it could no longer be booked).
 - `wsm_transcriptions_total{result,reason}`: customers' voice notes and audio sent to Groq's
   speech-to-text (engine/media/transcribe.py), by result: `ok`; `failed` with the request's
   reason (timeout, connection_error, rate_limited, server_error, model_not_found, not_found,
@@ -83,5 +87,10 @@ TRANSCRIPTION_DURATION = Histogram(
 REMINDERS = Counter(
     "wsm_reminders_total",
     "Booking reminders, by event (due, sent, confirmed, rescheduled, cancelled, unanswered).",
+    ["event"],
+)
+FREED_SLOTS = Counter(
+    "wsm_freed_slot_offers_total",
+    "Cancelled slots offered to the waiting line, by event (queued, sent, taken, lost).",
     ["event"],
 )

@@ -36,7 +36,7 @@ from engine.agent.menu import SchedulingMenuBrain
 from engine.agent.texts import load_agent_texts
 from engine.brain import Brain
 from engine.businesses import Business, Businesses, SessionBrain, businesses_from
-from engine.parts import booking_store, calendar_from, knowledge_bases, texts
+from engine.parts import booking_store, calendar_from, conversation_limits, knowledge_bases, texts
 from engine.service import EngineService
 from engine.waha_client import Outbound
 from shared.redis_client import RedisClient
@@ -110,13 +110,7 @@ def build_agent(
     )
     client: groq.AsyncGroq | None = None
     model: ChatModel | None = None
-    limits = ConversationLimits(
-        redis,
-        prefix=settings.key_prefix,
-        shards=settings.queue_shards,
-        turns_per_minute=settings.agent_turns_per_minute,
-        tokens_per_day=settings.agent_tokens_per_day,
-    )
+    limits = conversation_limits(redis, settings)
     if settings.groq_api_key is not None and settings.groq_api_key.get_secret_value():
         client = make_client(
             api_key=settings.groq_api_key.get_secret_value(),

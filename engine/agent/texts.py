@@ -44,6 +44,11 @@ FIELDS: dict[str, frozenset[str]] = {
     # A booking's reminder (engine/agent/reminders.py) and the answer to its "1".
     "reminder": frozenset({"business", "service", "when"}),
     "reminder_confirmed": frozenset({"service", "when"}),
+    # A cancelled slot of today offered to a customer in line (engine/agent/freed_slots.py),
+    # and the answers to its "1": booked (they leave the line), or no longer free.
+    "freed_slot_offer": frozenset({"business", "service", "when"}),
+    "freed_slot_booked": frozenset({"service", "when"}),
+    "freed_slot_lost": frozenset(),
 }
 
 _PT_BR: dict[str, str] = {
@@ -81,6 +86,18 @@ _PT_BR: dict[str, str] = {
         "1. Confirmar\n2. Remarcar\n3. Cancelar\nResponda com o número."
     ),
     "reminder_confirmed": "Obrigado! ✅ *{service}* confirmado para *{when}*. Até lá!",
+    "freed_slot_offer": (
+        "Vagou um horário hoje na *{business}*: *{service}* em *{when}*.\n"
+        "Quer? Responda *1* para marcar (você sai da fila). "
+        "Se não quiser, é só esperar: você continua na fila."
+    ),
+    "freed_slot_booked": (
+        "Pronto! ✅ *{service}* marcado para *{when}*. Você saiu da fila; "
+        "se precisar de um atendente, é só pedir."
+    ),
+    "freed_slot_lost": (
+        "Que pena: esse horário não está mais disponível. 😕 Você continua na fila."
+    ),
 }
 
 _EN: dict[str, str] = {
@@ -118,6 +135,16 @@ _EN: dict[str, str] = {
         "1. Confirm\n2. Reschedule\n3. Cancel\nReply with the number."
     ),
     "reminder_confirmed": "Thank you! ✅ *{service}* confirmed for *{when}*. See you then!",
+    "freed_slot_offer": (
+        "A time has just opened up today at *{business}*: *{service}* on *{when}*.\n"
+        "Want it? Reply *1* to book it (you leave the line). "
+        "If not, just wait: you keep your place in line."
+    ),
+    "freed_slot_booked": (
+        "Done! ✅ *{service}* booked for *{when}*. You have left the line; "
+        "ask for an attendant whenever you need one."
+    ),
+    "freed_slot_lost": "Sorry: that time is no longer available. 😕 You keep your place in line.",
 }
 
 DEFAULTS: dict[str, dict[str, str]] = {"pt-BR": _PT_BR, "en": _EN}

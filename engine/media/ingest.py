@@ -13,10 +13,11 @@ already in the history never gets here (engine/turn/customer.py returns before).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from engine.agent.metrics import TRANSCRIPTIONS
 from engine.identity import Conversation
 from engine.media.fetch import MediaFetcher
 from engine.media.kinds import Contact, Location, MediaRef, describe
@@ -70,10 +71,14 @@ class MediaIngest:
         fetcher: MediaFetcher,
         *,
         transcriber: Transcriber | None = None,
+        admit: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
+        """`admit(conversation token)`: whether this conversation may have a voice note
+        transcribed now (engine/agent/limits.py); not admitted, it is kept untranscribed."""
         self.library = library
         self.fetcher = fetcher
         self.transcriber = transcriber
+        self.admit = admit
 
     async def ingest(self, conversation: Conversation, payload: Mapping[str, Any]) -> MediaItem:
         ref = describe(payload)
@@ -87,7 +92,7 @@ class MediaIngest:
                 stored, entry = known
                 transcript = entry.get("transcript")
                 if not isinstance(transcript, str):
-                    transcript = await self._transcribe_stored(ref, stored)
+                    transcript = await self._transcribe_stored(token, ref, stored)
                 return self._item(ref, stored, transcript)
         fetched = await self.fetcher.fetch(ref.url)
         if fetched.data is None:
@@ -104,20 +109,27 @@ class MediaIngest:
             # file rather than retried until it is a dead letter; the log says why.
             log.exception("storing a customer's media failed", extra={"conversation": token})
             return item_of(ref, reason=STORE_FAILED)
-        transcript = await self._transcribe(ref, stored, fetched.data)
+        transcript = await self._transcribe(token, ref, stored, fetched.data)
         return self._item(ref, stored, transcript)
 
     def _item(self, ref: MediaRef, stored: StoredMedia, transcript: str | None) -> MediaItem:
         return MediaItem(kind=ref.kind, caption=ref.caption, media=stored, transcript=transcript)
 
-    async def _transcribe_stored(self, ref: MediaRef, stored: StoredMedia) -> str | None:
+    async def _transcribe_stored(
+        self, token: str, ref: MediaRef, stored: StoredMedia
+    ) -> str | None:
         if ref.kind not in TRANSCRIBED_KINDS or self.transcriber is None:
             return None
         data = await self.library.read(stored)
-        return None if data is None else await self._transcribe(ref, stored, data)
+        return None if data is None else await self._transcribe(token, ref, stored, data)
 
-    async def _transcribe(self, ref: MediaRef, stored: StoredMedia, data: bytes) -> str | None:
+    async def _transcribe(
+        self, token: str, ref: MediaRef, stored: StoredMedia, data: bytes
+    ) -> str | None:
         if ref.kind not in TRANSCRIBED_KINDS or self.transcriber is None:
+            return None
+        if self.admit is not None and not await self.admit(token):
+            TRANSCRIPTIONS.labels("skipped", "turn_limit").inc()
             return None
         try:
             transcript = await self.transcriber.transcribe(

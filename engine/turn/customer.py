@@ -15,6 +15,7 @@ from engine.media.kinds import describe
 from engine.media.transcribe import TRANSCRIPT_MARK
 from engine.menu_brain import MenuBrain
 from engine.state import State, Trigger
+from engine.turn import freed_slot
 from engine.turn.frame import ConversationTurn
 from engine.waha_client import short_message_id
 
@@ -144,13 +145,15 @@ async def ask_brain(turn: ConversationTurn, inbound: InboundMessage) -> None:
 
 
 async def waiting_message(turn: ConversationTurn, text: str) -> None:
-    """A message from a customer in line: *sair* leaves it; anything else may get their place
-    again (at most once per notice interval)."""
+    """A message from a customer in line: *sair* leaves it; "1" answers a freed slot offered
+    to them; anything else may get their place again (at most once per notice interval)."""
     if text.strip().casefold() in turn.texts.leave_words:
         await turn.leave_line()
         turn.state = turn.state.moved(Trigger.LEFT_LINE)
         turn.reply(turn.texts.render("line_left"))
         return
+    if await freed_slot.answer(turn, text):
+        return  # "1" to a cancelled slot offered to them (engine/turn/freed_slot.py)
     found = await turn.line.locate(turn.conversation.session, turn.conversation.token)
     if found is None:
         return

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from engine import commands
 from engine.turn import business, customer, media_send, receipts
 from engine.turn import commands as command_steps
+from engine.turn import freed_slot as freed_slot_step
 from engine.turn import reminder as reminder_step
 from engine.turn.frame import ConversationTurn, Prefetch
 
@@ -63,4 +64,5 @@ STEPS: dict[str, Step] = {
     commands.TIMEOUT: command_steps.timeout,
     commands.AGENT_MEDIA: media_send.agent_media,
     commands.REMINDER: reminder_step.reminder,
+    commands.FREED_SLOT: freed_slot_step.freed_slot,
 }

@@ -147,9 +147,7 @@ async def _recorded(aredis, key_prefix: str, entry: OutboxEntry) -> None:
     assert await aredis.get(ours) == entry.mid.encode()
 
 
-async def test_an_echo_with_no_reply_left_in_the_outbox_settles_nothing(
-    aredis, key_prefix
-) -> None:
+async def test_an_echo_with_no_reply_left_in_the_outbox_settles_nothing(aredis, key_prefix) -> None:
     """Kills, in settle_echo's first check: `head is None` -> `is not None`, its `or` ->
     `and`, its `return False` -> `True` (an echo with nothing to settle reported as settled)."""
     sender, client = make_sender(aredis, key_prefix)
@@ -221,9 +219,7 @@ async def test_an_echo_much_older_than_the_send_in_flight_settles_nothing(
     await client.aclose()
 
 
-async def test_an_echo_without_a_timestamp_is_matched_by_reply_and_text(
-    aredis, key_prefix
-) -> None:
+async def test_an_echo_without_a_timestamp_is_matched_by_reply_and_text(aredis, key_prefix) -> None:
     """An echo whose timestamp is unknown (0) is not judged by it. Kills: `echo_at_ms and`
     -> `or` (then 0 < edge refuses it)."""
     entry = await _reply_in_flight(aredis, key_prefix)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from api.console import CSP
 from tests.ops.nginx_harness import NGINX_PROGRAM, NginxPrefix, loopback_values
 from tests.support.tools import require_program
 from wsm.edge import TEMPLATE as NGINX_TEMPLATE
@@ -109,3 +110,12 @@ def test_gixy_would_catch_a_location_that_drops_the_security_headers(tmp_path: P
     prefix = NginxPrefix(tmp_path, compose_like_values(), template=broken)
     plugins = {finding["plugin"] for finding in gixy_findings(prefix.main)}
     assert "add_header_redefinition" in plugins
+
+
+def test_nginx_sends_the_console_pages_the_consoles_own_policy() -> None:
+    # Behind nginx the console's pages get nginx's Content-Security-Policy: it must be the one
+    # the console sends itself (api/console), or a page works in `make run` and breaks behind
+    # nginx (voice notes that do not play without media-src, say).
+    rendered = render_nginx_template(NGINX_TEMPLATE.read_text("utf-8"), compose_like_values())
+    console_rule = next(line for line in rendered.splitlines() if "script-src 'self'" in line)
+    assert console_rule.strip().rstrip(";").split('" "', 1)[1].rstrip('"') == CSP

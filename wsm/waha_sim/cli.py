@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import socket
 import sys
@@ -223,6 +224,8 @@ def main(argv: list[str]) -> int:
     except OSError as exc:
         print(f"wsm waha-sim: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
         return 2
+    # With --port 0 the kernel chose the port: the media URLs the simulator hands out need it.
+    config = dataclasses.replace(config, port=sock.getsockname()[1])
     setup_logging(args.log_level)
     # uvicorn handles SIGTERM/SIGINT itself, shuts down cleanly, then raises the signal again
     # for the previous handler: make that a no-op for SIGTERM (KeyboardInterrupt for SIGINT is

@@ -412,3 +412,28 @@ async def test_without_a_key_a_voice_note_through_the_turn_gets_the_audio_answer
     entry = (await history(aredis, key_prefix, document))[0]
     assert entry.kind == "voice" and entry.transcript is None and entry.media is not None
     assert groq.requests == []
+
+
+async def test_voice_notes_past_the_conversations_turn_limit_are_kept_untranscribed(
+    harness, router, groq, waha, aredis, key_prefix, tmp_path
+) -> None:
+    """The agent's turns-per-minute limit bounds transcriptions too (a window of their own):
+    a flood of voice notes from one chat cannot run up Groq's bill. Past it, the voice note is
+    kept with its audio, untranscribed, and Groq's transcription endpoint is not called."""
+    files = WahaFiles(router)
+    whisper = FakeWhisper(router).then(groq_text("quero marcar"), groq_text("de novo"))
+    groq.policy = receptionist
+    engine = harness(waha_api_key=KEY, media_dir=tmp_path / "media", agent_turns_per_minute=1)
+    first, second = voice_event(), voice_event()
+    second["payload"]["id"] = first["payload"]["id"] + "2"
+    if "id" in second:  # the envelope's own id: a new event, not a redelivery
+        second["id"] = str(second["id"]) + "2"
+    for document in (first, second):
+        served(files, document, OGG + document["payload"]["id"].encode(), "audio/ogg")
+        assert await engine.webhook(document)
+        await engine.drain()
+    assert len(whisper.requests) == 1
+    entries = await history(aredis, key_prefix, first)
+    voices = [e for e in entries if e.kind == "voice"]
+    assert [e.transcript for e in voices] == ["quero marcar", None]
+    assert all(e.media is not None for e in voices)

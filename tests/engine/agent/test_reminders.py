@@ -361,6 +361,8 @@ async def test_answering_in_words_goes_to_the_agent(
     assert waha.to(ANA)[-1] == "Confirmado, até quarta! 😊"
     # The model saw the reminder it answers, in the conversation's history.
     assert reminder.splitlines()[0] in groq.sent_text
+    # ...and the system's facts name the reminded booking (context.state_summary).
+    assert f"was reminded of booking_id {booking_id}" in groq.sent_text
     booking = Booking.from_hash(await aredis.hgetall(keys.booking(booking_id)))
     assert booking is not None and booking.confirmed_at > 0
 

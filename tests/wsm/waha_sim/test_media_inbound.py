@@ -260,6 +260,19 @@ async def test_an_unknown_file_is_nestjs_404_and_needs_the_key_first(make_sim: S
         }
 
 
+async def test_api_faults_reach_the_files_route(make_sim: SimFactory, receiver: Receiver) -> None:
+    async with make_sim(webhook_urls=(receiver.url,)) as sim:
+        answer = await send(sim, text="", media={"data": b64(JPEG), "mimetype": "image/jpeg"})
+        path = file_path(answer["media"]["url"])
+        await sim.control(
+            "POST",
+            "/faults",
+            json={"fail_next": {"count": 1, "status": 503, "paths": ["/api/files"]}},
+        )
+        assert (await sim.client.get(path)).status_code == 503
+        assert (await sim.client.get(path)).content == JPEG
+
+
 async def test_a_file_sent_while_the_session_is_down_is_delivered_and_served_later(
     make_sim: SimFactory, receiver: Receiver
 ) -> None:

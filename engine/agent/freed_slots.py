@@ -1,0 +1,242 @@
+"""Freed slots: a booking of today cancelled ahead of its time is offered to the customers
+waiting in the WhatsApp session's line, when the business turns it on (`offer_freed_slots:
+true` in its business file). Each offer is sent exactly once, like a reminder.
+
+1. **The cancel marks the slot.** `BookingStore.cancel` (engine/agent/bookings.py) adds the
+   booking to `CalendarKeys.freed` when the option is on and the slot is today (business time
+   zone) and still ahead. A repeated cancel (the customer's message handled again after a
+   crash between the cancel script and the mark) marks it then.
+2. **The pass picks who gets it.** `FreedSlots.run_once` (a background pass, one process at a
+   time by a lock) reads the session's waiting lines (every team's, engine/waiting_line.py),
+   front first, and queues `wsm.freed_slot` to at most OFFERS_MAX of them, skipping the
+   customer who cancelled. Each offer's event id is `freed:<booking id>:<conversation>`, so the
+   queue's dedupe keeps one however often a pass repeats it; who was offered is recorded in
+   `CalendarKeys.freed_offers` (hashed) so a later pass never picks more than OFFERS_MAX, and
+   `done` ends the slot there: once the pass is through, a new mark offers it to nobody else.
+   A slot no longer bookable (taken again, inside the minimum notice, started, option turned
+   off) is dropped. Offers are proactive messages: they share the reminders' pace per session
+   (WSM_REMINDER_PACE, the same token bucket), so reminders and offers together stay under it;
+   the rest wait for the next pass.
+3. **The conversation sends it once** (engine/turn/freed_slot.py): under its lease, committed
+   with the command's ack, only while the customer is still in line and the slot still free;
+   the offer's mark in the state refuses a repeat the dedupe window no longer catches.
+4. **"1" books it** (engine/turn/freed_slot.py `answer`, from the waiting customer's turn):
+   through the booking script, so of several customers answering, one gets the slot and the
+   others are told it is gone (they keep their place in line).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import datetime
+
+from engine import commands
+from engine.agent.bookings import Booking, freed_today
+from engine.agent.calendar import InvalidSlot
+from engine.agent.metrics import FREED_SLOTS
+from engine.agent.reminders import RATE_TAKE
+from engine.agent.texts import AgentTexts, load_agent_texts
+from engine.businesses import Business, Businesses, businesses_from
+from engine.commands import CommandQueue
+from engine.waiting_line import WaitingLine
+from shared.clock import now_ms
+from shared.keys import CalendarKeys, WahaSessionKeys, split_conversation_token
+from shared.redis_client import RedisClient
+from shared.settings import Settings
+from shared.text import as_text
+
+# Customers offered one freed slot, at most: the first in line. A few, not everyone: the
+# slot is one, and every offer but the winner's ends in "someone else took it".
+OFFERS_MAX = 3
+# Collected: the offer a waiting customer may answer "1" to (JSON: booking, service, start).
+OFFER_KEY = "freed_offer"
+# Collected: the cancelled bookings whose slot this conversation was offered (a repeat).
+OFFERED_KEY = "freed_offered"
+OFFERED_KEEP = 8
+
+PASS_LOCK_MS = 900
+PASS_LIMIT = 100
+DONE = "done"
+DAY_MS = 24 * 3600 * 1000
+
+
+def freed_event_id(booking_id: str, token: str) -> str:
+    """The command's event id: one offer per slot and customer, so the queue keeps one."""
+    return f"freed:{booking_id}:{token}"
+
+
+def hashed(token: str) -> str:
+    """How `freed_offers` names a customer: an erase must leave nothing that does."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+async def paced(redis: RedisClient, prefix: str, session: str, per_minute: float) -> bool:
+    """Whether the session may send one more proactive message now (takes it): the reminders'
+    token bucket (WSM_REMINDER_PACE, send_rate_take.lua, burst of one)."""
+    if per_minute <= 0:
+        return True
+    wait = await RATE_TAKE(
+        redis, [WahaSessionKeys(session, prefix).reminder_rate], [per_minute / 60, 1]
+    )
+    return int(wait) == 0
+
+
+class FreedSlots:
+    """The freed-slots pass: turns marked slots into `wsm.freed_slot` commands."""
+
+    def __init__(
+        self,
+        redis: RedisClient,
+        queue: CommandQueue,
+        line: WaitingLine,
+        businesses: Businesses,
+        *,
+        prefix: str,
+        language: str,
+        pace_per_minute: float,
+    ) -> None:
+        self.redis = redis
+        self.queue = queue
+        self.line = line
+        self.keys = CalendarKeys(prefix)
+        self.prefix = prefix
+        self.language = language
+        self.pace_per_minute = pace_per_minute
+        self._businesses = {b.id: b for b in businesses.all()}
+        self._texts: dict[str, AgentTexts] = {}
+
+    @classmethod
+    def from_settings(
+        cls, redis: RedisClient, settings: Settings, queue: CommandQueue, line: WaitingLine
+    ) -> FreedSlots:
+        return cls(
+            redis,
+            queue,
+            line,
+            businesses_from(settings),
+            prefix=settings.key_prefix,
+            language=settings.language,
+            pace_per_minute=settings.reminder_pace,
+        )
+
+    def text(self, business: Business, booking: Booking) -> str:
+        calendar = business.calendar
+        texts = self._texts.get(business.id)
+        if texts is None:
+            texts = self._texts[business.id] = load_agent_texts(self.language, calendar.texts)
+        start = datetime.fromtimestamp(booking.start_ms / 1000, calendar.tz)
+        return texts.render(
+            "freed_slot_offer",
+            business=calendar.business_name,
+            service=booking.service_name,
+            when=calendar.label(start, self.language),
+        )
+
+    async def _bookable(self, business: Business, booking: Booking, now: int) -> bool:
+        """Still a slot anyone could book now: today, ahead by the notice, free."""
+        calendar = business.calendar
+        service = calendar.service(booking.service_id)
+        if service is None or not freed_today(calendar, booking, now):
+            return False
+        try:
+            slot = calendar.slot(
+                service, booking.start, datetime.fromtimestamp(now / 1000, calendar.tz)
+            )
+        except InvalidSlot:
+            return False
+        day = CalendarKeys(self.prefix, business.id).day(slot.day)
+        holders = await self.redis.hmget(day, list(slot.steps))
+        return not any(holders)
+
+    async def run_once(self, *, now: int | None = None, force: bool = False) -> dict[str, int]:
+        """Offer every marked slot to the front of its session's line (as the pace allows).
+        -> what it did. Skipped while another process runs a pass (unless `force`)."""
+        keys = self.keys
+        if not force and not await self.redis.set(
+            keys.freed_lock, uuid.uuid4().hex, nx=True, px=PASS_LOCK_MS
+        ):
+            return {}
+        now = now_ms() if now is None else now
+        done = {"queued": 0, "dropped": 0, "paced": 0}
+        marked = await self.redis.zrange(keys.freed, 0, PASS_LIMIT - 1)
+        out_of_pace: set[str] = set()
+        for raw in marked:
+            booking_id = as_text(raw)
+            record = keys.freed_offers(booking_id)
+            booking = Booking.from_hash(await self.redis.hgetall(keys.booking(booking_id)))
+            business = self._businesses.get(booking.business) if booking else None
+            if (
+                booking is None
+                or business is None
+                or booking.status != "cancelled"
+                or not business.calendar.offer_freed_slots
+                or await self.redis.hexists(record, DONE)
+                or not await self._bookable(business, booking, now)
+            ):
+                # Gone (erased), booked again, option off, offered already, or no longer a
+                # slot anyone could take: nothing (more) to offer.
+                await self.redis.zrem(keys.freed, booking_id)
+                done["dropped"] += 1
+                continue
+            session, _ = split_conversation_token(booking.customer)
+            offered = {as_text(k) for k in await self.redis.hkeys(record)}
+            waiting = sorted(
+                (w for w in await self.line.members(session) if w.token != booking.customer),
+                key=lambda w: w.entered_at,
+            )
+            finished = True
+            for customer in waiting:
+                if len(offered) >= OFFERS_MAX:
+                    break
+                mark = hashed(customer.token)
+                if mark in offered:
+                    continue
+                if session in out_of_pace or not await paced(
+                    self.redis, self.prefix, session, self.pace_per_minute
+                ):
+                    out_of_pace.add(session)
+                    done["paced"] += 1
+                    finished = False  # the rest at the next pass
+                    break
+                payload = {
+                    "booking_id": booking_id,
+                    "start_ms": booking.start_ms,
+                    "text": self.text(business, booking),
+                }
+                _, chat_id = split_conversation_token(customer.token)
+                if await self.queue.send(
+                    session,
+                    chat_id,
+                    commands.FREED_SLOT,
+                    payload,
+                    event_id=freed_event_id(booking_id, customer.token),
+                ):
+                    FREED_SLOTS.labels("queued").inc()
+                    done["queued"] += 1
+                # Queued (now or by a pass that died before recording it): recorded.
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.hset(record, mark, now)
+                pipe.pexpireat(record, booking.start_ms + DAY_MS)
+                await pipe.execute()
+                offered.add(mark)
+            if finished:
+                # Whoever was in line has it (at most OFFERS_MAX): the slot is done with, and a
+                # later mark (a repeated cancel) offers it to nobody else.
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.hset(record, DONE, now)
+                pipe.pexpireat(record, booking.start_ms + DAY_MS)
+                pipe.zrem(keys.freed, booking_id)
+                await pipe.execute()
+        return done
+
+
+__all__ = [
+    "OFFERED_KEY",
+    "OFFERS_MAX",
+    "OFFER_KEY",
+    "FreedSlots",
+    "freed_event_id",
+    "hashed",
+    "paced",
+]

@@ -1,0 +1,284 @@
+"""A cancelled slot of today offered to the customers in the waiting line, through the real
+engine (queue, fenced commit, state, outbox, sender), the real booking scripts and the real
+waiting line; the option off, on, and every refusal. The clock is driven as in
+test_reminders.py, whose helpers these tests reuse."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import REGISTRY
+
+from engine import commands
+from engine.agent.bookings import Customer
+from engine.agent.freed_slots import OFFER_KEY, OFFERS_MAX, FreedSlots, freed_event_id
+from engine.state import State, load_state
+from shared.keys import CalendarKeys, engine_keys_for
+from tests.engine.agent.conftest import CALENDAR
+from tests.engine.agent.test_reminders import book, clock, move_clock, ms  # noqa: F401
+from tests.engine.harness import AgentHarness
+
+ANA = "5511987650001@c.us"  # the customer who cancels
+LINE = [f"55119876501{n:02d}@c.us" for n in range(1, 6)]  # waiting, in this order
+OFFER = "Vagou um horário hoje na *Clínica Sorriso*: *Consulta* em *seg {day} às 13:00*."
+
+
+def counted(event: str) -> float:
+    return REGISTRY.get_sample_value("wsm_freed_slot_offers_total", {"event": event}) or 0.0
+
+
+def turn_on(calendar_file: Path) -> None:
+    """The business turns the option on in its business file."""
+    document = {**CALENDAR, "offer_freed_slots": True}
+    calendar_file.write_text(yaml.safe_dump(document, allow_unicode=True), "utf-8")
+
+
+def freed_pass(agent: AgentHarness) -> FreedSlots:
+    """The freed-slots pass as a worker process builds it (its queue, its waiting line)."""
+    coordinator = agent.service.coordinator
+    return FreedSlots.from_settings(agent.redis, agent.settings, coordinator.queue, coordinator.line)
+
+
+async def wait_in_line(agent: AgentHarness, chats: list[str]) -> None:
+    for chat in chats:
+        for words in ("oi", "Bia", "quero falar com um atendente"):  # the menu asks a name first
+            await agent.say(chat, words)
+        assert await state_of(agent, chat) is State.WAITING
+
+
+async def state_of(agent: AgentHarness, chat: str) -> State:
+    keys = engine_keys_for("default", chat, 1, agent.settings.key_prefix)
+    return (await load_state(agent.redis, keys.state)).state
+
+
+async def collected(agent: AgentHarness, chat: str) -> dict[str, str]:
+    keys = engine_keys_for("default", chat, 1, agent.settings.key_prefix)
+    return dict((await load_state(agent.redis, keys.state)).collected)
+
+
+async def cancel_today(agent: AgentHarness, now: datetime) -> str:
+    """ANA books today 13:00 and cancels it (the booking store's cancel, as the menu and the
+    agent's tools reach it)."""
+    booking_id = await book(agent, ANA, now + timedelta(hours=4))
+    await agent.parts.store.cancel(Customer(token=f"default|{ANA}"), booking_id)
+    return booking_id
+
+
+async def offer_round(agent: AgentHarness) -> dict[str, int]:
+    done = await freed_pass(agent).run_once(force=True)
+    await agent.drain()
+    return done
+
+
+async def test_off_by_default_nothing_is_offered(harness, waha, aredis, key_prefix, now) -> None:
+    agent = harness(groq_api_key=None, reminder_pace=0)
+    await wait_in_line(agent, LINE[:2])
+    before = list(waha.sent)
+    await cancel_today(agent, now)
+    assert await aredis.zcard(CalendarKeys(key_prefix).freed) == 0
+    assert (await offer_round(agent))["queued"] == 0
+    assert waha.sent == before
+
+
+async def test_the_first_in_line_get_one_offer_each(
+    harness, waha, aredis, key_prefix, now, calendar_file
+) -> None:
+    turn_on(calendar_file)
+    agent = harness(groq_api_key=None, reminder_pace=0)
+    await wait_in_line(agent, LINE[:4])
+    sent_before = counted("sent")
+    booking_id = await cancel_today(agent, now)
+    keys = CalendarKeys(key_prefix)
+    assert await aredis.zscore(keys.freed, booking_id) is not None
+
+    assert (await offer_round(agent))["queued"] == OFFERS_MAX == 3
+    offer = OFFER.format(day=f"{now:%d/%m}")
+    for chat in LINE[:3]:
+        assert waha.to(chat)[-1].startswith(offer)
+        assert OFFER_KEY in await collected(agent, chat)
+        assert await state_of(agent, chat) is State.WAITING  # still in line
+    assert not any(text.startswith("Vagou") for text in waha.to(LINE[3]))
+    assert await aredis.zcard(keys.freed) == 0
+    assert counted("sent") == sent_before + 3
+    total = len(waha.sent)
+
+    # The pass again, a repeated cancel (a redelivered message), the same commands queued
+    # again (dedupe) and under other ids (past the dedupe window): nothing more.
+    await agent.parts.store.cancel(Customer(token=f"default|{ANA}"), booking_id)
+    assert (await offer_round(agent))["queued"] == 0
+    queue = agent.service.coordinator.queue
+    for n, chat in enumerate(LINE[:3]):
+        token = f"default|{chat}"
+        payload = {"booking_id": booking_id, "start_ms": ms(now) + 4 * 3_600_000, "text": "x"}
+        assert not await queue.send(
+            "default", chat, commands.FREED_SLOT, payload, event_id=freed_event_id(booking_id, token)
+        )
+        assert await queue.send("default", chat, commands.FREED_SLOT, payload, event_id=f"o{n}")
+    await agent.drain()
+    assert len(waha.sent) == total
+    assert counted("sent") == sent_before + 3
+
+
+async def test_two_accept_one_books_the_other_is_told_it_was_taken(
+    harness, waha, aredis, key_prefix, now, calendar_file
+) -> None:
+    turn_on(calendar_file)
+    agent = harness(groq_api_key=None, reminder_pace=0)
+    first, second = LINE[:2]
+    await wait_in_line(agent, [first, second])
+    await cancel_today(agent, now)
+    await offer_round(agent)
+    taken, lost = counted("taken"), counted("lost")
+
+    await agent.say(first, "1")
+    when = f"seg {now:%d/%m} às 13:00"
+    assert waha.to(first)[-1].startswith(f"Pronto! ✅ *Consulta* marcado para *{when}*.")
+    assert await state_of(agent, first) is State.BOT  # booked: out of the line
+    line = agent.service.coordinator.line
+    assert await line.position("default", f"default|{first}") is None
+
+    await agent.say(second, "1")
+    assert waha.to(second)[-1] == (
+        "Que pena: esse horário não está mais disponível. 😕 Você continua na fila."
+    )
+    assert await state_of(agent, second) is State.WAITING
+    assert await line.position("default", f"default|{second}") == 1
+    assert OFFER_KEY not in {k for k, v in (await collected(agent, second)).items() if v}
+
+    keys = CalendarKeys(key_prefix)
+    winner = await agent.parts.store.upcoming(Customer(token=f"default|{first}"))
+    assert [b.start for b in winner] == [f"{now:%Y-%m-%d}T13:00"]
+    # Nothing stored for the one who lost: no booking, no index.
+    assert await aredis.exists(keys.customer(f"default|{second}")) == 0
+    assert await aredis.exists(keys.customer_all(f"default|{second}")) == 0
+    assert await aredis.hget(keys.day(f"{now:%Y-%m-%d}"), "13:00") == winner[0].id.encode()
+    assert (counted("taken"), counted("lost")) == (taken + 1, lost + 1)
+
+
+async def test_a_slot_on_another_day_is_not_offered(
+    harness, waha, aredis, key_prefix, now, calendar_file
+) -> None:
+    turn_on(calendar_file)
+    agent = harness(groq_api_key=None, reminder_pace=0)
+    await wait_in_line(agent, LINE[:1])
+    before = list(waha.sent)
+    booking_id = await book(agent, ANA, now + timedelta(days=1, hours=4))
+    await agent.parts.store.cancel(Customer(token=f"default|{ANA}"), booking_id)
+    assert await aredis.zcard(CalendarKeys(key_prefix).freed) == 0
+    assert (await offer_round(agent))["queued"] == 0
+    assert waha.sent == before
+
+
+async def test_a_slot_taken_again_before_the_pass_is_not_offered(
+    harness, waha, aredis, key_prefix, now, calendar_file
+) -> None:
+    turn_on(calendar_file)
+    agent = harness(groq_api_key=None, reminder_pace=0)
+    await wait_in_line(agent, LINE[:1])
+    before = list(waha.sent)
+    await cancel_today(agent, now)
+    await book(agent, LINE[4], now + timedelta(hours=4))  # someone booked it meanwhile
+    done = await offer_round(agent)
+    assert (done["queued"], done["dropped"]) == (0, 1)
+    assert waha.sent == before
+    assert await aredis.zcard(CalendarKeys(key_prefix).freed) == 0
+
+
+async def test_offers_share_the_reminders_pace(
+    harness, waha, aredis, key_prefix, now, calendar_file
+) -> None:
+    turn_on(calendar_file)
+    agent = harness(groq_api_key=None, reminder_pace=1)
+    await wait_in_line(agent, LINE[:2])
+    booking_id = await cancel_today(agent, now)
+    done = await offer_round(agent)
+    assert (done["queued"], done["paced"]) == (1, 1)
+    assert waha.to(LINE[0])[-1].startswith("Vagou")
+    assert not waha.to(LINE[1])[-1].startswith("Vagou")
+    # The rest waits for the session's pace: the slot stays marked.
+    assert await aredis.zscore(CalendarKeys(key_prefix).freed, booking_id) is not None
+
+
+def _payloads(booking_id: str, start_ms: int) -> list[dict[str, Any]]:
+    return [
+        {"booking_id": "", "start_ms": start_ms, "text": "x"},
+        {"booking_id": booking_id, "start_ms": "soon", "text": "x"},
+        {"booking_id": booking_id, "start_ms": start_ms, "text": ""},
+        {"booking_id": booking_id, "start_ms": start_ms + 1, "text": "x"},  # another start
+        {"booking_id": "bk000000000000", "start_ms": start_ms, "text": "x"},  # no such booking
+    ]
+
+
+@pytest.mark.parametrize("case", range(5))
+async def test_a_malformed_offer_command_changes_nothing(
+    harness, waha, aredis, key_prefix, now, calendar_file, case
+) -> None:
+    turn_on(calendar_file)
+    agent = harness(groq_api_key=None, reminder_pace=0)
+    chat = LINE[0]
+    await wait_in_line(agent, [chat])
+    booking_id = await book(agent, ANA, now + timedelta(hours=4))
+    await agent.parts.store.cancel(Customer(token=f"default|{ANA}"), booking_id)
+    keys = engine_keys_for("default", chat, 1, key_prefix)
+    state_before = await aredis.hgetall(keys.state)
+    sent_before = list(waha.sent)
+    payload = _payloads(booking_id, ms(now + timedelta(hours=4)))[case]
+    queue = agent.service.coordinator.queue
+    assert await queue.send("default", chat, commands.FREED_SLOT, payload, event_id="bad")
+    await agent.drain()
+    assert waha.sent == sent_before
+    assert await aredis.hgetall(keys.state) == state_before
+    assert await aredis.exists(keys.outbox) == 0
+
+
+async def test_foreign_offers_change_nothing(
+    harness, waha, aredis, key_prefix, now, calendar_file
+) -> None:
+    """Offers the pass never makes: a booked (not cancelled) slot, the customer's own
+    cancelled booking, another session's slot, and someone not in line."""
+    turn_on(calendar_file)
+    agent = harness(groq_api_key=None, reminder_pace=0)
+    chat = LINE[0]
+    await wait_in_line(agent, [chat])
+    start = now + timedelta(hours=4)
+    booked = await book(agent, ANA, start)
+    queue = agent.service.coordinator.queue
+    keys = engine_keys_for("default", chat, 1, key_prefix)
+    state_before = await aredis.hgetall(keys.state)
+    sent_before = list(waha.sent)
+    payload = {"booking_id": booked, "start_ms": ms(start), "text": "x"}
+    assert await queue.send("default", chat, commands.FREED_SLOT, payload, event_id="a")
+    # Their own cancelled booking (booked by the customer in line, then cancelled).
+    own = await book(agent, chat, start + timedelta(hours=1))
+    await agent.parts.store.cancel(Customer(token=f"default|{chat}"), own)
+    payload = {"booking_id": own, "start_ms": ms(start + timedelta(hours=1)), "text": "x"}
+    assert await queue.send("default", chat, commands.FREED_SLOT, payload, event_id="b")
+    await agent.drain()
+    assert waha.sent == sent_before
+    assert await aredis.hgetall(keys.state) == state_before
+    # Another session's customer, and a customer not in line at all.
+    await agent.parts.store.cancel(Customer(token=f"default|{ANA}"), booked)
+    payload = {"booking_id": booked, "start_ms": ms(start), "text": "x"}
+    other = engine_keys_for("other", chat, 1, key_prefix)
+    assert await queue.send("other", chat, commands.FREED_SLOT, payload, event_id="c")
+    nobody = engine_keys_for("default", LINE[4], 1, key_prefix)
+    assert await queue.send("default", LINE[4], commands.FREED_SLOT, payload, event_id="d")
+    await agent.drain()
+    assert waha.sent == sent_before
+    assert await aredis.exists(other.state, nobody.state) == 0
+
+
+async def test_a_1_without_an_offer_is_an_ordinary_message_in_line(
+    harness, waha, aredis, key_prefix, now, calendar_file
+) -> None:
+    turn_on(calendar_file)
+    agent = harness(groq_api_key=None, reminder_pace=0)
+    chat = LINE[0]
+    await wait_in_line(agent, [chat])
+    await agent.say(chat, "1")
+    assert await state_of(agent, chat) is State.WAITING
+    assert await aredis.exists(CalendarKeys(key_prefix).customer_all(f"default|{chat}")) == 0
