@@ -3,6 +3,7 @@ when every answer waits on the LLM, against the bound that wait sets.
 
     python3 bench/agent_bench.py [--conversations 600] [--delay-ms 800] [--processes 2]
                                  [--concurrency 8 16 32] [--rounds 1] [--instant-only]
+                                 [--profile SECONDS [--profile-out DIR]]
 
 A conversation here is one customer message, end to end: queued the way the gateway queues
 it, claimed by a worker process, handled by the engine with the AI agent as its brain
@@ -16,6 +17,10 @@ and notes when each reply arrived. The rate is measured from the first reply to 
 process start-up is not counted. The bound is (processes x concurrency) / delay: with every
 slot waiting on the model, that many answers can come back per second at most. The same run
 measures the fleet with an instant model (delay 0): the ceiling of everything but the wait.
+
+With --profile, each run is also sampled by `py-spy record --subprocesses` (pip install py-spy)
+for that many seconds from its first reply: raw collapsed stacks, one file per run in
+--profile-out, summarised by `python3 bench/agent_bench.py --summarise FILE`.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from shared.embedded_redis import EmbeddedRedis  # noqa: E402
 from shared.enqueue import enqueue_many  # noqa: E402
 from shared.redis_client import connect  # noqa: E402
 from tests.worker.support.fleet import text_request  # noqa: E402
+from wsm.load.cpu import Component, CpuMeter  # noqa: E402
 
 # --- the stand-in server (LLM + WAHA) ----------------------------------------------------------
 
@@ -152,7 +158,7 @@ async def queue_conversations(client: Any, count: int, prefix: str) -> None:
 
 async def run(
     redis_url: str, standins: str, args: argparse.Namespace, delay: float, concurrency: int
-) -> tuple[float, str]:
+) -> tuple[float, str, float]:
     prefix = "bench" + uuid.uuid4().hex[:8]
     client = connect(redis_url)
     async with httpx.AsyncClient(base_url=standins, timeout=10) as http:
@@ -182,12 +188,27 @@ async def run(
             ],
             cwd=ROOT, env=env,
         )  # fmt: skip
+        profiler: subprocess.Popen[bytes] | None = None
+        # The fleet's CPU (supervisor and children, from /proc) from its first reply to its
+        # last: per conversation, a cost that foreign load on the machine barely moves.
+        meter = CpuMeter([Component("worker", lambda: [fleet.pid])])
+        sent_at_start: int | None = None
+        sampled = 0.0
         try:
             deadline = time.monotonic() + 600
             while True:
                 stats = (await http.get("/stats")).json()
+                if sent_at_start is None and stats["sent"] > 0:
+                    meter.sample()
+                    sent_at_start, sampled = stats["sent"], time.monotonic()
+                    if args.profile:
+                        profiler = start_profiler(args, fleet.pid, delay, concurrency)
                 if stats["sent"] >= args.conversations:
+                    meter.sample()
                     break
+                if sent_at_start is not None and time.monotonic() - sampled > 1:
+                    meter.sample()
+                    sampled = time.monotonic()
                 if time.monotonic() > deadline or fleet.poll() is not None:
                     raise RuntimeError(f"stalled: {stats}")
                 await asyncio.sleep(0.05)
@@ -195,12 +216,50 @@ async def run(
             await asyncio.sleep(1.0)
             replies = int((await http.get("/stats")).json()["sent"])
         finally:
+            if profiler is not None:
+                profiler.wait(args.profile + 60)
             fleet.terminate()
             fleet.wait(60)
             await client.aclose()
     rate = (stats["sent"] - 1) / (stats["last"] - stats["first"])
+    cpu_ms = meter.ms_per_message(stats["sent"] - (sent_at_start or 0))["worker"]
     # Handled once: one LLM call and one reply per conversation (more means handled again).
-    return rate, f"{stats['llm_calls']} / {replies}"
+    return rate, f"{stats['llm_calls']} / {replies}", cpu_ms
+
+
+def start_profiler(
+    args: argparse.Namespace, pid: int, delay: float, concurrency: int
+) -> subprocess.Popen[bytes]:
+    out = Path(args.profile_out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = out / f"p{args.processes}-c{concurrency}-d{int(delay * 1000)}-{uuid.uuid4().hex[:4]}.txt"
+    print(f"profiling {args.profile} s into {name}", file=sys.stderr)
+    return subprocess.Popen(
+        ["py-spy", "record", "--subprocesses", "--pid", str(pid), "--duration",
+         str(args.profile), "--rate", "100", "--format", "raw", "--nonblocking",
+         "--output", str(name)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def summarise(path: str) -> None:
+    """Self and inclusive shares of a py-spy raw (collapsed) profile: the frames that matter."""
+    total = 0
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    for line in Path(path).read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        count = int(count_text)
+        frames = stack.split(";")
+        total += count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+    print(f"{total} samples")
+    for title, table in (("inclusive", inclusive), ("self", own)):
+        print(f"\n{title}:")
+        for frame, count in sorted(table.items(), key=lambda kv: -kv[1])[:45]:
+            print(f"{count / total:6.1%}  {frame}")
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -227,23 +286,23 @@ async def main_async(args: argparse.Namespace) -> None:
         )
         # LLM calls above the conversations mean messages were handled again after a failure.
         print("| concurrency per process | LLM delay | conversations/s | bound (P×C÷delay) "
-              "| of the bound | LLM calls / replies |")  # fmt: skip
-        print("|---|---|---|---|---|---|")
+              "| of the bound | LLM calls / replies | worker CPU ms / conversation |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|")
         for round_number in range(1, args.rounds + 1):
             for concurrency in args.concurrency:
-                instant, calls = await run(redis_server.url, standins, args, 0.0, concurrency)
+                instant, calls, cpu = await run(redis_server.url, standins, args, 0.0, concurrency)
                 print(
                     f"| {concurrency} | 0 ms (ceiling), round {round_number} | {instant:.1f} "
-                    f"| - | - | {calls} |",
+                    f"| - | - | {calls} | {cpu:.2f} |",
                     flush=True,
                 )
                 if args.instant_only:
                     continue
-                rate, calls = await run(redis_server.url, standins, args, delay, concurrency)
+                rate, calls, cpu = await run(redis_server.url, standins, args, delay, concurrency)
                 bound = args.processes * concurrency / delay
                 print(
                     f"| {concurrency} | {args.delay_ms} ms | {rate:.1f} | {bound:.1f} "
-                    f"| {rate / bound:.0%} | {calls} |",
+                    f"| {rate / bound:.0%} | {calls} | {cpu:.2f} |",
                     flush=True,
                 )
     finally:
@@ -262,8 +321,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     # Only the instant model: the fleet's own ceiling at each concurrency (the C sweep).
     parser.add_argument("--instant-only", action="store_true")
+    parser.add_argument("--profile", type=int, default=0, help="py-spy seconds per run")
+    parser.add_argument("--profile-out", default="/tmp/agent-bench-profiles")
+    parser.add_argument("--summarise", help="summarise a --profile output file and exit")
     parser.add_argument("--serve-standins", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.summarise:
+        summarise(args.summarise)
+        return
     if args.serve_standins:
         serve_standins(args.serve_standins)
         return

@@ -53,6 +53,7 @@ from shared.keys import (
     split_conversation_token,
 )
 from shared.lua import LuaScript
+from shared.queue_consumer import RELEASE_CONVERSATION  # the queue's own, as a turn's release
 from shared.queue_errors import ConversationBusy
 from shared.redis_client import RedisClient
 from shared.text import as_text
@@ -64,7 +65,6 @@ ERASE_INDEX = LuaScript.named("erase_index")
 ERASE_SESSION = LuaScript.named("erase_session")
 ERASE_CALENDAR = LuaScript.named("erase_calendar")
 ERASE_CONSOLE = LuaScript.named("erase_console")
-RELEASE_CONVERSATION = LuaScript.named("release_conversation")
 
 # Long enough for the few round trips under the lease; a dead eraser holds its customer's next
 # messages back for at most this long (plus a reaper interval).

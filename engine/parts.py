@@ -65,6 +65,7 @@ def sender_config(settings: Settings) -> SenderConfig:
         retry_base_ms=settings.send_retry_base_ms,
         retry_max_ms=settings.send_retry_max_ms,
         lock_ms=int(settings.send_lock_seconds * 1000),
+        max_deliveries=settings.send_max_deliveries,
         dead_letters=DeadLetterLimits.from_settings(settings),
         files_refused_ms=settings.media_files_refused_seconds * 1000,
     )
@@ -247,7 +248,7 @@ def booking_store(
         on_event=on_event,
         business=business,
         # Reminders are scheduled with the booking (engine/agent/reminders.py).
-        reminder_lead_ms=int(settings.reminder_lead_hours * 3_600_000),
+        reminder_lead_ms=settings.reminder_lead_ms,
     )
 
 

@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from engine import commands
+from engine.agent.freed_slots import FreedSlots
 from engine.agent.reminders import Reminders
 from engine.brain import Brain
 from engine.conversation_engine import CommitContext, Engine
@@ -126,6 +127,10 @@ class EngineService:
         )
         # Each booking's reminder, queued to its conversation when due (WSM_REMINDER_LEAD_HOURS).
         self.reminders = Reminders.from_settings(redis, settings, self.coordinator.queue)
+        # Cancelled slots of today offered to the waiting line (`offer_freed_slots`).
+        self.freed_slots = FreedSlots.from_settings(
+            redis, settings, self.coordinator.queue, self.coordinator.line
+        )
         self._background = list(background)
         self._closing = list(closing)
         self._stop = asyncio.Event()
@@ -145,6 +150,7 @@ class EngineService:
         passes = (
             ("timers pass", self.timers_once),
             ("reminders pass", self.reminders_once),
+            ("freed slots pass", self.freed_slots.run_once),
             ("waiting line pass", self.coordinator.maintain),
             ("maintenance pass", self.maintenance_once),
         )

@@ -226,31 +226,50 @@ def _fields_of(template: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
-def _check(key: str, template: str, where: str) -> None:
-    if key not in FIELDS:
-        raise TextsFileError(f"{where}: unknown text {key!r}")
+def check_template(
+    key: str,
+    template: object,
+    where: str,
+    fields: Mapping[str, frozenset[str]],
+    error: type[ValueError],
+) -> None:
+    """An override is usable: a known text, a string, a valid template using only the fields
+    its text is rendered with. `error` otherwise (each texts file has its own): the engine's
+    texts here, the agent's in engine/agent/texts.py."""
+    if key not in fields:
+        raise error(f"{where}: unknown text {key!r}")
     if not isinstance(template, str):
-        raise TextsFileError(f"{where}: text {key!r} must be a string")
+        raise error(f"{where}: text {key!r} must be a string")
     try:
-        unknown = _fields_of(template) - FIELDS[key]
+        unknown = _fields_of(template) - fields[key]
     except ValueError as exc:
-        raise TextsFileError(f"{where}: text {key!r} is not a valid template: {exc}") from exc
+        raise error(f"{where}: text {key!r} is not a valid template: {exc}") from exc
     if unknown:
-        allowed = ", ".join(sorted(FIELDS[key])) or "none"
-        raise TextsFileError(
+        allowed = ", ".join(sorted(fields[key])) or "none"
+        raise error(
             f"{where}: text {key!r} uses unknown field(s) {sorted(unknown)}; allowed: {allowed}"
         )
 
 
+def _check(key: str, template: str, where: str) -> None:
+    check_template(key, template, where, FIELDS, TextsFileError)
+
+
 @dataclass(frozen=True, slots=True)
-class Texts:
-    """The templates of one language, overrides applied."""
+class Templates:
+    """The templates of one language, overrides applied: the engine's (Texts) and the
+    agent's (engine/agent/texts.py AgentTexts)."""
 
     language: str
     templates: Mapping[str, str]
 
     def render(self, key: str, **values: object) -> str:
         return self.templates[key].format(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class Texts(Templates):
+    """The engine's templates of one language, overrides applied."""
 
     def ordinal(self, position: int) -> str:
         return ordinal(position, self.language)

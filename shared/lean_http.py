@@ -9,15 +9,25 @@ httpx API (client, requests, responses, timeouts, exceptions) and replaces only 
 asyncio protocols, httptools' C response parser, a keep-alive pool per host. It lives in
 shared/ so that a worker does not import the simulator to use it.
 
-Scope: plain `http://` (WAHA beside the workers); any other scheme goes through httpx's own
-transport. A request sent on a pooled connection that the server had already closed (its
-keep-alive timeout) is sent again once on a new connection, as httpcore does: only when the
-connection ended before any byte of an answer came back.
+Scope: `http://` (WAHA beside the workers) and `https://` (Groq's API for the AI agent and
+the voice notes' transcriptions: its client on httpx's own pool spent about a fifth of a
+worker's CPU at 64 calls in flight, because httpcore's per-request bookkeeping walks every
+pooled connection; docs/benchmarks.md, AI agent). Any other scheme goes through httpx's own
+transport. TLS is asyncio's own (`create_connection(ssl=..., server_hostname=host)`): the
+certificate is always verified, against the same trust store httpx uses by default
+(`httpx.create_ssl_context()`: certifi's bundle, or SSL_CERT_FILE / SSL_CERT_DIR), unless the
+caller hands in its own context; SNI is the URL's host; ALPN offers only HTTP/1.1. There is no
+switch to turn verification off. The TLS handshake counts against the connect timeout.
+
+Connections are pooled per (scheme, host, port). A request sent on a pooled connection that
+the server had already closed (its keep-alive timeout) is sent again once on a new connection,
+as httpcore does: only when the connection ended before any byte of an answer came back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
 from typing import cast
 
@@ -97,29 +107,54 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+_PoolKey = tuple[str, str, int]  # (scheme, host, port)
+
+
 class LeanHTTPTransport(httpx.AsyncBaseTransport):
-    def __init__(self, max_idle_per_host: int = 64) -> None:
-        self._idle: dict[tuple[str, int], deque[_Connection]] = {}
+    def __init__(
+        self, max_idle_per_host: int = 64, *, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        """`ssl_context`: whom to trust for `https://` (tests trust their own certificate);
+        by default httpx's own trust store, made on the first `https://` request."""
+        self._idle: dict[_PoolKey, deque[_Connection]] = {}
         self._max_idle = max_idle_per_host
+        self._ssl_context = ssl_context
         self._fallback = httpx.AsyncHTTPTransport(trust_env=False)
 
+    def _tls(self) -> ssl.SSLContext:
+        if self._ssl_context is None:
+            # Verification and hostname checks on (create_default_context's defaults).
+            context = httpx.create_ssl_context()
+            context.set_alpn_protocols(["http/1.1"])
+            self._ssl_context = context
+        return self._ssl_context
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.url.scheme != "http":
+        scheme = request.url.scheme
+        if scheme not in _DEFAULT_PORTS:
             return await self._fallback.handle_async_request(request)
         host = request.url.host
-        port = request.url.port or 80
+        port = request.url.port or _DEFAULT_PORTS[scheme]
+        tls = self._tls() if scheme == "https" else None
         timeouts = request.extensions.get("timeout", {})
         body = await request.aread()
         head = [b"%s %s HTTP/1.1" % (request.method.encode(), request.url.raw_path)]
-        head += [name + b": " + value for name, value in request.headers.raw]
+        fields = request.headers.raw
+        if request.headers.get("transfer-encoding"):
+            # A streamed body (httpx says chunked): read whole above, so sent with its length.
+            fields = [(n, v) for n, v in fields if n.lower() != b"transfer-encoding"]
+            fields.append((b"Content-Length", b"%d" % len(body)))
+        head += [name + b": " + value for name, value in fields]
         raw = _CRLF.join(head) + _CRLF + _CRLF + body
 
-        key = (host, port)
+        key = (scheme, host, port)
         connection = self._take_idle(key)
         reused = connection is not None
         try:
             if connection is None:
-                connection = await self._connect(request, host, port, timeouts.get("connect"))
+                connection = await self._connect(request, host, port, tls, timeouts.get("connect"))
             try:
                 status, headers, content = await self._exchange(
                     request, connection, raw, timeouts.get("read")
@@ -130,11 +165,17 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
                     raise httpx.RemoteProtocolError(
                         "server closed the connection", request=request
                     ) from None
-                # A stale pooled connection: the server closed it while idle.
-                connection = await self._connect(request, host, port, timeouts.get("connect"))
-                status, headers, content = await self._exchange(
-                    request, connection, raw, timeouts.get("read")
-                )
+                # A stale pooled connection: the server closed it while idle. Once, on a new
+                # connection, whose own end before an answer is the caller's error.
+                connection = await self._connect(request, host, port, tls, timeouts.get("connect"))
+                try:
+                    status, headers, content = await self._exchange(
+                        request, connection, raw, timeouts.get("read")
+                    )
+                except _Closed:
+                    raise httpx.RemoteProtocolError(
+                        "server closed the connection", request=request
+                    ) from None
         except BaseException:
             if connection is not None:
                 connection.close()
@@ -143,17 +184,27 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
         return httpx.Response(status, headers=headers, content=content, request=request)
 
     async def _connect(
-        self, request: httpx.Request, host: str, port: int, seconds: float | None
+        self,
+        request: httpx.Request,
+        host: str,
+        port: int,
+        tls: ssl.SSLContext | None,
+        seconds: float | None,
     ) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(seconds):
-                _, protocol = await loop.create_connection(_Connection, host, port)
+            async with asyncio.timeout(seconds):  # the TLS handshake included
+                if tls is None:
+                    _, protocol = await loop.create_connection(_Connection, host, port)
+                else:
+                    _, protocol = await loop.create_connection(
+                        _Connection, host, port, ssl=tls, server_hostname=host
+                    )
         except TimeoutError:
             raise httpx.ConnectTimeout(
                 f"connect to {host}:{port} timed out", request=request
             ) from None
-        except OSError as exc:
+        except OSError as exc:  # refused, unreachable, and TLS failures (ssl.SSLError)
             raise httpx.ConnectError(str(exc), request=request) from None
         return protocol
 
@@ -168,7 +219,7 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
         except httpx.RemoteProtocolError as exc:
             raise httpx.RemoteProtocolError(str(exc), request=request) from None
 
-    def _take_idle(self, key: tuple[str, int]) -> _Connection | None:
+    def _take_idle(self, key: _PoolKey) -> _Connection | None:
         idle = self._idle.get(key)
         while idle:
             connection = idle.pop()
@@ -176,7 +227,7 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
                 return connection
         return None
 
-    def _give_back(self, key: tuple[str, int], connection: _Connection) -> None:
+    def _give_back(self, key: _PoolKey, connection: _Connection) -> None:
         if not connection.reusable():
             connection.close()
             return

@@ -251,6 +251,15 @@ class Settings(BaseSettings):
             "conversation's replies wait that much. Keep it well above a Redis round trip."
         ),
     )
+    send_max_deliveries: int = Field(
+        64,
+        alias="WSM_SEND_MAX_DELIVERIES",
+        ge=1,
+        description=(
+            "Conversations one worker process delivers at once; each holds a Redis and a WAHA "
+            "connection. The rest wait their turn, still due in Redis (none lost on a crash)."
+        ),
+    )
 
     # --- Conversation engine: conversations (engine/) -------------------------------------------
     language: str = Field(
@@ -865,6 +874,12 @@ class Settings(BaseSettings):
     @property
     def media_retention_seconds(self) -> int:
         return self.media_retention_days * 24 * 3600
+
+    @property
+    def reminder_lead_ms(self) -> int:
+        """WSM_REMINDER_LEAD_HOURS in ms: how long before its start a booking's reminder is due
+        (engine/agent/reminders.py); 0: no reminders."""
+        return int(self.reminder_lead_hours * 3_600_000)
 
     @property
     def menu_service_names(self) -> list[str]:

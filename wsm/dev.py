@@ -35,6 +35,7 @@ from wsm.stack import (
     python_module,
     redis_service,
     running,
+    wiring,
 )
 
 # What brings events in first, then the workers, then the API; Redis last.
@@ -96,11 +97,7 @@ def build_parts(
     simulate_waha = "WAHA_URL" not in os.environ
     waha_url = os.environ.get("WAHA_URL", f"http://127.0.0.1:{args.waha_port}")
     common = {
-        "REDIS_URL": redis_url,
-        "WEBHOOK_HMAC_KEY": hmac_key,
-        "WAHA_URL": waha_url,
-        "WSM_API_TOKEN": api_token,
-        "WSM_SPOOL_DIR": str(home / "spool"),
+        **wiring(redis_url, hmac_key, waha_url, api_token, home),
         "WSM_MEDIA_DIR": str(home / "media"),
     }
     gateway = f"http://{args.host}:{args.gateway_port}"

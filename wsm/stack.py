@@ -37,6 +37,20 @@ def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
+def wiring(
+    redis_url: str, hmac_key: str, waha_url: str, api_token: str, home: Path
+) -> dict[str, str]:
+    """The settings every part of a stack shares: where Redis and WAHA are, the webhooks'
+    HMAC key, the operator API's token, and the gateway's spool under the stack's `home`."""
+    return {
+        "REDIS_URL": redis_url,
+        "WEBHOOK_HMAC_KEY": hmac_key,
+        "WAHA_URL": waha_url,
+        "WSM_API_TOKEN": api_token,
+        "WSM_SPOOL_DIR": str(home / "spool"),
+    }
+
+
 def port_accepts(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import tomllib
 import unicodedata
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -171,6 +171,23 @@ def fold(text: str) -> str:
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 
 
+class _Named(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+
+
+_N = TypeVar("_N", bound=_Named)
+
+
+def by_ref(items: Iterable[_N], ref: str) -> _N | None:
+    """The first of `items` whose id or name is `ref`, ignoring case and accents (services and
+    teams are named either way by customers and by the model)."""
+    wanted = fold(ref)
+    return next((item for item in items if wanted in (fold(item.id), fold(item.name))), None)
+
+
 def _clock(minutes: int) -> str:
     return f"{minutes // 60:02d}:{minutes % 60:02d}"
 
@@ -222,11 +239,7 @@ class Calendar:
     # --- lookups --------------------------------------------------------------------------
     def service(self, ref: str) -> Service | None:
         """A service by its id or its name, ignoring case and accents."""
-        wanted = fold(ref)
-        for service in self.services:
-            if wanted in (fold(service.id), fold(service.name)):
-                return service
-        return None
+        return by_ref(self.services, ref)
 
     def now(self) -> datetime:
         return datetime.now(self.tz)
@@ -249,11 +262,7 @@ class Calendar:
 
     def team(self, ref: str) -> Team | None:
         """A team by its id or its name, ignoring case and accents."""
-        wanted = fold(ref)
-        for team in self.teams:
-            if wanted in (fold(team.id), fold(team.name)):
-                return team
-        return None
+        return by_ref(self.teams, ref)
 
     # --- slots ----------------------------------------------------------------------------
     def _steps(self, service: Service, start_minute: int) -> tuple[str, ...]:

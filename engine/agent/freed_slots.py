@@ -15,8 +15,8 @@ true` in its business file). Each offer is sent exactly once, like a reminder.
    `done` ends the slot there: once the pass is through, a new mark offers it to nobody else.
    A slot no longer bookable (taken again, inside the minimum notice, started, option turned
    off) is dropped. Offers are proactive messages: they share the reminders' pace per session
-   (WSM_REMINDER_PACE, the same token bucket), so reminders and offers together stay under it;
-   the rest wait for the next pass.
+   (WSM_REMINDER_PACE, the same token bucket, engine/agent/proactive.py), so reminders and offers
+   together stay under it; the rest wait for the next pass.
 3. **The conversation sends it once** (engine/turn/freed_slot.py): under its lease, committed
    with the command's ack, only while the customer is still in line and the slot still free;
    the offer's mark in the state refuses a repeat the dedupe window no longer catches.
@@ -28,20 +28,17 @@ true` in its business file). Each offer is sent exactly once, like a reminder.
 from __future__ import annotations
 
 import hashlib
-import uuid
 from datetime import datetime
 
 from engine import commands
 from engine.agent.bookings import Booking, freed_today
 from engine.agent.calendar import InvalidSlot
 from engine.agent.metrics import FREED_SLOTS
-from engine.agent.reminders import RATE_TAKE
-from engine.agent.texts import AgentTexts, load_agent_texts
+from engine.agent.proactive import ProactivePass
 from engine.businesses import Business, Businesses, businesses_from
 from engine.commands import CommandQueue
 from engine.waiting_line import WaitingLine
-from shared.clock import now_ms
-from shared.keys import CalendarKeys, WahaSessionKeys, split_conversation_token
+from shared.keys import CalendarKeys, split_conversation_token
 from shared.redis_client import RedisClient
 from shared.settings import Settings
 from shared.text import as_text
@@ -55,7 +52,6 @@ OFFER_KEY = "freed_offer"
 OFFERED_KEY = "freed_offered"
 OFFERED_KEEP = 8
 
-PASS_LOCK_MS = 900
 PASS_LIMIT = 100
 DONE = "done"
 DAY_MS = 24 * 3600 * 1000
@@ -71,18 +67,7 @@ def hashed(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
-async def paced(redis: RedisClient, prefix: str, session: str, per_minute: float) -> bool:
-    """Whether the session may send one more proactive message now (takes it): the reminders'
-    token bucket (WSM_REMINDER_PACE, send_rate_take.lua, burst of one)."""
-    if per_minute <= 0:
-        return True
-    wait = await RATE_TAKE(
-        redis, [WahaSessionKeys(session, prefix).reminder_rate], [per_minute / 60, 1]
-    )
-    return int(wait) == 0
-
-
-class FreedSlots:
+class FreedSlots(ProactivePass):
     """The freed-slots pass: turns marked slots into `wsm.freed_slot` commands."""
 
     def __init__(
@@ -96,42 +81,28 @@ class FreedSlots:
         language: str,
         pace_per_minute: float,
     ) -> None:
-        self.redis = redis
-        self.queue = queue
+        super().__init__(
+            redis,
+            queue,
+            businesses,
+            prefix=prefix,
+            language=language,
+            pace_per_minute=pace_per_minute,
+        )
         self.line = line
-        self.keys = CalendarKeys(prefix)
-        self.prefix = prefix
-        self.language = language
-        self.pace_per_minute = pace_per_minute
-        self._businesses = {b.id: b for b in businesses.all()}
-        self._texts: dict[str, AgentTexts] = {}
+
+    @property
+    def lock(self) -> str:
+        return self.keys.freed_lock
 
     @classmethod
     def from_settings(
         cls, redis: RedisClient, settings: Settings, queue: CommandQueue, line: WaitingLine
     ) -> FreedSlots:
-        return cls(
-            redis,
-            queue,
-            line,
-            businesses_from(settings),
-            prefix=settings.key_prefix,
-            language=settings.language,
-            pace_per_minute=settings.reminder_pace,
-        )
+        return cls(redis, queue, line, businesses_from(settings), **cls.options(settings))
 
     def text(self, business: Business, booking: Booking) -> str:
-        calendar = business.calendar
-        texts = self._texts.get(business.id)
-        if texts is None:
-            texts = self._texts[business.id] = load_agent_texts(self.language, calendar.texts)
-        start = datetime.fromtimestamp(booking.start_ms / 1000, calendar.tz)
-        return texts.render(
-            "freed_slot_offer",
-            business=calendar.business_name,
-            service=booking.service_name,
-            when=calendar.label(start, self.language),
-        )
+        return self.render("freed_slot_offer", business, booking)
 
     async def _bookable(self, business: Business, booking: Booking, now: int) -> bool:
         """Still a slot anyone could book now: today, ahead by the notice, free."""
@@ -149,15 +120,10 @@ class FreedSlots:
         holders = await self.redis.hmget(day, list(slot.steps))
         return not any(holders)
 
-    async def run_once(self, *, now: int | None = None, force: bool = False) -> dict[str, int]:
+    async def run_pass(self, now: int) -> dict[str, int]:
         """Offer every marked slot to the front of its session's line (as the pace allows).
-        -> what it did. Skipped while another process runs a pass (unless `force`)."""
+        -> what it did."""
         keys = self.keys
-        if not force and not await self.redis.set(
-            keys.freed_lock, uuid.uuid4().hex, nx=True, px=PASS_LOCK_MS
-        ):
-            return {}
-        now = now_ms() if now is None else now
         done = {"queued": 0, "dropped": 0, "paced": 0}
         marked = await self.redis.zrange(keys.freed, 0, PASS_LIMIT - 1)
         out_of_pace: set[str] = set()
@@ -180,7 +146,7 @@ class FreedSlots:
                 done["dropped"] += 1
                 continue
             session, _ = split_conversation_token(booking.customer)
-            offered = {as_text(k) for k in await self.redis.hkeys(record)}
+            offered = {as_text(k) for k in await self.redis.hkeys(record)} - {DONE}
             waiting = sorted(
                 (w for w in await self.line.members(session) if w.token != booking.customer),
                 key=lambda w: w.entered_at,
@@ -192,9 +158,7 @@ class FreedSlots:
                 mark = hashed(customer.token)
                 if mark in offered:
                     continue
-                if session in out_of_pace or not await paced(
-                    self.redis, self.prefix, session, self.pace_per_minute
-                ):
+                if session in out_of_pace or not await self.paced(session):
                     out_of_pace.add(session)
                     done["paced"] += 1
                     finished = False  # the rest at the next pass
@@ -238,5 +202,4 @@ __all__ = [
     "FreedSlots",
     "freed_event_id",
     "hashed",
-    "paced",
 ]

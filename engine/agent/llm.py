@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
@@ -37,11 +39,16 @@ import httpx
 from engine.agent.breaker import CircuitBreaker
 from engine.agent.metrics import LLM_DURATION, LLM_REQUESTS, LLM_TOKENS, RATELIMIT_REMAINING
 from shared.backoff import backoff_seconds
+from shared.lean_http import LeanHTTPTransport
 from shared.retry_after import retry_after_of
 
 # A 429 is retried in place only when Groq asks for a wait this short or shorter.
 RETRY_AFTER_MAX_SECONDS = 2.0
 RETRY_PAUSE_SECONDS = 0.25
+# Connections to Groq kept open between calls, per process. A worker slot makes one call at a
+# time, so at most --concurrency are ever in flight; keeping that many (up to this) means a fleet
+# above 64 slots does not close and reopen a connection, TLS handshake included, per call.
+MAX_IDLE_CONNECTIONS = 512
 
 T = TypeVar("T")
 
@@ -94,14 +101,37 @@ class ModelTurn:
         return message
 
 
+def _proxied(url: str) -> bool:
+    """Whether the environment sends requests to `url` through a proxy (HTTPS_PROXY,
+    ALL_PROXY, minus NO_PROXY): the lean transport speaks no proxy protocol, so such a
+    deployment keeps the SDK's own httpx client, which honours them."""
+    parts = urllib.parse.urlsplit(url)
+    proxies = urllib.request.getproxies()
+    if not (proxies.get(parts.scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(parts.hostname or "")
+
+
 def make_client(
     *, api_key: str, base_url: str, timeout_seconds: float, http_client: Any = None
 ) -> groq.AsyncGroq:
-    """The process's one AsyncGroq client (one connection pool)."""
+    """The process's one AsyncGroq client (one connection pool), on the lean HTTP/1.1
+    transport (shared/lean_http.py, `https://` with verified TLS) unless the caller brings its
+    own client: httpx's own pool walks every pooled connection on each request, so its cost
+    per call grew with the calls in flight (a fifth of a worker's CPU at 64; docs/benchmarks.md,
+    AI agent). Closing the AsyncGroq client closes the transport."""
+    timeout = httpx.Timeout(timeout_seconds, connect=min(5.0, timeout_seconds))
+    if http_client is None and not _proxied(base_url):
+        # As the SDK's own default client, redirects followed.
+        http_client = httpx.AsyncClient(
+            transport=LeanHTTPTransport(max_idle_per_host=MAX_IDLE_CONNECTIONS),
+            timeout=timeout,
+            follow_redirects=True,
+        )
     return groq.AsyncGroq(
         api_key=api_key,
         base_url=base_url,
-        timeout=httpx.Timeout(timeout_seconds, connect=min(5.0, timeout_seconds)),
+        timeout=timeout,
         max_retries=0,
         http_client=http_client,
     )

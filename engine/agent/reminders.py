@@ -27,7 +27,8 @@ How exactly once is kept, step by step:
 Pacing: reminders are proactive messages, the kind an unofficial WhatsApp number (WAHA drives
 WhatsApp Web) is banned for when many go out at once. So on top of the sender's per-session
 limit, the pass queues at most WSM_REMINDER_PACE reminders per minute per session (a token
-bucket in Redis, send_rate_take.lua, burst of one); the others wait for the next pass.
+bucket in Redis, send_rate_take.lua, burst of one, shared with the freed-slots offers:
+engine/agent/proactive.py); the others wait for the next pass.
 
 The answer (engine/agent/menu.py, engine/agent/tools.py): the step leaves the conversation on
 STEP_REMINDER with the booking in `REMINDER_KEY`; "1" confirms, "2" offers the booking's
@@ -41,17 +42,14 @@ starts first.
 from __future__ import annotations
 
 import logging
-import uuid
-from datetime import datetime
 
 from engine import commands
 from engine.agent.bookings import Booking
 from engine.agent.metrics import REMINDERS
-from engine.agent.texts import AgentTexts, load_agent_texts
-from engine.businesses import Business, Businesses, businesses_from
+from engine.agent.proactive import ProactivePass
+from engine.businesses import Business, businesses_from
 from engine.commands import CommandQueue
-from shared.clock import now_ms
-from shared.keys import CalendarKeys, WahaSessionKeys, split_conversation_token
+from shared.keys import split_conversation_token
 from shared.lua import LuaScript
 from shared.redis_client import RedisClient
 from shared.settings import Settings
@@ -67,17 +65,10 @@ REMINDER_KEY = "reminder_booking"
 REMINDED_KEY = "reminders_sent"
 REMINDED_KEEP = 8
 
-# One pass over all processes at a time (they all run it every second).
-PASS_LOCK_MS = 900
 # Due timers one pass looks at, at most (the next pass goes on).
 PASS_LIMIT = 200
 
-RATE_TAKE = LuaScript.named("send_rate_take")
 DONE = LuaScript.named("reminder_done")
-
-
-def lead_ms(settings: Settings) -> int:
-    return int(settings.reminder_lead_hours * 3_600_000)
 
 
 def reminder_event_id(booking_id: str, due: int) -> str:
@@ -89,80 +80,30 @@ def reminder_mark(booking_id: str, due: int) -> str:
     return f"{booking_id}:{due}"
 
 
-class Reminders:
+class Reminders(ProactivePass):
     """The reminders pass: turns due timers into `wsm.reminder` commands."""
 
-    def __init__(
-        self,
-        redis: RedisClient,
-        queue: CommandQueue,
-        businesses: Businesses,
-        *,
-        prefix: str,
-        language: str,
-        pace_per_minute: float,
-    ) -> None:
-        self.redis = redis
-        self.queue = queue
-        self.keys = CalendarKeys(prefix)
-        self.prefix = prefix
-        self.language = language
-        self.pace_per_minute = pace_per_minute
-        self._businesses = {b.id: b for b in businesses.all()}
-        self._default = businesses.default
-        self._texts: dict[str, AgentTexts] = {}
+    @property
+    def lock(self) -> str:
+        return self.keys.reminders_lock
 
     @classmethod
     def from_settings(
         cls, redis: RedisClient, settings: Settings, queue: CommandQueue
     ) -> Reminders:
-        return cls(
-            redis,
-            queue,
-            businesses_from(settings),
-            prefix=settings.key_prefix,
-            language=settings.language,
-            pace_per_minute=settings.reminder_pace,
-        )
+        return cls(redis, queue, businesses_from(settings), **cls.options(settings))
 
     def _business(self, booking: Booking) -> Business:
         return self._businesses.get(booking.business, self._default)
 
     def text(self, booking: Booking) -> str:
         """The reminder, in the booking's business's words and time zone."""
-        business = self._business(booking)
-        calendar = business.calendar
-        texts = self._texts.get(business.id)
-        if texts is None:
-            texts = self._texts[business.id] = load_agent_texts(self.language, calendar.texts)
-        start = datetime.fromtimestamp(booking.start_ms / 1000, calendar.tz)
-        return texts.render(
-            "reminder",
-            business=calendar.business_name,
-            service=booking.service_name,
-            when=calendar.label(start, self.language),
-        )
+        return self.render("reminder", self._business(booking), booking)
 
-    async def _paced(self, session: str) -> bool:
-        """Whether the session may have one more reminder now (takes it)."""
-        if self.pace_per_minute <= 0:
-            return True
-        wait = await RATE_TAKE(
-            self.redis,
-            [WahaSessionKeys(session, self.prefix).reminder_rate],
-            [self.pace_per_minute / 60, 1],
-        )
-        return int(wait) == 0
-
-    async def run_once(self, *, now: int | None = None, force: bool = False) -> dict[str, int]:
+    async def run_pass(self, now: int) -> dict[str, int]:
         """Queue every due reminder (as the pace allows) and count the unanswered ones.
-        -> what it did. Skipped while another process runs a pass (unless `force`)."""
+        -> what it did."""
         keys = self.keys
-        if not force and not await self.redis.set(
-            keys.reminders_lock, uuid.uuid4().hex, nx=True, px=PASS_LOCK_MS
-        ):
-            return {}
-        now = now_ms() if now is None else now
         done = {"queued": 0, "stale": 0, "paced": 0, "unanswered": 0}
         # (member, score) pairs; redis-py's stubs do not type WITHSCORES replies.
         due: list[tuple[bytes, float]] = await self.redis.zrangebyscore(
@@ -184,7 +125,7 @@ class Reminders:
                 done["stale"] += 1
                 continue
             session, chat_id = split_conversation_token(booking.customer)
-            if session in waiting or not await self._paced(session):
+            if session in waiting or not await self.paced(session):
                 waiting.add(session)
                 done["paced"] += 1
                 continue
@@ -221,7 +162,6 @@ __all__ = [
     "REMINDER_KEY",
     "STEP_REMINDER",
     "Reminders",
-    "lead_ms",
     "reminder_event_id",
     "reminder_mark",
 ]

@@ -13,9 +13,10 @@ is refused at start-up (AgentTextsError), like the engine's.
 
 from __future__ import annotations
 
-import string
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from engine.texts import Templates, check_template
 
 FIELDS: dict[str, frozenset[str]] = {
     "option_book": frozenset(),
@@ -155,12 +156,8 @@ class AgentTextsError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class AgentTexts:
-    language: str
-    templates: Mapping[str, str]
-
-    def render(self, key: str, **values: object) -> str:
-        return self.templates[key].format(**values)
+class AgentTexts(Templates):
+    """The agent's templates of one language (the business file's overrides applied)."""
 
     def numbered(self, labels: list[str]) -> str:
         return "\n".join(
@@ -170,21 +167,7 @@ class AgentTexts:
 
 
 def _check(language: str, key: str, template: object) -> None:
-    where = f"calendar texts [{language}]"
-    if key not in FIELDS:
-        raise AgentTextsError(f"{where}: unknown text {key!r}")
-    if not isinstance(template, str):
-        raise AgentTextsError(f"{where}: text {key!r} must be a string")
-    try:
-        used = {name for _, name, _, _ in string.Formatter().parse(template) if name}
-    except ValueError as exc:
-        raise AgentTextsError(f"{where}: text {key!r} is not a valid template: {exc}") from exc
-    unknown = used - FIELDS[key]
-    if unknown:
-        allowed = ", ".join(sorted(FIELDS[key])) or "none"
-        raise AgentTextsError(
-            f"{where}: text {key!r} uses unknown field(s) {sorted(unknown)}; allowed: {allowed}"
-        )
+    check_template(key, template, f"calendar texts [{language}]", FIELDS, AgentTextsError)
 
 
 def load_agent_texts(

@@ -91,7 +91,13 @@ def folder_name(conversation_token: str) -> str:
     return quote(conversation_token, safe="@")
 
 
-def _stored(token: str, data: bytes, mimetype: str, filename: str | None) -> StoredMedia:
+def _stored(
+    token: str, data: bytes, mimetype: str, filename: str | None, max_bytes: int | None
+) -> StoredMedia:
+    """The file's record, before a store writes it; MediaTooBig past the store's `max_bytes`
+    (None: any size)."""
+    if max_bytes is not None and len(data) > max_bytes:
+        raise MediaTooBig(f"{len(data)} bytes (at most {max_bytes})")
     sha = hashlib.sha256(data).hexdigest()
     return StoredMedia(
         id=media_id(token, sha),
@@ -117,9 +123,7 @@ class DirectoryStore:
     async def put(
         self, conversation_token: str, data: bytes, mimetype: str, filename: str | None
     ) -> StoredMedia:
-        if self.max_bytes is not None and len(data) > self.max_bytes:
-            raise MediaTooBig(f"{len(data)} bytes (at most {self.max_bytes})")
-        media = _stored(conversation_token, data, mimetype, filename)
+        media = _stored(conversation_token, data, mimetype, filename, self.max_bytes)
         await asyncio.to_thread(self._write, self.path_of(conversation_token, media.sha256), data)
         return media
 
@@ -208,9 +212,7 @@ class S3Store:
     async def put(
         self, conversation_token: str, data: bytes, mimetype: str, filename: str | None
     ) -> StoredMedia:
-        if self.max_bytes is not None and len(data) > self.max_bytes:
-            raise MediaTooBig(f"{len(data)} bytes (at most {self.max_bytes})")
-        media = _stored(conversation_token, data, mimetype, filename)
+        media = _stored(conversation_token, data, mimetype, filename, self.max_bytes)
         await asyncio.to_thread(
             self.client.put_object,
             Bucket=self.bucket,

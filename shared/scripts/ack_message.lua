@@ -2,18 +2,11 @@
 -- ack_message: the lease holder's commit of one handled message. Refused unless the caller's
 -- fence is current and its lease has not run out; then applies the handler's writes and
 -- removes the message, all in this one atomic step.
--- Returns 1 acked; 2 already acked (a retry whose first answer was lost), lease still good;
--- 3 already acked, but the lease has run out or been taken back since (the work stands; the
--- turn must end); 0 fenced out (the lease was taken away); -1 lease expired; -2 the message is
--- not the conversation's head.
--- Each ack leaves `last_ack` = "<fence>:<message id>" in the meta: it is how a retry knows its
--- work was committed whatever happened to the lease since, and how the reaper knows the holder
--- was between messages (see reap_expired_lease.lua).
-local meta_key = KEYS[1]       -- the conversation's state, fence, lease_until
-local messages_key = KEYS[2]   -- its message ids, oldest at the right
-local bodies_key = KEYS[3]     -- message id -> record
-local attempts_key = KEYS[4]   -- message id -> attempts so far
-local stats_key = KEYS[5]      -- the shard's counters
+-- Returns ack_head's code (lib/ack.lua): 1 acked; 2 already acked (a retry whose first answer
+-- was lost), lease still good; 3 already acked, but the lease has run out or been taken back
+-- since (the work stands; the turn must end); 0 fenced out (the lease was taken away); -1 lease
+-- expired; -2 the message is not the conversation's head.
+-- KEYS[1..5]: the conversation's queue keys (ack_queue in lib/ack.lua).
 -- KEYS[6..]: the keys the handler's writes touch (same hash tag, validated by the caller).
 local fence = ARGV[1]
 local message_id = ARGV[2]
@@ -21,6 +14,7 @@ local message_id = ARGV[2]
 
 local FIRST_WRITE_KEY = 6
 --#include clock
+--#include ack
 -- Plain single-key writes only: nothing that reads another key, blocks, or scripts.
 local allowed = {
   SET = true, DEL = true, UNLINK = true, EXPIRE = true, PEXPIRE = true, PERSIST = true,
@@ -48,41 +42,10 @@ while i <= #ARGV do
   i = i + 3 + argc
 end
 
-local meta = redis.call('HMGET', meta_key, 'fence', 'state', 'lease_until', 'last_ack')
-local now_ms = redis_now_ms()
-local live = meta[1] == fence and meta[2] == 'leased' and (tonumber(meta[3]) or 0) >= now_ms
-
--- "Already acked" comes first: a retry whose first answer was lost must learn that its work
--- is committed even when the lease ran out (or was reaped) meanwhile. Reporting LeaseLost
--- there would drop committed work as lost and leave the lease to the reaper.
-local acked = meta[4] == fence .. ':' .. message_id
-if not acked and meta[1] == fence and meta[2] == 'leased'
-    and redis.call('LINDEX', messages_key, -1) ~= message_id
-    and redis.call('HEXISTS', bodies_key, message_id) == 0 then
-  -- No marker (an ack by an older version): only the lease holder removes messages, so a
-  -- missing body under our own lease means our earlier call went through.
-  acked = true
-end
-if acked then
-  return live and 2 or 3
+local function apply_writes()
+  for _, write in ipairs(writes) do
+    redis.call(write[1], write[2], unpack(ARGV, write[3], write[4]))
+  end
 end
 
-if meta[1] ~= fence or meta[2] ~= 'leased' then
-  return 0
-end
-if not live then
-  return -1
-end
-if redis.call('LINDEX', messages_key, -1) ~= message_id then
-  return -2
-end
-
-for _, write in ipairs(writes) do
-  redis.call(write[1], write[2], unpack(ARGV, write[3], write[4]))
-end
-redis.call('RPOP', messages_key)
-redis.call('HDEL', bodies_key, message_id)
-redis.call('HDEL', attempts_key, message_id)
-redis.call('HINCRBY', stats_key, 'waiting', -1)
-redis.call('HSET', meta_key, 'last_ack', fence .. ':' .. message_id)
-return 1
+return ack_head(ack_queue(), fence, message_id, redis_now_ms(), apply_writes)

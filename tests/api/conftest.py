@@ -6,10 +6,10 @@ import pytest
 from fastapi import FastAPI
 
 from api.app import create_app
-from tests.engine.conftest import waha
+from tests.engine.conftest import router, waha
 from tests.engine.harness import Harness, settings_for
 
-__all__ = ["API_AUTH", "API_TOKEN", "api_app", "api_client", "harness", "waha"]
+__all__ = ["API_AUTH", "API_TOKEN", "api_app", "api_client", "harness", "router", "waha"]
 
 API_TOKEN = "s3cret-token-0123456789abcdef0123456"  # >= 32 characters
 API_AUTH = {"Authorization": f"Bearer {API_TOKEN}"}

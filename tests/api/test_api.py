@@ -14,8 +14,8 @@ from api.app import create_app
 from engine.identity import Conversation
 from shared.keys import keys_for_conversation
 from tests.conftest import keys_with_prefix
+from tests.engine.erase_support import booking_store, content, live_a_life, values_of
 from tests.engine.harness import FakeWaha, Harness, settings_for
-from tests.engine.test_erase import booking_store, content, live_a_life, values_of
 from tests.support.waha import text_message
 
 ROOT = Path(__file__).resolve().parents[2]

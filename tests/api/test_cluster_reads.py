@@ -16,7 +16,7 @@ from engine.state import State
 from shared.keys import engine_keys_for
 from shared.redis_client import connect
 from tests.api.conftest import API_AUTH, API_TOKEN
-from tests.api.test_reads_cost import T0, chat, outbox_gauge, pend, seed
+from tests.api.support import T0, chat, outbox_gauge, pend, seed
 from tests.engine.harness import settings_for
 
 SHARDS = 6  # the conversations spread over the three masters

@@ -24,7 +24,7 @@ from shared.keys import WahaSessionKeys, engine_keys_for
 from tests.api.conftest import API_AUTH, API_TOKEN
 from tests.conftest import keys_with_prefix
 from tests.engine.harness import FakeWaha, Harness, settings_for
-from tests.engine.test_media_send import PDF, PNG, MediaWaha
+from tests.engine.media_send_support import PDF, PNG, MediaWaha
 
 ANA = "5511987650001@c.us"
 BIA = "5511987650002@c.us"

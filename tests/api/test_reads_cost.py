@@ -17,13 +17,12 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from api.routes import ops
-from engine.state import ConversationState, State
+from engine.state import State
 from shared.embedded_redis import EmbeddedRedis
-from shared.keys import EngineIndexKeys, conversation_token, engine_keys_for
+from shared.keys import conversation_token, engine_keys_for
 from tests.api.conftest import API_AUTH, API_TOKEN
+from tests.api.support import T0, chat, outbox_gauge, pend, seed
 from tests.engine.harness import settings_for
-
-T0 = 1_700_000_000_000
 
 
 @dataclass
@@ -68,23 +67,6 @@ async def counted(
         await client.aclose()
 
 
-def chat(n: int) -> str:
-    return f"55119000{n:05d}@c.us"
-
-
-def seed(
-    sync: Any, prefix: str, session: str, chat_id: str, state: State, at: int, shards: int = 1
-) -> None:
-    """A conversation as the engine leaves it: its state hash, listed in the index by its last
-    change, and in its state's set (engine/state.py writes the same keys)."""
-    index = EngineIndexKeys(prefix)
-    token = conversation_token(session, chat_id)
-    hashed = ConversationState(state=state, last_activity_at=at, opened_at=T0).to_hash()
-    sync.hset(engine_keys_for(session, chat_id, shards, prefix).state, mapping=hashed)
-    sync.zadd(index.conversations, {token: at})
-    sync.sadd(index.in_state(state.value), token)
-
-
 async def test_the_list_reads_one_page_not_every_conversation(counted: Counted) -> None:
     for n in range(30):
         seed(counted.sync, counted.prefix, "default", chat(n), State.BOT, T0 + n)
@@ -125,17 +107,6 @@ async def test_a_filtered_list_reads_only_what_its_page_needs(counted: Counted) 
     response = await counted.http.get("/api/conversations?session=b&limit=2", headers=API_AUTH)
     assert [c["chat_id"] for c in response.json()] == [chat(38), chat(36)]
     assert counted.calls().get("hgetall") == 2
-
-
-def pend(sync: Any, prefix: str, chat_id: str, replies: int, due: int, shards: int = 1) -> None:
-    keys = engine_keys_for("default", chat_id, shards, prefix)
-    sync.rpush(keys.outbox, *[f'{{"mid": "m{n}"}}' for n in range(replies)])
-    sync.zadd(keys.outbox_pending, {conversation_token("default", chat_id): due})
-
-
-def outbox_gauge(metrics: str) -> float:
-    [line] = [x for x in metrics.splitlines() if x.startswith("wsm_outbox_pending ")]
-    return float(line.split()[1])
 
 
 async def test_a_scrape_reads_a_bounded_number_of_outboxes(

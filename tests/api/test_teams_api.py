@@ -21,7 +21,7 @@ from engine.state import State, load_state
 from shared.keys import LineKeys, engine_keys_for
 from tests.api.conftest import API_AUTH, API_TOKEN
 from tests.engine.harness import Harness, settings_for
-from tests.engine.test_teams import business_file
+from tests.engine.line_support import business_file
 from tests.support.waha import text_message
 
 __all__ = ["business_file"]  # the two-team business file fixture

@@ -15,8 +15,9 @@ import itertools
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,10 @@ import redis
 
 from shared.keys import LineKeys, conversation_token, split_conversation_token
 from tests.support.polling import wait_until
+from tests.support.product import started_product
 from tests.support.tools import in_ci, require_program
-from wsm.load.product import KEY_PREFIX, ProductStack, StackOptions, build_stack
+from wsm.load.product import KEY_PREFIX, ProductStack
 from wsm.load.quiet import wait_quiet
-from wsm.stack import running
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "docs" / "console"
@@ -142,39 +143,41 @@ class Product:
         wait_until(lambda: self.waiting(phone), timeout=20, what=f"{phone} in the line")
 
 
-@pytest.fixture(scope="module")
-def product(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Product]:
-    home: Path = tmp_path_factory.mktemp("console")
-    stack = build_stack(
-        StackOptions(
-            home=home,
-            processes=1,
-            concurrency=4,
-            # nginx in front when installed (always in CI): the console is also tried through it.
-            nginx="auto",
-            # Customers wait until an agent takes them ("Atender próximo"), and the READ ack
-            # comes late enough to be seen arriving.
-            env={"WSM_AUTO_ASSIGN": "0", "WSM_POSITION_NOTICE_INTERVAL_SECONDS": "0"},
-            sim_args=("--read-delay", "1.5"),
-        )
-    )
-    with running(stack.stack, stack.stop_order):
-        stack.start()
+@contextmanager
+def console_product(
+    home: Path, accounts: Iterable[tuple[str, str, str]], **options: Any
+) -> Iterator[Product]:
+    """The product started under `home` (tests/support/product.py) with the accounts
+    `(id, name, role)` made by `wsm agent add`. Customers wait in the line until an agent takes
+    them ("Atender próximo"), with no position notices in between."""
+    env = {"WSM_AUTO_ASSIGN": "0", "WSM_POSITION_NOTICE_INTERVAL_SECONDS": "0"}
+    with started_product(home, env=env, **options) as stack:
         client = redis.Redis.from_url(stack.redis_url)
         sim = httpx.Client(base_url=stack.sim_url, timeout=30)
         view = Product(stack, client, sim)
-        for agent_id, name, role in (
-            ("ana", "Ana", "agent"),
-            ("bia", "Bia", "agent"),
-            ("chefe", "Chefe", "admin"),
-        ):
-            done = view.agent("add", agent_id, "--name", name, "--role", role)
-            assert done.returncode == 0, done.stderr
         try:
+            for agent_id, name, role in accounts:
+                done = view.agent("add", agent_id, "--name", name, "--role", role)
+                assert done.returncode == 0, done.stderr
             yield view
         finally:
             sim.close()
             client.close()
+
+
+@pytest.fixture(scope="module")
+def product(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Product]:
+    accounts = (("ana", "Ana", "agent"), ("bia", "Bia", "agent"), ("chefe", "Chefe", "admin"))
+    with console_product(
+        tmp_path_factory.mktemp("console"),
+        accounts,
+        concurrency=4,
+        # nginx in front when installed (always in CI): the console is also tried through it.
+        nginx="auto",
+        # The READ ack comes late enough to be seen arriving.
+        sim_args=("--read-delay", "1.5"),
+    ) as view:
+        yield view
 
 
 @pytest.fixture(autouse=True)

@@ -27,19 +27,17 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-import redis
 import redis.asyncio as aioredis
 
 from engine import parts as engine_parts
 from engine.history import HistoryEntry, HistoryKeys, append_writes
 from shared.clock import now_ms
 from shared.keys import conversation_token, engine_keys_for
-from tests.console.conftest import Product, login, new_phone
+from tests.console.conftest import Product, console_product, login, new_phone
 from tests.console.test_console import expect, http_login, page_csrf, snapshot
 from tests.engine.harness import apply_writes, settings_for
 from tests.support.polling import wait_until
-from wsm.load.product import KEY_PREFIX, StackOptions, build_stack
-from wsm.stack import running
+from wsm.load.product import KEY_PREFIX
 
 pytestmark = pytest.mark.slow
 
@@ -436,28 +434,13 @@ def announced_too_big(
 def core_product(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Product]:
     """The product with a WAHA Core (the simulator with --tier CORE): files are refused with
     422 AvailableInPlusVersion."""
-    stack = build_stack(
-        StackOptions(
-            home=tmp_path_factory.mktemp("console-core"),
-            processes=1,
-            concurrency=2,
-            nginx="off",
-            env={"WSM_AUTO_ASSIGN": "0", "WSM_POSITION_NOTICE_INTERVAL_SECONDS": "0"},
-            sim_args=("--tier", "CORE"),
-        )
-    )
-    with running(stack.stack, stack.stop_order):
-        stack.start()
-        client = redis.Redis.from_url(stack.redis_url)
-        sim = httpx.Client(base_url=stack.sim_url, timeout=30)
-        view = Product(stack, client, sim)
-        done = view.agent("add", "ana", "--name", "Ana", "--role", "agent")
-        assert done.returncode == 0, done.stderr
-        try:
-            yield view
-        finally:
-            sim.close()
-            client.close()
+    with console_product(
+        tmp_path_factory.mktemp("console-core"),
+        [("ana", "Ana", "agent")],
+        concurrency=2,
+        sim_args=("--tier", "CORE"),
+    ) as view:
+        yield view
 
 
 def test_a_waha_core_is_shown_as_not_sending_files(core_product: Product, page: Any) -> None:

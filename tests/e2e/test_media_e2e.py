@@ -23,8 +23,8 @@ import pytest
 from engine.texts import load_texts
 from tests.fleet.conftest import SESSION, Fleet
 from tests.support.polling import async_wait_until
-from wsm.load.product import ProductStack, StackOptions, build_stack
-from wsm.stack import running
+from tests.support.product import started_product
+from wsm.load.product import ProductStack
 
 pytestmark = pytest.mark.slow
 
@@ -39,18 +39,10 @@ CAPTION = "Comprovante do Pix"
 @pytest.fixture(scope="module")
 def media_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProductStack]:
     home: Path = tmp_path_factory.mktemp("media-e2e")
-    product = build_stack(
-        StackOptions(
-            home=home,
-            processes=1,
-            concurrency=4,
-            nginx="off",
-            env={"WAHA_API_KEY": WAHA_KEY, "WSM_MEDIA_DIR": str(home / "media")},
-            sim_args=(f"--api-key={WAHA_KEY}",),
-        )
-    )
-    with running(product.stack, product.stop_order):
-        product.start()
+    env = {"WAHA_API_KEY": WAHA_KEY, "WSM_MEDIA_DIR": str(home / "media")}
+    with started_product(
+        home, concurrency=4, env=env, sim_args=(f"--api-key={WAHA_KEY}",)
+    ) as product:
         yield product
 
 

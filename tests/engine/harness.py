@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 import respx
 
 from engine.agent.service import build_agent, build_service
@@ -26,8 +27,9 @@ from engine.waha_client import WahaClient
 from shared.enqueue import EnqueueRequest, enqueue
 from shared.envelope import decode_record
 from shared.events import route_event
-from shared.keys import all_shards
+from shared.keys import all_shards, engine_keys_for
 from shared.queue_consumer import QueueConsumer
+from shared.queue_errors import LeaseLost
 from shared.redis_client import RedisClient
 from shared.settings import Settings
 from tests.support.waha import compact, text_message
@@ -53,6 +55,18 @@ def settings_for(prefix: str, redis_url: str, **overrides: Any) -> Settings:
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
+def mock_courtesy(router: Any = respx) -> None:
+    """WAHA's courtesy calls around a send (seen, typing on and off) answered 201, on `router`
+    or on respx's global router (tests under `@respx.mock`)."""
+    for path in ("sendSeen", "startTyping", "stopTyping"):
+        router.post(f"{WAHA}/api/{path}").mock(return_value=httpx.Response(201, json={}))
+
+
+def texts_sent(route: respx.Route) -> list[str]:
+    """The texts a respx route was asked to send, in order."""
+    return [orjson.loads(c.request.content)["text"] for c in route.calls]
+
+
 class FakeWaha:
     """WAHA's send side: 201 with a message id for sendText; failures on demand."""
 
@@ -62,8 +76,7 @@ class FakeWaha:
         self.failures: list[httpx.Response] = []
         self._n = itertools.count()
         router.post(f"{WAHA}/api/sendText").mock(side_effect=self._send)
-        for path in ("sendSeen", "startTyping", "stopTyping"):
-            router.post(f"{WAHA}/api/{path}").mock(return_value=httpx.Response(201, json={}))
+        mock_courtesy(router)
         router.get(url__regex=rf"{WAHA}/api/.+/lids/.+").mock(
             return_value=httpx.Response(200, json={"lid": "x@lid", "pn": None})
         )
@@ -89,6 +102,13 @@ class Ctx:
     async def commit(self, writes: Iterable[Sequence[Any]] = ()) -> None:
         await self.consumer.ack(self.lease, self.message_id, list(writes))  # type: ignore[arg-type]
         self.committed = True
+
+
+class _FencedOutCtx(Ctx):
+    """A handler context whose commit the queue refuses, as it refuses a fenced-out worker's."""
+
+    async def commit(self, writes: Iterable[Sequence[Any]] = ()) -> None:
+        raise LeaseLost("taken over")
 
 
 async def apply_writes(redis: RedisClient, writes: Sequence[Sequence[Any]]) -> None:
@@ -157,6 +177,23 @@ class Harness:
                 await self.consumer.release(lease)
                 leases += 1
         return leases, handled
+
+    async def handle_fenced_out(self, session: str, chat: str) -> None:
+        """The conversation's next queued message handled by a worker whose fenced commit is
+        refused (fenced out, or killed before committing): the handler meets LeaseLost and
+        the lease is released with nothing committed, so the message is delivered again."""
+        keys = engine_keys_for(session, chat, self.settings.queue_shards, self.settings.key_prefix)
+        shard = keys.conversation.shard_keys
+        token = await self.consumer.pop_ready(shard)
+        assert token is not None
+        lease = await self.consumer.claim(shard, token, "first")
+        assert lease is not None
+        message = lease.messages[0]
+        assert message.record is not None
+        with pytest.raises(LeaseLost):
+            ctx = _FencedOutCtx(self.consumer, lease, message.id)
+            await self.service.engine(decode_record(message.record), ctx)
+        await self.consumer.release(lease)
 
     async def drain(self, *, deliver: bool = True) -> int:
         """Handle everything queued (commands included), then deliver the outboxes."""

@@ -3,15 +3,11 @@ exactly-once replies, and the business answering from its own phone."""
 
 from __future__ import annotations
 
-import pytest
-
 from engine.history import HistoryKeys, read_page
 from engine.state import State, load_state
 from shared.keys import WahaSessionKeys, engine_keys_for
-from shared.queue_errors import LeaseLost
-from tests.engine.harness import Ctx
 from tests.support.polling import async_wait_until
-from tests.support.waha import text_message
+from tests.support.waha import from_me, text_message
 
 ANA = "5511987650001@c.us"
 
@@ -81,19 +77,7 @@ async def test_redelivery_after_a_lost_commit_replies_once(
     committed nothing; the redelivery runs it again and the customer gets one reply."""
     harness = make_harness()
     await harness.webhook(text_message(ANA, "oi"))
-    shard_keys = engine_keys_for("default", ANA, 1, key_prefix).conversation.shard_keys
-    token = await harness.consumer.pop_ready(shard_keys)
-    lease = await harness.consumer.claim(shard_keys, token, "first")
-    from shared.envelope import decode_record
-
-    class Fenced(Ctx):
-        async def commit(self, writes=()) -> None:
-            raise LeaseLost("taken over")
-
-    event = decode_record(lease.messages[0].record)
-    with pytest.raises(LeaseLost):
-        await harness.service.engine(event, Fenced(harness.consumer, lease, lease.messages[0].id))
-    await harness.consumer.release(lease)
+    await harness.handle_fenced_out("default", ANA)
     await harness.drain()
     assert len(waha.to(ANA)) == 1
     page, _ = await read_page(aredis, _history(key_prefix, ANA))
@@ -103,14 +87,6 @@ async def test_redelivery_after_a_lost_commit_replies_once(
 def _history(prefix: str, chat: str) -> HistoryKeys:
     keys = engine_keys_for("default", chat, 1, prefix)
     return HistoryKeys(keys.history, keys.history_meta)
-
-
-def from_me(chat: str, text: str, message_id: str) -> dict:
-    document = text_message(chat, text, event="message.any")
-    document["payload"].update(
-        {"id": f"true_{chat}_{message_id}", "fromMe": True, "from": chat, "to": chat, "ack": 1}
-    )
-    return document
 
 
 async def test_business_phone_pauses_the_bot_but_our_echoes_do_not(

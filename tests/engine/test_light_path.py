@@ -6,8 +6,12 @@ statistics (INFO commandstats), not timed."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import respx
 from redis.asyncio.client import Pipeline
 
@@ -118,6 +122,40 @@ async def test_one_send_seen_per_inbound_burst(aredis, key_prefix, make_harness)
         assert paths.count("/api/sendSeen") == 1
 
 
+@dataclass
+class RoundTrips:
+    """What went to Redis, one entry a round trip."""
+
+    trips: list[str] = field(default_factory=list)  # a command's name, or "pipeline"
+    single: list[str] = field(default_factory=list)  # the commands sent alone
+    piped: list[list[str]] = field(default_factory=list)  # each pipeline's commands
+
+
+@contextmanager
+def round_trips(aredis: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[RoundTrips]:
+    """Records every round trip `aredis` makes inside the block (commands and pipelines)."""
+    seen = RoundTrips()
+    execute_command = aredis.execute_command
+    pipelined = Pipeline.execute
+
+    async def command(*args: Any, **options: Any) -> Any:
+        seen.trips.append(str(args[0]))
+        seen.single.append(str(args[0]))
+        return await execute_command(*args, **options)
+
+    async def pipeline(self: Pipeline, *args: Any, **options: Any) -> Any:
+        seen.trips.append("pipeline")
+        seen.piped.append([str(c[0][0]) for c in self.command_stack])
+        return await pipelined(self, *args, **options)
+
+    monkeypatch.setattr(aredis, "execute_command", command)
+    monkeypatch.setattr(Pipeline, "execute", pipeline)
+    try:
+        yield seen
+    finally:
+        monkeypatch.undo()
+
+
 async def test_a_reply_is_sent_and_recorded_in_fewer_round_trips(
     aredis, key_prefix, make_harness, monkeypatch
 ) -> None:
@@ -128,27 +166,14 @@ async def test_a_reply_is_sent_and_recorded_in_fewer_round_trips(
     keys = engine_keys_for("default", ANA, 1, key_prefix)
     entries = [new_entry(ANA, "Olá!")]
     await apply_writes(aredis, outbox_writes(keys, entries, retention_seconds=3600, now_ms=1))
-    trips: list[str] = []
-    single = aredis.execute_command
-    pipelined = Pipeline.execute
-
-    async def command(*args: Any, **options: Any) -> Any:
-        trips.append(str(args[0]))
-        return await single(*args, **options)
-
-    async def pipeline(self: Pipeline, *args: Any, **options: Any) -> Any:
-        trips.append("pipeline")
-        return await pipelined(self, *args, **options)
-
     with respx.mock(assert_all_called=False) as router:
         FakeWaha(router)
         harness = make_harness()
-        monkeypatch.setattr(aredis, "execute_command", command)
-        monkeypatch.setattr(Pipeline, "execute", pipeline)
-        await harness.service.sender.deliver(f"default|{ANA}")
-        monkeypatch.undo()
+        with round_trips(aredis, monkeypatch) as seen:
+            await harness.service.sender.deliver(f"default|{ANA}")
         paths = [call.request.url.path for call in router.calls]
     assert paths == ["/api/sendSeen", "/api/sendText"]
+    trips = seen.trips
     assert trips == ["SET", "pipeline", "EVALSHA", "SET", "pipeline", "pipeline", "EVALSHA"]
     assert await aredis.llen(keys.outbox) == 0
     page, _ = await read_page(aredis, HistoryKeys(keys.history, keys.history_meta))
@@ -160,29 +185,15 @@ async def test_a_customer_message_reads_state_marker_and_history_in_one_round_tr
 ) -> None:
     """The state, whether the message is in the history already, and the newest entries for
     the brain: one pipeline, not three round trips."""
-    single: list[str] = []
-    piped: list[list[str]] = []
-    execute_command = aredis.execute_command
-    pipelined = Pipeline.execute
-
-    async def command(*args: Any, **options: Any) -> Any:
-        single.append(str(args[0]))
-        return await execute_command(*args, **options)
-
-    async def pipeline(self: Pipeline, *args: Any, **options: Any) -> Any:
-        piped.append([str(c[0][0]) for c in self.command_stack])
-        return await pipelined(self, *args, **options)
-
     with respx.mock(assert_all_called=False) as router:
         waha = FakeWaha(router)
         harness = make_harness()
         await harness.webhook(text_message(ANA, "oi"))
         await harness.drain()
         await harness.webhook(text_message(ANA, "Ana", message_id="IN2"))
-        monkeypatch.setattr(aredis, "execute_command", command)
-        monkeypatch.setattr(Pipeline, "execute", pipeline)
-        await harness.drain(deliver=False)
-        monkeypatch.undo()
+        with round_trips(aredis, monkeypatch) as seen:
+            await harness.drain(deliver=False)
+        single, piped = seen.single, seen.piped
         await harness.drain()
     assert waha.to(ANA)[-1].startswith("Como posso ajudar, Ana?")
     assert not {"HGETALL", "HGET", "XREVRANGE"} & set(single)

@@ -16,7 +16,7 @@ from engine import commands
 from engine.state import State, load_state
 from shared.keys import engine_keys_for
 from tests.engine.harness import Harness
-from tests.engine.test_waiting_line_flow import ask_for_a_person
+from tests.engine.line_support import ask_for_a_person
 from tests.support.waha import text_message
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,7 +15,7 @@ from engine.texts import DEFAULTS
 from engine.turn import frame as engine_handler
 from shared.keys import engine_keys_for
 from tests.engine.harness import Harness
-from tests.engine.test_waiting_line_flow import ask_for_a_person
+from tests.engine.line_support import ask_for_a_person
 
 FIRST = "5511900000101@c.us"
 SECOND = "5511900000102@c.us"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
-import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,46 +27,12 @@ from engine.sender import WAHA_PLUS_REQUIRED
 from engine.waha_client import OutboundFile, WahaClient, WahaPlusRequired, WahaSessionNotWorking
 from shared.keys import WahaSessionKeys, all_shards, engine_keys_for, outbox_pending_key
 from tests.engine.harness import WAHA, FakeWaha, Harness, settings_for
-from tests.support.waha import FIXTURES
+from tests.engine.media_send_support import PDF, PNG, MediaWaha, waha_answer
 from wsm.waha_sim import create_app as create_sim
 from wsm.waha_sim.config import SimConfig
 
 ANA = "5511987650001@c.us"
-PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
-PDF = b"%PDF-1.4\n" + b"x" * 64
 OGG = b"OggS" + b"\x00" * 64
-
-
-def waha_answer(name: str) -> Any:
-    return orjson.loads((FIXTURES / "api" / name).read_text("utf-8"))
-
-
-class MediaWaha:
-    """WAHA's file routes: 201 with the sent message, or WAHA Core's 422 when `core`."""
-
-    def __init__(self, router: respx.MockRouter) -> None:
-        self.core = False
-        self._ids = itertools.count(1)
-        self.routes = {
-            path: router.post(f"{WAHA}/api/{path}").mock(side_effect=self._send)
-            for path in ("sendImage", "sendFile", "sendVoice")
-        }
-
-    def _send(self, request: httpx.Request) -> httpx.Response:
-        if self.core:
-            return httpx.Response(422, json=waha_answer("send-image-plus-required.json"))
-        body = orjson.loads(request.content)
-        answer = waha_answer("send-image-sent.json")
-        answer["id"] = f"true_{body['chatId']}_3EB1{next(self._ids):016X}"
-        return httpx.Response(201, json=answer)
-
-    def bodies(self, path: str | None = None) -> list[dict[str, Any]]:
-        return [
-            orjson.loads(call.request.content)
-            for name, route in self.routes.items()
-            if path in (None, name)
-            for call in route.calls
-        ]
 
 
 @pytest.fixture

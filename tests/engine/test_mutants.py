@@ -22,16 +22,9 @@ from engine.waha_client import SentMessage
 from shared.keys import EngineIndexKeys, WahaSessionKeys, engine_keys_for, keys_for_conversation
 from shared.lua import LuaScript
 from shared.queue_errors import ConversationBusy
-from tests.engine.test_erase import snapshot
-from tests.engine.test_sender import (
-    CHAT,
-    WAHA,
-    commit_replies,
-    make_sender,
-    mock_courtesy,
-    sent_answer,
-    texts_sent,
-)
+from tests.engine.erase_support import snapshot
+from tests.engine.harness import WAHA, mock_courtesy, texts_sent
+from tests.engine.support import CHAT, commit_replies, make_sender, sent_answer
 from tests.support.waha import text_message
 
 # --- engine/state.py ------------------------------------------------------------------------

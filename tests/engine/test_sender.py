@@ -7,42 +7,11 @@ import orjson
 import respx
 
 from engine.history import HistoryKeys, read_page
-from engine.outbox import new_entry, outbox_writes
-from engine.sender import Sender, SenderConfig, typing_pause_ms
-from engine.waha_client import WahaClient
+from engine.sender import typing_pause_ms
 from shared.backoff import backoff_ms
 from shared.keys import WahaSessionKeys, engine_keys_for
-from tests.engine.harness import apply_writes
-
-WAHA = "http://waha.test"
-CHAT = "5511987650052@c.us"
-
-
-def sent_answer(n: int) -> httpx.Response:
-    return httpx.Response(201, json={"id": f"true_{CHAT}_3EB0{n:016X}", "fromMe": True})
-
-
-def mock_courtesy() -> None:
-    for path in ("sendSeen", "startTyping", "stopTyping"):
-        respx.post(f"{WAHA}/api/{path}").mock(return_value=httpx.Response(201, json={}))
-
-
-async def commit_replies(aredis, prefix: str, *texts: str, chat: str = CHAT) -> None:
-    keys = engine_keys_for("default", chat, 1, prefix)
-    entries = [new_entry(chat, t) for t in texts]
-    await apply_writes(aredis, outbox_writes(keys, entries, retention_seconds=3600, now_ms=1))
-
-
-def make_sender(aredis, prefix: str, **overrides: object) -> tuple[Sender, WahaClient]:
-    waha = WahaClient(WAHA)
-    options: dict[str, object] = {"typing_delay_max_ms": 0, "retry_base_ms": 1, "retry_max_ms": 2}
-    options.update(overrides)
-    config = SenderConfig(prefix=prefix, shards=1, **options)  # type: ignore[arg-type]
-    return Sender(aredis, waha, config), waha
-
-
-def texts_sent(route: respx.Route) -> list[str]:
-    return [orjson.loads(c.request.content)["text"] for c in route.calls]
+from tests.engine.harness import WAHA, mock_courtesy, texts_sent
+from tests.engine.support import CHAT, commit_replies, make_sender, sent_answer
 
 
 @respx.mock

@@ -12,7 +12,8 @@ import respx
 
 from engine.sender import Sender, SenderConfig
 from engine.waha_client import WahaClient
-from tests.engine.test_sender import WAHA, commit_replies, mock_courtesy
+from tests.engine.harness import WAHA, mock_courtesy
+from tests.engine.support import commit_replies
 from tests.support.polling import async_wait_until
 
 CHATS = [f"55119876500{n:02d}@c.us" for n in range(10)]

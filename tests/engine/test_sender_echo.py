@@ -13,16 +13,9 @@ from engine.sender import InflightSend
 from engine.state import State, load_state
 from engine.waha_client import SentMessage
 from shared.keys import WahaSessionKeys, engine_keys_for
-from tests.engine.test_conversations import from_me
-from tests.engine.test_sender import (
-    CHAT,
-    WAHA,
-    commit_replies,
-    make_sender,
-    mock_courtesy,
-    sent_answer,
-    texts_sent,
-)
+from tests.engine.harness import WAHA, mock_courtesy, texts_sent
+from tests.engine.support import CHAT, commit_replies, make_sender, sent_answer
+from tests.support.waha import from_me
 
 ANA = "5511987650001@c.us"
 NOT_UNDERSTOOD = "Não entendi. Responda com o número de uma opção."

@@ -15,15 +15,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from engine.sender import InflightSend, LockKeeper
 from engine.waha_client import SentMessage
 from shared.keys import WahaSessionKeys, engine_keys_for
-from tests.engine.test_sender import (
-    CHAT,
-    WAHA,
-    commit_replies,
-    make_sender,
-    mock_courtesy,
-    sent_answer,
-    texts_sent,
-)
+from tests.engine.harness import WAHA, mock_courtesy, texts_sent
+from tests.engine.support import CHAT, commit_replies, make_sender, sent_answer
 
 TOKEN = f"default|{CHAT}"
 

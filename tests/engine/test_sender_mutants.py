@@ -13,7 +13,7 @@ from engine.outbox import OutboxEntry
 from engine.sender import InflightSend, LockKeeper
 from engine.waha_client import SentMessage
 from shared.keys import WahaSessionKeys, engine_keys_for
-from tests.engine.test_sender import CHAT, commit_replies, make_sender
+from tests.engine.support import CHAT, commit_replies, make_sender
 from tests.support.polling import async_wait_until
 
 TOKEN = f"default|{CHAT}"
@@ -79,8 +79,9 @@ async def test_a_started_keeper_renews_the_lock_while_it_runs_and_stops_when_tol
     renews no more once stopped. Kills, in _run: the loop never entered (`while self.lost`)
     and the renewal interval's unit (`/ 3000` -> `* 3000`): the lock then lapses."""
     key = f"{key_prefix}:sending"
-    await aredis.set(key, "mine", px=300)
-    keeper = LockKeeper(aredis, key, "mine", lock_ms=300)  # renews every 100 ms
+    # Renews every 500 ms: only an event-loop stall of a whole second could let it lapse.
+    await aredis.set(key, "mine", px=1500)
+    keeper = LockKeeper(aredis, key, "mine", lock_ms=1500)
     renewals = 0
     renew = keeper.renew
 
@@ -92,8 +93,8 @@ async def test_a_started_keeper_renews_the_lock_while_it_runs_and_stops_when_tol
     keeper.renew = counted  # type: ignore[method-assign]
     keeper.start()
     try:
-        # Ten renewals are three lock lifetimes: the lock is held only because they happened.
-        await async_wait_until(_at_least(lambda: renewals, 10), what="ten renewals")
+        # Four renewals outlast the lock's lifetime: it is held only because they happened.
+        await async_wait_until(_at_least(lambda: renewals, 4), what="four renewals")
         assert await aredis.get(key) == b"mine"
         assert keeper.lost is False
     finally:

@@ -14,7 +14,8 @@ import orjson
 import respx
 
 from shared.keys import WahaSessionKeys
-from tests.engine.test_sender import WAHA, commit_replies, make_sender, mock_courtesy
+from tests.engine.harness import WAHA, mock_courtesy
+from tests.engine.support import commit_replies, make_sender
 
 RATE = 4.0  # sends per second
 BURST = 2

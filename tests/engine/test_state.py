@@ -57,8 +57,9 @@ async def test_customer_messages_in_paused_keep_the_bot_quiet(
     reply)."""
     from engine.state import load_state
     from shared.keys import engine_keys_for
-    from tests.engine.test_conversations import ANA, from_me
-    from tests.support.waha import text_message
+    from tests.support.waha import from_me, text_message
+
+    ANA = "5511987650001@c.us"
 
     async def state() -> State:
         keys = engine_keys_for("default", ANA, 1, key_prefix)

@@ -8,44 +8,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from engine.state import State, load_state
 from engine.texts import DEFAULTS
 from shared.keys import engine_keys_for
 from tests.engine.harness import Harness
+from tests.engine.line_support import TWO_TEAMS, business_file
 from tests.support.waha import text_message
+
+__all__ = ["business_file"]  # the two-team business file fixture
 
 ANA = "5511900000301@c.us"  # Financeiro
 BIA = "5511900000302@c.us"  # Recepção
 CAIO = "5511900000303@c.us"  # Financeiro
 PT = DEFAULTS["pt-BR"]
-
-# Open around the clock, so the real time can run.
-ALL_DAY = "\n".join(
-    f'  {day}: ["00:00-24:00"]' for day in ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-)
-TWO_TEAMS = f"""
-business:
-  name: Clínica Sorriso
-hours:
-{ALL_DAY}
-services:
-  - id: consulta
-    name: Consulta
-teams:
-  - id: recepcao
-    name: Recepção
-  - id: financeiro
-    name: Financeiro
-"""
-
-
-@pytest.fixture
-def business_file(tmp_path: Path) -> Path:
-    path = tmp_path / "business.yaml"
-    path.write_text(TWO_TEAMS, "utf-8")
-    return path
 
 
 async def say(harness: Harness, chat: str, *texts: str) -> None:

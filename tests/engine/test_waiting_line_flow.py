@@ -8,18 +8,11 @@ from engine import commands
 from engine.state import State, load_state
 from shared.keys import engine_keys_for
 from tests.engine.harness import Harness, session_status
+from tests.engine.line_support import ask_for_a_person
 from tests.support.waha import text_message
 
 ZECA = "5511900000000@c.us"
 CUSTOMERS = [f"551190000000{n}@c.us" for n in range(1, 6)]
-
-
-async def ask_for_a_person(harness: Harness, chat: str, name: str) -> None:
-    for text in ("oi", name, "3"):
-        await harness.webhook(text_message(chat, text))
-    await harness.drain()
-    await harness.service.coordinator.maintain()
-    await harness.drain()
 
 
 async def close(harness: Harness, chat: str) -> None:

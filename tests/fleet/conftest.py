@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,10 +16,10 @@ import redis
 
 from shared.keys import WahaSessionKeys, engine_keys_for
 from tests.support.polling import async_wait_until, wait_until
+from tests.support.product import started_product
 from wsm.load.chaos import child_pids
-from wsm.load.product import KEY_PREFIX, ProductStack, StackOptions, build_stack
+from wsm.load.product import KEY_PREFIX, ProductStack
 from wsm.load.quiet import wait_quiet
-from wsm.stack import running
 
 SESSION = "default"
 # Seconds: a SIGKILLed sender's conversation waits this long for its lock to expire.
@@ -33,6 +32,15 @@ FLEET_SETTINGS = {
     "WSM_SEND_RETRY_MAX_MS": "400",
     "WSM_HEARTBEAT_INTERVAL": "1",
     "WSM_SHUTDOWN_GRACE_SECONDS": "5",
+}
+# The fleet's stack (tests/support/product.py), shared with the modules that vary it.
+FLEET_OPTIONS: dict[str, Any] = {
+    "concurrency": 8,
+    "lease_seconds": 2,
+    "reaper_interval": 0.5,
+    "env": FLEET_SETTINGS,
+    # WAHA waits 5 s for WORKING before its 422; the 422 test need not.
+    "sim_args": ("--session-wait", "0.5"),
 }
 _phones = itertools.count(1)
 
@@ -160,22 +168,7 @@ class Fleet:
 
 @pytest.fixture(scope="module")
 def fleet_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProductStack]:
-    home: Path = tmp_path_factory.mktemp("fleet")
-    product = build_stack(
-        StackOptions(
-            home=home,
-            processes=1,
-            concurrency=8,
-            nginx="off",
-            lease_seconds=2,
-            reaper_interval=0.5,
-            env=FLEET_SETTINGS,
-            # WAHA waits 5 s for WORKING before its 422; the 422 test need not.
-            sim_args=("--session-wait", "0.5"),
-        )
-    )
-    with running(product.stack, product.stop_order):
-        product.start()
+    with started_product(tmp_path_factory.mktemp("fleet"), **FLEET_OPTIONS) as product:
         yield product
 
 

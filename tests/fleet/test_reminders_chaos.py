@@ -13,7 +13,6 @@ import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -21,10 +20,10 @@ import redis.asyncio as aioredis
 from engine.agent.bookings import BookingStore, Customer, booking_id_for
 from engine.agent.calendar import Calendar, Slot, default_calendar
 from shared.keys import CalendarKeys
-from tests.fleet.conftest import FLEET_SETTINGS, SEND_LOCK_SECONDS, SESSION, Fleet
+from tests.fleet.conftest import FLEET_OPTIONS, FLEET_SETTINGS, SEND_LOCK_SECONDS, SESSION, Fleet
 from tests.support.polling import async_wait_until, wait_until
-from wsm.load.product import KEY_PREFIX, ProductStack, StackOptions, build_stack
-from wsm.stack import running
+from tests.support.product import started_product
+from wsm.load.product import KEY_PREFIX, ProductStack
 
 pytestmark = pytest.mark.slow
 
@@ -36,21 +35,8 @@ DUE_IN_MS = 4000
 def fleet_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProductStack]:
     """The fleet of tests/fleet/conftest.py, with reminders unpaced (each test's one reminder
     must not wait for the previous test's in the session's pace)."""
-    home: Path = tmp_path_factory.mktemp("fleet-reminders")
-    product = build_stack(
-        StackOptions(
-            home=home,
-            processes=1,
-            concurrency=8,
-            nginx="off",
-            lease_seconds=2,
-            reaper_interval=0.5,
-            env={**FLEET_SETTINGS, "WSM_REMINDER_PACE": "0"},
-            sim_args=("--session-wait", "0.5"),
-        )
-    )
-    with running(product.stack, product.stop_order):
-        product.start()
+    options = {**FLEET_OPTIONS, "env": {**FLEET_SETTINGS, "WSM_REMINDER_PACE": "0"}}
+    with started_product(tmp_path_factory.mktemp("fleet-reminders"), **options) as product:
         yield product
 
 

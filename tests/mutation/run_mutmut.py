@@ -74,6 +74,16 @@ class Target:
     deselect: list[str] = field(default_factory=list)  # test names left out, and why in docs
 
 
+# The sender's tests (tests/engine/test_sender*.py but its mutants), run by every target that
+# mutates engine/sender.py.
+SENDER_TESTS = [
+    "tests/engine/test_sender.py",
+    "tests/engine/test_sender_echo.py",
+    "tests/engine/test_sender_lock.py",
+    "tests/engine/test_sender_rate.py",
+    "tests/engine/test_sender_sweep.py",
+    "tests/engine/test_sender_bound.py",
+]
 TARGETS: dict[str, Target] = {
     "gateway": Target(
         mutate=["gateway/*"],
@@ -118,12 +128,7 @@ TARGETS: dict[str, Target] = {
         mutate=["engine/sender.py", "engine/erase.py", "worker/consumer_slot.py"],
         tests=[
             "tests/worker/test_consumer_slot.py",
-            "tests/engine/test_sender.py",
-            "tests/engine/test_sender_echo.py",
-            "tests/engine/test_sender_lock.py",
-            "tests/engine/test_sender_rate.py",
-            "tests/engine/test_sender_sweep.py",
-            "tests/engine/test_sender_bound.py",
+            *SENDER_TESTS,
             "tests/engine/test_erase.py",
             "tests/engine/test_mutants.py",
         ],
@@ -146,12 +151,7 @@ TARGETS: dict[str, Target] = {
     "sender": Target(
         mutate=["engine/sender.py"],
         tests=[
-            "tests/engine/test_sender.py",
-            "tests/engine/test_sender_echo.py",
-            "tests/engine/test_sender_lock.py",
-            "tests/engine/test_sender_rate.py",
-            "tests/engine/test_sender_sweep.py",
-            "tests/engine/test_sender_bound.py",
+            *SENDER_TESTS,
             "tests/engine/test_mutants.py",
             "tests/engine/test_sender_mutants.py",
         ],

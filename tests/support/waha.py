@@ -91,3 +91,13 @@ def text_message(
         "engine": "GOWS",
         "environment": {"version": "2025.11.2", "engine": "GOWS"},
     }
+
+
+def from_me(chat: str, text: str, message_id: str) -> dict[str, Any]:
+    """A `message.any` of a message sent to `chat` from the business's phone (fromMe, ack 1:
+    SERVER), shaped like text_message's."""
+    document = text_message(chat, text, event="message.any")
+    document["payload"].update(
+        {"id": f"true_{chat}_{message_id}", "fromMe": True, "from": chat, "to": chat, "ack": 1}
+    )
+    return document

@@ -4,7 +4,6 @@ outcome does to its message, and the fairness of turns."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -19,66 +18,12 @@ from redis.exceptions import (
 
 from shared.dead_letters import list_dead_letters
 from shared.envelope import QueuedEvent
-from shared.keys import all_shards
 from shared.queue_consumer import Lease, QueueConsumer
-from shared.queue_reaper import QueueReaper
-from tests.support.polling import async_wait_until
 from tests.worker.support.fleet import chat_id, conversation, enqueue_texts, handled_ids
-from worker.consumer_slot import ConsumerSlot, not_the_messages_fault
+from tests.worker.support.slots import run_slot
+from worker.consumer_slot import not_the_messages_fault
 from worker.handler import HandlerContext
 from worker.handlers.recording import record
-
-Handler = Callable[[QueuedEvent, HandlerContext], Awaitable[None]]
-
-
-async def run_slot(
-    client: Any,
-    prefix: str,
-    handler: Handler,
-    until: Callable[[], Awaitable[bool]],
-    *,
-    batch: int = 10,
-    handler_timeout: float = 5.0,
-    backoff_ms: int = 60_000,
-    reaper: bool = False,
-) -> None:
-    """Run one slot until `until()`; with `reaper`, a reaper pass runs alongside every 50 ms
-    (promotes due retries, takes back expired leases), as a worker process's reaper would."""
-    consumer = QueueConsumer(
-        client,
-        lease_ms=10_000,
-        batch=batch,
-        max_attempts=3,
-        backoff_ms=backoff_ms,
-        backoff_max_ms=backoff_ms,
-    )
-    stopping = asyncio.Event()
-    slot = ConsumerSlot(
-        consumer=consumer,
-        handler=handler,
-        shards=all_shards(1, prefix),
-        home=0,
-        owner="test",
-        stopping=stopping,
-        handler_timeout=handler_timeout,
-    )
-    task = asyncio.create_task(slot.run())
-    reaping = asyncio.create_task(reap_until(client, prefix, stopping)) if reaper else None
-    try:
-        await async_wait_until(until, timeout=20, what="the slot to get there")
-    finally:
-        stopping.set()
-        await task
-        if reaping is not None:
-            await reaping
-
-
-async def reap_until(client: Any, prefix: str, stopping: asyncio.Event) -> None:
-    reaper = QueueReaper(client, max_attempts=3, lock_ms=10)
-    while not stopping.is_set():
-        for shard in all_shards(1, prefix):
-            await reaper.run_pass(shard)
-        await asyncio.sleep(0.05)
 
 
 def text_of(event: QueuedEvent) -> str:

@@ -23,7 +23,7 @@ import redis as redis_sync
 from shared.embedded_redis import free_port
 from shared.keys import FleetKeys
 from wsm import edge
-from wsm.stack import Service, Stack, port_accepts, python_module, redis_service
+from wsm.stack import Service, Stack, port_accepts, python_module, redis_service, wiring
 
 ROOT = Path(__file__).resolve().parents[2]
 FLEET_ID = "loadtest"
@@ -111,12 +111,8 @@ def build_stack(options: StackOptions) -> ProductStack:
         # The parts run with their data folder as working directory (no stray .env is read)
         # and find the project's packages here.
         "PYTHONPATH": str(ROOT) + (os.pathsep + inherited if inherited else ""),
-        "REDIS_URL": redis_url,
+        **wiring(redis_url, hmac_key, sim_url, api_token, home),
         "WSM_KEY_PREFIX": KEY_PREFIX,
-        "WEBHOOK_HMAC_KEY": hmac_key,
-        "WAHA_URL": sim_url,
-        "WSM_API_TOKEN": api_token,
-        "WSM_SPOOL_DIR": str(home / "spool"),
         "WSM_GATEWAY_METRICS_DIR": str(home / "metrics-gateway"),
         "WSM_WORKER_METRICS_DIR": str(home / "metrics-worker"),
         "WSM_WORKER_FLEET_ID": FLEET_ID,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 DUPLICATE_MODES = ("same_envelope", "new_envelope", "both")
 
@@ -40,12 +40,18 @@ class ApiFailure:
     paths: tuple[str, ...] | None
     retry_after: float | None
 
+    def applies(self, path: str) -> bool:
+        return self.remaining > 0 and _matches(self.paths, path)
+
 
 @dataclass(slots=True)
 class DuplicateFault:
     remaining: int
     mode: str
     events: frozenset[str] | None
+
+    def applies(self, event: str) -> bool:
+        return _event_matches(self.events, event)
 
 
 @dataclass(slots=True)
@@ -54,6 +60,22 @@ class ReorderFault:
     events: frozenset[str] | None
     # A partial batch is released after this long, so a held event is never stuck.
     hold_seconds: float
+
+    def applies(self, event: str) -> bool:
+        return _event_matches(self.events, event)
+
+
+# The faults armed for the next N calls or events.
+_Counted = TypeVar("_Counted", ApiFailure, DuplicateFault, ReorderFault)
+
+
+def _spend(fault: _Counted | None, key: str) -> tuple[_Counted | None, _Counted | None]:
+    """`fault` when it applies to `key` (a path or an event), one of its uses spent; and the
+    fault still armed after it (None once its last use is spent)."""
+    if fault is None or not fault.applies(key):
+        return None, fault
+    fault.remaining -= 1
+    return fault, (fault if fault.remaining > 0 else None)
 
 
 def _matches(paths: tuple[str, ...] | None, path: str) -> bool:
@@ -82,31 +104,16 @@ class Faults:
         return latency.seconds + latency.jitter * random.random()
 
     def take_api_failure(self, path: str) -> ApiFailure | None:
-        failure = self.failure
-        if failure is None or failure.remaining <= 0 or not _matches(failure.paths, path):
-            return None
-        failure.remaining -= 1
-        if failure.remaining == 0:
-            self.failure = None
+        failure, self.failure = _spend(self.failure, path)
         return failure
 
     # --- webhooks --------------------------------------------------------------------------
     def take_duplicate(self, event: str) -> str | None:
-        duplicate = self.duplicate
-        if duplicate is None or not _event_matches(duplicate.events, event):
-            return None
-        duplicate.remaining -= 1
-        if duplicate.remaining <= 0:
-            self.duplicate = None
-        return duplicate.mode
+        duplicate, self.duplicate = _spend(self.duplicate, event)
+        return duplicate.mode if duplicate is not None else None
 
     def take_reorder(self, event: str) -> ReorderFault | None:
-        reorder = self.reorder
-        if reorder is None or not _event_matches(reorder.events, event):
-            return None
-        reorder.remaining -= 1
-        if reorder.remaining <= 0:
-            self.reorder = None
+        reorder, self.reorder = _spend(self.reorder, event)
         return reorder
 
     # --- the control API's view ------------------------------------------------------------

@@ -5,7 +5,7 @@ exactly as a worker builds it, and Groq stood in for by respx (tests/engine/agen
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from engine.agent.service import AgentParts, build_agent
 from shared import clock as clock_module
 from shared.settings import Settings
 from tests.engine.agent.fake_groq import GROQ, FakeGroq
-from tests.engine.harness import AgentHarness, FakeWaha
+from tests.engine.harness import AgentHarness
 from tests.support.closing import closing_all
 
 SAO_PAULO = ZoneInfo("America/Sao_Paulo")
@@ -77,6 +77,29 @@ def engine_time_at_now(now: datetime, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
+def move_clock(engine_time_at_now: None, monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+    """Moves the engine's clock (already started at the agent's `now` by engine_time_at_now) to
+    an absolute moment, in ms; it keeps running from there. With `clock` of
+    tests/engine/agent/support.py the agent reads the same moving clock."""
+    shifted = clock_module.now_ms
+    extra = [0]
+
+    def moved() -> int:
+        return shifted() + extra[0]
+
+    monkeypatch.setattr(clock_module, "now_ms", moved)
+    for name, module in list(sys.modules.items()):
+        if name.startswith("engine") and getattr(module, "now_ms", None) is shifted:
+            monkeypatch.setattr(module, "now_ms", moved)
+
+    def to(at_ms: int) -> None:
+        extra[0] = 0
+        extra[0] = at_ms - shifted()
+
+    return to
+
+
+@pytest.fixture
 def calendar_file(tmp_path: Path) -> Path:
     path = tmp_path / "calendar.yaml"
     path.write_text(yaml.safe_dump(CALENDAR, allow_unicode=True), "utf-8")
@@ -116,19 +139,8 @@ async def make_agent(
 
 
 @pytest.fixture
-def router() -> Iterator[respx.MockRouter]:
-    with respx.mock(assert_all_called=False) as mock:
-        yield mock
-
-
-@pytest.fixture
 def groq(router: respx.MockRouter) -> FakeGroq:
     return FakeGroq(router)
-
-
-@pytest.fixture
-def waha(router: respx.MockRouter) -> FakeWaha:
-    return FakeWaha(router)
 
 
 @pytest.fixture

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime
 
 import httpx
 import pytest
-from prometheus_client import REGISTRY
 
 from engine.agent.confirmation import PENDING_KEY
 from engine.brain import Brain
@@ -25,35 +23,18 @@ from tests.engine.agent.fake_groq import (
     tool_use_failed,
 )
 from tests.engine.agent.receptionist import receptionist
+from tests.engine.agent.support import (
+    ANA,
+    BIA,
+    ana_with_a_booking,
+    assert_bookings_intact,
+    book_call,
+    other_customers_booking,
+)
+from tests.support.metrics import Counted, metric
 from tests.support.polling import async_wait_until
 
-ANA = "5511987650001@c.us"
-BIA = "5511987650002@c.us"
 MENU_BOOK = "3. Agendar um horário"
-
-
-def book_call(now: datetime, hhmm: str) -> dict:
-    """The model asking to book a consulta today at `hhmm`."""
-    start = f"{now.date()}T{hhmm}"
-    return completion(
-        None, [tool_call("book_appointment", {"service": "consulta", "start": start})]
-    )
-
-
-def metric(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-class Counted:
-    """Counter deltas over a block."""
-
-    def __init__(self, name: str, **labels: str) -> None:
-        self.name, self.labels = name, labels
-        self.start = metric(name, **labels)
-
-    @property
-    def delta(self) -> float:
-        return metric(self.name, **self.labels) - self.start
 
 
 async def test_a_booking_conversation_with_the_model(
@@ -287,38 +268,6 @@ async def test_two_customers_confirming_one_slot_at_once_one_gets_it(
     assert answers[1] == f"Pronto! ✅ Consulta marcada para seg {now:%d/%m} às 10:00."
     day = await aredis.hgetall(CalendarKeys(key_prefix).day(str(now.date())))
     assert len(day) == 1 and list(day) == [b"10:00"]
-
-
-async def other_customers_booking(brain, groq, now: datetime) -> tuple[Chat, str]:
-    groq.policy = receptionist
-    bia = Chat(BIA).named("Bia Souza")
-    await bia.say(brain, "quero marcar o primeiro horário de consulta")
-    await bia.say(brain, "sim")
-    booked = last_tool_results(groq.requests[-1])[0]["booking"]
-    groq.policy = None
-    groq.requests.clear()
-    return bia, booked["booking_id"]
-
-
-async def ana_with_a_booking(brain, groq, now: datetime) -> tuple[Chat, str]:
-    groq.then(
-        book_call(now, "14:00"),
-        completion("Confirma?"),
-        book_call(now, "14:00"),
-        completion("Marcado!"),
-    )  # fmt: skip
-    ana = Chat(ANA).named("Ana")
-    await ana.say(brain, "consulta às 14h")
-    await ana.say(brain, "sim")
-    booked = last_tool_results(groq.requests[-1])[0]["booking"]
-    groq.requests.clear()
-    return ana, booked["booking_id"]
-
-
-async def assert_bookings_intact(aredis, key_prefix: str, *booking_ids: str) -> None:
-    for booking_id in booking_ids:
-        status = await aredis.hget(CalendarKeys(key_prefix).booking(booking_id), "status")
-        assert status == b"booked", booking_id
 
 
 async def test_injection_pt_br_cannot_cancel_anyones_bookings(

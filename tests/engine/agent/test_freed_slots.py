@@ -1,7 +1,7 @@
 """A cancelled slot of today offered to the customers in the waiting line, through the real
 engine (queue, fenced commit, state, outbox, sender), the real booking scripts and the real
 waiting line; the option off, on, and every refusal. The clock is driven as in
-test_reminders.py, whose helpers these tests reuse."""
+test_reminders.py, by the same helpers (tests/engine/agent/support.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from engine.agent.freed_slots import OFFER_KEY, OFFERS_MAX, FreedSlots, freed_ev
 from engine.state import State, load_state
 from shared.keys import CalendarKeys, engine_keys_for
 from tests.engine.agent.conftest import CALENDAR
-from tests.engine.agent.test_reminders import book, clock, move_clock, ms  # noqa: F401
+from tests.engine.agent.support import book, clock, ms  # noqa: F401
 from tests.engine.harness import AgentHarness
 
 ANA = "5511987650001@c.us"  # the customer who cancels
@@ -40,7 +40,9 @@ def turn_on(calendar_file: Path) -> None:
 def freed_pass(agent: AgentHarness) -> FreedSlots:
     """The freed-slots pass as a worker process builds it (its queue, its waiting line)."""
     coordinator = agent.service.coordinator
-    return FreedSlots.from_settings(agent.redis, agent.settings, coordinator.queue, coordinator.line)
+    return FreedSlots.from_settings(
+        agent.redis, agent.settings, coordinator.queue, coordinator.line
+    )
 
 
 async def wait_in_line(agent: AgentHarness, chats: list[str]) -> None:
@@ -106,6 +108,9 @@ async def test_the_first_in_line_get_one_offer_each(
     assert counted("sent") == sent_before + 3
     total = len(waha.sent)
 
+    # The first leaves the line: the fourth is now third, but the slot was offered already.
+    await agent.say(LINE[0], "sair")
+    total = len(waha.sent)
     # The pass again, a repeated cancel (a redelivered message), the same commands queued
     # again (dedupe) and under other ids (past the dedupe window): nothing more.
     await agent.parts.store.cancel(Customer(token=f"default|{ANA}"), booking_id)
@@ -115,7 +120,11 @@ async def test_the_first_in_line_get_one_offer_each(
         token = f"default|{chat}"
         payload = {"booking_id": booking_id, "start_ms": ms(now) + 4 * 3_600_000, "text": "x"}
         assert not await queue.send(
-            "default", chat, commands.FREED_SLOT, payload, event_id=freed_event_id(booking_id, token)
+            "default",
+            chat,
+            commands.FREED_SLOT,
+            payload,
+            event_id=freed_event_id(booking_id, token),
         )
         assert await queue.send("default", chat, commands.FREED_SLOT, payload, event_id=f"o{n}")
     await agent.drain()

@@ -19,7 +19,7 @@ from shared.keys import CalendarKeys, engine_keys_for
 from tests.engine.agent.chat import Chat
 from tests.engine.agent.conftest import CALENDAR
 from tests.engine.agent.fake_groq import completion, last_tool_results, tool_call
-from tests.engine.agent.test_agent_brain import (
+from tests.engine.agent.support import (
     ANA,
     BIA,
     ana_with_a_booking,

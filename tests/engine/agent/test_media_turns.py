@@ -34,16 +34,20 @@ from engine.parts import menu_brain, transcriber
 from tests.engine.agent.chat import Chat
 from tests.engine.agent.fake_groq import completion, last_user_text, server_error, tool_call
 from tests.engine.agent.receptionist import receptionist
-from tests.engine.agent.test_agent_brain import Counted
-from tests.engine.media.test_media_turns import KEY, OGG, WahaFiles, history, served
-from tests.engine.media.test_media_turns import voice as voice_event
-from tests.engine.media.test_transcribe import (
+from tests.engine.media.support import (
+    KEY,
+    OGG,
     VOICE,
     VOICE_MIME,
     FakeWhisper,
+    WahaFiles,
     form_of,
     groq_text,
+    history,
+    served,
 )
+from tests.engine.media.support import voice as voice_event
+from tests.support.metrics import Counted
 
 ANA = "5511987650001@c.us"
 _ids = itertools.count()

@@ -5,7 +5,6 @@ agent). The engine's clock is driven: the tests move it to the due moment and pa
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,12 +13,12 @@ import pytest
 from prometheus_client import REGISTRY
 
 from engine import commands
-from engine.agent.bookings import Booking, BookingNotFound, Customer, booking_id_for
+from engine.agent.bookings import Booking, BookingNotFound, Customer
 from engine.agent.reminders import REMINDER_KEY, STEP_REMINDER, reminder_event_id
 from engine.state import load_state
-from shared import clock as clock_module
 from shared.keys import CalendarKeys, engine_keys_for, split_conversation_token
 from tests.engine.agent.fake_groq import completion, tool_call
+from tests.engine.agent.support import book, clock, ms  # noqa: F401
 from tests.engine.harness import AgentHarness
 
 ANA = "5511987650001@c.us"
@@ -32,47 +31,9 @@ def sent(name: str) -> float:
 
 
 @pytest.fixture
-def clock(now: datetime) -> Callable[[], datetime]:
-    """The agent reads the engine's clock here (conftest.py fixes it at `now`), so both move
-    together when a test moves time."""
-    return lambda: datetime.fromtimestamp(clock_module.now_ms() / 1000, now.tzinfo)
-
-
-@pytest.fixture
-def move_clock(engine_time_at_now: None, monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
-    """Moves the engine's clock (already started at the agent's `now` by conftest.py) to an
-    absolute moment, in ms; it keeps running from there."""
-    shifted = clock_module.now_ms
-    extra = [0]
-
-    def moved() -> int:
-        return shifted() + extra[0]
-
-    monkeypatch.setattr(clock_module, "now_ms", moved)
-    for name, module in list(sys.modules.items()):
-        if name.startswith("engine") and getattr(module, "now_ms", None) is shifted:
-            monkeypatch.setattr(module, "now_ms", moved)
-
-    def to(at_ms: int) -> None:
-        extra[0] = 0
-        extra[0] = at_ms - shifted()
-
-    return to
-
-
-def ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
-
-
-async def book(agent: AgentHarness, chat: str, start: datetime, service: str = "consulta") -> str:
-    """The customer's booking, made as the tools make it (the real booking script)."""
-    agenda = agent.parts.agenda
-    slot = agenda.calendar.slot(agenda.service(service), f"{start:%Y-%m-%dT%H:%M}", agenda.now())
-    customer = Customer(token=f"default|{chat}", name="Ana")
-    booking_id = booking_id_for(customer.token, f"m-{start:%d%H%M}", slot.id)
-    change = await agent.parts.store.book(customer, slot, booking_id=booking_id)
-    assert not change.repeated
-    return booking_id
+def keys(key_prefix: str) -> CalendarKeys:
+    """The calendar's keys (bookings, reminder timers) under the test's prefix."""
+    return CalendarKeys(key_prefix)
 
 
 async def pass_at(
@@ -85,11 +46,21 @@ async def pass_at(
     return done
 
 
+async def reminded(
+    agent: AgentHarness, now: datetime, move_clock: Callable[[int], None]
+) -> tuple[datetime, str]:
+    """Ana's booking two days ahead, and the reminders pass at its due moment (she has the
+    reminder): its start and id."""
+    start = now + timedelta(days=2)
+    booking_id = await book(agent, ANA, start)
+    await pass_at(agent, ms(start) - DAY_MS, move_clock)
+    return start, booking_id
+
+
 async def test_a_booking_two_days_ahead_gets_one_reminder_at_its_lead(
-    harness, waha, aredis, key_prefix, now, move_clock
+    harness, waha, aredis, key_prefix, keys, now, move_clock
 ) -> None:
     agent = harness(groq_api_key=None)
-    keys = CalendarKeys(key_prefix)
     start = now + timedelta(days=2, hours=1)  # Wednesday 10:00
     booking_id = await book(agent, ANA, start)
     due = ms(start) - DAY_MS
@@ -143,10 +114,9 @@ async def test_a_repeat_past_the_dedupe_window_sends_nothing(
 
 
 async def test_a_booking_inside_the_lead_gets_none(
-    harness, waha, aredis, key_prefix, now, move_clock
+    harness, waha, aredis, keys, now, move_clock
 ) -> None:
     agent = harness(groq_api_key=None)
-    keys = CalendarKeys(key_prefix)
     start = now + timedelta(hours=6)
     booking_id = await book(agent, ANA, start)
     assert await aredis.zcard(keys.reminders) == 0
@@ -164,10 +134,9 @@ async def test_reminders_can_be_turned_off(
 
 
 async def test_a_moved_booking_moves_its_reminder(
-    harness, waha, aredis, key_prefix, now, move_clock
+    harness, waha, aredis, keys, now, move_clock
 ) -> None:
     agent = harness(groq_api_key=None)
-    keys = CalendarKeys(key_prefix)
     start = now + timedelta(days=2, hours=1)  # Wednesday 10:00
     booking_id = await book(agent, ANA, start)
     later = now + timedelta(days=3, hours=2)  # Thursday 11:00
@@ -191,10 +160,9 @@ async def test_a_moved_booking_moves_its_reminder(
 
 
 async def test_a_cancelled_booking_gets_no_reminder(
-    harness, waha, aredis, key_prefix, now, move_clock
+    harness, waha, aredis, keys, now, move_clock
 ) -> None:
     agent = harness(groq_api_key=None)
-    keys = CalendarKeys(key_prefix)
     start = now + timedelta(days=2)
     booking_id = await book(agent, ANA, start)
     await agent.parts.store.cancel(Customer(token=f"default|{ANA}"), booking_id)
@@ -220,10 +188,9 @@ async def test_a_booking_cancelled_after_its_reminder_was_queued_gets_none(
 
 
 async def test_reminders_are_paced_per_session(
-    harness, waha, aredis, key_prefix, now, move_clock
+    harness, waha, aredis, keys, now, move_clock
 ) -> None:
     agent = harness(groq_api_key=None, reminder_pace=1)
-    keys = CalendarKeys(key_prefix)
     start = now + timedelta(days=2)
     first = await book(agent, ANA, start)
     second = await book(agent, BIA, start + timedelta(hours=1))
@@ -237,14 +204,9 @@ async def test_reminders_are_paced_per_session(
     assert await aredis.zscore(keys.reminders, first) is None
 
 
-async def test_answering_1_confirms(
-    harness, groq, waha, aredis, key_prefix, now, move_clock
-) -> None:
+async def test_answering_1_confirms(harness, groq, waha, aredis, keys, now, move_clock) -> None:
     agent = harness()  # the model is up: a number still goes to the menu
-    keys = CalendarKeys(key_prefix)
-    start = now + timedelta(days=2)
-    booking_id = await book(agent, ANA, start)
-    await pass_at(agent, ms(start) - DAY_MS, move_clock)
+    start, booking_id = await reminded(agent, now, move_clock)
     confirmed = sent("confirmed")
     await agent.say(ANA, "1")
     assert waha.to(ANA)[-1] == (
@@ -258,13 +220,10 @@ async def test_answering_1_confirms(
 
 
 async def test_answering_2_starts_the_reschedule(
-    harness, groq, waha, aredis, key_prefix, now, move_clock
+    harness, groq, waha, aredis, keys, now, move_clock
 ) -> None:
     agent = harness()
-    keys = CalendarKeys(key_prefix)
-    start = now + timedelta(days=2)
-    booking_id = await book(agent, ANA, start)
-    await pass_at(agent, ms(start) - DAY_MS, move_clock)
+    start, booking_id = await reminded(agent, now, move_clock)
     move_clock(ms(start) - DAY_MS + 10 * 60_000)  # Tuesday 09:10: the customer answers
     rescheduled = sent("rescheduled")
     await agent.say(ANA, "2")
@@ -289,13 +248,10 @@ async def test_answering_2_starts_the_reschedule(
 
 
 async def test_answering_3_cancels_only_after_confirmation(
-    harness, groq, waha, aredis, key_prefix, now, move_clock
+    harness, groq, waha, aredis, keys, now, move_clock
 ) -> None:
     agent = harness()
-    keys = CalendarKeys(key_prefix)
-    start = now + timedelta(days=2)
-    booking_id = await book(agent, ANA, start)
-    await pass_at(agent, ms(start) - DAY_MS, move_clock)
+    start, booking_id = await reminded(agent, now, move_clock)
     cancelled = sent("cancelled")
     when = f"qua {start:%d/%m} às 09:00"
     await agent.say(ANA, "3")
@@ -313,12 +269,11 @@ async def test_answering_3_cancels_only_after_confirmation(
 
 
 async def test_a_first_answer_after_the_conversation_closed_is_the_reminders(
-    harness, waha, aredis, key_prefix, now, move_clock
+    harness, waha, aredis, key_prefix, keys, now, move_clock
 ) -> None:
     """The customer was chatting when the reminder came; the conversation closed for
     inactivity before they answered "3": still the cancel of the reminded booking."""
     agent = harness(groq_api_key=None)
-    keys = CalendarKeys(key_prefix)
     start = now + timedelta(days=2)
     booking_id = await book(agent, ANA, start)
     await agent.say(ANA, "oi")
@@ -342,13 +297,10 @@ async def test_a_first_answer_after_the_conversation_closed_is_the_reminders(
 
 
 async def test_answering_in_words_goes_to_the_agent(
-    harness, groq, waha, aredis, key_prefix, now, move_clock
+    harness, groq, waha, aredis, keys, now, move_clock
 ) -> None:
     agent = harness()
-    keys = CalendarKeys(key_prefix)
-    start = now + timedelta(days=2)
-    booking_id = await book(agent, ANA, start)
-    await pass_at(agent, ms(start) - DAY_MS, move_clock)
+    _, booking_id = await reminded(agent, now, move_clock)
     [reminder] = waha.to(ANA)
 
     def policy(request: dict[str, Any]) -> dict[str, Any]:
@@ -376,13 +328,10 @@ async def test_someone_elses_booking_cannot_be_confirmed(harness, aredis, key_pr
 
 
 async def test_an_unanswered_reminder_is_counted_once_the_booking_starts(
-    harness, waha, aredis, key_prefix, now, move_clock
+    harness, waha, aredis, keys, now, move_clock
 ) -> None:
     agent = harness(groq_api_key=None)
-    keys = CalendarKeys(key_prefix)
-    start = now + timedelta(days=2)
-    await book(agent, ANA, start)
-    await pass_at(agent, ms(start) - DAY_MS, move_clock)
+    start, _ = await reminded(agent, now, move_clock)
     assert await aredis.zcard(keys.reminders_awaiting) == 1
     unanswered = sent("unanswered")
     await pass_at(agent, ms(start) - 1, move_clock)
@@ -393,10 +342,9 @@ async def test_an_unanswered_reminder_is_counted_once_the_booking_starts(
 
 
 async def test_a_timer_without_its_booking_is_dropped_unsent(
-    harness, waha, aredis, key_prefix, now, move_clock
+    harness, waha, aredis, keys, now, move_clock
 ) -> None:
     agent = harness(groq_api_key=None)
-    keys = CalendarKeys(key_prefix)
     start = now + timedelta(days=2)
     booking_id = await book(agent, ANA, start)
     assert await agent.parts.store.erase_customer(f"default|{ANA}") == 1

@@ -6,69 +6,42 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import respx
 
 from engine.brain import Brain, Decision, InboundMessage, Turn
 from engine.erase import erase_customer
-from engine.history import HistoryEntry, HistoryKeys, read_page
 from engine.media.ingest import MediaIngest
 from engine.media.store import folder_name, lookup
 from engine.parts import media_ingest
-from shared.envelope import decode_record
 from shared.keys import MediaKeys, conversation_token, engine_keys_for
-from shared.queue_errors import LeaseLost
-from tests.engine.harness import WAHA, Ctx, FakeWaha, Harness, settings_for
+from tests.engine.harness import Harness, settings_for
+from tests.engine.media.support import (
+    JPEG,
+    KEY,
+    OGG,
+    WahaFiles,
+    chat_of,
+    history,
+    image,
+    served,
+    served_image,
+    voice,
+)
 from tests.support.closing import closing_all
 from tests.support.waha import load_fixture
 
-KEY = "waha-test-api-key"
-JPEG = b"\xff\xd8\xff\xe0" + b"pix" * 400
-OGG = b"OggS" + b"\x00voice" * 300
 TRANSCRIPT = "quero marcar uma consulta amanhã"
 
 
-class WahaFiles:
-    """WAHA's /api/files/: the bytes of downloaded media, behind its API key."""
-
-    def __init__(self, router: respx.MockRouter) -> None:
-        self.files: dict[str, tuple[bytes, str]] = {}
-        self.timeouts = False
-        self.requests: list[httpx.Request] = []
-        router.get(url__startswith=f"{WAHA}/api/files/").mock(side_effect=self._serve)
-
-    def _serve(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        if self.timeouts:
-            raise httpx.ReadTimeout("WAHA did not answer", request=request)
-        if request.headers.get("x-api-key") != KEY:
-            return httpx.Response(401, json={"message": "Unauthorized"})
-        found = self.files.get(request.url.path)
-        if found is None:
-            return httpx.Response(404, json={"message": "Not Found"})
-        return httpx.Response(200, content=found[0], headers={"content-type": found[1]})
-
-
 @pytest.fixture
-def waha_router() -> Iterator[respx.MockRouter]:
-    with respx.mock(assert_all_called=False) as router:
-        yield router
-
-
-@pytest.fixture
-def waha(waha_router) -> FakeWaha:
-    return FakeWaha(waha_router)
-
-
-@pytest.fixture
-def files(waha_router) -> WahaFiles:
-    return WahaFiles(waha_router)
+def files(router: respx.MockRouter) -> WahaFiles:
+    return WahaFiles(router)
 
 
 class Transcriber:
@@ -121,34 +94,6 @@ async def make_media(
         await ingest.aclose()
 
 
-def served(files: WahaFiles, document: dict[str, Any], data: bytes, mimetype: str) -> str:
-    """Point the body's media at WAHA's files (as WAHA_BASE_URL names them) and serve it."""
-    payload = document["payload"]
-    path = f"/api/files/{document['session']}/{payload['id']}.bin"
-    payload["media"]["url"] = f"http://localhost:3000{path}"
-    files.files[path] = (data, mimetype)
-    return path
-
-
-def image() -> dict[str, Any]:
-    return copy.deepcopy(load_fixture("message-media-image.json"))
-
-
-def voice() -> dict[str, Any]:
-    return copy.deepcopy(load_fixture("message-media-voice.json"))
-
-
-def chat_of(document: dict[str, Any]) -> tuple[str, str]:
-    return document["session"], document["payload"]["from"]
-
-
-async def history(aredis, prefix: str, document: dict[str, Any]) -> list[HistoryEntry]:
-    session, chat = chat_of(document)
-    keys = engine_keys_for(session, chat, 1, prefix)
-    page, _ = await read_page(aredis, HistoryKeys(keys.history, keys.history_meta))
-    return page
-
-
 def stored_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
@@ -157,8 +102,7 @@ async def test_image_with_caption_is_stored_and_answered(
     aredis, key_prefix, waha, files, make_media, tmp_path
 ) -> None:
     harness, _, brain = make_media()
-    document = image()
-    served(files, document, JPEG, "image/jpeg")
+    document = served_image(files)
     assert await harness.webhook(document)
     await harness.drain()
     entry = (await history(aredis, key_prefix, document))[0]
@@ -311,19 +255,7 @@ async def test_redelivery_stores_and_transcribes_once(
     document = voice()
     served(files, document, OGG, "audio/ogg")
     assert await harness.webhook(document)
-    session, chat = chat_of(document)
-    shard = engine_keys_for(session, chat, 1, key_prefix).conversation.shard_keys
-    token = await harness.consumer.pop_ready(shard)
-    lease = await harness.consumer.claim(shard, token, "first")
-
-    class Fenced(Ctx):
-        async def commit(self, writes=()) -> None:
-            raise LeaseLost("taken over")
-
-    event = decode_record(lease.messages[0].record)
-    with pytest.raises(LeaseLost):
-        await harness.service.engine(event, Fenced(harness.consumer, lease, lease.messages[0].id))
-    await harness.consumer.release(lease)
+    await harness.handle_fenced_out(*chat_of(document))
     await harness.drain()
     entries = await history(aredis, key_prefix, document)
     assert (entries[0].direction, entries[0].kind) == ("in", "voice")
@@ -399,8 +331,7 @@ async def test_erase_removes_the_customers_files_and_index(
     aredis, key_prefix, waha, files, make_media, tmp_path
 ) -> None:
     harness, ingest, _ = make_media()
-    document = image()
-    served(files, document, JPEG, "image/jpeg")
+    document = served_image(files)
     other = voice()  # another customer's file
     served(files, other, OGG, "audio/ogg")
     for doc in (document, other):

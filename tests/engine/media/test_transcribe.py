@@ -9,10 +9,7 @@ test_media_turns.py), is counted, and tells the breaker what the chat calls woul
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -23,72 +20,17 @@ from engine.agent.breaker import BreakerState
 from engine.media.transcribe import MAX_UPLOAD_BYTES, GroqTranscriber, upload_name
 from engine.parts import transcriber
 from shared.settings import Settings
-from tests.engine.agent.test_agent_brain import Counted
-from tests.support.closing import closing_all
-
-GROQ = "https://groq.test"
-TRANSCRIPTIONS_URL = f"{GROQ}/openai/v1/audio/transcriptions"
-VOICE_MIME = "audio/ogg; codecs=opus"
-# The first bytes of a real Opus-in-Ogg voice note (an Ogg page header, then OpusHead): the
-# stand-in does not decode it, but it checks that these exact bytes arrive.
-VOICE = (
-    b"OggS\x00\x02" + b"\x00" * 20 + b"\x01\x13OpusHead\x01\x01\x38\x01\x80\xbb" + bytes(range(256))
+from tests.engine.media.support import (
+    GROQ,
+    VOICE,
+    VOICE_MIME,
+    FakeWhisper,
+    form_of,
+    groq_error,
+    groq_text,
 )
-
-
-def groq_text(text: str) -> httpx.Response:
-    return httpx.Response(
-        200, json={"text": text, "x_groq": {"id": f"req_{uuid.uuid4().hex[:26]}"}}
-    )
-
-
-def groq_error(status: int, message: str, type_: str, code: str | None = None) -> httpx.Response:
-    body: dict[str, Any] = {"message": message, "type": type_}
-    if code is not None:
-        body["code"] = code
-    return httpx.Response(status, json={"error": body})
-
-
-def form_of(request: httpx.Request) -> dict[str, tuple[str | None, str, bytes]]:
-    """The multipart form Groq received: field -> (filename, content type, bytes)."""
-    head = f"Content-Type: {request.headers['content-type']}\r\n\r\n".encode()
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + request.content)
-    assert message.is_multipart()
-    form: dict[str, tuple[str | None, str, bytes]] = {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        payload = part.get_payload(decode=True)
-        assert isinstance(name, str) and isinstance(payload, bytes)
-        form[name] = (part.get_filename(), part.get_content_type(), payload)
-    return form
-
-
-class FakeWhisper:
-    """The transcription endpoint: answers queued with `then`, in order."""
-
-    def __init__(self, router: respx.MockRouter) -> None:
-        self.requests: list[httpx.Request] = []
-        self.answers: list[httpx.Response | Exception] = []
-        router.post(TRANSCRIPTIONS_URL).mock(side_effect=self._handle)
-
-    def then(self, *answers: httpx.Response | Exception) -> FakeWhisper:
-        self.answers.extend(answers)
-        return self
-
-    def _handle(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        if not self.answers:
-            raise AssertionError("unexpected transcription request")
-        answer = self.answers.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-
-@pytest.fixture
-def router() -> Iterator[respx.MockRouter]:
-    with respx.mock(assert_all_called=False) as mock:
-        yield mock
+from tests.support.closing import closing_all
+from tests.support.metrics import Counted
 
 
 @pytest.fixture

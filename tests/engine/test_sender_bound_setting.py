@@ -1,0 +1,77 @@
+"""WSM_SEND_MAX_DELIVERIES reaches the sender as the workers build it (engine/parts.py
+sender_config): conversations the sweep finds due, more than the bound, are all delivered, each
+reply once and in order, with never more sendText calls in flight than the bound (counted at
+the WAHA stand-in, not timed). A bound below 1 is refused."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import orjson
+import pydantic
+import pytest
+import respx
+
+from engine.parts import sender_config
+from engine.sender import Sender
+from engine.waha_client import WahaClient
+from shared.keys import all_shards, outbox_pending_key
+from shared.settings import Settings
+from tests.engine.harness import WAHA, mock_courtesy, settings_for
+from tests.engine.support import commit_replies
+from tests.support.polling import async_wait_until
+
+CHATS = [f"55119876501{n:02d}@c.us" for n in range(7)]
+
+
+@respx.mock
+async def test_the_setting_bounds_the_deliveries_the_sweep_starts(
+    aredis, redis_url, key_prefix
+) -> None:
+    mock_courtesy()
+    in_flight = most = 0
+    release = asyncio.Event()
+    sent: list[tuple[str, str]] = []
+
+    async def send_text(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await release.wait()
+        in_flight -= 1
+        body = orjson.loads(request.content)
+        sent.append((body["chatId"], body["text"]))
+        return httpx.Response(201, json={"id": f"true_{body['chatId']}_3EB0{len(sent):016X}"})
+
+    respx.post(f"{WAHA}/api/sendText").mock(side_effect=send_text)
+    for chat in CHATS:
+        await commit_replies(aredis, key_prefix, "um", "dois", chat=chat)
+    settings = settings_for(key_prefix, redis_url, queue_shards=1, send_max_deliveries=2)
+    config = sender_config(settings)
+    assert config.max_deliveries == 2
+    waha = WahaClient(WAHA)
+    sender = Sender(aredis, waha, config)
+    try:
+        assert await sender.sweep_once() == len(CHATS)  # all due: all started
+
+        async def two_sending_five_waiting() -> bool:
+            return in_flight == 2 and sender.waiting == 5
+
+        await async_wait_until(two_sending_five_waiting, timeout=10, what="2 sending, 5 waiting")
+    finally:
+        release.set()
+        await sender.drain()
+        await waha.aclose()
+    assert most == 2
+    assert sorted(sent) == sorted((chat, text) for chat in CHATS for text in ("um", "dois"))
+    for chat in CHATS:
+        assert [text for c, text in sent if c == chat] == ["um", "dois"]
+    (shard,) = all_shards(1, key_prefix)
+    assert await aredis.zcard(outbox_pending_key(shard)) == 0  # nothing left due
+
+
+def test_the_default_bound_and_a_bound_below_one_refused() -> None:
+    assert Settings(_env_file=None).send_max_deliveries == 64  # type: ignore[call-arg]
+    with pytest.raises(pydantic.ValidationError, match="WSM_SEND_MAX_DELIVERIES"):
+        Settings(_env_file=None, WSM_SEND_MAX_DELIVERIES=0)  # type: ignore[call-arg]
