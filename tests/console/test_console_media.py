@@ -33,7 +33,7 @@ from engine import parts as engine_parts
 from engine.history import HistoryEntry, HistoryKeys, append_writes
 from shared.clock import now_ms
 from shared.keys import conversation_token, engine_keys_for
-from tests.console.conftest import Product, console_product, login, new_phone
+from tests.console.conftest import Product, console_product, login, new_phone, shot
 from tests.console.test_console import expect, http_login, page_csrf, snapshot
 from tests.engine.harness import apply_writes, settings_for
 from tests.support.polling import wait_until
@@ -41,8 +41,6 @@ from wsm.load.product import KEY_PREFIX
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
-DOC_SHOT = ROOT / "docs" / "img" / "console-media.png"
 TRANSCRIPT = "quero marcar uma consulta amanhã"
 # WSM_MEDIA_MAX_BYTES's default: the product runs with it.
 MAX_BYTES = 16 * 1024 * 1024
@@ -292,10 +290,9 @@ def test_media_in_a_conversation_shows_plays_and_downloads(product: Product, pag
     href = place.get_by_role("link").get_attribute("href") or ""
     assert href.startswith("https://www.openstreetmap.org/?mlat=-23.561400&mlon=-46.655900")
 
-    DOC_SHOT.parent.mkdir(parents=True, exist_ok=True)
     page.set_viewport_size({"width": 1100, "height": 1000})
     messages.get_by_test_id("message-media-audio").scroll_into_view_if_needed()
-    page.screenshot(path=str(DOC_SHOT), full_page=False)
+    shot(page, "media")
 
 
 # --- an agent sends a file ------------------------------------------------------------------

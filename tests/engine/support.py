@@ -4,7 +4,12 @@ conversation's outbox as the engine commits them."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import httpx
+import orjson
+import respx
 
 from engine.outbox import new_entry, outbox_writes
 from engine.sender import Sender, SenderConfig
@@ -32,3 +37,33 @@ def make_sender(aredis, prefix: str, **overrides: object) -> tuple[Sender, WahaC
     options.update(overrides)
     config = SenderConfig(prefix=prefix, shards=1, **options)  # type: ignore[arg-type]
     return Sender(aredis, waha, config), waha
+
+
+class HeldSends:
+    """WAHA's sendText held until `release` is set, counting the calls in flight (and the most
+    at once), then answering 201; `sent` is (chat, text) in the order they were answered."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.most = 0
+        self.release = asyncio.Event()
+        self.sent: list[tuple[str, str]] = []
+
+    def install(self, router: Any = respx) -> None:
+        router.post(f"{WAHA}/api/sendText").mock(side_effect=self._send_text)
+
+    async def _send_text(self, request: httpx.Request) -> httpx.Response:
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        await self.release.wait()
+        self.in_flight -= 1
+        body = orjson.loads(request.content)
+        self.sent.append((body["chatId"], body["text"]))
+        return httpx.Response(201, json={"id": f"true_{body['chatId']}_3EB0{len(self.sent):016X}"})
+
+    def each_in_order(self, chats: list[str], texts: tuple[str, ...]) -> bool:
+        """Every chat got every text, once each and in order."""
+        everything = sorted((chat, text) for chat in chats for text in texts)
+        return sorted(self.sent) == everything and all(
+            [text for c, text in self.sent if c == chat] == list(texts) for chat in chats
+        )

@@ -4,16 +4,12 @@ others wait their turn and are all delivered, each once, in order."""
 
 from __future__ import annotations
 
-import asyncio
-
-import httpx
-import orjson
 import respx
 
 from engine.sender import Sender, SenderConfig
 from engine.waha_client import WahaClient
 from tests.engine.harness import WAHA, mock_courtesy
-from tests.engine.support import commit_replies
+from tests.engine.support import HeldSends, commit_replies
 from tests.support.polling import async_wait_until
 
 CHATS = [f"55119876500{n:02d}@c.us" for n in range(10)]
@@ -22,22 +18,8 @@ CHATS = [f"55119876500{n:02d}@c.us" for n in range(10)]
 @respx.mock
 async def test_deliveries_in_flight_never_exceed_the_bound(aredis, key_prefix) -> None:
     mock_courtesy()
-    in_flight = 0
-    most = 0
-    release = asyncio.Event()
-    sent: list[tuple[str, str]] = []
-
-    async def send_text(request: httpx.Request) -> httpx.Response:
-        nonlocal in_flight, most
-        in_flight += 1
-        most = max(most, in_flight)
-        await release.wait()
-        in_flight -= 1
-        body = orjson.loads(request.content)
-        sent.append((body["chatId"], body["text"]))
-        return httpx.Response(201, json={"id": f"true_{body['chatId']}_3EB0{len(sent):016X}"})
-
-    respx.post(f"{WAHA}/api/sendText").mock(side_effect=send_text)
+    waha_sends = HeldSends()
+    waha_sends.install()
     for chat in CHATS:
         await commit_replies(aredis, key_prefix, "um", "dois", chat=chat)
     waha = WahaClient(WAHA)
@@ -49,17 +31,15 @@ async def test_deliveries_in_flight_never_exceed_the_bound(aredis, key_prefix) -
     try:
 
         async def three_sending_seven_waiting() -> bool:
-            return in_flight == 3 and sender.waiting == 7
+            return waha_sends.in_flight == 3 and sender.waiting == 7
 
         await async_wait_until(three_sending_seven_waiting, timeout=10, what="3 sending, 7 waiting")
         # The seven wait for a slot without taking their conversation's delivery lock.
         locks = [key async for key in aredis.scan_iter(match=f"{key_prefix}*sending*")]
         assert len(locks) == 3
     finally:
-        release.set()
+        waha_sends.release.set()
         await sender.drain()
         await waha.aclose()
-    assert most == 3
-    assert sorted(sent) == sorted((chat, text) for chat in CHATS for text in ("um", "dois"))
-    for chat in CHATS:
-        assert [text for c, text in sent if c == chat] == ["um", "dois"]
+    assert waha_sends.most == 3
+    assert waha_sends.each_in_order(CHATS, ("um", "dois")), waha_sends.sent

@@ -5,10 +5,6 @@ the WAHA stand-in, not timed). A bound below 1 is refused."""
 
 from __future__ import annotations
 
-import asyncio
-
-import httpx
-import orjson
 import pydantic
 import pytest
 import respx
@@ -19,7 +15,7 @@ from engine.waha_client import WahaClient
 from shared.keys import all_shards, outbox_pending_key
 from shared.settings import Settings
 from tests.engine.harness import WAHA, mock_courtesy, settings_for
-from tests.engine.support import commit_replies
+from tests.engine.support import HeldSends, commit_replies
 from tests.support.polling import async_wait_until
 
 CHATS = [f"55119876501{n:02d}@c.us" for n in range(7)]
@@ -30,21 +26,8 @@ async def test_the_setting_bounds_the_deliveries_the_sweep_starts(
     aredis, redis_url, key_prefix
 ) -> None:
     mock_courtesy()
-    in_flight = most = 0
-    release = asyncio.Event()
-    sent: list[tuple[str, str]] = []
-
-    async def send_text(request: httpx.Request) -> httpx.Response:
-        nonlocal in_flight, most
-        in_flight += 1
-        most = max(most, in_flight)
-        await release.wait()
-        in_flight -= 1
-        body = orjson.loads(request.content)
-        sent.append((body["chatId"], body["text"]))
-        return httpx.Response(201, json={"id": f"true_{body['chatId']}_3EB0{len(sent):016X}"})
-
-    respx.post(f"{WAHA}/api/sendText").mock(side_effect=send_text)
+    waha_sends = HeldSends()
+    waha_sends.install()
     for chat in CHATS:
         await commit_replies(aredis, key_prefix, "um", "dois", chat=chat)
     settings = settings_for(key_prefix, redis_url, queue_shards=1, send_max_deliveries=2)
@@ -56,17 +39,15 @@ async def test_the_setting_bounds_the_deliveries_the_sweep_starts(
         assert await sender.sweep_once() == len(CHATS)  # all due: all started
 
         async def two_sending_five_waiting() -> bool:
-            return in_flight == 2 and sender.waiting == 5
+            return waha_sends.in_flight == 2 and sender.waiting == 5
 
         await async_wait_until(two_sending_five_waiting, timeout=10, what="2 sending, 5 waiting")
     finally:
-        release.set()
+        waha_sends.release.set()
         await sender.drain()
         await waha.aclose()
-    assert most == 2
-    assert sorted(sent) == sorted((chat, text) for chat in CHATS for text in ("um", "dois"))
-    for chat in CHATS:
-        assert [text for c, text in sent if c == chat] == ["um", "dois"]
+    assert waha_sends.most == 2
+    assert waha_sends.each_in_order(CHATS, ("um", "dois")), waha_sends.sent
     (shard,) = all_shards(1, key_prefix)
     assert await aredis.zcard(outbox_pending_key(shard)) == 0  # nothing left due
 
