@@ -45,15 +45,20 @@ class SpoolReplayer:
         self._backoff = Backoff(first=RETRY_MIN_S, cap=RETRY_MAX_S)
         self._next_adoption = 0.0
         self._batch: ReplayBatch | None = None
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Ends `run` at its next step (runtime.stop also cancels it; see there)."""
+        self._stopping = True
 
     async def run(self) -> None:
-        """Replay forever; a failure of the disk or a bug is logged and retried, never fatal
-        (a dead replayer would leave spooled events where nobody replays them)."""
+        """Replay until stopped; a failure of the disk or a bug is logged and retried, never
+        fatal (a dead replayer would leave spooled events where nobody replays them)."""
         loop = asyncio.get_running_loop()
         self._backoff.reset()
         self._next_adoption = loop.time() + ADOPT_INTERVAL_S
         self._batch = None  # kept across failed attempts: it stays the head
-        while True:
+        while not self._stopping:
             try:
                 await self._step(loop)
             except asyncio.CancelledError:
