@@ -98,10 +98,14 @@ class GatewayRuntime:
         try:
             async with asyncio.timeout(self.deadline_s):
                 await self.client.ping()
+                if self.status.version is None:
+                    # Ready means a server known to be new enough: the replayer's first step,
+                    # which asks, may not have run yet (a busy machine, right after start).
+                    await self.status.check_version(self.client, self.deadline_s)
         except Exception as exc:
             redis["error"] = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
         else:
-            redis["ok"] = self.status.usable
+            redis["ok"] = self.status.usable and self.status.version is not None
         if self.status.version:
             redis["version"] = self.status.version
         if self.status.unsupported:

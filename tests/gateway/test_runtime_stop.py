@@ -41,3 +41,18 @@ async def test_stop_returns_when_the_replayer_swallows_a_cancellation(
     assert stopping in done, "stop() did not return after a swallowed cancellation"
     stopping.result()
     assert swallowed == [True]
+
+
+async def test_ready_names_the_version_before_the_replayer_asked(
+    redis_url: str, key_prefix: str, tmp_path: Path, sync_redis: Any
+) -> None:
+    # /readyz right after start, before the replayer's first step checked the server's
+    # version (a busy machine): ready means a server known to be new enough, so it asks.
+    runtime = GatewayRuntime(gateway_settings(redis_url, key_prefix, tmp_path / "spool"))
+    try:
+        assert runtime.status.version is None  # the replayer is not started here
+        ready, document = await runtime.readiness()
+        assert ready, document
+        assert document["redis"] == {"ok": True, "version": sync_redis.info()["redis_version"]}
+    finally:
+        await runtime.stop()
