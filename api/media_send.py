@@ -200,8 +200,10 @@ def clean_filename(filename: str | None, mimetype: str) -> str:
 
 
 def command_id_for(session: str, chat_id: str, name: str, key: str | None) -> str:
-    """The command's id: from the client's Idempotency-Key, scoped to the conversation and
-    the action (the same formula as api/routes/conversations.py's command routes), or new."""
+    """The command's id for every operator command (api/routes/conversations.py, files): from
+    the client's Idempotency-Key, scoped to the conversation and the action (the same key on
+    another conversation is another command), or new. A digest: it carries neither the key nor
+    the customer's chat id."""
     if key:
         scoped = f"{conversation_token(session, chat_id)}\n{name}\n{key}"
         return "api:" + hashlib.sha256(scoped.encode()).hexdigest()[:32]

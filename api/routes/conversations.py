@@ -7,8 +7,6 @@ customer's messages, so those routes answer 202 Accepted with the command's id.
 
 from __future__ import annotations
 
-import hashlib
-import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -16,11 +14,12 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
 from pydantic import BaseModel, Field
 
 from api.deps import ApiParts, Parts
+from api.media_send import command_id_for
 from api.reads import conversations_page, describe_many
 from engine import commands
 from engine.history import HistoryKeys, InvalidCursor, read_page
 from engine.state import State
-from shared.keys import conversation_token, engine_keys_for
+from shared.keys import engine_keys_for
 
 router = APIRouter()
 
@@ -97,14 +96,8 @@ class _Target:
 
     async def queue(self, name: str, payload: dict[str, Any]) -> Accepted:
         session, chat_id, key = self.session, self.chat_id, self.idempotency_key
-        # A client's key names one command of one conversation: the same key on another
-        # conversation (even of the same session) is another command. The id is a digest, so
-        # it carries neither the key nor the customer's chat id.
-        if key:
-            scoped = f"{conversation_token(session, chat_id)}\n{name}\n{key}"
-            command_id = "api:" + hashlib.sha256(scoped.encode()).hexdigest()[:32]
-        else:
-            command_id = f"api:{uuid.uuid4().hex}"
+        # A client's key names one command of one conversation (api/media_send.py).
+        command_id = command_id_for(session, chat_id, name, key)
         queue = self.parts.coordinator.queue
         if not await queue.send(session, chat_id, name, payload, event_id=command_id):
             # A retry: the command is queued already, once. It answers as the first request
