@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import KW_ONLY, dataclass
 
 from engine import commands
 from engine.commands import CommandQueue
@@ -35,23 +36,19 @@ RECONCILE_LOOKBACK_MS = 300_000
 RECONCILE_FIRST_MS = 3_600_000
 
 
+@dataclass(eq=False)
 class LineCoordinator:
-    def __init__(
-        self,
-        redis: RedisClient,
-        line: WaitingLine,
-        queue: CommandQueue,
-        *,
-        shards: int,
-        notice_interval_seconds: float,
-        auto_assign: bool,
-    ) -> None:
-        self._redis = redis
-        self.line = line
-        self.queue = queue
-        self.shards = shards
-        self.notice_interval_ms = int(notice_interval_seconds * 1000)
-        self.auto_assign = auto_assign
+    redis: RedisClient
+    line: WaitingLine
+    queue: CommandQueue
+    _: KW_ONLY
+    shards: int
+    notice_interval_seconds: float
+    auto_assign: bool
+
+    @property
+    def notice_interval_ms(self) -> int:
+        return int(self.notice_interval_seconds * 1000)
 
     async def tell_assigned(self, taken: Taken) -> None:
         session, chat_id = split_conversation_token(taken.token)
@@ -114,7 +111,7 @@ class LineCoordinator:
         members = await self.line.members(session)
         if not members or not self.line.for_session(session).is_open(now_ms()):
             return 0  # closed: places are told again at the opening (announce_opening)
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=False)
         for member in members:
             _, chat_id = split_conversation_token(member.token)
             keys = engine_keys_for(session, chat_id, self.shards, self.line.keys.prefix)
@@ -194,7 +191,7 @@ class LineCoordinator:
                 continue
             session, chat_id = split_conversation_token(taken.token)
             keys = engine_keys_for(session, chat_id, self.shards, self.line.keys.prefix)
-            state, agent_id = await self._redis.hmget(keys.state, "state", "agent_id")
+            state, agent_id = await self.redis.hmget(keys.state, "state", "agent_id")
             if state == State.AGENT.value.encode() and agent_id == taken.agent_id.encode():
                 # Handled; only the confirmation step was lost.
                 await self.line.confirm_taken(taken.token)
@@ -226,16 +223,16 @@ class LineCoordinator:
         read_at = await line.counter()  # before every state read below
         agent_ids = [a.id for a in await line.agents()]
         held = await line.assignments(agent_ids)
-        raw_since = await self._redis.get(line.keys.reconciled_until)
+        raw_since = await self.redis.get(line.keys.reconciled_until)
         since = int(raw_since) if raw_since else started - RECONCILE_FIRST_MS
-        changed = await self._redis.zrangebyscore(
+        changed = await self.redis.zrangebyscore(
             index.conversations, since - RECONCILE_LOOKBACK_MS, "+inf"
         )
         tokens = sorted(
             {t for members in held.values() for t in members} | {as_text(c) for c in changed}
         )
         owner: dict[str, str | None] = {}
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=False)
         for token in tokens:
             session, chat_id = split_conversation_token(token)
             keys = engine_keys_for(session, chat_id, self.shards, line.keys.prefix)
@@ -263,12 +260,12 @@ class LineCoordinator:
                 extra={"freed": removed, "attached": added},
             )
         await line.prune_joined(agent_ids)
-        await self._redis.set(line.keys.reconciled_until, started)
+        await self.redis.set(line.keys.reconciled_until, started)
         return removed, added
 
     async def maintain(self) -> None:
         """One pass of everything above, for the background loop."""
-        lock = await self._redis.set(
+        lock = await self.redis.set(
             self.line.keys.reconcile_lock, uuid.uuid4().hex, nx=True, px=RECONCILE_INTERVAL_MS
         )
         if lock:

@@ -11,53 +11,21 @@ Built by engine/service.py (EngineService: the engine plus its background passes
 
 from __future__ import annotations
 
-from engine.assignment import LineCoordinator
-from engine.brain import Brain
-from engine.identity import Conversation, PhoneResolver, is_ignored
-from engine.media.ingest import MediaIngest
-from engine.sender import Sender
-from engine.texts import Texts
+from engine.identity import Conversation, is_ignored
 from engine.turn.dispatch import LIGHT_STEPS, PREFETCH, STEPS
 from engine.turn.frame import CommitContext, ConversationTurn, EngineConfig, TurnTools
 from engine.turn.session import session_status
-from engine.waiting_line import WaitingLine
 from shared.envelope import QueuedEvent
 from shared.events import SESSION_CHAT
-from shared.keys import EngineConversationKeys, EngineIndexKeys
-from shared.redis_client import RedisClient
+from shared.keys import EngineConversationKeys
 
 __all__ = ["CommitContext", "Engine", "EngineConfig"]
 
 
 class Engine:
-    def __init__(
-        self,
-        redis: RedisClient,
-        config: EngineConfig,
-        *,
-        brain: Brain,
-        texts: Texts,
-        line: WaitingLine,
-        coordinator: LineCoordinator,
-        resolver: PhoneResolver,
-        sender: Sender | None = None,
-        media: MediaIngest | None = None,
-    ) -> None:
-        self.config = config
-        self.sender = sender
-        self.index = EngineIndexKeys(config.prefix)
-        self.tools = TurnTools(
-            redis=redis,
-            config=config,
-            brain=brain,
-            texts=texts,
-            line=line,
-            coordinator=coordinator,
-            resolver=resolver,
-            sender=sender,
-            index=self.index,
-            media=media,
-        )
+    def __init__(self, tools: TurnTools) -> None:
+        self.tools = tools
+        self.config = tools.config
 
     async def __call__(self, event: QueuedEvent, ctx: CommitContext) -> None:
         if event.event == "session.status" or event.chat_id == SESSION_CHAT:

@@ -49,6 +49,7 @@ from engine.parts import (
 )
 from engine.sender import Sender, run_sweeper
 from engine.state import prune_index
+from engine.turn.frame import TurnTools
 from engine.waha_client import Outbound
 from shared.clock import now_ms
 from shared.envelope import QueuedEvent
@@ -110,20 +111,23 @@ class EngineService:
         self.coordinator = coordinator(redis, settings)
         self.index = EngineIndexKeys(settings.key_prefix)
         self.engine = Engine(
-            redis,
-            engine_config(settings),
-            brain=brain or menu_brain(settings),
-            texts=self.texts,
-            line=self.coordinator.line,
-            coordinator=self.coordinator,
-            resolver=PhoneResolver(
-                redis,
-                self.outbound,
-                prefix=settings.key_prefix,
-                ttl_seconds=settings.lid_cache_seconds,
-            ),
-            sender=self.sender,
-            media=self.media_ingest,
+            TurnTools(
+                redis=redis,
+                config=engine_config(settings),
+                brain=brain or menu_brain(settings),
+                texts=self.texts,
+                line=self.coordinator.line,
+                coordinator=self.coordinator,
+                resolver=PhoneResolver(
+                    redis,
+                    self.outbound,
+                    prefix=settings.key_prefix,
+                    ttl_seconds=settings.lid_cache_seconds,
+                ),
+                sender=self.sender,
+                index=self.index,
+                media=self.media_ingest,
+            )
         )
         # Each booking's reminder, queued to its conversation when due (WSM_REMINDER_LEAD_HOURS).
         self.reminders = Reminders.from_settings(redis, settings, self.coordinator.queue)

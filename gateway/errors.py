@@ -35,8 +35,7 @@ class SignatureRejected(RejectedWebhook):
 
 
 class InvalidBody(RejectedWebhook):
-    status = 400
-    outcome = "invalid"
+    """Not JSON, or not a WAHA event: the base's 400 `invalid`."""
 
 
 class RetryableFailure(GatewayError):

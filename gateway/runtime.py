@@ -46,7 +46,7 @@ class GatewayRuntime:
             redis_timeout_s=self.deadline_s,
         )
         self.webhook = WebhookEndpoint(
-            self.intake,
+            intake=self.intake,
             hmac_keys=settings.hmac_keys(),
             max_body_bytes=settings.max_body_bytes,
             shards=settings.queue_shards,

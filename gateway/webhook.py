@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import orjson
 from starlette.types import Message, Receive, Scope, Send
@@ -81,26 +82,20 @@ ANSWERS = {
 }
 
 
+@dataclass(eq=False, kw_only=True)
 class WebhookEndpoint:
-    def __init__(
-        self,
-        intake: Intake,
-        *,
-        hmac_keys: Sequence[bytes],
-        max_body_bytes: int,
-        shards: int,
-        dedupe_ttl_seconds: int,
-        key_prefix: str,
-        max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS,
-    ) -> None:
-        self._intake = intake
-        # Empty only when WSM_ALLOW_UNSIGNED=1 (development): then nothing is verified.
-        self._keys = tuple(hmac_keys)
-        self._max_body = max_body_bytes
-        self._shards = shards
-        self._dedupe_ttl = dedupe_ttl_seconds
-        self._prefix = key_prefix
-        self._max_age_ms = max_age_seconds * 1000
+    intake: Intake
+    # Empty only when WSM_ALLOW_UNSIGNED=1 (development): then nothing is verified. Secret:
+    # kept out of the repr.
+    hmac_keys: Sequence[bytes] = field(repr=False)
+    max_body_bytes: int
+    shards: int
+    dedupe_ttl_seconds: int
+    key_prefix: str
+    max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS
+
+    def __post_init__(self) -> None:
+        self.hmac_keys = tuple(self.hmac_keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -140,12 +135,12 @@ class WebhookEndpoint:
         if length is not None:
             if not length.isdigit():
                 raise InvalidBody("bad content-length")
-            if int(length) > self._max_body:
+            if int(length) > self.max_body_bytes:
                 # Refused before reading a byte of it.
                 raise BodyTooLarge("content-length over the cap")
         body = await self._read_body(receive)
-        if self._keys:
-            verify_signature(body, signature, algorithm, self._keys)
+        if self.hmac_keys:
+            verify_signature(body, signature, algorithm, self.hmac_keys)
         try:
             document = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -167,11 +162,11 @@ class WebhookEndpoint:
             routed,
             body,
             received_at_ms=received_at_ms,
-            shards=self._shards,
-            dedupe_ttl_seconds=self._dedupe_ttl,
-            prefix=self._prefix,
+            shards=self.shards,
+            dedupe_ttl_seconds=self.dedupe_ttl_seconds,
+            prefix=self.key_prefix,
         )
-        outcome = await self._intake.accept(request, body, received_at_ms)
+        outcome = await self.intake.accept(request, body, received_at_ms)
         if outcome == "spooled":
             log.info("webhook spooled", extra={"event_id": routed.event_id, "event": routed.event})
         elif log.isEnabledFor(logging.DEBUG):
@@ -190,7 +185,8 @@ class WebhookEndpoint:
         stamp = document.get("timestamp")
         if not isinstance(stamp, int | float) or isinstance(stamp, bool):
             return False
-        return stamp < now_ms - self._max_age_ms or stamp > now_ms + MAX_AHEAD_SECONDS * 1000
+        max_age_ms = self.max_age_seconds * 1000
+        return stamp < now_ms - max_age_ms or stamp > now_ms + MAX_AHEAD_SECONDS * 1000
 
     async def _read_body(self, receive: Receive) -> bytes:
         """The raw body, refused with 413 as soon as it passes the cap (chunked bodies carry
@@ -200,13 +196,13 @@ class WebhookEndpoint:
             raise ClientDisconnected
         body: bytes = message.get("body", b"")
         if not message.get("more_body", False):
-            if len(body) > self._max_body:
+            if len(body) > self.max_body_bytes:
                 raise BodyTooLarge("body over the cap")
             return body
         chunks = [body]
         size = len(body)
         while True:
-            if size > self._max_body:
+            if size > self.max_body_bytes:
                 raise BodyTooLarge("body over the cap")
             message = await receive()
             if message["type"] == "http.disconnect":
@@ -216,7 +212,7 @@ class WebhookEndpoint:
             size += len(chunk)
             if not message.get("more_body", False):
                 break
-        if size > self._max_body:
+        if size > self.max_body_bytes:
             raise BodyTooLarge("body over the cap")
         return b"".join(chunks)
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import time
 
+# A day in those units (retentions and deadlines counted in days).
+DAY_MS = 86_400_000
+
 
 def now_ms() -> int:
     return int(time.time() * 1000)

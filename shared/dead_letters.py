@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from shared.clock import DAY_MS
 from shared.keys import EngineConversationKeys, ShardKeys, all_shards
 from shared.lua import LuaScript
 from shared.redis_client import RedisClient
@@ -34,8 +35,6 @@ OUTBOX_DEAD = LuaScript.named("outbox_dead")
 # `wsm dlq list` reads a shard's list in pages: one LRANGE 0 -1 of a long list is one huge
 # reply that blocks Redis while it is built.
 LIST_PAGE = 200
-
-DAY_MS = 86_400_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ scripts are written so that repeating a call whose answer was lost is safe.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -95,36 +95,29 @@ class FailResult:
     attempts: int = 0
 
 
+@dataclass(eq=False)
 class QueueConsumer:
     """Claim, ack, extend, release and fail for one Redis client (standalone or cluster)."""
 
-    def __init__(
-        self,
-        # Any: redis-py's stubs type replies as bytes | str (and some arguments too narrowly).
-        client: Any,
-        *,
-        lease_ms: int,
-        batch: int,
-        max_attempts: int,
-        backoff_ms: int,
-        backoff_max_ms: int,
-        dead_letters: DeadLetterLimits = DEFAULT_DEAD_LETTER_LIMITS,
-        redis_errors_per_attempt: int = REDIS_ERRORS_PER_ATTEMPT,
-        blocking_client: Any = None,
-    ) -> None:
-        self.client = client
-        # The blocking BLMOVE parks a connection for up to its timeout: given its own pool (one
-        # connection per slot), parked claims never take the connections commits, reads and
-        # sends need. None: the one client for everything.
-        self.blocking_client = client if blocking_client is None else blocking_client
-        self.lease_ms = lease_ms
-        self.batch = batch
-        self.max_attempts = max_attempts
-        self.backoff_ms = backoff_ms
-        self.backoff_max_ms = backoff_max_ms
-        self.dead_letters = dead_letters
-        self.redis_errors_per_attempt = redis_errors_per_attempt
-        self._batch_acks_loaded = False
+    # Any: redis-py's stubs type replies as bytes | str (and some arguments too narrowly).
+    client: Any
+    _: KW_ONLY
+    lease_ms: int
+    batch: int
+    max_attempts: int
+    backoff_ms: int
+    backoff_max_ms: int
+    dead_letters: DeadLetterLimits = DEFAULT_DEAD_LETTER_LIMITS
+    redis_errors_per_attempt: int = REDIS_ERRORS_PER_ATTEMPT
+    # The blocking BLMOVE parks a connection for up to its timeout: given its own pool (one
+    # connection per slot), parked claims never take the connections commits, reads and
+    # sends need. None: the one client for everything.
+    blocking_client: Any = None
+    _batch_acks_loaded: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.blocking_client is None:
+            self.blocking_client = self.client
 
     # --- taking a conversation --------------------------------------------------------------
 

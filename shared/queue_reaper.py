@@ -21,7 +21,7 @@ more once a minute).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import orjson
@@ -58,30 +58,24 @@ def _dead_letter_at_ms(entry: bytes) -> int | None:
 
 @dataclass(frozen=True, slots=True)
 class ReapReport:
-    reaped: int = 0
-    dead: int = 0
-    promoted: int = 0
-    reclaimed: int = 0
+    reaped: int
+    dead: int
+    promoted: int
+    reclaimed: int
 
     def __bool__(self) -> bool:
         return bool(self.reaped or self.promoted or self.reclaimed)
 
 
+@dataclass(eq=False)
 class QueueReaper:
-    def __init__(
-        self,
-        # Any: redis-py's stubs type replies as bytes | str (and some arguments too narrowly).
-        client: Any,
-        *,
-        max_attempts: int,
-        lock_ms: int,
-        dead_letters: DeadLetterLimits = DEFAULT_DEAD_LETTER_LIMITS,
-    ) -> None:
-        self.client = client
-        self.max_attempts = max_attempts
-        self.lock_ms = lock_ms
-        self.dead_letters = dead_letters
-        self._aged_at: dict[ShardKeys, float] = {}
+    # Any: redis-py's stubs type replies as bytes | str (and some arguments too narrowly).
+    client: Any
+    _: KW_ONLY
+    max_attempts: int
+    lock_ms: int
+    dead_letters: DeadLetterLimits = DEFAULT_DEAD_LETTER_LIMITS
+    _aged_at: dict[ShardKeys, float] = field(default_factory=dict, init=False, repr=False)
 
     async def try_lock(self, shard: ShardKeys, holder: str) -> bool:
         """Take the shard's pass lock for `lock_ms`. The lock is never released early: it is
@@ -147,7 +141,7 @@ class QueueReaper:
         cutoff_ms = now_ms() - self.dead_letters.max_age_ms
         total = 0
         # (list, index of its oldest entry, LREM count that scans from that end, stats field)
-        for key, oldest_end, field in (
+        for key, oldest_end, counter in (
             (shard.dlq, -1, "dead_dropped"),
             (outbox_dlq_key(shard), 0, "outbox_dead_dropped"),
         ):
@@ -160,6 +154,6 @@ class QueueReaper:
                 # By value, not by position: a replay or drop may have changed the list since.
                 dropped += int(await self.client.lrem(key, -1 if oldest_end == -1 else 1, oldest))
             if dropped:
-                await self.client.hincrby(shard.stats, field, dropped)
+                await self.client.hincrby(shard.stats, counter, dropped)
                 total += dropped
         return total

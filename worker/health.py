@@ -36,14 +36,8 @@ class HealthReport:
     alive: int = 0
 
     def as_json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "healthy": self.healthy,
-                "processes": self.processes,
-                "alive": self.alive,
-                "problems": self.problems,
-            }
-        )
+        # orjson writes a dataclass as an object of its fields.
+        return orjson.dumps(self)
 
 
 async def check_fleet(client: RedisClient, fleet: FleetKeys) -> HealthReport:

@@ -35,6 +35,7 @@ import hashlib
 import hmac
 import logging
 import time
+from dataclasses import KW_ONLY, InitVar, dataclass, field
 
 import httpx
 import orjson
@@ -82,30 +83,24 @@ def verify(
     return hmac.compare_digest(sign(secret, stamp, body), signature)
 
 
+@dataclass(eq=False)
 class BookingWebhook:
-    def __init__(
-        self,
-        redis: RedisClient,
-        *,
-        prefix: str,
-        url: str,
-        secret: bytes,
-        timeout_seconds: float,
-        max_attempts: int,
-        retry_base_ms: int,
-        retry_max_ms: int,
-        http: httpx.AsyncClient | None = None,
-    ) -> None:
-        self._redis = redis
-        self.keys = CalendarKeys(prefix)
-        self.url = url
-        self.secret = secret
-        self.max_attempts = max_attempts
-        self.retry_base_ms = retry_base_ms
-        self.retry_max_ms = retry_max_ms
+    redis: RedisClient
+    _: KW_ONLY
+    prefix: str
+    url: str
+    secret: bytes = field(repr=False)
+    timeout_seconds: float
+    max_attempts: int
+    retry_base_ms: int
+    retry_max_ms: int
+    http: InitVar[httpx.AsyncClient | None] = None
+
+    def __post_init__(self, http: httpx.AsyncClient | None) -> None:
+        self.keys = CalendarKeys(self.prefix)
         # Longer than one delivery can take, so a live deliverer is never raced by another.
-        self.visibility_ms = int(timeout_seconds * 1000) + 5000
-        self._http = http or httpx.AsyncClient(timeout=timeout_seconds)
+        self.visibility_ms = int(self.timeout_seconds * 1000) + 5000
+        self._http = http or httpx.AsyncClient(timeout=self.timeout_seconds)
         self._wake = asyncio.Event()
 
     def kick(self) -> None:
@@ -115,11 +110,11 @@ class BookingWebhook:
     async def deliver_due(self, limit: int = 50) -> int:
         """Deliver every due event (up to `limit`); returns how many were delivered."""
         now = now_ms()
-        claimed = await CLAIM(self._redis, [self.keys.hooks_due], [now, self.visibility_ms, limit])
+        claimed = await CLAIM(self.redis, [self.keys.hooks_due], [now, self.visibility_ms, limit])
         ids = [as_text(raw) for raw in claimed]
         if not ids:
             return 0
-        bodies = await self._redis.hmget(self.keys.hooks_body, ids)
+        bodies = await self.redis.hmget(self.keys.hooks_body, ids)
         results = await asyncio.gather(
             *(self._deliver(event_id, body) for event_id, body in zip(ids, bodies, strict=True))
         )
@@ -127,7 +122,7 @@ class BookingWebhook:
 
     async def _deliver(self, event_id: str, raw: bytes | str | None) -> bool:
         if raw is None:  # erased meanwhile (LGPD): nothing to send
-            await self._redis.zrem(self.keys.hooks_due, event_id)
+            await self.redis.zrem(self.keys.hooks_due, event_id)
             return False
         body = raw if isinstance(raw, bytes) else raw.encode()
         timestamp = int(time.time())
@@ -146,7 +141,7 @@ class BookingWebhook:
             await self._retry(event_id, body, f"{type(exc).__name__}: {exc}", None)
             return False
         if answer.is_success:
-            pipe = self._redis.pipeline(transaction=True)
+            pipe = self.redis.pipeline(transaction=True)
             pipe.zrem(self.keys.hooks_due, event_id)
             pipe.hdel(self.keys.hooks_body, event_id)
             pipe.hdel(self.keys.hooks_attempts, event_id)
@@ -163,18 +158,18 @@ class BookingWebhook:
     async def _retry(
         self, event_id: str, body: bytes, error: str, retry_after: float | None
     ) -> None:
-        attempts = int(await self._redis.hincrby(self.keys.hooks_attempts, event_id, 1))
+        attempts = int(await self.redis.hincrby(self.keys.hooks_attempts, event_id, 1))
         if attempts >= self.max_attempts:
             await self._dead(event_id, body, error, attempts=attempts)
             return
         delay = backoff_ms(attempts, self.retry_base_ms, self.retry_max_ms, retry_after)
-        await self._redis.zadd(self.keys.hooks_due, {event_id: now_ms() + delay})
+        await self.redis.zadd(self.keys.hooks_due, {event_id: now_ms() + delay})
         WEBHOOK_DELIVERIES.labels("retry").inc()
         log.info("booking webhook will be retried", extra={"event": event_id, "error": error})
 
     async def _dead(self, event_id: str, body: bytes, error: str, attempts: int | None) -> None:
         if attempts is None:
-            attempts = int(await self._redis.hincrby(self.keys.hooks_attempts, event_id, 1))
+            attempts = int(await self.redis.hincrby(self.keys.hooks_attempts, event_id, 1))
         record = orjson.dumps(
             {
                 "id": event_id,
@@ -184,7 +179,7 @@ class BookingWebhook:
                 "at": now_ms(),
             }
         )
-        pipe = self._redis.pipeline(transaction=True)
+        pipe = self.redis.pipeline(transaction=True)
         pipe.rpush(self.keys.hooks_dead, record)
         pipe.zrem(self.keys.hooks_due, event_id)
         pipe.hdel(self.keys.hooks_body, event_id)

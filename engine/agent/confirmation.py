@@ -71,15 +71,8 @@ class PendingAction:
         return replace(self, proposed_in=message_id)
 
     def encode(self) -> str:
-        return orjson.dumps(
-            {
-                "kind": self.kind,
-                "service": self.service,
-                "start": self.start,
-                "booking_id": self.booking_id,
-                "proposed_in": self.proposed_in,
-            }
-        ).decode()
+        # orjson writes a dataclass as its fields, in order: what `decode` reads back.
+        return orjson.dumps(self).decode()
 
     @classmethod
     def decode(cls, raw: str | None) -> PendingAction | None:

@@ -34,7 +34,7 @@ menu's path is unchanged (each message is a menu step).
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from engine.agent.breaker import CircuitBreaker
 from engine.agent.groq_brain import AgentTurnFailed, GroqBrain
@@ -65,18 +65,12 @@ def fallback_reason(error: Exception) -> str:
     return "model_error"
 
 
+@dataclass(eq=False)
 class FallbackBrain:
-    def __init__(
-        self,
-        agent: GroqBrain | None,
-        menu: SchedulingMenuBrain,
-        breaker: CircuitBreaker,
-        limits: ConversationLimits | None = None,
-    ) -> None:
-        self.agent = agent
-        self.menu = menu
-        self.breaker = breaker
-        self.limits = limits
+    agent: GroqBrain | None
+    menu: SchedulingMenuBrain
+    breaker: CircuitBreaker
+    limits: ConversationLimits | None = None
 
     async def decide(self, turn: Turn) -> Decision:
         if self.agent is None:

@@ -28,6 +28,7 @@ true` in its business file). Each offer is sent exactly once, like a reminder.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from datetime import datetime
 
 from engine import commands
@@ -35,9 +36,10 @@ from engine.agent.bookings import Booking, freed_today
 from engine.agent.calendar import InvalidSlot
 from engine.agent.metrics import FREED_SLOTS
 from engine.agent.proactive import ProactivePass
-from engine.businesses import Business, Businesses, businesses_from
+from engine.businesses import Business, businesses_from
 from engine.commands import CommandQueue
 from engine.waiting_line import WaitingLine
+from shared.clock import DAY_MS
 from shared.keys import CalendarKeys, split_conversation_token
 from shared.redis_client import RedisClient
 from shared.settings import Settings
@@ -54,7 +56,6 @@ OFFERED_KEEP = 8
 
 PASS_LIMIT = 100
 DONE = "done"
-DAY_MS = 24 * 3600 * 1000
 
 
 def freed_event_id(booking_id: str, token: str) -> str:
@@ -67,29 +68,11 @@ def hashed(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
+@dataclass(eq=False)
 class FreedSlots(ProactivePass):
     """The freed-slots pass: turns marked slots into `wsm.freed_slot` commands."""
 
-    def __init__(
-        self,
-        redis: RedisClient,
-        queue: CommandQueue,
-        line: WaitingLine,
-        businesses: Businesses,
-        *,
-        prefix: str,
-        language: str,
-        pace_per_minute: float,
-    ) -> None:
-        super().__init__(
-            redis,
-            queue,
-            businesses,
-            prefix=prefix,
-            language=language,
-            pace_per_minute=pace_per_minute,
-        )
-        self.line = line
+    line: WaitingLine
 
     @property
     def lock(self) -> str:
@@ -99,7 +82,7 @@ class FreedSlots(ProactivePass):
     def from_settings(
         cls, redis: RedisClient, settings: Settings, queue: CommandQueue, line: WaitingLine
     ) -> FreedSlots:
-        return cls(redis, queue, line, businesses_from(settings), **cls.options(settings))
+        return cls(redis, queue, businesses_from(settings), line, **cls.options(settings))
 
     def text(self, business: Business, booking: Booking) -> str:
         return self.render("freed_slot_offer", business, booking)

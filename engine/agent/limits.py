@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime
 
 from engine.identity import Conversation
@@ -45,39 +46,33 @@ TURN_LIMIT = "turn_limit"
 TOKEN_LIMIT = "token_limit"
 
 
+@dataclass(eq=False)
 class ConversationLimits:
-    def __init__(
-        self,
-        redis: RedisClient,
-        *,
-        prefix: str,
-        shards: int,
-        turns_per_minute: int,
-        tokens_per_day: int,
-        clock_ms: Callable[[], int] = clock.now_ms,
-    ) -> None:
-        self._redis = redis
-        self._prefix = prefix
-        self._keys = AgentLimitKeys(prefix)
-        self._shards = shards
-        self.turns_per_minute = turns_per_minute
-        self.tokens_per_day = tokens_per_day
-        self._clock_ms = clock_ms
+    redis: RedisClient
+    _: KW_ONLY
+    prefix: str
+    shards: int
+    turns_per_minute: int
+    tokens_per_day: int
+    clock_ms: Callable[[], int] = clock.now_ms
+
+    def __post_init__(self) -> None:
+        self._keys = AgentLimitKeys(self.prefix)
 
     # --- keys (shared/keys.py, AgentLimitKeys) ---------------------------------------------
     def turns_key(self, token: str) -> str:
         return self._keys.turns(token)
 
     def tokens_key(self, token: str, now_ms: int | None = None) -> str:
-        at = self._clock_ms() if now_ms is None else now_ms
+        at = self.clock_ms() if now_ms is None else now_ms
         return self._keys.tokens(token, datetime.fromtimestamp(at / 1000, UTC).strftime("%Y%m%d"))
 
     # --- turns and tokens ------------------------------------------------------------------
     async def admit(self, token: str) -> str | None:
         """None when an agent turn may start now (and counts it); else the limit reached."""
-        now = self._clock_ms()
+        now = self.clock_ms()
         if self.tokens_per_day > 0:
-            used = await self._redis.get(self.tokens_key(token, now))
+            used = await self.redis.get(self.tokens_key(token, now))
             if used is not None and int(used) >= self.tokens_per_day:
                 return TOKEN_LIMIT
         if not await self._take_minute_slot(self.turns_key(token), now):
@@ -89,19 +84,19 @@ class ConversationLimits:
         as many a minute as agent turns (WSM_AGENT_TURNS_PER_MINUTE), in a window of their own,
         so that a voice note's transcription and its agent turn are not counted twice against
         one budget, and a flood of voice notes cannot run up Groq's bill."""
-        return await self._take_minute_slot(self._keys.transcriptions(token), self._clock_ms())
+        return await self._take_minute_slot(self._keys.transcriptions(token), self.clock_ms())
 
     async def _take_minute_slot(self, key: str, now: int) -> bool:
         """One more in the last minute's window at `key`, unless turns_per_minute are used."""
         if self.turns_per_minute <= 0:
             return True
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=False)
         pipe.zremrangebyscore(key, 0, now - TURN_WINDOW_MS)
         pipe.zcard(key)
         _, started = await pipe.execute()
         if int(started) >= self.turns_per_minute:
             return False
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=False)
         pipe.zadd(key, {f"{now}:{uuid.uuid4().hex[:8]}": now})
         pipe.pexpire(key, TURN_WINDOW_MS)
         await pipe.execute()
@@ -111,13 +106,13 @@ class ConversationLimits:
         if self.tokens_per_day <= 0 or tokens <= 0:
             return
         key = self.tokens_key(token)
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=False)
         pipe.incrby(key, tokens)
         pipe.expire(key, TOKENS_KEY_SECONDS)
         await pipe.execute()
 
     async def tokens_used(self, token: str) -> int:
-        used = await self._redis.get(self.tokens_key(token))
+        used = await self.redis.get(self.tokens_key(token))
         return int(used) if used is not None else 0
 
     # --- bursts ----------------------------------------------------------------------------
@@ -125,14 +120,14 @@ class ConversationLimits:
         """How many customer messages wait in the queue right behind the one being handled
         (the queue's head), before anything else the conversation must see first."""
         keys = keys_for_conversation(
-            conversation.session, conversation.chat_id, self._shards, self._prefix
+            conversation.session, conversation.chat_id, self.shards, self.prefix
         )
         # Oldest at the right: -1 is the head (the message being handled), -2 the next.
-        ids = await self._redis.lrange(keys.messages, -(BURST_PEEK + 1), -2)
+        ids = await self.redis.lrange(keys.messages, -(BURST_PEEK + 1), -2)
         if not ids:
             return 0
         ids = list(reversed(ids))
-        records = await self._redis.hmget(keys.bodies, ids)
+        records = await self.redis.hmget(keys.bodies, ids)
         behind = 0
         for record in records:
             if record is None:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import KW_ONLY, InitVar, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -33,25 +34,20 @@ PASS_LOCK_MS = 900
 RATE_TAKE = LuaScript.named("send_rate_take")
 
 
+@dataclass(eq=False)
 class ProactivePass:
     """The parts of a pass that queues proactive messages as commands of their conversation."""
 
-    def __init__(
-        self,
-        redis: RedisClient,
-        queue: CommandQueue,
-        businesses: Businesses,
-        *,
-        prefix: str,
-        language: str,
-        pace_per_minute: float,
-    ) -> None:
-        self.redis = redis
-        self.queue = queue
-        self.keys = CalendarKeys(prefix)
-        self.prefix = prefix
-        self.language = language
-        self.pace_per_minute = pace_per_minute
+    redis: RedisClient
+    queue: CommandQueue
+    businesses: InitVar[Businesses]
+    _: KW_ONLY
+    prefix: str
+    language: str
+    pace_per_minute: float
+
+    def __post_init__(self, businesses: Businesses) -> None:
+        self.keys = CalendarKeys(self.prefix)
         self._businesses = {b.id: b for b in businesses.all()}
         self._default = businesses.default
         self._texts: dict[str, AgentTexts] = {}

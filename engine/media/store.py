@@ -30,7 +30,7 @@ import os
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, InitVar, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -184,27 +184,23 @@ class DirectoryStore:
         return removed
 
 
+@dataclass(eq=False)
 class S3Store:
     """Objects in an S3-compatible bucket: `<prefix><conversation>/<sha256>`, with their
     content type. boto3 is blocking: every call runs in a thread."""
 
-    def __init__(
-        self,
-        bucket: str,
-        *,
-        endpoint_url: str | None = None,
-        prefix: str = "",
-        max_bytes: int | None = None,
-        client: Any = None,
-    ) -> None:
-        if client is None:
+    bucket: str
+    _: KW_ONLY
+    endpoint_url: InitVar[str | None] = None
+    prefix: str = ""
+    max_bytes: int | None = None
+    client: Any = None  # None: boto3's, for `endpoint_url`
+
+    def __post_init__(self, endpoint_url: str | None) -> None:
+        if self.client is None:
             import boto3  # imported only by a deployment that keeps media in S3
 
-            client = boto3.client("s3", endpoint_url=endpoint_url)
-        self.client = client
-        self.bucket = bucket
-        self.prefix = prefix
-        self.max_bytes = max_bytes
+            self.client = boto3.client("s3", endpoint_url=endpoint_url)
 
     def key_of(self, token: str, sha256: str) -> str:
         return f"{self.prefix}{folder_name(token)}/{sha256}"

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import KW_ONLY, dataclass
 from typing import Protocol
 
 import groq
@@ -83,25 +84,19 @@ def upload_name(filename: str, mimetype: str) -> str:
     return f"{name or 'audio'}.{_EXTENSIONS.get(base, 'ogg')}"
 
 
+@dataclass(eq=False)
 class GroqTranscriber:
-    def __init__(
-        self,
-        client: groq.AsyncGroq,
-        *,
-        model: str,
-        breaker: CircuitBreaker,
-        max_retries: int,
-        language: str = LANGUAGE,
-        max_bytes: int = MAX_UPLOAD_BYTES,
-        owns_client: bool = False,
-    ) -> None:
-        self.client = client
-        self.model = model
-        self.breaker = breaker
-        self.max_retries = max_retries
-        self.language = language
-        self.max_bytes = max_bytes
-        self._owns_client = owns_client
+    client: groq.AsyncGroq
+    _: KW_ONLY
+    # What is asked of Groq,
+    model: str
+    language: str = LANGUAGE
+    max_bytes: int = MAX_UPLOAD_BYTES
+    # how its failures are met,
+    breaker: CircuitBreaker
+    max_retries: int
+    # and whether aclose() closes the client (engine/parts.py made it).
+    owns_client: bool = False
 
     async def transcribe(self, audio: bytes, *, filename: str, mimetype: str) -> str | None:
         skipped = (
@@ -158,5 +153,5 @@ class GroqTranscriber:
 
     async def aclose(self) -> None:
         """Close the client if this transcriber made it (engine/parts.py `transcriber`)."""
-        if self._owns_client:
+        if self.owns_client:
             await self.client.close()

@@ -3,8 +3,11 @@ into otherwise good records of one conversation, is reported, and good records a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
+
+import pytest
 
 from engine.brain import InboundMessage, Turn
 from engine.identity import Conversation
@@ -54,49 +57,60 @@ def test_good_records_pass_and_give_exact_latencies() -> None:
     assert [round(ms) for ms in findings.first_reply_ms] == [50, 100, 150]
 
 
-def test_a_lost_message_is_reported() -> None:
-    customer, history, chat = conversation()
+# Each kind of failure, built into the good records: (customer, history, chat) changed in place.
+
+
+def message_2_lost(customer: Customer, history: list[Any], chat: list[Any]) -> None:
     del history[2:4]  # message 2 and its reply never made it into the history
-    chat = [m for m in chat if m["id"] != f"true_{CHAT}_OUT1"]
-    assert failures(customer, history, chat) == {"lost": 1}
+    chat[:] = [m for m in chat if m["id"] != f"true_{CHAT}_OUT1"]
 
 
-def test_a_message_handled_twice_is_reported() -> None:
-    customer, history, chat = conversation()
+def a_message_handled_twice(customer: Customer, history: list[Any], chat: list[Any]) -> None:
     history.insert(2, dict(history[0]))
-    assert failures(customer, history, chat) == {"inbound_duplicated": 1}
 
 
-def test_messages_handled_out_of_order_are_reported() -> None:
-    customer, history, chat = conversation()
+def messages_handled_out_of_order(customer: Customer, history: list[Any], chat: list[Any]) -> None:
     history[0], history[2] = history[2], history[0]
-    assert failures(customer, history, chat) == {"inbound_out_of_order": 1}
 
 
-def test_a_reply_sent_twice_is_reported() -> None:
-    customer, history, chat = conversation()
+def a_reply_sent_twice(customer: Customer, history: list[Any], chat: list[Any]) -> None:
     # WAHA took the same reply twice: the chat shows it again under another id.
     chat.insert(2, {"seq": 99, "id": f"true_{CHAT}_AGAIN", "direction": "out", "text": "reply 0"})
-    assert failures(customer, history, chat) == {"replies_sent_twice": 1}
 
 
-def test_a_reply_never_delivered_is_reported() -> None:
-    customer, history, chat = conversation()
+def a_reply_never_delivered(customer: Customer, history: list[Any], chat: list[Any]) -> None:
     history[3] = {"direction": "out", "waha_id": "", "text": "reply 1", "status": "queued"}
-    chat = [m for m in chat if m["id"] != f"true_{CHAT}_OUT1"]
-    assert failures(customer, history, chat) == {"replies_not_delivered": 1}
+    chat[:] = [m for m in chat if m["id"] != f"true_{CHAT}_OUT1"]
 
 
-def test_replies_delivered_in_another_order_are_reported() -> None:
-    customer, history, chat = conversation()
+def replies_delivered_in_another_order(
+    customer: Customer, history: list[Any], chat: list[Any]
+) -> None:
     chat[1], chat[3] = chat[3], chat[1]
-    assert failures(customer, history, chat) == {"replies_out_of_order": 1}
 
 
-def test_an_unanswered_customer_is_reported() -> None:
-    customer, history, chat = conversation()
+def a_customer_unanswered(customer: Customer, history: list[Any], chat: list[Any]) -> None:
     customer.error = "message 4 not answered within 150 s"
-    assert failures(customer, history, chat) == {"customers_unanswered": 1}
+
+
+DAMAGES = [
+    (message_2_lost, {"lost": 1}),
+    (a_message_handled_twice, {"inbound_duplicated": 1}),
+    (messages_handled_out_of_order, {"inbound_out_of_order": 1}),
+    (a_reply_sent_twice, {"replies_sent_twice": 1}),
+    (a_reply_never_delivered, {"replies_not_delivered": 1}),
+    (replies_delivered_in_another_order, {"replies_out_of_order": 1}),
+    (a_customer_unanswered, {"customers_unanswered": 1}),
+]
+
+
+@pytest.mark.parametrize(("damage", "reported"), DAMAGES, ids=[d.__name__ for d, _ in DAMAGES])
+def test_each_kind_of_failure_is_reported(
+    damage: Callable[[Customer, list[Any], list[Any]], None], reported: dict[str, int]
+) -> None:
+    customer, history, chat = conversation()
+    damage(customer, history, chat)
+    assert failures(customer, history, chat) == reported
 
 
 def test_percentiles_are_nearest_rank() -> None:

@@ -75,6 +75,73 @@ def values_of(kind: bytes, value: Any) -> list[bytes]:
     return []
 
 
+def assert_left_as(
+    key: bytes, before: tuple[bytes | None, bytes, Any], expected: Any, after: dict[bytes, Any]
+) -> None:
+    """A key after an erase, given its content without the erased customer's entries: untouched
+    byte for byte when it held none, gone when it held only theirs, else exactly `expected`."""
+    dump, kind, value = before
+    if expected == value:
+        assert key in after and after[key][0] == dump, key  # untouched: byte for byte
+    elif not expected:
+        assert key not in after, key  # held only the erased customer's entries
+    else:
+        assert key in after and after[key][1:] == (kind, expected), key
+
+
+def without(kind: bytes, value: Any, needles: list[bytes]) -> Any:
+    """A key's content less every entry that holds one of `needles` (None: nothing left)."""
+
+    def holds(element: bytes) -> bool:
+        return any(needle in element for needle in needles)
+
+    if kind == b"string":
+        return None if holds(value or b"") else value
+    if kind == b"list":
+        return [e for e in value if not holds(e)]
+    if kind == b"set":
+        return {e for e in value if not holds(e)}
+    if kind == b"zset":
+        return {m: s for m, s in value.items() if not holds(m)}
+    if kind == b"hash":
+        return {f: v for f, v in value.items() if not holds(f) and not holds(v)}
+    if kind == b"stream":
+        return [(i, f) for i, f in value if not holds(repr(f).encode())]
+    return value
+
+
+def assert_erased_exactly(
+    before: dict[bytes, Any],
+    after: dict[bytes, Any],
+    needles: list[bytes],
+    *,
+    counters: tuple[bytes, ...] = (),
+    kept: tuple[bytes, ...] = (),
+) -> None:
+    """An erase judged by what the customer's data holds (their phone number, chat id, name):
+    every key named after one of `needles` went; every other key lost exactly its entries that
+    hold one and is otherwise unchanged, byte for byte; nothing left holds one. `counters` may
+    only grow (the shard's fence: the erase took a lease); `kept` hold a needle and must stay
+    byte for byte all the same (another WAHA session's data: another business line's)."""
+    assert set(after) <= set(before), set(after) - set(before)
+    for key, (dump, kind, value) in before.items():
+        if key in counters:
+            assert int(after[key][2]) >= int(value), key
+            continue
+        if key not in kept and any(needle in key for needle in needles):
+            assert key not in after, key
+        else:
+            expected = value if key in kept else without(kind, value, needles)
+            assert_left_as(key, (dump, kind, value), expected, after)
+    for key, (_, kind, value) in after.items():
+        if key in kept:
+            continue
+        for needle in needles:
+            assert needle not in key, (key, needle)
+            for element in values_of(kind, value):
+                assert needle not in element, (key, element, needle)
+
+
 # --- driving customers through the real engine ------------------------------------------------
 
 

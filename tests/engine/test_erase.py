@@ -27,6 +27,7 @@ from shared.queue_errors import ConversationBusy, LeaseLost
 from shared.redis_client import connect
 from tests.conftest import keys_with_prefix
 from tests.engine.erase_support import (
+    assert_left_as,
     booking_store,
     live_a_life,
     now_ms,
@@ -160,12 +161,8 @@ async def erase_exactly(harness: Harness, waha: FakeWaha, sync_redis: Any, key_p
             expected = {f: v for f, v in value.items() if f != token and v != erased_booking}
         else:
             expected = value
-        if expected == value:
-            assert key in after and after[key][0] == dump, key  # untouched: byte for byte
-        elif not expected:
-            assert key not in after, key  # held only the erased customer's entries
-        else:
-            assert key in after and after[key][1:] == (kind, expected), key
+        assert_left_as(key, (dump, kind, value), expected, after)
+        if expected and expected != value:
             changed_shared.append(key)
     assert len(changed_shared) >= len(shared_families)
     # And nothing names the erased conversation any more.

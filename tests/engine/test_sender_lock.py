@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import NamedTuple
 
 import httpx
 import orjson
 import respx
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from engine.sender import InflightSend, LockKeeper
-from engine.waha_client import SentMessage
+from engine.sender import InflightSend, LockKeeper, Sender
+from engine.waha_client import SentMessage, WahaClient
 from shared.keys import WahaSessionKeys, engine_keys_for
 from tests.engine.harness import WAHA, mock_courtesy, texts_sent
 from tests.engine.support import CHAT, commit_replies, make_sender, sent_answer
@@ -39,6 +40,29 @@ def held_typing() -> tuple[asyncio.Event, asyncio.Event]:
     for path in ("sendSeen", "stopTyping"):
         respx.post(f"{WAHA}/api/{path}").mock(return_value=httpx.Response(201, json={}))
     return reached, release
+
+
+class Typing(NamedTuple):
+    """A sender delivering TOKEN's outbox, held in its first startTyping: it has the lock and
+    its send token, and has not sent yet."""
+
+    sender: Sender
+    waha: WahaClient
+    task: asyncio.Task[None]
+    release: asyncio.Event
+
+    async def finish(self) -> None:
+        """Let the typing answer, and the delivery run to its end."""
+        self.release.set()
+        await self.task
+
+
+async def typing_sender(aredis, prefix: str, **options: object) -> Typing:
+    reached, release = held_typing()
+    sender, waha = make_sender(aredis, prefix, typing_delay_max_ms=1, **options)
+    task = asyncio.create_task(sender.deliver(TOKEN))
+    await reached.wait()
+    return Typing(sender, waha, task, release)
 
 
 async def empty_bucket(aredis, prefix: str, tokens: float) -> None:
@@ -82,42 +106,34 @@ async def test_a_sender_waiting_for_a_send_token_keeps_its_lock(aredis, key_pref
 async def test_a_sender_that_lost_its_lock_sends_nothing_and_extends_nothing(
     aredis, key_prefix
 ) -> None:
-    reached, release = held_typing()
     send = respx.post(f"{WAHA}/api/sendText").mock(return_value=sent_answer(1))
     await commit_replies(aredis, key_prefix, "olá")
     keys = engine_keys_for("default", CHAT, 1, key_prefix)
-    sender, waha = make_sender(aredis, key_prefix, typing_delay_max_ms=1, lock_ms=60_000)
-    task = asyncio.create_task(sender.deliver(TOKEN))
-    await reached.wait()
+    held = await typing_sender(aredis, key_prefix, lock_ms=60_000)
     # Someone else holds the conversation now (its lock expired under a stalled process).
     await aredis.set(keys.sending, "someone-else", px=5000)
-    release.set()
-    await task
+    await held.finish()
     assert send.call_count == 0
     assert await aredis.llen(keys.outbox) == 1
     assert await aredis.get(keys.sending) == b"someone-else"
     assert 0 < await aredis.pttl(keys.sending) <= 5000  # not extended by the stalled sender
-    await waha.aclose()
+    await held.waha.aclose()
 
 
 @respx.mock
 async def test_a_reply_recorded_meanwhile_is_not_sent_and_the_next_one_is(
     aredis, key_prefix
 ) -> None:
-    reached, release = held_typing()
     send = respx.post(f"{WAHA}/api/sendText").mock(side_effect=[sent_answer(1), sent_answer(2)])
     await commit_replies(aredis, key_prefix, "primeira", "segunda")
     keys = engine_keys_for("default", CHAT, 1, key_prefix)
-    sender, waha = make_sender(aredis, key_prefix, typing_delay_max_ms=1)
-    task = asyncio.create_task(sender.deliver(TOKEN))
-    await reached.wait()
+    held = await typing_sender(aredis, key_prefix)
     # The head is taken off while this sender types (an echo recorded an earlier send of it).
     await aredis.lpop(keys.outbox)
-    release.set()
-    await task
+    await held.finish()
     assert texts_sent(send) == ["segunda"]
     assert await aredis.llen(keys.outbox) == 0
-    await waha.aclose()
+    await held.waha.aclose()
 
 
 @respx.mock

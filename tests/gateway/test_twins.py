@@ -14,6 +14,7 @@ drives the engine over what the gateway queued (tests/engine/harness.py) with WA
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -112,25 +113,26 @@ async def test_acks_stay_keyed_with_their_level(
 # --- the engine behind the door -------------------------------------------------------------
 
 
-async def through_the_engine(
-    documents: list[dict[str, Any]],
-    app_client: httpx.AsyncClient,
-    aredis: Any,
-    redis_url: str,
-    key_prefix: str,
-) -> FakeWaha:
+@pytest.fixture
+def through_the_engine(
+    app_client: httpx.AsyncClient, aredis: Any, redis_url: str, key_prefix: str
+) -> Callable[[list[dict[str, Any]]], Awaitable[FakeWaha]]:
     """The twins posted to the gateway in this order, then the engine run over what it queued;
     WAHA as the engine found it."""
-    for document in documents:
-        await post(app_client, document)
-    with respx.mock(assert_all_called=False) as router:
-        waha = FakeWaha(router)
-        harness = Harness(aredis, settings_for(key_prefix, redis_url))
-        try:
-            await harness.drain()
-        finally:
-            await harness.aclose()
-    return waha
+
+    async def run(documents: list[dict[str, Any]]) -> FakeWaha:
+        for document in documents:
+            await post(app_client, document)
+        with respx.mock(assert_all_called=False) as router:
+            waha = FakeWaha(router)
+            harness = Harness(aredis, settings_for(key_prefix, redis_url))
+            try:
+                await harness.drain()
+            finally:
+                await harness.aclose()
+        return waha
+
+    return run
 
 
 async def history(
@@ -142,10 +144,9 @@ async def history(
 
 @pytest.mark.parametrize("twin_first", [False, True], ids=["original-first", "twin-first"])
 async def test_the_engine_answers_a_twinned_customer_message_once(
-    twin_first: bool, app_client: httpx.AsyncClient, aredis: Any, redis_url: str, key_prefix: str
+    twin_first: bool, through_the_engine: Any, aredis: Any, key_prefix: str
 ) -> None:
-    documents = pair("message-text.json", "message.any", twin_first)
-    waha = await through_the_engine(documents, app_client, aredis, redis_url, key_prefix)
+    waha = await through_the_engine(pair("message-text.json", "message.any", twin_first))
 
     _, chat = TEXT_CHAT
     assert len(waha.to(chat)) == 1  # answered, once
@@ -155,10 +156,9 @@ async def test_the_engine_answers_a_twinned_customer_message_once(
 
 @pytest.mark.parametrize("twin_first", [False, True], ids=["any-first", "message-first"])
 async def test_the_engine_records_a_reply_typed_on_the_business_phone_once(
-    twin_first: bool, app_client: httpx.AsyncClient, aredis: Any, redis_url: str, key_prefix: str
+    twin_first: bool, through_the_engine: Any, aredis: Any, key_prefix: str
 ) -> None:
-    documents = pair("message-any-fromme.json", "message", twin_first)
-    waha = await through_the_engine(documents, app_client, aredis, redis_url, key_prefix)
+    waha = await through_the_engine(pair("message-any-fromme.json", "message", twin_first))
 
     entries = await history(aredis, FROMME_CHAT, key_prefix)
     assert [(e.author, e.text) for e in entries] == [("business", "Hi there!")]

@@ -30,21 +30,17 @@ from tests.gateway.conftest import (
 from tests.support.waha import FIXTURES, compact, fixture_names, load_fixture, text_message
 
 # Where each fixture must be queued: (WAHA session, chat), worked out by hand from the bodies.
-EXPECTED_CONVERSATION = {
-    "message-ack.json": ("default", "11111111111@c.us"),
-    "message-any-fromme.json": ("default", "11111111111@c.us"),
-    "message-group.json": ("default", "120363000000000002@g.us"),
-    "message-media-audio.json": ("chatwoot", "5511987650053@c.us"),
-    "message-media-contact.json": ("chatwoot", "5511987650053@c.us"),
-    "message-media-document.json": ("chatwoot", "5511987650053@c.us"),
-    "message-media-image.json": ("chatwoot", "5511987650053@c.us"),
-    "message-media-location.json": ("chatwoot", "5511987650053@c.us"),
-    "message-media-sticker.json": ("chatwoot", "5511987650053@c.us"),
-    "message-media-video.json": ("chatwoot", "5511987650053@c.us"),
-    "message-media-voice.json": ("mysession_waha", "5511987650052@c.us"),
-    "message-text.json": ("mysession_waha", "5511987650052@c.us"),
-    "session-status.json": ("default", "_session"),
+QUEUED_IN = {
+    ("default", "11111111111@c.us"): ["message-ack.json", "message-any-fromme.json"],
+    ("default", "120363000000000002@g.us"): ["message-group.json"],
+    ("chatwoot", "5511987650053@c.us"): [
+        f"message-media-{kind}.json"
+        for kind in ("audio", "contact", "document", "image", "location", "sticker", "video")
+    ],
+    ("mysession_waha", "5511987650052@c.us"): ["message-media-voice.json", "message-text.json"],
+    ("default", "_session"): ["session-status.json"],
 }
+EXPECTED_CONVERSATION = {name: where for where, names in QUEUED_IN.items() for name in names}
 
 
 def test_every_fixture_has_an_expected_conversation() -> None:

@@ -49,26 +49,10 @@ def wsm_environment(extra: Mapping[str, str]) -> dict[str, str]:
     return environment
 
 
-@contextlib.contextmanager
-def running_module(
-    name: str,
-    module: str,
-    args: list[str],
-    environment: Mapping[str, str],
-    workdir: Path,
-    ready_url: str,
-    timeout: float = 30.0,
-) -> Iterator[Service]:
-    """`python -m module args` with a wsm environment, yielded once `ready_url` answers 200."""
-    with running_program(
-        name,
-        [sys.executable, "-m", module, *args],
-        wsm_environment(environment),
-        workdir,
-        ready_url,
-        timeout,
-    ) as service:
-        yield service
+def python_m(module: str, *args: str) -> list[str]:
+    """`python -m module args` with this interpreter (for running_program, with a
+    wsm_environment)."""
+    return [sys.executable, "-m", module, *args]
 
 
 @contextlib.contextmanager
@@ -78,13 +62,10 @@ def serving_on_loopback(
     """`python -m <package>` for an HTTP process (the gateway, the API) on a free loopback
     port, yielded with that port once its /healthz answers."""
     port = free_port()
-    with running_module(
-        package,
-        package,
-        ["--host", "127.0.0.1", "--port", str(port)],
-        environment,
-        workdir,
-        ready_url=f"http://127.0.0.1:{port}/healthz",
+    argv = python_m(package, "--host", "127.0.0.1", "--port", str(port))
+    ready_url = f"http://127.0.0.1:{port}/healthz"
+    with running_program(
+        package, argv, wsm_environment(environment), workdir, ready_url
     ) as service:
         yield service, port
 

@@ -22,7 +22,7 @@ import yaml
 
 from shared.embedded_redis import free_port
 from tests.ops.conftest import HMAC_KEY, Api, Gateway
-from tests.ops.processes import Service, running_module, running_program
+from tests.ops.processes import Service, python_m, running_program, wsm_environment
 from tests.ops.render import REPO, render_prometheus_config
 from tests.support.polling import wait_until
 from tests.support.tools import require_program
@@ -88,24 +88,16 @@ def start_fleet(
         # not conversations (which would call WAHA).
         "WSM_WORKER_HANDLER": "worker.handlers.recording:record",
     }
+    argv = python_m(
+        "worker",
+        "--processes", "1",
+        "--concurrency", "4",
+        "--metrics-port", str(port),
+        "--fleet-id", f"{gateway.prefix}-{name}",
+    )  # fmt: skip
+    ready_url = f"http://127.0.0.1:{port}/metrics"
     service = stack.enter_context(
-        running_module(
-            name,
-            "worker",
-            [
-                "--processes",
-                "1",
-                "--concurrency",
-                "4",
-                "--metrics-port",
-                str(port),
-                "--fleet-id",
-                f"{gateway.prefix}-{name}",
-            ],
-            environment,
-            workdir,
-            ready_url=f"http://127.0.0.1:{port}/metrics",
-        )
+        running_program(name, argv, wsm_environment(environment), workdir, ready_url)
     )
     return service, port
 

@@ -7,9 +7,12 @@ transport trusts it only through the ssl context it is handed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -21,6 +24,7 @@ from shared.lean_http import LeanHTTPTransport
 from tests.support.tls import Behaviour, Certificate, Seen, TLSServer, answer, self_signed
 
 Serve = Callable[..., TLSServer]  # (behaviour, presented certificate=the module's) -> server
+Connect = Callable[..., AbstractAsyncContextManager[tuple[TLSServer, httpx.AsyncClient]]]
 
 
 @pytest.fixture(scope="module")
@@ -47,15 +51,28 @@ def echo(seen: Seen) -> bytes:
     return answer(200, body, {"Content-Type": "application/json"})
 
 
-async def test_https_answers_with_sni_and_reuses_the_connection(
-    serve: Serve, certificate: Certificate
-) -> None:
-    server = serve(echo)
-    await server.start()
-    transport = LeanHTTPTransport(ssl_context=certificate.trusting_context())
-    async with httpx.AsyncClient(transport=transport, base_url=server.url) as client:
-        first = await client.post("/openai/v1/chat/completions?x=1", json={"n": 1})
-        second = await client.post("/openai/v1/chat/completions", json={"n": 2})
+@pytest.fixture
+def connect(serve: Serve, certificate: Certificate) -> Connect:
+    """A started server answering with `behaviour`, and a client to it through the transport,
+    trusting the module's certificate (`options`: httpx.AsyncClient's)."""
+
+    @contextlib.asynccontextmanager
+    async def make(
+        behaviour: Behaviour, **options: Any
+    ) -> AsyncIterator[tuple[TLSServer, httpx.AsyncClient]]:
+        server = serve(behaviour)
+        await server.start()
+        transport = LeanHTTPTransport(ssl_context=certificate.trusting_context())
+        async with httpx.AsyncClient(transport=transport, **options) as client:
+            yield server, client
+
+    return make
+
+
+async def test_https_answers_with_sni_and_reuses_the_connection(connect: Connect) -> None:
+    async with connect(echo) as (server, client):
+        first = await client.post(f"{server.url}/openai/v1/chat/completions?x=1", json={"n": 1})
+        second = await client.post(f"{server.url}/openai/v1/chat/completions", json={"n": 2})
     assert first.status_code == second.status_code == 200
     assert first.json() == {"path": "/openai/v1/chat/completions?x=1", "got": {"n": 1}}
     assert second.json()["got"] == {"n": 2}
@@ -65,28 +82,22 @@ async def test_https_answers_with_sni_and_reuses_the_connection(
     assert server.requests[0].headers["host"] == f"localhost:{server.port}"
 
 
-async def test_a_compressed_answer_is_decoded(serve: Serve, certificate: Certificate) -> None:
+async def test_a_compressed_answer_is_decoded(connect: Connect) -> None:
     body = gzip.compress(orjson.dumps({"ok": True}))
-    server = serve(lambda _: answer(200, body, {"Content-Encoding": "gzip"}))
-    await server.start()
-    transport = LeanHTTPTransport(ssl_context=certificate.trusting_context())
-    async with httpx.AsyncClient(transport=transport) as client:
+    gzipped = answer(200, body, {"Content-Encoding": "gzip"})
+    async with connect(lambda _: gzipped) as (server, client):
         response = await client.get(f"{server.url}/x")
     assert response.json() == {"ok": True}
 
 
-async def test_a_streamed_body_goes_with_its_length(serve: Serve, certificate: Certificate) -> None:
+async def test_a_streamed_body_goes_with_its_length(connect: Connect) -> None:
     # httpx marks a body of unknown length chunked; the transport sends it whole, with its
     # length (the server reads exactly Content-Length bytes).
-    server = serve(echo)
-    await server.start()
-
     async def parts() -> AsyncIterator[bytes]:
         yield b'{"n": '
         yield b"7}"
 
-    transport = LeanHTTPTransport(ssl_context=certificate.trusting_context())
-    async with httpx.AsyncClient(transport=transport) as client:
+    async with connect(echo) as (server, client):
         response = await client.post(f"{server.url}/s", content=parts())
     assert response.json()["got"] == {"n": 7}
     assert "transfer-encoding" not in server.requests[0].headers
@@ -118,55 +129,40 @@ async def test_an_untrusted_certificate_is_an_error(
     assert server.requests == []  # nothing was sent
 
 
-async def test_a_stale_pooled_connection_is_sent_again_once(
-    serve: Serve, certificate: Certificate
-) -> None:
+async def test_a_stale_pooled_connection_is_sent_again_once(connect: Connect) -> None:
     # The kept-alive connection dies under the second request (the server's keep-alive
     # timeout raced it): sent again on a new connection, answered there.
     def behaviour(seen: Seen) -> bytes | str:
         return "close" if len(server.requests) == 2 else echo(seen)
 
-    server = serve(behaviour)
-    await server.start()
-    transport = LeanHTTPTransport(ssl_context=certificate.trusting_context())
-    async with httpx.AsyncClient(transport=transport) as client:
+    async with connect(behaviour) as (server, client):
         assert (await client.post(f"{server.url}/a", json=1)).json()["got"] == 1
         assert (await client.post(f"{server.url}/b", json=2)).json()["got"] == 2
     assert [(r.connection, r.path) for r in server.requests] == [(0, "/a"), (0, "/b"), (1, "/b")]
 
 
-async def test_a_request_is_sent_again_at_most_once(serve: Serve, certificate: Certificate) -> None:
+async def test_a_request_is_sent_again_at_most_once(connect: Connect) -> None:
     # After the first answer every connection dies under its request: the stale one is
     # retried once on a new connection, whose failure is the caller's error.
-    server = serve(lambda seen: echo(seen) if len(server.requests) == 1 else "close")
-    await server.start()
-    transport = LeanHTTPTransport(ssl_context=certificate.trusting_context())
-    async with httpx.AsyncClient(transport=transport) as client:
+    def behaviour(seen: Seen) -> bytes | str:
+        return echo(seen) if len(server.requests) == 1 else "close"
+
+    async with connect(behaviour) as (server, client):
         await client.get(f"{server.url}/a")
         with pytest.raises(httpx.RemoteProtocolError):
             await client.get(f"{server.url}/b")
     assert [(r.connection, r.path) for r in server.requests] == [(0, "/a"), (0, "/b"), (1, "/b")]
 
 
-async def test_a_fresh_connection_closed_is_not_retried(
-    serve: Serve, certificate: Certificate
-) -> None:
-    server = serve(lambda _: "close")
-    await server.start()
-    transport = LeanHTTPTransport(ssl_context=certificate.trusting_context())
-    async with httpx.AsyncClient(transport=transport) as client:
+async def test_a_fresh_connection_closed_is_not_retried(connect: Connect) -> None:
+    async with connect(lambda _: "close") as (server, client):
         with pytest.raises(httpx.RemoteProtocolError):
             await client.post(f"{server.url}/a", json=1)
     assert len(server.requests) == 1
 
 
-async def test_no_answer_in_time_is_httpx_read_timeout(
-    serve: Serve, certificate: Certificate
-) -> None:
-    server = serve(lambda _: "hang")
-    await server.start()
-    transport = LeanHTTPTransport(ssl_context=certificate.trusting_context())
-    async with httpx.AsyncClient(transport=transport, timeout=0.2) as client:
+async def test_no_answer_in_time_is_httpx_read_timeout(connect: Connect) -> None:
+    async with connect(lambda _: "hang", timeout=0.2) as (server, client):
         with pytest.raises(httpx.ReadTimeout):
             await client.get(f"{server.url}/a")
     assert len(server.requests) == 1
@@ -196,15 +192,10 @@ async def test_a_handshake_that_never_ends_is_httpx_connect_timeout(
     assert len(silent) == 1  # the connection was made; the handshake is what timed out
 
 
-async def test_http_and_https_to_one_host_port_are_pooled_apart(
-    serve: Serve, certificate: Certificate
-) -> None:
+async def test_http_and_https_to_one_host_port_are_pooled_apart(connect: Connect) -> None:
     # A plain HTTP server on the TLS server's port would be a different origin: a pooled TLS
     # connection must never carry an http:// request (and the reverse).
-    server = serve(echo)
-    await server.start()
-    transport = LeanHTTPTransport(ssl_context=certificate.trusting_context())
-    async with httpx.AsyncClient(transport=transport) as client:
+    async with connect(echo) as (server, client):
         await client.get(f"{server.url}/a")
         with pytest.raises(httpx.HTTPError):
             await client.get(f"http://localhost:{server.port}/b")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import pytest
 
@@ -13,24 +14,35 @@ from shared.periodic import run_every, sleep_unless
 HANG_GUARD_SECONDS = 10
 
 
+class Steps:
+    """A step that counts its calls; `then(n)` runs inside the n-th one (to set an Event
+    during the step, or fail it)."""
+
+    def __init__(self, then: Callable[[int], None]) -> None:
+        self.calls = 0
+        self.then = then
+
+    async def __call__(self) -> None:
+        self.calls += 1
+        self.then(self.calls)
+
+
 async def test_a_failing_step_does_not_stop_the_loop(caplog: pytest.LogCaptureFixture) -> None:
     stop = asyncio.Event()
-    calls = 0
 
-    async def step() -> None:
-        nonlocal calls
-        calls += 1
+    def third_stops(calls: int) -> None:
         if calls == 3:
             stop.set()
         if calls <= 2:
             raise RuntimeError(f"boom {calls}")
 
+    step = Steps(third_stops)
     with caplog.at_level(logging.ERROR):
         await asyncio.wait_for(
             run_every(0, step, stop, what="test pass", logger=logging.getLogger("wsm.test")),
             HANG_GUARD_SECONDS,
         )
-    assert calls == 3
+    assert step.calls == 3
     failures = [r for r in caplog.records if r.getMessage() == "test pass failed"]
     assert [str(r.exc_info[1]) for r in failures if r.exc_info] == ["boom 1", "boom 2"]
     assert all(r.name == "wsm.test" for r in failures)
@@ -38,15 +50,10 @@ async def test_a_failing_step_does_not_stop_the_loop(caplog: pytest.LogCaptureFi
 
 async def test_it_stops_on_its_event_even_mid_wait() -> None:
     stop = asyncio.Event()
-    calls = 0
-
-    async def step() -> None:
-        nonlocal calls
-        calls += 1
-        stop.set()  # set during the step: the long wait that follows is cut short
-
+    # Set during the step: the long wait that follows is cut short.
+    step = Steps(lambda _: stop.set())
     await asyncio.wait_for(run_every(3600, step, stop, what="once"), HANG_GUARD_SECONDS)
-    assert calls == 1
+    assert step.calls == 1
 
 
 async def test_a_set_event_runs_no_step() -> None:
@@ -88,15 +95,13 @@ async def test_sleep_unless_returns_when_the_event_is_set() -> None:
 async def test_a_wake_starts_the_next_step_at_once() -> None:
     stop = asyncio.Event()
     wake = asyncio.Event()
-    calls = 0
 
-    async def step() -> None:
-        nonlocal calls
-        calls += 1
+    def first_wakes(calls: int) -> None:
         if calls == 1:
             wake.set()  # set during the step: the hour-long wait after it is skipped
         else:
             stop.set()
 
+    step = Steps(first_wakes)
     await asyncio.wait_for(run_every(3600, step, stop, what="woken", wake=wake), HANG_GUARD_SECONDS)
-    assert calls == 2
+    assert step.calls == 2

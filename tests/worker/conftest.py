@@ -1,5 +1,6 @@
-"""Fixtures of the worker tests: a `queue` fixture that runs each protocol test on a single
-Redis and on the loopback Redis Cluster (`redis_cluster_url`, tests/conftest.py)."""
+"""Fixtures of the worker tests: a `queue` fixture that runs each protocol test (and the fleet's
+crash tests) on a single Redis and on the loopback Redis Cluster (`redis_cluster_url`,
+tests/conftest.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Crashes: a worker killed mid-message loses nothing and its message is handled again first in
 its chat while the other chats go on; a paused worker whose lease ran out can no longer commit;
-the supervisor restarts a process that died."""
+the supervisor restarts a process that died. Each on a single Redis and on the loopback Redis
+Cluster with conversations over six shards (the `queue` fixture, tests/worker/conftest.py)."""
 
 from __future__ import annotations
 
@@ -11,36 +12,31 @@ from typing import Any
 
 from shared.keys import ShardKeys
 from tests.support.polling import async_wait_until
+from tests.worker.conftest import Queue
 from tests.worker.support.fleet import (
-    SCRIPTED,
     chat_id,
-    conversation,
     enqueue_texts,
     handled_ids,
     read_test_log,
-    running_fleet,
+    scripted_fleet,
     wait_all_handled,
 )
+from tests.worker.support.protocol import keys_of
 
 
 async def started_by(client: Any, prefix: str, message_id: str) -> list[dict[str, Any]]:
     return [e for e in await read_test_log(client, prefix, "started") if e["id"] == message_id]
 
 
-async def run_sigkill_mid_message(
-    client: Any, redis_url: str, prefix: str, workdir: Path, shards: int = 1
+async def test_sigkill_mid_message_redelivers_first_and_supervisor_restarts(
+    queue: Queue, workdir: Path
 ) -> None:
-    """Shared with the cluster tests."""
+    client, prefix, shards = queue.client, queue.prefix, queue.shards
     stuck = chat_id(0)
     others = {chat_id(c): [f"c{c} m{m}" for m in range(20)] for c in range(1, 9)}
-    with running_fleet(
-        redis_url,
-        prefix,
-        workdir,
-        processes=2,
-        concurrency=4,
-        handler=SCRIPTED,
-        settings={"WSM_QUEUE_SHARDS": str(shards)},
+    settings = {"WSM_QUEUE_SHARDS": str(shards)}
+    with scripted_fleet(
+        queue.url, prefix, workdir, processes=2, concurrency=4, **settings
     ) as fleet:
         before = await fleet.wait_running(client, 2)
         sent = await enqueue_texts(
@@ -78,24 +74,14 @@ async def run_sigkill_mid_message(
         assert fleet.terminate() == 0, fleet.tail()
 
 
-async def test_sigkill_mid_message_redelivers_first_and_supervisor_restarts(
-    aredis: Any, redis_url: str, key_prefix: str, workdir: Path
+async def test_sigstop_past_lease_then_sigcont_commit_is_refused(
+    queue: Queue, workdir: Path
 ) -> None:
-    await run_sigkill_mid_message(aredis, redis_url, key_prefix, workdir)
-
-
-async def run_sigstop_past_lease(
-    client: Any, redis_url: str, prefix: str, workdir: Path, shards: int = 1
-) -> None:
+    client, prefix, shards = queue.client, queue.prefix, queue.shards
     chat = chat_id(0)
-    with running_fleet(
-        redis_url,
-        prefix,
-        workdir,
-        processes=2,
-        concurrency=2,
-        handler=SCRIPTED,
-        settings={"WSM_LEASE_SECONDS": "1", "WSM_QUEUE_SHARDS": str(shards)},
+    settings = {"WSM_LEASE_SECONDS": "1", "WSM_QUEUE_SHARDS": str(shards)}
+    with scripted_fleet(
+        queue.url, prefix, workdir, processes=2, concurrency=2, **settings
     ) as fleet:
         await fleet.wait_running(client, 2)
         sent = await enqueue_texts(client, prefix, {chat: ["block:s", "second"]}, shards)
@@ -122,12 +108,6 @@ async def run_sigstop_past_lease(
         (refusal,) = await async_wait_until(refused, what="the paused worker's commit refused")
         assert (refusal["id"], refusal["pid"]) == (first, paused["pid"])
         assert await handled_ids(client, chat, prefix, shards) == sent[chat]  # not twice
-        meta = conversation(chat, prefix, shards).meta
+        meta = keys_of(queue, chat).meta
         assert await client.exists(meta) == 0  # idle: no meta
         assert fleet.terminate() == 0, fleet.tail()
-
-
-async def test_sigstop_past_lease_then_sigcont_commit_is_refused(
-    aredis: Any, redis_url: str, key_prefix: str, workdir: Path
-) -> None:
-    await run_sigstop_past_lease(aredis, redis_url, key_prefix, workdir)

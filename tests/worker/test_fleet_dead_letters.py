@@ -10,13 +10,12 @@ import orjson
 
 from tests.support.polling import async_wait_until
 from tests.worker.support.fleet import (
-    SCRIPTED,
     chat_id,
     enqueue_texts,
     handled_ids,
     read_test_log,
     run_wsm,
-    running_fleet,
+    scripted_fleet,
     wait_all_handled,
 )
 
@@ -25,14 +24,7 @@ async def test_failing_message_is_dead_lettered_and_replayed(
     aredis: Any, redis_url: str, key_prefix: str, workdir: Path
 ) -> None:
     chat, other = chat_id(0), chat_id(1)
-    with running_fleet(
-        redis_url,
-        key_prefix,
-        workdir,
-        processes=1,
-        concurrency=2,
-        handler=SCRIPTED,
-    ) as fleet:
+    with scripted_fleet(redis_url, key_prefix, workdir, processes=1, concurrency=2) as fleet:
         sent = await enqueue_texts(
             aredis, key_prefix, {chat: ["fail:fixed", "next"], other: ["fail:never"]}
         )

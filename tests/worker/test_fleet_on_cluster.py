@@ -1,5 +1,6 @@
 """The fleet on a three-master Redis Cluster (loopback, started by the tests) with conversations
-over six shards: order, exactly-once commits and crash recovery hold there too."""
+over six shards: order and exactly-once commits hold there too (crash recovery on the cluster:
+test_fleet_crash.py, whose tests run on both)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from tests.worker.support.fleet import (
     running_fleet,
     wait_all_handled,
 )
-from tests.worker.test_fleet_crash import run_sigkill_mid_message, run_sigstop_past_lease
 
 
 @pytest.fixture
@@ -47,19 +47,3 @@ async def test_chats_over_six_shards_drain_in_order(
         handled = await wait_all_handled(cluster_client, sent, key_prefix, CLUSTER_SHARDS)
         assert all(handled[chat] == sent[chat] for chat in sent)
         assert fleet.terminate() == 0, fleet.tail()
-
-
-async def test_sigkill_mid_message_on_the_cluster(
-    cluster_client: Any, redis_cluster_url: str, key_prefix: str, workdir: Path
-) -> None:
-    await run_sigkill_mid_message(
-        cluster_client, redis_cluster_url, key_prefix, workdir, CLUSTER_SHARDS
-    )
-
-
-async def test_sigstop_past_lease_on_the_cluster(
-    cluster_client: Any, redis_cluster_url: str, key_prefix: str, workdir: Path
-) -> None:
-    await run_sigstop_past_lease(
-        cluster_client, redis_cluster_url, key_prefix, workdir, CLUSTER_SHARDS
-    )

@@ -9,13 +9,12 @@ from typing import Any
 from shared.keys import ShardKeys
 from tests.support.polling import async_wait_until
 from tests.worker.support.fleet import (
-    SCRIPTED,
     chat_id,
     conversation,
     enqueue_texts,
     handled_ids,
     read_test_log,
-    running_fleet,
+    scripted_fleet,
     wait_all_handled,
 )
 
@@ -27,8 +26,8 @@ async def test_sigterm_finishes_in_flight_hands_back_the_rest_and_exits_0(
     sent = await enqueue_texts(aredis, key_prefix, texts)
     shard = ShardKeys(0, key_prefix)
 
-    with running_fleet(
-        redis_url, key_prefix, workdir / "first", processes=2, concurrency=4, handler=SCRIPTED
+    with scripted_fleet(
+        redis_url, key_prefix, workdir / "first", processes=2, concurrency=4
     ) as fleet:
 
         async def under_way() -> bool:
@@ -53,8 +52,8 @@ async def test_sigterm_finishes_in_flight_hands_back_the_rest_and_exits_0(
     assert in_line == unfinished
     assert int(await aredis.hget(shard.stats, "waiting")) == 360 - len(done)
 
-    with running_fleet(
-        redis_url, key_prefix, workdir / "second", processes=2, concurrency=4, handler=SCRIPTED
+    with scripted_fleet(
+        redis_url, key_prefix, workdir / "second", processes=2, concurrency=4
     ) as fleet:
         handled = await wait_all_handled(aredis, sent, key_prefix)
         assert all(handled[chat] == sent[chat] for chat in sent)
@@ -67,15 +66,10 @@ async def test_work_still_running_after_the_grace_period_is_handed_back(
     chat = chat_id(0)
     sent = await enqueue_texts(aredis, key_prefix, {chat: ["block:never", "second"]})
     shard = ShardKeys(0, key_prefix)
-    with running_fleet(
-        redis_url,
-        key_prefix,
-        workdir,
-        processes=1,
-        concurrency=2,
-        handler=SCRIPTED,
-        # A long lease: only the hand-back, not an expiry, can free the conversation in time.
-        settings={"WSM_SHUTDOWN_GRACE_SECONDS": "0.5", "WSM_LEASE_SECONDS": "60"},
+    # A long lease: only the hand-back, not an expiry, can free the conversation in time.
+    settings = {"WSM_SHUTDOWN_GRACE_SECONDS": "0.5", "WSM_LEASE_SECONDS": "60"}
+    with scripted_fleet(
+        redis_url, key_prefix, workdir, processes=1, concurrency=2, **settings
     ) as fleet:
 
         async def blocked() -> bool:

@@ -14,12 +14,11 @@ from typing import Any
 from shared.keys import ShardKeys
 from tests.support.polling import async_wait_until
 from tests.worker.support.fleet import (
-    SCRIPTED,
     chat_id,
     enqueue_texts,
     handled_ids,
     read_test_log,
-    running_fleet,
+    scripted_fleet,
 )
 
 LEASE_SECONDS = 2
@@ -33,15 +32,10 @@ async def test_a_handler_longer_than_the_lease_is_delivered_once(
     aredis: Any, redis_url: str, key_prefix: str, workdir: Path
 ) -> None:
     chat = chat_id(0)
-    with running_fleet(
-        redis_url,
-        key_prefix,
-        workdir,
-        # Two processes: a lost lease would have somewhere to go.
-        processes=2,
-        concurrency=2,
-        handler=SCRIPTED,
-        settings={"WSM_LEASE_SECONDS": str(LEASE_SECONDS)},
+    lease = {"WSM_LEASE_SECONDS": str(LEASE_SECONDS)}
+    # Two processes: a lost lease would have somewhere to go.
+    with scripted_fleet(
+        redis_url, key_prefix, workdir, processes=2, concurrency=2, **lease
     ) as fleet:
         await fleet.wait_running(aredis, 2)
         sent = await enqueue_texts(aredis, key_prefix, {chat: [f"slow:{HANDLER_MS}", "next"]})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from shared.clock import now_ms
@@ -34,20 +34,8 @@ class ChatMessage:
     location: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "id": self.id,
-            "session": self.session,
-            "direction": self.direction,
-            "text": self.text,
-            "timestamp": self.timestamp,
-            "ack": self.ack,
-            "ackName": ACK_NAMES.get(self.ack) if self.ack is not None else None,
-            "reply_to": self.reply_to,
-            "read": self.read,
-            "media": self.media,
-            "location": self.location,
-        }
+        ack_name = ACK_NAMES.get(self.ack) if self.ack is not None else None
+        return {**asdict(self), "ackName": ack_name}
 
 
 class Chat:
@@ -125,13 +113,9 @@ FILES_MAX_BYTES = 512 * 1024 * 1024
 @dataclass(frozen=True, slots=True)
 class StoredFile:
     data: bytes
-    mimetype: str
-
-    @property
-    def content_type(self) -> str:
-        """What WAHA's static file server answers: the type its extension names, without the
-        parameters (`audio/ogg; codecs=opus` is served as `audio/ogg`)."""
-        return self.mimetype.split(";")[0].strip() or "application/octet-stream"
+    # What WAHA's static file server answers: the type its extension names, without the
+    # parameters (`audio/ogg; codecs=opus` is served as `audio/ogg`).
+    content_type: str
 
 
 class SimStore:
@@ -262,7 +246,8 @@ class SimStore:
         while self.files and self.files_bytes + len(data) > self.files_max_bytes:
             _, dropped = self.files.popitem(last=False)
             self.files_bytes -= len(dropped.data)
-        self.files[key] = StoredFile(data, mimetype)
+        content_type = mimetype.split(";")[0].strip() or "application/octet-stream"
+        self.files[key] = StoredFile(data, content_type)
         self.files_bytes += len(data)
 
     def file(self, session: str, name: str) -> StoredFile | None:

@@ -5,6 +5,7 @@ test_reminders.py, by the same helpers (tests/engine/agent/support.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from engine import commands
 from engine.agent.bookings import Customer
 from engine.agent.freed_slots import OFFER_KEY, OFFERS_MAX, FreedSlots, freed_event_id
 from engine.state import State, load_state
-from shared.keys import CalendarKeys, engine_keys_for
+from shared.keys import CalendarKeys, EngineConversationKeys, engine_keys_for
 from tests.engine.agent.conftest import CALENDAR
 from tests.engine.agent.support import book, clock, ms  # noqa: F401
 from tests.engine.harness import AgentHarness
@@ -52,22 +53,44 @@ async def wait_in_line(agent: AgentHarness, chats: list[str]) -> None:
         assert await state_of(agent, chat) is State.WAITING
 
 
+@pytest.fixture
+def in_line(harness, calendar_file: Path) -> Callable[..., Awaitable[AgentHarness]]:
+    """The engine with `chats` waiting in line, in that order, the business having turned the
+    option on (`offers=False`: as it ships, off)."""
+
+    async def make(chats: list[str], *, offers: bool = True, pace: int = 0) -> AgentHarness:
+        if offers:
+            turn_on(calendar_file)
+        agent = harness(groq_api_key=None, reminder_pace=pace)
+        await wait_in_line(agent, chats)
+        return agent
+
+    return make
+
+
+def keys_of(agent: AgentHarness, chat: str, session: str = "default") -> EngineConversationKeys:
+    return engine_keys_for(session, chat, 1, agent.settings.key_prefix)
+
+
 async def state_of(agent: AgentHarness, chat: str) -> State:
-    keys = engine_keys_for("default", chat, 1, agent.settings.key_prefix)
-    return (await load_state(agent.redis, keys.state)).state
+    return (await load_state(agent.redis, keys_of(agent, chat).state)).state
 
 
 async def collected(agent: AgentHarness, chat: str) -> dict[str, str]:
-    keys = engine_keys_for("default", chat, 1, agent.settings.key_prefix)
-    return dict((await load_state(agent.redis, keys.state)).collected)
+    return dict((await load_state(agent.redis, keys_of(agent, chat).state)).collected)
+
+
+async def cancelled(agent: AgentHarness, chat: str, start: datetime) -> str:
+    """`chat` books at `start` and cancels it (the booking store's cancel, as the menu and the
+    agent's tools reach it)."""
+    booking_id = await book(agent, chat, start)
+    await agent.parts.store.cancel(Customer(token=f"default|{chat}"), booking_id)
+    return booking_id
 
 
 async def cancel_today(agent: AgentHarness, now: datetime) -> str:
-    """ANA books today 13:00 and cancels it (the booking store's cancel, as the menu and the
-    agent's tools reach it)."""
-    booking_id = await book(agent, ANA, now + timedelta(hours=4))
-    await agent.parts.store.cancel(Customer(token=f"default|{ANA}"), booking_id)
-    return booking_id
+    """ANA books today 13:00 and cancels it."""
+    return await cancelled(agent, ANA, now + timedelta(hours=4))
 
 
 async def offer_round(agent: AgentHarness) -> dict[str, int]:
@@ -76,37 +99,44 @@ async def offer_round(agent: AgentHarness) -> dict[str, int]:
     return done
 
 
-async def test_off_by_default_nothing_is_offered(harness, waha, aredis, key_prefix, now) -> None:
-    agent = harness(groq_api_key=None, reminder_pace=0)
-    await wait_in_line(agent, LINE[:2])
+async def offer(
+    agent: AgentHarness, chat: str, payload: dict[str, Any], event_id: str, session: str = "default"
+) -> bool:
+    """An offer command queued as the pass queues it; whether the queue took it (not a repeat)."""
+    queue = agent.service.coordinator.queue
+    return await queue.send(session, chat, commands.FREED_SLOT, payload, event_id=event_id)
+
+
+@pytest.mark.parametrize(
+    ("offers", "days"), [(False, 0), (True, 1)], ids=["off-by-default", "another-day"]
+)
+async def test_nothing_is_offered_when_off_or_for_a_slot_on_another_day(
+    in_line, waha, aredis, key_prefix, now, offers, days
+) -> None:
+    agent = await in_line(LINE[:2], offers=offers)
     before = list(waha.sent)
-    await cancel_today(agent, now)
+    await cancelled(agent, ANA, now + timedelta(days=days, hours=4))
     assert await aredis.zcard(CalendarKeys(key_prefix).freed) == 0
     assert (await offer_round(agent))["queued"] == 0
     assert waha.sent == before
 
 
-async def test_the_first_in_line_get_one_offer_each(
-    harness, waha, aredis, key_prefix, now, calendar_file
-) -> None:
-    turn_on(calendar_file)
-    agent = harness(groq_api_key=None, reminder_pace=0)
-    await wait_in_line(agent, LINE[:4])
+async def test_the_first_in_line_get_one_offer_each(in_line, waha, aredis, key_prefix, now) -> None:
+    agent = await in_line(LINE[:4])
     sent_before = counted("sent")
     booking_id = await cancel_today(agent, now)
     keys = CalendarKeys(key_prefix)
     assert await aredis.zscore(keys.freed, booking_id) is not None
 
     assert (await offer_round(agent))["queued"] == OFFERS_MAX == 3
-    offer = OFFER.format(day=f"{now:%d/%m}")
+    offer_text = OFFER.format(day=f"{now:%d/%m}")
     for chat in LINE[:3]:
-        assert waha.to(chat)[-1].startswith(offer)
+        assert waha.to(chat)[-1].startswith(offer_text)
         assert OFFER_KEY in await collected(agent, chat)
         assert await state_of(agent, chat) is State.WAITING  # still in line
     assert not any(text.startswith("Vagou") for text in waha.to(LINE[3]))
     assert await aredis.zcard(keys.freed) == 0
     assert counted("sent") == sent_before + 3
-    total = len(waha.sent)
 
     # The first leaves the line: the fourth is now third, but the slot was offered already.
     await agent.say(LINE[0], "sair")
@@ -115,30 +145,21 @@ async def test_the_first_in_line_get_one_offer_each(
     # again (dedupe) and under other ids (past the dedupe window): nothing more.
     await agent.parts.store.cancel(Customer(token=f"default|{ANA}"), booking_id)
     assert (await offer_round(agent))["queued"] == 0
-    queue = agent.service.coordinator.queue
     for n, chat in enumerate(LINE[:3]):
-        token = f"default|{chat}"
+        event_id = freed_event_id(booking_id, f"default|{chat}")
         payload = {"booking_id": booking_id, "start_ms": ms(now) + 4 * 3_600_000, "text": "x"}
-        assert not await queue.send(
-            "default",
-            chat,
-            commands.FREED_SLOT,
-            payload,
-            event_id=freed_event_id(booking_id, token),
-        )
-        assert await queue.send("default", chat, commands.FREED_SLOT, payload, event_id=f"o{n}")
+        assert not await offer(agent, chat, payload, event_id)
+        assert await offer(agent, chat, payload, f"o{n}")
     await agent.drain()
     assert len(waha.sent) == total
     assert counted("sent") == sent_before + 3
 
 
 async def test_two_accept_one_books_the_other_is_told_it_was_taken(
-    harness, waha, aredis, key_prefix, now, calendar_file
+    in_line, waha, aredis, key_prefix, now
 ) -> None:
-    turn_on(calendar_file)
-    agent = harness(groq_api_key=None, reminder_pace=0)
     first, second = LINE[:2]
-    await wait_in_line(agent, [first, second])
+    agent = await in_line([first, second])
     await cancel_today(agent, now)
     await offer_round(agent)
     taken, lost = counted("taken"), counted("lost")
@@ -168,26 +189,10 @@ async def test_two_accept_one_books_the_other_is_told_it_was_taken(
     assert (counted("taken"), counted("lost")) == (taken + 1, lost + 1)
 
 
-async def test_a_slot_on_another_day_is_not_offered(
-    harness, waha, aredis, key_prefix, now, calendar_file
-) -> None:
-    turn_on(calendar_file)
-    agent = harness(groq_api_key=None, reminder_pace=0)
-    await wait_in_line(agent, LINE[:1])
-    before = list(waha.sent)
-    booking_id = await book(agent, ANA, now + timedelta(days=1, hours=4))
-    await agent.parts.store.cancel(Customer(token=f"default|{ANA}"), booking_id)
-    assert await aredis.zcard(CalendarKeys(key_prefix).freed) == 0
-    assert (await offer_round(agent))["queued"] == 0
-    assert waha.sent == before
-
-
 async def test_a_slot_taken_again_before_the_pass_is_not_offered(
-    harness, waha, aredis, key_prefix, now, calendar_file
+    in_line, waha, aredis, key_prefix, now
 ) -> None:
-    turn_on(calendar_file)
-    agent = harness(groq_api_key=None, reminder_pace=0)
-    await wait_in_line(agent, LINE[:1])
+    agent = await in_line(LINE[:1])
     before = list(waha.sent)
     await cancel_today(agent, now)
     await book(agent, LINE[4], now + timedelta(hours=4))  # someone booked it meanwhile
@@ -197,12 +202,8 @@ async def test_a_slot_taken_again_before_the_pass_is_not_offered(
     assert await aredis.zcard(CalendarKeys(key_prefix).freed) == 0
 
 
-async def test_offers_share_the_reminders_pace(
-    harness, waha, aredis, key_prefix, now, calendar_file
-) -> None:
-    turn_on(calendar_file)
-    agent = harness(groq_api_key=None, reminder_pace=1)
-    await wait_in_line(agent, LINE[:2])
+async def test_offers_share_the_reminders_pace(in_line, waha, aredis, key_prefix, now) -> None:
+    agent = await in_line(LINE[:2], pace=1)
     booking_id = await cancel_today(agent, now)
     done = await offer_round(agent)
     assert (done["queued"], done["paced"]) == (1, 1)
@@ -223,71 +224,58 @@ def _payloads(booking_id: str, start_ms: int) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("case", range(5))
-async def test_a_malformed_offer_command_changes_nothing(
-    harness, waha, aredis, key_prefix, now, calendar_file, case
-) -> None:
-    turn_on(calendar_file)
-    agent = harness(groq_api_key=None, reminder_pace=0)
+async def test_a_malformed_offer_command_changes_nothing(in_line, waha, aredis, now, case) -> None:
     chat = LINE[0]
-    await wait_in_line(agent, [chat])
-    booking_id = await book(agent, ANA, now + timedelta(hours=4))
-    await agent.parts.store.cancel(Customer(token=f"default|{ANA}"), booking_id)
-    keys = engine_keys_for("default", chat, 1, key_prefix)
+    agent = await in_line([chat])
+    booking_id = await cancel_today(agent, now)
+    keys = keys_of(agent, chat)
     state_before = await aredis.hgetall(keys.state)
     sent_before = list(waha.sent)
-    payload = _payloads(booking_id, ms(now + timedelta(hours=4)))[case]
-    queue = agent.service.coordinator.queue
-    assert await queue.send("default", chat, commands.FREED_SLOT, payload, event_id="bad")
+    assert await offer(
+        agent, chat, _payloads(booking_id, ms(now + timedelta(hours=4)))[case], "bad"
+    )
     await agent.drain()
     assert waha.sent == sent_before
     assert await aredis.hgetall(keys.state) == state_before
     assert await aredis.exists(keys.outbox) == 0
 
 
-async def test_foreign_offers_change_nothing(
-    harness, waha, aredis, key_prefix, now, calendar_file
-) -> None:
+async def test_foreign_offers_change_nothing(in_line, waha, aredis, now) -> None:
     """Offers the pass never makes: a booked (not cancelled) slot, the customer's own
     cancelled booking, another session's slot, and someone not in line."""
-    turn_on(calendar_file)
-    agent = harness(groq_api_key=None, reminder_pace=0)
     chat = LINE[0]
-    await wait_in_line(agent, [chat])
+    agent = await in_line([chat])
     start = now + timedelta(hours=4)
     booked = await book(agent, ANA, start)
-    queue = agent.service.coordinator.queue
-    keys = engine_keys_for("default", chat, 1, key_prefix)
+    keys = keys_of(agent, chat)
     state_before = await aredis.hgetall(keys.state)
     sent_before = list(waha.sent)
-    payload = {"booking_id": booked, "start_ms": ms(start), "text": "x"}
-    assert await queue.send("default", chat, commands.FREED_SLOT, payload, event_id="a")
+    assert await offer(agent, chat, {"booking_id": booked, "start_ms": ms(start), "text": "x"}, "a")
     # Their own cancelled booking (booked by the customer in line, then cancelled).
-    own = await book(agent, chat, start + timedelta(hours=1))
-    await agent.parts.store.cancel(Customer(token=f"default|{chat}"), own)
-    payload = {"booking_id": own, "start_ms": ms(start + timedelta(hours=1)), "text": "x"}
-    assert await queue.send("default", chat, commands.FREED_SLOT, payload, event_id="b")
+    own_start = start + timedelta(hours=1)
+    own = await cancelled(agent, chat, own_start)
+    assert await offer(
+        agent, chat, {"booking_id": own, "start_ms": ms(own_start), "text": "x"}, "b"
+    )
     await agent.drain()
     assert waha.sent == sent_before
     assert await aredis.hgetall(keys.state) == state_before
     # Another session's customer, and a customer not in line at all.
     await agent.parts.store.cancel(Customer(token=f"default|{ANA}"), booked)
     payload = {"booking_id": booked, "start_ms": ms(start), "text": "x"}
-    other = engine_keys_for("other", chat, 1, key_prefix)
-    assert await queue.send("other", chat, commands.FREED_SLOT, payload, event_id="c")
-    nobody = engine_keys_for("default", LINE[4], 1, key_prefix)
-    assert await queue.send("default", LINE[4], commands.FREED_SLOT, payload, event_id="d")
+    assert await offer(agent, chat, payload, "c", session="other")
+    assert await offer(agent, LINE[4], payload, "d")
     await agent.drain()
     assert waha.sent == sent_before
+    other, nobody = keys_of(agent, chat, "other"), keys_of(agent, LINE[4])
     assert await aredis.exists(other.state, nobody.state) == 0
 
 
 async def test_a_1_without_an_offer_is_an_ordinary_message_in_line(
-    harness, waha, aredis, key_prefix, now, calendar_file
+    in_line, aredis, key_prefix
 ) -> None:
-    turn_on(calendar_file)
-    agent = harness(groq_api_key=None, reminder_pace=0)
     chat = LINE[0]
-    await wait_in_line(agent, [chat])
+    agent = await in_line([chat])
     await agent.say(chat, "1")
     assert await state_of(agent, chat) is State.WAITING
     assert await aredis.exists(CalendarKeys(key_prefix).customer_all(f"default|{chat}")) == 0

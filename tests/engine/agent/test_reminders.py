@@ -15,8 +15,8 @@ from prometheus_client import REGISTRY
 from engine import commands
 from engine.agent.bookings import Booking, BookingNotFound, Customer
 from engine.agent.reminders import REMINDER_KEY, STEP_REMINDER, reminder_event_id
-from engine.state import load_state
-from shared.keys import CalendarKeys, engine_keys_for, split_conversation_token
+from engine.state import ConversationState, load_state
+from shared.keys import CalendarKeys, engine_keys_for
 from tests.engine.agent.fake_groq import completion, tool_call
 from tests.engine.agent.support import book, clock, ms  # noqa: F401
 from tests.engine.harness import AgentHarness
@@ -51,10 +51,43 @@ async def reminded(
 ) -> tuple[datetime, str]:
     """Ana's booking two days ahead, and the reminders pass at its due moment (she has the
     reminder): its start and id."""
-    start = now + timedelta(days=2)
-    booking_id = await book(agent, ANA, start)
+    start, booking_id = await booked(agent, now)
     await pass_at(agent, ms(start) - DAY_MS, move_clock)
     return start, booking_id
+
+
+@pytest.fixture
+async def answering(
+    harness, groq, waha, now: datetime, move_clock: Callable[[int], None]
+) -> tuple[AgentHarness, datetime, str]:
+    """The model up, and Ana reminded of her booking: the engine, the booking's start and id.
+    After the model's and WAHA's stand-ins, which the reminder goes through."""
+    agent = harness()
+    start, booking_id = await reminded(agent, now, move_clock)
+    return agent, start, booking_id
+
+
+async def booked(agent: AgentHarness, now: datetime) -> tuple[datetime, str]:
+    """Ana's booking two days ahead (09:00): its start and id."""
+    start = now + timedelta(days=2)
+    return start, await book(agent, ANA, start)
+
+
+async def stored(aredis: Any, keys: CalendarKeys, booking_id: str) -> Booking:
+    booking = Booking.from_hash(await aredis.hgetall(keys.booking(booking_id)))
+    assert booking is not None
+    return booking
+
+
+async def state_of(agent: AgentHarness, chat: str = ANA) -> ConversationState:
+    keys = engine_keys_for("default", chat, 1, agent.settings.key_prefix)
+    return await load_state(agent.redis, keys.state)
+
+
+async def remind(agent: AgentHarness, chat: str, payload: dict[str, Any], event_id: str) -> bool:
+    """A reminder command queued as the pass queues it; whether the queue took it."""
+    queue = agent.service.coordinator.queue
+    return await queue.send("default", chat, commands.REMINDER, payload, event_id=event_id)
 
 
 async def test_a_booking_two_days_ahead_gets_one_reminder_at_its_lead(
@@ -81,16 +114,12 @@ async def test_a_booking_two_days_ahead_gets_one_reminder_at_its_lead(
     # Later passes, and the same command queued again (a pass that died before forgetting the
     # timer): still one.
     assert (await pass_at(agent, due + 3_600_000, move_clock))["queued"] == 0
-    session, chat = split_conversation_token(f"default|{ANA}")
-    queue = agent.service.coordinator.queue
     again = {"booking_id": booking_id, "start_ms": ms(start), "due": due, "text": "x"}
-    assert not await queue.send(
-        session, chat, commands.REMINDER, again, event_id=reminder_event_id(booking_id, due)
-    )
+    assert not await remind(agent, ANA, again, reminder_event_id(booking_id, due))
     await agent.drain()
     assert len(waha.to(ANA)) == 1
     assert sent("sent") == sent_before + 1
-    state = await load_state(aredis, engine_keys_for(session, chat, 1, key_prefix).state)
+    state = await state_of(agent)
     assert state.step == STEP_REMINDER and state.collected[REMINDER_KEY] == booking_id
 
 
@@ -100,15 +129,11 @@ async def test_a_repeat_past_the_dedupe_window_sends_nothing(
     """The mark committed with the reply refuses the same reminder queued under another id
     (what a repeat looks like once the queue's dedupe marker has expired)."""
     agent = harness(groq_api_key=None)
-    start = now + timedelta(days=2)
-    booking_id = await book(agent, ANA, start)
-    due = ms(start) - DAY_MS
-    await pass_at(agent, due, move_clock)
+    start, booking_id = await reminded(agent, now, move_clock)
     assert len(waha.to(ANA)) == 1
-    session, chat = split_conversation_token(f"default|{ANA}")
+    due = ms(start) - DAY_MS
     payload = {"booking_id": booking_id, "start_ms": ms(start), "due": due, "text": "again"}
-    queue = agent.service.coordinator.queue
-    assert await queue.send(session, chat, commands.REMINDER, payload, event_id="other-id")
+    assert await remind(agent, ANA, payload, "other-id")
     await agent.drain()
     assert waha.to(ANA)[1:] == []
 
@@ -163,8 +188,7 @@ async def test_a_cancelled_booking_gets_no_reminder(
     harness, waha, aredis, keys, now, move_clock
 ) -> None:
     agent = harness(groq_api_key=None)
-    start = now + timedelta(days=2)
-    booking_id = await book(agent, ANA, start)
+    start, booking_id = await booked(agent, now)
     await agent.parts.store.cancel(Customer(token=f"default|{ANA}"), booking_id)
     assert await aredis.zcard(keys.reminders) == 0
     await pass_at(agent, ms(start) - DAY_MS, move_clock)
@@ -175,16 +199,13 @@ async def test_a_booking_cancelled_after_its_reminder_was_queued_gets_none(
     harness, waha, aredis, key_prefix, now, move_clock
 ) -> None:
     agent = harness(groq_api_key=None)
-    start = now + timedelta(days=2)
-    booking_id = await book(agent, ANA, start)
+    start, booking_id = await booked(agent, now)
     move_clock(ms(start) - DAY_MS)
     assert (await agent.service.reminders.run_once(force=True))["queued"] == 1
     await agent.parts.store.cancel(Customer(token=f"default|{ANA}"), booking_id)
     await agent.drain()
     assert waha.sent == []
-    session, chat = split_conversation_token(f"default|{ANA}")
-    state = await load_state(aredis, engine_keys_for(session, chat, 1, key_prefix).state)
-    assert REMINDER_KEY not in state.collected
+    assert REMINDER_KEY not in (await state_of(agent)).collected
 
 
 async def test_reminders_are_paced_per_session(
@@ -204,26 +225,24 @@ async def test_reminders_are_paced_per_session(
     assert await aredis.zscore(keys.reminders, first) is None
 
 
-async def test_answering_1_confirms(harness, groq, waha, aredis, keys, now, move_clock) -> None:
-    agent = harness()  # the model is up: a number still goes to the menu
-    start, booking_id = await reminded(agent, now, move_clock)
+async def test_answering_1_confirms(answering, groq, waha, aredis, keys) -> None:
+    agent, start, booking_id = answering  # the model is up: a number still goes to the menu
     confirmed = sent("confirmed")
     await agent.say(ANA, "1")
     assert waha.to(ANA)[-1] == (
         f"Obrigado! ✅ *Consulta* confirmado para *qua {start:%d/%m} às 09:00*. Até lá!"
     )
-    booking = Booking.from_hash(await aredis.hgetall(keys.booking(booking_id)))
-    assert booking is not None and booking.confirmed_at > 0 and booking.status == "booked"
+    booking = await stored(aredis, keys, booking_id)
+    assert booking.confirmed_at > 0 and booking.status == "booked"
     assert sent("confirmed") == confirmed + 1
     assert await aredis.zcard(keys.reminders_awaiting) == 0
     assert groq.requests == []
 
 
 async def test_answering_2_starts_the_reschedule(
-    harness, groq, waha, aredis, keys, now, move_clock
+    answering, groq, waha, aredis, keys, now, move_clock
 ) -> None:
-    agent = harness()
-    start, booking_id = await reminded(agent, now, move_clock)
+    agent, start, booking_id = answering
     move_clock(ms(start) - DAY_MS + 10 * 60_000)  # Tuesday 09:10: the customer answers
     rescheduled = sent("rescheduled")
     await agent.say(ANA, "2")
@@ -235,12 +254,11 @@ async def test_answering_2_starts_the_reschedule(
         f"Confirma mudar *Consulta* de qua {start:%d/%m} às 09:00 para *ter {day} às 10:30*?"
         "\n1. Sim\n2. Não"
     )
-    booking = Booking.from_hash(await aredis.hgetall(keys.booking(booking_id)))
-    assert booking is not None and booking.start_ms == ms(start)  # asked, not moved
+    assert (await stored(aredis, keys, booking_id)).start_ms == ms(start)  # asked, not moved
     await agent.say(ANA, "1")
     assert waha.to(ANA)[-2] == f"Pronto! ✅ *Consulta* remarcado para *ter {day} às 10:30*."
-    booking = Booking.from_hash(await aredis.hgetall(keys.booking(booking_id)))
-    assert booking is not None and booking.start == f"{now + timedelta(days=1):%Y-%m-%d}T10:30"
+    moved = await stored(aredis, keys, booking_id)
+    assert moved.start == f"{now + timedelta(days=1):%Y-%m-%d}T10:30"
     assert sent("rescheduled") == rescheduled + 1
     # Moved inside the lead: no second reminder.
     assert await aredis.zcard(keys.reminders) == 0
@@ -248,10 +266,9 @@ async def test_answering_2_starts_the_reschedule(
 
 
 async def test_answering_3_cancels_only_after_confirmation(
-    harness, groq, waha, aredis, keys, now, move_clock
+    answering, groq, waha, aredis, keys
 ) -> None:
-    agent = harness()
-    start, booking_id = await reminded(agent, now, move_clock)
+    agent, start, booking_id = answering
     cancelled = sent("cancelled")
     when = f"qua {start:%d/%m} às 09:00"
     await agent.say(ANA, "3")
@@ -274,15 +291,13 @@ async def test_a_first_answer_after_the_conversation_closed_is_the_reminders(
     """The customer was chatting when the reminder came; the conversation closed for
     inactivity before they answered "3": still the cancel of the reminded booking."""
     agent = harness(groq_api_key=None)
-    start = now + timedelta(days=2)
-    booking_id = await book(agent, ANA, start)
+    start, booking_id = await booked(agent, now)
     await agent.say(ANA, "oi")
     await pass_at(agent, ms(start) - DAY_MS, move_clock)
     assert waha.to(ANA)[-1].startswith("Olá! Lembrete da *Clínica Sorriso*")
     await agent.service.timers_once()
     await agent.drain()
-    session, chat = split_conversation_token(f"default|{ANA}")
-    state = await load_state(aredis, engine_keys_for(session, chat, 1, key_prefix).state)
+    state = await state_of(agent)
     assert state.state.value == "closed" and state.step == ""
     cancelled = sent("cancelled")
     await agent.say(ANA, "3")
@@ -296,11 +311,8 @@ async def test_a_first_answer_after_the_conversation_closed_is_the_reminders(
     assert sent("cancelled") == cancelled + 1
 
 
-async def test_answering_in_words_goes_to_the_agent(
-    harness, groq, waha, aredis, keys, now, move_clock
-) -> None:
-    agent = harness()
-    _, booking_id = await reminded(agent, now, move_clock)
+async def test_answering_in_words_goes_to_the_agent(answering, groq, waha, aredis, keys) -> None:
+    agent, _, booking_id = answering
     [reminder] = waha.to(ANA)
 
     def policy(request: dict[str, Any]) -> dict[str, Any]:
@@ -315,8 +327,7 @@ async def test_answering_in_words_goes_to_the_agent(
     assert reminder.splitlines()[0] in groq.sent_text
     # ...and the system's facts name the reminded booking (context.state_summary).
     assert f"was reminded of booking_id {booking_id}" in groq.sent_text
-    booking = Booking.from_hash(await aredis.hgetall(keys.booking(booking_id)))
-    assert booking is not None and booking.confirmed_at > 0
+    assert (await stored(aredis, keys, booking_id)).confirmed_at > 0
 
 
 async def test_someone_elses_booking_cannot_be_confirmed(harness, aredis, key_prefix, now) -> None:
@@ -345,8 +356,7 @@ async def test_a_timer_without_its_booking_is_dropped_unsent(
     harness, waha, aredis, keys, now, move_clock
 ) -> None:
     agent = harness(groq_api_key=None)
-    start = now + timedelta(days=2)
-    booking_id = await book(agent, ANA, start)
+    start, booking_id = await booked(agent, now)
     assert await agent.parts.store.erase_customer(f"default|{ANA}") == 1
     assert await aredis.zcard(keys.reminders) == 0  # the erase takes the timer with it
     await aredis.zadd(keys.reminders, {booking_id: ms(start) - DAY_MS})  # left by a crash
@@ -368,12 +378,10 @@ async def test_a_malformed_reminder_command_changes_nothing(
     harness, waha, aredis, key_prefix, payload
 ) -> None:
     agent = harness(groq_api_key=None)
-    session, chat = split_conversation_token(f"default|{ANA}")
-    queue = agent.service.coordinator.queue
-    assert await queue.send(session, chat, commands.REMINDER, payload, event_id="bad")
+    assert await remind(agent, ANA, payload, "bad")
     await agent.drain()
     assert waha.sent == []
-    assert await aredis.exists(engine_keys_for(session, chat, 1, key_prefix).state) == 0
+    assert await aredis.exists(engine_keys_for("default", ANA, 1, key_prefix).state) == 0
 
 
 async def test_someone_elses_reminder_is_not_sent(
@@ -382,12 +390,9 @@ async def test_someone_elses_reminder_is_not_sent(
     """A command naming another customer's booking (it cannot come from the pass, which
     queues to the booking's own conversation) sends nothing and stores nothing."""
     agent = harness(groq_api_key=None)
-    start = now + timedelta(days=2)
-    booking_id = await book(agent, ANA, start)
-    session, chat = split_conversation_token(f"default|{BIA}")
+    start, booking_id = await booked(agent, now)
     payload = {"booking_id": booking_id, "start_ms": ms(start), "due": 1, "text": "lembrete"}
-    queue = agent.service.coordinator.queue
-    assert await queue.send(session, chat, commands.REMINDER, payload, event_id="x")
+    assert await remind(agent, BIA, payload, "x")
     await agent.drain()
     assert waha.sent == []
-    assert await aredis.exists(engine_keys_for(session, chat, 1, key_prefix).state) == 0
+    assert await aredis.exists(engine_keys_for("default", BIA, 1, key_prefix).state) == 0

@@ -163,48 +163,69 @@ async def test_a_file_groq_cannot_decode_fails_alone(
     assert built.breaker.state is BreakerState.CLOSED
 
 
-async def test_a_wrong_key_or_model_opens_the_breaker(
-    whisper: FakeWhisper, make: Callable[..., GroqTranscriber]
+@pytest.mark.parametrize(
+    ("answer", "result", "reason", "breaker_failures", "breaker"),
+    [
+        # A wrong key or model opens the breaker (at once, with a breaker of one failure).
+        (
+            groq_error(401, "Invalid API Key", "invalid_request_error", "invalid_api_key"),
+            "failed",
+            "auth_error",
+            1,
+            BreakerState.OPEN,
+        ),
+        # Silence is no transcript, and no failure.
+        (groq_text("  "), "ok", "empty", 2, BreakerState.CLOSED),
+        # An answer without text is a failure (one, below the breaker's two).
+        (
+            httpx.Response(200, json={"x_groq": {"id": "req_1"}}),
+            "failed",
+            "bad_response",
+            2,
+            BreakerState.CLOSED,
+        ),
+    ],
+    ids=["wrong-key-or-model", "silence", "answer-without-text"],
+)
+async def test_an_answer_that_is_no_transcript(
+    whisper: FakeWhisper,
+    make: Callable[..., GroqTranscriber],
+    answer: httpx.Response,
+    result: str,
+    reason: str,
+    breaker_failures: int,
+    breaker: BreakerState,
 ) -> None:
-    auth = Counted("wsm_transcriptions_total", result="failed", reason="auth_error")
-    built = make(llm_breaker_failures=1)
-    whisper.then(groq_error(401, "Invalid API Key", "invalid_request_error", "invalid_api_key"))
+    counted = Counted("wsm_transcriptions_total", result=result, reason=reason)
+    built = make(llm_breaker_failures=breaker_failures)
+    whisper.then(answer)
     assert await built.transcribe(VOICE, filename="", mimetype=VOICE_MIME) is None
-    assert auth.delta == 1 and built.breaker.state is BreakerState.OPEN
+    assert counted.delta == 1 and built.breaker.state is breaker
 
 
-async def test_silence_is_no_transcript(
-    whisper: FakeWhisper, make: Callable[..., GroqTranscriber]
-) -> None:
-    empty = Counted("wsm_transcriptions_total", result="ok", reason="empty")
-    whisper.then(groq_text("  "))
-    built = make()
-    assert await built.transcribe(VOICE, filename="", mimetype=VOICE_MIME) is None
-    assert empty.delta == 1 and built.breaker.state is BreakerState.CLOSED
-
-
-async def test_an_answer_without_text_is_a_failure(
-    whisper: FakeWhisper, make: Callable[..., GroqTranscriber]
-) -> None:
-    bad = Counted("wsm_transcriptions_total", result="failed", reason="bad_response")
-    whisper.then(httpx.Response(200, json={"x_groq": {"id": "req_1"}}))
-    assert await make().transcribe(VOICE, filename="", mimetype=VOICE_MIME) is None
-    assert bad.delta == 1
+@pytest.mark.parametrize(
+    ("mimetype", "expected"),
+    [
+        ("audio/ogg; codecs=opus", "audio.ogg"),
+        ("audio/mpeg", "audio.mp3"),
+        ("audio/mp4", "audio.m4a"),
+        ("application/octet-stream", "audio.ogg"),
+    ],
+)
+def test_a_nameless_upload_is_named_for_its_mimetype(mimetype: str, expected: str) -> None:
+    # WAHA's voice notes come without a file name: Groq tells the format by the extension.
+    assert upload_name("", mimetype) == expected
 
 
 @pytest.mark.parametrize(
     ("filename", "mimetype", "expected"),
     [
-        ("", "audio/ogg; codecs=opus", "audio.ogg"),
-        ("", "audio/mpeg", "audio.mp3"),
-        ("", "audio/mp4", "audio.m4a"),
-        ("", "application/octet-stream", "audio.ogg"),
         ("gravação.m4a", "audio/mp4", "gravação.m4a"),
-        ("../../etc/x.wav", "audio/wav", "x.wav"),
+        ("../../etc/x.wav", "audio/wav", "x.wav"),  # never a path
         ("nota", "audio/wav", "nota.wav"),
     ],
 )
-def test_upload_names_carry_an_extension_groq_knows(
+def test_a_named_upload_keeps_its_name_with_an_extension_groq_knows(
     filename: str, mimetype: str, expected: str
 ) -> None:
     assert upload_name(filename, mimetype) == expected

@@ -232,6 +232,22 @@ def running_fleet(
                 process.wait()
 
 
+def scripted_fleet(
+    redis_url: str, prefix: str, workdir: Path, *, processes: int, concurrency: int, **settings: str
+) -> contextlib.AbstractContextManager[Fleet]:
+    """running_fleet with the handler the tests script through each message's text (SCRIPTED),
+    `settings` (WSM_* variables) over the fast ones."""
+    return running_fleet(
+        redis_url,
+        prefix,
+        workdir,
+        processes=processes,
+        concurrency=concurrency,
+        handler=SCRIPTED,
+        settings=settings,
+    )
+
+
 def run_wsm(args: list[str], env: Mapping[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """`python -m wsm <args>` (the `wsm` command) with a fleet's environment."""
     return subprocess.run(
