@@ -19,8 +19,8 @@ Exceptions (what the fallback brain switches on; `reason` labels the metrics):
                          one request is too big; the menu answers this message and the
                          breaker is not touched, so one conversation cannot open it for all)
 
-Every response's `x-ratelimit-remaining-requests` / `-tokens` headers are read (through the
-SDK's `with_raw_response`) into `wsm_llm_ratelimit_remaining{kind}`.
+Every response's `x-ratelimit-remaining-requests` / `-tokens` headers are read (the SDK's raw
+response, as `with_raw_response` asks for it) into `wsm_llm_ratelimit_remaining{kind}`.
 """
 
 from __future__ import annotations
@@ -30,11 +30,13 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, TypeVar, cast
 
 import groq
 import httpx
+from groq._constants import RAW_RESPONSE_HEADER
+from groq.types.chat import ChatCompletion
 
 from engine.agent.breaker import CircuitBreaker
 from engine.agent.metrics import LLM_DURATION, LLM_REQUESTS, LLM_TOKENS, RATELIMIT_REMAINING
@@ -49,6 +51,8 @@ RETRY_PAUSE_SECONDS = 0.25
 # time, so at most --concurrency are ever in flight; keeping that many (up to this) means a fleet
 # above 64 slots does not close and reopen a connection, TLS handshake included, per call.
 MAX_IDLE_CONNECTIONS = 512
+# Where the SDK's `chat.completions.create` posts.
+COMPLETIONS_PATH = "/openai/v1/chat/completions"
 
 T = TypeVar("T")
 
@@ -260,19 +264,13 @@ async def with_retries(call: Callable[[], Awaitable[T]], max_retries: int) -> T:
             )
 
 
+@dataclass(eq=False)
 class ChatModel:
-    def __init__(
-        self,
-        client: groq.AsyncGroq,
-        *,
-        model: str,
-        max_retries: int,
-        max_completion_tokens: int,
-    ) -> None:
-        self.client = client
-        self.model = model
-        self.max_retries = max_retries
-        self.max_completion_tokens = max_completion_tokens
+    client: groq.AsyncGroq
+    _: KW_ONLY
+    model: str
+    max_retries: int
+    max_completion_tokens: int
 
     async def complete(
         self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]]
@@ -285,14 +283,29 @@ class ChatModel:
         started = time.monotonic()
         result = "ok"
         try:
-            raw = await self.client.chat.completions.with_raw_response.create(
-                model=self.model,
-                # Plain dicts shaped as Groq's message and tool params (TypedDicts).
-                messages=cast(Any, list(messages)),
-                tools=cast(Any, list(tools)),
-                tool_choice="auto",
-                max_completion_tokens=self.max_completion_tokens,
-                temperature=0.2,
+            # What `chat.completions.with_raw_response.create` sends, without its `transform`
+            # of the messages and tools against their TypedDicts (1-3 ms of CPU per call, a
+            # fifth of a worker's CPU per conversation: docs/benchmarks.md, AI agent): they
+            # are plain JSON already, and the transform changes nothing in them. The SDK's
+            # client still builds the request (headers, timeout, JSON encoding), maps failures
+            # to its errors and parses the answer. Fields in create()'s order, so the body is
+            # the same bytes (tests/engine/agent/test_llm_request_body.py).
+            body = {
+                "messages": list(messages),
+                "model": self.model,
+                "max_completion_tokens": self.max_completion_tokens,
+                "temperature": 0.2,
+                "tool_choice": "auto",
+                "tools": list(tools),
+            }
+            raw = cast(
+                "groq.AsyncAPIResponse[ChatCompletion]",
+                await self.client.post(
+                    COMPLETIONS_PATH,
+                    cast_to=ChatCompletion,
+                    body=body,
+                    options={"headers": {RAW_RESPONSE_HEADER: "raw"}},
+                ),
             )
             _record_ratelimits(raw.headers)
             completion = await raw.parse()
