@@ -5,9 +5,16 @@ overtake events already answered "spooled": while they wait, it either waits for
 to move them into Redis (when Redis answers, that takes milliseconds) or joins the spool.
 Waiting is preferred: every event that joins the spool would in turn hold up the next ones,
 and a busy gateway would never leave the spool again.
+
+The batcher answers within the round trip in flight plus the event's own. The intake does not
+rely on that alone: its wait has a deadline of its own, past which the event is spooled too,
+so a batcher that fails to answer a waiter (a bug) costs that event seconds, not the webhook.
 """
 
 from __future__ import annotations
+
+import asyncio
+import logging
 
 from gateway.batcher import EnqueueBatcher
 from gateway.errors import RedisUnavailable
@@ -18,6 +25,12 @@ from shared.enqueue import EnqueueRequest
 QUEUED = "queued"
 DUPLICATE = "duplicate"
 SPOOLED = "spooled"
+
+log = logging.getLogger("wsm.gateway.intake")
+
+# Added to the batcher's own bound (two round trips): a backstop, not a deadline for Redis, so
+# it must not fire when the gateway's CPU is merely busy (docs/gateway.md, "Deadlines").
+ENQUEUE_SLACK_S = 2.0
 
 
 class Intake:
@@ -33,15 +46,19 @@ class Intake:
         self._spool = spool
         self._status = status
         self._redis_timeout_s = redis_timeout_s
+        self._enqueue_deadline_s = 2 * redis_timeout_s + ENQUEUE_SLACK_S
 
     async def accept(self, request: EnqueueRequest, body: bytes, received_at_ms: int) -> str:
         """QUEUED, DUPLICATE or SPOOLED; raises SpoolUnavailable when neither Redis nor the
         spool took the event."""
         if await self._may_use_redis():
             try:
-                queued = await self._batcher.enqueue(request)
+                async with asyncio.timeout(self._enqueue_deadline_s):
+                    queued = await self._batcher.enqueue(request)
             except RedisUnavailable:
                 pass
+            except TimeoutError:
+                log.error("the enqueue batcher did not answer; spooling the event")
             else:
                 return QUEUED if queued else DUPLICATE
         await self._spool.append(body, received_at_ms)

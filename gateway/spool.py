@@ -142,8 +142,6 @@ class Spool:
                     async with self._write_lock:
                         target = await self._append_target(len(data))
                         await asyncio.to_thread(target.append, data, len(batch))
-                        if target.sealed:
-                            self._current = None
                 except OSError as exc:
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     log.error(
@@ -169,7 +167,9 @@ class Spool:
             raise SpoolFull(
                 f"spool holds {self._bytes} bytes (WSM_SPOOL_MAX_BYTES={self.max_bytes})"
             )
-        if self._current is None:
+        # A sealed file ends in a write that failed and could not be cut off: whatever followed
+        # it there would be unreadable, past the damage, so the next events start a new file.
+        if self._current is None or self._current.sealed:
             created = await asyncio.to_thread(SpoolFile.create, self.directory)
             self._current = created
             self._files.append(created)

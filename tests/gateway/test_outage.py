@@ -87,9 +87,7 @@ def test_redis_killed_events_are_spooled_fast_then_queued_once_in_order(
     private_redis: EmbeddedRedis, key_prefix: str, tmp_path: Path, start_gateway: Callable[..., Any]
 ) -> None:
     spool_dir = tmp_path / "spool"
-    gateway: GatewayProcess = start_gateway(
-        gateway_environment(private_redis.url, key_prefix, spool_dir)
-    )
+    gateway = start_gateway(gateway_environment(private_redis.url, key_prefix, spool_dir))
     with gateway_client(gateway) as client:
         # Redis up: queued, or on a loaded machine past the 50 ms deadline spooled (durable
         # too; they are then replayed, and counted below).
@@ -138,7 +136,13 @@ def test_redis_killed_events_are_spooled_fast_then_queued_once_in_order(
     )
     metrics = httpx.get(f"{gateway.url}/metrics").text
     assert metric(metrics, 'wsm_webhook_requests_total{outcome="spooled"}') == spooled
-    assert metric(metrics, 'wsm_spool_replayed_total{result="queued"}') == spooled
+    # An event answered "spooled" at the 50 ms deadline on a loaded machine may still have
+    # been queued by its late round trip: its replay then finds it a duplicate (the same
+    # message, not a second copy). Either way each spooled event is replayed exactly once.
+    replayed = metric(metrics, 'wsm_spool_replayed_total{result="queued"}') + metric(
+        metrics, 'wsm_spool_replayed_total{result="duplicate"}'
+    )
+    assert replayed == spooled
 
 
 def test_frozen_redis_misses_the_deadline_and_a_late_answer_is_not_a_second_copy(

@@ -1,25 +1,37 @@
-"""The spool's bookkeeping and its replay, on a real disk and a real Redis: tests written to
-kill the mutants of gateway/spool.py and gateway/replay.py that survived the mutation run,
-fast tests and test_outage.py's real processes alike (docs/testing.md, "Mutation testing",
-lists each and the mutant it kills).
+"""The spool's bookkeeping, its replay, the batcher and the intake, on a real disk and a real
+Redis: tests written to kill the mutants of gateway/spool.py, replay.py and batcher.py that
+survived the mutation runs, fast tests and test_outage.py's real processes alike
+(docs/testing.md, "Mutation testing", lists each and the mutant it kills).
 
 What they pin: an event answered "spooled" is replayed even when it arrived after the spool
 had drained; the spool's size limit counts what is still to replay, no more and no less; a
 replay round trip that failed keeps its batch; a file damaged on disk holds up no waiting
-event; and an event without an envelope id, spooled twice, is queued once."""
+event; an event without an envelope id, spooled twice, is queued once; every event waiting
+in the batcher is answered, whether its round trip is cut off, fails, is cancelled or finds
+the server too old, and the intake answers even an event the batcher never does; the
+replayer outlives its own failures, keeps adopting dead processes' files while idle, and
+adopts each of them (another process's events do not hold up new ones)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import hashlib
+import logging
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, cast
 
 import orjson
 import pytest
 
+from gateway import intake as intake_module
+from gateway import replay as replay_module
 from gateway.batcher import EnqueueBatcher
-from gateway.errors import SpoolUnavailable
+from gateway.errors import RedisUnavailable, SpoolUnavailable
+from gateway.intake import SPOOLED, Intake
 from gateway.redis_link import RedisStatus
 from gateway.replay import SpoolReplayer
 from gateway.spool import Spool
@@ -27,8 +39,9 @@ from gateway.spool_file import HEADER, SpoolFile, encode_frame
 from shared.embedded_redis import free_port
 from shared.enqueue import EnqueueRequest
 from shared.events import route_event
-from shared.redis_client import connect
+from shared.redis_client import RedisClient, connect
 from tests.gateway.conftest import gateway_settings, queued_events
+from tests.support.polling import async_wait_until
 from tests.support.waha import compact, text_message
 
 CHAT = "5511999990301@c.us"
@@ -206,7 +219,7 @@ async def test_an_unwritable_spool_answers_with_its_error_not_its_deadline(
     tmp_path: Path,
 ) -> None:
     """A write that fails fails every event of its batch at once, with the disk's error;
-    only a stalled disk waits for WSM_SPOOL_WRITE_TIMEOUT. Kills, in _write_pending: the
+    only a stalled disk waits for WSM_SPOOL_TIMEOUT_MS. Kills, in _write_pending: the
     failure not given to the waiters (None, `SpoolUnavailable(None)`, `if entry.done.done()`):
     they would wait out the deadline instead."""
     blocker = tmp_path / "a-file"
@@ -296,6 +309,18 @@ def _request(text: str, prefix: str) -> EnqueueRequest:
     )
 
 
+async def _in_flight(batcher: EnqueueBatcher, request: EnqueueRequest) -> asyncio.Future[bool]:
+    """Enqueue `request` and return once the flush has taken it and sent it (its round trip
+    in flight, not yet answered)."""
+    answer = asyncio.ensure_future(batcher.enqueue(request))
+    for _ in range(1000):
+        await asyncio.sleep(0)
+        if not batcher._pending:
+            break
+    assert not batcher._pending and not answer.done()
+    return answer
+
+
 async def test_an_event_arriving_during_a_round_trip_that_succeeds_gets_the_next_one(
     redis_url: str, key_prefix: str, sync_redis
 ) -> None:
@@ -306,16 +331,359 @@ async def test_an_event_arriving_during_a_round_trip_that_succeeds_gets_the_next
     client = connect(redis_url)
     batcher = EnqueueBatcher(client, RedisStatus(), timeout_s=30)
     try:
-        first = asyncio.ensure_future(batcher.enqueue(_request("first", key_prefix)))
-        # Until the flush has taken the first event and sent it (its round trip in flight).
-        for _ in range(1000):
-            await asyncio.sleep(0)
-            if not batcher._pending:
-                break
-        assert not batcher._pending and not first.done()
+        first = await _in_flight(batcher, _request("first", key_prefix))
         second = await batcher.enqueue(_request("second", key_prefix))
         assert (await first, second) == (True, True)
     finally:
         await client.aclose()
     queued = queued_events(sync_redis, key_prefix, "default", CHAT)
     assert [q.document()["payload"]["body"] for q in queued] == ["first", "second"]
+
+
+class _TooOldServer:
+    """Answers the version check as a Redis 6 would (the replayer's check, on cue)."""
+
+    async def info(self, section: str) -> dict[str, str]:
+        return {"redis_version": "6.2.14"}
+
+
+async def test_events_waiting_when_the_server_turns_out_too_old_are_all_answered(
+    redis_url: str, key_prefix: str, sync_redis
+) -> None:
+    """A round trip is in flight with two events waiting behind it (one per batch) when the
+    replayer's first version check finds the server too old: the round trip already sent
+    lands, and both waiting events are answered "Redis unavailable" (the intake spools them)
+    as soon as it returns, none sent to the old server. Kills, in _flush_pending: the "server
+    not usable" branch's `_fail` broken (given None or too few arguments: its waiters never
+    answered) and its `continue` -> `break` (the second batch left waiting for a flush that
+    never comes)."""
+    client = connect(redis_url)
+    status = RedisStatus()
+    batcher = EnqueueBatcher(client, status, timeout_s=30, max_batch=1)
+    try:
+        first = await _in_flight(batcher, _request("first", key_prefix))
+        waiting = [
+            asyncio.ensure_future(batcher.enqueue(_request(text, key_prefix)))
+            for text in ("second", "third")
+        ]
+        await asyncio.sleep(0)
+        too_old = cast(RedisClient, _TooOldServer())
+        assert await status.check_version(too_old, 1) is False and not status.usable
+
+        assert await first is True
+        # A hang guard only: each is answered when the round trip in flight returns.
+        await asyncio.wait(waiting, timeout=10)
+        assert all(w.done() for w in waiting)
+        assert [type(w.exception()) for w in waiting] == [RedisUnavailable] * 2
+    finally:
+        await client.aclose()
+    queued = queued_events(sync_redis, key_prefix, "default", CHAT)
+    assert [q.document()["payload"]["body"] for q in queued] == ["first"]
+
+
+# --- gateway/intake.py ----------------------------------------------------------------------
+
+
+class _SilentBatcher(EnqueueBatcher):
+    """Takes every request and never answers it: the bug the intake's own deadline bounds."""
+
+    def __init__(self) -> None:
+        self.requests: list[EnqueueRequest] = []
+
+    async def enqueue(self, request: EnqueueRequest) -> bool:
+        self.requests.append(request)
+        never: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        return await never
+
+
+async def test_an_event_the_batcher_never_answers_is_spooled_at_the_intakes_deadline(
+    tmp_path: Path, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the batcher does, the webhook gets an answer: an event whose enqueue is never
+    answered is spooled once the intake's own deadline passes (two round trips and a slack),
+    instead of holding its webhook (and WAHA's retries) forever."""
+    monkeypatch.setattr(intake_module, "ENQUEUE_SLACK_S", 0.0, raising=False)
+    spool = Spool(tmp_path, max_bytes=1 << 30, write_timeout_s=5)
+    batcher = _SilentBatcher()
+    intake = Intake(batcher, spool, RedisStatus(), redis_timeout_s=0.01)
+    [body] = bodies(1)
+    try:
+        # A hang guard only: the intake's deadline here is 20 ms.
+        async with asyncio.timeout(10):
+            assert await intake.accept(_request("m0", key_prefix), body, 1) == SPOOLED
+        assert len(batcher.requests) == 1
+        assert await drain(spool) == [body]
+    finally:
+        await spool.close()
+
+
+@contextlib.asynccontextmanager
+async def _frozen_server() -> AsyncIterator[str]:
+    """redis://… of a server that takes connections and commands and never answers (a Redis
+    stopped with SIGSTOP, as far as a client can tell)."""
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(65536):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.close()
+
+
+async def test_a_round_trip_cut_off_at_its_deadline_fails_its_waiters(key_prefix: str) -> None:
+    """A frozen Redis: the round trip is cut off at the webhook's deadline and every event
+    in it is answered "Redis unavailable" (the intake spools them), and Redis is marked
+    unreachable. Kills, in _flush: the deadline dropped (`asyncio.timeout(None)`: a frozen
+    Redis holds every webhook) and the timeout branch's `_fail` broken (its waiters never
+    answered)."""
+    async with _frozen_server() as url:
+        client = connect(url)
+        status = RedisStatus()
+        batcher = EnqueueBatcher(client, status, timeout_s=0.05)
+        try:
+            answers = [
+                asyncio.ensure_future(batcher.enqueue(_request(text, key_prefix)))
+                for text in ("first", "second")
+            ]
+            # A hang guard only: the deadline under test is 50 ms.
+            await asyncio.wait(answers, timeout=10)
+            errors = [a.exception() for a in answers if a.done()]
+            assert [type(e) for e in errors] == [RedisUnavailable] * 2
+            # The webhook's deadline answered, not some timeout of the client's own (seconds).
+            assert all("slower than the webhook deadline" in str(e) for e in errors)
+            assert not status.reachable
+        finally:
+            await client.aclose()
+
+
+async def test_a_batcher_stopped_mid_round_trip_answers_everyone_and_serves_again(
+    redis_url: str, key_prefix: str, sync_redis
+) -> None:
+    """Shutdown (or a bug) cancels the flush while a round trip is in flight and another event
+    waits behind it: both are answered "Redis unavailable" at once, and the next event starts
+    a flush of its own and is queued. Kills, in _flush: the CancelledError branch's `_fail`
+    broken (the event in flight never answered); in _flush_pending: its BaseException
+    branch's `_fail` broken (the waiting one never answered) and `_pending = None` there (the
+    next enqueue fails)."""
+    client = connect(redis_url)
+    batcher = EnqueueBatcher(client, RedisStatus(), timeout_s=30)
+    try:
+        first = await _in_flight(batcher, _request("first", key_prefix))
+        second = asyncio.ensure_future(batcher.enqueue(_request("second", key_prefix)))
+        await asyncio.sleep(0)
+        assert batcher._task is not None
+        batcher._task.cancel()
+        # A hang guard only: both are answered as the flush ends.
+        await asyncio.wait([first, second], timeout=10)
+        assert [type(a.exception()) for a in (first, second) if a.done()] == [RedisUnavailable] * 2
+        assert await batcher.enqueue(_request("third", key_prefix)) is True
+    finally:
+        await client.aclose()
+    queued = queued_events(sync_redis, key_prefix, "default", CHAT)
+    assert [q.document()["payload"]["body"] for q in queued][-1] == "third"
+
+
+async def test_a_batcher_whose_round_trip_failed_serves_the_next_event(
+    redis_url: str, key_prefix: str
+) -> None:
+    """Redis refused the round trip; the next event starts a round trip of its own. Kills, in
+    _flush_pending: `_pending = None` after a failed round trip (the next enqueue fails with
+    an AttributeError: a 500 for every webhook from then on)."""
+    nobody = connect(f"redis://127.0.0.1:{free_port()}/0")
+    batcher = EnqueueBatcher(nobody, RedisStatus(), timeout_s=5)
+    try:
+        for text in ("first", "second"):
+            with pytest.raises(RedisUnavailable):
+                await batcher.enqueue(_request(text, key_prefix))
+    finally:
+        await nobody.aclose()
+
+
+# --- gateway/replay.py: the running replayer ------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _running_replayer(
+    spool: Spool, redis_url: str, settings: Any, status: RedisStatus | None = None
+) -> AsyncIterator[None]:
+    client = connect(redis_url)
+    replayer = SpoolReplayer(spool, client, status or RedisStatus(), settings)
+    task = asyncio.ensure_future(replayer.run())
+    try:
+        yield
+    finally:
+        replayer.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await client.aclose()
+
+
+def _replay_failures(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "wsm.gateway.replay"]
+
+
+async def test_a_running_replayer_adopts_a_dead_processs_spool_and_replays_it(
+    tmp_path: Path,
+    redis_url: str,
+    key_prefix: str,
+    sync_redis,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The replayer replays this process's events, then, idle, still looks for the files of
+    processes that died (every ADOPT_INTERVAL_S, shortened here) and replays them, without a
+    failure of its own. Kills, in _step: `_next_adoption = None` after a pass (every later
+    step fails), the idle wait unbounded (`wait_for_work(None)`: no more adoption passes once
+    idle) or given `max(None, …)`."""
+    monkeypatch.setattr(replay_module, "ADOPT_INTERVAL_S", 0.05)
+    caplog.set_level(logging.ERROR, logger="wsm.gateway.replay")
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 30, write_timeout_s=5)
+    settings = gateway_settings(redis_url, key_prefix, tmp_path / "spool")
+    own, orphaned = bodies(1)[0], bodies(1, chat="5511999990303@c.us")[0]
+    await spool.append(own, 1)
+    async with _running_replayer(spool, redis_url, settings):
+        await async_wait_until(_nothing_left(spool), what="this process's event replayed")
+        dead = SpoolFile.create(tmp_path / "spool")
+        dead.append(encode_frame(orphaned, 2), 1)
+        dead.close()
+        await async_wait_until(_nothing_left(spool), what="the dead process's event replayed")
+    assert [q.body for q in queued_events(sync_redis, key_prefix, "default", CHAT)] == [own]
+    assert spool_files(tmp_path / "spool") == []
+    assert _replay_failures(caplog) == []
+    await spool.close()
+
+
+def _nothing_left(spool: Spool) -> Any:
+    async def check() -> bool:
+        return spool.events == 0 and not spool_files(spool.directory)
+
+    return check
+
+
+async def test_a_replayer_that_failed_once_goes_on_replaying(
+    tmp_path: Path,
+    redis_url: str,
+    key_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A failure of the disk (or a bug) in one step is logged, and the replayer goes on: the
+    events are replayed after it. Kills, in run: the batch forgotten as `""` after a failure
+    (every later step fails on it), the pause after a failure `sleep(None)` (the replayer
+    dies); and `_batch = ""` at start (a failure logged at every start)."""
+    caplog.set_level(logging.ERROR, logger="wsm.gateway.replay")
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 30, write_timeout_s=5)
+    settings = gateway_settings(redis_url, key_prefix, tmp_path / "spool")
+    await spool.append(bodies(1)[0], 1)
+    async with _running_replayer(spool, redis_url, settings):
+        await async_wait_until(_nothing_left(spool), what="the event replayed")
+    assert _replay_failures(caplog) == []
+
+    real_next_batch = spool.next_batch
+    failures = 0
+
+    async def failing_once(max_events: int, max_bytes: int) -> Any:
+        nonlocal failures
+        if failures == 0:
+            failures += 1
+            raise OSError(errno.EIO, "injected I/O error")
+        return await real_next_batch(max_events, max_bytes)
+
+    monkeypatch.setattr(spool, "next_batch", failing_once)
+    await spool.append(bodies(1, chat="5511999990304@c.us")[0], 2)
+    async with _running_replayer(spool, redis_url, settings):
+        await async_wait_until(_nothing_left(spool), what="the event replayed after a failure")
+    assert failures == 1 and _replay_failures(caplog) == ["spool replay failed; retrying"]
+    await spool.close()
+
+
+class _KnockCounter(RedisStatus):
+    """Counts the replayer's version checks (its knocks on Redis)."""
+
+    knocks = 0
+
+    async def check_version(self, client: RedisClient, timeout_s: float) -> bool:
+        self.knocks += 1
+        return await super().check_version(client, timeout_s)
+
+
+async def test_a_replayer_that_finds_redis_away_knocks_again_without_failing(
+    tmp_path: Path, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis away: the replayer knocks again after its backoff, step after step, and that is
+    no failure of its own. Kills, in __init__: the backoff's `first` or `cap` None (every
+    knock a logged failure and a fixed half-second pause)."""
+    caplog.set_level(logging.ERROR, logger="wsm.gateway.replay")
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 30, write_timeout_s=5)
+    await spool.append(bodies(1)[0], 1)
+    settings = gateway_settings(f"redis://127.0.0.1:{free_port()}/0", key_prefix, tmp_path)
+    status = _KnockCounter()
+
+    async def knocked_thrice() -> bool:
+        return status.knocks >= 3
+
+    async with _running_replayer(spool, settings.redis_url, settings, status):
+        await async_wait_until(knocked_thrice, what="three knocks on the missing Redis")
+    assert _replay_failures(caplog) == [] and spool.events == 1
+    await spool.close()
+
+
+def _dead_process_file(directory: Path, events: list[bytes]) -> Path:
+    """A spool file as a gateway process that died leaves it (unlocked)."""
+    dead = SpoolFile.create(directory)
+    if events:
+        dead.append(b"".join(encode_frame(body, 1) for body in events), len(events))
+    dead.close()
+    return dead.path
+
+
+async def test_a_dead_processs_file_found_while_running_holds_up_no_new_event(
+    tmp_path: Path,
+) -> None:
+    """Another process's events are concurrent with this one's: a file adopted while running
+    is replayed, but a new event need not wait for it. Only a previous incarnation's files,
+    adopted at start, come before new events. Kills, in adopt_orphans: `at_start` defaulting
+    to True (every event would wait behind, or be spooled behind, other processes' events)."""
+    spool = Spool(tmp_path, max_bytes=1 << 30, write_timeout_s=5)
+    _dead_process_file(tmp_path, bodies(1))
+    assert await spool.adopt_orphans() == 1
+    assert spool.events == 1 and not spool.has_backlog
+    assert await spool.wait_replayed(30) is True
+    await spool.close()
+
+    restarted = Spool(tmp_path, max_bytes=1 << 30, write_timeout_s=5)
+    assert await restarted.adopt_orphans(at_start=True) == 1
+    assert restarted.has_backlog
+    await restarted.close()
+
+
+async def test_every_dead_processs_file_is_adopted_and_empty_ones_removed(
+    tmp_path: Path,
+) -> None:
+    """This process spools; then three processes' files show up: one older with an event, one
+    empty, one with a single event. Each file with events is adopted (oldest first, before
+    this process's own) and the empty one removed. Kills, in adopt_orphans: `events == 0` ->
+    `== 1` (a file holding one event removed unreplayed: lost), the removal given None, its
+    `continue` -> `break` (the files after an empty one left unadopted, and locked by us);
+    in _adopt_files: `continue` -> `break` at a file already held (no file newer than this
+    process's own would ever be adopted)."""
+    own = bodies(1, chat="5511999990305@c.us")[0]
+    spool = Spool(tmp_path, max_bytes=1 << 30, write_timeout_s=5)
+    await spool.append(own, 1)
+    older, single = bodies(2)
+    _dead_process_file(tmp_path, [older])
+    empty = _dead_process_file(tmp_path, [])
+    _dead_process_file(tmp_path, [single])
+
+    assert await spool.adopt_orphans() == 2
+
+    assert not empty.exists()
+    assert await drain(spool) == [older, single, own]
+    assert spool_files(tmp_path) == []
+    await spool.close()

@@ -4,7 +4,7 @@
     python tests/mutation/run_mutmut.py gateway --summary  # summarise a finished run again
 
 Targets (see TARGETS): gateway, worker, state, late (sender, erase, consumer slot), and the
-smaller slot, sender (with `--names`) and spool. Each gets
+smaller slot, sender (with `--names`), erase and spool. Each gets
 its own copy under /tmp/wsm-mutmut/<target> (`--dest` to choose) with a [tool.mutmut] section
 appended to the copy's pyproject.toml: what to mutate and the fast tests that matter for it.
 
@@ -84,6 +84,17 @@ SENDER_TESTS = [
     "tests/engine/test_sender_sweep.py",
     "tests/engine/test_sender_bound.py",
 ]
+FLEET_FILES = (
+    "redis_retry",
+    "dlq_cli",
+    "cli",
+    "process",
+    "supervisor",
+    "health",
+    "heartbeat",
+    "reaper_task",
+    "stopping",
+)
 TARGETS: dict[str, Target] = {
     "gateway": Target(
         mutate=["gateway/*"],
@@ -147,27 +158,58 @@ TARGETS: dict[str, Target] = {
         ],
         deselect=["cluster"],
     ),
-    # Only LockKeeper and settle_echo are run (`--names`, see docs/testing.md).
+    # Run with `--names`: LockKeeper and settle_echo first, then the rest (docs/testing.md).
     "sender": Target(
         mutate=["engine/sender.py"],
         tests=[
             *SENDER_TESTS,
+            "tests/engine/test_sender_bound_setting.py",
+            "tests/engine/test_media_send.py",  # file replies: _file_of, _plus_required
             "tests/engine/test_mutants.py",
             "tests/engine/test_sender_mutants.py",
         ],
     ),
+    # The erase alone: its scans in batches, the lid cache and the glob escape (issue #18).
+    "erase": Target(
+        mutate=["engine/erase.py"],
+        tests=[
+            "tests/engine/test_erase.py",
+            "tests/engine/test_mutants.py",
+            "tests/engine/test_erase_mutants.py",
+        ],
+        deselect=["cluster"],
+    ),
     # The spool's bookkeeping, its replay and the batcher, whose survivors go on to
-    # test_outage.py's real processes (`--recheck --stages child`). spool_file.py's survivors
-    # (open flags, fsyncs, torn frames) want a fault-injecting file layer (docs/testing.md).
+    # test_outage.py's real processes (`--recheck --stages child`), and the spool's file
+    # layer, whose failures tests/gateway/test_spool_faults.py injects.
     "spool": Target(
-        mutate=["gateway/spool.py", "gateway/replay.py", "gateway/batcher.py"],
+        mutate=[
+            "gateway/spool.py",
+            "gateway/replay.py",
+            "gateway/batcher.py",
+            "gateway/spool_file.py",
+        ],
         tests=[
             "tests/gateway/test_spool.py",
             "tests/gateway/test_webhook.py",
             "tests/gateway/test_unsupported_redis.py",
             "tests/gateway/test_mutants.py",
             "tests/gateway/test_spool_mutants.py",
+            "tests/gateway/test_spool_faults.py",
         ],
+    ),
+    # worker/'s "no tests" files of the first run (they run in the fleet's child processes),
+    # the retries and `wsm dlq`, against the in-process tests written for them.
+    "fleet": Target(
+        mutate=[f"worker/{name}.py" for name in FLEET_FILES],
+        tests=[
+            "tests/worker/test_redis_retry.py",
+            "tests/worker/test_dlq_cli.py",
+            "tests/worker/test_fleet_parts.py",
+            "tests/worker/test_consumer_slot.py",  # the slot's calls go through retry_until
+            "tests/worker/test_dead_letter_limits.py",  # `wsm dlq list` on the cap
+        ],
+        deselect=["cluster"],
     ),
 }
 
@@ -178,6 +220,13 @@ CHILD_TESTS: dict[str, list[str]] = {
     "worker/dlq_cli.py": ["tests/worker/test_fleet_dead_letters.py"],
     # The fleet's retries while Redis restarts under it.
     "worker/redis_retry.py": ["tests/worker/test_redis_restart.py"],
+    # `wsm worker`'s fleet and child branches, and a process's serve(), run only in the fleet's
+    # processes: one fleet test each (seconds per mutant; `--recheck --stages child --only`).
+    "worker/cli.py": ["tests/worker/test_fleet_health.py::test_check_follows_the_fleet"],
+    "worker/process.py": [
+        "tests/worker/test_fleet_shutdown.py"
+        "::test_sigterm_finishes_in_flight_hands_back_the_rest_and_exits_0"
+    ],
     # The spool's promises (nothing lost, in order, nothing twice) are proven with real
     # gateway processes, killed and restarted.
     **{
