@@ -16,11 +16,12 @@ from redis.exceptions import (
     ResponseError,
 )
 
+from shared.commit_writes import Write
 from shared.dead_letters import list_dead_letters
 from shared.envelope import QueuedEvent
-from shared.queue_consumer import Lease, QueueConsumer
+from shared.queue_consumer import QueueConsumer
 from tests.worker.support.fleet import chat_id, conversation, enqueue_texts, handled_ids
-from tests.worker.support.slots import run_slot
+from tests.worker.support.slots import commit_after_the_lease_ran_out, run_slot
 from worker.consumer_slot import not_the_messages_fault
 from worker.handler import HandlerContext
 from worker.handlers.recording import record
@@ -73,11 +74,12 @@ async def test_a_handler_that_cannot_reach_redis_costs_no_attempt(
     chat = chat_id(3)
     sent = await enqueue_texts(aredis, key_prefix, {chat: ["a"]})
     calls: list[int] = []
+    outage = iter([ConnectionError("redis went away")])  # on the first delivery only
 
     async def flaky(event: QueuedEvent, ctx: HandlerContext) -> None:
         calls.append(ctx.attempt)
-        if len(calls) == 1:
-            raise ConnectionError("redis went away")
+        if error := next(outage, None):
+            raise error
         await record(event, ctx)
 
     async def handled() -> bool:
@@ -136,15 +138,8 @@ async def test_a_retried_commit_past_the_lease_ends_the_turn_without_charging_th
     async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
         deliveries.append((ctx.message_id, ctx.attempt))
         if ctx.message_id == sent[chat][0]:
-            # The first call of the commit reaches Redis; its answer never reaches the worker...
-            lease = Lease(ctx.conversation, ctx.fence, 0, [])
-            await consumer.ack(lease, ctx.message_id, [("RPUSH", keys.handled, "a")])
-            # ...which retries after the lease's deadline (a stall, a long reconnect).
-            await aredis.hset(keys.meta, "lease_until", 1)
-            await aredis.zadd(keys.shard_keys.leases, {keys.token: 1})
-            # The retry. (Explicit: a handler that returns without committing is acked with
-            # the turn's next call, QueueConsumer.ack_later.)
-            await ctx.commit()
+            writes: list[Write] = [("RPUSH", keys.handled, "a")]
+            await commit_after_the_lease_ran_out(consumer, aredis, ctx, writes)
             return
         await ctx.commit([("RPUSH", keys.handled, "b")])
 

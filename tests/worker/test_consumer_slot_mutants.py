@@ -9,32 +9,48 @@ kill the mutants of worker/consumer_slot.py that survived the mutation run (docs
   it is not a failure of the slot (which would log "consumer slot failed" and back off).
 - The slot's loop outlives an empty wait, an unreachable Redis and a bug of its own: a slot
   that ends is a process serving one conversation fewer, for good.
+- Redis away for one call (a claim, a failure's record, a hand-back, the hand-back at
+  shutdown): the slot gives up when the lease would have run out, leaves the rest to the
+  reaper and goes on, and still stops when told.
+- What the slot reports: the dead letter's and the dropped work's log lines, the handled
+  count, and the busy flag the process's heartbeat sums.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import orjson
 import pytest
 import redis.asyncio
+from prometheus_client import REGISTRY
 
 from shared.dead_letters import list_dead_letters
 from shared.embedded_redis import free_port
 from shared.envelope import QueuedEvent
-from shared.keys import ShardKeys, all_shards, conversation_token, shard_of
-from shared.queue_consumer import Lease, QueueConsumer
+from shared.keys import ConversationKeys, ShardKeys, all_shards, conversation_token, shard_of
+from shared.queue_consumer import FailResult, Lease, QueueConsumer
 from shared.queue_errors import LeaseLost
 from shared.queue_reaper import QueueReaper
 from tests.support.polling import async_wait_until
 from tests.worker.support.fleet import SESSION, chat_id, conversation, enqueue_texts
-from tests.worker.support.slots import run_slot, start_slot
+from tests.worker.support.slots import (
+    commit_after_the_lease_ran_out,
+    new_slot,
+    run_slot,
+    start_slot,
+    stop_slot,
+)
+from worker.consumer_slot import ConsumerSlot
 from worker.handler import HandlerContext
 from worker.handlers.recording import record
 
 SLOT_LOG = "wsm.worker.consumer_slot"
+T = TypeVar("T")
 PLANTED = "planted-at-the-head"
 
 
@@ -50,7 +66,7 @@ async def _plant_a_new_head(client: Any, ctx: HandlerContext) -> None:
 
 @pytest.mark.parametrize("how", ["commit", "failure"])
 async def test_a_message_found_not_to_be_the_head_hands_the_conversation_back_first_in_line(
-    aredis: Any, key_prefix: str, how: str
+    aredis: Any, key_prefix: str, caplog: pytest.LogCaptureFixture, how: str
 ) -> None:
     """The slot learns that its message is not the head from the commit (ack_message.lua) or,
     when the handler failed, from fail_message.lua. Either way it releases the conversation to
@@ -58,7 +74,10 @@ async def test_a_message_found_not_to_be_the_head_hands_the_conversation_back_fi
     handled next, then the message, and only then the other conversation waiting behind.
     Kills, in _after_error (commit) and _fail (failure): the release's `keeper` dropped or
     None (no release: the conversation waits out its lease), `to_front=True` -> `False`,
-    `None` or dropped (it goes to the back, behind the other conversation)."""
+    `None` or dropped (it goes to the back, behind the other conversation); the `_count` after
+    that release broken (an exception out of the turn: the slot reports a failure of its own
+    and backs off) or given the wrong error."""
+    caplog.set_level(logging.INFO, logger=SLOT_LOG)
     first, other = chat_id(21), chat_id(22)
     sent = await enqueue_texts(aredis, key_prefix, {first: ["a1"]})
     sent |= await enqueue_texts(aredis, key_prefix, {other: ["b1"]})
@@ -70,7 +89,7 @@ async def test_a_message_found_not_to_be_the_head_hands_the_conversation_back_fi
             await _plant_a_new_head(aredis, ctx)
             if how == "commit":
                 await ctx.commit([("RPUSH", ctx.conversation.handled, ctx.message_id)])
-            raise RuntimeError("the handler failed")
+            raise RuntimeError("boom")
         await ctx.commit([("RPUSH", ctx.conversation.handled, ctx.message_id)])
 
     async def all_handled() -> bool:
@@ -83,6 +102,9 @@ async def test_a_message_found_not_to_be_the_head_hands_the_conversation_back_fi
     assert await aredis.lrange(keys.handled, 0, -1) == [PLANTED.encode(), a1.encode()]
     assert await aredis.hlen(keys.attempts) == 0
     assert await list_dead_letters(aredis, 1, key_prefix) == []
+    [dropped] = work_dropped(caplog)
+    why = f"{a1} is not the head of {keys.token}" if how == "commit" else "RuntimeError: boom"
+    assert (getattr(dropped, "message_id", None), getattr(dropped, "error", None)) == (a1, why)
 
 
 async def _take_the_lease_away(client: Any, prefix: str, ctx: HandlerContext) -> None:
@@ -100,6 +122,18 @@ def _slot_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == SLOT_LOG]
 
 
+def work_dropped(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The slot's "work dropped" reports (warnings, outcome "lost"), after checking that it
+    never reported a failure of its own."""
+    records = _slot_records(caplog)
+    assert not [r for r in records if r.getMessage() == "consumer slot failed; continuing"]
+    dropped = [r for r in records if r.getMessage() == "lease lost; work dropped"]
+    assert {(r.levelno, getattr(r, "outcome", None)) for r in dropped} <= {
+        (logging.WARNING, "lost")
+    }
+    return dropped
+
+
 @pytest.mark.parametrize("found_by", ["commit", "extension"])
 async def test_a_lease_lost_mid_message_drops_the_work_and_the_slot_goes_on(
     aredis: Any, key_prefix: str, caplog: pytest.LogCaptureFixture, found_by: str
@@ -110,7 +144,8 @@ async def test_a_lease_lost_mid_message_drops_the_work_and_the_slot_goes_on(
     conversation is someone else's), and the slot carries on with the redelivery.
     Kills, on the LeaseLost path of _after_error and the `keeper.lost` path of _fail: the
     outcome, the lease or the message passed wrongly to _count, or an argument dropped (each
-    an exception out of the turn: the slot logs "consumer slot failed" and backs off)."""
+    an exception out of the turn: the slot logs "consumer slot failed" and backs off); the
+    LeaseLost's text not reported (`str(exc)` -> None, `str(None)`)."""
     caplog.set_level(logging.INFO, logger=SLOT_LOG)
     chat = chat_id(23)
     sent = await enqueue_texts(aredis, key_prefix, {chat: ["a1"]})
@@ -135,16 +170,13 @@ async def test_a_lease_lost_mid_message_drops_the_work_and_the_slot_goes_on(
     await run_slot(aredis, key_prefix, handler, handled)
     assert await aredis.lrange(keys.handled, 0, -1) == [sent[chat][0].encode()]
     assert len(deliveries) == 2
-    records = _slot_records(caplog)
-    lost = [r for r in records if r.getMessage() == "lease lost; work dropped"]
-    assert [(r.levelno, getattr(r, "message_id", None)) for r in lost] == [
-        (logging.WARNING, sent[chat][0])
-    ]
-    assert getattr(lost[0], "outcome", None) == "lost"
-    assert getattr(lost[0], "conversation", None) == keys.token
-    if found_by == "extension":
-        assert getattr(lost[0], "error", None) == "RuntimeError: gave up"
-    assert not [r for r in records if r.getMessage() == "consumer slot failed; continuing"]
+    [lost] = work_dropped(caplog)
+    assert getattr(lost, "message_id", None) == sent[chat][0]
+    assert getattr(lost, "conversation", None) == keys.token
+    why = (
+        f"lease on {keys.token} was taken over" if found_by == "commit" else "RuntimeError: gave up"
+    )
+    assert getattr(lost, "error", None) == why
     assert await list_dead_letters(aredis, 1, key_prefix) == []
 
 
@@ -153,15 +185,45 @@ async def test_a_lease_lost_mid_message_drops_the_work_and_the_slot_goes_on(
 
 class WatchedConsumer(QueueConsumer):
     """The real consumer, counting how its blocking waits for a conversation ended (with one
-    shard, the slot's only way to take one)."""
+    shard, the slot's only way to take one). Redis can be made to fail some of its calls
+    ("claim", "release", "fail"): those in `refused` never reach it, the next of those in
+    `answer_lost` reaches it but its answer does not come back, those in `hung` never
+    answer (a frozen Redis)."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, *, lease_ms: int = 10_000) -> None:
         super().__init__(
-            client, lease_ms=10_000, batch=10, max_attempts=3, backoff_ms=60_000,
+            client, lease_ms=lease_ms, batch=10, max_attempts=3, backoff_ms=60_000,
             backoff_max_ms=60_000,
         )  # fmt: skip
         self.empty_waits = 0
         self.failed_waits = 0
+        self.refused: set[str] = set()
+        self.answer_lost: set[str] = set()
+        self.hung: set[str] = set()
+        self.calls: collections.Counter[str] = collections.Counter()
+
+    async def _through(self, what: str, call: Coroutine[Any, Any, T]) -> T:
+        self.calls[what] += 1
+        if what in self.refused:
+            call.close()
+            raise redis.exceptions.ConnectionError(f"{what}: connection refused")
+        if what in self.hung:
+            call.close()
+            await asyncio.Event().wait()
+        answer = await call
+        if what in self.answer_lost:
+            self.answer_lost.discard(what)
+            raise redis.exceptions.ConnectionError(f"{what}: connection reset")
+        return answer
+
+    async def claim(self, shard: ShardKeys, token: str, owner: str) -> Lease | None:
+        return await self._through("claim", super().claim(shard, token, owner))
+
+    async def release(self, lease: Lease, *, to_front: bool = False) -> bool:
+        return await self._through("release", super().release(lease, to_front=to_front))
+
+    async def fail(self, lease: Lease, message_id: str, error: str, **how: bool) -> FailResult:
+        return await self._through("fail", super().fail(lease, message_id, error, **how))
 
     async def wait_ready(self, shard: ShardKeys, block_seconds: float) -> str | None:
         try:
@@ -181,6 +243,23 @@ async def until(condition: Any, what: str) -> None:
     await async_wait_until(check, timeout=30, what=what)
 
 
+async def a_message_comes_and_is_handled(
+    client: Any, prefix: str, task: asyncio.Task[None], n: int
+) -> ConversationKeys:
+    """Queue one message for chat `n` while the slot runs: the slot handles it and is still
+    running. The message's conversation."""
+    keys = conversation(chat_id(n), prefix)
+    await enqueue_texts(client, prefix, {chat_id(n): ["later"]})
+
+    async def handled() -> bool:
+        return await client.llen(keys.handled) == 1 or task.done()
+
+    await async_wait_until(handled, timeout=30, what="the message to be handled")
+    assert not task.done()
+    assert await client.llen(keys.handled) == 1
+    return keys
+
+
 async def test_a_slot_with_nothing_to_do_keeps_waiting_and_takes_what_comes(
     aredis: Any, key_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -195,20 +274,10 @@ async def test_a_slot_with_nothing_to_do_keeps_waiting_and_takes_what_comes(
     try:
         await until(lambda: consumer.empty_waits >= 2 or task.done(), "two empty waits")
         assert not task.done()
-        chat = chat_id(24)
-        await enqueue_texts(aredis, key_prefix, {chat: ["late"]})
-        keys = conversation(chat, key_prefix)
-
-        async def handled() -> bool:
-            return await aredis.llen(keys.handled) == 1 or task.done()
-
-        await async_wait_until(handled, timeout=30, what="the late message to be handled")
-        assert not task.done()
-        assert await aredis.llen(keys.handled) == 1
+        keys = await a_message_comes_and_is_handled(aredis, key_prefix, task, 24)
         assert await aredis.llen(keys.messages) == 0
     finally:
-        stopping.set()
-        await task
+        await stop_slot(task, stopping)
     assert not [r for r in _slot_records(caplog) if r.levelno >= logging.WARNING]
 
 
@@ -223,8 +292,7 @@ async def test_a_slot_rides_out_an_unreachable_redis(key_prefix: str) -> None:
         await until(lambda: consumer.failed_waits >= 3 or task.done(), "three failed waits")
         assert not task.done()
     finally:
-        stopping.set()
-        await task
+        await stop_slot(task, stopping)
         await nobody.aclose()
 
 
@@ -243,19 +311,9 @@ async def test_a_slot_survives_a_failure_of_its_own_and_goes_on(
         await until(lambda: consumer.failed_waits >= 2 or task.done(), "two failed waits")
         assert not task.done()
         await aredis.delete(shard.ready)
-        chat = chat_id(25)
-        await enqueue_texts(aredis, key_prefix, {chat: ["after the repair"]})
-        keys = conversation(chat, key_prefix)
-
-        async def handled() -> bool:
-            return await aredis.llen(keys.handled) == 1 or task.done()
-
-        await async_wait_until(handled, timeout=30, what="the message to be handled")
-        assert not task.done()
-        assert await aredis.llen(keys.handled) == 1
+        await a_message_comes_and_is_handled(aredis, key_prefix, task, 25)
     finally:
-        stopping.set()
-        await task
+        await stop_slot(task, stopping)
 
 
 # --- several shards ------------------------------------------------------------------------
@@ -288,8 +346,7 @@ async def serve_in_order(aredis: Any, key_prefix: str, chats: list[str], shards:
         await until(lambda: len(served) == len(chats) or task.done(), "every chat served")
         assert not task.done()
     finally:
-        stopping.set()
-        await task
+        await stop_slot(task, stopping)
     return served
 
 
@@ -358,7 +415,10 @@ async def test_a_slot_told_to_stop_mid_turn_hands_the_rest_back_first_in_line(
 
     task, stopping = start_slot(consumer, key_prefix, handler)
     stop.append(stopping)
-    await task
+    try:
+        await until(task.done, "the slot to stop after the message in hand")
+    finally:
+        await stop_slot(task, stopping)
 
     keys = conversation(first, key_prefix)
     assert [orjson_id(e) for e in await aredis.lrange(keys.handled, 0, -1)] == [sent[first][0]]
@@ -391,13 +451,10 @@ async def test_a_turn_whose_lease_ran_out_during_a_commit_hands_the_rest_back_fi
     async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
         order.append(ctx.message_id)
         if ctx.message_id == sent[first][0]:
-            # The commit's first call reaches Redis, its answer is lost, and the retry comes
-            # after the lease ran out (as in test_consumer_slot.py's test of the same story).
-            lease = Lease(ctx.conversation, ctx.fence, 0, [])
-            await consumer.ack(lease, ctx.message_id, [("RPUSH", keys.handled, "a1")])
-            await aredis.hset(keys.meta, "lease_until", 1)
-            await aredis.zadd(keys.shard_keys.leases, {keys.token: 1})
-            await ctx.commit()
+            # As in test_consumer_slot.py's test of the same story.
+            await commit_after_the_lease_ran_out(
+                consumer, aredis, ctx, [("RPUSH", keys.handled, "a1")]
+            )
             return
         await ctx.commit([("RPUSH", ctx.conversation.handled, ctx.message_id)])
 
@@ -409,6 +466,25 @@ async def test_a_turn_whose_lease_ran_out_during_a_commit_hands_the_rest_back_fi
     assert await aredis.hlen(keys.attempts) == 0
 
 
+async def cancelled_mid_message(consumer: QueueConsumer, prefix: str) -> asyncio.Task[None]:
+    """A slot whose handler works until cancelled, its task cancelled once the handler runs
+    (shutdown past its grace period); the task, ended."""
+    started = asyncio.Event()
+
+    async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    task, stopping = start_slot(consumer, prefix, handler)
+    try:
+        await until(started.is_set, "the handler to start")
+        task.cancel()
+        await until(task.done, "the slot to end")
+    finally:
+        await stop_slot(task, stopping)
+    return task
+
+
 async def test_a_handler_cancelled_by_shutdown_hands_its_conversation_back_first_in_line(
     aredis: Any, key_prefix: str
 ) -> None:
@@ -418,19 +494,8 @@ async def test_a_handler_cancelled_by_shutdown_hands_its_conversation_back_first
     the release (or its lease) replaced by None or dropped, `to_front=True` -> `False`/`None`
     or dropped."""
     first, behind, sent = await two_chats_waiting(aredis, key_prefix, ["a1"], 34)
-    started = asyncio.Event()
-
-    async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
-        started.set()
-        await asyncio.Event().wait()  # works until cancelled
-
-    consumer = WatchedConsumer(aredis)
-    task, _ = start_slot(consumer, key_prefix, handler)
-    await started.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-
+    task = await cancelled_mid_message(WatchedConsumer(aredis), key_prefix)
+    assert task.cancelled()
     keys = conversation(first, key_prefix)
     assert await aredis.lrange(keys.messages, 0, -1) == [sent[first][0].encode()]
     assert await ready_line(aredis, key_prefix) == [
@@ -442,14 +507,60 @@ async def test_a_handler_cancelled_by_shutdown_hands_its_conversation_back_first
     assert await aredis.llen(keys.handled) == 0
 
 
+@pytest.mark.parametrize("redis_is", ["refusing", "frozen"])
+async def test_a_handler_cancelled_while_redis_cannot_take_the_hand_back_still_ends(
+    aredis: Any, key_prefix: str, redis_is: str
+) -> None:
+    """Shutdown cancels a handler mid-message while Redis refuses the hand-back or never
+    answers it: the slot gives up on it (within HAND_BACK_SECONDS when frozen) and ends as
+    cancelled, leaving the conversation to the reaper. Kills, in run_turn's CancelledError
+    branch: the hand-back without its deadline (`wait_for(…, None)`: a frozen Redis holds the
+    shutdown for ever), TimeoutError or the Redis errors left out of its `suppress` (or
+    `suppress(None, …)`): the slot ends in that error instead of its cancellation."""
+    first, behind, sent = await two_chats_waiting(aredis, key_prefix, ["a1"], 48)
+    consumer = WatchedConsumer(aredis)
+    (consumer.refused if redis_is == "refusing" else consumer.hung).add("release")
+    task = await cancelled_mid_message(consumer, key_prefix)
+    assert task.cancelled()
+    keys = conversation(first, key_prefix)
+    assert await aredis.lrange(keys.messages, 0, -1) == [sent[first][0].encode()]
+    assert await ready_line(aredis, key_prefix) == [conversation(behind, key_prefix).token]
+    assert await aredis.hlen(keys.attempts) == 0
+
+
+async def test_a_turn_counts_each_message_it_handled_once(aredis: Any, key_prefix: str) -> None:
+    """The turn adds its handled messages to wsm_worker_messages_total{outcome="ok"} when it
+    ends (once per turn, not per message: docs/benchmarks.md), and takes itself out of
+    wsm_worker_inflight. Kills, in run_turn: the count started at 1, set instead of added to,
+    or stepped by 2."""
+
+    def sample(name: str, labels: dict[str, str] | None = None) -> float:
+        return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+    chat = chat_id(50)
+    await enqueue_texts(aredis, key_prefix, {chat: ["m1", "m2", "m3"]})
+    keys = conversation(chat, key_prefix)
+    ok_before = sample("wsm_worker_messages_total", {"outcome": "ok"})
+    inflight_before = sample("wsm_worker_inflight")
+
+    async def all_three() -> bool:
+        return await aredis.llen(keys.handled) == 3
+
+    await run_slot(aredis, key_prefix, record, all_three)
+    assert sample("wsm_worker_messages_total", {"outcome": "ok"}) - ok_before == 3
+    assert sample("wsm_worker_inflight") == inflight_before
+
+
 async def test_a_message_whose_record_is_missing_is_dead_lettered_at_once(
-    aredis: Any, key_prefix: str
+    aredis: Any, key_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A queued id whose record is gone (a hand-edited Redis) can never be handled: it goes to
     the dead letters at once, saying so, and the conversation goes on. Kills, in _handle: the
     `_fail` of a missing record given None or too few arguments (the conversation stuck on
     it), `terminal=True` -> `False`/`None` or dropped (retried with backoff instead), and its
-    error text."""
+    error text; in _count and _fail, the dead letter's report: an error, not a warning, with
+    its attempts, error and fence (the level chosen wrongly, a field dropped or renamed)."""
+    caplog.set_level(logging.INFO, logger=SLOT_LOG)
     chat = chat_id(36)
     sent = await enqueue_texts(aredis, key_prefix, {chat: ["gone", "fine"]})
     keys = conversation(chat, key_prefix)
@@ -463,3 +574,147 @@ async def test_a_message_whose_record_is_missing_is_dead_lettered_at_once(
     (letter,) = await list_dead_letters(aredis, 1, key_prefix)
     assert (letter.id, letter.attempts) == (sent[chat][0], 1)
     assert letter.error == "queued record is missing"
+    [report] = [r for r in _slot_records(caplog) if r.levelno >= logging.WARNING]
+    assert (report.levelno, report.getMessage()) == (
+        logging.ERROR,
+        "message sent to the dead letters",
+    )
+    fields = {k: getattr(report, k, None) for k in ("message_id", "outcome", "attempts", "error")}
+    assert fields == {
+        "message_id": sent[chat][0],
+        "outcome": "dead",
+        "attempts": 1,
+        "error": "queued record is missing",
+    }
+    assert getattr(report, "fence", 0) >= 1
+
+
+# --- Redis away for one call ----------------------------------------------------------------
+
+
+async def serve_until_handled(client: Any, slot: ConsumerSlot, keys: ConversationKeys) -> None:
+    """Run the slot until the conversation of `keys` has a message handled; the slot is still
+    running then."""
+    task = asyncio.create_task(slot.run())
+
+    async def handled() -> bool:
+        return await client.llen(keys.handled) == 1 or task.done()
+
+    try:
+        await async_wait_until(handled, timeout=30, what="the message to be handled")
+        assert not task.done()
+    finally:
+        await stop_slot(task, slot.stopping)
+
+
+async def test_a_claim_whose_answer_was_lost_is_asked_again_and_finds_its_lease(
+    aredis: Any, key_prefix: str
+) -> None:
+    """The claim reaches Redis (the conversation is leased to the slot) but its answer is lost:
+    the slot asks again, as the same owner, gets the lease it already has and handles the
+    message now, not after the lease ran out and a reaper took it back (none runs here).
+    Kills, in _claim: the retry's deadline in the past (`+` -> `-`: no retry, the slot gives
+    up on a conversation it holds)."""
+    chat = chat_id(40)
+    await enqueue_texts(aredis, key_prefix, {chat: ["m"]})
+    keys = conversation(chat, key_prefix)
+    consumer = WatchedConsumer(aredis)
+    consumer.answer_lost.add("claim")
+    await serve_until_handled(aredis, new_slot(consumer, key_prefix), keys)
+    assert consumer.calls["claim"] == 2
+
+
+async def test_a_slot_whose_claims_cannot_reach_redis_still_stops_when_told(
+    aredis: Any, key_prefix: str
+) -> None:
+    """Redis refuses the claim of a conversation the slot took off the line: the slot retries
+    until the lease would have run out (the reaper hands the conversation back then), gives
+    up and goes round its loop, where it sees that it is told to stop. Kills, in _claim: the
+    retry without a deadline (None, or `* 1000`: the slot retries for as long as Redis is
+    away, deaf to shutdown)."""
+    await enqueue_texts(aredis, key_prefix, {chat_id(41): ["m"]})
+    consumer = WatchedConsumer(aredis, lease_ms=600)
+    consumer.refused.add("claim")
+    task, stopping = start_slot(consumer, key_prefix)
+    try:
+        await until(lambda: consumer.calls["claim"] >= 1, "a claim")
+        stopping.set()
+        await until(task.done, "the slot to stop")
+    finally:
+        await stop_slot(task, stopping)
+
+
+async def test_a_failure_redis_cannot_record_is_left_to_the_reaper_and_the_slot_goes_on(
+    aredis: Any, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The handler fails and Redis refuses the slot's fail_message until the lease would have
+    run out: the slot gives up (the reaper counts the attempt when the lease lapses), reports
+    the work dropped, and serves the conversation waiting behind. Kills, in _fail: the retry
+    without a deadline (None: the slot retries for as long as Redis is away, serving nothing
+    and deaf to shutdown) and the `_count` on that path broken (an exception out of the turn:
+    the slot reports a failure of its own)."""
+    caplog.set_level(logging.INFO, logger=SLOT_LOG)
+    first, behind, sent = await two_chats_waiting(aredis, key_prefix, ["a1"], 42)
+    consumer = WatchedConsumer(aredis, lease_ms=600)
+    consumer.refused.add("fail")
+
+    async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
+        if ctx.message_id == sent[first][0]:
+            raise RuntimeError("boom")
+        await record(event, ctx)
+
+    slot = new_slot(consumer, key_prefix, handler)
+    await serve_until_handled(aredis, slot, conversation(behind, key_prefix))
+    keys = conversation(first, key_prefix)
+    assert await aredis.lrange(keys.messages, 0, -1) == [sent[first][0].encode()]
+    assert await aredis.hlen(keys.attempts) == 0
+    [dropped] = work_dropped(caplog)
+    assert getattr(dropped, "message_id", None) == sent[first][0]
+    assert getattr(dropped, "error", None) == "RuntimeError: boom"
+
+
+async def test_a_hand_back_redis_cannot_take_is_left_to_the_reaper_and_the_slot_goes_on(
+    aredis: Any, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis refuses every release: after each turn the slot retries until the lease would
+    have run out, gives up quietly (the reaper hands the conversation back when the lease
+    lapses) and serves the next conversation. Kills, in _release: the retry without a
+    deadline (None: the slot is stuck on its first hand-back for as long as Redis is away),
+    the Redis errors no longer suppressed (each turn ends in an exception: the slot reports
+    Redis unreachable and pauses)."""
+    caplog.set_level(logging.INFO, logger=SLOT_LOG)
+    first, behind, _ = await two_chats_waiting(aredis, key_prefix, ["a1"], 44)
+    consumer = WatchedConsumer(aredis, lease_ms=600)
+    consumer.refused.add("release")
+    slot = new_slot(consumer, key_prefix)
+    await serve_until_handled(aredis, slot, conversation(behind, key_prefix))
+    assert await aredis.llen(conversation(first, key_prefix).handled) == 1
+    assert not [r for r in _slot_records(caplog) if r.levelno >= logging.WARNING]
+
+
+# --- the heartbeat's count -------------------------------------------------------------------
+
+
+async def test_a_slot_counts_as_busy_exactly_while_its_handler_runs(
+    aredis: Any, key_prefix: str
+) -> None:
+    """A worker process reports `sum(slot.handling for slot in slots)` as its messages in
+    flight (worker/process.py, the heartbeat): each slot's flag is False while it waits, True
+    while a handler runs, and False again after it, whether the handler failed or not. Kills,
+    in __init__: `handling = None` (the sum fails: no heartbeat) or `True`; in _handle: the
+    flag not raised before the handler, or not lowered (None, True) after it."""
+    first, behind, sent = await two_chats_waiting(aredis, key_prefix, ["a1"], 46)
+    seen: list[object] = []
+    slot = new_slot(WatchedConsumer(aredis), key_prefix)
+    assert slot.handling is False
+
+    async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
+        seen.append(slot.handling)
+        if ctx.message_id == sent[first][0]:
+            raise RuntimeError("boom")
+        await record(event, ctx)
+
+    slot.handler = handler
+    await serve_until_handled(aredis, slot, conversation(behind, key_prefix))
+    assert seen == [True, True]
+    assert slot.handling is False

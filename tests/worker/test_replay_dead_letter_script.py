@@ -11,21 +11,13 @@ from shared.dead_letters import (
 from tests.worker.conftest import Queue
 from tests.worker.support.fleet import chat_id
 from tests.worker.support.protocol import (
+    dead_letter_first_message,
     keys_of,
     lease_chat,
     message_ids,
-    queue_chat,
     ready_order,
     state,
 )
-
-
-async def dead_letter_first_message(queue: Queue, chat: str, texts: list[str]) -> list[str]:
-    ids = await queue_chat(queue, chat, texts)
-    consumer = queue.consumer()
-    lease = await lease_chat(queue, consumer, chat)
-    await consumer.fail(lease, ids[0], "boom", terminal=True)
-    return ids
 
 
 async def test_replay_puts_it_back_first_with_fresh_attempts(queue: Queue) -> None:

@@ -104,3 +104,13 @@ async def ready_order(queue: Queue, chat: str) -> list[str]:
     """The chat's shard's line, front (next to be claimed) first."""
     tokens = await queue.client.lrange(keys_of(queue, chat).shard_keys.ready, 0, -1)
     return [t.decode() for t in reversed(tokens)]
+
+
+async def dead_letter_first_message(queue: Queue, chat: str, texts: list[str]) -> list[str]:
+    """Queue `texts` in `chat` and send the first to the dead letters (the rest stay queued);
+    the ids of `texts`."""
+    ids = await queue_chat(queue, chat, texts)
+    consumer = queue.consumer()
+    lease = await lease_chat(queue, consumer, chat)
+    await consumer.fail(lease, ids[0], "boom", terminal=True)
+    return ids
