@@ -15,7 +15,7 @@ from engine.outbox import new_entry, outbox_writes
 from engine.sender import Sender, SenderConfig
 from engine.waha_client import WahaClient
 from shared.keys import engine_keys_for
-from tests.engine.harness import WAHA, apply_writes
+from tests.engine.harness import WAHA, apply_writes, mock_courtesy
 
 CHAT = "5511987650052@c.us"
 
@@ -29,6 +29,18 @@ async def commit_replies(aredis, prefix: str, *texts: str, chat: str = CHAT) -> 
     keys = engine_keys_for("default", chat, 1, prefix)
     entries = [new_entry(chat, t) for t in texts]
     await apply_writes(aredis, outbox_writes(keys, entries, retention_seconds=3600, now_ms=1))
+
+
+async def held_elsewhere(aredis, prefix: str, count: int) -> list[str]:
+    """`count` conversations due (scores 0, 1, ...) in CHAT's shard's pending index, each held
+    by a live sender in another process (its delivery lock taken for a minute)."""
+    pending = engine_keys_for("default", CHAT, 1, prefix).outbox_pending
+    held = [f"default|55119{n:08d}@c.us" for n in range(count)]
+    for n, token in enumerate(held):
+        other = engine_keys_for("default", token.split("|")[1], 1, prefix)
+        await aredis.set(other.sending, "another-process", px=60_000)
+        await aredis.zadd(pending, {token: n})
+    return held
 
 
 def make_sender(aredis, prefix: str, **overrides: object) -> tuple[Sender, WahaClient]:
@@ -51,6 +63,25 @@ class HeldSends:
 
     def install(self, router: Any = respx) -> None:
         router.post(f"{WAHA}/api/sendText").mock(side_effect=self._send_text)
+
+    @classmethod
+    async def with_replies(
+        cls, aredis: Any, prefix: str, chats: list[str], texts: tuple[str, ...] = ("um", "dois")
+    ) -> HeldSends:
+        """`texts` committed to each of `chats`' outboxes, and WAHA (its courtesy calls
+        answered) holding their sendText: the sender bound's tests."""
+        mock_courtesy()
+        held = cls()
+        held.install()
+        for chat in chats:
+            await commit_replies(aredis, prefix, *texts, chat=chat)
+        return held
+
+    async def let_go(self, sender: Sender, waha: WahaClient) -> None:
+        """Every held send answered, the sender's deliveries finished, its WAHA client closed."""
+        self.release.set()
+        await sender.drain()
+        await waha.aclose()
 
     async def _send_text(self, request: httpx.Request) -> httpx.Response:
         self.in_flight += 1

@@ -8,8 +8,8 @@ import respx
 
 from engine.sender import Sender, SenderConfig
 from engine.waha_client import WahaClient
-from tests.engine.harness import WAHA, mock_courtesy
-from tests.engine.support import HeldSends, commit_replies
+from tests.engine.harness import WAHA
+from tests.engine.support import HeldSends
 from tests.support.polling import async_wait_until
 
 CHATS = [f"55119876500{n:02d}@c.us" for n in range(10)]
@@ -17,11 +17,7 @@ CHATS = [f"55119876500{n:02d}@c.us" for n in range(10)]
 
 @respx.mock
 async def test_deliveries_in_flight_never_exceed_the_bound(aredis, key_prefix) -> None:
-    mock_courtesy()
-    waha_sends = HeldSends()
-    waha_sends.install()
-    for chat in CHATS:
-        await commit_replies(aredis, key_prefix, "um", "dois", chat=chat)
+    waha_sends = await HeldSends.with_replies(aredis, key_prefix, CHATS)
     waha = WahaClient(WAHA)
     config = SenderConfig(prefix=key_prefix, shards=1, typing_delay_max_ms=0, max_deliveries=3)
     sender = Sender(aredis, waha, config)
@@ -38,8 +34,6 @@ async def test_deliveries_in_flight_never_exceed_the_bound(aredis, key_prefix) -
         locks = [key async for key in aredis.scan_iter(match=f"{key_prefix}*sending*")]
         assert len(locks) == 3
     finally:
-        waha_sends.release.set()
-        await sender.drain()
-        await waha.aclose()
+        await waha_sends.let_go(sender, waha)
     assert waha_sends.most == 3
     assert waha_sends.each_in_order(CHATS, ("um", "dois")), waha_sends.sent

@@ -14,8 +14,8 @@ from engine.sender import Sender
 from engine.waha_client import WahaClient
 from shared.keys import all_shards, outbox_pending_key
 from shared.settings import Settings
-from tests.engine.harness import WAHA, mock_courtesy, settings_for
-from tests.engine.support import HeldSends, commit_replies
+from tests.engine.harness import WAHA, settings_for
+from tests.engine.support import HeldSends
 from tests.support.polling import async_wait_until
 
 CHATS = [f"55119876501{n:02d}@c.us" for n in range(7)]
@@ -25,11 +25,7 @@ CHATS = [f"55119876501{n:02d}@c.us" for n in range(7)]
 async def test_the_setting_bounds_the_deliveries_the_sweep_starts(
     aredis, redis_url, key_prefix
 ) -> None:
-    mock_courtesy()
-    waha_sends = HeldSends()
-    waha_sends.install()
-    for chat in CHATS:
-        await commit_replies(aredis, key_prefix, "um", "dois", chat=chat)
+    waha_sends = await HeldSends.with_replies(aredis, key_prefix, CHATS)
     settings = settings_for(key_prefix, redis_url, queue_shards=1, send_max_deliveries=2)
     config = sender_config(settings)
     assert config.max_deliveries == 2
@@ -43,9 +39,7 @@ async def test_the_setting_bounds_the_deliveries_the_sweep_starts(
 
         await async_wait_until(two_sending_five_waiting, timeout=10, what="2 sending, 5 waiting")
     finally:
-        waha_sends.release.set()
-        await sender.drain()
-        await waha.aclose()
+        await waha_sends.let_go(sender, waha)
     assert waha_sends.most == 2
     assert waha_sends.each_in_order(CHATS, ("um", "dois")), waha_sends.sent
     (shard,) = all_shards(1, key_prefix)

@@ -492,7 +492,12 @@ def kind_of(removed: list[str], added: list[str]) -> str:
     """A first sort of a survivor by what its change touches (docs/testing.md groups by it;
     "logic" ones are looked at one by one)."""
     text = " ".join(removed + added)
-    if re.search(r"\blog\.|logging|extra=|metrics\.|\.labels\(|\.inc\(|\.observe\(|\.set\(", text):
+    # A gauge's `.set(` only (upper-case module constants): a Redis client's `.set(` is logic
+    # (the sender's lock expiry once hid in this kind).
+    gauge_set = r"\b[A-Z][A-Z0-9_]+\.set\("
+    if re.search(
+        rf"\blog\.|logging|extra=|metrics\.|\.labels\(|\.inc\(|\.observe\(|{gauge_set}", text
+    ):
         return "log/metric"
     strip = re.compile(r"b?(\"[^\"]*\"|'[^']*')|None")
     if [strip.sub("S", x) for x in removed] == [strip.sub("S", x) for x in added]:
