@@ -53,9 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     if not FLEET_ID.fullmatch(fleet_id):
         print(f"wsm worker: fleet id {fleet_id!r} must match {FLEET_ID.pattern}", file=sys.stderr)
         return 2
-    handler = args.handler or settings.worker_handler
-    concurrency = args.concurrency or settings.worker_concurrency
-    processes = args.processes or settings.worker_processes
+    # `is None`, not `or`: an explicit `--processes 0` is an error to report, not "unset".
+    handler = args.handler if args.handler is not None else settings.worker_handler
+    concurrency = args.concurrency if args.concurrency is not None else settings.worker_concurrency
+    processes = args.processes if args.processes is not None else settings.worker_processes
     if concurrency < 1 or processes < 1:
         print("wsm worker: --processes and --concurrency must be at least 1", file=sys.stderr)
         return 2
