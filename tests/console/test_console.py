@@ -14,6 +14,7 @@ import redis
 
 from shared.keys import ConsoleKeys, LineKeys, engine_keys_for
 from tests.console.conftest import PASSWORD, Product, login, new_phone, shot
+from tests.console.support import expect, http_login, page_csrf, snapshot
 from tests.support.polling import wait_until
 from tests.support.tools import require_program
 from wsm.load.product import KEY_PREFIX
@@ -21,44 +22,6 @@ from wsm.load.product import KEY_PREFIX
 pytestmark = pytest.mark.slow
 
 CONSOLE = ConsoleKeys(KEY_PREFIX)
-# Keys the running product rewrites on its own (heartbeats, locks, the shard's fencing
-# counter, delivery statuses from WAHA's late acks, the console's own event feed and watch
-# list): not "a change" made by a refused request. What a refused request could change (a
-# queued command, its dedupe marker, history, outbox, state, the line, audit, accounts,
-# sessions) is all compared.
-VOLATILE = re.compile(
-    r"\{fleet:|:reaper$|:claimed_seen$|:stats$|:fence$|:histmeta$|\{line\}:joined$|"
-    r"\{console\}:(events|watcher|viewed)$|:maint|:reconcile|\{console\}:(fail|lock):"
-)
-
-
-def expect(locator: Any) -> Any:
-    from playwright.sync_api import expect as playwright_expect
-
-    return playwright_expect(locator)
-
-
-def snapshot(client: redis.Redis, match: str = f"{KEY_PREFIX}:*") -> dict[bytes, Any]:
-    """Every key of the product (or those `match` names) with its content (TTLs aside)."""
-    out: dict[bytes, Any] = {}
-    for key in client.scan_iter(match=match, count=1000):
-        if VOLATILE.search(bytes(key).decode()):
-            continue
-        kind: Any = client.type(key)
-        kind = kind.decode()
-        if kind == "string":
-            out[key] = client.get(key)
-        elif kind == "hash":
-            out[key] = client.hgetall(key)
-        elif kind == "list":
-            out[key] = client.lrange(key, 0, -1)
-        elif kind == "set":
-            out[key] = client.smembers(key)
-        elif kind == "zset":
-            out[key] = client.zrange(key, 0, -1, withscores=True)
-        elif kind == "stream":
-            out[key] = client.xrange(key)
-    return out
 
 
 def session_keys(client: redis.Redis) -> list[bytes]:
@@ -68,22 +31,6 @@ def session_keys(client: redis.Redis) -> list[bytes]:
 def agent_online(product: Product, agent_id: str) -> bool:
     raw = product.redis.hget(LineKeys(KEY_PREFIX).agents, agent_id)
     return bool(raw and orjson.loads(raw)["online"])
-
-
-def http_login(product: Product, user: str, password: str = PASSWORD) -> httpx.Client:
-    client = httpx.Client(base_url=product.url, timeout=30)
-    form = client.get("/login")
-    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
-    assert csrf, form.text
-    answer = client.post("/login", data={"user": user, "password": password, "csrf": csrf[1]})
-    assert answer.status_code == 303, answer.text
-    return client
-
-
-def page_csrf(client: httpx.Client) -> str:
-    found = re.search(r'"X-CSRF-Token": "([^"]+)"', client.get("/").text)
-    assert found
-    return found[1]
 
 
 def test_an_agent_takes_a_customer_answers_and_closes(product: Product, page: Any) -> None:

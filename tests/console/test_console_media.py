@@ -34,7 +34,7 @@ from engine.history import HistoryEntry, HistoryKeys, append_writes
 from shared.clock import now_ms
 from shared.keys import conversation_token, engine_keys_for
 from tests.console.conftest import Product, console_product, login, new_phone, shot
-from tests.console.test_console import expect, http_login, page_csrf, snapshot
+from tests.console.support import expect, http_login, page_csrf, snapshot
 from tests.engine.harness import apply_writes, settings_for
 from tests.support.polling import wait_until
 from wsm.load.product import KEY_PREFIX
@@ -220,14 +220,9 @@ def audio_duration(audio: Any) -> float:
     return duration
 
 
-# Locks the product's background passes take and drop on their own (e.g. the reminders'),
-# beside test_console.py's VOLATILE: not a change a refused upload made.
-PASS_LOCK = re.compile(rb":lock$")
-
-
 def redis_state(product: Product) -> dict[bytes, Any]:
-    """Everything a request could have changed in Redis (test_console.py's snapshot)."""
-    return {k: v for k, v in snapshot(product.redis).items() if not PASS_LOCK.search(k)}
+    """Everything a request could have changed in Redis (the console's snapshot)."""
+    return snapshot(product.redis)
 
 
 def sent_out(product: Product, phone: str) -> list[dict[str, Any]]:

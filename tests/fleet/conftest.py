@@ -14,6 +14,7 @@ import httpx
 import pytest
 import redis
 
+from engine.sender import SenderConfig
 from shared.keys import WahaSessionKeys, engine_keys_for
 from tests.support.polling import async_wait_until, wait_until
 from tests.support.product import started_product
@@ -24,6 +25,10 @@ from wsm.load.quiet import wait_quiet
 SESSION = "default"
 # Seconds: a SIGKILLed sender's conversation waits this long for its lock to expire.
 SEND_LOCK_SECONDS = 10
+# Seconds: a reply whose sender was SIGKILLed between send_begin and WAHA's answer waits this
+# long for an echo that cannot come before it is sent again (SenderConfig.echo_wait_ms, which
+# the delivery lock then outlives; not a setting).
+ECHO_WAIT_SECONDS = SenderConfig(prefix="", shards=1).echo_wait_ms / 1000
 FLEET_SETTINGS = {
     "WSM_LEASE_SECONDS": "2",
     "WSM_REAPER_INTERVAL": "0.5",

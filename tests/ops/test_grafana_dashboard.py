@@ -5,12 +5,12 @@ every expression evaluates is tested against a real Prometheus in test_monitorin
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.ops.gauges import REDIS_STATE_GAUGES, summed
 from tests.ops.render import REPO
 
 DASHBOARD = REPO / "grafana" / "dashboards" / "wsm.json"
@@ -94,25 +94,12 @@ def test_dashboard_shows(dashboard: dict[str, Any], what: str, needle: str) -> N
     assert any(needle in expression for expression in expressions(dashboard)), what
 
 
-REDIS_STATE_GAUGES = (
-    "wsm_queue_messages",
-    "wsm_queue_chats_ready",
-    "wsm_queue_oldest_age_seconds",
-    "wsm_dlq_messages",
-    "wsm_outbox_pending",
-    "wsm_waiting_line_length",
-    "wsm_conversations",
-    "wsm_waha_session_up",
-)
-
-
 @pytest.mark.parametrize("gauge", REDIS_STATE_GAUGES)
 def test_redis_state_gauges_are_not_summed_over_replicas(
     dashboard: dict[str, Any], gauge: str
 ) -> None:
     """Every replica that reports these reads the same state from Redis: a sum would show N
     times the truth after `--scale worker=N`."""
-    summed = re.compile(rf"sum(?:\s+(?:by|without)\s*\([^)]*\))?\s*\(\s*{gauge}\b")
     for expression in expressions(dashboard):
-        assert not summed.search(expression), expression
+        assert not summed(gauge).search(expression), expression
     assert any(gauge in expression for expression in expressions(dashboard)), gauge

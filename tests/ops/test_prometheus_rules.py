@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from tests.ops.gauges import REDIS_STATE_GAUGES, summed
 from tests.ops.render import PROMETHEUS_CONFIG, REPO, render_prometheus_config
 from tests.support.tools import require_program
 
@@ -113,9 +114,6 @@ def test_every_alert_has_severity_and_a_runbook_entry() -> None:
 
 def test_alerts_do_not_sum_redis_state_gauges() -> None:
     """The same rule as the dashboard's: state read from Redis is reported once per replica."""
-    from tests.ops.test_grafana_dashboard import REDIS_STATE_GAUGES
-
     for gauge in REDIS_STATE_GAUGES:
-        summed = re.compile(rf"sum(?:\s+(?:by|without)\s*\([^)]*\))?\s*\(\s*{gauge}\b")
         for rule in alert_rules():
-            assert not summed.search(rule["expr"]), (rule["alert"], gauge)
+            assert not summed(gauge).search(rule["expr"]), (rule["alert"], gauge)

@@ -20,7 +20,7 @@ import pytest
 from engine.media.kinds import describe
 from tests.support.waha import load_fixture
 from tests.wsm.waha_sim.conftest import Receiver, Sim, SimFactory
-from tests.wsm.waha_sim.test_shapes import assert_same_keys
+from tests.wsm.waha_sim.support import assert_same_keys
 from wsm.chat import ChatClient, LineNotSent, file_command, run_piped
 from wsm.waha_sim.config import SimConfig
 from wsm.waha_sim.errors import ControlError
