@@ -13,7 +13,8 @@ kill the mutants of worker/consumer_slot.py that survived the mutation run (docs
   shutdown): the slot gives up when the lease would have run out, leaves the rest to the
   reaper and goes on, and still stops when told.
 - What the slot reports: the dead letter's and the dropped work's log lines, the handled
-  count, and the busy flag the process's heartbeat sums.
+  count, and the busy flag the process's heartbeat sums; and the owner name its claims
+  carry, by which a retried claim knows its own lease.
 """
 
 from __future__ import annotations
@@ -134,18 +135,21 @@ def work_dropped(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return dropped
 
 
-@pytest.mark.parametrize("found_by", ["commit", "extension"])
+@pytest.mark.parametrize("found_by", ["commit", "extension", "extension-then-return"])
 async def test_a_lease_lost_mid_message_drops_the_work_and_the_slot_goes_on(
     aredis: Any, key_prefix: str, caplog: pytest.LogCaptureFixture, found_by: str
 ) -> None:
     """The handler's lease is taken back while it works. Found by its commit (LeaseLost), or
-    by an extension after which the handler gives up with an error of its own: the work is
-    dropped, counted as lost (never as a failed attempt: fail_message is not asked, the
-    conversation is someone else's), and the slot carries on with the redelivery.
-    Kills, on the LeaseLost path of _after_error and the `keeper.lost` path of _fail: the
-    outcome, the lease or the message passed wrongly to _count, or an argument dropped (each
-    an exception out of the turn: the slot logs "consumer slot failed" and backs off); the
-    LeaseLost's text not reported (`str(exc)` -> None, `str(None)`)."""
+    by an extension after which the handler gives up with an error of its own, or returns
+    without committing: the work is dropped, counted as lost (never as a failed attempt:
+    fail_message is not asked, the conversation is someone else's; never as handled), and the
+    slot carries on with the redelivery.
+    Kills, on the LeaseLost path of _after_error, the `keeper.lost` path of _fail and
+    _handle's "lease lost before commit": the outcome, the lease or the message passed wrongly
+    to _count, or an argument dropped (each an exception out of the turn: the slot logs
+    "consumer slot failed" and backs off); the error's text not reported (`str(exc)` -> None,
+    `str(None)`, the literal); _handle's `ack_later = True` at the start or `and not
+    keeper.lost` -> `or` (the dropped work counted as handled)."""
     caplog.set_level(logging.INFO, logger=SLOT_LOG)
     chat = chat_id(23)
     sent = await enqueue_texts(aredis, key_prefix, {chat: ["a1"]})
@@ -155,11 +159,13 @@ async def test_a_lease_lost_mid_message_drops_the_work_and_the_slot_goes_on(
         deliveries.append(ctx.attempt)
         if len(deliveries) == 1:
             await _take_the_lease_away(aredis, key_prefix, ctx)
-            if found_by == "extension":
+            if found_by != "commit":
                 try:
                     await ctx.extend_lease()
                 except LeaseLost:
-                    raise RuntimeError("gave up") from None
+                    if found_by == "extension":
+                        raise RuntimeError("gave up") from None
+                    return
         await ctx.commit([("RPUSH", ctx.conversation.handled, ctx.message_id)])
 
     keys = conversation(chat, key_prefix)
@@ -173,9 +179,11 @@ async def test_a_lease_lost_mid_message_drops_the_work_and_the_slot_goes_on(
     [lost] = work_dropped(caplog)
     assert getattr(lost, "message_id", None) == sent[chat][0]
     assert getattr(lost, "conversation", None) == keys.token
-    why = (
-        f"lease on {keys.token} was taken over" if found_by == "commit" else "RuntimeError: gave up"
-    )
+    why = {
+        "commit": f"lease on {keys.token} was taken over",
+        "extension": "RuntimeError: gave up",
+        "extension-then-return": "lease lost before commit",
+    }[found_by]
     assert getattr(lost, "error", None) == why
     assert await list_dead_letters(aredis, 1, key_prefix) == []
 
@@ -622,6 +630,28 @@ async def test_a_claim_whose_answer_was_lost_is_asked_again_and_finds_its_lease(
     consumer.answer_lost.add("claim")
     await serve_until_handled(aredis, new_slot(consumer, key_prefix), keys)
     assert consumer.calls["claim"] == 2
+
+
+async def test_a_slot_claims_under_its_own_name(aredis: Any, key_prefix: str) -> None:
+    """The lease's owner (kept in the conversation's meta) is the slot's name and its claim
+    count: a retried claim recognises its own lease by it (claim_conversation.lua), so a name
+    shared between slots would give one slot another's lease, two handlers on one conversation
+    with the same fence. Kills, in __init__: `owner = None` (every slot of every process
+    claiming as "None:<n>")."""
+    chat = chat_id(41)
+    await enqueue_texts(aredis, key_prefix, {chat: ["m"]})
+    keys = conversation(chat, key_prefix)
+    owners: list[bytes] = []
+    slot = new_slot(WatchedConsumer(aredis), key_prefix)
+
+    async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
+        owners.append(await aredis.hget(keys.meta, "owner"))
+        await record(event, ctx)
+
+    slot.handler = handler
+    await serve_until_handled(aredis, slot, keys)
+    # new_slot names its slot "test".
+    assert [owner.decode().rpartition(":")[0] for owner in owners] == ["test"]
 
 
 async def test_a_slot_whose_claims_cannot_reach_redis_still_stops_when_told(
