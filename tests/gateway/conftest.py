@@ -3,6 +3,7 @@ Redis are the point, and as a real `python -m gateway` process where processes a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -218,3 +219,15 @@ def gateway_environment(
         "WSM_QUEUE_SHARDS": "1",
         **extra,
     }
+
+
+async def when_ready(client: httpx.AsyncClient) -> httpx.Response:
+    """/readyz asked until it answers ready (at most 2 s). A busy machine (CI on two cores,
+    the whole suite running) can miss the readiness ping's short deadline once; a healthy
+    gateway then answers ready on the next ask, a broken one never does."""
+    for _ in range(20):
+        response = await client.get("/readyz")
+        if response.status_code == 200:
+            break
+        await asyncio.sleep(0.1)
+    return response

@@ -26,6 +26,7 @@ from tests.gateway.conftest import (
     signed,
     steady_settings,
     waiting_count,
+    when_ready,
 )
 from tests.support.waha import FIXTURES, compact, fixture_names, load_fixture, text_message
 
@@ -354,7 +355,7 @@ async def test_health_readiness_and_metrics(app_client: httpx.AsyncClient) -> No
     await app_client.post("/webhook", content=ignored, headers=signed(ignored))
 
     assert (await app_client.get("/healthz")).json() == {"status": "alive"}
-    ready = await app_client.get("/readyz")
+    ready = await when_ready(app_client)
     assert ready.status_code == 200
     assert ready.json()["spool"] == {"in_use": False, "events": 0, "writable": True}
     text = (await app_client.get("/metrics")).text
