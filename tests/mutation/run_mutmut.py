@@ -252,6 +252,8 @@ CHILD_TESTS: dict[str, list[str]] = {
     # `wsm worker`'s fleet and child branches, and a process's serve(), run only in the fleet's
     # processes: one fleet test each (seconds per mutant; `--recheck --stages child --only`).
     "worker/cli.py": ["tests/worker/test_fleet_health.py::test_check_follows_the_fleet"],
+    # `wsm gateway`'s refusals, its workers and its metrics directory: real gateway processes.
+    "gateway/cli.py": ["tests/gateway/test_process.py"],
     "worker/process.py": [
         "tests/worker/test_fleet_shutdown.py"
         "::test_sigterm_finishes_in_flight_hands_back_the_rest_and_exits_0"
@@ -401,7 +403,10 @@ def recheck(
         shutil.copy2(REPO / test, dest / "mutants" / test)
     record = dest / "recheck_results.json"
     done: dict[str, str] = json.loads(record.read_text("utf-8")) if record.exists() else {}
-    kinds = {name: kind for name, kind, _ in survivor_diffs(dest)}
+    # With the child stage, the "no tests" mutants of CHILD_TESTS' files go too (like
+    # --child-tests, but in parallel, with a timeout, and filtered by kind and --only).
+    wanted = ("survived", "no tests") if "child" in stages_wanted else ("survived",)
+    kinds = {name: kind for name, kind, _ in survivor_diffs(dest, wanted)}
     path_of = {name: path for path, codes in results(dest).items() for name in codes}
     stages: list[str] = [s for s in ("new", "old", "child") if s in stages_wanted]
     verdicts = {"old": "killed at import", "new": "killed by new test", "child": "killed by child"}
@@ -444,8 +449,13 @@ def recheck(
                 return
         finish(name, "survived")
 
+    survived = {name for name, _, _ in survivor_diffs(dest)} if "child" in stages else set(kinds)
     queue: list[tuple[str, str]] = []
     for name, kind in kinds.items():
+        if name not in survived and not (
+            CHILD_TESTS.get(path_of[name]) and kind not in ("log/metric", "message text")
+        ):
+            continue  # a "no tests" mutant no child test can run stays "no tests"
         if name not in done and kind in kinds_wanted and matches(name, only):
             queue.append((name, stages[0]))
     while queue or running:
@@ -542,8 +552,11 @@ def kind_of(removed: list[str], added: list[str]) -> str:
     return "logic"
 
 
-def survivor_diffs(dest: Path) -> list[tuple[str, str, list[str]]]:
-    """(name, kind, diff lines) of each survivor (after rechecks)."""
+def survivor_diffs(
+    dest: Path, statuses: tuple[str, ...] = ("survived",)
+) -> list[tuple[str, str, list[str]]]:
+    """(name, kind, diff lines) of each survivor (after rechecks), or of each mutant in one of
+    `statuses`."""
     verdicts: dict[str, str] = {}
     for extra in ("child_results.json", "recheck_results.json"):
         if (dest / extra).exists():
@@ -556,7 +569,7 @@ def survivor_diffs(dest: Path) -> list[tuple[str, str, list[str]]]:
     try:
         for path, codes in results(dest).items():
             for name, code in codes.items():
-                if (verdicts.get(name) or STATUS.get(code)) != "survived":
+                if (verdicts.get(name) or STATUS.get(code)) not in statuses:
                     continue
                 diff = get_diff_for_mutant(name, path=Path(path))
                 lines = [x for x in diff.splitlines() if not x.startswith(("---", "+++"))]
