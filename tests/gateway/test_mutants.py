@@ -10,7 +10,7 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -20,6 +20,7 @@ from gateway.intake import QUEUED, SPOOLED, Intake
 from gateway.redis_link import RedisStatus
 from gateway.replay import SpoolReplayer
 from gateway.spool import Spool
+from gateway.webhook import WebhookEndpoint
 from shared.enqueue import EnqueueRequest, enqueue
 from shared.events import route_event
 from shared.keys import ShardKeys, conversation_token
@@ -240,6 +241,148 @@ async def test_an_event_without_an_envelope_id_is_deduplicated_by_its_bytes(
     assert (first.json(), again.json()) == ({"status": "queued"}, {"status": "duplicate"})
     [queued] = queued_events(sync_redis, key_prefix, "default", "5511999990106@c.us")
     assert queued.id == "sha256_" + hashlib.sha256(body).hexdigest()[:32]
+
+
+# --- gateway/webhook.py at the ASGI level: what a server may leave out ---------------------
+
+
+async def asgi_post(
+    app: Any, messages: list[dict[str, Any]], headers: dict[str, str]
+) -> tuple[int | None, bytes, int]:
+    """POST /webhook straight through the ASGI interface, the request's body given as these
+    `http.request` messages (the ASGI spec makes `body` and `more_body` optional: a server may
+    leave either out). Returns (status, body, messages received); status None if the app
+    answered nothing. After the given messages, `receive` reports a disconnect."""
+    pending = list(messages)
+    received = 0
+    answer: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal received
+        received += 1
+        return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        answer.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "path": "/webhook",
+        "raw_path": b"/webhook",
+        "query_string": b"",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+    }
+    await app(scope, receive, send)
+    if not answer:
+        return None, b"", received
+    return answer[0]["status"], answer[1]["body"], received
+
+
+@pytest.mark.parametrize(
+    "split",
+    ["one message, no more_body", "no body in the first", "no body in the last"],
+)
+async def test_a_body_is_read_whatever_optional_keys_the_server_leaves_out(
+    app_client, sync_redis, key_prefix, split
+) -> None:
+    """ASGI's `body` defaults to b"" and `more_body` to False. Kills, in _read_body: the
+    `more_body` default True (waits for more, the client hangs up), the `body` default
+    dropped (None joined into the body) in the first message and in later ones."""
+    chat = "5511999990107@c.us"
+    body = compact(text_message(chat, "partes"))
+    messages: list[dict[str, Any]] = {
+        "one message, no more_body": [{"type": "http.request", "body": body}],
+        "no body in the first": [
+            {"type": "http.request", "more_body": True},
+            {"type": "http.request", "body": body},
+        ],
+        "no body in the last": [
+            {"type": "http.request", "body": body, "more_body": True},
+            {"type": "http.request"},
+        ],
+    }[split]
+    status, answer, _ = await asgi_post(app_client.app, messages, signed(body))  # type: ignore[attr-defined]
+    assert (status, orjson.loads(answer)) == (200, {"status": "queued"})
+    [queued] = queued_events(sync_redis, key_prefix, "default", chat)
+    assert queued.body == body
+
+
+async def test_a_body_of_exactly_the_cap_in_one_message_is_accepted(
+    redis_url, key_prefix, tmp_path, sync_redis
+) -> None:
+    """A server hands a small body over in one message (uvicorn does): the cap is checked
+    there too, and a body of exactly the cap passes. Kills: `>` -> `>=` in _read_body's
+    one-message branch (httpx's in-process transport always streams, so the other cap test
+    never reaches it)."""
+    body = _body_of_exactly(2048)
+    settings = steady_settings(redis_url, key_prefix, tmp_path, WSM_MAX_BODY_BYTES=len(body))
+    async with inprocess_gateway(settings) as client:
+        message = {"type": "http.request", "body": body, "more_body": False}
+        status, answer, _ = await asgi_post(client.app, [message], signed(body))  # type: ignore[attr-defined]
+        over, _, _ = await asgi_post(client.app, [{**message, "body": body + b" "}], signed(body))  # type: ignore[attr-defined]
+    assert (status, orjson.loads(answer)) == (200, {"status": "queued"})
+    assert over == 413
+    [queued] = queued_events(sync_redis, key_prefix, "default", "5511999990105@c.us")
+    assert queued.body == body
+
+
+async def test_a_content_length_over_the_cap_is_refused_before_reading_the_body(
+    app_client, sync_redis, key_prefix
+) -> None:
+    """A body announced over the cap is refused on its header: nothing of it is read (a
+    client cannot make the gateway take in a large body first), nothing stored. Kills:
+    the content-length header ignored (`length = None`)."""
+    body = compact(text_message("5511999990108@c.us", "grande"))
+    headers = {**signed(body), "content-length": str(10**9)}
+    message = {"type": "http.request", "body": body}
+    status, answer, received = await asgi_post(app_client.app, [message], headers)  # type: ignore[attr-defined]
+    assert (status, orjson.loads(answer)) == (413, {"status": "too_large"})
+    assert received == 0
+    assert not queued_events(sync_redis, key_prefix, "default", "5511999990108@c.us")
+
+
+@pytest.mark.parametrize(
+    ("offset_ms", "stale"),
+    [
+        (-3_600_000, False),  # exactly the oldest accepted
+        (-3_600_001, True),
+        (300_000, False),  # exactly the furthest ahead accepted
+        (300_001, True),
+    ],
+)
+def test_the_replay_window_edges_are_exact(offset_ms: int, stale: bool) -> None:
+    """WSM_WEBHOOK_MAX_AGE_SECONDS back and 300 s ahead, to the millisecond, both edges
+    inside. Kills, in _outside_window: `<` -> `<=` and `>` -> `>=`, the seconds-to-ms factors
+    1000 -> 1001 (each would move an edge by seconds)."""
+    endpoint = WebhookEndpoint(
+        intake=cast(Intake, None),
+        hmac_keys=[b"k" * 32],
+        max_body_bytes=1,
+        shards=1,
+        dedupe_ttl_seconds=1,
+        key_prefix="p",
+        max_age_seconds=3600,
+    )
+    now = 1_800_000_000_000
+    assert endpoint._outside_window({"timestamp": now + offset_ms}, now) is stale
+
+
+# --- gateway/app.py and health.py: what the gateway serves besides /webhook ---------------
+
+
+async def test_the_gateway_serves_no_api_documents_and_answers_json(app_client) -> None:
+    """The gateway faces WAHA (and, through nginx, the internet's edge): no OpenAPI schema
+    or docs pages to map it. Its own answers say they are JSON. Kills, in create_app:
+    `docs_url`, `redoc_url`, `openapi_url` dropped (FastAPI's defaults serve them); in
+    health._json: the media type dropped."""
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert (await app_client.get(path)).status_code == 404, path
+    alive = await app_client.get("/healthz")
+    assert alive.headers["content-type"] == "application/json"
+    assert alive.json() == {"status": "alive"}
 
 
 # --- gateway/runtime.py: /readyz says why ------------------------------------------------
