@@ -22,6 +22,7 @@ from engine.waha_client import SentMessage
 from shared.keys import EngineIndexKeys, WahaSessionKeys, engine_keys_for, keys_for_conversation
 from shared.lua import LuaScript
 from shared.queue_errors import ConversationBusy
+from shared.redis_client import connect
 from tests.engine.erase_support import snapshot
 from tests.engine.harness import WAHA, mock_courtesy, texts_sent
 from tests.engine.support import CHAT, commit_replies, make_sender, sent_answer
@@ -132,7 +133,7 @@ NOW_MS = 10_000_000_000_000
 RETENTION_S = 100
 
 
-async def _indexed(aredis, prefix: str, n: int, *, age_s: int, state: bool) -> str:
+async def _indexed(aredis, prefix: str, n: int, *, age_s: int, state: bool, shards: int = 1) -> str:
     """Conversation n in the engine's indexes, last changed `age_s` ago, its state hash kept
     or expired."""
     chat = f"55119{n:08d}@c.us"
@@ -142,7 +143,7 @@ async def _indexed(aredis, prefix: str, n: int, *, age_s: int, state: bool) -> s
     await aredis.sadd(index.in_state(State.BOT.value), token)
     await aredis.zadd(index.timers, {token: 1})
     if state:
-        await aredis.hset(engine_keys_for("default", chat, 1, prefix).state, "state", "bot")
+        await aredis.hset(engine_keys_for("default", chat, shards, prefix).state, "state", "bot")
     return token
 
 
@@ -192,6 +193,28 @@ async def test_prune_looks_at_no_more_pages_than_asked(aredis, key_prefix, most,
     )
     assert done == forgotten
     assert await aredis.zcard(index.conversations) == 6 - forgotten
+
+
+async def test_prune_runs_on_a_redis_cluster(redis_cluster_url, key_prefix) -> None:
+    """On a Redis Cluster with several queue shards the conversations' state hashes live in
+    different slots: the prune asks about them in one pipeline that is not a transaction (a
+    MULTI cannot span slots). Kills, in prune_index: `pipeline(transaction=True)` (the
+    cluster refuses it)."""
+    client = connect(redis_cluster_url)
+    try:
+        index = EngineIndexKeys(key_prefix)
+        gone = [
+            await _indexed(client, key_prefix, n, age_s=2 * RETENTION_S, state=False, shards=3)
+            for n in range(6)
+        ]
+        kept = await _indexed(client, key_prefix, 9, age_s=2 * RETENTION_S, state=True, shards=3)
+        forgotten = await prune_index(
+            client, index, shards=3, retention_seconds=RETENTION_S, now_ms=NOW_MS, page=10
+        )
+        assert forgotten == len(gone)
+        assert [t.decode() for t in await client.zrange(index.conversations, 0, -1)] == [kept]
+    finally:
+        await client.aclose()
 
 
 CHAT_TOKEN = f"default|{CHAT}"

@@ -4,13 +4,33 @@ cluster, like the other protocol tests), and the handler seam."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable
 
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from shared.embedded_redis import free_port
+from shared.envelope import QueuedEvent, decode_record
 from shared.queue_consumer import FailOutcome
+from shared.queue_errors import LeaseLost
+from shared.queue_stats import QueueSnapshot, read_queue_snapshot
+from shared.redis_client import connect
 from shared.settings import Settings
+from tests.ops.render import REPO
 from tests.worker.conftest import Queue
 from tests.worker.support.fleet import chat_id
+from tests.worker.support.in_process import single_queue
 from tests.worker.support.protocol import (
+    dead_letter_first_message,
+    fence_out,
+    hold,
     keys_of,
     lease_chat,
     message_ids,
@@ -20,7 +40,18 @@ from tests.worker.support.protocol import (
     state,
     wait_past,
 )
-from worker.handler import Handler, HandlerSetup, load_handler
+from worker.fleet_metrics import FleetCollector
+from worker.handler import (
+    AlreadyCommitted,
+    Handler,
+    HandlerContext,
+    HandlerLoadError,
+    HandlerSetup,
+    close_handler,
+    load_handler,
+)
+from worker.handlers.recording import RECORD_LIMIT, record
+from worker.lease_keeper import LeaseKeeper
 
 # --- shared/scripts/ack_message.lua -------------------------------------------------------
 
@@ -312,3 +343,230 @@ async def test_a_handler_spec_may_name_an_attribute_path_and_an_async_factory() 
     setup = HandlerSetup(Settings(_env_file=None), redis=object(), process_index=0, fleet_id="f")  # type: ignore[call-arg]
     handler = await load_handler("tests.worker.test_mutants:Handlers.build", setup)
     assert handler is Handlers.handle
+
+
+# --- worker/handler.py: the context's commit, and closing a handler ------------------------
+
+
+@contextlib.asynccontextmanager
+async def _context(
+    redis_url: str, prefix: str, texts: list[str], *, consumer_url: str | None = None
+) -> AsyncIterator[tuple[Queue, HandlerContext, LeaseKeeper, QueuedEvent]]:
+    """`texts` queued in one chat of a single Redis and its lease taken; the context of its
+    first message, as the slot builds it (the keeper not started: no background extension).
+    With `consumer_url`, the context's consumer talks to that Redis instead (a closed port:
+    Redis away while the lease is held)."""
+    async with single_queue(redis_url, prefix) as queue:
+        chat = chat_id(20)
+        await queue_chat(queue, chat, texts)
+        lease = await lease_chat(queue, queue.consumer(), chat)
+        consumer = queue.consumer()
+        away = None
+        if consumer_url is not None:
+            away = connect(consumer_url, socket_connect_timeout=1)
+            consumer = Queue(away, consumer_url, prefix, 1).consumer()
+        keeper = LeaseKeeper(consumer, lease)
+        message = lease.messages[0]
+        assert message.record is not None
+        ctx = HandlerContext(consumer=consumer, keeper=keeper, message=message)
+        try:
+            yield queue, ctx, keeper, decode_record(message.record)
+        finally:
+            if away is not None:
+                await away.aclose()
+
+
+async def test_a_second_commit_of_one_message_is_refused(redis_url: str, key_prefix: str) -> None:
+    """`ctx.commit` twice for one message is a handler bug: the second call raises
+    AlreadyCommitted and writes nothing (the first one's writes stand once). `committed` is a
+    bool before and after. Kills, in HandlerContext: `committed = True` after the commit
+    mutated to None/False (commit__mutmut_25/26: the second commit would ack again and fail
+    NotHead, or re-apply writes), and `committed = False` at start mutated to None
+    (__init____mutmut_8)."""
+    async with _context(redis_url, key_prefix, ["a", "b"]) as (queue, ctx, _keeper, _event):
+        handled = ctx.conversation.handled
+        assert ctx.committed is False
+        await ctx.commit([("RPUSH", handled, "once")])
+        assert ctx.committed is True
+
+        with pytest.raises(AlreadyCommitted):
+            await ctx.commit([("RPUSH", handled, "twice")])
+        assert await queue.client.lrange(handled, 0, -1) == [b"once"]
+
+
+async def test_a_commit_refused_for_a_lost_lease_marks_the_keeper_lost(
+    redis_url: str, key_prefix: str
+) -> None:
+    """A commit Redis refuses because the lease was taken away (its fence moved on) marks the
+    keeper lost: the slot then neither acks nor releases under it, and every later commit or
+    extension is refused without asking Redis. Kills: `self._keeper.lost = True` in commit's
+    LeaseLost branch mutated to None/False (commit__mutmut_20/21)."""
+    async with _context(redis_url, key_prefix, ["a"]) as (queue, ctx, keeper, _event):
+        await fence_out(queue, ctx.conversation)
+        with pytest.raises(LeaseLost):
+            await ctx.commit()
+        assert keeper.lost is True
+        assert ctx.committed is False
+
+
+async def test_a_commit_while_redis_is_away_gives_up_at_the_lease_end_for_good(
+    redis_url: str, key_prefix: str
+) -> None:
+    """Redis unreachable while a commit retries: the commit gives up by the keeper's deadline
+    (the lease's end) with LeaseLost, and the lease stays lost: the next commit and extension
+    raise LeaseLost at once (without them, a Redis connection error would escape, as a
+    failure of the message). Kills: the deadline passed to retry_until dropped
+    (commit__mutmut_6: retried for ever, the guard below fails it) and
+    `self._keeper.lost = True` in the Redis-away branch mutated to None/False
+    (commit__mutmut_22/23)."""
+    away = f"redis://127.0.0.1:{free_port()}/0"
+    async with _context(redis_url, key_prefix, ["a"], consumer_url=away) as (
+        _queue,
+        ctx,
+        keeper,
+        _event,
+    ):
+        keeper.deadline = time.monotonic() + 0.3  # a short lease: the retries end soon
+        with pytest.raises(LeaseLost):
+            # A guard against a commit retrying for ever, not a timing assertion.
+            await asyncio.wait_for(ctx.commit(), timeout=30)
+        assert keeper.lost is True
+
+        with pytest.raises(LeaseLost):
+            await ctx.commit()
+        with pytest.raises(LeaseLost):
+            await ctx.extend_lease()
+
+
+class _SyncClose:
+    """A handler whose `aclose` is a plain function: not a coroutine, so not the lifecycle
+    hook, and close_handler leaves it alone."""
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    async def __call__(self, event: object, ctx: object) -> None:
+        return None
+
+    def aclose(self) -> None:
+        self.closed += 1
+
+
+async def test_closing_a_handler_without_an_async_aclose_does_nothing() -> None:
+    """`aclose` is optional and must be a coroutine: a handler without one closes fine, and a
+    plain `aclose` is neither called nor awaited. Kills, in close_handler: getattr's None
+    default dropped (close_handler__mutmut_6: AttributeError on a handler without aclose) and
+    `and` mutated to `or` (close_handler__mutmut_9: the plain aclose called and its None
+    awaited, a TypeError at process stop)."""
+    await close_handler(Handlers.handle)
+
+    handler = _SyncClose()
+    await close_handler(handler)
+    assert handler.closed == 0
+
+
+async def test_a_handler_spec_without_a_colon_is_refused_as_a_load_error() -> None:
+    """`--handler worker.handlers.recording` (no `:attr`) is a HandlerLoadError (the fleet's
+    terminal "fix the setting" error), naming the spec. Kills: load_handler's
+    `spec.partition(":")` mutated to rpartition (x_load_handler__mutmut_3: the whole spec
+    becomes the attribute path and `import_module("")` raises ValueError, not a load
+    error). With one colon, as every valid spec has, the two are the same."""
+    setup = HandlerSetup(Settings(_env_file=None), redis=object(), process_index=0, fleet_id="f")  # type: ignore[call-arg]
+    with pytest.raises(HandlerLoadError, match=re.escape("'worker.handlers.recording'")):
+        await load_handler("worker.handlers.recording", setup)
+
+
+# --- worker/handlers/recording.py: the handled list keeps the newest RECORD_LIMIT ----------
+
+
+async def test_the_recording_handler_keeps_the_newest_record_limit_entries(
+    redis_url: str, key_prefix: str
+) -> None:
+    """A full `handled` list (RECORD_LIMIT entries) and one more delivery recorded: the list
+    keeps RECORD_LIMIT entries, the oldest dropped and the new one last. Kills: record's
+    `LTRIM key -RECORD_LIMIT -1` mutated to `+1` (x_record__mutmut_12: the list would shrink
+    to one old entry and lose the new one)."""
+    async with _context(redis_url, key_prefix, ["a"]) as (queue, ctx, _keeper, event):
+        handled = ctx.conversation.handled
+        await queue.client.rpush(handled, *[f"old {n}" for n in range(RECORD_LIMIT)])
+
+        await record(event, ctx)
+
+        entries = await queue.client.lrange(handled, 0, -1)
+        assert len(entries) == RECORD_LIMIT
+        assert entries[0] == b"old 1"
+        assert entries[-2] == f"old {RECORD_LIMIT - 1}".encode()
+        assert orjson.loads(entries[-1])["id"] == event.id
+
+
+# --- worker/fleet_metrics.py: the fleet's queue gauges, as /metrics shows them -------------
+
+# What the fleet collector exports (sample names, a counter's with `_total`).
+COLLECTOR_METRICS = {
+    "wsm_queue_messages",
+    "wsm_queue_chats_ready",
+    "wsm_queue_oldest_age_seconds",
+    "wsm_queue_redeliveries_total",
+    "wsm_dlq_messages",
+    "wsm_dlq_dropped_total",
+    "wsm_worker_processes",
+}
+
+
+def _scrape(snapshot: QueueSnapshot, alive: int) -> list[Sample]:
+    """The samples of a /metrics page served with the collector, as the server renders it
+    (prometheus text format) and Prometheus parses it."""
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(lambda: snapshot, lambda: alive))
+    text = generate_latest(registry).decode()
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def _metric_names_used() -> set[str]:
+    """Every wsm_ metric name the Grafana dashboards and the Prometheus rules name."""
+    files = [*(REPO / "grafana").rglob("*.json"), *(REPO / "prometheus").rglob("*.yml")]
+    return {name for path in files for name in re.findall(r"\bwsm_[a-z_]+\b", path.read_text())}
+
+
+async def test_the_fleet_metrics_show_the_queue_as_it_is(queue: Queue) -> None:
+    """Chats with messages queued, one message dead-lettered and one lease taken back by the
+    reaper: each gauge and counter of the fleet's /metrics shows its figure, summed over the
+    shards. (The text is rendered as the server does: a family with no help text would fail
+    the whole scrape.) Kills, in FleetCollector.collect: each `value=...` mutated to None or
+    dropped (the sample would be missing: collect__mutmut_4/7, 15/18, 26/29, 37/40, 48/51,
+    88/91) and the help text of wsm_dlq_dropped mutated to None (collect__mutmut_59), like
+    every other help text mutated to None (collect__mutmut_3, 14, 25, 36, 47, 87): rendering
+    raises AttributeError, so the endpoint serves no metrics at all."""
+    # Leases first: each takes the front of its shard's line.
+    reaped = await hold(queue, chat_id(33), ["r"], lease_ms=50)
+    await dead_letter_first_message(queue, chat_id(32), ["x", "y"])
+    await wait_past(reaped.lease.until_ms)
+    assert (await queue.reaper().run_pass(reaped.keys.shard_keys)).reaped == 1
+    await queue_chat(queue, chat_id(30), ["a", "b", "c"])
+    await queue_chat(queue, chat_id(31), ["d", "e"])
+
+    snapshot = await read_queue_snapshot(queue.client, queue.shards, queue.prefix)
+    samples = _scrape(snapshot, alive=3)
+
+    unlabelled = {s.name: s.value for s in samples if not s.labels}
+    assert unlabelled == {
+        "wsm_queue_messages": 7,
+        "wsm_queue_chats_ready": 4,
+        "wsm_queue_oldest_age_seconds": snapshot.oldest_age_seconds,
+        "wsm_queue_redeliveries_total": 1,
+        "wsm_dlq_messages": 1,
+        "wsm_worker_processes": 3,
+    }
+    assert snapshot.oldest_age_seconds > 0
+    dropped = {s.labels["list"]: s.value for s in samples if s.name == "wsm_dlq_dropped_total"}
+    assert dropped == {"queue": 0, "outbox": 0}
+
+
+def test_every_fleet_metric_the_dashboards_and_alerts_use_is_exported() -> None:
+    """A renamed metric breaks the dashboards and alerts silently (their expressions then
+    match nothing). Every name the collector exports is used there, and is exported under
+    that name. Kills, in FleetCollector.collect: each metric name mutated ("XX...XX" or
+    upper case: collect__mutmut_8/9, 19/20, 30/31, 41/42, 52/53, 92/93)."""
+    assert _metric_names_used() >= COLLECTOR_METRICS
+    samples = _scrape(QueueSnapshot(), alive=1)
+    assert {s.name for s in samples} == COLLECTOR_METRICS
