@@ -1,6 +1,7 @@
 """Tests written to kill mutants that survived the mutation runs (docs/testing.md lists each one
 and the mutant it kills): the queue protocol's guards, against a real Redis (single and
-cluster, like the other protocol tests), and the handler seam."""
+cluster, like the other protocol tests), the handler seam (its context's commit, loading and
+closing a handler), the recording handler's bounded list and the fleet's queue metrics."""
 
 from __future__ import annotations
 
