@@ -310,6 +310,28 @@ async def test_a_body_is_read_whatever_optional_keys_the_server_leaves_out(
     assert queued.body == body
 
 
+@pytest.mark.parametrize("sent", ["nothing", "the whole body, more announced"])
+async def test_a_client_that_hangs_up_mid_body_gets_no_answer_and_nothing_is_stored(
+    app_client, sync_redis, key_prefix, sent
+) -> None:
+    """WAHA gave up on the request (its timeout) before the body was complete: the gateway
+    stores nothing and answers nobody; WAHA's retry brings the event again. Kills, in
+    _read_body: the `http.disconnect` checks' type names replaced or re-cased (the hang-up
+    read as an empty last chunk: a 401 sent into the void, or the body queued although
+    more of it was announced)."""
+    chat = "5511999990109@c.us"
+    body = compact(text_message(chat, "desisti"))
+    messages: list[dict[str, Any]] = {
+        "nothing": [],
+        "the whole body, more announced": [
+            {"type": "http.request", "body": body, "more_body": True}
+        ],
+    }[sent]
+    status, _, _ = await asgi_post(app_client.app, messages, signed(body))  # type: ignore[attr-defined]
+    assert status is None
+    assert not queued_events(sync_redis, key_prefix, "default", chat)
+
+
 async def test_a_body_of_exactly_the_cap_in_one_message_is_accepted(
     redis_url, key_prefix, tmp_path, sync_redis
 ) -> None:
