@@ -310,6 +310,19 @@ async def test_a_body_is_read_whatever_optional_keys_the_server_leaves_out(
     assert queued.body == body
 
 
+async def test_the_webhook_answers_say_their_type_and_length(app_client) -> None:
+    """The prebuilt answers (gateway/webhook._answer, built once at import) carry a JSON
+    content type and the exact content length, for a success and for a refusal. Kills, in
+    _answer: the header names or the media type replaced, the length computed from None.
+    (Built at import: these mutants only show in a fresh process, `--recheck`'s "new" stage.)"""
+    body = compact(text_message("5511999990110@c.us", "tipos"))
+    for headers in (signed(body), signed(body, "wrong-key")):
+        response = await app_client.post("/webhook", content=body, headers=headers)
+        assert response.headers["content-type"] == "application/json"
+        assert response.headers["content-length"] == str(len(response.content))
+        assert response.json()["status"] in ("queued", "unauthorized")
+
+
 @pytest.mark.parametrize("sent", ["nothing", "the whole body, more announced"])
 async def test_a_client_that_hangs_up_mid_body_gets_no_answer_and_nothing_is_stored(
     app_client, sync_redis, key_prefix, sent
