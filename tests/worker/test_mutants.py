@@ -50,6 +50,7 @@ from worker.handler import (
     HandlerSetup,
     close_handler,
     load_handler,
+    start_handler,
 )
 from worker.handlers.recording import RECORD_LIMIT, record
 from worker.lease_keeper import LeaseKeeper
@@ -464,6 +465,13 @@ async def test_closing_a_handler_without_an_async_aclose_does_nothing() -> None:
     handler = _SyncClose()
     await close_handler(handler)
     assert handler.closed == 0
+
+
+async def test_starting_a_handler_without_a_start_does_nothing() -> None:
+    """`start` is optional too (a plain async function is a handler): serve() starts it
+    before the slots without failing. Kills, in start_handler: getattr's None default
+    dropped (start_handler__mutmut_6: AttributeError, the process never serves)."""
+    await start_handler(Handlers.handle)
 
 
 async def test_a_handler_spec_without_a_colon_is_refused_as_a_load_error() -> None:
