@@ -3,8 +3,9 @@
     python tests/mutation/run_mutmut.py gateway            # copy, configure, run, summarise
     python tests/mutation/run_mutmut.py gateway --summary  # summarise a finished run again
 
-Targets (see TARGETS): gateway, worker, state, late (sender, erase, consumer slot), and the
-smaller slot, sender (with `--names`), erase and spool. Each gets
+Targets (see TARGETS): gateway, worker, state, late (sender, erase, consumer slot), the
+smaller slot, sender (with `--names`), erase, spool and fleet, and edge and keeper (the
+gateway and worker/ again, without the parts that had runs of their own). Each gets
 its own copy under /tmp/wsm-mutmut/<target> (`--dest` to choose) with a [tool.mutmut] section
 appended to the copy's pyproject.toml: what to mutate and the fast tests that matter for it.
 
