@@ -220,6 +220,36 @@ async def test_prune_runs_on_a_redis_cluster(redis_cluster_url, key_prefix) -> N
 CHAT_TOKEN = f"default|{CHAT}"
 
 
+async def test_the_sender_delivers_on_a_redis_cluster(redis_cluster_url, key_prefix) -> None:
+    """The sender's pipelines span the conversation's hash tag and the session's (the outbox's
+    head with the session's park; the sent mark with our ids): on a Redis Cluster they must
+    not be transactions (a MULTI cannot span slots). Replies committed on a three-master
+    cluster go out in order, are recorded as sent, and leave no lock. Kills, in
+    Sender._deliver and Sender._mark_sent: `pipeline(transaction=True)`."""
+    client = connect(redis_cluster_url)
+    # Learn the cluster's slots first: redis-py 8.1's cluster pipeline in a MULTI (the test's
+    # commit_replies) fails on a client that has not run a command yet.
+    await client.initialize()
+    await commit_replies(client, key_prefix, "um", "dois")
+    sender, waha = make_sender(client, key_prefix)
+    try:
+        with respx.mock:
+            mock_courtesy()
+            send = respx.post(f"{WAHA}/api/sendText").mock(
+                side_effect=[sent_answer(n) for n in range(2)]
+            )
+            await sender.deliver(CHAT_TOKEN)
+        assert texts_sent(send) == ["um", "dois"]
+        keys = engine_keys_for("default", CHAT, 1, key_prefix)
+        assert await client.llen(keys.outbox) == 0
+        assert await client.exists(keys.sending) == 0
+        ours = WahaSessionKeys("default", key_prefix).ours(f"3EB0{1:016X}")
+        assert await client.exists(ours) == 1
+    finally:
+        await waha.aclose()
+        await client.aclose()
+
+
 # --- engine/sender.py: settle_echo records only the reply the echo is of ------------------
 
 
