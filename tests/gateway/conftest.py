@@ -14,15 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import redis
 
 from shared.embedded_redis import free_port
+from shared.enqueue import EnqueueRequest
 from shared.envelope import QueuedEvent, decode_record
+from shared.events import route_event
 from shared.keys import ShardKeys, keys_for_conversation
 from shared.settings import Settings
 from tests.support.polling import wait_until
-from tests.support.waha import webhook_headers
+from tests.support.waha import compact, text_message, webhook_headers
 
 HMAC_KEY = "gateway-test-key-0123456789abcdef0123"  # >= 32 characters
 REPO = Path(__file__).resolve().parents[2]
@@ -231,3 +234,25 @@ async def when_ready(client: httpx.AsyncClient) -> httpx.Response:
             break
         await asyncio.sleep(0.1)
     return response
+
+
+@contextlib.contextmanager
+def frozen(server: Any) -> Iterator[None]:
+    """The Redis server stopped (SIGSTOP): connections stay open, nothing answers; thawed on
+    the way out, whatever happened."""
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+
+
+def enqueue_request(chat: str, text: str, prefix: str) -> tuple[bytes, EnqueueRequest]:
+    """A WAHA text message's body and the enqueue request the webhook makes of it."""
+    body = compact(text_message(chat, text))
+    routed = route_event(orjson.loads(body), body)
+    assert routed is not None
+    request = EnqueueRequest.for_event(
+        routed, body, received_at_ms=2, shards=1, dedupe_ttl_seconds=60, prefix=prefix
+    )
+    return body, request

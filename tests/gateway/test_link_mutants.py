@@ -5,16 +5,12 @@ the runtime's start and stop, and the intake's own deadline, against a real Redi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
-import orjson
 import redis
 
 from gateway import spool_file
@@ -30,10 +26,10 @@ from gateway.redis_link import (
 from gateway.runtime import GatewayRuntime
 from gateway.spool import Spool
 from shared.embedded_redis import free_port
-from shared.enqueue import EnqueueRequest
-from shared.events import route_event
 from shared.redis_client import connect
 from tests.gateway.conftest import (
+    enqueue_request,
+    frozen,
     gateway_settings,
     inprocess_gateway,
     queued_events,
@@ -41,26 +37,6 @@ from tests.gateway.conftest import (
     steady_settings,
 )
 from tests.support.waha import compact, text_message
-
-
-def _request(chat: str, text: str, prefix: str) -> tuple[bytes, EnqueueRequest]:
-    body = compact(text_message(chat, text))
-    routed = route_event(orjson.loads(body), body)
-    assert routed is not None
-    request = EnqueueRequest.for_event(
-        routed, body, received_at_ms=2, shards=1, dedupe_ttl_seconds=60, prefix=prefix
-    )
-    return body, request
-
-
-@contextlib.contextmanager
-def frozen(server: Any) -> Iterator[None]:
-    """The Redis server stopped (SIGSTOP): connections stay open, nothing answers."""
-    os.kill(server.process.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(server.process.pid, signal.SIGCONT)
 
 
 def _dead_url() -> str:
@@ -219,7 +195,7 @@ async def test_an_accept_is_answered_spooled_when_redis_freezes_under_a_slow_bat
     intake = Intake(
         EnqueueBatcher(client, status, timeout_s=60), spool, status, redis_timeout_s=0.05
     )
-    body, request = _request("5511999990701@c.us", "frozen", key_prefix)
+    body, request = enqueue_request("5511999990701@c.us", "frozen", key_prefix)
     try:
         assert await client.ping()
         with frozen(private_redis):
@@ -244,7 +220,7 @@ async def test_an_accept_is_queued_when_redis_answers_within_the_deadline(
     status = RedisStatus()
     spool = Spool(tmp_path / "spool", max_bytes=1 << 30, write_timeout_s=5)
     intake = Intake(EnqueueBatcher(client, status, timeout_s=5), spool, status, redis_timeout_s=0.9)
-    body, request = _request(chat, "in time", key_prefix)
+    body, request = enqueue_request(chat, "in time", key_prefix)
     try:
         assert await intake.accept(request, body, 1) == QUEUED
     finally:
@@ -267,7 +243,7 @@ async def test_events_left_by_the_previous_gateway_come_before_new_ones(
     chat = "5511999990703@c.us"
     spool_dir = tmp_path / "spool"
     previous = Spool(spool_dir, max_bytes=1 << 30, write_timeout_s=5)
-    first, _ = _request(chat, "first", key_prefix)
+    first, _ = enqueue_request(chat, "first", key_prefix)
     await previous.append(first, 1)
     await previous.close()
 
@@ -281,7 +257,7 @@ async def test_events_left_by_the_previous_gateway_come_before_new_ones(
     await runtime.start()
     try:
         assert runtime.spool.events == 1
-        second, request = _request(chat, "second", key_prefix)
+        second, request = enqueue_request(chat, "second", key_prefix)
         assert await runtime.intake.accept(request, second, 2) == SPOOLED
         assert runtime.spool.events == 2
     finally:
@@ -346,38 +322,3 @@ async def test_the_configured_replay_window_reaches_the_webhook(
         response = await client.post("/webhook", content=body, headers=signed(body))
     assert (response.status_code, response.json()) == (200, {"status": "stale"})
     assert queued_events(sync_redis, key_prefix, "default", chat) == []
-
-
-# --- gateway/runtime.py: stop() ------------------------------------------------------------
-
-
-async def test_stop_returns_when_the_replayer_swallows_a_cancel_and_keeps_waiting(
-    redis_url: str, key_prefix: str, tmp_path: Path, monkeypatch: Any
-) -> None:
-    """A cancellation swallowed inside a step (CPython gh-86296) after which the step goes
-    on waiting (for Redis, for work): the replayer never reaches its stop flag, so stop()
-    must cancel it again. The hang guard (20 s) only turns a stop() that never returns into
-    a failure. Kills, in stop: the recheck interval None or dropped (`asyncio.wait` would
-    wait for the task for ever after the first cancel)."""
-    runtime = GatewayRuntime(steady_settings(redis_url, key_prefix, tmp_path / "spool"))
-    swallowed: list[bool] = []
-    real_step = runtime.replayer._step
-
-    async def step_that_swallows_one_cancel(loop: asyncio.AbstractEventLoop) -> None:
-        try:
-            await real_step(loop)
-            await asyncio.sleep(0.01)
-        except asyncio.CancelledError:
-            if swallowed:
-                raise
-            swallowed.append(True)
-            await asyncio.Event().wait()  # goes on waiting, as if nothing had happened
-
-    monkeypatch.setattr(runtime.replayer, "_step", step_that_swallows_one_cancel)
-    await runtime.start()
-    await asyncio.sleep(0.05)  # the replayer is in its loop
-    stopping = asyncio.ensure_future(runtime.stop())
-    done, _ = await asyncio.wait({stopping}, timeout=20)
-    assert stopping in done, "stop() did not return after a swallowed cancellation"
-    stopping.result()
-    assert swallowed == [True]

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
@@ -27,6 +25,8 @@ from shared.keys import ShardKeys, conversation_token
 from shared.queue_consumer import QueueConsumer
 from shared.redis_client import connect
 from tests.gateway.conftest import (
+    enqueue_request,
+    frozen,
     gateway_settings,
     inprocess_gateway,
     queued_events,
@@ -79,16 +79,6 @@ async def test_an_event_without_a_message_id_is_a_duplicate_after_it_was_handled
 # --- gateway/intake.py: an event never overtakes events already answered "spooled" --------
 
 
-def _event(chat: str, text: str, prefix: str) -> tuple[bytes, EnqueueRequest]:
-    body = compact(text_message(chat, text))
-    routed = route_event(orjson.loads(body), body)
-    assert routed is not None
-    request = EnqueueRequest.for_event(
-        routed, body, received_at_ms=2, shards=1, dedupe_ttl_seconds=60, prefix=prefix
-    )
-    return body, request
-
-
 @contextlib.asynccontextmanager
 async def _intake(
     redis_url: str, spool_dir: Path, redis_timeout_s: float
@@ -124,11 +114,11 @@ async def _second_event_joins_the_spool(
         status,
         _,
     ):
-        first, _ = _event(chat, "first", key_prefix)
+        first, _ = enqueue_request(chat, "first", key_prefix)
         await spool.append(first, 1)
         if marked_down:
             status.mark_unreachable()  # the last round trip failed
-        second, request = _event(chat, "second", key_prefix)
+        second, request = enqueue_request(chat, "second", key_prefix)
 
         assert await intake.accept(request, second, 2) == SPOOLED
         assert spool.events == 2
@@ -174,9 +164,9 @@ async def test_an_event_behind_a_spool_waits_for_the_replay_then_follows_it_into
     chat = "5511999990104@c.us"
     settings = gateway_settings(redis_url, key_prefix, tmp_path / "spool")
     async with _intake(redis_url, tmp_path / "spool", 5) as (intake, spool, status, client):
-        first, _ = _event(chat, "first", key_prefix)
+        first, _ = enqueue_request(chat, "first", key_prefix)
         await spool.append(first, 1)
-        second, request = _event(chat, "second", key_prefix)
+        second, request = enqueue_request(chat, "second", key_prefix)
         accepting = asyncio.ensure_future(intake.accept(request, second, 2))
         await asyncio.sleep(0)  # the event is waiting before the replayer starts
         replayer = asyncio.ensure_future(SpoolReplayer(spool, client, status, settings).run())
@@ -445,13 +435,8 @@ async def test_readyz_says_why_redis_is_not_ready(
         assert (await when_ready(client)).status_code == 200
         if failure == "down":
             private_redis.kill()
-        else:
-            os.kill(private_redis.process.pid, signal.SIGSTOP)
-        try:
+        with frozen(private_redis) if failure == "frozen" else contextlib.nullcontext():
             response = await client.get("/readyz")
-        finally:
-            if failure == "frozen":
-                os.kill(private_redis.process.pid, signal.SIGCONT)
     assert response.status_code == 503
     document = response.json()
     assert document["status"] == "unavailable"

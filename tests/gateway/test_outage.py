@@ -13,8 +13,6 @@ the test.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ import redis
 from shared.embedded_redis import EmbeddedRedis, free_port
 from tests.gateway.conftest import (
     GatewayProcess,
+    frozen,
     gateway_environment,
     gateway_settings,
     inprocess_gateway,
@@ -162,8 +161,7 @@ def test_frozen_redis_misses_the_deadline_and_a_late_answer_is_not_a_second_copy
         timeouts_before = metric(
             client.get("/metrics").text, 'wsm_webhook_redis_failures_total{reason="timeout"}'
         )
-        os.kill(private_redis.process.pid, signal.SIGSTOP)
-        try:
+        with frozen(private_redis):
             for n in range(1, 6):
                 assert post(client, f"m{n}").json() == {"status": "spooled"}
             # Cut off by the deadline: the gateway did not wait for the frozen server.
@@ -171,8 +169,6 @@ def test_frozen_redis_misses_the_deadline_and_a_late_answer_is_not_a_second_copy
                 client.get("/metrics").text, 'wsm_webhook_redis_failures_total{reason="timeout"}'
             )
             assert timeouts > timeouts_before
-        finally:
-            os.kill(private_redis.process.pid, signal.SIGCONT)
         wait_replayed(private_redis, key_prefix, spool_dir, 6, "replay after thaw")
     assert waiting_count(redis.Redis.from_url(private_redis.url), key_prefix) == 6
 
@@ -244,12 +240,9 @@ async def test_spool_unwritable_and_redis_frozen_is_503_within_the_deadlines(
     body = compact(text_message(CHAT, "congelado"))
     assert private_redis.process is not None
     async with inprocess_gateway(settings) as client:
-        os.kill(private_redis.process.pid, signal.SIGSTOP)
-        try:
+        with frozen(private_redis):
             async with asyncio.timeout(SAFETY_TIMEOUT_S):
                 response = await client.post("/webhook", content=body, headers=signed(body))
-        finally:
-            os.kill(private_redis.process.pid, signal.SIGCONT)
     assert response.status_code == 503
     assert response.json() == {"status": "unavailable"}
     assert "retry-after" in response.headers

@@ -41,7 +41,14 @@ from tests.worker.support.in_process import (
     settings_of,
     single_queue,
 )
-from tests.worker.support.protocol import keys_of, lease_chat, queue_chat, state, wait_past
+from tests.worker.support.protocol import (
+    keys_of,
+    lease_chat,
+    plant_old_dead_letter,
+    queue_chat,
+    state,
+    wait_past,
+)
 from worker import cli, dlq_cli
 from worker import process as process_module
 from worker import supervisor as supervisor_module
@@ -671,8 +678,7 @@ async def test_a_process_beats_under_its_index_and_runs_the_reaper(queue: Queue)
     chat = chat_id(3)
     (dying,) = await queue_chat(queue, chat, ["a"])
     lease = await lease_chat(queue, queue.consumer(lease_ms=50), chat)
-    old = {"v": 1, "id": "evt_old", "conversation": "c", "at": int(time.time() * 1000) - 1}
-    await queue.client.lpush(keys_of(queue, chat).shard_keys.dlq, orjson.dumps(old) + b"\nr")
+    await plant_old_dead_letter(queue, chat)
     await wait_past(lease.until_ms)
     options = ProcessOptions(index=2, concurrency=1, handler="m:a", fleet_id="f1")
     fleet = FleetKeys("f1", queue.prefix)

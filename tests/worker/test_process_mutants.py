@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import socket
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -34,7 +33,13 @@ from tests.worker.support.in_process import (
     settings_of,
     single_queue,
 )
-from tests.worker.support.protocol import keys_of, lease_chat, queue_chat, wait_past
+from tests.worker.support.protocol import (
+    keys_of,
+    lease_chat,
+    plant_old_dead_letter,
+    queue_chat,
+    wait_past,
+)
 from tests.worker.support.serve import PROBE, commit, serving
 from worker import process as process_module
 from worker.handler import HandlerContext
@@ -206,8 +211,7 @@ async def test_a_handler_past_its_timeout_is_dead_lettered_after_max_attempts(
     )
     chat = chat_id(3)
     (sent,) = await queue_chat(queue, chat, ["hung"])
-    old = {"v": 1, "id": "evt_old", "conversation": "c", "at": int(time.time() * 1000) - 1}
-    await queue.client.lpush(keys_of(queue, chat).shard_keys.dlq, orjson.dumps(old) + b"\nr")
+    await plant_old_dead_letter(queue, chat)
 
     async def dead() -> bool:
         letters = await list_dead_letters(queue.client, 1, queue.prefix)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any, NamedTuple
 
+import orjson
+
 from shared.envelope import decode_record
 from shared.keys import ConversationKeys
 from shared.queue_consumer import Lease, QueueConsumer
@@ -114,3 +116,9 @@ async def dead_letter_first_message(queue: Queue, chat: str, texts: list[str]) -
     lease = await lease_chat(queue, consumer, chat)
     await consumer.fail(lease, ids[0], "boom", terminal=True)
     return ids
+
+
+async def plant_old_dead_letter(queue: Queue, chat: str) -> None:
+    """An older dead letter (`evt_old`) in `chat`'s shard, for a cap of one to drop."""
+    old = {"v": 1, "id": "evt_old", "conversation": "c", "at": int(time.time() * 1000) - 1}
+    await queue.client.lpush(keys_of(queue, chat).shard_keys.dlq, orjson.dumps(old) + b"\nr")
