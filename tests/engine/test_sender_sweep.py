@@ -4,6 +4,7 @@ outlive the session's trouble (issue 11, item 6)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -80,6 +81,9 @@ async def test_a_parked_session_is_probed_and_resumes_when_it_works(aredis, key_
     await sender.deliver(TOKEN)  # the probe: still STARTING
     assert status.call_count == 1 and send.call_count == 1
     assert await aredis.exists(parked) == 1 and await aredis.llen(keys.outbox) == 1
+    # Probes are spaced by parked_recheck_ms (1 ms here) on the monotonic clock: three
+    # loopback round trips since the last probe can take less than that on a fast machine.
+    await asyncio.sleep(10 * sender.config.parked_recheck_ms / 1000)
     await aredis.zadd(keys.outbox_pending, {TOKEN: 0})
     await sender.deliver(TOKEN)  # the probe: WORKING
     await sender.drain()
