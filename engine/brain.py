@@ -82,3 +82,12 @@ class Decision:
 
 class Brain(Protocol):
     async def decide(self, turn: Turn) -> Decision: ...
+
+
+def reads_history(brain: Brain, conversation: Conversation) -> bool:
+    """Whether `brain` reads `Turn.history` for this conversation. A brain that never does (the
+    menus) says so with a `reads_history(conversation)` method, and the turn neither reads nor
+    decodes the history for it: that was a fifth of a worker's CPU per customer message in the
+    menu's load test (docs/benchmarks.md, issue 19). A brain that does not say is given it."""
+    says = getattr(brain, "reads_history", None)
+    return True if says is None else bool(says(conversation))

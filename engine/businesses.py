@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.agent.calendar import Calendar, CalendarFileError, default_calendar, load_calendar
-from engine.brain import Brain, Decision, Turn
+from engine.brain import Brain, Decision, Turn, reads_history
+from engine.identity import Conversation
 from shared.settings import Settings
 
 _ID_UNSAFE = re.compile(r"[^a-z0-9_-]+")
@@ -99,6 +100,9 @@ class SessionBrain:
     def brain_for(self, session: str) -> Brain:
         business = self.businesses.for_session(session)
         return self.by_business.get(business.id, self.default)
+
+    def reads_history(self, conversation: Conversation) -> bool:
+        return reads_history(self.brain_for(conversation.session), conversation)
 
     async def decide(self, turn: Turn) -> Decision:
         return await self.brain_for(turn.conversation.session).decide(turn)

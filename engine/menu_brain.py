@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
 from engine.brain import Decision, HandOff, InboundMessage, Turn
+from engine.identity import Conversation
 from engine.media.transcribe import TRANSCRIBED_KINDS
 from engine.state import State
 from engine.texts import Texts
@@ -92,6 +93,10 @@ class MenuBrain:
         ]
 
     # --- the seam --------------------------------------------------------------------------
+    def reads_history(self, conversation: Conversation) -> bool:
+        """The menus answer from the state's step and the new message alone."""
+        return False
+
     async def decide(self, turn: Turn) -> Decision:
         turn = heard(turn)
         media = await self.media_answer(turn)

@@ -43,6 +43,7 @@ from engine.agent.llm import CONFIG_REJECTIONS, count_failure
 from engine.agent.menu import SchedulingMenuBrain
 from engine.agent.metrics import BURST_DEFERRED, LLM_FALLBACKS
 from engine.brain import Decision, Turn
+from engine.identity import Conversation
 from engine.menu_brain import unheard_audio
 
 log = logging.getLogger("wsm.engine.agent.fallback")
@@ -71,6 +72,10 @@ class FallbackBrain:
     menu: SchedulingMenuBrain
     breaker: CircuitBreaker
     limits: ConversationLimits | None = None
+
+    def reads_history(self, conversation: Conversation) -> bool:
+        """The model reads it; without one (no GROQ_API_KEY) only the menu answers."""
+        return self.agent is not None
 
     async def decide(self, turn: Turn) -> Decision:
         if self.agent is None:

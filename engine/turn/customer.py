@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from engine.agent.calendar import Team, fold
-from engine.brain import Decision, InboundMessage, Turn
+from engine.brain import Decision, InboundMessage, Turn, reads_history
 from engine.history import HistoryEntry, mid_field, mid_from, recent, recent_from
 from engine.media.ingest import NOT_STORED, MediaItem, item_of
 from engine.media.kinds import describe
@@ -103,11 +103,11 @@ def inbound_of(item: MediaItem, *, text: str, waha_id: str, at: int) -> InboundM
 def prefetch(turn: ConversationTurn, pipe: Any) -> Callable[[Sequence[Any]], None]:
     """Read with the state (one round trip): whether this message is in the history already,
     and the newest entries for the brain (read even when the brain is not asked: cheaper than
-    a round trip of their own)."""
+    a round trip of their own; none for a brain that does not read them)."""
     waha_id = str(turn.payload.get("id") or "")
     if waha_id:
         pipe.hget(turn.history.meta, mid_field(short_message_id(waha_id)))
-    count = turn.config.brain_history_turns
+    count = history_turns(turn)
     if count > 0:
         pipe.xrevrange(turn.history.stream, count=count)
 
@@ -121,11 +121,18 @@ def prefetch(turn: ConversationTurn, pipe: Any) -> Callable[[Sequence[Any]], Non
     return take
 
 
+def history_turns(turn: ConversationTurn) -> int:
+    """How many recent entries the brain is given: none for a brain that does not read them."""
+    if not reads_history(turn.tools.brain, turn.conversation):
+        return 0
+    return turn.config.brain_history_turns
+
+
 async def ask_brain(turn: ConversationTurn, inbound: InboundMessage) -> None:
     if "recent" in turn.prefetched:
         past = await recent_from(turn.redis, turn.history, turn.prefetched["recent"])
     else:
-        past = await recent(turn.redis, turn.history, turn.config.brain_history_turns)
+        past = await recent(turn.redis, turn.history, history_turns(turn))
     decision = await turn.tools.brain.decide(
         Turn(conversation=turn.conversation, state=turn.state, history=past, message=inbound)
     )
