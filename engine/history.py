@@ -39,6 +39,7 @@ from shared.redis_client import RedisClient
 from shared.text import as_text
 
 HISTORY_TRIM = LuaScript.named("history_trim")
+HISTORY_FACT = LuaScript.named("history_fact")
 # Entries trimmed per script call (a call blocks Redis: keep each one short).
 TRIM_BATCH = 500
 
@@ -288,6 +289,16 @@ def mid_from(value: Any) -> str | None:
     return None if value is None else as_text(value)
 
 
+async def fact_for(
+    redis: RedisClient, keys: HistoryKeys, short_waha_id: str, fact: str, *, parked: str = ""
+) -> tuple[str | None, str | None]:
+    """The entry WhatsApp's `short_waha_id` names and its `fact` (`<entry>:<fact>`), in one
+    round trip (history_fact.lua); with no such entry yet, None and the value of the `parked`
+    field (None when there is none)."""
+    mid, value = await HISTORY_FACT(redis, [keys.meta], [mid_field(short_waha_id), fact, parked])
+    return mid_from(mid), None if value is None else as_text(value)
+
+
 async def ack_writes(
     redis: RedisClient, keys: HistoryKeys, short_waha_id: str, status: str
 ) -> list[Write]:
@@ -297,18 +308,11 @@ async def ack_writes(
     may deliver the ack webhook before its answer to sendText reaches us), the status is parked
     under the WhatsApp id; the sender applies it when it records the id (outbox_sent.lua).
     """
-    mid = await mid_for(redis, keys, short_waha_id)
-    if mid is None:
-        parked = await redis.hget(keys.meta, f"w:{short_waha_id}:ack")
-        current = None if parked is None else as_text(parked)
-        if not advances(current, status):
-            return []
-        return [write("HSET", keys.meta, f"w:{short_waha_id}:ack", status)]
-    current_raw = await redis.hget(keys.meta, f"{mid}:status")
-    current = None if current_raw is None else as_text(current_raw)
+    parked = f"w:{short_waha_id}:ack"
+    mid, current = await fact_for(redis, keys, short_waha_id, "status", parked=parked)
     if not advances(current, status):
         return []
-    return [write("HSET", keys.meta, f"{mid}:status", status)]
+    return [write("HSET", keys.meta, parked if mid is None else f"{mid}:status", status)]
 
 
 async def edit_writes(
@@ -329,10 +333,9 @@ async def reaction_writes(
     redis: RedisClient, keys: HistoryKeys, short_waha_id: str, reactor: str, emoji: str
 ) -> list[Write]:
     """An empty emoji removes that person's reaction (WAHA's convention)."""
-    mid = await mid_for(redis, keys, short_waha_id)
+    mid, raw = await fact_for(redis, keys, short_waha_id, "reactions")
     if mid is None:
         return []
-    raw = await redis.hget(keys.meta, f"{mid}:reactions")
     reactions: dict[str, str] = orjson.loads(raw) if raw else {}
     if emoji:
         reactions[reactor] = emoji

@@ -242,3 +242,25 @@ async def test_the_menu_is_not_given_the_history_it_does_not_read(
     assert ["HGETALL", "HGET"] in piped
     sent = set(single) | {command for pipeline in piped for command in pipeline}
     assert not {"XREVRANGE", "HMGET"} & sent
+
+
+async def test_an_ack_reads_its_entry_and_status_in_one_round_trip(
+    aredis, key_prefix, make_harness, monkeypatch
+) -> None:
+    """Two acks follow every reply: each finds the entry its WhatsApp id names and that entry's
+    status in one script call (history_fact.lua), not two HGETs in a row; a late lower ack
+    does not take the status back."""
+    with respx.mock(assert_all_called=False) as router:
+        waha = FakeWaha(router)
+        harness = make_harness()
+        await harness.say(ANA, "oi")
+        await harness.webhook(ack(ANA, waha.ids[0], 3))
+        with round_trips(aredis, monkeypatch) as seen:
+            await harness.drain(deliver=False)
+        await harness.webhook(ack(ANA, waha.ids[0], 2))
+        await harness.drain()
+    keys = engine_keys_for("default", ANA, 1, key_prefix)
+    sent = set(seen.single) | {command for pipeline in seen.piped for command in pipeline}
+    assert not {"HGET", "HMGET", "HGETALL"} & sent
+    page, _ = await read_page(aredis, HistoryKeys(keys.history, keys.history_meta))
+    assert [(e.direction, e.status) for e in page] == [("in", "received"), ("out", "read")]
