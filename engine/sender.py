@@ -37,6 +37,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -223,6 +224,26 @@ class MediaReader(Protocol):
     async def read_media(self, media: dict[str, Any]) -> bytes | None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Look:
+    """What a delivery reads before each reply: the outbox's head (None: nothing to send) and
+    whether the session is parked. Always queued on a pipeline with other work (the lock, the
+    last reply's bookkeeping), so it costs no round trip of its own."""
+
+    head: Any
+    parked: bool
+
+    @staticmethod
+    def queue_in(pipe: Any, keys: EngineConversationKeys, session_keys: WahaSessionKeys) -> None:
+        pipe.lindex(keys.outbox, 0)
+        pipe.exists(session_keys.parked)
+
+    @classmethod
+    def of(cls, answers: Sequence[Any]) -> Look:
+        head, parked = answers
+        return cls(head, bool(parked))
+
+
 class Sender:
     def __init__(
         self,
@@ -327,18 +348,26 @@ class Sender:
         session, _ = split_conversation_token(token)
         session_keys = WahaSessionKeys(session, self.config.prefix)
         lock = uuid.uuid4().hex
-        if not await self._redis.set(keys.sending, lock, nx=True, px=self.config.lock_ms):
+        # The lock, then the head and the park, in one round trip (the head is read after the
+        # lock is taken: a pipeline runs in order, and the lock and the outbox share a node).
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(keys.sending, lock, nx=True, px=self.config.lock_ms)
+        Look.queue_in(pipe, keys, session_keys)
+        took, *answers = await pipe.execute()
+        if not took:
             return  # another process is delivering this conversation
+        look: Look | None = Look.of(answers)
         keeper = LockKeeper(self._redis, keys.sending, lock, self.config.lock_ms)
         keeper.start()
         seen_marked = False
         try:
             while not keeper.lost:
-                # The head and the session's park in one round trip.
-                pipe = self._redis.pipeline(transaction=False)
-                pipe.lindex(keys.outbox, 0)
-                pipe.exists(session_keys.parked)
-                head, parked = await pipe.execute()
+                if look is None:
+                    pipe = self._redis.pipeline(transaction=False)
+                    Look.queue_in(pipe, keys, session_keys)
+                    look = Look.of(await pipe.execute())
+                head, parked = look.head, look.parked
+                look = None
                 if head is None:
                     return
                 if parked:
@@ -353,6 +382,8 @@ class Sender:
                     continue
                 entry = OutboxEntry.decode(head)
                 outcome = await self._send_one(keys, session_keys, token, entry, seen_marked, lock)
+                if isinstance(outcome, Look):
+                    look, outcome = outcome, "next"  # sent, and what follows read with it
                 if outcome == "stop":
                     return
                 if outcome == "again":
@@ -407,10 +438,11 @@ class Sender:
         entry: OutboxEntry,
         seen_marked: bool,
         lock: str,
-    ) -> str:
+    ) -> str | Look:
         """One reply. "next": done with it (sent or dead-lettered); "again": the head is another
         reply now; "stop": this turn on the conversation ends (retry later, parked, lock lost,
-        or another attempt's echo awaited)."""
+        or another attempt's echo awaited); a Look: sent and recorded, and the outbox's new
+        head and the park read in the same round trip."""
         session = session_keys.session
         try:
             if entry.mark_seen and not seen_marked:
@@ -501,9 +533,9 @@ class Sender:
         except WahaTerminal as exc:
             await self._dead(keys, token, entry, exc)
             return "next"
-        await self._record_sent(keys, session_keys, token, entry, sent)
+        look = await self._record_sent(keys, session_keys, token, entry, sent)
         OUTBOX_SENDS.labels("sent").inc()
-        return "next"
+        return look
 
     async def _abort_unsent(
         self, keys: EngineConversationKeys, token: str, mid: str, lock: str
@@ -531,10 +563,11 @@ class Sender:
         token: str,
         entry: OutboxEntry,
         sent: SentMessage,
-    ) -> None:
+    ) -> Look:
         """WAHA accepted the reply: take it off the outbox, retrying while Redis is away (a
         restart, an outage). Giving up would leave it at the head of the outbox, to be sent a
-        second time; both steps are safe to repeat (outbox_sent.lua answers 0 to a repeat)."""
+        second time; both steps are safe to repeat (outbox_sent.lua answers 0 to a repeat).
+        Returns the outbox's new head and the park, read in the same round trip."""
         deadline = time.monotonic() + RECORD_SENT_PATIENCE_SECONDS
         # Short steps: once Redis is back, the reply is recorded soon. (A sender that finds the
         # delivery lock expired meanwhile does not send it again: the head carries this
@@ -546,8 +579,11 @@ class Sender:
             try:
                 # The in-flight marker goes in the same round trip, after the reply is recorded
                 # (it is only a hint for echoes that overtake WAHA's answer).
-                await self._mark_sent(keys, session_keys, token, entry, sent, clear_inflight=True)
-                break
+                _, look = await self._mark_sent(
+                    keys, session_keys, token, entry, sent, clear_inflight=True
+                )
+                assert look is not None  # asked for with clear_inflight
+                return look
             except REDIS_UNAVAILABLE:
                 if time.monotonic() > deadline:
                     raise
@@ -565,13 +601,14 @@ class Sender:
         sent: SentMessage,
         *,
         clear_inflight: bool = False,
-    ) -> int:
+    ) -> tuple[int, Look | None]:
         """Remember the id as ours, naming the reply (before the reply leaves the outbox, so a
         later echo is always recognised), then take the reply off the outbox and make the rest
-        of it due now; with `clear_inflight`, then drop the send's in-flight marker. One round
-        trip: a pipeline runs its commands in order, and `ours` and the marker share the
-        session's hash tag (one node in a cluster), so the marker never goes before `ours` is
-        there. 0: it was recorded already, or the id is another reply's."""
+        of it due now; with `clear_inflight` (the sender's own send), then drop the send's
+        in-flight marker and read the outbox's new head and the park (the delivery's next
+        look). One round trip: a pipeline runs its commands in order, and `ours` and the marker
+        share the session's hash tag (one node in a cluster), so the marker never goes before
+        `ours` is there. 0: it was recorded already, or the id is another reply's."""
         short_id = sent.short_id
         call_keys = [keys.outbox, keys.history_meta, keys.outbox_pending]
         call_args: list[str | int] = [entry.mid, sent.id, short_id, token, now_ms()]
@@ -582,6 +619,7 @@ class Sender:
             OUTBOX_SENT.queue_in(pipe, call_keys, call_args)
             if clear_inflight:
                 pipe.delete(session_keys.inflight(entry.chat_id))
+                Look.queue_in(pipe, keys, session_keys)
             try:
                 answers = await pipe.execute()
             except REDIS_UNAVAILABLE:
@@ -591,7 +629,8 @@ class Sender:
                     await OUTBOX_SENT.load(self._redis)  # Redis restarted: load, then again
                     continue
                 raise
-            return int(answers[1 if short_id else 0])
+            recorded = int(answers[1 if short_id else 0])
+            return recorded, Look.of(answers[-2:]) if clear_inflight else None
         raise AssertionError("unreachable")
 
     async def settle_echo(
@@ -627,7 +666,8 @@ class Sender:
             # "1": written before ids named their reply; outbox_sent.lua still checks those.
             if owner is not None and as_text(owner) not in (entry.mid, "1"):
                 return False  # the echo of a send recorded for another reply
-        if not await self._mark_sent(keys, session_keys, token, entry, sent):
+        recorded, _ = await self._mark_sent(keys, session_keys, token, entry, sent)
+        if not recorded:
             return False
         OUTBOX_SENDS.labels("sent").inc()
         log.warning(
