@@ -328,7 +328,10 @@ class Settings(BaseSettings):
         20,
         alias="WSM_BRAIN_HISTORY_TURNS",
         ge=0,
-        description="How many recent messages the brain is given with each new message.",
+        description=(
+            "How many recent messages the brain is given with each new message (the AI "
+            "agent reads them; the menus read none, and none are read for them)."
+        ),
     )
 
     # --- Conversation engine: customers' media (engine/media/) --------------------------------
