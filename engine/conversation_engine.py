@@ -31,25 +31,26 @@ class Engine:
         if event.event == "session.status" or event.chat_id == SESSION_CHAT:
             tools = self.tools
             await session_status(tools.redis, tools.index, tools.sender, self.config.prefix, event)
-            await ctx.commit([])
+            await ctx.commit_later()
             return
         if is_ignored(
             event.chat_id,
             ignore_groups=self.config.ignore_groups,
             ignore_broadcasts=self.config.ignore_broadcasts,
         ):
-            await ctx.commit([])
+            await ctx.commit_later()
             return
         step = STEPS.get(event.event)
         light = LIGHT_STEPS.get(event.event)
         if step is None and light is None:
             # A WAHA event the engine does not act on: acked as is.
-            await ctx.commit([])
+            await ctx.commit_later()
             return
         turn = ConversationTurn(self.tools, event, ctx)
         if light is not None and await light(turn):
-            # Nothing but its own writes (engine/turn/dispatch.py): no state read, no follow-ups.
-            await ctx.commit(turn.writes)
+            # Nothing but its own writes (engine/turn/dispatch.py): no state read, no follow-ups,
+            # so its commit may ride with the turn's release (an ack, an echo: issue 19).
+            await ctx.commit_later(turn.writes)
             return
         await turn.run(step, PREFETCH.get(event.event))
 

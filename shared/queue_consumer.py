@@ -20,7 +20,7 @@ from typing import Any
 from shared.commit_writes import Write, encode_writes
 from shared.dead_letters import DEFAULT_DEAD_LETTER_LIMITS, DeadLetterLimits
 from shared.keys import ConversationKeys, ShardKeys
-from shared.lua import LuaScript, is_noscript
+from shared.lua import Arg, LuaScript, is_noscript
 from shared.queue_errors import LeaseLost, NotHead
 from shared.text import as_text
 
@@ -62,9 +62,11 @@ class Lease:
     # True once an ack learnt that the lease ran out or was taken back after its commit went
     # through (a retried ack): the committed work stands, but the turn must end there.
     ran_out: bool = False
-    # Handled messages whose handler committed nothing, oldest first: acked together with the
-    # turn's next call (ack, release or fail) in one round trip (`QueueConsumer.ack_later`).
+    # Handled messages not acked yet, oldest first: acked together with the turn's next call
+    # (ack, release or fail) in one round trip (`QueueConsumer.ack_later`).
     unacked: list[str] = field(default_factory=list)
+    # Those of them whose ack applies writes: ack_message.lua's extra KEYS and ARGV.
+    unacked_writes: dict[str, tuple[list[str], list[Arg]]] = field(default_factory=dict)
     _ack_keys: list[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -80,6 +82,11 @@ class Lease:
     @property
     def token(self) -> str:
         return self.conversation.token
+
+    def forget_unacked(self) -> None:
+        """The pending acks were sent (landed or refused): done with them."""
+        self.unacked.clear()
+        self.unacked_writes.clear()
 
 
 class FailOutcome(Enum):
@@ -167,14 +174,20 @@ class QueueConsumer:
 
     # --- while holding it -------------------------------------------------------------------
 
-    def ack_later(self, lease: Lease, message_id: str) -> None:
-        """Ack a message that committed nothing with the turn's next call, in its round trip.
+    def ack_later(self, lease: Lease, message_id: str, writes: Iterable[Write] = ()) -> None:
+        """Ack a handled message with the turn's next call, in its round trip, applying
+        `writes` (checked now: InvalidWrite before anything is sent) with its ack, atomically.
 
-        Safe because there is nothing to apply: until that call the message merely stays at
-        the head, and if the lease is lost first it is delivered again, as after any crash
-        (at least once; its handler wrote nothing, so nothing is applied twice). The acks still
-        run in order, each fenced, before the call that follows them (docs/architecture.md).
+        Safe because nothing is applied before that call: until then the message merely stays
+        at the head, and if the lease is lost first it is delivered again, as after any crash
+        (at least once; nothing of its handler's writes landed, so nothing is applied twice).
+        The acks still run in order, each fenced, before the call that follows them
+        (docs/architecture.md). Writes wait unseen until then: a message with writes must be
+        the last handled before that call (HandlerContext.commit_later sees to it).
         """
+        extra_keys, extra_args = encode_writes(writes, lease.conversation)
+        if extra_args:
+            lease.unacked_writes[message_id] = (extra_keys, extra_args)
         lease.unacked.append(message_id)
 
     async def ack(self, lease: Lease, message_id: str, writes: Iterable[Write] = ()) -> None:
@@ -189,7 +202,7 @@ class QueueConsumer:
         if lease.unacked:
             pending = list(lease.unacked)
             *earlier, result = await self._after_unacked(lease, ACK_MESSAGE, keys, args)
-            lease.unacked.clear()
+            lease.forget_unacked()
             # Up to the first refusal, which raises here (the messages after it stay queued).
             for acked, earlier_result in zip(pending, earlier, strict=False):
                 self._check_ack(lease, acked, earlier_result)
@@ -221,37 +234,75 @@ class QueueConsumer:
         """
         pending = len(lease.unacked)
         *earlier, result = await self._after_unacked(lease, script, keys, args)
-        lease.unacked.clear()
+        lease.forget_unacked()
         return len(earlier) == pending and all(r in (1, 2, 3) for r in earlier), result
 
     async def _after_unacked(
         self, lease: Lease, script: LuaScript, keys: list[Any], args: list[Any]
     ) -> list[Any]:
-        """The pending acks (one `ack_messages.lua` call: a code per message, up to the first
-        refusal) then `script`, pipelined: the codes, then the script's answer. No MULTI: each
-        script is atomic and the acks are idempotent, so repeating the pipeline after a lost
-        answer or NOSCRIPT is safe."""
+        """The pending acks then `script`, pipelined: a code per pending message, up to the
+        first refusal, then the script's answer. The acks go in order: each run of messages
+        without writes as one `ack_messages.lua` call (it stops at the first refusal), each
+        message with writes as its own `ack_message.lua` call. No MULTI: each script is atomic
+        and the acks are idempotent, so repeating the pipeline after a lost answer or NOSCRIPT
+        is safe."""
         if not self._batch_acks_loaded:
             # Loaded before the first pipeline: had Redis answered NOSCRIPT to the acks but run
             # the call behind them (a release), the turn's messages would be delivered again.
-            # (After a Redis restart every script is gone, so both answer NOSCRIPT and the
+            # (After a Redis restart every script is gone, so all answer NOSCRIPT and the
             # pipeline is simply repeated.)
             await ACK_MESSAGES.load(self.client)
+            await ACK_MESSAGE.load(self.client)
             self._batch_acks_loaded = True
         for attempt in (1, 2):
             pipe = self.client.pipeline(transaction=False)
-            ACK_MESSAGES.queue_in(pipe, lease._ack_keys, [lease.fence, *lease.unacked])
+            calls = self._queue_unacked(pipe, lease)
             script.queue_in(pipe, keys, args)
             try:
-                codes, result = await pipe.execute()
-                return [*codes, result]
+                *answers, result = await pipe.execute()
             except Exception as exc:
                 if attempt == 1 and is_noscript(exc):
-                    await ACK_MESSAGES.load(self.client)
-                    await script.load(self.client)
+                    for loaded in (ACK_MESSAGES, ACK_MESSAGE, script):
+                        await loaded.load(self.client)
                     continue
                 raise
+            codes: list[Any] = []
+            for size, answer in zip(calls, answers, strict=True):
+                if size == 0:  # one ack_message.lua: one code
+                    codes.append(answer)
+                    if answer not in (1, 2, 3):
+                        break
+                else:
+                    codes += answer
+                    if len(answer) < size or any(code not in (1, 2, 3) for code in answer):
+                        break
+            return [*codes, result]
         raise AssertionError("unreachable")
+
+    @staticmethod
+    def _queue_unacked(pipe: Any, lease: Lease) -> list[int]:
+        """Queue the lease's pending acks on `pipe`, oldest first; returns each call's size
+        (messages in an ack_messages.lua call; 0 for an ack_message.lua call with writes)."""
+        calls: list[int] = []
+        run: list[str] = []
+        for message_id in lease.unacked:
+            writes = lease.unacked_writes.get(message_id)
+            if writes is None:
+                run.append(message_id)
+                continue
+            if run:
+                ACK_MESSAGES.queue_in(pipe, lease._ack_keys, [lease.fence, *run])
+                calls.append(len(run))
+                run = []
+            extra_keys, extra_args = writes
+            ACK_MESSAGE.queue_in(
+                pipe, lease._ack_keys + extra_keys, [lease.fence, message_id, *extra_args]
+            )
+            calls.append(0)
+        if run:
+            ACK_MESSAGES.queue_in(pipe, lease._ack_keys, [lease.fence, *run])
+            calls.append(len(run))
+        return calls
 
     async def extend(self, lease: Lease) -> int:
         """Push the lease deadline to now + lease; returns it (ms). Raises LeaseLost."""

@@ -189,7 +189,12 @@ class ConsumerSlot:
         except InvalidRecord as exc:
             return await self._fail(keeper, message, f"InvalidRecord: {exc}", terminal=True)
 
-        ctx = HandlerContext(consumer=self.consumer, keeper=keeper, message=message)
+        ctx = HandlerContext(
+            consumer=self.consumer,
+            keeper=keeper,
+            message=message,
+            last_in_turn=message is lease.messages[-1],
+        )
         self.handling = True
         started = time.perf_counter()
         ack_later = False

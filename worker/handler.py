@@ -13,6 +13,10 @@ conversation, so handlers keep their effects inside `ctx.commit` or make them re
   the handler should stop (letting LeaseLost propagate is right). A handler that returns without
   committing is acked with no writes, in the round trip of the turn's next call (the next
   commit, the release or a fail: QueueConsumer.ack_later).
+- `await ctx.commit_later(writes)` commits the same, for a handler that does nothing after its
+  commit: when the message is the last of the turn (or there are no writes) its ack and writes
+  ride with the turn's next call (the release: one round trip for both); otherwise it commits
+  at once, so the next message's handler sees its writes.
 - `await ctx.extend_lease()` pushes the lease out now (raises LeaseLost). The fleet already
   extends it every third of WSM_LEASE_SECONDS while the handler runs.
 - Raising anything else counts a failed attempt: the message is retried after a backoff, and
@@ -78,6 +82,7 @@ class HandlerContext:
         consumer: QueueConsumer,
         keeper: LeaseKeeper,
         message: ClaimedMessage,
+        last_in_turn: bool = False,
     ) -> None:
         self._consumer = consumer
         self._keeper = keeper
@@ -85,6 +90,8 @@ class HandlerContext:
         self.message_id = message.id
         # 1 on the first delivery; more after failures or a crashed worker.
         self.attempt = message.attempts + 1
+        # The turn's last message: nothing is handled after it before the release.
+        self.last_in_turn = last_in_turn
         self.committed = False
 
     @property
@@ -124,6 +131,27 @@ class HandlerContext:
         except REDIS_UNAVAILABLE as exc:
             self._keeper.lost = True
             raise LeaseLost(f"lease on {self._lease.token} ran out while Redis was away") from exc
+        self.committed = True
+
+    async def commit_later(self, writes: Iterable[Write] = ()) -> None:
+        """`commit`, for a handler that returns right after it. The turn's last message is
+        committed with the release, in its round trip (QueueConsumer.ack_later): its writes are
+        applied with its ack, atomically and fenced, or, if the lease is lost first, not at all
+        (the message is delivered again). Any other message with writes commits at once: the
+        next message's handler must see them. Without writes the ack rides with the turn's
+        next call wherever the message is (as when a handler returns without committing).
+
+        Raises InvalidWrite (nothing written), AlreadyCommitted; LeaseLost as `commit` does.
+        """
+        writes = list(writes)
+        if writes and not self.last_in_turn:
+            await self.commit(writes)
+            return
+        if self.committed:
+            raise AlreadyCommitted(f"message {self.message_id} is already committed")
+        if self._keeper.lost:
+            raise LeaseLost(f"lease on {self._lease.token} is lost")
+        self._consumer.ack_later(self._lease, self.message_id, writes)
         self.committed = True
 
     async def extend_lease(self) -> None:

@@ -47,6 +47,9 @@ class CommitContext(Protocol):
 
     async def commit(self, writes: Iterable[Sequence[Any]] = ()) -> None: ...
 
+    # For an event with nothing to do after its commit: it may ride with the turn's next call.
+    async def commit_later(self, writes: Iterable[Sequence[Any]] = ()) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:

@@ -6,7 +6,7 @@ statistics (INFO commandstats), not timed."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +15,7 @@ import pytest
 import respx
 from redis.asyncio.client import Pipeline
 
+import tests.engine.harness as harness_module
 from engine.brain import Brain, Decision, Turn
 from engine.history import HistoryKeys, read_page
 from engine.outbox import new_entry, outbox_writes
@@ -268,3 +269,37 @@ async def test_an_ack_reads_its_entry_and_status_in_one_round_trip(
     assert not {"HGET", "HMGET", "HGETALL"} & sent
     page, _ = await read_page(aredis, HistoryKeys(keys.history, keys.history_meta))
     assert [(e.direction, e.status) for e in page] == [("in", "received"), ("out", "read")]
+
+
+async def test_acks_echoes_and_events_without_a_turn_let_their_commit_ride(
+    aredis, key_prefix, make_harness, monkeypatch
+) -> None:
+    """The light path has nothing to do after its commit: it commits with `commit_later`, which
+    the worker sends with the turn's release when the event ends the turn (one round trip for
+    both: tests/worker/test_ack_later.py). A customer's message, whose turn has follow-ups after
+    its commit (the state index, the sender's kick), commits at once."""
+    used: list[tuple[str, str]] = []
+    plain = harness_module.Ctx
+
+    class Recording(plain):
+        async def commit(self, writes: Iterable[Sequence[Any]] = ()) -> None:
+            used.append(("commit", self.message_id))
+            await super().commit(writes)
+
+        async def commit_later(self, writes: Iterable[Sequence[Any]] = ()) -> None:
+            used.append(("commit_later", self.message_id))
+            await plain.commit(self, writes)
+
+    monkeypatch.setattr(harness_module, "Ctx", Recording)
+    with respx.mock(assert_all_called=False) as router:
+        waha = FakeWaha(router)
+        harness = make_harness()
+        await harness.say(ANA, "oi")
+        assert [how for how, _ in used] == ["commit"]
+        used.clear()
+        echo_id = waha.ids[0].split("_")[-1]
+        await harness.webhook(from_me(ANA, waha.sent[0][1], echo_id))
+        await harness.webhook(ack(ANA, waha.ids[0], 2))
+        await harness.webhook(text_message("status@broadcast", "promo", message_id="B1"))
+        await harness.drain()
+    assert [how for how, _ in used] == ["commit_later", "commit_later", "commit_later"]

@@ -20,6 +20,7 @@ from shared.queue_consumer import (
     Lease,
     QueueConsumer,
 )
+from shared.queue_errors import InvalidWrite
 from tests.worker.conftest import Queue
 from tests.worker.support.fleet import chat_id, conversation, enqueue_texts
 from worker.consumer_slot import ConsumerSlot
@@ -156,6 +157,98 @@ async def test_pending_acks_refused_with_a_lost_lease_leave_their_messages_queue
     assert lease.unacked == []
     assert await aredis.lrange(keys.messages, 0, -1) == [m.encode() for m in reversed(sent[chat])]
     assert await aredis.hget(keys.meta, "state") == b"leased"  # the new holder's, untouched
+
+
+# --- a commit that ends the turn rides with the release (HandlerContext.commit_later) --------
+
+
+async def test_the_last_messages_commit_rides_with_the_release(queue: Queue) -> None:
+    """An ack of our reply at the end of a turn: its writes and its ack go with the release, one
+    round trip for the earlier message's pending ack, the commit and the release (issue 19)."""
+    aredis = queue.client
+    chat = chat_id(7)
+    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a", "b"]}, queue.shards)
+    keys = conversation(chat, queue.prefix, queue.shards)
+
+    async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
+        await ctx.commit_later([("RPUSH", keys.handled, ctx.message_id)])
+
+    trips, lease = await one_turn(queue, chat, handler)
+    # "a" is not the last: its writes commit at once (the next handler must see them); "b"'s
+    # commit and the release share one pipeline.
+    assert trips.count == 2
+    assert await aredis.lrange(keys.handled, 0, -1) == [m.encode() for m in sent[chat]]
+    assert await aredis.llen(keys.messages) == 0
+    assert not await aredis.exists(keys.meta)  # released, idle
+    assert int(await aredis.hget(keys.shard_keys.stats, "waiting")) == 0
+    assert lease.unacked == [] and lease.unacked_writes == {}
+
+
+async def test_a_commit_later_before_another_message_is_seen_by_its_handler(
+    queue: Queue,
+) -> None:
+    aredis = queue.client
+    chat = chat_id(8)
+    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a", "b", "c"]}, queue.shards)
+    keys = conversation(chat, queue.prefix, queue.shards)
+    seen: list[list[bytes]] = []
+
+    async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
+        seen.append(await aredis.lrange(keys.handled, 0, -1))
+        if ctx.message_id == sent[chat][0]:
+            await ctx.commit_later([("RPUSH", keys.handled, ctx.message_id)])
+        else:
+            await ctx.commit_later()  # nothing to write: rides with the next call
+
+    trips, _ = await one_turn(queue, chat, handler)
+    assert seen == [[], [sent[chat][0].encode()], [sent[chat][0].encode()]]
+    assert trips.count == 2  # commit a; ack b + ack c + release
+    assert await aredis.llen(keys.messages) == 0
+    assert not await aredis.exists(keys.meta)
+
+
+async def test_a_commit_riding_with_a_refused_release_writes_nothing(queue: Queue) -> None:
+    """Exactly once: the lease is taken over before the release; the commit that waited for it
+    is refused with it, its writes are not applied, and its message is delivered again."""
+    aredis = queue.client
+    chat = chat_id(9)
+    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a"]}, queue.shards)
+    keys = conversation(chat, queue.prefix, queue.shards)
+
+    async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
+        await ctx.commit_later([("RPUSH", keys.handled, ctx.message_id)])
+        await aredis.hincrby(keys.meta, "fence", 1)  # someone else's lease now
+
+    trips, lease = await one_turn(queue, chat, handler)
+    assert trips.count == 1
+    assert lease.unacked == [] and lease.unacked_writes == {}
+    assert await aredis.llen(keys.handled) == 0
+    assert await aredis.lrange(keys.messages, 0, -1) == [sent[chat][0].encode()]
+    assert await aredis.hget(keys.meta, "state") == b"leased"  # the new holder's, untouched
+
+
+async def test_a_bad_write_handed_to_commit_later_is_refused_before_anything_is_sent(
+    queue: Queue,
+) -> None:
+    aredis = queue.client
+    chat = chat_id(10)
+    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a"]}, queue.shards)
+    keys = conversation(chat, queue.prefix, queue.shards)
+    errors: list[Exception] = []
+
+    async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
+        try:
+            await ctx.commit_later([("EVAL", keys.handled, "return 1")])
+        except InvalidWrite as exc:
+            errors.append(exc)
+            raise
+
+    _, lease = await one_turn(queue, chat, handler)
+    assert len(errors) == 1 and lease.unacked == []
+    assert await aredis.exists(keys.handled) == 0
+    # Counted as a failed attempt: still queued, one attempt charged.
+    assert await aredis.lrange(keys.messages, 0, -1) == [sent[chat][0].encode()]
+    assert await aredis.hgetall(keys.attempts) == {sent[chat][0].encode(): b"1"}
 
 
 # --- ack_messages.lua on its own ------------------------------------------------------------
