@@ -134,6 +134,11 @@ class RoundTrips:
     single: list[str] = field(default_factory=list)  # the commands sent alone
     piped: list[list[str]] = field(default_factory=list)  # each pipeline's commands
 
+    @property
+    def commands(self) -> set[str]:
+        """Every command sent, alone or in a pipeline."""
+        return set(self.single) | {command for pipeline in self.piped for command in pipeline}
+
 
 @contextmanager
 def round_trips(aredis: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[RoundTrips]:
@@ -188,6 +193,17 @@ async def test_a_reply_is_sent_and_recorded_in_fewer_round_trips(
     assert [(e.text, e.status) for e in page] == [("Olá!", "sent")]
 
 
+async def name_turn(harness: Harness, aredis: Any, monkeypatch: pytest.MonkeyPatch) -> RoundTrips:
+    """Ana says "oi" (greeted, asked her name), then her name: that turn's round trips."""
+    await harness.webhook(text_message(ANA, "oi"))
+    await harness.drain()
+    await harness.webhook(text_message(ANA, "Ana", message_id="IN2"))
+    with round_trips(aredis, monkeypatch) as seen:
+        await harness.drain(deliver=False)
+    await harness.drain()
+    return seen
+
+
 class HistoryReader:
     """A brain that reads the history (as the AI agent does): the menu's answers, and every
     history it was given."""
@@ -213,18 +229,12 @@ async def test_a_customer_message_reads_state_marker_and_history_in_one_round_tr
         waha = FakeWaha(router)
         service = EngineService(aredis, settings, outbound=WahaClient(WAHA), brain=brain)
         harness = Harness(aredis, settings, service)
-        await harness.webhook(text_message(ANA, "oi"))
-        await harness.drain()
-        await harness.webhook(text_message(ANA, "Ana", message_id="IN2"))
-        with round_trips(aredis, monkeypatch) as seen:
-            await harness.drain(deliver=False)
-        single, piped = seen.single, seen.piped
-        await harness.drain()
+        seen = await name_turn(harness, aredis, monkeypatch)
         await harness.aclose()
         await plain.aclose()
     assert waha.to(ANA)[-1].startswith("Como posso ajudar, Ana?")
-    assert not {"HGETALL", "HGET", "XREVRANGE"} & set(single)
-    assert ["HGETALL", "HGET", "XREVRANGE"] in piped
+    assert not {"HGETALL", "HGET", "XREVRANGE"} & set(seen.single)
+    assert ["HGETALL", "HGET", "XREVRANGE"] in seen.piped
     assert brain.histories[-1][0] == "oi"  # and it was given to the brain
 
 
@@ -235,18 +245,10 @@ async def test_the_menu_is_not_given_the_history_it_does_not_read(
     decodes the history (a fifth of a worker's CPU per message in the menu's load test)."""
     with respx.mock(assert_all_called=False) as router:
         waha = FakeWaha(router)
-        harness = make_harness()
-        await harness.webhook(text_message(ANA, "oi"))
-        await harness.drain()
-        await harness.webhook(text_message(ANA, "Ana", message_id="IN2"))
-        with round_trips(aredis, monkeypatch) as seen:
-            await harness.drain(deliver=False)
-        single, piped = seen.single, seen.piped
-        await harness.drain()
+        seen = await name_turn(make_harness(), aredis, monkeypatch)
     assert waha.to(ANA)[-1].startswith("Como posso ajudar, Ana?")
-    assert ["HGETALL", "HGET"] in piped
-    sent = set(single) | {command for pipeline in piped for command in pipeline}
-    assert not {"XREVRANGE", "HMGET"} & sent
+    assert ["HGETALL", "HGET"] in seen.piped
+    assert not {"XREVRANGE", "HMGET"} & seen.commands
 
 
 async def test_an_ack_reads_its_entry_and_status_in_one_round_trip(
@@ -265,8 +267,7 @@ async def test_an_ack_reads_its_entry_and_status_in_one_round_trip(
         await harness.webhook(ack(ANA, waha.ids[0], 2))
         await harness.drain()
     keys = engine_keys_for("default", ANA, 1, key_prefix)
-    sent = set(seen.single) | {command for pipeline in seen.piped for command in pipeline}
-    assert not {"HGET", "HMGET", "HGETALL"} & sent
+    assert not {"HGET", "HMGET", "HGETALL"} & seen.commands
     page, _ = await read_page(aredis, HistoryKeys(keys.history, keys.history_meta))
     assert [(e.direction, e.status) for e in page] == [("in", "received"), ("out", "read")]
 
