@@ -46,6 +46,8 @@ TRIM_BATCH = 500
 # WAHA's ack levels (WAMessageAck).
 ACK_NAMES = {-1: "error", 0: "pending", 1: "server", 2: "device", 3: "read", 4: "played"}
 # Our statuses, in the order a message goes through them. `error` and `failed` are final.
+# shared/scripts/outbox_sent.lua ranks them too (an ack parked before the send was recorded):
+# tests/engine/test_outbox_scripts.py keeps the two the same.
 STATUS_RANK = {
     "received": 0,
     "queued": 0,

@@ -19,6 +19,7 @@ local token = ARGV[4]
 local now_ms = ARGV[5]        -- optional
 --#include outbox
 
+-- The same ranking as engine/history.py STATUS_RANK (tests/engine/test_outbox_scripts.py).
 local rank = {received = 0, queued = 0, pending = 1, sent = 2, server = 3, device = 4,
               read = 5, played = 6, error = 7, failed = 7}
 local function advance(field, status)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import orjson
 
+from engine.history import STATUS_RANK, advances
 from engine.outbox import new_entry, outbox_writes
 from engine.sender import (
     HEAD_MOVED,
@@ -205,3 +206,23 @@ async def test_send_due_steps_over_held_conversations(aredis, key_prefix) -> Non
     assert await due(10, 3, 3) == ([tokens[3], tokens[5]], 6)
     assert await due(10, 6, 3) == ([TOKEN], 0)
     assert await aredis.zscore(pending, "default|later@c.us") == 99  # read-only
+
+
+async def test_outbox_sent_ranks_statuses_as_the_history_does(aredis, key_prefix) -> None:
+    """The status ranking lives twice: engine/history.py's STATUS_RANK (an ack's turn, the
+    history's reads) and outbox_sent.lua's `rank` (an ack parked before the send was recorded).
+    For every status the reply had and every early ack, the script ends where `advances`
+    says."""
+    statuses = sorted(STATUS_RANK)
+    for n, (had, early) in enumerate((a, b) for a in statuses for b in statuses):
+        keys, entries = await setup(aredis, f"{key_prefix}:{n}", n=1)
+        mid = entries[0].mid
+        await aredis.hset(keys.history_meta, mapping={f"{mid}:status": had, "w:AAA:ack": early})
+        sent_keys = [keys.outbox, keys.history_meta, keys.outbox_pending]
+        assert await OUTBOX_SENT(aredis, sent_keys, [mid, "true_x_AAA", "AAA", TOKEN]) == 1
+        expected = had
+        for step in ("sent", early):
+            if advances(expected, step):
+                expected = step
+        got = await aredis.hget(keys.history_meta, f"{mid}:status")
+        assert (had, early, got) == (had, early, expected.encode())
