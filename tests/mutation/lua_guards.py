@@ -77,6 +77,7 @@ TESTS: dict[str, list[str]] = {
     "replay_dead_letter": ["tests/worker/test_replay_dead_letter_script.py"],
     "reclaim_stale_claims": ["tests/worker/test_reclaim_stale_claims_script.py"],
     "outbox_sent": ["tests/engine/test_outbox_scripts.py"],
+    "history_fact": ["tests/engine/test_light_path.py", "tests/engine/test_conversations.py"],
     "outbox_dead": ["tests/engine/test_outbox_scripts.py"],
     "outbox_retry": ["tests/engine/test_outbox_scripts.py"],
     "outbox_settle": ["tests/engine/test_outbox_scripts.py"],

@@ -184,6 +184,28 @@ async def test_the_last_messages_commit_rides_with_the_release(queue: Queue) -> 
     assert lease.unacked == [] and lease.unacked_writes == {}
 
 
+async def test_pending_acks_then_the_last_commit_then_the_release_in_one_round_trip(
+    queue: Queue,
+) -> None:
+    aredis = queue.client
+    chat = chat_id(11)
+    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a", "b", "c"]}, queue.shards)
+    keys = conversation(chat, queue.prefix, queue.shards)
+    last = sent[chat][-1]
+
+    async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
+        await ctx.commit_later(
+            [("RPUSH", keys.handled, ctx.message_id)] if ctx.message_id == last else []
+        )
+
+    trips, _ = await one_turn(queue, chat, handler)
+    assert trips.count == 1  # ack a + ack b (one call), commit c, release
+    assert await aredis.lrange(keys.handled, 0, -1) == [last.encode()]
+    assert await aredis.llen(keys.messages) == 0
+    assert not await aredis.exists(keys.meta)
+    assert int(await aredis.hget(keys.shard_keys.stats, "waiting")) == 0
+
+
 async def test_a_commit_later_before_another_message_is_seen_by_its_handler(
     queue: Queue,
 ) -> None:
