@@ -228,6 +228,23 @@ TARGETS: dict[str, Target] = {
         ],
         deselect=["cluster"],
     ),
+    # The queue's pending acks and a commit riding with the release (issue 19, fourth session):
+    # run with `--names '*ack_later*' '*unacked*' '*commit_later*'`.
+    "pending": Target(
+        mutate=["shared/queue_consumer.py", "worker/handler.py"],
+        tests=[
+            "tests/worker/test_ack_later.py",
+            "tests/worker/test_consumer_slot.py",
+            "tests/worker/test_consumer_slot_mutants.py",
+            "tests/worker/test_handler_seam.py",
+            "tests/worker/test_commit_writes.py",
+            "tests/worker/test_claim_pool.py",
+            "tests/worker/test_mutants.py",
+            "tests/worker/test_redis_restart.py",  # NOSCRIPT after a restart
+            "tests/engine/test_light_path.py",
+        ],
+        deselect=["cluster"],
+    ),
     # worker/'s "no tests" files of the first run (they run in the fleet's child processes),
     # the retries and `wsm dlq`, against the in-process tests written for them.
     "fleet": Target(

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from shared.envelope import QueuedEvent
 from shared.queue_consumer import (
     ACK_MESSAGE,
@@ -20,11 +22,11 @@ from shared.queue_consumer import (
     Lease,
     QueueConsumer,
 )
-from shared.queue_errors import InvalidWrite
+from shared.queue_errors import InvalidWrite, LeaseLost
 from tests.worker.conftest import Queue
 from tests.worker.support.fleet import chat_id, conversation, enqueue_texts
 from worker.consumer_slot import ConsumerSlot
-from worker.handler import Handler, HandlerContext
+from worker.handler import AlreadyCommitted, Handler, HandlerContext
 
 
 class RoundTrips:
@@ -317,3 +319,145 @@ async def test_a_batch_of_acks_stops_at_the_first_refusal(queue: Queue) -> None:
     assert await ACK_MESSAGES(aredis, lease._ack_keys, [lease.fence + 1, b]) == [0]
     assert await aredis.lrange(keys.messages, 0, -1) == [c.encode(), b.encode()]
     assert int(await aredis.hget(keys.shard_keys.stats, "waiting")) == 2
+
+
+# --- pending acks with writes, at the queue's level ------------------------------------------
+
+
+def recorded(keys: Any, message_id: str) -> list[tuple[str, str, str]]:
+    return [("RPUSH", keys.handled, message_id)]
+
+
+async def test_pending_acks_in_any_order_then_an_ack_all_land_in_order(queue: Queue) -> None:
+    """The queue takes pending acks with and without writes in any order (a run, one with
+    writes, a run again) and sends them, in order, before the next commit."""
+    aredis = queue.client
+    chat = chat_id(12)
+    sent = await enqueue_texts(aredis, queue.prefix, {chat: list("abcde")}, queue.shards)
+    keys = conversation(chat, queue.prefix, queue.shards)
+    consumer, lease = await claimed(queue, chat)
+    a, b, c, d, e = sent[chat]
+    consumer.ack_later(lease, a)
+    consumer.ack_later(lease, b, recorded(keys, b))
+    consumer.ack_later(lease, c)
+    consumer.ack_later(lease, d, recorded(keys, d))
+    await consumer.ack(lease, e, recorded(keys, e))
+    assert await aredis.lrange(keys.handled, 0, -1) == [b.encode(), d.encode(), e.encode()]
+    assert await aredis.llen(keys.messages) == 0
+    assert lease.unacked == [] and lease.unacked_writes == {}
+    assert await consumer.release(lease) is True
+
+
+async def test_a_pending_commit_under_a_lost_lease_fails_the_ack_behind_it(queue: Queue) -> None:
+    aredis = queue.client
+    chat = chat_id(13)
+    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a", "b"]}, queue.shards)
+    keys = conversation(chat, queue.prefix, queue.shards)
+    consumer, lease = await claimed(queue, chat)
+    a, b = sent[chat]
+    consumer.ack_later(lease, a, recorded(keys, a))
+    await aredis.hincrby(keys.meta, "fence", 1)  # someone else's lease now
+    with pytest.raises(LeaseLost):
+        await consumer.ack(lease, b, recorded(keys, b))
+    assert await aredis.exists(keys.handled) == 0
+    assert await aredis.lrange(keys.messages, 0, -1) == [b.encode(), a.encode()]
+    assert lease.unacked == [] and lease.unacked_writes == {}
+
+
+async def test_a_release_behind_a_refused_pending_commit_says_not_everything_landed(
+    queue: Queue,
+) -> None:
+    """A pending commit refused (here: its message is not the head) while the release behind
+    it goes through: the release answers False, and nothing of the commit was written."""
+    aredis = queue.client
+    chat = chat_id(16)
+    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a", "b"]}, queue.shards)
+    keys = conversation(chat, queue.prefix, queue.shards)
+    consumer, lease = await claimed(queue, chat)
+    a, b = sent[chat]
+    consumer.ack_later(lease, b, recorded(keys, b))
+    assert await consumer.release(lease) is False
+    assert await aredis.exists(keys.handled) == 0
+    assert await aredis.lrange(keys.messages, 0, -1) == [b.encode(), a.encode()]
+    assert await aredis.hget(keys.meta, "state") == b"ready"  # released: back in line
+
+
+async def test_pending_commits_survive_a_redis_that_lost_its_scripts(queue: Queue) -> None:
+    """After SCRIPT FLUSH (a restart, a failover) every call answers NOSCRIPT: the pipeline is
+    loaded and sent again whole, and each message is acked once."""
+    aredis = queue.client
+    chat = chat_id(14)
+    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a", "b"]}, queue.shards)
+    keys = conversation(chat, queue.prefix, queue.shards)
+    consumer, lease = await claimed(queue, chat)
+    a, b = sent[chat]
+    consumer.ack_later(lease, a)
+    consumer.ack_later(lease, b, recorded(keys, b))
+    await consumer.release(lease)  # loads the scripts once
+    await enqueue_texts(aredis, queue.prefix, {chat: ["c", "d"]}, queue.shards)
+    consumer, lease = await claimed(queue, chat)
+    c, d = [m.id for m in lease.messages]
+    await aredis.script_flush()
+    consumer.ack_later(lease, c)
+    consumer.ack_later(lease, d, recorded(keys, d))
+    assert await consumer.release(lease) is True
+    assert await aredis.lrange(keys.handled, 0, -1) == [b.encode(), d.encode()]
+    assert await aredis.llen(keys.messages) == 0
+    assert not await aredis.exists(keys.meta)
+
+
+async def test_the_acks_are_loaded_before_a_release_that_redis_already_knows(
+    queue: Queue,
+) -> None:
+    """Only the release's script is known to Redis: had the pending acks answered NOSCRIPT
+    while the release behind them ran, the turn's messages would be released unacked and
+    handled again. The consumer loads the ack scripts before its first such pipeline."""
+    aredis = queue.client
+    chat = chat_id(15)
+    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a", "b"]}, queue.shards)
+    keys = conversation(chat, queue.prefix, queue.shards)
+    await aredis.script_flush()
+    await RELEASE_CONVERSATION.load(aredis)
+    consumer, lease = await claimed(queue, chat)
+    a, b = sent[chat]
+    consumer.ack_later(lease, a)
+    consumer.ack_later(lease, b, recorded(keys, b))
+    assert await consumer.release(lease) is True
+    assert await aredis.lrange(keys.handled, 0, -1) == [b.encode()]
+    assert await aredis.llen(keys.messages) == 0
+    assert not await aredis.exists(keys.meta)
+
+
+async def test_a_release_carries_a_run_a_commit_and_a_run(queue: Queue) -> None:
+    aredis = queue.client
+    chat = chat_id(17)
+    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a", "b", "c"]}, queue.shards)
+    keys = conversation(chat, queue.prefix, queue.shards)
+    consumer, lease = await claimed(queue, chat)
+    a, b, c = sent[chat]
+    consumer.ack_later(lease, a)
+    consumer.ack_later(lease, b, recorded(keys, b))
+    consumer.ack_later(lease, c)
+    assert await consumer.release(lease) is True  # every pending ack landed
+    assert await aredis.lrange(keys.handled, 0, -1) == [b.encode()]
+    assert await aredis.llen(keys.messages) == 0
+    assert not await aredis.exists(keys.meta)
+
+
+async def test_commit_later_twice_is_a_handler_bug(queue: Queue) -> None:
+    aredis = queue.client
+    chat = chat_id(18)
+    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a"]}, queue.shards)
+    keys = conversation(chat, queue.prefix, queue.shards)
+    errors: list[str] = []
+
+    async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
+        await ctx.commit_later([("RPUSH", keys.handled, ctx.message_id)])
+        try:
+            await ctx.commit_later([("RPUSH", keys.handled, ctx.message_id)])
+        except AlreadyCommitted as exc:
+            errors.append(str(exc))
+
+    await one_turn(queue, chat, handler)
+    assert errors == [f"message {sent[chat][0]} is already committed"]
+    assert await aredis.lrange(keys.handled, 0, -1) == [sent[chat][0].encode()]  # once
