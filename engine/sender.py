@@ -582,7 +582,6 @@ class Sender:
                 _, look = await self._mark_sent(
                     keys, session_keys, token, entry, sent, clear_inflight=True
                 )
-                assert look is not None  # asked for with clear_inflight
                 return look
             except REDIS_UNAVAILABLE:
                 if time.monotonic() > deadline:
@@ -601,11 +600,11 @@ class Sender:
         sent: SentMessage,
         *,
         clear_inflight: bool = False,
-    ) -> tuple[int, Look | None]:
+    ) -> tuple[int, Look]:
         """Remember the id as ours, naming the reply (before the reply leaves the outbox, so a
         later echo is always recognised), then take the reply off the outbox and make the rest
         of it due now; with `clear_inflight` (the sender's own send), then drop the send's
-        in-flight marker and read the outbox's new head and the park (the delivery's next
+        in-flight marker; last, read the outbox's new head and the park (a delivery's next
         look). One round trip: a pipeline runs its commands in order, and `ours` and the marker
         share the session's hash tag (one node in a cluster), so the marker never goes before
         `ours` is there. 0: it was recorded already, or the id is another reply's."""
@@ -619,7 +618,7 @@ class Sender:
             OUTBOX_SENT.queue_in(pipe, call_keys, call_args)
             if clear_inflight:
                 pipe.delete(session_keys.inflight(entry.chat_id))
-                Look.queue_in(pipe, keys, session_keys)
+            Look.queue_in(pipe, keys, session_keys)
             try:
                 answers = await pipe.execute()
             except REDIS_UNAVAILABLE:
@@ -630,7 +629,7 @@ class Sender:
                     continue
                 raise
             recorded = int(answers[1 if short_id else 0])
-            return recorded, Look.of(answers[-2:]) if clear_inflight else None
+            return recorded, Look.of(answers[-2:])
         raise AssertionError("unreachable")
 
     async def settle_echo(

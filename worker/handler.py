@@ -113,12 +113,9 @@ class HandlerContext:
 
         Raises LeaseLost (nothing written), InvalidWrite (nothing written), AlreadyCommitted.
         """
-        if self.committed:
-            raise AlreadyCommitted(f"message {self.message_id} is already committed")
         # Encoded (and InvalidWrite raised) by `ack` before anything is sent.
         writes = list(writes)
-        if self._keeper.lost:
-            raise LeaseLost(f"lease on {self._lease.token} is lost")
+        self._check_committable()
         try:
             await retry_until(
                 lambda: self._consumer.ack(self._lease, self.message_id, writes),
@@ -147,12 +144,16 @@ class HandlerContext:
         if writes and not self.last_in_turn:
             await self.commit(writes)
             return
+        self._check_committable()
+        self._consumer.ack_later(self._lease, self.message_id, writes)
+        self.committed = True
+
+    def _check_committable(self) -> None:
+        """AlreadyCommitted, or LeaseLost when the keeper lost the lease: nothing is sent."""
         if self.committed:
             raise AlreadyCommitted(f"message {self.message_id} is already committed")
         if self._keeper.lost:
             raise LeaseLost(f"lease on {self._lease.token} is lost")
-        self._consumer.ack_later(self._lease, self.message_id, writes)
-        self.committed = True
 
     async def extend_lease(self) -> None:
         """Extend the lease now (fenced). Raises LeaseLost."""

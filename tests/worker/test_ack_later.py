@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from shared.envelope import QueuedEvent
+from shared.keys import ConversationKeys
 from shared.queue_consumer import (
     ACK_MESSAGE,
     ACK_MESSAGES,
@@ -55,6 +56,16 @@ class RoundTrips:
         return pipe
 
 
+async def queued(
+    queue: Queue, n: int, texts: list[str]
+) -> tuple[Any, str, list[str], ConversationKeys]:
+    """A chat of the test's own with `texts` queued: the client, the chat, the message ids
+    (oldest first) and the conversation's keys."""
+    chat = chat_id(n)
+    sent = await enqueue_texts(queue.client, queue.prefix, {chat: texts}, queue.shards)
+    return queue.client, chat, sent[chat], conversation(chat, queue.prefix, queue.shards)
+
+
 async def one_turn(queue: Queue, chat: str, handler: Handler) -> tuple[RoundTrips, Lease]:
     """Claim the chat's conversation and run one turn; round trips counted after the claim."""
     aredis = queue.client
@@ -81,62 +92,51 @@ async def one_turn(queue: Queue, chat: str, handler: Handler) -> tuple[RoundTrip
 
 
 async def test_a_turn_of_handlers_that_commit_nothing_costs_one_round_trip(queue: Queue) -> None:
-    aredis = queue.client
-    chat = chat_id(1)
-    sent = await enqueue_texts(
-        aredis, queue.prefix, {chat: ["a", "b", "c", "d", "e"]}, queue.shards
-    )
+    aredis, chat, ids, keys = await queued(queue, 1, ["a", "b", "c", "d", "e"])
     seen: list[str] = []
 
     async def noop(event: QueuedEvent, ctx: HandlerContext) -> None:
         seen.append(ctx.message_id)
 
     trips, _ = await one_turn(queue, chat, noop)
-    assert seen == sent[chat]  # each once, in order
+    assert seen == ids  # each once, in order
     # Five acks and the release in one pipeline (before: one round trip each, six).
     assert trips.count == 1
-    keys = conversation(chat, queue.prefix, queue.shards)
     assert await aredis.llen(keys.messages) == 0
     assert not await aredis.exists(keys.meta)  # released, idle
     assert int(await aredis.hget(keys.shard_keys.stats, "waiting")) == 0
 
 
 async def test_pending_acks_land_before_a_commit_with_writes(queue: Queue) -> None:
-    aredis = queue.client
-    chat = chat_id(2)
-    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a", "b", "c"]}, queue.shards)
-    keys = conversation(chat, queue.prefix, queue.shards)
+    aredis, chat, ids, keys = await queued(queue, 2, ["a", "b", "c"])
     heads: list[list[bytes]] = []
 
     async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
-        if ctx.message_id == sent[chat][1]:
+        if ctx.message_id == ids[1]:
             await ctx.commit([("RPUSH", keys.handled, ctx.message_id)])
             # Its commit took the pending ack of "a" with it: only "c" is left.
             heads.append(await aredis.lrange(keys.messages, 0, -1))
 
     trips, _ = await one_turn(queue, chat, handler)
-    assert heads == [[sent[chat][2].encode()]]
-    assert await aredis.lrange(keys.handled, 0, -1) == [sent[chat][1].encode()]
+    assert heads == [[ids[2].encode()]]
+    assert await aredis.lrange(keys.handled, 0, -1) == [ids[1].encode()]
     assert trips.count == 2  # ack a + commit b; ack c + release
     assert await aredis.llen(keys.messages) == 0
     assert not await aredis.exists(keys.meta)
 
 
 async def test_a_failure_after_pending_acks_charges_only_the_failed_message(queue: Queue) -> None:
-    aredis = queue.client
-    chat = chat_id(3)
-    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a", "b", "c"]}, queue.shards)
-    keys = conversation(chat, queue.prefix, queue.shards)
+    aredis, chat, ids, keys = await queued(queue, 3, ["a", "b", "c"])
 
     async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
-        if ctx.message_id == sent[chat][1]:
+        if ctx.message_id == ids[1]:
             raise RuntimeError("boom")
 
     trips, _ = await one_turn(queue, chat, handler)
     assert trips.count == 1  # ack a + fail b
     # "a" is gone; "b" waits for its retry at the head, one attempt charged; "c" untouched.
-    assert await aredis.lrange(keys.messages, 0, -1) == [m.encode() for m in sent[chat][:0:-1]]
-    assert await aredis.hgetall(keys.attempts) == {sent[chat][1].encode(): b"1"}
+    assert await aredis.lrange(keys.messages, 0, -1) == [m.encode() for m in ids[:0:-1]]
+    assert await aredis.hgetall(keys.attempts) == {ids[1].encode(): b"1"}
     assert await aredis.hget(keys.meta, "state") == b"delayed"
 
 
@@ -145,19 +145,16 @@ async def test_pending_acks_refused_with_a_lost_lease_leave_their_messages_queue
 ) -> None:
     """At least once: the lease is taken over before the turn ends; the acks that waited for
     the release are refused with it, so those messages are delivered again, not lost."""
-    aredis = queue.client
-    chat = chat_id(4)
-    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a", "b"]}, queue.shards)
-    keys = conversation(chat, queue.prefix, queue.shards)
+    aredis, chat, ids, keys = await queued(queue, 4, ["a", "b"])
 
     async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
-        if ctx.message_id == sent[chat][1]:
+        if ctx.message_id == ids[1]:
             await aredis.hincrby(keys.meta, "fence", 1)  # someone else's lease now
 
     trips, lease = await one_turn(queue, chat, handler)
     assert trips.count == 1
     assert lease.unacked == []
-    assert await aredis.lrange(keys.messages, 0, -1) == [m.encode() for m in reversed(sent[chat])]
+    assert await aredis.lrange(keys.messages, 0, -1) == [m.encode() for m in reversed(ids)]
     assert await aredis.hget(keys.meta, "state") == b"leased"  # the new holder's, untouched
 
 
@@ -167,10 +164,7 @@ async def test_pending_acks_refused_with_a_lost_lease_leave_their_messages_queue
 async def test_the_last_messages_commit_rides_with_the_release(queue: Queue) -> None:
     """An ack of our reply at the end of a turn: its writes and its ack go with the release, one
     round trip for the earlier message's pending ack, the commit and the release (issue 19)."""
-    aredis = queue.client
-    chat = chat_id(7)
-    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a", "b"]}, queue.shards)
-    keys = conversation(chat, queue.prefix, queue.shards)
+    aredis, chat, ids, keys = await queued(queue, 7, ["a", "b"])
 
     async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
         await ctx.commit_later([("RPUSH", keys.handled, ctx.message_id)])
@@ -179,7 +173,7 @@ async def test_the_last_messages_commit_rides_with_the_release(queue: Queue) -> 
     # "a" is not the last: its writes commit at once (the next handler must see them); "b"'s
     # commit and the release share one pipeline.
     assert trips.count == 2
-    assert await aredis.lrange(keys.handled, 0, -1) == [m.encode() for m in sent[chat]]
+    assert await aredis.lrange(keys.handled, 0, -1) == [m.encode() for m in ids]
     assert await aredis.llen(keys.messages) == 0
     assert not await aredis.exists(keys.meta)  # released, idle
     assert int(await aredis.hget(keys.shard_keys.stats, "waiting")) == 0
@@ -189,11 +183,8 @@ async def test_the_last_messages_commit_rides_with_the_release(queue: Queue) -> 
 async def test_pending_acks_then_the_last_commit_then_the_release_in_one_round_trip(
     queue: Queue,
 ) -> None:
-    aredis = queue.client
-    chat = chat_id(11)
-    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a", "b", "c"]}, queue.shards)
-    keys = conversation(chat, queue.prefix, queue.shards)
-    last = sent[chat][-1]
+    aredis, chat, ids, keys = await queued(queue, 11, ["a", "b", "c"])
+    last = ids[-1]
 
     async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
         await ctx.commit_later(
@@ -211,21 +202,18 @@ async def test_pending_acks_then_the_last_commit_then_the_release_in_one_round_t
 async def test_a_commit_later_before_another_message_is_seen_by_its_handler(
     queue: Queue,
 ) -> None:
-    aredis = queue.client
-    chat = chat_id(8)
-    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a", "b", "c"]}, queue.shards)
-    keys = conversation(chat, queue.prefix, queue.shards)
+    aredis, chat, ids, keys = await queued(queue, 8, ["a", "b", "c"])
     seen: list[list[bytes]] = []
 
     async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
         seen.append(await aredis.lrange(keys.handled, 0, -1))
-        if ctx.message_id == sent[chat][0]:
+        if ctx.message_id == ids[0]:
             await ctx.commit_later([("RPUSH", keys.handled, ctx.message_id)])
         else:
             await ctx.commit_later()  # nothing to write: rides with the next call
 
     trips, _ = await one_turn(queue, chat, handler)
-    assert seen == [[], [sent[chat][0].encode()], [sent[chat][0].encode()]]
+    assert seen == [[], [ids[0].encode()], [ids[0].encode()]]
     assert trips.count == 2  # commit a; ack b + ack c + release
     assert await aredis.llen(keys.messages) == 0
     assert not await aredis.exists(keys.meta)
@@ -234,10 +222,7 @@ async def test_a_commit_later_before_another_message_is_seen_by_its_handler(
 async def test_a_commit_riding_with_a_refused_release_writes_nothing(queue: Queue) -> None:
     """Exactly once: the lease is taken over before the release; the commit that waited for it
     is refused with it, its writes are not applied, and its message is delivered again."""
-    aredis = queue.client
-    chat = chat_id(9)
-    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a"]}, queue.shards)
-    keys = conversation(chat, queue.prefix, queue.shards)
+    aredis, chat, ids, keys = await queued(queue, 9, ["a"])
 
     async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
         await ctx.commit_later([("RPUSH", keys.handled, ctx.message_id)])
@@ -247,17 +232,14 @@ async def test_a_commit_riding_with_a_refused_release_writes_nothing(queue: Queu
     assert trips.count == 1
     assert lease.unacked == [] and lease.unacked_writes == {}
     assert await aredis.llen(keys.handled) == 0
-    assert await aredis.lrange(keys.messages, 0, -1) == [sent[chat][0].encode()]
+    assert await aredis.lrange(keys.messages, 0, -1) == [ids[0].encode()]
     assert await aredis.hget(keys.meta, "state") == b"leased"  # the new holder's, untouched
 
 
 async def test_a_bad_write_handed_to_commit_later_is_refused_before_anything_is_sent(
     queue: Queue,
 ) -> None:
-    aredis = queue.client
-    chat = chat_id(10)
-    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a"]}, queue.shards)
-    keys = conversation(chat, queue.prefix, queue.shards)
+    aredis, chat, ids, keys = await queued(queue, 10, ["a"])
     errors: list[Exception] = []
 
     async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
@@ -271,8 +253,8 @@ async def test_a_bad_write_handed_to_commit_later_is_refused_before_anything_is_
     assert len(errors) == 1 and lease.unacked == []
     assert await aredis.exists(keys.handled) == 0
     # Counted as a failed attempt: still queued, one attempt charged.
-    assert await aredis.lrange(keys.messages, 0, -1) == [sent[chat][0].encode()]
-    assert await aredis.hgetall(keys.attempts) == {sent[chat][0].encode(): b"1"}
+    assert await aredis.lrange(keys.messages, 0, -1) == [ids[0].encode()]
+    assert await aredis.hgetall(keys.attempts) == {ids[0].encode(): b"1"}
 
 
 # --- ack_messages.lua on its own ------------------------------------------------------------
@@ -290,28 +272,22 @@ async def claimed(queue: Queue, chat: str) -> tuple[QueueConsumer, Lease]:
 async def test_a_repeated_batch_of_acks_is_reported_done_and_removes_nothing_more(
     queue: Queue,
 ) -> None:
-    aredis = queue.client
-    chat = chat_id(5)
-    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a", "b", "c"]}, queue.shards)
-    keys = conversation(chat, queue.prefix, queue.shards)
+    aredis, chat, ids, keys = await queued(queue, 5, ["a", "b", "c"])
     _, lease = await claimed(queue, chat)
-    ids = sent[chat][:2]
-    args = [lease.fence, *ids]
+    acked = ids[:2]
+    args = [lease.fence, *acked]
     assert await ACK_MESSAGES(aredis, lease._ack_keys, args) == [1, 1]
     # The answer was lost; the retry learns both are done, and nothing else moves.
     assert await ACK_MESSAGES(aredis, lease._ack_keys, args) == [2, 2]
-    assert await aredis.lrange(keys.messages, 0, -1) == [sent[chat][2].encode()]
+    assert await aredis.lrange(keys.messages, 0, -1) == [ids[2].encode()]
     assert int(await aredis.hget(keys.shard_keys.stats, "waiting")) == 1
-    assert await aredis.hget(keys.meta, "last_ack") == f"{lease.fence}:{ids[1]}".encode()
+    assert await aredis.hget(keys.meta, "last_ack") == f"{lease.fence}:{acked[1]}".encode()
 
 
 async def test_a_batch_of_acks_stops_at_the_first_refusal(queue: Queue) -> None:
-    aredis = queue.client
-    chat = chat_id(6)
-    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a", "b", "c"]}, queue.shards)
-    keys = conversation(chat, queue.prefix, queue.shards)
+    aredis, chat, ids, keys = await queued(queue, 6, ["a", "b", "c"])
     _, lease = await claimed(queue, chat)
-    a, b, c = sent[chat]
+    a, b, c = ids
     # Out of order: "c" is not the head once "a" is gone, so "c" and what follows stay queued.
     assert await ACK_MESSAGES(aredis, lease._ack_keys, [lease.fence, a, c, b]) == [1, -2]
     assert await aredis.lrange(keys.messages, 0, -1) == [c.encode(), b.encode()]
@@ -331,12 +307,9 @@ def recorded(keys: Any, message_id: str) -> list[tuple[str, str, str]]:
 async def test_pending_acks_in_any_order_then_an_ack_all_land_in_order(queue: Queue) -> None:
     """The queue takes pending acks with and without writes in any order (a run, one with
     writes, a run again) and sends them, in order, before the next commit."""
-    aredis = queue.client
-    chat = chat_id(12)
-    sent = await enqueue_texts(aredis, queue.prefix, {chat: list("abcde")}, queue.shards)
-    keys = conversation(chat, queue.prefix, queue.shards)
+    aredis, chat, ids, keys = await queued(queue, 12, list("abcde"))
     consumer, lease = await claimed(queue, chat)
-    a, b, c, d, e = sent[chat]
+    a, b, c, d, e = ids
     consumer.ack_later(lease, a)
     consumer.ack_later(lease, b, recorded(keys, b))
     consumer.ack_later(lease, c)
@@ -349,12 +322,9 @@ async def test_pending_acks_in_any_order_then_an_ack_all_land_in_order(queue: Qu
 
 
 async def test_a_pending_commit_under_a_lost_lease_fails_the_ack_behind_it(queue: Queue) -> None:
-    aredis = queue.client
-    chat = chat_id(13)
-    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a", "b"]}, queue.shards)
-    keys = conversation(chat, queue.prefix, queue.shards)
+    aredis, chat, ids, keys = await queued(queue, 13, ["a", "b"])
     consumer, lease = await claimed(queue, chat)
-    a, b = sent[chat]
+    a, b = ids
     consumer.ack_later(lease, a, recorded(keys, a))
     await aredis.hincrby(keys.meta, "fence", 1)  # someone else's lease now
     with pytest.raises(LeaseLost):
@@ -369,12 +339,9 @@ async def test_a_release_behind_a_refused_pending_commit_says_not_everything_lan
 ) -> None:
     """A pending commit refused (here: its message is not the head) while the release behind
     it goes through: the release answers False, and nothing of the commit was written."""
-    aredis = queue.client
-    chat = chat_id(16)
-    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a", "b"]}, queue.shards)
-    keys = conversation(chat, queue.prefix, queue.shards)
+    aredis, chat, ids, keys = await queued(queue, 16, ["a", "b"])
     consumer, lease = await claimed(queue, chat)
-    a, b = sent[chat]
+    a, b = ids
     consumer.ack_later(lease, b, recorded(keys, b))
     assert await consumer.release(lease) is False
     assert await aredis.exists(keys.handled) == 0
@@ -385,12 +352,9 @@ async def test_a_release_behind_a_refused_pending_commit_says_not_everything_lan
 async def test_pending_commits_survive_a_redis_that_lost_its_scripts(queue: Queue) -> None:
     """After SCRIPT FLUSH (a restart, a failover) every call answers NOSCRIPT: the pipeline is
     loaded and sent again whole, and each message is acked once."""
-    aredis = queue.client
-    chat = chat_id(14)
-    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a", "b"]}, queue.shards)
-    keys = conversation(chat, queue.prefix, queue.shards)
+    aredis, chat, ids, keys = await queued(queue, 14, ["a", "b"])
     consumer, lease = await claimed(queue, chat)
-    a, b = sent[chat]
+    a, b = ids
     consumer.ack_later(lease, a)
     consumer.ack_later(lease, b, recorded(keys, b))
     await consumer.release(lease)  # loads the scripts once
@@ -412,14 +376,11 @@ async def test_the_acks_are_loaded_before_a_release_that_redis_already_knows(
     """Only the release's script is known to Redis: had the pending acks answered NOSCRIPT
     while the release behind them ran, the turn's messages would be released unacked and
     handled again. The consumer loads the ack scripts before its first such pipeline."""
-    aredis = queue.client
-    chat = chat_id(15)
-    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a", "b"]}, queue.shards)
-    keys = conversation(chat, queue.prefix, queue.shards)
+    aredis, chat, ids, keys = await queued(queue, 15, ["a", "b"])
     await aredis.script_flush()
     await RELEASE_CONVERSATION.load(aredis)
     consumer, lease = await claimed(queue, chat)
-    a, b = sent[chat]
+    a, b = ids
     consumer.ack_later(lease, a)
     consumer.ack_later(lease, b, recorded(keys, b))
     assert await consumer.release(lease) is True
@@ -429,12 +390,9 @@ async def test_the_acks_are_loaded_before_a_release_that_redis_already_knows(
 
 
 async def test_a_release_carries_a_run_a_commit_and_a_run(queue: Queue) -> None:
-    aredis = queue.client
-    chat = chat_id(17)
-    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a", "b", "c"]}, queue.shards)
-    keys = conversation(chat, queue.prefix, queue.shards)
+    aredis, chat, ids, keys = await queued(queue, 17, ["a", "b", "c"])
     consumer, lease = await claimed(queue, chat)
-    a, b, c = sent[chat]
+    a, b, c = ids
     consumer.ack_later(lease, a)
     consumer.ack_later(lease, b, recorded(keys, b))
     consumer.ack_later(lease, c)
@@ -445,10 +403,7 @@ async def test_a_release_carries_a_run_a_commit_and_a_run(queue: Queue) -> None:
 
 
 async def test_commit_later_twice_is_a_handler_bug(queue: Queue) -> None:
-    aredis = queue.client
-    chat = chat_id(18)
-    sent = await enqueue_texts(aredis, queue.prefix, {chat: ["a"]}, queue.shards)
-    keys = conversation(chat, queue.prefix, queue.shards)
+    aredis, chat, ids, keys = await queued(queue, 18, ["a"])
     errors: list[str] = []
 
     async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
@@ -459,5 +414,5 @@ async def test_commit_later_twice_is_a_handler_bug(queue: Queue) -> None:
             errors.append(str(exc))
 
     await one_turn(queue, chat, handler)
-    assert errors == [f"message {sent[chat][0]} is already committed"]
-    assert await aredis.lrange(keys.handled, 0, -1) == [sent[chat][0].encode()]  # once
+    assert errors == [f"message {ids[0]} is already committed"]
+    assert await aredis.lrange(keys.handled, 0, -1) == [ids[0].encode()]  # once
