@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+
+from shared.redis_lean import LeanRedis, WaitingPool
 
 # Script flags (`#!lua`), BLMOVE and LMPOP need Redis 7.0; Valkey reports a compatible version.
 MIN_REDIS_VERSION = (7, 0, 0)
@@ -23,7 +25,7 @@ class UnsupportedRedis(RuntimeError):
 
 # Every worker slot parked in BLMOVE holds a connection, and the engine's senders add their own;
 # redis-py's default pool has 100 connections and *fails* a command when they are all in use.
-# A blocking pool makes a burst wait for a free connection instead.
+# A waiting pool makes a burst wait for a free connection instead.
 DEFAULT_MAX_CONNECTIONS = 512
 DEFAULT_POOL_TIMEOUT_SECONDS = 10.0
 
@@ -38,6 +40,8 @@ def connect(
     """A client for `url`; `redis+cluster://host:port` gives a Redis Cluster client.
 
     Both clients answer the same commands the protocol uses (EVALSHA routed by key slot).
+    The plain client takes the shorter path per round trip of shared/redis_lean.py;
+    `socket_timeout` there bounds each round trip as a whole.
     """
     if url.startswith("redis+cluster://"):
         return RedisCluster.from_url(
@@ -45,10 +49,10 @@ def connect(
             max_connections=max_connections,
             **options,
         )
-    pool = BlockingConnectionPool.from_url(
+    pool = WaitingPool.from_url(
         url, max_connections=max_connections, timeout=pool_timeout, **options
     )
-    return Redis.from_pool(pool)
+    return LeanRedis.from_pool(pool)
 
 
 def parse_version(text: str) -> tuple[int, ...]:

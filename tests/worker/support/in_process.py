@@ -59,5 +59,7 @@ def record_clients(monkeypatch: pytest.MonkeyPatch, owner: Any) -> list[Any]:
 def has_deadlines(client: Any) -> bool:
     """Whether a call of `client` fails rather than waits forever when Redis stops answering
     without closing the connection (a partition sends no RST)."""
-    options = client.connection_pool.connection_kwargs
-    return bool(options.get("socket_timeout")) and bool(options.get("socket_connect_timeout"))
+    pool = client.connection_pool
+    # The bound of a round trip lives on the pool (shared/redis_lean.py), the connect
+    # timeout on the connections.
+    return bool(pool.command_timeout) and bool(pool.connection_kwargs.get("socket_connect_timeout"))
