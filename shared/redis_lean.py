@@ -13,9 +13,10 @@ transactions. What changes is only the path:
 
 - `WaitingPool`: idle connections and a queue of waiters, no lock (one event loop owns the
   pool). Exhausted, it waits up to `timeout` and then fails as `BlockingConnectionPool` does.
-  A connection the server closed while it sat idle (a restarted Redis) fails its next
-  command with `ConnectionError`, which the client's retry policy answers on a new
-  connection, as in redis-py.
+  A pooled connection with unread data, or whose end of file the loop has seen (a restarted
+  Redis), is reconnected before it is used; one closed so recently that nothing has been
+  seen yet fails its command with `ConnectionError`, which the client's retry policy
+  answers on a new connection, as in redis-py.
 - One deadline per round trip (`command_timeout`: the write and every read of one command,
   one pipeline or one transaction), instead of one per socket operation; the connections
   themselves run without `socket_timeout`. A round trip cut off by it raises redis-py's
@@ -54,6 +55,14 @@ async def within(seconds: float | None, round_trip: Awaitable[T]) -> T:
         raise RedisTimeoutError(f"Redis did not answer within {seconds} s") from None
 
 
+async def _dirty(connection: AbstractConnection) -> bool:
+    """Whether a pooled connection has unread data or has seen the server close it."""
+    try:
+        return bool(await connection.can_read())
+    except RedisConnectionError:  # its socket failed: ensure_connection reconnects it
+        return True
+
+
 class WaitingPool(ConnectionPool):
     """A connection pool that waits, when exhausted, for a connection to come back."""
 
@@ -72,9 +81,15 @@ class WaitingPool(ConnectionPool):
     ) -> AbstractConnection:
         connection = self._take() or await self._wait()
         try:
-            # redis-py's own check: connects a new (or dropped) connection, and makes sure
-            # nothing unread waits on a pooled one. Connecting reads the handshake's replies
-            # (CLIENT SETINFO, AUTH, SELECT): bounded as well.
+            if connection.is_connected:
+                if not await _dirty(connection):
+                    return connection  # the usual case
+                # Data nobody read (it would be taken for the next reply) or the server's
+                # end of file: start afresh. (redis-py 8's own check of this is skipped while
+                # its maintenance notifications are on "auto", their default.)
+                await connection.disconnect()
+            # Connecting reads the handshake's replies (CLIENT SETINFO, AUTH, SELECT):
+            # bounded like any round trip.
             await within(self.command_timeout, self.ensure_connection(connection))
         except BaseException:
             await self.release(connection)

@@ -341,6 +341,30 @@ async def test_a_connection_the_server_closed_while_idle_costs_one_retry(
         await client.aclose()
 
 
+async def test_a_connection_seen_closed_while_idle_is_replaced_before_use(
+    lean: Any, key_prefix: str, sync_redis: Any
+) -> None:
+    """Once the pool's connection has seen the server close it (the loop read its end of file),
+    the next command goes out on a new connection: no retry needed (`lean` has none)."""
+    await lean.set(f"{key_prefix}:k", "v")
+    assert sync_redis.client_kill_filter(_type="normal", skipme=True) >= 1
+    await asyncio.sleep(0.2)
+    assert await lean.get(f"{key_prefix}:k") == b"v"
+
+
+async def test_a_connection_with_unread_data_is_replaced_before_use(
+    lean: Any, key_prefix: str
+) -> None:
+    """A pooled connection with bytes waiting (a reply nobody read) is never used as is: the
+    next command would read that reply as its own."""
+    await lean.set(f"{key_prefix}:k", "v")
+    (idle,) = lean.connection_pool._available_connections
+    await idle.send_command("GET", f"{key_prefix}:k")  # its reply is left unread
+    await asyncio.sleep(0.2)
+    assert await lean.set(f"{key_prefix}:k", "w") is True
+    assert await lean.get(f"{key_prefix}:k") == b"w"
+
+
 async def test_a_connection_lost_mid_command_is_retried_by_the_clients_policy() -> None:
     async with FlakyServer() as flaky:
         retrying = connect(flaky.url, socket_timeout=2, retry=Retry(NoBackoff(), 1))
