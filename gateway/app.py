@@ -7,7 +7,6 @@ what that buys); FastAPI serves `/healthz`, `/readyz`, `/metrics` and runs the l
 
 from __future__ import annotations
 
-import gc
 import logging
 from typing import Any
 
@@ -18,6 +17,7 @@ from gateway.health import health_router
 from gateway.runtime import GatewayRuntime
 from gateway.signature import UNSIGNED_REFUSED, UNSIGNED_WARNING, UnsignedRefused
 from gateway.webhook import WebhookEndpoint
+from shared.heap import settle_heap
 from shared.logs import setup_logging
 from shared.redis_client import RedisClient
 from shared.settings import Settings
@@ -62,8 +62,6 @@ def create_app_from_environment() -> GatewayApp:
     settings = Settings()
     setup_logging(settings.log_level)
     app = create_app(settings)
-    # Everything imported and built so far lives as long as the process: keep it out of the
-    # cyclic collector, so full collections stay short and stop adding to the answer tail.
-    gc.collect()
-    gc.freeze()
+    # Everything imported and built so far lives as long as the process.
+    settle_heap()
     return app

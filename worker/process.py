@@ -21,6 +21,7 @@ import uvloop
 from shared.backoff import Backoff
 from shared.clock import now_ms
 from shared.dead_letters import DeadLetterLimits
+from shared.heap import settle_heap
 from shared.keys import FleetKeys, all_shards
 from shared.logs import setup_logging
 from shared.parent_death import signal_on_parent_death
@@ -180,6 +181,9 @@ async def serve(settings: Settings, options: ProcessOptions) -> int:
         )
         for n in range(options.concurrency)
     ]
+    # Everything lasting is built (the handler, its clients, the slots): out of the collector's
+    # sight from here on.
+    settle_heap()
     slot_tasks = [asyncio.create_task(slot.run(), name=f"slot-{n}") for n, slot in enumerate(slots)]
     fleet = FleetKeys(options.fleet_id, settings.key_prefix)
     stop_background = asyncio.Event()

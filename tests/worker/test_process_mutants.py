@@ -7,6 +7,7 @@ stopped by a SIGTERM to this process (tests/worker/support/serve.py)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import re
@@ -22,6 +23,7 @@ from shared.clock import now_ms
 from shared.dead_letters import list_dead_letters
 from shared.embedded_redis import free_port
 from shared.envelope import QueuedEvent
+from shared.heap import YOUNG_THRESHOLD
 from shared.keys import ConversationKeys, FleetKeys, ShardKeys, conversation_token, shard_of
 from shared.settings import Settings
 from tests.support.polling import async_wait_until
@@ -98,6 +100,31 @@ async def test_the_handler_is_made_with_the_process_setup_started_and_closed(
     # The process's own client: the one the handlers read and commit through.
     assert setup.redis is probe.contexts[0].redis
     assert probe.lifecycle == ["start", "close"]
+
+
+async def test_the_heap_is_settled_before_the_first_message(queue: Queue) -> None:
+    """By the time a slot hands over a message, what the process built at start is frozen out
+    of the collector's sight and the young generation waits YOUNG_THRESHOLD allocations
+    (shared/heap.py)."""
+    seen: list[tuple[int, int]] = []
+
+    async def look(event: QueuedEvent, ctx: HandlerContext) -> None:
+        seen.append((gc.get_threshold()[0], gc.get_freeze_count()))
+        await commit(event, ctx)
+
+    settings = settings_of(queue, **FAST)
+    chat = chat_id(1)
+    sent = await queue_chat(queue, chat, ["hello"])
+    async with serving(settings, options_for(queue, index=0), look) as run:
+
+        async def handled() -> bool:
+            return await handled_ids(queue.client, chat, queue.prefix) == sent
+
+        await async_wait_until(handled, what="the message handled")
+        assert await run.stop() == 0
+    ((threshold, frozen),) = seen
+    assert threshold == YOUNG_THRESHOLD
+    assert frozen > 1000
 
 
 # --- the slots and the consumer -------------------------------------------------------------

@@ -3,13 +3,15 @@ a probe handler that records what the process gives it: tests/worker/test_proces
 
 The fleet tests run serve() in child processes, where a mutation run cannot see it; this takes
 the same path in the test process. serve() installs loop handlers for SIGTERM and SIGINT and
-stops on SIGTERM; `serving` removes them afterwards, leaving the test process as it was.
+stops on SIGTERM, and settles the heap (shared/heap.py: frozen objects, a higher young
+threshold); `serving` undoes both afterwards, leaving the test process as it was.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -98,6 +100,7 @@ async def serving(
     loop = asyncio.get_running_loop()
     signums = (signal.SIGTERM, signal.SIGINT)
     saved = {signum: signal.getsignal(signum) for signum in signums}
+    thresholds = gc.get_threshold()
     current = Probe(behaviour)
     _current.append(current)
     task = asyncio.create_task(serve(settings, options), name="serve")
@@ -117,4 +120,6 @@ async def serving(
             for signum in signums:
                 loop.remove_signal_handler(signum)
                 signal.signal(signum, saved[signum])
+            gc.unfreeze()
+            gc.set_threshold(*thresholds)
             _current.remove(current)
