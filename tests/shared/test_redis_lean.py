@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Self
 
 import pytest
 import redis.asyncio
@@ -25,54 +25,23 @@ from tests.support.polling import async_wait_until
 NO_RETRY = Retry(NoBackoff(), 0)
 
 
-class SilentServer:
-    """Accepts connections and reads what is sent, and never answers."""
-
-    def __init__(self) -> None:
-        self.server: asyncio.Server | None = None
-        self.received = 0
-
-    async def __aenter__(self) -> SilentServer:
-        async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            while await reader.read(4096):
-                self.received += 1
-            writer.close()
-
-        self.server = await asyncio.start_server(swallow, "127.0.0.1", 0)
-        return self
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-
-
-class FlakyServer:
-    """Answers +OK to every command, except that on the first connection it hangs up as soon
-    as a SET arrives (after the connection's handshake): a connection lost mid-command."""
+class LoopbackServer:
+    """A TCP server on loopback that plays a broken Redis (`serve` per connection)."""
 
     def __init__(self) -> None:
         self.server: asyncio.Server | None = None
         self.connections = 0
 
-    async def __aenter__(self) -> FlakyServer:
-        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             self.connections += 1
-            first = self.connections == 1
-            while data := await reader.read(4096):
-                if first and b"\r\nSET\r\n" in data:
-                    break
-                # One reply per command, each a RESP array: a line that starts with "*".
-                commands = sum(1 for line in data.split(b"\r\n") if line.startswith(b"*"))
-                writer.write(b"+OK\r\n" * commands)
-                await writer.drain()
+            await self.serve(reader, writer)
             writer.close()
 
-        self.server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(accept, "127.0.0.1", 0)
         return self
 
     @property
@@ -83,6 +52,31 @@ class FlakyServer:
     async def __aexit__(self, *exc: object) -> None:
         assert self.server is not None
         self.server.close()
+
+
+class SilentServer(LoopbackServer):
+    """Accepts connections and reads what is sent, and never answers."""
+
+    received = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(4096):
+            self.received += 1
+
+
+class FlakyServer(LoopbackServer):
+    """Answers +OK to every command, except that on the first connection it hangs up as soon
+    as a SET arrives (after the connection's handshake): a connection lost mid-command."""
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first = self.connections == 1
+        while data := await reader.read(4096):
+            if first and b"\r\nSET\r\n" in data:
+                return
+            # One reply per command, each a RESP array: a line that starts with "*".
+            commands = sum(1 for line in data.split(b"\r\n") if line.startswith(b"*"))
+            writer.write(b"+OK\r\n" * commands)
+            await writer.drain()
 
 
 @pytest.fixture
