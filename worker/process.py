@@ -89,6 +89,26 @@ async def connect_when_ready(settings: Settings, stopping: asyncio.Event) -> Red
     return None
 
 
+async def leave_blocking_claims(
+    slots: list[ConsumerSlot], slot_tasks: list[asyncio.Task[None]]
+) -> None:
+    """Let the idle slots leave their BLMOVE by themselves (within BLOCK_SECONDS) before the
+    busy ones are cancelled and hand their conversations back.
+
+    A BLMOVE cancelled here only drops its connection, and Redis may read the hand-back (on
+    another connection) before it notices: it would then serve the dropped BLMOVE with the
+    handed-back conversation, which would sit in `claimed` until the reaper finds it. A slot
+    whose BLMOVE has returned has nothing left blocked on the server. (Only a grace period
+    shorter than BLOCK_SECONDS finds idle slots still waiting.)
+    """
+    idle = [
+        task for task, slot in zip(slot_tasks, slots, strict=True)
+        if not task.done() and not slot.handling
+    ]  # fmt: skip
+    if idle:
+        await asyncio.wait(idle, timeout=BLOCK_SECONDS + 1)
+
+
 def start_background(
     client: RedisClient,
     settings: Settings,
@@ -196,6 +216,9 @@ async def serve(settings: Settings, options: ProcessOptions) -> int:
     await stopping.wait()
     log.info("stopping: no new claims; letting in-flight messages finish")
     _, unfinished = await asyncio.wait(slot_tasks, timeout=settings.shutdown_grace_seconds)
+    if unfinished:
+        await leave_blocking_claims(slots, slot_tasks)
+        unfinished = {task for task in slot_tasks if not task.done()}
     if unfinished:
         log.warning(
             "grace period over; handing back unfinished work", extra={"unfinished": len(unfinished)}

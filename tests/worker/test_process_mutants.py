@@ -25,6 +25,7 @@ from shared.embedded_redis import free_port
 from shared.envelope import QueuedEvent
 from shared.heap import YOUNG_THRESHOLD
 from shared.keys import ConversationKeys, FleetKeys, ShardKeys, conversation_token, shard_of
+from shared.queue_consumer import QueueConsumer
 from shared.settings import Settings
 from tests.support.polling import async_wait_until
 from tests.worker.conftest import Queue
@@ -348,6 +349,45 @@ async def test_work_past_the_grace_period_is_cancelled_and_handed_back(queue: Qu
     assert await queue.client.lrange(keys.shard_keys.ready, 0, -1) == [keys.token.encode()]
     assert await queue.client.hget(keys.meta, "state") == b"ready"
     assert await queue.client.hget(keys.attempts, sent[0]) is None
+
+
+async def test_an_idle_slot_leaves_its_blmove_before_work_is_handed_back(
+    queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A grace period shorter than a BLMOVE's wait: the idle slot's BLMOVE is not cancelled
+    (a cancelled one only drops its connection, and Redis could serve it with the handed-back
+    conversation before noticing, leaving it in `claimed`); it returns by itself, and only then
+    is the busy slot cancelled and its conversation handed back, first in line
+    (worker/process.py, leave_blocking_claims)."""
+    waits: list[str] = []
+    wait_ready = QueueConsumer.wait_ready
+
+    async def watched(self: QueueConsumer, *args: Any, **options: Any) -> Any:
+        try:
+            answer = await wait_ready(self, *args, **options)
+        except asyncio.CancelledError:
+            waits.append("cancelled")
+            raise
+        waits.append("returned")
+        return answer
+
+    monkeypatch.setattr(QueueConsumer, "wait_ready", watched)
+    settings = settings_of(queue, WSM_SHUTDOWN_GRACE_SECONDS="0.1", WSM_LEASE_SECONDS="60")
+    chat = chat_id(6)
+    await queue_chat(queue, chat, ["hung", "next"])
+    keys: ConversationKeys = keys_of(queue, chat)
+    async with serving(settings, options_for(queue, index=0, concurrency=2), hang) as run:
+
+        async def started() -> bool:
+            return len(run.probe.contexts) == 1
+
+        await async_wait_until(started, what="the handler to start")
+        assert await run.stop() == 0
+    assert "returned" in waits
+    assert "cancelled" not in waits
+    assert await queue.client.lrange(keys.shard_keys.ready, 0, -1) == [keys.token.encode()]
+    assert await queue.client.llen(keys.shard_keys.claimed) == 0
+    assert await queue.client.zcard(keys.shard_keys.leases) == 0
 
 
 async def test_a_slot_that_survives_its_cancel_does_not_keep_the_process(queue: Queue) -> None:
