@@ -94,7 +94,7 @@ class EnqueueBatcher:
                 results = await enqueue_many(self._client, [w.request for w in batch])
         except TimeoutError:
             metrics.REDIS_FAILURES.labels("timeout").inc()
-            self._status.mark_unreachable()
+            self._status.mark_unreachable(f"no answer within {self._timeout_s * 1000:.0f} ms")
             _fail(batch, RedisUnavailable, "Redis slower than the webhook deadline")
             return False
         except asyncio.CancelledError:
@@ -104,8 +104,7 @@ class EnqueueBatcher:
             # Connection refused or reset, an error reply (OOM, READONLY, ...): whatever it
             # is, the events are safer in the spool than answered with an error.
             metrics.REDIS_FAILURES.labels("error").inc()
-            self._status.mark_unreachable()
-            log.debug("enqueue round trip failed", extra={"error": repr(exc)})
+            self._status.mark_unreachable(repr(exc))
             _fail(batch, RedisUnavailable, repr(exc))
             return False
         metrics.ENQUEUE_ROUND_TRIP.observe(time.perf_counter() - started)

@@ -61,8 +61,14 @@ class RedisStatus:
         if not self.reachable:
             self.reachable = True
             self._came_back.set()
+            log.info("Redis answers again; the spool is being replayed")
 
-    def mark_unreachable(self) -> None:
+    def mark_unreachable(self, cause: str) -> None:
+        # Logged once per outage, on the transition, with the first failure's cause: an
+        # operator (or a failing test) sees why events went to the spool, and a long outage
+        # does not log once per batch.
+        if self.reachable:
+            log.warning("a Redis round trip failed; events go to the spool", extra={"error": cause})
         self.reachable = False
         self._came_back.clear()
 

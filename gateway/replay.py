@@ -87,7 +87,6 @@ class SpoolReplayer:
             self._backoff.reset()
             self._status.mark_reachable()
         else:
-            self._status.mark_unreachable()
             # Woken early when a webhook's round trip succeeds: Redis is back.
             await self._status.wait_reachable(self._backoff.next_delay())
 
@@ -105,7 +104,7 @@ class SpoolReplayer:
             async with asyncio.timeout(ROUND_TRIP_TIMEOUT_S):
                 results = await enqueue_many(self._client, requests) if requests else []
         except Exception as exc:
-            log.debug("replay round trip failed", extra={"error": repr(exc)})
+            self._status.mark_unreachable(repr(exc))
             return False
         await self._spool.mark_replayed(batch)
         queued = sum(results)

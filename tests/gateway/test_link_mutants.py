@@ -5,12 +5,14 @@ the runtime's start and stop, and the intake's own deadline, against a real Redi
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import time
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
 import redis
 
 from gateway import spool_file
@@ -73,7 +75,7 @@ async def test_reachability_is_recorded_and_a_return_wakes_the_waiter() -> None:
     `reachable = None`/`False`; in mark_unreachable: `reachable = None`/`True`; in
     wait_reachable: `suppress(None)`, `wait_for(None, …)`, either argument dropped."""
     status = RedisStatus()
-    status.mark_unreachable()
+    status.mark_unreachable("test")
     assert status.reachable is False
     await status.wait_reachable(0.01)  # nobody marks it reachable: the sleep ends quietly
     waiter = asyncio.ensure_future(status.wait_reachable(60))
@@ -83,6 +85,27 @@ async def test_reachability_is_recorded_and_a_return_wakes_the_waiter() -> None:
     assert status.reachable is True
     async with asyncio.timeout(20):  # a hang guard: the waiter must wake, not sleep 60 s
         await waiter
+
+
+def test_an_outage_is_logged_once_with_its_first_cause_and_its_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Why events went to the spool is in the log: one warning per outage, naming the first
+    failure (not one per failed batch), and a line when Redis answers again."""
+    status = RedisStatus()
+    with caplog.at_level(logging.INFO, logger="wsm.gateway.redis_link"):
+        status.mark_unreachable("ConnectionError('refused')")
+        status.mark_unreachable("TimeoutError()")
+        status.mark_reachable()
+        status.mark_reachable()
+    assert [(r.levelno, r.getMessage(), getattr(r, "error", None)) for r in caplog.records] == [
+        (
+            logging.WARNING,
+            "a Redis round trip failed; events go to the spool",
+            "ConnectionError('refused')",
+        ),
+        (logging.INFO, "Redis answers again; the spool is being replayed", None),
+    ]
 
 
 async def test_the_version_check_answers_for_a_new_a_dead_and_a_too_old_server(

@@ -117,7 +117,7 @@ async def _second_event_joins_the_spool(
         first, _ = enqueue_request(chat, "first", key_prefix)
         await spool.append(first, 1)
         if marked_down:
-            status.mark_unreachable()  # the last round trip failed
+            status.mark_unreachable("test")  # the last round trip failed
         second, request = enqueue_request(chat, "second", key_prefix)
 
         assert await intake.accept(request, second, 2) == SPOOLED
