@@ -4,7 +4,9 @@ A worker takes a conversation in two steps: a blocking `BLMOVE ready -> claimed`
 commands cannot run inside scripts), then `claim_conversation.lua`, which takes the lease,
 bumps the conversation's fence and reads up to `batch` head messages. It then acks each
 handled message (`ack_message.lua`, fenced, optionally with the handler's writes), and ends
-its turn with `release_conversation.lua` or `fail_message.lua`. See docs/architecture.md.
+its turn with `release_conversation.lua` or `fail_message.lua`. `release_and_take.lua` ends a
+turn and does the next BLMOVE's work in the same round trip when the line is not empty.
+See docs/architecture.md.
 
 Every method raises redis-py's ConnectionError/TimeoutError when Redis cannot be reached; the
 scripts are written so that repeating a call whose answer was lost is safe.
@@ -29,6 +31,7 @@ ACK_MESSAGE = LuaScript.named("ack_message")
 ACK_MESSAGES = LuaScript.named("ack_messages")
 EXTEND_LEASE = LuaScript.named("extend_lease")
 RELEASE_CONVERSATION = LuaScript.named("release_conversation")
+RELEASE_AND_TAKE = LuaScript.named("release_and_take")
 FAIL_MESSAGE = LuaScript.named("fail_message")
 
 # A dead letter's error text is for a person reading `wsm dlq list`, not a full traceback dump.
@@ -325,6 +328,28 @@ class QueueConsumer:
 
     async def release(self, lease: Lease, *, to_front: bool = False) -> bool:
         """End the turn. False: the lease was no longer ours (nothing changed)."""
+        args: list[Any] = [lease.token, lease.fence, "front" if to_front else "back"]
+        released, _ = await self._end_turn(lease, RELEASE_CONVERSATION, [], args)
+        return bool(released)
+
+    async def release_and_take(self, lease: Lease) -> tuple[bool, str | None]:
+        """release(lease) to the back of the line and, in the same round trip, pop_ready on
+        the conversation's shard: (released, the next conversation to claim or None).
+
+        Not to be repeated after a lost answer: its first call may have taken a token, which
+        the reaper hands back from `claimed`; a second would take another. Retry with release.
+        """
+        shard = lease.conversation.shard_keys
+        released, token = await self._end_turn(
+            lease, RELEASE_AND_TAKE, [shard.claimed], [lease.token, lease.fence]
+        )
+        return bool(released), None if token is None else as_text(token)
+
+    async def _end_turn(
+        self, lease: Lease, script: LuaScript, more_keys: list[Any], args: list[Any]
+    ) -> tuple[Any, Any]:
+        """Run a release script after the lease's pending acks: (its release code, what else it
+        answered). A pending ack refused makes the release count as refused too."""
         conversation = lease.conversation
         keys: list[Any] = [
             conversation.meta,
@@ -332,12 +357,14 @@ class QueueConsumer:
             conversation.shard_keys.leases,
             conversation.shard_keys.ready,
             conversation.shard_keys.fence,
+            *more_keys,
         ]
-        args: list[Any] = [lease.token, lease.fence, "front" if to_front else "back"]
         if lease.unacked:
-            landed, result = await self._flush_unacked(lease, RELEASE_CONVERSATION, keys, args)
-            return landed and bool(result)
-        return bool(await RELEASE_CONVERSATION(self.client, keys, args))
+            landed, result = await self._flush_unacked(lease, script, keys, args)
+        else:
+            landed, result = True, await script(self.client, keys, args)
+        released, taken = (result[0], result[1]) if isinstance(result, list) else (result, None)
+        return landed and released, taken
 
     async def fail(
         self,

@@ -1,7 +1,9 @@
 """One of a worker process's C consumers: take a conversation, run its turn, hand it back.
 
 A turn handles up to WSM_CLAIM_BATCH messages of one conversation in order, each committed
-(acked) before the next starts, then releases the conversation to the back of the line.
+(acked) before the next starts, then releases the conversation to the back of the line, and
+in the same round trip takes the conversation at the front of the line, if any, for the next
+turn (a BLMOVE saved whenever there is a backlog).
 A failure ends the turn (the message is retried after a backoff or dead-lettered); a lost
 lease ends it without a release (the conversation is someone else's now).
 
@@ -86,6 +88,9 @@ class ConsumerSlot:
         self.handler_timeout = handler_timeout
         self._claims = itertools.count()
         self._sweep_start = home
+        # A conversation the last turn's release took from the line in its round trip
+        # (release_and_take.lua): in `claimed`, to be claimed next instead of a BLMOVE.
+        self._taken: tuple[ShardKeys, str] | None = None
         # True while a handler runs (the heartbeat reports how many are busy).
         self.handling = False
 
@@ -93,7 +98,9 @@ class ConsumerSlot:
 
     async def run(self) -> None:
         backoff = Backoff(first=0.1, cap=RETRY_CAP_SECONDS)
-        while not self.stopping.is_set():
+        # A taken conversation is claimed even when stopping: its turn then hands it back to
+        # the front of the line at once, instead of leaving it to the reaper.
+        while not self.stopping.is_set() or self._taken is not None:
             try:
                 found = await self._next_conversation()
                 backoff.reset()
@@ -115,6 +122,9 @@ class ConsumerSlot:
                 await asyncio.sleep(backoff.next_delay())
 
     async def _next_conversation(self) -> tuple[ShardKeys, str] | None:
+        if self._taken is not None:
+            taken, self._taken = self._taken, None
+            return taken
         if self.others:
             token = await self.consumer.pop_ready(self.home)
             if token is not None:
@@ -164,7 +174,10 @@ class ConsumerSlot:
                     # line (the reaper does it if someone took it back already).
                     await self._release(keeper, to_front=True)
                     return
-            await self._release(keeper, to_front=False)
+            # Only from the home shard, which _next_conversation would look at first anyway:
+            # the others keep their turns in the sweep.
+            take_next = lease.conversation.shard_keys == self.home and not self.stopping.is_set()
+            await self._release(keeper, to_front=False, take_next=take_next)
         except asyncio.CancelledError:
             # Shutdown past its grace period cancelled the handler: the message was not
             # committed; let another worker have the conversation now rather than at lease end.
@@ -285,16 +298,29 @@ class ConsumerSlot:
         }[result.outcome]
         return self._count(outcome, lease, message, error, attempts=result.attempts)
 
-    async def _release(self, keeper: LeaseKeeper, *, to_front: bool) -> None:
+    async def _release(
+        self, keeper: LeaseKeeper, *, to_front: bool, take_next: bool = False
+    ) -> None:
+        """End the turn; with `take_next`, also take the next conversation from the line in
+        the same round trip (to the back of the line only)."""
         if keeper.lost:
             return
+        lease = keeper.lease
+        attempts = itertools.count()
+
+        async def release() -> None:
+            if take_next and next(attempts) == 0:
+                _, token = await self.consumer.release_and_take(lease)
+                if token is not None:
+                    self._taken = (lease.conversation.shard_keys, token)
+                return
+            # A retry never takes: the first call may have taken a conversation whose answer
+            # was lost, which the reaper hands back from `claimed`.
+            await self.consumer.release(lease, to_front=to_front)
+
         # If Redis stays away, the lease runs out and the reaper puts the conversation back.
         with contextlib.suppress(*REDIS_UNAVAILABLE):
-            await retry_until(
-                lambda: self.consumer.release(keeper.lease, to_front=to_front),
-                keeper.deadline,
-                "release_conversation",
-            )
+            await retry_until(release, keeper.deadline, "release_conversation")
 
     def _count(
         self,

@@ -12,15 +12,7 @@ local fence_key = KEYS[5]      -- the shard's fencing counter
 local token = ARGV[1]
 local fence = ARGV[2]
 local to_front = ARGV[3] == 'front'
---#include fence
 --#include turn_end
 
--- No expiry check: a holder past its deadline but not yet reaped still knows best that it has
--- stopped; the state check keeps a retried release from queueing the conversation twice.
-if not leased_meta(meta_key, fence) then
-  return 0
-end
-redis.call('ZREM', leases_key, token)
-redis.call('HDEL', meta_key, 'owner', 'lease_until')
-ready_or_idle(meta_key, messages_key, ready_key, token, to_front, fence_key, fence)
-return 1
+return release_turn(meta_key, messages_key, leases_key, ready_key, fence_key, token, fence,
+                    to_front)

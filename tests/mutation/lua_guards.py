@@ -60,6 +60,10 @@ TESTS: dict[str, list[str]] = {
     ],
     "extend_lease": ["tests/worker/test_extend_lease_script.py"],
     "release_conversation": ["tests/worker/test_release_conversation_script.py"],
+    "release_and_take": [
+        "tests/worker/test_release_conversation_script.py",
+        "tests/worker/test_consumer_slot_mutants.py",
+    ],
     "fail_message": [
         "tests/worker/test_fail_message_script.py",
         "tests/worker/test_dead_letter_limits.py",

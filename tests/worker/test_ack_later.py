@@ -19,6 +19,7 @@ from shared.queue_consumer import (
     ACK_MESSAGE,
     ACK_MESSAGES,
     FAIL_MESSAGE,
+    RELEASE_AND_TAKE,
     RELEASE_CONVERSATION,
     Lease,
     QueueConsumer,
@@ -84,7 +85,7 @@ async def one_turn(queue: Queue, chat: str, handler: Handler) -> tuple[RoundTrip
         consumer=consumer, handler=handler, shards=[shard], home=0, owner="test",
         stopping=asyncio.Event(), handler_timeout=5.0,
     )  # fmt: skip
-    for script in (ACK_MESSAGES, ACK_MESSAGE, RELEASE_CONVERSATION, FAIL_MESSAGE):
+    for script in (ACK_MESSAGES, ACK_MESSAGE, RELEASE_CONVERSATION, RELEASE_AND_TAKE, FAIL_MESSAGE):
         await script.load(aredis)  # a first NOSCRIPT would cost a round trip more
     counting.count = 0
     await slot.run_turn(lease)

@@ -230,10 +230,15 @@ class WatchedConsumer(QueueConsumer):
     async def release(self, lease: Lease, *, to_front: bool = False) -> bool:
         return await self._through("release", super().release(lease, to_front=to_front))
 
+    async def release_and_take(self, lease: Lease) -> tuple[bool, str | None]:
+        self.calls["release_and_take"] += 1
+        return await self._through("release", super().release_and_take(lease))
+
     async def fail(self, lease: Lease, message_id: str, error: str, **how: bool) -> FailResult:
         return await self._through("fail", super().fail(lease, message_id, error, **how))
 
     async def wait_ready(self, shard: ShardKeys, block_seconds: float) -> str | None:
+        self.calls["wait"] += 1
         try:
             token = await super().wait_ready(shard, block_seconds)
         except Exception:
@@ -720,6 +725,95 @@ async def test_a_hand_back_redis_cannot_take_is_left_to_the_reaper_and_the_slot_
     await serve_until_handled(aredis, slot, conversation(behind, key_prefix))
     assert await aredis.llen(conversation(first, key_prefix).handled) == 1
     assert not [r for r in _slot_records(caplog) if r.levelno >= logging.WARNING]
+
+
+# --- the next conversation, taken in the release's round trip --------------------------------
+
+
+async def test_a_turn_that_ends_with_a_backlog_takes_the_next_conversation_in_its_release(
+    aredis: Any, key_prefix: str
+) -> None:
+    """Another conversation waits when a turn ends: the release takes it in the same round
+    trip (release_and_take.lua), and the slot claims it without a BLMOVE of its own. Kills, in
+    run_turn: `take_next` False; in _release: the taken token dropped (the conversation would
+    sit in `claimed` until the reaper: the test times out)."""
+    first, behind, _ = await two_chats_waiting(aredis, key_prefix, ["a1"], 50)
+    consumer = WatchedConsumer(aredis)
+    waits_before: dict[str, int] = {}
+
+    async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
+        waits_before[str(event.document()["payload"]["from"])] = consumer.calls["wait"]
+        await record(event, ctx)
+
+    slot = new_slot(consumer, key_prefix, handler)
+    await serve_until_handled(aredis, slot, conversation(behind, key_prefix))
+    # The first came by the slot's BLMOVE, the one behind it with the first's release.
+    assert waits_before == {first: 1, behind: 1}
+    assert await aredis.llen(ShardKeys(0, key_prefix).claimed) == 0
+
+
+async def test_a_release_and_take_whose_answer_was_lost_is_retried_without_taking_again(
+    aredis: Any, key_prefix: str
+) -> None:
+    """The release that takes the next conversation reaches Redis but its answer is lost: the
+    retry only releases, so the conversation it took waits in `claimed` for the reaper (as
+    after a BLMOVE whose answer was lost) and no second one is taken and stranded with it.
+    Kills, in _release: the retry taking again (`next(attempts) == 0` always true)."""
+    first, second, _ = await two_chats_waiting(aredis, key_prefix, ["a1"], 52)
+    third = chat_id(54)
+    await enqueue_texts(aredis, key_prefix, {third: ["c1"]})
+    consumer = WatchedConsumer(aredis)
+    consumer.answer_lost.add("release")
+    calls_before: dict[str, collections.Counter[str]] = {}
+
+    async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
+        calls_before[str(event.document()["payload"]["from"])] = consumer.calls.copy()
+        await record(event, ctx)
+
+    slot = new_slot(consumer, key_prefix, handler)
+    await serve_until_handled(aredis, slot, conversation(third, key_prefix))
+    # The retry was a plain release; the third came by a BLMOVE of the slot's own.
+    assert calls_before[third]["release_and_take"] == 1
+    assert calls_before[third]["release"] == 2
+    assert calls_before[third]["wait"] == 2
+    shard = ShardKeys(0, key_prefix)
+    assert await aredis.lrange(shard.claimed, 0, -1) == [
+        conversation(second, key_prefix).token.encode()
+    ]
+    assert await aredis.llen(conversation(second, key_prefix).handled) == 0
+    assert await aredis.llen(conversation(first, key_prefix).messages) == 0
+
+
+async def test_a_conversation_taken_as_shutdown_begins_is_handed_back_first_in_line(
+    aredis: Any, key_prefix: str
+) -> None:
+    """Shutdown begins just after a release took the next conversation: the slot still claims
+    it, starts none of its messages and hands it back to the front of the line at once, not
+    after the reaper finds it in `claimed`. Kills, in run: the loop ending while a taken
+    conversation is in hand."""
+    first, behind, sent = await two_chats_waiting(aredis, key_prefix, ["a1"], 56)
+
+    class StopsAfterTaking(WatchedConsumer):
+        stopping: asyncio.Event
+
+        async def release_and_take(self, lease: Lease) -> tuple[bool, str | None]:
+            answer = await super().release_and_take(lease)
+            self.stopping.set()
+            return answer
+
+    consumer = StopsAfterTaking(aredis)
+    task, stopping = start_slot(consumer, key_prefix)
+    consumer.stopping = stopping
+    try:
+        await until(task.done, "the slot to stop")
+    finally:
+        await stop_slot(task, stopping)
+    keys = conversation(behind, key_prefix)
+    assert await ready_line(aredis, key_prefix) == [keys.token]
+    assert await aredis.hget(keys.meta, "state") == b"ready"
+    assert await aredis.lrange(keys.messages, 0, -1) == [sent[behind][0].encode()]
+    assert await aredis.llen(ShardKeys(0, key_prefix).claimed) == 0
+    assert await aredis.llen(conversation(first, key_prefix).handled) == 1
 
 
 # --- the heartbeat's count -------------------------------------------------------------------

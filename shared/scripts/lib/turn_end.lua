@@ -17,3 +17,20 @@ local function ready_or_idle(meta_key, messages_key, ready_key, token, front, fe
   redis.call('DEL', meta_key)
   return false
 end
+
+-- release_turn(meta_key, messages_key, leases_key, ready_key, fence_key, token, fence, front):
+-- the holder under `fence` ends its turn: the lease goes, and the conversation is ready again
+-- (ready_or_idle) or idle. Returns 1 released; 0 not ours any more (fenced out, or already
+-- released by a retried call). No expiry check: a holder past its deadline but not yet reaped
+-- still knows best that it has stopped; the state check keeps a retried release from queueing
+-- the conversation twice.
+local function release_turn(meta_key, messages_key, leases_key, ready_key, fence_key, token,
+                            fence, front)
+  if not leased_meta(meta_key, fence) then
+    return 0
+  end
+  redis.call('ZREM', leases_key, token)
+  redis.call('HDEL', meta_key, 'owner', 'lease_until')
+  ready_or_idle(meta_key, messages_key, ready_key, token, front, fence_key, fence)
+  return 1
+end
