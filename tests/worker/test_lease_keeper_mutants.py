@@ -248,19 +248,47 @@ async def test_the_keeper_ends_with_a_warning_once_the_lease_is_lost(
         keeper = LeaseKeeper(held.consumer, held.lease)
         await fence_out(held.queue, held.lease.conversation)
         async with _started(keeper):
-            task = keeper._task
-            assert task is not None
 
             async def ended() -> bool:
-                return task.done()
+                # A task from the first extension on (before it, a timer).
+                return keeper._task is not None and keeper._task.done()
 
             await async_wait_until(ended, timeout=30, what="the keeper to end")
             assert keeper.lost is True
-            assert task.exception() is None
+            assert keeper._task is not None and keeper._task.exception() is None
         warnings = [
             r for r in caplog.records if r.name == KEEPER_LOG and r.levelno == logging.WARNING
         ]
         assert [getattr(r, "conversation", None) for r in warnings] == [held.lease.token]
+
+
+async def test_a_turn_shorter_than_a_third_of_the_lease_costs_no_task_and_no_extension(
+    redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nearly every turn: the keeper is started and stopped long before its first extension is
+    due. It is a timer meanwhile, not a task (a task, its Event wait and their cancellation
+    per turn cost about a Redis round trip), and it asks Redis for nothing. Kills, in start: a
+    task made at once; in stop and _first_extension_due together: the timer left to fire
+    without the flag checked (it would start extending a lease the turn is done with)."""
+    asked: list[Lease] = []
+    real_extend = QueueConsumer.extend
+
+    async def counted(self: QueueConsumer, lease: Lease) -> int:
+        asked.append(lease)
+        return await real_extend(self, lease)
+
+    monkeypatch.setattr(QueueConsumer, "extend", counted)
+    async with _held(redis_url, key_prefix, SHORT_LEASE_MS) as held:
+        tasks_before = len(asyncio.all_tasks())
+        keeper = LeaseKeeper(held.consumer, held.lease)
+        keeper.start()
+        assert keeper._task is None
+        assert len(asyncio.all_tasks()) == tasks_before
+        await keeper.stop()
+        # Well past when the first extension would have been due: none was asked for.
+        await asyncio.sleep(SHORT_LEASE_MS / 1000 / 3 * 2)
+        assert keeper._task is None
+        assert asked == []
 
 
 async def test_stop_ends_the_extensions_for_good_and_is_safe_to_repeat(
