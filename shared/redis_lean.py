@@ -22,6 +22,9 @@ transactions. What changes is only the path:
   themselves run without `socket_timeout`. A round trip cut off by it raises redis-py's
   `TimeoutError` and its connection is dropped, as before (redis-py disconnects a connection
   whose read is interrupted), so a late reply can never be read as the next command's.
+- Commands are packed by hiredis (`hiredis.pack_command`, through redis-py's own
+  `HiredisRespSerializer`), as redis-py's synchronous connections already do: its asyncio
+  connections pack in Python, 9 µs for a typical script call against 3.5, the same bytes.
 """
 
 from __future__ import annotations
@@ -34,10 +37,14 @@ from typing import Any, TypeVar
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import AbstractConnection
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.utils import HIREDIS_AVAILABLE
 
 T = TypeVar("T")
+
+_HIREDIS_PACKER = HiredisRespSerializer()
 
 # `redis.asyncio.Connection`'s own default `socket_timeout`, kept for a client given none.
 REDIS_PY_SOCKET_TIMEOUT = 5.0
@@ -94,6 +101,14 @@ class WaitingPool(ConnectionPool):
         except BaseException:
             await self.release(connection)
             raise
+        return connection
+
+    def make_connection(self) -> AbstractConnection:
+        connection: AbstractConnection = super().make_connection()
+        if HIREDIS_AVAILABLE:
+            # Per connection, whatever its class (TCP, TLS, unix socket); pack_commands, for
+            # pipelines, packs each command through it too.
+            connection.pack_command = _HIREDIS_PACKER.pack  # type: ignore[method-assign,assignment]
         return connection
 
     def _take(self) -> AbstractConnection | None:

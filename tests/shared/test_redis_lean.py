@@ -14,8 +14,9 @@ import pytest
 import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.redis_client import connect
@@ -158,6 +159,33 @@ async def test_replies_are_parsed_as_redis_py_parses_them(
         assert await script(lean, "lean") == await script(plain, "plain")
     finally:
         await plain.aclose()
+
+
+async def test_commands_are_packed_by_hiredis_into_redis_pys_bytes(redis_url: str) -> None:
+    """The pool's connections pack with hiredis, byte for byte what redis-py's asyncio
+    connection packs (command names with a space split, numbers, accents, emoji, raw bytes),
+    and refuse what redis-py refuses (a bool or None: DataError), before anything is sent."""
+    client = connect(redis_url)
+    plain = redis.asyncio.Connection()
+    try:
+        lean = client.connection_pool.make_connection()
+        assert lean.pack_command.__func__ is HiredisRespSerializer.pack
+        commands: list[tuple[Any, ...]] = [
+            ("SET", "k", "olá 😀", "PX", 1500),
+            ("CLIENT SETINFO", "LIB-NAME", "redis-py"),
+            ("ZADD", "z", 0.1, "m", 1e-7, "n", float("inf"), "o", -3, b"\xff\x00"),
+            ("EVALSHA", "a" * 40, 2, "k1", "k2", 10**20, bytearray(b"ba"), memoryview(b"mv")),
+        ]
+        for command in commands:
+            assert b"".join(lean.pack_command(*command)) == b"".join(plain.pack_command(*command))
+        assert b"".join(lean.pack_commands(commands)) == b"".join(plain.pack_commands(commands))
+        for bad in (True, None):
+            with pytest.raises(DataError):
+                lean.pack_command("SET", "k", bad)
+            with pytest.raises(DataError):
+                plain.pack_command("SET", "k", bad)
+    finally:
+        await client.aclose()
 
 
 async def test_errors_are_redis_pys(lean: Any, key_prefix: str) -> None:
