@@ -232,6 +232,10 @@ class Look:
 
     head: Any
     parked: bool
+    # The last reply's record left the outbox empty and released the delivery lock with it
+    # (outbox_sent.lua): the delivery is over, whatever `head` says (a reply committed since
+    # is another delivery's, kicked by its commit).
+    ended: bool = False
 
     @staticmethod
     def queue_in(pipe: Any, keys: EngineConversationKeys, session_keys: WahaSessionKeys) -> None:
@@ -239,9 +243,9 @@ class Look:
         pipe.exists(session_keys.parked)
 
     @classmethod
-    def of(cls, answers: Sequence[Any]) -> Look:
+    def of(cls, answers: Sequence[Any], *, ended: bool = False) -> Look:
         head, parked = answers
-        return cls(head, bool(parked))
+        return cls(head, bool(parked), ended)
 
 
 class Sender:
@@ -360,15 +364,16 @@ class Sender:
         keeper = LockKeeper(self._redis, keys.sending, lock, self.config.lock_ms)
         keeper.start()
         seen_marked = False
+        ended = False
         try:
             while not keeper.lost:
                 if look is None:
                     pipe = self._redis.pipeline(transaction=False)
                     Look.queue_in(pipe, keys, session_keys)
                     look = Look.of(await pipe.execute())
-                head, parked = look.head, look.parked
+                head, parked, ended = look.head, look.parked, look.ended
                 look = None
-                if head is None:
+                if head is None or ended:
                     return
                 if parked:
                     if await self._probe(session_keys):
@@ -393,9 +398,10 @@ class Sender:
                 # checks it before each send: no renewal per reply is needed.
         finally:
             await keeper.stop()
-            await OUTBOX_SETTLE(
-                self._redis, [keys.sending, keys.outbox, keys.outbox_pending], [lock, token]
-            )
+            if not ended:
+                await OUTBOX_SETTLE(
+                    self._redis, [keys.sending, keys.outbox, keys.outbox_pending], [lock, token]
+                )
 
     async def _rate_wait(self, session_keys: WahaSessionKeys) -> int:
         if self.config.sends_per_second <= 0:
@@ -533,7 +539,7 @@ class Sender:
         except WahaTerminal as exc:
             await self._dead(keys, token, entry, exc)
             return "next"
-        look = await self._record_sent(keys, session_keys, token, entry, sent)
+        look = await self._record_sent(keys, session_keys, token, entry, sent, lock)
         OUTBOX_SENDS.labels("sent").inc()
         return look
 
@@ -563,11 +569,13 @@ class Sender:
         token: str,
         entry: OutboxEntry,
         sent: SentMessage,
+        lock: str,
     ) -> Look:
         """WAHA accepted the reply: take it off the outbox, retrying while Redis is away (a
         restart, an outage). Giving up would leave it at the head of the outbox, to be sent a
         second time; both steps are safe to repeat (outbox_sent.lua answers 0 to a repeat).
-        Returns the outbox's new head and the park, read in the same round trip."""
+        Returns the outbox's new head and the park, read in the same round trip, and whether
+        the delivery ended with it (the outbox left empty: `lock` released)."""
         deadline = time.monotonic() + RECORD_SENT_PATIENCE_SECONDS
         # Short steps: once Redis is back, the reply is recorded soon. (A sender that finds the
         # delivery lock expired meanwhile does not send it again: the head carries this
@@ -580,7 +588,7 @@ class Sender:
                 # The in-flight marker goes in the same round trip, after the reply is recorded
                 # (it is only a hint for echoes that overtake WAHA's answer).
                 _, look = await self._mark_sent(
-                    keys, session_keys, token, entry, sent, clear_inflight=True
+                    keys, session_keys, token, entry, sent, clear_inflight=True, lock=lock
                 )
                 return look
             except REDIS_UNAVAILABLE:
@@ -600,6 +608,7 @@ class Sender:
         sent: SentMessage,
         *,
         clear_inflight: bool = False,
+        lock: str | None = None,
     ) -> tuple[int, Look]:
         """Remember the id as ours, naming the reply (before the reply leaves the outbox, so a
         later echo is always recognised), then take the reply off the outbox and make the rest
@@ -607,10 +616,14 @@ class Sender:
         in-flight marker; last, read the outbox's new head and the park (a delivery's next
         look). One round trip: a pipeline runs its commands in order, and `ours` and the marker
         share the session's hash tag (one node in a cluster), so the marker never goes before
-        `ours` is there. 0: it was recorded already, or the id is another reply's."""
+        `ours` is there. 0: it was recorded already, or the id is another reply's. Given the
+        delivery's `lock`, a record that leaves the outbox empty releases it (2, Look.ended)."""
         short_id = sent.short_id
         call_keys = [keys.outbox, keys.history_meta, keys.outbox_pending]
         call_args: list[str | int] = [entry.mid, sent.id, short_id, token, now_ms()]
+        if lock is not None:
+            call_keys.append(keys.sending)
+            call_args.append(lock)
         for attempt in (1, 2):
             pipe = self._redis.pipeline(transaction=False)
             if short_id:
@@ -629,7 +642,7 @@ class Sender:
                     continue
                 raise
             recorded = int(answers[1 if short_id else 0])
-            return recorded, Look.of(answers[-2:])
+            return recorded, Look.of(answers[-2:], ended=recorded == 2)
         raise AssertionError("unreachable")
 
     async def settle_echo(

@@ -7,16 +7,22 @@
 -- An id already recorded for another of our replies never records this one: the late echo of a
 -- recorded send must not settle a later reply with the same text (engine/sender.py,
 -- settle_echo). (A message recorded from the phone maps its id to itself; that is no reply.)
--- Returns 1 removed; 0 the head is another reply (this one was recorded already: a repeat), or
--- the id belongs to another reply.
+-- Given the sender's delivery lock, a reply that leaves the outbox empty also ends the delivery
+-- (what outbox_settle.lua does at its end, in this same step): the lock is released if the
+-- caller still holds it.
+-- Returns 1 removed; 2 removed, and the delivery ended with it (the lock released); 0 the head
+-- is another reply (this one was recorded already: a repeat), or the id belongs to another
+-- reply.
 local outbox_key = KEYS[1]    -- the conversation's replies, head = next
 local meta_key = KEYS[2]      -- history meta: <mid>:status, <mid>:waha_id, w:<id> -> mid
 local pending_key = KEYS[3]   -- the shard's conversations with something to send
+local lock_key = KEYS[4]      -- optional: the conversation's delivery lock
 local mid = ARGV[1]
 local waha_id = ARGV[2]       -- as WAHA gave it ('' when it gave none)
 local short_id = ARGV[3]      -- the WhatsApp id inside it
 local token = ARGV[4]
-local now_ms = ARGV[5]        -- optional
+local now_ms = ARGV[5]        -- optional (required with the lock)
+local lock_token = ARGV[6]    -- optional: the caller's delivery lock token
 --#include outbox
 
 -- The same ranking as engine/history.py STATUS_RANK (tests/engine/test_outbox_scripts.py).
@@ -51,6 +57,10 @@ if short_id ~= '' then
 end
 if redis.call('LLEN', outbox_key) == 0 then
   redis.call('ZREM', pending_key, token)
+  if lock_key and redis.call('GET', lock_key) == lock_token then
+    redis.call('DEL', lock_key)
+    return 2
+  end
 elseif now_ms then
   redis.call('ZADD', pending_key, 'LT', now_ms, token)
 end

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -169,9 +169,10 @@ async def test_a_reply_is_sent_and_recorded_in_fewer_round_trips(
     aredis, key_prefix, make_harness, monkeypatch
 ) -> None:
     """One reply's delivery: (the lock + head + park), send_begin, the in-flight marker, (ours
-    + sent + marker gone + the next head + park: empty), settle: 5 round trips. Before: 11 (the
-    lock alone, the head and the park apart on each loop, a lock renewal per reply, ours, sent
-    and the marker's removal apart), then 7 (the lock and each look at the head alone)."""
+    + sent, which ends the delivery and its lock with the last reply + marker gone + the next
+    head + park: empty): 4 round trips. Before: 11 (the lock alone, the head and the park apart
+    on each loop, a lock renewal per reply, ours, sent and the marker's removal apart), then 7
+    (the lock and each look at the head alone), then 5 (a closing settle for the lock)."""
     keys = engine_keys_for("default", ANA, 1, key_prefix)
     entries = [new_entry(ANA, "Olá!")]
     await apply_writes(aredis, outbox_writes(keys, entries, retention_seconds=3600, now_ms=1))
@@ -183,14 +184,59 @@ async def test_a_reply_is_sent_and_recorded_in_fewer_round_trips(
         paths = [call.request.url.path for call in router.calls]
     assert paths == ["/api/sendSeen", "/api/sendText"]
     trips = seen.trips
-    assert trips == ["pipeline", "EVALSHA", "SET", "pipeline", "EVALSHA"]
+    assert trips == ["pipeline", "EVALSHA", "SET", "pipeline"]
     assert seen.piped == [
         ["SET", "LINDEX", "EXISTS"],
         ["SET", "EVALSHA", "DEL", "LINDEX", "EXISTS"],
     ]
     assert await aredis.llen(keys.outbox) == 0
+    assert await aredis.exists(keys.sending) == 0  # the lock went with the last record
+    assert await aredis.zscore(keys.outbox_pending, f"default|{ANA}") is None
     page, _ = await read_page(aredis, HistoryKeys(keys.history, keys.history_meta))
     assert [(e.text, e.status) for e in page] == [("Olá!", "sent")]
+
+
+async def test_a_reply_committed_after_the_delivery_ended_is_left_to_its_own_delivery(
+    aredis, key_prefix, make_harness, monkeypatch
+) -> None:
+    """The last reply's record released the delivery lock; a reply committed in the instant
+    before the same round trip read the outbox's head is seen there, but it is not this
+    delivery's to send (another sender may hold the lock already: its commit kicked one). The
+    delivery ends without even asking (no send_begin.lua, no closing settle), and the reply
+    waits, due, for the delivery its commit started."""
+    token = f"default|{ANA}"
+    keys = engine_keys_for("default", ANA, 1, key_prefix)
+    await apply_writes(
+        aredis, outbox_writes(keys, [new_entry(ANA, "Olá!")], retention_seconds=3600, now_ms=1)
+    )
+    later = new_entry(ANA, "Mais uma coisa")
+    with respx.mock(assert_all_called=False) as router:
+        waha = FakeWaha(router)
+        harness = make_harness()
+        sender = harness.service.sender
+        mark_sent = sender._mark_sent
+
+        async def committed_meanwhile(*args: Any, **options: Any) -> Any:
+            recorded, look = await mark_sent(*args, **options)
+            await apply_writes(
+                aredis, outbox_writes(keys, [later], retention_seconds=3600, now_ms=2)
+            )
+            return recorded, replace(look, head=await aredis.lindex(keys.outbox, 0))
+
+        monkeypatch.setattr(sender, "_mark_sent", committed_meanwhile)
+        with round_trips(aredis, monkeypatch) as seen:
+            await sender.deliver(token)
+        assert waha.to(ANA) == ["Olá!"]
+        # Its own: the lock + look, send_begin, the marker, the record (then the test's writes
+        # and read). No second send_begin, no closing settle.
+        assert seen.trips[:4] == ["pipeline", "EVALSHA", "SET", "pipeline"]
+        assert seen.single.count("EVALSHA") == 1
+        assert await aredis.exists(keys.sending) == 0
+        assert await aredis.zscore(keys.outbox_pending, token) is not None  # due: swept
+
+        monkeypatch.undo()
+        await sender.deliver(token)  # what its commit's kick does
+        assert waha.to(ANA) == ["Olá!", "Mais uma coisa"]
 
 
 async def name_turn(harness: Harness, aredis: Any, monkeypatch: pytest.MonkeyPatch) -> RoundTrips:

@@ -109,6 +109,34 @@ async def test_outbox_sent_makes_the_rest_due_by_now(aredis, key_prefix) -> None
     assert await aredis.zscore(keys.outbox_pending, TOKEN) == 7_000  # never later
 
 
+async def test_outbox_sent_that_empties_the_outbox_ends_the_delivery_with_its_lock(
+    aredis, key_prefix
+) -> None:
+    """Given the delivery's lock, the record of the last reply releases it (2): the sender's
+    closing outbox_settle.lua is not needed. Not while replies are left, and never someone
+    else's lock (a sender whose lock expired and was taken over)."""
+    keys, entries = await setup(aredis, key_prefix, n=2)
+    sent_keys = [keys.outbox, keys.history_meta, keys.outbox_pending, keys.sending]
+    await aredis.set(keys.sending, "mine")
+    args = [entries[0].mid, "", "", TOKEN, 7_000, "mine"]
+    assert await OUTBOX_SENT(aredis, sent_keys, args) == 1  # one reply left: still delivering
+    assert await aredis.get(keys.sending) == b"mine"
+    await aredis.set(keys.sending, "other")  # taken over
+    args = [entries[1].mid, "", "", TOKEN, 8_000, "mine"]
+    assert await OUTBOX_SENT(aredis, sent_keys, args) == 1
+    assert await aredis.get(keys.sending) == b"other"
+    assert await aredis.zscore(keys.outbox_pending, TOKEN) is None
+
+    keys, entries = await setup(aredis, key_prefix + ":2", n=1)
+    sent_keys = [keys.outbox, keys.history_meta, keys.outbox_pending, keys.sending]
+    await aredis.set(keys.sending, "mine")
+    args = [entries[0].mid, "", "", TOKEN, 7_000, "mine"]
+    assert await OUTBOX_SENT(aredis, sent_keys, args) == 2
+    assert await aredis.exists(keys.sending) == 0
+    assert await aredis.zscore(keys.outbox_pending, TOKEN) is None
+    assert await OUTBOX_SENT(aredis, sent_keys, args) == 0  # a repeat: nothing more
+
+
 async def test_send_lock_renew_extends_only_its_own_lock(aredis, key_prefix) -> None:
     keys, _ = await setup(aredis, key_prefix, n=1)
     await aredis.set(keys.sending, "mine", px=1_000)
