@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shared.embedded_redis import free_port  # noqa: E402
+from shared.heap import hold_full_collections  # noqa: E402
 from wsm.load.checks import latency_summary  # noqa: E402
 from wsm.load.cpu import PRODUCT, CpuMeter, stack_components  # noqa: E402
 from wsm.load.customers import Customer, Progress, run_customers  # noqa: E402
@@ -127,7 +128,7 @@ def run_floor(customers: int, messages: int, home: Path, rate: float = 0.0) -> d
             "waha-sim",
             python_module(
                 "wsm", "waha-sim", "--port", str(sim_port),
-                "--webhook-url", f"http://127.0.0.1:{bot_port}/webhook",
+                "--webhook-url", f"http://127.0.0.1:{bot_port}/webhook", "--no-full-gc",
             ),
             home / "sim.log",
             ready=lambda: port_accepts(sim_port),
@@ -144,6 +145,7 @@ def run_floor(customers: int, messages: int, home: Path, rate: float = 0.0) -> d
         meter = CpuMeter(stack_components(stack))
 
         async def load() -> None:
+            hold_full_collections()  # the customers' records, as in wsm loadtest
             stop = asyncio.Event()
             sampling = asyncio.create_task(meter.run(stop))
             try:

@@ -30,3 +30,20 @@ def settle_heap() -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(YOUNG_THRESHOLD, middle, old)
+
+
+# Full collections after this many middle ones: none in any run a process lives through.
+NO_FULL_COLLECTIONS = 1_000_000_000
+
+
+def hold_full_collections() -> None:
+    """For a load test's own instruments (the WAHA simulator, the simulated customers), which
+    keep a record of every message for the whole run: settle_heap(), and no full collection
+    until the process ends. Over those growing records a full collection took 30-50 ms, and
+    every reply in flight then was measured that much late, as if the product had been slow
+    (docs/benchmarks.md, first session of December 2026). The young collections go on, so
+    garbage in short-lived cycles is still freed; what survives them is kept until exit, which
+    a run of minutes affords. As `timeit` turns the collector off while it measures."""
+    settle_heap()
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, NO_FULL_COLLECTIONS)

@@ -34,6 +34,7 @@ import httpx
 import orjson
 import uvloop
 
+from shared.heap import hold_full_collections
 from wsm.load.chaos import Chaos, ChaosLog, ChaosPlan
 from wsm.load.checks import Findings, check_conversation, latency_summary, read_history
 from wsm.load.cpu import CpuMeter, cpu_line, stack_components
@@ -342,6 +343,9 @@ async def drive(run: Run) -> dict[str, Any]:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop)
     await run.warm_up()
+    # This process is the customers: a full collection over their records would pause every
+    # conversation in flight and be measured as the product's latency (shared/heap.py).
+    hold_full_collections()
     run.say(
         f"{run.args.customers} customers start talking" + (" (chaos on)" if run.args.chaos else "")
     )

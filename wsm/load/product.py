@@ -180,7 +180,7 @@ def build_stack(options: StackOptions) -> ProductStack:
         python_module(
             "wsm", "waha-sim", "--port", str(ports["sim"]), "--webhook-url", webhook_url,
             # "=": a value starting with "-" is not taken for an option.
-            f"--hmac-key={hmac_key}", *options.sim_args,
+            f"--hmac-key={hmac_key}", "--no-full-gc", *options.sim_args,
         ),
         ready=lambda: port_accepts(ports["sim"]),
         grace_seconds=10.0,
