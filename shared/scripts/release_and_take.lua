@@ -6,17 +6,10 @@
 -- The take happens whether or not the release was still ours: either way the slot is free.
 -- A lost answer leaves the taken token in `claimed`, where the reaper hands it back, as for a
 -- BLMOVE whose answer was lost; so a retry must not take again (QueueConsumer.release_and_take).
+-- KEYS[1..5]: as release_turn (lib/turn_end.lua) reads them; KEYS[6]: the shard's `claimed`.
+-- ARGV: the conversation's token, the holder's fence.
 -- Returns {1 released or 0 not ours any more, the taken token or false when the line is empty}.
-local meta_key = KEYS[1]       -- the conversation's state, fence, owner, lease_until
-local messages_key = KEYS[2]   -- its message ids
-local leases_key = KEYS[3]     -- the shard's conversation -> lease deadline
-local ready_key = KEYS[4]      -- the shard's claimable conversations (front at the right)
-local fence_key = KEYS[5]      -- the shard's fencing counter
-local claimed_key = KEYS[6]    -- the shard's popped-but-not-leased tokens
-local token = ARGV[1]
-local fence = ARGV[2]
 --#include turn_end
 
-local released = release_turn(meta_key, messages_key, leases_key, ready_key, fence_key, token,
-                              fence, false)
-return {released, redis.call('LMOVE', ready_key, claimed_key, 'RIGHT', 'LEFT')}
+local released = release_turn(ARGV[1], ARGV[2], false)
+return {released, redis.call('LMOVE', KEYS[4], KEYS[6], 'RIGHT', 'LEFT')}

@@ -262,14 +262,8 @@ async def test_the_keeper_ends_with_a_warning_once_the_lease_is_lost(
         assert [getattr(r, "conversation", None) for r in warnings] == [held.lease.token]
 
 
-async def test_a_turn_shorter_than_a_third_of_the_lease_costs_no_task_and_no_extension(
-    redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Nearly every turn: the keeper is started and stopped long before its first extension is
-    due. It is a timer meanwhile, not a task (a task, its Event wait and their cancellation
-    per turn cost about a Redis round trip), and it asks Redis for nothing. Kills, in start: a
-    task made at once; in stop and _first_extension_due together: the timer left to fire
-    without the flag checked (it would start extending a lease the turn is done with)."""
+def _count_extensions(monkeypatch: pytest.MonkeyPatch) -> list[Lease]:
+    """Every lease QueueConsumer.extend is asked to extend from now on, in order."""
     asked: list[Lease] = []
     real_extend = QueueConsumer.extend
 
@@ -278,6 +272,18 @@ async def test_a_turn_shorter_than_a_third_of_the_lease_costs_no_task_and_no_ext
         return await real_extend(self, lease)
 
     monkeypatch.setattr(QueueConsumer, "extend", counted)
+    return asked
+
+
+async def test_a_turn_shorter_than_a_third_of_the_lease_costs_no_task_and_no_extension(
+    redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nearly every turn: the keeper is started and stopped long before its first extension is
+    due. It is a timer meanwhile, not a task (a task, its Event wait and their cancellation
+    per turn cost about a Redis round trip), and it asks Redis for nothing. Kills, in start: a
+    task made at once; in stop and _first_extension_due together: the timer left to fire
+    without the flag checked (it would start extending a lease the turn is done with)."""
+    asked = _count_extensions(monkeypatch)
     async with _held(redis_url, key_prefix, SHORT_LEASE_MS) as held:
         tasks_before = len(asyncio.all_tasks())
         keeper = LeaseKeeper(held.consumer, held.lease)
@@ -300,14 +306,8 @@ async def test_stop_ends_the_extensions_for_good_and_is_safe_to_repeat(
     mutated to `or` (stop__mutmut_1) and `is not None` to `is None` (stop__mutmut_2), both
     failing on a keeper without a task; and the task reset to "" (stop__mutmut_4) or made ""
     in __init__ (__init____mutmut_11), failing on the second stop or on the unstarted one."""
-    asked: list[Lease] = []
-    real_extend = QueueConsumer.extend
-
-    async def counted(self: QueueConsumer, lease: Lease) -> int:
-        asked.append(lease)
-        return await real_extend(self, lease)
-
-    monkeypatch.setattr(QueueConsumer, "extend", counted)
+    real_extend = QueueConsumer.extend  # Redis's own answer, past the counting
+    asked = _count_extensions(monkeypatch)
     async with _held(redis_url, key_prefix, KEPT_LEASE_MS) as held:
         await LeaseKeeper(held.consumer, held.lease).stop()  # never started: nothing to stop
         keeper = LeaseKeeper(held.consumer, held.lease)

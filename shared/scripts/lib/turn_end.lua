@@ -18,14 +18,16 @@ local function ready_or_idle(meta_key, messages_key, ready_key, token, front, fe
   return false
 end
 
--- release_turn(meta_key, messages_key, leases_key, ready_key, fence_key, token, fence, front):
--- the holder under `fence` ends its turn: the lease goes, and the conversation is ready again
--- (ready_or_idle) or idle. Returns 1 released; 0 not ours any more (fenced out, or already
--- released by a retried call). No expiry check: a holder past its deadline but not yet reaped
--- still knows best that it has stopped; the state check keeps a retried release from queueing
--- the conversation twice.
-local function release_turn(meta_key, messages_key, leases_key, ready_key, fence_key, token,
-                            fence, front)
+-- release_turn(token, fence, front): the holder under `fence` ends its turn: the lease goes,
+-- and the conversation is ready again (ready_or_idle) or idle. For the release scripts, whose
+-- KEYS[1..5] are: the conversation's meta and messages, the shard's leases, ready list and
+-- fencing counter (QueueConsumer._end_turn). Returns 1 released; 0 not ours any more (fenced
+-- out, or already released by a retried call). No expiry check: a holder past its deadline
+-- but not yet reaped still knows best that it has stopped; the state check keeps a retried
+-- release from queueing the conversation twice.
+local function release_turn(token, fence, front)
+  local meta_key, messages_key, leases_key, ready_key, fence_key =
+    KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
   if not leased_meta(meta_key, fence) then
     return 0
   end
