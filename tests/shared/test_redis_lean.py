@@ -12,6 +12,7 @@ from typing import Any, Self
 
 import pytest
 import redis.asyncio
+from redis.asyncio import client as redis_py_client
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.connection import HiredisRespSerializer
@@ -186,6 +187,27 @@ async def test_commands_are_packed_by_hiredis_into_redis_pys_bytes(redis_url: st
                 plain.pack_command("SET", "k", bad)
     finally:
         await client.aclose()
+
+
+async def test_only_himport_set_goes_through_redis_pys_himport_check(
+    lean: Any, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py 8 tests every command for HIMPORT SET; the lean path leaves that test to the
+    one command it is for, and every other command goes straight out."""
+    checked: list[Any] = []
+    real = redis_py_client.parse_himport_set_args
+
+    def counted(args: Any) -> Any:
+        checked.append(args[0])
+        return real(args)
+
+    monkeypatch.setattr(redis_py_client, "parse_himport_set_args", counted)
+    await lean.set(f"{key_prefix}:s", "v")
+    assert await lean.get(f"{key_prefix}:s") == b"v"
+    assert checked == []
+    with pytest.raises(ResponseError):  # a Redis without HIMPORT: unknown command
+        await lean.execute_command("HIMPORT SET", f"{key_prefix}:h", "fs", "v")
+    assert checked == ["HIMPORT SET"]
 
 
 async def test_errors_are_redis_pys(lean: Any, key_prefix: str) -> None:
