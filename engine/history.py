@@ -20,7 +20,9 @@ expire after the retention without appends.
 (its WhatsApp id exists only once WAHA accepted it).
 
 Delivery status only moves forward (queued < sent < server < device < read < played): WAHA
-gives no ordering guarantee, so a late DEVICE ack must not undo a READ.
+gives no ordering guarantee, so a late DEVICE ack must not undo a READ. The ranking is
+shared/delivery_status.py's; the gateway moves `<mid>:status` too, with the same ranking, for a
+receipt whose message is recorded already (shared/enqueue.py).
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from typing import Any
 
 import orjson
 
-from engine.waha_client import short_message_id
 from shared import clock
 from shared.commit_writes import Write, write
+from shared.delivery_status import advances
+from shared.events import short_message_id
 from shared.lua import LuaScript
 from shared.redis_client import RedisClient
 from shared.text import as_text
@@ -43,40 +46,11 @@ HISTORY_FACT = LuaScript.named("history_fact")
 # Entries trimmed per script call (a call blocks Redis: keep each one short).
 TRIM_BATCH = 500
 
-# WAHA's ack levels (WAMessageAck).
-ACK_NAMES = {-1: "error", 0: "pending", 1: "server", 2: "device", 3: "read", 4: "played"}
-# Our statuses, in the order a message goes through them. `error` and `failed` are final.
-# shared/scripts/outbox_sent.lua ranks them too (an ack parked before the send was recorded):
-# tests/engine/test_outbox_scripts.py keeps the two the same.
-STATUS_RANK = {
-    "received": 0,
-    "queued": 0,
-    "pending": 1,
-    "sent": 2,
-    "server": 3,
-    "device": 4,
-    "read": 5,
-    "played": 6,
-    "error": 7,
-    "failed": 7,
-}
-
 _META_FIELDS = ("status", "waha_id", "edit", "revoked", "reactions")
 
 
 class InvalidCursor(ValueError):
     """A `before` cursor that is not a history entry id (terminal: the caller's mistake)."""
-
-
-def status_for_ack(ack: Any) -> str | None:
-    try:
-        return ACK_NAMES.get(int(ack))
-    except (TypeError, ValueError):
-        return None
-
-
-def advances(current: str | None, new: str) -> bool:
-    return STATUS_RANK.get(new, -1) > STATUS_RANK.get(current or "", -1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from urllib.parse import quote
 import httpx
 import orjson
 
+from shared.events import short_message_id
 from shared.retry_after import retry_after_of
 
 
@@ -85,20 +86,6 @@ class SentMessage:
     @property
     def short_id(self) -> str:
         return short_message_id(self.id)
-
-
-def short_message_id(message_id: str) -> str:
-    """The WhatsApp message id inside WAHA's serialized form.
-
-    `true_5511...@c.us_3EB0ABC` and `false_1203...@g.us_3EB0ABC_5511...@c.us` -> `3EB0ABC`; a bare
-    id (as in `message.revoked`'s `revokedMessageId` or GOWS answers) is returned as it is. Our
-    own sends, their echoes and later acks name one message by different forms of the same id.
-    """
-    if message_id.startswith(("true_", "false_")):
-        parts = message_id.split("_")
-        if len(parts) >= 3:
-            return parts[2]
-    return message_id
 
 
 def message_id_from_answer(answer: Any) -> str | None:

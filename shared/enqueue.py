@@ -2,6 +2,13 @@
 
 `EnqueueRequest.for_event` computes every key and argument of `enqueue_event.lua` up front,
 so a batch of requests can be sent as one pipelined round trip.
+
+A delivery receipt (`message.ack`, `message.ack.group`) for a message already in the history
+is recorded on it by that same script, at the door, instead of being queued: a status only
+moves forward, so when the receipt is applied does not change where it ends, and each message
+the business sends brings two or three of them, each a worker turn otherwise (issue 19). A
+receipt for a message not recorded yet is queued like any event, so it is handled after the
+events before it (the business phone's own message, whose record it needs).
 """
 
 from __future__ import annotations
@@ -10,7 +17,13 @@ from dataclasses import dataclass
 
 from shared.envelope import encode_record
 from shared.events import RoutedEvent
-from shared.keys import DEFAULT_PREFIX, ShardKeys, conversation_token, shard_of
+from shared.keys import (
+    DEFAULT_PREFIX,
+    EngineConversationKeys,
+    ShardKeys,
+    conversation_token,
+    shard_of,
+)
 from shared.lua import KeyArg, LuaScript, is_noscript
 from shared.redis_client import RedisClient
 
@@ -42,28 +55,34 @@ class EnqueueRequest:
             if routed.message_key
             else seen_event
         )
-        return cls(
-            keys=[
-                seen_event,
-                seen_message,
-                conversation.messages,
-                conversation.bodies,
-                conversation.meta,
-                shard.ready,
-                shard.stats,
-            ],
-            args=[
-                routed.event_id,
-                token,
-                encode_record(routed, body, received_at_ms),
-                dedupe_ttl_seconds,
-                1 if routed.message_key else 0,
-            ],
-        )
+        keys: list[KeyArg] = [
+            seen_event,
+            seen_message,
+            conversation.messages,
+            conversation.bodies,
+            conversation.meta,
+            shard.ready,
+            shard.stats,
+        ]
+        args: list[str | bytes | int] = [
+            routed.event_id,
+            token,
+            encode_record(routed, body, received_at_ms),
+            dedupe_ttl_seconds,
+            1 if routed.message_key else 0,
+        ]
+        receipt = routed.receipt
+        if receipt is not None:
+            # Recorded at the door when its message is in the history already (the script
+            # decides, atomically); queued for the conversation's turn otherwise.
+            keys.append(EngineConversationKeys(conversation).history_meta)
+            args += [receipt.message, receipt.status]
+        return cls(keys=keys, args=args)
 
 
 async def enqueue(client: RedisClient, request: EnqueueRequest) -> bool:
-    """Queue one event. True: queued; False: a duplicate, not queued again."""
+    """Queue one event. True: queued (or, for a receipt, recorded on its message); False: a
+    duplicate, not queued again."""
     return bool(await ENQUEUE_EVENT(client, request.keys, request.args))
 
 

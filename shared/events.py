@@ -1,8 +1,10 @@
 """What wsm needs to know about a WAHA webhook body before it is queued.
 
-The gateway only routes: it decides whether an event is used at all, which conversation it
-belongs to (so that conversation stays in order), and which ids identify a repeat. Everything
-else about the event is the worker's business and stays in the raw body.
+The gateway routes: it decides whether an event is used at all, which conversation it belongs
+to (so that conversation stays in order), and which ids identify a repeat. Everything else
+about the event is the worker's business and stays in the raw body, with one exception: a
+delivery receipt's message and status (`Receipt`), which the gateway records at once when
+that message is in the history already (shared/enqueue.py).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from shared.delivery_status import status_for_ack
 
 # Events the product acts on. Anything else answers 200 "ignored": a 4xx would make WAHA retry.
 QUEUED_EVENTS = frozenset(
@@ -59,6 +63,18 @@ class RoutedEvent:
     event_id: str
     # Second dedupe identity for message events (None for events without a message id).
     message_key: str | None
+    # A delivery receipt's message and status, for the gateway to record at once when that
+    # message is in the history already (shared/enqueue.py); None for every other event.
+    receipt: Receipt | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What a `message.ack` / `message.ack.group` says: the WhatsApp id of one of the business's
+    messages (short form, as the history knows it) and the status it reached."""
+
+    message: str
+    status: str
 
 
 def route_event(document: Any, raw_body: bytes) -> RoutedEvent | None:
@@ -95,6 +111,7 @@ def route_event(document: Any, raw_body: bytes) -> RoutedEvent | None:
         chat_id=chat_of(event, payload),
         event_id=event_id,
         message_key=message_key_of(event, payload),
+        receipt=receipt_of(event, payload),
     )
 
 
@@ -131,6 +148,18 @@ def step_event(event: str, payload: dict[str, Any]) -> str:
     return event
 
 
+def receipt_of(event: str, payload: dict[str, Any]) -> Receipt | None:
+    """The receipt an ack event carries; None for other events and for an ack without a
+    message id or a known ack level (the engine's turn acks those as they are)."""
+    if event not in _ACK_EVENTS:
+        return None
+    message_id = payload.get("id")
+    status = status_for_ack(payload.get("ack"))
+    if not isinstance(message_id, str) or not message_id or status is None:
+        return None
+    return Receipt(short_message_id(message_id), status)
+
+
 def message_key_of(event: str, payload: dict[str, Any]) -> str | None:
     if event not in _MESSAGE_EVENTS:
         return None
@@ -145,3 +174,17 @@ def message_key_of(event: str, payload: dict[str, Any]) -> str | None:
         suffix = f":{participant}" if isinstance(participant, str) and participant else ""
         return f"{event}:{message_id}:{payload.get('ack')}{suffix}"
     return f"{event}:{message_id}"
+
+
+def short_message_id(message_id: str) -> str:
+    """The WhatsApp message id inside WAHA's serialized form.
+
+    `true_5511...@c.us_3EB0ABC` and `false_1203...@g.us_3EB0ABC_5511...@c.us` -> `3EB0ABC`; a bare
+    id (as in `message.revoked`'s `revokedMessageId` or GOWS answers) is returned as it is. Our
+    own sends, their echoes and later acks name one message by different forms of the same id.
+    """
+    if message_id.startswith(("true_", "false_")):
+        parts = message_id.split("_")
+        if len(parts) >= 3:
+            return parts[2]
+    return message_id

@@ -6,12 +6,14 @@ and is handled there."""
 
 from __future__ import annotations
 
-from engine.history import HistoryEntry, status_for_ack
+from engine.history import HistoryEntry
 from engine.identity import send_target
 from engine.sender import InflightSend
 from engine.state import State, Trigger
 from engine.turn.frame import ConversationTurn
-from engine.waha_client import SentMessage, short_message_id
+from engine.waha_client import SentMessage
+from shared.delivery_status import status_for_ack
+from shared.events import short_message_id
 from shared.keys import WahaSessionKeys
 
 

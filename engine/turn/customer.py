@@ -17,7 +17,7 @@ from engine.menu_brain import MenuBrain
 from engine.state import State, Trigger
 from engine.turn import freed_slot
 from engine.turn.frame import ConversationTurn
-from engine.waha_client import short_message_id
+from shared.events import short_message_id
 
 
 async def message(turn: ConversationTurn) -> None:

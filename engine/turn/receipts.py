@@ -4,9 +4,10 @@ message it touches (engine/history.py); the conversation's state does not move."
 
 from __future__ import annotations
 
-from engine.history import ack_writes, edit_writes, reaction_writes, revoke_writes, status_for_ack
+from engine.history import ack_writes, edit_writes, reaction_writes, revoke_writes
 from engine.turn.frame import ConversationTurn
-from engine.waha_client import short_message_id
+from shared.delivery_status import status_for_ack
+from shared.events import short_message_id
 
 
 async def ack(turn: ConversationTurn) -> None:

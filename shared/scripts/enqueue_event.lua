@@ -1,7 +1,10 @@
 #!lua
 -- enqueue_event: drop a repeat of an event, else append it to its conversation's queue and make
 -- the conversation claimable. The gateway's only Redis round trip per webhook.
--- Returns 1 when queued, 0 when it was a duplicate.
+-- A delivery receipt (given KEYS[8], ARGV[6], ARGV[7]) whose message is in the history already
+-- is recorded on it here instead of queued: its status moves forward (lib/status.lua), as the
+-- engine's ack turn would have moved it, and nothing is queued. Otherwise it is queued.
+-- Returns 1 when queued, 2 when recorded on its message, 0 when it was a duplicate.
 local seen_event_key = KEYS[1]     -- marker for the WAHA envelope id
 local seen_message_key = KEYS[2]   -- marker for the WhatsApp message id (= KEYS[1] when none)
 local messages_key = KEYS[3]       -- the conversation's message ids, oldest at the right
@@ -14,6 +17,10 @@ local token = ARGV[2]
 local record = ARGV[3]
 local dedupe_ttl = tonumber(ARGV[4])
 local check_message = ARGV[5] == '1'
+local history_meta_key = KEYS[8]   -- optional: the conversation's history meta (a receipt)
+local receipt_message = ARGV[6]    -- with it: the message's short WhatsApp id
+local receipt_status = ARGV[7]     -- and the status the receipt reports
+--#include status
 
 if redis.call('EXISTS', seen_event_key) == 1 then
   return 0
@@ -26,10 +33,23 @@ if redis.call('HEXISTS', bodies_key, message_id) == 1 then
   return 0
 end
 
-redis.call('SET', seen_event_key, '1', 'EX', dedupe_ttl)
-if check_message then
-  redis.call('SET', seen_message_key, '1', 'EX', dedupe_ttl)
+local function mark_seen()
+  redis.call('SET', seen_event_key, '1', 'EX', dedupe_ttl)
+  if check_message then
+    redis.call('SET', seen_message_key, '1', 'EX', dedupe_ttl)
+  end
 end
+
+if history_meta_key then
+  local mid = redis.call('HGET', history_meta_key, 'w:' .. receipt_message)
+  if mid then
+    mark_seen()
+    advance_status(history_meta_key, mid .. ':status', receipt_status)
+    return 2
+  end
+end
+
+mark_seen()
 redis.call('LPUSH', messages_key, message_id)
 redis.call('HSET', bodies_key, message_id, record)
 redis.call('HINCRBY', stats_key, 'waiting', 1)

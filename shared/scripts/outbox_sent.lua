@@ -24,16 +24,7 @@ local token = ARGV[4]
 local now_ms = ARGV[5]        -- optional (required with the lock)
 local lock_token = ARGV[6]    -- optional: the caller's delivery lock token
 --#include outbox
-
--- The same ranking as engine/history.py STATUS_RANK (tests/engine/test_outbox_scripts.py).
-local rank = {received = 0, queued = 0, pending = 1, sent = 2, server = 3, device = 4,
-              read = 5, played = 6, error = 7, failed = 7}
-local function advance(field, status)
-  local current = redis.call('HGET', meta_key, field)
-  if (rank[status] or -1) > (rank[current] or -1) then
-    redis.call('HSET', meta_key, field, status)
-  end
-end
+--#include status
 
 if short_id ~= '' then
   local owner = redis.call('HGET', meta_key, 'w:' .. short_id)
@@ -45,13 +36,13 @@ if not outbox_head(outbox_key, mid) then
   return 0
 end
 redis.call('LPOP', outbox_key)
-advance(mid .. ':status', 'sent')
+advance_status(meta_key, mid .. ':status', 'sent')
 if short_id ~= '' then
   redis.call('HSET', meta_key, mid .. ':waha_id', waha_id, 'w:' .. short_id, mid)
   -- WAHA may deliver the ack webhook before its answer to sendText reached us.
   local early = redis.call('HGET', meta_key, 'w:' .. short_id .. ':ack')
   if early then
-    advance(mid .. ':status', early)
+    advance_status(meta_key, mid .. ':status', early)
     redis.call('HDEL', meta_key, 'w:' .. short_id .. ':ack')
   end
 end

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import orjson
 
-from engine.history import STATUS_RANK, advances
 from engine.outbox import new_entry, outbox_writes
 from engine.sender import (
     HEAD_MOVED,
@@ -20,6 +19,7 @@ from engine.sender import (
     lock_key_parts,
 )
 from shared.dead_letters import outbox_dead
+from shared.delivery_status import STATUS_RANK, advances
 from shared.keys import ShardKeys, engine_keys_for
 from tests.engine.harness import apply_writes
 
@@ -237,10 +237,10 @@ async def test_send_due_steps_over_held_conversations(aredis, key_prefix) -> Non
 
 
 async def test_outbox_sent_ranks_statuses_as_the_history_does(aredis, key_prefix) -> None:
-    """The status ranking lives twice: engine/history.py's STATUS_RANK (an ack's turn, the
-    history's reads) and outbox_sent.lua's `rank` (an ack parked before the send was recorded).
-    For every status the reply had and every early ack, the script ends where `advances`
-    says."""
+    """The status ranking lives twice: shared/delivery_status.py STATUS_RANK (an ack's turn,
+    the history's reads) and lib/status.lua (outbox_sent.lua's early ack; the gateway's
+    receipts). For every status the reply had and every early ack, the script ends where
+    `advances` says."""
     statuses = sorted(STATUS_RANK)
     for n, (had, early) in enumerate((a, b) for a in statuses for b in statuses):
         keys, entries = await setup(aredis, f"{key_prefix}:{n}", n=1)

@@ -17,6 +17,7 @@ import httpx
 import orjson
 import pytest
 import redis
+import respx
 
 from shared.embedded_redis import free_port
 from shared.enqueue import EnqueueRequest
@@ -24,6 +25,7 @@ from shared.envelope import QueuedEvent, decode_record
 from shared.events import route_event
 from shared.keys import ShardKeys, keys_for_conversation
 from shared.settings import Settings
+from tests.engine.harness import FakeWaha, Harness, settings_for
 from tests.support.polling import wait_until
 from tests.support.waha import compact, text_message, webhook_headers
 
@@ -105,6 +107,19 @@ def queued_events(client: redis.Redis, prefix: str, session: str, chat: str) -> 
 
 def waiting_count(client: redis.Redis, prefix: str) -> int:
     return int(client.hget(ShardKeys(0, prefix).stats, "waiting") or 0)
+
+
+async def drain_engine(aredis: Any, redis_url: str, key_prefix: str) -> FakeWaha:
+    """The engine run over everything the gateway queued (tests/engine/harness.py), WAHA's
+    sends answered 201; the stand-in WAHA as the engine left it."""
+    with respx.mock(assert_all_called=False) as router:
+        waha = FakeWaha(router)
+        harness = Harness(aredis, settings_for(key_prefix, redis_url))
+        try:
+            await harness.drain()
+        finally:
+            await harness.aclose()
+    return waha
 
 
 # --- the real process -----------------------------------------------------------------------

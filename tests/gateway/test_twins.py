@@ -20,13 +20,12 @@ from typing import Any
 import httpx
 import pytest
 import redis
-import respx
 
 from engine.history import HistoryEntry, HistoryKeys, recent
 from engine.state import State, load_state
 from shared.keys import engine_keys_for
-from tests.engine.harness import FakeWaha, Harness, settings_for
-from tests.gateway.conftest import queued_events, signed, waiting_count
+from tests.engine.harness import FakeWaha
+from tests.gateway.conftest import drain_engine, queued_events, signed, waiting_count
 from tests.support.waha import compact, load_fixture
 
 TEXT_CHAT = ("mysession_waha", "5511987650052@c.us")  # message-text.json
@@ -123,14 +122,7 @@ def through_the_engine(
     async def run(documents: list[dict[str, Any]]) -> FakeWaha:
         for document in documents:
             await post(app_client, document)
-        with respx.mock(assert_all_called=False) as router:
-            waha = FakeWaha(router)
-            harness = Harness(aredis, settings_for(key_prefix, redis_url))
-            try:
-                await harness.drain()
-            finally:
-                await harness.aclose()
-        return waha
+        return await drain_engine(aredis, redis_url, key_prefix)
 
     return run
 

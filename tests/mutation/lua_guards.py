@@ -41,6 +41,7 @@ TESTS: dict[str, list[str]] = {
     "enqueue_event": [
         "tests/shared/test_enqueue_event_script.py",
         "tests/gateway/test_mutants.py",
+        "tests/gateway/test_receipts.py",
     ],
     "claim_conversation": [
         "tests/worker/test_claim_conversation_script.py",
@@ -101,6 +102,12 @@ TESTS: dict[str, list[str]] = {
         "tests/worker/test_mutants.py",
     ],
     "lib/outbox": ["tests/engine/test_outbox_scripts.py"],
+    # A status only moves forward (outbox_sent's early ack, the gateway's receipts).
+    "lib/status": [
+        "tests/shared/test_delivery_status.py",
+        "tests/shared/test_enqueue_event_script.py",
+        "tests/engine/test_outbox_scripts.py",
+    ],
     "lib/turn_end": [
         "tests/worker/test_release_conversation_script.py",
         "tests/worker/test_fail_message_script.py",

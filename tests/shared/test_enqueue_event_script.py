@@ -5,11 +5,11 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from shared.enqueue import EnqueueRequest, enqueue, enqueue_many
+from shared.enqueue import ENQUEUE_EVENT, EnqueueRequest, enqueue, enqueue_many
 from shared.envelope import decode_record
 from shared.events import route_event
-from shared.keys import ShardKeys, conversation_token, shard_of
-from tests.support.waha import compact, text_message
+from shared.keys import ShardKeys, conversation_token, engine_keys_for, shard_of
+from tests.support.waha import compact, load_fixture, text_message
 
 
 def request_for(document: dict, prefix: str, shards: int = 1) -> tuple[EnqueueRequest, bytes]:
@@ -130,3 +130,118 @@ async def test_a_repeat_after_the_first_copy_was_handled_and_markers_expired_is_
     await aredis.hdel(conv.bodies, "evt_window_over")
     await aredis.delete(request.keys[0], request.keys[1])
     assert await enqueue(aredis, request) is True
+
+
+# --- delivery receipts: recorded at the door when their message is in the history ----------
+
+RECEIPT_CHAT = "5511999990010@c.us"
+
+
+def receipt(short_id: str, ack: object, event_id: str, chat: str = RECEIPT_CHAT) -> dict:
+    """A `message.ack` for one of the business's messages in `chat` (WAHA's shape)."""
+    document = load_fixture("message-ack.json") | {"id": event_id}
+    document["payload"] = dict(
+        document["payload"], id=f"true_{chat}_{short_id}", **{"from": chat}, ack=ack
+    )
+    return document
+
+
+async def recorded(aredis, prefix: str, short_id: str, mid: str, status: str) -> str:
+    """A message the history knows by its WhatsApp id (as outbox_sent.lua records a reply);
+    the key of its history meta."""
+    meta = engine_keys_for("default", RECEIPT_CHAT, 1, prefix).history_meta
+    await aredis.hset(meta, mapping={f"w:{short_id}": mid, f"{mid}:status": status})
+    return meta
+
+
+async def nothing_queued(aredis, prefix: str) -> None:
+    shard = ShardKeys(0, prefix)
+    conv = shard.conversation(conversation_token("default", RECEIPT_CHAT))
+    assert await aredis.exists(conv.messages, conv.bodies, conv.meta, shard.ready) == 0
+    assert await aredis.hget(shard.stats, "waiting") is None
+
+
+async def test_a_receipt_for_a_recorded_message_moves_its_status_and_queues_nothing(
+    aredis, key_prefix
+):
+    meta = await recorded(aredis, key_prefix, "3EB0AAA", "m-1", "sent")
+    request, _ = request_for(receipt("3EB0AAA", 2, "evt_device"), key_prefix)
+    assert len(request.keys) == 8
+    assert await ENQUEUE_EVENT(aredis, request.keys, request.args) == 2  # recorded
+    assert await aredis.hget(meta, "m-1:status") == b"device"
+    await nothing_queued(aredis, key_prefix)
+    # Its markers are set like a queued event's: the same delivery again is a duplicate.
+    assert await aredis.exists(request.keys[0], request.keys[1]) == 2
+    await aredis.hset(meta, "m-1:status", "sent")
+    assert await enqueue(aredis, request) is False
+    assert await aredis.hget(meta, "m-1:status") == b"sent"
+    # The READ that follows is news, recorded too; `enqueue` answers True (durable).
+    assert await enqueue(aredis, request_for(receipt("3EB0AAA", 3, "evt_read"), key_prefix)[0])
+    assert await aredis.hget(meta, "m-1:status") == b"read"
+    await nothing_queued(aredis, key_prefix)
+
+
+@pytest.mark.parametrize(
+    ("had", "ack", "ends"),
+    [("read", 2, "read"), ("failed", 3, "failed"), ("played", 3, "played"), ("device", -1, "error"),
+     ("received", 3, "read")],
+)  # fmt: skip
+async def test_a_receipt_at_the_door_never_moves_a_status_back(
+    had: str, ack: int, ends: str, aredis, key_prefix
+):
+    meta = await recorded(aredis, key_prefix, "3EB0BBB", "m-2", had)
+    request, _ = request_for(receipt("3EB0BBB", ack, f"evt_{had}_{ack}"), key_prefix)
+    assert await ENQUEUE_EVENT(aredis, request.keys, request.args) == 2
+    assert await aredis.hget(meta, "m-2:status") == ends.encode()
+    await nothing_queued(aredis, key_prefix)
+
+
+async def test_a_receipt_for_a_message_not_recorded_yet_is_queued_and_touches_no_history(
+    aredis, key_prefix
+):
+    """Its message may be the business phone's, still queued ahead of it, or our reply whose
+    send the sender has not recorded yet: the engine's turn handles it in order (it parks it
+    for the sender)."""
+    meta = engine_keys_for("default", RECEIPT_CHAT, 1, key_prefix).history_meta
+    await aredis.hset(meta, "w:3EB0OTHER", "m-9")  # another message is recorded
+    request, _ = request_for(receipt("3EB0CCC", 3, "evt_early"), key_prefix)
+    assert await ENQUEUE_EVENT(aredis, request.keys, request.args) == 1  # queued
+    assert await aredis.hgetall(meta) == {b"w:3EB0OTHER": b"m-9"}
+    shard = ShardKeys(0, key_prefix)
+    conv = shard.conversation(conversation_token("default", RECEIPT_CHAT))
+    [queued_id] = await aredis.lrange(conv.messages, 0, -1)
+    record = decode_record(await aredis.hget(conv.bodies, queued_id))
+    assert (record.event, record.document()["payload"]["ack"]) == ("message.ack", 3)
+    assert int(await aredis.hget(shard.stats, "waiting")) == 1
+
+
+@pytest.mark.parametrize("ack", [None, "READ", 9, True])
+async def test_an_ack_without_a_known_level_is_queued_as_before(ack, aredis, key_prefix):
+    """No status to record: the engine's turn acks it as it is."""
+    meta = await recorded(aredis, key_prefix, "3EB0DDD", "m-4", "sent")
+    request, _ = request_for(receipt("3EB0DDD", ack, f"evt_bad_{ack}"), key_prefix)
+    assert len(request.keys) == 7
+    assert await ENQUEUE_EVENT(aredis, request.keys, request.args) == 1
+    assert await aredis.hget(meta, "m-4:status") == b"sent"
+
+
+async def test_a_receipt_still_queued_from_before_is_a_duplicate_at_the_door_too(
+    aredis, key_prefix
+):
+    """Queued while its message was not recorded, repeated after the dedupe window once it is:
+    the copy in the queue stays the only one, and the door records nothing."""
+    request, _ = request_for(receipt("3EB0EEE", 3, "evt_twice"), key_prefix)
+    assert await ENQUEUE_EVENT(aredis, request.keys, request.args) == 1
+    meta = await recorded(aredis, key_prefix, "3EB0EEE", "m-5", "sent")
+    await aredis.delete(request.keys[0], request.keys[1])  # the markers' window is over
+    assert await ENQUEUE_EVENT(aredis, request.keys, request.args) == 0
+    assert await aredis.hget(meta, "m-5:status") == b"sent"
+
+
+@pytest.mark.parametrize("shards", [1, 7])
+async def test_every_key_of_a_receipt_shares_one_hash_tag(shards, key_prefix):
+    request, _ = request_for(receipt("3EB0FFF", 2, "evt_tag"), key_prefix, shards=shards)
+    assert len(request.keys) == 8
+    token = conversation_token("default", RECEIPT_CHAT)
+    tag = f"{{q{shard_of(token, shards)}}}"
+    assert all(tag in key for key in request.keys)

@@ -1,0 +1,88 @@
+"""Delivery receipts at the door: a `message.ack` for a message already in the history is
+recorded on it by the gateway's own enqueue script, and queues nothing; one for a message not
+recorded yet is queued, and the engine handles it in the conversation's order.
+
+Each message the business sends brings two or three receipts (DEVICE, READ, sometimes PLAYED),
+each a worker turn when queued (issue 19). A status only moves forward, so when a receipt is
+applied does not change where the status ends. What needs the order is a receipt for a message
+the history does not know yet: the business phone's own message still queued ahead of it.
+
+Real WAHA bodies, the in-process gateway, a real Redis; the engine runs over what the gateway
+queued (tests/engine/harness.py) with WAHA's send side stood in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import redis
+
+from tests.gateway.conftest import drain_engine, queued_events, waiting_count
+from tests.gateway.test_twins import FROMME_CHAT, TEXT_CHAT, fresh, history, post
+
+
+def ack(session_chat: tuple[str, str], message_id: str, level: int, name: str) -> dict[str, Any]:
+    """WAHA's `message.ack` (message-ack.json's shape) for `message_id`, at `level`."""
+    document = fresh("message-ack.json")
+    session, chat = session_chat
+    document.update(id=f"evt_ack_{message_id[-6:]}_{name}", session=session)
+    document["payload"] = dict(
+        document["payload"], id=message_id, **{"from": chat}, ack=level, ackName=name.upper()
+    )
+    return document
+
+
+async def status_of_reply(aredis: Any, key_prefix: str) -> str:
+    [reply] = [e for e in await history(aredis, TEXT_CHAT, key_prefix) if e.direction == "out"]
+    return reply.status
+
+
+async def test_receipts_for_a_sent_reply_are_recorded_at_the_door(
+    app_client: httpx.AsyncClient,
+    sync_redis: redis.Redis,
+    aredis: Any,
+    redis_url: str,
+    key_prefix: str,
+) -> None:
+    assert await post(app_client, fresh("message-text.json")) == "queued"
+    waha = await drain_engine(aredis, redis_url, key_prefix)
+    [reply_id] = waha.ids  # the bot answered once; the sender recorded WhatsApp's id
+    assert await status_of_reply(aredis, key_prefix) == "sent"
+
+    # WAHA keeps no order between receipts: READ may come before DEVICE.
+    answers = [
+        await post(app_client, ack(TEXT_CHAT, reply_id, level, name))
+        for level, name in ((3, "read"), (2, "device"))
+    ]
+    assert answers == ["queued", "queued"]  # durable, as for any event
+    # Recorded at once, never moved back, and nothing for a worker to do.
+    assert await status_of_reply(aredis, key_prefix) == "read"
+    assert queued_events(sync_redis, key_prefix, *TEXT_CHAT) == []
+    assert waiting_count(sync_redis, key_prefix) == 0
+
+    # A repeat is a duplicate; the PLAYED that follows is news.
+    assert await post(app_client, ack(TEXT_CHAT, reply_id, 3, "read")) == "duplicate"
+    assert await post(app_client, ack(TEXT_CHAT, reply_id, 4, "played")) == "queued"
+    assert await status_of_reply(aredis, key_prefix) == "played"
+    assert queued_events(sync_redis, key_prefix, *TEXT_CHAT) == []
+
+
+async def test_a_receipt_for_a_phone_message_still_queued_is_applied_in_turn(
+    app_client: httpx.AsyncClient,
+    sync_redis: redis.Redis,
+    aredis: Any,
+    redis_url: str,
+    key_prefix: str,
+) -> None:
+    """The business typed on its phone; the customer read it before any worker recorded the
+    message. The receipt waits behind it in the queue, and the history ends with it read."""
+    typed = fresh("message-any-fromme.json")
+    read = ack(FROMME_CHAT, typed["payload"]["id"], 3, "read")
+    assert [await post(app_client, d) for d in (typed, read)] == ["queued", "queued"]
+    queued = queued_events(sync_redis, key_prefix, *FROMME_CHAT)
+    assert [q.event for q in queued] == ["message.any", "message.ack"]
+
+    await drain_engine(aredis, redis_url, key_prefix)
+    entries = await history(aredis, FROMME_CHAT, key_prefix)
+    assert [(e.author, e.text, e.status) for e in entries] == [("business", "Hi there!", "read")]
