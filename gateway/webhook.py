@@ -6,7 +6,7 @@ this path straight to `WebhookEndpoint` and FastAPI serves the rest.
 
 Statuses (WAHA retries any non-2xx, 4xx included, about 30 s by default, then drops the event):
     200 queued | duplicate | ignored | spooled   the event is durable, or deliberately unused
-                 (`queued` also for a receipt recorded on its message at once: shared/enqueue.py)
+                 (`queued` also for an ack or echo settled on its message: shared/enqueue.py)
     200 stale    signed, but its `timestamp` is outside the replay window (nothing stored)
     400 not JSON, not an object with `event`      401 bad or missing signature
     405 not POST                                  413 body over WSM_MAX_BODY_BYTES

@@ -3,12 +3,13 @@
 `EnqueueRequest.for_event` computes every key and argument of `enqueue_event.lua` up front,
 so a batch of requests can be sent as one pipelined round trip.
 
-A delivery receipt (`message.ack`, `message.ack.group`) for a message already in the history
-is recorded on it by that same script, at the door, instead of being queued: a status only
-moves forward, so when the receipt is applied does not change where it ends, and each message
-the business sends brings two or three of them, each a worker turn otherwise (issue 19). A
-receipt for a message not recorded yet is queued like any event, so it is handled after the
-events before it (the business phone's own message, whose record it needs).
+A receipt (`shared.events.Receipt`: a delivery ack, or the echo of the business's own message)
+for a message already in the history is settled by that same script, at the door, instead of
+being queued: an ack's status moves forward (a status only moves forward, so when it is applied
+does not change where it ends), an echo changes nothing. Each message the business sends brings
+an echo and two or three acks, each a worker turn otherwise (issue 19). A receipt for a message
+not recorded yet is queued like any event, so it is handled after the events before it (the
+business phone's own message, whose record it needs) and can settle a send (the echo).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class EnqueueRequest:
         ]
         receipt = routed.receipt
         if receipt is not None:
-            # Recorded at the door when its message is in the history already (the script
+            # Settled at the door when its message is in the history already (the script
             # decides, atomically); queued for the conversation's turn otherwise.
             keys.append(EngineConversationKeys(conversation).history_meta)
             args += [receipt.message, receipt.status]
@@ -81,7 +82,7 @@ class EnqueueRequest:
 
 
 async def enqueue(client: RedisClient, request: EnqueueRequest) -> bool:
-    """Queue one event. True: queued (or, for a receipt, recorded on its message); False: a
+    """Queue one event. True: queued (or, for a receipt, settled on its message); False: a
     duplicate, not queued again."""
     return bool(await ENQUEUE_EVENT(client, request.keys, request.args))
 

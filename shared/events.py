@@ -2,9 +2,10 @@
 
 The gateway routes: it decides whether an event is used at all, which conversation it belongs
 to (so that conversation stays in order), and which ids identify a repeat. Everything else
-about the event is the worker's business and stays in the raw body, with one exception: a
-delivery receipt's message and status (`Receipt`), which the gateway records at once when
-that message is in the history already (shared/enqueue.py).
+about the event is the worker's business and stays in the raw body, with one exception: what
+an event says about one of the business's own messages (`Receipt`: an ack's status, or the
+message's echo), which the gateway settles at once when that message is in the history already
+(shared/enqueue.py).
 """
 
 from __future__ import annotations
@@ -63,15 +64,18 @@ class RoutedEvent:
     event_id: str
     # Second dedupe identity for message events (None for events without a message id).
     message_key: str | None
-    # A delivery receipt's message and status, for the gateway to record at once when that
-    # message is in the history already (shared/enqueue.py); None for every other event.
+    # A receipt's message and status (an ack, or our own message's echo), for the gateway to
+    # settle at once when that message is in the history already (shared/enqueue.py); None for
+    # every other event.
     receipt: Receipt | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
-    """What a `message.ack` / `message.ack.group` says: the WhatsApp id of one of the business's
-    messages (short form, as the history knows it) and the status it reached."""
+    """WhatsApp telling us about one of the business's own messages: a delivery receipt
+    (`message.ack`, `message.ack.group`: the status it reached) or the message itself told back
+    (`message` / `message.any` with `fromMe`: the echo of our send, status ""). `message` is its
+    WhatsApp id in the short form the history knows it by."""
 
     message: str
     status: str
@@ -149,15 +153,18 @@ def step_event(event: str, payload: dict[str, Any]) -> str:
 
 
 def receipt_of(event: str, payload: dict[str, Any]) -> Receipt | None:
-    """The receipt an ack event carries; None for other events and for an ack without a
-    message id or a known ack level (the engine's turn acks those as they are)."""
-    if event not in _ACK_EVENTS:
-        return None
+    """The receipt an event carries: an ack's, or a `fromMe` message's (its echo). None for
+    other events, and for one without a message id or (an ack) a known ack level: the engine's
+    turn handles those as they are."""
     message_id = payload.get("id")
-    status = status_for_ack(payload.get("ack"))
-    if not isinstance(message_id, str) or not message_id or status is None:
+    if not isinstance(message_id, str) or not message_id:
         return None
-    return Receipt(short_message_id(message_id), status)
+    if event in _ACK_EVENTS:
+        status = status_for_ack(payload.get("ack"))
+        return None if status is None else Receipt(short_message_id(message_id), status)
+    if event in _MESSAGE_TWINS and payload.get("fromMe") is True:
+        return Receipt(short_message_id(message_id), "")
+    return None
 
 
 def message_key_of(event: str, payload: dict[str, Any]) -> str | None:

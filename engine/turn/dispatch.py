@@ -7,8 +7,9 @@ in the conversation's order like any turn); False sends the event on to its full
 STEPS. Delivery statuses, edits, revokes and reactions never move the state; a `message.any`
 twin or the echo of our own reply changes nothing. Those are most of WAHA's events (each
 customer message brings a twin, our reply's echo and two acks), so they skip the state read,
-the brain and the turn's follow-ups. (Most acks never get here: the gateway records one whose
-message is in the history already, shared/enqueue.py; the ones queued came before it.)"""
+the brain and the turn's follow-ups. (Most acks and echoes never get here: the gateway settles
+one whose message is in the history already, shared/enqueue.py; the ones queued came before
+their message was recorded.)"""
 
 from __future__ import annotations
 

@@ -1,10 +1,12 @@
 #!lua
 -- enqueue_event: drop a repeat of an event, else append it to its conversation's queue and make
 -- the conversation claimable. The gateway's only Redis round trip per webhook.
--- A delivery receipt (given KEYS[8], ARGV[6], ARGV[7]) whose message is in the history already
--- is recorded on it here instead of queued: its status moves forward (lib/status.lua), as the
--- engine's ack turn would have moved it, and nothing is queued. Otherwise it is queued.
--- Returns 1 when queued, 2 when recorded on its message, 0 when it was a duplicate.
+-- A receipt (given KEYS[8], ARGV[6], ARGV[7]) whose message is in the history already is
+-- settled here instead of queued: an ack's status moves forward (lib/status.lua), as the
+-- engine's ack turn would have moved it; the echo of a message the history has (status "")
+-- changes nothing, as it would change nothing in the engine. Nothing is queued. A receipt
+-- whose message is not recorded yet is queued.
+-- Returns 1 when queued, 2 when settled on its message, 0 when it was a duplicate.
 local seen_event_key = KEYS[1]     -- marker for the WAHA envelope id
 local seen_message_key = KEYS[2]   -- marker for the WhatsApp message id (= KEYS[1] when none)
 local messages_key = KEYS[3]       -- the conversation's message ids, oldest at the right
@@ -19,7 +21,7 @@ local dedupe_ttl = tonumber(ARGV[4])
 local check_message = ARGV[5] == '1'
 local history_meta_key = KEYS[8]   -- optional: the conversation's history meta (a receipt)
 local receipt_message = ARGV[6]    -- with it: the message's short WhatsApp id
-local receipt_status = ARGV[7]     -- and the status the receipt reports
+local receipt_status = ARGV[7]     -- and the status an ack reports ("" for an echo)
 --#include status
 
 if redis.call('EXISTS', seen_event_key) == 1 then
@@ -44,7 +46,9 @@ if history_meta_key then
   local mid = redis.call('HGET', history_meta_key, 'w:' .. receipt_message)
   if mid then
     mark_seen()
-    advance_status(history_meta_key, mid .. ':status', receipt_status)
+    if receipt_status ~= '' then
+      advance_status(history_meta_key, mid .. ':status', receipt_status)
+    end
     return 2
   end
 end

@@ -43,6 +43,15 @@ def from_me(chat: str, text: str, message_id: str, event: str = "message.any") -
     return document
 
 
+def reaction(chat: str, waha_id: str, emoji: str) -> dict[str, Any]:
+    document = text_message(chat, "", event="message.reaction")
+    document["payload"] = {
+        "id": f"false_{chat}_R{waha_id[-6:]}", "from": chat, "fromMe": False,
+        "reaction": {"text": emoji, "messageId": waha_id},
+    }  # fmt: skip
+    return document
+
+
 def ack(chat: str, waha_id: str, level: int) -> dict[str, Any]:
     document = text_message(chat, "", event="message.ack")
     document["payload"] = {"id": waha_id, "from": chat, "fromMe": True, "ack": level}
@@ -74,10 +83,10 @@ async def test_twins_echoes_and_acks_skip_the_state_and_the_brain(
         ]  # fmt: skip
         accepted = [await harness.webhook(document) for document in documents]
         assert accepted[1:] == [True, True, True]
-        # Only the echo reaches a turn (and the twin, if it was queued): the acks name a
-        # message in the history already, so the gateway's script recorded them at the door
-        # (shared/enqueue.py; tests/gateway/test_receipts.py).
-        assert await harness.drain() == 1 + accepted[0]
+        # None of them reaches a turn (but the twin, if it was queued): the echo and the acks
+        # name a message in the history already, so the gateway's script settled them at the
+        # door (shared/enqueue.py; tests/gateway/test_receipts.py).
+        assert await harness.drain() == accepted[0]
         calls = await command_calls(aredis)
     # Nobody read the conversation's state (the turn's HGETALL), nothing was answered.
     assert calls.get("hgetall", 0) == 0
@@ -347,10 +356,10 @@ async def test_acks_echoes_and_events_without_a_turn_let_their_commit_ride(
         await harness.say(ANA, "oi")
         assert [how for how, _ in used] == ["commit"]
         used.clear()
-        echo_id = waha.ids[0].split("_")[-1]
-        await harness.webhook(from_me(ANA, waha.sent[0][1], echo_id))
-        # A receipt reaches a turn only when its message is not recorded yet (the gateway
-        # records the others at the door): the sender will pick up what the turn parks.
+        # A reaction to our reply; a receipt reaches a turn only when its message is not
+        # recorded yet (the gateway settles the others, and our reply's echo, at the door):
+        # the sender will pick up what the turn parks.
+        await harness.webhook(reaction(ANA, waha.ids[0], "👍"))
         await harness.webhook(ack(ANA, f"true_{ANA}_3EB0NOTRECORDED", 2))
         await harness.webhook(text_message("status@broadcast", "promo", message_id="B1"))
         await harness.drain()

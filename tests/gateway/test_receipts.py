@@ -1,6 +1,7 @@
-"""Delivery receipts at the door: a `message.ack` for a message already in the history is
-recorded on it by the gateway's own enqueue script, and queues nothing; one for a message not
-recorded yet is queued, and the engine handles it in the conversation's order.
+"""Receipts at the door: a `message.ack` for a message already in the history is recorded on
+it by the gateway's own enqueue script, and queues nothing; so is the echo of our own reply
+(nothing to record). One for a message not recorded yet is queued, and the engine handles it
+in the conversation's order.
 
 Each message the business sends brings two or three receipts (DEVICE, READ, sometimes PLAYED),
 each a worker turn when queued (issue 19). A status only moves forward, so when a receipt is
@@ -66,6 +67,33 @@ async def test_receipts_for_a_sent_reply_are_recorded_at_the_door(
     assert await post(app_client, ack(TEXT_CHAT, reply_id, 4, "played")) == "queued"
     assert await status_of_reply(aredis, key_prefix) == "played"
     assert queued_events(sync_redis, key_prefix, *TEXT_CHAT) == []
+
+
+async def test_the_echo_of_a_sent_reply_is_settled_at_the_door(
+    app_client: httpx.AsyncClient,
+    sync_redis: redis.Redis,
+    aredis: Any,
+    redis_url: str,
+    key_prefix: str,
+) -> None:
+    """WAHA tells our reply back (`message.any`, fromMe) after the sender recorded it: the
+    history knows it, so nothing is queued and nothing changes; its `message` twin is a
+    duplicate."""
+    assert await post(app_client, fresh("message-text.json")) == "queued"
+    waha = await drain_engine(aredis, redis_url, key_prefix)
+    [reply_id] = waha.ids
+    [(_, text)] = waha.sent
+    before = await history(aredis, TEXT_CHAT, key_prefix)
+
+    echo = fresh("message-any-fromme.json")
+    session, chat = TEXT_CHAT
+    echo.update(id="evt_echo_of_reply", session=session)
+    echo["payload"] = dict(echo["payload"], id=reply_id, body=text, **{"from": chat, "to": chat})
+    assert await post(app_client, echo) == "queued"
+    assert await post(app_client, dict(echo, id="evt_echo_twin", event="message")) == "duplicate"
+    assert queued_events(sync_redis, key_prefix, *TEXT_CHAT) == []
+    assert waiting_count(sync_redis, key_prefix) == 0
+    assert await history(aredis, TEXT_CHAT, key_prefix) == before
 
 
 async def test_a_receipt_for_a_phone_message_still_queued_is_applied_in_turn(

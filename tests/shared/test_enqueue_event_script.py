@@ -9,7 +9,7 @@ from shared.enqueue import ENQUEUE_EVENT, EnqueueRequest, enqueue, enqueue_many
 from shared.envelope import decode_record
 from shared.events import route_event
 from shared.keys import ShardKeys, conversation_token, engine_keys_for, shard_of
-from tests.support.waha import compact, load_fixture, text_message
+from tests.support.waha import compact, from_me, load_fixture, text_message
 
 
 def request_for(document: dict, prefix: str, shards: int = 1) -> tuple[EnqueueRequest, bytes]:
@@ -245,3 +245,44 @@ async def test_every_key_of_a_receipt_shares_one_hash_tag(shards, key_prefix):
     token = conversation_token("default", RECEIPT_CHAT)
     tag = f"{{q{shard_of(token, shards)}}}"
     assert all(tag in key for key in request.keys)
+
+
+def echo(short_id: str, event: str, event_id: str, chat: str = RECEIPT_CHAT) -> dict:
+    """Our own message told back (`fromMe`), as `message.any` or its `message` twin."""
+    return from_me(chat, "Olá!", short_id) | {"id": event_id, "event": event}
+
+
+@pytest.mark.parametrize("event", ["message.any", "message"])
+async def test_the_echo_of_a_recorded_message_is_settled_at_the_door(event, aredis, key_prefix):
+    """It changes nothing (the engine's turn would find the message known and do nothing): not
+    queued, the history untouched, and its twin marker set, so the other twin is a duplicate."""
+    meta = await recorded(aredis, key_prefix, "3EB0ECHO", "m-6", "device")
+    request, _ = request_for(echo("3EB0ECHO", event, "evt_echo"), key_prefix)
+    assert (len(request.keys), request.args[-1]) == (8, "")
+    assert await ENQUEUE_EVENT(aredis, request.keys, request.args) == 2
+    assert await aredis.hgetall(meta) == {b"w:3EB0ECHO": b"m-6", b"m-6:status": b"device"}
+    await nothing_queued(aredis, key_prefix)
+    other = "message" if event == "message.any" else "message.any"
+    twin, _ = request_for(echo("3EB0ECHO", other, "evt_echo_twin"), key_prefix)
+    assert await enqueue(aredis, twin) is False
+
+
+async def test_the_echo_of_a_message_not_recorded_yet_is_queued(aredis, key_prefix):
+    """The sender may not have recorded WhatsApp's id yet, or may have died before it: the
+    engine's turn settles the send from the echo (engine/sender.py, settle_echo)."""
+    request, _ = request_for(echo("3EB0UNSEEN", "message.any", "evt_echo_early"), key_prefix)
+    assert await ENQUEUE_EVENT(aredis, request.keys, request.args) == 1
+    shard = ShardKeys(0, key_prefix)
+    conv = shard.conversation(conversation_token("default", RECEIPT_CHAT))
+    assert await aredis.lrange(conv.messages, 0, -1) == [b"evt_echo_early"]
+
+
+async def test_a_customers_message_carries_no_receipt(aredis, key_prefix):
+    """Only the business's own messages (`fromMe`) are settled at the door: a customer's is
+    always a turn, even when its id is known (the engine then drops the repeat itself)."""
+    meta = engine_keys_for("default", RECEIPT_CHAT, 1, key_prefix).history_meta
+    await aredis.hset(meta, "w:3EB0CUST", "3EB0CUST")
+    for event in ("message", "message.any"):
+        document = text_message(RECEIPT_CHAT, "oi", message_id="3EB0CUST", event=event)
+        request, _ = request_for(document | {"id": f"evt_c_{event}"}, key_prefix)
+        assert len(request.keys) == 7
