@@ -9,6 +9,7 @@ from shared.enqueue import ENQUEUE_EVENT, EnqueueRequest, enqueue, enqueue_many
 from shared.envelope import decode_record
 from shared.events import route_event
 from shared.keys import ShardKeys, conversation_token, engine_keys_for, shard_of
+from shared.redis_client import connect
 from tests.support.waha import compact, from_me, load_fixture, text_message
 
 
@@ -286,3 +287,37 @@ async def test_a_customers_message_carries_no_receipt(aredis, key_prefix):
         document = text_message(RECEIPT_CHAT, "oi", message_id="3EB0CUST", event=event)
         request, _ = request_for(document | {"id": f"evt_c_{event}"}, key_prefix)
         assert len(request.keys) == 7
+
+
+async def test_receipts_are_settled_at_the_door_on_a_cluster(redis_cluster_url, key_prefix):
+    """The gateway's pipeline over conversations on six shards of a three-master cluster: a
+    receipt's history meta carries its queue shard's hash tag, so each script call stays in one
+    slot; recorded messages move forward, an unknown one is queued on its own shard."""
+    shards = 6
+    client = connect(redis_cluster_url)
+    try:
+        by_shard: dict[int, list[str]] = {}
+        for n in range(1000):
+            chat = f"5511{n:08d}@c.us"
+            by_shard.setdefault(shard_of(conversation_token("default", chat), shards), []).append(
+                chat
+            )
+        chats = [chat for shard in range(shards) for chat in by_shard[shard][:2]]
+        requests = []
+        for n, chat in enumerate(chats):
+            meta = engine_keys_for("default", chat, shards, key_prefix).history_meta
+            await client.hset(meta, mapping={f"w:3EB0C{n}": f"m{n}", f"m{n}:status": "sent"})
+            document = receipt(f"3EB0C{n}", 3, f"evt_c{n}", chat=chat)
+            requests.append(request_for(document, key_prefix, shards=shards)[0])
+        unknown = receipt("3EB0NONE", 3, "evt_none", chat=chats[0])
+        requests.append(request_for(unknown, key_prefix, shards=shards)[0])
+
+        assert await enqueue_many(client, requests) == [True] * (len(chats) + 1)
+        for n, chat in enumerate(chats):
+            meta = engine_keys_for("default", chat, shards, key_prefix).history_meta
+            assert await client.hget(meta, f"m{n}:status") == b"read"
+        token = conversation_token("default", chats[0])
+        conv = ShardKeys(shard_of(token, shards), key_prefix).conversation(token)
+        assert await client.lrange(conv.messages, 0, -1) == [b"evt_none"]
+    finally:
+        await client.aclose()
