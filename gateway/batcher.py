@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from gateway import metrics
 from gateway.errors import RedisUnavailable
 from gateway.redis_link import RedisStatus
-from shared.enqueue import EnqueueRequest, enqueue_many
+from shared.enqueue import DUPLICATE, SETTLED, EnqueueRequest, enqueue_many
 from shared.redis_client import RedisClient
 
 log = logging.getLogger("wsm.gateway.batcher")
@@ -109,9 +109,12 @@ class EnqueueBatcher:
             return False
         metrics.ENQUEUE_ROUND_TRIP.observe(time.perf_counter() - started)
         self._status.mark_reachable()
-        for waiter, queued in zip(batch, results, strict=True):
+        settled = results.count(SETTLED)
+        if settled:
+            metrics.RECEIPTS_SETTLED.inc(settled)
+        for waiter, result in zip(batch, results, strict=True):
             if not waiter.done.done():
-                waiter.done.set_result(queued)
+                waiter.done.set_result(result != DUPLICATE)
         return True
 
 

@@ -74,6 +74,12 @@ SPOOL_EVENTS = Gauge(
     multiprocess_mode="livesum",
 )
 
+RECEIPTS_SETTLED = Counter(
+    "wsm_webhook_receipts_settled_total",
+    "Acks and echoes of the business's own messages settled on their message by the enqueue "
+    "script instead of queued (answered `queued`; replayed ones included).",
+)
+
 SPOOL_REPLAYED = Counter(
     "wsm_spool_replayed_total",
     "Spooled events replayed into Redis, by result (duplicate: Redis already had it).",

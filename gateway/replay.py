@@ -17,7 +17,7 @@ from gateway import metrics
 from gateway.redis_link import RedisStatus
 from gateway.spool import ReplayBatch, Spool
 from shared.backoff import Backoff
-from shared.enqueue import EnqueueRequest, enqueue_many
+from shared.enqueue import DUPLICATE, SETTLED, EnqueueRequest, enqueue_many
 from shared.events import InvalidEvent, route_event
 from shared.redis_client import RedisClient
 from shared.settings import Settings
@@ -107,8 +107,11 @@ class SpoolReplayer:
             self._status.mark_unreachable(repr(exc))
             return False
         await self._spool.mark_replayed(batch)
-        queued = sum(results)
+        queued = sum(result != DUPLICATE for result in results)
         metrics.SPOOL_REPLAYED.labels("queued").inc(queued)
+        settled = results.count(SETTLED)
+        if settled:
+            metrics.RECEIPTS_SETTLED.inc(settled)
         metrics.SPOOL_REPLAYED.labels("duplicate").inc(len(results) - queued)
         log.info(
             "replayed spooled events",

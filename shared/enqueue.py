@@ -30,6 +30,10 @@ from shared.redis_client import RedisClient
 
 ENQUEUE_EVENT = LuaScript.named("enqueue_event")
 
+# enqueue_event.lua's answers: a repeat, not queued again; queued; a receipt settled on its
+# message (durable like a queued event, and nothing for a worker to do).
+DUPLICATE, QUEUED, SETTLED = 0, 1, 2
+
 
 @dataclass(frozen=True, slots=True)
 class EnqueueRequest:
@@ -87,8 +91,9 @@ async def enqueue(client: RedisClient, request: EnqueueRequest) -> bool:
     return bool(await ENQUEUE_EVENT(client, request.keys, request.args))
 
 
-async def enqueue_many(client: RedisClient, requests: list[EnqueueRequest]) -> list[bool]:
-    """Queue several events in one pipelined round trip (no MULTI: each script is atomic).
+async def enqueue_many(client: RedisClient, requests: list[EnqueueRequest]) -> list[int]:
+    """Queue several events in one pipelined round trip (no MULTI: each script is atomic);
+    each one's answer is DUPLICATE, QUEUED or SETTLED.
 
     Retrying after NOSCRIPT is safe: an event that did get queued answers "duplicate" the
     second time, and the caller learns it is durable either way.
@@ -104,5 +109,5 @@ async def enqueue_many(client: RedisClient, requests: list[EnqueueRequest]) -> l
                 await ENQUEUE_EVENT.load(client)
                 continue
             raise
-        return [bool(result) for result in results]
+        return [int(result) for result in results]
     raise AssertionError("unreachable")

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import redis
+from prometheus_client import REGISTRY
 
 from tests.gateway.conftest import drain_engine, queued_events, waiting_count
 from tests.gateway.test_twins import FROMME_CHAT, TEXT_CHAT, fresh, history, post
@@ -32,6 +33,11 @@ def ack(session_chat: tuple[str, str], message_id: str, level: int, name: str) -
         document["payload"], id=message_id, **{"from": chat}, ack=level, ackName=name.upper()
     )
     return document
+
+
+def settled_count() -> float:
+    """wsm_webhook_receipts_settled_total of this process (the in-process gateway's)."""
+    return REGISTRY.get_sample_value("wsm_webhook_receipts_settled_total") or 0.0
 
 
 async def status_of_reply(aredis: Any, key_prefix: str) -> str:
@@ -52,6 +58,7 @@ async def test_receipts_for_a_sent_reply_are_recorded_at_the_door(
     assert await status_of_reply(aredis, key_prefix) == "sent"
 
     # WAHA keeps no order between receipts: READ may come before DEVICE.
+    settled_before = settled_count()
     answers = [
         await post(app_client, ack(TEXT_CHAT, reply_id, level, name))
         for level, name in ((3, "read"), (2, "device"))
@@ -66,6 +73,8 @@ async def test_receipts_for_a_sent_reply_are_recorded_at_the_door(
     assert await post(app_client, ack(TEXT_CHAT, reply_id, 3, "read")) == "duplicate"
     assert await post(app_client, ack(TEXT_CHAT, reply_id, 4, "played")) == "queued"
     assert await status_of_reply(aredis, key_prefix) == "played"
+    # Operators see them apart from the queued ones: three settled, the duplicate not.
+    assert settled_count() - settled_before == 3
     assert queued_events(sync_redis, key_prefix, *TEXT_CHAT) == []
 
 

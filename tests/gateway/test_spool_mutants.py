@@ -26,6 +26,7 @@ from typing import Any, cast
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
 from gateway import intake as intake_module
 from gateway import replay as replay_module
@@ -39,6 +40,7 @@ from gateway.spool_file import HEADER, SpoolFile, encode_frame
 from shared.embedded_redis import free_port
 from shared.enqueue import EnqueueRequest
 from shared.events import route_event
+from shared.keys import engine_keys_for
 from shared.redis_client import RedisClient, connect
 from tests.gateway.conftest import gateway_settings, queued_events
 from tests.support.polling import async_wait_until
@@ -272,6 +274,17 @@ async def test_a_replay_round_trip_that_fails_keeps_its_batch_spooled(
     await spool.close()
 
 
+async def replay_all(spool: Spool, redis_url: str, settings: Any) -> None:
+    """Every spooled batch replayed, each confirmed by Redis."""
+    client = connect(redis_url)
+    try:
+        replayer = SpoolReplayer(spool, client, RedisStatus(), settings)
+        while (batch := await spool.next_batch(100, 1 << 20)) is not None:
+            assert await replayer._replay(batch) is True
+    finally:
+        await client.aclose()
+
+
 async def test_two_spooled_copies_of_an_event_without_an_envelope_id_are_queued_once(
     tmp_path: Path, redis_url: str, key_prefix: str, sync_redis
 ) -> None:
@@ -285,15 +298,44 @@ async def test_two_spooled_copies_of_an_event_without_an_envelope_id_are_queued_
     await spool.append(body, 1)
     await spool.append(body, 2)
     settings = gateway_settings(redis_url, key_prefix, tmp_path / "spool")
-    client = connect(redis_url)
-    try:
-        replayer = SpoolReplayer(spool, client, RedisStatus(), settings)
-        while (batch := await spool.next_batch(100, 1 << 20)) is not None:
-            assert await replayer._replay(batch) is True
-    finally:
-        await client.aclose()
+    await replay_all(spool, redis_url, settings)
     [queued] = queued_events(sync_redis, key_prefix, "default", CHAT)
     assert queued.id == "sha256_" + hashlib.sha256(body).hexdigest()[:32]
+    await spool.close()
+
+
+async def test_a_replayed_receipt_is_settled_at_the_door_and_counted(
+    tmp_path: Path, redis_url: str, key_prefix: str, sync_redis
+) -> None:
+    """A receipt spooled while Redis was away is replayed through the same enqueue: settled on
+    its message when the history knows it (nothing queued), counted as replayed and as
+    settled; a repeat of it is a duplicate."""
+
+    def counts() -> list[float]:
+        """Settled at the door; replayed as queued; replayed as duplicates."""
+        return [
+            REGISTRY.get_sample_value(name, labels) or 0.0
+            for name, labels in (
+                ("wsm_webhook_receipts_settled_total", {}),
+                ("wsm_spool_replayed_total", {"result": "queued"}),
+                ("wsm_spool_replayed_total", {"result": "duplicate"}),
+            )
+        ]
+
+    meta = engine_keys_for("default", CHAT, 1, key_prefix).history_meta
+    sync_redis.hset(meta, mapping={"w:3EB0SPOOLED": "m-1", "m-1:status": "sent"})
+    document = text_message(CHAT, "", event="message.ack")
+    document["payload"] = {"id": f"true_{CHAT}_3EB0SPOOLED", "from": CHAT, "ack": 2}
+    body = compact(document)
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 30, write_timeout_s=5)
+    await spool.append(body, 1)
+    await spool.append(body, 2)  # WAHA's retry, spooled beside it
+    settings = gateway_settings(redis_url, key_prefix, tmp_path / "spool")
+    before = counts()
+    await replay_all(spool, redis_url, settings)
+    assert [a - b for a, b in zip(counts(), before, strict=True)] == [1, 1, 1]
+    assert sync_redis.hget(meta, "m-1:status") == b"device"
+    assert queued_events(sync_redis, key_prefix, "default", CHAT) == []
     await spool.close()
 
 

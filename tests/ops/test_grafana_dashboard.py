@@ -72,6 +72,7 @@ def test_every_panel_queries_the_provisioned_datasource(dashboard: dict[str, Any
     [
         ("webhook rate", "rate(wsm_webhook_requests_total"),
         ("webhook outcomes", "sum by (outcome) (rate(wsm_webhook_requests_total"),
+        ("receipts settled at the door", "rate(wsm_webhook_receipts_settled_total"),
         ("webhook latency p50", "histogram_quantile(0.5, sum by (le) (rate(wsm_webhook_duration"),
         ("webhook latency p99", "histogram_quantile(0.99, sum by (le) (rate(wsm_webhook_duration"),
         ("queue depth", "wsm_queue_messages"),

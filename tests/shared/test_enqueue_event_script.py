@@ -5,7 +5,15 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from shared.enqueue import ENQUEUE_EVENT, EnqueueRequest, enqueue, enqueue_many
+from shared.enqueue import (
+    DUPLICATE,
+    ENQUEUE_EVENT,
+    QUEUED,
+    SETTLED,
+    EnqueueRequest,
+    enqueue,
+    enqueue_many,
+)
 from shared.envelope import decode_record
 from shared.events import route_event
 from shared.keys import ShardKeys, conversation_token, engine_keys_for, shard_of
@@ -168,7 +176,7 @@ async def test_a_receipt_for_a_recorded_message_moves_its_status_and_queues_noth
     meta = await recorded(aredis, key_prefix, "3EB0AAA", "m-1", "sent")
     request, _ = request_for(receipt("3EB0AAA", 2, "evt_device"), key_prefix)
     assert len(request.keys) == 8
-    assert await ENQUEUE_EVENT(aredis, request.keys, request.args) == 2  # recorded
+    assert await ENQUEUE_EVENT(aredis, request.keys, request.args) == SETTLED
     assert await aredis.hget(meta, "m-1:status") == b"device"
     await nothing_queued(aredis, key_prefix)
     # Its markers are set like a queued event's: the same delivery again is a duplicate.
@@ -192,7 +200,7 @@ async def test_a_receipt_at_the_door_never_moves_a_status_back(
 ):
     meta = await recorded(aredis, key_prefix, "3EB0BBB", "m-2", had)
     request, _ = request_for(receipt("3EB0BBB", ack, f"evt_{had}_{ack}"), key_prefix)
-    assert await ENQUEUE_EVENT(aredis, request.keys, request.args) == 2
+    assert await ENQUEUE_EVENT(aredis, request.keys, request.args) == SETTLED
     assert await aredis.hget(meta, "m-2:status") == ends.encode()
     await nothing_queued(aredis, key_prefix)
 
@@ -206,7 +214,7 @@ async def test_a_receipt_for_a_message_not_recorded_yet_is_queued_and_touches_no
     meta = engine_keys_for("default", RECEIPT_CHAT, 1, key_prefix).history_meta
     await aredis.hset(meta, "w:3EB0OTHER", "m-9")  # another message is recorded
     request, _ = request_for(receipt("3EB0CCC", 3, "evt_early"), key_prefix)
-    assert await ENQUEUE_EVENT(aredis, request.keys, request.args) == 1  # queued
+    assert await ENQUEUE_EVENT(aredis, request.keys, request.args) == QUEUED
     assert await aredis.hgetall(meta) == {b"w:3EB0OTHER": b"m-9"}
     shard = ShardKeys(0, key_prefix)
     conv = shard.conversation(conversation_token("default", RECEIPT_CHAT))
@@ -222,7 +230,7 @@ async def test_an_ack_without_a_known_level_is_queued_as_before(ack, aredis, key
     meta = await recorded(aredis, key_prefix, "3EB0DDD", "m-4", "sent")
     request, _ = request_for(receipt("3EB0DDD", ack, f"evt_bad_{ack}"), key_prefix)
     assert len(request.keys) == 7
-    assert await ENQUEUE_EVENT(aredis, request.keys, request.args) == 1
+    assert await ENQUEUE_EVENT(aredis, request.keys, request.args) == QUEUED
     assert await aredis.hget(meta, "m-4:status") == b"sent"
 
 
@@ -232,10 +240,10 @@ async def test_a_receipt_still_queued_from_before_is_a_duplicate_at_the_door_too
     """Queued while its message was not recorded, repeated after the dedupe window once it is:
     the copy in the queue stays the only one, and the door records nothing."""
     request, _ = request_for(receipt("3EB0EEE", 3, "evt_twice"), key_prefix)
-    assert await ENQUEUE_EVENT(aredis, request.keys, request.args) == 1
+    assert await ENQUEUE_EVENT(aredis, request.keys, request.args) == QUEUED
     meta = await recorded(aredis, key_prefix, "3EB0EEE", "m-5", "sent")
     await aredis.delete(request.keys[0], request.keys[1])  # the markers' window is over
-    assert await ENQUEUE_EVENT(aredis, request.keys, request.args) == 0
+    assert await ENQUEUE_EVENT(aredis, request.keys, request.args) == DUPLICATE
     assert await aredis.hget(meta, "m-5:status") == b"sent"
 
 
@@ -260,7 +268,7 @@ async def test_the_echo_of_a_recorded_message_is_settled_at_the_door(event, ared
     meta = await recorded(aredis, key_prefix, "3EB0ECHO", "m-6", "device")
     request, _ = request_for(echo("3EB0ECHO", event, "evt_echo"), key_prefix)
     assert (len(request.keys), request.args[-1]) == (8, "")
-    assert await ENQUEUE_EVENT(aredis, request.keys, request.args) == 2
+    assert await ENQUEUE_EVENT(aredis, request.keys, request.args) == SETTLED
     assert await aredis.hgetall(meta) == {b"w:3EB0ECHO": b"m-6", b"m-6:status": b"device"}
     await nothing_queued(aredis, key_prefix)
     other = "message" if event == "message.any" else "message.any"
@@ -272,7 +280,7 @@ async def test_the_echo_of_a_message_not_recorded_yet_is_queued(aredis, key_pref
     """The sender may not have recorded WhatsApp's id yet, or may have died before it: the
     engine's turn settles the send from the echo (engine/sender.py, settle_echo)."""
     request, _ = request_for(echo("3EB0UNSEEN", "message.any", "evt_echo_early"), key_prefix)
-    assert await ENQUEUE_EVENT(aredis, request.keys, request.args) == 1
+    assert await ENQUEUE_EVENT(aredis, request.keys, request.args) == QUEUED
     shard = ShardKeys(0, key_prefix)
     conv = shard.conversation(conversation_token("default", RECEIPT_CHAT))
     assert await aredis.lrange(conv.messages, 0, -1) == [b"evt_echo_early"]
@@ -312,7 +320,7 @@ async def test_receipts_are_settled_at_the_door_on_a_cluster(redis_cluster_url, 
         unknown = receipt("3EB0NONE", 3, "evt_none", chat=chats[0])
         requests.append(request_for(unknown, key_prefix, shards=shards)[0])
 
-        assert await enqueue_many(client, requests) == [True] * (len(chats) + 1)
+        assert await enqueue_many(client, requests) == [SETTLED] * len(chats) + [QUEUED]
         for n, chat in enumerate(chats):
             meta = engine_keys_for("default", chat, shards, key_prefix).history_meta
             assert await client.hget(meta, f"m{n}:status") == b"read"
