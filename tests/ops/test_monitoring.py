@@ -220,7 +220,8 @@ def test_gateway_and_both_worker_fleets_are_scraped_and_up(monitoring: Monitorin
 
 
 def test_core_panels_show_the_traffic(monitoring: Monitoring, traffic: int) -> None:
-    (webhooks,) = panel("Webhook rate by outcome")
+    # The outcomes, then the part of `queued` settled at the door (acks and echoes).
+    webhooks, settled = panel("Webhook rate by outcome")
     (handled,) = panel("Handled messages")
     depth = panel("Queue depth")
     assert webhooks and handled and depth
@@ -237,7 +238,7 @@ def test_core_panels_show_the_traffic(monitoring: Monitoring, traffic: int) -> N
         interval=0.25,
         what="Prometheus to see webhooks queued and messages handled",
     )
-    for expression in depth:
+    for expression in [*depth, settled]:
         result = monitoring.vector(expression)
         assert len(result) == 1, expression
         assert float(result[0]["value"][1]) >= 0
