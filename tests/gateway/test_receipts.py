@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 import redis
 from prometheus_client import REGISTRY
 
@@ -45,17 +46,28 @@ async def status_of_reply(aredis: Any, key_prefix: str) -> str:
     return reply.status
 
 
+@pytest.fixture
+async def sent_reply(
+    app_client: httpx.AsyncClient, aredis: Any, redis_url: str, key_prefix: str
+) -> tuple[str, str]:
+    """A customer's message through the gateway and the engine: the bot answered once, and
+    the sender recorded WhatsApp's id for the reply. (Its WhatsApp id, its text.)"""
+    assert await post(app_client, fresh("message-text.json")) == "queued"
+    waha = await drain_engine(aredis, redis_url, key_prefix)
+    [reply_id] = waha.ids
+    [(_, text)] = waha.sent
+    assert await status_of_reply(aredis, key_prefix) == "sent"
+    return reply_id, text
+
+
 async def test_receipts_for_a_sent_reply_are_recorded_at_the_door(
+    sent_reply: tuple[str, str],
     app_client: httpx.AsyncClient,
     sync_redis: redis.Redis,
     aredis: Any,
-    redis_url: str,
     key_prefix: str,
 ) -> None:
-    assert await post(app_client, fresh("message-text.json")) == "queued"
-    waha = await drain_engine(aredis, redis_url, key_prefix)
-    [reply_id] = waha.ids  # the bot answered once; the sender recorded WhatsApp's id
-    assert await status_of_reply(aredis, key_prefix) == "sent"
+    reply_id, _ = sent_reply
 
     # WAHA keeps no order between receipts: READ may come before DEVICE.
     settled_before = settled_count()
@@ -79,19 +91,16 @@ async def test_receipts_for_a_sent_reply_are_recorded_at_the_door(
 
 
 async def test_the_echo_of_a_sent_reply_is_settled_at_the_door(
+    sent_reply: tuple[str, str],
     app_client: httpx.AsyncClient,
     sync_redis: redis.Redis,
     aredis: Any,
-    redis_url: str,
     key_prefix: str,
 ) -> None:
     """WAHA tells our reply back (`message.any`, fromMe) after the sender recorded it: the
     history knows it, so nothing is queued and nothing changes; its `message` twin is a
     duplicate."""
-    assert await post(app_client, fresh("message-text.json")) == "queued"
-    waha = await drain_engine(aredis, redis_url, key_prefix)
-    [reply_id] = waha.ids
-    [(_, text)] = waha.sent
+    reply_id, text = sent_reply
     before = await history(aredis, TEXT_CHAT, key_prefix)
 
     echo = fresh("message-any-fromme.json")
