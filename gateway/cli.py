@@ -80,6 +80,10 @@ def main(argv: list[str]) -> int:
         lifespan="on",
         log_config=None,  # keep our JSON lines (shared.logs) instead of uvicorn's format
         access_log=False,
+        # The gateway never reads the client's address (nginx logs it at the edge), and
+        # uvicorn's proxy-headers middleware rewrote it from X-Forwarded-For on every webhook:
+        # about 2% of the gateway's samples under load (docs/benchmarks.md, eighth session).
+        proxy_headers=False,
         server_header=False,
         timeout_graceful_shutdown=10,
     )

@@ -93,11 +93,12 @@ def test_wsm_gateway_serves_with_its_flags_over_the_settings_and_its_uvicorn_opt
     """`--host/--port/--workers` win over WSM_GATEWAY_*; without them the settings apply.
     uvicorn gets the app factory and the gateway's options: uvloop and httptools (the fast
     path), the lifespan on (it starts the spool replayer), our JSON logging kept, no access
-    log, no `Server:` header, 10 s for in-flight webhooks at shutdown; main then exits 0.
+    log, no proxy-headers rewriting (the gateway never reads the client's address), no
+    `Server:` header, 10 s for in-flight webhooks at shutdown; main then exits 0.
     Kills, in main: parse_args(None) (reads pytest's own argv), `args.host and ...`, each
     uvicorn option dropped, None'd or flipped (factory, host, loop, http, lifespan,
-    log_config, access_log, server_header, timeout_graceful_shutdown 10 -> None/11), `return 0`
-    -> 1; in parse_args: parser.parse_args(None)."""
+    log_config, access_log, proxy_headers, server_header, timeout_graceful_shutdown 10 ->
+    None/11), `return 0` -> 1; in parse_args: parser.parse_args(None)."""
     result = launch(argv, **SETTINGS_ADDRESS)
     assert result.status == 0
     assert result.runs == [
@@ -113,6 +114,7 @@ def test_wsm_gateway_serves_with_its_flags_over_the_settings_and_its_uvicorn_opt
                 "lifespan": "on",
                 "log_config": None,
                 "access_log": False,
+                "proxy_headers": False,
                 "server_header": False,
                 "timeout_graceful_shutdown": 10,
             },
