@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from wsm.load.cpu import Component, CpuMeter, cpu_line, read_stat
+from wsm.load.cpu import Component, CpuMeter, cpu_line, product_per_bench, read_stat
 
 BURN_SECONDS = 0.3
 # Burns BURN_SECONDS of its own CPU, says so, then idles until killed.
@@ -59,6 +59,16 @@ def test_a_grandchild_born_in_the_window_is_counted_under_its_component() -> Non
     assert per_message["product"] == per_message["gateway"] >= BURN_SECONDS * 1000 / 10 * 0.9
     assert per_message["bench"] == round(per_message["idle"] + per_message["customers"], 2)
     assert "gateway" in cpu_line(per_message)
+
+
+def test_the_summary_gives_the_product_per_bench_ratio_of_the_same_run() -> None:
+    ms = {"gateway": 1.5, "worker": 2.5, "simulator": 2.0, "customers": 1.2}
+    ms |= {"product": 4.0, "bench": 3.2}
+    assert product_per_bench(ms) == 1.25
+    assert cpu_line(ms).endswith("; product/bench 1.25")
+    # Without bench CPU (nothing measured) there is no ratio, rather than a division by zero.
+    assert product_per_bench({"product": 4.0, "bench": 0.0}) is None
+    assert product_per_bench({"product": 4.0}) is None
 
 
 def test_cpu_burned_before_the_window_is_not_charged() -> None:

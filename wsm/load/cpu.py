@@ -169,8 +169,22 @@ def _boot_ticks_now() -> int:
     return int(uptime * TICKS_PER_SECOND)
 
 
+def product_per_bench(ms: dict[str, float]) -> float | None:
+    """The product's CPU over the bench's, in the same run (None without bench CPU).
+
+    On a shared or noisy machine both figures swing together from run to run (by ±15% on the
+    seventh session's machine, while this ratio held within ±3%: docs/benchmarks.md), so two
+    trees are compared by it, alternating, rather than by their milliseconds."""
+    bench = ms.get("bench") or 0
+    return round(ms.get("product", 0) / bench, 3) if bench > 0 else None
+
+
 def cpu_line(ms: dict[str, float]) -> str:
-    """`product 4.1 ms (gateway 0.9, worker 2.0, ...); bench 3.2 ms (...)` for a summary."""
+    """`product 4.1 ms (gateway 0.9, worker 2.0, ...); bench 3.2 ms (...); product/bench 1.28`
+    for a summary."""
     product = ", ".join(f"{k} {ms[k]}" for k in PRODUCT if k in ms)
     bench = ", ".join(f"{k} {v}" for k, v in ms.items() if k not in (*PRODUCT, "product", "bench"))
-    return f"product {ms.get('product')} ms ({product}); bench {ms.get('bench')} ms ({bench})"
+    return (
+        f"product {ms.get('product')} ms ({product}); bench {ms.get('bench')} ms ({bench}); "
+        f"product/bench {product_per_bench(ms)}"
+    )
