@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from gateway import metrics
 from gateway.errors import RedisUnavailable
 from gateway.redis_link import RedisStatus
-from shared.enqueue import DUPLICATE, SETTLED, EnqueueRequest, enqueue_many
+from shared.enqueue import DUPLICATE, EnqueueRequest, enqueue_many
 from shared.redis_client import RedisClient
 
 log = logging.getLogger("wsm.gateway.batcher")
@@ -109,9 +109,7 @@ class EnqueueBatcher:
             return False
         metrics.ENQUEUE_ROUND_TRIP.observe(time.perf_counter() - started)
         self._status.mark_reachable()
-        settled = results.count(SETTLED)
-        if settled:
-            metrics.RECEIPTS_SETTLED.inc(settled)
+        metrics.count_settled(results)
         for waiter, result in zip(batch, results, strict=True):
             if not waiter.done.done():
                 waiter.done.set_result(result != DUPLICATE)

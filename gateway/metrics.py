@@ -22,6 +22,7 @@ from prometheus_client import (
     values,
 )
 
+from shared.enqueue import SETTLED
 from shared.metrics_setup import ENV_VAR, mark_process_dead, render_metrics
 
 OUTCOMES = (
@@ -79,6 +80,15 @@ RECEIPTS_SETTLED = Counter(
     "Acks and echoes of the business's own messages settled on their message by the enqueue "
     "script instead of queued (answered `queued`; replayed ones included).",
 )
+
+
+def count_settled(results: list[int]) -> None:
+    """Count the receipts an enqueue round trip settled (its answers, shared/enqueue.py): one
+    place for the webhook's batches and the spool's replays."""
+    settled = results.count(SETTLED)
+    if settled:
+        RECEIPTS_SETTLED.inc(settled)
+
 
 SPOOL_REPLAYED = Counter(
     "wsm_spool_replayed_total",

@@ -17,7 +17,7 @@ from gateway import metrics
 from gateway.redis_link import RedisStatus
 from gateway.spool import ReplayBatch, Spool
 from shared.backoff import Backoff
-from shared.enqueue import DUPLICATE, SETTLED, EnqueueRequest, enqueue_many
+from shared.enqueue import DUPLICATE, EnqueueRequest, enqueue_many
 from shared.events import InvalidEvent, route_event
 from shared.redis_client import RedisClient
 from shared.settings import Settings
@@ -109,9 +109,7 @@ class SpoolReplayer:
         await self._spool.mark_replayed(batch)
         queued = sum(result != DUPLICATE for result in results)
         metrics.SPOOL_REPLAYED.labels("queued").inc(queued)
-        settled = results.count(SETTLED)
-        if settled:
-            metrics.RECEIPTS_SETTLED.inc(settled)
+        metrics.count_settled(results)
         metrics.SPOOL_REPLAYED.labels("duplicate").inc(len(results) - queued)
         log.info(
             "replayed spooled events",
