@@ -1,7 +1,7 @@
 """`wsm loadtest`: the whole product under load, and under chaos, proving its promises.
 
     wsm loadtest --customers K --messages M [--processes N] [--rate R] [--typing-ms T]
-                 [--chaos] [--nginx auto|on|off] [--json out.json]
+                 [--chaos] [--nginx auto|on|off] [--redis-costs] [--json out.json]
 
 Starts a private stack of real processes (Redis with its append-only file, the WAHA simulator,
 nginx when installed, the gateway, the worker fleet running the conversation engine with the
@@ -10,7 +10,8 @@ message once the previous one was answered (see wsm/load/customers.py). It repor
 and the latency from the webhook to the reply's sendText (p50, p90, p99), then checks, from
 the engine's history and the simulator's chats, that no message was lost, no reply was sent
 twice and every conversation stayed in order (wsm/load/checks.py). `--chaos` SIGKILLs worker
-processes and breaks Redis meanwhile (wsm/load/chaos.py).
+processes and breaks Redis meanwhile (wsm/load/chaos.py). `--redis-costs` also reports Redis's
+time per customer message by command and Lua script, from its SLOWLOG (wsm/load/redis_costs.py).
 
 Exit status: 0 when every check passed, 1 when one failed, 2 when the stack could not run.
 Every process it started is stopped, whatever happens (Ctrl-C included).
@@ -41,6 +42,7 @@ from wsm.load.cpu import CpuMeter, cpu_line, product_per_bench, stack_components
 from wsm.load.customers import Customer, Progress, SimClient, run_customers
 from wsm.load.product import ProductStack, StackOptions, build_stack
 from wsm.load.quiet import dead_letters, gateway_answers, wait_quiet
+from wsm.load.redis_costs import RedisCostMeter, costs_line
 from wsm.stack import ServiceFailed, StopRequested, running
 
 SESSION = "default"
@@ -88,11 +90,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--home", type=Path, help="data and logs (default: a temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the data and logs folder")
+    p.add_argument(
+        "--redis-costs",
+        action="store_true",
+        help="Redis's time per message by command and script (its SLOWLOG; costs Redis CPU)",
+    )
     p.add_argument("--json", type=Path, help="also write the report here")
     p.add_argument("--quiet", action="store_true", help="only the summary")
     args = p.parse_args(argv)
     if args.customers < 1 or args.messages < 1 or args.processes < 1 or args.rate < 0:
         p.error("--customers, --messages and --processes must be at least 1, --rate >= 0")
+    if args.redis_costs and args.chaos:
+        # A restarted Redis starts with its own slowlog settings and an empty log.
+        p.error("--redis-costs measures a run without chaos: leave out --chaos")
     return args
 
 
@@ -125,6 +135,9 @@ class Run:
         self.cpu = CpuMeter(stack_components(product.stack))
         self.cpu_stop = asyncio.Event()
         self.cpu_task: asyncio.Task[None] | None = None
+        # Redis's time by command and script, over the same window (wsm/load/redis_costs.py).
+        self.redis_costs = RedisCostMeter(product.redis_url) if args.redis_costs else None
+        self.redis_costs_task: asyncio.Task[None] | None = None
 
     def say(self, line: str) -> None:
         if not self.args.quiet:
@@ -140,6 +153,9 @@ class Run:
             raise ServiceFailed(f"the warm-up conversation failed: {warm.error}")
 
     async def load(self) -> None:
+        if self.redis_costs is not None:
+            # Armed before the first customer writes, so every message is counted.
+            await self.redis_costs.start()
         pace = self.args.customers / self.args.rate if self.args.rate else 0.0
         plan = chaos_plan(self.args)
         done = asyncio.Event()
@@ -152,6 +168,8 @@ class Run:
             )  # fmt: skip
             self.chaos_log = chaos.log
             chaos_task = asyncio.create_task(chaos.run(done))
+        if self.redis_costs is not None:
+            self.redis_costs_task = asyncio.create_task(self.redis_costs.run(self.cpu_stop))
         self.cpu_task = asyncio.create_task(self.cpu.run(self.cpu_stop))
         started = time.monotonic()
         try:
@@ -192,6 +210,8 @@ class Run:
         self.cpu_stop.set()
         if self.cpu_task is not None:
             await self.cpu_task
+        if self.redis_costs_task is not None:
+            await self.redis_costs_task
         if not self.settled:
             self.say("the system did not settle in time; checking what is there")
         sim = SimClient(self.product.sim_url, connections=2)
@@ -255,6 +275,11 @@ class Run:
             "cpu_ms_per_message": cpu,
             # The two in the same run: what compares trees on a noisy machine.
             "cpu_product_per_bench": product_per_bench(cpu),
+            # With --redis-costs: Redis's own time per message by command and script (and its
+            # CPU above includes logging every command).
+            "redis_costs": (
+                None if self.redis_costs is None else self.redis_costs.per_message(answered)
+            ),
             "latency_every_reply": latency_summary(findings.every_reply_ms),
             "checks": {
                 "lost": findings.lost.count,
@@ -303,6 +328,14 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"p99 {first['p99_ms']} ms, max {first['max_ms']} ms",
         f"webhook -> every reply's sendText: p50 {every['p50_ms']} ms, p99 {every['p99_ms']} ms",
         f"CPU per message: {cpu_line(report['cpu_ms_per_message'])}",
+        *(
+            []
+            if report["redis_costs"] is None
+            else [
+                f"Redis time per message (CPU above includes its slowlog): "
+                f"{costs_line(report['redis_costs'])}"
+            ]
+        ),
         f"lost {checks['lost']}, inbound duplicated {checks['inbound_duplicated']}, "
         f"inbound out of order {checks['inbound_out_of_order']}, replies sent twice "
         f"{checks['replies_sent_twice']}, replies not delivered {checks['replies_not_delivered']}, "

@@ -37,6 +37,19 @@ def processes_under(home: Path) -> list[int]:
     return found
 
 
+def run_loadtest(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`wsm loadtest` with `args`, from the repository, on its own private stack (a REDIS_URL or
+    WAHA_URL of the test run is not passed on)."""
+    return subprocess.run(
+        [sys.executable, "-m", "wsm", "loadtest", *args],
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "WAHA_URL"}},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 @pytest.mark.slow
 def test_reduced_chaos_run_loses_nothing_sends_nothing_twice_and_keeps_order(
     tmp_path: Path,
@@ -44,18 +57,10 @@ def test_reduced_chaos_run_loses_nothing_sends_nothing_twice_and_keeps_order(
     require_program("nginx")
     home = tmp_path / "loadtest"
     report_path = tmp_path / "report.json"
-    env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "WAHA_URL"}}
-    run = subprocess.run(
-        [
-            sys.executable, "-m", "wsm", "loadtest",
-            "--customers", "200", "--messages", "5",
-            "--chaos", "--worker-kills", "2", "--outage-seconds", "35",
-            "--nginx", "on", "--home", str(home), "--json", str(report_path), "--quiet",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    run = run_loadtest(
+        "--customers", "200", "--messages", "5",
+        "--chaos", "--worker-kills", "2", "--outage-seconds", "35",
+        "--nginx", "on", "--home", str(home), "--json", str(report_path), "--quiet",
         timeout=400,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
