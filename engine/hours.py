@@ -65,6 +65,13 @@ class BusinessHours:
                 return begin
         return 0
 
+    def closes_at(self, at_ms: int) -> int:
+        """When the interval open at `at_ms` ends (ms); 0 when closed."""
+        for begin, end in self.intervals(self._day(at_ms)):
+            if begin <= at_ms < end:
+                return end
+        return 0
+
     def next_opening(self, at_ms: int) -> int | None:
         """The first opening after `at_ms` (ms), None when none is within SEARCH_DAYS."""
         for day in self._days(self._day(at_ms), 1):
@@ -108,6 +115,10 @@ class BusinessHours:
         return None
 
     # --- words -----------------------------------------------------------------------------
+    def clock_label(self, at_ms: int) -> str:
+        """The local time of day at `at_ms`, as the texts show it: "12:00"."""
+        return datetime.fromtimestamp(at_ms / 1000, self.tz).strftime("%H:%M")
+
     def opening_label(self, at_ms: int, opening_ms: int, language: str) -> str:
         """When it opens, as people say it: "amanhã às 08:00", "segunda às 08:00"."""
         lang = language if language in _TODAY else "pt-BR"

@@ -58,6 +58,14 @@ FIELDS: dict[str, frozenset[str]] = {
     "line_closed_booking": frozenset({"leave_word"}),
     "line_opened": frozenset({"position", "ordinal", "minutes"}),
     "line_opened_nobody": frozenset({"position", "ordinal"}),
+    # Open, but the estimate runs past the closing (`closes`, "12:00"): no minutes that would
+    # count the closed hours; the place is kept for the reopening (`opens`, "hoje às 13:30").
+    "line_entered_closing": frozenset({"position", "ordinal", "closes", "opens", "leave_word"}),
+    "line_position_closing": frozenset({"position", "ordinal", "closes", "opens"}),
+    "line_still_waiting_closing": frozenset(
+        {"position", "ordinal", "closes", "opens", "leave_word"}
+    ),
+    "line_opened_closing": frozenset({"position", "ordinal", "closes", "opens"}),
     # Several teams: which one (a numbered choice, `menu_option` lines).
     "team_question": frozenset({"teams"}),
     "line_left": frozenset(),
@@ -124,6 +132,23 @@ _PT_BR: dict[str, str] = {
     ),
     "line_closed_booking": ("Se preferir, escreva *{leave_word}* e eu marco um horário para você."),
     "line_opened": "Já estamos atendendo! ☀️ Você é o {ordinal} da fila, cerca de {minutes} min.",
+    "line_entered_closing": (
+        "Você é o {ordinal} da fila. Fechamos às {closes} e talvez não dê tempo antes disso; "
+        "se não der, guardamos o seu lugar para a reabertura, {opens}. "
+        "Para sair da fila, escreva *{leave_word}*."
+    ),
+    "line_position_closing": (
+        "Agora você é o {ordinal} da fila. Fechamos às {closes}; se não der tempo, guardamos "
+        "o seu lugar para a reabertura, {opens}."
+    ),
+    "line_still_waiting_closing": (
+        "Você continua na fila: é o {ordinal}. Fechamos às {closes}; se não der tempo, "
+        "guardamos o seu lugar para a reabertura, {opens}. Para sair, escreva *{leave_word}*."
+    ),
+    "line_opened_closing": (
+        "Já estamos atendendo! ☀️ Você é o {ordinal} da fila. Fechamos às {closes}; se não der "
+        "tempo, guardamos o seu lugar para a reabertura, {opens}."
+    ),
     "line_opened_nobody": (
         "Já estamos atendendo! ☀️ Você é o {ordinal} da fila; assim que alguém da equipe "
         "entrar, você será atendido nesta ordem."
@@ -191,6 +216,24 @@ _EN: dict[str, str] = {
     ),
     "line_closed_booking": "If you prefer, write *{leave_word}* and I will book a time for you.",
     "line_opened": "We are open! ☀️ You are {ordinal} in line, about {minutes} min.",
+    "line_entered_closing": (
+        "You are {ordinal} in line. We close at {closes} and may not get to you before then; "
+        "if not, you keep your place for the reopening, {opens}. "
+        "To leave the line, write *{leave_word}*."
+    ),
+    "line_position_closing": (
+        "You are now {ordinal} in line. We close at {closes}; if we do not get to you before "
+        "then, you keep your place for the reopening, {opens}."
+    ),
+    "line_still_waiting_closing": (
+        "You are still in line: {ordinal}. We close at {closes}; if we do not get to you "
+        "before then, you keep your place for the reopening, {opens}. "
+        "To leave, write *{leave_word}*."
+    ),
+    "line_opened_closing": (
+        "We are open! ☀️ You are {ordinal} in line. We close at {closes}; if we do not get to "
+        "you before then, you keep your place for the reopening, {opens}."
+    ),
     "line_opened_nobody": (
         "We are open! ☀️ You are {ordinal} in line; as soon as someone of the team is online, "
         "you will be served in this order."

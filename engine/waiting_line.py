@@ -367,6 +367,11 @@ class WaitingLine:
         raw = await self._redis.get(self._hours_key(own))
         return None if raw is None else as_text(raw)
 
+    def hours_owner(self, session: str) -> str:
+        """`mark_hours`'s `own` for a session: itself when its business is its own, "" when
+        it is the default business's (whose record every other session shares)."""
+        return session if session in self.sessions_own else ""
+
     def _hours_key(self, own: str) -> str:
         return f"{self.keys.hours_state}:{own}" if own else self.keys.hours_state
 

@@ -76,9 +76,10 @@ class _PublicHolidays(BaseModel):
     # ISO 3166-1 country code and, optionally, the subdivision (state): BR, SP.
     country: str = Field(min_length=2, max_length=3)
     subdivision: str | None = Field(None, max_length=10)
-    # The package's categories: in Brazil Carnaval and Corpus Christi are "optional" (pontos
-    # facultativos), which most businesses close on.
-    categories: list[str] = Field(default_factory=lambda: ["public"], min_length=1)
+    # The package's categories. Left out: "public", and "optional" where the country has it:
+    # in Brazil Carnaval and Corpus Christi are "optional" (pontos facultativos), which most
+    # businesses close on. `[public]` opens on them.
+    categories: list[str] | None = Field(None, min_length=1)
 
 
 class _CalendarFile(BaseModel):
@@ -207,7 +208,7 @@ class Calendar:
         services: Sequence[Service],
         texts: Mapping[str, Mapping[str, str]] | None = None,
         teams: Sequence[Team] = (),
-        public_holidays: tuple[str, str | None, Sequence[str]] | None = None,
+        public_holidays: tuple[str, str | None, Sequence[str] | None] | None = None,
         agent_enabled: bool = True,
         offer_freed_slots: bool = False,
     ) -> None:
@@ -341,7 +342,11 @@ class Calendar:
 # --- loading ----------------------------------------------------------------------------------
 
 
-def _public_holidays(where: tuple[str, str | None, Sequence[str]] | None) -> Any:
+# The categories a business closes on when its file names none (_PublicHolidays.categories).
+DEFAULT_HOLIDAY_CATEGORIES = ("public", "optional")
+
+
+def _public_holidays(where: tuple[str, str | None, Sequence[str] | None] | None) -> Any:
     """The `holidays` package's calendar for a country and subdivision (computed locally for
     any year asked, nothing downloaded), or None."""
     if where is None:
@@ -350,6 +355,10 @@ def _public_holidays(where: tuple[str, str | None, Sequence[str]] | None) -> Any
 
     country, subdivision, categories = where
     try:
+        if categories is None:
+            offered = holidays.country_holidays(country.upper(), subdiv=subdivision)
+            has = offered.supported_categories
+            categories = [c for c in DEFAULT_HOLIDAY_CATEGORIES if c in has]
         return holidays.country_holidays(
             country.upper(), subdiv=subdivision, categories=tuple(categories)
         )

@@ -190,8 +190,10 @@ TEAM_RETURN = "line_team_return"
 
 
 async def line_text(turn: ConversationTurn, key: str, position: int, team: str) -> str:
-    """A place in line with its estimate; with nobody of the line's team online, the
-    `<key>_nobody` text, which says so instead of counting minutes."""
+    """A place in line with its estimate. With nobody of the line's team online, the
+    `<key>_nobody` text, which says so instead of counting minutes; when the estimate runs
+    past today's closing, the `<key>_closing` text, which names the closing and the reopening
+    instead of minutes that would count the closed hours."""
     values = {
         "position": position,
         "ordinal": turn.texts.ordinal(position),
@@ -201,6 +203,17 @@ async def line_text(turn: ConversationTurn, key: str, position: int, team: str) 
         return turn.texts.render(f"{key}_nobody", **values)
     session = turn.conversation.session
     minutes = await turn.line.estimate_minutes(session, position, team)
+    hours = turn.line.hours
+    if hours is not None:
+        closes = hours.closes_at(turn.now)
+        reopens = hours.next_opening(closes) if closes else None
+        if reopens is not None and turn.now + minutes * 60_000 > closes:
+            return turn.texts.render(
+                f"{key}_closing",
+                closes=hours.clock_label(closes),
+                opens=hours.opening_label(turn.now, reopens, turn.texts.language),
+                **values,
+            )
     return turn.texts.render(key, minutes=minutes, **values)
 
 
@@ -285,7 +298,9 @@ async def enter_line(turn: ConversationTurn, team: str) -> None:
     if line.is_open(turn.now):
         turn.reply(await line_text(turn, "line_entered", position, team))
     else:
-        await line.mark_hours(False)
+        # The record of this session's business: the default business's stays as its own
+        # hours say (announce_opening compares each record with its own business's hours).
+        await line.mark_hours(False, line.hours_owner(turn.conversation.session))
         turn.reply(closed_text(turn, team))
     turn.state = turn.state.moved(
         Trigger.HANDOFF,

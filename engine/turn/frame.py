@@ -204,16 +204,6 @@ class ConversationTurn:
             now_ms=self.now,
         )  # fmt: skip
 
-    async def position_text(self, key: str, position: int) -> str:
-        minutes = await self.line.estimate_minutes(self.conversation.session, position)
-        return self.texts.render(
-            key,
-            position=position,
-            ordinal=self.texts.ordinal(position),
-            minutes=minutes,
-            leave_word=self.texts.templates["leave_word"],
-        )
-
     async def leave_line(self) -> None:
         """Idempotent, before the commit: a repeat finds the customer gone already."""
         await self.line.leave(self.conversation.session, self.conversation.token)

@@ -123,6 +123,27 @@ def test_public_holidays_come_from_the_package_on_top_of_the_list(hours: Busines
     assert hours.opening_label(thursday, at(2026, 11, 21, 8), "pt-BR") == "sábado às 08:00"
 
 
+def test_without_categories_carnaval_and_corpus_christi_are_closed(tmp_path: Path) -> None:
+    # Only country and subdivision: "public" and, where the country has it, "optional" (in
+    # Brazil, Carnaval and Corpus Christi). `[public]` keeps them open; a country without an
+    # "optional" category gets its public holidays.
+    path = tmp_path / "b.yaml"
+    path.write_text(BUSINESS.replace("  categories: [public, optional]\n", ""), "utf-8")
+    assert "categories" not in path.read_text("utf-8")
+    calendar = load_calendar(path)
+    assert calendar.is_holiday(date(2026, 2, 17))  # Carnaval
+    assert calendar.is_holiday(date(2026, 6, 4))  # Corpus Christi
+    assert calendar.is_holiday(date(2026, 7, 9))  # SP
+    assert not calendar.is_holiday(date(2026, 2, 19))
+    path.write_text(BUSINESS.replace("[public, optional]", "[public]"), "utf-8")
+    assert not load_calendar(path).is_holiday(date(2026, 2, 17))
+    us = BUSINESS.replace("  categories: [public, optional]\n", "")
+    us = us.replace("country: BR", "country: US").replace("subdivision: SP", "subdivision: NY")
+    path.write_text(us, "utf-8")
+    calendar = load_calendar(path)
+    assert calendar.is_holiday(date(2026, 7, 4)) and not calendar.is_holiday(date(2026, 7, 6))
+
+
 def test_an_unknown_country_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "b.yaml"
     path.write_text(BUSINESS.replace("country: BR", "country: XX"), "utf-8")
@@ -207,6 +228,24 @@ async def test_the_line_timeout_counts_open_hours_only(
     await harness.drain()
     assert waha.to(CHAT)[-1] == DEFAULTS["pt-BR"]["line_timeout"]
     assert await state_of(aredis, key_prefix, CHAT) is State.CLOSED
+
+
+async def test_an_estimate_that_runs_past_the_closing_gives_no_minutes(
+    waha: Any, make_harness: Any, business_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock(monkeypatch, at(2026, 11, 10, 11, 40))  # Tuesday: closes 12:00, reopens 13:30
+    harness = make_harness(calendar_file=business_file, default_handling_seconds=600)
+    await harness.service.coordinator.line.set_online("maria", "Maria", 1)
+    await ask(harness, CHAT, "oi", "Ana", "3")  # Maria takes the first
+    await ask(harness, OTHER, "oi", "Bia", "3")  # 1st in line: about 10 min, before 12:00
+    assert "cerca de 10 min" in waha.to(OTHER)[-1]
+    clock.set(at(2026, 11, 10, 11, 52))
+    third = "5511900000203@c.us"
+    await ask(harness, third, "oi", "Caio", "3")  # 2nd: 20 min would run to 12:12
+    assert waha.to(third)[-1] == DEFAULTS["pt-BR"]["line_entered_closing"].format(
+        ordinal="2º", closes="12:00", opens="hoje às 13:30", leave_word="sair"
+    )
+    assert "min." not in waha.to(third)[-1]
 
 
 async def test_open_with_nobody_online_says_so_instead_of_minutes(

@@ -221,3 +221,34 @@ async def test_asking_for_a_person_follows_the_sessions_own_hours(
     shop, clinic = waha.to(PET_CHAT)[-1], waha.to(CLINIC_CHAT)[-1]
     assert "fechado" in shop and "hoje às 09:30" in shop, shop
     assert "fechado" not in clinic, clinic
+
+
+async def test_a_closed_business_of_its_own_keeps_its_own_opening_record(
+    harness: Callable[..., AgentHarness],
+    waha: FakeWaha,
+    pet_file: Path,
+    now: datetime,
+    move_clock: Callable[[int], None],
+) -> None:
+    # Monday 09:00: the clinic (the default business) is open, the shop opens at 09:30. A
+    # clinic customer waits in line; then a shop customer asks for a person while the shop is
+    # closed. The shop's closed line is recorded as the shop's, never as the clinic's: the
+    # clinic's customer is not told "we are open now" (it never closed), and at 09:30 the
+    # shop's customer is told their place.
+    h = harness(groq_api_key=None, business_files=f"pets={pet_file}")
+    for session, chat in (("default", CLINIC_CHAT), ("pets", PET_CHAT)):
+        await say(h, session, chat, "oi")
+        await say(h, session, chat, "Ana")
+        await say(h, session, chat, "quero falar com um atendente")
+    assert "hoje às 09:30" in waha.to(PET_CHAT)[-1]
+    told_clinic = len(waha.to(CLINIC_CHAT))
+    await h.service.coordinator.maintain()
+    await h.drain()
+    assert len(waha.to(CLINIC_CHAT)) == told_clinic, waha.to(CLINIC_CHAT)[-1]
+
+    move_clock(int(now.timestamp() * 1000) + 45 * 60_000)
+    await h.service.coordinator.maintain()
+    await h.drain()
+    assert "Já estamos atendendo" in waha.to(PET_CHAT)[-1], waha.to(PET_CHAT)[-1]
+    assert "1º da fila" in waha.to(PET_CHAT)[-1]
+    assert len(waha.to(CLINIC_CHAT)) == told_clinic, waha.to(CLINIC_CHAT)[-1]
