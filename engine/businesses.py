@@ -1,7 +1,8 @@
 """Several businesses, one per WhatsApp (WAHA) session.
 
 A business is what a business file says (engine/agent/calendar.py): name, description, hours,
-services, teams, the agent's texts, and whether the AI agent answers (`business.agent`).
+services, teams, texts (the engine's and the agent's), and whether the AI agent answers
+(`business.agent`).
 WSM_BUSINESS_FILES maps sessions to their own files (`session=path,...`); every other session
 is the default business: WSM_CALENDAR_FILE, or WSM_BUSINESS_NAME / WSM_MENU_SERVICES without
 one. Built once per process from Settings; nothing here talks to Redis.

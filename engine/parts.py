@@ -75,6 +75,21 @@ def texts(settings: Settings) -> Texts:
     return load_texts(settings.language, settings.texts_file)
 
 
+def business_texts(settings: Settings) -> tuple[Texts, dict[str, Texts]]:
+    """The engine's texts of the default business, and of each session with a business of its
+    own: WSM_TEXTS_FILE's, with the business file's `texts` on top (Texts.with_business)."""
+    base = texts(settings)
+    if settings.calendar_file is None and not settings.business_file_map:
+        return base, {}
+    businesses = businesses_from(settings)
+    by_session = {
+        session: base.with_business(business.calendar.texts)
+        for session, business in businesses.by_session.items()
+        if business.id  # the default file named for a session: the default texts
+    }
+    return base.with_business(businesses.default.calendar.texts), by_session
+
+
 def waiting_line(
     redis: RedisClient, settings: Settings, *, calendar: Calendar | None = None
 ) -> WaitingLine:

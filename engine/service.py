@@ -37,13 +37,13 @@ from engine.conversation_engine import CommitContext, Engine
 from engine.history import HistoryKeys, trim_many
 from engine.identity import PhoneResolver
 from engine.parts import (
+    business_texts,
     coordinator,
     engine_config,
     media_ingest,
     media_library,
     menu_brain,
     sender_config,
-    texts,
     transcriber,
     waha_client,
 )
@@ -98,7 +98,7 @@ class EngineService:
         self.redis = redis
         self.settings = settings
         self.outbound = outbound or waha_client(settings)
-        self.texts = texts(settings)
+        self.texts, texts_by_session = business_texts(settings)
         # Customers' files are stored in the media library during their turn (voice notes and
         # audio transcribed when GROQ_API_KEY is set); the files agents send are read from it
         # just before their send.
@@ -116,6 +116,7 @@ class EngineService:
                 config=engine_config(settings),
                 brain=brain or menu_brain(settings),
                 texts=self.texts,
+                texts_by_session=texts_by_session,
                 line=self.coordinator.line,
                 coordinator=self.coordinator,
                 resolver=PhoneResolver(

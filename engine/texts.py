@@ -317,6 +317,20 @@ class Texts(Templates):
     def ordinal(self, position: int) -> str:
         return ordinal(position, self.language)
 
+    def with_business(self, overrides: Mapping[str, Mapping[str, str]]) -> Texts:
+        """These texts with a business file's `texts` applied (per language, as there): its
+        keys that are the engine's, each checked like an override file's. Keys of the agent's
+        texts are left to engine/agent/texts.py, which refuses a key neither knows."""
+        templates = dict(self.templates)
+        for language, table in overrides.items():
+            for key, template in table.items():
+                if key not in FIELDS:
+                    continue
+                _check(key, template, f"business file texts [{language}]")
+                if language == self.language:
+                    templates[key] = template
+        return Texts(language=self.language, templates=templates)
+
     @property
     def leave_words(self) -> frozenset[str]:
         """Words that take a customer out of the line: this language's and pt-BR's."""

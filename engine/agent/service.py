@@ -138,7 +138,7 @@ def build_agent(
         )
         agenda = Agenda(store, business.calendar, language=settings.language, clock=clock)
         menu = SchedulingMenuBrain(
-            texts(settings),
+            texts(settings).with_business(business.calendar.texts),
             load_agent_texts(settings.language, business.calendar.texts),
             agenda,
             business=business.calendar.business_name,

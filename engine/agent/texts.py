@@ -7,8 +7,10 @@ in the calendar file's `texts:` section, per language:
         booked: "Agendado! ✅ {service} em {when}."
 
 The engine's texts (engine/texts.py) keep their own keys and WSM_TEXTS_FILE; these are apart
-because that file refuses keys it does not know. An override naming an unknown key or field
-is refused at start-up (AgentTextsError), like the engine's.
+because that file refuses keys it does not know. A business file's `texts:` may hold both:
+the engine's keys (the line's, the menu's) change that business's engine texts
+(`Texts.with_business`), the rest are these. A key neither knows, or an unknown field, is
+refused at start-up (AgentTextsError), like the engine's.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from engine.texts import FIELDS as ENGINE_FIELDS
 from engine.texts import Templates, check_template
 
 FIELDS: dict[str, frozenset[str]] = {
@@ -180,6 +183,8 @@ def load_agent_texts(
         if lang not in DEFAULTS:
             raise AgentTextsError(f"calendar texts: unknown language {lang!r}")
         for key, template in table.items():
+            if key not in FIELDS and key in ENGINE_FIELDS:
+                continue  # the engine's text (the line's, the menu's): Texts.with_business
             _check(lang, key, template)
             if lang == language:
                 templates[key] = template

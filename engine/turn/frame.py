@@ -15,8 +15,8 @@ by the background passes of engine/service.py.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.assignment import LineCoordinator
@@ -83,6 +83,12 @@ class TurnTools:
     # Customers' media: fetched, stored and transcribed (None: kinds are recognised, files
     # are not kept).
     media: MediaIngest | None = None
+    # Sessions with a business of their own whose file changes texts (`texts` is the default
+    # business's).
+    texts_by_session: Mapping[str, Texts] = field(default_factory=dict)
+
+    def texts_for(self, session: str) -> Texts:
+        return self.texts_by_session.get(session, self.texts)
 
 
 class ConversationTurn:
@@ -92,7 +98,8 @@ class ConversationTurn:
         self.tools = tools
         self.redis = tools.redis
         self.config = tools.config
-        self.texts = tools.texts
+        # The texts of this session's business (its file's `texts` on top of the deployment's).
+        self.texts = tools.texts_for(event.session)
         # The line as this session's business sees it (its own hours and teams).
         self.line = tools.line.for_session(event.session)
         self.event = event

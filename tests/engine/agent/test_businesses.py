@@ -46,6 +46,13 @@ def pet_file(tmp_path: Path) -> Path:
     return path
 
 
+def with_texts(pet_file: Path, texts: dict[str, str]) -> None:
+    """The shop's file with its own pt-BR texts."""
+    pet_file.write_text(
+        yaml.safe_dump({**PET_SHOP, "texts": {"pt-BR": texts}}, allow_unicode=True), "utf-8"
+    )
+
+
 async def say(harness: AgentHarness, session: str, chat: str, text: str) -> None:
     assert await harness.webhook(text_message(chat, text, session=session))
     await harness.drain()
@@ -252,3 +259,40 @@ async def test_a_closed_business_of_its_own_keeps_its_own_opening_record(
     assert "Já estamos atendendo" in waha.to(PET_CHAT)[-1], waha.to(PET_CHAT)[-1]
     assert "1º da fila" in waha.to(PET_CHAT)[-1]
     assert len(waha.to(CLINIC_CHAT)) == told_clinic, waha.to(CLINIC_CHAT)[-1]
+
+
+async def test_a_business_file_changes_its_own_sessions_engine_texts(
+    harness: Callable[..., AgentHarness], waha: FakeWaha, pet_file: Path
+) -> None:
+    # The engine's texts (the line's closed notice, the menu's greeting) in the shop's file
+    # are the shop's; the clinic keeps the deployment's. Monday 09:00: the shop is closed.
+    own = {
+        "line_closed": "A Pet Shop abre {opens}; seu lugar está guardado. Sair: *{leave_word}*.",
+        "greeting": "Au au! Aqui é a {business}. Qual é o seu nome?",
+        "booked": "Marcado! 🐶 {service} em {when}.",  # the agent's text, beside them
+    }
+    with_texts(pet_file, own)
+    h = harness(groq_api_key=None, business_files=f"pets={pet_file}")
+    for session, chat in (("pets", PET_CHAT), ("default", CLINIC_CHAT)):
+        await say(h, session, chat, "oi")
+        await say(h, session, chat, "Ana")
+        await say(h, session, chat, "quero falar com um atendente")
+    assert waha.to(PET_CHAT)[0] == "Au au! Aqui é a Pet Shop Au Au. Qual é o seu nome?"
+    assert waha.to(PET_CHAT)[-1].startswith("A Pet Shop abre hoje às 09:30; seu lugar")
+    assert not waha.to(CLINIC_CHAT)[0].startswith("Au au!")
+    assert "fechado" not in waha.to(CLINIC_CHAT)[-1]
+
+
+@pytest.mark.parametrize(
+    ("texts", "message"),
+    [
+        ({"no_such_text": "x"}, "unknown text 'no_such_text'"),
+        ({"line_closed": "Abrimos {quando}."}, "unknown field"),
+    ],
+)
+async def test_a_business_files_bad_text_is_refused_at_start(
+    harness: Callable[..., AgentHarness], pet_file: Path, texts: dict[str, str], message: str
+) -> None:
+    with_texts(pet_file, texts)
+    with pytest.raises(ValueError, match=message):
+        harness(groq_api_key=None, business_files=f"pets={pet_file}")
