@@ -24,6 +24,7 @@ from typing import Any
 from fastapi import HTTPException, Request
 
 from shared.keys import engine_keys_for
+from shared.redis_client import RedisClient
 
 SESSION = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CHAT_ID = re.compile(r"[0-9]{1,32}@(?:c\.us|lid|s\.whatsapp\.net)")
@@ -58,7 +59,9 @@ def invalid_parameters(params: dict[str, Any], where: str) -> list[dict[str, Any
     return errors
 
 
-def operator_input(redis: Any, *, prefix: str, shards: int) -> Callable[[Request], Awaitable[None]]:
+def operator_input(
+    redis: RedisClient, *, prefix: str, shards: int
+) -> Callable[[Request], Awaitable[None]]:
     """The /api router's dependency (after the bearer check)."""
 
     async def check(request: Request) -> None:

@@ -14,8 +14,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -25,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from engine.assignment import LineCoordinator
 from engine.parts import booking_store
 from shared.keys import ConsoleKeys
+from shared.redis_client import RedisClient
 from shared.settings import Settings
 
 from . import auth, channel, pages
@@ -77,7 +76,7 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
-def build(settings: Settings, redis: Any, coordinator: LineCoordinator) -> Console:
+def build(settings: Settings, redis: RedisClient, coordinator: LineCoordinator) -> Console:
     assert settings.api_token is not None
     keys = ConsoleKeys(settings.key_prefix)
     accounts = AccountStore(redis, keys)
@@ -103,7 +102,9 @@ def build(settings: Settings, redis: Any, coordinator: LineCoordinator) -> Conso
     )
 
 
-def install(app: FastAPI, settings: Settings, redis: Any, coordinator: LineCoordinator) -> Console:
+def install(
+    app: FastAPI, settings: Settings, redis: RedisClient, coordinator: LineCoordinator
+) -> Console:
     """Serve the console from `app` (the operator API's): pages at `/`, /static, /events."""
     console = build(settings, redis, coordinator)
     app.include_router(auth.router(console))

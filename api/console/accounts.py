@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from dataclasses import dataclass
-from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from shared.clock import now_ms
 from shared.keys import ConsoleKeys
+from shared.redis_client import RedisClient
+from shared.text import as_text
 
 ROLES = ("agent", "admin")
 AGENT_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,39}$")
@@ -46,10 +47,6 @@ class Account:
         return self.role == "admin"
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def check_id(agent_id: str) -> str:
     if not AGENT_ID.match(agent_id):
         raise AccountError(
@@ -65,7 +62,7 @@ def check_password(password: str) -> str:
 
 
 class AccountStore:
-    def __init__(self, redis: Any, keys: ConsoleKeys) -> None:
+    def __init__(self, redis: RedisClient, keys: ConsoleKeys) -> None:
         self._redis = redis
         self.keys = keys
 
@@ -73,7 +70,7 @@ class AccountStore:
         if not AGENT_ID.match(agent_id):
             return None
         raw = {
-            _text(k): _text(v)
+            as_text(k): as_text(v)
             for k, v in (await self._redis.hgetall(self.keys.account(agent_id))).items()
         }
         if not raw.get("hash"):
@@ -87,7 +84,7 @@ class AccountStore:
         )
 
     async def list(self) -> list[Account]:
-        ids = sorted(_text(m) for m in await self._redis.smembers(self.keys.accounts))
+        ids = sorted(as_text(m) for m in await self._redis.smembers(self.keys.accounts))
         found = [await self.get(agent_id) for agent_id in ids]
         return [a for a in found if a is not None]
 
@@ -98,12 +95,14 @@ class AccountStore:
             raise AccountError(f"role must be one of {', '.join(ROLES)}")
         name = name.strip() or agent_id
         hashed = await asyncio.to_thread(_hasher.hash, password)
-        now = int(time.time() * 1000)
-        fields = {"name": name, "role": role, "hash": hashed, "created_at": str(now)}
+        now = now_ms()
         # HSETNX on the hash field first: two `wsm agent add` of one id cannot both win.
         if not await self._redis.hsetnx(self.keys.account(agent_id), "hash", hashed):
             raise AccountError(f"agent {agent_id!r} exists already (wsm agent passwd changes it)")
-        await self._redis.hset(self.keys.account(agent_id), mapping=fields)
+        await self._redis.hset(
+            self.keys.account(agent_id),
+            mapping={"name": name, "role": role, "hash": hashed, "created_at": str(now)},
+        )
         await self._redis.sadd(self.keys.accounts, agent_id)
         return Account(agent_id, name, role, hashed, now)
 
@@ -125,7 +124,9 @@ class AccountStore:
         return removed
 
     async def end_sessions(self, agent_id: str) -> None:
-        sids = [_text(s) for s in await self._redis.smembers(self.keys.account_sessions(agent_id))]
+        sids = [
+            as_text(s) for s in await self._redis.smembers(self.keys.account_sessions(agent_id))
+        ]
         for sid in sids:
             await self._redis.delete(self.keys.session(sid))
         await self._redis.delete(self.keys.account_sessions(agent_id))

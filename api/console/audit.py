@@ -7,11 +7,13 @@ conversation's page. Only what was actually queued is recorded (a repeated form 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
+from shared.clock import now_ms
 from shared.keys import ConsoleKeys
+from shared.redis_client import RedisClient
+from shared.text import as_text
 
 ACTIONS = ("took", "sent", "closed", "handed_back")
 # Most entries kept per conversation (the stream is trimmed past it).
@@ -27,12 +29,8 @@ class AuditEntry:
     detail: str
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class Audit:
-    def __init__(self, redis: Any, keys: ConsoleKeys, retention_seconds: int) -> None:
+    def __init__(self, redis: RedisClient, keys: ConsoleKeys, retention_seconds: int) -> None:
         self._redis = redis
         self.keys = keys
         self.retention_seconds = retention_seconds
@@ -41,23 +39,23 @@ class Audit:
         if action not in ACTIONS:
             raise ValueError(f"unknown audit action {action!r}")
         key = self.keys.audit(token)
-        fields = {
-            "at": str(int(time.time() * 1000)),
-            "actor": actor,
-            "action": action,
-            "detail": detail,
-        }
-        await self._redis.xadd(key, fields, maxlen=MAX_ENTRIES, approximate=True)
+        await self._redis.xadd(
+            key,
+            {"at": str(now_ms()), "actor": actor, "action": action, "detail": detail},
+            maxlen=MAX_ENTRIES,
+            approximate=True,
+        )
         await self._redis.expire(key, self.retention_seconds)
 
     async def entries(self, token: str, count: int = 200) -> list[AuditEntry]:
-        raw = await self._redis.xrevrange(self.keys.audit(token), count=count)
+        # Any: redis-py's stubs type stream replies as optional, entries' fields too.
+        raw: Any = await self._redis.xrevrange(self.keys.audit(token), count=count)
         out = []
         for entry_id, values in reversed(raw):
-            fields = {_text(k): _text(v) for k, v in values.items()}
+            fields = {as_text(k): as_text(v) for k, v in values.items()}
             out.append(
                 AuditEntry(
-                    _text(entry_id),
+                    as_text(entry_id),
                     int(fields.get("at") or 0),
                     fields.get("actor", ""),
                     fields.get("action", ""),

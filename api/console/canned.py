@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from shared.keys import ConsoleKeys
+from shared.redis_client import RedisClient
+from shared.text import as_text
 
 SHORTCUT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,29}$")
 MAX_TEXT = 4096
@@ -15,18 +16,14 @@ class CannedError(ValueError):
     pass
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class CannedReplies:
-    def __init__(self, redis: Any, keys: ConsoleKeys) -> None:
+    def __init__(self, redis: RedisClient, keys: ConsoleKeys) -> None:
         self._redis = redis
         self.keys = keys
 
     async def all(self) -> list[tuple[str, str]]:
         raw = await self._redis.hgetall(self.keys.canned)
-        return sorted((_text(k), _text(v)) for k, v in raw.items())
+        return sorted((as_text(k), as_text(v)) for k, v in raw.items())
 
     async def put(self, shortcut: str, text: str) -> None:
         shortcut = shortcut.strip().lstrip("/").lower()

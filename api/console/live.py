@@ -34,9 +34,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis.typing import EncodableT, FieldT
+
 from engine.history import recent
 from engine.waiting_line import now_ms
 from shared.keys import ConsoleKeys, split_conversation_token
+from shared.redis_client import RedisClient
+from shared.text import as_text
 
 from .views import Reads, stream_id
 
@@ -52,10 +56,6 @@ STATUS_WINDOW = 30
 KEEPALIVE_SECONDS = 15.0
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 @dataclass(frozen=True, slots=True)
 class Event:
     id: str
@@ -69,8 +69,8 @@ class Event:
 
     @classmethod
     def from_stream(cls, entry_id: Any, values: dict[Any, Any]) -> Event:
-        fields = {_text(k): _text(v) for k, v in values.items()}
-        return cls(id=_text(entry_id), **{k: v for k, v in fields.items() if k in _FIELDS})
+        fields = {as_text(k): as_text(v) for k, v in values.items()}
+        return cls(id=as_text(entry_id), **{k: v for k, v in fields.items() if k in _FIELDS})
 
 
 _FIELDS = {"kind", "token", "session", "since", "upto", "cursor", "status"}
@@ -88,7 +88,7 @@ class _Seen:
 class Watcher:
     """Derives the console's events from the engine's keys (see the module's docstring)."""
 
-    def __init__(self, redis: Any, reads: Reads, keys: ConsoleKeys) -> None:
+    def __init__(self, redis: RedisClient, reads: Reads, keys: ConsoleKeys) -> None:
         self._redis = redis
         self.reads = reads
         self.keys = keys
@@ -98,17 +98,19 @@ class Watcher:
         self.stopped = False
 
     async def publish(self, kind: str, **fields: str) -> str:
+        entry: dict[FieldT, EncodableT] = {"kind": kind}
+        entry.update(fields.items())
         entry_id = await self._redis.xadd(
-            self.keys.events, {"kind": kind, **fields}, maxlen=EVENTS_MAXLEN, approximate=True
+            self.keys.events, entry, maxlen=EVENTS_MAXLEN, approximate=True
         )
-        return _text(entry_id)
+        return as_text(entry_id)
 
     async def holds_lock(self) -> bool:
         got = await self._redis.set(self.keys.watcher, self.me, nx=True, px=LOCK_MS)
         if got:
             return True
         holder = await self._redis.get(self.keys.watcher)
-        if holder is not None and _text(holder) == self.me:
+        if holder is not None and as_text(holder) == self.me:
             await self._redis.pexpire(self.keys.watcher, LOCK_MS)
             return True
         return False
@@ -149,20 +151,20 @@ class Watcher:
 
         watched: set[str] = set()
         for session, members in zip(sessions, line_rows, strict=True):
-            snapshot = tuple((_text(m), s) for m, s in members)
+            snapshot = tuple((as_text(m), s) for m, s in members)
             watched.update(m for m, _ in snapshot)
             if seen.lines.get(session, ()) != snapshot:
                 emits.append({"kind": "line", "session": session})
             seen.lines[session] = snapshot
 
-        agents = {_text(k): _text(v) for k, v in agents_raw.items()}
+        agents = {as_text(k): as_text(v) for k, v in agents_raw.items()}
         agent_ids = sorted(agents)
         pipe = self._redis.pipeline(transaction=False)
         for agent_id in agent_ids:
             pipe.smembers(self.line.keys.agent_conversations(agent_id))
         sets = await pipe.execute() if agent_ids else []
         agents_snapshot = tuple(
-            (agent_id, agents[agent_id], tuple(sorted(_text(t) for t in members)))
+            (agent_id, agents[agent_id], tuple(sorted(as_text(t) for t in members)))
             for agent_id, members in zip(agent_ids, sets, strict=True)
         )
         for _, _, handling in agents_snapshot:
@@ -171,7 +173,7 @@ class Watcher:
             emits.append({"kind": "agents"})
         seen.agents = agents_snapshot
 
-        viewed = {_text(t) for t in viewed_raw}
+        viewed = {as_text(t) for t in viewed_raw}
         watched |= viewed
         tokens = sorted(watched)
         pipe = self._redis.pipeline(transaction=False)
@@ -181,9 +183,9 @@ class Watcher:
             pipe.xrevrange(self.reads.history_keys(session, chat_id).stream, count=1)
         rows = await pipe.execute() if tokens else []
         for n, token in enumerate(tokens):
-            state = tuple(_text(v) if v is not None else "" for v in rows[2 * n])
+            state = tuple(as_text(v) if v is not None else "" for v in rows[2 * n])
             last = rows[2 * n + 1]
-            last_id = _text(last[0][0]) if last else ""
+            last_id = as_text(last[0][0]) if last else ""
             known = token in seen.states
             if known and seen.states[token] != state:
                 emits.append({"kind": "conv", "token": token})
@@ -234,7 +236,7 @@ class Watcher:
 class Hub:
     """One XREAD BLOCK on the events stream per API process, fanned out to its pages."""
 
-    def __init__(self, redis: Any, keys: ConsoleKeys) -> None:
+    def __init__(self, redis: RedisClient, keys: ConsoleKeys) -> None:
         self._redis = redis
         self.keys = keys
         self.subscribers: set[asyncio.Queue[Event | None]] = set()
@@ -252,7 +254,10 @@ class Hub:
         last = await self.latest_id() or "0-0"
         while not self.stopped:
             try:
-                answer = await self._redis.xread({self.keys.events: last}, count=500, block=1000)
+                # Any: redis-py's stubs type XREAD's reply as a union of its RESP2 and RESP3 shapes.
+                answer: Any = await self._redis.xread(
+                    {self.keys.events: last}, count=500, block=1000
+                )
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -261,7 +266,7 @@ class Hub:
                 continue
             for _, entries in answer or []:
                 for entry_id, values in entries:
-                    last = _text(entry_id)
+                    last = as_text(entry_id)
                     event = Event.from_stream(entry_id, values)
                     for queue in list(self.subscribers):
                         try:
@@ -274,12 +279,12 @@ class Hub:
 
     async def latest_id(self) -> str:
         raw = await self._redis.xrevrange(self.keys.events, count=1)
-        return _text(raw[0][0]) if raw else ""
+        return as_text(raw[0][0]) if raw else ""
 
     async def since(self, last: str) -> list[Event] | None:
         """Events after `last`, or None when some of them were trimmed away."""
         oldest = await self._redis.xrange(self.keys.events, count=1)
-        if oldest and stream_id(_text(oldest[0][0])) > stream_id(last) and last != "0-0":
+        if oldest and stream_id(as_text(oldest[0][0])) > stream_id(last) and last != "0-0":
             # The oldest kept event is after `last`: was anything between them trimmed?
             info = await self._redis.xinfo_stream(self.keys.events)
             if int(info.get("entries-added", 0) or 0) > int(info.get("length", 0) or 0):
@@ -287,11 +292,12 @@ class Hub:
         out: list[Event] = []
         lower = f"({last}"
         while True:
-            raw = await self._redis.xrange(self.keys.events, min=lower, max="+", count=500)
+            # Any: redis-py's stubs type stream replies as optional, entries' fields too.
+            raw: Any = await self._redis.xrange(self.keys.events, min=lower, max="+", count=500)
             out += [Event.from_stream(i, v) for i, v in raw]
             if len(raw) < 500:
                 return out
-            lower = f"({_text(raw[-1][0])}"
+            lower = f"({as_text(raw[-1][0])}"
 
 
 Render = Callable[[Event], Awaitable[str | None]]

@@ -18,14 +18,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
 from dataclasses import dataclass
-from typing import Any
 
 from fastapi import Request, Response
 
 from api.console.accounts import AGENT_ID, Account, AccountStore
+from shared.clock import now_ms
 from shared.keys import ConsoleKeys
+from shared.redis_client import RedisClient
+from shared.text import as_text
 
 COOKIE = "wsm_console"
 PRE_COOKIE = "wsm_console_pre"
@@ -36,10 +37,6 @@ ACCOUNT_FREE_FAILURES = 5
 IP_FREE_FAILURES = 20
 FAILURE_WINDOW_SECONDS = 15 * 60
 LOCK_MAX_SECONDS = 15 * 60
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def cookie_secret(api_token: str) -> bytes:
@@ -78,7 +75,9 @@ class CsrfRefused(Exception):
 
 
 class Sessions:
-    def __init__(self, redis: Any, keys: ConsoleKeys, accounts: AccountStore, secret: bytes):
+    def __init__(
+        self, redis: RedisClient, keys: ConsoleKeys, accounts: AccountStore, secret: bytes
+    ):
         self._redis = redis
         self.keys = keys
         self.accounts = accounts
@@ -126,7 +125,7 @@ class Sessions:
             mapping={
                 "agent": account.id,
                 "csrf": secrets.token_urlsafe(32),
-                "created_at": str(int(time.time() * 1000)),
+                "created_at": str(now_ms()),
             },
         )
         await self._redis.expire(key, SESSION_SECONDS)
@@ -139,7 +138,7 @@ class Sessions:
         if sid is None:
             return None
         raw = await self._redis.hgetall(self.keys.session(sid))
-        record = {_text(k): _text(v) for k, v in raw.items()}
+        record = {as_text(k): as_text(v) for k, v in raw.items()}
         if not record.get("agent"):
             return None
         # The account is read on every request: a removed account or a changed role counts

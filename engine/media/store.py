@@ -28,7 +28,6 @@ import contextlib
 import hashlib
 import os
 import tempfile
-import time
 from collections.abc import Mapping
 from dataclasses import KW_ONLY, InitVar, dataclass
 from pathlib import Path
@@ -385,5 +384,5 @@ class MediaLibrary:
 
     async def sweep(self, *, now: int | None = None) -> int:
         """Files older than the retention go (their index entries expire by themselves)."""
-        current = time.time() * 1000 if now is None else now
+        current = now_ms() if now is None else now
         return await self.store.sweep(int(current - self.retention_seconds * 1000))
