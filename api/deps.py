@@ -113,12 +113,15 @@ async def operator_or_console(
     """The operator's bearer token, or an attendant's console session (its signed cookie):
     what reading stored media takes, so the console's pages show images and play audio from
     the same route as the API (`GET /api/media/{id}`). A GET changes nothing, so no CSRF token
-    is asked; 401 with neither."""
+    is asked; 401 with neither. The attendant is kept in `request.state.console_viewer`: a
+    route then serves them only what the console would show them (api/routes/media.py)."""
     given = credentials.credentials.encode() if credentials else b""
     if given and hmac.compare_digest(given, parts.token):
         return
     console = getattr(request.app.state, "console", None)
-    if console is not None and await console.sessions.viewer(request) is not None:
+    viewer = await console.sessions.viewer(request) if console is not None else None
+    if viewer is not None:
+        request.state.console_viewer = viewer
         return
     raise HTTPException(401, "missing or wrong bearer token, and no console session",
                         headers={"WWW-Authenticate": "Bearer"})  # fmt: skip

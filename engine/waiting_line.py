@@ -69,6 +69,9 @@ class Agent:
     since: int
     conversations: int = 0
     teams: tuple[str, ...] = ()
+    # Takes customers by hand ("Atender próximo" in the console): never given one by the
+    # line's automatic assignment (WSM_AUTO_ASSIGN), which is for agents put online by the API.
+    by_hand: bool = False
 
     def serves(self, team: str) -> bool:
         """Takes from this team's lines ("" = the plain line: everybody's)."""
@@ -200,17 +203,26 @@ class WaitingLine:
 
     # --- agents ----------------------------------------------------------------------------
     async def set_online(
-        self, agent_id: str, name: str | None, at_ms: int, teams: Sequence[str] | None = None
+        self,
+        agent_id: str,
+        name: str | None,
+        at_ms: int,
+        teams: Sequence[str] | None = None,
+        *,
+        by_hand: bool = False,
     ) -> Agent:
-        """Online; `teams` (when given) replaces the agent's teams, None keeps them."""
+        """Online; `teams` (when given) replaces the agent's teams, None keeps them. `by_hand`:
+        the agent takes customers themself (Agent.by_hand)."""
         if teams is not None:
             await self.set_teams(agent_id, teams)
         raw = await self._redis.hget(self.keys.agents, agent_id)
         previous = orjson.loads(raw) if raw else {}
         agent_name = str(name or previous.get("name") or agent_id)
-        record = {"name": agent_name, "online": True, "since": at_ms}
+        record = {"name": agent_name, "online": True, "since": at_ms, "by_hand": by_hand}
         await self._redis.hset(self.keys.agents, agent_id, orjson.dumps(record))
-        return Agent(agent_id, agent_name, True, at_ms, teams=await self.teams_of(agent_id))
+        return Agent(
+            agent_id, agent_name, True, at_ms, teams=await self.teams_of(agent_id), by_hand=by_hand
+        )
 
     async def set_teams(self, agent_id: str, teams: Sequence[str]) -> None:
         unique = sorted(set(teams))
@@ -255,13 +267,19 @@ class WaitingLine:
                 since=int(raw[agent_id].get("since", 0)),
                 conversations=int(load),
                 teams=teams.get(agent_id, ()),
+                by_hand=bool(raw[agent_id].get("by_hand")),
             )
             for agent_id, load in zip(ids, loads, strict=True)
         ]
 
     async def free_agents(self) -> list[Agent]:
-        """Online agents below capacity, least loaded first (then longest online)."""
-        free = [a for a in await self.agents() if a.online and a.conversations < self.per_agent]
+        """Online agents below capacity who are given customers (not `by_hand`), least loaded
+        first (then longest online)."""
+        free = [
+            a
+            for a in await self.agents()
+            if a.online and not a.by_hand and a.conversations < self.per_agent
+        ]
         return sorted(free, key=lambda a: (a.conversations, a.since, a.id))
 
     async def online_count(self, team: str = "") -> int:

@@ -409,7 +409,10 @@ class Settings(BaseSettings):
     auto_assign: bool = Field(
         True,
         alias="WSM_AUTO_ASSIGN",
-        description="Give the longest-waiting conversation to an agent as soon as one is free.",
+        description=(
+            "Give the longest-waiting conversation to an agent as soon as one is free (agents "
+            "put online by the API; the console's attendants take by hand)."
+        ),
     )
     position_notice_interval_seconds: float = Field(
         60.0,

@@ -48,11 +48,14 @@ class PageChannel:
         viewer, ui, reads = self.viewer, self.console.ui, self.console.reads
         parts: list[str] = []
         if event.kind == "line":
-            # The same for every page: rendered once per event in this process.
-            cached = self.console.line_cache
-            if cached[0] != event.id:
-                cached = (event.id, ui.render("_oob_line.html", line=await reads.line_entries()))
-                self.console.line_cache = cached
+            # The same for every page showing the same lines (an agent's teams): rendered once
+            # per event and set of lines in this process.
+            teams = await reads.line_teams(viewer)
+            cached = self.console.line_cache.get(teams)
+            if cached is None or cached[0] != event.id:
+                line = await reads.line_entries(teams)
+                cached = (event.id, ui.render("_oob_line.html", line=line))
+                self.console.line_cache[teams] = cached
             parts.append(cached[1])
         if event.kind == "agents":
             online = any(a.id == viewer.id and a.online for a in await reads.line.agents())

@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any
 
 from fastapi import Request
 
 from engine.assignment import LineCoordinator
 from engine.commands import CommandQueue
 from shared.keys import ConsoleKeys
+from shared.redis_client import RedisClient
 from shared.settings import Settings
 
 from .accounts import AccountStore
@@ -26,7 +26,7 @@ from .views import Reads
 
 @dataclass
 class Console:
-    redis: Any
+    redis: RedisClient
     settings: Settings
     coordinator: LineCoordinator
     queue: CommandQueue
@@ -40,8 +40,9 @@ class Console:
     hub: Hub
     watcher: Watcher
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    # (event id, fragment): the line as the last line event showed it, shared by all pages.
-    line_cache: tuple[str, str] = ("", "")
+    # Per set of lines shown (Reads.line_teams), (event id, fragment): the line as the last
+    # line event showed it, shared by all pages that show the same lines.
+    line_cache: dict[tuple[str, ...] | None, tuple[str, str]] = field(default_factory=dict)
 
     def start(self) -> None:
         """The watcher and the hub start with the first console request (the app has no

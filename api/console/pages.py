@@ -59,7 +59,7 @@ def router(console: Console) -> APIRouter:
         context: dict[str, Any] = {
             "viewer": viewer,
             "online": await online(viewer),
-            "line": await reads.line_entries(),
+            "line": await reads.line_entries(await reads.line_teams(viewer)),
             "mine": await reads.mine(viewer),
         }
         if viewer.admin:
@@ -142,8 +142,9 @@ def router(console: Console) -> APIRouter:
         viewer = await console.acting(request)
         want = _field(await request.form(), "online") == "1"
         if want:
-            await line.set_online(viewer.id, viewer.name, now_ms())
-            await console.coordinator.assign_free_agents()
+            # By hand: the attendant sees who waits and takes them with "Atender próximo"
+            # (issue 14); the line's automatic assignment is for agents put online by the API.
+            await line.set_online(viewer.id, viewer.name, now_ms(), by_hand=True)
         else:
             await line.set_offline(viewer.id, now_ms())
         return HTMLResponse(ui.render("_presence.html", viewer=viewer, online=want))

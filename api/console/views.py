@@ -21,7 +21,9 @@ from shared.keys import (
     engine_keys_for,
     split_conversation_token,
 )
+from shared.redis_client import RedisClient
 from shared.settings import Settings
+from shared.text import as_text
 
 from .sessions import Viewer
 
@@ -30,10 +32,6 @@ SEARCH_SCAN = 5000
 SEARCH_RESULTS = 50
 # History entries looked at for a waiting customer's last message.
 LAST_LOOKBACK = 10
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def phone_of(chat_id: str, state: ConversationState | None = None) -> str:
@@ -83,7 +81,7 @@ class ConversationView:
 class Reads:
     def __init__(
         self,
-        redis: Any,
+        redis: RedisClient,
         settings: Settings,
         coordinator: LineCoordinator,
         bookings: BookingStore,
@@ -129,11 +127,23 @@ class Reads:
         return await self._redis.zscore(self.keys.handled(viewer.id), token) is not None
 
     # --- the line --------------------------------------------------------------------------
-    async def line_entries(self) -> dict[str, list[LineEntry]]:
+    async def line_teams(self, viewer: Viewer) -> tuple[str, ...] | None:
+        """The lines this viewer's console shows: every one (None) to an admin; to an agent
+        the plain lines ("") and their teams' lines, the ones they take from (issue 16)."""
+        if viewer.admin:
+            return None
+        return ("", *await self.line.teams_of(viewer.id))
+
+    async def line_entries(
+        self, teams: tuple[str, ...] | None = None
+    ) -> dict[str, list[LineEntry]]:
+        """Who waits, per line (`teams`: only those lines; None: all)."""
         now = now_ms()
         out: dict[str, list[LineEntry]] = {}
         for session in await self.line.sessions():
-            members = await self.line.members(session)
+            members = [
+                m for m in await self.line.members(session) if teams is None or m.team in teams
+            ]
             if not members:
                 continue
             pipe = self._redis.pipeline(transaction=False)
@@ -143,17 +153,20 @@ class Reads:
                 pipe.xrevrange(self.history_keys(session, chat_id).stream, count=LAST_LOOKBACK)
             rows = await pipe.execute()
             # One list per line: the session's, and each team's with its own positions.
-            names = {t.id: t.name for t in self.line.teams}
+            names = {t.id: t.name for t in self.line.for_session(session).teams}
             for n, member in enumerate(members):
                 _, chat_id = split_conversation_token(member.token)
                 phone_raw, collected_raw = rows[2 * n]
                 last = rows[2 * n + 1]
                 state = ConversationState.from_hash(
-                    {"phone": _text(phone_raw or b""), "collected": _text(collected_raw or b"{}")}
+                    {
+                        "phone": as_text(phone_raw or b""),
+                        "collected": as_text(collected_raw or b"{}"),
+                    }
                 )
                 # What the customer last wrote (the bot's "your place in line" is no news).
                 said = [values for _, values in last if values.get(b"dir") == b"in"]
-                text = _text(said[0].get(b"text", b"")) if said else ""
+                text = as_text(said[0].get(b"text", b"")) if said else ""
                 label = (
                     f"{session} · {names.get(member.team, member.team)}" if member.team else session
                 )
@@ -196,7 +209,7 @@ class Reads:
 
     async def agent_tokens(self, agent_id: str) -> list[str]:
         members = await self._redis.smembers(self.line.keys.agent_conversations(agent_id))
-        return sorted(_text(m) for m in members)
+        return sorted(as_text(m) for m in members)
 
     async def mine(self, viewer: Viewer) -> list[ConvSummary]:
         return await self.summaries(await self.agent_tokens(viewer.id), reader=viewer.id)
@@ -204,8 +217,9 @@ class Reads:
     async def unread(self, reader: str, token: str) -> int:
         session, chat_id = split_conversation_token(token)
         seen = await self._redis.hget(self.keys.read(reader), token)
-        lower = f"({_text(seen)}" if seen else "-"
-        raw = await self._redis.xrange(
+        lower = f"({as_text(seen)}" if seen else "-"
+        # Any: redis-py's stubs type stream replies as optional, entries' fields too.
+        raw: Any = await self._redis.xrange(
             self.history_keys(session, chat_id).stream, min=lower, max="+", count=100
         )
         return sum(1 for _, values in raw if values.get(b"dir") == b"in")
@@ -242,7 +256,7 @@ class Reads:
             raw = await self._redis.zrevrange(self.index.conversations, 0, SEARCH_SCAN - 1)
         else:
             raw = await self._redis.zrevrange(self.keys.handled(viewer.id), 0, SEARCH_SCAN - 1)
-        tokens = [_text(t) for t in raw]
+        tokens = [as_text(t) for t in raw]
         digits = "".join(ch for ch in query if ch.isdigit())
         found: list[str] = []
         for start in range(0, len(tokens), 200):
@@ -254,12 +268,12 @@ class Reads:
             for token, (state_raw, phone_raw, collected_raw) in zip(
                 chunk, await pipe.execute(), strict=True
             ):
-                if _text(state_raw or b"") != State.CLOSED.value:
+                if as_text(state_raw or b"") != State.CLOSED.value:
                     continue
                 _, chat_id = split_conversation_token(token)
-                phone = _text(phone_raw or b"") or chat_id
+                phone = as_text(phone_raw or b"") or chat_id
                 name = ConversationState.from_hash(
-                    {"collected": _text(collected_raw or b"{}")}
+                    {"collected": as_text(collected_raw or b"{}")}
                 ).collected.get("name", "")
                 if not query or (digits and digits in phone) or query in name.lower():
                     found.append(token)
@@ -272,7 +286,7 @@ class Reads:
     async def last_cursor(self, token: str) -> str:
         session, chat_id = split_conversation_token(token)
         raw = await self._redis.xrevrange(self.history_keys(session, chat_id).stream, count=1)
-        return _text(raw[0][0]) if raw else ""
+        return as_text(raw[0][0]) if raw else ""
 
 
 def token_of(session: str, chat_id: str) -> str:

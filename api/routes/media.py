@@ -12,7 +12,9 @@ an agent sending a file.
   Media ids are opaque (32 hex characters, derived from the conversation and the file's hash,
   never the customer's number); they reach a client only inside that conversation's history.
   Both answer 401 without credentials, 422 for a malformed id, 404 for an unknown, erased or
-  expired one. Only images, audio and video are served `inline`; anything else is an
+  expired one, and, to an attendant's console session, 404 for a file of a conversation the
+  console does not show them (not in the line, not theirs, not one they handled). Only
+  images, audio and video are served `inline`; anything else is an
   `attachment` (a download, with its file name), always with `X-Content-Type-Options: nosniff`
   and a sandboxing Content-Security-Policy, so a stored file never runs as a page of ours.
 
@@ -73,11 +75,19 @@ def _disposition(kind: str, filename: str) -> str:
     return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
-async def _serve(parts: Parts, media_id: str, token: str | None) -> Response:
+async def _serve(parts: Parts, request: Request, media_id: str, token: str | None) -> Response:
     if not MEDIA_ID.fullmatch(media_id):
         raise HTTPException(422, "not a media id: 32 of 0-9 a-f")
     stored: StoredMedia | None = await parts.media.lookup(media_id)
     if stored is None or (token is not None and stored.token != token):
+        raise HTTPException(404, "no such media")
+    viewer = getattr(request.state, "console_viewer", None)
+    if viewer is not None and not await request.app.state.console.reads.may_view(
+        viewer, stored.token
+    ):
+        # An attendant reads only the files of conversations the console shows them (the
+        # line, their own, those they handled; an admin every one). 404, as for an id that
+        # does not exist: the answer tells nothing about another customer's files.
         raise HTTPException(404, "no such media")
     data = await parts.media.read(stored)
     if data is None:
@@ -97,9 +107,9 @@ async def _serve(parts: Parts, media_id: str, token: str | None) -> Response:
 
 
 @reads.get("/media/{media_id}", responses=_READ_RESPONSES, response_class=Response)
-async def get_media(parts: Parts, media_id: str) -> Response:
+async def get_media(parts: Parts, request: Request, media_id: str) -> Response:
     """A stored file (the history's `media.id`): bearer token or console session."""
-    return await _serve(parts, media_id, None)
+    return await _serve(parts, request, media_id, None)
 
 
 @reads.get(
@@ -108,10 +118,10 @@ async def get_media(parts: Parts, media_id: str) -> Response:
     response_class=Response,
 )
 async def get_conversation_media(
-    parts: Parts, session: str, chat_id: str, media_id: str
+    parts: Parts, request: Request, session: str, chat_id: str, media_id: str
 ) -> Response:
     """A stored file of this conversation only (404 when it is another conversation's)."""
-    return await _serve(parts, media_id, conversation_token(session, chat_id))
+    return await _serve(parts, request, media_id, conversation_token(session, chat_id))
 
 
 _SEND_BODY = {

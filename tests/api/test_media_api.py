@@ -163,16 +163,32 @@ async def test_a_console_session_reads_media_too(
     answer = await while_the_fleet_works(
         harness, client.post(MEDIA, headers=API_AUTH, **upload(PNG, "image/png"))
     )
-    path = f"/api/media/{answer.json()['media_id']}"
+    media_id = answer.json()["media_id"]
+    path = f"/api/media/{media_id}"
+    conversation_path = f"/api/conversations/default/{ANA}/media/{media_id}"
     console = app.state.console
-    account = await console.accounts.add("joana", "Joana", "agent", "a long password 123")
-    cookie = console.sessions.cookie_value(await console.sessions.create(account))
-    client.cookies.set("wsm_console", cookie)
+
+    async def logged_in(agent_id: str, role: str) -> str:
+        account = await console.accounts.add(agent_id, agent_id.title(), role, "a long pass 123")
+        cookie = console.sessions.cookie_value(await console.sessions.create(account))
+        client.cookies.set("wsm_console", cookie)
+        return cookie
+
+    # Maria sent the file, so Ana's conversation is hers: she reads it by either route.
+    cookie = await logged_in("maria", "agent")
     served = await client.get(path)
     assert served.status_code == 200 and served.content == PNG
+    assert (await client.get(conversation_path)).content == PNG
+    # The console shows Joana neither Ana's conversation nor, then, its files (404, as for an
+    # unknown id); an admin sees every conversation.
+    await logged_in("joana", "agent")
+    assert (await client.get(path)).status_code == 404
+    assert (await client.get(conversation_path)).status_code == 404
+    await logged_in("chefe", "admin")
+    assert (await client.get(path)).content == PNG
     client.cookies.set("wsm_console", cookie[:-2] + "00")  # tampered: no session
     assert (await client.get(path)).status_code == 401
-    await console.sessions.end(console.sessions.sid_from(cookie) or "", "joana")
+    await console.sessions.end(console.sessions.sid_from(cookie) or "", "maria")
     client.cookies.set("wsm_console", cookie)  # logged out
     assert (await client.get(path)).status_code == 401
 

@@ -120,3 +120,38 @@ def test_wsm_agent_add_with_teams(redis_url: str, key_prefix: str, sync_redis: A
     )  # fmt: skip
     assert refused.returncode == 2 and "not a team id" in refused.stderr
     assert sync_redis.hget(LineKeys(key_prefix).agent_teams, "bia") is None
+
+
+async def test_the_console_shows_an_agent_their_teams_lines(
+    aredis: Any, redis_url: str, key_prefix: str, business_file: Path, waha: Any
+) -> None:
+    """The console's line, as an agent of Recepção sees it: the Recepção line (and the plain
+    ones), never Financeiro's; an admin sees every line. The page a browser gets shows the
+    same (one `line-entry` per customer shown)."""
+    settings = settings_for(
+        key_prefix, redis_url, api_token=API_TOKEN, calendar_file=business_file,
+        auto_assign=False,
+    )  # fmt: skip
+    harness = Harness(aredis, settings)
+    app = create_app(settings, aredis)
+    console = app.state.console
+    try:
+        await ask_for(harness, ANA, "Ana", "2")  # Financeiro
+        await ask_for(harness, BIA, "Bia", "1")  # Recepção
+        rita = await console.accounts.add("rita", "Rita", "agent", "a long password 123")
+        boss = await console.accounts.add("chefe", "Chefe", "admin", "a long password 456")
+        await console.reads.line.set_teams("rita", ["recepcao"])
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+            shown: dict[str, str] = {}
+            for account in (rita, boss):
+                session = await console.sessions.create(account)
+                client.cookies.set("wsm_console", console.sessions.cookie_value(session))
+                page = await client.get("/")
+                assert page.status_code == 200, page.text
+                shown[account.id] = page.text
+        assert shown["rita"].count('data-testid="line-entry"') == 1
+        assert "Bia" in shown["rita"] and "Ana" not in shown["rita"]
+        assert shown["chefe"].count('data-testid="line-entry"') == 2
+    finally:
+        await harness.aclose()

@@ -148,9 +148,10 @@ def console_product(
     home: Path, accounts: Iterable[tuple[str, str, str]], **options: Any
 ) -> Iterator[Product]:
     """The product started under `home` (tests/support/product.py) with the accounts
-    `(id, name, role)` made by `wsm agent add`. Customers wait in the line until an agent takes
-    them ("Atender próximo"), with no position notices in between."""
-    env = {"WSM_AUTO_ASSIGN": "0", "WSM_POSITION_NOTICE_INTERVAL_SECONDS": "0"}
+    `(id, name, role)` made by `wsm agent add`, on the product's defaults (WSM_AUTO_ASSIGN on):
+    customers wait in the line until a console agent takes them ("Atender próximo"; the
+    console's agents take by hand), with no position notices in between."""
+    env = {"WSM_POSITION_NOTICE_INTERVAL_SECONDS": "0"}
     with started_product(home, env=env, **options) as stack:
         client = redis.Redis.from_url(stack.redis_url)
         sim = httpx.Client(base_url=stack.sim_url, timeout=30)

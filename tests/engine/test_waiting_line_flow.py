@@ -109,3 +109,30 @@ async def test_422_parks_then_session_status_working_delivers(
     await harness.webhook(session_status("default", "WORKING"))
     await harness.drain()
     assert len(waha.to(CUSTOMERS[0])) == 1
+
+
+async def test_an_agent_who_takes_by_hand_is_never_given_a_customer(
+    aredis, key_prefix, waha, make_harness
+) -> None:
+    """The console's agents take customers by hand ("Atender próximo"): online with room,
+    they are not given anyone by the line's automatic assignment, which still gives the
+    longest-waiting customer to an agent put online by the API."""
+    harness = make_harness(conversations_per_agent=1)
+    coordinator = harness.service.coordinator
+    await coordinator.line.set_online("ana", "Ana", 1, by_hand=True)
+    await ask_for_a_person(harness, CUSTOMERS[0], "Cliente 1")
+    await ask_for_a_person(harness, CUSTOMERS[1], "Cliente 2")
+    await coordinator.maintain()
+    await harness.drain()
+    assert waha.to(CUSTOMERS[0])[-1].startswith("Você é o 1º da fila, cerca de ")
+    assert [a.conversations for a in await coordinator.line.agents()] == [0]
+
+    taken = await coordinator.take_next("ana")  # "Atender próximo": the longest-waiting
+    assert taken is not None and taken.token == f"default|{CUSTOMERS[0]}"
+    await harness.drain()
+    assert waha.to(CUSTOMERS[0])[-1] == "Ana vai te atender agora. 🙋"
+
+    await coordinator.line.set_online("maria", "Maria", 2)  # by the API: given at once
+    await coordinator.maintain()
+    await harness.drain()
+    assert waha.to(CUSTOMERS[1])[-1] == "Maria vai te atender agora. 🙋"
