@@ -53,6 +53,15 @@ def with_texts(pet_file: Path, texts: dict[str, str]) -> None:
     )
 
 
+async def both_ask_for_a_person(harness: AgentHarness, *, first: str) -> None:
+    """The shop's customer and the clinic's (`first` first) ask for a person."""
+    chats = [("pets", PET_CHAT), ("default", CLINIC_CHAT)]
+    for session, chat in sorted(chats, key=lambda pair: pair[1] != first):
+        await say(harness, session, chat, "oi")
+        await say(harness, session, chat, "Ana")
+        await say(harness, session, chat, "quero falar com um atendente")
+
+
 async def say(harness: AgentHarness, session: str, chat: str, text: str) -> None:
     assert await harness.webhook(text_message(chat, text, session=session))
     await harness.drain()
@@ -221,10 +230,7 @@ async def test_asking_for_a_person_follows_the_sessions_own_hours(
     # shop opens at 09:30. The same words get the clinic's place in line and the shop's closed
     # notice naming its own opening.
     h = harness(groq_api_key=None, business_files=f"pets={pet_file}")
-    for session, chat in (("pets", PET_CHAT), ("default", CLINIC_CHAT)):
-        await say(h, session, chat, "oi")
-        await say(h, session, chat, "Ana")
-        await say(h, session, chat, "quero falar com um atendente")
+    await both_ask_for_a_person(h, first=PET_CHAT)
     shop, clinic = waha.to(PET_CHAT)[-1], waha.to(CLINIC_CHAT)[-1]
     assert "fechado" in shop and "hoje às 09:30" in shop, shop
     assert "fechado" not in clinic, clinic
@@ -243,10 +249,7 @@ async def test_a_closed_business_of_its_own_keeps_its_own_opening_record(
     # clinic's customer is not told "we are open now" (it never closed), and at 09:30 the
     # shop's customer is told their place.
     h = harness(groq_api_key=None, business_files=f"pets={pet_file}")
-    for session, chat in (("default", CLINIC_CHAT), ("pets", PET_CHAT)):
-        await say(h, session, chat, "oi")
-        await say(h, session, chat, "Ana")
-        await say(h, session, chat, "quero falar com um atendente")
+    await both_ask_for_a_person(h, first=CLINIC_CHAT)
     assert "hoje às 09:30" in waha.to(PET_CHAT)[-1]
     told_clinic = len(waha.to(CLINIC_CHAT))
     await h.service.coordinator.maintain()
@@ -273,10 +276,7 @@ async def test_a_business_file_changes_its_own_sessions_engine_texts(
     }
     with_texts(pet_file, own)
     h = harness(groq_api_key=None, business_files=f"pets={pet_file}")
-    for session, chat in (("pets", PET_CHAT), ("default", CLINIC_CHAT)):
-        await say(h, session, chat, "oi")
-        await say(h, session, chat, "Ana")
-        await say(h, session, chat, "quero falar com um atendente")
+    await both_ask_for_a_person(h, first=PET_CHAT)
     assert waha.to(PET_CHAT)[0] == "Au au! Aqui é a Pet Shop Au Au. Qual é o seu nome?"
     assert waha.to(PET_CHAT)[-1].startswith("A Pet Shop abre hoje às 09:30; seu lugar")
     assert not waha.to(CLINIC_CHAT)[0].startswith("Au au!")
