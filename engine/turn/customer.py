@@ -206,7 +206,9 @@ async def line_text(turn: ConversationTurn, key: str, position: int, team: str) 
     hours = turn.line.hours
     if hours is not None:
         closes = hours.closes_at(turn.now)
-        reopens = hours.next_opening(closes) if closes else None
+        # Open again at that instant (an interval to midnight, the next from midnight): no
+        # closing to tell of.
+        reopens = hours.next_opening(closes) if closes and not hours.is_open(closes) else None
         if reopens is not None and turn.now + minutes * 60_000 > closes:
             return turn.texts.render(
                 f"{key}_closing",
