@@ -10,6 +10,9 @@ Redis, the engine's coordinator, the bookings) from api/deps.py; this module bui
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 
@@ -31,12 +34,22 @@ async def redis_unavailable(request: Request, exc: Exception) -> Response:
     )
 
 
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    # The console's watcher and hub start with its first request; they are stopped here, by
+    # their flag, before the server's loop cancels what is left: a cancel can be lost inside
+    # redis-py (shared/periodic.py), and the process would not exit.
+    await app.state.console.stop()
+
+
 def create_app(settings: Settings, redis: RedisClient) -> FastAPI:
     parts = build_parts(settings, redis)  # ValueError without WSM_API_TOKEN
     app = FastAPI(
         title="wsm operator API",
         description="Conversations, history, the waiting line, agents and erasure.",
         version="1",
+        lifespan=lifespan,
     )
     app.state.api = parts
     for error in REDIS_UNAVAILABLE:

@@ -17,6 +17,15 @@ from typing import Any
 log = logging.getLogger("wsm.shared.periodic")
 
 
+def cancel_requested() -> bool:
+    """Whether the running task was asked to stop by `Task.cancel()`, even if the cancellation
+    itself was lost (gh-86296 above): the request stays counted (`Task.cancelling()`). A loop
+    that nobody stops by its Event, such as one left to `asyncio.run`'s final cancel, checks this
+    too, or it would run on and hang the process's exit."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def sleep_unless(stop: asyncio.Event, seconds: float) -> None:
     """Sleep `seconds`, or less if `stop` is set meanwhile."""
     with contextlib.suppress(TimeoutError):

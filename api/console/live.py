@@ -39,6 +39,7 @@ from redis.typing import EncodableT, FieldT
 from engine.history import recent
 from engine.waiting_line import now_ms
 from shared.keys import ConsoleKeys, split_conversation_token
+from shared.periodic import cancel_requested
 from shared.redis_client import RedisClient
 from shared.text import as_text
 
@@ -117,8 +118,8 @@ class Watcher:
 
     async def run(self) -> None:
         # `stopped` as well as cancellation: a cancel that lands inside the Redis client may
-        # be absorbed by it, and the loop must end anyway.
-        while not self.stopped:
+        # be absorbed by it, and the loop must end anyway (shared/periodic.py).
+        while not (self.stopped or cancel_requested()):
             try:
                 if await self.holds_lock():
                     await self.tick()
@@ -252,7 +253,7 @@ class Hub:
 
     async def run(self) -> None:
         last = await self.latest_id() or "0-0"
-        while not self.stopped:
+        while not (self.stopped or cancel_requested()):  # as the Watcher's loop
             try:
                 # Any: redis-py's stubs type XREAD's reply as a union of its RESP2 and RESP3 shapes.
                 answer: Any = await self._redis.xread(

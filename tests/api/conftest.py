@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from api.app import create_app
 from tests.engine.conftest import router, waha
 from tests.engine.harness import Harness, settings_for
+from tests.support.asgi import served
 
 __all__ = ["API_AUTH", "API_TOKEN", "api_app", "api_client", "harness", "router", "waha"]
 
@@ -23,8 +24,7 @@ def api_app(aredis: Any, redis_url: str, key_prefix: str) -> FastAPI:
 
 @pytest.fixture
 async def api_client(api_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=api_app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as http:
+    async with served(api_app) as http:
         yield http
 
 

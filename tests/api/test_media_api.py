@@ -25,6 +25,7 @@ from tests.api.conftest import API_AUTH, API_TOKEN
 from tests.conftest import keys_with_prefix
 from tests.engine.harness import FakeWaha, Harness, settings_for
 from tests.engine.media_send_support import PDF, PNG, MediaWaha
+from tests.support.asgi import served
 
 ANA = "5511987650001@c.us"
 BIA = "5511987650002@c.us"
@@ -61,8 +62,7 @@ def app(aredis: Any, settings: Any) -> FastAPI:
 
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as http:
+    async with served(app) as http:
         yield http
 
 

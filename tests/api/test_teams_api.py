@@ -22,6 +22,7 @@ from shared.keys import LineKeys, engine_keys_for
 from tests.api.conftest import API_AUTH, API_TOKEN
 from tests.engine.harness import Harness, settings_for
 from tests.engine.line_support import business_file
+from tests.support.asgi import served
 from tests.support.waha import text_message
 
 __all__ = ["business_file"]  # the two-team business file fixture
@@ -41,8 +42,7 @@ async def parts(
         auto_assign=False,
     )  # fmt: skip
     harness = Harness(aredis, settings)
-    transport = httpx.ASGITransport(app=create_app(settings, aredis))
-    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+    async with served(create_app(settings, aredis)) as client:
         yield harness, client
     await harness.aclose()
 
@@ -141,8 +141,7 @@ async def test_the_console_shows_an_agent_their_teams_lines(
         rita = await console.accounts.add("rita", "Rita", "agent", "a long password 123")
         boss = await console.accounts.add("chefe", "Chefe", "admin", "a long password 456")
         await console.reads.line.set_teams("rita", ["recepcao"])
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+        async with served(app) as client:
             shown: dict[str, str] = {}
             for account in (rita, boss):
                 session = await console.sessions.create(account)

@@ -9,12 +9,10 @@ that need a real process (no HMAC key) are in test_process.py.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from shared.embedded_redis import free_port
 from shared.metrics_setup import ENV_VAR
 from shared.redis_client import UnsupportedRedis, connect
 from tests.gateway.conftest import HMAC_KEY, queued_events, steady_settings
+from tests.support.asgi import running_lifespan
 from tests.support.polling import async_wait_until
 from tests.support.waha import compact, text_message
 
@@ -191,38 +190,6 @@ def test_a_bad_flag_is_reported_under_the_command_s_name(
 
 
 # --- gateway/app.py: the lifespan, the client, the refusal ----------------------------------
-
-
-@contextlib.asynccontextmanager
-async def running_lifespan(app: Any) -> AsyncIterator[None]:
-    """Drive the app's ASGI lifespan as uvicorn does (`lifespan="on"`): startup, then shutdown
-    when the block ends; each must be answered complete."""
-    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return await inbox.get()
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
-    task = asyncio.create_task(app(scope, receive, send))
-    await inbox.put({"type": "lifespan.startup"})
-
-    async def answered() -> bool:
-        if task.done():
-            task.result()  # the app's own error, if it failed
-        return bool(sent)
-
-    await async_wait_until(answered, timeout=10, what="lifespan startup answered")
-    assert sent == [{"type": "lifespan.startup.complete"}]
-    try:
-        yield
-    finally:
-        await inbox.put({"type": "lifespan.shutdown"})
-        await asyncio.wait_for(task, 30)
-    assert sent[-1] == {"type": "lifespan.shutdown.complete"}
 
 
 async def test_the_lifespan_starts_the_spool_replayer(
