@@ -26,7 +26,7 @@ from shared.events import route_event
 from shared.keys import ShardKeys, keys_for_conversation
 from shared.settings import Settings
 from tests.engine.harness import FakeWaha, Harness, settings_for
-from tests.support.polling import wait_until
+from tests.support.polling import async_wait_until, wait_until
 from tests.support.waha import compact, text_message, webhook_headers
 
 HMAC_KEY = "gateway-test-key-0123456789abcdef0123"  # >= 32 characters
@@ -65,6 +65,20 @@ def steady_settings(redis_url: str, key_prefix: str, spool_dir: Path, **override
     )
 
 
+async def first_contact(runtime: Any) -> None:
+    """Wait for the replayer's first contact with Redis (the server's version), which leaves a
+    connection in the client's pool for the test's webhooks. Late in a run, on a loaded 2-core
+    machine, opening a connection from the suite's process can take longer than the client's
+    250 ms connect timeout (gateway/redis_link.py), and the webhook is answered `spooled`:
+    durable, but not what the tests of this fixture check (test_outage.py and test_process.py
+    test a slow or absent Redis with real processes). The replayer retries its own contact."""
+
+    async def contacted() -> bool:
+        return runtime.status.version is not None
+
+    await async_wait_until(contacted, timeout=30, what="the gateway's first contact with Redis")
+
+
 @contextlib.asynccontextmanager
 async def inprocess_gateway(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The gateway app with its runtime started, behind an httpx client (no sockets)."""
@@ -73,6 +87,7 @@ async def inprocess_gateway(settings: Settings) -> AsyncIterator[httpx.AsyncClie
     app = create_app(settings)
     await app.runtime.start()
     try:
+        await first_contact(app.runtime)
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://gateway", timeout=10
         ) as client:
