@@ -318,7 +318,7 @@ async def test_a_stalled_spool_answers_503_at_the_configured_write_deadline(
         _dead_url(), key_prefix, tmp_path / "spool", WSM_SPOOL_TIMEOUT_MS=100
     )
     body = compact(text_message("5511999990704@c.us", "disk"))
-    async with inprocess_gateway(settings) as client:
+    async with inprocess_gateway(settings, redis_down=True) as client:
         try:
             async with asyncio.timeout(20):
                 response = await client.post("/webhook", content=body, headers=signed(body))

@@ -220,7 +220,7 @@ async def test_spool_unwritable_and_redis_down_is_503_with_retry_after_fast(
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
     settings = gateway_settings(dead_redis, key_prefix, blocker / "spool")
     body = compact(text_message(CHAT, "perdido?"))
-    async with inprocess_gateway(settings) as client:
+    async with inprocess_gateway(settings, redis_down=True) as client:
         async with asyncio.timeout(SAFETY_TIMEOUT_S):
             response = await client.post("/webhook", content=body, headers=signed(body))
         ready = await client.get("/readyz")

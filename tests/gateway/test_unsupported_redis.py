@@ -81,7 +81,7 @@ async def test_events_stay_in_the_spool_when_redis_comes_back_too_old(
         body = compact(text_message(CHAT, text))
         return await client.post("/webhook", content=body, headers=signed(body))
 
-    async with inprocess_gateway(settings) as client:
+    async with inprocess_gateway(settings, redis_down=True) as client:
         # Redis down at start: the gateway spools.
         for n in range(2):
             assert (await post(client, f"m{n}")).json() == {"status": "spooled"}
