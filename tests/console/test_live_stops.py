@@ -1,7 +1,7 @@
 """The console's two background loops (the Watcher and the Hub, api/console/live.py) end when
 the API stops, even when a cancel is lost inside the Redis client (CPython gh-86296 on 3.11:
-redis-py's `wait_for` can swallow it). One that ran on kept `wsm api` from exiting after
-Ctrl-C, and the test run from closing its event loop."""
+redis-py's `wait_for` can swallow it). One that ran on kept the test run from closing its
+event loop, and could keep `wsm api` from exiting after Ctrl-C."""
 
 from __future__ import annotations
 

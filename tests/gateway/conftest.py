@@ -11,7 +11,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
@@ -28,6 +28,9 @@ from shared.settings import Settings
 from tests.engine.harness import FakeWaha, Harness, settings_for
 from tests.support.polling import async_wait_until, wait_until
 from tests.support.waha import compact, text_message, webhook_headers
+
+if TYPE_CHECKING:  # the gateway's modules are imported where used (see inprocess_gateway)
+    from gateway.runtime import GatewayRuntime
 
 HMAC_KEY = "gateway-test-key-0123456789abcdef0123"  # >= 32 characters
 REPO = Path(__file__).resolve().parents[2]
@@ -65,7 +68,7 @@ def steady_settings(redis_url: str, key_prefix: str, spool_dir: Path, **override
     )
 
 
-async def first_contact(runtime: Any) -> None:
+async def first_contact(runtime: GatewayRuntime) -> None:
     """Wait for the replayer's first contact with Redis (the server's version), which leaves a
     connection in the client's pool for the test's webhooks. Late in a run, on a loaded 2-core
     machine, opening a connection from the suite's process can take longer than the client's
