@@ -86,6 +86,10 @@ class JsonLineFormatter(logging.Formatter):
 def setup_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLineFormatter())
+    # The level is the handler's too: a library that sets its own logger's level (bm25s sets
+    # DEBUG when imported) would otherwise write its debug lines past the root's level, since
+    # a record that a logger lets through reaches the root's handlers without the root's check.
+    handler.setLevel(level.upper())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

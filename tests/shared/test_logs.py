@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 import sys
 
 import orjson
@@ -83,3 +84,34 @@ def test_a_short_id_is_not_a_prefix_of_a_longer_ones_digest() -> None:
     line = format_record("x", error="to 5511987650001@c.us")
     assert line["error"] == "to " + log_digest("5511987650001@c.us")
     assert log_digest("1@c.us") not in str(line)
+
+
+def logged_lines(level: str) -> list[dict[str, object]]:
+    """What a process set up with `setup_logging(level)` writes when a library that sets its own
+    logger to DEBUG (bm25s does, at import, as the worker's knowledge index loads it) logs."""
+    program = (
+        "import logging\n"
+        "from shared.logs import setup_logging\n"
+        f"setup_logging({level!r})\n"
+        "import bm25s\n"
+        "bm25s.BM25().index(bm25s.tokenize(['consulta de rotina', 'exame de sangue'],"
+        " show_progress=False), show_progress=False)\n"
+        "logging.getLogger('wsm.test').info('ready')\n"
+        "logging.getLogger('wsm.test').debug('detail')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
+    )
+    return [orjson.loads(line) for line in done.stderr.splitlines() if line.strip()]
+
+
+def test_a_librarys_own_debug_level_does_not_pass_the_configured_level() -> None:
+    lines = logged_lines("INFO")
+    assert [(line["logger"], line["msg"]) for line in lines] == [("wsm.test", "ready")]
+
+
+def test_the_debug_level_writes_the_librarys_debug_lines_too() -> None:
+    lines = logged_lines("DEBUG")
+    levels = {(line["logger"], line["level"]) for line in lines}
+    assert ("bm25s", "debug") in levels
+    assert ("wsm.test", "debug") in levels
