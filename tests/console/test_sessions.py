@@ -14,29 +14,36 @@ from api.app import create_app
 from shared.keys import ConsoleKeys
 from tests.conftest import keys_with_prefix
 from tests.engine.harness import settings_for
+from tests.support.asgi import served
 
 TOKEN = "console-test-token-" + "x" * 32
 
 
+BASE_URL = "http://console.test"
+
+
 @pytest.fixture
-async def app(aredis: Any, redis_url: str, key_prefix: str) -> AsyncIterator[Any]:
+async def app(aredis: Any, redis_url: str, key_prefix: str) -> Any:
     built = create_app(settings_for(key_prefix, redis_url, api_token=TOKEN), aredis)
     await built.state.console.accounts.add("ana", "Ana", "agent", "a long password")
-    yield built
-    await built.state.console.stop()
+    return built
 
 
-async def login(app: Any, headers: dict[str, str] | None = None) -> httpx.Response:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as client:
-        form = await client.get("/login")
-        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
-        assert csrf
-        return await client.post(
-            "/login",
-            data={"user": "ana", "password": "a long password", "csrf": csrf[1]},
-            headers=headers or {},
-        )
+@pytest.fixture
+async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async with served(app, BASE_URL) as client:
+        yield client
+
+
+async def login(client: httpx.AsyncClient, headers: dict[str, str] | None = None) -> httpx.Response:
+    form = await client.get("/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert csrf
+    return await client.post(
+        "/login",
+        data={"user": "ana", "password": "a long password", "csrf": csrf[1]},
+        headers=headers or {},
+    )
 
 
 async def test_the_password_is_stored_as_an_argon2id_hash(app: Any, aredis: Any) -> None:
@@ -50,9 +57,9 @@ async def test_the_password_is_stored_as_an_argon2id_hash(app: Any, aredis: Any)
     ("headers", "secure"), [({}, False), ({"X-Forwarded-Proto": "https"}, True)]
 )
 async def test_the_session_cookie_is_httponly_samesite_and_secure_behind_tls(
-    app: Any, headers: dict[str, str], secure: bool
+    client: httpx.AsyncClient, headers: dict[str, str], secure: bool
 ) -> None:
-    answer = await login(app, headers)
+    answer = await login(client, headers)
     assert answer.status_code == 303
     cookie = next(c for c in answer.headers.get_list("set-cookie") if c.startswith("wsm_console="))
     flags = {part.strip().lower() for part in cookie.split(";")}
@@ -61,32 +68,29 @@ async def test_the_session_cookie_is_httponly_samesite_and_secure_behind_tls(
 
 
 async def test_a_forged_or_tampered_cookie_is_not_a_session(
-    app: Any, sync_redis: Any, key_prefix: str
+    client: httpx.AsyncClient, sync_redis: Any, key_prefix: str
 ) -> None:
-    answer = await login(app)
+    answer = await login(client)
     value = answer.cookies["wsm_console"]
     sid, _, signature = value.rpartition(".")
     forged = [f"{sid}.{'0' * len(signature)}", f"x{sid}.{signature}", sid, "anything"]
     before = keys_with_prefix(sync_redis, key_prefix)
-    transport = httpx.ASGITransport(app=app)
     for cookie in forged:
-        async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as client:
-            client.cookies.set("wsm_console", cookie)
-            page = await client.get("/")
-            assert page.status_code == 303 and page.headers["location"] == "/login"
-            refused = await client.post("/presence", data={"online": "1"})
-            assert refused.status_code == 401
+        client.cookies.clear()
+        client.cookies.set("wsm_console", cookie)
+        page = await client.get("/")
+        assert page.status_code == 303 and page.headers["location"] == "/login"
+        refused = await client.post("/presence", data={"online": "1"})
+        assert refused.status_code == 401
     assert keys_with_prefix(sync_redis, key_prefix) == before
 
 
 async def test_the_login_form_needs_its_csrf_token(
-    app: Any, sync_redis: Any, key_prefix: str
+    client: httpx.AsyncClient, sync_redis: Any, key_prefix: str
 ) -> None:
     before = keys_with_prefix(sync_redis, key_prefix)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as client:
-        await client.get("/login")
-        answer = await client.post("/login", data={"user": "ana", "password": "a long password"})
+    await client.get("/login")
+    answer = await client.post("/login", data={"user": "ana", "password": "a long password"})
     assert answer.status_code == 403 and "wsm_console=" not in answer.headers.get("set-cookie", "")
     assert keys_with_prefix(sync_redis, key_prefix) == before
 
@@ -96,11 +100,8 @@ async def test_the_console_speaks_the_products_language(
     aredis: Any, redis_url: str, key_prefix: str, language: str, words: str
 ) -> None:
     settings = settings_for(key_prefix, redis_url, api_token=TOKEN, language=language)
-    built = create_app(settings, aredis)
-    transport = httpx.ASGITransport(app=built)
-    async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as client:
+    async with served(create_app(settings, aredis), BASE_URL) as client:
         page = await client.get("/login")
-    await built.state.console.stop()
     assert page.status_code == 200 and f">{words}</button>" in page.text
     assert f'lang="{language}"' in page.text
 
