@@ -6,10 +6,12 @@ which conversation.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine.agent.bookings import Booking, BookingStore, Customer
+from engine.agent.limits import AGENT_LIMIT
 from engine.assignment import LineCoordinator
 from engine.history import HistoryEntry, HistoryKeys, read_page
 from engine.state import ConversationState, State, load_state
@@ -76,6 +78,20 @@ class ConversationView:
     entries: list[HistoryEntry]
     older: str | None
     bookings: list[Booking] = field(default_factory=list)
+
+    @property
+    def facts(self) -> list[tuple[str, str]]:
+        return customer_facts(self.state.collected)
+
+
+# What an attendant reads of the bot's collected data, in this order. The rest is the bot's own
+# bookkeeping (an offer of slots, a booking waiting for its confirmation, a reminder's booking:
+# JSON for the engine) and fields it has cleared (empty): neither is a fact about the customer.
+CUSTOMER_FACTS = ("name", "service", AGENT_LIMIT)
+
+
+def customer_facts(collected: Mapping[str, str]) -> list[tuple[str, str]]:
+    return [(key, collected[key]) for key in CUSTOMER_FACTS if collected.get(key)]
 
 
 class Reads:

@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 
 from engine.agent.breaker import CircuitBreaker
 from engine.agent.groq_brain import AgentTurnFailed, GroqBrain
-from engine.agent.limits import ConversationLimits
+from engine.agent.limits import AGENT_LIMIT, ConversationLimits
 from engine.agent.llm import CONFIG_REJECTIONS, count_failure
 from engine.agent.menu import SchedulingMenuBrain
 from engine.agent.metrics import BURST_DEFERRED, LLM_FALLBACKS
@@ -51,8 +51,6 @@ log = logging.getLogger("wsm.engine.agent.fallback")
 # Rejections that say the configuration is wrong (every request would fail the same way):
 # the breaker stops sending them. A malformed answer is the model's, for one message only.
 _CONFIG_REJECTIONS = CONFIG_REJECTIONS
-# In the conversation's collected data while it is on the menu because of its own limits.
-AGENT_LIMIT = "agent_limit"
 
 
 def fallback_reason(error: Exception) -> str:

@@ -44,6 +44,9 @@ _TRANSPARENT_EVENTS = {"message.ack", "message.ack.group"}
 
 TURN_LIMIT = "turn_limit"
 TOKEN_LIMIT = "token_limit"
+# In the conversation's collected data while it is on the menu because of its own limits: which
+# limit (one of the two above), cleared when the model answers again.
+AGENT_LIMIT = "agent_limit"
 
 
 @dataclass(eq=False)
