@@ -2,7 +2,7 @@
 the whole product, against the floor of the measuring bench itself at the same load.
 
     python3 bench/e2e_bench.py [--customers 200] [--messages 20] [--rates 25,50,100] [--quick]
-                               [--rounds N]
+                               [--rounds N] [--events E,...]
 
 Each run is a fresh private stack (see `wsm loadtest`), one after the other:
 
@@ -22,6 +22,12 @@ Each run also reports CPU per customer message from /proc (wsm/load/cpu.py): the
 customers, the floor's bot). `product/floor` is the product's messages/s over the floor's in
 the same round. `--rounds N` repeats every run, floor first, N times (the machine is shared:
 per-round figures, not one).
+
+`--events` subscribes the simulated WAHA (the product's and the floor's) to those events, as
+`wsm loadtest --events`: by default every event it knows, `message` and `message.any` both, as
+issue 19 measured; `--events message.any,message.ack,session.status` is the subscription
+compose gives WAHA (README: one of the two, not both). The floor's bot then answers the
+customer's `message.any` instead of its `message`.
 
 Prints one table (also written, with the raw reports, to --out); see docs/benchmarks.md.
 """
@@ -48,12 +54,18 @@ from shared.heap import hold_full_collections  # noqa: E402
 from wsm.load.checks import latency_summary  # noqa: E402
 from wsm.load.cpu import PRODUCT, CpuMeter, stack_components  # noqa: E402
 from wsm.load.customers import Customer, Progress, run_customers  # noqa: E402
+from wsm.loadtest import subscribed_events  # noqa: E402
 from wsm.stack import Service, Stack, port_accepts, python_module, running  # noqa: E402
+from wsm.waha_sim.config import KNOWN_EVENTS  # noqa: E402
+
+ALL_EVENTS = ",".join(KNOWN_EVENTS)
 
 
 # --- the floor: simulator + minimal bot -----------------------------------------------------
-def bot_app(sim_url: str) -> Any:
-    """A bare ASGI app: 200 to every webhook, and one sendText back for each customer message."""
+def bot_app(sim_url: str, answer: str = "message") -> Any:
+    """A bare ASGI app: 200 to every webhook, and one sendText back for each customer message
+    (the `answer` event without `fromMe`: `message`, or `message.any` when WAHA sends only
+    that one)."""
     import httpx
     import orjson
 
@@ -79,7 +91,7 @@ def bot_app(sim_url: str) -> Any:
             more = message.get("more_body", False)
         document = orjson.loads(body) if body else {}
         payload = document.get("payload") or {}
-        if document.get("event") == "message" and not payload.get("fromMe"):
+        if document.get("event") == answer and not payload.get("fromMe"):
             task = asyncio.get_running_loop().create_task(reply(payload["from"]))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
@@ -89,11 +101,11 @@ def bot_app(sim_url: str) -> Any:
     return app
 
 
-def serve_bot(port: int, sim_url: str) -> None:
+def serve_bot(port: int, sim_url: str, answer: str) -> None:
     import uvicorn
 
     uvicorn.run(
-        bot_app(sim_url), host="127.0.0.1", port=port, loop="uvloop", http="httptools",
+        bot_app(sim_url, answer), host="127.0.0.1", port=port, loop="uvloop", http="httptools",
         log_level="warning", access_log=False,
     )  # fmt: skip
 
@@ -111,14 +123,17 @@ def floor_latencies(customers: list[Customer]) -> list[float]:
     return delays
 
 
-def run_floor(customers: int, messages: int, home: Path, rate: float = 0.0) -> dict[str, Any]:
+def run_floor(
+    customers: int, messages: int, home: Path, rate: float = 0.0, events: str = ALL_EVENTS
+) -> dict[str, Any]:
     sim_port, bot_port = free_port(), free_port()
+    answering = ["--answer", "message" if "message" in events.split(",") else "message.any"]
     sim_url = f"http://127.0.0.1:{sim_port}"
     stack = Stack()
     stack.add(
         Service(
             "bot",
-            [sys.executable, __file__, "--bot", str(bot_port), "--sim", sim_url],
+            [sys.executable, __file__, "--bot", str(bot_port), "--sim", sim_url, *answering],
             home / "bot.log",
             ready=lambda: port_accepts(bot_port),
         )
@@ -129,6 +144,7 @@ def run_floor(customers: int, messages: int, home: Path, rate: float = 0.0) -> d
             python_module(
                 "wsm", "waha-sim", "--port", str(sim_port),
                 "--webhook-url", f"http://127.0.0.1:{bot_port}/webhook", "--no-full-gc",
+                "--events", events,
             ),
             home / "sim.log",
             ready=lambda: port_accepts(sim_port),
@@ -219,20 +235,27 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="repeat every run N times")
     parser.add_argument("--no-chaos", action="store_true")
     parser.add_argument("--out", type=Path, help="folder for the raw reports")
+    parser.add_argument(
+        "--events", default=ALL_EVENTS, help="the simulated WAHA's subscription (see above)"
+    )
     parser.add_argument("--bot", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--sim", help=argparse.SUPPRESS)
+    parser.add_argument("--answer", default="message", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.events = subscribed_events(parser, args.events)  # the same check as wsm loadtest's
     if args.bot:
-        serve_bot(args.bot, args.sim)
+        serve_bot(args.bot, args.sim, args.answer)
         return 0
 
     out = args.out or Path(tempfile.mkdtemp(prefix="wsm-e2e-bench-"))
     out.mkdir(parents=True, exist_ok=True)
     k, m, pm = str(args.customers), str(args.messages), str(args.paced_messages)
     print(f"machine: {os.cpu_count()} cores, {socket.gethostname()}; raw reports in {out}")
+    print(f"WAHA's subscription: {args.events}")
     # (name, `wsm loadtest` arguments, the floor run at the same load: (messages, rate))
-    full = ["--customers", k, "--messages", m, "--nginx", "auto"]
-    paced = ["--customers", k, "--messages", pm, "--nginx", "auto"]
+    subscribed = ["--events", args.events]
+    full = ["--customers", k, "--messages", m, "--nginx", "auto", *subscribed]
+    paced = ["--customers", k, "--messages", pm, "--nginx", "auto", *subscribed]
     plans: list[tuple[str, list[str], tuple[int, float]]] = []
     if not args.quick:
         plans.append(("1 worker process", [*full, "--processes", "1"], (args.messages, 0)))
@@ -250,7 +273,8 @@ def main() -> int:
         if not args.no_chaos:
             plans.append(
                 ("2 processes, CHAOS (unpaced)",
-                 ["--customers", k, "--messages", "5", "--nginx", "auto", "--chaos"], (5, 0))
+                 ["--customers", k, "--messages", "5", "--nginx", "auto", "--chaos",
+                  *subscribed], (5, 0))
             )  # fmt: skip
 
     rows: list[tuple[str, int, dict[str, Any], dict[str, Any]]] = []
@@ -263,7 +287,9 @@ def main() -> int:
                     f"round {round_no}: floor: {k} customers x {load[0]} messages, "
                     f"rate {load[1] or 'max'}", flush=True,
                 )  # fmt: skip
-                floors[load] = run_floor(args.customers, load[0], out, rate=load[1])
+                floors[load] = run_floor(
+                    args.customers, load[0], out, rate=load[1], events=args.events
+                )
             print(f"round {round_no}: {name}", flush=True)
             rows.append((name, round_no, run_loadtest(plan, out), floors[load]))
 

@@ -1,7 +1,7 @@
 """`wsm loadtest`: the whole product under load, and under chaos, proving its promises.
 
     wsm loadtest --customers K --messages M [--processes N] [--rate R] [--typing-ms T]
-                 [--chaos] [--nginx auto|on|off] [--redis-costs] [--json out.json]
+                 [--chaos] [--nginx auto|on|off] [--events E,...] [--redis-costs] [--json out.json]
 
 Starts a private stack of real processes (Redis with its append-only file, the WAHA simulator,
 nginx when installed, the gateway, the worker fleet running the conversation engine with the
@@ -44,6 +44,7 @@ from wsm.load.product import ProductStack, StackOptions, build_stack
 from wsm.load.quiet import dead_letters, gateway_answers, wait_quiet
 from wsm.load.redis_costs import RedisCostMeter, costs_line
 from wsm.stack import ServiceFailed, StopRequested, running
+from wsm.waha_sim.config import KNOWN_EVENTS
 
 SESSION = "default"
 # The warm-up customer's number is outside the load's range.
@@ -69,6 +70,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         choices=("auto", "on", "off"),
         default="auto",
         help="nginx in front of the gateway (auto: when installed)",
+    )
+    p.add_argument(
+        "--events",
+        default=",".join(KNOWN_EVENTS),
+        help="the events the simulated WAHA is subscribed to, comma-separated (default: every "
+        "one it knows, `message` and `message.any` both, as issue 19 measured; compose "
+        "subscribes WAHA to message.any without message, as README advises)",
     )
     p.add_argument("--chaos", action="store_true", help="kill workers, restart and stop Redis")
     p.add_argument("--kill-interval", type=float, default=10.0, help="seconds between kills")
@@ -100,10 +108,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.customers < 1 or args.messages < 1 or args.processes < 1 or args.rate < 0:
         p.error("--customers, --messages and --processes must be at least 1, --rate >= 0")
+    args.events = subscribed_events(p, args.events)
     if args.redis_costs and args.chaos:
         # A restarted Redis starts with its own slowlog settings and an empty log.
         p.error("--redis-costs measures a run without chaos: leave out --chaos")
     return args
+
+
+def subscribed_events(p: argparse.ArgumentParser, value: str) -> str:
+    """`--events` checked: only events the simulator knows, and a customer's message among them
+    (without `message` or `message.any` no customer would ever be answered)."""
+    events = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = sorted(set(events) - set(KNOWN_EVENTS))
+    if unknown:
+        p.error(f"--events: unknown {', '.join(unknown)} (known: {', '.join(KNOWN_EVENTS)})")
+    if not {"message", "message.any"} & set(events):
+        p.error("--events needs message or message.any: no customer message would reach wsm")
+    return ",".join(events)
 
 
 def chaos_plan(args: argparse.Namespace) -> ChaosPlan | None:
@@ -261,6 +282,7 @@ class Run:
                 "rate": self.args.rate or None,
                 "typing_ms": self.args.typing_ms,
                 "nginx": self.product.uses_nginx,
+                "events": self.args.events.split(","),
                 "chaos": self.args.chaos,
             },
             "duration_s": round(self.duration, 2),
@@ -321,7 +343,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     lines = [
         f"{config['customers']} customers x {config['messages']} messages, "
         f"{config['processes']} worker processes, nginx {'on' if config['nginx'] else 'off'}, "
-        f"typing pause {config['typing_ms']} ms{', CHAOS' if config['chaos'] else ''}",
+        f"typing pause {config['typing_ms']} ms, events {','.join(config['events'])}"
+        f"{', CHAOS' if config['chaos'] else ''}",
         f"{report['messages_answered']} messages answered in {report['duration_s']} s: "
         f"{report['messages_per_s']} messages/s ({report['replies_per_s']} replies/s)",
         f"webhook -> first reply's sendText: p50 {first['p50_ms']} ms, p90 {first['p90_ms']} ms, "
@@ -403,6 +426,7 @@ def main(argv: list[str]) -> int:
         typing_ms=args.typing_ms,
         nginx=args.nginx,
         lease_seconds=args.lease_seconds,
+        sim_args=("--events", args.events),
     )
     report: dict[str, Any] | None = None
     code = 2
