@@ -80,7 +80,7 @@ class ConversationView:
     bookings: list[Booking] = field(default_factory=list)
 
     @property
-    def facts(self) -> list[tuple[str, str]]:
+    def facts(self) -> list[tuple[str, str, bool]]:
         return customer_facts(self.state.collected)
 
 
@@ -88,10 +88,16 @@ class ConversationView:
 # bookkeeping (an offer of slots, a booking waiting for its confirmation, a reminder's booking:
 # JSON for the engine) and fields it has cleared (empty): neither is a fact about the customer.
 CUSTOMER_FACTS = ("name", "service", AGENT_LIMIT)
+# Facts whose value is one of the engine's words (which limit), shown as the console's text
+# `fact.<key>.<value>`; the others are the customer's own words, shown as they are.
+WORDED_FACTS = frozenset({AGENT_LIMIT})
 
 
-def customer_facts(collected: Mapping[str, str]) -> list[tuple[str, str]]:
-    return [(key, collected[key]) for key in CUSTOMER_FACTS if collected.get(key)]
+def customer_facts(collected: Mapping[str, str]) -> list[tuple[str, str, bool]]:
+    """(key, value, whether the value is a word to translate), for the facts present."""
+    return [
+        (key, collected[key], key in WORDED_FACTS) for key in CUSTOMER_FACTS if collected.get(key)
+    ]
 
 
 class Reads:

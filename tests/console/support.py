@@ -55,14 +55,29 @@ def snapshot(client: redis.Redis, match: str = f"{KEY_PREFIX}:*") -> dict[bytes,
     return out
 
 
+def login_csrf(page: str) -> str:
+    """The CSRF token of the login form in `page`."""
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found, page
+    return found[1]
+
+
 def http_login(product: Product, user: str, password: str = PASSWORD) -> httpx.Client:
     client = httpx.Client(base_url=product.url, timeout=30)
-    form = client.get("/login")
-    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
-    assert csrf, form.text
-    answer = client.post("/login", data={"user": user, "password": password, "csrf": csrf[1]})
+    csrf = login_csrf(client.get("/login").text)
+    answer = client.post("/login", data={"user": user, "password": password, "csrf": csrf})
     assert answer.status_code == 303, answer.text
     return client
+
+
+async def app_login(
+    client: httpx.AsyncClient, user: str, password: str, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    """The login form filled in and posted, as a browser does, on an in-process app's client."""
+    csrf = login_csrf((await client.get("/login")).text)
+    return await client.post(
+        "/login", data={"user": user, "password": password, "csrf": csrf}, headers=headers or {}
+    )
 
 
 def page_csrf(client: httpx.Client) -> str:

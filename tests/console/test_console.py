@@ -14,7 +14,7 @@ import redis
 
 from shared.keys import ConsoleKeys, LineKeys, engine_keys_for
 from tests.console.conftest import PASSWORD, Product, login, new_phone, shot
-from tests.console.support import expect, http_login, page_csrf, snapshot
+from tests.console.support import expect, http_login, login_csrf, page_csrf, snapshot
 from tests.support.polling import wait_until
 from tests.support.tools import require_program
 from wsm.load.product import KEY_PREFIX
@@ -116,17 +116,14 @@ def test_a_wrong_password_is_refused_and_changes_nothing(product: Product, page:
 
 def test_failed_logins_slow_down_per_account(product: Product) -> None:
     with httpx.Client(base_url=product.url, timeout=30) as client:
-        csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/login").text)
-        assert csrf
+        csrf = login_csrf(client.get("/login").text)
         statuses = [
             client.post(
-                "/login", data={"user": "chefe", "password": f"guess {n}", "csrf": csrf[1]}
+                "/login", data={"user": "chefe", "password": f"guess {n}", "csrf": csrf}
             ).status_code
             for n in range(7)
         ]
-        locked = client.post(
-            "/login", data={"user": "chefe", "password": PASSWORD, "csrf": csrf[1]}
-        )
+        locked = client.post("/login", data={"user": "chefe", "password": PASSWORD, "csrf": csrf})
     assert statuses[:5] == [401] * 5 and 429 in statuses[5:]
     # Even the right password waits until the lock expires.
     assert locked.status_code == 429
@@ -317,9 +314,9 @@ def test_the_console_and_its_live_channel_through_nginx(product: Product) -> Non
         policy = form.headers["content-security-policy"]
         assert "script-src 'self'" in policy and "form-action 'self'" in policy
         assert form.headers["x-frame-options"] == "DENY"
-        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
-        assert csrf
-        logged = client.post("/login", data={"user": "bia", "password": PASSWORD, "csrf": csrf[1]})
+        logged = client.post(
+            "/login", data={"user": "bia", "password": PASSWORD, "csrf": login_csrf(form.text)}
+        )
         assert logged.status_code == 303
         assert client.get("/static/vendor/htmx-2.0.11.min.js").status_code == 200
         # The API keeps its own strict policy and its bearer token.

@@ -8,7 +8,6 @@ import html
 import re
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 
@@ -20,6 +19,7 @@ from engine.agent.menu import OFFER_KEY
 from engine.agent.reminders import REMINDER_KEY
 from engine.state import ConversationState, State, state_writes
 from shared.keys import engine_keys_for
+from tests.console.support import app_login
 from tests.engine.harness import settings_for
 from tests.support.asgi import served
 
@@ -44,20 +44,11 @@ async def page_of(
     app = create_app(settings, aredis)
     await app.state.console.accounts.add("chefe", "Chefe", "admin", "a long password")
     async with served(app, "http://console.test") as client:
-        await login(client)
+        logged = await app_login(client, "chefe", "a long password")
+        assert logged.status_code == 303
         answer = await client.get(f"/c/default/{CHAT}")
     assert answer.status_code == 200
     return answer.text
-
-
-async def login(client: httpx.AsyncClient) -> None:
-    form = await client.get("/login")
-    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
-    assert csrf
-    done = await client.post(
-        "/login", data={"user": "chefe", "password": "a long password", "csrf": csrf[1]}
-    )
-    assert done.status_code == 303
 
 
 def facts(page: str) -> list[tuple[str, str]]:

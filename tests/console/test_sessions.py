@@ -3,7 +3,6 @@ browser): what the password hash is, what the cookie says, and what a forged one
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 from api.app import create_app
 from shared.keys import ConsoleKeys
 from tests.conftest import keys_with_prefix
+from tests.console.support import app_login
 from tests.engine.harness import settings_for
 from tests.support.asgi import served
 
@@ -36,14 +36,7 @@ async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def login(client: httpx.AsyncClient, headers: dict[str, str] | None = None) -> httpx.Response:
-    form = await client.get("/login")
-    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
-    assert csrf
-    return await client.post(
-        "/login",
-        data={"user": "ana", "password": "a long password", "csrf": csrf[1]},
-        headers=headers or {},
-    )
+    return await app_login(client, "ana", "a long password", headers)
 
 
 async def test_the_password_is_stored_as_an_argon2id_hash(app: Any, aredis: Any) -> None:
