@@ -37,6 +37,7 @@ from typing import Any
 
 from engine.identity import ChatKind, chat_kind, phone_of
 from engine.media.store import MediaLibrary
+from engine.sender import ECHO_WAIT_MS
 from engine.state import State
 from shared.envelope import InvalidRecord, decode_record
 from shared.events import message_key_of
@@ -176,9 +177,9 @@ async def erase_customer(
         redis,
         [
             queue.meta, queue.messages, shard.leases, shard.fence, shard.claimed_seen, shard.dlq,
-            keys.outbox_dlq, keys.outbox_pending, keys.sending, *own,
+            keys.outbox_dlq, keys.outbox_pending, keys.sending, keys.outbox, *own,
         ],
-        [token, owner, lease_ms],
+        [token, owner, lease_ms, ECHO_WAIT_MS],
     )  # fmt: skip
     if as_text(answer[0]) == "busy":
         raise ConversationBusy(
@@ -212,14 +213,17 @@ async def erase_customer(
                     [phone or "", own_lid],
                 )
             )
-        removed += int(
-            await ERASE_CALENDAR(redis, [CalendarKeys(prefix).hooks_dead], [session, chat_id])
-        )
         removed += await _erase_console(redis, prefix, token)
         if media is not None:
             removed += await media.forget_conversation(token)
         if also is not None:
             removed += await also()
+        # After `also` (the bookings and their pending webhook bodies): a delivery in flight
+        # dead-letters only a body still pending (booking_hook_dead.lua), so once the bodies
+        # are gone no dead letter of this customer can appear after this filter.
+        removed += int(
+            await ERASE_CALENDAR(redis, [CalendarKeys(prefix).hooks_dead], [session, chat_id])
+        )
     finally:
         # Messages queued during the erase go to the ready list now (the back, as after any
         # turn); with none, the conversation's meta goes and its fence lives on in the shard's

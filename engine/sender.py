@@ -102,6 +102,10 @@ WAHA_PLUS_REQUIRED = "waha_plus_required"
 SWEEP_SCAN = 2000
 
 
+# How long a send's outcome may stay unknown (SenderConfig.echo_wait_ms; the erase waits it out).
+ECHO_WAIT_MS = 60_000
+
+
 @dataclass(frozen=True, slots=True)
 class SenderConfig:
     prefix: str
@@ -120,7 +124,7 @@ class SenderConfig:
     # How long a reply whose last attempt's outcome is unknown (its sender stopped between
     # WAHA's 201 and recording it) waits for that attempt's echo before it is sent again. Also
     # how long the in-flight marker the echo is matched against lives.
-    echo_wait_ms: int = 60_000
+    echo_wait_ms: int = ECHO_WAIT_MS
     # While a session is parked (422), its conversations are looked at again this often, and
     # WAHA's session status is probed at most this often per session and process.
     parked_recheck_ms: int = 5000

@@ -48,8 +48,24 @@ def conversation_token(session: str, chat_id: str) -> str:
     """The identity of a conversation inside key names and the ready list.
 
     WAHA session names are `[a-zA-Z0-9_-]`; chat ids never contain `|`, so the token splits back.
+    A person's phone-number chat is one conversation whichever way it is written
+    (`canonical_chat_id`).
     """
-    return f"{session}|{chat_id}"
+    return f"{session}|{canonical_chat_id(chat_id)}"
+
+
+def canonical_chat_id(chat_id: str) -> str:
+    """WhatsApp's raw jid `<phone>[:<device>]@s.whatsapp.net` as WAHA's `<phone>@c.us`: the form
+    WAHA sends to and names our replies' echoes with. Without it, an event written the raw way
+    was a second conversation with the same person, whose reply's echo settled nothing (it went
+    to the `@c.us` one), so a crash after WAHA's answer sent that reply twice (found by an
+    audit). Any other chat id is its own."""
+    user, at, server = chat_id.rpartition("@")
+    if at and server == "s.whatsapp.net":
+        phone = user.partition(":")[0]
+        if phone.isdigit():
+            return f"{phone}@c.us"
+    return chat_id
 
 
 def split_conversation_token(token: str) -> tuple[str, str]:

@@ -53,6 +53,7 @@ from shared.text import as_text
 log = logging.getLogger("wsm.engine.agent.booking_webhook")
 
 CLAIM = LuaScript.named("booking_hooks_claim")
+HOOK_DEAD = LuaScript.named("booking_hook_dead")
 SIGNATURE_HEADER = "X-Wsm-Signature"
 TIMESTAMP_HEADER = "X-Wsm-Timestamp"
 MAX_ANSWER_CHARS = 500
@@ -179,12 +180,16 @@ class BookingWebhook:
                 "at": now_ms(),
             }
         )
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.rpush(self.keys.hooks_dead, record)
-        pipe.zrem(self.keys.hooks_due, event_id)
-        pipe.hdel(self.keys.hooks_body, event_id)
-        pipe.hdel(self.keys.hooks_attempts, event_id)
-        await pipe.execute()
+        keys = self.keys
+        # Only if the body is still pending: an erase (LGPD) that ran while this delivery was
+        # in flight removed it, and the dead letter would bring the customer's data back.
+        moved = await HOOK_DEAD(
+            self.redis,
+            [keys.hooks_body, keys.hooks_dead, keys.hooks_due, keys.hooks_attempts],
+            [event_id, record],
+        )
+        if not int(moved):
+            return
         WEBHOOK_DELIVERIES.labels("dead").inc()
         log.warning("booking webhook dead-lettered", extra={"event": event_id, "error": error})
 

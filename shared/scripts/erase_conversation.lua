@@ -17,10 +17,12 @@ local dlq_key = KEYS[6]           -- the shard's dead letters: "<JSON header>\n<
 local outbox_dlq_key = KEYS[7]    -- the shard's outbox dead letters (JSON)
 local pending_key = KEYS[8]       -- the shard's outbox pending index
 local sending_key = KEYS[9]       -- the sender's delivery lock of this conversation
--- KEYS[10..]: the conversation's other own keys (bodies, state, history, outbox, ...): deleted.
+local outbox_key = KEYS[10]       -- the conversation's replies (its head may carry an attempt)
+-- KEYS[11..]: the conversation's other own keys (bodies, state, history, outbox, ...): deleted.
 local token = ARGV[1]
 local owner = ARGV[2]
 local lease_ms = tonumber(ARGV[3])
+local echo_wait_ms = tonumber(ARGV[4])  -- how long a send's outcome may stay unknown
 --#include clock
 --#include fence
 --#include dead_letters
@@ -37,9 +39,23 @@ end
 if redis.call('EXISTS', sending_key) == 1 then
   return {'busy', 'sending'}
 end
+-- A send whose sender stopped between WAHA's answer and recording it: its lock has lapsed, but
+-- the head still carries the attempt (send_begin.lua) until its echo records it or the echo
+-- wait is over. Erasing now would leave that echo nothing to match: it would be taken for the
+-- business answering from its phone, and bring the conversation back, paused.
+local head = redis.call('LINDEX', outbox_key, 0)
+if head then
+  local try = cjson.decode(head)['try']
+  if type(try) == 'table' then
+    local age = redis_now_ms() - (tonumber(try['at']) or 0)
+    if age >= 0 and age < echo_wait_ms then
+      return {'busy', 'sending'}
+    end
+  end
+end
 
 local removed = 0
-for i = 10, #KEYS do
+for i = 11, #KEYS do
   removed = removed + redis.call('DEL', KEYS[i])
 end
 removed = removed + redis.call('ZREM', pending_key, token)

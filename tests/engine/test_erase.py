@@ -16,6 +16,7 @@ import redis.cluster
 import engine.erase
 from engine.erase import erase_customer, message_key_names_chat
 from engine.identity import Conversation
+from engine.sender import ECHO_WAIT_MS
 from shared.keys import (
     WahaSessionKeys,
     engine_keys_for,
@@ -201,27 +202,54 @@ async def _busy(harness: Harness, state: str) -> None:
         await harness.consumer.fail(lease, lease.messages[0].id, "try later")
 
 
-@pytest.mark.parametrize("state", ["ready", "leased", "delayed", "sending"])
+@pytest.mark.parametrize("state", ["ready", "leased", "delayed", "sending", "attempted"])
 async def test_a_busy_conversation_is_refused_with_nothing_deleted(
     harness: Harness, waha: FakeWaha, sync_redis, key_prefix, state: str
 ) -> None:
     for text in ("oi", "Ana Souza"):
         await harness.webhook(text_message(ERASED.chat_id, text))
     await harness.drain()
+    conversation = engine_keys_for(ERASED.session, ERASED.chat_id, 3, key_prefix)
     if state == "sending":
         # A sender holds the delivery lock: a reply is on its way to WAHA.
-        sending = engine_keys_for(ERASED.session, ERASED.chat_id, 3, key_prefix).sending
-        await harness.redis.set(sending, "sender-1", px=60_000)
+        await harness.redis.set(conversation.sending, "sender-1", px=60_000)
+    elif state == "attempted":
+        # A sender stopped between WAHA's 201 and recording it: no lock any more, but the
+        # head reply carries its attempt until the echo records it (found by an audit: the
+        # erase went on, and the late echo brought the conversation back, paused).
+        await harness.redis.rpush(
+            conversation.outbox,
+            orjson.dumps({"mid": "r1", "text": "Olá", "try": {"lock": "s1", "at": now_ms()}}),
+        )
     else:
         await _busy(harness, state)
     meta = keys_for_conversation(ERASED.session, ERASED.chat_id, 3, key_prefix).meta
-    assert state == "sending" or sync_redis.hget(meta, "state") == state.encode()
+    assert state in ("sending", "attempted") or sync_redis.hget(meta, "state") == state.encode()
     before = snapshot(sync_redis, key_prefix)
     with pytest.raises(ConversationBusy):
         await erase_customer(
             harness.redis, prefix=key_prefix, shards=3, session="default", chat_id=ERASED.chat_id
         )
     assert snapshot(sync_redis, key_prefix) == before
+
+
+async def test_an_attempt_older_than_the_echo_wait_does_not_hold_the_erase(
+    harness: Harness, waha: FakeWaha, sync_redis, key_prefix
+) -> None:
+    """Its echo can no longer come (the sender sends it again then): the erase goes on."""
+    for text in ("oi", "Ana Souza"):
+        await harness.webhook(text_message(ERASED.chat_id, text))
+    await harness.drain()
+    conversation = engine_keys_for(ERASED.session, ERASED.chat_id, 3, key_prefix)
+    long_ago = now_ms() - 2 * ECHO_WAIT_MS
+    await harness.redis.rpush(
+        conversation.outbox,
+        orjson.dumps({"mid": "r1", "text": "Olá", "try": {"lock": "s1", "at": long_ago}}),
+    )
+    await erase_customer(
+        harness.redis, prefix=key_prefix, shards=3, session="default", chat_id=ERASED.chat_id
+    )
+    assert not sync_redis.exists(conversation.outbox, conversation.state)
 
 
 async def test_a_message_that_arrives_during_the_erase_is_kept_and_handled(

@@ -6,8 +6,10 @@ import httpx
 import respx
 
 from engine.identity import ChatKind, PhoneResolver, chat_kind, is_ignored, phone_of, send_target
+from engine.state import load_state
 from engine.waha_client import WahaClient
-from shared.keys import WahaSessionKeys
+from shared.keys import WahaSessionKeys, conversation_token, engine_keys_for
+from tests.support.waha import text_message
 
 WAHA = "http://waha.test"
 
@@ -78,3 +80,36 @@ async def test_unknown_lid_is_cached_briefly_and_waha_failure_is_not_cached(
     assert broken.call_count == 2
     assert await aredis.exists(WahaSessionKeys("default", key_prefix).lid("222@lid")) == 0
     await waha.aclose()
+
+
+def test_a_raw_phone_jid_is_the_same_conversation_as_its_c_us_form() -> None:
+    """One person, one conversation: WAHA sends to and echoes our replies as `@c.us`, so a
+    conversation keyed by the raw `@s.whatsapp.net` jid never saw its replies' echoes (found
+    by an audit: after a crash its reply was sent twice)."""
+    assert conversation_token("default", "5511987650001@s.whatsapp.net") == (
+        "default|5511987650001@c.us"
+    )
+    assert conversation_token("default", "5511987650001:22@s.whatsapp.net") == (
+        "default|5511987650001@c.us"
+    )
+    for other in ("5511987650001@c.us", "200000000000001@lid", "1203630@g.us", "x@s.whatsapp.net"):
+        assert conversation_token("default", other) == f"default|{other}"
+
+
+async def test_a_message_written_with_the_raw_jid_joins_the_c_us_conversation(
+    aredis, key_prefix, waha, make_harness
+) -> None:
+    harness = make_harness()
+    await harness.webhook(text_message("5511987650001@c.us", "oi"))
+    await harness.drain()
+    await harness.webhook(text_message("5511987650001@s.whatsapp.net", "Ana"))
+    await harness.drain()
+    # One conversation: the name answers the greeting, and the replies go to @c.us.
+    state = await load_state(
+        aredis, engine_keys_for("default", "5511987650001@c.us", 1, key_prefix).state
+    )
+    assert state.collected.get("name") == "Ana"
+    assert len(waha.to("5511987650001@c.us")) == 2
+    # No conversation of the raw form (the dedupe of its message id names it, as any id).
+    assert await aredis.keys(f"{key_prefix}:*default|5511987650001@c.us*")
+    assert await aredis.keys(f"{key_prefix}:*default|5511987650001@s.whatsapp.net*") == []

@@ -127,6 +127,29 @@ async def test_a_final_refusal_or_too_many_attempts_dead_letter_the_event(
     assert await aredis.zcard(keys.hooks_due) == 0
 
 
+async def test_an_event_erased_while_in_flight_is_not_dead_lettered(
+    agent, router, aredis, sync_redis, key_prefix, now
+) -> None:
+    """The customer is erased (LGPD) while the event's POST is in flight, and the receiver
+    refuses it: the dead letter would bring the customer's name and phone back after the
+    erase (found by an audit). Nothing of it is kept."""
+    keys = CalendarKeys(key_prefix)
+
+    def erased_meanwhile(request: httpx.Request) -> httpx.Response:
+        # What the erase does to the customer's pending webhook bodies (bookings.py).
+        sync_redis.hdel(keys.hooks_body, request.headers["x-wsm-delivery"])
+        return httpx.Response(400, text="unknown customer")
+
+    router.post(HOOKS).mock(side_effect=erased_meanwhile)
+    dead = delivered_count("dead")
+    await book(agent, now)
+    await agent.webhook.deliver_due()
+    assert await aredis.llen(keys.hooks_dead) == 0
+    assert not await aredis.exists(keys.hooks_body, keys.hooks_attempts)
+    assert await aredis.zcard(keys.hooks_due) == 0
+    assert delivered_count("dead") == dead
+
+
 async def test_the_deliverer_sends_right_after_a_booking(agent, router, now) -> None:
     received: list[httpx.Request] = []
     router.post(HOOKS).mock(side_effect=lambda r: received.append(r) or httpx.Response(200))
