@@ -36,7 +36,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.agent.calendar import fold  # noqa: E402
 from engine.agent.knowledge import (  # noqa: E402
     KnowledgeBase,
     Passage,
@@ -44,6 +43,7 @@ from engine.agent.knowledge import (  # noqa: E402
     read_documents,
     signature,
 )
+from shared.text import fold  # noqa: E402
 
 TOPICS = ["convênio", "exame", "procedimento", "pagamento", "atendimento", "documento",
           "resultado", "retorno", "preparo", "unidade"]  # fmt: skip

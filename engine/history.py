@@ -69,12 +69,14 @@ class HistoryEntry:
     cursor: str = ""  # stream id
     # A customer's media (engine/media/): the stored file {id, mimetype, filename, size,
     # sha256}, or None with `media_reason` saying why there is none; its caption; the
-    # transcript of a voice note or audio; a shared location {latitude, longitude, name}.
+    # transcript of a voice note or audio; a shared location {latitude, longitude, name}; a
+    # contact card {name, phone, vcard}.
     media: Mapping[str, Any] | None = None
     media_reason: str | None = None
     caption: str | None = None
     transcript: str | None = None
     location: Mapping[str, Any] | None = None
+    contact: Mapping[str, Any] | None = None
 
     def public(self) -> dict[str, Any]:
         return {
@@ -94,6 +96,7 @@ class HistoryEntry:
             "caption": self.caption,
             "transcript": self.transcript,
             "location": dict(self.location) if self.location is not None else None,
+            "contact": dict(self.contact) if self.contact is not None else None,
         }
 
 
@@ -161,8 +164,10 @@ def _media_fields(entry: HistoryEntry) -> list[str]:
         value = getattr(entry, name)
         if value is not None:
             fields += [name, value]
-    if entry.location is not None:
-        fields += ["location", orjson.dumps(dict(entry.location)).decode()]
+    for name in ("location", "contact"):
+        value = getattr(entry, name)
+        if value is not None:
+            fields += [name, orjson.dumps(dict(value)).decode()]
     return fields
 
 
@@ -396,6 +401,7 @@ async def _with_meta(
                 caption=values.get("caption"),
                 transcript=values.get("transcript"),
                 location=_json_field(values, "location"),
+                contact=_json_field(values, "contact"),
             )
         )
     return entries

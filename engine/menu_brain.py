@@ -28,6 +28,7 @@ from engine.identity import Conversation
 from engine.media.transcribe import TRANSCRIBED_KINDS
 from engine.state import State
 from engine.texts import Texts
+from shared.text import fold
 
 STEP_ASK_NAME = "ask_name"
 STEP_MENU = "menu"
@@ -35,11 +36,41 @@ STEP_CHOOSE_SERVICE = "choose_service"
 
 # Words that ask for a person outright, wherever the customer is in the menu.
 PERSON_WORDS = re.compile(r"\b(atendente|humano|pessoa|agent|human|person)\b", re.IGNORECASE)
-# A menu choice: a number, optionally followed by "." or ")".
-NUMBER = re.compile(r"^\s*(\d{1,2})\s*[.)]?\s*$")
+# The same asked where a name is expected: not "pessoa" nor "person" alone, which are names too
+# (Fernando Pessoa), but "falar com ..." is a request.
+ASKS_FOR_PERSON = re.compile(r"\b(atendente|humano|agent|human)\b|\bfalar com\b", re.IGNORECASE)
+# Words that go back to the menu from a step under way (the scheduling menu's steps, the line's
+# team question).
+BACK_WORDS = frozenset({"menu", "voltar", "volta", "inicio", "back"})
+# A menu choice: a number, optionally followed by "." or ")", or as a keycap emoji ("2️⃣":
+# the digit, then U+FE0F and U+20E3, which WhatsApp's emoji keyboard sends).
+NUMBER = re.compile(r"^\s*(\d{1,2})\s*(?:\ufe0f?\u20e3)?\s*[.)]?\s*$")
+# The same choice in words, as customers type it and as Whisper writes a spoken number
+# ("Dois."); compared without accents and case.
+_NUMBER_WORDS = {
+    **{w: n for n, ws in enumerate(
+        (("um", "uma"), ("dois", "duas"), ("tres",), ("quatro",), ("cinco",), ("seis",),
+         ("sete",), ("oito",), ("nove",), ("dez",)), start=1) for w in ws},
+    **{w: n for n, w in enumerate(
+        ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"), start=1)},
+}  # fmt: skip
 _MAX_NAME = 40
 # What Whisper ends a sentence with: "Dois." is the option 2, "Ana." the name Ana.
 _TRAILING_PUNCTUATION = ".!?…"
+
+
+def option_number(text: str) -> int | None:
+    """The number a menu answer names: "2", "2.", "2)", "2️⃣", "dois" or "Dois."; None for
+    anything else."""
+    match = NUMBER.match(text)
+    if match:
+        return int(match.group(1))
+    return _NUMBER_WORDS.get(fold(text).rstrip(_TRAILING_PUNCTUATION).strip())
+
+
+def spoken(transcript: str) -> str:
+    """A transcript as a typed answer: without the full stop Whisper ends a sentence with."""
+    return transcript.strip().rstrip(_TRAILING_PUNCTUATION).strip() or transcript.strip()
 
 
 def unheard_audio(message: InboundMessage) -> bool:
@@ -61,8 +92,7 @@ def heard(turn: Turn) -> Turn:
     transcript = (message.transcript or "").strip() if message.kind in TRANSCRIBED_KINDS else ""
     if not transcript:
         return turn
-    words = transcript.rstrip(_TRAILING_PUNCTUATION).strip() or transcript
-    return replace(turn, message=replace(message, text=words))
+    return replace(turn, message=replace(message, text=spoken(transcript)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +141,9 @@ class MenuBrain:
             greeting = self.texts.render("greeting", business=self.business)
             return Decision(replies=[greeting], step=STEP_ASK_NAME)
         if step == STEP_ASK_NAME:
+            if ASKS_FOR_PERSON.search(text):
+                # "quero falar com um atendente" is no name (found by an audit: it became one).
+                return await self._person(turn)
             candidate = _clean_name(text)
             if not candidate:
                 return Decision(replies=[self.texts.render("ask_name_again")], step=STEP_ASK_NAME)
@@ -119,6 +152,9 @@ class MenuBrain:
             )
         if PERSON_WORDS.search(text):
             return await self._person(turn)
+        if fold(text).strip(" .!") in BACK_WORDS:
+            # "menu" shows the menu (the closed line's notice tells customers to write it).
+            return Decision(replies=[self.menu(name)], step=STEP_MENU)
         if turn.state.state is State.CLOSED:
             # Back after a close: an option number is acted on, anything else greets them back.
             if not self._option_for(text):
@@ -161,9 +197,9 @@ class MenuBrain:
         return Decision(replies=[f"{text}\n{self.options_text()}"], step=STEP_MENU)
 
     def _option_for(self, text: str) -> MenuOption | None:
-        match = NUMBER.match(text)
-        if match and 1 <= int(match.group(1)) <= len(self.options):
-            return self.options[int(match.group(1)) - 1]
+        number = option_number(text)
+        if number is not None and 1 <= number <= len(self.options):
+            return self.options[number - 1]
         return None
 
     def _welcome_back(self, turn: Turn) -> Decision:
@@ -191,10 +227,10 @@ class MenuBrain:
         )
 
     def _choose_service(self, turn: Turn, text: str) -> Decision:
-        match = NUMBER.match(text)
+        number = option_number(text)
         name = turn.state.collected.get("name", "")
-        if match and 1 <= int(match.group(1)) <= len(self.services):
-            service = self.services[int(match.group(1)) - 1]
+        if number is not None and 1 <= number <= len(self.services):
+            service = self.services[number - 1]
             return Decision(
                 replies=[self.texts.render("service_chosen", service=service), self.menu(name)],
                 step=STEP_MENU,

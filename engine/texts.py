@@ -16,13 +16,21 @@ customer would have received a broken message.
 
 from __future__ import annotations
 
+import re
 import string
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.text import fold
+
 LANGUAGES = ("pt-BR", "en")
+
+_WORD = re.compile(r"[\w']+", re.UNICODE)
+# A request to leave the line is short: "quero sair da fila" is four words.
+_LEAVE_MAX_WORDS = 4
+_NEGATIONS = frozenset({"nao", "no", "not", "don't", "dont", "nunca", "never"})
 
 # The fields each template may use. Rendering passes exactly these.
 FIELDS: dict[str, frozenset[str]] = {
@@ -45,6 +53,8 @@ FIELDS: dict[str, frozenset[str]] = {
     "line_entered": frozenset({"position", "ordinal", "minutes", "leave_word"}),
     "line_position": frozenset({"position", "ordinal", "minutes"}),
     "line_front": frozenset(),
+    # Next in line with nobody of the line's team online: no "in a moment".
+    "line_front_nobody": frozenset(),
     "line_still_waiting": frozenset({"position", "ordinal", "minutes", "leave_word"}),
     "line_taken": frozenset({"agent"}),
     # Open, nobody of the line's team online: no minutes (no one is there to count on).
@@ -67,7 +77,9 @@ FIELDS: dict[str, frozenset[str]] = {
     ),
     "line_opened_closing": frozenset({"position", "ordinal", "closes", "opens"}),
     # Several teams: which one (a numbered choice, `menu_option` lines).
-    "team_question": frozenset({"teams"}),
+    "team_question": frozenset({"teams", "leave_word"}),
+    # A voice note nobody could transcribe as the answer to team_question (which follows).
+    "team_audio_unsupported": frozenset(),
     "line_left": frozenset(),
     "line_timeout": frozenset(),
     "handback": frozenset(),
@@ -104,6 +116,10 @@ _PT_BR: dict[str, str] = {
     ),
     "line_position": "Agora você é o {ordinal} da fila, cerca de {minutes} min.",
     "line_front": "Você é o próximo da fila! Um atendente vai falar com você em instantes.",
+    "line_front_nobody": (
+        "Você é o próximo da fila! Ninguém da equipe está online agora: assim que alguém "
+        "entrar, vai falar com você."
+    ),
     "line_still_waiting": (
         "Você continua na fila: é o {ordinal}, cerca de {minutes} min. "
         "Para sair, escreva *{leave_word}*."
@@ -130,7 +146,11 @@ _PT_BR: dict[str, str] = {
         "Nosso atendimento está fechado agora. 🌙 Você está na fila e guardamos o seu lugar. "
         "Para sair da fila, escreva *{leave_word}*."
     ),
-    "line_closed_booking": ("Se preferir, escreva *{leave_word}* e eu marco um horário para você."),
+    # "sair" only leaves the line: the booking is the menu's (found by an audit: the text said
+    # "sair" would book).
+    "line_closed_booking": (
+        "Se preferir marcar um horário, escreva *{leave_word}* e depois *menu*."
+    ),
     "line_opened": "Já estamos atendendo! ☀️ Você é o {ordinal} da fila, cerca de {minutes} min.",
     "line_entered_closing": (
         "Você é o {ordinal} da fila. Fechamos às {closes} e talvez não dê tempo antes disso; "
@@ -153,7 +173,11 @@ _PT_BR: dict[str, str] = {
         "Já estamos atendendo! ☀️ Você é o {ordinal} da fila; assim que alguém da equipe "
         "entrar, você será atendido nesta ordem."
     ),
-    "team_question": "Com qual equipe você quer falar? Responda com o número:\n{teams}",
+    "team_question": (
+        "Com qual equipe você quer falar? Responda com o número:\n{teams}\n"
+        "Para voltar, escreva *{leave_word}*."
+    ),
+    "team_audio_unsupported": "Desculpe, ainda não consigo ouvir áudios. 🎧 Escreva, por favor.",
     "line_left": "Você saiu da fila. Se precisar, é só escrever de novo.",
     "line_timeout": (
         "Não conseguimos te atender a tempo e você saiu da fila. 😔 Escreva de novo quando quiser."
@@ -189,6 +213,10 @@ _EN: dict[str, str] = {
     ),
     "line_position": "You are now {ordinal} in line, about {minutes} min.",
     "line_front": "You are next in line! A person will talk to you in a moment.",
+    "line_front_nobody": (
+        "You are next in line! Nobody from the team is online right now: as soon as someone "
+        "is, they will talk to you."
+    ),
     "line_still_waiting": (
         "You are still in line: {ordinal}, about {minutes} min. To leave, write *{leave_word}*."
     ),
@@ -214,7 +242,7 @@ _EN: dict[str, str] = {
         "We are closed right now. 🌙 You are in line and keep your place. "
         "To leave the line, write *{leave_word}*."
     ),
-    "line_closed_booking": "If you prefer, write *{leave_word}* and I will book a time for you.",
+    "line_closed_booking": "To book a time instead, write *{leave_word}*, then *menu*.",
     "line_opened": "We are open! ☀️ You are {ordinal} in line, about {minutes} min.",
     "line_entered_closing": (
         "You are {ordinal} in line. We close at {closes} and may not get to you before then; "
@@ -238,7 +266,11 @@ _EN: dict[str, str] = {
         "We are open! ☀️ You are {ordinal} in line; as soon as someone of the team is online, "
         "you will be served in this order."
     ),
-    "team_question": "Which team would you like to talk to? Reply with the number:\n{teams}",
+    "team_question": (
+        "Which team would you like to talk to? Reply with the number:\n{teams}\n"
+        "To go back, write *{leave_word}*."
+    ),
+    "team_audio_unsupported": "Sorry, I can't listen to audio yet. 🎧 Please write instead.",
     "line_left": "You left the line. Write again whenever you need.",
     "line_timeout": (
         "We could not get to you in time and you left the line. 😔 Write again anytime."
@@ -334,7 +366,18 @@ class Texts(Templates):
     @property
     def leave_words(self) -> frozenset[str]:
         """Words that take a customer out of the line: this language's and pt-BR's."""
-        return frozenset({self.templates["leave_word"].casefold(), _PT_BR["leave_word"]})
+        return frozenset({fold(self.templates["leave_word"]), _PT_BR["leave_word"]})
+
+    def says_leave(self, text: str) -> bool:
+        """The customer asks to leave the line: the leave word in a short message with no
+        negation ("sair", "Sair!", "quero sair", "quero sair da fila"; not "não quero sair",
+        nor a long message that happens to hold the word)."""
+        words = _WORD.findall(fold(text))
+        return (
+            bool(self.leave_words & set(words))
+            and len(words) <= _LEAVE_MAX_WORDS
+            and not _NEGATIONS & set(words)
+        )
 
 
 def load_texts(language: str = "pt-BR", override_file: Path | None = None) -> Texts:

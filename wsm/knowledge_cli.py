@@ -11,7 +11,8 @@ out says why). With it: that file's business alone, its folder found as the work
 
 A question shows the passages one agent turn would carry, ranked, within
 WSM_KNOWLEDGE_PASSAGES and WSM_KNOWLEDGE_TOKEN_BUDGET, exactly as the model would read them.
-Exit status: 0 when some document was indexed, 1 when none was, 2 on a bad business file.
+Exit status: 0 when some document gave the agent passages, 1 when none did (no document, or
+only empty ones), 2 on a bad business file.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.agent.calendar import CalendarFileError, load_calendar
-from engine.agent.knowledge import BusinessFile, KnowledgeBase, knowledge_folders
+from engine.agent.knowledge import BusinessFile, KnowledgeBase, knowledge_folders, own_folder
 from engine.businesses import business_id, businesses_from
 from engine.parts import knowledge_bases
 from shared.settings import Settings
@@ -32,6 +33,9 @@ from shared.settings import Settings
 class Checked:
     label: str  # how the business is named in the report
     base: KnowledgeBase | None  # None: the business has no knowledge folder
+    # A session business's own folder (knowledge/<id>/), named when it is not the one read:
+    # the id is made from the file's name, and an operator must know which folder it means.
+    own: Path | None = None
 
 
 def _from_settings(settings: Settings) -> list[Checked]:
@@ -43,7 +47,9 @@ def _from_settings(settings: Settings) -> list[Checked]:
     out = []
     for business in businesses.all():
         where = "default" if not business.id else "sessions " + ", ".join(sessions[business.id])
-        out.append(Checked(f"{business.calendar.business_name} ({where})", bases.get(business.id)))
+        own = own_folder(BusinessFile(business.id, business.file))
+        label = f"{business.calendar.business_name} ({where})"
+        out.append(Checked(label, bases.get(business.id), own))
     return out
 
 
@@ -56,13 +62,17 @@ def _from_file(path: Path, folder: Path | None, settings: Settings) -> list[Chec
         limit=settings.knowledge_passages,
         token_budget=settings.knowledge_token_budget,
     )
-    return [Checked(f"{calendar.business_name} ({path})", base)]
+    own = own_folder(BusinessFile(business_id(path), path))
+    return [Checked(f"{calendar.business_name} ({path})", base, own)]
 
 
 def _report(checked: Checked, question: str | None) -> int:
-    """Prints one business; returns how many documents were indexed."""
+    """Prints one business; returns how many documents gave the agent passages."""
     print(f"business: {checked.label}")
     base = checked.base
+    own = checked.own
+    if own is not None and (base is None or base.folder != own):
+        print(f"  own folder: {own}  (does not exist)")
     if base is None:
         print('  no knowledge folder (docs/agent.md, "Knowledge")\n')
         return 0
@@ -96,7 +106,8 @@ def _report(checked: Checked, question: str | None) -> int:
         used = sum(p.tokens for p in chosen)
         print(f"    sent: {len(chosen)} passages, ~{used} of {base.token_budget} tokens")
     print()
-    return len(indexed)
+    # A document with no passage (empty, or headings only) gives the agent nothing.
+    return sum(1 for d in indexed if d.passages)
 
 
 def main(argv: list[str] | None = None) -> int:

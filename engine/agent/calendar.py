@@ -16,7 +16,6 @@ Which slots are taken lives in Redis (engine/agent/bookings.py).
 from __future__ import annotations
 
 import tomllib
-import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -26,6 +25,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shared.text import fold
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _DAY_NAMES = {
@@ -166,12 +167,6 @@ def _interval(text: str) -> tuple[int, int]:
     return first, last
 
 
-def fold(text: str) -> str:
-    """Case- and accent-insensitive form, to match what a customer or a model typed."""
-    decomposed = unicodedata.normalize("NFKD", text.casefold().strip())
-    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-
-
 class _Named(Protocol):
     @property
     def id(self) -> str: ...
@@ -257,6 +252,12 @@ class Calendar:
         if day in self.holidays:
             return True
         return self.public_holidays is not None and day in self.public_holidays
+
+    def holidays_in(self, first: date, last: date) -> list[date]:
+        """The holidays from `first` to `last` (both included): the business's own and the
+        public ones of its `public_holidays`."""
+        days = (first + timedelta(days=n) for n in range((last - first).days + 1))
+        return [day for day in days if self.is_holiday(day)]
 
     def is_open_day(self, day: date) -> bool:
         return not self.is_holiday(day) and bool(self.hours.get(day.weekday()))

@@ -17,7 +17,8 @@ from typing import Literal
 
 import orjson
 
-from engine.agent.calendar import fold
+from engine.media.transcribe import TRANSCRIPT_MARK
+from shared.text import fold
 
 PENDING_KEY = "pending_action"
 
@@ -27,28 +28,63 @@ Kind = Literal["book", "reschedule", "cancel"]
 _YES = {
     "sim", "s", "ss", "pode", "podes", "confirmo", "confirma", "confirmado", "confirmar",
     "ok", "okay", "isso", "certo", "claro", "beleza", "blz", "fechado", "perfeito", "quero",
-    "bora", "vamos", "combinado", "otimo", "yes", "y", "yep", "yeah", "sure", "confirm",
-    "confirmed", "correct", "1",
+    "bora", "vamos", "combinado", "otimo", "otima", "yes", "y", "yep", "yeah", "sure", "confirm",
+    "confirmed", "correct", "1", "um",
 }  # fmt: skip
 _NO = {
     "nao", "n", "no", "nope", "negativo", "espera", "espere", "aguarde", "wait", "prefiro",
-    "outro", "outra", "mudar", "trocar", "2", "nem", "jamais", "nunca", "don't", "dont", "not",
+    "outro", "outra", "mudar", "trocar", "2", "dois", "nem", "jamais", "nunca", "don't", "dont",
+    "not", "mas", "porem", "troca", "troque", "muda", "mude", "depois", "desisto", "diferente",
+    "antes", "segunda", "terca", "quarta", "quinta", "sexta", "sabado", "domingo",
 }  # fmt: skip
+# A cancel's own words: a yes to "Confirma o cancelamento?", a no to any other question.
+_CANCEL = {"cancela", "cancelar", "cancele", "cancelo", "cancelado", "cancelamento", "desmarca",
+           "desmarcar", "desmarque", "cancel"}  # fmt: skip
+# What may stand beside a yes and leave it a clear yes: politeness, "pode marcar", "até lá".
+# Anything else (a question, a time, "quero saber o preço") is not an answer to the question
+# asked, whatever yes word it holds: the customer is asked again.
+_ALONG = {
+    "a", "o", "as", "os", "e", "de", "da", "do", "pra", "para", "mim", "me", "por", "favor",
+    "obrigado", "obrigada", "obg", "brigado", "brigada", "valeu", "vlw", "muito", "ate", "la",
+    "entao", "ta", "tudo", "certinho", "show", "top", "esse", "este", "essa", "esta", "mesmo",
+    "horario", "ser", "marcar", "marca", "marque", "agendar", "agenda", "agende", "pfv", "pf",
+    "please", "thanks", "thank", "you", "that", "s", "fine", "great", "perfect", "go", "ahead",
+    "it", "is", "sounds", "good", "book", "can", "ja", "agora", "aqui", "estarei",
+    "com", "certeza", "exatamente", "isso", "bom", "boa",
+}  # fmt: skip
+# Greetings that name a time of day without asking for one.
+_GREETINGS = re.compile(r"\b(bom dia|boa tarde|boa noite)\b")
 _YES_SYMBOLS = ("👍", "✅", "👌")
 _WORD = re.compile(r"[\w']+", re.UNICODE)
 
 
-def confirms(text: str) -> bool:
-    """A clear yes: a yes word (or 👍) and no word of refusal or hesitation."""
-    words = set(_WORD.findall(fold(text)))
-    if words & _NO:
+def _words(text: str) -> set[str]:
+    # A transcribed voice note reaches the agent as "[áudio] <words>": the mark is not theirs.
+    folded = _GREETINGS.sub(" ", fold(text.replace(TRANSCRIPT_MARK, " ")))
+    return set(_WORD.findall(folded))
+
+
+def confirms(text: str, kind: Kind | None = None) -> bool:
+    """A clear yes to the question asked: a yes word (or 👍) with nothing but politeness beside
+    it, and no question mark, no word of refusal or hesitation, no other time or day. To a
+    cancel (`kind`), "pode cancelar" is a yes; to anything else a cancel word is a no."""
+    if "?" in text:
         return False
-    return bool(words & _YES) or any(symbol in text for symbol in _YES_SYMBOLS)
+    words = _words(text)
+    refusal = _NO if kind == "cancel" else _NO | _CANCEL
+    if words & refusal:
+        return False
+    yes = _YES | _CANCEL if kind == "cancel" else _YES
+    if not (words & yes or any(symbol in text for symbol in _YES_SYMBOLS)):
+        return False
+    return words <= yes | _ALONG
 
 
-def refuses(text: str) -> bool:
-    words = set(_WORD.findall(fold(text)))
-    return bool(words & {"nao", "n", "no", "nope", "negativo", "2", "cancela", "cancelar"})
+def refuses(text: str, kind: Kind | None = None) -> bool:
+    """A clear no: a word of refusal; to a question other than a cancel's, a cancel word too."""
+    words = _words(text)
+    no = {"nao", "n", "no", "nope", "negativo", "2", "dois"}
+    return bool(words & (no if kind == "cancel" else no | _CANCEL))
 
 
 @dataclass(frozen=True, slots=True)

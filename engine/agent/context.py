@@ -240,7 +240,9 @@ def system_prompt(
         f"- {s.name} (id {s.id}, {s.minutes} min)" + (f": {s.description}" if s.description else "")
         for s in calendar.services
     )
-    holidays = ", ".join(sorted(d.isoformat() for d in calendar.holidays if d >= local.date()))
+    # Every holiday customers could ask to book on, public ones included (found by an audit:
+    # only the business's own list was named, so the model could say it opens on Christmas).
+    holidays = ", ".join(d.isoformat() for d in calendar.holidays_in(*calendar.window(now)))
     parts = [
         f"You are the WhatsApp assistant of {calendar.business_name}. You help customers book, "
         "move, cancel and check their appointments, and answer questions about the business.",

@@ -42,6 +42,7 @@ from engine.agent.limits import AGENT_LIMIT, ConversationLimits
 from engine.agent.llm import CONFIG_REJECTIONS, count_failure
 from engine.agent.menu import SchedulingMenuBrain
 from engine.agent.metrics import BURST_DEFERRED, LLM_FALLBACKS
+from engine.agent.reminders import REMINDER_KEY
 from engine.brain import Decision, Turn
 from engine.identity import Conversation
 from engine.menu_brain import unheard_audio
@@ -121,6 +122,11 @@ class FallbackBrain:
         self.breaker.success()
         if turn.state.collected.get(AGENT_LIMIT):
             decision = replace(decision, collected={**decision.collected, AGENT_LIMIT: ""})
+        if turn.state.collected.get(REMINDER_KEY):
+            # The model has answered the message after a reminder (it was told of the
+            # reminder for it): the reminder is answered or left behind, as the menu leaves it
+            # behind for words it does not understand. Kept, a later "3" would still cancel it.
+            decision = replace(decision, collected={**decision.collected, REMINDER_KEY: ""})
         return decision
 
     def _count_failure(self, failed: AgentTurnFailed) -> None:

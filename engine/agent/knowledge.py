@@ -45,7 +45,7 @@ from typing import Any
 
 import orjson
 
-from engine.agent.calendar import fold
+from shared.text import fold
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,9 @@ def read_documents(folder: Path) -> tuple[list[Document], list[Passage]]:
             if size > MAX_DOCUMENT_BYTES:
                 documents.append(Document(path.name, skipped=f"larger than {MAX_DOCUMENT_BYTES}"))
                 continue
-            text = path.read_text("utf-8")
+            # utf-8-sig: Windows editors start UTF-8 files with a byte-order mark, which would
+            # otherwise stay on the first line and hide its heading.
+            text = path.read_text("utf-8-sig")
         except UnicodeDecodeError:
             documents.append(Document(path.name, skipped="not UTF-8 text"))
             continue
@@ -281,18 +283,21 @@ class Index:
 
     @classmethod
     def build(cls, documents: Sequence[Document], passages: Sequence[Passage]) -> Index:
-        started = time.perf_counter()
         retriever = None
+        built = 0.0
         if passages:
             # Imported here: engine.parts (and so the operator API) imports this module, and
-            # only a process that indexes documents should load bm25s and numpy.
+            # only a process that indexes documents should load bm25s and numpy. Before the
+            # clock starts: the first import costs hundreds of ms, the index a few.
             import bm25s
 
+            started = time.perf_counter()
             retriever = bm25s.BM25()
             # The document's name and the section are searchable too: "estacionamento.md".
             corpus = [terms(f"{_words_of(p.doc)} {p.section} {p.text}") for p in passages]
             retriever.index(corpus, show_progress=False)
-        return cls(tuple(documents), tuple(passages), retriever, time.perf_counter() - started)
+            built = time.perf_counter() - started
+        return cls(tuple(documents), tuple(passages), retriever, built)
 
     @property
     def nbytes(self) -> int:
@@ -467,6 +472,14 @@ class BusinessFile:
     file: Path | None  # its business file (None: the default business without one)
 
 
+def own_folder(business: BusinessFile) -> Path | None:
+    """A session business's own folder, `knowledge/<id>/` beside its file (read when it
+    exists); None for the default business and one without a file."""
+    if not business.id or business.file is None:
+        return None
+    return business.file.parent / "knowledge" / business.id
+
+
 def knowledge_folders(
     businesses: Sequence[BusinessFile], configured: Path | None
 ) -> dict[str, Path]:
@@ -483,9 +496,9 @@ def knowledge_folders(
             if "" in out:
                 readers.setdefault(out[""].resolve(), []).append("")
             continue
-        if business.file is None:
+        own = own_folder(business)
+        if own is None or business.file is None:
             continue
-        own = business.file.parent / "knowledge" / business.id
         if own.is_dir():
             out[business.id] = own
             continue

@@ -41,14 +41,14 @@ import orjson
 
 from engine.agent.agenda import Agenda, Proposal, UnknownService
 from engine.agent.bookings import BookingError, BookingLimit, BookingNotFound, Change, SlotTaken
-from engine.agent.calendar import InvalidSlot, Service, fold
+from engine.agent.calendar import InvalidSlot, Service
 from engine.agent.confirmation import PENDING_KEY, PendingAction, confirms, refuses
 from engine.agent.reminders import REMINDER_KEY, STEP_REMINDER
 from engine.agent.texts import AgentTexts
 from engine.agent.tools import ToolSession
 from engine.brain import Decision, HandOff, Turn
 from engine.menu_brain import (
-    NUMBER,
+    BACK_WORDS,
     PERSON_WORDS,
     STEP_ASK_NAME,
     STEP_CHOOSE_SERVICE,
@@ -56,8 +56,10 @@ from engine.menu_brain import (
     MenuBrain,
     MenuOption,
     heard,
+    option_number,
 )
 from engine.texts import Texts
+from shared.text import fold
 
 STEP_SERVICE = "sched_service"
 STEP_SLOT = "sched_slot"
@@ -68,16 +70,10 @@ MENU_STEPS = frozenset({"", STEP_ASK_NAME, STEP_MENU, STEP_CHOOSE_SERVICE}) | OW
 OFFER_KEY = "menu_offer"
 SLOTS_OFFERED = 8
 
-_BACK_WORDS = {"menu", "voltar", "volta", "inicio", "back"}
 _EMPTY_NAME = re.compile(r",\s*\?")
 _CLEARED = {OFFER_KEY: "", PENDING_KEY: ""}
 # What a change can be refused with; each has its answer in `_refused`.
 _REFUSALS = (BookingError, InvalidSlot, UnknownService)
-
-
-def _number(text: str) -> int | None:
-    match = NUMBER.match(text)
-    return int(match.group(1)) if match else None
 
 
 class SchedulingMenuBrain(MenuBrain):
@@ -131,7 +127,7 @@ class SchedulingMenuBrain(MenuBrain):
                 collected=_CLEARED,
                 requests=[HandOff("customer asked for a person")],
             )
-        if fold(text) in _BACK_WORDS:
+        if fold(text) in BACK_WORDS:
             return self._to_menu(turn, collected=_CLEARED)
         if step == STEP_SERVICE:
             return await self._service_step(turn, text)
@@ -288,7 +284,7 @@ class SchedulingMenuBrain(MenuBrain):
 
     async def _service_step(self, turn: Turn, text: str) -> Decision:
         services = self.agenda.calendar.services
-        n = _number(text)
+        n = option_number(text)
         if n is None or not 1 <= n <= len(services):
             return self._invalid(turn, STEP_SERVICE)
         return await self._offer_slots(turn, services[n - 1])
@@ -323,7 +319,7 @@ class SchedulingMenuBrain(MenuBrain):
     async def _slot_step(self, turn: Turn, text: str) -> Decision:
         offer = self._offer(turn)
         slots = offer.get("slots") or []
-        n = _number(text)
+        n = option_number(text)
         if n is None or not 1 <= n <= len(slots):
             return self._invalid(turn, STEP_SLOT)
         action = PendingAction("book", service=str(offer.get("service", "")), start=slots[n - 1])
@@ -336,7 +332,7 @@ class SchedulingMenuBrain(MenuBrain):
 
     async def _cancel_step(self, turn: Turn, text: str) -> Decision:
         bookings = self._offer(turn).get("bookings") or []
-        n = _number(text)
+        n = option_number(text)
         if n is None or not 1 <= n <= len(bookings):
             return self._invalid(turn, STEP_CANCEL)
         return await self._ask(turn, PendingAction("cancel", booking_id=str(bookings[n - 1])))
@@ -369,7 +365,7 @@ class SchedulingMenuBrain(MenuBrain):
         self, turn: Turn, pending: PendingAction, prefix: Sequence[str] = ()
     ) -> Decision:
         text = turn.message.text
-        if confirms(text):
+        if confirms(text, pending.kind):
             message_id = turn.message.waha_id or f"at-{turn.message.at}"
             try:
                 change = await self.agenda.carry_out(pending, Agenda.customer(turn), message_id)
@@ -378,7 +374,7 @@ class SchedulingMenuBrain(MenuBrain):
             return self._to_menu(
                 turn, prefix=[*prefix, self.change_text(change)], collected=_CLEARED
             )
-        if refuses(text):
+        if refuses(text, pending.kind):
             not_done = self.agent_texts.render("not_confirmed")
             return self._to_menu(turn, prefix=[*prefix, not_done], collected=_CLEARED)
         # Neither yes nor no: the question still stands.
@@ -424,7 +420,7 @@ class SchedulingMenuBrain(MenuBrain):
             return None
         if turn.state.step not in (STEP_REMINDER, ""):
             return None
-        n = _number(turn.message.text)
+        n = option_number(turn.message.text)
         return n if n in (1, 2, 3) else None
 
     def _reminder_words(self, text: str) -> int | None:

@@ -69,9 +69,9 @@ _PT_BR: dict[str, str] = {
     "confirm_book": "Confirma *{service}* em *{when}*?\n1. Sim\n2. Não",
     "confirm_reschedule": "Confirma mudar *{service}* de {old} para *{when}*?\n1. Sim\n2. Não",
     "confirm_cancel": "Confirma o cancelamento de *{service}* em *{when}*?\n1. Sim\n2. Não",
-    "booked": "Pronto! ✅ *{service}* marcado para *{when}*.",
-    "rescheduled": "Pronto! ✅ *{service}* remarcado para *{when}*.",
-    "cancelled": "Pronto: *{service}* em {when} foi cancelado.",
+    "booked": "Pronto! ✅ Horário de *{service}* marcado para *{when}*.",
+    "rescheduled": "Pronto! ✅ Horário de *{service}* remarcado para *{when}*.",
+    "cancelled": "Pronto: o horário de *{service}* em {when} foi cancelado.",
     "not_confirmed": "Tudo bem, não alterei nada.",
     "slot_taken": "Esse horário acabou de ser reservado por outra pessoa. 😕",
     "my_bookings": "Seus agendamentos:\n{bookings}",
@@ -89,14 +89,14 @@ _PT_BR: dict[str, str] = {
         "Olá! Lembrete da *{business}*: *{service}* em *{when}*.\n"
         "1. Confirmar\n2. Remarcar\n3. Cancelar\nResponda com o número."
     ),
-    "reminder_confirmed": "Obrigado! ✅ *{service}* confirmado para *{when}*. Até lá!",
+    "reminder_confirmed": "Obrigado! ✅ Horário de *{service}* confirmado para *{when}*. Até lá!",
     "freed_slot_offer": (
         "Vagou um horário hoje na *{business}*: *{service}* em *{when}*.\n"
         "Quer? Responda *1* para marcar (você sai da fila). "
         "Se não quiser, é só esperar: você continua na fila."
     ),
     "freed_slot_booked": (
-        "Pronto! ✅ *{service}* marcado para *{when}*. Você saiu da fila; "
+        "Pronto! ✅ Horário de *{service}* marcado para *{when}*. Você saiu da fila; "
         "se precisar de um atendente, é só pedir."
     ),
     "freed_slot_lost": (

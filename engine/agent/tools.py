@@ -242,9 +242,15 @@ class ToolSession:
         if self.handoff_team:
             # Read by the engine when it puts the customer in line (engine/turn/customer.py).
             out[HANDOFF_TEAM] = self.handoff_team
-        if not self.pending_changed:
-            return out
-        return {**out, PENDING_KEY: self.pending.encode() if self.pending else ""}
+        if self.pending_changed:
+            return {**out, PENDING_KEY: self.pending.encode() if self.pending else ""}
+        if self.pending_in is not None and self.pending_in.proposed_in != self.message_id:
+            # This message answered the proposal and was not a yes (a yes carries it out and
+            # clears it), nor made the model propose again: the proposal lapses. Kept, a later
+            # message holding a yes word could carry out what the customer declined (found by
+            # an audit: "não, obrigada", then "quero saber se aceitam Amil" booked it).
+            return {**out, PENDING_KEY: ""}
+        return out
 
     # --- the dispatcher -------------------------------------------------------------------
     async def call(self, name: str, arguments: str | None) -> dict[str, Any]:
@@ -386,7 +392,7 @@ class ToolSession:
             and pending.same_as(action)
             # Asked during an earlier message: the customer has had the chance to answer.
             and pending.proposed_in != self.message_id
-            and confirms(self.message_text)
+            and confirms(self.message_text, action.kind)
         )
 
     async def _change(self, action: PendingAction) -> dict[str, Any]:

@@ -8,7 +8,9 @@ not reach: the path is fetched from WAHA_URL, the address wsm already uses for W
 outside WAHA's files is not fetched at all ("foreign_url"): the worker never sends WAHA's key,
 nor any request, to a host named by a message.
 
-Bounded: WSM_MEDIA_FETCH_TIMEOUT_SECONDS per try, WSM_MEDIA_FETCH_ATTEMPTS tries for what a
+Bounded: WSM_MEDIA_FETCH_TIMEOUT_SECONDS per try, for the whole try (a server that trickles
+bytes cannot hold the turn past it: httpx's own timeouts bound each wait, not the download),
+WSM_MEDIA_FETCH_ATTEMPTS tries for what a
 repeat can fix (network errors, timeouts, 5xx, 429; shared/backoff.py between them), and the
 body is streamed and dropped at WSM_MEDIA_MAX_BYTES. Every failure is an answer with a reason
 (`http_404`, `timeout`, `too_big`, ...), never an exception: the conversation goes on without
@@ -61,6 +63,7 @@ class MediaFetcher:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base = urlsplit(waha_url.rstrip("/"))
+        self.timeout_seconds = timeout_seconds
         self.max_bytes = max_bytes
         self.attempts = max(1, attempts)
         self.backoff_base = backoff_base_seconds
@@ -94,7 +97,10 @@ class MediaFetcher:
         for attempt in range(1, self.attempts + 1):
             retry_after: float | None = None
             try:
-                async with self._client.stream("GET", target) as response:
+                async with (
+                    asyncio.timeout(self.timeout_seconds),
+                    self._client.stream("GET", target) as response,
+                ):
                     status = response.status_code
                     if status == 200:
                         return await self._body(response)
@@ -104,7 +110,7 @@ class MediaFetcher:
                     # Honoured up to our own cap: a customer's turn must not wait for long.
                     asked = retry_after_of(response.headers)
                     retry_after = None if asked is None else min(asked, self.backoff_max)
-            except httpx.TimeoutException:
+            except (httpx.TimeoutException, TimeoutError):
                 reason = TIMEOUT
             except httpx.HTTPError as exc:
                 reason = NETWORK

@@ -84,8 +84,13 @@ class Contact:
     name: str
     vcard: str
 
+    @property
+    def phone(self) -> str:
+        """The card's first telephone number as written in it ("+55 11 98765-0099")."""
+        return _vcard_value(self.vcard, "TEL")
+
     def public(self) -> dict[str, Any]:
-        return {"name": self.name, "vcard": self.vcard}
+        return {"name": self.name, "phone": self.phone, "vcard": self.vcard}
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,9 +254,14 @@ def _location(
 
 
 def _vcard_name(vcard: str) -> str:
+    return _vcard_value(vcard, "FN")
+
+
+def _vcard_value(vcard: str, name: str) -> str:
+    """The value of a vCard's first `name` line (its parameters, as in `TEL;waid=…:`, skipped)."""
     for line in vcard.splitlines():
         key, _, value = line.partition(":")
-        if key.split(";")[0].strip().upper() == "FN":
+        if key.split(";")[0].strip().upper() == name:
             return value.strip()
     return ""
 

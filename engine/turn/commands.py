@@ -58,7 +58,10 @@ async def close(
     if turn.state.state is State.WAITING:
         await turn.leave_line()
     if turn.state.state is State.AGENT:
-        turn.release_agent(handled=True)
+        # Closed for inactivity: the handling ended with the last message, not the idle wait
+        # that followed (found by an audit: 30 idle minutes made every estimate 30 min longer).
+        until = turn.state.last_activity_at if trigger is Trigger.INACTIVITY else 0
+        turn.release_agent(handled=True, until=until)
     turn.state = turn.state.moved(trigger, closed_at=turn.now, step="")
     if goodbye:
         turn.reply(turn.texts.render(text_key))
@@ -131,7 +134,9 @@ async def line_notice(turn: ConversationTurn) -> None:
     if position != 1 and turn.now - turn.state.line_notice_at < interval_ms:
         return
     if position == 1:
-        turn.reply(turn.texts.render("line_front"))
+        # With nobody of the line's team online, not the promise of "in a moment".
+        nobody = await turn.line.online_count(team) == 0
+        turn.reply(turn.texts.render("line_front_nobody" if nobody else "line_front"))
     else:
         turn.reply(await line_text(turn, "line_position", position, team))
     turn.state = replace(turn.state, line_position=position, line_notice_at=turn.now)

@@ -7,17 +7,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from engine.agent.calendar import Team, fold
+from engine.agent.calendar import Team
 from engine.brain import Decision, InboundMessage, Turn, reads_history
 from engine.history import HistoryEntry, mid_field, mid_from, recent, recent_from
 from engine.media.ingest import NOT_STORED, MediaItem, item_of
 from engine.media.kinds import describe
 from engine.media.transcribe import TRANSCRIPT_MARK
-from engine.menu_brain import MenuBrain
+from engine.menu_brain import BACK_WORDS, MenuBrain, option_number, spoken, unheard_audio
 from engine.state import State, Trigger
 from engine.turn import freed_slot
 from engine.turn.frame import ConversationTurn
 from shared.events import short_message_id
+from shared.text import fold
 
 
 async def message(turn: ConversationTurn) -> None:
@@ -52,13 +53,15 @@ async def message(turn: ConversationTurn) -> None:
             turn.state = replace(turn.state, phone=phone)
     turn.state = replace(turn.state, last_activity_at=turn.now, last_customer_at=turn.now)
     current = turn.before.state
+    inbound = inbound_of(item, text=text, waha_id=waha_id, at=at)
     if current is State.BOT and turn.state.step == TEAM_STEP:
-        await team_answer(turn, text)
+        await team_answer(turn, inbound)
     elif current in (State.NEW, State.CLOSED, State.BOT):
-        await ask_brain(turn, inbound_of(item, text=text, waha_id=waha_id, at=at))
+        await ask_brain(turn, inbound)
     elif current is State.WAITING:
         turn.state = turn.state.moved(Trigger.CUSTOMER_MESSAGE)
-        await waiting_message(turn, text)
+        # A voice note's words count as typed ones: *sair* said leaves the line.
+        await waiting_message(turn, said(inbound))
     else:  # with a person, or paused: recorded for them, the bot keeps quiet
         turn.state = turn.state.moved(Trigger.CUSTOMER_MESSAGE)
 
@@ -81,7 +84,14 @@ def media_fields(item: MediaItem) -> dict[str, Any]:
         "caption": item.caption or None,
         "transcript": item.transcript,
         "location": item.location.public() if item.location is not None else None,
+        "contact": item.contact.public() if item.contact is not None else None,
     }
+
+
+def said(inbound: InboundMessage) -> str:
+    """What the customer said, as the line's steps read it: a transcribed voice note is its
+    words (without the full stop Whisper adds), anything else its text."""
+    return spoken(inbound.transcript) if inbound.transcript else inbound.text
 
 
 def inbound_of(item: MediaItem, *, text: str, waha_id: str, at: int) -> InboundMessage:
@@ -154,7 +164,7 @@ async def ask_brain(turn: ConversationTurn, inbound: InboundMessage) -> None:
 async def waiting_message(turn: ConversationTurn, text: str) -> None:
     """A message from a customer in line: *sair* leaves it; "1" answers a freed slot offered
     to them; anything else may get their place again (at most once per notice interval)."""
-    if text.strip().casefold() in turn.texts.leave_words:
+    if turn.texts.says_leave(text):
         await turn.leave_line()
         turn.state = turn.state.moved(Trigger.LEFT_LINE)
         turn.reply(turn.texts.render("line_left"))
@@ -243,8 +253,9 @@ def closed_text(turn: ConversationTurn, team: str) -> str:
 
 def _team(teams: tuple[Team, ...], ref: str) -> Team | None:
     ref = ref.strip()
-    if ref.isdigit() and 1 <= int(ref) <= len(teams):
-        return teams[int(ref) - 1]
+    number = option_number(ref)
+    if number is not None and 1 <= number <= len(teams):
+        return teams[number - 1]
     wanted = fold(ref)
     return next((t for t in teams if wanted in (fold(t.id), fold(t.name))), None) if ref else None
 
@@ -254,7 +265,8 @@ def _ask_team(turn: ConversationTurn) -> None:
         turn.texts.render("menu_option", number=n, label=t.name)
         for n, t in enumerate(turn.line.teams, start=1)
     )
-    turn.reply(turn.texts.render("team_question", teams=options))
+    leave_word = turn.texts.templates["leave_word"]
+    turn.reply(turn.texts.render("team_question", teams=options, leave_word=leave_word))
 
 
 async def hand_off(turn: ConversationTurn, decision: Decision) -> None:
@@ -272,12 +284,19 @@ async def hand_off(turn: ConversationTurn, decision: Decision) -> None:
     await enter_line(turn, team.id if team is not None and len(teams) > 1 else "")
 
 
-async def team_answer(turn: ConversationTurn, text: str) -> None:
-    """The answer to "which team?": a number or a name enters that team's line; the leave
-    word gives up; anything else asks again."""
+async def team_answer(turn: ConversationTurn, inbound: InboundMessage) -> None:
+    """The answer to "which team?": a number or a name, typed or said in a voice note, enters
+    that team's line; the leave word gives up; a voice note nobody could transcribe is told
+    so; anything else asks again."""
     turn.state = turn.state.moved(Trigger.CUSTOMER_MESSAGE)
     back = turn.state.collected.get(TEAM_RETURN, "")
-    if text.strip().casefold() in turn.texts.leave_words:
+    if unheard_audio(inbound):
+        turn.reply(turn.texts.render("team_audio_unsupported"))
+        _ask_team(turn)
+        return
+    text = said(inbound)
+    # The leave word gives up, and so do the menus' own ways back ("menu", "voltar").
+    if turn.texts.says_leave(text) or fold(text).strip(" .!") in BACK_WORDS:
         turn.state = replace(turn.state, step=back)
         turn.reply(turn.texts.render("line_left"))
         return

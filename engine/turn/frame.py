@@ -219,12 +219,15 @@ class ConversationTurn:
         self.line_changed = True
         self.state = replace(self.state, line_entered_at=0, line_position=0, line_notice_at=0)
 
-    def release_agent(self, *, handled: bool) -> None:
+    def release_agent(self, *, handled: bool, until: int = 0) -> None:
+        """The agent's slot is free again; a handled conversation's time (taken to `until`,
+        default now) feeds the line's estimates."""
         agent_id = self.state.agent_id
         if not agent_id:
             return
+        end = max(until or self.now, self.state.taken_at)
         handled_seconds = (
-            (self.now - self.state.taken_at) / 1000 if handled and self.state.taken_at else None
+            (end - self.state.taken_at) / 1000 if handled and self.state.taken_at else None
         )
         session, token = self.conversation.session, self.conversation.token
 

@@ -32,7 +32,7 @@ from engine.agent.calendar import InvalidSlot
 from engine.agent.freed_slots import OFFER_KEY, OFFERED_KEEP, OFFERED_KEY
 from engine.agent.metrics import FREED_SLOTS
 from engine.brain import Brain
-from engine.menu_brain import NUMBER
+from engine.menu_brain import option_number
 from engine.state import State, Trigger
 from engine.turn.frame import ConversationTurn
 from shared.keys import CalendarKeys, split_conversation_token
@@ -117,8 +117,7 @@ async def answer(turn: ConversationTurn, text: str) -> bool:
     """A waiting customer's "1" to a pending offer: book it. -> False when this message is not
     that answer (then it is handled as any message in line)."""
     raw = turn.state.collected.get(OFFER_KEY, "")
-    match = NUMBER.match(text) if raw else None
-    if match is None or int(match.group(1)) != 1:
+    if not raw or option_number(text) != 1:
         return False
     menu = _menu(turn.tools.brain, turn.conversation.session)
     offer = _offer(raw)

@@ -86,3 +86,23 @@ async def test_a_customer_waiting_too_long_leaves_the_line_and_the_next_moves_up
     # Closed, not lost: writing again reopens the conversation with the bot.
     await harness.say(FIRST, "oi de novo")
     assert await state_of(aredis, key_prefix, FIRST) is State.BOT
+
+
+async def test_an_inactivity_close_counts_the_handling_up_to_the_last_message(
+    aredis: Any, key_prefix: str, waha: Any, make_harness: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by an audit: a two-minute conversation closed for inactivity half an hour later
+    was counted as 32 minutes of handling, and every estimate grew by as much."""
+    clock = Clock(monkeypatch)
+    harness = make_harness(inactivity_close_seconds=1800)
+    line = harness.service.coordinator.line
+    await line.set_online("maria", "Maria", 1)
+    await ask_for_a_person(harness, FIRST, "Primeira")
+    assert await state_of(aredis, key_prefix, FIRST) is State.AGENT
+    clock.advance(120)  # two minutes of conversation
+    await harness.say(FIRST, "obrigada, era só isso")
+    clock.advance(1800 + 5)  # then silence, until the inactivity close
+    await fire_timers(harness)
+    assert await state_of(aredis, key_prefix, FIRST) is State.CLOSED
+    samples = [float(s) for s in await aredis.lrange(line.keys.handling_times("default"), 0, -1)]
+    assert len(samples) == 1 and 119 <= samples[0] <= 125, samples

@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from engine.state import State, load_state
 from engine.texts import DEFAULTS
 from shared.keys import engine_keys_for
@@ -35,7 +37,7 @@ async def state_of(aredis: Any, prefix: str, chat: str) -> Any:
     return await load_state(aredis, engine_keys_for("default", chat, 1, prefix).state)
 
 
-QUESTION = PT["team_question"].format(teams="1. Recepção\n2. Financeiro")
+QUESTION = PT["team_question"].format(teams="1. Recepção\n2. Financeiro", leave_word="sair")
 
 
 async def test_which_team_is_a_numbered_choice_and_each_line_counts_its_own(
@@ -125,3 +127,46 @@ async def test_one_team_or_none_asks_nothing(waha: Any, make_harness: Any, tmp_p
     await say(harness, ANA, "oi", "Ana", "3")
     assert waha.to(ANA)[-1].startswith("Você é o 1º da fila.")
     assert [w.team for w in await harness.service.coordinator.line.members("default")] == [""]
+
+
+async def test_the_team_question_says_how_to_go_back_and_menu_does(
+    aredis: Any, key_prefix: str, waha: Any, make_harness: Any, business_file: Path
+) -> None:
+    """Found by an audit: the question never said how to give up, and "menu" or "voltar"
+    only asked it again."""
+    harness = make_harness(calendar_file=business_file)
+    await say(harness, ANA, "oi", "Ana", "3")
+    assert waha.to(ANA)[-1] == QUESTION and QUESTION.endswith("Para voltar, escreva *sair*.")
+    await say(harness, ANA, "Menu")
+    assert waha.to(ANA)[-1] == PT["line_left"]
+    state = await state_of(aredis, key_prefix, ANA)
+    assert state.state is State.BOT and state.step != "line_team"
+    assert await harness.service.coordinator.line.members("default", "") == []
+
+
+@pytest.mark.parametrize(("text", "leaves"), [
+    ("Sair!", True), ("quero sair", True), ("sair.", True), ("quero sair da fila", True),
+    ("não quero sair", False), ("vou sair pra almoçar mas me chama depois", False),
+])  # fmt: skip
+async def test_leaving_the_line_in_a_few_words(
+    aredis: Any, key_prefix: str, waha: Any, make_harness: Any, text: str, leaves: bool
+) -> None:
+    """Found by an audit: only the exact word left the line."""
+    harness = make_harness()
+    await say(harness, ANA, "oi", "Ana", "quero falar com um atendente", text)
+    waiting = await harness.service.coordinator.line.members("default", "")
+    assert (waiting == []) is leaves
+    assert (waha.to(ANA)[-1] == PT["line_left"]) is leaves
+
+
+async def test_asking_for_a_person_instead_of_a_name(
+    aredis: Any, key_prefix: str, waha: Any, make_harness: Any
+) -> None:
+    """Found by an audit: "quero falar com um atendente" at the name question became the
+    customer's name. A surname that is also a word for a person stays a name."""
+    harness = make_harness()
+    await say(harness, ANA, "oi", "quero falar com um atendente")
+    assert waha.to(ANA)[-1].startswith("Você é o 1º da fila")
+    assert "name" not in (await state_of(aredis, key_prefix, ANA)).collected
+    await say(harness, BIA, "oi", "Fernando Pessoa")
+    assert (await state_of(aredis, key_prefix, BIA)).collected["name"] == "Fernando Pessoa"

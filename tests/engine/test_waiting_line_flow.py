@@ -136,3 +136,21 @@ async def test_an_agent_who_takes_by_hand_is_never_given_a_customer(
     await coordinator.maintain()
     await harness.drain()
     assert waha.to(CUSTOMERS[1])[-1] == "Maria vai te atender agora. 🙋"
+
+
+async def test_the_front_of_the_line_with_nobody_online_is_promised_no_one(
+    aredis, key_prefix, waha, make_harness
+) -> None:
+    """Found by an audit: the first in line was told "um atendente vai falar com você em
+    instantes" with nobody online."""
+    harness = make_harness()
+    for n, chat in enumerate(CUSTOMERS[:2], start=1):
+        await ask_for_a_person(harness, chat, f"Cliente {n}")
+    await harness.webhook(text_message(CUSTOMERS[0], "sair"))
+    await harness.drain()
+    await harness.service.coordinator.maintain()
+    await harness.drain()
+    assert waha.to(CUSTOMERS[1])[-1] == (
+        "Você é o próximo da fila! Ninguém da equipe está online agora: assim que alguém "
+        "entrar, vai falar com você."
+    )

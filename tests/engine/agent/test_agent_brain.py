@@ -234,7 +234,10 @@ async def test_a_booking_made_before_the_model_failed_is_still_told(
         server_error(),
     )  # fmt: skip
     decision = await chat.say(brain, "sim")
-    assert decision.replies[0] == f"Pronto! ✅ *Consulta* marcado para *seg {now:%d/%m} às 10:00*."
+    assert (
+        decision.replies[0]
+        == f"Pronto! ✅ Horário de *Consulta* marcado para *seg {now:%d/%m} às 10:00*."
+    )
     assert MENU_BOOK in decision.replies[1]
     assert chat.state.collected[PENDING_KEY] == ""
     assert await chat.booked(aredis, key_prefix) == 1
@@ -246,7 +249,10 @@ async def test_a_proposal_survives_a_fallback_and_is_confirmed_on_the_menu(
     brain, chat = await ana_offered_the_first_slot(make_agent, groq)
     groq.then(server_error())
     decision = await chat.say(brain, "sim")
-    assert decision.replies[0] == f"Pronto! ✅ *Consulta* marcado para *seg {now:%d/%m} às 10:00*."
+    assert (
+        decision.replies[0]
+        == f"Pronto! ✅ Horário de *Consulta* marcado para *seg {now:%d/%m} às 10:00*."
+    )
     assert await chat.booked(aredis, key_prefix) == 1
 
 

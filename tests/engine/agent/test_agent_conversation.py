@@ -95,8 +95,15 @@ async def test_booking_seeing_and_cancelling_on_the_menu_end_to_end(
     await menu.say(ANA, "2")
     assert waha.to(ANA)[-1] == f"Confirma *Consulta* em *seg {day} às 10:30*?\n1. Sim\n2. Não"
     assert await aredis.zcard(keys.customer(token)) == 0  # asked, not booked
+    # A yes word inside a question or another time is no answer: asked again, nothing booked.
+    for not_an_answer in ("Pode ser mais tarde?", "quero às 15h"):
+        await menu.say(ANA, not_an_answer)
+        assert waha.to(ANA)[-1].endswith(f"*seg {day} às 10:30*?\n1. Sim\n2. Não")
+        assert await aredis.zcard(keys.customer(token)) == 0
     await menu.say(ANA, "1")
-    assert waha.to(ANA)[-2] == f"Pronto! ✅ *Consulta* marcado para *seg {day} às 10:30*."
+    assert (
+        waha.to(ANA)[-2] == f"Pronto! ✅ Horário de *Consulta* marcado para *seg {day} às 10:30*."
+    )
     assert waha.to(ANA)[-1].startswith("Como posso ajudar, Ana?")
     assert await aredis.zcard(keys.customer(token)) == 1
 
@@ -117,7 +124,9 @@ async def test_booking_seeing_and_cancelling_on_the_menu_end_to_end(
         == f"Confirma o cancelamento de *Consulta* em *seg {day} às 10:30*?\n1. Sim\n2. Não"
     )
     await menu.say(ANA, "sim")
-    assert waha.to(ANA)[-2] == f"Pronto: *Consulta* em seg {day} às 10:30 foi cancelado."
+    assert (
+        waha.to(ANA)[-2] == f"Pronto: o horário de *Consulta* em seg {day} às 10:30 foi cancelado."
+    )
     assert await aredis.zcard(keys.customer(token)) == 0
     assert await aredis.hgetall(keys.day(str(now.date()))) == {}
     assert groq.requests == []
@@ -139,5 +148,8 @@ async def test_a_fallback_mid_conversation_is_seamless(
         503, json={"error": {"message": "Service Unavailable", "type": "service_unavailable"}}
     )
     await agent.say(ANA, "sim")
-    assert waha.to(ANA)[-2] == f"Pronto! ✅ *Consulta* marcado para *seg {now:%d/%m} às 10:00*."
+    assert (
+        waha.to(ANA)[-2]
+        == f"Pronto! ✅ Horário de *Consulta* marcado para *seg {now:%d/%m} às 10:00*."
+    )
     assert await aredis.zcard(CalendarKeys(key_prefix).customer(f"default|{ANA}")) == 1

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
 from engine.agent.breaker import BreakerState, CircuitBreaker
+from engine.agent.calendar import load_calendar
 from engine.agent.confirmation import PendingAction
-from engine.agent.context import estimate_tokens, fit, history_messages, state_summary, units
+from engine.agent.context import (
+    estimate_tokens,
+    fit,
+    history_messages,
+    state_summary,
+    system_prompt,
+    units,
+)
 from engine.agent.groq_brain import whatsapp_text
 from engine.history import HistoryEntry
+from tests.engine.agent.conftest import CALENDAR
 
 
 def call(n: int) -> dict:
@@ -107,3 +121,24 @@ def test_a_rate_limit_holds_the_breaker_open_for_its_retry_after() -> None:
     assert breaker.state is BreakerState.OPEN
     now[0] = 7.5
     assert breaker.allow()
+
+
+def test_the_prompt_names_the_public_holidays_customers_could_ask_for(tmp_path: Path) -> None:
+    """Found by an audit: only the business's own list was named ("Closed on: 2026-12-24,
+    2026-12-31"), so the model could tell a customer it opens on Christmas."""
+    path = tmp_path / "business.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                **CALENDAR,
+                "public_holidays": {"country": "BR", "categories": ["public"]},
+                "holidays": ["2026-12-24"],
+            }
+        ),
+        "utf-8",
+    )
+    calendar = load_calendar(path)
+    now = datetime(2026, 12, 20, 12, 0, tzinfo=UTC)
+    prompt = system_prompt(calendar, language="pt-BR", now=now, max_reply_chars=600)
+    closed = next(line for line in prompt.splitlines() if line.startswith("Closed on:"))
+    assert closed == "Closed on: 2026-12-24, 2026-12-25, 2027-01-01"

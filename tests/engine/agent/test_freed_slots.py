@@ -166,7 +166,7 @@ async def test_two_accept_one_books_the_other_is_told_it_was_taken(
 
     await agent.say(first, "1")
     when = f"seg {now:%d/%m} às 13:00"
-    assert waha.to(first)[-1].startswith(f"Pronto! ✅ *Consulta* marcado para *{when}*.")
+    assert waha.to(first)[-1].startswith(f"Pronto! ✅ Horário de *Consulta* marcado para *{when}*.")
     assert await state_of(agent, first) is State.BOT  # booked: out of the line
     line = agent.service.coordinator.line
     assert await line.position("default", f"default|{first}") is None

@@ -181,6 +181,16 @@ def test_documents_that_cannot_be_read_are_left_out_with_their_reason(tmp_path: 
     assert not any("rascunho" in p.text or "oculto" in p.text for p in index.passages)
 
 
+def test_a_byte_order_mark_does_not_hide_the_first_heading(tmp_path: Path) -> None:
+    """Windows editors save UTF-8 with a BOM: the first line is still a heading."""
+    folder = tmp_path / "knowledge"
+    folder.mkdir()
+    (folder / "precos.md").write_bytes("\ufeff# Preços\n\nLimpeza custa R$ 200.\n".encode())
+    index = build_index(folder)
+    [passage] = index.passages
+    assert (passage.section, passage.text) == ("Preços", "Limpeza custa R$ 200.")
+
+
 # --- kept fresh -------------------------------------------------------------------------------
 
 

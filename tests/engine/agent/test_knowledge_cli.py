@@ -109,3 +109,37 @@ def test_check_fails_without_documents_and_on_a_bad_business_file(tmp_path: Path
     assert refused.returncode == 2 and "wsm knowledge:" in refused.stderr
     usage = wsm(tmp_path, "knowledge", "check", "--dir", str(tmp_path))
     assert usage.returncode == 2 and "--dir needs --business-file" in usage.stderr
+
+
+def test_check_fails_when_the_documents_give_the_agent_nothing(tmp_path: Path) -> None:
+    clinic = business(tmp_path, "clinica.yaml", "Clínica Sorriso")
+    (tmp_path / "knowledge").mkdir()
+    (tmp_path / "knowledge" / "vazio.md").write_text("  \n\n", "utf-8")
+    done = wsm(tmp_path, "knowledge", "check", "--business-file", str(clinic))
+    assert "indexed: 1 documents, 0 passages" in done.stdout
+    assert done.returncode == 1, done.stdout
+
+
+def test_check_names_a_session_business_own_folder_when_it_is_missing(tmp_path: Path) -> None:
+    """The id comes from the file's name: an operator is told which folder it means."""
+    clinic = business(tmp_path, "clinica.yaml", "Clínica Sorriso")
+    branch = business(tmp_path, "Clínica São José.yaml", "Clínica São José")
+    (tmp_path / "knowledge").mkdir()
+    (tmp_path / "knowledge" / "convenios.md").write_text(CONVENIOS, "utf-8")
+    done = wsm(
+        tmp_path, "knowledge", "check",
+        WSM_CALENDAR_FILE=str(clinic), WSM_BUSINESS_FILES=f"sj={branch}",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    _, branch_part = done.stdout.split("business: Clínica São José (sessions sj)")
+    own = tmp_path / "knowledge" / "cl-nica-s-o-jos"
+    assert f"own folder: {own}  (does not exist)" in branch_part
+    # With the folder there, it is what is read, and no longer named as missing.
+    own.mkdir()
+    (own / "unidade.md").write_text("Fica na Rua das Flores, 10.", "utf-8")
+    done = wsm(
+        tmp_path, "knowledge", "check",
+        WSM_CALENDAR_FILE=str(clinic), WSM_BUSINESS_FILES=f"sj={branch}",
+    )  # fmt: skip
+    _, branch_part = done.stdout.split("business: Clínica São José (sessions sj)")
+    assert "own folder:" not in branch_part and f"folder: {own}" in branch_part

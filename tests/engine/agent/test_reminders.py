@@ -230,7 +230,7 @@ async def test_answering_1_confirms(answering, groq, waha, aredis, keys) -> None
     confirmed = sent("confirmed")
     await agent.say(ANA, "1")
     assert waha.to(ANA)[-1] == (
-        f"Obrigado! ✅ *Consulta* confirmado para *qua {start:%d/%m} às 09:00*. Até lá!"
+        f"Obrigado! ✅ Horário de *Consulta* confirmado para *qua {start:%d/%m} às 09:00*. Até lá!"
     )
     booking = await stored(aredis, keys, booking_id)
     assert booking.confirmed_at > 0 and booking.status == "booked"
@@ -256,7 +256,9 @@ async def test_answering_2_starts_the_reschedule(
     )
     assert (await stored(aredis, keys, booking_id)).start_ms == ms(start)  # asked, not moved
     await agent.say(ANA, "1")
-    assert waha.to(ANA)[-2] == f"Pronto! ✅ *Consulta* remarcado para *ter {day} às 10:30*."
+    assert (
+        waha.to(ANA)[-2] == f"Pronto! ✅ Horário de *Consulta* remarcado para *ter {day} às 10:30*."
+    )
     moved = await stored(aredis, keys, booking_id)
     assert moved.start == f"{now + timedelta(days=1):%Y-%m-%d}T10:30"
     assert sent("rescheduled") == rescheduled + 1
@@ -306,13 +308,15 @@ async def test_a_first_answer_after_the_conversation_closed_is_the_reminders(
         f"Confirma o cancelamento de *Consulta* em *{when}*?\n1. Sim\n2. Não"
     )
     await agent.say(ANA, "sim")
-    assert waha.to(ANA)[-2] == f"Pronto: *Consulta* em {when} foi cancelado."
+    assert waha.to(ANA)[-2] == f"Pronto: o horário de *Consulta* em {when} foi cancelado."
     assert (await aredis.hget(keys.booking(booking_id), "status")) == b"cancelled"
     assert sent("cancelled") == cancelled + 1
 
 
-async def test_answering_in_words_goes_to_the_agent(answering, groq, waha, aredis, keys) -> None:
-    agent, _, booking_id = answering
+async def test_answering_in_words_goes_to_the_agent(
+    answering, groq, waha, aredis, keys, move_clock
+) -> None:
+    agent, start, booking_id = answering
     [reminder] = waha.to(ANA)
 
     def policy(request: dict[str, Any]) -> dict[str, Any]:
@@ -328,6 +332,28 @@ async def test_answering_in_words_goes_to_the_agent(answering, groq, waha, aredi
     # ...and the system's facts name the reminded booking (context.state_summary).
     assert f"was reminded of booking_id {booking_id}" in groq.sent_text
     assert (await stored(aredis, keys, booking_id)).confirmed_at > 0
+    # Answered: the reminder is behind her. Once the conversation has closed, a "3" is no
+    # longer its cancel (the agent answers it as any first message).
+    assert (await state_of(agent)).collected.get(REMINDER_KEY, "") == ""
+    move_clock(ms(start) - DAY_MS // 2)  # half a day later, still before the booking
+    await agent.service.timers_once()
+    await agent.drain()
+    assert (await state_of(agent)).state.value == "closed"
+    groq.policy = lambda request: completion("Olá de novo! Em que posso ajudar?")
+    await agent.say(ANA, "3")
+    assert waha.to(ANA)[-1] == "Olá de novo! Em que posso ajudar?"
+    assert "Confirma o cancelamento" not in "".join(waha.to(ANA))
+
+
+@pytest.mark.parametrize("answer", ["3️⃣", "três"])
+async def test_answering_3_as_an_emoji_or_a_word(answering, groq, waha, answer) -> None:
+    agent, start, _ = answering
+    await agent.say(ANA, answer)
+    when = f"qua {start:%d/%m} às 09:00"
+    assert waha.to(ANA)[-1] == (
+        f"Confirma o cancelamento de *Consulta* em *{when}*?\n1. Sim\n2. Não"
+    )
+    assert groq.requests == []
 
 
 async def test_someone_elses_booking_cannot_be_confirmed(harness, aredis, key_prefix, now) -> None:

@@ -8,7 +8,7 @@ from datetime import datetime
 
 import pytest
 
-from engine.agent.confirmation import PENDING_KEY, PendingAction, confirms
+from engine.agent.confirmation import PENDING_KEY, PendingAction, confirms, refuses
 from engine.agent.tools import SPECS, ToolSession, tool_definitions
 from tests.engine.agent.chat import Chat
 
@@ -173,7 +173,56 @@ async def test_cancel_and_reschedule_need_a_yes_too(agent, now: datetime) -> Non
         ("👍", True), ("yes please", True), ("Isso mesmo, pode marcar", True),
         ("não", False), ("nao sei", False), ("sim, mas prefiro outro horário", False),
         ("talvez", False), ("qual o endereço?", False), ("", False),
+        # A yes word inside something else is not an answer to the question asked (an
+        # audit found each of these booking on the menu).
+        ("pode ser às 14h?", False), ("Pode ser mais tarde?", False), ("quero às 15h", False),
+        ("isso é caro?", False), ("quero saber o preço", False), ("certo?", False),
+        ("beleza, mas troca pra terça", False), ("quero cancelar", False),
+        ("Sim, pode marcar. Obrigada!", True), ("sim, até lá!", True), ("Sim, boa tarde", True),
+        ("[áudio] Sim.", True), ("1️⃣", True), ("pode confirmar, estarei lá", True),
     ],
 )  # fmt: skip
 def test_what_counts_as_a_yes(text: str, expected: bool) -> None:
     assert confirms(text) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "yes_to_cancel", "yes_to_book", "no_to_cancel", "no_to_book"),
+    [
+        ("sim, pode cancelar", True, False, False, True),
+        ("cancela", True, False, False, True),
+        ("quero cancelar", True, False, False, True),
+        ("sim", True, True, False, False),
+        ("não", False, False, True, True),
+    ],
+)
+def test_a_cancel_word_is_a_yes_to_a_cancel_and_a_no_to_anything_else(
+    text: str, yes_to_cancel: bool, yes_to_book: bool, no_to_cancel: bool, no_to_book: bool
+) -> None:
+    assert confirms(text, "cancel") is yes_to_cancel
+    assert confirms(text, "book") is yes_to_book
+    assert refuses(text, "cancel") is no_to_cancel
+    assert refuses(text, "book") is no_to_book
+
+
+async def test_a_proposal_the_customer_did_not_accept_lapses(
+    agent, aredis, key_prefix, now: datetime
+) -> None:
+    """Found by an audit: after a "não" answered in plain words the proposal stayed, and a
+    later message holding a yes word ("quero saber...") booked it."""
+    chat = Chat(ANA).named("Ana")
+    args = json.dumps({"service": "Consulta", "start": f"{now.date()}T14:00"})
+    asked = session(agent, chat, "tem às 14h?")
+    assert (await asked.call("book_appointment", args))["status"] == "confirmation_required"
+    carry(chat, asked)
+    # The model answers "não, obrigada" without a tool: the proposal lapses with the turn.
+    declined = session(agent, chat, "não, obrigada, vou ver minha agenda")
+    assert declined.collected() == {PENDING_KEY: ""}
+    carry(chat, declined)
+    later = session(agent, chat, "quero")
+    assert (await later.call("book_appointment", args))["status"] == "confirmation_required"
+    assert await chat.booked(aredis, key_prefix) == 0
+    # Proposed again and answered yes: booked.
+    carry(chat, later)
+    yes = session(agent, chat, "sim")
+    assert (await yes.call("book_appointment", args))["status"] == "booked"

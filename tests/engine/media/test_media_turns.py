@@ -275,6 +275,14 @@ async def test_location_and_contact_are_recorded_without_files(
         "name": "Clínica Paulista",
     }
     assert entries[0].media is None and entries[0].media_reason is None
+    # The card itself, for the attendant: who, which number, and the vCard as sent.
+    card = contact["payload"]["vCards"][0]
+    assert entries[1].contact == {
+        "name": "Maria Souza",
+        "phone": "+55 11 98765-0099",
+        "vcard": card,
+    }
+    assert entries[1].public()["contact"] == entries[1].contact
     assert files.requests == []
     assert [m.kind for m in brain.seen][:1] == ["location"]
 
