@@ -1,8 +1,10 @@
 """The operator API: conversations, their history, the waiting line, agents, erasure.
 
 Every `/api/...` route needs `Authorization: Bearer <WSM_API_TOKEN>` (401 otherwise, before
-anything is read or stored). `/metrics` and `/healthz` are open: Prometheus and the container's
-health check reach them on the internal network; OpenAPI docs are at `/docs`.
+anything is stored; one exception to the order: a body that is not JSON at all is refused 422
+by FastAPI as it reads it, before any dependency runs, the token's check included). `/metrics`
+and `/healthz` are open: Prometheus and the container's health check reach them on the internal
+network; OpenAPI docs are at `/docs`.
 
 The routes live in api/routes/ (one module per concern) and get what they share (settings,
 Redis, the engine's coordinator, the bookings) from api/deps.py; this module builds the app.

@@ -29,14 +29,12 @@ from shared.redis_client import RedisClient
 SESSION = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CHAT_ID = re.compile(r"[0-9]{1,32}@(?:c\.us|lid|s\.whatsapp\.net)")
 AGENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
+AGENT_ID_RULE = "an agent id: 1-64 of A-Z a-z 0-9 . _ @ + -, starting with one of A-Z a-z 0-9"
 
 _RULES: dict[str, tuple[re.Pattern[str], str]] = {
     "session": (SESSION, "a WAHA session name: 1-64 of A-Z a-z 0-9 _ -"),
     "chat_id": (CHAT_ID, "a chat id: <digits>@c.us, <digits>@lid or <digits>@s.whatsapp.net"),
-    "agent_id": (
-        AGENT_ID,
-        "an agent id: 1-64 of A-Z a-z 0-9 . _ @ + -, starting with one of A-Z a-z 0-9",
-    ),
+    "agent_id": (AGENT_ID, AGENT_ID_RULE),
 }
 
 

@@ -8,7 +8,8 @@ EventSource after an error and the header would be lost), takes over from `since
 Each event becomes htmx out-of-band fragments for this agent and this page only: the line, the
 agent's conversations (with unread counts), the conversation's new messages, a message's new
 delivery status, the conversation's header and audit trail. An agent never receives a
-conversation that is not theirs to see.
+conversation that is not theirs to see: that is checked when the page connects and again at
+each event of its conversation (another agent may have taken it from the line meanwhile).
 """
 
 from __future__ import annotations
@@ -64,7 +65,15 @@ class PageChannel:
             if viewer.admin:
                 parts.append(await self.agents())
         # The open conversation first: its new messages are marked read before the agent's
-        # list (with its unread counts) is rendered.
+        # list (with its unread counts) is rendered. Asked again at each of its events, not
+        # only when the page connected: a customer an agent could see while in line is no
+        # longer theirs once another agent takes them, and the page stops following it.
+        if (
+            event.token
+            and event.token == self.token
+            and not await reads.may_view(viewer, self.token)
+        ):
+            self.token = ""
         if event.token and event.token == self.token:
             if event.kind == "msg":
                 parts.append(await self.messages(event))
@@ -88,18 +97,8 @@ class PageChannel:
         )
 
     async def agents(self) -> str:
-        reads = self.console.reads
-        agents = []
-        for agent in await reads.line.agents():
-            tokens = await reads.agent_tokens(agent.id)
-            agents.append(
-                {
-                    "id": agent.id,
-                    "name": agent.name,
-                    "online": agent.online,
-                    "conversations": await reads.summaries(tokens),
-                }
-            )
+        accounts = {a.id: a.name for a in await self.console.accounts.list()}
+        agents = await self.console.reads.agents(accounts)
         return self.console.ui.render("_oob_agents.html", agents=agents)
 
     async def messages(self, event: Event) -> str:

@@ -67,19 +67,7 @@ def router(console: Console) -> APIRouter:
         return context
 
     async def agents_view() -> list[dict[str, Any]]:
-        out = []
-        names = {a.id: a.name for a in await console.accounts.list()}
-        for agent in await line.agents():
-            tokens = await reads.agent_tokens(agent.id)
-            out.append(
-                {
-                    "id": agent.id,
-                    "name": names.get(agent.id, agent.name),
-                    "online": agent.online,
-                    "conversations": await reads.summaries(tokens),
-                }
-            )
-        return out
+        return await reads.agents({a.id: a.name for a in await console.accounts.list()})
 
     async def page(
         name: str, viewer: Viewer, view: ConversationView | None = None, **extra: Any
@@ -172,6 +160,10 @@ def router(console: Console) -> APIRouter:
         token = conversation_token(session, chat_id)
         if not await reads.owns(viewer, token):
             raise HTTPException(403, ui.t("error.forbidden"))
+        # An admin owns every conversation, but only existing ones are written to (as in the
+        # operator API): a made-up number is never messaged, nor a command queued for it.
+        if not await reads.exists(token):
+            raise HTTPException(404, ui.t("error.not_found"))
         return token
 
     async def queue(

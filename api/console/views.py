@@ -25,7 +25,7 @@ from shared.keys import (
 )
 from shared.redis_client import RedisClient
 from shared.settings import Settings
-from shared.text import as_text
+from shared.text import as_text, fold
 
 from .sessions import Viewer
 
@@ -124,6 +124,11 @@ class Reads:
     def state_key(self, session: str, chat_id: str) -> str:
         return engine_keys_for(session, chat_id, self.shards, self.prefix).state
 
+    async def exists(self, token: str) -> bool:
+        """The conversation has a state: the customer wrote, or was written to, once."""
+        session, chat_id = split_conversation_token(token)
+        return bool(await self._redis.exists(self.state_key(session, chat_id)))
+
     async def state(self, token: str) -> ConversationState:
         session, chat_id = split_conversation_token(token)
         return await load_state(self._redis, self.state_key(session, chat_id))
@@ -147,6 +152,29 @@ class Reads:
         if await self.line.position(session, token) is not None:
             return True  # everyone in line is every agent's to see
         return await self._redis.zscore(self.keys.handled(viewer.id), token) is not None
+
+    # --- the attendants (an admin's view) --------------------------------------------------
+    async def agents(self, accounts: Mapping[str, str]) -> list[dict[str, Any]]:
+        """Every console account (`accounts`: id -> name), online or not, and every agent of
+        the line who is online or holds conversations (one put online by the operator API,
+        one whose account was removed meanwhile), each with their conversations: online first,
+        then by name."""
+        on_line = {agent.id: agent for agent in await self.line.agents()}
+        out = []
+        for agent_id in set(accounts) | set(on_line):
+            agent = on_line.get(agent_id)
+            tokens = await self.agent_tokens(agent_id)
+            if agent_id not in accounts and not tokens and not (agent and agent.online):
+                continue  # gone, with nothing left to see
+            out.append(
+                {
+                    "id": agent_id,
+                    "name": accounts.get(agent_id) or (agent.name if agent else agent_id),
+                    "online": bool(agent and agent.online),
+                    "conversations": await self.summaries(tokens),
+                }
+            )
+        return sorted(out, key=lambda a: (not a["online"], fold(a["name"]), a["id"]))
 
     # --- the line --------------------------------------------------------------------------
     async def line_teams(self, viewer: Viewer) -> tuple[str, ...] | None:
@@ -273,7 +301,8 @@ class Reads:
         return [e for e in entries if _id(e.cursor) > _id(after)]
 
     async def search_closed(self, viewer: Viewer, query: str) -> list[ConvSummary]:
-        query = query.strip().lower()
+        # Without accents or case: attendants type "jose" and "conceicao" for José da Conceição.
+        query = fold(query)
         if viewer.admin:
             raw = await self._redis.zrevrange(self.index.conversations, 0, SEARCH_SCAN - 1)
         else:
@@ -297,7 +326,7 @@ class Reads:
                 name = ConversationState.from_hash(
                     {"collected": as_text(collected_raw or b"{}")}
                 ).collected.get("name", "")
-                if not query or (digits and digits in phone) or query in name.lower():
+                if not query or (digits and digits in phone) or query in fold(name):
                     found.append(token)
                 if len(found) >= SEARCH_RESULTS:
                     break

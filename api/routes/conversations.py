@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from api.deps import ApiParts, Parts
 from api.media_send import command_id_for
 from api.reads import conversations_page, describe_many
+from api.validation import AGENT_ID, AGENT_ID_RULE
 from engine import commands
 from engine.history import HistoryKeys, InvalidCursor, read_page
 from engine.state import State
@@ -25,7 +26,8 @@ router = APIRouter()
 
 
 class AgentMessage(BaseModel):
-    agent_id: str = Field(min_length=1, max_length=100)
+    # The same rule as an agent id anywhere else in the API (it names Redis keys).
+    agent_id: str = Field(pattern=f"^{AGENT_ID.pattern}$", description=AGENT_ID_RULE)
     text: str = Field(min_length=1, max_length=4096)
     agent_name: str | None = Field(None, max_length=100)
 

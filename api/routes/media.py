@@ -60,18 +60,55 @@ _READ_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "The stored bytes, with the stored content type.",
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
     },
+    206: {"description": "The bytes a `Range: bytes=first-last` header asked for."},
     401: {"description": "Neither the bearer token nor a console session."},
     404: {
         "description": "No such file (unknown, erased, past the retention, or not this "
         "conversation's)."
     },
+    416: {"description": "A range that starts past the file's end."},
     422: {"description": "Not a media id."},
 }
 
 
+# What may not stand in a header value's quoted string: control characters (a name WAHA passed
+# on with a line break would break the header: the server refuses to send it), quotes, and the
+# "?" the ASCII fallback puts for what is not ASCII.
+_UNSAFE_IN_NAME = re.compile(r'[\x00-\x1f\x7f"?\\]')
+# A content type as stored: type/subtype and parameters, nothing that could end the header.
+_CONTENT_TYPE = re.compile(r"[\w.+-]+/[\w.+-]+(\s*;[^\x00-\x1f\x7f]*)?")
+
+
+# One byte range (RFC 9110 14.1.2): "bytes=first-last", "bytes=first-" or "bytes=-suffix".
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The (first, last) bytes a `Range` header asks for, or None to send the whole file (no
+    header, several ranges, or one we do not understand: a server may always answer 200).
+    Raises HTTPException 416 for a range that starts past the end."""
+    found = _RANGE.fullmatch((header or "").strip())
+    if found is None or not (found[1] or found[2]):
+        return None
+    if not found[1]:  # the last N bytes
+        suffix = int(found[2])
+        if suffix == 0:
+            raise _unsatisfiable(size)
+        return max(0, size - suffix), size - 1
+    first = int(found[1])
+    last = min(int(found[2]), size - 1) if found[2] else size - 1
+    if first >= size or first > last:
+        raise _unsatisfiable(size)
+    return first, last
+
+
+def _unsatisfiable(size: int) -> HTTPException:
+    return HTTPException(416, "range not satisfiable", headers={"Content-Range": f"bytes */{size}"})
+
+
 def _disposition(kind: str, filename: str) -> str:
-    # RFC 6266: an ASCII fallback and the UTF-8 name.
-    fallback = filename.encode("ascii", "replace").decode().replace('"', "_").replace("?", "_")
+    # RFC 6266: an ASCII fallback and the UTF-8 name (percent-encoded: any character is safe).
+    fallback = _UNSAFE_IN_NAME.sub("_", filename.encode("ascii", "replace").decode())
     return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
@@ -92,7 +129,8 @@ async def _serve(parts: Parts, request: Request, media_id: str, token: str | Non
     data = await parts.media.read(stored)
     if data is None:
         raise HTTPException(404, "no such media")
-    mimetype = stored.mimetype or "application/octet-stream"
+    mimetype = stored.mimetype if _CONTENT_TYPE.fullmatch(stored.mimetype) else ""
+    mimetype = mimetype or "application/octet-stream"
     base = mimetype.split(";", 1)[0].strip().lower()
     inline = INLINE.fullmatch(base) is not None
     filename = stored.filename or f"{stored.id}"
@@ -102,8 +140,18 @@ async def _serve(parts: Parts, request: Request, media_id: str, token: str | Non
         "Content-Security-Policy": MEDIA_CSP,
         # The id names these exact bytes (a content hash); an erase makes the route 404.
         "Cache-Control": "private, max-age=300",
+        # Audio and video players ask for parts (Safari plays nothing without 206 answers,
+        # and seeking needs them everywhere).
+        "Accept-Ranges": "bytes",
     }
-    return Response(content=data, media_type=mimetype, headers=headers)
+    wanted = _byte_range(request.headers.get("range"), len(data))
+    if wanted is None:
+        return Response(content=data, media_type=mimetype, headers=headers)
+    first, last = wanted
+    headers["Content-Range"] = f"bytes {first}-{last}/{len(data)}"
+    return Response(
+        content=data[first : last + 1], status_code=206, media_type=mimetype, headers=headers
+    )
 
 
 @reads.get("/media/{media_id}", responses=_READ_RESPONSES, response_class=Response)

@@ -111,3 +111,25 @@ async def test_an_agent_writes_to_a_conversation_that_exists(
     state = await load_state(aredis, engine_keys_for("default", ANA, 1, key_prefix).state)
     assert state.state is State.AGENT
     assert waha.to(ANA)[-1] == "Oi Ana, aqui é a Maria."
+
+
+@pytest.mark.parametrize("agent_id", ["-maria", "ma|ria", "maria joana", "", "m" * 65])
+async def test_an_agents_message_names_the_agent_by_the_agent_id_rule(
+    harness: Harness, api_client, sync_redis, key_prefix, waha, agent_id: str
+) -> None:
+    """The body's agent_id keeps the rule of every agent id in the API (found by an audit:
+    the body alone took any text); refused with 422, nothing queued, nothing sent."""
+    await harness.say(ANA, "oi")
+    await harness.drain()
+    sent = list(waha.to(ANA))
+    before = keys_with_prefix(sync_redis, key_prefix)
+    response = await api_client.post(
+        f"/api/conversations/default/{ANA}/messages",
+        json={"agent_id": agent_id, "text": "Oi Ana"},
+        headers=API_AUTH,
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"][-1] == "agent_id"
+    await harness.drain()
+    assert keys_with_prefix(sync_redis, key_prefix) == before
+    assert waha.to(ANA) == sent

@@ -18,9 +18,10 @@ import respx
 from fastapi import FastAPI
 
 from api.app import create_app
+from engine import parts as engine_parts
 from engine.media.store import MediaKeys
 from engine.sender import WAHA_PLUS_REQUIRED
-from shared.keys import WahaSessionKeys, engine_keys_for
+from shared.keys import WahaSessionKeys, conversation_token, engine_keys_for
 from tests.api.conftest import API_AUTH, API_TOKEN
 from tests.conftest import keys_with_prefix
 from tests.engine.harness import FakeWaha, Harness, settings_for
@@ -154,6 +155,76 @@ async def test_a_document_is_served_as_a_download_with_its_name(
     served = await client.get(f"/api/media/{answer.json()['media_id']}", headers=API_AUTH)
     assert served.content == PDF and served.headers["content-type"] == "application/pdf"
     assert served.headers["content-disposition"].startswith('attachment; filename="Exame de')
+
+
+@pytest.mark.parametrize(
+    ("filename", "mimetype", "served_type"),
+    [
+        ("exame\r\nX-Injected: 1.pdf", "application/pdf", "application/pdf"),
+        ("laudo.pdf", "application/pdf\r\nX-Injected: 1", "application/octet-stream"),
+    ],
+)
+async def test_a_name_or_type_with_a_line_break_is_served_safely(
+    aredis: Any, settings: Any, client: httpx.AsyncClient,
+    filename: str, mimetype: str, served_type: str,
+) -> None:  # fmt: skip
+    """A customer's file keeps the name and type WAHA gave it; one with a line break must
+    neither break the answer's headers (the server would refuse to send them: the attendant
+    could not download it) nor add a header of its own (found by an audit)."""
+    library = engine_parts.media_library(aredis, settings)
+    stored = await library.save(
+        conversation_token("default", ANA), PDF, mimetype, filename, message_id="M1"
+    )
+    served = await client.get(f"/api/media/{stored.id}", headers=API_AUTH)
+    assert served.status_code == 200 and served.content == PDF
+    assert served.headers["content-type"] == served_type
+    assert "x-injected" not in served.headers
+    for value in served.headers.values():
+        assert "\r" not in value and "\n" not in value
+    disposition = served.headers["content-disposition"]
+    assert disposition.startswith('attachment; filename="')
+    assert "filename*=UTF-8''" in disposition
+
+
+async def test_a_player_gets_the_byte_ranges_it_asks_for(
+    aredis: Any, settings: Any, client: httpx.AsyncClient
+) -> None:
+    """Audio and video players ask for parts of the file (Safari plays nothing without 206
+    answers, and seeking needs them everywhere: found by an audit)."""
+    library = engine_parts.media_library(aredis, settings)
+    data = bytes(range(256)) * 4
+    stored = await library.save(
+        conversation_token("default", ANA), data, "audio/ogg", None, message_id="M2"
+    )
+    path = f"/api/media/{stored.id}"
+
+    async def get(range_: str | None) -> httpx.Response:
+        headers = {**API_AUTH, **({"Range": range_} if range_ else {})}
+        return await client.get(path, headers=headers)
+
+    whole = await get(None)
+    assert (whole.status_code, whole.content) == (200, data)
+    assert whole.headers["accept-ranges"] == "bytes"
+    for asked, first, last in (
+        ("bytes=0-1", 0, 1),
+        ("bytes=100-", 100, 1023),
+        ("bytes=-24", 1000, 1023),
+        ("bytes=1000-5000", 1000, 1023),
+    ):
+        part = await get(asked)
+        assert part.status_code == 206, asked
+        assert part.content == data[first : last + 1], asked
+        assert part.headers["content-range"] == f"bytes {first}-{last}/1024", asked
+        assert part.headers["content-type"] == "audio/ogg"
+    for past in ("bytes=1024-", "bytes=-0", "bytes=5-2"):
+        refused = await get(past)
+        assert refused.status_code == 416, past
+        assert refused.headers["content-range"] == "bytes */1024"
+    # Several ranges, or one we do not read: the whole file, as a server may always answer.
+    for ignored in ("bytes=0-1,5-6", "items=0-1", "bytes=-"):
+        assert (await get(ignored)).content == data, ignored
+    # Without the token a range changes nothing: 401.
+    assert (await client.get(path, headers={"Range": "bytes=0-1"})).status_code == 401
 
 
 async def test_a_console_session_reads_media_too(

@@ -99,6 +99,32 @@ def test_an_agent_takes_a_customer_answers_and_closes(product: Product, page: An
     expect(page.get_by_test_id("login-user")).to_be_visible()
 
 
+def test_a_long_link_does_not_push_the_page_past_the_window(product: Product, page: Any) -> None:
+    """Customers paste long links: one unbreakable word must wrap inside its message, not widen
+    the page and push the actions and details off-screen (found by an audit)."""
+    page.set_viewport_size({"width": 1024, "height": 800})
+    phone = new_phone()
+    login(page, product.url, "bia")
+    page.get_by_test_id("presence-toggle").click()
+    expect(page.get_by_test_id("presence-toggle")).to_have_attribute("data-online", "true")
+    product.bring_to_line(phone)
+    page.get_by_test_id("take-next").click()
+    conversation = page.get_by_test_id("conversation")
+    expect(conversation).to_be_visible()
+    assert phone in page.url
+    link = "https://exemplo.com.br/agendamento?ref=" + "x9" * 140
+    product.say(phone, link)
+    expect(conversation.get_by_test_id("message").filter(has_text="exemplo.com.br")).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1024
+    for hook in ("reply-send", "close", "handback"):
+        box = page.get_by_test_id(hook).bounding_box()
+        assert box is not None and box["x"] + box["width"] <= 1024, hook
+    page.get_by_test_id("close").click()
+    expect(page.get_by_test_id("conv-state")).to_have_attribute("data-state", "closed")
+    page.get_by_test_id("logout").click()
+    expect(page.get_by_test_id("login-submit")).to_be_visible()
+
+
 def test_a_wrong_password_is_refused_and_changes_nothing(product: Product, page: Any) -> None:
     # What a login writes lives under the console's keys (sessions, accounts): compared
     # whole, while the engine goes on with earlier tests' conversations.
@@ -192,6 +218,108 @@ def test_missing_csrf_and_someone_elses_conversation_are_refused(product: Produc
         bia.close()
 
 
+def stream_key(entry_id: Any) -> tuple[int, ...]:
+    """A Redis stream id ("1700000000000-3", bytes or str) as a comparable tuple."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    return tuple(int(part) for part in text.split("-"))
+
+
+def test_an_open_page_stops_following_a_conversation_another_agent_took(
+    product: Product,
+) -> None:
+    """Bia opened a waiting customer's page (everyone in line is every agent's to see); Ana
+    took the customer. Bia's open page must not receive what Ana and the customer write next
+    (found by an audit: the channel checked only when it connected)."""
+    phone = new_phone()
+    product.bring_to_line(phone)
+    chat = f"{phone}@c.us"
+    token = f"default|{chat}"
+    keys = engine_keys_for("default", chat, 1, KEY_PREFIX)
+    ana = http_login(product, "ana")
+    bia = http_login(product, "bia")
+    try:
+        assert bia.get(f"/c/default/{chat}").status_code == 200  # in line: hers to see
+        since = page_since(bia)
+        with bia.stream(
+            "GET", "/events", params={"since": since, "conv": token}, timeout=30
+        ) as response:
+            assert response.status_code == 200
+            ana_token = page_csrf(ana)
+            ana.post("/presence", data={"online": "1"}, headers={"X-CSRF-Token": ana_token})
+            taken = ana.post("/take-next", data={"csrf": ana_token})
+            assert phone in taken.headers["location"]
+            wait_until(lambda: product.redis.hget(keys.state, "agent_id") == b"ana", timeout=20)
+            replied = ana.post(
+                f"/c/default/{chat}/reply", data={"csrf": ana_token, "text": "SEGREDO-DA-ANA"}
+            )
+            assert replied.status_code in (200, 303)
+            product.say(phone, "meu CPF é PRIVATE-123")
+
+            def secret_event() -> str | None:
+                """The id of the console's event that brings the customer's message."""
+                entries: Any = product.redis.xrange(keys.history)
+                secret = next((i for i, f in entries if b"PRIVATE-123" in f[b"text"]), None)
+                if secret is None:
+                    return None
+                events: Any = product.redis.xrange(CONSOLE.events)
+                for event_id, fields in events:
+                    if (
+                        fields.get(b"kind") == b"msg"
+                        and fields.get(b"token") == token.encode()
+                        and stream_key(fields.get(b"upto", b"0-0")) >= stream_key(secret)
+                    ):
+                        return bytes(event_id).decode()
+                return None
+
+            last = wait_until(secret_event, timeout=20, what="the console's event of the message")
+            # Every event up to that one, as Bia's open page receives them.
+            seen = sse_events(
+                response, lambda m: stream_key(m.get("id", "0-0")) >= stream_key(last)
+            )
+        assert seen and seen[-1]["id"] == last
+        data = "".join(m.get("data", "") for m in seen)
+        assert "SEGREDO-DA-ANA" not in data and "PRIVATE-123" not in data
+        assert bia.get(f"/c/default/{chat}").status_code == 403
+    finally:
+        # Leave nothing for the next tests' "Atender próximo": Ana closes the conversation
+        # and goes offline.
+        ana_token = page_csrf(ana)
+        ana.post(f"/c/default/{chat}/close", data={"csrf": ana_token})
+        ana.post("/presence", data={"online": "0"}, headers={"X-CSRF-Token": ana_token})
+        ana.close()
+        bia.close()
+
+
+def test_an_admin_cannot_write_to_a_conversation_that_does_not_exist(product: Product) -> None:
+    """As in the operator API, only existing conversations are written to: an admin's form on
+    a made-up number answers 404, messages nobody and stores nothing."""
+    boss = http_login(product, "chefe")
+    try:
+        product.settle()
+        before = snapshot(product.redis)
+        token = page_csrf(boss)
+        phone = new_phone()
+        for path, data in (
+            (f"/c/default/{phone}@c.us/reply", {"text": "mensagem fria"}),
+            (f"/c/default/{phone}@c.us/close", {}),
+            (f"/c/default/{phone}@c.us/handback", {}),
+            ("/c/nosuchsession/1@c.us/close", {}),
+            ("/c/a%7Cb/c/handback", {}),
+        ):
+            refused = boss.post(path, data={**data, "csrf": token})
+            assert refused.status_code == 404, (path, refused.status_code, refused.text)
+        upload = boss.post(
+            f"/c/default/{phone}@c.us/media",
+            data={"csrf": token},
+            files={"file": ("a.png", b"\x89PNG\r\n", "image/png")},
+        )
+        assert upload.status_code == 404
+        assert snapshot(product.redis) == before
+        assert product.sent_to(phone) == []
+    finally:
+        boss.close()
+
+
 def test_an_admin_sees_every_agent_and_takes_a_conversation_back(product: Product) -> None:
     phone = new_phone()
     product.bring_to_line(phone)
@@ -207,6 +335,10 @@ def test_an_admin_sees_every_agent_and_takes_a_conversation_back(product: Produc
 
         home = boss.get("/")
         assert 'data-testid="agents"' in home.text and phone in home.text
+        # Every account, also one that never went online (the admin herself, so far).
+        section = home.text.split('data-testid="agents"', 1)[1].split("</section>", 1)[0]
+        listed = set(re.findall(r"<small>\(([\w.@+-]+)\) ", section))
+        assert {"ana", "bia", "chefe"} <= listed, section
         boss_token = page_csrf(boss)
         answer = boss.post(f"/c/default/{chat}/handback", data={"csrf": boss_token, "nonce": "n1"})
         assert answer.status_code == 303
@@ -345,7 +477,7 @@ def test_canned_replies_unread_counts_and_closed_search(product: Product, page: 
 
     page.get_by_test_id("presence-toggle").click()
     expect(page.get_by_test_id("presence-toggle")).to_have_attribute("data-online", "true")
-    product.bring_to_line(phone, name="Rita Lima")
+    product.bring_to_line(phone, name="Rita Conceição")
     expect(page.get_by_test_id("line-entry").filter(has_text=phone)).to_be_visible()
     page.get_by_test_id("take-next").click()
     expect(page.get_by_test_id("conversation")).to_be_visible()
@@ -375,7 +507,8 @@ def test_canned_replies_unread_counts_and_closed_search(product: Product, page: 
     page.get_by_test_id("close").click()
     expect(page.get_by_test_id("conv-state")).to_have_attribute("data-state", "closed")
 
-    for query in (phone[-6:], "rita"):
+    # By phone or name, the name without its accents or case as attendants type it.
+    for query in (phone[-6:], "rita", "conceicao", "CONCEIÇÃO"):
         page.goto(f"{product.url}/conversations?q={query}")
         expect(page.get_by_test_id("search-results")).to_contain_text(phone)
     page.goto(f"{product.url}/conversations?q=ninguem-com-esse-nome")

@@ -118,6 +118,7 @@ class Item:
     transcript: str | None = None
     reason: str | None = None
     location: dict[str, Any] | None = None
+    contact: dict[str, Any] | None = None
 
 
 def in_thread(coroutine: Any) -> Any:
@@ -170,6 +171,7 @@ def seed(product: Product, phone: str, items: list[Item]) -> None:
                     caption=item.caption,
                     transcript=item.transcript,
                     location=item.location,
+                    contact=item.contact,
                 )
                 writes = append_writes(
                     history, entry, retention_seconds=settings.history_retention_seconds
@@ -245,6 +247,10 @@ def test_media_in_a_conversation_shows_plays_and_downloads(product: Product, pag
                 "location",
                 location={"latitude": -23.5614, "longitude": -46.6559, "name": "Clínica Paulista"},
             ),
+            Item(
+                "contact",
+                contact={"name": "Maria Souza", "phone": "+55 11 98765-0099", "vcard": "…"},
+            ),
         ],
     )
     page.reload()
@@ -284,6 +290,9 @@ def test_media_in_a_conversation_shows_plays_and_downloads(product: Product, pag
     expect(place).to_contain_text("Clínica Paulista")
     href = place.get_by_role("link").get_attribute("href") or ""
     assert href.startswith("https://www.openstreetmap.org/?mlat=-23.561400&mlon=-46.655900")
+
+    card = messages.get_by_test_id("message-contact")
+    expect(card).to_have_text("Contato: Maria Souza +55 11 98765-0099")
 
     page.set_viewport_size({"width": 1100, "height": 1000})
     messages.get_by_test_id("message-media-audio").scroll_into_view_if_needed()
