@@ -19,10 +19,12 @@ MIN_SECRET_CHARS = 32
 
 
 def is_loopback_host(host: str | None) -> bool:
-    """localhost, 127.0.0.0/8 or ::1: plain http to these never leaves the machine."""
+    """localhost, 127.0.0.0/8 or ::1: plain http to these never leaves the machine. Not any
+    name under .localhost: whether one resolves to loopback is up to the resolver (glibc asks
+    DNS for it), and a secret must not travel in clear text on a guess."""
     if not host:
         return False
-    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+    if host.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
@@ -43,7 +45,8 @@ def _require_https(name: str, url: str) -> None:
 
 
 def _check_secret(name: str, value: str) -> None:
-    if len(value) < MIN_SECRET_CHARS:
+    # Spaces do not count: a value padded to length (or all blanks) is not a secret.
+    if len(value.strip()) < MIN_SECRET_CHARS:
         raise ValueError(
             f"{name} is too short: at least {MIN_SECRET_CHARS} characters are required "
             f"(generate one with `openssl rand -hex 32`)"
@@ -72,6 +75,9 @@ class Settings(BaseSettings):
         populate_by_name=True,
         # A rejected value is never echoed: REDIS_URL and the URLs may carry passwords.
         hide_input_in_errors=True,
+        # "inf" and "nan" are floats to Python but no setting's value: refused at start, not
+        # at the first use (WSM_REMINDER_LEAD_HOURS=inf passed `ge=0` and failed in int()).
+        allow_inf_nan=False,
     )
 
     # --- Redis -------------------------------------------------------------------------------

@@ -5,9 +5,9 @@ gateway's webhook exactly as WAHA would. The bot's answers appear as the simulat
 them from wsm (with "digitando…" while wsm shows it typing). Several `wsm chat --as <number>`
 at once are several customers (try asking for a person from three terminals).
 
-From a pipe (`printf 'oi\\n1\\n' | wsm chat --as 5511987650001`) each line is sent in turn,
+From a pipe (`printf 'oi\\n1\\n' | wsm chat --as 5511987650001`) each line is sent as it comes,
 after the answers to the previous one have arrived, and at the end of input it waits for the
-last answers (up to --timeout) before exiting.
+last answers (up to --timeout) before exiting. Ctrl-C or Ctrl-D ends an interactive chat.
 
 A line `/arquivo <path> [legenda]` (or `/file <path> [caption]`) sends that file instead, as
 the customer's photo, video, audio, voice note (`.ogg`, `.opus`), sticker (`.webp`) or
@@ -20,9 +20,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import codecs
 import mimetypes
+import os
 import sys
+import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -103,14 +107,16 @@ class ChatClient:
             answer = await self.http.post("/_sim/inbound", json=body)
         except httpx.HTTPError as exc:
             raise SimulatorUnreachable(str(exc)) from exc
-        if answer.status_code == 400 and command is not None:
-            # The simulator says why (a caption on a voice note, a file too big).
-            raise LineNotSent(str(answer.json().get("error", answer.text)))
+        if 400 <= answer.status_code < 500:
+            # The simulator says why (an unknown session, a caption on a voice note, a file
+            # too big): told, and the chat goes on.
+            raise LineNotSent(_simulator_error(answer))
         answer.raise_for_status()
         self.last_sent_at = time.monotonic()
 
-    async def poll(self, wait: float) -> None:
-        """Print what is new in the chat, waiting up to `wait` seconds for a change."""
+    async def poll(self, wait: float, *, show: bool = True) -> None:
+        """Print what is new in the chat, waiting up to `wait` seconds for a change (`show`
+        False: only take note of it, as at the start, where the chat's past is not news)."""
         try:
             answer = await self.http.get(
                 f"/_sim/chats/{self.chat_id}/messages",
@@ -123,7 +129,7 @@ class ChatClient:
         chat: dict[str, Any] = answer.json()
         for message in chat["messages"]:
             self.seen_seq = max(self.seen_seq, int(message["seq"]))
-            if message["direction"] == "out":
+            if message["direction"] == "out" and show:
                 self.last_reply_at = time.monotonic()
                 print(f"bot: {message['text']}", file=self.out, flush=True)
         if chat["typing"] and not self.typing:
@@ -144,15 +150,60 @@ class ChatClient:
             await self.poll(wait=min(quiet, max(deadline - now, 0.05)))
 
 
+def _simulator_error(answer: httpx.Response) -> str:
+    try:
+        body = answer.json()
+    except ValueError:
+        return answer.text or f"HTTP {answer.status_code}"
+    if isinstance(body, dict):
+        return str(body.get("error") or body.get("message") or body)
+    return str(body)
+
+
+async def typed_lines() -> AsyncIterator[str]:
+    """Standard input's lines as they come (without the line break, a Windows one included).
+
+    Read by a daemon thread with plain `os.read` on the descriptor: a thread of the default
+    executor would keep Ctrl-C waiting for Enter (asyncio.run waits for its executor's threads
+    before it returns), and a daemon thread blocked inside `sys.stdin` would hold its buffer's
+    lock when the interpreter shuts down (a fatal error)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+    fd = sys.stdin.fileno()
+
+    def read() -> None:
+        # Bytes that are not UTF-8 become U+FFFD rather than an error at sending.
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pending = ""
+        while chunk := os.read(fd, 4096):
+            pending += decoder.decode(chunk)
+            *lines, pending = pending.split("\n")
+            for line in lines:
+                loop.call_soon_threadsafe(queue.put_nowait, line.rstrip("\r"))
+        pending += decoder.decode(b"", final=True)
+        if pending:
+            loop.call_soon_threadsafe(queue.put_nowait, pending.rstrip("\r"))
+        loop.call_soon_threadsafe(queue.put_nowait, None)
+
+    threading.Thread(target=read, name="wsm-chat-stdin", daemon=True).start()
+    while (line := await queue.get()) is not None:
+        yield line
+
+
 def not_sent(error: LineNotSent) -> None:
     print(f"wsm chat: not sent: {error}", file=sys.stderr, flush=True)
 
 
-async def run_piped(client: ChatClient, lines: list[str], timeout: float, quiet: float) -> int:
-    """0: every line answered; 3: some answer did not come within `timeout`; 4: some line
-    could not be sent (the others were)."""
+async def run_piped(
+    client: ChatClient, lines: AsyncIterator[str], timeout: float, quiet: float
+) -> int:
+    """Each line as it comes, once the answers to the previous one have arrived. 0: every
+    line answered; 3: some answer did not come within `timeout`; 4: some line could not be
+    sent (the others were)."""
     answered_all, sent_all = True, True
-    for line in lines:
+    async for line in lines:
+        if not line.strip():
+            continue
         print(f"você: {line}", file=client.out, flush=True)
         try:
             await client.send(line)
@@ -167,8 +218,6 @@ async def run_piped(client: ChatClient, lines: list[str], timeout: float, quiet:
 
 
 async def run_interactive(client: ChatClient) -> int:
-    loop = asyncio.get_running_loop()
-
     async def show_answers() -> None:
         while True:
             await client.poll(wait=25)
@@ -180,15 +229,13 @@ async def run_interactive(client: ChatClient) -> int:
         file=client.out,
     )
     try:
-        while True:
-            line = await loop.run_in_executor(None, sys.stdin.readline)
-            if not line:
-                return 0
+        async for line in typed_lines():
             if line.strip():
                 try:
-                    await client.send(line.rstrip("\n"))
+                    await client.send(line)
                 except LineNotSent as error:
                     not_sent(error)
+        return 0
     finally:
         printer.cancel()
 
@@ -197,11 +244,10 @@ async def run(args: argparse.Namespace) -> int:
     phone = "".join(ch for ch in args.as_number if ch.isdigit())
     async with httpx.AsyncClient(base_url=args.sim, timeout=10) as http:
         client = ChatClient(http, phone, args.session, sys.stdout)
-        await client.poll(wait=0)  # skip what the chat already holds
+        await client.poll(wait=0, show=False)  # what the chat already holds is not news
         if sys.stdin.isatty():
             return await run_interactive(client)
-        lines = [line.rstrip("\n") for line in sys.stdin if line.strip()]
-        return await run_piped(client, lines, args.timeout, args.quiet)
+        return await run_piped(client, typed_lines(), args.timeout, args.quiet)
 
 
 def main(argv: list[str]) -> int:
@@ -212,6 +258,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for answers")
     parser.add_argument("--quiet", type=float, default=0.8, help="silence that ends an answer")
     args = parser.parse_args(argv)
+    if not any(ch.isdigit() for ch in args.as_number):
+        parser.error(f"--as {args.as_number!r}: a phone number, digits (e.g. 5511987650001)")
     try:
         return asyncio.run(run(args))
     except SimulatorUnreachable as exc:

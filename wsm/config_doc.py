@@ -60,6 +60,12 @@ DEPLOYMENT_VARIABLES: list[tuple[str, str, str]] = [
         "message.any,message.ack,message.reaction,message.revoked,message.edited,session.status",
         "compose: the events WAHA posts (message OR message.any, never both).",
     ),
+    (
+        "WAHA_FILES_LIFETIME",
+        "86400",
+        "compose: seconds WAHA keeps a customer's file for the workers to fetch (WAHA's own "
+        "default, 180, is shorter than a queue backlog or WAHA's retries).",
+    ),
     ("GATEWAY_WORKERS", "2", "compose: gateway processes in its one container."),
     ("WORKER_PROCESSES", "2", "compose: worker processes per worker replica."),
     ("WORKER_CONCURRENCY", "16", "compose: conversations at once per worker process."),
@@ -111,7 +117,11 @@ def markdown_table() -> str:
 
 
 def env_example() -> str:
-    lines = ["# wsm settings: copy to .env and edit. Every variable is optional unless noted."]
+    lines = [
+        "# wsm settings: copy to .env and edit. Every variable is optional unless noted.",
+        "# With compose, .env holds the secrets and the compose variables at the end; the other",
+        '# settings go in wsm.env (docs/operations.md, "Settings").',
+    ]
     for field in Settings.model_fields.values():
         lines.append("")
         lines.append(f"# {field.description}")
@@ -127,15 +137,20 @@ def env_example() -> str:
 
 def mask_url(value: str) -> str:
     """`scheme://user:password@host/...?token=...` with the credentials masked (a Redis
-    password, a token in a webhook URL's user part or query); anything else unchanged."""
+    password, a token in a webhook URL's user part or query); anything else unchanged. A URL
+    that does not parse, or whose credentials hold a `?` or `#` (so that the parser sees a
+    query), is masked too: printed whole, it would show its password."""
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        return value
     try:
         parts = urlsplit(value)
     except ValueError:
-        return value
-    if not parts.scheme:
-        return value
+        return f"{scheme}://***"
     if "@" in parts.netloc:
         parts = parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2])
+    elif "@" in rest:
+        return f"{scheme}://***@{rest.rpartition('@')[2]}"
     if parts.query:
         parts = parts._replace(query=_SECRET_QUERY.sub(r"\1=***", parts.query))
     return urlunsplit(parts)

@@ -93,15 +93,23 @@ def build_parts(
         if settings.webhook_hmac_key
         else _dev_secret(home / "hmac-key")
     )
-    api_token = os.environ.get("WSM_API_TOKEN") or _dev_secret(home / "api-token")
-    simulate_waha = "WAHA_URL" not in os.environ
-    waha_url = os.environ.get("WAHA_URL", f"http://127.0.0.1:{args.waha_port}")
+    # From the settings, as REDIS_URL: the environment or a `.env` file.
+    api_token = (
+        settings.api_token.get_secret_value()
+        if settings.api_token
+        else _dev_secret(home / "api-token")
+    )
+    simulate_waha = "waha_url" not in settings.model_fields_set
+    waha_url = settings.waha_url if not simulate_waha else f"http://127.0.0.1:{args.waha_port}"
     common = {
         **wiring(redis_url, hmac_key, waha_url, api_token, home),
         "WSM_MEDIA_DIR": str(home / "media"),
+        # The workers' metrics on the address everything else listens on (their own default,
+        # every interface, is for a container), so the port check at start covers them too.
+        "WSM_WORKER_METRICS_HOST": args.host,
     }
     gateway = f"http://{args.host}:{args.gateway_port}"
-    metrics = f"http://127.0.0.1:{args.worker_metrics_port}/metrics"
+    metrics = f"http://{args.host}:{args.worker_metrics_port}/metrics"
     api = f"http://{args.host}:{args.api_port}"
     parts: list[tuple[Service, str]] = []
     if simulate_waha:
@@ -145,15 +153,25 @@ def build_parts(
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="wsm dev", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="wsm dev",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--home", type=Path, default=Path("var/dev"), help="data and logs")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--gateway-port", type=int, default=8080)
-    parser.add_argument("--api-port", type=int, default=8081)
-    parser.add_argument("--waha-port", type=int, default=3000)
-    parser.add_argument("--worker-metrics-port", type=int, default=9091)
+    parser.add_argument("--host", default="127.0.0.1", help="where every part listens")
+    parser.add_argument("--gateway-port", type=int, default=8080, help="the webhook gateway")
+    parser.add_argument("--api-port", type=int, default=8081, help="the API and console")
+    parser.add_argument("--waha-port", type=int, default=3000, help="the WAHA simulator")
+    parser.add_argument(
+        "--worker-metrics-port", type=int, default=9091, help="the workers' /metrics"
+    )
     parser.add_argument("--processes", type=int, default=2, help="worker processes")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.worker_metrics_port == 0:
+        # `wsm worker`'s "0: off" leaves nothing to tell that the workers are up.
+        parser.error("--worker-metrics-port: wsm dev watches the workers there; choose a port")
+    return args
 
 
 def main(argv: list[str]) -> int:

@@ -302,6 +302,8 @@ def test_dockerfile_ports_match_compose(services: dict[str, dict[str, Any]]) -> 
 
 def test_compose_mentions_no_path_outside_the_repository() -> None:
     for match in re.finditer(r"\./[\w./-]+", COMPOSE.read_text("utf-8")):
+        if match.group(0) == "./wsm.env":
+            continue  # the optional env_file: an operator's own, absent from the repository
         assert (REPO / match.group(0)).exists(), match.group(0)
 
 
@@ -323,3 +325,31 @@ def test_the_worker_runs_an_importable_handler(services: dict[str, dict[str, Any
     assert default, value
     module = importlib.import_module(default.group(1))
     assert callable(getattr(module, default.group(2)))
+
+
+def test_the_products_settings_reach_gateway_worker_and_api(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """Settings beyond compose's own come from an optional wsm.env (never .env, which holds
+    every service's Redis password), and the business's files from config/, read-only."""
+    for name in ("gateway", "worker", "api"):
+        assert services[name]["env_file"] == [{"path": "./wsm.env", "required": False}], name
+    for name in ("worker", "api"):
+        assert "./config:/etc/wsm:ro" in services[name]["volumes"], name
+    for ignored in (".gitignore", ".dockerignore"):
+        assert "wsm.env" in (REPO / ignored).read_text().replace("/", "\n").split(), ignored
+
+
+def test_the_replay_window_outlasts_wahas_retries(services: dict[str, dict[str, Any]]) -> None:
+    """WAHA's last retry comes 2 × (2 + 4 + … + 2^attempts) s after the event, plus up to 20%
+    jitter: the gateway must not answer it `stale` (a customer's message would be lost)."""
+    waha = services["waha"]["environment"]
+    delay = int(waha["WHATSAPP_HOOK_RETRIES_DELAY_SECONDS"])
+    attempts = int(waha["WHATSAPP_HOOK_RETRIES_ATTEMPTS"])
+    last_retry = sum(delay * 2**n for n in range(1, attempts + 1)) * 1.2
+    window = services["gateway"]["environment"]["WSM_WEBHOOK_MAX_AGE_SECONDS"]
+    found = re.fullmatch(r"\$\{WSM_WEBHOOK_MAX_AGE_SECONDS:-(\d+)\}", window)
+    assert found and int(found[1]) > last_retry, (window, last_retry)
+    # A file stays at WAHA until a worker fetched it, past its 180 s default.
+    assert re.fullmatch(r"\$\{WAHA_FILES_LIFETIME:-(\d+)\}", waha["WHATSAPP_FILES_LIFETIME"])
+    assert int(waha["WHATSAPP_FILES_LIFETIME"].split("-")[1].rstrip("}")) >= last_retry

@@ -229,6 +229,7 @@ def test_certificate_files_switch_tls_on_and_the_api_leaves_plain_http(
             answer = https.get(f"https://127.0.0.1:{tls_port}/api/conversations")
         assert answer.json() == {"upstream": "api"}
         assert answer.headers["x-frame-options"] == "DENY"
+        assert answer.headers["strict-transport-security"] == "max-age=31536000"
         with client_from("127.0.0.7") as http:
             plain = http.get(
                 f"http://127.0.0.1:{port}/api/conversations",

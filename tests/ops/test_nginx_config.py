@@ -12,7 +12,7 @@ from api.console import CSP
 from tests.ops.nginx_harness import NGINX_PROGRAM, NginxPrefix, loopback_values
 from tests.support.tools import require_program
 from wsm.edge import TEMPLATE as NGINX_TEMPLATE
-from wsm.edge import MissingTemplateVariable, template_variables
+from wsm.edge import MissingTemplateVariable, template_variables, tls_site
 from wsm.edge import render_site as render_nginx_template
 
 TEMPLATE = NGINX_TEMPLATE.read_text("utf-8")
@@ -99,6 +99,20 @@ def test_nginx_t_fails_on_a_broken_render(tmp_path: Path) -> None:
 
 def test_gixy_finds_no_problem(tmp_path: Path) -> None:
     prefix = NginxPrefix(tmp_path, compose_like_values())
+    assert gixy_findings(prefix.main) == []
+
+
+def test_gixy_finds_no_problem_with_tls_on(tmp_path: Path) -> None:
+    """The config as compose runs it once certificate files are there (the entrypoint writes
+    wsm-tls/tls.conf): ciphers set, HSTS sent."""
+    values = compose_like_values() | {
+        "NGINX_TLS_LISTEN": "443",
+        "NGINX_TLS_CERT_FILE": "/etc/nginx/certs/fullchain.pem",
+        "NGINX_TLS_KEY_FILE": "/etc/nginx/certs/privkey.pem",
+    }
+    prefix = NginxPrefix(tmp_path, values)
+    (prefix.root / "wsm-tls").mkdir()
+    (prefix.root / "wsm-tls" / "tls.conf").write_text(tls_site(values), "utf-8")
     assert gixy_findings(prefix.main) == []
 
 

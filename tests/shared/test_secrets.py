@@ -40,6 +40,9 @@ def test_a_short_api_token_is_refused_with_a_clear_message() -> None:
     assert "WSM_API_TOKEN is too short: at least 32 characters" in message
     assert SHORT not in message
     assert settings(WSM_API_TOKEN=LONG).api_token is not None
+    # Blanks are not a secret, however many (found by an audit).
+    assert "WSM_API_TOKEN is too short" in refusal(WSM_API_TOKEN=" " * 40)
+    assert "WSM_API_TOKEN is too short" in refusal(WSM_API_TOKEN=SHORT + " " * 40)
 
 
 def test_every_hmac_key_must_be_long_enough_also_while_rotating() -> None:
@@ -71,8 +74,9 @@ def test_the_booking_webhook_needs_a_secret() -> None:
 def test_plain_http_is_refused_unless_the_host_is_loopback(
     name: str, extra: dict[str, str]
 ) -> None:
-    message = refusal(**{name: "http://api.example.com/v1"}, **extra)
-    assert f"{name} must be an https:// URL" in message
+    for refused in ("http://api.example.com/v1", "http://evil.localhost/v1"):
+        message = refusal(**{name: refused}, **extra)
+        assert f"{name} must be an https:// URL" in message
     for url in (
         "https://api.example.com",
         "http://127.0.0.1:8000",
@@ -116,6 +120,31 @@ def test_wsm_config_masks_credentials_inside_urls() -> None:
         assert secret not in result.stdout
     assert "REDIS_URL=redis://***@redis:6379/0" in result.stdout
     assert "WAHA_URL=https://***@waha.example:3000" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        # Not a URL the parser takes (an unclosed IPv6 bracket): nothing of it is shown.
+        ("http://u:broken-secret@[::1", "http://***"),
+        # A `?` in the password: the parser sees a query, and the netloc has no `@`.
+        ("https://u:p?query-secret@hooks.example.com/x", "https://***@hooks.example.com/x"),
+    ],
+)
+def test_wsm_config_masks_urls_the_parser_gets_wrong(url: str, shown: str) -> None:
+    """Found by an audit: these were printed whole, password and all."""
+    environment = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("WSM_", "REDIS_", "GROQ_", "WAHA_"))
+    } | {"PYTHONPATH": str(REPO), "WAHA_URL": url, "WSM_API_TOKEN": LONG}
+    result = subprocess.run(
+        [sys.executable, "-m", "wsm", "config"],
+        env=environment, cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "secret" not in result.stdout
+    assert f"WAHA_URL={shown}" in result.stdout
 
 
 # --- the processes refuse to start, and store nothing -----------------------------------------

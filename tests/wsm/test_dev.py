@@ -10,12 +10,15 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from shared.embedded_redis import free_port
+from shared.settings import Settings
 from tests.support.orphans import kill_and_wait_for_the_parts
 from tests.support.polling import wait_until
+from wsm.dev import build_parts, parse_args
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -111,3 +114,42 @@ def cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+# --- what `wsm dev` starts, from its settings (found by an audit) ---------------------------
+
+
+def parts_for(tmp_path: Path, dotenv: str, *argv: str) -> dict[str, Any]:
+    """`wsm dev`'s parts for a `.env` holding `dotenv` and these flags: name -> service."""
+    env_file = tmp_path / ".env"
+    env_file.write_text(dotenv, "utf-8")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("WSM_", "WAHA_"))}
+    with pytest.MonkeyPatch.context() as patch:
+        for name in set(os.environ) - set(clean):
+            patch.delenv(name)
+        settings = Settings(_env_file=env_file)  # type: ignore[call-arg]
+    args = parse_args(["--home", str(tmp_path / "dev"), *argv])
+    return {service.name: service for service, _ in build_parts(args, settings, "redis://x:1/0")}
+
+
+def test_a_real_waha_named_in_dotenv_is_used_instead_of_the_simulator(tmp_path: Path) -> None:
+    parts = parts_for(tmp_path, "WAHA_URL=http://waha.internal:3000\n")
+    assert "waha-sim" not in parts
+    assert parts["worker"].env["WAHA_URL"] == "http://waha.internal:3000"
+    # Without it, the simulator, on --waha-port.
+    parts = parts_for(tmp_path, "", "--waha-port", "3999")
+    assert "waha-sim" in parts and parts["worker"].env["WAHA_URL"] == "http://127.0.0.1:3999"
+
+
+def test_the_workers_metrics_listen_where_everything_else_does(tmp_path: Path) -> None:
+    parts = parts_for(tmp_path, "", "--host", "127.0.0.1")
+    assert parts["worker"].env["WSM_WORKER_METRICS_HOST"] == "127.0.0.1"
+
+
+def test_worker_metrics_port_0_is_refused_at_once(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "wsm", "dev", "--home", str(tmp_path), "--worker-metrics-port", "0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and "--worker-metrics-port" in done.stderr
+    assert not (tmp_path / "redis").exists()  # nothing started

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import io
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -351,6 +352,11 @@ def test_file_command_reads_the_path_and_the_caption(tmp_path: Path) -> None:
             file_command(line)
 
 
+async def as_typed(lines: list[str]) -> AsyncIterator[str]:
+    for line in lines:
+        yield line
+
+
 async def test_chat_sends_a_file_as_the_customer_from_a_pipe(
     make_sim: SimFactory, receiver: Receiver, tmp_path: Path
 ) -> None:
@@ -369,7 +375,7 @@ async def test_chat_sends_a_file_as_the_customer_from_a_pipe(
             "oi",
         ]
         # No bot answers here: every line times out quickly (3), a line not sent wins (4).
-        code = await run_piped(client, lines, timeout=0.05, quiet=0.01)
+        code = await run_piped(client, as_typed(lines), timeout=0.05, quiet=0.01)
         assert code == 4
 
         messages = (await sim.chat(CHAT))["messages"]
