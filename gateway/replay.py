@@ -18,7 +18,7 @@ from gateway.redis_link import RedisStatus
 from gateway.spool import ReplayBatch, Spool
 from shared.backoff import Backoff
 from shared.enqueue import DUPLICATE, EnqueueRequest, enqueue_many
-from shared.events import InvalidEvent, route_event
+from shared.events import InvalidEvent, load_body, route_event
 from shared.redis_client import RedisClient
 from shared.settings import Settings
 
@@ -121,7 +121,7 @@ class SpoolReplayer:
         # Routed again from the raw body with today's settings (key prefix, shards, TTL): the
         # same code that accepted it, so it routes the same way.
         try:
-            routed = route_event(orjson.loads(body), body)
+            routed = route_event(load_body(body), body)
         except (orjson.JSONDecodeError, InvalidEvent) as exc:
             routed = None
             log.error("spooled event no longer routes; dropped", extra={"error": str(exc)})

@@ -242,7 +242,11 @@ class Spool:
         """Record that a batch is in Redis; remove its file once nothing is left in it."""
         file = batch.file
         size = batch.end - file.replayed
-        await asyncio.to_thread(file.save_progress, batch.end, len(batch.events))
+        if not await asyncio.to_thread(file.save_progress, batch.end, len(batch.events)):
+            log.warning(
+                "spool progress not saved (disk full?): replay goes on",
+                extra={"spool_file": str(file.path), "offset": batch.end},
+            )
         self._account(-len(batch.events), -size)
         if id(file) in self._ordered:
             self._advance_replayed(len(batch.events))
@@ -258,6 +262,10 @@ class Spool:
             if file is self._current:
                 self._current = None
             self._forget(file, keep=False)
+            if self._events == 0:
+                # Drained, its files removed: a write failure of before (a full disk, the
+                # size limit) no longer says the spool cannot be written (/readyz).
+                self.last_error = None
             await asyncio.to_thread(file.remove)
         if not self._files:
             log.info("spool drained")

@@ -204,14 +204,26 @@ class SpoolFile:
                 break
         return events, offset
 
-    def save_progress(self, offset: int, records: int) -> None:
+    def save_progress(self, offset: int, records: int) -> bool:
+        """Record that the events up to `offset` are in Redis. False when the progress could
+        not be written to disk (it is kept in memory all the same)."""
         # Atomic replace, no fsync: a process crash cannot lose it, and a power loss that
         # does only replays some events again (dropped as duplicates).
         temporary = self.progress_path.with_name(self.progress_path.name + ".tmp")
-        temporary.write_text(str(offset))
-        os.replace(temporary, self.progress_path)
+        saved = True
+        try:
+            temporary.write_text(str(offset))
+            os.replace(temporary, self.progress_path)
+        except OSError:
+            # A full disk, the very reason the spool may be full: the replay must go on (it
+            # frees the disk once the file is retired), or the gateway would spool forever
+            # with Redis back. A crash before then replays these events again: duplicates.
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            saved = False
         self.replayed = offset
         self.events -= records
+        return saved
 
     def remove(self) -> None:
         """Delete a fully replayed file (data first: a leftover progress file is harmless)."""

@@ -34,7 +34,7 @@ from gateway.intake import Intake
 from gateway.signature import verify_signature
 from shared.clock import now_ms
 from shared.enqueue import EnqueueRequest
-from shared.events import InvalidEvent, route_event
+from shared.events import InvalidEvent, load_body, route_event
 
 log = logging.getLogger("wsm.gateway.webhook")
 
@@ -143,7 +143,7 @@ class WebhookEndpoint:
         if self.hmac_keys:
             verify_signature(body, signature, algorithm, self.hmac_keys)
         try:
-            document = orjson.loads(body)
+            document = load_body(body)
         except orjson.JSONDecodeError as exc:
             raise InvalidBody("body is not JSON") from exc
         received_at_ms = now_ms()

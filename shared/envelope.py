@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from shared.events import RoutedEvent
+from shared.events import RoutedEvent, load_body
 
 RECORD_VERSION = 1
 
@@ -36,7 +36,7 @@ class QueuedEvent:
 
     def document(self) -> dict[str, Any]:
         """The WAHA event as a dict (parsed on demand: the body is kept raw)."""
-        value = orjson.loads(self.body)
+        value = load_body(self.body)
         if not isinstance(value, dict):
             raise InvalidRecord("queued body is not a JSON object")
         return value

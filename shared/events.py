@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from shared.delivery_status import status_for_ack
 
 # Events the product acts on. Anything else answers 200 "ignored": a 4xx would make WAHA retry.
@@ -35,6 +37,29 @@ QUEUED_EVENTS = frozenset(
 # different envelope ids. Acks are keyed by (message id, ack level): a READ ack repeats the
 # message id of the DEVICE ack before it and must not be taken for a duplicate.
 _MESSAGE_EVENTS = QUEUED_EVENTS - {"session.status"}
+
+# A lone UTF-16 surrogate escape ("\ud83d" with no partner): valid JSON as WAHA's Node writes it
+# (a WhatsApp text cut inside an emoji), but orjson refuses it, and no Python str holding it
+# can be written to Redis (UTF-8). A pair (\ud83d\ude00) is left alone.
+_LONE_SURROGATE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+
+
+def load_body(body: bytes) -> Any:
+    """A WAHA body parsed. A lone surrogate escape is read as U+FFFD (the replacement
+    character) instead of refusing the event: refused, WAHA would retry it and then drop it.
+    Raises orjson.JSONDecodeError for anything else that is not JSON."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        repaired = _LONE_SURROGATE.sub(rb"\\ufffd", body)
+        if repaired == body:
+            raise
+        return orjson.loads(repaired)
+
+
 _ACK_EVENTS = frozenset({"message.ack", "message.ack.group"})
 # `message` and `message.any` are one WhatsApp message told twice (WAHA sends both when it is
 # subscribed to both): one dedupe key for the pair, so the twin that arrives second is dropped

@@ -296,7 +296,10 @@ class ConsumerSlot:
             FailOutcome.DEAD: Outcome.DEAD,
             FailOutcome.LOST: Outcome.LOST,
         }[result.outcome]
-        return self._count(outcome, lease, message, error, attempts=result.attempts)
+        # A lost lease's failure is not counted by this worker (fail_message answers before
+        # counting): its 0 would read as "no attempt yet" in the log (found by an audit).
+        attempts = None if outcome is Outcome.LOST else result.attempts
+        return self._count(outcome, lease, message, error, attempts=attempts)
 
     async def _release(
         self, keeper: LeaseKeeper, *, to_front: bool, take_next: bool = False

@@ -83,6 +83,9 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
                 )
             return 0
         chosen, missing = choose(letters, args.ids, args.all)
+        if args.all and not chosen:
+            print("no dead letters")  # as `list` says it: --all found nothing to do
+            return 0
         for message_id in missing:
             print(f"{message_id}: no such dead letter", file=sys.stderr)
         failed = len(missing)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from pathlib import Path
 
@@ -169,4 +170,31 @@ async def test_a_new_event_may_go_to_redis_once_everything_answered_before_it_is
     assert await waiting is True
     assert spool.has_backlog  # the later event still waits
     assert await spool.wait_replayed(0.01) is False
+    await spool.close()
+
+
+async def test_a_disk_too_full_for_the_progress_file_does_not_stop_the_replay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by an audit: on a full disk the progress file could not be written, the replay
+    failed on every batch, and the gateway kept spooling with Redis back. Now the replay goes
+    on, the file is retired (freeing the disk), and /readyz's `writable` is true again."""
+    spool = Spool(tmp_path, max_bytes=1 << 30, write_timeout_s=5)
+    await asyncio.gather(*(spool.append(body, at) for body, at in events(5)))
+    spool.last_error = "OSError: [Errno 28] No space left on device"  # as a refused write sets it
+    real_write_text = Path.write_text
+
+    def disk_full(self: Path, *args: object, **kwargs: object) -> int:
+        if self.name.endswith(".tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_text(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    replayed = 0
+    while (batch := await spool.next_batch(2, 1 << 20)) is not None:
+        replayed += len(batch.events)
+        await spool.mark_replayed(batch)
+    assert replayed == 5 and not spool.has_backlog
+    assert await asyncio.to_thread(lambda: list(tmp_path.iterdir())) == []
+    assert spool.last_error is None
     await spool.close()

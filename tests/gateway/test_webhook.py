@@ -221,6 +221,22 @@ async def test_accents_and_emoji_arrive_intact(
     assert queued.document()["me"]["pushName"] == "Clínica"
 
 
+async def test_a_text_cut_inside_an_emoji_is_queued_not_refused(
+    app_client: httpx.AsyncClient, sync_redis: redis.Redis, key_prefix: str
+) -> None:
+    """WAHA's Node writes half of a surrogate pair as a lone escape ("\\ud83d") when WhatsApp
+    text is cut inside an emoji: valid JSON that orjson refuses. Found by an audit: answered
+    400, retried by WAHA and then lost. Queued byte for byte; read as U+FFFD."""
+    chat = "5511900000003@c.us"
+    body = compact(text_message(chat, "cortado XEMOJI")).replace(b"XEMOJI", b"\\ud83d")
+    assert b"\\ud83d" in body
+    response = await app_client.post("/webhook", content=body, headers=signed(body))
+    assert response.json() == {"status": "queued"}
+    [queued] = queued_events(sync_redis, key_prefix, "default", chat)
+    assert queued.body == body
+    assert queued.document()["payload"]["body"] == "cortado \ufffd"
+
+
 # --- duplicates -----------------------------------------------------------------------------
 
 

@@ -103,6 +103,15 @@ async def test_list_of_nothing_says_so(queue: Queue, capsys: pytest.CaptureFixtu
     assert capsys.readouterr().out == "no dead letters\n"
 
 
+@pytest.mark.parametrize("command", ["replay", "drop"])
+async def test_all_of_nothing_says_so(
+    queue: Queue, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """Found by an audit: `--all` with no dead letters printed nothing at all."""
+    assert await wsm_dlq(queue, command, "--all") == 0
+    assert capsys.readouterr().out == "no dead letters\n"
+
+
 async def test_list_says_how_many_older_letters_were_dropped(
     queue: Queue, capsys: pytest.CaptureFixture[str]
 ) -> None:
