@@ -114,7 +114,10 @@ def test_a_long_link_does_not_push_the_page_past_the_window(product: Product, pa
     assert phone in page.url
     link = "https://exemplo.com.br/agendamento?ref=" + "x9" * 140
     product.say(phone, link)
-    expect(conversation.get_by_test_id("message").filter(has_text="exemplo.com.br")).to_be_visible()
+    # Through the simulator, the gateway, a worker and the console's live channel: on a loaded
+    # CI machine that can take longer than expect's default 5 s.
+    arrived = conversation.get_by_test_id("message").filter(has_text="exemplo.com.br")
+    expect(arrived).to_be_visible(timeout=30_000)
     assert page.evaluate("document.documentElement.scrollWidth") <= 1024
     for hook in ("reply-send", "close", "handback"):
         box = page.get_by_test_id(hook).bounding_box()
