@@ -9,9 +9,10 @@ The Watcher compares what it saw last time with what is there now: each line's s
 the agents' hash and their conversation sets, and, for every conversation that is in a line,
 with an agent or open in a page, its state (state, agent, version), its history's last stream
 id and (for open pages) the delivery status of its recent messages. Each difference becomes one
-entry of the events stream. Only one API process derives events at a time (a lock with a TTL);
-when another takes over it starts by publishing `resync`, which reloads the open pages, because
-it cannot know what changed while nobody was watching.
+entry of the events stream; a conversation it starts watching counts as changed (a page may have
+read it just before a message landed). Only one API process derives events at a time (a lock
+with a TTL); when another takes over it starts by publishing `resync`, which reloads the open
+pages, because it cannot know what changed while nobody was watching.
 
 A page's SSE connection starts from the events stream id the page was rendered at (or the
 browser's Last-Event-ID when it reconnects), replays what it missed from the stream, then
@@ -188,9 +189,14 @@ class Watcher:
             last = rows[2 * n + 1]
             last_id = as_text(last[0][0]) if last else ""
             known = token in seen.states
-            if known and seen.states[token] != state:
+            # Newly watched (a page just opened it, or it entered a line) after the first pass:
+            # what changed since a page read it is unknown, so its pages catch up (each appends
+            # only what it lacks). Without this, a message landing between a page's render and
+            # this pass never showed on that page.
+            fresh = not known and not first
+            if fresh or (known and seen.states[token] != state):
                 emits.append({"kind": "conv", "token": token})
-            if known and seen.last_ids.get(token, "") != last_id:
+            if (fresh and last_id) or (known and seen.last_ids.get(token, "") != last_id):
                 emits.append(
                     {
                         "kind": "msg",

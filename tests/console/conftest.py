@@ -26,7 +26,7 @@ import httpx
 import pytest
 import redis
 
-from shared.keys import LineKeys, conversation_token, split_conversation_token
+from shared.keys import LineKeys, conversation_token, engine_keys_for, split_conversation_token
 from tests.support.polling import wait_until
 from tests.support.product import started_product
 from tests.support.tools import in_ci, require_program
@@ -127,6 +127,12 @@ class Product:
             _, chat_id = split_conversation_token(member.decode())
             self.say(chat_id.split("@", 1)[0], "sair")
         wait_until(lambda: self.redis.zcard(line) == 0, timeout=20, what="an empty line")
+
+    def texts_from(self, phone: str) -> list[str]:
+        """What the engine recorded in this customer's history as theirs (dir=in)."""
+        history = engine_keys_for("default", f"{phone}@c.us", 1, KEY_PREFIX).history
+        entries: Any = self.redis.xrange(history)
+        return [f[b"text"].decode() for _, f in entries if f.get(b"dir") == b"in"]
 
     def waiting(self, phone: str) -> bool:
         """The customer is in the line (the menu brain handed them over)."""
