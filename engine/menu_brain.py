@@ -84,15 +84,26 @@ def wordless_media(message: InboundMessage) -> bool:
     return message.kind != "text" and message.kind not in TRANSCRIBED_KINDS
 
 
-def heard(turn: Turn) -> Turn:
-    """The turn as the menus read it: a transcribed voice note is its transcript's words
-    (without the "[áudio]" mark the agent reads), so "dois", "atendente" or a name work as if
-    typed."""
-    message = turn.message
+def words(message: InboundMessage) -> str:
+    """What the customer said, as the menus and the line's steps read it: a transcribed voice
+    note is its transcript's words (without the "[áudio]" mark the agent reads, nor Whisper's
+    full stop), anything else its text."""
     transcript = (message.transcript or "").strip() if message.kind in TRANSCRIBED_KINDS else ""
-    if not transcript:
+    return spoken(transcript) if transcript else message.text
+
+
+def heard(turn: Turn) -> Turn:
+    """The turn as the menus read it (`words`), so "dois", "atendente" or a name said in a
+    voice note work as if typed."""
+    text = words(turn.message)
+    if text == turn.message.text:
         return turn
-    return replace(turn, message=replace(message, text=spoken(transcript)))
+    return replace(turn, message=replace(turn.message, text=text))
+
+
+def goes_back(text: str) -> bool:
+    """A way back to the menu ("menu", "Voltar!", "início."), from any step under way."""
+    return fold(text).strip().strip(" .!") in BACK_WORDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +163,7 @@ class MenuBrain:
             )
         if PERSON_WORDS.search(text):
             return await self._person(turn)
-        if fold(text).strip(" .!") in BACK_WORDS:
+        if goes_back(text):
             # "menu" shows the menu (the closed line's notice tells customers to write it).
             return Decision(replies=[self.menu(name)], step=STEP_MENU)
         if turn.state.state is State.CLOSED:

@@ -48,13 +48,13 @@ from engine.agent.texts import AgentTexts
 from engine.agent.tools import ToolSession
 from engine.brain import Decision, HandOff, Turn
 from engine.menu_brain import (
-    BACK_WORDS,
     PERSON_WORDS,
     STEP_ASK_NAME,
     STEP_CHOOSE_SERVICE,
     STEP_MENU,
     MenuBrain,
     MenuOption,
+    goes_back,
     heard,
     option_number,
 )
@@ -127,7 +127,7 @@ class SchedulingMenuBrain(MenuBrain):
                 collected=_CLEARED,
                 requests=[HandOff("customer asked for a person")],
             )
-        if fold(text) in BACK_WORDS:
+        if goes_back(text):
             return self._to_menu(turn, collected=_CLEARED)
         if step == STEP_SERVICE:
             return await self._service_step(turn, text)

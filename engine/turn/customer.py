@@ -13,7 +13,7 @@ from engine.history import HistoryEntry, mid_field, mid_from, recent, recent_fro
 from engine.media.ingest import NOT_STORED, MediaItem, item_of
 from engine.media.kinds import describe
 from engine.media.transcribe import TRANSCRIPT_MARK
-from engine.menu_brain import BACK_WORDS, MenuBrain, option_number, spoken, unheard_audio
+from engine.menu_brain import MenuBrain, goes_back, option_number, unheard_audio, words
 from engine.state import State, Trigger
 from engine.turn import freed_slot
 from engine.turn.frame import ConversationTurn
@@ -61,7 +61,7 @@ async def message(turn: ConversationTurn) -> None:
     elif current is State.WAITING:
         turn.state = turn.state.moved(Trigger.CUSTOMER_MESSAGE)
         # A voice note's words count as typed ones: *sair* said leaves the line.
-        await waiting_message(turn, said(inbound))
+        await waiting_message(turn, words(inbound))
     else:  # with a person, or paused: recorded for them, the bot keeps quiet
         turn.state = turn.state.moved(Trigger.CUSTOMER_MESSAGE)
 
@@ -86,12 +86,6 @@ def media_fields(item: MediaItem) -> dict[str, Any]:
         "location": item.location.public() if item.location is not None else None,
         "contact": item.contact.public() if item.contact is not None else None,
     }
-
-
-def said(inbound: InboundMessage) -> str:
-    """What the customer said, as the line's steps read it: a transcribed voice note is its
-    words (without the full stop Whisper adds), anything else its text."""
-    return spoken(inbound.transcript) if inbound.transcript else inbound.text
 
 
 def inbound_of(item: MediaItem, *, text: str, waha_id: str, at: int) -> InboundMessage:
@@ -294,9 +288,9 @@ async def team_answer(turn: ConversationTurn, inbound: InboundMessage) -> None:
         turn.reply(turn.texts.render("team_audio_unsupported"))
         _ask_team(turn)
         return
-    text = said(inbound)
+    text = words(inbound)
     # The leave word gives up, and so do the menus' own ways back ("menu", "voltar").
-    if turn.texts.says_leave(text) or fold(text).strip(" .!") in BACK_WORDS:
+    if turn.texts.says_leave(text) or goes_back(text):
         turn.state = replace(turn.state, step=back)
         turn.reply(turn.texts.render("line_left"))
         return

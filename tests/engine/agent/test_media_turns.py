@@ -296,6 +296,23 @@ async def test_the_scheduling_menu_answers_audio_at_every_step(make_agent, groq,
     assert decision.collected.get("menu_offer") == ""
 
 
+@pytest.mark.parametrize("back", [inbound("Menu!"), inbound("voltar."), voice("Voltar.")])
+async def test_a_way_back_mid_booking_is_read_as_every_menu_reads_it(
+    make_agent, groq, back: InboundMessage
+) -> None:
+    """ "Menu!" typed or "Voltar." said leave the booking steps as they leave the engine menu's
+    and the line's team question (one reading, `menu_brain.goes_back`); the scheduling menu
+    once compared the words unstripped, and "Menu!" was an unknown service."""
+    brain = make_agent(groq_api_key=None).brain
+    chat = Chat(ANA).named("Ana")
+    await send(chat, brain, inbound("oi"))
+    await send(chat, brain, inbound("3"))  # book
+    assert chat.state.step == "sched_service"
+    decision = await send(chat, brain, back)
+    assert decision.step == "menu" and chat.replies[-1].startswith("Como posso ajudar")
+    assert groq.requests == []
+
+
 async def test_audio_during_a_confirmation_drops_it_and_books_nothing(
     make_agent, groq, aredis, key_prefix, now
 ) -> None:
