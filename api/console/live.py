@@ -144,7 +144,7 @@ class Watcher:
         pipe = self._redis.pipeline(transaction=False)
         for session in sessions:
             # Every line of the session (teams' too), merged: any change shows.
-            lines = [self.line.line_key(session, team) for team in self.line.team_ids()]
+            lines = [self.line.line_key(session, team) for team in self.line.team_ids(session)]
             pipe.zunion(lines, withscores=True)
         pipe.hgetall(self.line.keys.agents)
         pipe.zrangebyscore(self.keys.viewed, now, "+inf")

@@ -18,7 +18,7 @@ import pytest
 
 from api.app import create_app
 from engine.state import State, load_state
-from shared.keys import LineKeys, engine_keys_for
+from shared.keys import LineKeys, conversation_token, engine_keys_for
 from tests.api.conftest import API_AUTH, API_TOKEN
 from tests.engine.harness import Harness, settings_for
 from tests.engine.line_support import business_file
@@ -152,5 +152,57 @@ async def test_the_console_shows_an_agent_their_teams_lines(
         assert shown["rita"].count('data-testid="line-entry"') == 1
         assert "Bia" in shown["rita"] and "Ana" not in shown["rita"]
         assert shown["chefe"].count('data-testid="line-entry"') == 2
+    finally:
+        await harness.aclose()
+
+
+ALL_DAY = ", ".join(
+    f'{d}: ["00:00-24:00"]' for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+)
+CLINIC = "business: {name: Clínica}\nhours: {%s}\nservices: [{id: consulta, name: Consulta}]\n"
+PET_SHOP = """business: {name: Pet Shop}
+hours: {%s}
+services: [{id: banho, name: Banho}]
+teams:
+  - {id: banho, name: Banho}
+  - {id: tosa, name: Tosa}
+"""
+
+
+async def test_a_team_line_of_a_business_of_its_own_shows_live_in_the_console(
+    aredis: Any, redis_url: str, key_prefix: str, waha: Any, tmp_path: Path
+) -> None:
+    """The console's Watcher merged each session's lines from the default business's teams,
+    so a customer in a team line of a business of its own (WSM_BUSINESS_FILES) never showed
+    live, nor did what they wrote next (found by an audit)."""
+    clinic, pets = tmp_path / "clinica.yaml", tmp_path / "pets.yaml"
+    clinic.write_text(CLINIC % ALL_DAY, "utf-8")
+    pets.write_text(PET_SHOP % ALL_DAY, "utf-8")
+    settings = settings_for(
+        key_prefix, redis_url, api_token=API_TOKEN, calendar_file=clinic,
+        business_files=f"pets={pets}", auto_assign=False,
+    )  # fmt: skip
+    harness = Harness(aredis, settings)
+    console = create_app(settings, aredis).state.console
+    try:
+        await console.watcher.tick()  # the first pass
+        since = await console.hub.latest_id()
+        chat = "5511900000901@c.us"
+        for text in ("oi", "Ana", "3", "2"):  # a person, from the team "Tosa"
+            await harness.webhook(text_message(chat, text, session="pets"))
+        await harness.drain()
+        [waiting] = await console.reads.line.members("pets")
+        assert waiting.team == "tosa"
+        await console.watcher.tick()
+        events = await console.hub.since(since)
+        assert events is not None
+        assert [e.session for e in events if e.kind == "line"] == ["pets"]
+        # And the customer is watched: what they write next reaches the pages.
+        await harness.webhook(text_message(chat, "é urgente", session="pets"))
+        await harness.drain()
+        await console.watcher.tick()
+        later = await console.hub.since(events[-1].id)
+        token = conversation_token("pets", chat)
+        assert later and any(e.kind == "msg" and e.token == token for e in later)
     finally:
         await harness.aclose()

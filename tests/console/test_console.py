@@ -109,7 +109,7 @@ def test_a_long_link_does_not_push_the_page_past_the_window(product: Product, pa
     expect(page.get_by_test_id("presence-toggle")).to_have_attribute("data-online", "true")
     product.bring_to_line(phone)
     # Pasted while in line, so the page opens with it: the layout is what is checked here (the
-    # live channel has its own tests, above and in test_live_catch_up.py).
+    # live channel has its own tests, above and in test_live_watcher.py).
     link = "https://exemplo.com.br/agendamento?ref=" + "x9" * 140
     product.say(phone, link)
     wait_until(lambda: link in product.texts_from(phone), timeout=30, what="the link recorded")

@@ -1,8 +1,8 @@
-"""A page's live channel shows every message that lands after the page was rendered, also one
-that lands before the console's Watcher first looks at that conversation (found by an audit of
-a flaky browser test: the Watcher recorded such a conversation's newest message silently, and
-the page never showed it until reloaded). The Watcher is driven pass by pass here, on a real
-Redis, so the race is not left to timing."""
+"""What the console's Watcher (api/console/live.py) notices, driven pass by pass on a real Redis
+so no race is left to timing: a message that lands before the Watcher first looks at a
+conversation a page just opened (it recorded such a conversation's newest message silently, and
+the page never showed it until reloaded; found while chasing a flaky browser test). The team
+lines of a business of its own: tests/api/test_teams_api.py."""
 
 from __future__ import annotations
 
