@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -96,7 +97,12 @@ class EmbeddedRedis:
         return f"redis://{self.host}:{self.port}/0"
 
     def command(self) -> list[str]:
+        """redis-server's command line; with an append-only file, started through
+        shared/aof_repair.py, which first cuts back a transaction a crash tore (it says why) and
+        then becomes redis-server (exec: the process is the server's)."""
+        repair = [sys.executable, "-m", "shared.aof_repair", str(self.data_dir)]
         return [
+            *(repair if self.appendonly else []),
             self.binary,
             "--port",
             str(self.port),
