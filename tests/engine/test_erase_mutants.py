@@ -28,6 +28,7 @@ from shared.keys import (
     keys_for_conversation,
 )
 from shared.lua import LuaScript
+from shared.queue_errors import ConversationBusy
 from tests.engine.erase_support import (
     assert_erased_exactly,
     booking_store,
@@ -296,3 +297,54 @@ async def test_the_marker_of_a_message_queued_during_the_erase_is_kept(
     # Every other marker of the customer went.
     markers = list(sync_redis.scan_iter(match=f"{key_prefix}:*:seen:*_{ERASED.chat_id}_*"))
     assert markers == [shard.seen_message(ERASED.session, kept).encode()]
+
+
+async def test_an_erase_that_loses_its_lease_stops_and_says_so(
+    harness: Harness, waha: FakeWaha, sync_redis, key_prefix, monkeypatch
+) -> None:
+    """The erase holds the conversation's lease while it deletes the dedupe markers. Were it
+    too slow, its lease reaped and the conversation handed to a worker (a new fence), then a
+    message may be queued and handled meanwhile, and its marker is what keeps WAHA's repeat of
+    it out. The erase then deletes no marker and stops with ConversationBusy ("erase again"),
+    instead of going on as if it had erased everything. Kills: `if gone < 0` in erase_customer
+    dropped or changed (`< -1`)."""
+    for text in ("oi", NAME):
+        assert await harness.webhook(text_message(ERASED.chat_id, text))
+    await harness.drain()
+    meta = keys_for_conversation(ERASED.session, ERASED.chat_id, 3, key_prefix).meta
+    real_markers = engine.erase._markers
+    found: list[str] = []
+
+    async def reaped_meanwhile(*args: Any) -> list[str]:
+        found.extend(await real_markers(*args))
+        assert found
+        await harness.redis.hset(meta, "fence", "999999")  # the reaper's new lease
+        return found
+
+    monkeypatch.setattr(engine.erase, "_markers", reaped_meanwhile)
+    with pytest.raises(ConversationBusy, match="lost its lease"):
+        await erase_customer(
+            harness.redis, prefix=key_prefix, shards=3, session="default", chat_id=ERASED.chat_id
+        )
+    assert sync_redis.exists(*found) == len(found)
+
+
+async def test_a_conversation_with_one_queued_message_and_no_meta_is_not_erased(
+    harness: Harness, waha: FakeWaha, sync_redis, key_prefix
+) -> None:
+    """The erase's own guard against a queue it does not understand: one message waiting in
+    the conversation's queue while its meta says nothing (lost, say, to an operator's DEL).
+    Erasing would delete that message's body and drop it unhandled, so the erase is refused
+    and nothing is deleted. Kills: erase_conversation.lua's `LLEN > 0` -> `> 1`."""
+    for text in ("oi", NAME):
+        assert await harness.webhook(text_message(ERASED.chat_id, text))
+    await harness.drain()
+    queue = keys_for_conversation(ERASED.session, ERASED.chat_id, 3, key_prefix)
+    assert not sync_redis.exists(queue.meta)
+    sync_redis.rpush(queue.messages, "m-orphan")
+    before = snapshot(sync_redis, key_prefix)
+    with pytest.raises(ConversationBusy):
+        await erase_customer(
+            harness.redis, prefix=key_prefix, shards=3, session="default", chat_id=ERASED.chat_id
+        )
+    assert snapshot(sync_redis, key_prefix) == before

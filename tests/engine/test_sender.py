@@ -146,6 +146,22 @@ async def test_send_rate_take_script_limits_a_session(aredis, key_prefix) -> Non
     assert 0 < await aredis.pttl(key) <= 4000
 
 
+async def test_an_idle_bucket_holds_no_more_than_its_burst(aredis, key_prefix) -> None:
+    """A session quiet for a minute (its bucket last touched 60 s ago, by the Redis clock)
+    may send its burst at once, not a minute's worth of sends: WAHA's own limits and
+    WhatsApp's ban heuristics see the burst. Kills: the `math.min(burst, ...)` cap dropped
+    from send_rate_take.lua (60 sends granted at once)."""
+    from engine.sender import SEND_RATE_TAKE
+
+    key = WahaSessionKeys("default", key_prefix).rate
+    seconds, micros = await aredis.time()
+    a_minute_ago = int(seconds * 1000 + micros // 1000) - 60_000
+    await aredis.hset(key, mapping={"tokens": "3", "at": str(a_minute_ago)})
+    grants = [await SEND_RATE_TAKE(aredis, [key], [1, 3]) for _ in range(4)]
+    assert grants[:3] == [0, 0, 0]
+    assert 0 < grants[3] <= 1000
+
+
 def test_typing_pause_and_backoff() -> None:
     assert typing_pause_ms("oi", 35, 0) == 0
     assert typing_pause_ms("oi", 35, 3000) == 370

@@ -74,6 +74,18 @@ def test_waha_hmac_test_vector_passes_the_gateways_check() -> None:
         verify_signature(body, signature, algorithm, [b"k" * 32])
 
 
+@pytest.mark.parametrize("algorithm", [b"SHA512", b"Sha512", b" sha512 "])
+def test_the_algorithm_is_named_in_any_case(algorithm: bytes) -> None:
+    """WAHA sends `sha512`; a proxy or a WAHA version that writes the name in capitals (or
+    pads the header) names the same algorithm, and is not told its signature is unsupported.
+    Kills: `.lower()` (or `.strip()`) dropped from verify_signature's algorithm check."""
+    v = vector()
+    body, key, signature = v["raw_body"].encode(), v["key"].encode(), v["X-Webhook-Hmac"].encode()
+    verify_signature(body, signature, algorithm, [key])
+    with pytest.raises(SignatureRejected, match="unsupported"):
+        verify_signature(body, signature, b"SHA256", [key])
+
+
 def one_byte_changed(body: bytes) -> bytes:
     index = body.index(b"Oi")
     return body[:index] + b"Ou" + body[index + 2 :]

@@ -156,14 +156,17 @@ async def test_an_extension_refused_marks_the_keeper_lost_for_good(
 
 
 async def test_an_extension_while_redis_is_away_gives_up_at_the_deadline_for_good(
-    redis_url: str, key_prefix: str
+    redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Redis unreachable: the extension retries only until the keeper's deadline (the lease
     would have run out by then), then raises LeaseLost (not Redis's connection error) and
-    `lost` is True; the next extension raises LeaseLost too. Kills: the deadline passed to
+    `lost` is True. The slot gave the turn up. When Redis is back the lease may not be reaped
+    yet, and extending it would succeed, renewing a lease for a turn nobody runs any more: the
+    next extension raises LeaseLost without asking Redis. Kills: the deadline passed to
     retry_until dropped (extend__mutmut_4: retried for ever), the first deadline None
-    (__init____mutmut_8: the same) and `self.lost = True` in the Redis-away branch mutated to
-    None/False (extend__mutmut_15/16)."""
+    (__init____mutmut_8: the same), `self.lost = True` in the Redis-away branch mutated to
+    None/False (extend__mutmut_15/16), and extend's `if self.lost: raise LeaseLost` dropped
+    (an audit's hand-made mutant)."""
     async with (
         _held(redis_url, key_prefix, SHORT_LEASE_MS) as held,
         _away_consumer(key_prefix, SHORT_LEASE_MS) as away,
@@ -172,8 +175,11 @@ async def test_an_extension_while_redis_is_away_gives_up_at_the_deadline_for_goo
         with pytest.raises(LeaseLost):
             await asyncio.wait_for(keeper.extend(), timeout=GUARD_SECONDS)
         assert keeper.lost is True
+        keeper.consumer = held.consumer  # Redis is back
+        asked = _count_extensions(monkeypatch)
         with pytest.raises(LeaseLost):
-            await asyncio.wait_for(keeper.extend(), timeout=GUARD_SECONDS)
+            await keeper.extend()
+        assert asked == []
 
 
 async def test_after_an_extension_redis_away_is_given_up_at_the_new_deadline(

@@ -188,3 +188,42 @@ async def test_a_message_already_in_the_history_is_not_handled_again(
     assert waha.to(ANA) == [MODEL_ANSWER]
     entries = await history_of(aredis, key_prefix, ANA)
     assert [(e.direction, e.text) for e in entries] == [("in", "oi"), ("out", MODEL_ANSWER)]
+
+
+async def test_a_budget_used_to_the_last_token_is_spent(
+    harness, groq, waha, aredis, key_prefix
+) -> None:
+    """Two answers use the day's budget exactly (2 × 869 tokens): the third message gets the
+    menu. Kills: `int(used) >= self.tokens_per_day` -> `>` in admit (one more turn allowed on
+    a budget already spent)."""
+    agent = harness(agent_tokens_per_day=2 * 869)
+    groq.policy = lambda request: completion(MODEL_ANSWER)
+    await agent.say(ANA, "oi")
+    await agent.say(ANA, "tudo bem?")
+    assert await agent.parts.limits.tokens_used(f"default|{ANA}") == 2 * 869
+    await agent.say(ANA, "quero marcar")
+    assert len(groq.requests) == 2
+    assert waha.to(ANA)[2] != MODEL_ANSWER
+
+
+async def test_token_counts_that_cannot_be_a_use_are_not_counted(aredis, key_prefix) -> None:
+    """A usage report of zero or fewer tokens (a model's odd answer) never gives budget back,
+    and with no daily budget nothing is written at all. Kills, in add_tokens: the `or` of its
+    guard -> `and` (an unlimited deployment writing a key a day per conversation) and
+    `tokens <= 0` dropped (a negative report lowering what was used)."""
+    from engine.agent.limits import ConversationLimits
+
+    token = f"default|{ANA}"
+    limited = ConversationLimits(
+        aredis, prefix=key_prefix, shards=1, turns_per_minute=0, tokens_per_day=1000
+    )
+    await limited.add_tokens(token, 600)
+    await limited.add_tokens(token, -500)
+    await limited.add_tokens(token, 0)
+    assert await limited.tokens_used(token) == 600
+
+    unlimited = ConversationLimits(
+        aredis, prefix=f"{key_prefix}-u", shards=1, turns_per_minute=0, tokens_per_day=0
+    )
+    await unlimited.add_tokens(token, 600)
+    assert await aredis.exists(unlimited.tokens_key(token)) == 0
