@@ -28,6 +28,16 @@ TEMPLATE = Path(__file__).resolve().parents[1] / "nginx" / "templates" / "defaul
 # (nginx/entrypoint/40-wsm-tls.sh in the image, `tls_site` here).
 TLS_TEMPLATE = Path(__file__).resolve().parents[1] / "nginx" / "tls" / "tls.conf.template"
 
+# The upstream block a stack on 127.0.0.1 sends webhooks to (`keepalive_upstream`): its
+# gateway is at an IP literal, so nothing is lost by nginx resolving the block once, at start.
+GATEWAY_POOL = "wsm_gateway"
+# Idle connections nginx keeps to the gateway, and for how long: below uvicorn's own 5 s
+# keep-alive timeout, so nginx drops an idle connection before the gateway closes it under a
+# request on its way (a request that meets a closed kept connection is retried on a new one,
+# proxy_next_upstream, but that costs a round trip).
+POOL_CONNECTIONS = 64
+POOL_IDLE_SECONDS = 4
+
 # Who may POST /webhook by default: loopback and the private ranges, where WAHA runs (compose's
 # network is one of them). compose.yaml's default of NGINX_WEBHOOK_ALLOW is the same list.
 DEFAULT_WEBHOOK_NETWORKS = (
@@ -120,6 +130,19 @@ def tls_site(values: Mapping[str, str]) -> str:
     return render_site(TLS_TEMPLATE.read_text("utf-8"), values)
 
 
+def keepalive_upstream(name: str, address: str) -> str:
+    """An upstream block keeping idle connections to `address` (host:port; an IP literal, as
+    nginx before 1.27.3 resolves a block's names only at start). NGINX_GATEWAY_UPSTREAM set to
+    `name` makes the template use it."""
+    return (
+        f"upstream {name} {{\n"
+        f"    server {address};\n"
+        f"    keepalive {POOL_CONNECTIONS};\n"
+        f"    keepalive_timeout {POOL_IDLE_SECONDS}s;\n"
+        "}\n"
+    )
+
+
 def loopback_values(
     *,
     port: int,
@@ -151,13 +174,26 @@ def loopback_values(
     }
 
 
-def write_config(prefix: Path, values: Mapping[str, str], *, template: str | None = None) -> Path:
+def write_config(
+    prefix: Path,
+    values: Mapping[str, str],
+    *,
+    template: str | None = None,
+    upstreams: Mapping[str, str] | None = None,
+) -> Path:
     """Render the site (the project's template unless `template` is given) into
-    <prefix>/conf.d/default.conf and the main config into <prefix>/nginx.conf, which it
-    returns."""
+    <prefix>/conf.d/default.conf, each of `upstreams` (name -> address) as a keep-alive block
+    into <prefix>/wsm-upstreams/<name>.conf, and the main config into <prefix>/nginx.conf,
+    which it returns."""
     (prefix / "conf.d").mkdir(parents=True, exist_ok=True)
     site = TEMPLATE.read_text("utf-8") if template is None else template
     (prefix / "conf.d" / "default.conf").write_text(render_site(site, values), "utf-8")
+    pools = prefix / "wsm-upstreams"
+    shutil.rmtree(pools, ignore_errors=True)  # a block written for an earlier run is not kept
+    if upstreams:
+        pools.mkdir()
+        for name, address in upstreams.items():
+            (pools / f"{name}.conf").write_text(keepalive_upstream(name, address), "utf-8")
     # Run as root, nginx's workers would switch to "nobody", who cannot enter a private
     # temporary directory.
     user = "user root;" if os.geteuid() == 0 else ""
@@ -181,13 +217,19 @@ def nginx_argv(binary: str, prefix: Path, *extra: str) -> list[str]:
 
 
 def nginx_service(
-    prefix: Path, values: Mapping[str, str], *, port: int, nginx: str | None = None
+    prefix: Path,
+    values: Mapping[str, str],
+    *,
+    port: int,
+    nginx: str | None = None,
+    upstreams: Mapping[str, str] | None = None,
 ) -> Service:
-    """nginx in the foreground on the rendered template; SIGQUIT stops it gracefully."""
+    """nginx in the foreground on the rendered template (and `upstreams`, as write_config);
+    SIGQUIT stops it gracefully."""
     binary = nginx or find_nginx()
     if binary is None:
         raise EdgeUnavailable("nginx is not installed (apt-get install -y nginx)")
-    write_config(prefix, values)
+    write_config(prefix, values, upstreams=upstreams)
     return Service(
         "nginx",
         nginx_argv(binary, prefix, "-g", "daemon off;"),

@@ -35,9 +35,11 @@ class NginxPrefix:
     values: Mapping[str, str]
     # None: the project's template, as the product renders it.
     template: str | None = None
+    # Keep-alive upstream blocks, name -> address (wsm/edge.py, keepalive_upstream).
+    upstreams: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
-        write_config(self.root, self.values, template=self.template)
+        write_config(self.root, self.values, template=self.template, upstreams=self.upstreams)
 
     @property
     def main(self) -> Path:

@@ -1,13 +1,15 @@
 """Small loopback servers the edge tests put behind or beside nginx.
 
-- `RecordingUpstream`: an HTTP server that answers 200 and records each request's path and
-  headers, to see what nginx passes on (the client's IP, the request id).
+- `RecordingUpstream`: an HTTP server that answers 200 and records each request's path,
+  headers and the port it came from, to see what nginx passes on (the client's IP, the request
+  id) and over how many connections (`keep_alive=True` keeps them open, as uvicorn does).
 - `TinyDns`: a UDP DNS server answering A queries for one name with an address the test can
   change, to show that nginx re-resolves its upstream (a restarted container's new IP).
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -21,25 +23,34 @@ class RecordedRequest:
     method: str
     path: str
     headers: dict[str, str]
+    # The source port of the connection it came on: one port, one connection.
+    peer_port: int = 0
 
 
 class RecordingUpstream:
     """`ThreadingHTTPServer` on (host, port) answering `{"upstream": name}` to everything."""
 
-    def __init__(self, host: str, port: int, name: str) -> None:
+    def __init__(self, host: str, port: int, name: str, *, keep_alive: bool = False) -> None:
         self.name = name
         self.requests: list[RecordedRequest] = []
+        self.connections: list[socket.socket] = []
         upstream = self
 
         class Handler(BaseHTTPRequestHandler):
+            # HTTP/1.1 keeps the connection for the next request; 1.0 closes it after each.
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
+            def setup(self) -> None:
+                super().setup()
+                upstream.connections.append(self.connection)
+
             def _answer(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 if length:
                     self.rfile.read(length)
+                headers = {k.lower(): v for k, v in self.headers.items()}
                 upstream.requests.append(
-                    RecordedRequest(
-                        self.command, self.path, {k.lower(): v for k, v in self.headers.items()}
-                    )
+                    RecordedRequest(self.command, self.path, headers, self.client_address[1])
                 )
                 body = f'{{"upstream":"{upstream.name}"}}'.encode()
                 self.send_response(200)
@@ -65,8 +76,12 @@ class RecordingUpstream:
         self.stop()
 
     def stop(self) -> None:
+        """Stop as a process would: the listener and every open connection closed."""
         self.server.shutdown()
         self.server.server_close()
+        for connection in self.connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
 
 @dataclass

@@ -150,15 +150,16 @@ def build_stack(options: StackOptions) -> ProductStack:
         ready=lambda: port_accepts(ports["gateway"]),
     )  # fmt: skip
     if uses_nginx:
+        # Webhooks go through a keep-alive block: the gateway is at an IP literal here, as for
+        # nginx outside Docker (docs/operations.md, "Keep-alive").
         stack.add(
             edge.nginx_service(
                 home / "nginx",
                 edge.loopback_values(
-                    port=ports["edge"],
-                    gateway=f"127.0.0.1:{ports['gateway']}",
-                    api=f"127.0.0.1:{ports['api']}",
+                    port=ports["edge"], gateway=edge.GATEWAY_POOL, api=f"127.0.0.1:{ports['api']}"
                 ),
                 port=ports["edge"],
+                upstreams={edge.GATEWAY_POOL: f"127.0.0.1:{ports['gateway']}"},
             )
         )
     worker = part(
