@@ -81,7 +81,13 @@ class LineCoordinator:
             return 0
         assigned = 0
         touched: set[str] = set()
-        sessions = await self.line.sessions()
+        # Only the lines of businesses open now: outside its hours a business's customers were
+        # told it is closed and that they keep their place for the opening, where they are
+        # told their place again (announce_opening) and taken in order. An agent left online
+        # overnight would otherwise take them at once. An attendant may still take one by hand
+        # (take_next).
+        now = now_ms()
+        sessions = [s for s in await self.line.sessions() if self.line.for_session(s).is_open(now)]
         for _ in range(1000):  # bounded: each round assigns one or stops
             free = await self.line.free_agents()
             taken = None

@@ -143,6 +143,22 @@ class WaitingLine:
     def is_open(self, at_ms: int) -> bool:
         return self.hours is None or self.hours.is_open(at_ms)
 
+    def declared_teams(self) -> list[str]:
+        """Every team id a business file declares (the default business's and each of its
+        own), sorted."""
+        own = (team for _, teams in self.sessions_own.values() for team in teams)
+        return sorted({team.id for team in (*self.teams, *own)})
+
+    def unknown_teams(self, teams: Sequence[str]) -> str:
+        """Why `teams` cannot be an agent's, for the one who named them (a typo would leave the
+        agent taking from a line nobody ever joins); empty when every one is declared."""
+        declared = self.declared_teams()
+        unknown = sorted(set(teams) - set(declared))
+        if not unknown:
+            return ""
+        which = ", ".join(declared) if declared else "no teams"
+        return f"unknown team {', '.join(unknown)}: the business files declare {which}"
+
     # --- customers -------------------------------------------------------------------------
     async def enter(self, session: str, token: str, at_ms: int, team: str = "") -> tuple[int, int]:
         """Join the back of the line, or of `team`'s (a repeat keeps the place).

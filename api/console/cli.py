@@ -45,10 +45,13 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     store = AccountStore(redis, ConsoleKeys(settings.key_prefix))
     try:
         if args.action == "add":
+            line = waiting_line(redis, settings)
+            if args.team and (unknown := line.unknown_teams(args.team)):
+                raise AccountError(unknown)  # before anything is stored
             account = await store.add(args.id, args.name or args.id, args.role, read_password())
             if args.team:
                 # The teams whose lines the agent takes from (the business file's `teams`).
-                await waiting_line(redis, settings).set_teams(account.id, args.team)
+                await line.set_teams(account.id, args.team)
             teams = f", teams {', '.join(sorted(set(args.team)))}" if args.team else ""
             print(f"agent {account.id} ({account.name}, {account.role}{teams}) added")
         elif args.action == "passwd":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
 from api.deps import Parts
@@ -27,7 +27,10 @@ class AgentOnline(BaseModel):
 async def agent_online(
     parts: Parts, agent_id: str, body: AgentOnline | None = None
 ) -> dict[str, Any]:
-    agent = await parts.coordinator.line.set_online(
+    line = parts.coordinator.line
+    if body and body.teams and (unknown := line.unknown_teams(body.teams)):
+        raise HTTPException(422, unknown)
+    agent = await line.set_online(
         agent_id, body.name if body else None, now_ms(), teams=body.teams if body else None
     )
     await parts.coordinator.assign_free_agents()

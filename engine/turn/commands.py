@@ -142,6 +142,11 @@ async def line_notice(turn: ConversationTurn) -> None:
     turn.state = replace(turn.state, line_position=position, line_notice_at=turn.now)
 
 
+# How long a waiting customer's timer waits when their business does not open within the
+# hours' search (engine/hours.py, SEARCH_DAYS).
+NO_OPENING_RECHECK_MS = 24 * 3600 * 1000
+
+
 async def timeout(turn: ConversationTurn) -> None:
     config = turn.config
     state = turn.state
@@ -152,8 +157,12 @@ async def timeout(turn: ConversationTurn) -> None:
         waited = turn.now - entered if hours is None else hours.open_ms_between(entered, turn.now)
         if waited >= limit_ms:
             await close(turn, Trigger.LINE_TIMEOUT, goodbye=True, text_key="line_timeout")
-        elif hours is not None and (due := hours.deadline(entered, limit_ms)) is not None:
-            # The timer is set by open-or-not time; move it to when the open time is up.
+        elif hours is not None:
+            # The timer is set by open-or-not time; move it to when the open time is up. A
+            # business that does not open within the hours' search (a file with no hours)
+            # is looked at again in a day, not at every pass of the timers (a year's search
+            # each time, per customer in line).
+            due = hours.deadline(entered, limit_ms) or turn.now + NO_OPENING_RECHECK_MS
             token, timers = turn.conversation.token, turn.tools.index.timers
 
             async def rearm() -> None:

@@ -100,10 +100,41 @@ async def test_invalid_teams_are_refused_and_nothing_is_stored(
     assert sync_redis.keys(f"{key_prefix}*") == []
 
 
-def test_wsm_agent_add_with_teams(redis_url: str, key_prefix: str, sync_redis: Any) -> None:
+async def test_a_team_no_business_declares_is_refused_and_nothing_is_stored(
+    parts: tuple[Harness, httpx.AsyncClient], sync_redis: Any, key_prefix: str
+) -> None:
+    """A well-formed id that no business file declares (a typo: "finaceiro") would leave the
+    agent taking from a line nobody ever joins. Refused, naming the teams there are; an agent
+    already online keeps the teams they had."""
+    _, client = parts
+    answer = await client.post(
+        "/api/agents/rita/online", json={"teams": ["recepcao", "finaceiro"]}, headers=API_AUTH
+    )
+    assert answer.status_code == 422
+    assert answer.json() == {
+        "detail": "unknown team finaceiro: the business files declare financeiro, recepcao"
+    }
+    assert sync_redis.keys(f"{key_prefix}*") == []
+
+    await client.post("/api/agents/rita/online", json={"teams": ["recepcao"]}, headers=API_AUTH)
+    before = {key: sync_redis.dump(key) for key in sync_redis.keys(f"{key_prefix}*")}
+    again = await client.post(
+        "/api/agents/rita/online", json={"teams": ["cobranca"]}, headers=API_AUTH
+    )
+    assert again.status_code == 422
+    assert {key: sync_redis.dump(key) for key in sync_redis.keys(f"{key_prefix}*")} == before
+
+
+def test_wsm_agent_add_with_teams(
+    redis_url: str, key_prefix: str, sync_redis: Any, business_file: Path
+) -> None:
     """The real command, in its own process: --team is repeatable; the agent's line record
-    holds the teams, and the console's going online keeps them."""
-    env = {**os.environ, "REDIS_URL": redis_url, "WSM_KEY_PREFIX": key_prefix}
+    holds the teams, and the console's going online keeps them. A team no business file
+    declares is refused before the password is asked, with no account made."""
+    env = {
+        **os.environ, "REDIS_URL": redis_url, "WSM_KEY_PREFIX": key_prefix,
+        "WSM_CALENDAR_FILE": str(business_file),
+    }  # fmt: skip
     command = [sys.executable, "-m", "api.console.cli", "add", "rita", "--name", "Rita"]
     done = subprocess.run(
         [*command, "--team", "recepcao", "--team", "financeiro"],
@@ -115,11 +146,22 @@ def test_wsm_agent_add_with_teams(redis_url: str, key_prefix: str, sync_redis: A
     assert stored == b'["financeiro","recepcao"]'
 
     refused = subprocess.run(
-        [*command[:-3], "add", "bia", "--team", "Não Vale"],
+        [*command[:4], "bia", "--team", "Não Vale"],
         input="a long password\n", env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert refused.returncode == 2 and "not a team id" in refused.stderr
     assert sync_redis.hget(LineKeys(key_prefix).agent_teams, "bia") is None
+
+    before = {key: sync_redis.dump(key) for key in sync_redis.keys(f"{key_prefix}*")}
+    unknown = subprocess.run(
+        [*command[:4], "caio", "--team", "recepcao", "--team", "cobranca"],
+        input="a long password\n", env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert unknown.returncode == 2
+    assert "unknown team cobranca: the business files declare financeiro, recepcao" in (
+        unknown.stderr
+    )
+    assert {key: sync_redis.dump(key) for key in sync_redis.keys(f"{key_prefix}*")} == before
 
 
 async def test_the_console_shows_an_agent_their_teams_lines(

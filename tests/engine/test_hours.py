@@ -230,6 +230,36 @@ async def test_the_line_timeout_counts_open_hours_only(
     assert await state_of(aredis, key_prefix, CHAT) is State.CLOSED
 
 
+async def test_a_business_that_never_opens_checks_its_line_daily_not_every_minute(
+    aredis: Any, key_prefix: str, waha: Any, make_harness: Any, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A business file with no hours (bookings only, say): the line never opens, so a waiting
+    customer's timeout never comes. Their timer is looked at again a day later, not at every
+    pass of the timers (each look searches a year of days)."""
+    never = tmp_path / "never.yaml"
+    never.write_text(_without_hours(BUSINESS), "utf-8")
+    clock = Clock(monkeypatch, at(2026, 11, 10, 10))
+    harness = make_harness(
+        calendar_file=never, waiting_timeout_seconds=600, inactivity_close_seconds=10**6
+    )
+    await ask(harness, CHAT, "oi", "Ana", "3")
+    assert await state_of(aredis, key_prefix, CHAT) is State.WAITING
+
+    clock.set(at(2026, 11, 10, 11))
+    await harness.service.timers_once()
+    await harness.drain()
+    assert await state_of(aredis, key_prefix, CHAT) is State.WAITING
+    timers = harness.service.index.timers
+    assert await aredis.zscore(timers, f"default|{CHAT}") == at(2026, 11, 11, 11)
+
+
+def _without_hours(text: str) -> str:
+    """The business file with every opening hour removed."""
+    head, rest = text.split("hours:\n", 1)
+    return head + "hours: {}\n" + rest[rest.index("holidays:") :]
+
+
 async def test_an_estimate_that_runs_past_the_closing_gives_no_minutes(
     waha: Any, make_harness: Any, business_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -304,3 +334,37 @@ async def test_when_the_bot_can_book_the_closed_notice_offers_it(
         assert await state_of(aredis, key_prefix, CHAT) is State.BOT
     finally:
         await harness.aclose()
+
+
+async def test_an_agent_left_online_overnight_is_given_nobody_until_the_opening(
+    aredis: Any, key_prefix: str, waha: Any, make_harness: Any, business_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Maria is online, taking customers automatically, after closing time. A customer who
+    asks for a person at 23:00 is told it is closed and that they keep their place: nobody
+    then tells them "Maria vai te atender agora" a moment later. At the opening they are
+    told their place and taken in order. Maria may still take one by hand at night."""
+    clock = Clock(monkeypatch, at(2026, 11, 10, 23))  # Tuesday 23:00
+    harness = make_harness(calendar_file=business_file, conversations_per_agent=2)
+    line = harness.service.coordinator.line
+    await line.set_online("maria", "Maria", clock.ms)
+    await ask(harness, CHAT, "oi", "Ana", "3")
+    await ask(harness, OTHER, "oi", "Bia", "3")
+    await maintain(harness)
+    taken = "Maria vai te atender agora. 🙋"
+    for chat in (CHAT, OTHER):
+        assert waha.to(chat)[-1].startswith("Nosso atendimento está fechado agora.")
+        assert await state_of(aredis, key_prefix, chat) is State.WAITING
+    assert await line.length("default") == 2
+
+    # By hand: the attendant chose to.
+    assert await harness.service.coordinator.take_next("maria") is not None
+    await harness.drain()
+    assert waha.to(CHAT)[-1] == taken
+    assert await state_of(aredis, key_prefix, OTHER) is State.WAITING
+
+    clock.set(at(2026, 11, 11, 8, 0))
+    await maintain(harness)
+    await maintain(harness)
+    assert waha.to(OTHER)[-1] == taken
+    assert await state_of(aredis, key_prefix, OTHER) is State.AGENT
