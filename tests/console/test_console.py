@@ -99,6 +99,19 @@ def test_an_agent_takes_a_customer_answers_and_closes(product: Product, page: An
     expect(page.get_by_test_id("login-user")).to_be_visible()
 
 
+def right_edge(page: Any, hook: str) -> float:
+    """Where the element named `hook` ends on the page (px). The live channel may swap the
+    conversation's head while it is measured (a taken conversation's state arrives live): a
+    measure of the element it replaced (None) is taken again."""
+
+    def measured() -> float | None:
+        box = page.get_by_test_id(hook).bounding_box()
+        return None if box is None else float(box["x"] + box["width"])
+
+    edge: float = wait_until(measured, timeout=10, interval=0.1, what=f"{hook} to be measured")
+    return edge
+
+
 def test_a_long_link_does_not_push_the_page_past_the_window(product: Product, page: Any) -> None:
     """Customers paste long links: one unbreakable word must wrap inside its message, not widen
     the page and push the actions and details off-screen (found by an audit)."""
@@ -118,10 +131,10 @@ def test_a_long_link_does_not_push_the_page_past_the_window(product: Product, pa
     expect(conversation).to_be_visible()
     assert phone in page.url
     expect(conversation.get_by_test_id("message").filter(has_text="exemplo.com.br")).to_be_visible()
+    expect(page.get_by_test_id("conv-state")).to_have_attribute("data-state", "agent")
     assert page.evaluate("document.documentElement.scrollWidth") <= 1024
     for hook in ("reply-send", "close", "handback"):
-        box = page.get_by_test_id(hook).bounding_box()
-        assert box is not None and box["x"] + box["width"] <= 1024, hook
+        assert right_edge(page, hook) <= 1024, hook
     page.get_by_test_id("close").click()
     expect(page.get_by_test_id("conv-state")).to_have_attribute("data-state", "closed")
     page.get_by_test_id("logout").click()
