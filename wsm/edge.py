@@ -153,8 +153,9 @@ def loopback_values(
     api_rate: str = "10000r/s",
     api_burst: int = 10000,
 ) -> dict[str, str]:
-    """The template's variables for a stack on 127.0.0.1. Upstreams are IP literals (never sent
-    to the resolver, whose setting the template still requires). The webhook limit is per
+    """The template's variables for a stack on 127.0.0.1. Upstreams are IP literals, or the name
+    of a keep-alive block (`keepalive_upstream`): neither is sent to the resolver, whose
+    setting the template still requires. The webhook limit is per
     client IP and the simulator is one client, so by default it is set far above any load this
     machine can make: a load test measures the product, not the guard against strangers."""
     return {
