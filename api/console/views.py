@@ -34,6 +34,9 @@ SEARCH_SCAN = 5000
 SEARCH_RESULTS = 50
 # History entries looked at for a waiting customer's last message.
 LAST_LOOKBACK = 10
+# A conversation another attendant has: with them, or taken from the line and not confirmed yet
+# (still `waiting`, no longer in line). An agent who handled it before does not see it then.
+HELD_BY_AN_ATTENDANT = frozenset({State.AGENT, State.WAITING})
 
 
 def phone_of(chat_id: str, state: ConversationState | None = None) -> str:
@@ -151,7 +154,11 @@ class Reads:
         session, _ = split_conversation_token(token)
         if await self.line.position(session, token) is not None:
             return True  # everyone in line is every agent's to see
-        return await self._redis.zscore(self.keys.handled(viewer.id), token) is not None
+        if await self._redis.zscore(self.keys.handled(viewer.id), token) is None:
+            return False
+        # One they handled, unless another attendant has it now: what the customer tells that
+        # attendant is not theirs to read.
+        return (await self.state(token)).state not in HELD_BY_AN_ATTENDANT
 
     # --- the attendants (an admin's view) --------------------------------------------------
     async def agents(self, accounts: Mapping[str, str]) -> list[dict[str, Any]]:

@@ -306,6 +306,62 @@ def test_an_open_page_stops_following_a_conversation_another_agent_took(
         bia.close()
 
 
+def test_an_agent_who_handled_a_customer_does_not_see_them_while_another_agent_has_them(
+    product: Product,
+) -> None:
+    """Ana answered a customer and handed them back to the bot; later Bia took them. Ana may
+    look back at a conversation she handled while no one has it, not while Bia does: not its
+    page, not its live channel (found by an audit: both were open to her, with what the
+    customer told Bia)."""
+    phone = new_phone()
+    chat = f"{phone}@c.us"
+    token = f"default|{chat}"
+    keys = engine_keys_for("default", chat, 1, KEY_PREFIX)
+    page = f"/c/default/{chat}"
+    ana = http_login(product, "ana")
+    bia = http_login(product, "bia")
+
+    def state() -> bytes | None:
+        value: Any = product.redis.hget(keys.state, "state")
+        return value
+
+    def take_next(client: httpx.Client, agent_id: str) -> str:
+        csrf = page_csrf(client)
+        client.post("/presence", data={"online": "1"}, headers={"X-CSRF-Token": csrf})
+        taken = client.post("/take-next", data={"csrf": csrf})
+        assert phone in taken.headers["location"]
+        wait_until(
+            lambda: product.redis.hget(keys.state, "agent_id") == agent_id.encode(), timeout=20
+        )
+        client.post("/presence", data={"online": "0"}, headers={"X-CSRF-Token": csrf})
+        return csrf
+
+    try:
+        product.bring_to_line(phone)
+        ana_csrf = take_next(ana, "ana")
+        ana.post(f"{page}/reply", data={"csrf": ana_csrf, "text": "Oi, aqui é a Ana"})
+        ana.post(f"{page}/handback", data={"csrf": ana_csrf})
+        wait_until(lambda: state() == b"bot", timeout=20, what="the handback")
+        assert ana.get(page).status_code == 200  # handled by her, no one has it
+
+        product.say(phone, "quero falar com um atendente")
+        wait_until(lambda: product.waiting(phone), timeout=20, what=f"{phone} in the line")
+        bia_csrf = take_next(bia, "bia")
+        bia.post(f"{page}/reply", data={"csrf": bia_csrf, "text": "SEGREDO-DA-BIA"})
+        assert ana.get(page).status_code == 403
+        assert ana.get("/events", params={"conv": token}).status_code == 403
+        assert bia.get(page).status_code == 200
+
+        bia.post(f"{page}/close", data={"csrf": bia_csrf})
+        wait_until(lambda: state() == b"closed", timeout=20, what="the close")
+        assert ana.get(page).status_code == 200  # closed: handled by her, no one has it
+    finally:
+        if state() in (b"agent", b"waiting"):
+            bia.post(f"{page}/close", data={"csrf": page_csrf(bia)})
+        ana.close()
+        bia.close()
+
+
 def test_an_admin_cannot_write_to_a_conversation_that_does_not_exist(product: Product) -> None:
     """As in the operator API, only existing conversations are written to: an admin's form on
     a made-up number answers 404, messages nobody and stores nothing."""
