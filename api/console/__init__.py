@@ -96,7 +96,7 @@ def build(settings: Settings, redis: RedisClient, coordinator: LineCoordinator) 
         reads=reads,
         audit=Audit(redis, keys, retention),
         canned=CannedReplies(redis, keys),
-        ui=Ui(settings.language),
+        ui=Ui(settings.language, settings.media_max_bytes),
         hub=Hub(redis, keys),
         watcher=Watcher(redis, reads, keys),
     )

@@ -28,7 +28,6 @@ from shared.keys import conversation_token, split_conversation_token
 from .canned import CannedError
 from .context import Console
 from .sessions import Viewer, require_csrf
-from .ui import file_size
 from .views import ConversationView
 
 CLOSABLE = {State.BOT, State.WAITING, State.AGENT, State.PAUSED}
@@ -226,7 +225,7 @@ def router(console: Console) -> APIRouter:
         if refusal.error in ("no_file", "empty_file"):
             return ui.t("media.upload.missing")
         if refusal.error == "file_too_large":
-            return ui.t("media.upload.too_big", limit=file_size(sending.max_bytes, ui.language))
+            return ui.upload_too_big
         if refusal.error in ("unsupported_type", "type_mismatch"):
             return ui.t("media.upload.type", mimetype=mimetype or "?")
         if refusal.error == "caption_too_long":

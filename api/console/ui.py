@@ -66,9 +66,14 @@ def file_size(size: Any, language: str = "pt-BR") -> str:
 
 
 class Ui:
-    def __init__(self, language: str) -> None:
+    def __init__(self, language: str, media_max_bytes: int) -> None:
         self.language = language
         self.t = translator(language)
+        # What a file above WSM_MEDIA_MAX_BYTES is told: by the console's own refusal, and by
+        # the upload form's script when nginx refuses the body first (its limit is above ours).
+        self.upload_too_big = str(
+            self.t("media.upload.too_big", limit=file_size(media_max_bytes, language))
+        )
         self.env = Environment(
             loader=FileSystemLoader(TEMPLATES),
             autoescape=select_autoescape(["html"]),
@@ -87,6 +92,7 @@ class Ui:
             media_reason=self.media_reason,
             # What the upload form's file chooser offers: the types send_media accepts.
             upload_accept=",".join(ALLOWED),
+            upload_too_big=self.upload_too_big,
             lang="pt-BR" if language == "pt-BR" else "en",
         )
 

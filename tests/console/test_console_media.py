@@ -37,6 +37,7 @@ from tests.console.conftest import Product, console_product, login, new_phone, s
 from tests.console.support import expect, http_login, page_csrf, snapshot
 from tests.engine.harness import apply_writes, settings_for
 from tests.support.polling import wait_until
+from tests.support.tools import require_program
 from wsm.load.product import KEY_PREFIX
 
 pytestmark = pytest.mark.slow
@@ -183,11 +184,11 @@ def seed(product: Product, phone: str, items: list[Item]) -> None:
     in_thread(run())
 
 
-def take_a_customer(product: Product, page: Any, agent: str = "ana") -> str:
-    """The agent logs in, goes online and takes a new customer the menu brain handed over;
-    the conversation's page is open."""
+def take_a_customer(product: Product, page: Any, agent: str = "ana", url: str | None = None) -> str:
+    """The agent logs in (at `url`: the console's own address unless given), goes online and
+    takes a new customer the menu brain handed over; the conversation's page is open."""
     phone = new_phone()
-    login(page, product.url, agent)
+    login(page, url or product.url, agent)
     toggle = page.get_by_test_id("presence-toggle")
     if toggle.get_attribute("data-online") != "true":
         toggle.click()
@@ -410,6 +411,33 @@ def test_refused_uploads_store_and_send_nothing(product: Product, page: Any) -> 
         ana.close()
 
 
+def test_a_file_nginx_refuses_is_explained_in_the_form(product: Product, page: Any) -> None:
+    """Above nginx's own body limit (NGINX_CLIENT_MAX_BODY_SIZE, 17m: above
+    WSM_MEDIA_MAX_BYTES) the console never sees the file: nginx answers 413 and htmx swaps
+    nothing. The form says the file is too big all the same, as the console's own refusal
+    does (found by an audit: it said nothing). Nothing is stored or sent."""
+    require_program("nginx")
+    if not product.stack.uses_nginx:
+        pytest.skip("the stack runs without nginx")
+    edge = product.stack.webhook_url.removesuffix("/webhook")
+    phone = take_a_customer(product, page, url=edge)
+    product.settle()
+    before, files, out = redis_state(product), stored_files(product), sent_out(product, phone)
+    big = b"%PDF-" + b"0" * (18 * 1024 * 1024)
+    page.get_by_test_id("media-upload-input").set_input_files(
+        {"name": "grande.pdf", "mimeType": "application/pdf", "buffer": big}
+    )
+    with page.expect_response(lambda r: r.url.endswith("/media")) as answered:
+        page.get_by_test_id("media-upload-submit").click()
+    assert answered.value.status == 413
+    error = page.get_by_test_id("media-upload-error")
+    expect(error).to_have_attribute("data-reason", "file_too_large")
+    expect(error).to_have_text("Arquivo grande demais (máximo 16,0 MB).")
+    assert redis_state(product) == before
+    assert stored_files(product) == files
+    assert sent_out(product, phone) == out
+
+
 def announced_too_big(
     product: Product, client: httpx.Client, path: str, csrf: str
 ) -> httpx.Response:
@@ -455,6 +483,12 @@ def test_a_waha_core_is_shown_as_not_sending_files(core_product: Product, page: 
     expect(error).to_have_attribute("data-reason", "waha_plus_required", timeout=30_000)
     expect(error).to_have_text("Este WAHA não envia arquivos (recurso do WAHA Plus).")
     assert not [m for m in sent_out(product, phone) if m["text"] == "Seu recibo"]
+    # WAHA said so only when asked to send it: that first file stays in the conversation's
+    # history as not sent (docs/console.md).
+    first = (
+        page.get_by_test_id("conversation").get_by_test_id("message").filter(has_text="Seu recibo")
+    )
+    expect(first.get_by_test_id("status")).to_have_attribute("data-status", "failed")
 
     # The refusal is remembered: the next file is refused at once, nothing stored or queued.
     product.settle()

@@ -66,6 +66,23 @@
     if (box) box.focus();
   });
 
+  // A file refused before it reached the console (nginx's 413 for a body over its own limit, a
+  // 429, a 502 while the API restarts) brings no form to swap in: say it in the form anyway,
+  // as the console's own refusals are said (templates/_media_form.html).
+  document.addEventListener("htmx:responseError", function (e) {
+    var form = e.detail.elt && e.detail.elt.closest && e.detail.elt.closest("[data-testid=media-upload-form]");
+    if (!form) return;
+    var status = e.detail.xhr ? e.detail.xhr.status : 0;
+    form.querySelectorAll("[data-testid=media-upload-error], [data-testid=media-upload-sent]").forEach(function (el) { el.remove(); });
+    var p = document.createElement("p");
+    p.className = "error";
+    p.setAttribute("role", "alert");
+    p.dataset.testid = "media-upload-error";
+    p.dataset.reason = status === 413 ? "file_too_large" : "http_" + status;
+    p.textContent = status === 413 ? form.dataset.tooBig : form.dataset.failed.replace("{status}", String(status));
+    form.appendChild(p);
+  });
+
   // The reply box: Enter sends (Shift+Enter is a new line); "/word" offers canned replies.
   function menuOf(box) { return box.form && box.form.querySelector(".canned-menu"); }
   function choices(menu) { return Array.prototype.filter.call(menu.children, function (li) { return !li.hidden; }); }
