@@ -113,8 +113,10 @@ class WebhookEndpoint:
             )
         except SpoolUnavailable as exc:
             outcome = "unavailable"
+            # Not "not stored": a round trip cut off at its deadline may still have run in
+            # Redis, and WAHA's retry is then answered `duplicate`.
             log.error(
-                "webhook not stored: Redis and spool unavailable",
+                "webhook answered 503: Redis did not confirm it and the spool could not take it",
                 extra={"reason": str(exc), "request_id": _request_id(scope)},
             )
         except ClientDisconnected:
@@ -146,6 +148,12 @@ class WebhookEndpoint:
             document = load_body(body)
         except orjson.JSONDecodeError as exc:
             raise InvalidBody("body is not JSON") from exc
+        # What is not an event is refused as such (400) before its age is looked at: a signed
+        # `{"timestamp": 1}` is malformed, not stale.
+        try:
+            routed = route_event(document, body)
+        except InvalidEvent as exc:
+            raise InvalidBody(str(exc)) from exc
         received_at_ms = now_ms()
         if self._outside_window(document, received_at_ms):
             log.info(
@@ -153,10 +161,6 @@ class WebhookEndpoint:
                 extra={"request_id": _request_id(scope), "timestamp": document.get("timestamp")},
             )
             return "stale"
-        try:
-            routed = route_event(document, body)
-        except InvalidEvent as exc:
-            raise InvalidBody(str(exc)) from exc
         if routed is None:
             return "ignored"
         request = EnqueueRequest.for_event(

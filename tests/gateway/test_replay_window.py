@@ -129,3 +129,34 @@ async def test_events_replayed_from_the_spool_are_exempt(
         await async_wait_until(replayed, timeout=20, what="the spooled event replayed")
     [queued] = queued_events(sync_redis, key_prefix, "default", CHAT)
     assert queued.body == body
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"timestamp": 1},
+        {"timestamp": 1, "event": 5},
+        {"timestamp": 1, "event": "message"},  # no session
+        {"timestamp": 1, "event": "message", "session": "a|b"},
+    ],
+    ids=["no event", "event not a string", "no session", "session with a bar"],
+)
+async def test_an_old_body_that_is_not_an_event_is_invalid_not_stale(
+    document: dict[str, Any],
+    redis_url: str,
+    key_prefix: str,
+    tmp_path: Path,
+    sync_redis: redis.Redis,
+) -> None:
+    """What is not an event is answered 400 `invalid` whatever its timestamp (issue 2): the
+    window judges events, and a malformed body must not pass as a merely old one (found by an
+    audit: these were answered 200 `stale`). Nothing is stored."""
+    body = compact(document)
+    async with inprocess_gateway(settings_for(redis_url, key_prefix, tmp_path / "spool")) as c:
+        before_keys = all_keys(sync_redis)
+        before = stale_count()
+        response = await c.post("/webhook", content=body, headers=webhook_headers(body, KEY))
+        assert response.status_code == 400
+        assert response.json()["status"] == "invalid"
+        assert stale_count() == before
+        assert all_keys(sync_redis) == before_keys
