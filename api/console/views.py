@@ -152,8 +152,11 @@ class Reads:
         if viewer.admin or await self.owns(viewer, token):
             return True
         session, _ = split_conversation_token(token)
-        if await self.line.position(session, token) is not None:
-            return True  # everyone in line is every agent's to see
+        waiting = await self.line.locate(session, token)
+        if waiting is not None:
+            # Who waits in a line the agent takes from is theirs to see; another team's line is
+            # not, as the console's line does not show it (issue 16).
+            return waiting[0] in (await self.line_teams(viewer) or ())
         if await self._redis.zscore(self.keys.handled(viewer.id), token) is None:
             return False
         # One they handled, unless another attendant has it now: what the customer tells that

@@ -185,15 +185,24 @@ async def test_the_console_shows_an_agent_their_teams_lines(
         await console.reads.line.set_teams("rita", ["recepcao"])
         async with served(app) as client:
             shown: dict[str, str] = {}
+            opened: dict[str, list[int]] = {}
             for account in (rita, boss):
                 session = await console.sessions.create(account)
                 client.cookies.set("wsm_console", console.sessions.cookie_value(session))
                 page = await client.get("/")
                 assert page.status_code == 200, page.text
                 shown[account.id] = page.text
+                # A waiting customer's page opened by address: the lines the console shows the
+                # viewer, no other (found by an audit: any line's were). The live channel and
+                # the files ask the same Reads.may_view.
+                opened[account.id] = [
+                    (await client.get(f"/c/default/{chat}")).status_code for chat in (ANA, BIA)
+                ]
         assert shown["rita"].count('data-testid="line-entry"') == 1
         assert "Bia" in shown["rita"] and "Ana" not in shown["rita"]
         assert shown["chefe"].count('data-testid="line-entry"') == 2
+        assert opened["rita"] == [403, 200]
+        assert opened["chefe"] == [200, 200]
     finally:
         await harness.aclose()
 
