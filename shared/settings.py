@@ -139,7 +139,10 @@ class Settings(BaseSettings):
         gt=0,
         description=(
             "A signed event whose `timestamp` is older than this (or more than 300 s ahead) is "
-            "answered 200 `stale` and not stored: a captured webhook cannot be replayed."
+            "answered 200 `stale` and not stored: a captured webhook cannot be replayed. It must "
+            "outlast WAHA's retries, or an event first delivered by a late retry is lost: compose "
+            "sets `5400` for its exponential retries (about 70 minutes; docs/operations.md, "
+            '"Configuring WAHA").'
         ),
     )
     spool_dir: Path = Field(
