@@ -16,6 +16,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Shortest accepted WSM_API_TOKEN and HMAC key: 32 characters (`openssl rand -hex 32` gives 64).
 MIN_SECRET_CHARS = 32
+# What WSM_LOG_LEVEL may be (any case).
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def is_loopback_host(host: str | None) -> bool:
@@ -804,6 +806,14 @@ class Settings(BaseSettings):
     log_level: str = Field(
         "INFO", alias="WSM_LOG_LEVEL", description="debug, info, warning or error."
     )
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level_known(cls, value: str) -> str:
+        # Refused here, at start, with the others: logging.setLevel would raise in every part.
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"WSM_LOG_LEVEL must be one of {', '.join(LOG_LEVELS).lower()}")
+        return value.upper()
 
     @field_validator("redis_url")
     @classmethod

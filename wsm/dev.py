@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import secrets
 import socket
 import sys
@@ -27,6 +26,7 @@ import httpx
 
 from shared.embedded_redis import RedisServerUnavailable, free_port
 from shared.settings import Settings
+from shared.startup import load_settings
 from wsm.stack import (
     Service,
     ServiceFailed,
@@ -99,6 +99,8 @@ def build_parts(
         if settings.api_token
         else _dev_secret(home / "api-token")
     )
+    # Where the banner says the token is: the file is written only when no WSM_API_TOKEN is set.
+    token_source = "WSM_API_TOKEN" if settings.api_token else f"in {_shown(home / 'api-token')}"
     simulate_waha = "waha_url" not in settings.model_fields_set
     waha_url = settings.waha_url if not simulate_waha else f"http://127.0.0.1:{args.waha_port}"
     common = {
@@ -146,7 +148,7 @@ def build_parts(
         (_part("worker", worker_args, metrics, common, logs), metrics),
         (
             _part("api", api_args, f"{api}/healthz", common, logs),
-            f"{api}/docs  (token in {_shown(home / 'api-token')})",
+            f"{api}/docs  (token {token_source})",
         ),
     ]
     return parts
@@ -174,28 +176,37 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str]) -> int:
-    args = parse_args(argv)
-    # The default home is relative (`var/dev`, under the directory `make run` runs from): made
-    # absolute once here, so no part depends on its own working directory to find its data.
-    args.home = args.home.resolve()
-    settings = Settings()
-    args.home.mkdir(parents=True, exist_ok=True)
-    logs = args.home / "logs"
-    logs.mkdir(exist_ok=True)
-
+def busy_ports(args: argparse.Namespace, settings: Settings) -> list[str]:
+    """The ports `wsm dev` would listen on that something else holds, as "port (part)"."""
     parts_ports = {
         "waha-sim": args.waha_port,
         "gateway": args.gateway_port,
         "worker": args.worker_metrics_port,
         "api": args.api_port,
     }
-    busy = [
+    return [
         f"{port} ({name})"
         for name, port in parts_ports.items()
-        if port and not (name == "waha-sim" and "WAHA_URL" in os.environ)
+        # No simulator when WAHA_URL is set, in the environment or in `.env` (as build_parts
+        # decides): a real WAHA on the simulator's port is no conflict.
+        if port and not (name == "waha-sim" and "waha_url" in settings.model_fields_set)
         if not _port_free(args.host, port)
     ]
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    # The default home is relative (`var/dev`, under the directory `make run` runs from): made
+    # absolute once here, so no part depends on its own working directory to find its data.
+    args.home = args.home.resolve()
+    settings = load_settings("wsm dev")
+    if settings is None:
+        return 2
+    args.home.mkdir(parents=True, exist_ok=True)
+    logs = args.home / "logs"
+    logs.mkdir(exist_ok=True)
+
+    busy = busy_ports(args, settings)
     if busy:
         print(
             f"wsm dev: port(s) in use: {', '.join(busy)}. Stop what listens there (another "

@@ -27,6 +27,7 @@ from engine.agent.knowledge import BusinessFile, KnowledgeBase, knowledge_folder
 from engine.businesses import business_id, businesses_from
 from engine.parts import knowledge_bases
 from shared.settings import Settings
+from shared.startup import load_settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.dir is not None and args.business_file is None:
         parser.error("--dir needs --business-file (WSM_KNOWLEDGE_DIR sets the default's)")
-    settings = Settings()
+    settings = load_settings("wsm knowledge")
+    if settings is None:
+        return 2
     try:
         if args.business_file is not None:
             checked = _from_file(args.business_file, args.dir, settings)

@@ -22,6 +22,7 @@ from typing import Any
 
 from shared.keys import ConsoleKeys
 from shared.settings import Settings
+from shared.startup import load_settings
 
 from .accounts import ROLES, AccountError, AccountStore
 
@@ -123,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     remove.add_argument("id")
     sub.add_parser("list", help="list the accounts")
     args = parser.parse_args(argv)
-    settings = Settings()
+    settings = load_settings("wsm agent")
+    if settings is None:
+        return 2
     try:
         return asyncio.run(run(args, settings))
     except AccountError as exc:

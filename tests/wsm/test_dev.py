@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from shared.embedded_redis import free_port
 from shared.settings import Settings
 from tests.support.orphans import kill_and_wait_for_the_parts
 from tests.support.polling import wait_until
-from wsm.dev import build_parts, parse_args
+from wsm.dev import build_parts, busy_ports, parse_args
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -153,3 +154,53 @@ def test_worker_metrics_port_0_is_refused_at_once(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2 and "--worker-metrics-port" in done.stderr
     assert not (tmp_path / "redis").exists()  # nothing started
+
+
+def settings_with(tmp_path: Path, dotenv: str) -> Settings:
+    """The settings `wsm dev` reads from a `.env` holding `dotenv` (no WSM_/WAHA_ variable of
+    this test's own environment)."""
+    env_file = tmp_path / ".env"
+    env_file.write_text(dotenv, "utf-8")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [k for k in os.environ if k.startswith(("WSM_", "WAHA_"))]:
+            patch.delenv(name)
+        return Settings(_env_file=env_file)  # type: ignore[call-arg]
+
+
+def test_a_real_waha_named_in_dotenv_may_hold_the_simulators_port(tmp_path: Path) -> None:
+    """README: WAHA_URL works in the environment or in `.env`. A real WAHA on the simulator's
+    port (its default 3000) is then no conflict; without WAHA_URL it is (found by an audit:
+    only the environment's WAHA_URL was looked at, so `make run` refused to start)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        free = [str(free_port()) for _ in range(3)]
+        args = parse_args([
+            "--home", str(tmp_path / "dev"), "--waha-port", str(port), "--gateway-port", free[0],
+            "--worker-metrics-port", free[1], "--api-port", free[2],
+        ])  # fmt: skip
+        real = settings_with(tmp_path, f"WAHA_URL=http://127.0.0.1:{port}\n")
+        assert busy_ports(args, real) == []
+        assert busy_ports(args, settings_with(tmp_path, "")) == [f"{port} (waha-sim)"]
+
+
+def test_the_banner_names_where_the_api_token_is(tmp_path: Path) -> None:
+    """The token file is written only when no WSM_API_TOKEN is set: with one, the banner names
+    the setting, not a file that is not there (found by an audit)."""
+    args = parse_args(["--home", str(tmp_path / "dev")])
+    given = "t" * 40
+    shown = dict(
+        (service.name, text)
+        for service, text in build_parts(
+            args, settings_with(tmp_path, f"WSM_API_TOKEN={given}\n"), "redis://x:1/0"
+        )
+    )
+    assert "(token WSM_API_TOKEN)" in shown["api"]
+    assert not (tmp_path / "dev" / "api-token").exists()
+    shown = dict(
+        (service.name, text)
+        for service, text in build_parts(args, settings_with(tmp_path, ""), "redis://x:1/0")
+    )
+    assert f"(token in {tmp_path / 'dev' / 'api-token'})" in shown["api"]
+    assert (tmp_path / "dev" / "api-token").exists()
