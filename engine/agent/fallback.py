@@ -37,6 +37,7 @@ import logging
 from dataclasses import dataclass, replace
 
 from engine.agent.breaker import CircuitBreaker
+from engine.agent.confirmation import PENDING_KEY, PendingAction, confirms
 from engine.agent.groq_brain import AgentTurnFailed, GroqBrain
 from engine.agent.limits import AGENT_LIMIT, ConversationLimits
 from engine.agent.llm import CONFIG_REJECTIONS, count_failure
@@ -99,7 +100,7 @@ class FallbackBrain:
                 # Answered with the last message of the burst (this one is in its history).
                 self.breaker.release()
                 BURST_DEFERRED.inc()
-                return Decision()
+                return held_back(turn)
             if limited is not None:
                 self.breaker.release()
                 LLM_FALLBACKS.labels(limited).inc()
@@ -131,3 +132,14 @@ class FallbackBrain:
 
     def _count_failure(self, failed: AgentTurnFailed) -> None:
         count_failure(self.breaker, failed.error)
+
+
+def held_back(turn: Turn) -> Decision:
+    """A message of a burst, answered with the burst's last one: no reply of its own. But a
+    proposal waiting for the customer's yes lapses here unless this message is that yes: the
+    last message alone is read as the answer, so "não, obrigada" then "ok" in one burst would
+    otherwise book what the customer declined (found by an audit)."""
+    pending = PendingAction.decode(turn.state.collected.get(PENDING_KEY))
+    if pending is None or confirms(turn.message.text, pending.kind):
+        return Decision()
+    return Decision(collected={PENDING_KEY: ""})

@@ -20,7 +20,8 @@ from engine.agent.breaker import BreakerState
 from engine.history import HistoryKeys, read_page
 from engine.state import load_state
 from shared.keys import engine_keys_for
-from tests.engine.agent.fake_groq import MODEL, completion, error
+from tests.engine.agent.fake_groq import MODEL, completion, error, last_tool_results
+from tests.engine.agent.support import book_call
 
 ANA = "5511987650001@c.us"
 BIA = "5511987650002@c.us"
@@ -95,6 +96,49 @@ async def test_a_burst_already_queued_is_answered_in_one_turn(
         ("in", "amanhã"),
         ("out", "Claro! Para amanhã tenho 10:00 e 11:00."),
     ]
+
+
+async def bookings(aredis: Any, prefix: str) -> list[Any]:
+    return [key async for key in aredis.scan_iter(f"{prefix}:{{cal}}:b:*")]
+
+
+async def test_a_no_inside_a_burst_ends_the_proposal_before_the_bursts_last_message(
+    harness, groq, waha, aredis, key_prefix, now
+) -> None:
+    """A burst is answered with its last message, so that message alone is read as the answer
+    to a proposal. "não, obrigada" then "ok" in one burst booked the slot the customer had
+    declined (found by an audit): a message held back now ends the proposal unless it is the
+    yes. Nothing is booked; the model's call is asked to confirm again."""
+    agent = harness()
+    groq.then(book_call(now, "14:00"), completion("Confirma consulta hoje às 14:00?"))
+    await agent.say(ANA, "quero uma consulta hoje às 14h")
+    groq.then(book_call(now, "14:00"), completion("Confirma consulta hoje às 14:00?"))
+    assert await agent.queue(ANA, "não, obrigada")
+    assert await agent.queue(ANA, "ok")
+    await agent.drain()
+
+    [result] = last_tool_results(groq.requests[-1])
+    assert result["status"] == "confirmation_required"
+    assert await bookings(aredis, key_prefix) == []
+    assert waha.to(ANA)[-1] == "Confirma consulta hoje às 14:00?"
+
+
+async def test_a_yes_inside_a_burst_keeps_the_proposal_for_the_bursts_last_message(
+    harness, groq, waha, aredis, key_prefix, now
+) -> None:
+    """The other side of the rule: a held-back "sim" leaves the proposal as it was, so a
+    burst whose last message is the yes too ("sim", "pode marcar") books once."""
+    agent = harness()
+    groq.then(book_call(now, "14:00"), completion("Confirma consulta hoje às 14:00?"))
+    await agent.say(ANA, "quero uma consulta hoje às 14h")
+    groq.then(book_call(now, "14:00"), completion("Marcado!"))
+    assert await agent.queue(ANA, "sim")
+    assert await agent.queue(ANA, "pode marcar")
+    await agent.drain()
+
+    [result] = last_tool_results(groq.requests[-1])
+    assert result["status"] == "booked"
+    assert len(await bookings(aredis, key_prefix)) == 1
 
 
 async def test_a_64_kib_message_reaches_the_model_cut_to_4000_characters(
