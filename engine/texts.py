@@ -80,6 +80,8 @@ FIELDS: dict[str, frozenset[str]] = {
     "team_question": frozenset({"teams", "leave_word"}),
     # A voice note nobody could transcribe as the answer to team_question (which follows).
     "team_audio_unsupported": frozenset(),
+    # The leave word (or "menu") as the answer to team_question: they never joined a line.
+    "team_left": frozenset(),
     "line_left": frozenset(),
     "line_timeout": frozenset(),
     "handback": frozenset(),
@@ -178,6 +180,7 @@ _PT_BR: dict[str, str] = {
         "Para voltar, escreva *{leave_word}*."
     ),
     "team_audio_unsupported": "Desculpe, ainda não consigo ouvir áudios. 🎧 Escreva, por favor.",
+    "team_left": "Tudo bem, você não entrou na fila. Se precisar, é só escrever de novo.",
     "line_left": "Você saiu da fila. Se precisar, é só escrever de novo.",
     "line_timeout": (
         "Não conseguimos te atender a tempo e você saiu da fila. 😔 Escreva de novo quando quiser."
@@ -271,6 +274,7 @@ _EN: dict[str, str] = {
         "To go back, write *{leave_word}*."
     ),
     "team_audio_unsupported": "Sorry, I can't listen to audio yet. 🎧 Please write instead.",
+    "team_left": "All right, you did not join the line. Write again whenever you need.",
     "line_left": "You left the line. Write again whenever you need.",
     "line_timeout": (
         "We could not get to you in time and you left the line. 😔 Write again anytime."

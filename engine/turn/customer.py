@@ -292,7 +292,7 @@ async def team_answer(turn: ConversationTurn, inbound: InboundMessage) -> None:
     # The leave word gives up, and so do the menus' own ways back ("menu", "voltar").
     if turn.texts.says_leave(text) or goes_back(text):
         turn.state = replace(turn.state, step=back)
-        turn.reply(turn.texts.render("line_left"))
+        turn.reply(turn.texts.render("team_left"))  # not "you left the line": never in one
         return
     team = _team(turn.line.teams, text)
     if team is None:

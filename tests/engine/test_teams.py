@@ -133,12 +133,15 @@ async def test_the_team_question_says_how_to_go_back_and_menu_does(
     aredis: Any, key_prefix: str, waha: Any, make_harness: Any, business_file: Path
 ) -> None:
     """Found by an audit: the question never said how to give up, and "menu" or "voltar"
-    only asked it again."""
+    only asked it again. Giving up there is not "você saiu da fila" (a second audit): they
+    were never in a line."""
     harness = make_harness(calendar_file=business_file)
     await say(harness, ANA, "oi", "Ana", "3")
     assert waha.to(ANA)[-1] == QUESTION and QUESTION.endswith("Para voltar, escreva *sair*.")
     await say(harness, ANA, "Menu")
-    assert waha.to(ANA)[-1] == PT["line_left"]
+    assert waha.to(ANA)[-1] == PT["team_left"] == (
+        "Tudo bem, você não entrou na fila. Se precisar, é só escrever de novo."
+    )
     state = await state_of(aredis, key_prefix, ANA)
     assert state.state is State.BOT and state.step != "line_team"
     assert await harness.service.coordinator.line.members("default", "") == []
