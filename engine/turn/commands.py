@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from engine.metrics import WAITING_SECONDS
 from engine.state import OPEN_STATES, State, Trigger, can
-from engine.turn.customer import line_text
+from engine.turn.customer import leave_team_question, line_text
 from engine.turn.frame import ConversationTurn
 
 
@@ -75,6 +75,7 @@ async def handback(turn: ConversationTurn) -> None:
     if turn.state.state is State.AGENT:
         turn.release_agent(handled=True)
     turn.state = turn.state.moved(Trigger.HANDBACK, last_activity_at=turn.now)
+    leave_team_question(turn)
     turn.reply(turn.texts.render("handback"))
 
 

@@ -193,6 +193,14 @@ HANDOFF_TEAM = "handoff_team"
 TEAM_RETURN = "line_team_return"
 
 
+def leave_team_question(turn: ConversationTurn) -> None:
+    """A person took over while the bot's "which team?" was open (the business's phone, then a
+    handback): the question is moot, and the customer's next message must not be read as its
+    answer. Back to the step the brain had."""
+    if turn.state.step == TEAM_STEP:
+        turn.state = replace(turn.state, step=turn.state.collected.get(TEAM_RETURN, ""))
+
+
 async def line_text(turn: ConversationTurn, key: str, position: int, team: str) -> str:
     """A place in line with its estimate. With nobody of the line's team online, the
     `<key>_nobody` text, which says so instead of counting minutes; when the estimate runs

@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 
+from engine import commands
 from engine.state import State, load_state
 from engine.texts import DEFAULTS
 from shared.keys import engine_keys_for
 from tests.engine.harness import Harness
 from tests.engine.line_support import TWO_TEAMS, business_file
-from tests.support.waha import text_message
+from tests.support.waha import from_me, text_message
 
 __all__ = ["business_file"]  # the two-team business file fixture
 
@@ -139,8 +140,10 @@ async def test_the_team_question_says_how_to_go_back_and_menu_does(
     await say(harness, ANA, "oi", "Ana", "3")
     assert waha.to(ANA)[-1] == QUESTION and QUESTION.endswith("Para voltar, escreva *sair*.")
     await say(harness, ANA, "Menu")
-    assert waha.to(ANA)[-1] == PT["team_left"] == (
-        "Tudo bem, você não entrou na fila. Se precisar, é só escrever de novo."
+    assert (
+        waha.to(ANA)[-1]
+        == PT["team_left"]
+        == ("Tudo bem, você não entrou na fila. Se precisar, é só escrever de novo.")
     )
     state = await state_of(aredis, key_prefix, ANA)
     assert state.state is State.BOT and state.step != "line_team"
@@ -173,3 +176,29 @@ async def test_asking_for_a_person_instead_of_a_name(
     assert "name" not in (await state_of(aredis, key_prefix, ANA)).collected
     await say(harness, BIA, "oi", "Fernando Pessoa")
     assert (await state_of(aredis, key_prefix, BIA)).collected["name"] == "Fernando Pessoa"
+
+
+async def test_a_handback_after_the_phone_answered_during_the_team_question_asks_nothing(
+    aredis: Any, key_prefix: str, waha: Any, make_harness: Any, business_file: Path
+) -> None:
+    """Ana asked for a person and was asked which team; someone answered her from the
+    business's phone (paused), then handed her back to the bot. Her next message is not read
+    as the team's answer (found by an audit: "obrigada" got the team question again): the
+    bot's menu answers it, from the step it had before the question."""
+    harness = make_harness(calendar_file=business_file)
+    await say(harness, ANA, "oi", "Ana", "3")
+    assert waha.to(ANA)[-1] == QUESTION
+    await harness.webhook(from_me(ANA, "Oi Ana, aqui é a Clínica. Já te ajudo.", "3EB0PHONE01"))
+    await harness.drain()
+    assert (await state_of(aredis, key_prefix, ANA)).state is State.PAUSED
+    await harness.service.coordinator.queue.send(
+        "default", ANA, commands.HANDBACK, {}, event_id="handback-1"
+    )
+    await harness.drain()
+    state = await state_of(aredis, key_prefix, ANA)
+    assert state.state is State.BOT and state.step != "line_team"
+    sent = len(waha.to(ANA))
+    await say(harness, ANA, "obrigada")
+    answers = waha.to(ANA)[sent:]
+    assert QUESTION not in answers
+    assert answers[-1].startswith("Como posso ajudar, Ana?")
