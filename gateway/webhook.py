@@ -35,16 +35,17 @@ from gateway.signature import verify_signature
 from shared.clock import now_ms
 from shared.enqueue import EnqueueRequest
 from shared.events import InvalidEvent, load_body, route_event
+from shared.settings import WEBHOOK_MAX_AHEAD_SECONDS
 
 log = logging.getLogger("wsm.gateway.webhook")
 
 # WAHA retries a 503 on its own schedule; this tells any other client when to.
 RETRY_AFTER_SECONDS = b"2"
 # The replay window: a signed body whose top-level `timestamp` (ms) is older than
-# WSM_WEBHOOK_MAX_AGE_SECONDS, or further ahead than this, is answered `stale`. Without it a
-# body captured once is accepted again as soon as its dedupe marker expires.
+# WSM_WEBHOOK_MAX_AGE_SECONDS, or further ahead than WEBHOOK_MAX_AHEAD_SECONDS, is answered
+# `stale`. Without it a body captured once is accepted again as soon as its dedupe marker
+# expires (and the settings refuse a dedupe window shorter than this one).
 DEFAULT_MAX_AGE_SECONDS = 3600
-MAX_AHEAD_SECONDS = 300
 
 
 class ClientDisconnected(Exception):
@@ -191,7 +192,7 @@ class WebhookEndpoint:
         if not isinstance(stamp, int | float) or isinstance(stamp, bool):
             return False
         max_age_ms = self.max_age_seconds * 1000
-        return stamp < now_ms - max_age_ms or stamp > now_ms + MAX_AHEAD_SECONDS * 1000
+        return stamp < now_ms - max_age_ms or stamp > now_ms + WEBHOOK_MAX_AHEAD_SECONDS * 1000
 
     async def _read_body(self, receive: Receive) -> bytes:
         """The raw body, refused with 413 as soon as it passes the cap (chunked bodies carry

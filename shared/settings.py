@@ -16,6 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Shortest accepted WSM_API_TOKEN and HMAC key: 32 characters (`openssl rand -hex 32` gives 64).
 MIN_SECRET_CHARS = 32
+# How far ahead of the gateway's clock a webhook's `timestamp` may be (the replay window's
+# other side; gateway/webhook.py).
+WEBHOOK_MAX_AHEAD_SECONDS = 300
 # What WSM_LOG_LEVEL may be (any case).
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -133,7 +136,10 @@ class Settings(BaseSettings):
         24 * 3600,
         alias="WSM_DEDUPE_TTL_SECONDS",
         gt=0,
-        description="How long an event id (and a message id) is remembered to drop WAHA's repeats.",
+        description=(
+            "How long an event id (and a message id) is remembered to drop WAHA's repeats. At "
+            "least WSM_WEBHOOK_MAX_AGE_SECONDS + 300, or a replayed webhook would be queued again."
+        ),
     )
     webhook_max_age_seconds: int = Field(
         3600,
@@ -876,6 +882,19 @@ class Settings(BaseSettings):
     def _groq_https(cls, value: str) -> str:
         _require_https("GROQ_BASE_URL", value)
         return value
+
+    @model_validator(mode="after")
+    def _dedupe_outlasts_the_replay_window(self) -> Settings:
+        # A captured webhook replayed after its dedupe marker expired, with a timestamp the
+        # window still accepts, would be queued again: the marker must outlive the window.
+        needed = self.webhook_max_age_seconds + WEBHOOK_MAX_AHEAD_SECONDS
+        if self.dedupe_ttl_seconds < needed:
+            raise ValueError(
+                f"WSM_DEDUPE_TTL_SECONDS ({self.dedupe_ttl_seconds}) must be at least "
+                f"WSM_WEBHOOK_MAX_AGE_SECONDS + {WEBHOOK_MAX_AHEAD_SECONDS} ({needed}): a webhook "
+                "replayed after its dedupe marker expired would otherwise be queued again"
+            )
+        return self
 
     @model_validator(mode="after")
     def _booking_webhook_secured(self) -> Settings:

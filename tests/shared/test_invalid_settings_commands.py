@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from shared.settings import LOG_LEVELS, Settings
 
@@ -37,8 +38,9 @@ def run_wsm(cwd: Path, env: dict[str, str], *argv: str) -> subprocess.CompletedP
         (["agent", "list"], {"WSM_API_TOKEN": "short"}, "WSM_API_TOKEN"),
         (["knowledge", "check"], {"WSM_BUSINESS_FILES": "garbage"}, "WSM_BUSINESS_FILES"),
         (["config"], {"WSM_LOG_LEVEL": "verbose"}, "WSM_LOG_LEVEL"),
+        (["gateway"], {"WSM_DEDUPE_TTL_SECONDS": "3899"}, "WSM_WEBHOOK_MAX_AGE_SECONDS + 300"),
     ],
-    ids=["dev", "dev log level", "agent", "knowledge", "config log level"],
+    ids=["dev", "dev log level", "agent", "knowledge", "config log level", "dedupe window"],
 )
 def test_a_command_refuses_invalid_settings_with_exit_2_and_starts_nothing(
     argv: list[str], env: dict[str, str], named: str, tmp_path: Path
@@ -58,3 +60,27 @@ def test_the_log_levels_readme_names_are_accepted_in_any_case(
     monkeypatch.setenv("WSM_LOG_LEVEL", given)
     level = Settings(_env_file=None).log_level  # type: ignore[call-arg]
     assert level == given.upper() and level in LOG_LEVELS
+
+
+@pytest.mark.parametrize(
+    ("max_age", "dedupe", "valid"),
+    [
+        ("3600", "3900", True),
+        ("3600", "3899", False),
+        ("5400", "86400", True),
+        ("86400", "86400", False),
+    ],
+)
+def test_the_dedupe_window_must_outlast_the_replay_window(
+    max_age: str, dedupe: str, valid: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A webhook replayed after its dedupe marker expired, with a timestamp the replay window
+    still accepts (up to WSM_WEBHOOK_MAX_AGE_SECONDS old, 300 s ahead), would be queued again
+    (found by an audit: nothing tied the two settings)."""
+    monkeypatch.setenv("WSM_WEBHOOK_MAX_AGE_SECONDS", max_age)
+    monkeypatch.setenv("WSM_DEDUPE_TTL_SECONDS", dedupe)
+    if valid:
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    else:
+        with pytest.raises(ValidationError, match="WSM_DEDUPE_TTL_SECONDS"):
+            Settings(_env_file=None)  # type: ignore[call-arg]
