@@ -13,11 +13,12 @@ Each entry carries the raw body, so the lists are bounded: the scripts that add 
 (`fail_message.lua`, `reap_expired_lease.lua`, and `outbox_dead.lua` for the outbox's list)
 keep the newest `WSM_DEAD_LETTERS_MAX` per shard and drop those older than
 `WSM_DEAD_LETTER_DAYS`, counting what they drop in the shard's stats (`dead_dropped`,
-`outbox_dead_dropped`; the fleet exports them as `wsm_dlq_dropped`).
+`outbox_dead_dropped`; the fleet exports them as `wsm_dlq_dropped_total{list}`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -131,28 +132,39 @@ class ReplayResult(Enum):
     BUSY = "busy"  # the conversation is leased; try again when its turn ends
 
 
-async def replay_dead_letter(client: RedisClient, letter: DeadLetter) -> ReplayResult:
-    """Put the message back at the head of its conversation, with fresh attempts."""
-    shard = letter.shard
-    conversation = shard.conversation(letter.conversation)
-    result = int(
-        await REPLAY_DEAD_LETTER(
-            client,
-            [
-                shard.dlq,
-                conversation.messages,
-                conversation.bodies,
-                conversation.attempts,
-                conversation.meta,
-                shard.ready,
-                shard.stats,
-            ],
-            [letter.raw, letter.id, letter.conversation, letter.record],
-        )
+async def replay_dead_letters(
+    client: RedisClient, letters: Sequence[DeadLetter]
+) -> list[ReplayResult]:
+    """Put one conversation's dead letters back at the head of it, in the order they were
+    queued (`letters`: that conversation's, oldest first, as `list_dead_letters` gives them),
+    with fresh attempts. One script call: no worker can take a newer one before an older one
+    is back. BUSY for all of them while the conversation is leased."""
+    if not letters:
+        return []
+    first = letters[0]
+    if any((x.shard.dlq, x.conversation) != (first.shard.dlq, first.conversation) for x in letters):
+        raise ValueError("replay_dead_letters: letters of one conversation only")
+    shard = first.shard
+    conversation = shard.conversation(first.conversation)
+    answer = await REPLAY_DEAD_LETTER(
+        client,
+        [
+            shard.dlq,
+            conversation.messages,
+            conversation.bodies,
+            conversation.attempts,
+            conversation.meta,
+            shard.ready,
+            shard.stats,
+        ],
+        [
+            first.conversation,
+            *(x for letter in letters for x in (letter.raw, letter.id, letter.record)),
+        ],
     )
-    if result == 1:
-        return ReplayResult.REPLAYED
-    return ReplayResult.BUSY if result == -1 else ReplayResult.GONE
+    if not isinstance(answer, list):  # -1: leased
+        return [ReplayResult.BUSY] * len(letters)
+    return [ReplayResult.REPLAYED if int(r) == 1 else ReplayResult.GONE for r in answer]
 
 
 # Any: redis-py's stubs type replies as bytes | str (and some arguments too narrowly).

@@ -534,7 +534,7 @@ class Settings(BaseSettings):
         ge=1,
         description=(
             "Dead letters kept per queue shard, and replies per shard's outbox dead-letter list; "
-            "the oldest beyond it are dropped and counted (`wsm_dlq_dropped`)."
+            "the oldest beyond it are dropped and counted (`wsm_dlq_dropped_total{list}`)."
         ),
     )
     dead_letter_days: float = Field(
@@ -542,8 +542,8 @@ class Settings(BaseSettings):
         alias="WSM_DEAD_LETTER_DAYS",
         gt=0,
         description=(
-            "Dead letters older than this are dropped (and counted) when the next one arrives "
-            "on their shard."
+            "Dead letters older than this are dropped (and counted): when the next one arrives "
+            "on their shard, and by the workers' reaper once a minute."
         ),
     )
     retry_backoff_seconds: float = Field(

@@ -25,7 +25,7 @@ from shared.dead_letters import (
     drop_dead_letter,
     dropped_dead_letters,
     list_dead_letters,
-    replay_dead_letter,
+    replay_dead_letters,
 )
 from shared.redis_client import RedisClient, connect
 from shared.settings import Settings
@@ -89,15 +89,18 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         for message_id in missing:
             print(f"{message_id}: no such dead letter", file=sys.stderr)
         failed = len(missing)
-        for letter in chosen:
-            if args.command == "drop":
+        if args.command == "drop":
+            for letter in chosen:
                 done = await drop_dead_letter(client, letter)
                 print(f"{letter.id}: {'dropped' if done else 'already gone'}")
                 failed += 0 if done else 1
-            else:
-                result = await replay_until_free(client, letter, args.wait)
-                print(f"{letter.id}: {result.value}")
-                failed += 0 if result is ReplayResult.REPLAYED else 1
+        else:
+            # A conversation's letters go back together, in their order (replay_dead_letters).
+            for group in by_conversation(chosen):
+                results = await replay_until_free(client, group, args.wait)
+                for letter, result in zip(group, results, strict=True):
+                    print(f"{letter.id}: {result.value}")
+                    failed += 0 if result is ReplayResult.REPLAYED else 1
         return 1 if failed else 0
     finally:
         await client.aclose()
@@ -114,12 +117,22 @@ def choose(
     return chosen, [i for i in ids if i not in found]
 
 
-async def replay_until_free(client: RedisClient, letter: DeadLetter, wait: float) -> ReplayResult:
+def by_conversation(letters: list[DeadLetter]) -> list[list[DeadLetter]]:
+    """The letters grouped by conversation, each group in the letters' order (oldest first)."""
+    groups: dict[tuple[str, str], list[DeadLetter]] = {}
+    for letter in letters:
+        groups.setdefault((letter.shard.dlq, letter.conversation), []).append(letter)
+    return list(groups.values())
+
+
+async def replay_until_free(
+    client: RedisClient, letters: list[DeadLetter], wait: float
+) -> list[ReplayResult]:
     deadline = time.monotonic() + wait
     while True:
-        result = await replay_dead_letter(client, letter)
-        if result is not ReplayResult.BUSY or time.monotonic() > deadline:
-            return result
+        results = await replay_dead_letters(client, letters)
+        if ReplayResult.BUSY not in results or time.monotonic() > deadline:
+            return results
         await asyncio.sleep(0.2)
 
 
