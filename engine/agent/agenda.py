@@ -90,10 +90,12 @@ class Agenda:
         first_day: date | None = None,
         last_day: date | None = None,
         limit: int = 8,
+        moving: Booking | None = None,
     ) -> list[Slot]:
         """The first `limit` free slots of `service` in the day range (default: the whole
         booking window), soonest first. Looks a week at a time, so a busy calendar does not
-        make one call read every day of the window."""
+        make one call read every day of the window. `moving`: the times are for moving that
+        booking (see `_free`)."""
         now = self.now()
         window_first, window_last = self.calendar.window(now)
         day = max(first_day or window_first, window_first)
@@ -102,9 +104,18 @@ class Agenda:
         while day <= last and len(found) < limit:
             chunk_end = min(last, day + timedelta(days=6))
             candidates = list(self.calendar.slots(service, day, chunk_end, now))
-            found += await self.store.free(candidates)
+            found += await self._free(candidates, moving)
             day = chunk_end + timedelta(days=1)
         return found[:limit]
+
+    async def _free(self, slots: list[Slot], moving: Booking | None) -> list[Slot]:
+        """The free ones among `slots`. For moving a booking, its own slots count as free (the
+        reschedule frees them in the same step: a 60-minute booking at 10:00 can move to 09:30
+        or 10:30), and its current start is no new time."""
+        if moving is None:
+            return await self.store.free(slots)
+        free = await self.store.free(slots, moving=moving.id)
+        return [s for s in free if s.id != moving.start]
 
     async def mine(self, customer: Customer) -> list[Booking]:
         return await self.store.upcoming(customer, self.now_ms())
@@ -156,7 +167,7 @@ class Agenda:
         slot = self.calendar.slot(service, action.start, self.now())
         if slot.id == booking.start:
             raise InvalidSlot("that is already the appointment's time")
-        if not await self.store.free([slot]):
+        if not await self._free([slot], booking):
             raise SlotTaken(slot.id)
         normalized = PendingAction("reschedule", start=slot.id, booking_id=booking.id)
         return Proposal(

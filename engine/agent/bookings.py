@@ -172,8 +172,11 @@ class BookingStore:
         self.webhook_enabled = webhook_enabled
 
     # --- reads ----------------------------------------------------------------------------
-    async def free(self, slots: Sequence[Slot]) -> list[Slot]:
-        """The slots among `slots` nobody holds, in the order given."""
+    async def free(self, slots: Sequence[Slot], *, moving: str = "") -> list[Slot]:
+        """The slots among `slots` nobody holds, in the order given. `moving`: the id of a
+        booking being moved, whose own slots count as free, as booking_reschedule.lua counts
+        them (it frees them in the step that takes the new ones): a booking can move onto a
+        time that overlaps its current one, never onto another booking's."""
         by_day: dict[str, list[Slot]] = {}
         for slot in slots:
             by_day.setdefault(slot.day, []).append(slot)
@@ -186,7 +189,11 @@ class BookingStore:
         taken: set[tuple[str, str]] = set()
         for day, values in zip(days, answers, strict=True):
             steps = sorted({step for slot in by_day[day] for step in slot.steps})
-            taken.update((day, step) for step, v in zip(steps, values, strict=True) if v)
+            taken.update(
+                (day, step)
+                for step, holder in zip(steps, values, strict=True)
+                if holder and as_text(holder) != moving
+            )
         return [s for s in slots if not any((s.day, step) in taken for step in s.steps)]
 
     async def _load(self, booking_id: str) -> Booking | None:

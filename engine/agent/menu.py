@@ -40,7 +40,14 @@ from typing import Any
 import orjson
 
 from engine.agent.agenda import Agenda, Proposal, UnknownService
-from engine.agent.bookings import BookingError, BookingLimit, BookingNotFound, Change, SlotTaken
+from engine.agent.bookings import (
+    Booking,
+    BookingError,
+    BookingLimit,
+    BookingNotFound,
+    Change,
+    SlotTaken,
+)
 from engine.agent.calendar import InvalidSlot, Service
 from engine.agent.confirmation import PENDING_KEY, PendingAction, confirms, refuses
 from engine.agent.reminders import REMINDER_KEY, STEP_REMINDER
@@ -295,9 +302,9 @@ class SchedulingMenuBrain(MenuBrain):
         service: Service,
         prefix: Sequence[str] = (),
         *,
-        reschedule: str = "",  # a booking id: the times are offered to move it
+        moving: Booking | None = None,  # the times are offered to move this booking
     ) -> Decision:
-        slots = await self.agenda.free_slots(service, limit=SLOTS_OFFERED)
+        slots = await self.agenda.free_slots(service, limit=SLOTS_OFFERED, moving=moving)
         if not slots:
             none = self.agent_texts.render(
                 "no_slots", service=service.name, days=self.agenda.calendar.days_ahead
@@ -305,8 +312,8 @@ class SchedulingMenuBrain(MenuBrain):
             return self._to_menu(turn, prefix=[*prefix, none], collected=_CLEARED)
         listing = self.agent_texts.numbered([self.agenda.label(s) for s in slots])
         offer = {"service": service.id, "slots": [s.id for s in slots]}
-        if reschedule:
-            offer["booking"] = reschedule
+        if moving is not None:
+            offer["booking"] = moving.id
         return Decision(
             replies=[
                 *prefix,
@@ -472,7 +479,7 @@ class SchedulingMenuBrain(MenuBrain):
                 service = self.agenda.service(booking.service_id)
             except UnknownService:
                 return self._to_menu(turn, collected=cleared)
-            decision = await self._offer_slots(turn, service, reschedule=booking.id)
+            decision = await self._offer_slots(turn, service, moving=booking)
             return replace(decision, collected={**decision.collected, REMINDER_KEY: ""})
         # 3: the cancel, after the customer's yes (sched_confirm), as every change.
         return await self._ask(

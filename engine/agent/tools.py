@@ -453,13 +453,18 @@ class ToolSession:
                     "booking": {"booking_id": booking.id, "service": booking.service_name},
                 }
         service_ref = action.service
+        moving = None
         if not service_ref and action.booking_id:
-            service_ref = (await self.agenda.store.own(self.customer, action.booking_id)).service_id
+            # A reschedule: the alternatives are times this booking can move to.
+            moving = await self.agenda.store.own(self.customer, action.booking_id)
+            service_ref = moving.service_id
         service = self.agenda.service(service_ref)
         day = None
         with contextlib.suppress(InvalidSlot):
             day = self.agenda.calendar.slot(service, action.start, self.agenda.now()).start.date()
-        others = await self.agenda.free_slots(service, first_day=day, limit=ALTERNATIVES)
+        others = await self.agenda.free_slots(
+            service, first_day=day, limit=ALTERNATIVES, moving=moving
+        )
         return {
             "ok": False,
             "error": "slot_taken",
