@@ -28,7 +28,14 @@ Pacing: reminders are proactive messages, the kind an unofficial WhatsApp number
 WhatsApp Web) is banned for when many go out at once. So on top of the sender's per-session
 limit, the pass queues at most WSM_REMINDER_PACE reminders per minute per session (a token
 bucket in Redis, send_rate_take.lua, burst of one, shared with the freed-slots offers:
-engine/agent/proactive.py); the others wait for the next pass.
+engine/agent/proactive.py); the others wait for the next pass. Their timers stay due, at the
+head of the ZSET, so the pass reads on past them (pages of PAGE, at most SCAN_LIMIT per pass):
+one session's backlog does not hold back another session's reminders. A backlog longer than
+SCAN_LIMIT is read in turns (the next pass of this process starts where this one stopped).
+
+Off: with WSM_REMINDER_LEAD_HOURS=0 the booking scripts schedule no timer, and the pass drops
+the timers that come due (scheduled before the lead was set to 0) unsent; the ones not yet due
+stay, and are sent at their time if the lead is set again before then.
 
 The answer (engine/agent/menu.py, engine/agent/tools.py): the step leaves the conversation on
 STEP_REMINDER with the booking in `REMINDER_KEY`; "1" confirms, "2" offers the booking's
@@ -42,6 +49,8 @@ starts first.
 from __future__ import annotations
 
 import logging
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Any
 
 from engine import commands
 from engine.agent.bookings import Booking
@@ -65,8 +74,12 @@ REMINDER_KEY = "reminder_booking"
 REMINDED_KEY = "reminders_sent"
 REMINDED_KEEP = 8
 
-# Due timers one pass looks at, at most (the next pass goes on).
+# Due timers one pass queues or drops as stale, at most (the next pass goes on).
 PASS_LIMIT = 200
+# Due timers one pass reads, at most, and how many at a time. Bounded because the timers of a
+# session out of pace are read and passed over again by every pass until their turn comes.
+SCAN_LIMIT = 1000
+PAGE = 200
 
 DONE = LuaScript.named("reminder_done")
 
@@ -80,8 +93,16 @@ def reminder_mark(booking_id: str, due: int) -> str:
     return f"{booking_id}:{due}"
 
 
+@dataclass(eq=False)
 class Reminders(ProactivePass):
     """The reminders pass: turns due timers into `wsm.reminder` commands."""
+
+    _: KW_ONLY
+    # WSM_REMINDER_LEAD_HOURS in ms; 0: reminders off.
+    lead_ms: int
+    # Where this process's next pass starts reading the due timers (an offset past the ones
+    # left due, i.e. out of pace); 0: from the head.
+    _resume: int = field(default=0, init=False)
 
     @property
     def lock(self) -> str:
@@ -91,7 +112,13 @@ class Reminders(ProactivePass):
     def from_settings(
         cls, redis: RedisClient, settings: Settings, queue: CommandQueue
     ) -> Reminders:
-        return cls(redis, queue, businesses_from(settings), **cls.options(settings))
+        return cls(
+            redis,
+            queue,
+            businesses_from(settings),
+            lead_ms=settings.reminder_lead_ms,
+            **cls.options(settings),
+        )
 
     def _business(self, booking: Booking) -> Business:
         return self._businesses.get(booking.business, self._default)
@@ -101,51 +128,17 @@ class Reminders(ProactivePass):
         return self.render("reminder", self._business(booking), booking)
 
     async def run_pass(self, now: int) -> dict[str, int]:
-        """Queue every due reminder (as the pace allows) and count the unanswered ones.
+        """Queue the due reminders (as the pace allows) and count the unanswered ones.
         -> what it did."""
         keys = self.keys
-        done = {"queued": 0, "stale": 0, "paced": 0, "unanswered": 0}
-        # (member, score) pairs; redis-py's stubs do not type WITHSCORES replies.
-        due: list[tuple[bytes, float]] = await self.redis.zrangebyscore(
-            keys.reminders, "-inf", now, start=0, num=PASS_LIMIT, withscores=True
-        )  # type: ignore[assignment]
-        waiting: set[str] = set()  # sessions out of pace for this pass
-        for raw, score in due:
-            booking_id, due_ms = as_text(raw), int(score)
-            booking = Booking.from_hash(await self.redis.hgetall(keys.booking(booking_id)))
-            if (
-                booking is None
-                or booking.status != "booked"
-                or booking.start_ms <= now
-                or booking.reminder_at not in (0, due_ms)
-            ):
-                # Gone, cancelled, already started (the fleet was down past it) or moved by a
-                # script of an older version: nothing to remind.
-                await DONE(self.redis, [keys.reminders], [booking_id, due_ms])
-                done["stale"] += 1
-                continue
-            session, chat_id = split_conversation_token(booking.customer)
-            if session in waiting or not await self.paced(session):
-                waiting.add(session)
-                done["paced"] += 1
-                continue
-            payload = {
-                "booking_id": booking_id,
-                "start_ms": booking.start_ms,
-                "due": due_ms,
-                "text": self.text(booking),
-            }
-            if await self.queue.send(
-                session,
-                chat_id,
-                commands.REMINDER,
-                payload,
-                event_id=reminder_event_id(booking_id, due_ms),
-            ):
-                REMINDERS.labels("due").inc()
-                done["queued"] += 1
-            # Queued (now or by an earlier pass that died before this): forget the timer.
-            await DONE(self.redis, [keys.reminders], [booking_id, due_ms])
+        done = {"queued": 0, "stale": 0, "paced": 0, "off": 0, "unanswered": 0}
+        if self.lead_ms <= 0:
+            # An operator turning reminders off expects none to go out, including the ones
+            # booked while they were on. Only the due ones go: the rest are sent at their
+            # time if reminders are turned on again before then.
+            done["off"] = int(await self.redis.zremrangebyscore(keys.reminders, "-inf", now))
+        else:
+            await self._remind_due(now, done)
         # Reminders whose booking started with no answer.
         started: list[bytes] = await self.redis.zrangebyscore(
             keys.reminders_awaiting, "-inf", now, start=0, num=PASS_LIMIT
@@ -155,6 +148,91 @@ class Reminders(ProactivePass):
                 REMINDERS.labels("unanswered").inc()
                 done["unanswered"] += 1
         return done
+
+    async def _remind_due(self, now: int, done: dict[str, int]) -> None:
+        """Read the due timers page by page, oldest first, past the ones of sessions out of
+        pace, until PASS_LIMIT are handled or SCAN_LIMIT read."""
+        keys = self.keys
+        waiting: set[str] = set()  # sessions out of pace for this pass
+        offset = self._resume  # timers before it stay due (paced), so reading goes on past
+        read = handled = 0
+        self._resume = 0
+        while read < SCAN_LIMIT and handled < PASS_LIMIT:
+            want = min(PAGE, SCAN_LIMIT - read)
+            # (member, score) pairs; redis-py's stubs do not type WITHSCORES replies.
+            page: list[tuple[bytes, float]] = await self.redis.zrangebyscore(
+                keys.reminders, "-inf", now, start=offset, num=want, withscores=True
+            )  # type: ignore[assignment]
+            if not page and offset and not read:
+                offset = 0  # the backlog shrank below where the last pass stopped
+                continue
+            if not page:
+                return
+            pipe = self.redis.pipeline(transaction=False)
+            for raw, _ in page:
+                pipe.hgetall(keys.booking(as_text(raw)))
+            found = await pipe.execute()
+            for (raw, score), values in zip(page, found, strict=True):
+                read += 1
+                if await self._remind_one(as_text(raw), int(score), values, now, waiting, done):
+                    handled += 1  # its timer is gone from the due ones
+                else:
+                    offset += 1
+                if handled >= PASS_LIMIT:
+                    return
+            if len(page) < want:
+                return  # read to the end
+        # Stopped at SCAN_LIMIT with more due: this process's next pass reads on from here, so
+        # a backlog longer than one pass reads is read in turns, not only its head.
+        self._resume = offset
+
+    async def _remind_one(
+        self,
+        booking_id: str,
+        due_ms: int,
+        values: dict[Any, Any],
+        now: int,
+        waiting: set[str],
+        done: dict[str, int],
+    ) -> bool:
+        """Queue one due timer's reminder, or drop it as stale -> whether it was handled
+        (False: its session is out of pace, the timer stays due)."""
+        keys = self.keys
+        booking = Booking.from_hash(values)
+        if (
+            booking is None
+            or booking.status != "booked"
+            or booking.start_ms <= now
+            or booking.reminder_at not in (0, due_ms)
+        ):
+            # Gone, cancelled, already started (the fleet was down past it) or moved by a
+            # script of an older version: nothing to remind.
+            await DONE(self.redis, [keys.reminders], [booking_id, due_ms])
+            done["stale"] += 1
+            return True
+        session, chat_id = split_conversation_token(booking.customer)
+        if session in waiting or not await self.paced(session):
+            waiting.add(session)
+            done["paced"] += 1
+            return False
+        payload = {
+            "booking_id": booking_id,
+            "start_ms": booking.start_ms,
+            "due": due_ms,
+            "text": self.text(booking),
+        }
+        if await self.queue.send(
+            session,
+            chat_id,
+            commands.REMINDER,
+            payload,
+            event_id=reminder_event_id(booking_id, due_ms),
+        ):
+            REMINDERS.labels("due").inc()
+            done["queued"] += 1
+        # Queued (now or by an earlier pass that died before this): forget the timer.
+        await DONE(self.redis, [keys.reminders], [booking_id, due_ms])
+        return True
 
 
 __all__ = [
