@@ -23,6 +23,12 @@ OUTBOX_SENDS = Counter(
     "waha_plus_required: a file WAHA Core refused as a Plus feature).",
     ["result"],
 )
+# Every result exported from the start, at 0: a series that first appears at 1 is an increase
+# of 0 to Prometheus, so WsmRepliesDropped would miss a worker's first dropped reply (found by
+# an audit).
+OUTBOX_RESULTS = ("sent", "retry", "parked", "dead", "waha_plus_required")
+for _result in OUTBOX_RESULTS:
+    OUTBOX_SENDS.labels(_result)
 WAITING_SECONDS = Histogram(
     "wsm_waiting_seconds",
     "Time a customer waited in line until a person took them.",

@@ -89,7 +89,6 @@ DEPLOYMENT_VARIABLES: list[tuple[str, str, str]] = [
         "17m",
         "compose: largest file an attendant sends through nginx (WSM_MEDIA_MAX_BYTES + the form).",
     ),
-    ("REDIS_APPENDFSYNC", "always", "compose: Redis appendfsync (always: nothing acked is lost)."),
     ("PROMETHEUS_RETENTION", "15d", "compose: how long Prometheus keeps samples."),
     ("WSM_IMAGE", "wsm:local", "compose: the image gateway, worker and api run."),
 ]

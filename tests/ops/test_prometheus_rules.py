@@ -3,8 +3,10 @@ every alert has a unit test and a runbook entry."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +119,21 @@ def test_alerts_do_not_sum_redis_state_gauges() -> None:
     for gauge in REDIS_STATE_GAUGES:
         for rule in alert_rules():
             assert not summed(gauge).search(rule["expr"]), (rule["alert"], gauge)
+
+
+def test_a_workers_dropped_reply_counter_is_exported_at_0_before_the_first_drop() -> None:
+    """WsmRepliesDropped reads `increase(wsm_outbox_sends_total{result="dead"}[10m])`. A
+    series that first appears at 1 is an increase of 0 to Prometheus, so a worker's first
+    dropped reply (often the only one) went unseen (found by an audit): every result is
+    exported at 0 from the start, by a process that has sent nothing."""
+    script = (
+        "import engine.metrics\n"
+        "from prometheus_client import generate_latest\n"
+        "print(generate_latest().decode())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60,
+        check=True, env={k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
+    )  # fmt: skip
+    for result in ("dead", "sent", "retry", "parked", "waha_plus_required"):
+        assert f'wsm_outbox_sends_total{{result="{result}"}} 0.0' in done.stdout, result

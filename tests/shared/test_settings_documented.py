@@ -43,3 +43,14 @@ def test_every_variable_compose_reads_is_documented() -> None:
         name for name, _, _ in DEPLOYMENT_VARIABLES
     }
     assert used - documented == set(), "add them to DEPLOYMENT_VARIABLES in wsm/config_doc.py"
+
+
+def test_every_compose_variable_offered_is_read_by_compose() -> None:
+    """.env.example offers DEPLOYMENT_VARIABLES for compose; one compose does not read would be
+    set and silently do nothing (found by an audit: REDIS_APPENDFSYNC, while compose runs
+    `appendfsync always` unconditionally)."""
+    lines = (ROOT / "compose.yaml").read_text("utf-8").splitlines()
+    compose = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+    used = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)[:}?-]", compose))
+    offered = {name for name, _, _ in DEPLOYMENT_VARIABLES}
+    assert offered - used == set(), "compose reads none of these: drop them from config_doc"
