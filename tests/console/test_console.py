@@ -174,6 +174,27 @@ def test_failed_logins_slow_down_per_account(product: Product) -> None:
     product.redis.delete(CONSOLE.failures("user", "chefe"), CONSOLE.lock("user", "chefe"))
 
 
+def test_a_locked_login_through_nginx_says_one_retry_after(product: Product) -> None:
+    """nginx adds `Retry-After: 1` to its own 429s; the console's lockout sends how long the
+    lock lasts. Through nginx the browser got both (found by an audit): only the console's
+    reaches it now."""
+    require_program("nginx")
+    if not product.stack.uses_nginx:
+        pytest.skip("the stack runs without nginx")
+    edge = product.stack.webhook_url.removesuffix("/webhook")
+    with httpx.Client(base_url=edge, timeout=30) as client:
+        csrf = login_csrf(client.get("/login").text)
+        for n in range(7):
+            client.post("/login", data={"user": "bia", "password": f"guess {n}", "csrf": csrf})
+        locked = client.post("/login", data={"user": "bia", "password": PASSWORD, "csrf": csrf})
+    try:
+        assert locked.status_code == 429
+        [retry_after] = locked.headers.get_list("retry-after")
+        assert int(retry_after) >= 1
+    finally:
+        product.redis.delete(CONSOLE.failures("user", "bia"), CONSOLE.lock("user", "bia"))
+
+
 def test_missing_csrf_and_someone_elses_conversation_are_refused(product: Product) -> None:
     phone = new_phone()
     product.bring_to_line(phone)
