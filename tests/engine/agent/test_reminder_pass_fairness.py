@@ -16,18 +16,35 @@ from typing import Any
 import pytest
 
 from engine.agent import reminders
+from shared.clock import DAY_MS
 from shared.keys import CalendarKeys
 from tests.engine.agent.support import book, clock, ms  # noqa: F401
 from tests.engine.harness import AgentHarness
 
 ANA = "5511987650001@c.us"
 OTHER = "5521999999999@c.us"
-DAY_MS = 24 * 3600 * 1000
 
 
 @pytest.fixture
 def keys(key_prefix: str) -> CalendarKeys:
     return CalendarKeys(key_prefix)
+
+
+def booking_hash(booking_id: str, customer: str, reminder_at: int, start_ms: int) -> dict:
+    """A booked Consulta's hash as the booking scripts write it, with its reminder's due time
+    (only what the pass reads is meaningful)."""
+    return {
+        "id": booking_id,
+        "customer": customer,
+        "service": "consulta",
+        "service_name": "Consulta",
+        "start": "x",
+        "start_ms": start_ms,
+        "day": "d",
+        "steps": "09:00",
+        "status": "booked",
+        "reminder_at": reminder_at,
+    }
 
 
 async def backlog(
@@ -43,18 +60,7 @@ async def backlog(
         at = due + i
         pipe.hset(
             keys.booking(booking_id),
-            mapping={
-                "id": booking_id,
-                "customer": f"{session}|55119{i:08d}@c.us",
-                "service": "consulta",
-                "service_name": "Consulta",
-                "start": "x",
-                "start_ms": due + DAY_MS,
-                "day": "d",
-                "steps": "09:00",
-                "status": "booked",
-                "reminder_at": at,
-            },
+            mapping=booking_hash(booking_id, f"{session}|55119{i:08d}@c.us", at, due + DAY_MS),
         )
         pipe.zadd(keys.reminders, {booking_id: at})
     await pipe.execute()
@@ -66,18 +72,7 @@ async def other_session_booking(aredis: Any, keys: CalendarKeys, due: int) -> st
     booking_id = "bkotherffffff"
     await aredis.hset(
         keys.booking(booking_id),
-        mapping={
-            "id": booking_id,
-            "customer": f"other|{OTHER}",
-            "service": "consulta",
-            "service_name": "Consulta",
-            "start": "x",
-            "start_ms": due + DAY_MS,
-            "day": "d",
-            "steps": "09:00",
-            "status": "booked",
-            "reminder_at": due,
-        },
+        mapping=booking_hash(booking_id, f"other|{OTHER}", due, due + DAY_MS),
     )
     await aredis.zadd(keys.reminders, {booking_id: due})
     return booking_id
