@@ -138,7 +138,8 @@ class Settings(BaseSettings):
         gt=0,
         description=(
             "How long an event id (and a message id) is remembered to drop WAHA's repeats. At "
-            "least WSM_WEBHOOK_MAX_AGE_SECONDS + 300, or a replayed webhook would be queued again."
+            f"least WSM_WEBHOOK_MAX_AGE_SECONDS + {WEBHOOK_MAX_AHEAD_SECONDS}, or a replayed "
+            "webhook would be queued again."
         ),
     )
     webhook_max_age_seconds: int = Field(
@@ -146,7 +147,8 @@ class Settings(BaseSettings):
         alias="WSM_WEBHOOK_MAX_AGE_SECONDS",
         gt=0,
         description=(
-            "A signed event whose `timestamp` is older than this (or more than 300 s ahead) is "
+            "A signed event whose `timestamp` is older than this (or more than "
+            f"{WEBHOOK_MAX_AHEAD_SECONDS} s ahead) is "
             "answered 200 `stale` and not stored: a captured webhook cannot be replayed. It must "
             "outlast WAHA's retries, or an event first delivered by a late retry is lost: compose "
             "sets `5400` for its exponential retries (about 70 minutes; docs/operations.md, "

@@ -101,7 +101,7 @@ def build_parts(
     )
     # Where the banner says the token is: the file is written only when no WSM_API_TOKEN is set.
     token_source = "WSM_API_TOKEN" if settings.api_token else f"in {_shown(home / 'api-token')}"
-    simulate_waha = "waha_url" not in settings.model_fields_set
+    simulate_waha = simulates_waha(settings)
     waha_url = settings.waha_url if not simulate_waha else f"http://127.0.0.1:{args.waha_port}"
     common = {
         **wiring(redis_url, hmac_key, waha_url, api_token, home),
@@ -176,6 +176,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def simulates_waha(settings: Settings) -> bool:
+    """The simulator runs unless WAHA_URL is set, in the environment or in `.env` (its default
+    is the simulator's own address, so only a value given counts)."""
+    return "waha_url" not in settings.model_fields_set
+
+
 def busy_ports(args: argparse.Namespace, settings: Settings) -> list[str]:
     """The ports `wsm dev` would listen on that something else holds, as "port (part)"."""
     parts_ports = {
@@ -187,9 +193,8 @@ def busy_ports(args: argparse.Namespace, settings: Settings) -> list[str]:
     return [
         f"{port} ({name})"
         for name, port in parts_ports.items()
-        # No simulator when WAHA_URL is set, in the environment or in `.env` (as build_parts
-        # decides): a real WAHA on the simulator's port is no conflict.
-        if port and not (name == "waha-sim" and "waha_url" in settings.model_fields_set)
+        # A real WAHA on the simulator's port is no conflict.
+        if port and not (name == "waha-sim" and not simulates_waha(settings))
         if not _port_free(args.host, port)
     ]
 
