@@ -172,7 +172,7 @@ async def erase_customer(
     candidates = sorted({*await _lid_keys(redis, session_keys, phone), own_lid} - {""})
 
     owner = "erase:" + uuid.uuid4().hex
-    own = [queue.bodies, queue.attempts, queue.handled, *keys.all_own()]
+    own = [queue.bodies, queue.attempts, queue.reaped_ack, queue.handled, *keys.all_own()]
     answer = await ERASE_CONVERSATION(
         redis,
         [

@@ -66,7 +66,7 @@ WRITE_COMMANDS: dict[str, tuple[int, int | None]] = {
 }
 
 # The first KEYS index of ack_message.lua that holds a write's key (1-based, as Lua counts).
-FIRST_WRITE_KEY_INDEX = 6
+FIRST_WRITE_KEY_INDEX = 7
 
 
 def protocol_keys(conversation: ConversationKeys) -> frozenset[str]:
@@ -78,6 +78,7 @@ def protocol_keys(conversation: ConversationKeys) -> frozenset[str]:
             conversation.bodies,
             conversation.meta,
             conversation.attempts,
+            conversation.reaped_ack,
             shard.ready,
             shard.claimed,
             shard.leases,

@@ -17,6 +17,8 @@ prefix (WSM_KEY_PREFIX, default `wsm`), `n` the shard, `<conv>` the conversation
     P:{qn}:c:<conv>:meta       HASH   state (ready|leased|delayed), fence, owner, ...; deleted
                                       when the conversation goes idle (no meta = idle)
     P:{qn}:c:<conv>:attempts   HASH   message id -> attempts so far
+    P:{qn}:c:<conv>:reaped     STRING "<fence>:<message id>": the last ack of a lease the reaper
+                                      took back, for that holder's retried ack (TTL: minutes)
     P:{qn}:seen:<session>:e:<id>  STRING  dedupe marker for an envelope id  (TTL: window)
     P:{qn}:seen:<session>:m:<k>   STRING  dedupe marker for a message id    (TTL: window)
     P:{qn}:claimed_seen        SET    the reaper's snapshot of `claimed` at its last pass: a
@@ -169,6 +171,12 @@ class ConversationKeys:
     @property
     def attempts(self) -> str:
         return f"{self._base}:attempts"
+
+    @property
+    def reaped_ack(self) -> str:
+        """The last ack of a lease the reaper took back (lib/ack.lua): the meta that held it is
+        gone or overwritten, and that holder may still retry the ack whose answer it lost."""
+        return f"{self._base}:reaped"
 
     @property
     def handled(self) -> str:

@@ -80,6 +80,7 @@ class Lease:
             conv.bodies,
             conv.attempts,
             conv.shard_keys.stats,
+            conv.reaped_ack,
         ]
 
     @property
@@ -103,6 +104,20 @@ class FailOutcome(Enum):
 class FailResult:
     outcome: FailOutcome
     attempts: int = 0
+
+
+# ack_head's codes for a message whose ack is done (lib/ack.lua): acked now, or already.
+_ACKED = (1, 2, 3)
+
+
+def _landed_up_to_the_last_kept(codes: list[Any]) -> list[Any]:
+    """Acks' codes, oldest message first, with every code before the last 3 read as 3.
+
+    A 3 after a refusal is a fenced-out holder's ack that the reaper kept (lib/ack.lua): that
+    message was acked under this lease, and acks go head first, in order, so every message
+    before it was acked under this lease too, although their own records are gone."""
+    last = max((i for i, code in enumerate(codes) if code == 3), default=-1)
+    return [3] * last + codes[last:] if last > 0 else codes
 
 
 @dataclass(eq=False)
@@ -207,11 +222,11 @@ class QueueConsumer:
             *earlier, result = await self._after_unacked(lease, ACK_MESSAGE, keys, args)
             lease.forget_unacked()
             # Up to the first refusal, which raises here (the messages after it stay queued).
-            for acked, earlier_result in zip(pending, earlier, strict=False):
-                self._check_ack(lease, acked, earlier_result)
-        else:
-            result = await ACK_MESSAGE(self.client, keys, args)
-        self._check_ack(lease, message_id, result)
+            codes = _landed_up_to_the_last_kept([*earlier, result])
+            for acked, code in zip([*pending, message_id], codes, strict=True):
+                self._check_ack(lease, acked, code)
+            return
+        self._check_ack(lease, message_id, await ACK_MESSAGE(self.client, keys, args))
 
     @staticmethod
     def _check_ack(lease: Lease, message_id: str, result: Any) -> None:
@@ -235,20 +250,19 @@ class QueueConsumer:
         too (or, for a lease past its deadline that the reaper has not taken yet, does what the
         reaper would: the conversation goes back in line). Either way the acks are done with.
         """
-        pending = len(lease.unacked)
         *earlier, result = await self._after_unacked(lease, script, keys, args)
         lease.forget_unacked()
-        return len(earlier) == pending and all(r in (1, 2, 3) for r in earlier), result
+        return all(code in _ACKED for code in _landed_up_to_the_last_kept(earlier)), result
 
     async def _after_unacked(
         self, lease: Lease, script: LuaScript, keys: list[Any], args: list[Any]
     ) -> list[Any]:
-        """The pending acks then `script`, pipelined: a code per pending message, up to the
-        first refusal, then the script's answer. The acks go in order: each run of messages
-        without writes as one `ack_messages.lua` call (it stops at the first refusal), each
-        message with writes as its own `ack_message.lua` call. No MULTI: each script is atomic
-        and the acks are idempotent, so repeating the pipeline after a lost answer or NOSCRIPT
-        is safe."""
+        """The pending acks then `script`, pipelined: a code per pending message (None for one
+        an `ack_messages.lua` call stopped before), then the script's answer. The acks go in
+        order: each run of messages without writes as one `ack_messages.lua` call, each message
+        with writes as its own `ack_message.lua` call. No MULTI: each script is atomic and the
+        acks are idempotent, so repeating the pipeline after a lost answer or NOSCRIPT is
+        safe."""
         if not self._batch_acks_loaded:
             # Loaded before the first pipeline: had Redis answered NOSCRIPT to the acks but run
             # the call behind them (a release), the turn's messages would be delivered again.
@@ -273,12 +287,8 @@ class QueueConsumer:
             for size, answer in zip(calls, answers, strict=True):
                 if size == 0:  # one ack_message.lua: one code
                     codes.append(answer)
-                    if answer not in (1, 2, 3):
-                        break
-                else:
-                    codes += answer
-                    if len(answer) < size or any(code not in (1, 2, 3) for code in answer):
-                        break
+                else:  # ack_messages.lua stops at a -1 or -2: no code for the rest
+                    codes += [*answer, *[None] * (size - len(answer))]
             return [*codes, result]
         raise AssertionError("unreachable")
 

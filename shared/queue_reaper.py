@@ -4,8 +4,8 @@ One pass over a shard (any live worker may run it; a short lock keeps it to one 
 per interval, and every step is safe if two passes overlap anyway):
 
 - an expired lease: fence bumped, the head message's attempt counted (unless its holder acked a
-  message under that lease: it was between messages), the conversation put at the front of the
-  line (`reap_expired_lease.lua`);
+  message under that lease: it was between messages, and that ack is kept for its retry), the
+  conversation put at the front of the line (`reap_expired_lease.lua`);
 - a delayed conversation whose backoff is over: to the front of the line (`promote_delayed.lua`);
 - a token left in `claimed` by a worker that died between BLMOVE and its claim, seen there by
   two consecutive passes: back to the front of the line (`reclaim_stale_claims.lua`).
@@ -39,6 +39,13 @@ RECLAIM_STALE_CLAIMS = LuaScript.named("reclaim_stale_claims")
 # Conversations handled per kind per pass; the rest wait for the next pass (keeps one pass short
 # even after a mass expiry, e.g. when every worker was paused at once).
 PASS_LIMIT = 500
+
+# How long a reaped lease's last ack is kept for its holder's retry (`ConversationKeys.reaped_ack`).
+# The holder retries only until its own estimate of the deadline, which runs ahead of Redis's,
+# so a retry reaches Redis after a reaping only when it was held up on the way (a stalled
+# connection, a paused process): seconds. Ten minutes is far past that, for one small key per
+# reaped lease.
+REAPED_ACK_MS = 600_000
 
 # How often a reaper looks at a shard's oldest dead letters, and how many it drops at most then.
 AGE_CHECK_SECONDS = 60.0
@@ -102,12 +109,14 @@ class QueueReaper:
                     shard.ready,
                     shard.dlq,
                     shard.fence,
+                    conversation.reaped_ack,
                 ],
                 [
                     token,
                     self.max_attempts,
                     self.dead_letters.max_entries,
                     self.dead_letters.max_age_ms,
+                    REAPED_ACK_MS,
                 ],
             )
             if int(reply[0]) == 1:

@@ -6,13 +6,13 @@
 -- was lost), lease still good; 3 already acked, but the lease has run out or been taken back
 -- since (the work stands; the turn must end); 0 fenced out (the lease was taken away); -1 lease
 -- expired; -2 the message is not the conversation's head.
--- KEYS[1..5]: the conversation's queue keys (ack_queue in lib/ack.lua).
--- KEYS[6..]: the keys the handler's writes touch (same hash tag, validated by the caller).
+-- KEYS[1..6]: the conversation's queue keys (ack_queue in lib/ack.lua).
+-- KEYS[7..]: the keys the handler's writes touch (same hash tag, validated by the caller).
 local fence = ARGV[1]
 local message_id = ARGV[2]
 -- ARGV[3..]: the writes, each as <command> <key index into KEYS> <argc> <arg>...
 
-local FIRST_WRITE_KEY = 6
+local FIRST_WRITE_KEY = 7
 --#include clock
 --#include ack
 -- Plain single-key writes only: nothing that reads another key, blocks, or scripts.

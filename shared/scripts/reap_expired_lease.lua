@@ -7,7 +7,9 @@
 -- No attempt is counted when the holder acked a message under this very lease: the head is
 -- then a message it may never have started (its ack's answer was lost, or it died between two
 -- messages), and charging it would be charging an attempt it never had. A message that does
--- kill its worker is the first of its next lease, and is charged from then on.
+-- kill its worker is the first of its next lease, and is charged from then on. That last ack
+-- is kept apart for a while (KEYS[10]): the holder may retry it, its answer lost, after the meta
+-- that recorded it is gone (lib/ack.lua).
 -- Safe under concurrent reapers: only the one that still finds the deadline past acts.
 -- Returns {1, dead} reaped (dead = 1 when the head went to the dead letters); {0} nothing to do.
 local leases_key = KEYS[1]     -- the shard's conversation -> lease deadline
@@ -19,12 +21,15 @@ local stats_key = KEYS[6]      -- the shard's counters
 local ready_key = KEYS[7]      -- the shard's claimable conversations (front at the right)
 local dlq_key = KEYS[8]        -- the shard's dead letters
 local fence_key = KEYS[9]      -- the shard's fencing counter
+local reaped_key = KEYS[10]    -- the conversation's last ack under the lease taken back
 local token = ARGV[1]
 local max_attempts = tonumber(ARGV[2])
 -- Dead letters kept per shard (newest first) and their longest age; the defaults are the
 -- settings' (WSM_DEAD_LETTERS_MAX, WSM_DEAD_LETTER_DAYS).
 local dlq_max = tonumber(ARGV[3]) or 10000
 local dlq_max_age_ms = tonumber(ARGV[4]) or 30 * 86400000
+-- How long that last ack is kept for the old holder's retry (QueueReaper.REAPED_ACK_MS).
+local reaped_ack_ms = tonumber(ARGV[5]) or 600000
 --#include clock
 --#include fence
 --#include turn_end
@@ -44,6 +49,11 @@ local old_fence = meta[2] or '0'
 local between_messages = meta[3] ~= false
   and string.sub(meta[3], 1, #old_fence + 1) == old_fence .. ':'
 -- The new fence comes from the shard's counter (never below the old one), like a claim's.
+if between_messages then
+  -- The old holder may still be retrying that ack, its answer lost; the meta that records it
+  -- is deleted below when no message is left, and overwritten by the next holder's acks.
+  redis.call('SET', reaped_key, meta[3], 'PX', reaped_ack_ms)
+end
 local fence = draw_fence(fence_key, old_fence)
 redis.call('HSET', meta_key, 'fence', fence)
 redis.call('HDEL', meta_key, 'owner', 'lease_until')

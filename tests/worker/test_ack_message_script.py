@@ -104,10 +104,11 @@ async def test_holder_past_its_deadline_cannot_ack(queue: Queue) -> None:
 @pytest.mark.parametrize(
     "write",
     [
-        ["EVAL", "6", "2", "return 1", "0"],  # not an allowed command
+        ["EVAL", "7", "2", "return 1", "0"],  # not an allowed command
         ["RPUSH", "3", "1", "x"],  # a protocol key (bodies) by index
+        ["RPUSH", "6", "1", "x"],  # a protocol key (the reaped lease's last ack) by index
         ["RPUSH", "9", "1", "x"],  # an index past KEYS
-        ["RPUSH", "6", "5", "x"],  # more arguments announced than given
+        ["RPUSH", "7", "5", "x"],  # more arguments announced than given
     ],
 )
 async def test_script_refuses_malformed_writes_before_any_effect(
@@ -119,7 +120,7 @@ async def test_script_refuses_malformed_writes_before_any_effect(
     consumer = queue.consumer()
     lease = await lease_chat(queue, consumer, chat)
     keys = keys_of(queue, chat)
-    good = ["RPUSH", "6", "1", "y"]
+    good = ["RPUSH", "7", "1", "y"]
     with pytest.raises(ResponseError, match="invalid commit write"):
         await ACK_MESSAGE(
             queue.client,
@@ -129,6 +130,7 @@ async def test_script_refuses_malformed_writes_before_any_effect(
                 keys.bodies,
                 keys.attempts,
                 keys.shard_keys.stats,
+                keys.reaped_ack,
                 keys.handled,
             ],
             [lease.fence, ids[0], *good, *write],

@@ -19,7 +19,7 @@ def test_writes_become_key_indexes_and_counted_arguments() -> None:
         [("hset", STATE, "a", "1"), ("ZADD", OUTBOX, 5, "x"), ("DEL", STATE)], CONVERSATION
     )
     assert keys == [STATE, OUTBOX]
-    assert args == ["HSET", 6, 2, "a", "1", "ZADD", 7, 2, 5, "x", "DEL", 6, 0]
+    assert args == ["HSET", 7, 2, "a", "1", "ZADD", 8, 2, 5, "x", "DEL", 7, 0]
 
 
 def test_no_writes_is_nothing() -> None:

@@ -3,7 +3,7 @@
 -- committed nothing): fenced, within the lease, only as the head, and "already acked" first,
 -- so repeating a call whose answer was lost is safe.
 
--- ack_queue(): the conversation's keys every ack script takes first, KEYS[1..5], by name.
+-- ack_queue(): the conversation's keys every ack script takes first, KEYS[1..6], by name.
 local function ack_queue()
   return {
     meta = KEYS[1],       -- the conversation's state, fence, lease_until
@@ -11,6 +11,7 @@ local function ack_queue()
     bodies = KEYS[3],     -- message id -> record
     attempts = KEYS[4],   -- message id -> attempts so far
     stats = KEYS[5],      -- the shard's counters
+    reaped = KEYS[6],     -- the last ack of a lease the reaper took back (reap_expired_lease.lua)
   }
 end
 
@@ -22,7 +23,10 @@ end
 -- head. Refusals (0, -1, -2) change nothing.
 -- Each ack leaves `last_ack` = "<fence>:<message id>" in the meta: it is how a retry knows its
 -- work was committed whatever happened to the lease since, and how the reaper knows the holder
--- was between messages (see reap_expired_lease.lua).
+-- was between messages (see reap_expired_lease.lua). The meta does not outlive the reaper for
+-- long (it deletes it when no message is left; the next holder's acks overwrite it), so the
+-- reaper copies that mark to `queue.reaped`, read only on a refusal: a fenced-out holder whose
+-- mark it is learns its work stands (3), not that it was lost.
 local function ack_head(queue, fence, message_id, now_ms, apply_writes)
   local meta = redis.call('HMGET', queue.meta, 'fence', 'state', 'lease_until', 'last_ack')
   local live = meta[1] == fence and meta[2] == 'leased' and (tonumber(meta[3]) or 0) >= now_ms
@@ -43,6 +47,9 @@ local function ack_head(queue, fence, message_id, now_ms, apply_writes)
   end
 
   if meta[1] ~= fence or meta[2] ~= 'leased' then
+    if redis.call('GET', queue.reaped) == fence .. ':' .. message_id then
+      return 3
+    end
     return 0
   end
   if not live then

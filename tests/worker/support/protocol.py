@@ -48,6 +48,7 @@ async def reap_script(queue: Queue, keys: ConversationKeys, max_attempts: int = 
         shard.ready,
         shard.dlq,
         shard.fence,
+        keys.reaped_ack,
     ]
     return list(await REAP_EXPIRED_LEASE(queue.client, call_keys, [keys.token, max_attempts]))
 
