@@ -219,6 +219,7 @@ def test_certificate_files_switch_tls_on_and_the_api_leaves_plain_http(
         "NGINX_TLS_LISTEN": f"127.0.0.1:{tls_port}",
         "NGINX_TLS_CERT_FILE": str(cert),
         "NGINX_TLS_KEY_FILE": str(key),
+        "NGINX_TLS_PUBLIC_PORT": str(tls_port),
     }
     prefix = NginxPrefix(tmp_path / "nginx", values)
     # What nginx/entrypoint/40-wsm-tls.sh writes when the files exist.
@@ -241,7 +242,15 @@ def test_certificate_files_switch_tls_on_and_the_api_leaves_plain_http(
             body, headers = signed_message(chat)
             webhook = http.post(f"http://127.0.0.1:{port}/webhook", content=body, headers=headers)
             assert webhook.json() == {"status": "queued"}
-        assert [r.path for r in api.requests] == ["/api/conversations"]
+            # The console's pages are sent to the https port browsers reach (HTTPS_PORT in
+            # compose), not to a port-less https://<host>/ (found by an audit).
+            for path in ("/c/default/5511@c.us?x=1", "/static/console.css", "/"):
+                page = http.get(f"http://127.0.0.1:{port}{path}")
+                assert page.status_code == 301, path
+                assert page.headers["location"] == f"https://127.0.0.1:{tls_port}{path}"
+        with client_from("127.0.0.7", verify=False) as https:
+            assert https.get(page.headers["location"]).json() == {"upstream": "api"}
+        assert [r.path for r in api.requests] == ["/api/conversations", "/"]
 
 
 def test_without_certificate_files_nginx_serves_plain_http_only(tmp_path: Path) -> None:

@@ -109,6 +109,7 @@ def test_gixy_finds_no_problem_with_tls_on(tmp_path: Path) -> None:
         "NGINX_TLS_LISTEN": "443",
         "NGINX_TLS_CERT_FILE": "/etc/nginx/certs/fullchain.pem",
         "NGINX_TLS_KEY_FILE": "/etc/nginx/certs/privkey.pem",
+        "NGINX_TLS_PUBLIC_PORT": "443",
     }
     prefix = NginxPrefix(tmp_path, values)
     (prefix.root / "wsm-tls").mkdir()
