@@ -24,6 +24,7 @@ import httpx
 import orjson
 
 from shared.events import short_message_id
+from shared.lean_http import LeanHTTPTransport, Origin, RawAnswer
 from shared.retry_after import retry_after_of
 
 
@@ -160,6 +161,11 @@ class MediaOutbound(Protocol):
     ) -> SentMessage: ...
 
 
+def _api_key(api_key: str | None) -> dict[str, str]:
+    """The header field that carries WAHA's API key, when there is one."""
+    return {"X-Api-Key": api_key} if api_key else {}
+
+
 class WahaClient:
     """WAHA's HTTP API. One instance (one connection pool) per process."""
 
@@ -171,19 +177,23 @@ class WahaClient:
         timeout_seconds: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        headers = {"accept": "application/json"}
-        if api_key:
-            headers["X-Api-Key"] = api_key
+        headers = {"accept": "application/json", **_api_key(api_key)}
         # With a transport given (engine/parts.py: the lean one), each call is one request
         # handed straight to it: httpx's client layer (URL merging, cookies, auth and redirect
         # handling, event hooks) cost about as much CPU per call as the lean transport itself,
-        # and WAHA's API needs none of it. The client below stays for the default transport
-        # (and respx in the tests).
+        # and WAHA's API needs none of it. On the lean transport the request is written out as
+        # bytes (`Origin`): httpx's request and response objects around each call were about a
+        # tenth of a worker's busy CPU (docs/benchmarks.md, seventeenth session). The client
+        # below stays for the default transport (and respx in the tests).
         self._transport = transport
         self._base_url = base_url.rstrip("/")
         self._headers = headers
         self._body_headers = {**headers, "content-type": "application/json"}
         self._timeouts = httpx.Timeout(timeout_seconds).as_dict()
+        self._lean: tuple[LeanHTTPTransport, Origin] | None = None
+        if isinstance(transport, LeanHTTPTransport):
+            origin = Origin.of(self._base_url, {"Accept": "application/json", **_api_key(api_key)})
+            self._lean = (transport, origin) if origin is not None else None
         # Parsed once: parsing the URL was over half of building each request (26 of 43 us).
         self._urls = {
             path: httpx.URL(self._base_url + path)
@@ -202,7 +212,16 @@ class WahaClient:
         if self._transport is not None:
             await self._transport.aclose()
 
-    async def _request(self, method: str, path: str, content: bytes | None) -> httpx.Response:
+    async def _request(self, method: str, path: str, content: bytes | None) -> RawAnswer:
+        """(status, header fields, body) of one call; httpx's exceptions."""
+        if self._lean is not None:
+            transport, origin = self._lean
+            raw = origin.request(method, path, content, "application/json")
+            return await transport.send(origin, raw, self._timeouts)
+        response = await self._response(method, path, content)
+        return response.status_code, response.headers.raw, response.content
+
+    async def _response(self, method: str, path: str, content: bytes | None) -> httpx.Response:
         if self._transport is None:
             return await self._http.request(
                 method,
@@ -226,25 +245,23 @@ class WahaClient:
 
     async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         try:
-            response = await self._request(
+            status, headers, content = await self._request(
                 method, path, orjson.dumps(body) if body is not None else None
             )
         except httpx.HTTPError as exc:
             raise WahaRetryable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-        status = response.status_code
         if status < 300:
-            if not response.content:
+            if not content:
                 return None
             try:
-                return orjson.loads(response.content)
+                return orjson.loads(content)
             except orjson.JSONDecodeError:
                 return None
-        answer = response.text[:2000]
+        answer = content.decode("utf-8", "replace")[:2000]
         message = f"{method} {path}: WAHA answered {status}"
         if status == 429 or status >= 500:
-            raise WahaRetryable(
-                message, status=status, answer=answer, retry_after=retry_after_of(response.headers)
-            )
+            retry_after = retry_after_of(httpx.Headers(headers))
+            raise WahaRetryable(message, status=status, answer=answer, retry_after=retry_after)
         if is_plus_refusal(status, answer):
             raise WahaPlusRequired(message, status=status, answer=answer)
         if status == 422:

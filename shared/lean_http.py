@@ -22,6 +22,12 @@ switch to turn verification off. The TLS handshake counts against the connect ti
 Connections are pooled per (scheme, host, port). A request sent on a pooled connection that
 the server had already closed (its keep-alive timeout) is sent again once on a new connection,
 as httpcore does: only when the connection ended before any byte of an answer came back.
+
+Below httpx's API, `Origin` and `LeanHTTPTransport.send` take a request already written out as
+bytes, for a caller whose requests are all alike (the engine's calls to WAHA): building httpx's
+request and response objects around each call was about a tenth of a worker's busy CPU
+(docs/benchmarks.md, seventeenth session). Same pool, same retry of a stale connection, same
+httpx exceptions; no redirects, cookies or content decoding (the request asks for no encoding).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
+from dataclasses import dataclass
 from typing import cast
 
 import httptools
@@ -88,7 +95,7 @@ class _Connection(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(exc)
 
-    async def exchange(self, raw: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    async def exchange(self, raw: bytes) -> RawAnswer:
         assert self.transport is not None
         self.started = False
         self.keep_alive = False
@@ -110,6 +117,45 @@ class _Connection(asyncio.Protocol):
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 _PoolKey = tuple[str, str, int]  # (scheme, host, port)
+
+# What `LeanHTTPTransport.send` answers: the status, the header fields as sent, the body.
+RawAnswer = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """A base URL whose requests are written out by hand: the pool's key, and the bytes every
+    request to it carries (its Host field and the caller's fixed header fields)."""
+
+    key: _PoolKey
+    path_prefix: bytes
+    fixed_fields: bytes
+
+    @classmethod
+    def of(cls, base_url: str, headers: dict[str, str]) -> Origin | None:
+        """None for a scheme the lean transport does not speak."""
+        url = httpx.URL(base_url)
+        if url.scheme not in _DEFAULT_PORTS:
+            return None
+        port = url.port or _DEFAULT_PORTS[url.scheme]
+        # As httpx writes it: the port only when it is not the scheme's own; IPv6 in brackets.
+        host = f"[{url.host}]" if ":" in url.host else url.host
+        host = host if url.port is None else f"{host}:{url.port}"
+        fields = [f"Host: {host}", *(f"{name}: {value}" for name, value in headers.items())]
+        return cls(
+            key=(url.scheme, url.host, port),
+            path_prefix=url.raw_path.rstrip(b"/"),
+            fixed_fields=("\r\n".join(fields) + "\r\n").encode("latin-1"),
+        )
+
+    def request(self, method: str, path: str, body: bytes | None, content_type: str = "") -> bytes:
+        """`method` on `path` (already quoted, below the base URL's path), with `body`."""
+        head = b"%s %s%s HTTP/1.1\r\n" % (method.encode(), self.path_prefix, path.encode())
+        if body is None:
+            return head + self.fixed_fields + _CRLF
+        extra = b"Content-Type: %s\r\n" % content_type.encode() if content_type else b""
+        length = b"Content-Length: %d\r\n\r\n" % len(body)
+        return head + self.fixed_fields + extra + length + body
 
 
 class LeanHTTPTransport(httpx.AsyncBaseTransport):
@@ -135,10 +181,7 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
         scheme = request.url.scheme
         if scheme not in _DEFAULT_PORTS:
             return await self._fallback.handle_async_request(request)
-        host = request.url.host
-        port = request.url.port or _DEFAULT_PORTS[scheme]
-        tls = self._tls() if scheme == "https" else None
-        timeouts = request.extensions.get("timeout", {})
+        key = (scheme, request.url.host, request.url.port or _DEFAULT_PORTS[scheme])
         body = await request.aread()
         head = [b"%s %s HTTP/1.1" % (request.method.encode(), request.url.raw_path)]
         fields = request.headers.raw
@@ -148,8 +191,27 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
             fields.append((b"Content-Length", b"%d" % len(body)))
         head += [name + b": " + value for name, value in fields]
         raw = _CRLF.join(head) + _CRLF + _CRLF + body
+        status, headers, content = await self._round_trip(
+            key, raw, request.extensions.get("timeout", {}), request
+        )
+        return httpx.Response(status, headers=headers, content=content, request=request)
 
-        key = (scheme, host, port)
+    async def send(
+        self, origin: Origin, raw: bytes, timeouts: dict[str, float | None]
+    ) -> RawAnswer:
+        """A request written out by `origin.request`, through the pool; `timeouts` as httpx's
+        (`Timeout.as_dict()`). Raises httpx's exceptions, as `handle_async_request` does."""
+        return await self._round_trip(origin.key, raw, timeouts, None)
+
+    async def _round_trip(
+        self,
+        key: _PoolKey,
+        raw: bytes,
+        timeouts: dict[str, float | None],
+        request: httpx.Request | None,
+    ) -> RawAnswer:
+        _, host, port = key
+        tls = self._tls() if key[0] == "https" else None
         connection = self._take_idle(key)
         reused = connection is not None
         try:
@@ -181,11 +243,11 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
                 connection.close()
             raise
         self._give_back(key, connection)
-        return httpx.Response(status, headers=headers, content=content, request=request)
+        return status, headers, content
 
     async def _connect(
         self,
-        request: httpx.Request,
+        request: httpx.Request | None,
         host: str,
         port: int,
         tls: ssl.SSLContext | None,
@@ -209,8 +271,12 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
         return protocol
 
     async def _exchange(
-        self, request: httpx.Request, connection: _Connection, raw: bytes, seconds: float | None
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        self,
+        request: httpx.Request | None,
+        connection: _Connection,
+        raw: bytes,
+        seconds: float | None,
+    ) -> RawAnswer:
         try:
             async with asyncio.timeout(seconds):
                 return await connection.exchange(raw)

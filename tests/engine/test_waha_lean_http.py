@@ -21,7 +21,7 @@ from engine.waha_client import (
     WahaTerminal,
 )
 from shared.embedded_redis import free_port
-from shared.lean_http import LeanHTTPTransport
+from shared.lean_http import LeanHTTPTransport, Origin
 from tests.engine.harness import settings_for
 
 CHAT = "5511987650052@c.us"
@@ -126,3 +126,61 @@ async def test_the_api_key_is_sent_and_a_refused_connection_is_retryable() -> No
         assert (await client.send_text("default", CHAT, "olá")).short_id == "3EB0BB"
         await client.aclose()
     assert fake.requests[0]["headers"]["x-api-key"] == "s3cret"
+
+
+async def test_requests_are_written_as_httpx_wrote_them_below_a_base_path(
+    server: FakeWahaServer,
+) -> None:
+    """The calls are written out as bytes on the lean transport (`Origin`): the Host field with
+    its port, the API key, the JSON body's length in bytes, and a WAHA published below a path
+    (behind a proxy) reached there."""
+    server.answers = [(201, {"id": f"true_{CHAT}_3EB0CC"}, {}), (200, {"status": "WORKING"}, {})]
+    base = f"http://127.0.0.1:{server.port}/waha/"
+    client = WahaClient(base, api_key="k3y", transport=LeanHTTPTransport())
+    assert (await client.send_text("default", CHAT, "olá, tudo bem? 😀")).short_id == "3EB0CC"
+    assert await client.session_status("default") == "WORKING"
+    await client.aclose()
+    sent, read = server.requests
+    assert (sent["method"], sent["path"]) == ("POST", "/waha/api/sendText")
+    assert (read["method"], read["path"]) == ("GET", "/waha/api/sessions/default")
+    assert sent["headers"]["host"] == f"127.0.0.1:{server.port}"
+    assert sent["headers"]["x-api-key"] == read["headers"]["x-api-key"] == "k3y"
+    assert sent["headers"]["accept"] == "application/json"
+    assert int(sent["headers"]["content-length"]) == len(sent["body"])
+    assert orjson.loads(sent["body"])["text"] == "olá, tudo bem? 😀"
+
+
+async def test_no_answer_in_time_is_retryable_on_the_lean_transport() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        await asyncio.sleep(5)
+        writer.close()
+
+    port = free_port()
+    listening = await asyncio.start_server(silent, "127.0.0.1", port)
+    async with listening:
+        client = WahaClient(
+            f"http://127.0.0.1:{port}", timeout_seconds=0.2, transport=LeanHTTPTransport()
+        )
+        with pytest.raises(WahaRetryable, match="ReadTimeout") as timed_out:
+            await client.send_text("default", CHAT, "olá")
+        await client.aclose()
+    assert timed_out.value.status is None
+
+
+def test_an_origin_writes_the_request_line_fields_and_body() -> None:
+    origin = Origin.of("http://waha:3000", {"Accept": "application/json"})
+    assert origin is not None and origin.key == ("http", "waha", 3000)
+    body = '{"text":"olá"}'.encode()
+    assert origin.request("POST", "/api/sendText", body, "application/json") == (
+        b"POST /api/sendText HTTP/1.1\r\nHost: waha:3000\r\nAccept: application/json\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 15\r\n\r\n" + body
+    )
+    assert origin.request("GET", "/api/sessions/default", None) == (
+        b"GET /api/sessions/default HTTP/1.1\r\nHost: waha:3000\r\nAccept: application/json\r\n\r\n"
+    )
+    assert Origin.of("http://[::1]:3000/", {}) == Origin(
+        ("http", "::1", 3000), b"", b"Host: [::1]:3000\r\n"
+    )
+    assert Origin.of("https://waha.example", {}).key == ("https", "waha.example", 443)  # type: ignore[union-attr]
+    assert Origin.of("ftp://waha", {}) is None
