@@ -120,7 +120,9 @@ class Agenda:
     async def mine(self, customer: Customer) -> list[Booking]:
         return await self.store.upcoming(customer, self.now_ms())
 
-    async def _own_upcoming(self, customer: Customer, booking_id: str) -> Booking:
+    async def own_upcoming(self, customer: Customer, booking_id: str) -> Booking:
+        """The customer's own booked, upcoming booking, or BookingNotFound (someone else's,
+        cancelled or past alike)."""
         booking = await self.store.own(customer, booking_id)
         if booking.status != "booked" or booking.start_ms < self.now_ms():
             raise BookingNotFound(booking_id)
@@ -159,7 +161,7 @@ class Agenda:
                 raise BookingLimit(active)
             normalized = PendingAction("book", service=service.id, start=slot.id)
             return Proposal(normalized, service.name, self.label(slot))
-        booking = await self._own_upcoming(customer, action.booking_id)
+        booking = await self.own_upcoming(customer, action.booking_id)
         if action.kind == "cancel":
             normalized = PendingAction("cancel", booking_id=booking.id)
             return Proposal(normalized, booking.service_name, self.booking_label(booking))
@@ -187,6 +189,6 @@ class Agenda:
                 raise BookingNotFound(action.booking_id)
             # Already cancelled: the same message handled again after a crash (a repeat).
             return await self.store.cancel(customer, action.booking_id)
-        booking = await self._own_upcoming(customer, action.booking_id)
+        booking = await self.own_upcoming(customer, action.booking_id)
         slot = self.calendar.slot(self.service(booking.service_id), action.start, self.now())
         return await self.store.reschedule(customer, booking.id, slot)

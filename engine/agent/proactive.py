@@ -8,13 +8,19 @@
   per-session limit, reminders and offers together take from one token bucket per session
   (WSM_REMINDER_PACE per minute, send_rate_take.lua, burst of one); what does not fit waits for
   the next pass.
+- **Reading past a session out of pace.** What a session out of pace cannot send stays in the
+  pass's sorted set, at its head. So a pass reads on past it (`read_on`: pages of PAGE, at most
+  SCAN_LIMIT entries a pass): one session's backlog does not hold back another session's
+  messages. A backlog longer than SCAN_LIMIT is read in turns (this process's next pass starts
+  where this one stopped).
 - **The words of the booking's business**, in its time zone, loaded once per business.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import KW_ONLY, InitVar, dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import KW_ONLY, InitVar, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -27,9 +33,19 @@ from shared.keys import CalendarKeys, WahaSessionKeys
 from shared.lua import LuaScript
 from shared.redis_client import RedisClient
 from shared.settings import Settings
+from shared.text import as_text
 
 # One pass over all processes at a time (they all run it every second).
 PASS_LOCK_MS = 900
+# Entries of its sorted set one pass reads, at most, and how many at a time (one round trip for
+# a page's bookings). Bounded because the entries of a session out of pace are read and passed
+# over again by every pass until their turn comes.
+SCAN_LIMIT = 1000
+PAGE = 200
+
+# One entry of a pass's sorted set: (booking id, score, the booking's hash) -> whether it is
+# gone from the set (sent or dropped), or left in it (its session is out of pace).
+Handle = Callable[[str, int, dict[Any, Any]], Awaitable[bool]]
 
 RATE_TAKE = LuaScript.named("send_rate_take")
 
@@ -45,6 +61,9 @@ class ProactivePass:
     prefix: str
     language: str
     pace_per_minute: float
+    # Where this process's next pass starts reading its sorted set (an offset past the entries
+    # left in it, i.e. out of pace); 0: from the head.
+    _resume: int = field(default=0, init=False)
 
     def __post_init__(self, businesses: Businesses) -> None:
         self.keys = CalendarKeys(self.prefix)
@@ -90,6 +109,42 @@ class ProactivePass:
         )
         return int(wait) == 0
 
+    async def read_on(self, key: str, until: int | str, limit: int, handle: Handle) -> None:
+        """Hand the entries of the sorted set `key` (booking id -> score, up to `until`) to
+        `handle`, lowest score first, page by page with their bookings, reading on past the
+        ones it leaves in the set, until `limit` are gone from it or SCAN_LIMIT are read."""
+        offset = self._resume  # entries before it stay (out of pace), so reading goes on past
+        read = handled = 0
+        self._resume = 0
+        while read < SCAN_LIMIT and handled < limit:
+            want = min(PAGE, SCAN_LIMIT - read)
+            # (member, score) pairs; redis-py's stubs do not type WITHSCORES replies.
+            page: list[tuple[bytes, float]] = await self.redis.zrangebyscore(
+                key, "-inf", until, start=offset, num=want, withscores=True
+            )  # type: ignore[assignment]
+            if not page and offset and not read:
+                offset = 0  # the backlog shrank below where the last pass stopped
+                continue
+            if not page:
+                return
+            pipe = self.redis.pipeline(transaction=False)
+            for raw, _ in page:
+                pipe.hgetall(self.keys.booking(as_text(raw)))
+            found = await pipe.execute()
+            for (raw, score), values in zip(page, found, strict=True):
+                read += 1
+                if await handle(as_text(raw), int(score), values):
+                    handled += 1  # gone from the set
+                else:
+                    offset += 1
+                if handled >= limit:
+                    return
+            if len(page) < want:
+                return  # read to the end
+        # Stopped at SCAN_LIMIT with more to read: this process's next pass reads on from here,
+        # so a backlog longer than one pass reads is read in turns, not only its head.
+        self._resume = offset
+
     def render(self, name: str, business: Business, booking: Booking) -> str:
         """The text `name` about the booking, in its business's words and time zone."""
         calendar = business.calendar
@@ -105,4 +160,4 @@ class ProactivePass:
         )
 
 
-__all__ = ["PASS_LOCK_MS", "ProactivePass"]
+__all__ = ["PAGE", "PASS_LOCK_MS", "SCAN_LIMIT", "Handle", "ProactivePass"]

@@ -29,9 +29,8 @@ WhatsApp Web) is banned for when many go out at once. So on top of the sender's 
 limit, the pass queues at most WSM_REMINDER_PACE reminders per minute per session (a token
 bucket in Redis, send_rate_take.lua, burst of one, shared with the freed-slots offers:
 engine/agent/proactive.py); the others wait for the next pass. Their timers stay due, at the
-head of the ZSET, so the pass reads on past them (pages of PAGE, at most SCAN_LIMIT per pass):
-one session's backlog does not hold back another session's reminders. A backlog longer than
-SCAN_LIMIT is read in turns (the next pass of this process starts where this one stopped).
+head of the ZSET, so the pass reads on past them (`ProactivePass.read_on`): one session's
+backlog does not hold back another session's reminders.
 
 Off: with WSM_REMINDER_LEAD_HOURS=0 the booking scripts schedule no timer, and the pass drops
 the timers that come due (scheduled before the lead was set to 0) unsent; the ones not yet due
@@ -49,7 +48,7 @@ starts first.
 from __future__ import annotations
 
 import logging
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 from engine import commands
@@ -62,7 +61,6 @@ from shared.keys import split_conversation_token
 from shared.lua import LuaScript
 from shared.redis_client import RedisClient
 from shared.settings import Settings
-from shared.text import as_text
 
 log = logging.getLogger("wsm.engine.agent.reminders")
 
@@ -74,12 +72,9 @@ REMINDER_KEY = "reminder_booking"
 REMINDED_KEY = "reminders_sent"
 REMINDED_KEEP = 8
 
-# Due timers one pass queues or drops as stale, at most (the next pass goes on).
+# Due timers one pass queues or drops as stale, at most (the next pass goes on); it reads at
+# most proactive.SCAN_LIMIT.
 PASS_LIMIT = 200
-# Due timers one pass reads, at most, and how many at a time. Bounded because the timers of a
-# session out of pace are read and passed over again by every pass until their turn comes.
-SCAN_LIMIT = 1000
-PAGE = 200
 
 DONE = LuaScript.named("reminder_done")
 
@@ -100,9 +95,6 @@ class Reminders(ProactivePass):
     _: KW_ONLY
     # WSM_REMINDER_LEAD_HOURS in ms; 0: reminders off.
     lead_ms: int
-    # Where this process's next pass starts reading the due timers (an offset past the ones
-    # left due, i.e. out of pace); 0: from the head.
-    _resume: int = field(default=0, init=False)
 
     @property
     def lock(self) -> str:
@@ -138,7 +130,13 @@ class Reminders(ProactivePass):
             # time if reminders are turned on again before then.
             done["off"] = int(await self.redis.zremrangebyscore(keys.reminders, "-inf", now))
         else:
-            await self._remind_due(now, done)
+            waiting: set[str] = set()  # sessions out of pace for this pass
+
+            async def remind(booking_id: str, due_ms: int, values: dict[Any, Any]) -> bool:
+                return await self._remind_one(booking_id, due_ms, values, now, waiting, done)
+
+            # Oldest due first, reading on past the timers of sessions out of pace.
+            await self.read_on(keys.reminders, now, PASS_LIMIT, remind)
         # Reminders whose booking started with no answer.
         started: list[bytes] = await self.redis.zrangebyscore(
             keys.reminders_awaiting, "-inf", now, start=0, num=PASS_LIMIT
@@ -148,43 +146,6 @@ class Reminders(ProactivePass):
                 REMINDERS.labels("unanswered").inc()
                 done["unanswered"] += 1
         return done
-
-    async def _remind_due(self, now: int, done: dict[str, int]) -> None:
-        """Read the due timers page by page, oldest first, past the ones of sessions out of
-        pace, until PASS_LIMIT are handled or SCAN_LIMIT read."""
-        keys = self.keys
-        waiting: set[str] = set()  # sessions out of pace for this pass
-        offset = self._resume  # timers before it stay due (paced), so reading goes on past
-        read = handled = 0
-        self._resume = 0
-        while read < SCAN_LIMIT and handled < PASS_LIMIT:
-            want = min(PAGE, SCAN_LIMIT - read)
-            # (member, score) pairs; redis-py's stubs do not type WITHSCORES replies.
-            page: list[tuple[bytes, float]] = await self.redis.zrangebyscore(
-                keys.reminders, "-inf", now, start=offset, num=want, withscores=True
-            )  # type: ignore[assignment]
-            if not page and offset and not read:
-                offset = 0  # the backlog shrank below where the last pass stopped
-                continue
-            if not page:
-                return
-            pipe = self.redis.pipeline(transaction=False)
-            for raw, _ in page:
-                pipe.hgetall(keys.booking(as_text(raw)))
-            found = await pipe.execute()
-            for (raw, score), values in zip(page, found, strict=True):
-                read += 1
-                if await self._remind_one(as_text(raw), int(score), values, now, waiting, done):
-                    handled += 1  # its timer is gone from the due ones
-                else:
-                    offset += 1
-                if handled >= PASS_LIMIT:
-                    return
-            if len(page) < want:
-                return  # read to the end
-        # Stopped at SCAN_LIMIT with more due: this process's next pass reads on from here, so
-        # a backlog longer than one pass reads is read in turns, not only its head.
-        self._resume = offset
 
     async def _remind_one(
         self,

@@ -55,6 +55,15 @@ class ListSlotsArgs(_Args):
     )
     from_date: date | None = Field(None, description="First day to look at (YYYY-MM-DD).")
     to_date: date | None = Field(None, description="Last day to look at (YYYY-MM-DD).")
+    # Optional (absent, null or ""), so a call without it lists times for a new booking as
+    # it always did.
+    booking_id: str | None = Field(
+        None,
+        max_length=40,
+        description="When the customer is moving an appointment: its booking_id (from "
+        "list_my_appointments). Lists the times it can move to, including ones overlapping "
+        "its current time.",
+    )
 
 
 class BookArgs(_Args):
@@ -124,8 +133,9 @@ SPECS: tuple[ToolSpec, ...] = (
     ),
     ToolSpec(
         "reschedule_appointment",
-        "Move one of this customer's appointments to another free time. Needs the customer's "
-        "confirmation like book_appointment.",
+        "Move one of this customer's appointments to another free time (list them with "
+        "list_available_slots and its booking_id). Needs the customer's confirmation like "
+        "book_appointment.",
         RescheduleArgs,
     ),
     ToolSpec(
@@ -306,11 +316,26 @@ class ToolSession:
 
     async def _list_available_slots(self, args: ListSlotsArgs) -> dict[str, Any]:
         service = self.agenda.service(args.service)
+        moving = None
+        if args.booking_id:
+            # Times to move this booking to, counted as its reschedule counts them (its own
+            # slots free, its current time not a new one). Only the customer's own upcoming
+            # booking: any other id is not_found, as for every tool.
+            moving = await self.agenda.own_upcoming(self.customer, args.booking_id)
+            if moving.service_id != service.id:
+                return {
+                    "ok": False,
+                    "error": "wrong_service",
+                    "detail": f"that appointment is a {moving.service_name}; a move keeps "
+                    "its service",
+                    "service": moving.service_name,
+                }
         slots = await self.agenda.free_slots(
             service,
             first_day=args.from_date,
             last_day=args.to_date,
             limit=MAX_SLOTS_LISTED + 1,
+            moving=moving,
         )
         first, last = self.agenda.calendar.window(self.agenda.now())
         return {

@@ -1,6 +1,7 @@
 """A cancelled slot of today offered to the customers in the waiting line, through the real
 engine (queue, fenced commit, state, outbox, sender), the real booking scripts and the real
-waiting line; the option off, on, and every refusal. The clock is driven as in
+waiting line; the option off, on, and every refusal; one session's backlog of slots (held
+back by its pace) not holding back another session's offers. The clock is driven as in
 test_reminders.py, by the same helpers (tests/engine/agent/support.py)."""
 
 from __future__ import annotations
@@ -15,16 +16,19 @@ import yaml
 from prometheus_client import REGISTRY
 
 from engine import commands
-from engine.agent.bookings import Customer
+from engine.agent import proactive
+from engine.agent.bookings import Customer, booking_id_for
 from engine.agent.freed_slots import OFFER_KEY, OFFERS_MAX, FreedSlots, freed_event_id
 from engine.state import State, load_state
 from shared.keys import CalendarKeys, EngineConversationKeys, engine_keys_for
 from tests.engine.agent.conftest import CALENDAR
 from tests.engine.agent.support import book, clock, ms  # noqa: F401
 from tests.engine.harness import AgentHarness
+from tests.support.waha import text_message
 
 ANA = "5511987650001@c.us"  # the customer who cancels
 LINE = [f"55119876501{n:02d}@c.us" for n in range(1, 6)]  # waiting, in this order
+OTHER = "5521999999999@c.us"  # waiting in the line of the session `other`
 OFFER = "Vagou um horário hoje na *Clínica Sorriso*: *Consulta* em *seg {day} às 13:00*."
 
 
@@ -39,18 +43,17 @@ def turn_on(calendar_file: Path) -> None:
 
 
 def freed_pass(agent: AgentHarness) -> FreedSlots:
-    """The freed-slots pass as a worker process builds it (its queue, its waiting line)."""
-    coordinator = agent.service.coordinator
-    return FreedSlots.from_settings(
-        agent.redis, agent.settings, coordinator.queue, coordinator.line
-    )
+    """The worker process's freed-slots pass (its queue, its waiting line), the same one from
+    pass to pass, as the process runs it."""
+    return agent.service.freed_slots
 
 
-async def wait_in_line(agent: AgentHarness, chats: list[str]) -> None:
+async def wait_in_line(agent: AgentHarness, chats: list[str], session: str = "default") -> None:
     for chat in chats:
         for words in ("oi", "Bia", "quero falar com um atendente"):  # the menu asks a name first
-            await agent.say(chat, words)
-        assert await state_of(agent, chat) is State.WAITING
+            assert await agent.webhook(text_message(chat, words, session=session))
+            await agent.drain()
+        assert await state_of(agent, chat, session) is State.WAITING
 
 
 @pytest.fixture
@@ -72,8 +75,8 @@ def keys_of(agent: AgentHarness, chat: str, session: str = "default") -> EngineC
     return engine_keys_for(session, chat, 1, agent.settings.key_prefix)
 
 
-async def state_of(agent: AgentHarness, chat: str) -> State:
-    return (await load_state(agent.redis, keys_of(agent, chat).state)).state
+async def state_of(agent: AgentHarness, chat: str, session: str = "default") -> State:
+    return (await load_state(agent.redis, keys_of(agent, chat, session).state)).state
 
 
 async def collected(agent: AgentHarness, chat: str) -> dict[str, str]:
@@ -211,6 +214,86 @@ async def test_offers_share_the_reminders_pace(in_line, waha, aredis, key_prefix
     assert not waha.to(LINE[1])[-1].startswith("Vagou")
     # The rest waits for the session's pace: the slot stays marked.
     assert await aredis.zscore(CalendarKeys(key_prefix).freed, booking_id) is not None
+
+
+async def backlog(agent: AgentHarness, now: datetime, count: int) -> list[str]:
+    """`count` slots of today freed in the session `default`, by as many customers, each
+    booking one of today's Consulta times and cancelling it -> their bookings, in that order."""
+    agenda = agent.parts.agenda
+    consulta, at = agenda.service("consulta"), agenda.now()
+    times = [slot.start for slot in agenda.calendar.slots(consulta, now.date(), now.date(), at)]
+    return [
+        await cancelled(agent, f"5511955{n:06d}@c.us", times[n % len(times)]) for n in range(count)
+    ]
+
+
+async def freed_in_other_session(agent: AgentHarness, now: datetime, key_prefix: str) -> str:
+    """A slot of today freed in the session `other`, marked after every other -> its booking."""
+    agenda = agent.parts.agenda
+    slot = agenda.calendar.slot(
+        agenda.service("consulta"), f"{now + timedelta(hours=5):%Y-%m-%dT%H:%M}", agenda.now()
+    )
+    customer = Customer(token="other|5521988880000@c.us", name="Caio")
+    booking_id = booking_id_for(customer.token, "m-other", slot.id)
+    await agent.parts.store.book(customer, slot, booking_id=booking_id)
+    await agent.parts.store.cancel(customer, booking_id)
+    keys = CalendarKeys(key_prefix)
+    [(_, last)] = await agent.redis.zrange(keys.freed, -1, -1, withscores=True)
+    assert await agent.redis.zadd(keys.freed, {booking_id: last + 1}, xx=True, ch=True)
+    return booking_id
+
+
+def offers_to(waha: Any, chat: str) -> list[str]:
+    return [text for text in waha.to(chat) if text.startswith("Vagou")]
+
+
+async def test_a_sessions_backlog_does_not_hold_back_another_sessions_offer(
+    in_line, waha, aredis, key_prefix, now
+) -> None:
+    """120 slots freed in `default` (more than a pass handles), its line over its pace of 4 a
+    minute: the slot freed in `other` after all of them is offered at the first pass, once."""
+    agent = await in_line(LINE[:3], pace=4)  # the default pace
+    await wait_in_line(agent, [OTHER], session="other")
+    held = await backlog(agent, now, 120)
+    other = await freed_in_other_session(agent, now, key_prefix)
+    keys = CalendarKeys(key_prefix)
+
+    done = await offer_round(agent)
+    # The first slot of `default` to its first in line (the pace's burst of one), and `other`'s.
+    assert (done["queued"], done["paced"]) == (2, 120)
+    assert len(offers_to(waha, OTHER)) == 1
+    assert await aredis.zscore(keys.freed, other) is None
+    assert await aredis.zcard(keys.freed) == len(held) == 120
+    # Further passes within the pace offer nothing more, in either session.
+    for _ in range(3):
+        assert (await offer_round(agent))["queued"] == 0
+    assert len(offers_to(waha, OTHER)) == 1
+    assert [len(offers_to(waha, chat)) for chat in LINE[:3]] == [1, 0, 0]
+
+
+async def test_a_backlog_longer_than_a_pass_reads_is_read_in_turns(
+    in_line, waha, aredis, key_prefix, now, monkeypatch
+) -> None:
+    """With more paced slots marked than one pass reads, the next pass reads on from where the
+    last stopped, so a slot behind them is reached, and offered once."""
+    monkeypatch.setattr(proactive, "SCAN_LIMIT", 20)
+    monkeypatch.setattr(proactive, "PAGE", 6)
+    agent = await in_line(LINE[:3], pace=4)
+    await wait_in_line(agent, [OTHER], session="other")
+    await backlog(agent, now, 30)
+    other = await freed_in_other_session(agent, now, key_prefix)
+    keys = CalendarKeys(key_prefix)
+
+    first = await offer_round(agent)
+    assert (first["queued"], first["paced"]) == (1, 20)
+    assert await aredis.zscore(keys.freed, other) is not None
+    second = await offer_round(agent)
+    assert second["queued"] == 1
+    assert await aredis.zscore(keys.freed, other) is None
+    # Past the end: back to the head, where nothing is sendable yet either.
+    assert (await offer_round(agent))["queued"] == 0
+    assert len(offers_to(waha, OTHER)) == 1
+    assert [len(offers_to(waha, chat)) for chat in LINE[:3]] == [1, 0, 0]
 
 
 def _payloads(booking_id: str, start_ms: int) -> list[dict[str, Any]]:

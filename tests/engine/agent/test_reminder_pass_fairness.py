@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from engine.agent import reminders
+from engine.agent import proactive
 from shared.clock import DAY_MS
 from shared.keys import CalendarKeys
 from tests.engine.agent.support import book, clock, ms  # noqa: F401
@@ -113,8 +113,8 @@ async def test_a_backlog_longer_than_a_pass_reads_is_read_in_turns(
 ) -> None:
     """With more paced timers due than one pass reads, the next pass reads on from where the
     last stopped, so a reminder behind them is reached, and sent once."""
-    monkeypatch.setattr(reminders, "SCAN_LIMIT", 20)
-    monkeypatch.setattr(reminders, "PAGE", 6)
+    monkeypatch.setattr(proactive, "SCAN_LIMIT", 20)
+    monkeypatch.setattr(proactive, "PAGE", 6)
     agent = harness(groq_api_key=None)
     due = ms(now) + 2 * DAY_MS
     await backlog(aredis, keys, due - 60_000, 30)

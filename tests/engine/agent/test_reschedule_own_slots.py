@@ -1,9 +1,12 @@
 """Moving a booking onto a time that overlaps its own current slots: the booking's own slots
 count as free for it (as the reschedule script counts them), by the agent's tools and by the
-menu's answer to a reminder; another customer's booking still blocks the move."""
+menu's answer to a reminder; another customer's booking still blocks the move. The times the
+model lists for a move (list_available_slots with the booking_id) are exactly the times the
+reschedule accepts."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -12,6 +15,7 @@ import pytest
 
 from engine.agent.bookings import Booking, Customer
 from engine.agent.confirmation import PENDING_KEY
+from engine.agent.tools import MAX_SLOTS_LISTED, ToolSession
 from shared.keys import CalendarKeys
 from tests.engine.agent.chat import Chat
 from tests.engine.agent.fake_groq import FakeGroq, completion, last_tool_results, tool_call
@@ -22,6 +26,10 @@ from tests.engine.harness import AgentHarness, FakeWaha
 def reschedule_call(booking_id: str, start: datetime) -> dict[str, Any]:
     arguments = {"booking_id": booking_id, "new_start": f"{start:%Y-%m-%dT%H:%M}"}
     return completion(None, [tool_call("reschedule_appointment", arguments)])
+
+
+def list_call(arguments: dict[str, Any]) -> dict[str, Any]:
+    return completion(None, [tool_call("list_available_slots", arguments)])
 
 
 async def holders(aredis: Any, key_prefix: str, day: datetime) -> dict[str, str]:
@@ -156,3 +164,115 @@ async def test_the_reminders_reschedule_offers_times_overlapping_the_booking(
     assert await holders(aredis, key_prefix, start) == {
         "15:30": booking_id, "16:00": booking_id,
     }  # fmt: skip
+
+
+async def test_the_agent_lists_the_times_a_move_can_take_and_the_move_takes_one(
+    harness: Callable[..., AgentHarness],
+    groq: FakeGroq,
+    aredis: Any,
+    key_prefix: str,
+    now: datetime,
+) -> None:
+    """The customer asks which times their 60-minute Limpeza at 10:00 can move to: listed for
+    that booking, 09:30 and 10:30 (overlapping it) are offered, 10:00 (where it is) is not,
+    and the move onto a listed overlapping time is proposed and carried out."""
+    agent = harness()
+    start = now + timedelta(days=2, hours=1)  # Wednesday 10:00, a 60-minute Limpeza
+    booking_id = await book(agent, ANA, start, service="limpeza")
+    day = f"{start:%Y-%m-%d}"
+    for_move = {"service": "limpeza", "from_date": day, "to_date": day, "booking_id": booking_id}
+    new_start = start + timedelta(minutes=30)
+    groq.then(
+        list_call(for_move),
+        completion("Tenho 09:30, 10:30..."),
+        reschedule_call(booking_id, new_start),
+        completion("Confirma?"),
+        reschedule_call(booking_id, new_start),
+        completion("Remarcado!"),
+    )  # fmt: skip
+    ana = Chat(ANA).named("Ana")
+
+    await ana.say(agent.parts.brain, "quais horários tem na quarta para mudar minha limpeza?")
+    [listed] = last_tool_results(groq.requests[-1])
+    assert listed.get("ok"), listed
+    assert [s["start"][-5:] for s in listed["slots"]] == [
+        "08:00", "08:30", "09:00", "09:30", "10:30", "11:00",
+        "13:00", "13:30", "14:00", "14:30",
+    ]  # fmt: skip
+    assert listed["more"] is True
+
+    await ana.say(agent.parts.brain, "pode ser às 10:30")
+    [proposed] = last_tool_results(groq.requests[-1])
+    assert proposed.get("status") == "confirmation_required", proposed
+    await ana.say(agent.parts.brain, "sim")
+    [moved] = last_tool_results(groq.requests[-1])
+    assert moved.get("status") == "rescheduled", moved
+    assert await holders(aredis, key_prefix, start) == {
+        "10:30": booking_id, "11:00": booking_id,
+    }  # fmt: skip
+
+
+async def test_the_times_listed_for_a_move_are_the_times_the_reschedule_accepts(
+    harness: Callable[..., AgentHarness], now: datetime
+) -> None:
+    """Ana's Limpeza at 10:00 and Bia's Consulta at 11:00: for every time of the day, listed for
+    the move if and only if reschedule_appointment accepts it (proposes it); a listing for a new
+    booking (no booking_id, or an empty one) still leaves out every time Ana's booking holds."""
+    agent = harness()
+    start = now + timedelta(days=2, hours=1)  # Wednesday 10:00
+    ana_booking = await book(agent, ANA, start, service="limpeza")  # 10:00-11:00
+    await book(agent, BIA, start + timedelta(hours=1))  # Consulta 11:00-11:30
+    agenda = agent.parts.agenda
+    ana = Chat(ANA).named("Ana")
+    day = f"{start:%Y-%m-%d}"
+
+    async def listed(**extra: Any) -> dict[str, Any]:
+        tools = ToolSession.for_turn(agenda, ana.turn("que horários tem?"))
+        arguments = {"service": "Limpeza", "from_date": day, "to_date": day, **extra}
+        return await tools.call("list_available_slots", json.dumps(arguments))
+
+    accepted = []
+    for slot in agenda.calendar.slots(agenda.service("limpeza"), start.date(), start.date(), now):
+        tools = ToolSession.for_turn(agenda, ana.turn(f"pode ser às {slot.id[-5:]}?"))
+        arguments = {"booking_id": ana_booking, "new_start": slot.id}
+        answer = await tools.call("reschedule_appointment", json.dumps(arguments))
+        if answer.get("status") == "confirmation_required":
+            accepted.append(slot.id)
+        else:
+            assert answer.get("error") in ("slot_taken", "invalid_slot"), answer
+    assert "09:30" in [a[-5:] for a in accepted] and "10:30" not in [a[-5:] for a in accepted]
+
+    for_move = await listed(booking_id=ana_booking)
+    assert [s["start"] for s in for_move["slots"]] == accepted[:MAX_SLOTS_LISTED]
+    assert for_move["more"] is (len(accepted) > MAX_SLOTS_LISTED)
+    # For a new booking, nothing Ana's booking holds is free (09:30 and 10:00 overlap it).
+    for new in (await listed(), await listed(booking_id="")):
+        assert new["ok"], new
+        times = [s["start"][-5:] for s in new["slots"]]
+        assert times[:4] == ["08:00", "08:30", "09:00", "13:00"], times
+
+
+async def test_listing_for_a_move_takes_only_the_customers_own_booking_of_that_service(
+    harness: Callable[..., AgentHarness], now: datetime
+) -> None:
+    agent = harness()
+    start = now + timedelta(days=2, hours=1)
+    ana_booking = await book(agent, ANA, start, service="limpeza")
+    bia_booking = await book(agent, BIA, start + timedelta(hours=4))
+    agenda = agent.parts.agenda
+
+    async def listed(chat: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        tools = ToolSession.for_turn(agenda, Chat(chat).turn("horários?"))
+        return await tools.call("list_available_slots", json.dumps(arguments))
+
+    # Someone else's booking is answered like one that does not exist, and lists nothing.
+    for other in (bia_booking, "bk0000000000"):
+        refused = await listed(ANA, {"service": "consulta", "booking_id": other})
+        assert refused["error"] == "not_found" and "slots" not in refused, refused
+    # A move keeps its service: the model is told which one.
+    wrong = await listed(ANA, {"service": "consulta", "booking_id": ana_booking})
+    assert (wrong["error"], wrong["service"]) == ("wrong_service", "Limpeza")
+    # A cancelled booking is no longer one to move.
+    await agent.parts.store.cancel(Customer(token=f"default|{ANA}"), ana_booking)
+    gone = await listed(ANA, {"service": "limpeza", "booking_id": ana_booking})
+    assert gone["error"] == "not_found", gone

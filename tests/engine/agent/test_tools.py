@@ -43,6 +43,13 @@ def test_tool_definitions_have_groq_function_shape() -> None:
     assert slots["function"]["parameters"]["properties"]["from_date"] == {
         "type": "string", "format": "date", "description": "First day to look at (YYYY-MM-DD).",
     }  # fmt: skip
+    # The booking being moved is an optional plain string: a call naming only the service is
+    # as valid as ever (tests/engine/agent/test_reschedule_own_slots.py uses it).
+    listing = slots["function"]["parameters"]
+    assert set(listing["properties"]) == {"service", "from_date", "to_date", "booking_id"}
+    assert listing["required"] == ["service"]
+    assert listing["properties"]["booking_id"]["type"] == "string"
+    assert "list_my_appointments" in listing["properties"]["booking_id"]["description"]
     # Nothing in any tool lets the model name a customer.
     text = json.dumps(definitions)
     assert "customer_id" not in text and '"phone"' not in text and '"chat' not in text
