@@ -8,8 +8,10 @@ Statuses (WAHA retries any non-2xx, 4xx included, about 30 s by default, then dr
     200 queued | duplicate | ignored | spooled   the event is durable, or deliberately unused
                  (`queued` also for an ack or echo settled on its message: shared/enqueue.py)
     200 stale    signed, but its `timestamp` is outside the replay window (nothing stored)
-    400 not JSON, not an object with `event`      401 bad or missing signature
-    405 not POST                                  413 body over WSM_MAX_BODY_BYTES
+    400 not JSON, not an object with `event`, or a used event without `session` or without a
+        `payload` object naming its chat (shared.events.route_event)
+    401 bad or missing signature                  405 not POST
+    413 body over WSM_MAX_BODY_BYTES
     503 neither Redis nor the spool could take it (Retry-After)
 """
 

@@ -11,6 +11,7 @@ message's echo), which the gateway settles at once when that message is in the h
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -109,7 +110,9 @@ class Receipt:
 def route_event(document: Any, raw_body: bytes) -> RoutedEvent | None:
     """Route a parsed webhook body. None means: a valid event the product does not use.
 
-    Raises InvalidEvent when the document is not an object with a string `event`.
+    Raises InvalidEvent when the document is not an object with a string `event`, or when an
+    event the product uses has no `session`, no `payload` object, or (but `session.status`) a
+    payload that names no chat: queued, it would be handled as the session's (`SESSION_CHAT`).
     """
     if not isinstance(document, dict):
         raise InvalidEvent("body must be a JSON object")
@@ -125,7 +128,10 @@ def route_event(document: Any, raw_body: bytes) -> RoutedEvent | None:
         raise InvalidEvent("'session' must not contain '|'")
     payload = document.get("payload")
     if not isinstance(payload, dict):
-        payload = {}
+        raise InvalidEvent("body must have an object 'payload'")
+    chat_id = chat_of(event, payload)
+    if chat_id == SESSION_CHAT and event != "session.status":
+        raise InvalidEvent("'payload' names no chat")
     envelope_id = document.get("id")
     # Older WAHA versions send no envelope id; a retry repeats the same bytes, so a hash of the
     # body is a faithful substitute.
@@ -137,7 +143,7 @@ def route_event(document: Any, raw_body: bytes) -> RoutedEvent | None:
     return RoutedEvent(
         event=step_event(event, payload),
         session=session,
-        chat_id=chat_of(event, payload),
+        chat_id=chat_id,
         event_id=event_id,
         message_key=message_key_of(event, payload),
         receipt=receipt_of(event, payload),
@@ -206,6 +212,23 @@ def message_key_of(event: str, payload: dict[str, Any]) -> str | None:
         suffix = f":{participant}" if isinstance(participant, str) and participant else ""
         return f"{event}:{message_id}:{payload.get('ack')}{suffix}"
     return f"{event}:{message_id}"
+
+
+def message_time_ms(payload: dict[str, Any]) -> int:
+    """When WhatsApp says a message was sent: its `payload.timestamp` (seconds, a number or a
+    numeric string) in ms, or 0 when it is anything else. Older NOWEB versions of WAHA passed
+    Baileys' `messageTimestamp` (a number or a protobuf Long, `{"low", "high", "unsigned"}`) on
+    as it came (newer ones wrap it in `ensureNumber`); read blindly, such a message failed its
+    turn on every try and ended as a dead letter, unanswered."""
+    value = payload.get("timestamp")
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return 0
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    return int(value) * 1000 if math.isfinite(value) and value > 0 else 0
 
 
 def short_message_id(message_id: str) -> str:

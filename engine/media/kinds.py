@@ -158,6 +158,31 @@ def describe(payload: Mapping[str, Any]) -> MediaRef | None:
     )
 
 
+# What WhatsApp tells as a message although no one wrote it: a call, the protocol's own messages
+# (a deletion, an edit or a reaction on older engines, key distribution) and WEBJS's notices.
+# NOWEB and GOWS: every key of the raw message is one of these (`messageContextInfo` rides along
+# with any message); WEBJS: `_data.type`.
+_RAW_NOTICES = frozenset({
+    "call", "protocolMessage", "senderKeyDistributionMessage", "messageContextInfo",
+    "reactionMessage", "encReactionMessage", "editedMessage", "keepInChatMessage",
+    "pinInChatMessage",
+})  # fmt: skip
+_WEBJS_NOTICES = frozenset({
+    "call_log", "e2e_notification", "notification", "notification_template", "gp2", "protocol",
+    "revoked", "ciphertext", "broadcast_notification", "pinned_message", "reaction",
+})  # fmt: skip
+
+
+def is_notice(payload: Mapping[str, Any]) -> bool:
+    """Whether a `message` payload is one of WhatsApp's notices rather than something a person
+    sent (a call on NOWEB comes as a `message` without a body: devlikeapro/waha#840). Content
+    this does not know (an order, a poll) is not a notice: the customer did send something."""
+    raw = _raw_message(payload)
+    if raw:
+        return all(key in _RAW_NOTICES for key in raw)
+    return _webjs(payload).get("type") in _WEBJS_NOTICES
+
+
 # --- reading the engines' shapes ---------------------------------------------------------------
 
 

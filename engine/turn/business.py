@@ -13,7 +13,7 @@ from engine.state import State, Trigger
 from engine.turn.frame import ConversationTurn
 from engine.waha_client import SentMessage
 from shared.delivery_status import status_for_ack
-from shared.events import short_message_id
+from shared.events import message_time_ms, short_message_id
 from shared.keys import WahaSessionKeys
 
 
@@ -42,7 +42,7 @@ async def from_business_phone(turn: ConversationTurn) -> None:
     text = str(payload.get("body") or "")
     if await is_our_send(turn, short, text):
         return  # the echo of one of our replies: already in the history
-    at = int(payload.get("timestamp") or 0) * 1000 or turn.event.received_at_ms
+    at = message_time_ms(payload) or turn.event.received_at_ms
     turn.record(
         HistoryEntry(
             mid=short or f"out-{turn.event.id}", direction="out", text=text, at=at,
@@ -80,7 +80,7 @@ async def is_our_send(turn: ConversationTurn, short_id: str, body: str) -> bool:
             continue
         waha_id = str(turn.payload.get("id") or "")
         if sender is not None and waha_id:
-            echo_at_ms = int(turn.payload.get("timestamp") or 0) * 1000
+            echo_at_ms = message_time_ms(turn.payload)
             await sender.settle_echo(
                 turn.conversation.token, marker, SentMessage(waha_id), echo_at_ms
             )

@@ -11,13 +11,13 @@ from engine.agent.calendar import Team
 from engine.brain import Decision, InboundMessage, Turn, reads_history
 from engine.history import HistoryEntry, mid_field, mid_from, recent, recent_from
 from engine.media.ingest import NOT_STORED, MediaItem, item_of
-from engine.media.kinds import describe
+from engine.media.kinds import describe, is_notice
 from engine.media.transcribe import TRANSCRIPT_MARK
 from engine.menu_brain import MenuBrain, goes_back, option_number, unheard_audio, words
 from engine.state import State, Trigger
 from engine.turn import freed_slot
 from engine.turn.frame import ConversationTurn
-from shared.events import short_message_id
+from shared.events import message_time_ms, short_message_id
 from shared.text import fold
 
 
@@ -31,13 +31,20 @@ async def message(turn: ConversationTurn) -> None:
         # Already in this conversation's history: handled before (a webhook replayed after
         # the gateway's dedupe window). Recorded once, answered once.
         return
-    at = int(payload.get("timestamp") or 0) * 1000 or turn.event.received_at_ms
+    at = message_time_ms(payload) or turn.event.received_at_ms
     item = await media_item(turn)
     kind = item.kind
     if kind != "text":
         # WAHA's body of a media message is its caption (of a WEBJS location, a thumbnail):
         # the history and the brain get the caption and the media fields instead.
         text = item.caption
+    elif not text.strip() and is_notice(payload):
+        # Nothing the customer wrote or sent: WAHA tells some events as a `message` without
+        # words or media (a call, WhatsApp's own notices, an edit or a deletion on older
+        # engines). Not a turn: nothing recorded, no reply (a call used to be answered "Não
+        # entendi…", or greeted). Wordless content we cannot read (an order, a poll) is still
+        # the customer's turn: answered as any message we do not understand.
+        return
     turn.record(
         HistoryEntry(
             mid=short_message_id(waha_id) if waha_id else f"in-{turn.event.id}",

@@ -40,6 +40,7 @@ QUEUED_IN = {
     ],
     ("mysession_waha", "5511987650052@c.us"): ["message-media-voice.json", "message-text.json"],
     ("default", "_session"): ["session-status.json"],
+    ("session_frwq9b", "5511987650054@c.us"): ["message-call.json"],
 }
 EXPECTED_CONVERSATION = {name: where for where, names in QUEUED_IN.items() for name in names}
 
@@ -320,10 +321,30 @@ async def test_body_over_the_cap_without_content_length_is_413(
         (b'{"session":"default","payload":{}}', 400, "invalid"),
         (b'{"event":"message","payload":{"id":"x"}}', 400, "invalid"),  # queued event, no session
         (b"", 400, "invalid"),
+        # A used event without a payload object, or whose payload names no chat, used to be
+        # queued as the session's event (and a list payload failed the worker's turn).
+        (b'{"event":"message","session":"default"}', 400, "invalid"),
+        (b'{"event":"message","session":"default","payload":[{"id":"x"}]}', 400, "invalid"),
+        (b'{"event":"session.status","session":"default","payload":null}', 400, "invalid"),
+        (b'{"event":"message","session":"default","payload":{"body":"oi"}}', 400, "invalid"),
         (b'{"event":"presence.update","session":"default","payload":{}}', 200, "ignored"),
         (b'{"event":"chat.archive","session":"default","payload":{}}', 200, "ignored"),
+        (b'{"event":"call.received","session":"default"}', 200, "ignored"),
     ],
-    ids=["not-json", "array", "no-event", "no-session", "empty", "presence", "unknown"],
+    ids=[
+        "not-json",
+        "array",
+        "no-event",
+        "no-session",
+        "empty",
+        "no-payload",
+        "list-payload",
+        "null-payload",
+        "no-chat",
+        "presence",
+        "unknown",
+        "unused-without-payload",
+    ],
 )
 async def test_unusable_bodies_are_answered_and_nothing_is_stored(
     body: bytes,
