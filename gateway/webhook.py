@@ -43,11 +43,6 @@ log = logging.getLogger("wsm.gateway.webhook")
 
 # WAHA retries a 503 on its own schedule; this tells any other client when to.
 RETRY_AFTER_SECONDS = b"2"
-# The replay window: a signed body whose top-level `timestamp` (ms) is older than
-# WSM_WEBHOOK_MAX_AGE_SECONDS, or further ahead than WEBHOOK_MAX_AHEAD_SECONDS, is answered
-# `stale`. Without it a body captured once is accepted again as soon as its dedupe marker
-# expires (and the settings refuse a dedupe window shorter than this one).
-DEFAULT_MAX_AGE_SECONDS = 3600
 
 
 class ClientDisconnected(Exception):
@@ -96,7 +91,11 @@ class WebhookEndpoint:
     shards: int
     dedupe_ttl_seconds: int
     key_prefix: str
-    max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS
+    # The replay window: a signed body whose top-level `timestamp` (ms) is older than this
+    # (WSM_WEBHOOK_MAX_AGE_SECONDS), or further ahead than WEBHOOK_MAX_AHEAD_SECONDS, is
+    # answered `stale`. Without it a body captured once is accepted again as soon as its dedupe
+    # marker expires (and the settings refuse a dedupe window shorter than this one).
+    max_age_seconds: float
 
     def __post_init__(self) -> None:
         self.hmac_keys = tuple(self.hmac_keys)
