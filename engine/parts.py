@@ -205,8 +205,9 @@ def media_ingest(
     library: MediaLibrary | None = None,
 ) -> MediaIngest:
     """Customers' media in their turn (engine/media/ingest.py): fetched from WAHA (WAHA_URL,
-    WAHA_API_KEY), stored in the media library, voice notes and audio given to `transcriber`.
-    Close it with `aclose()` (its HTTP client)."""
+    WAHA_API_KEY), stored in the media library, voice notes and audio given to `transcriber`,
+    both within the turn's deadline less what the turn needs after them
+    (Settings.turn_reserve_seconds). Close it with `aclose()` (its HTTP client)."""
     key = settings.waha_api_key.get_secret_value() if settings.waha_api_key else None
     fetcher = MediaFetcher(
         settings.waha_url,
@@ -220,6 +221,7 @@ def media_ingest(
         fetcher,
         transcriber=transcriber,
         admit=conversation_limits(redis, settings).admit_transcription if transcriber else None,
+        reserve_seconds=settings.turn_reserve_seconds,
     )
 
 

@@ -21,6 +21,10 @@ MIN_SECRET_CHARS = 32
 WEBHOOK_MAX_AHEAD_SECONDS = 300
 # What WSM_LOG_LEVEL may be (any case).
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# The share of a customer's turn (WSM_HANDLER_TIMEOUT_SECONDS) kept for its own Redis round
+# trips and its commit, besides what it waits for (Settings.turn_reserve_seconds): a twentieth,
+# 6 s of the default 120.
+TURN_MARGIN_SHARE = 0.05
 
 
 def is_loopback_host(host: str | None) -> bool:
@@ -391,7 +395,11 @@ class Settings(BaseSettings):
         30.0,
         alias="WSM_MEDIA_FETCH_TIMEOUT_SECONDS",
         gt=0,
-        description="Timeout of one download of a media file from WAHA.",
+        description=(
+            "Timeout of one download of a media file from WAHA. All the tries and the "
+            "transcription end within what the customer's turn can spare of "
+            'WSM_HANDLER_TIMEOUT_SECONDS (docs/conversations.md, "Media").'
+        ),
     )
     media_fetch_attempts: int = Field(
         3,
@@ -571,7 +579,12 @@ class Settings(BaseSettings):
         120,
         alias="WSM_HANDLER_TIMEOUT_SECONDS",
         gt=0,
-        description="A handler running longer is cancelled and its message retried.",
+        description=(
+            "A handler running longer is cancelled and its message retried. With GROQ_API_KEY it "
+            "must exceed WSM_LLM_TURN_DEADLINE_SECONDS + WSM_WAHA_TIMEOUT_SECONDS by more than a "
+            "twentieth of itself (52.63 s with their defaults); what a customer's turn does not "
+            "need of it is what their file (download, transcription) may take."
+        ),
     )
     shutdown_grace_seconds: float = Field(
         30,
@@ -629,7 +642,8 @@ class Settings(BaseSettings):
         gt=0,
         description=(
             "Longest a customer waits for the agent's answer to one message (all LLM rounds "
-            "and tools); past it the menu answers. Keep it well under WSM_HANDLER_TIMEOUT_SECONDS."
+            "and tools); past it the menu answers. Kept under WSM_HANDLER_TIMEOUT_SECONDS "
+            "(checked at start)."
         ),
     )
     llm_max_tool_rounds: int = Field(
@@ -899,6 +913,26 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _agent_answers_within_the_handler_timeout(self) -> Settings:
+        # After a customer's file, their turn may still wait for WAHA and the agent
+        # (turn_reserve_seconds): past the handler's timeout the worker cancels the turn,
+        # retries it and in the end dead-letters it unanswered. Without the agent the menu
+        # answers at once (and the worker's own tests run sub-second timeouts).
+        if self.agent_configured and self.turn_reserve_seconds >= self.handler_timeout_seconds:
+            least = (self.llm_turn_deadline_seconds + self.waha_timeout_seconds) / (
+                1 - TURN_MARGIN_SHARE
+            )
+            raise ValueError(
+                f"WSM_HANDLER_TIMEOUT_SECONDS ({self.handler_timeout_seconds:g}) must be more "
+                f"than {least:.4g}: with GROQ_API_KEY a customer's turn may wait "
+                f"WSM_LLM_TURN_DEADLINE_SECONDS ({self.llm_turn_deadline_seconds:g}) for the "
+                f"agent and WSM_WAHA_TIMEOUT_SECONDS ({self.waha_timeout_seconds:g}) for WAHA, "
+                f"and keeps {TURN_MARGIN_SHARE:.0%} of the timeout for Redis; the rest is what "
+                "a customer's file (its download and transcription) may take"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _booking_webhook_secured(self) -> Settings:
         if self.booking_webhook_url:
             _require_https("WSM_BOOKING_WEBHOOK_URL", self.booking_webhook_url)
@@ -920,6 +954,22 @@ class Settings(BaseSettings):
     @property
     def media_retention_seconds(self) -> int:
         return self.media_retention_days * 24 * 3600
+
+    @property
+    def agent_configured(self) -> bool:
+        """GROQ_API_KEY is set: the AI agent answers and voice notes are transcribed."""
+        return self.groq_api_key is not None and bool(self.groq_api_key.get_secret_value())
+
+    @property
+    def turn_reserve_seconds(self) -> float:
+        """What a customer's turn may still need once their file is fetched and transcribed:
+        WAHA's phone lookup (WSM_WAHA_TIMEOUT_SECONDS), the agent's answer
+        (WSM_LLM_TURN_DEADLINE_SECONDS, with GROQ_API_KEY) and TURN_MARGIN_SHARE of
+        WSM_HANDLER_TIMEOUT_SECONDS for Redis. The file gets the handler's timeout less this
+        (engine/media/ingest.py): 64 s of the default 120 with a key, 104 s without."""
+        agent = self.llm_turn_deadline_seconds if self.agent_configured else 0.0
+        margin = TURN_MARGIN_SHARE * self.handler_timeout_seconds
+        return self.waha_timeout_seconds + agent + margin
 
     @property
     def reminder_lead_ms(self) -> int:

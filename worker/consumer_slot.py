@@ -207,6 +207,8 @@ class ConsumerSlot:
             keeper=keeper,
             message=message,
             last_in_turn=message is lease.messages[-1],
+            # The instant the timeout below cancels the handler (taken just before it starts).
+            deadline=time.monotonic() + self.handler_timeout,
         )
         self.handling = True
         started = time.perf_counter()

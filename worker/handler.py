@@ -19,6 +19,9 @@ conversation, so handlers keep their effects inside `ctx.commit` or make them re
   at once, so the next message's handler sees its writes.
 - `await ctx.extend_lease()` pushes the lease out now (raises LeaseLost). The fleet already
   extends it every third of WSM_LEASE_SECONDS while the handler runs.
+- `ctx.deadline` is when the fleet cancels the handler (a `time.monotonic()` value,
+  WSM_HANDLER_TIMEOUT_SECONDS after it started): work that can give up early fits itself before
+  it (the engine's media, engine/media/ingest.py) rather than have the message retried.
 - Raising anything else counts a failed attempt: the message is retried after a backoff, and
   after WSM_MAX_ATTEMPTS it goes to the dead letters and the conversation moves on.
 - `ctx.redis` is the process's Redis client, for reads (and for idempotent writes outside the
@@ -83,6 +86,7 @@ class HandlerContext:
         keeper: LeaseKeeper,
         message: ClaimedMessage,
         last_in_turn: bool = False,
+        deadline: float | None = None,
     ) -> None:
         self._consumer = consumer
         self._keeper = keeper
@@ -92,6 +96,8 @@ class HandlerContext:
         self.attempt = message.attempts + 1
         # The turn's last message: nothing is handled after it before the release.
         self.last_in_turn = last_in_turn
+        # When the fleet cancels this handler (time.monotonic()); None: no timeout.
+        self.deadline = deadline
         self.committed = False
 
     @property

@@ -29,9 +29,10 @@
 - `wsm_transcriptions_total{result,reason}`: customers' voice notes and audio sent to Groq's
   speech-to-text (engine/media/transcribe.py), by result: `ok`; `failed` with the request's
   reason (timeout, connection_error, rate_limited, server_error, model_not_found, not_found,
-  auth_error, bad_request, request_too_large, bad_response, error); `skipped` with why no
-  request was made (too_large: over Groq's 25 MB upload limit, empty, breaker_open). An `ok`
-  whose text is empty (silence) has reason `empty`.
+  auth_error, bad_request, request_too_large, bad_response, error; turn_deadline: cut when the
+  customer's turn had no time left, engine/media/ingest.py); `skipped` with why no request was
+  made (too_large: over Groq's 25 MB upload limit, empty, breaker_open, turn_limit,
+  turn_deadline). An `ok` whose text is empty (silence) has reason `empty`.
 - `wsm_transcription_duration_seconds`: time of each transcription request (failures
   included).
 """

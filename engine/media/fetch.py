@@ -12,15 +12,17 @@ Bounded: WSM_MEDIA_FETCH_TIMEOUT_SECONDS per try, for the whole try (a server th
 bytes cannot hold the turn past it: httpx's own timeouts bound each wait, not the download),
 WSM_MEDIA_FETCH_ATTEMPTS tries for what a
 repeat can fix (network errors, timeouts, 5xx, 429; shared/backoff.py between them), and the
-body is streamed and dropped at WSM_MEDIA_MAX_BYTES. Every failure is an answer with a reason
-(`http_404`, `timeout`, `too_big`, ...), never an exception: the conversation goes on without
-the file.
+body is streamed and dropped at WSM_MEDIA_MAX_BYTES. Given a deadline (the customer's turn's,
+engine/media/ingest.py), no try and no wait between tries runs past it: a try is cut at it, and
+a file not had by then is `timeout`. Every failure is an answer with a reason (`http_404`,
+`timeout`, `too_big`, ...), never an exception: the conversation goes on without the file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -89,16 +91,22 @@ class MediaFetcher:
             return None
         return urlunsplit((self.base.scheme, self.base.netloc, base_path + path, parts.query, ""))
 
-    async def fetch(self, url: str) -> Fetched:
+    async def fetch(self, url: str, *, deadline: float | None = None) -> Fetched:
+        """The file, tried up to `attempts` times; with `deadline` (time.monotonic()) nothing
+        runs past it."""
         target = self.resolve(url)
         if target is None:
             return Fetched(None, reason=FOREIGN_URL)
         reason = NETWORK
         for attempt in range(1, self.attempts + 1):
+            budget = self._budget(deadline)
+            if budget <= 0:
+                reason = TIMEOUT
+                break
             retry_after: float | None = None
             try:
                 async with (
-                    asyncio.timeout(self.timeout_seconds),
+                    asyncio.timeout(budget),
                     self._client.stream("GET", target) as response,
                 ):
                     status = response.status_code
@@ -116,12 +124,19 @@ class MediaFetcher:
                 reason = NETWORK
                 log.info("media fetch failed", extra={"error": type(exc).__name__})
             if attempt < self.attempts:
-                await asyncio.sleep(
-                    backoff_seconds(
-                        attempt, self.backoff_base, self.backoff_max, retry_after=retry_after
-                    )
+                delay = backoff_seconds(
+                    attempt, self.backoff_base, self.backoff_max, retry_after=retry_after
                 )
+                if deadline is not None and time.monotonic() + delay >= deadline:
+                    break  # no time left for another try: this one's reason stands
+                await asyncio.sleep(delay)
         return Fetched(None, reason=reason)
+
+    def _budget(self, deadline: float | None) -> float:
+        """How long the next try may take: the timeout, or less when the deadline is nearer."""
+        if deadline is None:
+            return self.timeout_seconds
+        return min(self.timeout_seconds, deadline - time.monotonic())
 
     async def _body(self, response: httpx.Response) -> Fetched:
         mimetype = response.headers.get("content-type", "")

@@ -8,11 +8,22 @@ a reason, and the conversation goes on. Storing is idempotent (a file is named b
 and a redelivered message (the turn crashed before its commit) finds its file, and its
 transcript, by its WhatsApp id: nothing is fetched, stored or transcribed twice. A message
 already in the history never gets here (engine/turn/customer.py returns before).
+
+Bounded by the turn: given the turn's deadline (when the worker cancels the handler,
+WSM_HANDLER_TIMEOUT_SECONDS after it started), the download and the transcription get only the
+time before it less `reserve_seconds`, what the turn may still need after the file to answer
+(Settings.turn_reserve_seconds: WAHA's phone lookup, the agent's answer, Redis). A file not
+downloaded by then is `timeout`, a transcription cut then leaves the voice note untranscribed
+(stored: an attendant can still play it), and the customer gets the brain's answer to a file it
+cannot read (the menu's `audio_unsupported` for a voice note) in this delivery, instead of a
+turn the worker cancels, retries and dead-letters unanswered.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -32,6 +43,8 @@ log = logging.getLogger(__name__)
 # Reasons of our own (WAHA's and the fetch's are in kinds.py and fetch.py).
 NOT_STORED = "not_stored"  # this engine has no media store
 STORE_FAILED = "store_failed"
+# A transcription skipped or cut because the turn had no time left for it (the metrics' reason).
+TURN_DEADLINE = "turn_deadline"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,18 +85,29 @@ class MediaIngest:
         *,
         transcriber: Transcriber | None = None,
         admit: Callable[[str], Awaitable[bool]] | None = None,
+        reserve_seconds: float = 0.0,
     ) -> None:
         """`admit(conversation token)`: whether this conversation may have a voice note
-        transcribed now (engine/agent/limits.py); not admitted, it is kept untranscribed."""
+        transcribed now (engine/agent/limits.py); not admitted, it is kept untranscribed.
+        `reserve_seconds`: what the turn keeps for itself before its deadline (see above)."""
         self.library = library
         self.fetcher = fetcher
         self.transcriber = transcriber
         self.admit = admit
+        self.reserve_seconds = reserve_seconds
 
-    async def ingest(self, conversation: Conversation, payload: Mapping[str, Any]) -> MediaItem:
+    async def ingest(
+        self,
+        conversation: Conversation,
+        payload: Mapping[str, Any],
+        *,
+        deadline: float | None = None,
+    ) -> MediaItem:
+        """`deadline`: the turn's (time.monotonic()); None: each step's own bounds only."""
         ref = describe(payload)
         if ref is None or not ref.is_media or not ref.downloaded or ref.url is None:
             return item_of(ref)
+        until = None if deadline is None else deadline - self.reserve_seconds
         token = conversation.token
         message_id = str(payload.get("id") or "")
         if message_id:
@@ -92,9 +116,9 @@ class MediaIngest:
                 stored, entry = known
                 transcript = entry.get("transcript")
                 if not isinstance(transcript, str):
-                    transcript = await self._transcribe_stored(token, ref, stored)
+                    transcript = await self._transcribe_stored(token, ref, stored, until)
                 return self._item(ref, stored, transcript)
-        fetched = await self.fetcher.fetch(ref.url)
+        fetched = await self.fetcher.fetch(ref.url, deadline=until)
         if fetched.data is None:
             return item_of(ref, reason=fetched.reason)
         mimetype = ref.mimetype or fetched.mimetype.split(";")[0].strip()
@@ -109,34 +133,48 @@ class MediaIngest:
             # file rather than retried until it is a dead letter; the log says why.
             log.exception("storing a customer's media failed", extra={"conversation": token})
             return item_of(ref, reason=STORE_FAILED)
-        transcript = await self._transcribe(token, ref, stored, fetched.data)
+        transcript = await self._transcribe(token, ref, stored, fetched.data, until)
         return self._item(ref, stored, transcript)
 
     def _item(self, ref: MediaRef, stored: StoredMedia, transcript: str | None) -> MediaItem:
         return MediaItem(kind=ref.kind, caption=ref.caption, media=stored, transcript=transcript)
 
     async def _transcribe_stored(
-        self, token: str, ref: MediaRef, stored: StoredMedia
+        self, token: str, ref: MediaRef, stored: StoredMedia, until: float | None
     ) -> str | None:
         if ref.kind not in TRANSCRIBED_KINDS or self.transcriber is None:
             return None
         data = await self.library.read(stored)
-        return None if data is None else await self._transcribe(token, ref, stored, data)
+        return None if data is None else await self._transcribe(token, ref, stored, data, until)
 
     async def _transcribe(
-        self, token: str, ref: MediaRef, stored: StoredMedia, data: bytes
+        self, token: str, ref: MediaRef, stored: StoredMedia, data: bytes, until: float | None
     ) -> str | None:
         if ref.kind not in TRANSCRIBED_KINDS or self.transcriber is None:
+            return None
+        if until is not None and until <= time.monotonic():
+            # Nothing left of the turn's time: not sent (nor counted against the conversation).
+            TRANSCRIPTIONS.labels("skipped", TURN_DEADLINE).inc()
             return None
         if self.admit is not None and not await self.admit(token):
             TRANSCRIPTIONS.labels("skipped", "turn_limit").inc()
             return None
+        budget = asyncio.timeout(None if until is None else until - time.monotonic())
         try:
-            transcript = await self.transcriber.transcribe(
-                data, filename=ref.filename or "", mimetype=stored.mimetype
-            )
+            async with budget:
+                transcript = await self.transcriber.transcribe(
+                    data, filename=ref.filename or "", mimetype=stored.mimetype
+                )
         except Exception:  # the Protocol says None on failure; a transcriber that raises anyway
-            log.exception("transcription failed")
+            if budget.expired():
+                # Cut at the turn's deadline (GroqTranscriber leaves its breaker unjudged): the
+                # voice note stays stored, untranscribed.
+                TRANSCRIPTIONS.labels("failed", TURN_DEADLINE).inc()
+                log.warning(
+                    "transcription cut at the turn's deadline", extra={"conversation": token}
+                )
+            else:
+                log.exception("transcription failed")
             return None
         text = transcript.strip() if isinstance(transcript, str) else ""
         if not text:

@@ -75,9 +75,12 @@ async def message(turn: ConversationTurn) -> None:
 
 async def media_item(turn: ConversationTurn) -> MediaItem:
     """The message's kind and media: fetched, stored and transcribed when the engine keeps
-    media (never raises: a file that cannot be had is recorded with a reason)."""
+    media, within the turn's deadline (never raises: a file that cannot be had in time is
+    recorded with a reason)."""
     if turn.tools.media is not None:
-        return await turn.tools.media.ingest(turn.conversation, turn.payload)
+        return await turn.tools.media.ingest(
+            turn.conversation, turn.payload, deadline=turn.deadline
+        )
     return item_of(describe(turn.payload), reason=NOT_STORED)
 
 

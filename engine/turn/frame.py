@@ -104,6 +104,10 @@ class ConversationTurn:
         self.line = tools.line.for_session(event.session)
         self.event = event
         self.ctx = ctx
+        # When the worker cancels this handler (worker/handler.py HandlerContext.deadline,
+        # time.monotonic()): the customer's media fit themselves before it. None for a context
+        # without one (the engine driven directly).
+        self.deadline: float | None = getattr(ctx, "deadline", None)
         self.conversation = Conversation(event.session, event.chat_id)
         self.keys = tools.config.keys(self.conversation)
         self.history = history_keys(self.keys)

@@ -4,6 +4,7 @@ outcome does to its message, and the fairness of turns."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -66,6 +67,25 @@ async def test_a_handler_past_its_timeout_counts_a_failed_attempt(
 
     await run_slot(aredis, key_prefix, hangs, delayed, handler_timeout=0.1)
     assert await aredis.hget(keys.attempts, sent[chat][0]) == b"1"
+
+
+async def test_a_handler_is_told_when_its_timeout_cancels_it(aredis: Any, key_prefix: str) -> None:
+    """`ctx.deadline` is the handler's start plus its timeout, on time.monotonic()'s clock: what
+    the engine fits a customer's media before (engine/media/ingest.py)."""
+    chat = chat_id(2)
+    sent = await enqueue_texts(aredis, key_prefix, {chat: ["a"]})
+    seen: list[tuple[float, float | None]] = []
+
+    async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
+        seen.append((time.monotonic(), ctx.deadline))
+        await record(event, ctx)
+
+    async def handled() -> bool:
+        return await handled_ids(aredis, chat, key_prefix) == sent[chat]
+
+    await run_slot(aredis, key_prefix, handler, handled, handler_timeout=7.0)
+    [(started, deadline)] = seen
+    assert deadline is not None and 0 <= started + 7.0 - deadline < 0.5
 
 
 async def test_a_handler_that_cannot_reach_redis_costs_no_attempt(
