@@ -1,8 +1,8 @@
 """The AI agent's metrics, counted in the worker processes (prometheus multiprocess mode).
 
 - `wsm_llm_requests_total{result}`: every HTTP request to the model, by outcome: ok, timeout,
-  connection_error, rate_limited, server_error, model_not_found, bad_request, tool_use_failed,
-  auth_error, bad_response.
+  connection_error, rate_limited, server_error, request_too_large, model_not_found, not_found,
+  bad_request, tool_use_failed, auth_error, bad_response.
 - `wsm_llm_duration_seconds`: time of each request (failures included).
 - `wsm_llm_tokens_total{kind}`: prompt and completion tokens from the response's `usage`.
 - `wsm_llm_fallbacks_total{reason}`: customer messages answered by the menu instead of the
@@ -13,8 +13,9 @@
 - `wsm_agent_burst_deferred_total`: customer messages not answered on their own because more
   of the same customer's messages were already queued behind them (one answer per burst).
 - `wsm_agent_tool_calls_total{tool,result}`: tools the model called, by result (ok,
-  confirmation_required, invalid_arguments, unknown_tool, unknown_service, invalid_slot,
-  slot_taken, booking_limit, not_found, changed).
+  confirmation_required, invalid_arguments, unknown_tool, unknown_service, unknown_team,
+  invalid_slot, slot_taken, already_booked, booking_limit, not_found, changed, no_documents):
+  fixed codes, never the model's words (its unknown tool is `tool="unknown"`).
 - `wsm_llm_ratelimit_remaining{kind}`: Groq's `x-ratelimit-remaining-requests` / `-tokens`
   from the latest response (any process: the most recent value wins).
 - `wsm_booking_webhook_deliveries_total{result}`: booking webhook deliveries (delivered,
@@ -44,17 +45,37 @@ from prometheus_client import Counter, Gauge, Histogram
 LLM_REQUESTS = Counter(
     "wsm_llm_requests_total", "Requests to the LLM, by result.", ["result"]
 )  # fmt: skip
+# The label values of the counters an alert or a panel rates (requests, tokens, fallbacks,
+# reminders) are exported from the start, at 0, as wsm_outbox_sends_total's are
+# (engine/metrics.py): a series that first appears at 1 is an increase of 0 to Prometheus, so
+# WsmLlmFallbackRateHigh and the panels would miss a worker's first fallback (found by an audit).
+LLM_RESULTS = (
+    "ok", "timeout", "connection_error", "rate_limited", "server_error", "request_too_large",
+    "model_not_found", "not_found", "auth_error", "bad_request", "tool_use_failed",
+    "bad_response",
+)  # fmt: skip
+for _result in LLM_RESULTS:
+    LLM_REQUESTS.labels(_result)
 LLM_DURATION = Histogram(
     "wsm_llm_duration_seconds",
     "Duration of one LLM request (failed ones included).",
     buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 12, 20, 30, 60),
 )
 LLM_TOKENS = Counter("wsm_llm_tokens_total", "Tokens used by the LLM, by kind.", ["kind"])
+for _kind in ("prompt", "completion"):
+    LLM_TOKENS.labels(_kind)
 LLM_FALLBACKS = Counter(
     "wsm_llm_fallbacks_total",
     "Customer messages answered by the menu brain instead of the LLM, by reason.",
     ["reason"],
 )
+FALLBACK_REASONS = (
+    "no_api_key", "breaker_open", "timeout", "rate_limited", "server_error", "connection_error",
+    "model_error", "bad_response", "tool_rounds", "request_too_large", "turn_limit",
+    "token_limit", "unheard_audio",
+)  # fmt: skip
+for _reason in FALLBACK_REASONS:
+    LLM_FALLBACKS.labels(_reason)
 BURST_DEFERRED = Counter(
     "wsm_agent_burst_deferred_total",
     "Customer messages answered together with the ones queued right behind them.",
@@ -90,6 +111,8 @@ REMINDERS = Counter(
     "Booking reminders, by event (due, sent, confirmed, rescheduled, cancelled, unanswered).",
     ["event"],
 )
+for _event in ("due", "sent", "confirmed", "rescheduled", "cancelled", "unanswered"):
+    REMINDERS.labels(_event)
 FREED_SLOTS = Counter(
     "wsm_freed_slot_offers_total",
     "Cancelled slots offered to the waiting line, by event (queued, sent, taken, lost).",

@@ -383,7 +383,10 @@ class ToolSession:
             if team is None:
                 return {
                     "ok": False,
-                    "error": f"unknown team {args.team!r}",
+                    # A fixed code (it labels wsm_agent_tool_calls_total); the model's words
+                    # go in the detail only.
+                    "error": "unknown_team",
+                    "detail": f"no team {args.team[:60]!r}",
                     "teams": [{"id": t.id, "name": t.name} for t in teams],
                 }
             self.handoff_team = team.id

@@ -137,3 +137,38 @@ def test_a_workers_dropped_reply_counter_is_exported_at_0_before_the_first_drop(
     )  # fmt: skip
     for result in ("dead", "sent", "retry", "parked", "waha_plus_required"):
         assert f'wsm_outbox_sends_total{{result="{result}"}} 0.0' in done.stdout, result
+
+
+def runbook_sections() -> dict[str, str]:
+    """Each `### Wsm...` runbook entry of docs/operations.md: its text up to the next heading."""
+    doc = OPERATIONS_DOC.read_text("utf-8")
+    parts = re.split(r"^### (Wsm\w+)\s*$", doc, flags=re.MULTILINE)
+    return {
+        name: re.split(r"^##", body, flags=re.MULTILINE)[0]
+        for name, body in zip(parts[1::2], parts[2::2], strict=True)
+    }
+
+
+def test_every_runbook_entry_names_the_metrics_its_alert_reads() -> None:
+    """Whoever is woken up looks for the series that fired; most entries named only panels
+    (found by an audit)."""
+    sections = runbook_sections()
+    for rule in alert_rules():
+        expression = rule["expr"]
+        read = {
+            *re.findall(r"\bwsm_\w+", expression),
+            *re.findall(r'\bup\{job="\w+"\}', expression),
+        }
+        assert read, rule["alert"]
+        missing = {name for name in read if name not in sections[rule["alert"]]}
+        assert not missing, f"the runbook of {rule['alert']} does not name {sorted(missing)}"
+
+
+def test_the_runbooks_docker_compose_exec_commands_name_a_compose_service() -> None:
+    """`docker compose exec` takes a service: WsmWorkerTargetDown's `docker compose exec
+    <container> ...` could not run (found by an audit)."""
+    services = set(yaml.safe_load((REPO / "compose.yaml").read_text("utf-8"))["services"])
+    doc = OPERATIONS_DOC.read_text("utf-8")
+    named = re.findall(r"docker compose exec\s+(?:-\S+\s+)*([^\s`]+)", doc)
+    assert named
+    assert set(named) <= services, sorted(set(named) - services)
