@@ -3,6 +3,8 @@
     wsm dlq list [--json]              oldest first: when, attempts, why, conversation, id, error
     wsm dlq replay (ID... | --all)     back to the head of its conversation, fresh attempts
     wsm dlq drop (ID... | --all)       delete for good
+    wsm dlq outbox list | replay | drop
+                                       the replies the sender gave up on (worker/dlq_outbox.py)
 
 IDs are message ids (`evt_…`, as `list` shows them). Each shard keeps at most
 WSM_DEAD_LETTERS_MAX dead letters for WSM_DEAD_LETTER_DAYS; `list` says how many older ones were
@@ -27,16 +29,22 @@ from shared.dead_letters import (
     list_dead_letters,
     replay_dead_letters,
 )
+from shared.outbox_dead_letters import count_outbox_dead_letters
 from shared.redis_client import RedisClient, connect
 from shared.settings import Settings
 from shared.startup import load_settings
+from worker import dlq_outbox
 
 # A replay waits this long at most for a leased conversation to finish its turn.
 DEFAULT_BUSY_WAIT_SECONDS = 30.0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wsm dlq", description="Manage dead letters.")
+    parser = argparse.ArgumentParser(
+        prog="wsm dlq",
+        description="Manage dead letters: the queue's (messages the workers gave up on) and, "
+        "with `outbox`, the outbox's (replies the sender gave up on).",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="show dead letters, oldest first")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -54,13 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
                 default=DEFAULT_BUSY_WAIT_SECONDS,
                 help="seconds to wait for a busy conversation (default 30)",
             )
+    dlq_outbox.add_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command != "list" and bool(args.ids) == bool(args.all):
+    if args.command == "outbox":
+        problem = dlq_outbox.usage_error(args)
+        if problem:
+            parser.error(problem)
+    elif args.command != "list" and bool(args.ids) == bool(args.all):
         parser.error(f"{args.command}: give message ids or --all (not both)")
     settings = load_settings("wsm dlq")
     if settings is None:
@@ -71,16 +84,25 @@ def main(argv: list[str] | None = None) -> int:
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     client = connect(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
     try:
+        if args.command == "outbox":
+            return await dlq_outbox.run(client, settings, args)
         letters = await list_dead_letters(client, settings.queue_shards, settings.key_prefix)
         if args.command == "list":
             print_letters(letters, as_json=args.json)
+            if args.json:
+                return 0
             dropped = await dropped_dead_letters(client, settings.queue_shards, settings.key_prefix)
-            if dropped and not args.json:
+            if dropped:
                 print(
                     f"({dropped} older dead letters were dropped: at most "
                     f"{settings.dead_letters_max} per shard are kept, for "
                     f"{settings.dead_letter_days:g} days)"
                 )
+            replies = await count_outbox_dead_letters(
+                client, settings.queue_shards, settings.key_prefix
+            )
+            if replies:
+                print(f"({replies} replies the sender gave up on: wsm dlq outbox list)")
             return 0
         chosen, missing = choose(letters, args.ids, args.all)
         if args.all and not chosen:

@@ -80,6 +80,10 @@ TESTS: dict[str, list[str]] = {
         "tests/worker/test_mutants.py",
     ],
     "replay_dead_letter": ["tests/worker/test_replay_dead_letter_script.py"],
+    "replay_outbox_dead": [
+        "tests/worker/test_replay_outbox_dead_script.py",
+        "tests/worker/test_dlq_outbox_cli.py",
+    ],
     "reclaim_stale_claims": ["tests/worker/test_reclaim_stale_claims_script.py"],
     "outbox_sent": ["tests/engine/test_outbox_scripts.py"],
     "history_fact": ["tests/engine/test_light_path.py", "tests/engine/test_conversations.py"],
