@@ -3,7 +3,8 @@
 
 `send_media` checks everything before anything is stored (the conversation exists; this WAHA
 session was not found unable to send files; the file is not empty, not above
-WSM_MEDIA_MAX_BYTES, of an allowed type whose first bytes match it; the caption's length), then
+WSM_MEDIA_MAX_BYTES, of an allowed type whose first bytes match it; the caption's length; an
+Idempotency-Key not used before for another file or caption), then
 stores the file through the media store (indexed under the conversation, like a customer's),
 queues `wsm.agent_media` to the conversation (the same command queue, dedupe and
 Idempotency-Key scoping as an agent's text), and waits, for at most
@@ -29,11 +30,18 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from engine import commands
 from engine.commands import CommandQueue
 from engine.media.store import MediaLibrary
 from engine.sender import WAHA_PLUS_REQUIRED
-from shared.keys import WahaSessionKeys, conversation_token, engine_keys_for
+from shared.keys import (
+    WahaSessionKeys,
+    conversation_token,
+    engine_keys_for,
+    keys_for_conversation,
+)
 from shared.redis_client import RedisClient
 from shared.settings import Settings
 from shared.text import as_text
@@ -210,6 +218,30 @@ def command_id_for(session: str, chat_id: str, name: str, key: str | None) -> st
     return f"api:{uuid.uuid4().hex}"
 
 
+KEY_REUSED = (
+    "this Idempotency-Key was used for another request to this conversation (another text or "
+    "file): nothing was queued; send a new command with a new key"
+)
+
+
+async def same_request(
+    queue: CommandQueue, session: str, chat_id: str, command_id: str, request: dict[str, Any]
+) -> bool:
+    """Whether a client's key (`command_id`, from command_id_for) names this request: True the
+    first time (its digest is kept as long as the command's dedupe marker, next to it) and for
+    a retry of the same request; False when the key was first sent with another one (a retry
+    would otherwise answer "queued" for a text or file that is never sent). Atomic: of two
+    different requests racing with one key, one wins."""
+    digest = hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    shard = keys_for_conversation(session, chat_id, queue.shards, queue.prefix).shard_keys
+    # Named by a digest of the command id, like the command's own marker: no key names the
+    # customer (an erase leaves nothing that does).
+    named = "req_" + hashlib.sha256(command_id.encode()).hexdigest()[:32]
+    marker = shard.seen_event(session, named)
+    first = await queue.redis.set(marker, digest, nx=True, get=True, ex=queue.dedupe_ttl_seconds)
+    return first is None or as_text(first) == digest
+
+
 def message_id_for(command_id: str) -> str:
     """The reply's history id, from the command's: a retried request follows the same reply."""
     return hashlib.sha256(f"media\n{command_id}".encode()).hexdigest()[:32]
@@ -248,12 +280,24 @@ async def send_media(
         caption = ""  # WhatsApp shows no caption on a voice note
     mimetype = "audio/ogg; codecs=opus" if kind == "voice" else base_mimetype(mimetype)
     name = clean_filename(filename, mimetype)
+    command_id = command_id_for(session, chat_id, commands.AGENT_MEDIA, idempotency_key)
+    request = {
+        "agent_id": agent_id,
+        "agent_name": agent_name or agent_id,
+        "caption": caption,
+        "mimetype": mimetype,
+        "filename": name,
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    if idempotency_key and not await same_request(
+        parts.queue, session, chat_id, command_id, request
+    ):
+        raise MediaRefused(422, "idempotency_key_reused", KEY_REUSED)
 
     token = conversation_token(session, chat_id)
     # Stored and indexed under the conversation like a customer's file: GET /api/media/<id>
     # serves it, the history names it, an erase removes it.
     stored = await parts.library.save(token, data, mimetype, name)
-    command_id = command_id_for(session, chat_id, commands.AGENT_MEDIA, idempotency_key)
     mid = message_id_for(command_id)
     media = {
         "id": stored.id,

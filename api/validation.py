@@ -12,16 +12,19 @@ message, close, handback: every POST on a conversation) to a conversation that d
 is answered 404: the API answers customers, it cannot cold-message arbitrary numbers.
 
 One router dependency (`operator_input`), so every route under /api gets the checks without
-each repeating them.
+each repeating them. The rules bodies share live here too: what an agent writes (`ReplyText`,
+also the console's), an agent's name (`AgentName`), a history cursor (`history_cursor`, also
+the console's pages and live channel); the JSON bodies refuse fields they do not take.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import HTTPException, Request
+from pydantic import AfterValidator, StringConstraints
 
 from shared.keys import engine_keys_for
 from shared.redis_client import RedisClient
@@ -30,6 +33,61 @@ SESSION = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CHAT_ID = re.compile(r"[0-9]{1,32}@(?:c\.us|lid|s\.whatsapp\.net)")
 AGENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
 AGENT_ID_RULE = "an agent id: 1-64 of A-Z a-z 0-9 . _ @ + -, starting with one of A-Z a-z 0-9"
+# What an agent writes to a customer (API and console): trimmed, then 1 to REPLY_MAX characters;
+# a text of only spaces and line breaks is refused, never sent as a blank message.
+REPLY_MAX = 4096
+NAME_MAX = 100
+
+
+def not_blank(value: str) -> str:
+    if not value:
+        raise ValueError("must have a character other than spaces and line breaks")
+    return value
+
+
+ReplyText = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, max_length=REPLY_MAX),
+    AfterValidator(not_blank),
+]
+
+
+def display_name(value: str | None) -> str | None:
+    """An agent's name as given (the API's `name` / `agent_name`): trimmed; blank is none, and
+    the agent id stands in (customers are told who took them: never a name of spaces)."""
+    return (value or "").strip() or None
+
+
+AgentName = (
+    Annotated[
+        str,
+        StringConstraints(strip_whitespace=True, max_length=NAME_MAX),
+        AfterValidator(display_name),
+    ]
+    | None
+)
+
+# A Redis stream id (a history entry's, the console's events'): `<ms>-<seq>`, each a 64-bit
+# unsigned integer. Redis answers a larger one, or a range past the last possible id, with an
+# error (a 500 here), not with an empty page.
+STREAM_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
+_U64 = 2**64 - 1
+
+
+def stream_id(value: str) -> tuple[int, int] | None:
+    """(ms, seq) of a stream id usable as an exclusive bound (seq 0 when left out; never the
+    last possible id), None for anything else."""
+    found = STREAM_ID.fullmatch(value)
+    if found is None:
+        return None
+    ms, seq = int(found[1]), int(found[2] or 0)
+    return (ms, seq) if ms <= _U64 and seq <= _U64 and (ms, seq) != (_U64, _U64) else None
+
+
+def history_cursor(value: str) -> bool:
+    """A history page's `before` (exclusive): a stream id with ids below it (not 0-0)."""
+    return stream_id(value) not in (None, (0, 0))
+
 
 _RULES: dict[str, tuple[re.Pattern[str], str]] = {
     "session": (SESSION, "a WAHA session name: 1-64 of A-Z a-z 0-9 _ -"),

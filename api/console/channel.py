@@ -20,6 +20,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 from sse_starlette.sse import EventSourceResponse
 
+from api.validation import stream_id
 from engine.waiting_line import now_ms
 from shared.keys import split_conversation_token
 
@@ -30,10 +31,8 @@ from .sessions import Viewer
 
 
 def _valid_id(value: str | None) -> str:
-    if not value:
-        return ""
-    ms, _, seq = value.partition("-")
-    return value if ms.isdigit() and seq.isdigit() else ""
+    # `<ms>-<seq>` that Redis takes as a bound (api/validation.py), else none.
+    return value if value and "-" in value and stream_id(value) is not None else ""
 
 
 class PageChannel:

@@ -5,19 +5,23 @@ line's set_online / set_offline, "Atender próximo" through the coordinator's ta
 reply, a close or a handback as a command queued to the conversation (engine/commands.py), so
 the worker handles it in order with the customer's messages, exactly once. The agent is always
 the logged-in one (the session's), never anything the page sends; a command is named after the
-form's one-time nonce, so a form sent twice queues once.
+form's one-time nonce and what it sends, so a form sent twice queues once, and sent again with
+another text or file (a failed request left it on the page) queues that one too.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 from urllib.parse import quote
 
+import orjson
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.datastructures import FormData, UploadFile
 
 from api.media_send import MediaRefused, media_send_parts, send_media
+from api.validation import REPLY_MAX, history_cursor
 from engine import commands
 from engine import parts as engine_parts
 from engine.sender import WAHA_PLUS_REQUIRED
@@ -32,7 +36,7 @@ from .views import ConversationView
 
 CLOSABLE = {State.BOT, State.WAITING, State.AGENT, State.PAUSED}
 HANDBACKABLE = {State.WAITING, State.AGENT, State.PAUSED}
-MAX_REPLY = 4096
+MAX_REPLY = REPLY_MAX  # the API's rule for what an agent writes (api/validation.py)
 # Room for the multipart envelope and the small fields around an uploaded file.
 UPLOAD_OVERHEAD = 64 * 1024
 NOTICES = {"empty": "take_next.empty", "offline": "take_next.offline", "full": "take_next.full"}
@@ -165,6 +169,13 @@ def router(console: Console) -> APIRouter:
             raise HTTPException(404, ui.t("error.not_found"))
         return token
 
+    def sent_once(viewer: Viewer, nonce: str, *what: Any) -> str:
+        """The name of what a form sends: its nonce (a double click sends once) and a digest
+        of what it carries (the same form with another text is another message, never
+        dropped as a repeat of the first)."""
+        digest = hashlib.sha256(orjson.dumps(what, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        return f"console:{viewer.id}:{nonce or ui.nonce()}:{digest[:32]}"
+
     async def queue(
         viewer: Viewer,
         session: str,
@@ -173,7 +184,7 @@ def router(console: Console) -> APIRouter:
         payload: dict[str, Any],
         nonce: str,
     ) -> bool:
-        command_id = f"console:{viewer.id}:{nonce or ui.nonce()}"
+        command_id = sent_once(viewer, nonce, name, payload)
         return await console.queue.send(session, chat_id, name, payload, event_id=command_id)
 
     @routes.post("/c/{session}/{chat_id}/reply")
@@ -271,8 +282,10 @@ def router(console: Console) -> APIRouter:
                 filename=filename,
                 caption=caption,
                 # Scoped to the conversation and the action by send_media: a form sent twice
-                # (its nonce) sends the file once.
-                idempotency_key=f"console:{viewer.id}:{nonce or ui.nonce()}",
+                # (its nonce) sends the file once; with another file or caption, that one.
+                idempotency_key=sent_once(
+                    viewer, nonce, hashlib.sha256(data).hexdigest(), mimetype, filename, caption
+                ),
             )
         except MediaRefused as refusal:
             return upload_form(
@@ -346,7 +359,5 @@ def router(console: Console) -> APIRouter:
 
 
 def _cursor(before: str | None) -> str | None:
-    if before is None:
-        return None
-    ms, _, seq = before.partition("-")
-    return before if ms.isdigit() and (not seq or seq.isdigit()) else None
+    # Anything but a usable history cursor shows the newest page (a 500 from Redis otherwise).
+    return before if before is not None and history_cursor(before) else None

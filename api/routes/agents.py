@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Parts
+from api.validation import AgentName
 from shared.clock import now_ms
 
 router = APIRouter()
@@ -17,7 +18,10 @@ TeamId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")]
 
 
 class AgentOnline(BaseModel):
-    name: str | None = Field(None, max_length=100)
+    # A field the API does not know (a typo: `team`) is refused, not silently dropped.
+    model_config = ConfigDict(extra="forbid")
+
+    name: AgentName = Field(None, description="At most 100 characters; blank: kept, or the id.")
     # The teams whose lines the agent takes from (the business file's `teams` ids); left out
     # keeps the agent's teams, [] leaves them all.
     teams: list[TeamId] | None = Field(None, max_length=50)
@@ -39,7 +43,11 @@ async def agent_online(
 
 @router.post("/agents/{agent_id}/offline")
 async def agent_offline(parts: Parts, agent_id: str) -> dict[str, Any]:
-    agent = await parts.coordinator.line.set_offline(agent_id, now_ms())
+    """404 for an agent never put online (a typo would be kept as an agent otherwise)."""
+    line = parts.coordinator.line
+    if not await parts.redis.hexists(line.keys.agents, agent_id):
+        raise HTTPException(404, "no such agent: it was never put online")
+    agent = await line.set_offline(agent_id, now_ms())
     return {"id": agent.id, "name": agent.name, "online": False}
 
 

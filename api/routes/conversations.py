@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import ApiParts, Parts
-from api.media_send import command_id_for
+from api.media_send import KEY_REUSED, command_id_for, same_request
 from api.reads import conversations_page, describe_many
-from api.validation import AGENT_ID, AGENT_ID_RULE
+from api.validation import AGENT_ID, AGENT_ID_RULE, AgentName, ReplyText, history_cursor
 from engine import commands
 from engine.history import HistoryKeys, InvalidCursor, read_page
 from engine.state import State
@@ -26,10 +26,13 @@ router = APIRouter()
 
 
 class AgentMessage(BaseModel):
+    # A field the API does not know (a typo: `agentName`) is refused, not silently dropped.
+    model_config = ConfigDict(extra="forbid")
+
     # The same rule as an agent id anywhere else in the API (it names Redis keys).
     agent_id: str = Field(pattern=f"^{AGENT_ID.pattern}$", description=AGENT_ID_RULE)
-    text: str = Field(min_length=1, max_length=4096)
-    agent_name: str | None = Field(None, max_length=100)
+    text: ReplyText = Field(description="Trimmed; 1-4096 characters, not only blanks.")
+    agent_name: AgentName = Field(None, description="At most 100 characters; blank: agent_id.")
 
 
 class Accepted(BaseModel):
@@ -47,7 +50,9 @@ IdempotencyKey = Annotated[
         max_length=100,
         description="Retrying with the same key queues the command once and gets the same "
         "answer (with `Idempotent-Replayed: true`). A key is scoped to the conversation and the "
-        "action, and remembered for WSM_DEDUPE_TTL_SECONDS.",
+        "action, and remembered for WSM_DEDUPE_TTL_SECONDS. The same key with another request "
+        "(another text, another file) is refused with 422, nothing queued: a new command "
+        "takes a new key.",
     ),
 ]
 
@@ -75,9 +80,12 @@ async def get_messages(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     before: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """The history, oldest first; `next_before` pages to older messages."""
+    """The history, oldest first; `next_before` pages to older messages (400 for a `before`
+    that is not one)."""
     keys = engine_keys_for(session, chat_id, parts.shards, parts.prefix)
     try:
+        if before is not None and not history_cursor(before):
+            raise InvalidCursor(f"not a history cursor: {before[:64]!r}")
         entries, next_before = await read_page(
             parts.redis, HistoryKeys(keys.history, keys.history_meta), limit=limit, before=before
         )
@@ -101,6 +109,8 @@ class _Target:
         # A client's key names one command of one conversation (api/media_send.py).
         command_id = command_id_for(session, chat_id, name, key)
         queue = self.parts.coordinator.queue
+        if key and not await same_request(queue, session, chat_id, command_id, payload):
+            raise HTTPException(422, KEY_REUSED)
         if not await queue.send(session, chat_id, name, payload, event_id=command_id):
             # A retry: the command is queued already, once. It answers as the first request
             # did (a client whose first request timed out reads the same), and says it repeats.

@@ -19,10 +19,11 @@ an agent sending a file.
   and a sandboxing Content-Security-Policy, so a stored file never runs as a page of ours.
 
 - `POST /api/conversations/{session}/{chat_id}/media` (multipart: `file`, `agent_id`, optional
-  `agent_name` and `caption`; bearer only): api/media_send.py `send_media`, which the console
-  calls too. 201 sent, 202 queued (no outcome within WSM_MEDIA_SEND_WAIT_SECONDS), 422
-  `waha_plus_required` (WAHA Core does not send files), 413/415/422 for a file that may not be
-  sent, 404 for a conversation that does not exist; every refusal stores and queues nothing.
+  `agent_name` and `caption`, nothing else; bearer only): api/media_send.py `send_media`, which
+  the console calls too. 201 sent, 202 queued (no outcome within WSM_MEDIA_SEND_WAIT_SECONDS),
+  422 `waha_plus_required` (WAHA Core does not send files), 413/415/422 for a file that may not
+  be sent, 422 `idempotency_key_reused` for a key sent before with another file, 404 for a
+  conversation that does not exist; every refusal stores and queues nothing.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from starlette.datastructures import UploadFile
 from api.deps import Parts
 from api.media_send import MediaRefused, send_media
 from api.routes.conversations import IdempotencyKey
-from api.validation import AGENT_ID
+from api.validation import AGENT_ID, NAME_MAX, display_name
 from engine.media.store import StoredMedia
 from shared.keys import conversation_token
 
@@ -54,6 +55,8 @@ INLINE = re.compile(r"(image/(jpeg|png|gif|webp)|audio/[a-z0-9.+-]+|video/[a-z0-
 MEDIA_CSP = "default-src 'none'; img-src 'self'; media-src 'self'; sandbox"
 # Room for the multipart envelope and the small fields around the file.
 FORM_OVERHEAD = 64 * 1024
+# The form's fields: anything else (a typo, `captoin`) is refused rather than dropped unseen.
+FORM_FIELDS = ("file", "agent_id", "agent_name", "caption")
 
 _READ_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
@@ -189,7 +192,11 @@ _SEND_BODY = {
                             "for a voice note; at most WSM_MEDIA_MAX_BYTES.",
                         },
                         "agent_id": {"type": "string", "maxLength": 64},
-                        "agent_name": {"type": "string", "maxLength": 100},
+                        "agent_name": {
+                            "type": "string",
+                            "maxLength": 100,
+                            "description": "Trimmed; blank: agent_id.",
+                        },
                         "caption": {"type": "string", "maxLength": 1024},
                     },
                 }
@@ -208,7 +215,9 @@ _SEND_RESPONSES: dict[int | str, dict[str, Any]] = {
     415: {"description": "A type that may not be sent, or bytes that are not that type."},
     422: {
         "description": '`{"error": "waha_plus_required"}`: this WAHA (Core) does not send '
-        "files; or the form is incomplete (no file, no agent_id, a caption too long)."
+        "files; or the form is incomplete or wrong (no file, no agent_id, a caption too "
+        "long, a field it does not take: `unknown_field`); or `idempotency_key_reused`: the "
+        "Idempotency-Key was sent before with another file or caption (nothing stored)."
     },
     502: {"description": "WAHA refused the file for good (dead letter)."},
 }
@@ -251,9 +260,18 @@ async def post_media(
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             return _refused(MediaRefused(422, "no_file", "the form has no `file`"))
+        if unknown := sorted(set(form) - set(FORM_FIELDS)):
+            return _refused(
+                MediaRefused(
+                    422,
+                    "unknown_field",
+                    f"unknown form field {', '.join(unknown)[:200]}: the form takes "
+                    + ", ".join(FORM_FIELDS),
+                )
+            )
         fields = {
             name: value if isinstance(value := form.get(name), str) else ""
-            for name in ("agent_id", "agent_name", "caption")
+            for name in FORM_FIELDS[1:]
         }
         if not AGENT_ID.fullmatch(fields["agent_id"]):
             return _refused(
@@ -263,8 +281,11 @@ async def post_media(
                     "agent_id: 1-64 of A-Z a-z 0-9 . _ @ + -, starting with one of A-Z a-z 0-9",
                 )
             )
-        if len(fields["agent_name"]) > 100:
-            return _refused(MediaRefused(422, "invalid_agent_name", "at most 100 characters"))
+        agent_name = display_name(fields["agent_name"])
+        if agent_name is not None and len(agent_name) > NAME_MAX:
+            return _refused(
+                MediaRefused(422, "invalid_agent_name", f"at most {NAME_MAX} characters")
+            )
         data = await upload.read(settings.media_max_bytes + 1)
         mimetype = upload.content_type or ""
         filename = upload.filename
@@ -274,7 +295,7 @@ async def post_media(
             session=session,
             chat_id=chat_id,
             agent_id=fields["agent_id"],
-            agent_name=fields["agent_name"] or None,
+            agent_name=agent_name,
             data=data,
             mimetype=mimetype,
             filename=filename,

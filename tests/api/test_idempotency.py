@@ -128,3 +128,31 @@ async def test_a_too_long_key_is_refused_and_nothing_is_queued(
     assert response.status_code == 422
     after = {k: sync_redis.dump(k) for k in keys_with_prefix(sync_redis, key_prefix)}
     assert after == before
+
+
+async def test_a_key_reused_for_another_text_is_refused_and_nothing_is_queued(
+    harness: Harness,
+    sync_redis: Any,
+    key_prefix: str,
+    api_client: httpx.AsyncClient,
+    waha: FakeWaha,
+) -> None:
+    """Found by an audit: the second text was answered 202 "queued" as a retry of the first,
+    and never sent. A key names one request: another one under it is refused, with nothing
+    queued; the first one's retries still answer as before."""
+    await harness.say(ANA, "oi")
+    before = len(waha.to(ANA))
+    headers = {**API_AUTH, "Idempotency-Key": "k-1"}
+    first = await api_client.post(message_url(ANA), json=agent_text("Olá!"), headers=headers)
+    assert first.status_code == 202
+    stored = {k: sync_redis.dump(k) for k in keys_with_prefix(sync_redis, key_prefix)}
+    for body in (agent_text("Outro texto"), {**agent_text("Olá!"), "agent_name": "Outro"}):
+        refused = await api_client.post(message_url(ANA), json=body, headers=headers)
+        assert refused.status_code == 422, refused.text
+        assert "Idempotency-Key was used for another request" in refused.json()["detail"]
+        assert {k: sync_redis.dump(k) for k in keys_with_prefix(sync_redis, key_prefix)} == stored
+    again = await api_client.post(message_url(ANA), json=agent_text("Olá!"), headers=headers)
+    assert again.status_code == 202 and again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    await harness.drain()
+    assert waha.to(ANA)[before:] == ["Olá!"]

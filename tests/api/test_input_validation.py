@@ -133,3 +133,126 @@ async def test_an_agents_message_names_the_agent_by_the_agent_id_rule(
     await harness.drain()
     assert keys_with_prefix(sync_redis, key_prefix) == before
     assert waha.to(ANA) == sent
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t \n", "\u3000"])
+async def test_a_blank_message_is_refused_and_nothing_is_queued(
+    harness: Harness, api_client, sync_redis, key_prefix, waha, text: str
+) -> None:
+    """Found by an audit: a text of only spaces or line breaks was queued and sent to the
+    customer as a blank message (the console refused it; the API did not)."""
+    await harness.say(ANA, "oi")
+    sent = list(waha.to(ANA))
+    before = {k: sync_redis.dump(k) for k in keys_with_prefix(sync_redis, key_prefix)}
+    response = await api_client.post(
+        f"/api/conversations/default/{ANA}/messages",
+        json={"agent_id": "maria", "text": text},
+        headers=API_AUTH,
+    )
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "text"]
+    assert "other than spaces" in error["msg"]
+    await harness.drain()
+    assert {k: sync_redis.dump(k) for k in keys_with_prefix(sync_redis, key_prefix)} == before
+    assert waha.to(ANA) == sent
+
+
+async def test_a_message_is_sent_trimmed(harness: Harness, api_client, waha) -> None:
+    await harness.say(ANA, "oi")
+    response = await api_client.post(
+        f"/api/conversations/default/{ANA}/messages",
+        json={"agent_id": "maria", "text": "  Oi Ana!\n"},
+        headers=API_AUTH,
+    )
+    assert response.status_code == 202
+    await harness.drain()
+    assert waha.to(ANA)[-1] == "Oi Ana!"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        (f"/api/conversations/default/{ANA}/messages",
+         {"agent_id": "maria", "text": "Oi", "agentName": "Maria"}, "agentName"),
+        ("/api/agents/maria/online", {"name": "Maria", "team": ["financeiro"]}, "team"),
+    ],
+)  # fmt: skip
+async def test_a_field_the_api_does_not_take_is_refused_and_nothing_is_stored(
+    harness: Harness, api_client, sync_redis, key_prefix, waha, path: str, body: Any, field: str
+) -> None:
+    """Found by an audit: an unknown field (a typo) was dropped unseen, so the agent went online
+    without the team asked for, or wrote under no name."""
+    await harness.say(ANA, "oi")
+    sent = list(waha.to(ANA))
+    before = {k: sync_redis.dump(k) for k in keys_with_prefix(sync_redis, key_prefix)}
+    response = await api_client.post(path, json=body, headers=API_AUTH)
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", field] and error["type"] == "extra_forbidden"
+    await harness.drain()
+    assert {k: sync_redis.dump(k) for k in keys_with_prefix(sync_redis, key_prefix)} == before
+    assert waha.to(ANA) == sent
+
+
+@pytest.mark.parametrize(
+    "before",
+    [
+        "99999999999999999999999-0",  # past a 64-bit id
+        "1-18446744073709551616",
+        "18446744073709551615-18446744073709551615",
+        "0-0",  # nothing is older
+        "\u0661-0",  # a digit, but not 0-9
+    ],
+)
+async def test_a_history_cursor_redis_cannot_take_is_400(
+    harness: Harness, api_client, sync_redis, key_prefix, before: str
+) -> None:
+    """Found by an audit: these reached Redis, whose error was answered 500."""
+    await harness.say(ANA, "oi")
+    stored = {k: sync_redis.dump(k) for k in keys_with_prefix(sync_redis, key_prefix)}
+    response = await api_client.get(
+        f"/api/conversations/default/{ANA}/messages", params={"before": before}, headers=API_AUTH
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"].startswith("not a history cursor")
+    assert {k: sync_redis.dump(k) for k in keys_with_prefix(sync_redis, key_prefix)} == stored
+
+
+async def test_an_agent_never_online_cannot_be_put_offline(
+    api_client, sync_redis, key_prefix
+) -> None:
+    """Found by an audit: a typo'd id was stored as a new (offline) agent, listed ever after."""
+    before = keys_with_prefix(sync_redis, key_prefix)
+    response = await api_client.post("/api/agents/mraia/offline", headers=API_AUTH)
+    assert response.status_code == 404
+    assert response.json() == {"detail": "no such agent: it was never put online"}
+    assert keys_with_prefix(sync_redis, key_prefix) == before
+    assert (await api_client.get("/api/agents", headers=API_AUTH)).json() == []
+    await api_client.post("/api/agents/maria/online", headers=API_AUTH)
+    assert (await api_client.post("/api/agents/maria/offline", headers=API_AUTH)).json() == {
+        "id": "maria",
+        "name": "maria",
+        "online": False,
+    }
+
+
+async def test_a_blank_agent_name_is_no_name(
+    harness: Harness, api_client, aredis, key_prefix
+) -> None:
+    """A name of spaces would be what customers are told ("    vai te atender"): it counts as
+    no name, so the agent id (or the name the agent had) stands in."""
+    online = await api_client.post(
+        "/api/agents/maria/online", json={"name": " \t "}, headers=API_AUTH
+    )
+    assert online.status_code == 200 and online.json()["name"] == "maria"
+    await harness.say(ANA, "oi")
+    response = await api_client.post(
+        f"/api/conversations/default/{ANA}/messages",
+        json={"agent_id": "joana", "agent_name": "   ", "text": "Oi"},
+        headers=API_AUTH,
+    )
+    assert response.status_code == 202
+    await harness.drain()
+    state = await load_state(aredis, engine_keys_for("default", ANA, 1, key_prefix).state)
+    assert state.agent_id == "joana" and state.agent_name == "joana"

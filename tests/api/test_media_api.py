@@ -335,6 +335,9 @@ BIG = b"\xff\xd8\xff" + b"\x00" * 2048
          422, "no_file"),
         ("not multipart", {"json": {"agent_id": "maria"}}, 422, "no_file"),
         ("no agent", {"files": {"file": ("pix.png", PNG, "image/png")}}, 422, "invalid_agent_id"),
+        # Found by an audit: a field the form does not take (a typo) was dropped unseen.
+        ("unknown field", upload(PNG, "image/png", captoin="Seu comprovante"), 422,
+         "unknown_field"),
     ],
 )  # fmt: skip
 async def test_a_refused_file_leaves_nothing_behind(
@@ -402,3 +405,37 @@ async def test_erasing_the_customer_through_the_api_removes_her_files(
     assert len(stored_files(media_dir)) == 1  # Bia's document
     assert (await client.get(f"/api/media/{ana_media}", headers=API_AUTH)).status_code == 404
     assert len(media_keys(sync_redis, key_prefix)) > 0  # Bia's index entries
+
+
+async def test_a_key_reused_for_another_file_is_refused_and_nothing_is_stored(
+    harness: Harness, client: httpx.AsyncClient, wahas: tuple[FakeWaha, MediaWaha],
+    media_dir: Path, sync_redis: Any, key_prefix: str,
+) -> None:  # fmt: skip
+    """Found by an audit: a second file under the key of a first was stored and indexed under
+    the conversation, never sent, and answered 201 "sent" with its own media id. It is refused
+    before anything is stored; the first file's retries answer as before."""
+    _, files = wahas
+    await harness.say(ANA, "oi")
+    headers = API_AUTH | {"Idempotency-Key": "pix-42"}
+    first = await while_the_fleet_works(
+        harness, client.post(MEDIA, headers=headers, **upload(PNG, "image/png"))
+    )
+    assert first.status_code == 201, first.text
+    files_before, keys_before = stored_files(media_dir), keys_with_prefix(sync_redis, key_prefix)
+    dumps_before = {k: sync_redis.dump(k) for k in keys_before}
+    for other in (
+        upload(PDF, "application/pdf", "boleto.pdf"),
+        upload(PNG, "image/png", caption="outra legenda"),
+    ):
+        refused = await client.post(MEDIA, headers=headers, **other)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"] == "idempotency_key_reused"
+        await harness.drain()
+        assert stored_files(media_dir) == files_before
+        assert {k: sync_redis.dump(k) for k in keys_with_prefix(sync_redis, key_prefix)} == (
+            dumps_before
+        )
+    again = await client.post(MEDIA, headers=headers, **upload(PNG, "image/png"))
+    assert again.status_code == 201 and again.headers["idempotent-replayed"] == "true"
+    assert again.json() == first.json()
+    assert len(files.bodies("sendImage")) == 1 and files.bodies("sendFile") == []
