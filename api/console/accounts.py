@@ -20,7 +20,8 @@ from shared.redis_client import RedisClient
 from shared.text import as_text
 
 ROLES = ("agent", "admin")
-AGENT_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,39}$")
+# Matched whole (fullmatch): `$` would let a trailing newline through ("ana\n").
+AGENT_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,39}")
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 
@@ -48,7 +49,7 @@ class Account:
 
 
 def check_id(agent_id: str) -> str:
-    if not AGENT_ID.match(agent_id):
+    if not AGENT_ID.fullmatch(agent_id):
         raise AccountError(
             f"invalid agent id {agent_id!r}: 1-40 of a-z 0-9 . _ -, starting with a letter or digit"
         )
@@ -67,7 +68,7 @@ class AccountStore:
         self.keys = keys
 
     async def get(self, agent_id: str) -> Account | None:
-        if not AGENT_ID.match(agent_id):
+        if not AGENT_ID.fullmatch(agent_id):
             return None
         raw = {
             as_text(k): as_text(v)
@@ -116,7 +117,7 @@ class AccountStore:
         await self.end_sessions(agent_id)
 
     async def remove(self, agent_id: str) -> bool:
-        if not AGENT_ID.match(agent_id):
+        if not AGENT_ID.fullmatch(agent_id):
             return False
         removed = bool(await self._redis.delete(self.keys.account(agent_id)))
         await self._redis.srem(self.keys.accounts, agent_id)

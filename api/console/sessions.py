@@ -162,7 +162,7 @@ class Sessions:
     # --- failed logins ---------------------------------------------------------------------
     def _subjects(self, agent_id: str, address: str) -> list[tuple[str, str, int]]:
         subjects = [("ip", address, IP_FREE_FAILURES)]
-        if AGENT_ID.match(agent_id):  # anything else cannot be an account: not worth a key
+        if AGENT_ID.fullmatch(agent_id):  # anything else cannot be an account: not worth a key
             subjects.append(("user", agent_id, ACCOUNT_FREE_FAILURES))
         return subjects
 

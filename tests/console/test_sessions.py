@@ -111,3 +111,13 @@ async def test_ensure_account_makes_a_first_admin_once(
     store = AccountStore(aredis, ConsoleKeys(key_prefix))
     account = await store.verify("admin", "first pass 1")
     assert account is not None and account.admin and account.name == "Admin"
+
+
+def test_an_agent_id_with_a_trailing_newline_is_refused() -> None:
+    """`$` in the id's pattern let "ana\n" through (found by an audit): matched whole now."""
+    from api.console.accounts import AccountError, check_id
+
+    assert check_id("ana.souza-2") == "ana.souza-2"
+    for bad in ("ana\n", "Ana", "-ana", "ana souza", "a" * 41, ""):
+        with pytest.raises(AccountError):
+            check_id(bad)
