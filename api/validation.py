@@ -14,7 +14,8 @@ is answered 404: the API answers customers, it cannot cold-message arbitrary num
 One router dependency (`operator_input`), so every route under /api gets the checks without
 each repeating them. The rules bodies share live here too: what an agent writes (`ReplyText`,
 also the console's), an agent's name (`AgentName`), a history cursor (`history_cursor`, also
-the console's pages and live channel); the JSON bodies refuse fields they do not take.
+the console's pages and live channel; shared/stream_ids.py, as the engine's history reads it);
+the JSON bodies refuse fields they do not take.
 """
 
 from __future__ import annotations
@@ -66,28 +67,6 @@ AgentName = (
     ]
     | None
 )
-
-# A Redis stream id (a history entry's, the console's events'): `<ms>-<seq>`, each a 64-bit
-# unsigned integer. Redis answers a larger one, or a range past the last possible id, with an
-# error (a 500 here), not with an empty page.
-STREAM_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
-_U64 = 2**64 - 1
-
-
-def stream_id(value: str) -> tuple[int, int] | None:
-    """(ms, seq) of a stream id usable as an exclusive bound (seq 0 when left out; never the
-    last possible id), None for anything else."""
-    found = STREAM_ID.fullmatch(value)
-    if found is None:
-        return None
-    ms, seq = int(found[1]), int(found[2] or 0)
-    return (ms, seq) if ms <= _U64 and seq <= _U64 and (ms, seq) != (_U64, _U64) else None
-
-
-def history_cursor(value: str) -> bool:
-    """A history page's `before` (exclusive): a stream id with ids below it (not 0-0)."""
-    return stream_id(value) not in (None, (0, 0))
-
 
 _RULES: dict[str, tuple[re.Pattern[str], str]] = {
     "session": (SESSION, "a WAHA session name: 1-64 of A-Z a-z 0-9 _ -"),

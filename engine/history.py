@@ -39,6 +39,7 @@ from shared.delivery_status import advances
 from shared.events import short_message_id
 from shared.lua import LuaScript
 from shared.redis_client import RedisClient
+from shared.stream_ids import history_cursor
 from shared.text import as_text
 
 HISTORY_TRIM = LuaScript.named("history_trim")
@@ -335,7 +336,7 @@ async def read_page(
 ) -> tuple[list[HistoryEntry], str | None]:
     """Up to `limit` entries older than `before` (or the newest ones), oldest first, and the
     cursor of the next (older) page, None when there is none."""
-    if before is not None and not _is_stream_id(before):
+    if before is not None and not history_cursor(before):
         raise InvalidCursor(f"not a history cursor: {before!r}")
     upper = f"({before}" if before else "+"
     raw = await redis.xrevrange(keys.stream, max=upper, min="-", count=limit + 1)
@@ -405,11 +406,6 @@ async def _with_meta(
             )
         )
     return entries
-
-
-def _is_stream_id(value: str) -> bool:
-    ms, _, seq = value.partition("-")
-    return ms.isdigit() and (seq == "" or seq.isdigit())
 
 
 def _latest(status: str | None, parked: str | None) -> str:

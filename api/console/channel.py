@@ -20,9 +20,9 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 from sse_starlette.sse import EventSourceResponse
 
-from api.validation import stream_id
 from engine.waiting_line import now_ms
 from shared.keys import split_conversation_token
+from shared.stream_ids import stream_id
 
 from .context import Console
 from .live import KEEPALIVE_SECONDS, VIEW_TTL_MS, Event, event_stream

@@ -21,13 +21,14 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.datastructures import FormData, UploadFile
 
 from api.media_send import MediaRefused, media_send_parts, send_media
-from api.validation import REPLY_MAX, history_cursor
+from api.validation import REPLY_MAX
 from engine import commands
 from engine import parts as engine_parts
 from engine.sender import WAHA_PLUS_REQUIRED
 from engine.state import State
 from engine.waiting_line import AgentAtCapacity, AgentOffline, AgentUnavailable, now_ms
 from shared.keys import conversation_token, split_conversation_token
+from shared.stream_ids import history_cursor
 
 from .canned import CannedError
 from .context import Console

@@ -16,11 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.deps import ApiParts, Parts
 from api.media_send import KEY_REUSED, command_id_for, same_request
 from api.reads import conversations_page, describe_many
-from api.validation import AGENT_ID, AGENT_ID_RULE, AgentName, ReplyText, history_cursor
+from api.validation import AGENT_ID, AGENT_ID_RULE, AgentName, ReplyText
 from engine import commands
 from engine.history import HistoryKeys, InvalidCursor, read_page
 from engine.state import State
 from shared.keys import engine_keys_for
+from shared.stream_ids import history_cursor
 
 router = APIRouter()
 
