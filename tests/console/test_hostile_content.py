@@ -20,7 +20,7 @@ import pytest
 
 from api.routes.media import MEDIA_CSP
 from shared.keys import engine_keys_for
-from tests.console.conftest import Product, login, new_phone
+from tests.console.conftest import Product, login, new_phone, shot
 from tests.console.support import expect, http_login
 from tests.console.test_console_media import png
 from tests.support.polling import wait_until
@@ -188,9 +188,11 @@ def test_a_right_to_left_override_in_a_name_does_not_reverse_the_phone(
 
     take_next(page, phone)
     head = page.locator(".conv-head h1")
+    expect(head.locator(".phone")).to_be_visible()  # boxes only once drawn
     assert left(head.locator(".phone")) > right(head.locator(".name"))
     assert reads_left_to_right(head.locator(".phone"))
     mine = page.get_by_test_id("mine").locator("li").filter(has_text=phone)
+    expect(mine.locator(".phone")).to_be_visible()
     assert left(mine.locator(".phone")) > right(mine.locator("a"))
 
 
@@ -239,6 +241,9 @@ def test_a_phone_sized_window_shows_the_whole_console(product: Product, page: An
     expect(page.get_by_test_id("line-entry").filter(has_text=phone)).to_be_visible()
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     take_next(page, phone)
+    product.say(phone, "Oi! Consigo remarcar minha consulta de quinta para sexta de manhã?")
+    expect(page.get_by_test_id("message").filter(has_text="remarcar")).to_be_visible()
+    shot(page, "phone")  # docs/console.md
     product.say(phone, "https://exemplo.com.br/agendamento?ref=" + "x9" * 2000)
     expect(page.get_by_test_id("message").filter(has_text="exemplo.com.br")).to_be_visible()
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
