@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
         print("wsm api: WSM_API_TOKEN is not set; refusing to start an open operator API",
               file=sys.stderr)  # fmt: skip
         return 2
+    from engine.businesses import business_files_usable
+
+    if not business_files_usable(settings, "wsm api"):
+        return 2
 
     import uvicorn
 

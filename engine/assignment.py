@@ -276,6 +276,9 @@ class LineCoordinator:
         )
         if lock:
             await self.reconcile()
+        # A team gone from a business file: its line's customers join the plain line, before
+        # the opening's notices and the takes below.
+        await self.line.rehome_stray_lines()
         await self.announce_opening()
         await self.assign_free_agents()
         for session in await self.line.sessions():

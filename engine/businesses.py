@@ -16,13 +16,16 @@ one business (and its slots).
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine.agent.calendar import Calendar, CalendarFileError, default_calendar, load_calendar
+from engine.agent.texts import AgentTextsError, load_agent_texts
 from engine.brain import Brain, Decision, Turn, reads_history
 from engine.identity import Conversation
+from engine.texts import TextsFileError, load_texts
 from shared.settings import Settings
 
 _ID_UNSAFE = re.compile(r"[^a-z0-9_-]+")
@@ -87,6 +90,36 @@ def businesses_from(settings: Settings, *, default: Calendar | None = None) -> B
             loaded[resolved] = Business(ident, load_calendar(path), path)
         by_session[session] = loaded[resolved]
     return Businesses(default_business, by_session)
+
+
+def business_files_usable(settings: Settings, program: str) -> bool:
+    """Whether the business files are usable; when not, tells stderr why, as `program`. The
+    commands that read them (`wsm worker`, `wsm api`, `wsm dev`, `wsm agent`) call it first
+    and exit 2 on False, before they start anything."""
+    problem = business_files_problem(settings)
+    if problem is not None:
+        print(f"{program}: {problem}", file=sys.stderr)
+    return problem is None
+
+
+def business_files_problem(settings: Settings) -> str | None:
+    """What makes the business files (WSM_CALENDAR_FILE, WSM_BUSINESS_FILES) unusable, naming
+    the file and the field, read as the worker and the API read them (hours, teams, texts);
+    None when nothing does. `wsm worker`, `wsm api` and `wsm dev` refuse to start on it (exit
+    2) before they start anything: a worker would otherwise fail at every restart, and an
+    API at its first request."""
+    try:
+        businesses = businesses_from(settings)
+        base = load_texts(settings.language, settings.texts_file)
+    except (CalendarFileError, TextsFileError) as exc:
+        return str(exc)
+    for business in businesses.all():
+        try:
+            base.with_business(business.calendar.texts)
+            load_agent_texts(settings.language, business.calendar.texts)
+        except (TextsFileError, AgentTextsError) as exc:
+            return f"{business.file}: {exc}" if business.file else str(exc)
+    return None
 
 
 class SessionBrain:

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 from engine.agent.calendar import LONG_DAY_NAMES, Calendar
 
 # How far the searches for the next opening / the last closing look (a business closed for
 # longer than this is treated as never opening again: no "opens on" to tell).
 SEARCH_DAYS = 370
+# How many intervals back to back (one to 24:00 and the next day's from 00:00; 12:00 and
+# 12:00) `closes_at` follows to the real closing: a business open around the clock for longer
+# than that is not closing soon.
+BACK_TO_BACK = 16
 
 _TODAY = {"pt-BR": "hoje às {time}", "en": "today at {time}"}
 _TOMORROW = {"pt-BR": "amanhã às {time}", "en": "tomorrow at {time}"}
@@ -26,6 +31,29 @@ _LATER = {"pt-BR": "{weekday}, {date} às {time}", "en": "{weekday} {date} at {t
 
 def _ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
+
+
+def wall_clock_ms(naive: datetime, tz: ZoneInfo) -> int:
+    """The moment (ms) a business's clock shows `naive`. A time the clock skips (02:30 on the
+    night it jumps from 02:00 to 03:00) is when the clock reaches it: the jump's end (03:00), not
+    PEP 495's reading with the offset before the jump (03:30), which would open or close a
+    business half an hour after its own clock passed its hours. A time shown twice (the night
+    it falls back) is its first time."""
+    moment = naive.replace(tzinfo=tz)
+    at = _ms(moment)
+    if datetime.fromtimestamp(at / 1000, tz).replace(tzinfo=None) == naive:
+        return at
+    # Skipped: the jump lies between the two readings (the later offset's, the earlier's);
+    # found to the second (zones change on whole seconds).
+    low, high = int(naive.replace(tzinfo=tz, fold=1).timestamp()), at // 1000
+    before = moment.utcoffset()
+    while high - low > 1:
+        middle = (low + high) // 2
+        if datetime.fromtimestamp(middle, tz).utcoffset() == before:
+            low = middle
+        else:
+            high = middle
+    return high * 1000
 
 
 class BusinessHours:
@@ -42,13 +70,15 @@ class BusinessHours:
         if not self.calendar.is_open_day(day):
             return []
         midnight = datetime.combine(day, time())
-        return [
+        spans = (
             (
-                _ms((midnight + timedelta(minutes=begin)).replace(tzinfo=self.tz)),
-                _ms((midnight + timedelta(minutes=end)).replace(tzinfo=self.tz)),
+                wall_clock_ms(midnight + timedelta(minutes=begin), self.tz),
+                wall_clock_ms(midnight + timedelta(minutes=end), self.tz),
             )
             for begin, end in self.calendar.hours.get(day.weekday(), ())
-        ]
+        )
+        # An interval inside the hour a clock skips (02:00-02:45 that night) is not there.
+        return [(begin, end) for begin, end in spans if end > begin]
 
     def _days(self, start: date, step: int) -> Iterator[date]:
         for n in range(SEARCH_DAYS):
@@ -66,11 +96,16 @@ class BusinessHours:
         return 0
 
     def closes_at(self, at_ms: int) -> int:
-        """When the interval open at `at_ms` ends (ms); 0 when closed."""
-        for begin, end in self.intervals(self._day(at_ms)):
-            if begin <= at_ms < end:
-                return end
-        return 0
+        """When the business closes after `at_ms` (ms); 0 when closed. An interval that ends
+        where the next begins (fri 18:00-24:00, sat 00:00-02:00) is no closing: it closes at
+        the end of the last of them (up to BACK_TO_BACK of them)."""
+        end = 0
+        for _ in range(BACK_TO_BACK):
+            following = next((e for b, e in self.intervals(self._day(at_ms)) if b <= at_ms < e), 0)
+            if not following:
+                break
+            end = at_ms = following
+        return end
 
     def next_opening(self, at_ms: int) -> int | None:
         """The first opening after `at_ms` (ms), None when none is within SEARCH_DAYS."""

@@ -44,6 +44,7 @@ LINE_RELEASE = LuaScript.named("line_release")
 LINE_ATTACH = LuaScript.named("line_attach")
 LINE_UNASSIGN = LuaScript.named("line_unassign")
 LINE_JOINED_PRUNE = LuaScript.named("line_joined_prune")
+LINE_REHOME = LuaScript.named("line_rehome")
 
 # Handling times kept per session for the estimate.
 HANDLING_SAMPLES = 20
@@ -140,6 +141,12 @@ class WaitingLine:
         teams = self.for_session(session).teams if session is not None else self.teams
         return ["", *(t.id for t in teams)]
 
+    def teams_in_use(self, session: str) -> set[str]:
+        """The teams whose lines the session's customers enter: its business's teams when it
+        has more than one (with one or none, everybody waits in the plain line)."""
+        teams = self.for_session(session).teams
+        return {t.id for t in teams} if len(teams) > 1 else set()
+
     def is_open(self, at_ms: int) -> bool:
         return self.hours is None or self.hours.is_open(at_ms)
 
@@ -163,12 +170,26 @@ class WaitingLine:
     async def enter(self, session: str, token: str, at_ms: int, team: str = "") -> tuple[int, int]:
         """Join the back of the line, or of `team`'s (a repeat keeps the place).
         -> (position, entered_at)."""
-        position, entered_at = await LINE_ENTER(
-            self._redis,
-            [self.line_key(session, team), self.keys.sessions, self.keys.sequence],
-            [token, at_ms, session],
-        )
+        keys = [self.line_key(session, team), self.keys.sessions, self.keys.sequence]
+        if team:
+            keys.append(self.keys.team_lines)
+        position, entered_at = await LINE_ENTER(self._redis, keys, [token, at_ms, session])
         return int(position), int(entered_at)
+
+    async def rehome_stray_lines(self) -> int:
+        """Move the customers of every team line its session's business no longer uses (a
+        team gone from the business file; one team left) to the session's plain line, each
+        keeping their entry time: nobody waits where no line's code looks and no agent may
+        take. -> how many moved."""
+        moved = 0
+        for raw in await self._redis.smembers(self.keys.team_lines):
+            key = as_text(raw)
+            found = self.keys.split_team_waiting(key)
+            if found is None or found[1] in self.teams_in_use(found[0]):
+                continue
+            keys = [key, self.line_key(found[0]), self.keys.team_lines]
+            moved += int(await LINE_REHOME(self._redis, keys, []))
+        return moved
 
     async def leave(self, session: str, token: str) -> int:
         """Leave the line (whichever of the session's it is in); the position it had, 0 when

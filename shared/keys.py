@@ -384,6 +384,20 @@ class LineKeys:
         return f"{self.tag}:w:{session}:t:{team}"
 
     @property
+    def team_lines(self) -> str:
+        # SET of every team line a customer entered (`team_waiting` keys): the line's
+        # maintenance finds there the lines of teams a business file no longer has.
+        return f"{self.tag}:teamlines"
+
+    def split_team_waiting(self, key: str) -> tuple[str, str] | None:
+        """(session, team) of a `team_waiting` key; None for any other key."""
+        head = f"{self.tag}:w:"
+        session, sep, team = key.removeprefix(head).partition(":t:")
+        if not key.startswith(head) or not sep or not session or not team:
+            return None
+        return session, team
+
+    @property
     def agent_teams(self) -> str:
         # agent id -> JSON list of the team ids whose lines the agent takes from.
         return f"{self.tag}:agent_teams"

@@ -78,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging(settings.log_level)
     enable_multiprocess_metrics(settings.worker_metrics_dir)
+    from engine.businesses import business_files_usable
+
+    # Before any process starts: each would fail on the files at every restart.
+    if not business_files_usable(settings, "wsm worker"):
+        return 2
     from worker.supervisor import FleetOptions, Supervisor
 
     metrics_port = settings.worker_metrics_port if args.metrics_port is None else args.metrics_port

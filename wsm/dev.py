@@ -207,6 +207,10 @@ def main(argv: list[str]) -> int:
     settings = load_settings("wsm dev")
     if settings is None:
         return 2
+    from engine.businesses import business_files_usable
+
+    if not business_files_usable(settings, "wsm dev"):  # before Redis or any part starts
+        return 2
     args.home.mkdir(parents=True, exist_ok=True)
     logs = args.home / "logs"
     logs.mkdir(exist_ok=True)

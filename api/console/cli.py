@@ -127,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings("wsm agent")
     if settings is None:
         return 2
+    from engine.businesses import business_files_usable  # `add --team` reads their teams
+
+    if not business_files_usable(settings, "wsm agent"):
+        return 2
     try:
         return asyncio.run(run(args, settings))
     except AccountError as exc:

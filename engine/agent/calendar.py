@@ -15,6 +15,8 @@ Which slots are taken lives in Redis (engine/agent/bookings.py).
 
 from __future__ import annotations
 
+import itertools
+import re
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -149,22 +151,52 @@ class Slot:
         return int(self.start.timestamp() * 1000)
 
 
+# "08:00", "8:00" or "8"; 24:00 only ends an interval.
+_TIME = re.compile(r"(\d{1,2})(?::(\d{2}))?")
+
+
 def _minutes(text: str) -> int:
-    hours, _, minutes = text.strip().partition(":")
-    value = int(hours) * 60 + int(minutes or 0)
-    if not 0 <= value <= 24 * 60:
-        raise ValueError(f"not a time of day: {text!r}")
-    return value
+    """Minutes after midnight of "HH:MM" (ValueError saying what is wrong)."""
+    match = _TIME.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{text.strip()!r} is not a time of day (HH:MM)")
+    hours, minutes = int(match[1]), int(match[2] or 0)
+    if minutes > 59 or hours > 24 or (hours == 24 and minutes):
+        raise ValueError(f"{text.strip()!r} is not a time of day (00:00 to 24:00)")
+    return hours * 60 + minutes
 
 
-def _interval(text: str) -> tuple[int, int]:
+def _interval(text: str, day: str) -> tuple[int, int]:
+    """One opening interval of `day`, "HH:MM-HH:MM", inside that day (ValueError)."""
     start, sep, end = text.partition("-")
     if not sep:
-        raise ValueError(f"an opening interval is 'HH:MM-HH:MM', got {text!r}")
-    first, last = _minutes(start), _minutes(end)
-    if last <= first:
-        raise ValueError(f"interval {text!r} ends before it starts")
+        raise ValueError(f"{text!r}: an opening interval is 'HH:MM-HH:MM'")
+    try:
+        first, last = _minutes(start), _minutes(end)
+    except ValueError as exc:
+        raise ValueError(f"{text!r}: {exc}") from None
+    if first == 24 * 60:
+        raise ValueError(f"{text!r}: 24:00 only ends an interval (the next day starts at 00:00)")
+    if last < first:
+        following = WEEKDAYS[(WEEKDAYS.index(day) + 1) % len(WEEKDAYS)]
+        raise ValueError(
+            f"{text!r} ends before it starts; an interval ends on its own day, so hours past "
+            f'midnight are written {day}: ["{start.strip()}-24:00"] and {following}: '
+            f'["00:00-{end.strip()}"]'
+        )
+    if last == first:
+        raise ValueError(f"{text!r} ends before it starts")
     return first, last
+
+
+def _day_intervals(day: str, texts: Sequence[str]) -> list[tuple[int, int]]:
+    """A day's intervals, in order, none overlapping another (ValueError naming the two):
+    an overlap would count its open time twice (the line's timeout, its estimates)."""
+    spans = sorted((_interval(text, day), text) for text in texts)
+    for (previous, before), (current, text) in itertools.pairwise(spans):
+        if current[0] < previous[1]:
+            raise ValueError(f"{text!r} overlaps {before!r}")
+    return [span for span, _ in spans]
 
 
 class _Named(Protocol):
@@ -369,18 +401,30 @@ def _public_holidays(where: tuple[str, str | None, Sequence[str] | None] | None)
         raise CalendarFileError(f"public_holidays: {exc}") from exc
 
 
+def _problems(exc: ValidationError) -> str:
+    """Pydantic's errors, one a line, each under the field it is about ("hours.mon.0: ...")."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        field = ".".join(str(part) for part in error["loc"]) or "the file"
+        lines.append(f"{field}: {error['msg'].removeprefix('Value error, ')}")
+    return "\n  ".join(lines)
+
+
 def _from_document(document: Any, where: str) -> Calendar:
+    if document is None:
+        raise CalendarFileError(f"{where}: the file is empty (it needs business, hours, services)")
+    if not isinstance(document, dict):
+        raise CalendarFileError(f"{where}: not a business file: business, hours, services, ...")
     try:
         parsed = _CalendarFile.model_validate(document)
     except ValidationError as exc:
-        raise CalendarFileError(f"{where}: {exc}") from exc
-    try:
-        hours = {
-            WEEKDAYS.index(day): [_interval(text) for text in intervals]
-            for day, intervals in parsed.hours.items()
-        }
-    except ValueError as exc:
-        raise CalendarFileError(f"{where}: hours: {exc}") from exc
+        raise CalendarFileError(f"{where}: {_problems(exc)}") from exc
+    hours = {}
+    for day, intervals in parsed.hours.items():
+        try:
+            hours[WEEKDAYS.index(day)] = _day_intervals(day, intervals)
+        except ValueError as exc:
+            raise CalendarFileError(f"{where}: hours.{day}: {exc}") from exc
     services = [
         Service(s.id, s.name, s.description, s.duration_minutes or parsed.slot_minutes)
         for s in parsed.services
@@ -425,10 +469,30 @@ def load_calendar(path: Path) -> Calendar:
         if path.suffix.lower() == ".toml":
             document: Any = tomllib.loads(raw)
         else:
-            document = yaml.safe_load(raw)
+            document = yaml.load(raw, Loader=_StrictLoader)  # a SafeLoader
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
         raise CalendarFileError(f"{path}: not valid {path.suffix.lstrip('.')}: {exc}") from exc
+    except ValueError as exc:  # PyYAML's reading of a date that is none: 2026-02-30
+        raise CalendarFileError(
+            f"{path}: not valid yaml: a date that does not exist: {exc}"
+        ) from exc
     return _from_document(document, str(path))
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key written twice in one mapping: plain YAML keeps the
+    last one, so a second `mon:` would silently drop the first's hours."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is written twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _slug(name: str) -> str:

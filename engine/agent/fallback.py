@@ -11,7 +11,9 @@ The menu answers when:
   message's turn fails; the breaker is not touched);
 - the conversation is past its own limits (engine/agent/limits.py): agent turns per minute
   (`turn_limit`) or model tokens per day (`token_limit`); the limit is also recorded in the
-  conversation's collected data as `agent_limit` (cleared when the model answers again);
+  conversation's collected data as `agent_limit` (cleared when the model answers again), and
+  the menu is shown for it at most once a minute: a flood's other messages get no answer
+  unless they are the menu's (a number of its list, a confirmation);
 each counted in `wsm_llm_fallbacks_total{reason}`. The menu then tells the customer what the
 agent's tools already did for this message, carries a pending confirmation on, or shows the
 numbered options (engine/agent/menu.py: SchedulingMenuBrain.resume).
@@ -39,14 +41,14 @@ from dataclasses import dataclass, replace
 from engine.agent.breaker import CircuitBreaker
 from engine.agent.confirmation import PENDING_KEY, PendingAction, confirms
 from engine.agent.groq_brain import AgentTurnFailed, GroqBrain
-from engine.agent.limits import AGENT_LIMIT, ConversationLimits
+from engine.agent.limits import AGENT_LIMIT, AGENT_LIMIT_TOLD, ConversationLimits
 from engine.agent.llm import CONFIG_REJECTIONS, count_failure
 from engine.agent.menu import SchedulingMenuBrain
 from engine.agent.metrics import BURST_DEFERRED, LLM_FALLBACKS
 from engine.agent.reminders import REMINDER_KEY
 from engine.brain import Decision, Turn
 from engine.identity import Conversation
-from engine.menu_brain import unheard_audio
+from engine.menu_brain import PERSON_WORDS, unheard_audio
 
 log = logging.getLogger("wsm.engine.agent.fallback")
 
@@ -104,8 +106,14 @@ class FallbackBrain:
             if limited is not None:
                 self.breaker.release()
                 LLM_FALLBACKS.labels(limited).inc()
+                asks_for_person = PERSON_WORDS.search(turn.message.text) is not None
+                if self.limits.quiet(turn.state.collected, limited) and not asks_for_person:
+                    # Shown the menu for it a moment ago: one answer a minute to a flood, not
+                    # one a message (recorded all the same). Asking for a person is answered.
+                    return Decision()
                 decision = await self.menu.resume(turn)
-                return replace(decision, collected={**decision.collected, AGENT_LIMIT: limited})
+                told = self.limits.told(limited)
+                return replace(decision, collected={**decision.collected, **told})
         try:
             decision = await self.agent.decide(turn)
         except AgentTurnFailed as failed:
@@ -122,7 +130,8 @@ class FallbackBrain:
             raise
         self.breaker.success()
         if turn.state.collected.get(AGENT_LIMIT):
-            decision = replace(decision, collected={**decision.collected, AGENT_LIMIT: ""})
+            cleared = {AGENT_LIMIT: "", AGENT_LIMIT_TOLD: ""}
+            decision = replace(decision, collected={**decision.collected, **cleared})
         if turn.state.collected.get(REMINDER_KEY):
             # The model has answered the message after a reminder (it was told of the
             # reminder for it): the reminder is answered or left behind, as the menu leaves it

@@ -14,6 +14,9 @@
 Past a limit the fallback brain answers on the menu (engine/agent/fallback.py), counts it in
 `wsm_llm_fallbacks_total{reason="turn_limit"|"token_limit"}` and records the limit in the
 conversation's collected data (`agent_limit`), which the operator API shows with its state.
+The menu is shown for it once a minute (`quiet`, `agent_limit_told`), not once a message: the
+rest of a flood is recorded and goes unanswered, but for the menu's own steps (a number, a
+confirmation), which it answers as ever.
 
 The counters are plain keys outside the conversation's hash tag, written without the commit:
 they expire on their own (a minute, two days). A message handled twice after a crash counts
@@ -24,7 +27,7 @@ time (the queue's lease), so the read-then-add below does not race with itself.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime
 
@@ -47,6 +50,8 @@ TOKEN_LIMIT = "token_limit"
 # In the conversation's collected data while it is on the menu because of its own limits: which
 # limit (one of the two above), cleared when the model answers again.
 AGENT_LIMIT = "agent_limit"
+# Beside it: when the customer was last shown the menu for that limit (epoch ms).
+AGENT_LIMIT_TOLD = "agent_limit_told"
 
 
 @dataclass(eq=False)
@@ -81,6 +86,18 @@ class ConversationLimits:
         if not await self._take_minute_slot(self.turns_key(token), now):
             return TURN_LIMIT
         return None
+
+    def quiet(self, collected: Mapping[str, str], limit: str) -> bool:
+        """Whether a message past `limit` goes unanswered: the customer was shown the menu for
+        this limit less than a minute ago (a flood gets one answer a minute, not one each)."""
+        told = collected.get(AGENT_LIMIT_TOLD, "")
+        if collected.get(AGENT_LIMIT) != limit or not told.isdigit():
+            return False
+        return self.clock_ms() - int(told) < TURN_WINDOW_MS
+
+    def told(self, limit: str) -> dict[str, str]:
+        """The collected data of a message past `limit` answered with the menu now."""
+        return {AGENT_LIMIT: limit, AGENT_LIMIT_TOLD: str(self.clock_ms())}
 
     async def admit_transcription(self, token: str) -> bool:
         """Whether a voice note of this conversation may be transcribed now (and counts it):

@@ -5,6 +5,7 @@
 local waiting_key = KEYS[1]    -- the session's line: conversation -> score
 local sessions_key = KEYS[2]   -- sessions that have a line
 local sequence_key = KEYS[3]   -- tie-breaker counter
+local team_lines_key = KEYS[4] -- a team's line only: the set of team lines (line_rehome.lua)
 local token = ARGV[1]
 local now_ms = tonumber(ARGV[2])
 local session = ARGV[3]
@@ -15,6 +16,9 @@ if not redis.call('ZSCORE', waiting_key, token) then
   local seq = redis.call('INCR', sequence_key) % 1000
   redis.call('ZADD', waiting_key, now_ms * 1000 + seq, token)
   redis.call('SADD', sessions_key, session)
+  if team_lines_key then
+    redis.call('SADD', team_lines_key, waiting_key)
+  end
 end
 local rank = redis.call('ZRANK', waiting_key, token)
 local score = tonumber(redis.call('ZSCORE', waiting_key, token))

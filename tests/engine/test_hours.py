@@ -368,3 +368,82 @@ async def test_an_agent_left_online_overnight_is_given_nobody_until_the_opening(
     await maintain(harness)
     assert waha.to(OTHER)[-1] == taken
     assert await state_of(aredis, key_prefix, OTHER) is State.AGENT
+
+
+# --- time zones, the clock's jumps, hours to midnight (found by an audit) -----------------------
+
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+def business_in(tmp_path: Path, timezone: str, hours: str) -> Path:
+    """A business file of its own time zone and hours (no holidays)."""
+    path = tmp_path / "business.yaml"
+    path.write_text(
+        f"business:\n  name: Clínica\ntimezone: {timezone}\nhours:\n{hours}\n"
+        "services:\n  - {id: consulta, name: Consulta}\n",
+        "utf-8",
+    )
+    return path
+
+
+def ny(year: int, month: int, day: int, hour: int, minute: int = 0) -> int:
+    return int(datetime(year, month, day, hour, minute, tzinfo=NEW_YORK).timestamp() * 1000)
+
+
+def test_the_clocks_jumps_make_days_of_23_and_25_hours(tmp_path: Path) -> None:
+    path = business_in(tmp_path, "America/New_York", '  sun: ["00:00-24:00"]')
+    hours = BusinessHours(load_calendar(path))
+    spring, fall = date(2026, 3, 8), date(2026, 11, 1)  # US: 02:00 -> 03:00, 02:00 -> 01:00
+    assert [end - begin for begin, end in hours.intervals(spring)] == [23 * 3_600_000]
+    assert [end - begin for begin, end in hours.intervals(fall)] == [25 * 3_600_000]
+    assert hours.open_ms_between(ny(2026, 10, 31, 12), ny(2026, 11, 2, 12)) == 25 * 3_600_000
+
+
+async def test_an_opening_the_clock_skips_is_when_the_clock_gets_there(
+    waha: Any, make_harness: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A business in New York opening at 02:30 on the Sunday its clocks jump from 02:00 to
+    03:00: it opens when its clock shows 03:00 (02:30 is past then), and that is what the
+    customer is told. It was told "amanhã às 03:30", and the line stayed closed until then.
+    An interval inside the skipped hour is not there that day."""
+    path = business_in(tmp_path, "America/New_York", '  sun: ["02:30-06:00"]')
+    clock = Clock(monkeypatch, ny(2026, 3, 7, 23))  # Saturday 23:00
+    harness = make_harness(calendar_file=path)
+    await ask(harness, CHAT, "oi", "Ana", "3")
+    assert waha.to(CHAT)[-1] == DEFAULTS["pt-BR"]["line_closed"].format(
+        opens="amanhã às 03:00", team="", leave_word="sair"
+    )
+    hours = harness.service.coordinator.line.hours
+    assert hours is not None
+    assert not hours.is_open(ny(2026, 3, 8, 1, 59))
+    clock.set(ny(2026, 3, 8, 3, 0))  # 07:00 UTC, a second after 01:59:59 EST
+    assert hours.is_open(clock.ms)
+    await maintain(harness)
+    assert waha.to(CHAT)[-1] == DEFAULTS["pt-BR"]["line_opened_nobody"].format(ordinal="1º")
+    skipped = BusinessHours(
+        load_calendar(business_in(tmp_path, "America/New_York", '  sun: ["02:00-02:45"]'))
+    )
+    assert skipped.intervals(date(2026, 3, 8)) == []
+    assert skipped.next_opening(ny(2026, 3, 7, 23)) == ny(2026, 3, 15, 2, 0)
+
+
+async def test_hours_written_to_midnight_and_on_from_it_close_at_the_end_of_both(
+    waha: Any, make_harness: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A business open past midnight writes fri 18:00-24:00 and sat 00:00-02:00 (an interval
+    ends on its own day). At 23:50 on Friday an estimate past 02:00 gives no minutes: it names
+    02:00, not midnight, which is no closing (it counted the minutes as if open all night)."""
+    path = business_in(
+        tmp_path, "America/Sao_Paulo", '  fri: ["18:00-24:00"]\n  sat: ["00:00-02:00"]'
+    )
+    Clock(monkeypatch, at(2026, 11, 13, 23, 50))  # Friday
+    harness = make_harness(calendar_file=path, default_handling_seconds=6000)
+    await harness.service.coordinator.line.set_online("maria", "Maria", 1)
+    await ask(harness, CHAT, "oi", "Ana", "3")  # Maria takes the first
+    await ask(harness, OTHER, "oi", "Bia", "3")  # 1st in line: 100 min, before 02:00
+    assert "cerca de 100 min" in waha.to(OTHER)[-1]
+    third = "5511900000203@c.us"
+    await ask(harness, third, "oi", "Caio", "3")  # 2nd: 200 min would run to 03:10
+    assert waha.to(third)[-1] == DEFAULTS["pt-BR"]["line_entered_closing"].format(
+        ordinal="2º", closes="02:00", opens="sexta, 20/11 às 18:00", leave_word="sair"
+    )

@@ -1,9 +1,11 @@
-"""The waiting line's scripts (line_enter, line_leave, line_take, line_release) on a real Redis."""
+"""The waiting line's scripts (line_enter, line_leave, line_take, line_release, line_rehome) on a
+real Redis."""
 
 from __future__ import annotations
 
 import pytest
 
+from engine.agent.calendar import Team
 from engine.waiting_line import AgentAtCapacity, AgentOffline, WaitingLine
 from shared.keys import LineKeys
 
@@ -37,6 +39,35 @@ async def test_line_leave_moves_everyone_behind_up(aredis, key_prefix) -> None:
     ]  # fmt: skip
     assert await wl.position("s", "s|d") == 3
     assert await wl.position("s", "s|b") is None
+
+
+async def test_line_rehome_moves_a_teams_line_no_business_uses_into_the_plain_line(
+    aredis, key_prefix
+) -> None:
+    """Each keeps when they entered (their place among the plain line's), one in both lines
+    keeps the plain line's place, and the team line is gone; a team in use is left alone."""
+    wl = line(aredis, key_prefix)
+    await wl.enter("s", "s|old@c.us", 1000, team="financeiro")
+    await wl.enter("s", "s|plain@c.us", 2000)
+    await wl.enter("s", "s|new@c.us", 3000, team="financeiro")
+    await wl.enter("s", "s|both@c.us", 500)
+    await wl.enter("s", "s|both@c.us", 4000, team="financeiro")
+    assert await wl.rehome_stray_lines() == 3  # no business here has teams
+    assert [(w.token, w.entered_at, w.team) for w in await wl.members("s")] == [
+        ("s|both@c.us", 500, ""), ("s|old@c.us", 1000, ""), ("s|plain@c.us", 2000, ""),
+        ("s|new@c.us", 3000, ""),
+    ]  # fmt: skip
+    assert await aredis.exists(wl.line_key("s", "financeiro")) == 0
+    assert await aredis.smembers(wl.keys.team_lines) == set()
+    assert await wl.rehome_stray_lines() == 0
+
+    teams = (Team("recepcao", "Recepção"), Team("financeiro", "Financeiro"))
+    with_teams = WaitingLine(
+        aredis, prefix=key_prefix, per_agent=2, default_handling_seconds=120, teams=teams
+    )
+    await with_teams.enter("s", "s|ana@c.us", 5000, team="financeiro")
+    assert await with_teams.rehome_stray_lines() == 0
+    assert await with_teams.locate("s", "s|ana@c.us") == ("financeiro", 1)
 
 
 async def test_line_take_gives_the_longest_waiting_over_sessions(aredis, key_prefix) -> None:

@@ -202,3 +202,43 @@ async def test_a_handback_after_the_phone_answered_during_the_team_question_asks
     answers = waha.to(ANA)[sent:]
     assert QUESTION not in answers
     assert answers[-1].startswith("Como posso ajudar, Ana?")
+
+
+def financeiro_to_vendas(path: Path) -> None:
+    """The business file with Vendas where Financeiro was."""
+    text = TWO_TEAMS.replace("id: financeiro\n    name: Financeiro", "id: vendas\n    name: Vendas")
+    path.write_text(text, "utf-8")
+
+
+async def test_a_team_gone_from_the_business_file_leaves_nobody_behind(
+    aredis: Any, key_prefix: str, waha: Any, make_harness: Any, business_file: Path
+) -> None:
+    """Financeiro is taken out of the business file (and Vendas put in) while Ana and Caio
+    wait in its line. After the restart they join the plain line, in the order they came,
+    where every agent takes from: found by an audit, they were in no line the code looked at
+    (no reply, not taken, not listed, and *sair* left them behind)."""
+    harness = make_harness(calendar_file=business_file)
+    await say(harness, ANA, "oi", "Ana", "3", "2")  # Financeiro
+    await say(harness, BIA, "oi", "Bia", "3", "1")  # Recepção
+    await say(harness, CAIO, "oi", "Caio", "3", "2")  # Financeiro
+    financeiro_to_vendas(business_file)
+    restarted = make_harness(calendar_file=business_file)
+    coordinator = restarted.service.coordinator
+    line = coordinator.line
+    await coordinator.maintain()
+    assert [(w.token, w.position, w.team) for w in await line.members("default")] == [
+        (f"default|{ANA}", 1, ""), (f"default|{CAIO}", 2, ""), (f"default|{BIA}", 1, "recepcao"),
+    ]  # fmt: skip
+    assert await aredis.exists(line.line_key("default", "financeiro")) == 0
+
+    await say(restarted, ANA, "ainda na fila?")
+    assert waha.to(ANA)[-1].startswith("Você continua na fila: é o 1º")
+    await say(restarted, CAIO, "sair")
+    assert waha.to(CAIO)[-1] == PT["line_left"]
+    assert [w.token for w in await line.members("default", "")] == [f"default|{ANA}"]
+    # Zeca is in no team: the plain line is his too.
+    await line.set_online("zeca", "Zeca", 1)
+    await say(restarted, ANA)
+    assert (await state_of(aredis, key_prefix, ANA)).agent_id == "zeca"
+    assert waha.to(ANA)[-1] == PT["line_taken"].format(agent="Zeca")
+    assert [w.token for w in await line.members("default", "recepcao")] == [f"default|{BIA}"]

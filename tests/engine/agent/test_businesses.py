@@ -24,6 +24,7 @@ from shared.settings import Settings
 from tests.engine.agent.conftest import CALENDAR
 from tests.engine.agent.fake_groq import FakeGroq, completion
 from tests.engine.harness import AgentHarness, FakeWaha
+from tests.shared.test_invalid_settings_commands import run_wsm
 from tests.support.waha import text_message
 
 PET_SHOP = {
@@ -181,6 +182,43 @@ def test_business_files_are_checked_at_start(
     calendar_file = agent_settings().calendar_file
     shared = businesses_from(agent_settings(business_files=f"a={calendar_file},b={pet_file}"))
     assert shared.for_session("a").id == "" and shared.for_session("b").id == "petshop"
+
+
+@pytest.mark.parametrize(
+    ("command", "setting", "document", "named"),
+    [
+        ("worker", "WSM_CALENDAR_FILE", {"hours": {"fri": ["18:00-02:00"]}}, "hours.fri:"),
+        ("api", "WSM_BUSINESS_FILES", {"hours": {"mon": ["08:00-12:00", "11:00-13:00"]}},
+         "hours.mon: '11:00-13:00' overlaps '08:00-12:00'"),
+        ("dev", "WSM_BUSINESS_FILES", {"texts": {"pt-BR": {"line_closd": "x"}}},
+         "unknown text 'line_closd'"),
+        ("agent list", "WSM_BUSINESS_FILES", {"hours": {"mon": ["08:60-12:00"]}}, "hours.mon:"),
+    ],
+    ids=["worker", "api", "dev", "agent"],
+)  # fmt: skip
+def test_a_bad_business_file_stops_the_command_at_start_with_exit_2(
+    tmp_path: Path, command: str, setting: str, document: dict[str, Any], named: str
+) -> None:
+    """Found by an audit: `wsm worker` started its processes and restarted them forever, each
+    dying on the file with a traceback; `wsm api` died with a traceback (exit 1); `wsm dev`
+    started Redis and its parts first; `wsm agent` (whose `add --team` reads the teams) died
+    with a traceback. Now each names the file and the field, exits 2, and starts nothing (no
+    var/dev, no Redis, no file of any kind)."""
+    files = tmp_path / "files"
+    files.mkdir()
+    path = files / "loja.yaml"
+    path.write_text(yaml.safe_dump({**PET_SHOP, **document}, allow_unicode=True), "utf-8")
+    value = str(path) if setting == "WSM_CALENDAR_FILE" else f"loja={path}"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = {setting: value, "WSM_API_TOKEN": "t" * 32, "WSM_WORKER_METRICS_PORT": "0"}
+    done = run_wsm(cwd, env, *command.split())
+    assert done.returncode == 2, done.stderr
+    program = command.split()[0]
+    assert done.stderr.startswith(f"wsm {program}: {path}: "), done.stderr
+    assert named in done.stderr
+    assert "Traceback" not in done.stderr
+    assert list(cwd.iterdir()) == []
 
 
 def test_the_lines_hours_and_teams_are_the_sessions_business(

@@ -91,6 +91,84 @@ def test_a_bad_file_is_refused_with_the_reason(tmp_path: Path, change: dict, mes
         load_calendar(write(tmp_path, {**CALENDAR, **change}))
 
 
+@pytest.mark.parametrize(
+    ("hours", "message"),
+    [
+        (["08:00-12:00", "11:00-14:00"], "hours.mon: '11:00-14:00' overlaps '08:00-12:00'"),
+        (["08:00-12:00", "08:00-12:00"], "hours.mon: '08:00-12:00' overlaps '08:00-12:00'"),
+        (
+            ["08:60-12:00"],
+            "hours.mon: '08:60-12:00': '08:60' is not a time of day (00:00 to 24:00)",
+        ),
+        (
+            ["08:00-24:30"],
+            "hours.mon: '08:00-24:30': '24:30' is not a time of day (00:00 to 24:00)",
+        ),
+        (["8h-12h"], "hours.mon: '8h-12h': '8h' is not a time of day (HH:MM)"),
+        (
+            ["24:00-08:00"],
+            "hours.mon: '24:00-08:00': 24:00 only ends an interval (the next day starts at 00:00)",
+        ),
+        (
+            ["18:00-02:00"],
+            "hours.mon: '18:00-02:00' ends before it starts; an interval ends on its own day, so "
+            'hours past midnight are written mon: ["18:00-24:00"] and tue: ["00:00-02:00"]',
+        ),
+    ],
+    ids=["overlap", "twice", "minute 60", "past 24:00", "8h", "from 24:00", "past midnight"],
+)
+def test_bad_hours_are_refused_naming_the_day_and_the_interval(
+    tmp_path: Path, hours: list[str], message: str
+) -> None:
+    """Found by an audit: overlapping intervals (their open time counted twice by the line's
+    timeout and estimates) and "08:60" were taken silently; the other reasons named neither
+    the day nor the interval ("invalid literal for int() with base 10: '8h'")."""
+    path = write(tmp_path, {**CALENDAR, "hours": {"mon": hours}})
+    with pytest.raises(CalendarFileError) as refused:
+        load_calendar(path)
+    assert str(refused.value) == f"{path}: {message}"
+
+
+def test_touching_intervals_are_fine(tmp_path: Path) -> None:
+    hours = {"fri": ["08:00-12:00", "12:00-24:00"], "sat": ["00:00-02:00"]}
+    calendar = load_calendar(write(tmp_path, {**CALENDAR, "hours": hours}))
+    assert calendar.hours == {4: [(480, 720), (720, 1440)], 5: [(0, 120)]}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "the file is empty"),
+        ("# nada ainda\n", "the file is empty"),
+        (
+            "business: {name: X}\nhours:\n  mon: ['08:00-12:00']\n  mon: ['13:00-18:00']\n"
+            "services: [{id: a, name: A}]\n",
+            "'mon' is written twice\n  in \"<unicode string>\", line 4",
+        ),
+        (
+            "business: {name: X}\nhours: {}\nholidays: [2026-02-30]\n"
+            "services: [{id: a, name: A}]\n",
+            "a date that does not exist",
+        ),
+        ("business: {name: X}\nhours: {mon: '08:00-12:00'}\n", "hours.mon: Input should be"),
+    ],
+    ids=["empty", "comments only", "a day twice", "no such date", "not a list"],
+)
+def test_a_file_that_is_not_one_is_refused_with_the_reason(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    """Found by an audit: a day written twice lost the first one's hours without a word, a date
+    that does not exist stopped the start with a traceback (not a CalendarFileError), and an
+    empty file was "Input should be a valid dictionary or instance of _CalendarFile"."""
+    path = tmp_path / "cal.yaml"
+    path.write_text(text, "utf-8")
+    with pytest.raises(CalendarFileError) as refused:
+        load_calendar(path)
+    assert str(refused.value).startswith(f"{path}: ")
+    assert message in str(refused.value)
+    assert "errors.pydantic.dev" not in str(refused.value)
+
+
 def test_toml_works_too(tmp_path: Path) -> None:
     path = tmp_path / "cal.toml"
     path.write_text(

@@ -77,6 +77,44 @@ async def test_a_flood_from_one_chat_costs_few_model_calls_and_others_keep_the_m
     ]
 
 
+async def test_past_the_turn_limit_a_flood_is_shown_the_menu_once_not_once_a_message(
+    harness, groq, waha, aredis, key_prefix
+) -> None:
+    """Messages arriving one by one (each handled before the next: nothing queued behind, so
+    no burst): the first 6 reach the model; past the limit the menu answers, once, and the
+    rest is recorded unanswered, in order (but for asking for a person), until a minute has
+    passed and the model answers again. Found by an audit: every message past the limit got
+    the whole menu again (24 menus for 30 messages)."""
+    agent = harness()
+    groq.policy = lambda request: completion(MODEL_ANSWER)
+    limits = agent.parts.limits
+    now = [limits.clock_ms()]
+    limits.clock_ms = lambda: now[0]
+    texts = [f"mensagem {n}" for n in range(1, 31)]
+    for text in texts:
+        await agent.say(ANA, text)
+
+    assert len(groq.requests) == 6
+    replies = waha.to(ANA)
+    assert replies[:6] == [MODEL_ANSWER] * 6
+    assert 1 <= len(replies[6:]) <= 2  # the menu (after its question for the name, if any)
+    state = await load_state(aredis, engine_keys_for("default", ANA, 1, key_prefix).state)
+    assert state.collected["agent_limit"] == "turn_limit"
+    entries = await history_of(aredis, key_prefix, ANA)
+    assert [e.text for e in entries if e.direction == "in"] == texts
+    # Asking for a person is answered all the same (the menu, whose last option it is).
+    told = len(waha.to(ANA))
+    await agent.say(ANA, "quero falar com um atendente")
+    assert len(waha.to(ANA)) == told + 1 and "Falar com um atendente" in waha.to(ANA)[-1]
+
+    # A minute on, the model answers again, and the limit is cleared.
+    now[0] += 60_000
+    await agent.say(ANA, "e agora?")
+    assert waha.to(ANA)[-1] == MODEL_ANSWER
+    state = await load_state(aredis, engine_keys_for("default", ANA, 1, key_prefix).state)
+    assert state.collected["agent_limit"] == ""
+
+
 async def test_a_burst_already_queued_is_answered_in_one_turn(
     harness, groq, waha, aredis, key_prefix
 ) -> None:
