@@ -98,29 +98,41 @@ def injected(page: Any) -> list[str]:
     return found + [f"csp: {v}" for v in page.evaluate("window.__csp")]
 
 
+def drawn(locator: Any) -> dict[str, float]:
+    """The element's box once it is drawn: the live channel may be swapping it in just then
+    (its box is None for that moment)."""
+    box: dict[str, float] = wait_until(locator.bounding_box, timeout=10, what="the element drawn")
+    return box
+
+
 def left(locator: Any) -> float:
-    box = locator.bounding_box()
-    assert box is not None
-    return float(box["x"])
+    return float(drawn(locator)["x"])
 
 
 def right(locator: Any) -> float:
-    box = locator.bounding_box()
-    assert box is not None
+    box = drawn(locator)
     return float(box["x"] + box["width"])
 
 
 def reads_left_to_right(locator: Any) -> bool:
-    """The element's text is drawn in its own order: its first character left of its last."""
-    drawn: bool = locator.evaluate(
-        """el => {
-            const text = el.firstChild, range = document.createRange();
-            const at = i => { range.setStart(text, i); range.setEnd(text, i + 1);
-                              return range.getBoundingClientRect().x; };
-            return at(0) < at(text.length - 1);
-        }"""
-    )
-    return drawn
+    """The element's text is drawn in its own order: its first character left of its last.
+    Read once it is laid out (a node the live channel is swapping in has no boxes yet: every
+    character at 0): None until then."""
+
+    def read() -> list[bool]:
+        order: bool | None = locator.evaluate(
+            """el => {
+                const text = el.firstChild, range = document.createRange();
+                const at = i => { range.setStart(text, i); range.setEnd(text, i + 1);
+                                  return range.getBoundingClientRect(); };
+                const first = at(0), last = at(text.length - 1);
+                if (!first.width || !last.width) return null;
+                return first.x < last.x;
+            }"""
+        )
+        return [] if order is None else [order]
+
+    return wait_until(read, timeout=10, what="the text laid out")[0]
 
 
 # --- injection ---------------------------------------------------------------------------------
@@ -218,15 +230,14 @@ def test_a_name_of_300_characters_keeps_the_page_in_the_window(product: Product,
     expect(side.get_by_test_id("agents")).to_contain_text("Maria")
     assert side.evaluate("el => el.scrollWidth <= el.clientWidth")
     assert page.evaluate("document.documentElement.scrollWidth") <= 1024
-    head = page.locator(".conv-head h1").bounding_box()
-    assert head is not None and head["height"] < 40  # one line
+    assert drawn(page.locator(".conv-head h1"))["height"] < 40  # one line
     for hook in CONTROLS:
-        box = page.get_by_test_id(hook).bounding_box()
-        assert box is not None and box["x"] + box["width"] <= 1024, hook
+        box = drawn(page.get_by_test_id(hook))
+        assert box["x"] + box["width"] <= 1024, hook
     # Both ends of the conversation in the first screen: its actions and the reply box.
     for hook in ("close", "handback", "reply-box", "reply-send"):
-        box = page.get_by_test_id(hook).bounding_box()
-        assert box is not None and box["y"] >= 0 and box["y"] + box["height"] <= 768, hook
+        box = drawn(page.get_by_test_id(hook))
+        assert box["y"] >= 0 and box["y"] + box["height"] <= 768, hook
     page.get_by_test_id("close").click()
     expect(page.get_by_test_id("conv-state")).to_have_attribute("data-state", "closed")
 
@@ -248,10 +259,9 @@ def test_a_phone_sized_window_shows_the_whole_console(product: Product, page: An
     expect(page.get_by_test_id("message").filter(has_text="exemplo.com.br")).to_be_visible()
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     for hook in CONTROLS:
-        box = page.get_by_test_id(hook).bounding_box()
-        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, hook
-    box = page.get_by_test_id("reply-box").bounding_box()
-    assert box is not None and box["width"] >= 200
+        box = drawn(page.get_by_test_id(hook))
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390, hook
+    assert drawn(page.get_by_test_id("reply-box"))["width"] >= 200
     page.get_by_test_id("close").click()
     expect(page.get_by_test_id("conv-state")).to_have_attribute("data-state", "closed")
 
