@@ -337,7 +337,7 @@ async def read_page(
     """Up to `limit` entries older than `before` (or the newest ones), oldest first, and the
     cursor of the next (older) page, None when there is none."""
     if before is not None and not history_cursor(before):
-        raise InvalidCursor(f"not a history cursor: {before!r}")
+        raise InvalidCursor(f"not a history cursor: {before[:64]!r}")  # a client's: bounded
     upper = f"({before}" if before else "+"
     raw = await redis.xrevrange(keys.stream, max=upper, min="-", count=limit + 1)
     more = len(raw) > limit

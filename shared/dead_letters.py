@@ -118,11 +118,15 @@ async def list_dead_letters(client: Any, shards: int, prefix: str) -> list[DeadL
     return letters
 
 
-async def dropped_dead_letters(client: RedisClient, shards: int, prefix: str) -> int:
-    """How many queue dead letters the cap and the aging have dropped so far."""
+async def dropped_dead_letters(
+    client: RedisClient, shards: int, prefix: str, *, outbox: bool = False
+) -> int:
+    """How many dead letters the cap and the aging have dropped so far: the queue's, or with
+    `outbox` the outbox's (the shards' `dead_dropped` / `outbox_dead_dropped`)."""
+    field = "outbox_dead_dropped" if outbox else "dead_dropped"
     total = 0
     for shard in all_shards(shards, prefix):
-        total += int(await client.hget(shard.stats, "dead_dropped") or 0)
+        total += int(await client.hget(shard.stats, field) or 0)
     return total
 
 

@@ -158,14 +158,6 @@ async def count_outbox_dead_letters(client: Any, shards: int, prefix: str) -> in
     return sum([int(await client.llen(outbox_dlq_key(s))) for s in all_shards(shards, prefix)])
 
 
-async def dropped_outbox_dead_letters(client: RedisClient, shards: int, prefix: str) -> int:
-    """How many outbox dead letters the cap and the aging have dropped so far."""
-    total = 0
-    for shard in all_shards(shards, prefix):
-        total += int(await client.hget(shard.stats, "outbox_dead_dropped") or 0)
-    return total
-
-
 class OutboxReplayResult(Enum):
     REPLAYED = "replayed"
     GONE = "gone"  # replayed, dropped or erased by someone else meanwhile

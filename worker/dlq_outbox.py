@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from shared.clock import now_ms
+from shared.dead_letters import dropped_dead_letters
 from shared.keys import conversation_token, split_conversation_token
 from shared.outbox_dead_letters import (
     OutboxDeadLetter,
@@ -18,7 +19,6 @@ from shared.outbox_dead_letters import (
     OutboxReplayResult,
     ReplayBounds,
     drop_outbox_dead_letter,
-    dropped_outbox_dead_letters,
     list_outbox_dead_letters,
     replay_outbox_dead_letters,
 )
@@ -107,8 +107,8 @@ async def run(client: RedisClient, settings: Settings, args: argparse.Namespace)
     letters = await list_outbox_dead_letters(client, settings.queue_shards, settings.key_prefix)
     if args.outbox_command == "list":
         print_letters(letters, as_json=args.json)
-        dropped = await dropped_outbox_dead_letters(
-            client, settings.queue_shards, settings.key_prefix
+        dropped = await dropped_dead_letters(
+            client, settings.queue_shards, settings.key_prefix, outbox=True
         )
         if dropped and not args.json:
             print(
