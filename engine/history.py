@@ -14,7 +14,9 @@ WSM_HISTORY_MAX_MESSAGES go, each with its meta fields, so the meta hash is boun
 (it is compacted when facts about messages already gone, or acks parked for messages never
 recorded, outnumber what the entries can own). Entries dropped by the length cap while still
 within the retention are data loss: counted in `{eng}:dropped` `history_entries`. Both keys
-expire after the retention without appends.
+expire after the retention without appends, and what writes the meta hash later never brings it
+back without an expiry: the sender's scripts (outbox_sent, outbox_dead, outbox_failed) write
+only into a hash that exists, and an ack parked where there is no history sets the retention.
 
 `mid` is our id of a message: the WhatsApp id for one we received, a random id for one we send
 (its WhatsApp id exists only once WAHA accepted it).
@@ -282,7 +284,12 @@ async def fact_for(
 
 
 async def ack_writes(
-    redis: RedisClient, keys: HistoryKeys, short_waha_id: str, status: str
+    redis: RedisClient,
+    keys: HistoryKeys,
+    short_waha_id: str,
+    status: str,
+    *,
+    retention_seconds: int,
 ) -> list[Write]:
     """Writes recording a delivery status for the message WhatsApp knows as `short_waha_id`.
 
@@ -294,7 +301,15 @@ async def ack_writes(
     mid, current = await fact_for(redis, keys, short_waha_id, "status", parked=parked)
     if not advances(current, status):
         return []
-    return [write("HSET", keys.meta, parked if mid is None else f"{mid}:status", status)]
+    if mid is not None:
+        return [write("HSET", keys.meta, f"{mid}:status", status)]
+    # An ack for a message this history does not hold may come to a conversation with no
+    # history at all (it expired; the message was sent by another tool): the parked field
+    # would create the meta hash with no expiry. NX: a living history keeps its own.
+    return [
+        write("HSET", keys.meta, parked, status),
+        write("EXPIRE", keys.meta, retention_seconds, "NX"),
+    ]
 
 
 async def edit_writes(

@@ -19,14 +19,15 @@ from prometheus_client.registry import Collector
 
 OUTBOX_SENDS = Counter(
     "wsm_outbox_sends_total",
-    "Replies the sender tried to deliver, by result (sent, retry, parked, dead, and "
-    "waha_plus_required: a file WAHA Core refused as a Plus feature).",
+    "Replies the sender tried to deliver, by result (sent, retry, parked, dead, "
+    "waha_plus_required: a file WAHA Core refused as a Plus feature, and dead_delivered: a "
+    "dead reply whose echo came, so it reached WhatsApp after all).",
     ["result"],
 )
 # Every result exported from the start, at 0: a series that first appears at 1 is an increase
 # of 0 to Prometheus, so WsmRepliesDropped would miss a worker's first dropped reply (found by
 # an audit).
-OUTBOX_RESULTS = ("sent", "retry", "parked", "dead", "waha_plus_required")
+OUTBOX_RESULTS = ("sent", "retry", "parked", "dead", "waha_plus_required", "dead_delivered")
 for _result in OUTBOX_RESULTS:
     OUTBOX_SENDS.labels(_result)
 WAITING_SECONDS = Histogram(

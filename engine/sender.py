@@ -43,6 +43,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from engine.identity import send_target
 from engine.metrics import OUTBOX_SENDS
 from engine.outbox import OutboxEntry
 from engine.waha_client import (
@@ -80,6 +81,7 @@ OUTBOX_SENT = LuaScript.named("outbox_sent")
 OUTBOX_RETRY = LuaScript.named("outbox_retry")
 OUTBOX_SETTLE = LuaScript.named("outbox_settle")
 OUTBOX_FAILED = LuaScript.named("outbox_failed")
+OUTBOX_DEAD_DELIVERED = LuaScript.named("outbox_dead_delivered")
 SEND_RATE_TAKE = LuaScript.named("send_rate_take")
 SEND_LOCK_RENEW = LuaScript.named("send_lock_renew")
 SEND_BEGIN = LuaScript.named("send_begin")
@@ -95,6 +97,9 @@ OURS_TTL_SECONDS = 24 * 3600
 # How long a reply WAHA accepted is kept trying to be recorded while Redis is away (longer than
 # any outage the product rides out: WAHA's own retry window is about 30 s).
 RECORD_SENT_PATIENCE_SECONDS = 300.0
+# How many of the newest outbox dead letters a late echo looks through for its reply
+# (outbox_dead_delivered.lua): the echo comes within the echo wait after the send.
+DEAD_LETTER_SCAN = 1000
 # Why a file reply failed when WAHA is Core (history `<mid>:error`, the API's answer).
 WAHA_PLUS_REQUIRED = "waha_plus_required"
 # Due entries of one shard one sweep looks at (send_due.lua), at most: a bound on the script's
@@ -667,11 +672,7 @@ class Sender:
         again by another sender, once the echo wait was over) is at least half an echo wait
         older than the marker and is told apart by its timestamp."""
         keys = self._keys(token)
-        head = await self._redis.lindex(keys.outbox, 0)
-        if head is None or not marker.mid:
-            return False
-        entry = OutboxEntry.decode(head)
-        if entry.mid != marker.mid or entry.text != marker.text:
+        if not marker.mid:
             return False
         if echo_at_ms and echo_at_ms < marker.at_ms - self.config.echo_wait_ms // 2:
             return False
@@ -680,8 +681,12 @@ class Sender:
         if sent.short_id:
             owner = await self._redis.get(session_keys.ours(sent.short_id))
             # "1": written before ids named their reply; outbox_sent.lua still checks those.
-            if owner is not None and as_text(owner) not in (entry.mid, "1"):
+            if owner is not None and as_text(owner) not in (marker.mid, "1"):
                 return False  # the echo of a send recorded for another reply
+        head = await self._redis.lindex(keys.outbox, 0)
+        entry = OutboxEntry.decode(head) if head is not None else None
+        if entry is None or entry.mid != marker.mid or entry.text != marker.text:
+            return await self._settle_dead_letter(keys, session_keys, token, marker, sent)
         recorded, _ = await self._mark_sent(keys, session_keys, token, entry, sent)
         if not recorded:
             return False
@@ -689,6 +694,39 @@ class Sender:
         log.warning(
             "a send was recorded from its echo (its sender stopped before recording it)",
             extra={"conversation": token, "mid": entry.mid},
+        )
+        return True
+
+    async def _settle_dead_letter(
+        self,
+        keys: EngineConversationKeys,
+        session_keys: WahaSessionKeys,
+        token: str,
+        marker: InflightSend,
+        sent: SentMessage,
+    ) -> bool:
+        """The echo of a send under way whose reply is no longer at the outbox's head: its last
+        attempt got no answer and the reply was dead-lettered, yet WhatsApp has it. The letter
+        goes (a replay would send the reply twice) and the history says `sent`
+        (outbox_dead_delivered.lua). True when such a letter was found."""
+        found = await OUTBOX_DEAD_DELIVERED(
+            self._redis,
+            [keys.outbox_dlq, keys.history_meta],
+            [token, marker.mid, sent.id, sent.short_id, DEAD_LETTER_SCAN],
+        )
+        if not found:
+            return False
+        pipe = self._redis.pipeline(transaction=False)
+        if sent.short_id:
+            pipe.set(session_keys.ours(sent.short_id), marker.mid, ex=OURS_TTL_SECONDS)
+        _, chat_id = split_conversation_token(token)
+        # The marker is under the chat the reply was sent to (is_our_send looks at both forms).
+        pipe.delete(session_keys.inflight(chat_id), session_keys.inflight(send_target(chat_id)))
+        await pipe.execute()
+        OUTBOX_SENDS.labels("dead_delivered").inc()
+        log.warning(
+            "a dead-lettered reply was delivered after all (its echo came): letter removed",
+            extra={"conversation": token, "mid": marker.mid},
         )
         return True
 

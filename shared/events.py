@@ -69,6 +69,8 @@ _MESSAGE_TWINS = frozenset({"message", "message.any"})
 
 # Conversation of events that belong to the session rather than to one chat (session.status).
 SESSION_CHAT = "_session"
+# The chat of WhatsApp statuses: the contacts' posts and the business's own.
+STATUS_BROADCAST = "status@broadcast"
 
 # WAHA message ids look like `<fromMe>_<chat id>_<id>[_<participant>]`.
 _MESSAGE_ID = re.compile(r"^(?:true|false)_([^_]+@[^_]+)_")
@@ -132,6 +134,10 @@ def route_event(document: Any, raw_body: bytes) -> RoutedEvent | None:
     chat_id = chat_of(event, payload)
     if chat_id == SESSION_CHAT and event != "session.status":
         raise InvalidEvent("'payload' names no chat")
+    if event in _ACK_EVENTS and chat_id == STATUS_BROADCAST:
+        # The receipts of the business's own status posts: one per contact who views one. No
+        # conversation keeps them, so they are not queued for a worker to drop.
+        return None
     envelope_id = document.get("id")
     # Older WAHA versions send no envelope id; a retry repeats the same bytes, so a hash of the
     # body is a faithful substitute.

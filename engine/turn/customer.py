@@ -10,6 +10,7 @@ from typing import Any
 from engine.agent.calendar import Team
 from engine.brain import Decision, InboundMessage, Turn, reads_history
 from engine.history import HistoryEntry, mid_field, mid_from, recent, recent_from
+from engine.identity import ChatKind
 from engine.media.ingest import NOT_STORED, MediaItem, item_of
 from engine.media.kinds import describe, is_notice
 from engine.media.transcribe import TRANSCRIPT_MARK
@@ -52,6 +53,12 @@ async def message(turn: ConversationTurn) -> None:
             waha_id=waha_id, status="received", **media_fields(item),
         )
     )  # fmt: skip
+    if turn.conversation.kind is ChatKind.BROADCAST:
+        # Only with WSM_IGNORE_BROADCASTS=false: kept in the history, never answered. Whatever
+        # went back (a reply, even a read receipt) would go to the business's status, to a
+        # broadcast list or to a channel: in public, not to one customer.
+        turn.state = replace(turn.state, last_activity_at=turn.now)
+        return
     turn.seen_due = True
     if not turn.state.phone:
         conversation = turn.conversation

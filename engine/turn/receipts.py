@@ -14,7 +14,10 @@ async def ack(turn: ConversationTurn) -> None:
     status = status_for_ack(turn.payload.get("ack"))
     waha_id = str(turn.payload.get("id") or "")
     if status and waha_id:
-        turn.writes += await ack_writes(turn.redis, turn.history, short_message_id(waha_id), status)
+        turn.writes += await ack_writes(
+            turn.redis, turn.history, short_message_id(waha_id), status,
+            retention_seconds=turn.config.retention_seconds,
+        )  # fmt: skip
 
 
 async def edited(turn: ConversationTurn) -> None:

@@ -34,7 +34,10 @@ local dropped = push_dead_letter(dlq_key, entry, 'right', dlq_max, dlq_max_age_m
 if dropped > 0 and stats_key then
   redis.call('HINCRBY', stats_key, 'outbox_dead_dropped', dropped)
 end
-redis.call('HSET', meta_key, mid .. ':status', 'failed')
+-- Only into a history that still exists (outbox_sent.lua says why).
+if redis.call('EXISTS', meta_key) == 1 then
+  redis.call('HSET', meta_key, mid .. ':status', 'failed')
+end
 if redis.call('LLEN', outbox_key) == 0 then
   redis.call('ZREM', pending_key, token)
 end

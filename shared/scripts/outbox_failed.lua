@@ -18,7 +18,10 @@ if not outbox_head(outbox_key, mid) then
   return 0
 end
 redis.call('LPOP', outbox_key)
-redis.call('HSET', meta_key, mid .. ':status', 'failed', mid .. ':error', reason)
+-- Only into a history that still exists (outbox_sent.lua says why).
+if redis.call('EXISTS', meta_key) == 1 then
+  redis.call('HSET', meta_key, mid .. ':status', 'failed', mid .. ':error', reason)
+end
 if redis.call('LLEN', outbox_key) == 0 then
   redis.call('ZREM', pending_key, token)
 else

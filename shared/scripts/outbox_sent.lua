@@ -36,15 +36,12 @@ if not outbox_head(outbox_key, mid) then
   return 0
 end
 redis.call('LPOP', outbox_key)
-advance_status(meta_key, mid .. ':status', 'sent')
-if short_id ~= '' then
-  redis.call('HSET', meta_key, mid .. ':waha_id', waha_id, 'w:' .. short_id, mid)
-  -- WAHA may deliver the ack webhook before its answer to sendText reached us.
-  local early = redis.call('HGET', meta_key, 'w:' .. short_id .. ':ack')
-  if early then
-    advance_status(meta_key, mid .. ':status', early)
-    redis.call('HDEL', meta_key, 'w:' .. short_id .. ':ack')
-  end
+-- The history's meta hash lives as long as the history (its writes set the retention). When
+-- it is gone (expired, erased) there is nothing to record the reply in: writing would create
+-- the hash again, with no expiry.
+if redis.call('EXISTS', meta_key) == 1 then
+  advance_status(meta_key, mid .. ':status', 'sent')
+  record_sent_id(meta_key, mid, waha_id, short_id)
 end
 if redis.call('LLEN', outbox_key) == 0 then
   redis.call('ZREM', pending_key, token)

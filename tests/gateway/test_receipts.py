@@ -132,3 +132,26 @@ async def test_a_receipt_for_a_phone_message_still_queued_is_applied_in_turn(
     await drain_engine(aredis, redis_url, key_prefix)
     entries = await history(aredis, FROMME_CHAT, key_prefix)
     assert [(e.author, e.text, e.status) for e in entries] == [("business", "Hi there!", "read")]
+
+
+async def test_receipts_of_the_business_status_posts_are_not_queued(
+    app_client: httpx.AsyncClient, sync_redis: redis.Redis, key_prefix: str
+) -> None:
+    """Each contact who views one of the business's status posts sends a receipt (`from` and
+    the id's chat `status@broadcast`, the viewer in `participant`). No conversation keeps
+    them: answered `ignored`, nothing stored, nothing for a worker."""
+    session = TEXT_CHAT[0]
+    status_id = "true_status@broadcast_3EB0STATUSPOST01"
+    answers = []
+    for n, viewer in enumerate(("5511987650081@c.us", "5511987650082@c.us")):
+        document = ack((session, "status@broadcast"), status_id, 3, f"read{n}")
+        document["payload"]["participant"] = viewer
+        answers.append(await post(app_client, document))
+    assert answers == ["ignored", "ignored"]
+    assert queued_events(sync_redis, key_prefix, session, "status@broadcast") == []
+    assert waiting_count(sync_redis, key_prefix) == 0
+    assert sync_redis.keys(f"{key_prefix}*") == []
+    # Control: the same receipt in a customer's chat is queued.
+    assert await post(
+        app_client, ack(TEXT_CHAT, f"true_{TEXT_CHAT[1]}_3EB0NOTRECORDED1", 3, "r")
+    ) == ("queued")

@@ -85,9 +85,16 @@ TESTS: dict[str, list[str]] = {
         "tests/worker/test_dlq_outbox_cli.py",
     ],
     "reclaim_stale_claims": ["tests/worker/test_reclaim_stale_claims_script.py"],
-    "outbox_sent": ["tests/engine/test_outbox_scripts.py"],
+    "outbox_sent": [
+        "tests/engine/test_outbox_scripts.py",
+        "tests/engine/test_history_meta_expiry.py",
+    ],
     "history_fact": ["tests/engine/test_light_path.py", "tests/engine/test_conversations.py"],
-    "outbox_dead": ["tests/engine/test_outbox_scripts.py"],
+    "outbox_dead": [
+        "tests/engine/test_outbox_scripts.py",
+        "tests/engine/test_history_meta_expiry.py",
+    ],
+    "outbox_dead_delivered": ["tests/engine/test_dead_reply_echo.py"],
     "outbox_retry": ["tests/engine/test_outbox_scripts.py"],
     "outbox_settle": ["tests/engine/test_outbox_scripts.py"],
     "send_begin": ["tests/engine/test_outbox_scripts.py", "tests/engine/test_sender_lock.py"],

@@ -81,6 +81,8 @@ async def put_in_outbox(queue: Queue, keys: EngineConversationKeys, mids: list[s
     for mid in mids:
         entry = {"mid": mid, "chat": "x@c.us", "text": "Olá", "created": 0, "attempts": 0}
         await queue.client.rpush(keys.outbox, orjson.dumps(entry))
+        # Its history entry's status, as the engine's commit writes it with the reply.
+        await queue.client.hset(keys.history_meta, f"{mid}:status", "queued")
     await queue.client.zadd(keys.outbox_pending, {keys.conversation.token: 0})
 
 

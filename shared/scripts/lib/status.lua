@@ -13,3 +13,19 @@ local function advance_status(hash, field, status)
   end
   return false
 end
+
+-- record_sent_id(meta, mid, waha_id, short_id): the history meta of one of our replies that
+-- WhatsApp has: its WhatsApp id both ways (`<mid>:waha_id`, `w:<short id>` -> mid), and an ack
+-- that came before this step (WAHA may deliver the ack webhook before its answer to sendText
+-- reached us: parked as `w:<short id>:ack`) applied. Nothing without a short id.
+local function record_sent_id(meta_key, mid, waha_id, short_id)
+  if short_id == '' then
+    return
+  end
+  redis.call('HSET', meta_key, mid .. ':waha_id', waha_id, 'w:' .. short_id, mid)
+  local early = redis.call('HGET', meta_key, 'w:' .. short_id .. ':ack')
+  if early then
+    advance_status(meta_key, mid .. ':status', early)
+    redis.call('HDEL', meta_key, 'w:' .. short_id .. ':ack')
+  end
+end
