@@ -26,8 +26,9 @@ from shared.stream_ids import stream_id
 
 from .context import Console
 from .live import KEEPALIVE_SECONDS, VIEW_TTL_MS, Event, event_stream
-from .pages import CLOSABLE, HANDBACKABLE, conv_url
+from .pages import CLOSABLE, HANDBACKABLE
 from .sessions import Viewer
+from .ui import conv_url
 
 
 def _valid_id(value: str | None) -> str:

@@ -20,6 +20,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.datastructures import FormData, UploadFile
 
+from api.forms import whole_form
 from api.media_send import MediaRefused, media_send_parts, send_media
 from api.validation import REPLY_MAX
 from engine import commands
@@ -33,6 +34,7 @@ from shared.stream_ids import history_cursor
 from .canned import CannedError
 from .context import Console
 from .sessions import Viewer, require_csrf
+from .ui import conv_url
 from .views import ConversationView
 
 CLOSABLE = {State.BOT, State.WAITING, State.AGENT, State.PAUSED}
@@ -41,10 +43,6 @@ MAX_REPLY = REPLY_MAX  # the API's rule for what an agent writes (api/validation
 # Room for the multipart envelope and the small fields around an uploaded file.
 UPLOAD_OVERHEAD = 64 * 1024
 NOTICES = {"empty": "take_next.empty", "offline": "take_next.offline", "full": "take_next.full"}
-
-
-def conv_url(session: str, chat_id: str) -> str:
-    return f"/c/{quote(session, safe='')}/{quote(chat_id, safe='@.')}"
 
 
 def _field(form: FormData, name: str) -> str:
@@ -260,17 +258,19 @@ def router(console: Console) -> APIRouter:
         await require_csrf(request, viewer)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise HTTPException(422, "a file is sent as multipart/form-data")
-        async with request.form(max_files=1, max_fields=10) as form:
-            upload = form.get("file")
-            caption, nonce = _field(form, "caption"), _field(form, "nonce")
-            if not isinstance(upload, UploadFile) or not upload.filename:
-                refused = MediaRefused(422, "no_file", "")
-                return upload_form(
-                    session, chat_id, viewer, upload_error=refusal_text(refused),
-                    upload_reason=refused.error,
-                )  # fmt: skip
-            data = await upload.read(sending.max_bytes + 1)
-            mimetype, filename = upload.content_type or "", upload.filename
+        try:
+            async with whole_form(request, max_files=1, max_fields=10) as form:
+                upload = form.get("file")
+                caption, nonce = _field(form, "caption"), _field(form, "nonce")
+                if not isinstance(upload, UploadFile) or not upload.filename:
+                    raise MediaRefused(422, "no_file", "")
+                data = await upload.read(sending.max_bytes + 1)
+                mimetype, filename = upload.content_type or "", upload.filename
+        except MediaRefused as refused:
+            return upload_form(
+                session, chat_id, viewer, upload_error=refusal_text(refused),
+                upload_reason=refused.error,
+            )  # fmt: skip
         try:
             sent = await send_media(
                 sending,

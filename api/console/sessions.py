@@ -194,6 +194,9 @@ async def csrf_given(request: Request) -> str:
         return header
     content_type = request.headers.get("content-type", "")
     if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+        # The body is kept (Starlette reads it once): the route reads its form after this
+        # check, and a file upload's (api/forms.py) parses the body again, checking it whole.
+        await request.body()
         form = await request.form()
         value = form.get("csrf")
         return value if isinstance(value, str) else ""

@@ -37,6 +37,13 @@ def _get(item: Any, name: str) -> Any:
     return item.get(name) if isinstance(item, dict) else getattr(item, name, None)
 
 
+def conv_url(session: str, chat_id: str) -> str:
+    """A conversation's page, the one place the console builds it (pages, redirects, the live
+    channel's fragments, every template's links): both ids are data, each percent-encoded as
+    one path segment (a `/`, `?` or `#` in one cannot change the path)."""
+    return f"/c/{quote(session, safe='')}/{quote(chat_id, safe='@')}"
+
+
 def media_url(media: Any) -> str:
     """Where the browser fetches a stored file: the API's media route, which also takes the
     console's session (one route serves the API and the console, with one access rule)."""
@@ -86,6 +93,7 @@ class Ui:
             iso=_iso,
             clock=_clock,
             author_kind=_author,
+            conv_url=conv_url,
             media_url=media_url,
             map_url=map_url,
             file_size=lambda size: file_size(size, language),

@@ -35,6 +35,14 @@ class AgentMessage(BaseModel):
     agent_name: AgentName = Field(None, description="At most 100 characters; blank: agent_id.")
 
 
+class NoFields(BaseModel):
+    """What close and handback take: nothing. No body (or `{}`) is what clients send; a field
+    (a typo, or one another route takes: `agent_id`) or a JSON that is not an object is refused
+    422 like an unknown field anywhere else, nothing queued, rather than ignored unseen."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class Accepted(BaseModel):
     command_id: str
     queued: bool
@@ -140,11 +148,12 @@ async def post_message(target: CommandTarget, body: AgentMessage) -> Accepted:
 
 
 @router.post("/conversations/{session}/{chat_id}/close", status_code=202)
-async def post_close(target: CommandTarget) -> Accepted:
+async def post_close(target: CommandTarget, body: NoFields | None = None) -> Accepted:
+    """Closes the conversation. No body (or `{}`)."""
     return await target.queue(commands.CLOSE, {})
 
 
 @router.post("/conversations/{session}/{chat_id}/handback", status_code=202)
-async def post_handback(target: CommandTarget) -> Accepted:
-    """Back to the bot."""
+async def post_handback(target: CommandTarget, body: NoFields | None = None) -> Accepted:
+    """Back to the bot. No body (or `{}`)."""
     return await target.queue(commands.HANDBACK, {})

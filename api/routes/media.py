@@ -22,8 +22,9 @@ an agent sending a file.
   `agent_name` and `caption`, nothing else; bearer only): api/media_send.py `send_media`, which
   the console calls too. 201 sent, 202 queued (no outcome within WSM_MEDIA_SEND_WAIT_SECONDS),
   422 `waha_plus_required` (WAHA Core does not send files), 413/415/422 for a file that may not
-  be sent, 422 `idempotency_key_reused` for a key sent before with another file, 404 for a
-  conversation that does not exist; every refusal stores and queues nothing.
+  be sent, 422 `idempotency_key_reused` for a key sent before with another file, 422
+  `invalid_form` for a body that is not one whole multipart form (cut short included), 404 for
+  a conversation that does not exist; every refusal stores and queues nothing.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 
 from api.deps import Parts
+from api.forms import whole_form
 from api.media_send import MediaRefused, send_media
 from api.routes.conversations import IdempotencyKey
 from api.validation import AGENT_ID, NAME_MAX, display_name
@@ -216,7 +218,8 @@ _SEND_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {
         "description": '`{"error": "waha_plus_required"}`: this WAHA (Core) does not send '
         "files; or the form is incomplete or wrong (no file, no agent_id, a caption too "
-        "long, a field it does not take: `unknown_field`); or `idempotency_key_reused`: the "
+        "long, a field it does not take: `unknown_field`; a body that is not one whole "
+        "multipart form, cut short included: `invalid_form`); or `idempotency_key_reused`: the "
         "Idempotency-Key was sent before with another file or caption (nothing stored)."
     },
     502: {"description": "WAHA refused the file for good (dead letter)."},
@@ -225,6 +228,34 @@ _SEND_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 def _refused(refusal: MediaRefused) -> JSONResponse:
     return JSONResponse(refusal.body(), status_code=refusal.status)
+
+
+def _checked(form: FormData) -> tuple[UploadFile, dict[str, str]]:
+    """The form's file and its text fields (absent ones blank); `MediaRefused` 422 for a form
+    without a file, with a field it does not take, or with a malformed agent id or name."""
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise MediaRefused(422, "no_file", "the form has no `file`")
+    if unknown := sorted(set(form) - set(FORM_FIELDS)):
+        raise MediaRefused(
+            422,
+            "unknown_field",
+            f"unknown form field {', '.join(unknown)[:200]}: the form takes "
+            + ", ".join(FORM_FIELDS),
+        )
+    fields = {
+        name: value if isinstance(value := form.get(name), str) else "" for name in FORM_FIELDS[1:]
+    }
+    if not AGENT_ID.fullmatch(fields["agent_id"]):
+        raise MediaRefused(
+            422,
+            "invalid_agent_id",
+            "agent_id: 1-64 of A-Z a-z 0-9 . _ @ + -, starting with one of A-Z a-z 0-9",
+        )
+    agent_name = display_name(fields["agent_name"])
+    if agent_name is not None and len(agent_name) > NAME_MAX:
+        raise MediaRefused(422, "invalid_agent_name", f"at most {NAME_MAX} characters")
+    return upload, fields
 
 
 @router.post(
@@ -256,39 +287,15 @@ async def post_media(
         )
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         return _refused(MediaRefused(422, "no_file", "send the file as multipart/form-data"))
-    async with request.form(max_files=1, max_fields=10) as form:
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            return _refused(MediaRefused(422, "no_file", "the form has no `file`"))
-        if unknown := sorted(set(form) - set(FORM_FIELDS)):
-            return _refused(
-                MediaRefused(
-                    422,
-                    "unknown_field",
-                    f"unknown form field {', '.join(unknown)[:200]}: the form takes "
-                    + ", ".join(FORM_FIELDS),
-                )
-            )
-        fields = {
-            name: value if isinstance(value := form.get(name), str) else ""
-            for name in FORM_FIELDS[1:]
-        }
-        if not AGENT_ID.fullmatch(fields["agent_id"]):
-            return _refused(
-                MediaRefused(
-                    422,
-                    "invalid_agent_id",
-                    "agent_id: 1-64 of A-Z a-z 0-9 . _ @ + -, starting with one of A-Z a-z 0-9",
-                )
-            )
-        agent_name = display_name(fields["agent_name"])
-        if agent_name is not None and len(agent_name) > NAME_MAX:
-            return _refused(
-                MediaRefused(422, "invalid_agent_name", f"at most {NAME_MAX} characters")
-            )
-        data = await upload.read(settings.media_max_bytes + 1)
-        mimetype = upload.content_type or ""
-        filename = upload.filename
+    try:
+        async with whole_form(request, max_files=1, max_fields=10) as form:
+            upload, fields = _checked(form)
+            data = await upload.read(settings.media_max_bytes + 1)
+            mimetype = upload.content_type or ""
+            filename = upload.filename
+    except MediaRefused as refusal:
+        return _refused(refusal)
+    agent_name = display_name(fields["agent_name"])
     try:
         sent = await send_media(
             parts.media_send,

@@ -256,3 +256,101 @@ async def test_a_blank_agent_name_is_no_name(
     await harness.drain()
     state = await load_state(aredis, engine_keys_for("default", ANA, 1, key_prefix).state)
     assert state.agent_id == "joana" and state.agent_name == "joana"
+
+
+async def test_an_agent_who_cannot_take_a_customer_is_told_why_in_stable_words(
+    harness: Harness, api_client, sync_redis, key_prefix, waha
+) -> None:
+    """Found by an audit: the 409 of `queue/next` named the engine's exception class
+    ("agent cannot take a customer now: AgentAtCapacity"). It says why in the API's own words,
+    with a stable code, and takes no one."""
+    await api_client.post("/api/agents/maria/online", json={"name": "Maria"}, headers=API_AUTH)
+    for chat in (ANA, "5511987650002@c.us"):  # Maria takes the first; the second waits
+        for text in ("oi", "Fulano", "3"):
+            await harness.say(chat, text)
+    await harness.drain()
+    before = {k: sync_redis.dump(k) for k in keys_with_prefix(sync_redis, key_prefix)}
+    full = await api_client.post("/api/queue/next?agent_id=maria", headers=API_AUTH)
+    offline = await api_client.post("/api/queue/next?agent_id=joana", headers=API_AUTH)
+    assert (full.status_code, offline.status_code) == (409, 409)
+    assert full.json() == {
+        "error": "agent_at_capacity",
+        "detail": "the agent already has as many conversations as one agent takes "
+        "(WSM_CONVERSATIONS_PER_AGENT)",
+    }
+    assert offline.json() == {
+        "error": "agent_offline",
+        "detail": "the agent is offline: put them online first",
+    }
+    await harness.drain()
+    assert {k: sync_redis.dump(k) for k in keys_with_prefix(sync_redis, key_prefix)} == before
+    line = (await api_client.get("/api/queue", headers=API_AUTH)).json()
+    assert [w["chat_id"] for w in line] == ["5511987650002@c.us"]
+
+
+NOT_TAKEN = [
+    pytest.param({"json": {"reason": "spam"}}, "extra_forbidden", ["body", "reason"],
+                 id="unknown field"),
+    # A field another route takes is not taken here either (the close is not the agent's).
+    pytest.param({"json": {"agent_id": "maria"}}, "extra_forbidden", ["body", "agent_id"],
+                 id="another route's field"),
+    pytest.param({"json": []}, "model_attributes_type", ["body"], id="a list"),
+    pytest.param({"json": "close"}, "model_attributes_type", ["body"], id="a string"),
+    pytest.param({"content": b"reason=spam", "headers": {"content-type": "text/plain"}},
+                 "model_attributes_type", ["body"], id="not JSON"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("action", ["close", "handback"])
+@pytest.mark.parametrize(("request_kwargs", "kind", "loc"), NOT_TAKEN)
+async def test_a_close_or_handback_with_a_body_it_does_not_take_is_refused(
+    harness: Harness, api_client, sync_redis, key_prefix, waha, action: str,
+    request_kwargs: dict[str, Any], kind: str, loc: list[Any],
+) -> None:  # fmt: skip
+    """Found by an audit: these routes ignored their body, so a client's misspelled or
+    misplaced field was dropped unseen and the command queued anyway. Refused 422 as an
+    unknown field is on every other route; the conversation is left exactly as it was."""
+    for text in ("oi", "Fulano", "3"):  # waiting: both a close and a handback would change it
+        await harness.say(ANA, text)
+    sent = list(waha.to(ANA))
+    before = {k: sync_redis.dump(k) for k in keys_with_prefix(sync_redis, key_prefix)}
+    kwargs = dict(request_kwargs)
+    headers = API_AUTH | kwargs.pop("headers", {})
+    response = await api_client.post(
+        f"/api/conversations/default/{ANA}/{action}", headers=headers, **kwargs
+    )
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert (error["type"], error["loc"]) == (kind, loc)
+    await harness.drain()
+    assert {k: sync_redis.dump(k) for k in keys_with_prefix(sync_redis, key_prefix)} == before
+    assert waha.to(ANA) == sent
+
+
+@pytest.mark.parametrize(
+    ("action", "request_kwargs", "state"),
+    [
+        ("close", {}, State.CLOSED),
+        ("close", {"json": {}}, State.CLOSED),
+        ("handback", {"content": b"", "headers": {"content-type": "application/json"}},
+         State.BOT),
+        ("handback", {"json": {}}, State.BOT),
+    ],
+)  # fmt: skip
+async def test_a_close_or_handback_without_a_body_works_as_always(
+    harness: Harness, api_client, aredis, key_prefix, action: str,
+    request_kwargs: dict[str, Any], state: State,
+) -> None:  # fmt: skip
+    """What clients send (no body; `{}`) keeps closing and handing back."""
+    for text in ("oi", "Fulano", "3"):
+        await harness.say(ANA, text)
+    kwargs = dict(request_kwargs)
+    headers = API_AUTH | kwargs.pop("headers", {})
+    response = await api_client.post(
+        f"/api/conversations/default/{ANA}/{action}", headers=headers, **kwargs
+    )
+    assert response.status_code == 202, response.text
+    assert response.json()["queued"] is True
+    await harness.drain()
+    found = await load_state(aredis, engine_keys_for("default", ANA, 1, key_prefix).state)
+    assert found.state is state

@@ -439,3 +439,80 @@ async def test_a_key_reused_for_another_file_is_refused_and_nothing_is_stored(
     assert again.status_code == 201 and again.headers["idempotent-replayed"] == "true"
     assert again.json() == first.json()
     assert len(files.bodies("sendImage")) == 1 and files.bodies("sendFile") == []
+
+
+def multipart(*parts: tuple[str, tuple[str | None, bytes, str | None]]) -> tuple[bytes, str]:
+    """A multipart body of `parts` in this order (httpx's encoder), and its Content-Type."""
+    request = httpx.Request("POST", "http://api.test", files=list(parts))
+    return request.read(), request.headers["content-type"]
+
+
+FILE_FIRST, FORM_TYPE = multipart(
+    ("file", ("pix.png", PNG, "image/png")),
+    ("agent_id", (None, b"maria", None)),
+    ("caption", (None, b"Seu comprovante", None)),
+)
+BOUNDARY = FORM_TYPE.split("boundary=", 1)[1]
+TWO_FILES = multipart(("file", ("a.png", PNG, "image/png")), ("file", ("b.png", PNG, "image/png")))
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "reason"),
+    [
+        pytest.param(FILE_FIRST, FORM_TYPE.replace(BOUNDARY, "another-boundary"),
+                     "its parts are not separated by the boundary", id="wrong boundary"),
+        pytest.param(FILE_FIRST, "multipart/form-data", "names no multipart boundary",
+                     id="no boundary"),
+        # Cut inside the caption: the file and agent_id before it are whole; it would have
+        # been sent without its caption.
+        pytest.param(FILE_FIRST[: FILE_FIRST.index(b"Seu comprovante") + 3], FORM_TYPE,
+                     "ends before its closing boundary", id="truncated in a field"),
+        pytest.param(FILE_FIRST[:-4], FORM_TYPE, "ends before its closing boundary",
+                     id="truncated in the closing boundary"),
+        pytest.param(b"not a form at all", FORM_TYPE, "not separated by the boundary",
+                     id="not multipart"),
+        pytest.param(FILE_FIRST.replace(b'name="caption"', b'filename="x.txt"'), FORM_TYPE,
+                     "the content-disposition header field", id="a part without a name"),
+        pytest.param(*TWO_FILES, "too many files", id="two files"),
+    ],
+)  # fmt: skip
+async def test_a_broken_multipart_body_is_refused_in_the_apis_shape_and_stores_nothing(
+    harness: Harness, client: httpx.AsyncClient, wahas: tuple[FakeWaha, MediaWaha],
+    media_dir: Path, sync_redis: Any, key_prefix: str, body: bytes, content_type: str,
+    reason: str,
+) -> None:  # fmt: skip
+    """Found by an audit: a body Starlette could not parse got its own 400 `{"detail": …}`, not
+    the API's `{"error", "detail"}`; and a body cut short was read as the whole form (a file
+    sent without the caption that came after it). 422 `invalid_form`, nothing stored: no file,
+    no index entry, no command, no history or outbox entry, nothing sent."""
+    _, files = wahas
+    await harness.say(ANA, "oi")
+    before = {k: sync_redis.dump(k) for k in keys_with_prefix(sync_redis, key_prefix)}
+    answer = await client.post(
+        MEDIA, headers=API_AUTH | {"Content-Type": content_type}, content=body
+    )
+    assert answer.status_code == 422, answer.text
+    refusal = answer.json()
+    assert refusal["error"] == "invalid_form", refusal
+    assert refusal["detail"].startswith("not a readable multipart form: ")
+    assert reason in refusal["detail"].lower()
+    await harness.drain()
+    assert stored_files(media_dir) == []
+    assert media_keys(sync_redis, key_prefix) == []
+    assert queued(sync_redis, key_prefix) == []
+    assert {k: sync_redis.dump(k) for k in keys_with_prefix(sync_redis, key_prefix)} == before
+    assert files.bodies() == []
+
+
+async def test_a_whole_form_with_its_file_first_is_sent_with_its_caption(
+    harness: Harness, client: httpx.AsyncClient, wahas: tuple[FakeWaha, MediaWaha],
+) -> None:  # fmt: skip
+    """The same body as above, not cut: parts in any order are one form."""
+    _, files = wahas
+    await harness.say(ANA, "oi")
+    answer = await while_the_fleet_works(harness, client.post(
+        MEDIA, headers=API_AUTH | {"Content-Type": FORM_TYPE}, content=FILE_FIRST
+    ))  # fmt: skip
+    assert answer.status_code == 201, answer.text
+    [sent] = files.bodies("sendImage")
+    assert sent["caption"] == "Seu comprovante"
