@@ -43,6 +43,7 @@ import orjson
 from engine.agent.metrics import WEBHOOK_DELIVERIES
 from shared.backoff import backoff_ms
 from shared.clock import now_ms
+from shared.dead_letters import DEFAULT_DEAD_LETTER_LIMITS, DeadLetterLimits
 from shared.keys import CalendarKeys
 from shared.lua import LuaScript
 from shared.periodic import run_every
@@ -95,6 +96,8 @@ class BookingWebhook:
     max_attempts: int
     retry_base_ms: int
     retry_max_ms: int
+    # How many given-up events are kept, and for how long (the settings' dead-letter limits).
+    dead_letters: DeadLetterLimits = DEFAULT_DEAD_LETTER_LIMITS
     http: InitVar[httpx.AsyncClient | None] = None
 
     def __post_init__(self, http: httpx.AsyncClient | None) -> None:
@@ -183,11 +186,17 @@ class BookingWebhook:
         keys = self.keys
         # Only if the body is still pending: an erase (LGPD) that ran while this delivery was
         # in flight removed it, and the dead letter would bring the customer's data back.
-        moved = await HOOK_DEAD(
+        limits = self.dead_letters
+        moved, dropped = await HOOK_DEAD(
             self.redis,
             [keys.hooks_body, keys.hooks_dead, keys.hooks_due, keys.hooks_attempts],
-            [event_id, record],
+            [event_id, record, now_ms(), limits.max_entries, limits.max_age_ms],
         )
+        if int(dropped):
+            log.warning(
+                "booking webhook dead letters dropped by the cap or by age",
+                extra={"dropped": int(dropped)},
+            )
         if not int(moved):
             return
         WEBHOOK_DELIVERIES.labels("dead").inc()

@@ -10,6 +10,11 @@ slot grid (interval start + k x slot length), with room for the whole service be
 interval ends, at least `min_notice_minutes` from now and within `days_ahead`. A slot's id is
 its local start, `YYYY-MM-DDTHH:MM` in the business's time zone: the model and the menu pass
 that string, and code checks it against these rules (InvalidSlot) before anything is booked.
+The grid is the business's wall clock, so each local time is offered once, also the hour the
+clocks repeat on the night they fall back (its first time). A slot the clocks skip on the
+night they spring forward (02:30 in New York, 01:30 in Lisbon), or a longer service running
+across the jump, is not a time anyone can come at: never offered, refused if asked for (found
+by an audit). Brazil has no daylight saving time now, but the time zone is the business's.
 Which slots are taken lives in Redis (engine/agent/bookings.py).
 """
 
@@ -28,6 +33,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from shared.clock import DAY_MS
 from shared.text import fold
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -307,6 +313,30 @@ class Calendar:
         naive = datetime.combine(day, time()) + timedelta(minutes=start_minute)
         return Slot(service, naive.replace(tzinfo=self.tz), self._steps(service, start_minute))
 
+    def _clock_changes(self, day: date) -> bool:
+        """Whether the business's clock jumps or falls back on `day` (it is not 24 h long)."""
+        from engine.hours import wall_clock_ms  # engine.hours imports this module
+
+        midnight = datetime.combine(day, time())
+        length = wall_clock_ms(midnight + timedelta(days=1), self.tz) - wall_clock_ms(
+            midnight, self.tz
+        )
+        return length != DAY_MS
+
+    def _exists(self, slot: Slot) -> bool:
+        """Whether every grid slot the service takes is a time the business's clock shows
+        that day: none the clocks skip when they spring forward. wall_clock_ms (engine/hours.py)
+        reads a skipped time as the jump's end, a different time of day."""
+        from engine.hours import wall_clock_ms  # engine.hours imports this module
+
+        midnight = datetime.combine(slot.start.date(), time())
+        for step in slot.steps:
+            naive = midnight + timedelta(minutes=_minutes(step))
+            shown = datetime.fromtimestamp(wall_clock_ms(naive, self.tz) / 1000, self.tz)
+            if shown.replace(tzinfo=None) != naive:
+                return False
+        return True
+
     def slots(
         self, service: Service, first_day: date, last_day: date, now: datetime
     ) -> Iterator[Slot]:
@@ -318,11 +348,13 @@ class Calendar:
         earliest = now + self.min_notice
         while day <= last:
             if self.is_open_day(day):
+                # Only a day the clocks change has times that do not exist (a few a year).
+                check = self._clock_changes(day)
                 for begin, end in self.hours.get(day.weekday(), ()):
                     minute = begin
                     while minute + service.minutes <= end:
                         slot = self._slot(service, day, minute)
-                        if slot.start >= earliest:
+                        if slot.start >= earliest and (not check or self._exists(slot)):
                             yield slot
                         minute += self.slot_minutes
             day += timedelta(days=1)
@@ -345,6 +377,11 @@ class Calendar:
                 if (minute - begin) % self.slot_minutes:
                     raise InvalidSlot(f"{start} is not on the {self.slot_minutes}-minute grid")
                 slot = self._slot(service, day, minute)
+                if not self._exists(slot):
+                    raise InvalidSlot(
+                        f"{start} does not exist for {service.name}: the clocks skip that "
+                        "time that night"
+                    )
                 if slot.start < now + self.min_notice:
                     raise InvalidSlot(f"{start} is too soon or in the past")
                 return slot

@@ -9,6 +9,8 @@ The menu answers when:
   malformed or empty answer (`bad_response`), no answer within the tool rounds
   (`tool_rounds`), or a request too large for the model (`request_too_large`: that one
   message's turn fails; the breaker is not touched);
+- the turn's deadline (WSM_LLM_TURN_DEADLINE_SECONDS) passes, in a model call or in a tool
+  (`timeout`; the breaker is told only of the first: a slow Redis is not the model's fault);
 - the conversation is past its own limits (engine/agent/limits.py): agent turns per minute
   (`turn_limit`) or model tokens per day (`token_limit`); the limit is also recorded in the
   conversation's collected data as `agent_limit` (cleared when the model answers again), and
@@ -40,7 +42,7 @@ from dataclasses import dataclass, replace
 
 from engine.agent.breaker import CircuitBreaker
 from engine.agent.confirmation import PENDING_KEY, PendingAction, confirms
-from engine.agent.groq_brain import AgentTurnFailed, GroqBrain
+from engine.agent.groq_brain import AgentTurnFailed, GroqBrain, TurnDeadline
 from engine.agent.limits import AGENT_LIMIT, AGENT_LIMIT_TOLD, ConversationLimits
 from engine.agent.llm import CONFIG_REJECTIONS, count_failure
 from engine.agent.menu import SchedulingMenuBrain
@@ -140,6 +142,10 @@ class FallbackBrain:
         return decision
 
     def _count_failure(self, failed: AgentTurnFailed) -> None:
+        if isinstance(failed.error, TurnDeadline) and not failed.error.model:
+            # The turn ran out in a tool or its context (a slow Redis): not the model's fault.
+            self.breaker.release()
+            return
         count_failure(self.breaker, failed.error)
 
 

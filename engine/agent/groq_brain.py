@@ -3,8 +3,14 @@
 For one customer message: build the context (engine/agent/context.py), then loop: ask the
 model; run the tools it calls (engine/agent/tools.py) and give it their results; stop when it
 answers with text, when it hands the customer to a person, or after WSM_LLM_MAX_TOOL_ROUNDS
-model calls. The whole turn's model time is bounded by WSM_LLM_TURN_DEADLINE_SECONDS: tools are
-not cut off halfway (a booking is either recorded as done or not attempted).
+model calls. The whole turn (its context, every model call and every tool call) is bounded by
+one deadline, WSM_LLM_TURN_DEADLINE_SECONDS from its start: a tool held up by a slow Redis
+cannot push the turn past the worker's handler timeout (found by an audit; the model's time
+alone was bounded). Past it the turn fails as a `timeout` and the menu answers the message
+(engine/agent/fallback.py). A change cut halfway is not lost nor made twice: its proposal and
+the customer's yes stand (tools.py), so the menu carries it out again, and the booking
+scripts answer "exists" to a change already made. Only a deadline that struck while the model
+was answering tells the breaker about the model (`TurnDeadline.model`).
 
 It never writes conversation state itself: the Decision carries the replies, the pending
 confirmation (collected data) and a handoff request, and the engine commits them with the
@@ -19,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -45,6 +50,22 @@ class Model(Protocol):
     async def complete(
         self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]]
     ) -> ModelTurn: ...
+
+
+class TurnDeadline(LLMUnavailable):
+    """The turn's deadline passed. `model`: while the model was answering (a slow model, as a
+    timeout); else in a tool or the context (a slow Redis), which says nothing about it."""
+
+    def __init__(self, *, model: bool) -> None:
+        super().__init__("timeout", "turn deadline" + ("" if model else " (outside the model)"))
+        self.model = model
+
+
+@dataclass(slots=True)
+class _Progress:
+    """Where a turn is: whether it waits for the model now."""
+
+    asking: bool = False
 
 
 class AgentTurnFailed(Exception):
@@ -106,23 +127,26 @@ class GroqBrain:
 
     async def decide(self, turn: Turn) -> Decision:
         session = ToolSession.for_turn(self.agenda, turn, knowledge=self.knowledge)
+        progress = _Progress()
+        deadline = asyncio.timeout(self.config.turn_deadline_seconds)
         try:
-            return await self._answer(turn, session)
+            async with deadline:
+                return await self._answer(turn, session, progress)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            failed = TurnDeadline(model=progress.asking)
+            raise AgentTurnFailed(failed, session) from None
         except LLMError as exc:
             raise AgentTurnFailed(exc, session) from exc
 
-    async def _answer(self, turn: Turn, session: ToolSession) -> Decision:
-        deadline = time.monotonic() + self.config.turn_deadline_seconds
+    async def _answer(self, turn: Turn, session: ToolSession, progress: _Progress) -> Decision:
         messages = await self._context(turn, session)
         tools = self.knowledge_tools if session.knowledge_offered else self.tools
         for _ in range(self.config.max_tool_rounds):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise LLMUnavailable("timeout", "turn deadline")
-            try:
-                answer = await asyncio.wait_for(self.model.complete(messages, tools), remaining)
-            except TimeoutError:
-                raise LLMUnavailable("timeout", "turn deadline") from None
+            progress.asking = True
+            answer = await self.model.complete(messages, tools)
+            progress.asking = False
             if self.on_tokens is not None and answer.tokens:
                 await self.on_tokens(turn.conversation.token, answer.tokens)
             if not answer.tool_calls:

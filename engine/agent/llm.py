@@ -21,15 +21,21 @@ Exceptions (what the fallback brain switches on; `reason` labels the metrics):
 
 Every response's `x-ratelimit-remaining-requests` / `-tokens` headers are read (the SDK's raw
 response, as `with_raw_response` asks for it) into `wsm_llm_ratelimit_remaining{kind}`.
+
+WSM_LLM_TIMEOUT_SECONDS bounds each request as a whole (`whole_request`): httpx's timeouts
+bound each wait for bytes, so a server trickling its answer a few bytes at a time would keep a
+request alive far past them (found by an audit). Past it the request is a `timeout`, as httpx's
+own would be.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -139,6 +145,33 @@ def make_client(
         max_retries=0,
         http_client=http_client,
     )
+
+
+def request_seconds(client: groq.AsyncGroq, seconds: float | None = None) -> float | None:
+    """How long one request to `client` may take as a whole: `seconds` when given, else the
+    client's timeout (make_client's `timeout_seconds`, httpx's read timeout); None when it has
+    none."""
+    if seconds is not None:
+        return seconds
+    timeout = client.timeout
+    if isinstance(timeout, httpx.Timeout):
+        return timeout.read
+    return float(timeout) if isinstance(timeout, int | float) else None
+
+
+@contextlib.asynccontextmanager
+async def whole_request(seconds: float | None) -> AsyncIterator[None]:
+    """The block (one request: sent, answered, its body read) ends within `seconds` or fails
+    as a `timeout` (LLMUnavailable), however the server spaces its bytes. A deadline around it
+    (the agent's turn, the customer's file) still cuts it first, as a cancellation."""
+    bound = asyncio.timeout(seconds)
+    try:
+        async with bound:
+            yield
+    except TimeoutError:
+        if not bound.expired():
+            raise
+        raise LLMUnavailable("timeout", f"no whole answer within {seconds:g} s") from None
 
 
 def _record_ratelimits(headers: Mapping[str, str] | None) -> None:
@@ -271,6 +304,8 @@ class ChatModel:
     model: str
     max_retries: int
     max_completion_tokens: int
+    # One request's whole time (WSM_LLM_TIMEOUT_SECONDS); None: the client's timeout.
+    timeout_seconds: float | None = None
 
     async def complete(
         self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]]
@@ -298,17 +333,18 @@ class ChatModel:
                 "tool_choice": "auto",
                 "tools": list(tools),
             }
-            raw = cast(
-                "groq.AsyncAPIResponse[ChatCompletion]",
-                await self.client.post(
-                    COMPLETIONS_PATH,
-                    cast_to=ChatCompletion,
-                    body=body,
-                    options={"headers": {RAW_RESPONSE_HEADER: "raw"}},
-                ),
-            )
-            _record_ratelimits(raw.headers)
-            completion = await raw.parse()
+            async with whole_request(request_seconds(self.client, self.timeout_seconds)):
+                raw = cast(
+                    "groq.AsyncAPIResponse[ChatCompletion]",
+                    await self.client.post(
+                        COMPLETIONS_PATH,
+                        cast_to=ChatCompletion,
+                        body=body,
+                        options={"headers": {RAW_RESPONSE_HEADER: "raw"}},
+                    ),
+                )
+                _record_ratelimits(raw.headers)
+                completion = await raw.parse()
             return self._turn(completion)
         except LLMError as exc:
             result = exc.reason

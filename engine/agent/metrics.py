@@ -96,6 +96,10 @@ WEBHOOK_DELIVERIES = Counter(
     "Booking webhook deliveries, by result (delivered, retry, dead).",
     ["result"],
 )
+# Exported at 0 from the start, as the reminders below: WsmBookingWebhooksGivenUp would miss a
+# worker's first given-up delivery, a series that first appears at 1 being no increase.
+for _result in ("delivered", "retry", "dead"):
+    WEBHOOK_DELIVERIES.labels(_result)
 TRANSCRIPTIONS = Counter(
     "wsm_transcriptions_total",
     "Voice notes and audio transcribed, by result (ok, failed, skipped) and reason.",
@@ -118,3 +122,5 @@ FREED_SLOTS = Counter(
     "Cancelled slots offered to the waiting line, by event (queued, sent, taken, lost).",
     ["event"],
 )
+for _event in ("queued", "sent", "taken", "lost"):
+    FREED_SLOTS.labels(_event)

@@ -39,6 +39,7 @@ from engine.businesses import Business, Businesses, SessionBrain, businesses_fro
 from engine.parts import booking_store, calendar_from, conversation_limits, knowledge_bases, texts
 from engine.service import EngineService
 from engine.waha_client import Outbound
+from shared.dead_letters import DeadLetterLimits
 from shared.redis_client import RedisClient
 from shared.settings import Settings
 
@@ -101,6 +102,7 @@ def build_agent(
             max_attempts=settings.booking_webhook_max_attempts,
             retry_base_ms=settings.booking_webhook_retry_base_ms,
             retry_max_ms=settings.booking_webhook_retry_max_ms,
+            dead_letters=DeadLetterLimits.from_settings(settings),
             http=webhook_http_client,
         )
     businesses = businesses_from(settings, default=calendar)
@@ -123,6 +125,7 @@ def build_agent(
             model=settings.groq_model,
             max_retries=settings.llm_max_retries,
             max_completion_tokens=settings.llm_max_completion_tokens,
+            timeout_seconds=settings.llm_timeout_seconds,
         )
 
     def business_parts(business: Business) -> tuple[BookingStore, Agenda, FallbackBrain]:

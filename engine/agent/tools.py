@@ -12,6 +12,7 @@ what they did (changes made, the pending proposal, a handoff) for the brain's De
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -432,6 +433,14 @@ class ToolSession:
             except SlotTaken as exc:
                 self.taken.append(str(exc))
                 return await self._taken(action)
+            except asyncio.CancelledError:
+                # Cut with no outcome (the turn's deadline, groq_brain.py): whether the script
+                # ran is unknown. The proposal and the customer's yes stand, so the menu's answer
+                # to this message carries it out again, telling the customer; a script that
+                # had run answers "exists" to its repeat (the same booking id: same message).
+                self.consumed = False
+                self.pending = self.pending_in
+                raise
             self.changes.append(change)
             return self._done(change)
         try:

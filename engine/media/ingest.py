@@ -10,13 +10,16 @@ transcript, by its WhatsApp id: nothing is fetched, stored or transcribed twice.
 already in the history never gets here (engine/turn/customer.py returns before).
 
 Bounded by the turn: given the turn's deadline (when the worker cancels the handler,
-WSM_HANDLER_TIMEOUT_SECONDS after it started), the download and the transcription get only the
-time before it less `reserve_seconds`, what the turn may still need after the file to answer
-(Settings.turn_reserve_seconds: WAHA's phone lookup, the agent's answer, Redis). A file not
-downloaded by then is `timeout`, a transcription cut then leaves the voice note untranscribed
-(stored: an attendant can still play it), and the customer gets the brain's answer to a file it
-cannot read (the menu's `audio_unsupported` for a voice note) in this delivery, instead of a
-turn the worker cancels, retries and dead-letters unanswered.
+WSM_HANDLER_TIMEOUT_SECONDS after it started), the download, the storing and the transcription
+get only the time before it less `reserve_seconds`, what the turn may still need after the file
+to answer (Settings.turn_reserve_seconds: WAHA's phone lookup, the agent's answer, Redis). A
+file not downloaded by then is `timeout`, one not stored by then (a stalled disk or bucket;
+found by an audit: the store was outside the bound) `store_failed`, a transcription cut then
+leaves the voice note untranscribed (stored: an attendant can still play it), and the customer
+gets the brain's answer to a file it cannot read (the menu's `audio_unsupported` for a voice
+note) in this delivery, instead of a turn the worker cancels, retries and dead-letters
+unanswered. A store cut at the deadline may still finish writing in its thread: the file,
+named by its hash and not indexed, goes with the retention's sweep.
 """
 
 from __future__ import annotations
@@ -122,16 +125,25 @@ class MediaIngest:
         if fetched.data is None:
             return item_of(ref, reason=fetched.reason)
         mimetype = ref.mimetype or fetched.mimetype.split(";")[0].strip()
+        budget = asyncio.timeout(None if until is None else until - time.monotonic())
         try:
-            stored = await self.library.save(
-                token, fetched.data, mimetype, ref.filename, message_id=message_id
-            )
+            async with budget:
+                stored = await self.library.save(
+                    token, fetched.data, mimetype, ref.filename, message_id=message_id
+                )
         except MediaTooBig:
             return item_of(ref, reason="too_big")
         except Exception:
-            # Our store failed (disk full, bucket down): the message is recorded without its
-            # file rather than retried until it is a dead letter; the log says why.
-            log.exception("storing a customer's media failed", extra={"conversation": token})
+            # Our store failed (disk full, bucket down) or stalled past the turn's time: the
+            # message is recorded without its file rather than retried until it is a dead
+            # letter; the log says why.
+            if budget.expired():
+                log.warning(
+                    "storing a customer's media cut at the turn's deadline",
+                    extra={"conversation": token},
+                )
+            else:
+                log.exception("storing a customer's media failed", extra={"conversation": token})
             return item_of(ref, reason=STORE_FAILED)
         transcript = await self._transcribe(token, ref, stored, fetched.data, until)
         return self._item(ref, stored, transcript)

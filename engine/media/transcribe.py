@@ -7,7 +7,8 @@ then read is "[áudio] <transcript>" (engine/brain.py's InboundMessage).
 
 It is treated like the chat model (engine/agent/llm.py), because it is the same provider on
 the same key:
-- the same client settings: GROQ_BASE_URL, WSM_LLM_TIMEOUT_SECONDS, no SDK retries;
+- the same client settings: GROQ_BASE_URL, WSM_LLM_TIMEOUT_SECONDS (for each request as a
+  whole: a server trickling its answer cannot hold it longer), no SDK retries;
 - the same retries (`with_retries`: WSM_LLM_MAX_RETRIES, only for what a repeat can fix);
 - the same failure classes (`llm_error`) and the same breaker rules (`count_failure`, with
   WSM_LLM_BREAKER_FAILURES / WSM_LLM_BREAKER_RESET_SECONDS). The breaker is an instance of its
@@ -33,7 +34,15 @@ from typing import Protocol
 import groq
 
 from engine.agent.breaker import CircuitBreaker
-from engine.agent.llm import LLMError, LLMRejected, count_failure, llm_error, with_retries
+from engine.agent.llm import (
+    LLMError,
+    LLMRejected,
+    count_failure,
+    llm_error,
+    request_seconds,
+    whole_request,
+    with_retries,
+)
 from engine.agent.metrics import TRANSCRIPTION_DURATION, TRANSCRIPTIONS
 
 log = logging.getLogger(__name__)
@@ -97,6 +106,8 @@ class GroqTranscriber:
     max_retries: int
     # and whether aclose() closes the client (engine/parts.py made it).
     owns_client: bool = False
+    # One request's whole time (WSM_LLM_TIMEOUT_SECONDS); None: the client's timeout.
+    timeout_seconds: float | None = None
 
     async def transcribe(self, audio: bytes, *, filename: str, mimetype: str) -> str | None:
         skipped = (
@@ -136,12 +147,13 @@ class GroqTranscriber:
     async def _once(self, audio: bytes, filename: str, mimetype: str) -> str:
         started = time.monotonic()
         try:
-            answer = await self.client.audio.transcriptions.create(
-                file=(filename, audio, mimetype),
-                model=self.model,
-                language=self.language,
-                response_format="json",
-            )
+            async with whole_request(request_seconds(self.client, self.timeout_seconds)):
+                answer = await self.client.audio.transcriptions.create(
+                    file=(filename, audio, mimetype),
+                    model=self.model,
+                    language=self.language,
+                    response_format="json",
+                )
         except groq.APIError as exc:
             raise llm_error(exc) from exc
         finally:

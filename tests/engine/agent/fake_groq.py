@@ -2,14 +2,17 @@
 `choices[0].message.tool_calls[i] = {id, type: "function", function: {name, arguments}}` with
 the arguments as a JSON string, `usage`, `x_groq`, the `x-ratelimit-*` headers on every
 answer, and errors as `{"error": {"message", "type", "code"}}` with Groq's status codes (429
-with `retry-after`, 404 `model_not_found`, 400 `tool_use_failed`, 500, 503)."""
+with `retry-after`, 404 `model_not_found`, 400 `tool_use_failed`, 500, 503). `trickled` sends
+an answer a few bytes at a time, as a server holding a request open without ever letting a
+read time out."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -135,6 +138,29 @@ def tool_use_failed() -> httpx.Response:
         "tool_use_failed",
     )
     return response
+
+
+class _Trickle(httpx.AsyncByteStream):
+    def __init__(self, body: bytes, *, seconds: float, chunks: int) -> None:
+        self.body, self.gap = body, seconds / chunks
+        self.size = -(-len(body) // chunks)
+        self.sent = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for start in range(0, len(self.body), self.size):
+            await asyncio.sleep(self.gap)
+            self.sent += 1
+            yield self.body[start : start + self.size]
+
+
+def trickled(
+    answer: dict[str, Any], *, seconds: float, chunks: int = 40, **headers: str
+) -> httpx.Response:
+    """A 200 with `answer` as its JSON body, sent in `chunks` pieces over `seconds`: each wait
+    for bytes is short, the whole answer is long."""
+    body = json.dumps(answer).encode()
+    head = {"content-type": "application/json", "content-length": str(len(body)), **headers}
+    return httpx.Response(200, headers=head, stream=_Trickle(body, seconds=seconds, chunks=chunks))
 
 
 class FakeGroq:

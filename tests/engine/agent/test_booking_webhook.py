@@ -166,3 +166,32 @@ async def test_the_deliverer_sends_right_after_a_booking(agent, router, now) -> 
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
+
+
+async def test_given_up_events_keep_the_dead_letter_limits(
+    make_agent, router, aredis, key_prefix, now
+) -> None:
+    """A business webhook that stays down: its given-up events are kept as the queue's and the
+    outbox's dead letters are (WSM_DEAD_LETTERS_MAX, WSM_DEAD_LETTER_DAYS), newest kept, not
+    without bound until Redis refuses writes."""
+    agent = make_agent(
+        booking_webhook_url=HOOKS, booking_webhook_secret=SECRET, dead_letters_max=2,
+        dead_letter_days=1,
+    )  # fmt: skip
+    keys = CalendarKeys(key_prefix)
+    # One given up two days ago: past the age.
+    old = {"id": "evt-old", "body": {}, "attempts": 1, "error": "x", "at": 1}
+    await aredis.rpush(keys.hooks_dead, orjson.dumps(old))
+    router.post(HOOKS).mock(return_value=httpx.Response(410, text="endpoint removed"))
+
+    async def kept() -> list[str]:
+        letters = [orjson.loads(x) for x in await aredis.lrange(keys.hooks_dead, 0, -1)]
+        return [letter["body"].get("booking", {}).get("id", letter["id"]) for letter in letters]
+
+    await book(agent, now, "10:00", "bk01")
+    await agent.webhook.deliver_due()
+    assert await kept() == ["bk01"]  # within the cap: the old one went by its age
+    for hhmm, booking_id in (("11:00", "bk02"), ("14:00", "bk03")):
+        await book(agent, now, hhmm, booking_id)
+        await agent.webhook.deliver_due()
+    assert await kept() == ["bk02", "bk03"]  # the cap: the newest two

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
 
 from engine.agent.calendar import (
+    Calendar,
     CalendarFileError,
     InvalidSlot,
     default_calendar,
@@ -211,3 +213,66 @@ def test_the_prompt_names_the_teams_only_when_there_are_several(
         max_reply_chars=600,
     )  # fmt: skip
     assert "Teams" not in alone
+
+
+# --- the clocks' jumps (found by an audit) ------------------------------------------------------
+
+HALF_HOURS = [f"{hour:02d}:{minute:02d}" for hour in range(6) for minute in (0, 30)]
+
+
+def night_calendar(tmp_path: Path, timezone: str) -> Calendar:
+    """A business of `timezone` open on Sundays from midnight to 06:00."""
+    document = dict(CALENDAR, timezone=timezone, hours={"sun": ["00:00-06:00"]})
+    return load_calendar(write(tmp_path, document))
+
+
+@pytest.mark.parametrize(
+    ("timezone", "night", "skipped", "across"),
+    [
+        # New York: 02:00 -> 03:00 on the second Sunday of March.
+        ("America/New_York", date(2027, 3, 14), ["02:00", "02:30"], "01:30"),
+        # Lisbon: 01:00 -> 02:00 on the last Sunday of March.
+        ("Europe/Lisbon", date(2027, 3, 28), ["01:00", "01:30"], "00:30"),
+    ],
+)
+def test_the_grid_never_offers_a_time_the_clocks_skip(
+    tmp_path: Path, timezone: str, night: date, skipped: list[str], across: str
+) -> None:
+    calendar = night_calendar(tmp_path, timezone)
+    consulta, limpeza = calendar.service("consulta"), calendar.service("limpeza")
+    assert consulta and limpeza
+    tz = ZoneInfo(timezone)
+    now = datetime.combine(night - timedelta(days=1), time(12), tzinfo=tz)
+    offered = list(calendar.slots(consulta, night, night, now))
+    assert [s.id[11:] for s in offered] == [t for t in HALF_HOURS if t not in skipped]
+    # Each slot offered is the moment its id names on the business's clock.
+    for slot in offered:
+        assert f"{datetime.fromtimestamp(slot.start_ms / 1000, tz):%Y-%m-%dT%H:%M}" == slot.id
+    # A 60-minute service does not start where it would run across the jump either.
+    long = [s.id[11:] for s in calendar.slots(limpeza, night, night, now)]
+    assert long == [t for t in HALF_HOURS[:-1] if t not in [*skipped, across]]
+    # Asked for by the model or the menu, a skipped time is refused with the reason.
+    for hhmm in skipped:
+        with pytest.raises(InvalidSlot, match="the clocks skip"):
+            calendar.slot(consulta, f"{night}T{hhmm}", now)
+    with pytest.raises(InvalidSlot, match="the clocks skip"):
+        calendar.slot(limpeza, f"{night}T{across}", now)
+    # A week later the same hours are all there.
+    week_later = night + timedelta(days=7)
+    assert [s.id[11:] for s in calendar.slots(consulta, week_later, week_later, now)] == HALF_HOURS
+
+
+def test_the_hour_the_clocks_repeat_is_offered_once(tmp_path: Path) -> None:
+    """New York, 02:00 -> 01:00 on the first Sunday of November: the grid is the wall clock,
+    so 01:00 and 01:30 are offered once (their first time), in order of the real moments."""
+    calendar = night_calendar(tmp_path, "America/New_York")
+    consulta = calendar.service("consulta")
+    assert consulta
+    night = date(2027, 11, 7)
+    now = datetime(2027, 11, 6, 12, tzinfo=ZoneInfo("America/New_York"))
+    offered = list(calendar.slots(consulta, night, night, now))
+    assert [s.id[11:] for s in offered] == HALF_HOURS
+    starts = [s.start_ms for s in offered]
+    assert starts == sorted(set(starts))
+    # 01:30 is the first one (EDT): 02:00 (EST) comes an hour and a half later.
+    assert starts[HALF_HOURS.index("02:00")] - starts[HALF_HOURS.index("01:30")] == 90 * 60_000

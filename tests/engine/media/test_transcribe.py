@@ -9,6 +9,7 @@ test_media_turns.py), is counted, and tells the breaker what the chat calls woul
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ from engine.agent.breaker import BreakerState
 from engine.media.transcribe import MAX_UPLOAD_BYTES, GroqTranscriber, upload_name
 from engine.parts import transcriber
 from shared.settings import Settings
+from tests.engine.agent.fake_groq import trickled
 from tests.engine.media.support import (
     GROQ,
     VOICE,
@@ -229,3 +231,18 @@ def test_a_named_upload_keeps_its_name_with_an_extension_groq_knows(
     filename: str, mimetype: str, expected: str
 ) -> None:
     assert upload_name(filename, mimetype) == expected
+
+
+async def test_a_trickled_transcription_is_cut_at_the_request_timeout(
+    whisper: FakeWhisper, make: Callable[..., GroqTranscriber]
+) -> None:
+    """WSM_LLM_TIMEOUT_SECONDS bounds the request as a whole: a Groq sending its answer a few
+    bytes at a time, each gap far shorter than the timeout, is a timeout at the timeout."""
+    timed_out = Counted("wsm_transcriptions_total", result="failed", reason="timeout")
+    whisper.then(trickled({"text": "tarde demais"}, seconds=3.0))
+    built = make(llm_timeout_seconds=0.3)
+    started = time.monotonic()
+    assert await built.transcribe(VOICE, filename="", mimetype=VOICE_MIME) is None
+    took = time.monotonic() - started
+    assert 0.3 <= took < 0.8, took
+    assert timed_out.delta == 1 and len(whisper.requests) == 1

@@ -1,0 +1,92 @@
+"""The agent's turn deadline (WSM_LLM_TURN_DEADLINE_SECONDS) bounds the whole turn, its tools
+included (engine/agent/groq_brain.py): a booking held up by a slow Redis is cut at the
+deadline and the menu answers the message, as on any failure of the model; the change the
+customer said yes to is made once and told once, and the breaker is not blamed for Redis.
+
+Redis is the test's private redis-server, made slow for real: CLIENT PAUSE WRITE stops it
+taking writes (the booking's script waits; reads go on) until CLIENT UNPAUSE. Groq is stood in
+for by respx (the receptionist of receptionist.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from engine.agent.breaker import BreakerState
+from engine.agent.confirmation import PENDING_KEY
+from tests.engine.agent.chat import Chat
+from tests.engine.agent.fake_groq import completion
+from tests.engine.agent.receptionist import receptionist
+from tests.engine.agent.support import ANA
+from tests.support.metrics import Counted
+from tests.support.polling import async_wait_until
+
+MENU_BOOK = "3. Agendar um horário"
+DEADLINE = 0.3
+# Longer than the test ever runs: the test itself ends the pause (CLIENT UNPAUSE).
+PAUSE_MS = 30_000
+
+
+async def test_a_booking_stalled_by_redis_is_cut_at_the_deadline_and_made_once(
+    make_agent, groq, aredis, key_prefix, now
+) -> None:
+    # Token counting off: its write, between the model's answer and the tool, would wait too.
+    parts = make_agent(
+        llm_turn_deadline_seconds=DEADLINE, agent_tokens_per_day=0, llm_breaker_failures=1
+    )
+    groq.policy = receptionist
+    chat = Chat(ANA).named("Ana")
+    await chat.say(parts.brain, "quero marcar o primeiro horário de consulta")
+    assert chat.replies[-1].startswith("Confirma Consulta")
+    asked = len(groq.requests)
+
+    async def redis_stalls(request: dict[str, Any]) -> dict[str, Any]:
+        # From the model's answer on, Redis takes no writes: the booking's script waits.
+        await aredis.execute_command("CLIENT", "PAUSE", PAUSE_MS, "WRITE")
+        return receptionist(request)
+
+    groq.policy = redis_stalls
+    fallbacks = Counted("wsm_llm_fallbacks_total", reason="timeout")
+    started = time.monotonic()
+    turn = asyncio.create_task(chat.say(parts.brain, "sim"))
+    try:
+
+        async def menu_took_over() -> bool:
+            return fallbacks.delta == 1
+
+        await async_wait_until(menu_took_over, timeout=3, what="the menu at the turn's deadline")
+        cut = time.monotonic() - started
+        assert not turn.done()  # the menu's booking waits for Redis as well
+    finally:
+        await aredis.execute_command("CLIENT", "UNPAUSE")
+    decision = await turn
+    assert DEADLINE <= cut < DEADLINE + 0.7, cut
+    # One answer, the menu's: the booking the customer said yes to, made and told once.
+    assert decision.replies[0] == (
+        f"Pronto! ✅ Horário de *Consulta* marcado para *seg {now:%d/%m} às 10:00*."
+    )
+    assert len(decision.replies) == 2 and MENU_BOOK in decision.replies[1]
+    assert await chat.booked(aredis, key_prefix) == 1
+    assert chat.state.collected[PENDING_KEY] == ""
+    assert len(groq.requests) == asked + 1  # the model was not asked again after the cut
+    # A slow Redis says nothing about the model: one failure would have opened the breaker.
+    assert parts.breaker.state is BreakerState.CLOSED
+
+
+async def test_a_model_still_answering_at_the_deadline_is_blamed(make_agent, groq) -> None:
+    """The other side: a deadline that strikes while the model answers is the model's
+    timeout, counted by the breaker as before."""
+    parts = make_agent(llm_turn_deadline_seconds=DEADLINE, llm_breaker_failures=1)
+    release = asyncio.Event()
+
+    async def slow(request: dict[str, Any]) -> dict[str, Any]:
+        await release.wait()
+        return completion("tarde demais")
+
+    groq.policy = slow
+    fallbacks = Counted("wsm_llm_fallbacks_total", reason="timeout")
+    decision = await Chat(ANA).named("Ana").say(parts.brain, "oi")
+    release.set()
+    assert MENU_BOOK in decision.replies[-1] and fallbacks.delta == 1
+    assert parts.breaker.state is BreakerState.OPEN
