@@ -95,6 +95,12 @@ SPOOL_REPLAYED = Counter(
     "Spooled events replayed into Redis, by result (duplicate: Redis already had it).",
     ["result"],
 )
+# Each value exported at 0 from the start: a series that first appears at 1 is no increase to
+# Prometheus, and a panel's rate would miss the first event.
+for _result in ("queued", "duplicate", "unroutable"):
+    SPOOL_REPLAYED.labels(_result)
+for _reason in ("timeout", "error"):
+    REDIS_FAILURES.labels(_reason)
 
 SPOOL_WRITE_FAILURES = Counter(
     "wsm_spool_write_failures_total",

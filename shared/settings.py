@@ -312,7 +312,10 @@ class Settings(BaseSettings):
     ignore_broadcasts: bool = Field(
         True,
         alias="WSM_IGNORE_BROADCASTS",
-        description="Ignore status@broadcast, broadcast lists and channels (@newsletter).",
+        description=(
+            "Ignore status@broadcast, broadcast lists and channels (@newsletter). When false they "
+            "are kept in the history but never answered: a reply there would be public."
+        ),
     )
     lid_cache_seconds: int = Field(
         7 * 24 * 3600,
@@ -544,7 +547,8 @@ class Settings(BaseSettings):
         ge=1,
         description=(
             "Dead letters kept per queue shard, and replies per shard's outbox dead-letter list; "
-            "the oldest beyond it are dropped and counted (`wsm_dlq_dropped_total{list}`)."
+            "the oldest beyond it are dropped and counted (`wsm_dlq_dropped_total{list}`). The "
+            "booking webhook's given-up events keep the same limits (dropped ones are logged)."
         ),
     )
     dead_letter_days: float = Field(

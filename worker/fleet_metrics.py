@@ -1,8 +1,9 @@
 """The fleet's one /metrics endpoint, served by the supervisor.
 
 It sums what every worker process recorded (prometheus multiprocess files) and adds the
-fleet-wide figures the supervisor reads itself: queue gauges from Redis (read once per scrape,
-not per process, so N processes do not report N copies of one queue) and the live process count.
+fleet-wide figures the supervisor reads itself: queue gauges and Redis's memory from Redis
+(read once per scrape, not per process, so N processes do not report N copies of one queue) and
+the live process count.
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ class FleetCollector(Collector):
         yield GaugeMetricFamily(
             "wsm_dlq_messages", "Messages in the dead-letter lists.", value=queue.dead_letters
         )
+        yield GaugeMetricFamily(
+            "wsm_outbox_dlq_messages",
+            "Replies in the outbox dead-letter lists: given up by the sender "
+            "(wsm dlq outbox list).",
+            value=queue.outbox_dead_letters,
+        )
         dropped = CounterMetricFamily(
             "wsm_dlq_dropped",
             "Dead letters dropped unread by the cap (WSM_DEAD_LETTERS_MAX) or by age "
@@ -58,6 +65,17 @@ class FleetCollector(Collector):
         dropped.add_metric(["queue"], queue.dead_dropped)
         dropped.add_metric(["outbox"], queue.outbox_dead_dropped)
         yield dropped
+        yield GaugeMetricFamily(
+            "wsm_redis_memory_used_bytes",
+            "Redis's used_memory (INFO memory; on a cluster, the primary nearest its limit; "
+            "0 when INFO cannot be read).",
+            value=queue.redis_memory_used_bytes,
+        )
+        yield GaugeMetricFamily(
+            "wsm_redis_memory_max_bytes",
+            "Redis's maxmemory (0: no limit, or INFO cannot be read).",
+            value=queue.redis_memory_max_bytes,
+        )
         yield GaugeMetricFamily(
             "wsm_worker_processes", "Worker processes alive.", value=self._alive()
         )

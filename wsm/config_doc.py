@@ -54,6 +54,12 @@ DEPLOYMENT_VARIABLES: list[tuple[str, str, str]] = [
         "",
         "compose: Redis password of the `admin` user, for an operator's redis-cli (required). Hex.",
     ),
+    (
+        "REDIS_MAXMEMORY",
+        "1gb",
+        "compose: Redis's maxmemory (noeviction: at the limit Redis refuses writes and the "
+        "gateway spools); below the host's memory (docs/operations.md, Redis memory).",
+    ),
     ("WAHA_SESSION", "default", "compose: the WAHA session wsm serves."),
     (
         "WAHA_HOOK_EVENTS",

@@ -139,6 +139,9 @@ def test_redis_is_durable(services: dict[str, dict[str, Any]]) -> None:
     command = command_of(redis)
     assert option(command, "--appendonly") == "yes"
     assert option(command, "--maxmemory-policy") == "noeviction"
+    # A limit, or Redis grows until the OOM killer ends it (tests/ops/test_redis_memory.py runs
+    # this command on a real redis-server).
+    assert option(command, "--maxmemory") == "${REDIS_MAXMEMORY:-1gb}"
     assert any(str(volume).endswith(":/data") for volume in redis["volumes"])
     assert "healthcheck" in redis
 

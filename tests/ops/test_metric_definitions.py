@@ -121,7 +121,8 @@ RATED_COUNTERS = [
      {"queued", "duplicate", "ignored", "spooled", "stale", "unauthorized", "invalid",
       "too_large", "unavailable"}),
     ("wsm_worker_messages_total", "outcome", {"ok", "retry", "dead", "lost"}),
-    ("wsm_outbox_sends_total", "result", {"sent", "retry", "parked", "dead", "waha_plus_required"}),
+    ("wsm_outbox_sends_total", "result",
+     {"sent", "retry", "parked", "dead", "waha_plus_required", "dead_delivered"}),
     ("wsm_llm_requests_total", "result",
      {"ok", "timeout", "connection_error", "rate_limited", "server_error", "request_too_large",
       "model_not_found", "not_found", "auth_error", "bad_request", "tool_use_failed",
@@ -134,6 +135,10 @@ RATED_COUNTERS = [
     ("wsm_reminders_total", "event",
      {"due", "sent", "confirmed", "rescheduled", "cancelled", "unanswered"}),
     ("wsm_dlq_dropped_total", "list", {"queue", "outbox"}),
+    ("wsm_booking_webhook_deliveries_total", "result", {"delivered", "retry", "dead"}),
+    ("wsm_freed_slot_offers_total", "event", {"queued", "sent", "taken", "lost"}),
+    ("wsm_spool_replayed_total", "result", {"queued", "duplicate", "unroutable"}),
+    ("wsm_webhook_redis_failures_total", "reason", {"timeout", "error"}),
 ]  # fmt: skip
 RATED_IDS = [name for name, _, _ in RATED_COUNTERS]
 

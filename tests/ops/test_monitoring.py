@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 import yaml
 
 from shared.embedded_redis import free_port
@@ -52,6 +53,11 @@ NOT_YET_EXPORTED = {
     "wsm_agent_tool_calls_total",
     "wsm_llm_ratelimit_remaining",
     "wsm_reminders_total",  # the agent's (these fleets run the recording handler)
+    "wsm_agent_burst_deferred_total",
+    "wsm_freed_slot_offers_total",
+    "wsm_booking_webhook_deliveries_total",
+    "wsm_transcriptions_total",  # the engine's media (engine/media/)
+    "wsm_transcription_duration_seconds_bucket",
 }
 
 
@@ -262,6 +268,28 @@ def test_every_metric_the_panels_and_alerts_name_is_exported(
         httpx.get(f"{monitoring.url}/api/v1/label/__name__/values", timeout=5).json()["data"]
     )
     assert used - exported <= NOT_YET_EXPORTED, sorted(used - exported - NOT_YET_EXPORTED)
+
+
+def test_the_redis_panels_show_the_real_redis_memory(
+    monitoring: Monitoring, redis_url: str
+) -> None:
+    """Both fleets read INFO memory at each scrape: the "Redis memory" panel shows the server's
+    used_memory and its maxmemory as Redis itself reports them."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        info = client.info("memory")
+    finally:
+        client.close()
+    wait_until(
+        lambda: len(monitoring.vector("wsm_redis_memory_used_bytes > 0")) == 2,
+        timeout=15,
+        what="Redis's memory from both fleets",
+    )
+    used, limit = panel("Redis memory")
+    (series,) = monitoring.vector(used)
+    assert abs(float(series["value"][1]) - info["used_memory"]) < 64 * 1024 * 1024
+    (series,) = monitoring.vector(limit)
+    assert float(series["value"][1]) == info["maxmemory"]
 
 
 @pytest.mark.parametrize(("where", "expression"), panel_expressions() + rule_expressions())

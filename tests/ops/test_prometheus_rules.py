@@ -70,7 +70,9 @@ def test_promtool_test_rules() -> None:
 
 def test_the_issues_alerts_exist() -> None:
     """Queue growing, oldest message too old, dead letters, gateway spooling or answering 5xx,
-    a WAHA session not WORKING, LLM fallback rate high, a worker process down, outbox stuck."""
+    a WAHA session not WORKING, LLM fallback rate high, a worker process down, outbox stuck;
+    replies left in the outbox's dead letters, Redis near its maxmemory, booking webhooks
+    given up."""
     names = {rule["alert"] for rule in alert_rules()}
     assert {
         "WsmQueueGrowing",
@@ -82,6 +84,9 @@ def test_the_issues_alerts_exist() -> None:
         "WsmLlmFallbackRateHigh",
         "WsmWorkerProcessDown",
         "WsmOutboxStuck",
+        "WsmOutboxDeadLetters",
+        "WsmRedisMemoryHigh",
+        "WsmBookingWebhooksGivenUp",
     } <= names
 
 
@@ -135,7 +140,7 @@ def test_a_workers_dropped_reply_counter_is_exported_at_0_before_the_first_drop(
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60,
         check=True, env={k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
     )  # fmt: skip
-    for result in ("dead", "sent", "retry", "parked", "waha_plus_required"):
+    for result in ("dead", "sent", "retry", "parked", "waha_plus_required", "dead_delivered"):
         assert f'wsm_outbox_sends_total{{result="{result}"}} 0.0' in done.stdout, result
 
 

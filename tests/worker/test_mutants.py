@@ -517,7 +517,10 @@ COLLECTOR_METRICS = {
     "wsm_queue_oldest_age_seconds",
     "wsm_queue_redeliveries_total",
     "wsm_dlq_messages",
+    "wsm_outbox_dlq_messages",
     "wsm_dlq_dropped_total",
+    "wsm_redis_memory_used_bytes",
+    "wsm_redis_memory_max_bytes",
     "wsm_worker_processes",
 }
 
@@ -564,9 +567,13 @@ async def test_the_fleet_metrics_show_the_queue_as_it_is(queue: Queue) -> None:
         "wsm_queue_oldest_age_seconds": snapshot.oldest_age_seconds,
         "wsm_queue_redeliveries_total": 1,
         "wsm_dlq_messages": 1,
+        "wsm_outbox_dlq_messages": 0,
+        "wsm_redis_memory_used_bytes": snapshot.redis_memory_used_bytes,
+        "wsm_redis_memory_max_bytes": snapshot.redis_memory_max_bytes,
         "wsm_worker_processes": 3,
     }
     assert snapshot.oldest_age_seconds > 0
+    assert snapshot.redis_memory_used_bytes > 0
     dropped = {s.labels["list"]: s.value for s in samples if s.name == "wsm_dlq_dropped_total"}
     assert dropped == {"queue": 0, "outbox": 0}
 
