@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import HTTPException, Request
-from pydantic import AfterValidator, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
 
 from shared.keys import engine_keys_for
 from shared.redis_client import RedisClient
@@ -67,6 +67,16 @@ AgentName = (
     ]
     | None
 )
+
+
+class NoFields(BaseModel):
+    """The body of a route that takes none (close, handback, offline): no body (or `{}`) is
+    what clients send; a field (a typo, or one another route takes: `agent_id`) or a JSON that
+    is not an object is refused 422 like an unknown field anywhere else, nothing stored, rather
+    than ignored unseen."""
+
+    model_config = ConfigDict(extra="forbid")
+
 
 _RULES: dict[str, tuple[re.Pattern[str], str]] = {
     "session": (SESSION, "a WAHA session name: 1-64 of A-Z a-z 0-9 _ -"),

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Parts
-from api.validation import AgentName
+from api.validation import AgentName, NoFields
 from shared.clock import now_ms
 
 router = APIRouter()
@@ -42,8 +42,11 @@ async def agent_online(
 
 
 @router.post("/agents/{agent_id}/offline")
-async def agent_offline(parts: Parts, agent_id: str) -> dict[str, Any]:
-    """404 for an agent never put online (a typo would be kept as an agent otherwise)."""
+async def agent_offline(
+    parts: Parts, agent_id: str, body: NoFields | None = None
+) -> dict[str, Any]:
+    """404 for an agent never put online (a typo would be kept as an agent otherwise). No
+    body (or `{}`)."""
     line = parts.coordinator.line
     if not await parts.redis.hexists(line.keys.agents, agent_id):
         raise HTTPException(404, "no such agent: it was never put online")

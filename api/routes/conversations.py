@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.deps import ApiParts, Parts
 from api.media_send import KEY_REUSED, command_id_for, same_request
 from api.reads import conversations_page, describe_many
-from api.validation import AGENT_ID, AGENT_ID_RULE, AgentName, ReplyText
+from api.validation import AGENT_ID, AGENT_ID_RULE, AgentName, NoFields, ReplyText
 from engine import commands
 from engine.history import HistoryKeys, InvalidCursor, read_page
 from engine.state import State
@@ -33,14 +33,6 @@ class AgentMessage(BaseModel):
     agent_id: str = Field(pattern=f"^{AGENT_ID.pattern}$", description=AGENT_ID_RULE)
     text: ReplyText = Field(description="Trimmed; 1-4096 characters, not only blanks.")
     agent_name: AgentName = Field(None, description="At most 100 characters; blank: agent_id.")
-
-
-class NoFields(BaseModel):
-    """What close and handback take: nothing. No body (or `{}`) is what clients send; a field
-    (a typo, or one another route takes: `agent_id`) or a JSON that is not an object is refused
-    422 like an unknown field anywhere else, nothing queued, rather than ignored unseen."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class Accepted(BaseModel):

@@ -354,3 +354,23 @@ async def test_a_close_or_handback_without_a_body_works_as_always(
     await harness.drain()
     found = await load_state(aredis, engine_keys_for("default", ANA, 1, key_prefix).state)
     assert found.state is state
+
+
+@pytest.mark.parametrize(("request_kwargs", "kind", "loc"), NOT_TAKEN)
+async def test_offline_with_a_body_it_does_not_take_is_refused(
+    api_client, sync_redis, key_prefix, request_kwargs: dict[str, Any], kind: str,
+    loc: list[Any],
+) -> None:  # fmt: skip
+    """As close and handback: the route takes no body, and one it does not take is refused
+    (the agent stays online); no body or `{}` puts the agent offline as always."""
+    await api_client.post("/api/agents/maria/online", headers=API_AUTH)
+    before = {k: sync_redis.dump(k) for k in keys_with_prefix(sync_redis, key_prefix)}
+    kwargs = dict(request_kwargs)
+    headers = API_AUTH | kwargs.pop("headers", {})
+    response = await api_client.post("/api/agents/maria/offline", headers=headers, **kwargs)
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert (error["type"], error["loc"]) == (kind, loc)
+    assert {k: sync_redis.dump(k) for k in keys_with_prefix(sync_redis, key_prefix)} == before
+    done = await api_client.post("/api/agents/maria/offline", headers=API_AUTH, json={})
+    assert done.status_code == 200 and done.json()["online"] is False
