@@ -13,13 +13,13 @@ so a batcher that fails to answer a waiter (a bug) costs that event seconds, not
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from gateway.batcher import EnqueueBatcher
 from gateway.errors import RedisUnavailable
 from gateway.redis_link import RedisStatus
 from gateway.spool import Spool
+from shared.deadlines import deadline
 from shared.enqueue import EnqueueRequest
 
 QUEUED = "queued"
@@ -53,7 +53,9 @@ class Intake:
         spool took the event."""
         if await self._may_use_redis():
             try:
-                async with asyncio.timeout(self._enqueue_deadline_s):
+                # A backstop behind the batcher's own deadline: one timer for every webhook
+                # (shared/deadlines.py), not one each.
+                with deadline(self._enqueue_deadline_s):
                     queued = await self._batcher.enqueue(request)
             except RedisUnavailable:
                 pass

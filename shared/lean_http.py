@@ -41,6 +41,8 @@ from typing import cast
 import httptools
 import httpx
 
+from shared.deadlines import deadline
+
 _CRLF = b"\r\n"
 
 
@@ -278,7 +280,9 @@ class LeanHTTPTransport(httpx.AsyncBaseTransport):
         seconds: float | None,
     ) -> RawAnswer:
         try:
-            async with asyncio.timeout(seconds):
+            if seconds is None:
+                return await connection.exchange(raw)
+            with deadline(seconds):  # not asyncio.timeout: see shared/deadlines.py
                 return await connection.exchange(raw)
         except TimeoutError:
             raise httpx.ReadTimeout("no answer in time", request=request) from None

@@ -23,6 +23,7 @@ from enum import Enum
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
 from shared.backoff import Backoff
+from shared.deadlines import deadline
 from shared.envelope import InvalidRecord, decode_record
 from shared.keys import ShardKeys
 from shared.queue_consumer import ClaimedMessage, FailOutcome, Lease, QueueConsumer
@@ -214,8 +215,9 @@ class ConsumerSlot:
         started = time.perf_counter()
         ack_later = False
         try:
-            # asyncio.timeout, not wait_for: no extra task per message on the hot path.
-            async with asyncio.timeout(self.handler_timeout):
+            # Not wait_for (an extra task per message) nor asyncio.timeout (a timer each): one
+            # timer for every wait of the process (shared/deadlines.py).
+            with deadline(self.handler_timeout):
                 await self.handler(event, ctx)
             if not ctx.committed and not keeper.lost:
                 # Nothing to apply: the ack rides with the turn's next call (the next commit,
