@@ -1,11 +1,17 @@
 """Erasing a customer completely (LGPD, art. 18): their conversation's state, history and
 outbox, their place in the line and with agents, the indexes, cached lookups, their stored
-media files and index entries (given the media library), and the queue's leftovers that name
-them (dedupe markers, dead letters, booking-webhook dead letters).
+media files and index entries (given the media library), the queue's leftovers that name
+them (dedupe markers, dead letters, booking-webhook dead letters), their digest in the records
+of freed slots offered to them, and the AI agent's limits counted for them.
+
+A phone-number chat is one conversation however it is written (`<phone>@c.us`, or the raw jid
+`<phone>[:<device>]@s.whatsapp.net`: shared/keys.py `canonical_chat_id`): the erase works on
+the canonical form whichever it is given, and finds the dedupe markers of every form.
 
 The keys live under several hash tags (the conversation's queue shard, the line, the engine's
-indexes, the WAHA session, the calendar), and a Lua script may only touch one, so the erase is
-a short sequence of scripts ordered around the conversation's lease:
+indexes, the WAHA session, the console, the media index, the calendar; the AI agent's limit
+keys have none), and a Lua script may only touch one, so the erase is a short sequence of
+scripts ordered around the conversation's lease:
 
 1. `erase_conversation.lua`, on the conversation's tag, in one atomic step: refuses while the
    conversation is being handled (its queue holds messages: ready, leased or delayed; or a
@@ -16,8 +22,9 @@ a short sequence of scripts ordered around the conversation's lease:
    arrives now is queued by the gateway (WAHA is told `queued`) and waits behind the lease as
    behind a worker's. Meanwhile the erase deletes the conversation's dedupe markers (except
    those of messages queued since step 1), then clears the other tags (`erase_line`,
-   `erase_index`, `erase_session`, `erase_calendar`): no handler can write the line or the
-   indexes back between two of those steps.
+   `erase_index`, `erase_session`, the agent's limits, `erase_console`, the media, `also`,
+   `erase_calendar`): no handler can write the line or the indexes back between two of those
+   steps.
 3. `release_conversation.lua` ends the lease like a worker's turn: a message queued meanwhile
    is handled then, as the first of a new conversation; with none, the meta goes and the
    fence lives on in the shard's counter, so a worker holding an older lease stays fenced out.
@@ -35,10 +42,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from engine.agent.freed_slots import hashed
+from engine.agent.limits import limit_keys
 from engine.identity import ChatKind, chat_kind, phone_of
 from engine.media.store import MediaLibrary
 from engine.sender import ECHO_WAIT_MS
 from engine.state import State
+from shared.clock import now_ms
 from shared.envelope import InvalidRecord, decode_record
 from shared.events import message_key_of
 from shared.keys import (
@@ -49,6 +59,7 @@ from shared.keys import (
     LineKeys,
     ShardKeys,
     WahaSessionKeys,
+    canonical_chat_id,
     conversation_token,
     engine_keys_for,
     split_conversation_token,
@@ -83,10 +94,25 @@ def _glob_escape(value: str) -> str:
 def message_key_names_chat(message_key: str, chat_id: str) -> bool:
     """Whether a dedupe marker's message key (`<event>:<WhatsApp id>[:<ack>[:<participant>]]`)
     is about `chat_id`: its serialized WhatsApp id (`true|false_<chat>_<id>[_<participant>]`)
-    names exactly this chat. Exact: `1@c.us` does not match `5511987650001@c.us`."""
+    names exactly this chat, in any of its forms (`<phone>@c.us`, `<phone>@s.whatsapp.net`,
+    `<phone>:<device>@s.whatsapp.net` are one chat). Exact: `1@c.us` does not match
+    `5511987650001@c.us`."""
     _, _, rest = message_key.partition(":")
     parts = rest.split("_")
-    return len(parts) >= 3 and parts[0] in ("true", "false") and parts[1] == chat_id
+    return (
+        len(parts) >= 3
+        and parts[0] in ("true", "false")
+        and canonical_chat_id(parts[1]) == canonical_chat_id(chat_id)
+    )
+
+
+def _marker_pattern(base: str, chat_id: str) -> str:
+    """A SCAN pattern for the markers whose WhatsApp id may name `chat_id`: for a phone number,
+    in any of its forms (`<phone>@…`, `<phone>:<device>@…`). Wider than exact: each key found
+    is checked by `message_key_names_chat`."""
+    phone = phone_of(chat_id)
+    chat = f"{_glob_escape(phone)}[@:]" if phone else f"{_glob_escape(chat_id)}_"
+    return f"{_glob_escape(base)}*_{chat}*"
 
 
 async def _markers(
@@ -103,9 +129,8 @@ async def _markers(
     not see; one queued before it still has its body (only a lease holder removes bodies)."""
     session, _ = split_conversation_token(queue.token)
     base = shard.seen_message(session, "")
-    pattern = f"{_glob_escape(base)}*_{_glob_escape(chat_id)}_*"
     found: set[str] = set()
-    async for raw in redis.scan_iter(match=pattern, count=1000):
+    async for raw in redis.scan_iter(match=_marker_pattern(base, chat_id), count=1000):
         key = as_text(raw)
         if message_key_names_chat(key[len(base) :], chat_id):
             found.add(key)
@@ -148,6 +173,8 @@ async def erase_customer(
 ) -> int:
     """Delete everything about (session, chat_id). Returns how many keys/entries went.
 
+    `chat_id` in any of its forms: a raw jid erases its canonical `@c.us` conversation.
+
     `media` (engine/parts.py `media_library`) removes the customer's stored media files and
     their index entries, under the lease too (no turn can store one meanwhile).
 
@@ -155,6 +182,7 @@ async def erase_customer(
     `also` runs while the erase holds the conversation's lease (for data kept elsewhere, such as
     the calendar's bookings), so no handler can write it back meanwhile.
     """
+    chat_id = canonical_chat_id(chat_id)
     keys = engine_keys_for(session, chat_id, shards, prefix)
     queue = keys.conversation
     shard = queue.shard_keys
@@ -213,6 +241,9 @@ async def erase_customer(
                     [phone or "", own_lid],
                 )
             )
+        # The AI agent's counters (no hash tag: one key per call).
+        for key in limit_keys(prefix, token, now_ms()):
+            removed += int(await redis.delete(key))
         removed += await _erase_console(redis, prefix, token)
         if media is not None:
             removed += await media.forget_conversation(token)
@@ -221,9 +252,7 @@ async def erase_customer(
         # After `also` (the bookings and their pending webhook bodies): a delivery in flight
         # dead-letters only a body still pending (booking_hook_dead.lua), so once the bodies
         # are gone no dead letter of this customer can appear after this filter.
-        removed += int(
-            await ERASE_CALENDAR(redis, [CalendarKeys(prefix).hooks_dead], [session, chat_id])
-        )
+        removed += await _erase_calendar(redis, prefix, session, chat_id, token)
     finally:
         # Messages queued during the erase go to the ready list now (the back, as after any
         # turn); with none, the conversation's meta goes and its fence lives on in the shard's
@@ -232,6 +261,26 @@ async def erase_customer(
             redis,
             [queue.meta, queue.messages, shard.leases, shard.ready, shard.fence],
             [token, fence, "back"],
+        )
+    return removed
+
+
+async def _erase_calendar(
+    redis: RedisClient, prefix: str, session: str, chat_id: str, token: str
+) -> int:
+    calendar = CalendarKeys(prefix)
+    # Every record of a freed slot's offers: the customer's digest is a field of those they
+    # were offered.
+    pattern = _glob_escape(calendar.freed_offers("")) + "*"
+    records = sorted({as_text(raw) async for raw in redis.scan_iter(match=pattern, count=1000)})
+    removed = 0
+    for start in range(0, max(1, len(records)), BATCH):
+        removed += int(
+            await ERASE_CALENDAR(
+                redis,
+                [calendar.hooks_dead, *records[start : start + BATCH]],
+                [session, chat_id, hashed(token)],
+            )
         )
     return removed
 

@@ -468,6 +468,7 @@ class CalendarKeys:
         <prefix>:{cal}:reminders:lock     STRING the reminders pass lock (PX)
         <prefix>:{cal}:freed              ZSET   cancelled booking id -> when its slot freed (ms)
         <prefix>:{cal}:freed_offers:<id>  HASH   hashed customer -> when offered; `done`
+                                          (the erase removes the customer's field)
         <prefix>:{cal}:freed:lock         STRING the freed-slots pass lock (PX)
 
     One tag for the whole calendar: a booking checks the slot, writes the booking, indexes it
@@ -539,7 +540,8 @@ class CalendarKeys:
 
     def freed_offers(self, booking_id: str) -> str:
         # HASH sha256(conversation)[:16] -> when offered, and `done` once the pass finished
-        # with the slot (hashed: an erase must leave no key or value naming a customer).
+        # with the slot (hashed: no key or value holds a customer's number; the digest is still
+        # a pseudonym, so the LGPD erase removes an erased customer's field: erase_calendar.lua).
         return f"{self.tag}:freed_offers:{booking_id}"
 
     @property
@@ -695,7 +697,9 @@ class AgentLimitKeys:
         <prefix>:agentlimit:stt:<who>            ZSET   voice notes transcribed in the last minute
 
     `<who>` is a digest of the conversation token, not the token: no key name carries a
-    customer's number (these keys outlive an erase by at most their expiry, two days).
+    customer's number. The digest is still a pseudonym of the customer (hashing candidate
+    numbers finds it), so the LGPD erase deletes these keys (engine/agent/limits.py
+    `limit_keys`) rather than waiting for their expiry.
     """
 
     prefix: str = DEFAULT_PREFIX

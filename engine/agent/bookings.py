@@ -412,7 +412,9 @@ class BookingStore:
 
     async def erase_customer(self, customer_token: str) -> int:
         """LGPD erase: forget every booking this customer ever made (upcoming ones free their
-        slots) and their webhook events not yet delivered. Returns how many bookings went."""
+        slots, cancelled ones their mark for the freed-slots pass and its record of offers:
+        both named after the booking) and their webhook events not yet delivered. Returns how
+        many bookings went."""
         everything = self.keys.customer_all(customer_token)
         ids = [as_text(raw) for raw in await self._redis.zrange(everything, 0, -1)]
         removed = 0
@@ -430,6 +432,8 @@ class BookingStore:
             pipe.delete(self.keys.booking(booking_id))
             pipe.zrem(self.keys.reminders, booking_id)
             pipe.zrem(self.keys.reminders_awaiting, booking_id)
+            pipe.zrem(self.keys.freed, booking_id)
+            pipe.delete(self.keys.freed_offers(booking_id))
             await pipe.execute()
             removed += 1
         await self._redis.delete(self.keys.customer(customer_token), everything)

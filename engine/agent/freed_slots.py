@@ -69,7 +69,9 @@ def freed_event_id(booking_id: str, token: str) -> str:
 
 
 def hashed(token: str) -> str:
-    """How `freed_offers` names a customer: an erase must leave nothing that does."""
+    """How `freed_offers` names a customer: a digest, so no record holds their number. It is a
+    pseudonym all the same (hashing candidate numbers finds it): the LGPD erase removes the
+    customer's field from every record (erase_calendar.lua)."""
     return hashlib.sha256(token.encode()).hexdigest()[:16]
 
 

@@ -19,9 +19,11 @@ rest of a flood is recorded and goes unanswered, but for the menu's own steps (a
 confirmation), which it answers as ever.
 
 The counters are plain keys outside the conversation's hash tag, written without the commit:
-they expire on their own (a minute, two days). A message handled twice after a crash counts
-its turn twice, which errs on the cheap side. One conversation is handled by one worker at a
-time (the queue's lease), so the read-then-add below does not race with itself.
+they expire on their own (a minute, two days), and the LGPD erase deletes them (`limit_keys`:
+they are named after a digest of the conversation, a pseudonym of the customer). A message
+handled twice after a crash counts its turn twice, which errs on the cheap side. One
+conversation is handled by one worker at a time (the queue's lease), so the read-then-add
+below does not race with itself.
 """
 
 from __future__ import annotations
@@ -54,6 +56,27 @@ AGENT_LIMIT = "agent_limit"
 AGENT_LIMIT_TOLD = "agent_limit_told"
 
 
+def _utc_day(at_ms: int) -> str:
+    return datetime.fromtimestamp(at_ms / 1000, UTC).strftime("%Y%m%d")
+
+
+def limit_keys(prefix: str, token: str, now_ms: int) -> list[str]:
+    """Every limit key of a conversation that may exist at `now_ms` (what the LGPD erase
+    deletes): its turns and transcriptions windows, and its token count of each UTC day whose
+    key may not have expired yet (TOKENS_KEY_SECONDS after its day's last count), and of the
+    next day (another process's clock may run ahead)."""
+    keys = AgentLimitKeys(prefix)
+    days = {
+        _utc_day(now_ms + offset)
+        for offset in range(-TOKENS_KEY_SECONDS * 1000, 2 * clock.DAY_MS, clock.DAY_MS)
+    }
+    return [
+        keys.turns(token),
+        keys.transcriptions(token),
+        *(keys.tokens(token, day) for day in sorted(days)),
+    ]
+
+
 @dataclass(eq=False)
 class ConversationLimits:
     redis: RedisClient
@@ -73,7 +96,7 @@ class ConversationLimits:
 
     def tokens_key(self, token: str, now_ms: int | None = None) -> str:
         at = self.clock_ms() if now_ms is None else now_ms
-        return self._keys.tokens(token, datetime.fromtimestamp(at / 1000, UTC).strftime("%Y%m%d"))
+        return self._keys.tokens(token, _utc_day(at))
 
     # --- turns and tokens ------------------------------------------------------------------
     async def admit(self, token: str) -> str | None:

@@ -102,6 +102,7 @@ TESTS: dict[str, list[str]] = {
     "send_abort": ["tests/engine/test_outbox_scripts.py", "tests/engine/test_sender_lock.py"],
     "erase_conversation": ["tests/engine/test_erase.py", "tests/engine/test_mutants.py"],
     "erase_markers": ["tests/engine/test_erase.py", "tests/engine/test_mutants.py"],
+    "erase_calendar": ["tests/engine/test_erase.py", "tests/engine/test_erase_leftovers.py"],
     "line_take": ["tests/engine/test_line_scripts.py"],
     "lib/fence": [
         "tests/worker/test_claim_conversation_script.py",
