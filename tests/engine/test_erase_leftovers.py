@@ -27,7 +27,7 @@ import pytest
 from engine.agent.bookings import Customer
 from engine.agent.freed_slots import DONE, hashed
 from engine.agent.limits import ConversationLimits
-from engine.erase import BATCH, erase_customer, message_key_names_chat
+from engine.erase import erase_customer, message_key_names_chat
 from engine.identity import Conversation
 from shared.clock import DAY_MS
 from shared.keys import AgentLimitKeys, CalendarKeys, keys_for_conversation
@@ -41,30 +41,25 @@ from tests.engine.erase_support import (
     snapshot,
 )
 from tests.engine.harness import FakeWaha, Harness
+from tests.engine.test_erase_mutants import (  # the same customers, and their search
+    ERASED,
+    MANY,
+    NAME,
+    OTHER,
+    PHONE,
+    fence_of,
+    needles,
+)
 from tests.support.waha import text_message
 
-PHONE = "5511912340000"
-NAME = "Zuleica Prado"
-ERASED = Conversation("default", f"{PHONE}@c.us")
-OTHER = Conversation("default", "5521955550000@c.us")
 THIRD = Conversation("default", "5531944440000@c.us")
 # The same person as ERASED, as some WAHA engines write her chat (the raw jid).
 RAW_FORMS = [f"{PHONE}@s.whatsapp.net", f"{PHONE}:22@s.whatsapp.net"]
-# More than two of the erase's batches: the last batch is a partial one.
-MANY = 2 * BATCH + 100
 
 
 @pytest.fixture
 def harness(make_harness) -> Harness:
     return make_harness(queue_shards=3, conversations_per_agent=1)
-
-
-def needles(*extra: str) -> list[bytes]:
-    return [x.encode() for x in (PHONE, ERASED.chat_id, NAME, *extra)]
-
-
-def fence_of(who: Conversation, key_prefix: str) -> bytes:
-    return keys_for_conversation(who.session, who.chat_id, 3, key_prefix).shard_keys.fence.encode()
 
 
 def test_a_marker_names_a_chat_in_any_form_of_its_number() -> None:
