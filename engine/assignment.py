@@ -88,6 +88,8 @@ class LineCoordinator:
         # (take_next).
         now = now_ms()
         sessions = [s for s in await self.line.sessions() if self.line.for_session(s).is_open(now)]
+        if not sessions:
+            return 0  # no line open: nothing to take, and no agent to ask
         for _ in range(1000):  # bounded: each round assigns one or stops
             free = await self.line.free_agents()
             taken = None

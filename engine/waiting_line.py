@@ -332,9 +332,9 @@ class WaitingLine:
     ) -> Taken | None:
         """The longest-waiting conversation over `sessions` (or `token`) for this agent, in the
         plain lines and the agent's teams' lines only; None when nobody waits there. Raises
-        AgentOffline / AgentAtCapacity."""
-        if not sessions:
-            return None
+        AgentOffline / AgentAtCapacity, also when nobody waits or no session has a line (the
+        script checks the agent first, with no line to look at): an offline agent asking for
+        the next customer is told so, not "nobody waits"."""
         teams = ["", *await self.teams_of(agent_id)]
         lines = [self.line_key(s, team) for s in sessions for team in teams]
         result = await LINE_TAKE(

@@ -288,6 +288,21 @@ async def test_an_agent_who_cannot_take_a_customer_is_told_why_in_stable_words(
     assert [w["chat_id"] for w in line] == ["5511987650002@c.us"]
 
 
+async def test_an_offline_agent_is_told_so_even_when_nobody_waits(
+    harness: Harness, api_client, sync_redis, key_prefix
+) -> None:
+    """Found by an audit: with nobody in any line, `queue/next` answered an offline (or never
+    online) agent 204 "nobody waits", as if they could take the next one who comes."""
+    before = {k: sync_redis.dump(k) for k in keys_with_prefix(sync_redis, key_prefix)}
+    offline = await api_client.post("/api/queue/next?agent_id=joana", headers=API_AUTH)
+    assert offline.status_code == 409 and offline.json()["error"] == "agent_offline"
+    assert {k: sync_redis.dump(k) for k in keys_with_prefix(sync_redis, key_prefix)} == before
+    # Control: online, with nobody waiting, it is 204.
+    await api_client.post("/api/agents/maria/online", headers=API_AUTH)
+    online = await api_client.post("/api/queue/next?agent_id=maria", headers=API_AUTH)
+    assert online.status_code == 204
+
+
 NOT_TAKEN = [
     pytest.param({"json": {"reason": "spam"}}, "extra_forbidden", ["body", "reason"],
                  id="unknown field"),
