@@ -6,7 +6,10 @@ Layout (both keys carry the conversation's hash tag, so history commits with the
   saw them; the stream id is the pagination cursor (`before`).
 - a hash (`histmeta`): what changes after a message was written, one field per fact:
   `<mid>:status`, `<mid>:waha_id`, `<mid>:edit`, `<mid>:revoked`, `<mid>:reactions`, and
-  `w:<WhatsApp id>` -> mid to find a message again from an ack, an edit, a revoke or a reaction.
+  `w:<WhatsApp id>` -> mid to find a message again from an ack, an edit, a revoke or a reaction,
+  and `dead_replies`: up to 16 replies dead-lettered with their outcome unknown, so that an echo
+  coming after the in-flight marker lapsed is still known as ours (shared/scripts/lib/
+  dead_replies.lua).
 
 Bounds (`trim`, `history_trim.lua`, run by the engine's maintenance on every conversation that
 changed since its previous pass): entries older than the retention and the oldest beyond

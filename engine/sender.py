@@ -21,7 +21,9 @@ WSM_TYPING_DELAY_MAX_MS), then send.
   (GET /api/sessions/{session}, made while parked) finds it WORKING. Any other 4xx: dead letter
   with WAHA's answer (outbox_dead.lua).
 - Sends per WAHA session are rate limited (send_rate_take.lua, a token bucket in Redis).
-- The id WAHA gives each send is kept, so its echo on `message.any` is known to be ours.
+- The id WAHA gives each send is kept, so its echo on `message.any` is known to be ours. A reply
+  dead-lettered after its last attempt got no answer is noted by its text (outbox_dead.lua), so
+  its echo is known to be ours too while dead letters are kept (settle_late_echo).
 - A file (kind image, document, voice: engine/outbox.py) is read from the media store just
   before its send and goes out with sendImage / sendFile / sendVoice. WAHA Core refuses those
   (422 AvailableInPlusVersion): the reply is marked failed with reason `waha_plus_required`
@@ -97,8 +99,9 @@ OURS_TTL_SECONDS = 24 * 3600
 # How long a reply WAHA accepted is kept trying to be recorded while Redis is away (longer than
 # any outage the product rides out: WAHA's own retry window is about 30 s).
 RECORD_SENT_PATIENCE_SECONDS = 300.0
-# How many of the newest outbox dead letters a late echo looks through for its reply
-# (outbox_dead_delivered.lua): the echo comes within the echo wait after the send.
+# How many of the newest outbox dead letters an echo looks through for its reply when the
+# reply was not noted for its echo (outbox_dead_delivered.lua): the echo of a send under way
+# comes within the echo wait after the send.
 DEAD_LETTER_SCAN = 1000
 # Why a file reply failed when WAHA is Core (history `<mid>:error`, the API's answer).
 WAHA_PLUS_REQUIRED = "waha_plus_required"
@@ -169,6 +172,13 @@ class InflightSend:
         if not isinstance(value, dict):
             return cls("", as_text(raw), 0)
         return cls(str(value.get("mid", "")), str(value.get("text", "")), int(value.get("at", 0)))
+
+
+def inflight_chats(chat_id: str) -> list[str]:
+    """Where the in-flight marker (`WahaSessionKeys.inflight`) of a reply to `chat_id` may
+    be: a reply is marked under the chat its outbox entry names, `send_target`'s form of the
+    id for the replies the engine writes, which differs from the id as given for a raw jid."""
+    return list(dict.fromkeys((chat_id, send_target(chat_id))))
 
 
 def typing_pause_ms(text: str, per_char_ms: int, cap_ms: int) -> int:
@@ -686,7 +696,9 @@ class Sender:
         head = await self._redis.lindex(keys.outbox, 0)
         entry = OutboxEntry.decode(head) if head is not None else None
         if entry is None or entry.mid != marker.mid or entry.text != marker.text:
-            return await self._settle_dead_letter(keys, session_keys, token, marker, sent)
+            return await self._settle_dead_letter(
+                keys, session_keys, token, sent, text=marker.text, marker=marker
+            )
         recorded, _ = await self._mark_sent(keys, session_keys, token, entry, sent)
         if not recorded:
             return False
@@ -697,36 +709,74 @@ class Sender:
         )
         return True
 
+    async def settle_late_echo(
+        self, token: str, text: str, sent: SentMessage, echo_at_ms: int
+    ) -> bool:
+        """An echo (`message.any`, fromMe) that names no send under way and no id known as
+        ours may still be one of our replies: one dead-lettered after its last attempt got no
+        answer, whose echo came after the in-flight marker lapsed (held back longer than the
+        echo wait: WAHA's webhook retries, the gateway's spool, a backlog). outbox_dead.lua
+        noted such replies for as long as dead letters are kept; one with the echo's text is
+        settled as settle_echo settles it. True: the echo was that reply's, so it is not a
+        person writing from the business's phone."""
+        session, _ = split_conversation_token(token)
+        # The slack settle_echo allows between WhatsApp's clock and ours.
+        not_after_ms = echo_at_ms + self.config.echo_wait_ms // 2 if echo_at_ms else 0
+        return await self._settle_dead_letter(
+            self._keys(token),
+            WahaSessionKeys(session, self.config.prefix),
+            token,
+            sent,
+            text=text,
+            not_after_ms=not_after_ms,
+        )
+
     async def _settle_dead_letter(
         self,
         keys: EngineConversationKeys,
         session_keys: WahaSessionKeys,
         token: str,
-        marker: InflightSend,
         sent: SentMessage,
+        *,
+        text: str,
+        marker: InflightSend | None = None,
+        not_after_ms: int = 0,
     ) -> bool:
-        """The echo of a send under way whose reply is no longer at the outbox's head: its last
-        attempt got no answer and the reply was dead-lettered, yet WhatsApp has it. The letter
-        goes (a replay would send the reply twice) and the history says `sent`
-        (outbox_dead_delivered.lua). True when such a letter was found."""
+        """The echo of a reply that is no longer in the outbox: its last attempt got no answer
+        and the reply was dead-lettered, yet WhatsApp has it. The reply is the one `marker`
+        names (a send under way), or else one noted with the echo's `text`. The letter goes (a
+        replay would send the reply twice) and the history says `sent`
+        (outbox_dead_delivered.lua). True when such a reply was found."""
         found = await OUTBOX_DEAD_DELIVERED(
             self._redis,
             [keys.outbox_dlq, keys.history_meta],
-            [token, marker.mid, sent.id, sent.short_id, DEAD_LETTER_SCAN],
+            [
+                token,
+                marker.mid if marker else "",
+                sent.id,
+                sent.short_id,
+                DEAD_LETTER_SCAN if marker else 0,
+                text,
+                now_ms(),
+                self.config.dead_letters.max_age_ms,
+                not_after_ms,
+            ],
         )
         if not found:
             return False
+        mid = as_text(found)
         pipe = self._redis.pipeline(transaction=False)
         if sent.short_id:
-            pipe.set(session_keys.ours(sent.short_id), marker.mid, ex=OURS_TTL_SECONDS)
-        _, chat_id = split_conversation_token(token)
-        # The marker is under the chat the reply was sent to (is_our_send looks at both forms).
-        pipe.delete(session_keys.inflight(chat_id), session_keys.inflight(send_target(chat_id)))
+            pipe.set(session_keys.ours(sent.short_id), mid, ex=OURS_TTL_SECONDS)
+        if marker is not None:
+            # Without a marker, one that lives now names another reply's send.
+            _, chat_id = split_conversation_token(token)
+            pipe.delete(*(session_keys.inflight(chat) for chat in inflight_chats(chat_id)))
         await pipe.execute()
         OUTBOX_SENDS.labels("dead_delivered").inc()
         log.warning(
             "a dead-lettered reply was delivered after all (its echo came): letter removed",
-            extra={"conversation": token, "mid": marker.mid},
+            extra={"conversation": token, "mid": mid, "late": marker is None},
         )
         return True
 

@@ -236,7 +236,8 @@ class FleetKeys:
 #
 #   <prefix>:{q<n>}:c:<conv>:state        HASH   state machine and collected data
 #   <prefix>:{q<n>}:c:<conv>:hist         STREAM every message in and out, oldest first
-#   <prefix>:{q<n>}:c:<conv>:histmeta     HASH   status, WAHA ids, edits, revokes, reactions
+#   <prefix>:{q<n>}:c:<conv>:histmeta     HASH   status, WAHA ids, edits, revokes, reactions,
+#                                                replies dead-lettered unanswered (dead_replies)
 #   <prefix>:{q<n>}:c:<conv>:outbox       LIST   replies committed but not yet sent (head = next)
 #   <prefix>:{q<n>}:c:<conv>:sending      STRING the sender's delivery lock (token, PX)
 #   <prefix>:{q<n>}:outbox:pending        ZSET   conversation -> when its outbox is due (ms)

@@ -1,14 +1,13 @@
 """`message.any` with `fromMe`: a message sent from the business's own WhatsApp. Either the
 echo of one of our own replies (already in the history; it may settle a send whose sender
-died before recording it), or a person of the business answering from the phone: recorded,
-and the bot keeps quiet (`paused`). Without `fromMe`, `message.any` repeats a `message` event
-and is handled there."""
+died before recording it, or a reply dead-lettered although WhatsApp had it), or a person of
+the business answering from the phone: recorded, and the bot keeps quiet (`paused`). Without
+`fromMe`, `message.any` repeats a `message` event and is handled there."""
 
 from __future__ import annotations
 
 from engine.history import HistoryEntry
-from engine.identity import send_target
-from engine.sender import InflightSend
+from engine.sender import InflightSend, inflight_chats
 from engine.state import State, Trigger
 from engine.turn.frame import ConversationTurn
 from engine.waha_client import SentMessage
@@ -64,7 +63,7 @@ async def is_our_send(turn: ConversationTurn, short_id: str, body: str) -> bool:
     # it is not sent a second time (Sender.settle_echo). Looked at even when the id is known
     # as ours: the sender remembers the id first and takes the reply off the outbox second,
     # and may have died in between.
-    chats = list(dict.fromkeys((turn.conversation.chat_id, send_target(turn.conversation.chat_id))))
+    chats = inflight_chats(turn.conversation.chat_id)
     # The markers and the id in one round trip (one hash tag: the session's).
     pipe = redis.pipeline(transaction=False)
     for chat in chats:
@@ -72,17 +71,26 @@ async def is_our_send(turn: ConversationTurn, short_id: str, body: str) -> bool:
     if short_id:
         pipe.exists(session_keys.ours(short_id))
     answers = await pipe.execute()
+    waha_id = str(turn.payload.get("id") or "")
+    echo_at_ms = message_time_ms(turn.payload)
     for raw in answers[: len(chats)]:
         if raw is None:
             continue
         marker = InflightSend.decode(raw)
         if marker.text != body:
             continue
-        waha_id = str(turn.payload.get("id") or "")
         if sender is not None and waha_id:
-            echo_at_ms = message_time_ms(turn.payload)
             await sender.settle_echo(
                 turn.conversation.token, marker, SentMessage(waha_id), echo_at_ms
             )
         return True
-    return bool(short_id) and bool(answers[len(chats)])
+    if short_id and answers[len(chats)]:
+        return True
+    # A reply dead-lettered with its outcome unknown may be echoed after its marker lapsed;
+    # only messages nothing else claimed pay this round trip (those typed on the phone), and
+    # not those without text (no such reply is noted: outbox_dead.lua).
+    if sender is None or not body:
+        return False
+    return await sender.settle_late_echo(
+        turn.conversation.token, body, SentMessage(waha_id), echo_at_ms
+    )

@@ -9,7 +9,7 @@ import respx
 
 from engine.history import HistoryKeys, read_page
 from engine.outbox import OutboxEntry
-from engine.sender import InflightSend
+from engine.sender import InflightSend, inflight_chats
 from engine.state import State, load_state
 from engine.waha_client import SentMessage
 from shared.keys import WahaSessionKeys, engine_keys_for
@@ -93,3 +93,11 @@ async def test_settle_echo_refuses_an_id_recorded_for_another_reply(aredis, key_
         f"true_{CHAT}_3EB0{2:016X}".encode()
     )
     await client.aclose()
+
+
+def test_a_marker_is_looked_for_under_both_forms_of_a_phone_chat() -> None:
+    """A reply is marked under the chat it is sent to, `@c.us` also for a raw jid."""
+    raw = "5511987650001:22@s.whatsapp.net"
+    assert inflight_chats(raw) == [raw, ANA]
+    assert inflight_chats(ANA) == [ANA]
+    assert inflight_chats("120363000000000001@g.us") == ["120363000000000001@g.us"]

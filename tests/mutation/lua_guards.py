@@ -93,6 +93,7 @@ TESTS: dict[str, list[str]] = {
     "outbox_dead": [
         "tests/engine/test_outbox_scripts.py",
         "tests/engine/test_history_meta_expiry.py",
+        "tests/engine/test_dead_reply_echo.py",
     ],
     "outbox_dead_delivered": ["tests/engine/test_dead_reply_echo.py"],
     "outbox_retry": ["tests/engine/test_outbox_scripts.py"],
