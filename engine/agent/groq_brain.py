@@ -10,7 +10,10 @@ alone was bounded). Past it the turn fails as a `timeout` and the menu answers t
 (engine/agent/fallback.py). A change cut halfway is not lost nor made twice: its proposal and
 the customer's yes stand (tools.py), so the menu carries it out again, and the booking
 scripts answer "exists" to a change already made. Only a deadline that struck while the model
-was answering tells the breaker about the model (`TurnDeadline.model`).
+was answering tells the breaker about the model (`TurnDeadline.model`). A handoff the model
+asked for survives the deadline: a round runs it before anything else (it waits for nothing), so
+a slower tool beside it that is cut cannot drop it, and the turn ends with the handoff, not the
+menu: the customer asked for a person, and the menu's answer would not put them in line.
 
 It never writes conversation state itself: the Decision carries the replies, the pending
 confirmation (collected data) and a handoff request, and the engine commits them with the
@@ -40,7 +43,7 @@ from engine.agent.context import (
 )
 from engine.agent.knowledge import KnowledgeBase, passages_message
 from engine.agent.llm import LLMError, LLMRejected, LLMUnavailable, ModelTurn
-from engine.agent.tools import ToolSession, tool_definitions
+from engine.agent.tools import HANDOFF_TOOL, ToolSession, tool_definitions
 from engine.brain import Decision, HandOff, Turn
 
 STEP_AGENT = "agent"
@@ -63,9 +66,11 @@ class TurnDeadline(LLMUnavailable):
 
 @dataclass(slots=True)
 class _Progress:
-    """Where a turn is: whether it waits for the model now."""
+    """Where a turn is: whether it waits for the model now, and the words of the model's
+    latest answer (the reply of a handoff the deadline cut the round of)."""
 
     asking: bool = False
+    said: str = ""
 
 
 class AgentTurnFailed(Exception):
@@ -135,6 +140,10 @@ class GroqBrain:
         except TimeoutError:
             if not deadline.expired():
                 raise
+            if session.handoff is not None:
+                # Recorded before whatever the deadline cut (its round runs it first): the
+                # customer asked for a person, which the menu's answer would not honour.
+                return self._decision(session, progress.said)
             failed = TurnDeadline(model=progress.asking)
             raise AgentTurnFailed(failed, session) from None
         except LLMError as exc:
@@ -147,6 +156,15 @@ class GroqBrain:
             progress.asking = True
             answer = await self.model.complete(messages, tools)
             progress.asking = False
+            progress.said = answer.content
+            # The handoff first, before anything that waits (the token count's write, the other
+            # tools): whatever the deadline cuts after it, the customer's request for a person
+            # is already recorded.
+            results = {
+                n: await session.call(call.name, call.arguments)
+                for n, call in enumerate(answer.tool_calls)
+                if call.name == HANDOFF_TOOL
+            }
             if self.on_tokens is not None and answer.tokens:
                 await self.on_tokens(turn.conversation.token, answer.tokens)
             if not answer.tool_calls:
@@ -154,9 +172,11 @@ class GroqBrain:
                     raise LLMRejected("bad_response", "empty answer")
                 return self._decision(session, answer.content)
             messages.append(answer.as_message())
-            for call in answer.tool_calls:
-                result = await session.call(call.name, call.arguments)
-                messages.append(tool_result_message(call.id, call.name, result))
+            for n, call in enumerate(answer.tool_calls):
+                if n not in results:
+                    results[n] = await session.call(call.name, call.arguments)
+                # In the model's order, as it asked.
+                messages.append(tool_result_message(call.id, call.name, results[n]))
             if session.handoff is not None:
                 return self._decision(session, answer.content)
         raise LLMRejected("tool_rounds", f"no answer after {self.config.max_tool_rounds} rounds")

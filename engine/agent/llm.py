@@ -147,12 +147,10 @@ def make_client(
     )
 
 
-def request_seconds(client: groq.AsyncGroq, seconds: float | None = None) -> float | None:
-    """How long one request to `client` may take as a whole: `seconds` when given, else the
-    client's timeout (make_client's `timeout_seconds`, httpx's read timeout); None when it has
-    none."""
-    if seconds is not None:
-        return seconds
+def request_seconds(client: groq.AsyncGroq) -> float | None:
+    """How long one request to `client` may take as a whole: the client's timeout
+    (make_client's `timeout_seconds`, WSM_LLM_TIMEOUT_SECONDS, as httpx's read timeout); None
+    when it has none. The one source of it: a copy kept beside the client could differ."""
     timeout = client.timeout
     if isinstance(timeout, httpx.Timeout):
         return timeout.read
@@ -304,8 +302,6 @@ class ChatModel:
     model: str
     max_retries: int
     max_completion_tokens: int
-    # One request's whole time (WSM_LLM_TIMEOUT_SECONDS); None: the client's timeout.
-    timeout_seconds: float | None = None
 
     async def complete(
         self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]]
@@ -333,7 +329,7 @@ class ChatModel:
                 "tool_choice": "auto",
                 "tools": list(tools),
             }
-            async with whole_request(request_seconds(self.client, self.timeout_seconds)):
+            async with whole_request(request_seconds(self.client)):
                 raw = cast(
                     "groq.AsyncAPIResponse[ChatCompletion]",
                     await self.client.post(

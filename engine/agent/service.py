@@ -125,7 +125,6 @@ def build_agent(
             model=settings.groq_model,
             max_retries=settings.llm_max_retries,
             max_completion_tokens=settings.llm_max_completion_tokens,
-            timeout_seconds=settings.llm_timeout_seconds,
         )
 
     def business_parts(business: Business) -> tuple[BookingStore, Agenda, FallbackBrain]:

@@ -41,6 +41,8 @@ from engine.brain import Turn
 from engine.turn.customer import HANDOFF_TEAM
 
 MAX_SLOTS_LISTED = 10
+# The tool that puts the customer in line for a person (the brain runs it first in a round).
+HANDOFF_TOOL = "handoff_to_human"
 ALTERNATIVES = 5
 _START = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}"
 
@@ -158,7 +160,7 @@ SPECS: tuple[ToolSpec, ...] = (
         NoArgs,
     ),
     ToolSpec(
-        "handoff_to_human",
+        HANDOFF_TOOL,
         "Put the customer in line for a person of the business (they asked for one, or you "
         "cannot help). The system tells them their place in line.",
         HandoffArgs,
@@ -528,4 +530,4 @@ def _result_label(result: dict[str, Any]) -> str:
     return str(result.get("status") or result.get("error") or "error")
 
 
-__all__ = ["SPECS", "BookingError", "ToolSession", "tool_definitions"]
+__all__ = ["HANDOFF_TOOL", "SPECS", "BookingError", "ToolSession", "tool_definitions"]

@@ -19,7 +19,9 @@ leaves the voice note untranscribed (stored: an attendant can still play it), an
 gets the brain's answer to a file it cannot read (the menu's `audio_unsupported` for a voice
 note) in this delivery, instead of a turn the worker cancels, retries and dead-letters
 unanswered. A store cut at the deadline may still finish writing in its thread: the file,
-named by its hash and not indexed, goes with the retention's sweep.
+named by its hash and not indexed, goes with the retention's sweep. A redelivery's voice note,
+stored but not transcribed, is read back within the same budget: a stalled disk or bucket
+leaves it untranscribed, as a transcription cut would, instead of holding the turn past it.
 """
 
 from __future__ import annotations
@@ -80,6 +82,11 @@ def item_of(ref: MediaRef | None, *, reason: str | None = None) -> MediaItem:
     )
 
 
+def _left(until: float | None) -> float | None:
+    """What is left of the turn's time for the next step (None: no bound)."""
+    return None if until is None else until - time.monotonic()
+
+
 class MediaIngest:
     def __init__(
         self,
@@ -125,7 +132,7 @@ class MediaIngest:
         if fetched.data is None:
             return item_of(ref, reason=fetched.reason)
         mimetype = ref.mimetype or fetched.mimetype.split(";")[0].strip()
-        budget = asyncio.timeout(None if until is None else until - time.monotonic())
+        budget = asyncio.timeout(_left(until))
         try:
             async with budget:
                 stored = await self.library.save(
@@ -156,7 +163,20 @@ class MediaIngest:
     ) -> str | None:
         if ref.kind not in TRANSCRIBED_KINDS or self.transcriber is None:
             return None
-        data = await self.library.read(stored)
+        budget = asyncio.timeout(_left(until))
+        try:
+            async with budget:
+                data = await self.library.read(stored)
+        except TimeoutError:
+            if not budget.expired():
+                raise
+            # Nothing was sent to Groq: skipped, as a transcription with no time left is.
+            TRANSCRIPTIONS.labels("skipped", TURN_DEADLINE).inc()
+            log.warning(
+                "reading a stored voice note cut at the turn's deadline",
+                extra={"conversation": token},
+            )
+            return None
         return None if data is None else await self._transcribe(token, ref, stored, data, until)
 
     async def _transcribe(
@@ -171,7 +191,7 @@ class MediaIngest:
         if self.admit is not None and not await self.admit(token):
             TRANSCRIPTIONS.labels("skipped", "turn_limit").inc()
             return None
-        budget = asyncio.timeout(None if until is None else until - time.monotonic())
+        budget = asyncio.timeout(_left(until))
         try:
             async with budget:
                 transcript = await self.transcriber.transcribe(

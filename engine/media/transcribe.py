@@ -106,8 +106,6 @@ class GroqTranscriber:
     max_retries: int
     # and whether aclose() closes the client (engine/parts.py made it).
     owns_client: bool = False
-    # One request's whole time (WSM_LLM_TIMEOUT_SECONDS); None: the client's timeout.
-    timeout_seconds: float | None = None
 
     async def transcribe(self, audio: bytes, *, filename: str, mimetype: str) -> str | None:
         skipped = (
@@ -147,7 +145,7 @@ class GroqTranscriber:
     async def _once(self, audio: bytes, filename: str, mimetype: str) -> str:
         started = time.monotonic()
         try:
-            async with whole_request(request_seconds(self.client, self.timeout_seconds)):
+            async with whole_request(request_seconds(self.client)):
                 answer = await self.client.audio.transcriptions.create(
                     file=(filename, audio, mimetype),
                     model=self.model,

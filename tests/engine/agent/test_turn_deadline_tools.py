@@ -1,7 +1,8 @@
 """The agent's turn deadline (WSM_LLM_TURN_DEADLINE_SECONDS) bounds the whole turn, its tools
 included (engine/agent/groq_brain.py): a booking held up by a slow Redis is cut at the
 deadline and the menu answers the message, as on any failure of the model; the change the
-customer said yes to is made once and told once, and the breaker is not blamed for Redis.
+customer said yes to is made once and told once, and the breaker is not blamed for Redis. A
+handoff the model asked for in the round the deadline cut still puts the customer in line.
 
 Redis is the test's private redis-server, made slow for real: CLIENT PAUSE WRITE stops it
 taking writes (the booking's script waits; reads go on) until CLIENT UNPAUSE. Groq is stood in
@@ -16,9 +17,9 @@ from typing import Any
 from engine.agent.breaker import BreakerState
 from engine.agent.confirmation import PENDING_KEY
 from tests.engine.agent.chat import Chat
-from tests.engine.agent.fake_groq import completion
+from tests.engine.agent.fake_groq import completion, tool_call
 from tests.engine.agent.receptionist import receptionist
-from tests.engine.agent.support import ANA
+from tests.engine.agent.support import ANA, ana_with_a_booking
 from tests.support.metrics import Counted
 from tests.support.polling import async_wait_until
 
@@ -90,3 +91,68 @@ async def test_a_model_still_answering_at_the_deadline_is_blamed(make_agent, gro
     release.set()
     assert MENU_BOOK in decision.replies[-1] and fallbacks.delta == 1
     assert parts.breaker.state is BreakerState.OPEN
+
+
+HANDING_OFF = "Vou te passar para uma pessoa da equipe."
+
+
+def confirms_and_hands_off(booking_id: str) -> dict[str, Any]:
+    """The model's round: a tool that writes (its write waits for a paused Redis) and, after it
+    in the model's order, the handoff."""
+    return completion(
+        HANDING_OFF,
+        [
+            tool_call("confirm_appointment", {"booking_id": booking_id}),
+            tool_call("handoff_to_human", {"reason": "quer falar com uma pessoa"}),
+        ],
+    )
+
+
+async def test_a_handoff_beside_a_tool_cut_at_the_deadline_still_hands_off(
+    make_agent, groq, aredis, now
+) -> None:
+    parts = make_agent(
+        llm_turn_deadline_seconds=DEADLINE, agent_tokens_per_day=0, llm_breaker_failures=1
+    )
+    ana, booking_id = await ana_with_a_booking(parts.brain, groq, now)
+
+    async def redis_stalls(request: dict[str, Any]) -> dict[str, Any]:
+        await aredis.execute_command("CLIENT", "PAUSE", PAUSE_MS, "WRITE")
+        return confirms_and_hands_off(booking_id)
+
+    groq.policy = redis_stalls
+    fallbacks = Counted("wsm_llm_fallbacks_total", reason="timeout")
+    started = time.monotonic()
+    try:
+        # A bound of the test's own: the turn must end at its deadline, Redis still paused.
+        decision = await asyncio.wait_for(
+            ana.say(parts.brain, "confirmo, mas quero falar com um atendente"), 3
+        )
+        took = time.monotonic() - started
+    finally:
+        await aredis.execute_command("CLIENT", "UNPAUSE")
+    assert DEADLINE <= took < DEADLINE + 0.7, took
+    # The customer asked for a person: in line, not shown the menu.
+    assert decision.hands_off and decision.requests[0].reason == "quer falar com uma pessoa"
+    assert decision.replies == [HANDING_OFF] and decision.step == "agent"
+    assert fallbacks.delta == 0 and len(groq.requests) == 1
+    assert parts.breaker.state is BreakerState.CLOSED
+
+
+async def test_a_handoff_survives_a_deadline_in_the_token_count(make_agent, groq, aredis) -> None:
+    """The model's tokens are counted (a Redis write) between its answer and the tools: a
+    deadline there must not drop the handoff either."""
+    parts = make_agent(llm_turn_deadline_seconds=DEADLINE, llm_breaker_failures=1)
+
+    async def redis_stalls(request: dict[str, Any]) -> dict[str, Any]:
+        await aredis.execute_command("CLIENT", "PAUSE", PAUSE_MS, "WRITE")
+        return completion(HANDING_OFF, [tool_call("handoff_to_human", {"reason": "pediu"})])
+
+    groq.policy = redis_stalls
+    try:
+        decision = await asyncio.wait_for(
+            Chat(ANA).named("Ana").say(parts.brain, "quero falar com um atendente"), 3
+        )
+    finally:
+        await aredis.execute_command("CLIENT", "UNPAUSE")
+    assert decision.hands_off and decision.replies == [HANDING_OFF]
