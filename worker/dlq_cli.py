@@ -5,6 +5,9 @@
     wsm dlq drop (ID... | --all)       delete for good
     wsm dlq outbox list | replay | drop
                                        the replies the sender gave up on (worker/dlq_outbox.py)
+    wsm dlq booking-webhook list | replay | drop
+                                       the booking webhook events given up on
+                                       (worker/dlq_booking.py)
 
 IDs are message ids (`evt_…`, as `list` shows them). Each shard keeps at most
 WSM_DEAD_LETTERS_MAX dead letters for WSM_DEAD_LETTER_DAYS; `list` says how many older ones were
@@ -33,7 +36,10 @@ from shared.outbox_dead_letters import count_outbox_dead_letters
 from shared.redis_client import RedisClient, connect
 from shared.settings import Settings
 from shared.startup import load_settings
-from worker import dlq_outbox
+from worker import dlq_booking, dlq_outbox
+
+# The dead letters kept apart from the queue's, each a command of its own under `wsm dlq`.
+SECTIONS = {"outbox": dlq_outbox, dlq_booking.NAME: dlq_booking}
 
 # A replay waits this long at most for a leased conversation to finish its turn.
 DEFAULT_BUSY_WAIT_SECONDS = 30.0
@@ -42,8 +48,9 @@ DEFAULT_BUSY_WAIT_SECONDS = 30.0
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wsm dlq",
-        description="Manage dead letters: the queue's (messages the workers gave up on) and, "
-        "with `outbox`, the outbox's (replies the sender gave up on).",
+        description="Manage dead letters: the queue's (messages the workers gave up on); with "
+        "`outbox`, the outbox's (replies the sender gave up on); with `booking-webhook`, the "
+        "booking webhook's (events the workers could not deliver).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="show dead letters, oldest first")
@@ -63,14 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
                 help="seconds to wait for a busy conversation (default 30)",
             )
     dlq_outbox.add_parser(commands)
+    dlq_booking.add_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "outbox":
-        problem = dlq_outbox.usage_error(args)
+    if args.command in SECTIONS:
+        problem = SECTIONS[args.command].usage_error(args)
         if problem:
             parser.error(problem)
     elif args.command != "list" and bool(args.ids) == bool(args.all):
@@ -84,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     client = connect(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
     try:
-        if args.command == "outbox":
-            return await dlq_outbox.run(client, settings, args)
+        if args.command in SECTIONS:
+            return await SECTIONS[args.command].run(client, settings, args)
         letters = await list_dead_letters(client, settings.queue_shards, settings.key_prefix)
         if args.command == "list":
             print_letters(letters, as_json=args.json)

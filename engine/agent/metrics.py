@@ -105,6 +105,23 @@ TRANSCRIPTIONS = Counter(
     "Voice notes and audio transcribed, by result (ok, failed, skipped) and reason.",
     ["result", "reason"],
 )
+# Its (result, reason) pairs at 0 from the start, for the same reason: the "Voice note
+# transcriptions" panel would miss a worker's first failure of each kind. The `failed` reasons
+# are the request's (the chat model's, llm.py, less tool_use_failed, which only a chat answer
+# gives) plus a local `error` and the turn's deadline (engine/media/ingest.py).
+TRANSCRIPTION_OUTCOMES = (
+    ("ok", ""),
+    ("ok", "empty"),
+    *(
+        ("skipped", r)
+        for r in ("too_large", "empty", "breaker_open", "turn_limit", "turn_deadline")
+    ),
+    *(("failed", r) for r in LLM_RESULTS if r not in ("ok", "tool_use_failed")),
+    ("failed", "error"),
+    ("failed", "turn_deadline"),
+)
+for _result, _reason in TRANSCRIPTION_OUTCOMES:
+    TRANSCRIPTIONS.labels(_result, _reason)
 TRANSCRIPTION_DURATION = Histogram(
     "wsm_transcription_duration_seconds",
     "Duration of one transcription request (failed ones included).",

@@ -137,6 +137,22 @@ async def test_operator_flow(harness: Harness, client, waha: FakeWaha) -> None:
                              headers=AUTH)).status_code == 404  # fmt: skip
 
 
+async def test_an_unknown_conversations_history_is_an_empty_page(
+    client, sync_redis, key_prefix
+) -> None:
+    """docs/conversations.md: a client polls a chat's history from its first message on,
+    before a worker has handled it, so an unknown conversation's history answers an empty page
+    (the fleet's tests and `wsm loadtest` poll so), while the conversation itself answers 404.
+    Neither stores anything."""
+    path = f"/api/conversations/default/{BIA}"
+    page = await client.get(f"{path}/messages", params={"limit": 5}, headers=AUTH)
+    assert page.status_code == 200
+    assert page.json() == {"messages": [], "next_before": None}
+    missing = await client.get(path, headers=AUTH)
+    assert missing.status_code == 404 and missing.json() == {"detail": "no such conversation"}
+    assert keys_with_prefix(sync_redis, key_prefix) == []
+
+
 async def test_erase_leaves_nothing_that_names_that_customer(
     harness: Harness, sync_redis, key_prefix, client, waha: FakeWaha
 ) -> None:

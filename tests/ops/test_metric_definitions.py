@@ -137,6 +137,7 @@ RATED_COUNTERS = [
     ("wsm_dlq_dropped_total", "list", {"queue", "outbox"}),
     ("wsm_booking_webhook_deliveries_total", "result", {"delivered", "retry", "dead"}),
     ("wsm_freed_slot_offers_total", "event", {"queued", "sent", "taken", "lost"}),
+    ("wsm_transcriptions_total", "result", {"ok", "failed", "skipped"}),
     ("wsm_spool_replayed_total", "result", {"queued", "duplicate", "unroutable"}),
     ("wsm_webhook_redis_failures_total", "reason", {"timeout", "error"}),
 ]  # fmt: skip
@@ -149,6 +150,28 @@ def test_every_value_of_a_rated_counter_is_exported_at_0_from_the_start(
 ) -> None:
     assert label_values(name, label) == values
     assert all(sample.value == 0 for sample in samples(name)), name
+
+
+# wsm_transcriptions_total has two labels: every (result, reason) the code counts
+# (engine/media/transcribe.py, engine/media/ingest.py), as engine/agent/metrics.py names them.
+TRANSCRIPTION_OUTCOMES = {
+    ("ok", ""), ("ok", "empty"),
+    *(("skipped", reason) for reason in
+      ("too_large", "empty", "breaker_open", "turn_limit", "turn_deadline")),
+    *(("failed", reason) for reason in
+      ("timeout", "connection_error", "rate_limited", "server_error", "model_not_found",
+       "not_found", "auth_error", "bad_request", "request_too_large", "bad_response", "error",
+       "turn_deadline")),
+}  # fmt: skip
+
+
+def test_every_transcription_outcome_is_exported_at_0_from_the_start() -> None:
+    """Found by an audit: each series appeared with a worker's first transcription of its
+    kind, at 1, which rate() reads as no increase, so the "Voice note transcriptions" panel
+    missed each worker's first failure of every kind."""
+    found = samples("wsm_transcriptions_total")
+    assert {(s.labels["result"], s.labels["reason"]) for s in found} == TRANSCRIPTION_OUTCOMES
+    assert all(sample.value == 0 for sample in found)
 
 
 @pytest.mark.parametrize(("name", "label", "values"), RATED_COUNTERS, ids=RATED_IDS)
