@@ -73,7 +73,7 @@ from shared.keys import (
 )
 from shared.lua import LuaScript, is_noscript
 from shared.periodic import run_every, sleep_unless
-from shared.redis_client import RedisClient
+from shared.redis_client import RedisClient, one_node
 from shared.redis_errors import REDIS_UNAVAILABLE, RETRY_CAP_SECONDS
 from shared.text import as_text
 
@@ -87,6 +87,7 @@ OUTBOX_DEAD_DELIVERED = LuaScript.named("outbox_dead_delivered")
 SEND_RATE_TAKE = LuaScript.named("send_rate_take")
 SEND_LOCK_RENEW = LuaScript.named("send_lock_renew")
 SEND_BEGIN = LuaScript.named("send_begin")
+SEND_MARK = LuaScript.named("send_mark")
 SEND_ABORT = LuaScript.named("send_abort")
 SEND_DUE = LuaScript.named("send_due")
 
@@ -483,17 +484,8 @@ class Sender:
                 await self._courtesy(self._out.start_typing(session, entry.chat_id))
                 await asyncio.sleep(pause / 1000)
                 await self._courtesy(self._out.stop_typing(session, entry.chat_id))
-            # The one check before the send: our lock, our head (and no other attempt whose
-            # outcome is unknown); marks the head with this attempt.
-            timing = [self.config.lock_ms, self.config.echo_wait_ms]
             try:
-                begun = int(
-                    await SEND_BEGIN(
-                        self._redis,
-                        [keys.sending, keys.outbox, keys.outbox_pending],
-                        [lock, entry.mid, *timing, token, now_ms()],
-                    )
-                )
+                begun = await self._begin(keys, session_keys, token, entry, lock)
             except REDIS_UNAVAILABLE:
                 self._spawn(self._abort_unsent(keys, token, entry.mid, lock))
                 raise
@@ -508,17 +500,6 @@ class Sender:
                     extra={"conversation": token, "mid": entry.mid},
                 )
                 return "stop"
-            # Marks a send under way: an echo that overtakes WAHA's answer is still ours, and
-            # one that arrives after this sender died records the send (see settle_echo).
-            try:
-                await self._redis.set(
-                    session_keys.inflight(entry.chat_id),
-                    InflightSend(entry.mid, entry.text, now_ms()).encode(),
-                    px=max(self.config.lock_ms, self.config.echo_wait_ms),
-                )
-            except REDIS_UNAVAILABLE:
-                self._spawn(self._abort_unsent(keys, token, entry.mid, lock))
-                raise
             if file is None:
                 sent = await self._out.send_text(session, entry.chat_id, entry.text)
             else:
@@ -561,6 +542,53 @@ class Sender:
         look = await self._record_sent(keys, session_keys, token, entry, sent, lock)
         OUTBOX_SENDS.labels("sent").inc()
         return look
+
+    async def _begin(
+        self,
+        keys: EngineConversationKeys,
+        session_keys: WahaSessionKeys,
+        token: str,
+        entry: OutboxEntry,
+        lock: str,
+    ) -> int:
+        """The one check before the send, then the send's in-flight marker. send_begin.lua: our
+        lock, our head, and no other attempt whose outcome is unknown; it marks the head with
+        this attempt. The marker: an echo that overtakes WAHA's answer is still ours, and one
+        that arrives after this sender died records the send (settle_echo). On one Redis both
+        go in one round trip, send_mark.lua right behind send_begin.lua (it writes the marker
+        only where send_begin.lua let the send go); on a cluster, whose script keys must share
+        a slot, the marker follows in a round trip of its own. send_begin.lua's answer."""
+        marker_key = session_keys.inflight(entry.chat_id)
+        marker = InflightSend(entry.mid, entry.text, now_ms()).encode()
+        marker_ms = max(self.config.lock_ms, self.config.echo_wait_ms)
+        begin_keys = [keys.sending, keys.outbox, keys.outbox_pending]
+        begin_args: list[str | int] = [
+            lock, entry.mid, self.config.lock_ms, self.config.echo_wait_ms, token,
+        ]  # fmt: skip
+        for attempt in (1, 2):
+            pipe = self._redis.pipeline(transaction=False)
+            SEND_BEGIN.queue_in(pipe, begin_keys, [*begin_args, now_ms()])
+            together = one_node(pipe)
+            if together:
+                SEND_MARK.queue_in(
+                    pipe,
+                    [marker_key, keys.sending, keys.outbox],
+                    [lock, entry.mid, marker, marker_ms],
+                )
+            try:
+                begun = int((await pipe.execute())[0])
+            except REDIS_UNAVAILABLE:
+                raise
+            except Exception as exc:
+                if attempt == 1 and is_noscript(exc):  # Redis restarted: load, then again
+                    await SEND_BEGIN.load(self._redis)
+                    await SEND_MARK.load(self._redis)
+                    continue
+                raise
+            if begun == 0 and not together:
+                await self._redis.set(marker_key, marker, px=marker_ms)
+            return begun
+        raise AssertionError("unreachable")
 
     async def _abort_unsent(
         self, keys: EngineConversationKeys, token: str, mid: str, lock: str

@@ -14,7 +14,7 @@ scripts are written so that repeating a call whose answer was lost is safe.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import KW_ONLY, dataclass, field
 from enum import Enum
 from typing import Any
@@ -24,6 +24,7 @@ from shared.dead_letters import DEFAULT_DEAD_LETTER_LIMITS, DeadLetterLimits
 from shared.keys import ConversationKeys, ShardKeys
 from shared.lua import Arg, LuaScript, is_noscript
 from shared.queue_errors import LeaseLost, NotHead
+from shared.redis_client import one_node
 from shared.text import as_text
 
 CLAIM_CONVERSATION = LuaScript.named("claim_conversation")
@@ -105,6 +106,9 @@ class FailResult:
     outcome: FailOutcome
     attempts: int = 0
 
+
+# Queues commands on a pipeline: what must land before an ack (QueueConsumer.ack's prelude).
+Prelude = Callable[[Any], None]
 
 # ack_head's codes for a message whose ack is done (lib/ack.lua): acked now, or already.
 _ACKED = (1, 2, 3)
@@ -208,8 +212,20 @@ class QueueConsumer:
             lease.unacked_writes[message_id] = (extra_keys, extra_args)
         lease.unacked.append(message_id)
 
-    async def ack(self, lease: Lease, message_id: str, writes: Iterable[Write] = ()) -> None:
+    async def ack(
+        self,
+        lease: Lease,
+        message_id: str,
+        writes: Iterable[Write] = (),
+        *,
+        prelude: Prelude | None = None,
+    ) -> None:
         """Remove a handled message, applying `writes` in the same atomic step.
+
+        `prelude` queues commands, on any keys, that must land before the ack and are safe to
+        repeat (indexes written ahead of what they index): on one Redis they go in the ack's
+        round trip, ahead of it (a pipeline runs in order); on a cluster, whose pipeline runs
+        each node's share apart, in a round trip of their own just before.
 
         Raises LeaseLost (fenced out or expired: nothing was written), NotHead, InvalidWrite.
         A repeated ack whose first call went through returns normally even if the lease ran out
@@ -217,9 +233,17 @@ class QueueConsumer:
         """
         extra_keys, extra_args = encode_writes(writes, lease.conversation)
         keys, args = lease._ack_keys + extra_keys, [lease.fence, message_id, *extra_args]
-        if lease.unacked:
+        if prelude is not None:
+            pipe = self.client.pipeline(transaction=False)
+            if not one_node(pipe):  # a cluster runs each node's share apart, in no order
+                prelude(pipe)
+                await pipe.execute()
+                prelude = None
+        if lease.unacked or prelude is not None:
             pending = list(lease.unacked)
-            *earlier, result = await self._after_unacked(lease, ACK_MESSAGE, keys, args)
+            *earlier, result = await self._after_unacked(
+                lease, ACK_MESSAGE, keys, args, prelude=prelude
+            )
             lease.forget_unacked()
             # Up to the first refusal, which raises here (the messages after it stay queued).
             codes = _landed_up_to_the_last_kept([*earlier, result])
@@ -255,14 +279,20 @@ class QueueConsumer:
         return all(code in _ACKED for code in _landed_up_to_the_last_kept(earlier)), result
 
     async def _after_unacked(
-        self, lease: Lease, script: LuaScript, keys: list[Any], args: list[Any]
+        self,
+        lease: Lease,
+        script: LuaScript,
+        keys: list[Any],
+        args: list[Any],
+        *,
+        prelude: Prelude | None = None,
     ) -> list[Any]:
-        """The pending acks then `script`, pipelined: a code per pending message (None for one
-        an `ack_messages.lua` call stopped before), then the script's answer. The acks go in
-        order: each run of messages without writes as one `ack_messages.lua` call, each message
-        with writes as its own `ack_message.lua` call. No MULTI: each script is atomic and the
-        acks are idempotent, so repeating the pipeline after a lost answer or NOSCRIPT is
-        safe."""
+        """The `prelude`'s commands, the pending acks, then `script`, pipelined: a code per
+        pending message (None for one an `ack_messages.lua` call stopped before), then the
+        script's answer. The acks go in order: each run of messages without writes as one
+        `ack_messages.lua` call, each message with writes as its own `ack_message.lua` call.
+        No MULTI: each script is atomic, the acks are idempotent and so is a prelude, so
+        repeating the pipeline after a lost answer or NOSCRIPT is safe."""
         if not self._batch_acks_loaded:
             # Loaded before the first pipeline: had Redis answered NOSCRIPT to the acks but run
             # the call behind them (a release), the turn's messages would be delivered again.
@@ -273,10 +303,13 @@ class QueueConsumer:
             self._batch_acks_loaded = True
         for attempt in (1, 2):
             pipe = self.client.pipeline(transaction=False)
+            if prelude is not None:
+                prelude(pipe)
+            ahead = len(pipe)
             calls = self._queue_unacked(pipe, lease)
             script.queue_in(pipe, keys, args)
             try:
-                *answers, result = await pipe.execute()
+                *answers, result = (await pipe.execute())[ahead:]
             except Exception as exc:
                 if attempt == 1 and is_noscript(exc):
                     for loaded in (ACK_MESSAGES, ACK_MESSAGE, script):

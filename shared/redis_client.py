@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 
 from shared.redis_lean import LeanRedis, WaitingPool
 
@@ -17,6 +17,14 @@ MIN_REDIS_VERSION = (7, 0, 0)
 # What every async component is handed: a plain client or a cluster client. Both answer the
 # commands the protocol uses (EVALSHA routed by key slot), so code is written once for both.
 RedisClient = Redis | RedisCluster
+
+
+def one_node(pipe: Any) -> bool:
+    """Whether `pipe` (a client's pipeline) goes to one Redis: its commands then run in the
+    order given, on one connection, and a script may name keys of any hash tag. A cluster's
+    pipeline sends each node's share apart, in no set order, and a script's keys must share a
+    slot."""
+    return not isinstance(pipe, ClusterPipeline)
 
 
 class UnsupportedRedis(RuntimeError):

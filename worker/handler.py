@@ -45,7 +45,7 @@ from typing import Any, Protocol
 from shared.commit_writes import Write
 from shared.envelope import QueuedEvent
 from shared.keys import ConversationKeys
-from shared.queue_consumer import ClaimedMessage, Lease, QueueConsumer
+from shared.queue_consumer import ClaimedMessage, Lease, Prelude, QueueConsumer
 from shared.queue_errors import LeaseLost
 from shared.redis_client import RedisClient
 from shared.redis_errors import REDIS_UNAVAILABLE
@@ -114,8 +114,12 @@ class HandlerContext:
     def redis(self) -> RedisClient:
         return self._consumer.client
 
-    async def commit(self, writes: Iterable[Write] = ()) -> None:
+    async def commit(self, writes: Iterable[Write] = (), *, prelude: Prelude | None = None) -> None:
         """Ack this message and apply `writes` atomically, if the lease is still ours.
+
+        `prelude` queues commands on any keys that must land first and are safe to repeat (an
+        index written ahead of what it indexes): in the commit's round trip where Redis keeps
+        their order (QueueConsumer.ack). They may land even when the commit is refused.
 
         Raises LeaseLost (nothing written), InvalidWrite (nothing written), AlreadyCommitted.
         """
@@ -124,7 +128,7 @@ class HandlerContext:
         self._check_committable()
         try:
             await retry_until(
-                lambda: self._consumer.ack(self._lease, self.message_id, writes),
+                lambda: self._consumer.ack(self._lease, self.message_id, writes, prelude=prelude),
                 self._keeper.deadline,
                 "ack_message",
             )

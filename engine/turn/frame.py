@@ -32,6 +32,7 @@ from shared.clock import now_ms
 from shared.commit_writes import Write
 from shared.envelope import QueuedEvent
 from shared.keys import EngineConversationKeys, EngineIndexKeys, engine_keys_for
+from shared.queue_consumer import Prelude
 from shared.redis_client import RedisClient
 
 if TYPE_CHECKING:
@@ -45,7 +46,9 @@ Prefetch = Callable[["ConversationTurn", Any], Callable[[Sequence[Any]], None]]
 class CommitContext(Protocol):
     """What the engine needs of the worker's HandlerContext."""
 
-    async def commit(self, writes: Iterable[Sequence[Any]] = ()) -> None: ...
+    async def commit(
+        self, writes: Iterable[Sequence[Any]] = (), *, prelude: Prelude | None = None
+    ) -> None: ...
 
     # For an event with nothing to do after its commit: it may ride with the turn's next call.
     async def commit_later(self, writes: Iterable[Sequence[Any]] = ()) -> None: ...
@@ -153,9 +156,9 @@ class ConversationTurn:
         self.writes += outbox_writes(
             self.keys, self.replies, retention_seconds=retention, now_ms=self.now
         )
-        if changed:
-            await self._index_before_commit()
-        await self.ctx.commit(self.writes)
+        # A changed conversation is indexed before its state lands, in the commit's round trip
+        # (one round trip per message less: about 3% of the product's CPU, docs/benchmarks.md).
+        await self.ctx.commit(self.writes, prelude=self._index_before_commit if changed else None)
         # --- after the commit: what only follows from it -----------------------------------
         if changed and self.state.state is not self.before.state:
             await self._index_state()
@@ -169,18 +172,16 @@ class ConversationTurn:
         if self.replies and self.tools.sender is not None:
             self.tools.sender.kick(self.conversation.token)
 
-    async def _index_before_commit(self) -> None:
+    def _index_before_commit(self, pipe: Any) -> None:
         """Idempotent: the conversation is listed, and its timer set, before its state exists;
         readers take the state hash as the truth, and a timer re-checks before acting."""
         index = self.tools.index
-        pipe = self.redis.pipeline(transaction=False)
         pipe.zadd(index.conversations, {self.conversation.token: self.now})
         due = self._timer_due()
         if due is None:
             pipe.zrem(index.timers, self.conversation.token)
         else:
             pipe.zadd(index.timers, {self.conversation.token: due})
-        await pipe.execute()
 
     async def _index_state(self) -> None:
         index = self.tools.index

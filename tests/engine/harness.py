@@ -28,7 +28,7 @@ from shared.enqueue import EnqueueRequest, enqueue
 from shared.envelope import decode_record
 from shared.events import route_event
 from shared.keys import all_shards, engine_keys_for
-from shared.queue_consumer import QueueConsumer
+from shared.queue_consumer import Prelude, QueueConsumer
 from shared.queue_errors import LeaseLost
 from shared.redis_client import RedisClient
 from shared.settings import Settings
@@ -99,8 +99,10 @@ class Ctx:
         self.consumer, self.lease, self.message_id = consumer, lease, message_id
         self.committed = False
 
-    async def commit(self, writes: Iterable[Sequence[Any]] = ()) -> None:
-        await self.consumer.ack(self.lease, self.message_id, list(writes))  # type: ignore[arg-type]
+    async def commit(
+        self, writes: Iterable[Sequence[Any]] = (), *, prelude: Prelude | None = None
+    ) -> None:
+        await self.consumer.ack(self.lease, self.message_id, list(writes), prelude=prelude)  # type: ignore[arg-type]
         self.committed = True
 
     async def commit_later(self, writes: Iterable[Sequence[Any]] = ()) -> None:
@@ -112,7 +114,9 @@ class Ctx:
 class _FencedOutCtx(Ctx):
     """A handler context whose commit the queue refuses, as it refuses a fenced-out worker's."""
 
-    async def commit(self, writes: Iterable[Sequence[Any]] = ()) -> None:
+    async def commit(
+        self, writes: Iterable[Sequence[Any]] = (), *, prelude: Prelude | None = None
+    ) -> None:
         raise LeaseLost("taken over")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from engine.history import HistoryKeys, read_page
 from engine.state import State, load_state
-from shared.keys import WahaSessionKeys, engine_keys_for
+from shared.keys import WahaSessionKeys, conversation_token, engine_keys_for
 from tests.support.polling import async_wait_until
 from tests.support.waha import from_me, text_message
 
@@ -201,3 +201,17 @@ async def test_ack_before_the_sender_recorded_the_id_is_kept(
     page, _ = await read_page(aredis, _history(key_prefix, ANA))
     out = next(e for e in page if e.direction == "out")
     assert (out.waha_id, out.status) == (expected_id, "device")
+
+
+async def test_a_changed_conversation_is_indexed_with_its_commit(
+    aredis, key_prefix, waha, make_harness
+) -> None:
+    """The index writes ride in the commit's round trip, ahead of it (the commit's prelude,
+    tests/worker/test_ack_prelude.py): listed, with its inactivity timer, as its state lands."""
+    harness = make_harness(inactivity_close_seconds=600)
+    await harness.say(ANA, "oi")
+    state = await state_of(aredis, key_prefix, ANA)
+    index = harness.service.index
+    token = conversation_token("default", ANA)
+    assert await aredis.zscore(index.conversations, token) == state.last_activity_at
+    assert await aredis.zscore(index.timers, token) == state.last_activity_at + 600_000

@@ -19,10 +19,12 @@ import tests.engine.harness as harness_module
 from engine.brain import Brain, Decision, Turn
 from engine.history import HistoryKeys, read_page
 from engine.outbox import new_entry, outbox_writes
+from engine.sender import OUTBOX_SENT, OUTBOX_SETTLE, SEND_BEGIN, SEND_MARK
 from engine.service import EngineService
 from engine.state import State, load_state
 from engine.waha_client import WahaClient
 from shared.keys import engine_keys_for
+from shared.queue_consumer import Prelude
 from tests.engine.harness import WAHA, FakeWaha, Harness, apply_writes, settings_for
 from tests.support.polling import async_wait_until
 from tests.support.waha import text_message
@@ -180,25 +182,29 @@ def round_trips(aredis: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[RoundT
 async def test_a_reply_is_sent_and_recorded_in_fewer_round_trips(
     aredis, key_prefix, make_harness, monkeypatch
 ) -> None:
-    """One reply's delivery: (the lock + head + park), send_begin, the in-flight marker, (ours
-    + sent, which ends the delivery and its lock with the last reply + marker gone + the next
-    head + park: empty): 4 round trips. Before: 11 (the lock alone, the head and the park apart
-    on each loop, a lock renewal per reply, ours, sent and the marker's removal apart), then 7
-    (the lock and each look at the head alone), then 5 (a closing settle for the lock)."""
+    """One reply's delivery: (the lock + head + park), (the in-flight marker + send_begin),
+    (ours + sent, which ends the delivery and its lock with the last reply + marker gone + the
+    next head + park: empty): 3 round trips. Before: 11 (the lock alone, the head and the park
+    apart on each loop, a lock renewal per reply, ours, sent and the marker's removal apart),
+    then 7 (the lock and each look at the head alone), then 5 (a closing settle for the lock),
+    then 4 (send_begin and the marker apart)."""
     keys = engine_keys_for("default", ANA, 1, key_prefix)
     entries = [new_entry(ANA, "Olá!")]
     await apply_writes(aredis, outbox_writes(keys, entries, retention_seconds=3600, now_ms=1))
     with respx.mock(assert_all_called=False) as router:
         FakeWaha(router)
         harness = make_harness()
+        for script in (SEND_MARK, SEND_BEGIN, OUTBOX_SENT, OUTBOX_SETTLE):
+            await script.load(aredis)  # a first NOSCRIPT would cost a round trip more
         with round_trips(aredis, monkeypatch) as seen:
             await harness.service.sender.deliver(f"default|{ANA}")
         paths = [call.request.url.path for call in router.calls]
     assert paths == ["/api/sendSeen", "/api/sendText"]
     trips = seen.trips
-    assert trips == ["pipeline", "EVALSHA", "SET", "pipeline"]
+    assert trips == ["pipeline", "pipeline", "pipeline"]
     assert seen.piped == [
         ["SET", "LINDEX", "EXISTS"],
+        ["EVALSHA", "EVALSHA"],  # send_mark.lua, send_begin.lua
         ["SET", "EVALSHA", "DEL", "LINDEX", "EXISTS"],
     ]
     assert await aredis.llen(keys.outbox) == 0
@@ -236,13 +242,17 @@ async def test_a_reply_committed_after_the_delivery_ended_is_left_to_its_own_del
             return recorded, replace(look, head=await aredis.lindex(keys.outbox, 0))
 
         monkeypatch.setattr(sender, "_mark_sent", committed_meanwhile)
+        for script in (SEND_MARK, SEND_BEGIN, OUTBOX_SENT, OUTBOX_SETTLE):
+            await script.load(aredis)  # a first NOSCRIPT would cost a round trip more
         with round_trips(aredis, monkeypatch) as seen:
             await sender.deliver(token)
         assert waha.to(ANA) == ["Olá!"]
-        # Its own: the lock + look, send_begin, the marker, the record (then the test's writes
-        # and read). No second send_begin, no closing settle.
-        assert seen.trips[:4] == ["pipeline", "EVALSHA", "SET", "pipeline"]
-        assert seen.single.count("EVALSHA") == 1
+        # Its own: the lock + look, the marker + send_begin, the record (then the test's
+        # writes and read). No second send_begin, no closing settle.
+        assert seen.trips[:3] == ["pipeline", "pipeline", "pipeline"]
+        assert seen.piped[1] == ["EVALSHA", "EVALSHA"]  # send_mark.lua, send_begin.lua
+        assert seen.piped[:3].count(["EVALSHA", "EVALSHA"]) == 1
+        assert "EVALSHA" not in seen.single
         assert await aredis.exists(keys.sending) == 0
         assert await aredis.zscore(keys.outbox_pending, token) is not None  # due: swept
 
@@ -341,9 +351,11 @@ async def test_acks_echoes_and_events_without_a_turn_let_their_commit_ride(
     plain = harness_module.Ctx
 
     class Recording(plain):
-        async def commit(self, writes: Iterable[Sequence[Any]] = ()) -> None:
+        async def commit(
+            self, writes: Iterable[Sequence[Any]] = (), *, prelude: Prelude | None = None
+        ) -> None:
             used.append(("commit", self.message_id))
-            await super().commit(writes)
+            await super().commit(writes, prelude=prelude)
 
         async def commit_later(self, writes: Iterable[Sequence[Any]] = ()) -> None:
             used.append(("commit_later", self.message_id))

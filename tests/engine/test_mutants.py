@@ -250,6 +250,34 @@ async def test_the_sender_delivers_on_a_redis_cluster(redis_cluster_url, key_pre
         await client.aclose()
 
 
+async def test_the_sender_marks_its_send_in_flight_on_a_redis_cluster(
+    redis_cluster_url, key_prefix
+) -> None:
+    """On one Redis the in-flight marker rides behind send_begin.lua (send_mark.lua names keys
+    of two hash tags); a cluster refuses such a script, so there the marker follows in a round
+    trip of its own. A send that fails leaves its marker: it names the reply. Kills, in
+    Sender._begin: the cluster's `set` dropped, or send_mark.lua sent on a cluster."""
+    client = connect(redis_cluster_url)
+    await client.initialize()
+    await commit_replies(client, key_prefix, "Olá!")
+    sender, waha = make_sender(client, key_prefix)
+    error = httpx.Response(500, json={"statusCode": 500, "message": "Internal server error"})
+    try:
+        with respx.mock:
+            mock_courtesy()
+            respx.post(f"{WAHA}/api/sendText").mock(side_effect=[error])
+            await sender.deliver(CHAT_TOKEN)
+        keys = engine_keys_for("default", CHAT, 1, key_prefix)
+        [reply] = [OutboxEntry.decode(raw) for raw in await client.lrange(keys.outbox, 0, -1)]
+        marker = InflightSend.decode(
+            await client.get(WahaSessionKeys("default", key_prefix).inflight(CHAT))
+        )
+        assert (marker.mid, marker.text) == (reply.mid, "Olá!")
+    finally:
+        await waha.aclose()
+        await client.aclose()
+
+
 # --- engine/sender.py: settle_echo records only the reply the echo is of ------------------
 
 

@@ -16,11 +16,13 @@ from engine.sender import (
     SEND_BEGIN,
     SEND_DUE,
     SEND_LOCK_RENEW,
+    SEND_MARK,
+    InflightSend,
     lock_key_parts,
 )
 from shared.dead_letters import outbox_dead
 from shared.delivery_status import STATUS_RANK, advances
-from shared.keys import ShardKeys, engine_keys_for
+from shared.keys import ShardKeys, WahaSessionKeys, engine_keys_for
 from tests.engine.harness import apply_writes
 
 CHAT = "5511987650052@c.us"
@@ -187,6 +189,45 @@ async def test_send_begin_checks_lock_and_head_then_marks_the_attempt(aredis, ke
     # Once the echo wait is over, it goes.
     assert await send_begin(aredis, keys, "next", entries[0].mid, wait=0) == 0
     assert orjson.loads(await aredis.lindex(keys.outbox, 0))["try"]["lock"] == "next"
+
+
+async def test_send_mark_marks_only_a_send_that_send_begin_let_go(aredis, key_prefix) -> None:
+    """send_mark.lua rides right behind send_begin.lua, before its answer is known: it writes
+    the in-flight marker only where send_begin.lua let the send go (our lock, our head, marked
+    with our attempt). A refused begin leaves the marker of whatever send is under way: a
+    sender whose lock was lost must not replace the marker of the reply the lock's holder is
+    sending (its echo would then be taken for the business writing from its phone)."""
+    keys, entries = await setup(aredis, key_prefix)
+    marker_key = WahaSessionKeys("default", key_prefix).inflight(CHAT)
+    mine = InflightSend(entries[0].mid, "r0", 1_000)
+    theirs = InflightSend(entries[1].mid, "r1", 900).encode()
+    await aredis.set(marker_key, theirs)
+
+    async def mark(lock: str, mid: str) -> int:
+        args = [lock, mid, InflightSend(mid, "r", 1_000).encode(), 60_000]
+        return await SEND_MARK(aredis, [marker_key, keys.sending, keys.outbox], args)
+
+    await aredis.set(keys.sending, "theirs", px=10_000)
+    assert await send_begin(aredis, keys, "mine", entries[0].mid) == LOCK_LOST
+    assert await mark("mine", entries[0].mid) == 0  # the lock is not ours
+    await aredis.set(keys.sending, "mine", px=10_000)
+    assert await send_begin(aredis, keys, "mine", entries[1].mid) == HEAD_MOVED
+    assert await mark("mine", entries[1].mid) == 0  # the head is another reply
+    assert await mark("mine", entries[0].mid) == 0  # our head, but no attempt of ours on it
+    assert await aredis.get(marker_key) == theirs.encode()
+    assert await send_begin(aredis, keys, "mine", entries[0].mid) == 0
+    args = [entries[0].mid, mine.encode(), 60_000]
+    assert await SEND_MARK(aredis, [marker_key, keys.sending, keys.outbox], ["mine", *args]) == 1
+    assert InflightSend.decode(await aredis.get(marker_key)) == mine
+    assert 50_000 < await aredis.pttl(marker_key) <= 60_000
+    # Our lock taken over by another sender, before it began: the head still carries our
+    # attempt, yet the send is no longer ours to mark.
+    await aredis.set(keys.sending, "next", px=10_000)
+    assert await mark("mine", entries[0].mid) == 0
+    # That sender must wait for our attempt's echo: it marks nothing, ours stays.
+    assert await send_begin(aredis, keys, "next", entries[0].mid) > 0
+    assert await mark("next", entries[0].mid) == 0
+    assert InflightSend.decode(await aredis.get(marker_key)) == mine
 
 
 async def test_retry_and_abort_clear_the_attempts_mark(aredis, key_prefix) -> None:

@@ -13,7 +13,7 @@ import orjson
 import respx
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from engine.sender import InflightSend, LockKeeper, Sender
+from engine.sender import SEND_BEGIN, InflightSend, LockKeeper, Sender
 from engine.waha_client import SentMessage, WahaClient
 from shared.keys import WahaSessionKeys, engine_keys_for
 from tests.engine.harness import WAHA, mock_courtesy, texts_sent
@@ -226,28 +226,38 @@ async def test_a_stopped_lock_keeper_renews_no_more_even_if_a_renewal_eats_the_c
 async def test_an_attempt_that_never_reached_waha_does_not_hold_the_reply_back(
     aredis, key_prefix, monkeypatch
 ) -> None:
-    # Redis goes away between send_begin.lua (which marked the head with the attempt) and the
-    # in-flight marker, before sendText: nothing was sent. The mark is cleared once Redis
-    # answers again, so the next sender sends at once instead of waiting the echo wait (60 s)
-    # for an echo that cannot come: a Redis freeze in the chaos run held a dozen replies so.
+    # Redis goes away as send_begin.lua (which marked the head with the attempt) and the
+    # in-flight marker land, before their answer and before sendText: nothing was sent. The
+    # mark is cleared once Redis answers again, so the next sender sends at once instead of
+    # waiting the echo wait (60 s) for an echo that cannot come: a Redis freeze in the chaos
+    # run held a dozen replies so.
     mock_courtesy()
     send = respx.post(f"{WAHA}/api/sendText").mock(side_effect=[sent_answer(1)])
     await commit_replies(aredis, key_prefix, "olá")
-    inflight = WahaSessionKeys("default", key_prefix).inflight(CHAT)
-    real_set = aredis.set
+    real_pipeline = aredis.pipeline
     failed = []
 
-    async def set_once_away(name, *args, **kwargs):
-        if name == inflight and not failed:
-            failed.append(name)
-            raise RedisConnectionError("Connection refused")
-        return await real_set(name, *args, **kwargs)
+    def pipeline_once_away(*args, **kwargs):
+        pipe = real_pipeline(*args, **kwargs)
+        execute = pipe.execute
 
-    monkeypatch.setattr(aredis, "set", set_once_away)
+        async def landed_then_away(*a, **k):
+            begins = [args for args, _ in pipe.command_stack if SEND_BEGIN.sha in args]
+            answers = await execute(*a, **k)
+            if begins and not failed:
+                failed.append(answers)
+                raise RedisConnectionError("Connection lost")
+            return answers
+
+        pipe.execute = landed_then_away
+        return pipe
+
+    monkeypatch.setattr(aredis, "pipeline", pipeline_once_away)
     first, _ = make_sender(aredis, key_prefix)
     with contextlib.suppress(RedisConnectionError):
         await first.deliver(TOKEN)
-    assert failed and texts_sent(send) == []
+    assert failed and failed[0] == [0, 1]  # begun (the head carries its mark), and marked
+    assert texts_sent(send) == []
     await first.drain()  # its clean-up task: the mark cleared
     second, _ = make_sender(aredis, key_prefix)
     await second.deliver(TOKEN)

@@ -664,22 +664,33 @@ async def test_an_attempt_cut_off_before_waha_is_undone_and_due_at_once(
     aredis, key_prefix, monkeypatch, where: str
 ) -> None:
     """Redis goes away after send_begin.lua marked the head with the attempt (its answer lost,
-    or the in-flight marker not written), before sendText: nothing went to WAHA. Once Redis
-    answers, the mark is cleared and the conversation is due at once, so the sweep hands it to
-    a sender now instead of after the echo wait. Kills, in _send_one: the clean-up after a lost
-    send_begin answer not spawned or given None/too few arguments; in _abort_unsent: the
-    pending index not made due (`zadd` given None or too few arguments)."""
+    or, where the marker takes a round trip of its own as on a cluster, the in-flight marker
+    not written), before sendText: nothing went to WAHA. Once Redis answers, the mark is
+    cleared and the conversation is due at once, so the sweep hands it to a sender now instead
+    of after the echo wait. Kills, in _send_one: the clean-up after a lost send_begin answer not
+    spawned or given None/too few arguments; in _abort_unsent: the pending index not made due
+    (`zadd` given None or too few arguments)."""
     mock_courtesy()
     send = respx.post(f"{WAHA}/api/sendText").mock(return_value=sent_answer(1))
     await commit_replies(aredis, key_prefix, "olá")
     inflight = WahaSessionKeys("default", key_prefix).inflight(CHAT)
-    real_begin, real_set = engine.sender.SEND_BEGIN, aredis.set
+    real_pipeline, real_set = aredis.pipeline, aredis.set
     cut: list[str] = []
 
-    async def begin_answer_lost(client: object, keys: object, args: object) -> int:
-        await real_begin(client, keys, args)  # type: ignore[arg-type]
-        cut.append("send_begin")
-        raise REDIS_UNAVAILABLE[0]("Connection reset")
+    def begin_answer_lost(*args: object, **kwargs: object) -> object:
+        pipe = real_pipeline(*args, **kwargs)
+        execute = pipe.execute
+
+        async def landed_then_lost(*a: object, **k: object) -> object:
+            begins = [c for c, _ in pipe.command_stack if engine.sender.SEND_BEGIN.sha in c]
+            answers = await execute(*a, **k)
+            if begins and not cut:
+                cut.append("send_begin")
+                raise REDIS_UNAVAILABLE[0]("Connection reset")
+            return answers
+
+        pipe.execute = landed_then_lost
+        return pipe
 
     async def inflight_refused(name: str, *args: object, **kwargs: object) -> object:
         if name == inflight and not cut:
@@ -688,8 +699,9 @@ async def test_an_attempt_cut_off_before_waha_is_undone_and_due_at_once(
         return await real_set(name, *args, **kwargs)  # type: ignore[arg-type]
 
     if where == "send_begin":
-        monkeypatch.setattr(engine.sender, "SEND_BEGIN", begin_answer_lost)
+        monkeypatch.setattr(aredis, "pipeline", begin_answer_lost)
     else:
+        monkeypatch.setattr(engine.sender, "one_node", lambda pipe: False)  # as on a cluster
         monkeypatch.setattr(aredis, "set", inflight_refused)
     first, client = make_sender(aredis, key_prefix)
     before = now_ms()
@@ -700,7 +712,7 @@ async def test_an_attempt_cut_off_before_waha_is_undone_and_due_at_once(
     assert cut == [where] and texts_sent(send) == []
     keys = engine_keys_for("default", CHAT, 1, key_prefix)
     assert before <= (await aredis.zscore(keys.outbox_pending, TOKEN) or 0) <= now_ms()
-    monkeypatch.setattr(engine.sender, "SEND_BEGIN", real_begin)
+    monkeypatch.undo()
     second, _ = make_sender(aredis, key_prefix)
     assert await second.sweep_once() == 1
     await second.drain()
@@ -786,16 +798,17 @@ async def test_a_reply_whose_earlier_attempt_awaits_its_echo_is_left_until_then(
     assert int(begun) == 0
     await aredis.delete(keys.sending)
     asked = 0
+    sender, client = make_sender(aredis, key_prefix)
+    real_sender_begin = sender._begin
 
-    async def counted_begin(client: object, keys_: object, args: object) -> int:
+    async def counted_begin(*args: object) -> int:
         nonlocal asked
         asked += 1
         if asked > 3:
             raise RuntimeError("send_begin asked again and again")
-        return await real_begin(client, keys_, args)  # type: ignore[arg-type]
+        return await real_sender_begin(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(engine.sender, "SEND_BEGIN", counted_begin)
-    sender, client = make_sender(aredis, key_prefix)
+    monkeypatch.setattr(sender, "_begin", counted_begin)
 
     await sender.deliver(TOKEN)
 

@@ -99,6 +99,8 @@ TESTS: dict[str, list[str]] = {
     "outbox_retry": ["tests/engine/test_outbox_scripts.py"],
     "outbox_settle": ["tests/engine/test_outbox_scripts.py"],
     "send_begin": ["tests/engine/test_outbox_scripts.py", "tests/engine/test_sender_lock.py"],
+    "send_mark": ["tests/engine/test_outbox_scripts.py"],
+    "replay_booking_hook_dead": ["tests/worker/test_dlq_booking_cli.py"],
     "send_lock_renew": ["tests/engine/test_outbox_scripts.py", "tests/engine/test_sender_lock.py"],
     "send_abort": ["tests/engine/test_outbox_scripts.py", "tests/engine/test_sender_lock.py"],
     "erase_conversation": ["tests/engine/test_erase.py", "tests/engine/test_mutants.py"],
