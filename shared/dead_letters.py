@@ -38,6 +38,21 @@ OUTBOX_DEAD = LuaScript.named("outbox_dead")
 LIST_PAGE = 200
 
 
+# Any: redis-py's stubs type replies as bytes | str (and some arguments too narrowly).
+async def read_newest_first(client: Any, key: str) -> list[bytes]:
+    """A dead-letter list whose newest entries are at the right (the outbox's, the booking
+    webhook's), whole, in pages of LIST_PAGE, each entry once, oldest first. Read from the
+    newest end: an entry written while paging shifts what is left to read, so an entry may be
+    read twice (kept once), never skipped; the aging pops from the other end."""
+    entries: list[bytes] = []
+    while True:
+        page = await client.lrange(key, -(len(entries) + LIST_PAGE), -(len(entries) + 1))
+        entries = page + entries
+        if len(page) < LIST_PAGE:
+            break
+    return list(dict.fromkeys(entries))
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetterLimits:
     """How many dead letters a shard keeps, and for how long (WSM_DEAD_LETTERS_MAX,

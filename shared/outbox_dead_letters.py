@@ -28,14 +28,12 @@ from typing import Any
 
 import orjson
 
+from shared.dead_letters import read_newest_first
 from shared.keys import EngineConversationKeys, ShardKeys, all_shards, outbox_dlq_key
 from shared.lua import LuaScript
 from shared.redis_client import RedisClient
 
 REPLAY_OUTBOX_DEAD = LuaScript.named("replay_outbox_dead")
-
-# Read in pages, like the queue's list (shared/dead_letters.LIST_PAGE).
-LIST_PAGE = 200
 
 
 class Outcome(Enum):
@@ -138,18 +136,8 @@ async def list_outbox_dead_letters(client: Any, shards: int, prefix: str) -> lis
     """Every outbox dead letter, oldest first."""
     letters: list[OutboxDeadLetter] = []
     for shard in all_shards(shards, prefix):
-        key = outbox_dlq_key(shard)
-        # From the newest end (the right): a reply dead-lettered while paging shifts what is
-        # left to read, so an entry may be read twice (deduplicated), never skipped; the aging
-        # pops from the other end.
-        entries: list[bytes] = []
-        while True:
-            page = await client.lrange(key, -(len(entries) + LIST_PAGE), -(len(entries) + 1))
-            entries = page + entries
-            if len(page) < LIST_PAGE:
-                break
-        unique = list(dict.fromkeys(entries))
-        letters += [parse_outbox_dead_letter(raw, shard) for raw in unique]
+        entries = await read_newest_first(client, outbox_dlq_key(shard))
+        letters += [parse_outbox_dead_letter(raw, shard) for raw in entries]
     letters.sort(key=lambda letter: letter.at_ms)
     return letters
 

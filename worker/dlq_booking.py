@@ -19,9 +19,9 @@ from engine.agent.booking_dead_letters import (
     replay_booking_dead_letters,
 )
 from shared.clock import now_ms
-from shared.keys import conversation_token, split_conversation_token
 from shared.redis_client import RedisClient
 from shared.settings import Settings
+from worker import dlq_choice
 from worker.dlq_outbox import shorten
 
 NAME = "booking-webhook"
@@ -64,37 +64,21 @@ REPLAY_HELP = (
 
 def add_parser(commands: Any) -> None:
     """`booking-webhook` and its subcommands, under `wsm dlq`'s."""
-    hooks = commands.add_parser(
+    dlq_choice.add_section(
+        commands,
         NAME,
-        help="booking webhook events given up on (list, replay, drop)",
+        dest="hooks_command",
+        help_="booking webhook events given up on (list, replay, drop)",
         description=HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        noun="event",
+        replay=("put back among the events to deliver, to be sent once more", REPLAY_HELP),
+        drop_description="Delete events from the booking webhook's dead letters.",
     )
-    sub = hooks.add_subparsers(dest="hooks_command", required=True)
-    listing = sub.add_parser("list", help="show the events, oldest first")
-    listing.add_argument("--json", action="store_true", help="one JSON object per line")
-    for name, help_, description in (
-        ("replay", "put back among the events to deliver, to be sent once more", REPLAY_HELP),
-        ("drop", "delete for good", "Delete events from the booking webhook's dead letters."),
-    ):
-        command = sub.add_parser(name, help=help_, description=description)
-        command.add_argument("ids", nargs="*", metavar="ID", help="event id (as list shows it)")
-        command.add_argument(
-            "--conversation",
-            metavar="C",
-            help="every event of a conversation (`<session>|<chat id>`, as list shows it)",
-        )
-        command.add_argument("--all", action="store_true", help="every event")
 
 
 def usage_error(args: argparse.Namespace) -> str | None:
     """What is wrong with a `booking-webhook` command line, or None."""
-    if args.hooks_command == "list":
-        return None
-    given = sum((bool(args.ids), args.conversation is not None, bool(args.all)))
-    if given != 1:
-        return f"{NAME} {args.hooks_command}: give event ids, --conversation or --all (one)"
-    return None
+    return dlq_choice.usage_error(args, f"{NAME} {args.hooks_command}", "event")
 
 
 async def run(client: RedisClient, settings: Settings, args: argparse.Namespace) -> int:
@@ -103,7 +87,12 @@ async def run(client: RedisClient, settings: Settings, args: argparse.Namespace)
     if args.hooks_command == "list":
         print_letters(letters, as_json=args.json)
         return 0
-    chosen, missing = choose(letters, args)
+    chosen, missing = dlq_choice.choose(
+        letters,
+        args,
+        id_of=lambda letter: letter.id,
+        conversation_of=lambda letter: letter.conversation,
+    )
     if args.all and not chosen:
         print(NOTHING)  # as `list` says it: --all found nothing to do
         return 0
@@ -130,22 +119,6 @@ async def run(client: RedisClient, settings: Settings, args: argparse.Namespace)
         print(f"{letter.id}: {explain(result)}")
         failed += 0 if result is BookingReplayResult.REPLAYED else 1
     return 1 if failed else 0
-
-
-def choose(
-    letters: list[BookingDeadLetter], args: argparse.Namespace
-) -> tuple[list[BookingDeadLetter], list[str]]:
-    if args.all:
-        return letters, []
-    if args.conversation is not None:
-        session, chat_id = split_conversation_token(args.conversation)
-        token = conversation_token(session, chat_id)  # `…@s.whatsapp.net` is its `@c.us` chat
-        chosen = [letter for letter in letters if letter.conversation == token]
-        return chosen, [] if chosen else [f"conversation {args.conversation}"]
-    wanted = set(args.ids)
-    chosen = [letter for letter in letters if letter.id in wanted]
-    found = {letter.id for letter in chosen}
-    return chosen, [i for i in dict.fromkeys(args.ids) if i not in found]
 
 
 def explain(result: BookingReplayResult) -> str:

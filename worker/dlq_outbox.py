@@ -12,7 +12,6 @@ import orjson
 
 from shared.clock import now_ms
 from shared.dead_letters import dropped_dead_letters
-from shared.keys import conversation_token, split_conversation_token
 from shared.outbox_dead_letters import (
     OutboxDeadLetter,
     OutboxReplay,
@@ -24,6 +23,7 @@ from shared.outbox_dead_letters import (
 )
 from shared.redis_client import RedisClient
 from shared.settings import Settings
+from worker import dlq_choice
 
 NOTHING = "no outbox dead letters"
 
@@ -63,44 +63,27 @@ REPLAY_HELP = (
 
 def add_parser(commands: Any) -> None:
     """`outbox` and its subcommands, under `wsm dlq`'s."""
-    outbox = commands.add_parser(
+    replay = dlq_choice.add_section(
+        commands,
         "outbox",
-        help="replies the sender gave up on (list, replay, drop)",
+        dest="outbox_command",
+        help_="replies the sender gave up on (list, replay, drop)",
         description=HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        noun="reply",
+        replay=("put back into its conversation's outbox, to be sent once", REPLAY_HELP),
+        drop_description="Delete replies from the outbox's dead letters for good.",
     )
-    sub = outbox.add_subparsers(dest="outbox_command", required=True)
-    listing = sub.add_parser("list", help="show the replies, oldest first")
-    listing.add_argument("--json", action="store_true", help="one JSON object per line")
-    for name, help_, description in (
-        ("replay", "put back into its conversation's outbox, to be sent once", REPLAY_HELP),
-        ("drop", "delete for good", "Delete replies from the outbox's dead letters for good."),
-    ):
-        command = sub.add_parser(name, help=help_, description=description)
-        command.add_argument("ids", nargs="*", metavar="ID", help="reply id (as list shows it)")
-        command.add_argument(
-            "--conversation",
-            metavar="C",
-            help="every reply of a conversation (`<session>|<chat id>`, as list shows it)",
-        )
-        command.add_argument("--all", action="store_true", help="every reply")
-        if name == "replay":
-            command.add_argument(
-                "--resend-unknown",
-                action="store_true",
-                help="also replies whose last send got no answer from WAHA: they may have "
-                "reached the customer already (check the chat first)",
-            )
+    replay.add_argument(
+        "--resend-unknown",
+        action="store_true",
+        help="also replies whose last send got no answer from WAHA: they may have "
+        "reached the customer already (check the chat first)",
+    )
 
 
 def usage_error(args: argparse.Namespace) -> str | None:
     """What is wrong with the command line, or None."""
-    if args.outbox_command == "list":
-        return None
-    given = sum((bool(args.ids), args.conversation is not None, bool(args.all)))
-    if given != 1:
-        return f"outbox {args.outbox_command}: give reply ids, --conversation or --all (one)"
-    return None
+    return dlq_choice.usage_error(args, f"outbox {args.outbox_command}", "reply")
 
 
 async def run(client: RedisClient, settings: Settings, args: argparse.Namespace) -> int:
@@ -116,7 +99,12 @@ async def run(client: RedisClient, settings: Settings, args: argparse.Namespace)
                 f"per shard are kept, for {settings.dead_letter_days:g} days)"
             )
         return 0
-    chosen, missing = choose(letters, args)
+    chosen, missing = dlq_choice.choose(
+        letters,
+        args,
+        id_of=lambda letter: letter.mid,
+        conversation_of=lambda letter: letter.conversation,
+    )
     if args.all and not chosen:
         print(NOTHING)  # as `list` says it: --all found nothing to do
         return 0
@@ -142,22 +130,6 @@ async def run(client: RedisClient, settings: Settings, args: argparse.Namespace)
             print(f"{letter.mid}: {explain(result, settings)}")
             failed += 0 if result.result is OutboxReplayResult.REPLAYED else 1
     return 1 if failed else 0
-
-
-def choose(
-    letters: list[OutboxDeadLetter], args: argparse.Namespace
-) -> tuple[list[OutboxDeadLetter], list[str]]:
-    if args.all:
-        return letters, []
-    if args.conversation is not None:
-        session, chat_id = split_conversation_token(args.conversation)
-        token = conversation_token(session, chat_id)  # `…@s.whatsapp.net` is its `@c.us` chat
-        chosen = [letter for letter in letters if letter.conversation == token]
-        return chosen, [] if chosen else [f"conversation {args.conversation}"]
-    wanted = set(args.ids)
-    chosen = [letter for letter in letters if letter.mid in wanted]
-    found = {letter.mid for letter in chosen}
-    return chosen, [i for i in dict.fromkeys(args.ids) if i not in found]
 
 
 def by_conversation(letters: list[OutboxDeadLetter]) -> list[list[OutboxDeadLetter]]:

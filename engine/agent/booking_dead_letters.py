@@ -27,12 +27,10 @@ from typing import Any
 
 import orjson
 
+from shared.dead_letters import read_newest_first
 from shared.keys import CalendarKeys, conversation_token
 from shared.lua import LuaScript
 from shared.redis_client import RedisClient
-
-# Read in pages, like the other dead letters (shared/dead_letters.LIST_PAGE).
-LIST_PAGE = 200
 
 REPLAY_BOOKING_HOOK_DEAD = LuaScript.named("replay_booking_hook_dead")
 
@@ -102,17 +100,8 @@ def parse_booking_dead_letter(raw: bytes) -> BookingDeadLetter:
 # Any: redis-py's stubs type replies as bytes | str (and some arguments too narrowly).
 async def list_booking_dead_letters(client: Any, prefix: str) -> list[BookingDeadLetter]:
     """Every booking webhook dead letter, oldest first."""
-    key = CalendarKeys(prefix).hooks_dead
-    # From the newest end (the right), as the outbox's are read: an event given up while paging
-    # shifts what is left to read, so an entry may be read twice (deduplicated), never skipped;
-    # the aging pops from the other end.
-    entries: list[bytes] = []
-    while True:
-        page = await client.lrange(key, -(len(entries) + LIST_PAGE), -(len(entries) + 1))
-        entries = page + entries
-        if len(page) < LIST_PAGE:
-            break
-    letters = [parse_booking_dead_letter(raw) for raw in dict.fromkeys(entries)]
+    entries = await read_newest_first(client, CalendarKeys(prefix).hooks_dead)
+    letters = [parse_booking_dead_letter(raw) for raw in entries]
     letters.sort(key=lambda letter: letter.at_ms)
     return letters
 

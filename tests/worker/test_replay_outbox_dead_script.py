@@ -12,7 +12,7 @@ import pytest
 from redis.exceptions import ResponseError
 
 from engine.outbox import OutboxEntry, new_entry
-from shared import outbox_dead_letters
+from shared import dead_letters
 from shared.outbox_dead_letters import (
     REPLAY_OUTBOX_DEAD,
     OutboxReplay,
@@ -266,7 +266,7 @@ async def test_drop_deletes_it_for_good(queue: Queue) -> None:
 async def test_a_long_list_is_read_in_pages_each_reply_once_oldest_first(
     queue: Queue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(outbox_dead_letters, "LIST_PAGE", 2)
+    monkeypatch.setattr(dead_letters, "LIST_PAGE", 2)
     chat = chat_id(10)
     mids = await bury(queue.client, chat, queue.prefix, [str(n) for n in range(5)],
                       shards=queue.shards)  # fmt: skip
@@ -296,7 +296,7 @@ class Meanwhile:
 async def test_a_list_changed_while_paged_lists_each_reply_once_and_misses_none(
     queue: Queue, monkeypatch: pytest.MonkeyPatch, meanwhile: str
 ) -> None:
-    monkeypatch.setattr(outbox_dead_letters, "LIST_PAGE", 2)
+    monkeypatch.setattr(dead_letters, "LIST_PAGE", 2)
     chat = chat_id(13)
     keys = keys_for(chat, queue.prefix, queue.shards)
     mids = await bury(queue.client, chat, queue.prefix, [str(n) for n in range(5)],
