@@ -167,15 +167,20 @@ class MediaIngest:
         try:
             async with budget:
                 data = await self.library.read(stored)
-        except TimeoutError:
-            if not budget.expired():
-                raise
-            # Nothing was sent to Groq: skipped, as a transcription with no time left is.
-            TRANSCRIPTIONS.labels("skipped", TURN_DEADLINE).inc()
-            log.warning(
-                "reading a stored voice note cut at the turn's deadline",
-                extra={"conversation": token},
-            )
+        except Exception:
+            if budget.expired():
+                # Nothing was sent to Groq: skipped, as a transcription with no time left is.
+                TRANSCRIPTIONS.labels("skipped", TURN_DEADLINE).inc()
+                log.warning(
+                    "reading a stored voice note cut at the turn's deadline",
+                    extra={"conversation": token},
+                )
+            else:
+                # Our store failed (a disk error, a bucket down): as on the first delivery, the
+                # message goes on without what the file would have given (ingest never raises:
+                # a raise would retry the message until it is a dead letter).
+                TRANSCRIPTIONS.labels("failed", "error").inc()
+                log.exception("reading a stored voice note failed", extra={"conversation": token})
             return None
         return None if data is None else await self._transcribe(token, ref, stored, data, until)
 

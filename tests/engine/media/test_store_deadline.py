@@ -160,3 +160,49 @@ async def test_a_redelivered_voice_note_is_read_back_within_the_turns_budget(
     # Found by its message id: not fetched nor stored again, and nothing sent to Groq.
     assert len(files.requests) == 1 and len(whisper.requests) == 1
     assert skipped.delta == 1
+
+
+async def test_a_redelivered_voice_note_whose_stored_file_cannot_be_read_goes_on(
+    aredis: Any, redis_url: str, key_prefix: str, router: respx.MockRouter, tmp_path: Path
+) -> None:
+    """The redelivery's read of the stored voice note fails (a disk error: the file is now a
+    directory): ingest never raises, as on the first delivery, so the message goes on with its
+    media, untranscribed, counted as a failed transcription, instead of failing its turn until
+    it is a dead letter."""
+    settings = settings_for(
+        key_prefix,
+        redis_url,
+        waha_api_key=KEY,
+        media_dir=tmp_path / "media",
+        groq_api_key="gsk_test",
+        groq_base_url=GROQ,
+        llm_max_retries=0,
+    )
+    whisper = FakeWhisper(router).then(groq_error(500, "Internal Server Error", "server_error"))
+    speech = transcriber(settings)
+    ingest = media_ingest(aredis, settings, transcriber=speech)
+    files = WahaFiles(router)
+    document = voice()
+    served(files, document, OGG, "audio/ogg")
+    conversation = Conversation(*chat_of(document))
+    failed = Counted("wsm_transcriptions_total", result="failed", reason="error")
+    try:
+        first = await ingest.ingest(conversation, document["payload"])
+        assert first.media is not None and first.transcript is None
+        store = ingest.library.store
+        assert isinstance(store, DirectoryStore)
+        path = store.path_of(conversation.token, first.media.sha256)
+        path.unlink()
+        path.mkdir()  # reading it raises IsADirectoryError
+        item = await ingest.ingest(
+            conversation,
+            document["payload"],
+            deadline=time.monotonic() + settings.turn_reserve_seconds + 10,
+        )
+    finally:
+        await ingest.aclose()
+        if speech is not None:
+            await speech.aclose()
+    assert (item.kind, item.media, item.transcript) == ("voice", first.media, None)
+    assert len(files.requests) == 1 and len(whisper.requests) == 1  # not fetched, not sent
+    assert failed.delta == 1
