@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import respx
@@ -107,13 +107,23 @@ async def test_a_store_that_stalls_is_cut_at_the_turns_deadline(
     assert await ingest.library.of_message(conversation.token, message_id) is None
 
 
-async def test_a_redelivered_voice_note_is_read_back_within_the_turns_budget(
+class StoredVoice(NamedTuple):
+    """A voice note served by WAHA, to be stored by a first delivery whose transcription fails
+    (Groq answers 500): what a redelivery then finds stored, untranscribed."""
+
+    settings: Any
+    whisper: FakeWhisper
+    speech: Any
+    ingest: Any
+    files: WahaFiles
+    document: dict[str, Any]
+    conversation: Conversation
+
+
+@pytest.fixture
+def stored_voice(
     aredis: Any, redis_url: str, key_prefix: str, router: respx.MockRouter, tmp_path: Path
-) -> None:
-    """The first delivery stored the voice note but got no transcript (Groq failed; or the turn
-    crashed before its commit); the redelivery reads the stored file back to transcribe it.
-    That read stalls (a hung disk: the file is a FIFO no one writes, so opening it waits) and
-    is cut at the turn's deadline less the reserve: the voice note kept, untranscribed."""
+) -> StoredVoice:
     settings = settings_for(
         key_prefix,
         redis_url,
@@ -130,6 +140,17 @@ async def test_a_redelivered_voice_note_is_read_back_within_the_turns_budget(
     document = voice()
     served(files, document, OGG, "audio/ogg")
     conversation = Conversation(*chat_of(document))
+    return StoredVoice(settings, whisper, speech, ingest, files, document, conversation)
+
+
+async def test_a_redelivered_voice_note_is_read_back_within_the_turns_budget(
+    stored_voice: StoredVoice,
+) -> None:
+    """The first delivery stored the voice note but got no transcript (Groq failed; or the turn
+    crashed before its commit); the redelivery reads the stored file back to transcribe it.
+    That read stalls (a hung disk: the file is a FIFO no one writes, so opening it waits) and
+    is cut at the turn's deadline less the reserve: the voice note kept, untranscribed."""
+    settings, whisper, speech, ingest, files, document, conversation = stored_voice
     skipped = Counted("wsm_transcriptions_total", result="skipped", reason="turn_deadline")
     fifo: Path | None = None
     try:
@@ -163,28 +184,13 @@ async def test_a_redelivered_voice_note_is_read_back_within_the_turns_budget(
 
 
 async def test_a_redelivered_voice_note_whose_stored_file_cannot_be_read_goes_on(
-    aredis: Any, redis_url: str, key_prefix: str, router: respx.MockRouter, tmp_path: Path
+    stored_voice: StoredVoice,
 ) -> None:
     """The redelivery's read of the stored voice note fails (a disk error: the file is now a
     directory): ingest never raises, as on the first delivery, so the message goes on with its
     media, untranscribed, counted as a failed transcription, instead of failing its turn until
     it is a dead letter."""
-    settings = settings_for(
-        key_prefix,
-        redis_url,
-        waha_api_key=KEY,
-        media_dir=tmp_path / "media",
-        groq_api_key="gsk_test",
-        groq_base_url=GROQ,
-        llm_max_retries=0,
-    )
-    whisper = FakeWhisper(router).then(groq_error(500, "Internal Server Error", "server_error"))
-    speech = transcriber(settings)
-    ingest = media_ingest(aredis, settings, transcriber=speech)
-    files = WahaFiles(router)
-    document = voice()
-    served(files, document, OGG, "audio/ogg")
-    conversation = Conversation(*chat_of(document))
+    settings, whisper, speech, ingest, files, document, conversation = stored_voice
     failed = Counted("wsm_transcriptions_total", result="failed", reason="error")
     try:
         first = await ingest.ingest(conversation, document["payload"])
