@@ -16,8 +16,12 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PYTHON) -m wsm dev
 
+# Two phases: the tests that may run side by side, in two processes (each test file whole in one
+# process, so a file's fixtures are set up once), then the `serial` ones alone (README's default
+# ports). `python3 -m pytest` alone still runs everything in one process.
 test: $(STAMP)
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest -n 2 --dist loadfile -m "not serial"
+	$(PYTHON) -m pytest -m serial
 
 lint: $(STAMP)
 	$(PYTHON) -m ruff check .

@@ -43,6 +43,10 @@ ROOT = Path(__file__).resolve().parents[2]
 # README: "gateway on :8080, operator API on :8081"; the simulator and the fleet's metrics.
 DEFAULT_PORTS = {"gateway": 8080, "operator API": 8081, "WAHA simulator": 3000, "metrics": 9091}
 PACKAGES = ("wsm", "gateway", "worker", "engine", "api", "shared")
+
+# README's default ports are fixed: no other test may hold one while `make run` starts, so
+# `make test` runs this file after the parallel phase, alone.
+pytestmark = pytest.mark.serial
 SIM = "http://127.0.0.1:3000"
 API = "http://127.0.0.1:8081"
 
