@@ -45,6 +45,10 @@ MAX_ERROR_CHARS = 2000
 REDIS_ERRORS_PER_ATTEMPT = 5
 
 
+# Queues commands on a pipeline: what must land before an ack (QueueConsumer.ack's prelude).
+Prelude = Callable[[Any], None]
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimedMessage:
     id: str
@@ -71,6 +75,11 @@ class Lease:
     unacked: list[str] = field(default_factory=list)
     # Those of them whose ack applies writes: ack_message.lua's extra KEYS and ARGV.
     unacked_writes: dict[str, tuple[list[str], list[Arg]]] = field(default_factory=dict)
+    # What must land before those acks (their preludes, `QueueConsumer.ack_later`), in order.
+    unacked_preludes: list[Prelude] = field(default_factory=list)
+    # Not the queue's: what the worker runs once the turn's release has landed, and with it
+    # every ack that rode with it (HandlerContext.commit_later's `then`).
+    after_release: list[Callable[[], None]] = field(default_factory=list)
     _ack_keys: list[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -92,6 +101,7 @@ class Lease:
         """The pending acks were sent (landed or refused): done with them."""
         self.unacked.clear()
         self.unacked_writes.clear()
+        self.unacked_preludes.clear()
 
 
 class FailOutcome(Enum):
@@ -106,9 +116,6 @@ class FailResult:
     outcome: FailOutcome
     attempts: int = 0
 
-
-# Queues commands on a pipeline: what must land before an ack (QueueConsumer.ack's prelude).
-Prelude = Callable[[Any], None]
 
 # ack_head's codes for a message whose ack is done (lib/ack.lua): acked now, or already.
 _ACKED = (1, 2, 3)
@@ -196,9 +203,17 @@ class QueueConsumer:
 
     # --- while holding it -------------------------------------------------------------------
 
-    def ack_later(self, lease: Lease, message_id: str, writes: Iterable[Write] = ()) -> None:
+    def ack_later(
+        self,
+        lease: Lease,
+        message_id: str,
+        writes: Iterable[Write] = (),
+        *,
+        prelude: Prelude | None = None,
+    ) -> None:
         """Ack a handled message with the turn's next call, in its round trip, applying
-        `writes` (checked now: InvalidWrite before anything is sent) with its ack, atomically.
+        `writes` (checked now: InvalidWrite before anything is sent) with its ack, atomically,
+        after `prelude`'s commands (as `ack` places them).
 
         Safe because nothing is applied before that call: until then the message merely stays
         at the head, and if the lease is lost first it is delivered again, as after any crash
@@ -210,6 +225,8 @@ class QueueConsumer:
         extra_keys, extra_args = encode_writes(writes, lease.conversation)
         if extra_args:
             lease.unacked_writes[message_id] = (extra_keys, extra_args)
+        if prelude is not None:
+            lease.unacked_preludes.append(prelude)
         lease.unacked.append(message_id)
 
     async def ack(
@@ -233,12 +250,6 @@ class QueueConsumer:
         """
         extra_keys, extra_args = encode_writes(writes, lease.conversation)
         keys, args = lease._ack_keys + extra_keys, [lease.fence, message_id, *extra_args]
-        if prelude is not None:
-            pipe = self.client.pipeline(transaction=False)
-            if not one_node(pipe):  # a cluster runs each node's share apart, in no order
-                prelude(pipe)
-                await pipe.execute()
-                prelude = None
         if lease.unacked or prelude is not None:
             pending = list(lease.unacked)
             *earlier, result = await self._after_unacked(
@@ -287,12 +298,14 @@ class QueueConsumer:
         *,
         prelude: Prelude | None = None,
     ) -> list[Any]:
-        """The `prelude`'s commands, the pending acks, then `script`, pipelined: a code per
-        pending message (None for one an `ack_messages.lua` call stopped before), then the
-        script's answer. The acks go in order: each run of messages without writes as one
-        `ack_messages.lua` call, each message with writes as its own `ack_message.lua` call.
-        No MULTI: each script is atomic, the acks are idempotent and so is a prelude, so
-        repeating the pipeline after a lost answer or NOSCRIPT is safe."""
+        """The pending acks' preludes and `prelude`'s commands, the pending acks, then
+        `script`, pipelined: a code per pending message (None for one an `ack_messages.lua`
+        call stopped before), then the script's answer. The acks go in order: each run of
+        messages without writes as one `ack_messages.lua` call, each message with writes as
+        its own `ack_message.lua` call. No MULTI: each script is atomic, the acks are
+        idempotent and so is a prelude, so repeating the pipeline after a lost answer or
+        NOSCRIPT is safe. On a cluster, whose pipeline runs each node's share apart and in no
+        set order, the preludes go in a round trip of their own first."""
         if not self._batch_acks_loaded:
             # Loaded before the first pipeline: had Redis answered NOSCRIPT to the acks but run
             # the call behind them (a release), the turn's messages would be delivered again.
@@ -301,10 +314,15 @@ class QueueConsumer:
             await ACK_MESSAGES.load(self.client)
             await ACK_MESSAGE.load(self.client)
             self._batch_acks_loaded = True
+        preludes = [*lease.unacked_preludes, *([prelude] if prelude is not None else [])]
         for attempt in (1, 2):
             pipe = self.client.pipeline(transaction=False)
-            if prelude is not None:
-                prelude(pipe)
+            for queue_prelude in preludes:
+                queue_prelude(pipe)
+            if preludes and not one_node(pipe):
+                await pipe.execute()
+                preludes = []
+                pipe = self.client.pipeline(transaction=False)
             ahead = len(pipe)
             calls = self._queue_unacked(pipe, lease)
             script.queue_in(pipe, keys, args)

@@ -309,25 +309,34 @@ class ConsumerSlot:
         self, keeper: LeaseKeeper, *, to_front: bool, take_next: bool = False
     ) -> None:
         """End the turn; with `take_next`, also take the next conversation from the line in
-        the same round trip (to the back of the line only)."""
+        the same round trip (to the back of the line only). Once the release (with every ack
+        that rode with it) has landed, runs what the turn's commits left for then
+        (HandlerContext.commit_later's `then`)."""
         if keeper.lost:
             return
         lease = keeper.lease
         attempts = itertools.count()
 
-        async def release() -> None:
+        async def release() -> bool:
             if take_next and next(attempts) == 0:
-                _, token = await self.consumer.release_and_take(lease)
+                released, token = await self.consumer.release_and_take(lease)
                 if token is not None:
                     self._taken = (lease.conversation.shard_keys, token)
-                return
+                return released
             # A retry never takes: the first call may have taken a conversation whose answer
             # was lost, which the reaper hands back from `claimed`.
-            await self.consumer.release(lease, to_front=to_front)
+            return await self.consumer.release(lease, to_front=to_front)
 
         # If Redis stays away, the lease runs out and the reaper puts the conversation back.
         with contextlib.suppress(*REDIS_UNAVAILABLE):
-            await retry_until(release, keeper.deadline, "release_conversation")
+            if await retry_until(release, keeper.deadline, "release_conversation"):
+                for then in lease.after_release:
+                    try:
+                        then()
+                    except Exception:  # a nudge's failure is its own; the turn is done
+                        log.exception(
+                            "after-release step failed", extra={"conversation": lease.token}
+                        )
 
     def _count(
         self,

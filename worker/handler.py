@@ -13,10 +13,11 @@ conversation, so handlers keep their effects inside `ctx.commit` or make them re
   the handler should stop (letting LeaseLost propagate is right). A handler that returns without
   committing is acked with no writes, in the round trip of the turn's next call (the next
   commit, the release or a fail: QueueConsumer.ack_later).
-- `await ctx.commit_later(writes)` commits the same, for a handler that does nothing after its
-  commit: when the message is the last of the turn (or there are no writes) its ack and writes
-  ride with the turn's next call (the release: one round trip for both); otherwise it commits
-  at once, so the next message's handler sees its writes.
+- `await ctx.commit_later(writes, prelude=..., then=...)` commits the same, for a handler that
+  does nothing after its commit but nudge another part (`then`, run once the commit landed):
+  when the message is the last of the turn (or there are no writes) its ack and writes ride
+  with the turn's next call (the release: one round trip for both); otherwise it commits at
+  once, so the next message's handler sees its writes.
 - `await ctx.extend_lease()` pushes the lease out now (raises LeaseLost). The fleet already
   extends it every third of WSM_LEASE_SECONDS while the handler runs.
 - `ctx.deadline` is when the fleet cancels the handler (a `time.monotonic()` value,
@@ -38,7 +39,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -140,22 +141,39 @@ class HandlerContext:
             raise LeaseLost(f"lease on {self._lease.token} ran out while Redis was away") from exc
         self.committed = True
 
-    async def commit_later(self, writes: Iterable[Write] = ()) -> None:
+    async def commit_later(
+        self,
+        writes: Iterable[Write] = (),
+        *,
+        prelude: Prelude | None = None,
+        then: Callable[[], None] | None = None,
+    ) -> None:
         """`commit`, for a handler that returns right after it. The turn's last message is
         committed with the release, in its round trip (QueueConsumer.ack_later): its writes are
-        applied with its ack, atomically and fenced, or, if the lease is lost first, not at all
-        (the message is delivered again). Any other message with writes commits at once: the
-        next message's handler must see them. Without writes the ack rides with the turn's
-        next call wherever the message is (as when a handler returns without committing).
+        applied with its ack (after `prelude`'s commands), atomically and fenced, or, if the
+        lease is lost first, not at all (the message is delivered again). Any other message
+        with writes commits at once: the next message's handler must see them. Without writes
+        the ack rides with the turn's next call wherever the message is (as when a handler
+        returns without committing).
+
+        `then` is what follows from the commit and needs no lease (a nudge to another part,
+        such as the sender's kick): it runs once the commit is known to have landed, after the
+        release for a commit that rode with it. If that release's answer is lost (it is
+        retried, and a repeat cannot tell), `then` does not run: it must be a hint that
+        something else also covers (the sender's sweep finds a reply the kick missed).
 
         Raises InvalidWrite (nothing written), AlreadyCommitted; LeaseLost as `commit` does.
         """
         writes = list(writes)
-        if writes and not self.last_in_turn:
-            await self.commit(writes)
+        if (writes or prelude is not None) and not self.last_in_turn:
+            await self.commit(writes, prelude=prelude)
+            if then is not None:
+                then()
             return
         self._check_committable()
-        self._consumer.ack_later(self._lease, self.message_id, writes)
+        self._consumer.ack_later(self._lease, self.message_id, writes, prelude=prelude)
+        if then is not None:
+            self._lease.after_release.append(then)
         self.committed = True
 
     def _check_committable(self) -> None:

@@ -50,8 +50,15 @@ class CommitContext(Protocol):
         self, writes: Iterable[Sequence[Any]] = (), *, prelude: Prelude | None = None
     ) -> None: ...
 
-    # For an event with nothing to do after its commit: it may ride with the turn's next call.
-    async def commit_later(self, writes: Iterable[Sequence[Any]] = ()) -> None: ...
+    # For an event with nothing to do after its commit but `then` (which needs no lease): it
+    # may ride with the turn's next call (worker/handler.py).
+    async def commit_later(
+        self,
+        writes: Iterable[Sequence[Any]] = (),
+        *,
+        prelude: Prelude | None = None,
+        then: Callable[[], None] | None = None,
+    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +165,15 @@ class ConversationTurn:
         )
         # A changed conversation is indexed before its state lands, in the commit's round trip
         # (one round trip per message less: about 3% of the product's CPU, docs/benchmarks.md).
-        await self.ctx.commit(self.writes, prelude=self._index_before_commit if changed else None)
+        prelude = self._index_before_commit if changed else None
+        kick = self._kick_sender if self.replies and self.tools.sender is not None else None
+        if not self._follow_ups(changed):
+            # Nothing follows the commit but the sender's kick, which needs no lease: the commit
+            # rides with the turn's release when this is its last message, one round trip less
+            # per reply (docs/benchmarks.md, "The reply's commit rides with the release").
+            await self.ctx.commit_later(self.writes, prelude=prelude, then=kick)
+            return
+        await self.ctx.commit(self.writes, prelude=prelude)
         # --- after the commit: what only follows from it -----------------------------------
         if changed and self.state.state is not self.before.state:
             await self._index_state()
@@ -169,8 +184,26 @@ class ConversationTurn:
             await coordinator.notify_positions(self.conversation.session)
         if self.slot_freed or self.state.state is State.WAITING:
             await coordinator.assign_free_agents()
-        if self.replies and self.tools.sender is not None:
-            self.tools.sender.kick(self.conversation.token)
+        if kick is not None:
+            kick()
+
+    def _follow_ups(self, changed: bool) -> bool:
+        """Whether the commit is followed by work that must run under the lease, before the
+        next turn of this conversation can start: the state's index, the steps queued in
+        `after`, the line's position notices and handing out a freed slot or a waiting
+        customer (each reads or writes what the next turn may change)."""
+        return (
+            (changed and self.state.state is not self.before.state)
+            or bool(self.after)
+            or self.line_changed
+            or self.slot_freed
+            or self.state.state is State.WAITING
+        )
+
+    def _kick_sender(self) -> None:
+        sender = self.tools.sender
+        assert sender is not None  # only queued when there is one
+        sender.kick(self.conversation.token)
 
     def _index_before_commit(self, pipe: Any) -> None:
         """Idempotent: the conversation is listed, and its timer set, before its state exists;

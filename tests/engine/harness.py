@@ -102,21 +102,30 @@ class Ctx:
     async def commit(
         self, writes: Iterable[Sequence[Any]] = (), *, prelude: Prelude | None = None
     ) -> None:
+        await self._ack(writes, prelude)
+
+    async def commit_later(
+        self,
+        writes: Iterable[Sequence[Any]] = (),
+        *,
+        prelude: Prelude | None = None,
+        then: Callable[[], None] | None = None,
+    ) -> None:
+        """At once here: the harness has no turn to ride with (the worker's is tested in
+        tests/worker/test_ack_later.py)."""
+        await self._ack(writes, prelude)
+        if then is not None:
+            then()
+
+    async def _ack(self, writes: Iterable[Sequence[Any]], prelude: Prelude | None) -> None:
         await self.consumer.ack(self.lease, self.message_id, list(writes), prelude=prelude)  # type: ignore[arg-type]
         self.committed = True
 
-    async def commit_later(self, writes: Iterable[Sequence[Any]] = ()) -> None:
-        """At once here: the harness has no turn to ride with (the worker's is tested in
-        tests/worker/test_ack_later.py)."""
-        await self.commit(writes)
-
 
 class _FencedOutCtx(Ctx):
-    """A handler context whose commit the queue refuses, as it refuses a fenced-out worker's."""
+    """A handler context whose commits the queue refuses, as it refuses a fenced-out worker's."""
 
-    async def commit(
-        self, writes: Iterable[Sequence[Any]] = (), *, prelude: Prelude | None = None
-    ) -> None:
+    async def _ack(self, writes: Iterable[Sequence[Any]], prelude: Prelude | None) -> None:
         raise LeaseLost("taken over")
 
 

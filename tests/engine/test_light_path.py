@@ -6,7 +6,7 @@ statistics (INFO commandstats), not timed."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -345,8 +345,9 @@ async def test_acks_echoes_and_events_without_a_turn_let_their_commit_ride(
 ) -> None:
     """The light path has nothing to do after its commit: it commits with `commit_later`, which
     the worker sends with the turn's release when the event ends the turn (one round trip for
-    both: tests/worker/test_ack_later.py). A customer's message, whose turn has follow-ups after
-    its commit (the state index, the sender's kick), commits at once."""
+    both: tests/worker/test_ack_later.py). A customer's first message, whose turn has a follow-up
+    under the lease after its commit (the state's index), commits at once; the next one, whose
+    only follow-up is the sender's kick, rides too, the kick running once it has landed."""
     used: list[tuple[str, str]] = []
     plain = harness_module.Ctx
 
@@ -357,9 +358,15 @@ async def test_acks_echoes_and_events_without_a_turn_let_their_commit_ride(
             used.append(("commit", self.message_id))
             await super().commit(writes, prelude=prelude)
 
-        async def commit_later(self, writes: Iterable[Sequence[Any]] = ()) -> None:
+        async def commit_later(
+            self,
+            writes: Iterable[Sequence[Any]] = (),
+            *,
+            prelude: Prelude | None = None,
+            then: Callable[[], None] | None = None,
+        ) -> None:
             used.append(("commit_later", self.message_id))
-            await plain.commit(self, writes)
+            await super().commit_later(writes, prelude=prelude, then=then)
 
     monkeypatch.setattr(harness_module, "Ctx", Recording)
     with respx.mock(assert_all_called=False) as router:
@@ -367,6 +374,12 @@ async def test_acks_echoes_and_events_without_a_turn_let_their_commit_ride(
         harness = make_harness()
         await harness.say(ANA, "oi")
         assert [how for how, _ in used] == ["commit"]
+        used.clear()
+        # Her next message leaves the state where it was: nothing follows its commit but the
+        # sender's kick, so it rides with the release too (and the kick still comes).
+        await harness.say(ANA, "oi de novo")
+        assert [how for how, _ in used] == ["commit_later"]
+        assert len(waha.to(ANA)) == 2
         used.clear()
         # A reaction to our reply; a receipt reaches a turn only when its message is not
         # recorded yet (the gateway settles the others, and our reply's echo, at the door):

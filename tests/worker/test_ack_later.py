@@ -22,9 +22,11 @@ from shared.queue_consumer import (
     RELEASE_AND_TAKE,
     RELEASE_CONVERSATION,
     Lease,
+    Prelude,
     QueueConsumer,
 )
 from shared.queue_errors import InvalidWrite, LeaseLost
+from shared.redis_client import one_node
 from tests.worker.conftest import Queue
 from tests.worker.support.fleet import chat_id, conversation, enqueue_texts
 from worker.consumer_slot import ConsumerSlot
@@ -417,3 +419,80 @@ async def test_commit_later_twice_is_a_handler_bug(queue: Queue) -> None:
     await one_turn(queue, chat, handler)
     assert errors == [f"message {ids[0]} is already committed"]
     assert await aredis.lrange(keys.handled, 0, -1) == [ids[0].encode()]  # once
+
+
+# --- a riding commit's prelude and its `then` (the engine's reply: issue 19) -----------------
+
+
+def index_prelude(key: str, member: str) -> Prelude:
+    """A prelude as the engine's: an index written ahead of what it indexes."""
+
+    def queue_in(pipe: Any) -> None:
+        pipe.zadd(key, {member: 1})
+
+    return queue_in
+
+
+async def test_a_riding_commits_prelude_lands_first_and_its_then_runs_after_the_release(
+    queue: Queue,
+) -> None:
+    aredis, chat, ids, keys = await queued(queue, 19, ["a"])
+    index = f"{queue.prefix}test-index"  # another hash tag: another node in a cluster
+    trips_at_then: list[int] = []
+
+    async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
+        counting: Any = ctx.redis
+        await ctx.commit_later(
+            [("RPUSH", keys.handled, ctx.message_id)],
+            prelude=index_prelude(index, ctx.message_id),
+            then=lambda: trips_at_then.append(counting.count),
+        )
+        assert trips_at_then == []  # not while the commit waits for the release
+
+    trips, lease = await one_turn(queue, chat, handler)
+    # One Redis: the prelude, the commit and the release in one pipeline. A cluster runs the
+    # prelude in a round trip of its own first (its pipeline keeps no order across nodes).
+    assert trips.count == (1 if one_node(aredis.pipeline()) else 2)
+    assert trips_at_then == [trips.count]  # once, after the last round trip: the release's
+    assert await aredis.zscore(index, ids[0]) == 1
+    assert await aredis.lrange(keys.handled, 0, -1) == [ids[0].encode()]
+    assert not await aredis.exists(keys.meta)  # released
+    assert lease.unacked_preludes == []
+
+
+async def test_a_riding_commit_refused_with_its_release_never_runs_its_then(queue: Queue) -> None:
+    aredis, chat, ids, keys = await queued(queue, 20, ["a"])
+    ran: list[str] = []
+
+    async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
+        await ctx.commit_later(
+            [("RPUSH", keys.handled, ctx.message_id)], then=lambda: ran.append("then")
+        )
+        await aredis.hincrby(keys.meta, "fence", 1)  # someone else's lease now
+
+    await one_turn(queue, chat, handler)
+    assert ran == []
+    assert await aredis.llen(keys.handled) == 0  # nothing written
+    assert await aredis.lrange(keys.messages, 0, -1) == [ids[0].encode()]  # delivered again
+
+
+async def test_a_commit_with_a_prelude_before_another_message_lands_at_once_then_its_then(
+    queue: Queue,
+) -> None:
+    aredis, chat, ids, keys = await queued(queue, 21, ["a", "b"])
+    index = f"{queue.prefix}test-index"
+    seen: list[tuple[str, float | None, list[str]]] = []
+    ran: list[str] = []
+
+    async def handler(event: QueuedEvent, ctx: HandlerContext) -> None:
+        # What the next handler sees: the first message's prelude and its `then` already done.
+        seen.append((ctx.message_id, await aredis.zscore(index, ids[0]), list(ran)))
+        if ctx.message_id == ids[0]:
+            await ctx.commit_later(
+                prelude=index_prelude(index, ids[0]), then=lambda: ran.append(ids[0])
+            )
+
+    await one_turn(queue, chat, handler)
+    assert seen == [(ids[0], None, []), (ids[1], 1, [ids[0]])]
+    assert ran == [ids[0]]
+    assert await aredis.llen(keys.messages) == 0
