@@ -518,6 +518,12 @@ class CalendarKeys:
         return f"{self.tag}:hooks:dead"
 
     @property
+    def hooks_dead_dropped(self) -> str:
+        # How many dead letters the cap and the aging have dropped (booking_hook_dead.lua), for
+        # `wsm dlq booking-webhook list`: a count, no customer's data.
+        return f"{self.tag}:hooks:dead:dropped"
+
+    @property
     def reminders(self) -> str:
         # ZSET booking id -> when its reminder is due (ms); written by the booking scripts
         # (book, move, cancel) in the same step as the booking (engine/agent/reminders.py).

@@ -15,6 +15,7 @@ from engine.agent.booking_dead_letters import (
     BookingDeadLetter,
     BookingReplayResult,
     drop_booking_dead_letter,
+    dropped_booking_dead_letters,
     list_booking_dead_letters,
     replay_booking_dead_letters,
 )
@@ -86,6 +87,12 @@ async def run(client: RedisClient, settings: Settings, args: argparse.Namespace)
     letters = await list_booking_dead_letters(client, prefix)
     if args.hooks_command == "list":
         print_letters(letters, as_json=args.json)
+        dropped = await dropped_booking_dead_letters(client, prefix)
+        if dropped and not args.json:
+            print(
+                f"({dropped} older events were dropped: at most {settings.dead_letters_max} "
+                f"are kept, for {settings.dead_letter_days:g} days)"
+            )
         return 0
     chosen, missing = dlq_choice.choose(
         letters,

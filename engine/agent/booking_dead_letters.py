@@ -98,6 +98,11 @@ def parse_booking_dead_letter(raw: bytes) -> BookingDeadLetter:
 
 
 # Any: redis-py's stubs type replies as bytes | str (and some arguments too narrowly).
+async def dropped_booking_dead_letters(client: Any, prefix: str) -> int:
+    """How many booking webhook dead letters the cap and the aging have dropped so far."""
+    return int(await client.get(CalendarKeys(prefix).hooks_dead_dropped) or 0)
+
+
 async def list_booking_dead_letters(client: Any, prefix: str) -> list[BookingDeadLetter]:
     """Every booking webhook dead letter, oldest first."""
     entries = await read_newest_first(client, CalendarKeys(prefix).hooks_dead)

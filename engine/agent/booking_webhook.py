@@ -189,7 +189,13 @@ class BookingWebhook:
         limits = self.dead_letters
         moved, dropped = await HOOK_DEAD(
             self.redis,
-            [keys.hooks_body, keys.hooks_dead, keys.hooks_due, keys.hooks_attempts],
+            [
+                keys.hooks_body,
+                keys.hooks_dead,
+                keys.hooks_due,
+                keys.hooks_attempts,
+                keys.hooks_dead_dropped,
+            ],
             [event_id, record, now_ms(), limits.max_entries, limits.max_age_ms],
         )
         if int(dropped):

@@ -28,6 +28,7 @@ from engine.agent.booking_webhook import BookingWebhook
 from engine.agent.bookings import BookingStore, Customer
 from engine.parts import calendar_from
 from shared.clock import now_ms
+from shared.dead_letters import DEFAULT_DEAD_LETTER_LIMITS, DeadLetterLimits
 from shared.keys import CalendarKeys
 from shared.redis_client import connect
 from shared.settings import Settings
@@ -57,6 +58,8 @@ class Stand:
         # What the receiver got (every request) and answers next (default: accepts).
         self.received: list[httpx.Request] = []
         self.answer: Callable[[httpx.Request], httpx.Response] = lambda request: httpx.Response(200)
+        # The deliverer's dead-letter limits (the settings' by default).
+        self.dead_letters = DEFAULT_DEAD_LETTER_LIMITS
 
     def settings(self, **extra: Any) -> Settings:
         """As the environment would give them (never a developer `.env`)."""
@@ -93,6 +96,7 @@ class Stand:
         hook = BookingWebhook(
             self.client, prefix=self.prefix, url=HOOKS, secret=SECRET.encode(), timeout_seconds=5,
             max_attempts=max_attempts, retry_base_ms=1, retry_max_ms=2,
+            dead_letters=self.dead_letters,
             http=httpx.AsyncClient(transport=httpx.MockTransport(receive)),
         )  # fmt: skip
         try:
@@ -484,3 +488,30 @@ async def test_the_wsm_command_lists_and_replays(stand: Stand, tmp_path: Path) -
     assert (queue.returncode, queue.stdout) == (0, "no dead letters\n")
     helped = run_wsm(["dlq", "--help"], env, tmp_path)
     assert helped.returncode == 0 and "booking-webhook" in helped.stdout
+
+
+async def test_list_says_how_many_events_the_cap_dropped(
+    stand: Stand, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A receiver down for long: past WSM_DEAD_LETTERS_MAX the oldest are dropped when the next
+    one is given up, and `list` says how many went (the JSON stays the events only)."""
+    stand.dead_letters = DeadLetterLimits(max_entries=1, max_age_ms=86_400_000)
+    await stand.bury(ANA, "Ana Souza")
+    assert await stand.client.get(stand.keys.hooks_dead_dropped) is None  # nothing dropped yet
+    # Two given up long ago, past the age: the next one given up takes both with it.
+    for n in (1, 2):
+        old = {"id": f"evt-old-{n}", "body": {}, "attempts": 1, "error": "x", "at": 1}
+        await stand.client.lpush(stand.keys.hooks_dead, orjson.dumps(old))
+    await stand.bury(BIA, "Bia Lima")  # 2 by age, 1 by the cap
+    last = await stand.bury(ANA, "Ana Souza")  # 1 by the cap
+    assert [entry["id"] for entry in await stand.dead()] == [last]  # the newest kept
+    capsys.readouterr()
+
+    assert await wsm_dlq(stand, "booking-webhook", "list", WSM_DEAD_LETTERS_MAX="1") == 0
+    out, err = lines(capsys)
+    assert err == [] and len(out) == 2 and last in out[0]
+    assert out[1] == "(4 older events were dropped: at most 1 are kept, for 30 days)"
+
+    assert await wsm_dlq(stand, "booking-webhook", "list", "--json") == 0
+    out, err = lines(capsys)  # one JSON object per line, and no count among them
+    assert err == [] and [orjson.loads(line)["id"] for line in out] == [last]
