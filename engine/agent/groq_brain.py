@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from engine.agent.agenda import Agenda
@@ -43,7 +43,8 @@ from engine.agent.context import (
 )
 from engine.agent.knowledge import KnowledgeBase, passages_message
 from engine.agent.llm import LLMError, LLMRejected, LLMUnavailable, ModelTurn
-from engine.agent.tools import HANDOFF_TOOL, ToolSession, tool_definitions
+from engine.agent.texts import AgentTexts, load_agent_texts
+from engine.agent.tools import CHANGE_TOOLS, HANDOFF_TOOL, ToolSession, tool_definitions
 from engine.brain import Decision, HandOff, Turn
 
 STEP_AGENT = "agent"
@@ -66,11 +67,13 @@ class TurnDeadline(LLMUnavailable):
 
 @dataclass(slots=True)
 class _Progress:
-    """Where a turn is: whether it waits for the model now, and the words of the model's
-    latest answer (the reply of a handoff the deadline cut the round of)."""
+    """Where a turn is: whether it waits for the model now, the words of the model's latest
+    answer (the reply of a handoff the deadline cut the round of), and the tools of that round
+    not finished yet (what the deadline cut)."""
 
     asking: bool = False
     said: str = ""
+    unfinished: list[str] = field(default_factory=list)
 
 
 class AgentTurnFailed(Exception):
@@ -118,6 +121,7 @@ class GroqBrain:
         *,
         on_tokens: Callable[[str, int], Awaitable[None]] | None = None,
         knowledge: KnowledgeBase | None = None,
+        texts: AgentTexts | None = None,
     ) -> None:
         self.model = model
         self.agenda = agenda
@@ -129,6 +133,8 @@ class GroqBrain:
         self.knowledge_tools = tool_definitions()
         # Told the tokens of every answer (the conversation's daily budget, limits.py).
         self.on_tokens = on_tokens
+        # The business's own texts: what the customer is told of a change the deadline cut.
+        self.texts = texts or load_agent_texts("pt-BR")  # the settings' default language
 
     async def decide(self, turn: Turn) -> Decision:
         session = ToolSession.for_turn(self.agenda, turn, knowledge=self.knowledge)
@@ -143,7 +149,7 @@ class GroqBrain:
             if session.handoff is not None:
                 # Recorded before whatever the deadline cut (its round runs it first): the
                 # customer asked for a person, which the menu's answer would not honour.
-                return self._decision(session, progress.said)
+                return self._decision(session, self._handoff_words(progress))
             failed = TurnDeadline(model=progress.asking)
             raise AgentTurnFailed(failed, session) from None
         except LLMError as exc:
@@ -160,6 +166,7 @@ class GroqBrain:
             # The handoff first, before anything that waits (the token count's write, the other
             # tools): whatever the deadline cuts after it, the customer's request for a person
             # is already recorded.
+            progress.unfinished = [c.name for c in answer.tool_calls if c.name != HANDOFF_TOOL]
             results = {
                 n: await session.call(call.name, call.arguments)
                 for n, call in enumerate(answer.tool_calls)
@@ -175,11 +182,22 @@ class GroqBrain:
             for n, call in enumerate(answer.tool_calls):
                 if n not in results:
                     results[n] = await session.call(call.name, call.arguments)
+                    progress.unfinished.remove(call.name)
                 # In the model's order, as it asked.
                 messages.append(tool_result_message(call.id, call.name, results[n]))
             if session.handoff is not None:
                 return self._decision(session, answer.content)
         raise LLMRejected("tool_rounds", f"no answer after {self.config.max_tool_rounds} rounds")
+
+    def _handoff_words(self, progress: _Progress) -> str:
+        """What a customer handed off when the deadline struck is told: the model's words of
+        that round, unless a change to a booking was among what the deadline cut. Those words
+        were written before the tools ran ("pronto, remarquei"), and whether the change was
+        made is not known: the customer is told so, and a person checks (the history shows
+        the attendant the request)."""
+        if CHANGE_TOOLS.intersection(progress.unfinished):
+            return self.texts.render("change_unconfirmed")
+        return progress.said
 
     def _decision(self, session: ToolSession, text: str) -> Decision:
         reply = whatsapp_text(text, self.config.reply_max_chars) if text else ""

@@ -139,9 +139,10 @@ def build_agent(
             business=business.id,
         )
         agenda = Agenda(store, business.calendar, language=settings.language, clock=clock)
+        agent_texts = load_agent_texts(settings.language, business.calendar.texts)
         menu = SchedulingMenuBrain(
             texts(settings).with_business(business.calendar.texts),
-            load_agent_texts(settings.language, business.calendar.texts),
+            agent_texts,
             agenda,
             business=business.calendar.business_name,
             services=[s.name for s in business.calendar.services],
@@ -154,6 +155,7 @@ def build_agent(
                 agent_config(settings),
                 on_tokens=limits.add_tokens,
                 knowledge=knowledge.get(business.id),
+                texts=agent_texts,
             )
         return store, agenda, FallbackBrain(agent, menu, breaker, limits)
 

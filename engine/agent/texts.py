@@ -53,6 +53,9 @@ FIELDS: dict[str, frozenset[str]] = {
     "freed_slot_offer": frozenset({"business", "service", "when"}),
     "freed_slot_booked": frozenset({"service", "when"}),
     "freed_slot_lost": frozenset(),
+    # A change to a booking (book, move, cancel, confirm) that the turn's deadline cut while the
+    # customer was also handed to a person: whether it was made is not known yet.
+    "change_unconfirmed": frozenset(),
 }
 
 _PT_BR: dict[str, str] = {
@@ -102,6 +105,10 @@ _PT_BR: dict[str, str] = {
     "freed_slot_lost": (
         "Que pena: esse horário não está mais disponível. 😕 Você continua na fila."
     ),
+    "change_unconfirmed": (
+        "Não consegui concluir a alteração no seu agendamento agora. "
+        "Uma pessoa da equipe vai verificar e te confirmar."
+    ),
 }
 
 _EN: dict[str, str] = {
@@ -149,6 +156,10 @@ _EN: dict[str, str] = {
         "ask for an attendant whenever you need one."
     ),
     "freed_slot_lost": "Sorry: that time is no longer available. 😕 You keep your place in line.",
+    "change_unconfirmed": (
+        "I couldn't finish the change to your appointment just now. "
+        "Someone from our team will check it and confirm it with you."
+    ),
 }
 
 DEFAULTS: dict[str, dict[str, str]] = {"pt-BR": _PT_BR, "en": _EN}

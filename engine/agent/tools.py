@@ -176,6 +176,11 @@ SPECS: tuple[ToolSpec, ...] = (
 _BY_NAME = {spec.name: spec for spec in SPECS}
 # Offered only to a business that has documents (engine/agent/knowledge.py).
 KNOWLEDGE_TOOLS = frozenset({"search_knowledge"})
+# The tools that change a booking (the first call of some only proposes the change): one cut by
+# the turn's deadline leaves the customer not knowing whether it was made.
+CHANGE_TOOLS = frozenset(
+    {"book_appointment", "reschedule_appointment", "cancel_appointment", "confirm_appointment"}
+)
 
 
 def _clean_schema(node: Any) -> Any:
@@ -530,4 +535,11 @@ def _result_label(result: dict[str, Any]) -> str:
     return str(result.get("status") or result.get("error") or "error")
 
 
-__all__ = ["HANDOFF_TOOL", "SPECS", "BookingError", "ToolSession", "tool_definitions"]
+__all__ = [
+    "CHANGE_TOOLS",
+    "HANDOFF_TOOL",
+    "SPECS",
+    "BookingError",
+    "ToolSession",
+    "tool_definitions",
+]

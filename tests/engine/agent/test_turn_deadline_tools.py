@@ -14,8 +14,12 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from engine.agent.breaker import BreakerState
 from engine.agent.confirmation import PENDING_KEY
+from engine.agent.texts import load_agent_texts
+from engine.agent.tools import ToolSession
 from tests.engine.agent.chat import Chat
 from tests.engine.agent.fake_groq import completion, tool_call
 from tests.engine.agent.receptionist import receptionist
@@ -94,6 +98,7 @@ async def test_a_model_still_answering_at_the_deadline_is_blamed(make_agent, gro
 
 
 HANDING_OFF = "Vou te passar para uma pessoa da equipe."
+UNCONFIRMED = load_agent_texts("pt-BR").render("change_unconfirmed")
 
 
 def confirms_and_hands_off(booking_id: str) -> dict[str, Any]:
@@ -132,11 +137,75 @@ async def test_a_handoff_beside_a_tool_cut_at_the_deadline_still_hands_off(
     finally:
         await aredis.execute_command("CLIENT", "UNPAUSE")
     assert DEADLINE <= took < DEADLINE + 0.7, took
-    # The customer asked for a person: in line, not shown the menu.
+    # The customer asked for a person: in line, not shown the menu. The confirmation was cut:
+    # whether it was made is not known, so they are told that, not the model's words of the
+    # round (written before its tools ran, they could say it was done).
     assert decision.hands_off and decision.requests[0].reason == "quer falar com uma pessoa"
-    assert decision.replies == [HANDING_OFF] and decision.step == "agent"
+    assert decision.replies == [UNCONFIRMED]
+    assert decision.step == "agent"
     assert fallbacks.delta == 0 and len(groq.requests) == 1
     assert parts.breaker.state is BreakerState.CLOSED
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "told"),
+    [
+        ("list_my_appointments", {}, HANDING_OFF),  # a read: nothing to be unsure of
+        ("cancel_appointment", {"booking_id": "bk1"}, UNCONFIRMED),
+    ],
+)
+async def test_a_handoff_cut_before_its_tools_says_the_change_is_unconfirmed_only_for_a_change(
+    make_agent, groq, aredis, tool: str, arguments: dict[str, Any], told: str
+) -> None:
+    """The deadline in the token count, before the round's other tools ran: the customer is
+    handed off either way, and told a change is unconfirmed only when a change was asked."""
+    parts = make_agent(llm_turn_deadline_seconds=DEADLINE, llm_breaker_failures=1)
+
+    async def redis_stalls(request: dict[str, Any]) -> dict[str, Any]:
+        await aredis.execute_command("CLIENT", "PAUSE", PAUSE_MS, "WRITE")
+        return completion(
+            HANDING_OFF,
+            [tool_call(tool, arguments), tool_call("handoff_to_human", {"reason": "pediu"})],
+        )
+
+    groq.policy = redis_stalls
+    try:
+        decision = await asyncio.wait_for(
+            Chat(ANA).named("Ana").say(parts.brain, "e quero falar com um atendente"), 3
+        )
+    finally:
+        await aredis.execute_command("CLIENT", "UNPAUSE")
+    assert decision.hands_off and decision.replies == [told]
+
+
+async def test_a_change_that_finished_before_the_cut_keeps_the_models_words(
+    make_agent, groq, now, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only what the deadline cut counts: the cancellation's proposal finished before a slower
+    tool after it was cut, so the model's question stands."""
+    parts = make_agent(
+        llm_turn_deadline_seconds=DEADLINE, agent_tokens_per_day=0, llm_breaker_failures=1
+    )
+    ana, booking_id = await ana_with_a_booking(parts.brain, groq, now)
+
+    async def slow(self: ToolSession, args: Any) -> dict[str, Any]:
+        await asyncio.sleep(60)  # cut by the deadline
+        return {"ok": True}
+
+    monkeypatch.setattr(ToolSession, "_list_my_appointments", slow)
+    asking = "Confirma o cancelamento? Também vou te passar para uma pessoa."
+    groq.then(
+        completion(
+            asking,
+            [
+                tool_call("cancel_appointment", {"booking_id": booking_id}),
+                tool_call("list_my_appointments", {}),
+                tool_call("handoff_to_human", {"reason": "pediu"}),
+            ],
+        )
+    )
+    decision = await asyncio.wait_for(ana.say(parts.brain, "quero cancelar e falar com alguém"), 3)
+    assert decision.hands_off and decision.replies == [asking]
 
 
 async def test_a_handoff_survives_a_deadline_in_the_token_count(make_agent, groq, aredis) -> None:
